@@ -1,0 +1,100 @@
+//! State shared read-mostly by every actor of one locker: the validated settings,
+//! the scripts, and two routing tables the Supervisor owns and everyone reads:
+//! node index → current `NodeActor`, and lock name → its `LockActor`.
+//!
+//! Why tables instead of asking the Supervisor: invalidations must reach a
+//! `LockActor` in one hop (a wake-up is a latency path), and a `LockActor` must
+//! not `.await` the Supervisor inside a handler. Only the Supervisor writes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use ractor::ActorRef;
+
+use crate::lock::LockMsg;
+use crate::node::NodeMsg;
+use crate::options::Settings;
+use crate::scripts::Scripts;
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) settings: Settings,
+    pub(crate) scripts: Scripts,
+    nodes: RwLock<Vec<Option<ActorRef<NodeMsg>>>>,
+    locks: RwLock<HashMap<Arc<str>, ActorRef<LockMsg>>>,
+}
+
+impl Shared {
+    pub(crate) fn new(settings: Settings) -> Arc<Shared> {
+        let n = settings.nodes.len();
+        Arc::new(Shared {
+            settings,
+            scripts: Scripts::new(),
+            nodes: RwLock::new(vec![None; n]),
+            locks: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The live actor of node `index`, if it is running.
+    pub(crate) fn node(&self, index: usize) -> Option<ActorRef<NodeMsg>> {
+        read(&self.nodes).get(index).cloned().flatten()
+    }
+
+    pub(crate) fn set_node(&self, index: usize, actor: Option<ActorRef<NodeMsg>>) {
+        if let Some(slot) = write(&self.nodes).get_mut(index) {
+            *slot = actor;
+        }
+    }
+
+    pub(crate) fn lock(&self, name: &str) -> Option<ActorRef<LockMsg>> {
+        read(&self.locks).get(name).cloned()
+    }
+
+    pub(crate) fn set_lock(&self, name: Arc<str>, actor: ActorRef<LockMsg>) {
+        write(&self.locks).insert(name, actor);
+    }
+
+    /// Removes `name` only if it still maps to the actor `id` (a newer actor for
+    /// the same name must not be unregistered by an old one's exit).
+    pub(crate) fn remove_lock(&self, name: &str, id: ractor::ActorId) {
+        let mut locks = write(&self.locks);
+        if locks.get(name).is_some_and(|a| a.get_id() == id) {
+            locks.remove(name);
+        }
+    }
+
+    pub(crate) fn all_locks(&self) -> Vec<ActorRef<LockMsg>> {
+        read(&self.locks).values().cloned().collect()
+    }
+
+    pub(crate) fn lock_count(&self) -> usize {
+        read(&self.locks).len()
+    }
+}
+
+// A poisoned lock only means another thread panicked while holding it; the maps
+// stay structurally valid, so keep going rather than cascade the panic.
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Aborts a background task when dropped: state that owns helper tasks cleans
+/// them up even when its actor is killed (ractor skips `post_stop` on kill).
+#[derive(Debug)]
+pub(crate) struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl AbortOnDrop {
+    pub(crate) fn new<T>(task: &tokio::task::JoinHandle<T>) -> Self {
+        AbortOnDrop(task.abort_handle())
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,132 @@
+//! The one error type of the public API, and the reasons a held lock can end.
+
+use std::fmt;
+
+/// Everything a locker call can fail with. Each variant is something a caller can
+/// act on; no client-library type appears here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// One attempt did not get a majority of the keys (from `try_lock`, or a
+    /// `force_lock` whose nodes did not answer).
+    #[error("not locked: {name:?} acquired {acquired} of {needed} needed keys ({total} in all){}", if *held_by_others { "; held by another owner" } else { "" })]
+    NotLocked {
+        /// The lock name.
+        name: String,
+        /// Keys this attempt got.
+        acquired: usize,
+        /// Keys needed (KeyMajority).
+        needed: usize,
+        /// Keys of the lock (2·KeyMajority − 1).
+        total: usize,
+        /// True when at least one key was held by somebody else (as opposed to
+        /// nodes that failed or did not answer in time).
+        held_by_others: bool,
+    },
+    /// The locker was closed, or its engine stopped.
+    #[error("locker closed")]
+    Closed,
+    /// An option is out of range or inconsistent with another; checked when the
+    /// locker is built.
+    #[error("invalid option `{field}`: {reason}")]
+    InvalidOptions {
+        /// The option's name as in `LockerOptions`.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A lock name that cannot be used.
+    #[error("invalid lock name {name:?}: {reason}")]
+    InvalidName {
+        /// The name (shortened when long).
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Connecting to Valkey failed in a way that makes the locker unusable
+    /// (wrong credentials, unreachable majority, a server without RESP3…).
+    #[error("cannot connect to Valkey: {message}")]
+    Connection {
+        /// Which node(s) and why.
+        message: String,
+    },
+}
+
+/// Why a held lock ended. Delivered once by `lost()`, by the lock's
+/// cancellation token's owner, and as the payload of a `Lost` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LostReason {
+    /// The holder released it (explicitly or by dropping the guard).
+    Released,
+    /// A majority of its keys was deleted by someone else: a `DEL`, `FLUSHALL`
+    /// or `FLUSHDB`, a server that restarted empty, or eviction.
+    Deleted,
+    /// A majority of its keys now holds a value written by someone else.
+    Overwritten,
+    /// Another locker took it over with `force_lock`.
+    Forced,
+    /// Its validity ran out before an extension was confirmed by a majority:
+    /// the nodes answered too slowly, or their answers arrived too late.
+    Expired,
+    /// The nodes holding a majority of its keys became unreachable (connection
+    /// closed or commands failing) and the validity ran out.
+    Unreachable,
+    /// The locker was closed.
+    Closed,
+    /// The engine actor that kept this lock stopped or was killed, so nobody
+    /// extends the keys any more.
+    EngineStopped,
+}
+
+impl LostReason {
+    /// A short, stable, lowercase label, for metrics and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LostReason::Released => "released",
+            LostReason::Deleted => "deleted",
+            LostReason::Overwritten => "overwritten",
+            LostReason::Forced => "forced",
+            LostReason::Expired => "expired",
+            LostReason::Unreachable => "unreachable",
+            LostReason::Closed => "closed",
+            LostReason::EngineStopped => "engine_stopped",
+        }
+    }
+
+    /// True for every reason except [`LostReason::Released`]: the lock ended
+    /// without its holder asking.
+    pub fn is_loss(&self) -> bool {
+        !matches!(self, LostReason::Released)
+    }
+}
+
+impl fmt::Display for LostReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages() {
+        let e = Error::NotLocked {
+            name: "n".into(),
+            acquired: 1,
+            needed: 2,
+            total: 3,
+            held_by_others: true,
+        };
+        assert_eq!(
+            e.to_string(),
+            "not locked: \"n\" acquired 1 of 2 needed keys (3 in all); held by another owner"
+        );
+        assert_eq!(Error::Closed.to_string(), "locker closed");
+        assert_eq!(LostReason::EngineStopped.to_string(), "engine_stopped");
+        assert!(!LostReason::Released.is_loss());
+        assert!(LostReason::Deleted.is_loss());
+    }
+}

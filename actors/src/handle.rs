@@ -1,0 +1,440 @@
+//! Handles: the only engine types that cross the crate line. [`Engine`] is a
+//! cloneable front for the Supervisor; [`Lease`] is one grant of a lock, with
+//! its loss signal. Neither exposes an actor message.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::Shared;
+use crate::error::{Error, LostReason};
+use crate::keys;
+use crate::lock::{LockMsg, Request, RequestKind};
+use crate::options::LockerOptions;
+use crate::quorum;
+use crate::supervisor::{NodeReport, Supervisor, SupervisorArgs, SupervisorMsg};
+
+/// What a grant looks like to its holder, published by its `LockActor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GrantStatus {
+    /// Held; safe until `valid_until` unless extended.
+    Held { valid_until: Instant },
+    /// Ended, for this reason.
+    Ended(LostReason),
+}
+
+/// How an acquisition treats a lock that is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AcquireKind {
+    /// Wait in line until it is free.
+    Wait,
+    /// One attempt; fail with [`Error::NotLocked`] if it is held.
+    Try,
+    /// Take it over, whoever holds it.
+    Force,
+}
+
+/// A running locker engine: the Supervisor, its `NodeActor`s and `LockActor`s.
+#[derive(Debug)]
+pub struct Engine {
+    supervisor: ActorRef<SupervisorMsg>,
+    shared: Arc<Shared>,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl Engine {
+    /// Validates `options`, starts the actors and waits for the first
+    /// connection attempt to every node.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`]; [`Error::Connection`] when a node refuses us
+    /// for good (credentials, permissions, no RESP3) or fewer than a majority
+    /// of keys live on nodes that answered.
+    pub async fn start(options: &LockerOptions) -> Result<Engine, Error> {
+        let settings = options.settings()?;
+        let shared = Shared::new(settings);
+        let (supervisor, _) = Actor::spawn(None, Supervisor, SupervisorArgs { shared: shared.clone() })
+            .await
+            .map_err(|e| Error::Connection {
+                message: format!("cannot start the supervisor: {e}"),
+            })?;
+        let engine = Engine {
+            supervisor,
+            shared,
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+        };
+        let s = &engine.shared.settings;
+        let wait = s.connect_timeout + Duration::from_secs(2);
+        let reports = engine
+            .supervisor
+            .call(|reply| SupervisorMsg::AwaitReady { reply }, Some(wait))
+            .await;
+        let reports = match reports {
+            Ok(ractor::rpc::CallResult::Success(r)) => r,
+            _ => vec![None; s.nodes.len()],
+        };
+        let mut problems = Vec::new();
+        let mut up = Vec::with_capacity(reports.len());
+        for (i, report) in reports.iter().enumerate() {
+            let addr = s.nodes[i].display();
+            match report {
+                Some(NodeReport::Up) => up.push(true),
+                Some(NodeReport::Down { error, permanent }) => {
+                    if *permanent {
+                        engine.shutdown_now();
+                        return Err(Error::Connection {
+                            message: format!("{addr}: {error}"),
+                        });
+                    }
+                    problems.push(format!("{addr}: {error}"));
+                    up.push(false);
+                }
+                None => {
+                    problems.push(format!("{addr}: no answer within {:?}", s.connect_timeout));
+                    up.push(false);
+                }
+            }
+        }
+        let reachable = quorum::keys_on_live_nodes(&up, s.total);
+        if reachable < s.majority {
+            engine.shutdown_now();
+            return Err(Error::Connection {
+                message: format!(
+                    "only {reachable} of {} keys live on reachable nodes, {} needed ({})",
+                    s.total,
+                    s.majority,
+                    problems.join("; ")
+                ),
+            });
+        }
+        Ok(engine)
+    }
+
+    fn shutdown_now(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.supervisor.stop(Some("startup failed".into()));
+    }
+
+    /// Acquires `name`. Dropping the returned future withdraws the request.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::NotLocked`] (Try, or a Force whose
+    /// nodes failed), [`Error::Closed`].
+    pub async fn acquire(&self, name: &str, kind: AcquireKind) -> Result<Lease, Error> {
+        let s = &self.shared.settings;
+        keys::validate_name(&s.prefix, name, s.total)?;
+        let name: Arc<str> = Arc::from(name);
+        let kind = match kind {
+            AcquireKind::Wait => RequestKind::Wait,
+            AcquireKind::Try => RequestKind::Try,
+            AcquireKind::Force => RequestKind::Force,
+        };
+        loop {
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(Error::Closed);
+            }
+            let (tx, rx) = oneshot::channel();
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let request = Request { id, kind, reply: tx };
+            self.supervisor
+                .cast(SupervisorMsg::Request {
+                    name: name.clone(),
+                    request,
+                })
+                .map_err(|_| Error::Closed)?;
+            let mut guard = WithdrawOnDrop {
+                supervisor: &self.supervisor,
+                name: &name,
+                id,
+                armed: true,
+            };
+            let result = rx.await;
+            guard.armed = false;
+            match result {
+                Ok(result) => return result,
+                // The LockActor went away without answering (killed): ask
+                // again; a fresh one takes over.
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+
+    /// Releases every held lock (keys deleted), fails waiters with
+    /// [`Error::Closed`], and stops the actors. Idempotent.
+    pub async fn close(&self) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let bound = self.shared.settings.timeout * 4 + Duration::from_secs(2);
+        let _ = self
+            .supervisor
+            .call(|reply| SupervisorMsg::Close { reply }, Some(bound))
+            .await;
+        self.supervisor.stop(Some("closed".into()));
+    }
+
+    /// Starts closing without waiting (for `Drop` of the last handle).
+    pub fn close_in_background(&self) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let sup = self.supervisor.clone();
+        let bound = self.shared.settings.timeout * 4 + Duration::from_secs(2);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = sup.call(|reply| SupervisorMsg::Close { reply }, Some(bound)).await;
+                sup.stop(Some("closed".into()));
+            });
+        } else {
+            sup.stop(Some("closed".into()));
+        }
+    }
+
+    /// True once `close` was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Keys needed (KeyMajority).
+    pub fn key_majority(&self) -> usize {
+        self.shared.settings.majority
+    }
+
+    /// Number of `LockActor`s alive (names in use in this process).
+    pub fn active_locks(&self) -> usize {
+        self.shared.lock_count()
+    }
+
+    /// Fault injection for tests: kill actors as a crash would.
+    #[cfg(feature = "fault-injection")]
+    pub fn faults(&self) -> Faults {
+        Faults {
+            shared: self.shared.clone(),
+            supervisor: self.supervisor.clone(),
+        }
+    }
+}
+
+/// Sends a withdrawal when an acquisition future is dropped before its answer.
+struct WithdrawOnDrop<'a> {
+    supervisor: &'a ActorRef<SupervisorMsg>,
+    name: &'a Arc<str>,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for WithdrawOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.supervisor.cast(SupervisorMsg::Cancel {
+                name: self.name.clone(),
+                id: self.id,
+            });
+        }
+    }
+}
+
+/// One grant of a lock. Dropping it releases the lock in the background.
+#[derive(Debug)]
+pub struct Lease {
+    name: Arc<str>,
+    grant: u64,
+    lock: ActorRef<LockMsg>,
+    status: watch::Receiver<GrantStatus>,
+    cancel: CancellationToken,
+    armed: bool,
+}
+
+impl Lease {
+    pub(crate) fn new(
+        name: Arc<str>,
+        grant: u64,
+        lock: ActorRef<LockMsg>,
+        status: watch::Receiver<GrantStatus>,
+        cancel: CancellationToken,
+    ) -> Lease {
+        Lease {
+            name,
+            grant,
+            lock,
+            status,
+            cancel,
+            armed: true,
+        }
+    }
+
+    /// Drops without releasing (the grant is being handled by its actor).
+    pub(crate) fn disarm(mut self) {
+        self.armed = false;
+    }
+
+    /// The lock name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// True while held and within its validity.
+    pub fn is_held(&self) -> bool {
+        matches!(*self.status.borrow(), GrantStatus::Held { valid_until } if valid_until > Instant::now())
+    }
+
+    /// The instant the lock stops being safe unless extended; `None` once
+    /// ended.
+    pub fn valid_until(&self) -> Option<Instant> {
+        match *self.status.borrow() {
+            GrantStatus::Held { valid_until } => Some(valid_until),
+            GrantStatus::Ended(_) => None,
+        }
+    }
+
+    /// A cloneable observer of this grant.
+    pub fn watcher(&self) -> LeaseWatcher {
+        LeaseWatcher {
+            name: self.name.clone(),
+            status: self.status.clone(),
+            cancel: self.cancel.clone(),
+        }
+    }
+
+    /// Waits until the grant ends and says why. Cancel-safe; may be awaited
+    /// any number of times.
+    pub async fn lost(&self) -> LostReason {
+        wait_end(self.status.clone()).await
+    }
+
+    /// Why it ended, if it has.
+    pub fn lost_reason(&self) -> Option<LostReason> {
+        match *self.status.borrow() {
+            GrantStatus::Ended(r) => Some(r),
+            GrantStatus::Held { .. } => None,
+        }
+    }
+
+    /// Cancelled when the grant ends, for any reason.
+    pub fn cancellation_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Releases the lock and waits until its keys are deleted (bounded by
+    /// `try_next_after`). Releasing a lock that was already lost is not an
+    /// error.
+    pub async fn release(mut self) {
+        self.armed = false;
+        let (tx, rx) = oneshot::channel();
+        if self
+            .lock
+            .cast(LockMsg::Release {
+                grant: self.grant,
+                reply: Some(tx),
+            })
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.lock.cast(LockMsg::Release {
+                grant: self.grant,
+                reply: None,
+            });
+        }
+    }
+}
+
+/// Observes a grant without owning it: cloneable, never releases.
+#[derive(Debug, Clone)]
+pub struct LeaseWatcher {
+    name: Arc<str>,
+    status: watch::Receiver<GrantStatus>,
+    cancel: CancellationToken,
+}
+
+impl LeaseWatcher {
+    /// The lock name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Waits until the grant ends and says why.
+    pub async fn lost(&self) -> LostReason {
+        wait_end(self.status.clone()).await
+    }
+    /// True while held and within its validity.
+    pub fn is_held(&self) -> bool {
+        matches!(*self.status.borrow(), GrantStatus::Held { valid_until } if valid_until > Instant::now())
+    }
+    /// Cancelled when the grant ends.
+    pub fn cancellation_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+}
+
+async fn wait_end(mut rx: watch::Receiver<GrantStatus>) -> LostReason {
+    match rx.wait_for(|s| matches!(s, GrantStatus::Ended(_))).await {
+        Ok(s) => match *s {
+            GrantStatus::Ended(r) => r,
+            GrantStatus::Held { .. } => LostReason::EngineStopped,
+        },
+        // The actor's state is gone without a word: nobody extends the keys.
+        Err(_) => LostReason::EngineStopped,
+    }
+}
+
+/// Kills actors the way a crash would. Only with the `fault-injection` feature.
+#[cfg(feature = "fault-injection")]
+#[derive(Debug, Clone)]
+pub struct Faults {
+    shared: Arc<Shared>,
+    supervisor: ActorRef<SupervisorMsg>,
+}
+
+#[cfg(feature = "fault-injection")]
+impl Faults {
+    /// Kills the `NodeActor` of node `index`; false if none is running.
+    pub fn kill_node(&self, index: usize) -> bool {
+        match self.shared.node(index) {
+            Some(a) => {
+                a.kill();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// True if node `index` has a running `NodeActor`.
+    pub fn node_running(&self, index: usize) -> bool {
+        self.shared.node(index).is_some()
+    }
+
+    /// The actor id of node `index`'s actor, to observe restarts.
+    pub fn node_actor_id(&self, index: usize) -> Option<String> {
+        self.shared.node(index).map(|a| a.get_id().to_string())
+    }
+
+    /// Kills the `LockActor` of `name`; false if none is running.
+    pub fn kill_lock(&self, name: &str) -> bool {
+        match self.shared.lock(name) {
+            Some(a) => {
+                a.kill();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Kills the Supervisor (and with it every actor of the locker).
+    pub fn kill_supervisor(&self) {
+        self.supervisor.kill();
+    }
+}

@@ -1,0 +1,192 @@
+//! Key codec: how a lock name becomes `2·M−1` Valkey keys, and how an invalidated
+//! key is parsed back into `(index, name)`.
+//!
+//! The layout is valkeylock's (Go) on the wire: `{prefix}:{i}:{name}` with `i` in
+//! decimal. Parsing never panics: anything that is not one of our keys is `None`
+//! (valkeylock panics on the bare prefix and on an index past the gate's key count).
+
+use crate::error::Error;
+
+/// Longest lock name accepted, in bytes. Valkey allows far longer keys, but a lock
+/// name that long is almost certainly a bug (a payload passed as a name).
+pub const MAX_NAME_LEN: usize = 1024;
+
+/// The Valkey key that holds copy `index` of lock `name`.
+pub(crate) fn key_name(prefix: &str, index: usize, name: &str) -> String {
+    let mut key = String::with_capacity(prefix.len() + name.len() + 4);
+    key.push_str(prefix);
+    key.push(':');
+    push_decimal(&mut key, index);
+    key.push(':');
+    key.push_str(name);
+    key
+}
+
+fn push_decimal(out: &mut String, n: usize) {
+    use std::fmt::Write;
+    let _ = write!(out, "{n}");
+}
+
+/// Parses an invalidated key back into `(index, name)`.
+///
+/// Returns `None` for keys of other prefixes, non-UTF-8 keys, a missing or
+/// non-decimal index (signs, spaces and leading zeros other than `0` itself are
+/// rejected, so the mapping is one-to-one), an index of `total` or more, and an
+/// empty name.
+pub(crate) fn parse_key<'a>(prefix: &str, total: usize, key: &'a [u8]) -> Option<(usize, &'a str)> {
+    let key = std::str::from_utf8(key).ok()?;
+    let rest = key.strip_prefix(prefix)?.strip_prefix(':')?;
+    let (index, name) = rest.split_once(':')?;
+    if index.is_empty() || index.len() > 4 || !index.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if index.len() > 1 && index.starts_with('0') {
+        return None;
+    }
+    let index: usize = index.parse().ok()?;
+    if index >= total || name.is_empty() {
+        return None;
+    }
+    Some((index, name))
+}
+
+/// The part of a key that Valkey Cluster hashes to pick a slot: the content of the
+/// first `{…}` when it is non-empty, otherwise the whole key.
+pub(crate) fn hashed_part(key: &str) -> &str {
+    if let Some(open) = key.find('{') {
+        if let Some(close) = key[open + 1..].find('}') {
+            if close > 0 {
+                return &key[open + 1..open + 1 + close];
+            }
+        }
+    }
+    key
+}
+
+/// True when every key of a lock would hash to the same cluster slot, which makes
+/// the majority across keys worthless in a cluster (valkeylock defect §4.2-14).
+pub(crate) fn all_keys_share_slot(prefix: &str, name: &str, total: usize) -> bool {
+    if total < 2 {
+        return false;
+    }
+    let first = key_name(prefix, 0, name);
+    let second = key_name(prefix, 1, name);
+    hashed_part(&first) == hashed_part(&second)
+}
+
+/// Checks a lock name: non-empty, at most [`MAX_NAME_LEN`] bytes, and no hash tag
+/// that would put all keys on one cluster slot.
+pub(crate) fn validate_name(prefix: &str, name: &str, total: usize) -> Result<(), Error> {
+    let reason = if name.is_empty() {
+        "the name is empty"
+    } else if name.len() > MAX_NAME_LEN {
+        "the name is longer than 1024 bytes"
+    } else if all_keys_share_slot(prefix, name, total) {
+        "a {hash tag} in the name would put every key of the lock on one cluster slot"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidName {
+        name: truncate_for_error(name),
+        reason,
+    })
+}
+
+fn truncate_for_error(name: &str) -> String {
+    const SHOWN: usize = 64;
+    if name.len() <= SHOWN {
+        return name.to_owned();
+    }
+    let mut end = SHOWN;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &name[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names() {
+        let cases = [
+            ("valkeylock", 0, "my_lock", "valkeylock:0:my_lock"),
+            ("valkeylock", 2, "my_lock", "valkeylock:2:my_lock"),
+            ("a:b", 10, "x:y", "a:b:10:x:y"),
+            ("p", 1, "ünï", "p:1:ünï"),
+        ];
+        for (prefix, i, name, want) in cases {
+            assert_eq!(key_name(prefix, i, name), want);
+        }
+    }
+
+    #[test]
+    fn parse_keys() {
+        let cases: &[(&str, usize, &[u8], Option<(usize, &str)>)] = &[
+            ("valkeylock", 3, b"valkeylock:0:my_lock", Some((0, "my_lock"))),
+            ("valkeylock", 3, b"valkeylock:2:a:b:c", Some((2, "a:b:c"))),
+            ("valkeylock", 3, b"valkeylock:3:my_lock", None),
+            ("valkeylock", 3, b"valkeylock:7:my_lock", None),
+            ("valkeylock", 3, b"valkeylock", None),
+            ("valkeylock", 3, b"valkeylock:", None),
+            ("valkeylock", 3, b"valkeylock:1", None),
+            ("valkeylock", 3, b"valkeylock:1:", None),
+            ("valkeylock", 3, b"valkeylock:x:name", None),
+            ("valkeylock", 3, b"valkeylock:-1:name", None),
+            ("valkeylock", 3, b"valkeylock:+1:name", None),
+            ("valkeylock", 3, b"valkeylock:01:name", None),
+            ("valkeylock", 3, b"valkeylock::name", None),
+            ("valkeylock", 3, b"valkeylockX:1:name", None),
+            ("valkeylock", 3, b"other:1:name", None),
+            ("valkeylock", 3, b"valkeylock:1:\xff\xfe", None),
+            ("valkeylock", 3, b"", None),
+            ("valkeylock", 3, b"valkeylock:99999999999999999999:n", None),
+            ("a:b", 3, b"a:b:1:n", Some((1, "n"))),
+            ("a:b", 3, b"a:1:b", None),
+        ];
+        for (prefix, total, key, want) in cases {
+            assert_eq!(parse_key(prefix, *total, key), *want, "key {:?}", String::from_utf8_lossy(key));
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        for i in 0..9 {
+            let key = key_name("pfx", i, "n:a:m:e");
+            assert_eq!(parse_key("pfx", 9, key.as_bytes()), Some((i, "n:a:m:e")));
+        }
+    }
+
+    #[test]
+    fn hash_tags() {
+        let cases = [
+            ("valkeylock", "plain", 3, false),
+            ("valkeylock", "{user1}", 3, true),
+            ("valkeylock", "locker:{mail}:{35020382}", 3, true),
+            ("valkeylock", "{}", 3, false),
+            ("valkeylock", "{user1}", 1, false),
+            ("{vl}", "name", 3, true),
+            ("vl{", "}name", 3, false),
+            ("valkeylock", "}{", 3, false),
+        ];
+        for (prefix, name, total, want) in cases {
+            assert_eq!(all_keys_share_slot(prefix, name, total), want, "{prefix} {name}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert!(validate_name("p", "ok", 3).is_ok());
+        assert!(validate_name("p", "with:colon", 3).is_ok());
+        assert!(validate_name("p", "ünicode ✓", 3).is_ok());
+        assert!(matches!(validate_name("p", "", 3), Err(Error::InvalidName { .. })));
+        assert!(matches!(validate_name("p", "{t}", 3), Err(Error::InvalidName { .. })));
+        assert!(validate_name("p", "{t}", 1).is_ok());
+        let long = "é".repeat(600);
+        match validate_name("p", &long, 3) {
+            Err(Error::InvalidName { name, .. }) => assert!(name.len() < 80),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,994 @@
+//! LockActor: one per lock name in use in this process. It owns the FIFO queue
+//! of local waiters, runs acquisition attempts (all `2·M−1` keys at once),
+//! tallies node replies toward the majority, extends the held lock, reacts to
+//! invalidations, and tells the holder the moment the lock is lost.
+//!
+//! Only the queue head contends on the server, so local waiters cause no
+//! thundering herd, and a local release hands over to the next local waiter.
+//! All waiting is message-driven: node replies, invalidations, and timers
+//! (attempt bound, extension, validity deadline, fallback retry). Nothing in a
+//! handler awaits another actor.
+//!
+//! Safety: a grant's validity is recomputed from what nodes confirmed, as the
+//! `M`-th largest of `sent + ttl − drift` over keys known to be ours
+//! ([`quorum::validity_end`]). A timer fires at that instant; if no extension
+//! confirmed a later one by then, the holder is told the lock is lost, whatever
+//! the network does.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, trace, warn};
+
+use crate::context::{AbortOnDrop, Shared};
+use crate::error::{Error, LostReason};
+use crate::handle::{GrantStatus, Lease};
+use crate::keys;
+use crate::node::NodeMsg;
+use crate::quorum::{self, Tally};
+use crate::scripts::{KeyState, SetMode, Token};
+use crate::supervisor::SupervisorMsg;
+
+pub(crate) struct LockActor;
+
+/// What a caller asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestKind {
+    /// Wait in the FIFO queue until held.
+    Wait,
+    /// One attempt now; fail if not held.
+    Try,
+    /// Overwrite the keys, taking the lock from whoever holds it.
+    Force,
+}
+
+/// A caller waiting for a grant.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) id: u64,
+    pub(crate) kind: RequestKind,
+    pub(crate) reply: oneshot::Sender<Result<Lease, Error>>,
+}
+
+/// A script a `NodeActor` runs on one key.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    Acquire { token: Token, mode: SetMode },
+    Verify { token: Token },
+    Release { token: Token },
+}
+
+/// Which batch of commands a reply belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tag {
+    /// Acquisition attempt `id` (also a grant's extension: a grant keeps the
+    /// id of the attempt that won it).
+    Acquire(u64),
+    /// A read-only check of grant `id`.
+    Verify(u64),
+    /// A compare-and-delete.
+    Release,
+}
+
+/// The result of one script on one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Key(KeyState),
+    Released(bool),
+    /// The node did not answer usefully (not connected, timed out, error).
+    Failed(&'static str),
+}
+
+/// A node's reply, with the instant its command was handed to the node.
+#[derive(Debug)]
+pub(crate) struct NodeReply {
+    pub(crate) tag: Tag,
+    pub(crate) index: usize,
+    pub(crate) sent_at: Instant,
+    pub(crate) outcome: Outcome,
+}
+
+/// Messages of a [`LockActor`].
+#[derive(Debug)]
+pub(crate) enum LockMsg {
+    /// A caller wants the lock (forwarded by the Supervisor).
+    Request(Request),
+    /// A waiting caller gave up.
+    Cancel { id: u64 },
+    /// The holder of grant `grant` releases it.
+    Release {
+        grant: u64,
+        reply: Option<oneshot::Sender<()>>,
+    },
+    /// A node answered.
+    Reply(NodeReply),
+    /// Attempt `attempt` ran out of time for replies.
+    AttemptTimeout { attempt: u64 },
+    /// Time to extend grant `grant`.
+    ExtendTick { grant: u64 },
+    /// Grant `grant` may have reached its validity deadline.
+    Deadline { grant: u64 },
+    /// Key `index` of this lock changed on its node.
+    Invalidated { index: usize },
+    /// A node reconnected (`Some`) or invalidations may have been dropped
+    /// (`None`, all nodes): re-check held keys and let waiters retry.
+    Recheck { node: Option<usize> },
+    /// Fallback retry for waiters, generation `generation`.
+    Retry { generation: u64 },
+    /// The locker is closing: fail waiters, release, report, stop.
+    Close,
+    /// Closing took too long: stop anyway.
+    CloseDeadline,
+}
+
+pub(crate) struct LockArgs {
+    pub(crate) name: Arc<str>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) supervisor: ActorRef<SupervisorMsg>,
+}
+
+/// Per-key state of an attempt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum AttemptKey {
+    Pending,
+    Ours(Instant),
+    Other { forced: bool },
+    Failed,
+    /// No reply in time; counts as failed, but a late reply is still handled.
+    TimedOut,
+}
+
+#[derive(Debug)]
+struct Attempt {
+    id: u64,
+    token: Token,
+    mode: SetMode,
+    /// Set for Try and Force; a Wait attempt serves whoever heads the queue
+    /// when it wins.
+    request: Option<Request>,
+    keys: Vec<AttemptKey>,
+    started: Instant,
+    _timer: AbortOnDrop,
+}
+
+/// An attempt that is decided but may still get replies: late `Ours` replies
+/// are released, so a failed attempt leaves no key behind.
+#[derive(Debug)]
+struct Finished {
+    id: u64,
+    token: Token,
+    pending: usize,
+}
+
+/// Per-key state of a grant.
+#[derive(Debug, Clone, Copy)]
+struct GrantKey {
+    /// Known to hold our token.
+    ours: bool,
+    /// Earliest moment it can expire (valid when `ours`).
+    expiry: Instant,
+    /// A reply is still expected from the acquisition (not yet known).
+    pending: bool,
+    /// The last command on it failed (node unreachable or slow).
+    failing: bool,
+    /// Why it stopped being ours.
+    lost: Option<LostReason>,
+}
+
+#[derive(Debug)]
+struct Grant {
+    id: u64,
+    token: Token,
+    keys: Vec<GrantKey>,
+    valid_until: Instant,
+    status: watch::Sender<GrantStatus>,
+    cancel: CancellationToken,
+    extend_timer: Option<AbortOnDrop>,
+    deadline_timer: Option<AbortOnDrop>,
+    /// An extension round is in flight (replies outstanding).
+    extending: usize,
+    ended: bool,
+}
+
+impl Grant {
+    /// Ends the grant for its holder: status, token. Idempotent.
+    fn end(&mut self, reason: LostReason) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        self.status.send_replace(GrantStatus::Ended(reason));
+        self.cancel.cancel();
+        self.extend_timer = None;
+        self.deadline_timer = None;
+    }
+}
+
+impl Drop for Grant {
+    /// A killed or failed LockActor drops its state: the holder must hear that
+    /// nobody extends its keys any more, never keep a guard that looks held.
+    fn drop(&mut self) {
+        self.end(LostReason::EngineStopped);
+    }
+}
+
+pub(crate) struct LockState {
+    name: Arc<str>,
+    keys: Vec<String>,
+    shared: Arc<Shared>,
+    supervisor: ActorRef<SupervisorMsg>,
+    /// Local callers waiting, oldest first.
+    queue: VecDeque<Request>,
+    attempt: Option<Attempt>,
+    finished: Vec<Finished>,
+    grant: Option<Grant>,
+    /// Release commands whose replies have not come back. A new attempt waits
+    /// for them: our own stale key would otherwise block it, and under NOLOOP
+    /// its deletion would not wake us.
+    releasing: usize,
+    /// Callers of `release()` waiting for the deletes to be confirmed.
+    release_waiters: Vec<oneshot::Sender<()>>,
+    /// Commands sent and not yet answered (all kinds).
+    outstanding: usize,
+    /// Something changed while an attempt or release was in flight: retry as
+    /// soon as it is decided.
+    dirty: bool,
+    retry_generation: u64,
+    retry_timer: Option<AbortOnDrop>,
+    next_id: u64,
+    /// Requests received, reported with `Idle` so the Supervisor can tell
+    /// whether one is still in flight to us.
+    seen: u64,
+    idle_reported: bool,
+    closing: bool,
+}
+
+impl Actor for LockActor {
+    type Msg = LockMsg;
+    type State = LockState;
+    type Arguments = LockArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<LockMsg>, args: LockArgs) -> Result<LockState, ActorProcessingErr> {
+        let s = &args.shared.settings;
+        let keys = (0..s.total).map(|i| keys::key_name(&s.prefix, i, &args.name)).collect();
+        Ok(LockState {
+            name: args.name,
+            keys,
+            shared: args.shared,
+            supervisor: args.supervisor,
+            queue: VecDeque::new(),
+            attempt: None,
+            finished: Vec::new(),
+            grant: None,
+            releasing: 0,
+            release_waiters: Vec::new(),
+            outstanding: 0,
+            dirty: false,
+            retry_generation: 0,
+            retry_timer: None,
+            next_id: 1,
+            seen: 0,
+            idle_reported: false,
+            closing: false,
+        })
+    }
+
+    async fn handle(&self, myself: ActorRef<LockMsg>, msg: LockMsg, st: &mut LockState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            LockMsg::Request(req) => {
+                st.seen += 1;
+                st.idle_reported = false;
+                st.on_request(&myself, req);
+            }
+            LockMsg::Cancel { id } => {
+                st.queue.retain(|r| r.id != id);
+                if let Some(a) = &mut st.attempt {
+                    if a.request.as_ref().is_some_and(|r| r.id == id) {
+                        a.request = None;
+                    }
+                }
+            }
+            LockMsg::Release { grant, reply } => {
+                if st.grant.as_ref().is_some_and(|g| g.id == grant) {
+                    st.end_grant(&myself, LostReason::Released);
+                }
+                if let Some(reply) = reply {
+                    // Answered once the deletes are confirmed (each bounded by
+                    // `try_next_after`).
+                    st.release_waiters.push(reply);
+                    st.answer_release_waiters();
+                }
+            }
+            LockMsg::Reply(reply) => {
+                st.outstanding = st.outstanding.saturating_sub(1);
+                st.on_reply(&myself, reply);
+            }
+            LockMsg::AttemptTimeout { attempt } => {
+                if let Some(a) = &mut st.attempt {
+                    if a.id == attempt {
+                        for k in a.keys.iter_mut() {
+                            if *k == AttemptKey::Pending {
+                                *k = AttemptKey::TimedOut;
+                            }
+                        }
+                        st.decide(&myself);
+                    }
+                }
+            }
+            LockMsg::ExtendTick { grant } => {
+                if st.grant.as_ref().is_some_and(|g| g.id == grant) {
+                    st.extend(&myself);
+                }
+            }
+            LockMsg::Deadline { grant } => {
+                if let Some(g) = &st.grant {
+                    if g.id == grant && Instant::now() >= g.valid_until {
+                        let reason = if g.keys.iter().any(|k| k.failing) {
+                            LostReason::Unreachable
+                        } else {
+                            LostReason::Expired
+                        };
+                        st.end_grant(&myself, reason);
+                    }
+                }
+            }
+            LockMsg::Invalidated { index } => st.on_invalidated(&myself, Some(index), None),
+            LockMsg::Recheck { node } => st.on_invalidated(&myself, None, node),
+            LockMsg::Retry { generation } => {
+                if generation == st.retry_generation {
+                    st.retry_timer = None;
+                    st.dirty = true;
+                    st.advance(&myself);
+                }
+            }
+            LockMsg::Close => st.on_close(&myself),
+            LockMsg::CloseDeadline => {
+                myself.stop(Some("close deadline".into()));
+                return Ok(());
+            }
+        }
+        st.after(&myself);
+        Ok(())
+    }
+}
+
+impl LockState {
+    fn answer_release_waiters(&mut self) {
+        if self.releasing == 0 {
+            for w in self.release_waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+    }
+
+    fn settings(&self) -> &crate::options::Settings {
+        &self.shared.settings
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn not_locked(&self, acquired: usize, held_by_others: bool) -> Error {
+        Error::NotLocked {
+            name: self.name.to_string(),
+            acquired,
+            needed: self.settings().majority,
+            total: self.settings().total,
+            held_by_others,
+        }
+    }
+
+    // ===== requests =====
+
+    fn on_request(&mut self, me: &ActorRef<LockMsg>, req: Request) {
+        if self.closing {
+            let _ = req.reply.send(Err(Error::Closed));
+            return;
+        }
+        match req.kind {
+            RequestKind::Wait => {
+                // The first waiter tries at once; later ones join the queue
+                // behind it and ride on its wake-ups.
+                if !self.queue.iter().any(|r| r.kind == RequestKind::Wait) {
+                    self.dirty = true;
+                }
+                self.queue.push_back(req);
+                self.advance(me);
+            }
+            RequestKind::Try => {
+                if self.grant.is_some() || self.attempt.is_some() {
+                    let err = self.not_locked(0, true);
+                    let _ = req.reply.send(Err(err));
+                } else {
+                    self.start_attempt(me, SetMode::Nx, Some(req));
+                }
+            }
+            RequestKind::Force => {
+                if self.attempt.is_some() {
+                    // Decide the attempt in flight first; the force then runs
+                    // and takes over whatever it produced. Queue at the front.
+                    self.queue.push_front(req);
+                    return;
+                }
+                if self.grant.is_some() {
+                    // Our own holder is taken over: its keys are about to be
+                    // overwritten, so no release, just the news.
+                    self.end_grant_no_release(LostReason::Forced);
+                }
+                self.start_attempt(me, SetMode::Force, Some(req));
+            }
+        }
+    }
+
+    /// Starts the next step if nothing is in flight: a Force at the head of the
+    /// queue, or, when a retry is due (`dirty`), an attempt for the waiters.
+    fn advance(&mut self, me: &ActorRef<LockMsg>) {
+        if self.closing || self.attempt.is_some() {
+            return;
+        }
+        // Drop waiters whose callers went away.
+        while self.queue.front().is_some_and(|r| r.reply.is_closed()) {
+            self.queue.pop_front();
+        }
+        let Some(head) = self.queue.front() else { return };
+        if head.kind == RequestKind::Force {
+            let req = self.queue.pop_front().expect("front exists");
+            if self.grant.is_some() {
+                self.end_grant_no_release(LostReason::Forced);
+            }
+            self.start_attempt(me, SetMode::Force, Some(req));
+            return;
+        }
+        if self.grant.is_some() || self.releasing > 0 || !self.dirty {
+            return;
+        }
+        self.retry_timer = None;
+        self.start_attempt(me, SetMode::Nx, None);
+    }
+
+    // ===== acquisition =====
+
+    fn start_attempt(&mut self, me: &ActorRef<LockMsg>, mode: SetMode, request: Option<Request>) {
+        let id = self.next_id();
+        let token = Token::new(mode == SetMode::Force);
+        let total = self.settings().total;
+        self.dirty = false;
+        let started = Instant::now();
+        // The replies are bounded by the node's own timeout; this timer is the
+        // backstop for a command lost with a killed NodeActor.
+        let bound = self.settings().timeout + self.settings().timeout / 2 + Duration::from_millis(10);
+        let timer = me.send_after(bound, move || LockMsg::AttemptTimeout { attempt: id });
+        trace!(lock = %self.name, token = token.short(), ?mode, "attempt");
+        self.attempt = Some(Attempt {
+            id,
+            token: token.clone(),
+            mode,
+            request,
+            keys: vec![AttemptKey::Pending; total],
+            started,
+            _timer: AbortOnDrop::new(&timer),
+        });
+        for index in 0..total {
+            self.send(me, index, Op::Acquire { token: token.clone(), mode }, Tag::Acquire(id), started);
+        }
+    }
+
+    /// Hands one command to the node that holds key `index`. An absent node
+    /// (restarting) answers at once, as a failure.
+    fn send(&mut self, me: &ActorRef<LockMsg>, index: usize, op: Op, tag: Tag, sent_at: Instant) {
+        self.outstanding += 1;
+        if matches!(op, Op::Release { .. }) {
+            self.releasing += 1;
+        }
+        let node = quorum::node_of_key(index, self.settings().nodes.len());
+        let msg = NodeMsg::Run {
+            op,
+            key: self.keys[index].clone(),
+            index,
+            tag,
+            sent_at,
+            reply_to: me.clone(),
+        };
+        let delivered = match self.shared.node(node) {
+            Some(actor) => actor.cast(msg).is_ok(),
+            None => false,
+        };
+        if !delivered {
+            let _ = me.cast(LockMsg::Reply(NodeReply {
+                tag,
+                index,
+                sent_at,
+                outcome: Outcome::Failed("node not running"),
+            }));
+        }
+    }
+
+    fn on_reply(&mut self, me: &ActorRef<LockMsg>, r: NodeReply) {
+        match r.tag {
+            Tag::Release => {
+                self.releasing = self.releasing.saturating_sub(1);
+                self.answer_release_waiters();
+                if self.releasing == 0 && self.dirty {
+                    self.advance(me);
+                }
+            }
+            Tag::Acquire(id) => {
+                if let Some(a) = self.attempt.as_mut().filter(|a| a.id == id) {
+                    let slot = &mut a.keys[r.index];
+                    if *slot != AttemptKey::Pending {
+                        // Timed out already: it went to `finished`; handled below.
+                    } else {
+                        *slot = match r.outcome {
+                            Outcome::Key(KeyState::Ours { .. }) => AttemptKey::Ours(quorum::key_expiry(
+                                r.sent_at,
+                                self.shared.settings.validity,
+                                self.shared.settings.drift,
+                            )),
+                            Outcome::Key(KeyState::Other { forced }) => AttemptKey::Other { forced },
+                            _ => AttemptKey::Failed,
+                        };
+                        self.decide(me);
+                        return;
+                    }
+                }
+                if self.grant.as_ref().is_some_and(|g| g.id == id) {
+                    self.on_grant_reply(me, r);
+                    return;
+                }
+                if let Some(pos) = self.finished.iter().position(|f| f.id == id) {
+                    let f = &mut self.finished[pos];
+                    f.pending = f.pending.saturating_sub(1);
+                    let token = f.token.clone();
+                    if f.pending == 0 {
+                        self.finished.swap_remove(pos);
+                    }
+                    if matches!(r.outcome, Outcome::Key(KeyState::Ours { .. })) {
+                        debug!(lock = %self.name, token = token.short(), key = r.index, "late key of a decided attempt; releasing");
+                        self.send(me, r.index, Op::Release { token }, Tag::Release, Instant::now());
+                    }
+                }
+            }
+            Tag::Verify(id) => {
+                if self.grant.as_ref().is_some_and(|g| g.id == id) {
+                    self.on_grant_reply(me, r);
+                }
+            }
+        }
+    }
+
+    /// Decides the current attempt if its replies allow.
+    fn decide(&mut self, me: &ActorRef<LockMsg>) {
+        let Some(a) = &self.attempt else { return };
+        let m = self.settings().majority;
+        let total = self.settings().total;
+        let won = a.keys.iter().filter(|k| matches!(k, AttemptKey::Ours(_))).count();
+        let failed = a
+            .keys
+            .iter()
+            .filter(|k| matches!(k, AttemptKey::Other { .. } | AttemptKey::Failed | AttemptKey::TimedOut))
+            .count();
+        let now = Instant::now();
+        match quorum::tally(won, failed, total, m) {
+            Tally::Open => {}
+            Tally::Won => {
+                let a = self.attempt.take().expect("checked");
+                let expiries = a.keys.iter().filter_map(|k| match k {
+                    AttemptKey::Ours(e) => Some(*e),
+                    _ => None,
+                });
+                match quorum::validity_end(expiries, m) {
+                    Some(valid_until) if valid_until > now => self.grant_won(me, a, valid_until),
+                    _ => {
+                        // Took longer than the validity: nothing safe to hand out.
+                        warn!(lock = %self.name, token = a.token.short(), elapsed_ms = a.started.elapsed().as_millis() as u64, "majority reached too late; releasing");
+                        self.attempt_failed(me, a, won);
+                    }
+                }
+            }
+            Tally::Lost => {
+                let a = self.attempt.take().expect("checked");
+                self.attempt_failed(me, a, won);
+            }
+        }
+    }
+
+    fn attempt_failed(&mut self, me: &ActorRef<LockMsg>, a: Attempt, won: usize) {
+        let held_by_others = a.keys.iter().any(|k| matches!(k, AttemptKey::Other { .. }));
+        let forced = a.mode == SetMode::Force;
+        trace!(lock = %self.name, token = a.token.short(), won, held_by_others, "attempt failed");
+        let mut pending = 0;
+        for (index, k) in a.keys.iter().enumerate() {
+            match k {
+                AttemptKey::Ours(_) => {
+                    self.send(me, index, Op::Release { token: a.token.clone() }, Tag::Release, Instant::now());
+                }
+                AttemptKey::Pending | AttemptKey::TimedOut => pending += 1,
+                _ => {}
+            }
+        }
+        if pending > 0 {
+            self.finished.push(Finished {
+                id: a.id,
+                token: a.token.clone(),
+                pending,
+            });
+        }
+        if let Some(req) = a.request {
+            let _ = req.reply.send(Err(self.not_locked(won, held_by_others && !forced)));
+            // Waiters that queued behind this one-shot attempt have not tried
+            // yet, unless a retry timer is already running for them.
+            if self.retry_timer.is_none() {
+                self.dirty = true;
+            }
+        }
+        if self.queue.front().is_some_and(|r| r.kind == RequestKind::Force) {
+            self.advance(me);
+        } else if !self.queue.is_empty() {
+            if self.dirty {
+                self.advance(me);
+            } else {
+                self.arm_retry(me, held_by_others);
+            }
+        }
+    }
+
+    /// Arms the fallback retry of waiters. With tracking, an invalidation
+    /// normally wakes them first; this only covers what tracking cannot see
+    /// (fred drops FLUSHALL's invalidation, a gap during a reconnect). Without
+    /// tracking it is the polling period.
+    fn arm_retry(&mut self, me: &ActorRef<LockMsg>, held_by_others: bool) {
+        let s = self.settings();
+        let period = if !s.tracking {
+            s.timeout
+        } else if held_by_others {
+            s.extend
+        } else {
+            // Nodes failing rather than the lock being held: retry soon.
+            s.timeout.max(Duration::from_millis(50))
+        };
+        let period = quorum::jitter(period, 10, u64::from(rand_u32()));
+        self.retry_generation += 1;
+        let generation = self.retry_generation;
+        let timer = me.send_after(period, move || LockMsg::Retry { generation });
+        self.retry_timer = Some(AbortOnDrop::new(&timer));
+    }
+
+    fn grant_won(&mut self, me: &ActorRef<LockMsg>, a: Attempt, valid_until: Instant) {
+        let s = self.settings();
+        let keys: Vec<GrantKey> = a
+            .keys
+            .iter()
+            .map(|k| GrantKey {
+                ours: matches!(k, AttemptKey::Ours(_)),
+                expiry: match k {
+                    AttemptKey::Ours(e) => *e,
+                    _ => a.started,
+                },
+                pending: matches!(k, AttemptKey::Pending | AttemptKey::TimedOut),
+                failing: matches!(k, AttemptKey::Failed | AttemptKey::TimedOut),
+                lost: None,
+            })
+            .collect();
+        let (status, _) = watch::channel(GrantStatus::Held { valid_until });
+        let mut grant = Grant {
+            id: a.id,
+            token: a.token.clone(),
+            keys,
+            valid_until,
+            status,
+            cancel: CancellationToken::new(),
+            extend_timer: None,
+            deadline_timer: None,
+            extending: 0,
+            ended: false,
+        };
+        let id = grant.id;
+        let extend = me.send_after(s.extend, move || LockMsg::ExtendTick { grant: id });
+        grant.extend_timer = Some(AbortOnDrop::new(&extend));
+        let deadline = me.send_after(valid_until - Instant::now(), move || LockMsg::Deadline { grant: id });
+        grant.deadline_timer = Some(AbortOnDrop::new(&deadline));
+
+        let lease = Lease::new(self.name.clone(), id, me.clone(), grant.status.subscribe(), grant.cancel.clone());
+        debug!(
+            lock = %self.name,
+            token = grant.token.short(),
+            valid_ms = (valid_until - Instant::now()).as_millis() as u64,
+            acquire_us = a.started.elapsed().as_micros() as u64,
+            "acquired"
+        );
+        self.grant = Some(grant);
+        // Hand it to the requester, or the queue head; skip callers that left.
+        let mut lease = Some(lease);
+        if let Some(req) = a.request {
+            match req.reply.send(Ok(lease.take().expect("set"))) {
+                Ok(()) => {}
+                Err(back) => lease = back.ok(),
+            }
+        }
+        while let Some(l) = lease.take() {
+            // Waiters only: a queued Force runs next (in `advance`) and takes
+            // over from whoever got this grant.
+            let Some(pos) = self.queue.iter().position(|r| r.kind == RequestKind::Wait) else {
+                lease = Some(l);
+                break;
+            };
+            let req = self.queue.remove(pos).expect("position is valid");
+            if let Err(back) = req.reply.send(Ok(l)) {
+                lease = back.ok();
+            }
+        }
+        if let Some(orphan) = lease {
+            // Nobody wants it any more.
+            orphan.disarm();
+            self.end_grant(me, LostReason::Released);
+            return;
+        }
+        self.advance(me);
+    }
+
+    // ===== holding =====
+
+    fn extend(&mut self, me: &ActorRef<LockMsg>) {
+        let (id, token, total) = match &self.grant {
+            Some(g) => (g.id, g.token.clone(), g.keys.len()),
+            None => return,
+        };
+        let now = Instant::now();
+        let mut sent = 0;
+        for index in 0..total {
+            // Keys we believe ours are only extended (XX): one that vanished
+            // unnoticed (fred drops FLUSHALL's invalidation) must show up as
+            // lost, never be silently re-created over a gap. Keys known not to
+            // be ours are taken back with NX, counted from the reply on, so a
+            // minority lost in a hiccup does not weaken the lock for good
+            // (valkeylock §4.2-10).
+            let ours = self.grant.as_ref().is_some_and(|g| g.keys[index].ours);
+            let mode = if ours { SetMode::Xx } else { SetMode::Nx };
+            self.send(me, index, Op::Acquire { token: token.clone(), mode }, Tag::Acquire(id), now);
+            sent += 1;
+        }
+        let period = self.settings().extend;
+        if let Some(g) = &mut self.grant {
+            g.extending += sent;
+            let timer = me.send_after(period, move || LockMsg::ExtendTick { grant: id });
+            g.extend_timer = Some(AbortOnDrop::new(&timer));
+        }
+    }
+
+    fn on_grant_reply(&mut self, me: &ActorRef<LockMsg>, r: NodeReply) {
+        let s = &self.shared.settings;
+        let (validity, drift, extend_period, timeout) = (s.validity, s.drift, s.extend, s.timeout);
+        let Some(g) = self.grant.as_mut() else { return };
+        let is_extend = matches!(r.tag, Tag::Acquire(_));
+        if is_extend && g.extending > 0 {
+            g.extending -= 1;
+        }
+        let k = &mut g.keys[r.index];
+        k.pending = false;
+        let mut extend_soon = false;
+        match r.outcome {
+            Outcome::Key(KeyState::Ours { pttl_ms }) => {
+                k.failing = false;
+                k.lost = None;
+                if is_extend {
+                    let e = quorum::key_expiry(r.sent_at, validity, drift);
+                    k.expiry = if k.ours { k.expiry.max(e) } else { e };
+                    k.ours = true;
+                } else if k.ours {
+                    // A verify: someone may have shortened the TTL (PEXPIRE by
+                    // another client). Trust the server's PTTL if lower.
+                    if let Some(ms) = pttl_ms {
+                        let e = quorum::key_expiry(r.sent_at, Duration::from_millis(ms), drift);
+                        if e < k.expiry {
+                            k.expiry = e;
+                        }
+                        if Duration::from_millis(ms) < validity - extend_period {
+                            extend_soon = true;
+                        }
+                    }
+                }
+            }
+            Outcome::Key(KeyState::Other { forced }) => {
+                k.ours = false;
+                k.failing = false;
+                k.lost = Some(if forced { LostReason::Forced } else { LostReason::Overwritten });
+            }
+            Outcome::Key(KeyState::Absent) => {
+                k.ours = false;
+                k.failing = false;
+                k.lost = Some(LostReason::Deleted);
+            }
+            Outcome::Released(_) => {}
+            Outcome::Failed(why) => {
+                k.failing = true;
+                trace!(lock = %self.name, key = r.index, why, "command on held key failed");
+                if is_extend {
+                    extend_soon = true;
+                }
+            }
+        }
+        self.reevaluate(me);
+        if extend_soon {
+            if let Some(g) = self.grant.as_mut() {
+                if g.extending == 0 {
+                    let id = g.id;
+                    let timer = me.send_after(timeout.max(Duration::from_millis(20)), move || LockMsg::ExtendTick { grant: id });
+                    g.extend_timer = Some(AbortOnDrop::new(&timer));
+                }
+            }
+        }
+    }
+
+    /// Recomputes the grant's validity from its keys; ends it if fewer than
+    /// `M` keys can still be ours.
+    fn reevaluate(&mut self, me: &ActorRef<LockMsg>) {
+        let m = self.settings().majority;
+        let now = Instant::now();
+        let Some(g) = self.grant.as_mut() else { return };
+        let live = g.keys.iter().filter(|k| k.ours && k.expiry > now).map(|k| k.expiry);
+        match quorum::validity_end(live, m) {
+            Some(until) => {
+                if until != g.valid_until {
+                    g.valid_until = until;
+                    g.status.send_replace(GrantStatus::Held { valid_until: until });
+                    let id = g.id;
+                    let timer = me.send_after(until.saturating_duration_since(now), move || LockMsg::Deadline { grant: id });
+                    g.deadline_timer = Some(AbortOnDrop::new(&timer));
+                }
+            }
+            None => {
+                // Could a pending acquisition reply still complete the
+                // majority? Then wait for it (the deadline timer still bounds).
+                let possible = g.keys.iter().filter(|k| (k.ours && k.expiry > now) || k.pending).count();
+                if possible >= m && g.valid_until > now {
+                    return;
+                }
+                let reason = majority_reason(&g.keys, m);
+                self.end_grant(me, reason);
+            }
+        }
+    }
+
+    fn on_invalidated(&mut self, me: &ActorRef<LockMsg>, index: Option<usize>, node: Option<usize>) {
+        let nodes = self.settings().nodes.len();
+        let in_scope = |i: usize| match (index, node) {
+            (Some(k), _) => k == i,
+            (None, Some(n)) => quorum::node_of_key(i, nodes) == n,
+            (None, None) => true,
+        };
+        if let Some(g) = &self.grant {
+            // Re-check held keys with a read-only script. It never writes, so
+            // it cannot invalidate itself: no loop even without NOLOOP.
+            let (id, token) = (g.id, g.token.clone());
+            let targets: Vec<usize> = (0..g.keys.len()).filter(|&i| in_scope(i) && g.keys[i].ours).collect();
+            let now = Instant::now();
+            for i in targets {
+                self.send(me, i, Op::Verify { token: token.clone() }, Tag::Verify(id), now);
+            }
+            return;
+        }
+        if self.queue.is_empty() {
+            return;
+        }
+        if self.attempt.is_some() || self.releasing > 0 {
+            self.dirty = true;
+        } else {
+            self.advance(me);
+        }
+    }
+
+    // ===== ending =====
+
+    /// Ends the grant for its holder and deletes whatever keys may be ours.
+    fn end_grant(&mut self, me: &ActorRef<LockMsg>, reason: LostReason) {
+        let Some(mut g) = self.grant.take() else { return };
+        g.end(reason);
+        log_end(&self.name, &g.token, reason);
+        let now = Instant::now();
+        for index in 0..g.keys.len() {
+            let k = g.keys[index];
+            if k.ours || k.pending || k.failing {
+                self.send(me, index, Op::Release { token: g.token.clone() }, Tag::Release, now);
+            }
+        }
+        // Late acquisition replies of this grant's attempt must still be
+        // released.
+        let pending = g.keys.iter().filter(|k| k.pending).count() + g.extending;
+        if pending > 0 {
+            self.finished.push(Finished {
+                id: g.id,
+                token: g.token.clone(),
+                pending,
+            });
+        }
+        // Local waiters go next, once the deletes are confirmed.
+        self.dirty = true;
+        self.advance(me);
+    }
+
+    /// Ends the grant without deleting keys (they are being overwritten by our
+    /// own force).
+    fn end_grant_no_release(&mut self, reason: LostReason) {
+        if let Some(mut g) = self.grant.take() {
+            g.end(reason);
+            log_end(&self.name, &g.token, reason);
+        }
+    }
+
+    fn on_close(&mut self, me: &ActorRef<LockMsg>) {
+        if self.closing {
+            return;
+        }
+        // Refuse everything from now on (so `advance` starts nothing), then
+        // release what is held.
+        self.closing = true;
+        self.end_grant(me, LostReason::Closed);
+        for req in self.queue.drain(..) {
+            let _ = req.reply.send(Err(Error::Closed));
+        }
+        if let Some(mut a) = self.attempt.take() {
+            if let Some(req) = a.request.take() {
+                let _ = req.reply.send(Err(Error::Closed));
+            }
+            self.attempt_failed(me, a, 0);
+        }
+        self.retry_timer = None;
+        let bound = self.settings().timeout * 2 + Duration::from_millis(50);
+        me.send_after(bound, || LockMsg::CloseDeadline);
+    }
+
+    /// Runs after every message: reports idleness, or finishes closing.
+    fn after(&mut self, me: &ActorRef<LockMsg>) {
+        let quiet = self.queue.is_empty() && self.attempt.is_none() && self.grant.is_none() && self.outstanding == 0;
+        if self.closing {
+            if quiet {
+                let _ = self.supervisor.cast(SupervisorMsg::LockClosed { name: self.name.clone() });
+                me.stop(Some("closed".into()));
+            }
+            return;
+        }
+        if quiet && !self.idle_reported {
+            self.idle_reported = true;
+            let _ = self.supervisor.cast(SupervisorMsg::LockIdle {
+                name: self.name.clone(),
+                seen: self.seen,
+            });
+        }
+    }
+}
+
+/// Why fewer than `m` keys are ours: the most common recorded cause among lost
+/// keys, `Unreachable` when keys just ran out while nodes failed.
+fn majority_reason(keys: &[GrantKey], _m: usize) -> LostReason {
+    let count = |r: LostReason| keys.iter().filter(|k| k.lost == Some(r)).count();
+    let candidates = [LostReason::Forced, LostReason::Overwritten, LostReason::Deleted];
+    let best = candidates.iter().copied().max_by_key(|&r| count(r)).filter(|&r| count(r) > 0);
+    match best {
+        Some(r) => r,
+        None if keys.iter().any(|k| k.failing) => LostReason::Unreachable,
+        None => LostReason::Expired,
+    }
+}
+
+fn log_end(name: &str, token: &Token, reason: LostReason) {
+    if reason.is_loss() {
+        info!(lock = %name, token = token.short(), reason = %reason, "lock lost");
+    } else {
+        debug!(lock = %name, token = token.short(), "released");
+    }
+}
+
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    u32::from_le_bytes(b)
+}
+

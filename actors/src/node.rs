@@ -1,0 +1,391 @@
+//! NodeActor: owns one fred `Client` (RESP3, tracking on) for one Valkey
+//! instance; runs lock scripts for `LockActor`s and routes invalidations to them.
+//!
+//! Reconnection has one owner, the Supervisor: the client is built without a
+//! fred reconnect policy, so a broken connection ends its task, this actor fails,
+//! and the Supervisor starts a fresh one with backoff. A fresh connection re-arms
+//! tracking (fred would not) and the Supervisor tells every `LockActor` to
+//! re-check, because invalidations sent during the gap are gone.
+//!
+//! Commands never block the mailbox: each script call runs on its own task (fred
+//! pipelines them on the one connection) and replies to the `LockActor` by
+//! message, stamped with the instant it was sent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::clients::Client;
+use fred::interfaces::{ClientLike, TrackingInterface};
+use fred::prelude::{Config, ServerConfig};
+use fred::types::config::{ConnectionConfig, PerformanceConfig, TcpConfig, UnresponsiveConfig};
+use fred::types::{Builder, RespVersion, Value};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::context::{AbortOnDrop, Shared};
+use crate::keys;
+use crate::lock::{LockMsg, NodeReply, Op, Outcome, Tag};
+use crate::options::NodeAddr;
+use crate::scripts::{parse_key_state, parse_released};
+use crate::supervisor::SupervisorMsg;
+
+pub(crate) struct NodeActor;
+
+/// Messages of a [`NodeActor`].
+#[derive(Debug)]
+pub(crate) enum NodeMsg {
+    /// Run one script on one key and reply to `reply_to` with `tag`.
+    Run {
+        op: Op,
+        key: String,
+        index: usize,
+        tag: Tag,
+        sent_at: Instant,
+        reply_to: ActorRef<LockMsg>,
+    },
+    /// The connect task finished.
+    Connected(Result<Connection, fred::error::Error>),
+    /// The connection task ended: the socket closed or was force-closed as
+    /// unresponsive.
+    ConnectionEnded(String),
+}
+
+pub(crate) struct NodeState {
+    index: usize,
+    addr: String,
+    client: Client,
+    connected: bool,
+    shared: Arc<Shared>,
+    supervisor: ActorRef<SupervisorMsg>,
+    /// Helper tasks (connect, watcher, invalidation forwarder); aborted on drop,
+    /// which also closes the connection when the actor is killed.
+    tasks: Vec<AbortOnDrop>,
+}
+
+/// A live connection: fred's connection task, and our invalidation forwarder.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    handle: fred::types::ConnectHandle,
+    forwarder: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub(crate) struct NodeArgs {
+    pub(crate) index: usize,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) supervisor: ActorRef<SupervisorMsg>,
+}
+
+impl Actor for NodeActor {
+    type Msg = NodeMsg;
+    type State = NodeState;
+    type Arguments = NodeArgs;
+
+    async fn pre_start(&self, myself: ActorRef<NodeMsg>, args: NodeArgs) -> Result<NodeState, ActorProcessingErr> {
+        let settings = &args.shared.settings;
+        let addr = &settings.nodes[args.index];
+        let client = build_client(addr, settings)?;
+        // Connecting is I/O: do it on a task so spawning this actor never blocks
+        // the Supervisor, and commands meanwhile fail fast as "unavailable".
+        let connect = {
+            let client = client.clone();
+            let shared = args.shared.clone();
+            let me = myself.clone();
+            tokio::spawn(async move {
+                let result = connect(&client, &shared).await;
+                let _ = me.cast(NodeMsg::Connected(result));
+            })
+        };
+        Ok(NodeState {
+            index: args.index,
+            addr: addr.display(),
+            client,
+            connected: false,
+            shared: args.shared,
+            supervisor: args.supervisor,
+            tasks: vec![AbortOnDrop::new(&connect)],
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<NodeMsg>,
+        msg: NodeMsg,
+        state: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            NodeMsg::Run {
+                op,
+                key,
+                index,
+                tag,
+                sent_at,
+                reply_to,
+            } => {
+                if !state.connected {
+                    let _ = reply_to.cast(LockMsg::Reply(NodeReply {
+                        tag,
+                        index,
+                        sent_at,
+                        outcome: Outcome::Failed("node not connected"),
+                    }));
+                    return Ok(());
+                }
+                let client = state.client.clone();
+                let shared = state.shared.clone();
+                tokio::spawn(async move {
+                    let outcome = run(&client, &shared, &op, &key).await;
+                    let _ = reply_to.cast(LockMsg::Reply(NodeReply {
+                        tag,
+                        index,
+                        sent_at,
+                        outcome,
+                    }));
+                });
+            }
+            NodeMsg::Connected(Ok(conn)) => {
+                state.connected = true;
+                state.tasks.push(AbortOnDrop::new(&conn.handle));
+                if let Some(forwarder) = &conn.forwarder {
+                    state.tasks.push(AbortOnDrop::new(forwarder));
+                }
+                let watcher = {
+                    let me = myself.clone();
+                    let handle = conn.handle;
+                    tokio::spawn(async move {
+                        let why = match handle.await {
+                            Ok(Ok(())) => "connection closed".to_owned(),
+                            Ok(Err(e)) => format!("connection lost: {e}"),
+                            Err(e) => format!("connection task ended: {e}"),
+                        };
+                        let _ = me.cast(NodeMsg::ConnectionEnded(why));
+                    })
+                };
+                state.tasks.push(AbortOnDrop::new(&watcher));
+                info!(node = %state.addr, index = state.index, "node connected");
+                let _ = state.supervisor.cast(SupervisorMsg::NodeUp {
+                    node: state.index,
+                    actor: myself.get_id(),
+                });
+            }
+            NodeMsg::Connected(Err(e)) => {
+                let permanent = is_permanent(&e);
+                warn!(node = %state.addr, index = state.index, error = %e, permanent, "node connection failed");
+                let _ = state.supervisor.cast(SupervisorMsg::NodeDown {
+                    node: state.index,
+                    actor: myself.get_id(),
+                    error: e.to_string(),
+                    permanent,
+                });
+                return Err(format!("connect to {} failed: {e}", state.addr).into());
+            }
+            NodeMsg::ConnectionEnded(why) => {
+                state.connected = false;
+                warn!(node = %state.addr, index = state.index, reason = %why, "node disconnected");
+                return Err(why.into());
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<NodeMsg>, state: &mut NodeState) -> Result<(), ActorProcessingErr> {
+        if state.connected {
+            let _ = tokio::time::timeout(Duration::from_millis(200), state.client.quit()).await;
+        }
+        state.tasks.clear();
+        Ok(())
+    }
+}
+
+fn build_client(addr: &NodeAddr, settings: &crate::options::Settings) -> Result<Client, fred::error::Error> {
+    let config = Config {
+        version: RespVersion::RESP3,
+        server: ServerConfig::new_centralized(addr.host.clone(), addr.port),
+        username: addr.username.clone(),
+        password: addr.password.clone(),
+        database: addr.db,
+        fail_fast: true,
+        ..Config::default()
+    };
+    let connection = ConnectionConfig {
+        connection_timeout: settings.connect_timeout,
+        internal_command_timeout: settings.connect_timeout,
+        // A lock command is never re-sent behind our back: the LockActor decides
+        // what to retry, with a fresh timestamp.
+        max_command_attempts: 1,
+        // A reply overdue this long means the link is dead even without an RST
+        // (a silent partition): close it so the Supervisor reconnects.
+        unresponsive: UnresponsiveConfig {
+            max_timeout: Some((settings.timeout * 5).max(Duration::from_secs(1))),
+            interval: (settings.timeout).max(Duration::from_millis(100)),
+        },
+        tcp: TcpConfig {
+            nodelay: Some(true),
+            ..TcpConfig::default()
+        },
+        ..ConnectionConfig::default()
+    };
+    let performance = PerformanceConfig {
+        default_command_timeout: settings.timeout,
+        // fred's default of 32 lags under bursts; a lag is handled (everything
+        // re-checked) but costs a round of commands, so make it rare.
+        broadcast_channel_capacity: 4096,
+        ..PerformanceConfig::default()
+    };
+    Builder::from_config(config)
+        .set_connection_config(connection)
+        .set_performance_config(performance)
+        .build()
+}
+
+/// Connects, loads the scripts, subscribes to invalidations and turns tracking
+/// on (default mode, like valkeylock's OPTOUT: every read is tracked).
+async fn connect(client: &Client, shared: &Arc<Shared>) -> Result<Connection, fred::error::Error> {
+    let handle = client.init().await?;
+    let mut forwarder = None;
+    let ready = async {
+        shared.scripts.acquire.load(client).await?;
+        shared.scripts.verify.load(client).await?;
+        shared.scripts.release.load(client).await?;
+        if shared.settings.tracking {
+            // Subscribe before tracking is on, so no invalidation is missed.
+            forwarder = Some(start_forwarder(client, shared));
+            client
+                .start_tracking(fred::types::MultipleStrings::from(Vec::<String>::new()), false, false, false, shared.settings.no_loop)
+                .await?;
+        }
+        Ok::<(), fred::error::Error>(())
+    };
+    let result = tokio::time::timeout(shared.settings.connect_timeout, ready).await;
+    match result {
+        Ok(Ok(())) => Ok(Connection { handle, forwarder }),
+        Ok(Err(e)) => {
+            handle.abort();
+            if let Some(f) = forwarder {
+                f.abort();
+            }
+            Err(e)
+        }
+        Err(_) => {
+            handle.abort();
+            if let Some(f) = forwarder {
+                f.abort();
+            }
+            Err(fred::error::Error::new(
+                fred::error::ErrorKind::Timeout,
+                "timed out setting up the connection",
+            ))
+        }
+    }
+}
+
+/// Routes invalidations to `LockActor`s. Runs until the client is dropped (its
+/// broadcast channel closes). A lag means some invalidations were dropped, so
+/// every lock re-checks.
+fn start_forwarder(client: &Client, shared: &Arc<Shared>) -> tokio::task::JoinHandle<()> {
+    let mut rx = client.invalidation_rx();
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let prefix = shared.settings.prefix.as_str();
+        let total = shared.settings.total;
+        loop {
+            match rx.recv().await {
+                Ok(inv) => {
+                    for key in &inv.keys {
+                        let Some((index, name)) = keys::parse_key(prefix, total, key.as_bytes()) else {
+                            continue;
+                        };
+                        if let Some(lock) = shared.lock(name) {
+                            let _ = lock.cast(LockMsg::Invalidated { index });
+                        }
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    warn!(skipped = n, "invalidation channel lagged; re-checking every lock");
+                    for lock in shared.all_locks() {
+                        let _ = lock.cast(LockMsg::Recheck { node: None });
+                    }
+                }
+                Err(RecvError::Closed) => break,
+            }
+        }
+    })
+}
+
+async fn run(client: &Client, shared: &Shared, op: &Op, key: &str) -> Outcome {
+    let s = &shared.settings;
+    let mode = if s.relative { "PX" } else { "PXAT" };
+    let ttl_arg = || -> String {
+        let ms = s.validity.as_millis() as u64;
+        if s.relative {
+            ms.to_string()
+        } else {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64;
+            (now + ms).to_string()
+        }
+    };
+    let call = async {
+        match op {
+            Op::Acquire { token, mode: set } => shared
+                .scripts
+                .acquire
+                .evalsha_with_reload::<Value, _, _>(
+                    client,
+                    key,
+                    vec![token.as_str().to_owned(), ttl_arg(), mode.to_owned(), set.as_arg().to_owned()],
+                )
+                .await
+                .map(|v| match parse_key_state(&v, false) {
+                    Some(state) => Outcome::Key(state),
+                    None => Outcome::Failed("unexpected reply to acquire"),
+                }),
+            Op::Verify { token } => shared
+                .scripts
+                .verify
+                .evalsha_with_reload::<Value, _, _>(client, key, token.as_str())
+                .await
+                .map(|v| match parse_key_state(&v, true) {
+                    Some(state) => Outcome::Key(state),
+                    None => Outcome::Failed("unexpected reply to verify"),
+                }),
+            Op::Release { token } => shared
+                .scripts
+                .release
+                .evalsha_with_reload::<Value, _, _>(client, key, token.as_str())
+                .await
+                .map(|v| match parse_released(&v) {
+                    Some(deleted) => Outcome::Released(deleted),
+                    None => Outcome::Failed("unexpected reply to release"),
+                }),
+        }
+    };
+    match tokio::time::timeout(s.timeout, call).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => {
+            debug!(key, error = %e, "script failed");
+            if e.kind() == &fred::error::ErrorKind::Timeout {
+                Outcome::Failed("timed out")
+            } else {
+                Outcome::Failed("command failed")
+            }
+        }
+        Err(_) => Outcome::Failed("timed out"),
+    }
+}
+
+/// Errors no retry will fix: wrong credentials, missing permissions, a server
+/// without RESP3 or tracking.
+fn is_permanent(e: &fred::error::Error) -> bool {
+    use fred::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::Auth | ErrorKind::Config) {
+        return true;
+    }
+    let text = e.details().to_ascii_uppercase();
+    ["WRONGPASS", "NOAUTH", "NOPERM", "NOPROTO", "UNKNOWN COMMAND", "UNKNOWN SUBCOMMAND", "INVALIDUSERNAMEPASSWORD"]
+        .iter()
+        .any(|p| text.contains(p))
+}

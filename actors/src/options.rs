@@ -1,0 +1,553 @@
+//! `LockerOptions`: what a user configures (builder methods and serde), and
+//! `Settings`: the same after validation, with every default resolved. Nothing
+//! invalid gets past [`LockerOptions::validate`], so the actors never re-check.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::keys;
+use crate::quorum;
+
+/// Options of a locker. Build with [`LockerOptions::new`] and the `with_*`
+/// methods, or deserialize from TOML/JSON (durations as `"5s"`, `"250ms"`,
+/// `"1m30s"`). All lockers that share a name must agree on `key_prefix` and
+/// `key_majority`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LockerOptions {
+    /// Valkey instances: `redis://` or `valkey://` URLs with optional
+    /// `user:password@` and `/db`. Key `i` of a lock lives on node `i mod N`.
+    pub nodes: Vec<String>,
+    /// First part of every key: `{key_prefix}:{i}:{name}`. Default `"valkeylock"`.
+    pub key_prefix: String,
+    /// Keys needed to hold a lock, `M`; a lock uses `2·M − 1` keys. Default 2.
+    /// Use 1 with a single instance.
+    pub key_majority: usize,
+    /// TTL of each key, renewed while held. Default 5 s.
+    #[serde(with = "duration_str")]
+    pub key_validity: Duration,
+    /// How often a held lock is extended. Default `key_validity / 2`.
+    #[serde(with = "opt_duration_str")]
+    pub extend_interval: Option<Duration>,
+    /// Time limit of one command to one node (acquire, extend, verify, release),
+    /// and the polling period of waiters when `disable_cache` is set. Default
+    /// 200 ms: ten times a slow loopback round trip, and enough for links of up
+    /// to about 100 ms RTT. Raise it on slower links (valkeylock's 20 ms fails
+    /// there, rueidis #630).
+    #[serde(with = "duration_str")]
+    pub try_next_after: Duration,
+    /// How much faster a server's clock may run than ours over one TTL.
+    /// Subtracted from every key's expiry. Default 1 % of `key_validity` + 2 ms.
+    #[serde(with = "opt_duration_str")]
+    pub clock_drift: Option<Duration>,
+    /// Adds `NOLOOP` to `CLIENT TRACKING` (Valkey ≥ 7.0.5 / Redis ≥ 7.0.5), so a
+    /// connection is not told about its own writes. Default true. With false,
+    /// our own writes come back as invalidations; they trigger one read-only
+    /// check each, never another write, so there is no extend storm.
+    pub no_loop_tracking: bool,
+    /// Use relative `PX`/`PEXPIRE` (true, the default) instead of absolute
+    /// `PXAT`/`PEXPIREAT` computed from this machine's wall clock (false). With
+    /// false, `clock_drift` must also cover the wall-clock offset between this
+    /// machine and the servers.
+    pub fallback_set_px: bool,
+    /// Do not use client-side caching: no `CLIENT TRACKING`, waiters poll every
+    /// `try_next_after`, and a lost lock is noticed at the next extension. For
+    /// providers without RESP3 tracking.
+    pub disable_cache: bool,
+    /// How long `connect` waits for the first connection to each node. Default 2 s.
+    #[serde(with = "duration_str")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for LockerOptions {
+    fn default() -> Self {
+        LockerOptions {
+            nodes: Vec::new(),
+            key_prefix: "valkeylock".to_owned(),
+            key_majority: 2,
+            key_validity: Duration::from_secs(5),
+            extend_interval: None,
+            try_next_after: Duration::from_millis(200),
+            clock_drift: None,
+            no_loop_tracking: true,
+            fallback_set_px: true,
+            disable_cache: false,
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl LockerOptions {
+    /// Options for the given nodes, with every other field at its default.
+    pub fn new<I, S>(nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        LockerOptions {
+            nodes: nodes.into_iter().map(Into::into).collect(),
+            ..LockerOptions::default()
+        }
+    }
+
+    /// Sets `key_prefix`.
+    pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+    /// Sets `key_majority`.
+    pub fn with_key_majority(mut self, majority: usize) -> Self {
+        self.key_majority = majority;
+        self
+    }
+    /// Sets `key_validity`.
+    pub fn with_key_validity(mut self, validity: Duration) -> Self {
+        self.key_validity = validity;
+        self
+    }
+    /// Sets `extend_interval`.
+    pub fn with_extend_interval(mut self, interval: Duration) -> Self {
+        self.extend_interval = Some(interval);
+        self
+    }
+    /// Sets `try_next_after`.
+    pub fn with_try_next_after(mut self, timeout: Duration) -> Self {
+        self.try_next_after = timeout;
+        self
+    }
+    /// Sets `clock_drift`.
+    pub fn with_clock_drift(mut self, drift: Duration) -> Self {
+        self.clock_drift = Some(drift);
+        self
+    }
+    /// Sets `no_loop_tracking`.
+    pub fn with_no_loop_tracking(mut self, on: bool) -> Self {
+        self.no_loop_tracking = on;
+        self
+    }
+    /// Sets `fallback_set_px`.
+    pub fn with_fallback_set_px(mut self, on: bool) -> Self {
+        self.fallback_set_px = on;
+        self
+    }
+    /// Sets `disable_cache`.
+    pub fn with_disable_cache(mut self, on: bool) -> Self {
+        self.disable_cache = on;
+        self
+    }
+    /// Sets `connect_timeout`.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Checks every option, as `connect` does, without connecting.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] naming the first field that is wrong.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.settings().map(|_| ())
+    }
+
+    /// Checks every option and resolves defaults.
+    pub(crate) fn settings(&self) -> Result<Settings, Error> {
+        let bad = |field: &'static str, reason: String| Err(Error::InvalidOptions { field, reason });
+        if self.nodes.is_empty() {
+            return bad("nodes", "at least one Valkey URL is needed".into());
+        }
+        let mut nodes = Vec::with_capacity(self.nodes.len());
+        for url in &self.nodes {
+            match NodeAddr::parse(url) {
+                Ok(addr) => nodes.push(addr),
+                Err(reason) => return bad("nodes", format!("{url:?}: {reason}")),
+            }
+        }
+        if self.key_prefix.is_empty() {
+            return bad("key_prefix", "must not be empty".into());
+        }
+        if self.key_majority == 0 {
+            return bad("key_majority", "must be at least 1".into());
+        }
+        if self.key_majority > 64 {
+            return bad("key_majority", "must be at most 64".into());
+        }
+        let total = quorum::total_keys(self.key_majority);
+        if nodes.len() > total {
+            return bad(
+                "nodes",
+                format!(
+                    "{} nodes but only {total} keys per lock (2·key_majority − 1): the extra nodes would hold nothing",
+                    nodes.len()
+                ),
+            );
+        }
+        if keys::all_keys_share_slot(&self.key_prefix, "name", total) {
+            return bad(
+                "key_prefix",
+                "a {hash tag} in the prefix would put every key of a lock on one cluster slot".into(),
+            );
+        }
+        let validity = self.key_validity;
+        if validity < Duration::from_millis(10) {
+            return bad("key_validity", "must be at least 10ms".into());
+        }
+        if validity > Duration::from_secs(24 * 3600) {
+            return bad("key_validity", "must be at most 24h".into());
+        }
+        let extend = self.extend_interval.unwrap_or(validity / 2);
+        if extend.is_zero() || extend >= validity {
+            return bad(
+                "extend_interval",
+                format!("must be above 0 and below key_validity ({validity:?}), got {extend:?}"),
+            );
+        }
+        if self.try_next_after.is_zero() || self.try_next_after >= validity {
+            return bad(
+                "try_next_after",
+                format!("must be above 0 and below key_validity ({validity:?})"),
+            );
+        }
+        let drift = self.clock_drift.unwrap_or_else(|| quorum::default_drift(validity));
+        if drift >= validity {
+            return bad("clock_drift", "must be below key_validity".into());
+        }
+        // An extension must be able to land before the last one runs out.
+        if extend + self.try_next_after >= validity - drift {
+            return bad(
+                "extend_interval",
+                format!(
+                    "extend_interval ({extend:?}) + try_next_after ({:?}) must be below key_validity − clock_drift ({:?}), or the lock would lapse between extensions",
+                    self.try_next_after,
+                    validity - drift
+                ),
+            );
+        }
+        if self.connect_timeout.is_zero() {
+            return bad("connect_timeout", "must be above 0".into());
+        }
+        Ok(Settings {
+            nodes,
+            prefix: self.key_prefix.clone(),
+            majority: self.key_majority,
+            total,
+            validity,
+            extend,
+            timeout: self.try_next_after,
+            drift,
+            no_loop: self.no_loop_tracking,
+            relative: self.fallback_set_px,
+            tracking: !self.disable_cache,
+            connect_timeout: self.connect_timeout,
+        })
+    }
+}
+
+/// One node's address, parsed from its URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NodeAddr {
+    pub(crate) url: String,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<String>,
+    pub(crate) db: Option<u8>,
+}
+
+impl NodeAddr {
+    /// Parses `redis://` / `valkey://` `[user[:password]@]host[:port][/db]`.
+    /// Written by hand (no `url` crate): the grammar is tiny, and errors say
+    /// exactly which part is wrong.
+    pub(crate) fn parse(url: &str) -> Result<NodeAddr, String> {
+        let (scheme, rest) = url.split_once("://").ok_or("missing scheme (expected redis:// or valkey://)")?;
+        match scheme {
+            "redis" | "valkey" => {}
+            "rediss" | "valkeys" => return Err("TLS URLs are not supported by this build".into()),
+            other => {
+                return Err(format!(
+                    "unsupported scheme {other:?} (expected redis:// or valkey://; cluster and sentinel URLs are not supported yet)"
+                ))
+            }
+        }
+        let (authority, path) = match rest.find(['/', '?', '#']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let (userinfo, hostport) = match authority.rfind('@') {
+            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+            None => (None, authority),
+        };
+        let (username, password) = match userinfo {
+            None => (None, None),
+            Some(info) => match info.split_once(':') {
+                Some((u, p)) => (
+                    (!u.is_empty()).then(|| percent_decode(u)).transpose()?,
+                    Some(percent_decode(p)?),
+                ),
+                None => ((!info.is_empty()).then(|| percent_decode(info)).transpose()?, None),
+            },
+        };
+        let (host, port) = if let Some(stripped) = hostport.strip_prefix('[') {
+            let (h, after) = stripped.split_once(']').ok_or("unclosed '[' in host")?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None if after.is_empty() => None,
+                None => return Err("unexpected text after ']'".into()),
+            };
+            (h.to_owned(), port)
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), Some(p)),
+                None => (hostport.to_owned(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err("missing host".into());
+        }
+        let port = match port {
+            None => 6379,
+            Some(p) => p.parse::<u16>().ok().filter(|&p| p > 0).ok_or(format!("bad port {p:?}"))?,
+        };
+        let db = match path.strip_prefix('/') {
+            None if path.is_empty() => None,
+            None => return Err("query strings and fragments are not supported".into()),
+            Some("") => None,
+            Some(db) => Some(db.parse::<u8>().map_err(|_| format!("bad database number {db:?}"))?),
+        };
+        Ok(NodeAddr {
+            url: url.to_owned(),
+            host,
+            port,
+            username,
+            password,
+            db,
+        })
+    }
+
+    /// The URL with any password masked, for logs and errors.
+    pub(crate) fn display(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).ok_or("truncated %-escape")?;
+            let hex = std::str::from_utf8(hex).map_err(|_| "bad %-escape")?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| "bad %-escape")?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "credentials are not UTF-8".into())
+}
+
+/// Validated options with every default resolved. Shared read-only by all actors.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) nodes: Vec<NodeAddr>,
+    pub(crate) prefix: String,
+    pub(crate) majority: usize,
+    pub(crate) total: usize,
+    pub(crate) validity: Duration,
+    pub(crate) extend: Duration,
+    pub(crate) timeout: Duration,
+    pub(crate) drift: Duration,
+    pub(crate) no_loop: bool,
+    pub(crate) relative: bool,
+    pub(crate) tracking: bool,
+    pub(crate) connect_timeout: Duration,
+}
+
+/// Parses a human-readable duration: one or more `<number><unit>` parts, units
+/// `ns`, `us`/`µs`, `ms`, `s`, `m`, `h`; decimals allowed (`"1.5s"`,
+/// `"1m30s"`, `"250ms"`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("{text:?}: missing unit (ms, s, m, h…)"))?;
+        let (num, tail) = rest.split_at(num_end);
+        let value: f64 = num.parse().map_err(|_| format!("{text:?}: bad number {num:?}"))?;
+        let unit_end = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_end);
+        let scale = match unit.trim() {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" | "sec" => 1.0,
+            "m" | "min" => 60.0,
+            "h" => 3600.0,
+            other => return Err(format!("{text:?}: unknown unit {other:?}")),
+        };
+        total += value * scale;
+        rest = next;
+    }
+    if !total.is_finite() || total > 1e12 {
+        return Err(format!("{text:?}: too large"));
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+/// Formats a duration the way [`parse_duration`] reads it.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        format!("{}us", d.as_micros())
+    } else if ms % 1000 != 0 {
+        format!("{ms}ms")
+    } else {
+        format!("{}s", d.as_secs())
+    }
+}
+
+mod duration_str {
+    use super::{format_duration, parse_duration};
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(*d))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_duration_str {
+    use super::{format_duration, parse_duration};
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(text) => parse_duration(&text).map(Some).map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("5s", ms(5000)),
+            ("250ms", ms(250)),
+            ("1.5s", ms(1500)),
+            ("1m30s", ms(90_000)),
+            ("2h", ms(7_200_000)),
+            ("100us", Duration::from_micros(100)),
+            (" 3s ", ms(3000)),
+        ];
+        for (text, want) in ok {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+            assert_eq!(parse_duration(&format_duration(want)), Ok(want));
+        }
+        for bad in ["", "5", "s", "5 parsecs", "1..2s", "-1s", "1e9999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn urls() {
+        let a = NodeAddr::parse("redis://127.0.0.1:7000").unwrap();
+        assert_eq!((a.host.as_str(), a.port, a.db), ("127.0.0.1", 7000, None));
+        let a = NodeAddr::parse("valkey://user:p%40ss@localhost/3").unwrap();
+        assert_eq!(a.username.as_deref(), Some("user"));
+        assert_eq!(a.password.as_deref(), Some("p@ss"));
+        assert_eq!((a.port, a.db), (6379, Some(3)));
+        let a = NodeAddr::parse("redis://:secret@[::1]:6380").unwrap();
+        assert_eq!((a.host.as_str(), a.port, a.username, a.password.as_deref()), ("::1", 6380, None, Some("secret")));
+        for bad in [
+            "127.0.0.1:6379",
+            "http://x",
+            "redis://",
+            "redis://h:0",
+            "redis://h:99999",
+            "redis://h:x",
+            "redis://h/300",
+            "redis://h?x=1",
+            "rediss://h",
+            "redis-cluster://h",
+            "redis://u:%zz@h",
+        ] {
+            assert!(NodeAddr::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn field_of(o: LockerOptions) -> &'static str {
+        match o.settings() {
+            Err(Error::InvalidOptions { field, .. }) => field,
+            other => panic!("expected InvalidOptions, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn validation() {
+        let base = || LockerOptions::new(["redis://127.0.0.1:6379"]);
+        let s = base().settings().unwrap();
+        assert_eq!((s.majority, s.total, s.extend, s.drift), (2, 3, ms(2500), ms(52)));
+        assert!(s.no_loop && s.relative && s.tracking);
+
+        assert_eq!(field_of(LockerOptions::default()), "nodes");
+        assert_eq!(field_of(base().with_key_majority(0)), "key_majority");
+        assert_eq!(field_of(base().with_key_majority(65)), "key_majority");
+        assert_eq!(field_of(base().with_key_prefix("")), "key_prefix");
+        assert_eq!(field_of(base().with_key_prefix("{tag}")), "key_prefix");
+        assert_eq!(field_of(base().with_key_validity(ms(5))), "key_validity");
+        assert_eq!(field_of(base().with_extend_interval(ms(5000))), "extend_interval");
+        assert_eq!(field_of(base().with_extend_interval(ms(0))), "extend_interval");
+        assert_eq!(field_of(base().with_extend_interval(ms(4900))), "extend_interval");
+        assert_eq!(field_of(base().with_try_next_after(ms(0))), "try_next_after");
+        assert_eq!(field_of(base().with_clock_drift(ms(6000))), "clock_drift");
+        assert_eq!(field_of(base().with_connect_timeout(ms(0))), "connect_timeout");
+        assert_eq!(field_of(LockerOptions::new(["nope"])), "nodes");
+        assert_eq!(
+            field_of(LockerOptions::new(["redis://a", "redis://b"]).with_key_majority(1)),
+            "nodes"
+        );
+        assert!(LockerOptions::new(["redis://a", "redis://b", "redis://c"]).validate().is_ok());
+    }
+
+    #[test]
+    fn serde_forms() {
+        let json = r#"{"nodes":["redis://127.0.0.1:6379"],"key_majority":1,"key_validity":"2s","extend_interval":"500ms"}"#;
+        let o: LockerOptions = serde_json::from_str(json).unwrap();
+        assert_eq!(o.key_validity, ms(2000));
+        assert_eq!(o.extend_interval, Some(ms(500)));
+        assert_eq!(o.try_next_after, ms(200));
+        let back: LockerOptions = serde_json::from_str(&serde_json::to_string(&o).unwrap()).unwrap();
+        assert_eq!(back, o);
+        assert!(serde_json::from_str::<LockerOptions>(r#"{"key_validity":"5 lightyears"}"#).is_err());
+        assert!(serde_json::from_str::<LockerOptions>(r#"{"unknown":1}"#).is_err());
+    }
+}

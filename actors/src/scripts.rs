@@ -1,0 +1,227 @@
+//! The Lua scripts sent to Valkey, the per-attempt token, and the parsing of
+//! script replies into plain enums.
+//!
+//! Every script touches one key (`KEYS[1]`), so none can cross slots. Each one
+//! that can leave the key ours ends with a `GET`: reads are what default-mode
+//! `CLIENT TRACKING` remembers, and the server forgets a key's tracking entry on
+//! every write, our own included. The `GET` (re-)arms the invalidation that wakes
+//! waiters and tells holders about a loss. This is valkeylock's (Go) trick.
+
+use fred::types::scripts::Script;
+use fred::types::Value;
+
+/// `SET NX`, idempotent for our own token, with three modes (`ARGV[4]`):
+/// `NX` acquires if free, `FORCE` overwrites whatever is there, `XX` only
+/// extends a key that is already ours (never re-creates it).
+///
+/// `ARGV`: token, milliseconds, `PX`|`PXAT`, mode.
+/// Reply: `1` the key is ours now; a string, the value of its other owner;
+/// nil, the key is absent (only in `XX` mode).
+const ACQUIRE_LUA: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  if ARGV[3] == 'PXAT' then
+    redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+  else
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  end
+  redis.call('GET', KEYS[1])
+  return 1
+end
+if ARGV[4] == 'XX' then
+  return cur
+end
+if cur and ARGV[4] ~= 'FORCE' then
+  return cur
+end
+redis.call('SET', KEYS[1], ARGV[1], ARGV[3], ARGV[2])
+redis.call('GET', KEYS[1])
+return 1
+"#;
+
+/// Read-only check of a key after an invalidation: never writes, so it cannot
+/// cause an invalidation of its own (no self-invalidation loop, valkeylock
+/// §4.2-1), and its `GET` re-arms tracking.
+///
+/// `ARGV`: token. Reply: the key's `PTTL` in ms if it is ours (−1: no expiry);
+/// a string, the value of its other owner; nil, the key is absent.
+const VERIFY_LUA: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  return redis.call('PTTL', KEYS[1])
+end
+return cur
+"#;
+
+/// Compare-and-delete. `ARGV`: token. Reply: 1 deleted, 0 not ours.
+const RELEASE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+/// The three scripts, hashed once per process.
+#[derive(Debug)]
+pub(crate) struct Scripts {
+    pub(crate) acquire: Script,
+    pub(crate) verify: Script,
+    pub(crate) release: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Self {
+        Scripts {
+            acquire: Script::from_lua(ACQUIRE_LUA),
+            verify: Script::from_lua(VERIFY_LUA),
+            release: Script::from_lua(RELEASE_LUA),
+        }
+    }
+}
+
+/// How `ACQUIRE_LUA` treats a key held by someone else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SetMode {
+    /// Take the key only if it is free (or already ours).
+    Nx,
+    /// Overwrite it.
+    Force,
+    /// Only extend it if it is ours.
+    Xx,
+}
+
+impl SetMode {
+    pub(crate) fn as_arg(self) -> &'static str {
+        match self {
+            SetMode::Nx => "NX",
+            SetMode::Force => "FORCE",
+            SetMode::Xx => "XX",
+        }
+    }
+}
+
+/// What one key looked like when a script ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum KeyState {
+    /// Ours; for `VERIFY_LUA`, with the remaining TTL (`None`: no expiry).
+    Ours { pttl_ms: Option<u64> },
+    /// Held by another owner. `forced` when that owner's token says it came
+    /// from `force_lock`.
+    Other { forced: bool },
+    /// Absent.
+    Absent,
+}
+
+/// Reads an `ACQUIRE_LUA` or `VERIFY_LUA` reply. `verify` selects how an
+/// integer is read (a PTTL, or the constant 1).
+pub(crate) fn parse_key_state(value: &Value, verify: bool) -> Option<KeyState> {
+    match value {
+        Value::Integer(n) if verify => Some(KeyState::Ours {
+            pttl_ms: u64::try_from(*n).ok(),
+        }),
+        Value::Integer(1) => Some(KeyState::Ours { pttl_ms: None }),
+        Value::Null => Some(KeyState::Absent),
+        Value::String(s) => Some(KeyState::Other {
+            forced: Token::is_forced(s.as_bytes()),
+        }),
+        Value::Bytes(b) => Some(KeyState::Other {
+            forced: Token::is_forced(b),
+        }),
+        _ => None,
+    }
+}
+
+/// Reads a `RELEASE_LUA` reply: true when the key was ours and is now deleted.
+pub(crate) fn parse_released(value: &Value) -> Option<bool> {
+    match value {
+        Value::Integer(n) => Some(*n == 1),
+        _ => None,
+    }
+}
+
+/// A fresh random value per acquisition attempt: 24 bytes from the operating
+/// system's CSPRNG, hex-encoded (printable in `valkeylock status`, and as
+/// unguessable as valkeylock's raw 24 bytes). Tokens of `force_lock` start with
+/// `F`, so a holder can tell "forced" from "overwritten".
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Token(String);
+
+impl Token {
+    pub(crate) fn new(forced: bool) -> Token {
+        let mut bytes = [0u8; 24];
+        // The OS RNG failing is not something a lock can recover from safely:
+        // a predictable token would let others release our lock.
+        getrandom::fill(&mut bytes).expect("the operating system's random number generator failed");
+        let mut s = String::with_capacity(49);
+        if forced {
+            s.push('F');
+        }
+        for b in bytes {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            s.push(HEX[(b >> 4) as usize] as char);
+            s.push(HEX[(b & 15) as usize] as char);
+        }
+        Token(s)
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn is_forced(value: &[u8]) -> bool {
+        value.len() == 49 && value[0] == b'F' && value[1..].iter().all(u8::is_ascii_hexdigit)
+    }
+
+    /// The first 8 characters, for logs: enough to correlate, useless to forge.
+    pub(crate) fn short(&self) -> &str {
+        let s = self.0.trim_start_matches('F');
+        &s[..8.min(s.len())]
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token({}…)", self.short())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens() {
+        let a = Token::new(false);
+        let b = Token::new(false);
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 48);
+        let f = Token::new(true);
+        assert_eq!(f.as_str().len(), 49);
+        assert!(Token::is_forced(f.as_str().as_bytes()));
+        assert!(!Token::is_forced(a.as_str().as_bytes()));
+        assert!(!Token::is_forced(b"Fxyz"));
+        assert_eq!(a.short().len(), 8);
+    }
+
+    #[test]
+    fn replies() {
+        let f = Token::new(true);
+        let cases = [
+            (Value::Integer(1), false, Some(KeyState::Ours { pttl_ms: None })),
+            (Value::Integer(0), false, None),
+            (Value::Integer(4500), true, Some(KeyState::Ours { pttl_ms: Some(4500) })),
+            (Value::Integer(-1), true, Some(KeyState::Ours { pttl_ms: None })),
+            (Value::Null, false, Some(KeyState::Absent)),
+            (Value::String("abc".into()), false, Some(KeyState::Other { forced: false })),
+            (Value::String(f.as_str().into()), true, Some(KeyState::Other { forced: true })),
+            (Value::Bytes(vec![0xff, 0].into()), false, Some(KeyState::Other { forced: false })),
+            (Value::Boolean(true), false, None),
+        ];
+        for (value, verify, want) in cases {
+            assert_eq!(parse_key_state(&value, verify), want, "{value:?}");
+        }
+        assert_eq!(parse_released(&Value::Integer(1)), Some(true));
+        assert_eq!(parse_released(&Value::Integer(0)), Some(false));
+        assert_eq!(parse_released(&Value::Null), None);
+    }
+}

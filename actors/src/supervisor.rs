@@ -1,0 +1,386 @@
+//! Supervisor: the root of one locker's actors.
+//!
+//! ```text
+//! Supervisor
+//! ├── NodeActor 0 … N−1   one per Valkey instance; restarted with backoff when
+//! │                        its connection breaks, it fails to connect, or it is
+//! │                        killed
+//! └── LockActor per name   spawned on first use, stopped when idle; a killed
+//!                          one ends its grant (holder told EngineStopped) and
+//!                          its waiters ask again
+//! ```
+//!
+//! It owns the two routing tables in [`Shared`] (nodes, locks) and is the only
+//! writer. Requests for a name go through it, so a `LockActor` is never stopped
+//! while a request is on its way: the actor reports `Idle` with the count of
+//! requests it saw, and is stopped only if that equals the count forwarded.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tracing::{debug, info, warn};
+
+use crate::context::{AbortOnDrop, Shared};
+use crate::error::Error;
+use crate::lock::{LockActor, LockArgs, LockMsg, Request};
+use crate::node::{NodeActor, NodeArgs, NodeMsg};
+use crate::quorum;
+
+pub(crate) struct Supervisor;
+
+/// First connection result of a node, for `Engine::start`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NodeReport {
+    Up,
+    Down { error: String, permanent: bool },
+}
+
+/// Messages of the [`Supervisor`].
+#[derive(Debug)]
+pub(crate) enum SupervisorMsg {
+    /// Route a request to the name's `LockActor`, spawning it if needed.
+    Request { name: Arc<str>, request: Request },
+    /// Withdraw a request.
+    Cancel { name: Arc<str>, id: u64 },
+    /// A `LockActor` has nothing to do; it saw `seen` requests.
+    LockIdle { name: Arc<str>, seen: u64 },
+    /// A `LockActor` finished closing.
+    LockClosed { name: Arc<str> },
+    /// A `NodeActor` connected.
+    NodeUp { node: usize, actor: ActorId },
+    /// A `NodeActor` failed to connect (and is about to fail).
+    NodeDown {
+        node: usize,
+        actor: ActorId,
+        error: String,
+        permanent: bool,
+    },
+    /// Start node `node` again.
+    Respawn { node: usize },
+    /// Answer once every node reported its first connection attempt.
+    AwaitReady { reply: RpcReplyPort<Vec<Option<NodeReport>>> },
+    /// Close the locker.
+    Close { reply: RpcReplyPort<()> },
+    /// Closing took too long.
+    CloseDeadline,
+}
+
+pub(crate) struct SupervisorArgs {
+    pub(crate) shared: Arc<Shared>,
+}
+
+struct LockEntry {
+    actor: ActorRef<LockMsg>,
+    forwarded: u64,
+}
+
+struct NodeSlot {
+    actor: Option<ActorRef<NodeMsg>>,
+    failures: u32,
+    report: Option<NodeReport>,
+    respawn: Option<AbortOnDrop>,
+}
+
+enum Child {
+    Node(usize),
+    Lock(Arc<str>),
+}
+
+enum Closing {
+    Open,
+    Locks(Vec<RpcReplyPort<()>>),
+    Nodes(Vec<RpcReplyPort<()>>),
+}
+
+pub(crate) struct SupervisorState {
+    shared: Arc<Shared>,
+    nodes: Vec<NodeSlot>,
+    locks: HashMap<Arc<str>, LockEntry>,
+    children: HashMap<ActorId, Child>,
+    ready: Vec<RpcReplyPort<Vec<Option<NodeReport>>>>,
+    closing: Closing,
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let n = args.shared.settings.nodes.len();
+        let mut st = SupervisorState {
+            shared: args.shared,
+            nodes: (0..n)
+                .map(|_| NodeSlot {
+                    actor: None,
+                    failures: 0,
+                    report: None,
+                    respawn: None,
+                })
+                .collect(),
+            locks: HashMap::new(),
+            children: HashMap::new(),
+            ready: Vec::new(),
+            closing: Closing::Open,
+        };
+        for i in 0..n {
+            st.spawn_node(&myself, i).await;
+        }
+        Ok(st)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Request { name, request } => {
+                if !matches!(st.closing, Closing::Open) {
+                    let _ = request.reply.send(Err(Error::Closed));
+                    return Ok(());
+                }
+                st.route(&myself, name, request).await;
+            }
+            SupervisorMsg::Cancel { name, id } => {
+                if let Some(e) = st.locks.get(&name) {
+                    let _ = e.actor.cast(LockMsg::Cancel { id });
+                }
+            }
+            SupervisorMsg::LockIdle { name, seen } => {
+                if let Some(e) = st.locks.get(&name) {
+                    if e.forwarded == seen {
+                        let e = st.locks.remove(&name).expect("present");
+                        st.shared.remove_lock(&name, e.actor.get_id());
+                        e.actor.stop(None);
+                    }
+                }
+            }
+            SupervisorMsg::LockClosed { name } => {
+                if let Some(e) = st.locks.remove(&name) {
+                    st.shared.remove_lock(&name, e.actor.get_id());
+                }
+                st.continue_close(&myself);
+            }
+            SupervisorMsg::NodeUp { node, actor } => {
+                let slot = &mut st.nodes[node];
+                if slot.actor.as_ref().is_some_and(|a| a.get_id() == actor) {
+                    slot.failures = 0;
+                    if slot.report.is_none() {
+                        slot.report = Some(NodeReport::Up);
+                        st.answer_ready();
+                    }
+                    // Invalidations sent while we were away are lost: every
+                    // lock re-checks its keys there, and waiters retry.
+                    for lock in st.locks.values() {
+                        let _ = lock.actor.cast(LockMsg::Recheck { node: Some(node) });
+                    }
+                }
+            }
+            SupervisorMsg::NodeDown {
+                node,
+                actor,
+                error,
+                permanent,
+            } => {
+                let slot = &mut st.nodes[node];
+                if slot.actor.as_ref().is_some_and(|a| a.get_id() == actor) && slot.report.is_none() {
+                    slot.report = Some(NodeReport::Down { error, permanent });
+                    st.answer_ready();
+                }
+            }
+            SupervisorMsg::Respawn { node } => {
+                st.nodes[node].respawn = None;
+                if matches!(st.closing, Closing::Open) && st.nodes[node].actor.is_none() {
+                    st.spawn_node(&myself, node).await;
+                }
+            }
+            SupervisorMsg::AwaitReady { reply } => {
+                st.ready.push(reply);
+                st.answer_ready();
+            }
+            SupervisorMsg::Close { reply } => match &mut st.closing {
+                Closing::Locks(waiting) | Closing::Nodes(waiting) => waiting.push(reply),
+                Closing::Open => {
+                    info!(locks = st.locks.len(), "closing locker");
+                    st.closing = Closing::Locks(vec![reply]);
+                    for e in st.locks.values() {
+                        let _ = e.actor.cast(LockMsg::Close);
+                    }
+                    let bound = st.shared.settings.timeout * 3 + Duration::from_secs(1);
+                    myself.send_after(bound, || SupervisorMsg::CloseDeadline);
+                    st.continue_close(&myself);
+                }
+            },
+            SupervisorMsg::CloseDeadline => {
+                warn!("closing took too long; stopping anyway");
+                st.finish_close(&myself);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        evt: SupervisionEvent,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match &evt {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.clone().unwrap_or_default()),
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            _ => return Ok(()),
+        };
+        let id = cell.get_id();
+        match st.children.remove(&id) {
+            Some(Child::Node(i)) => {
+                if st.nodes[i].actor.as_ref().is_some_and(|a| a.get_id() == id) {
+                    st.nodes[i].actor = None;
+                    st.shared.set_node(i, None);
+                }
+                if matches!(st.closing, Closing::Open) {
+                    let slot = &mut st.nodes[i];
+                    let delay = quorum::jitter(
+                        quorum::backoff(slot.failures, Duration::from_millis(50), Duration::from_secs(2)),
+                        20,
+                        u64::from(id.pid() as u32),
+                    );
+                    slot.failures = slot.failures.saturating_add(1);
+                    warn!(node = %st.shared.settings.nodes[i].display(), index = i, reason = %why, delay_ms = delay.as_millis() as u64, "node actor stopped; restarting");
+                    let timer = myself.send_after(delay, move || SupervisorMsg::Respawn { node: i });
+                    slot.respawn = Some(AbortOnDrop::new(&timer));
+                } else {
+                    st.continue_close(&myself);
+                }
+            }
+            Some(Child::Lock(name)) => {
+                if st.locks.get(&name).is_some_and(|e| e.actor.get_id() == id) {
+                    st.locks.remove(&name);
+                }
+                st.shared.remove_lock(&name, id);
+                if !why.is_empty() && why != "closed" {
+                    debug!(lock = %name, reason = %why, "lock actor stopped");
+                }
+                st.continue_close(&myself);
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+impl SupervisorState {
+    async fn spawn_node(&mut self, myself: &ActorRef<SupervisorMsg>, i: usize) {
+        let args = NodeArgs {
+            index: i,
+            shared: self.shared.clone(),
+            supervisor: myself.clone(),
+        };
+        match Actor::spawn_linked(None, NodeActor, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                self.children.insert(actor.get_id(), Child::Node(i));
+                self.shared.set_node(i, Some(actor.clone()));
+                self.nodes[i].actor = Some(actor);
+            }
+            Err(e) => {
+                let slot = &mut self.nodes[i];
+                warn!(index = i, error = %e, "cannot start node actor");
+                if slot.report.is_none() {
+                    slot.report = Some(NodeReport::Down {
+                        error: e.to_string(),
+                        permanent: true,
+                    });
+                    self.answer_ready();
+                }
+                let slot = &mut self.nodes[i];
+                let delay = quorum::backoff(slot.failures, Duration::from_millis(50), Duration::from_secs(2));
+                slot.failures = slot.failures.saturating_add(1);
+                let timer = myself.send_after(delay, move || SupervisorMsg::Respawn { node: i });
+                slot.respawn = Some(AbortOnDrop::new(&timer));
+            }
+        }
+    }
+
+    async fn route(&mut self, myself: &ActorRef<SupervisorMsg>, name: Arc<str>, request: Request) {
+        let mut request = request;
+        for _ in 0..2 {
+            if !self.locks.contains_key(&name) {
+                let args = LockArgs {
+                    name: name.clone(),
+                    shared: self.shared.clone(),
+                    supervisor: myself.clone(),
+                };
+                match Actor::spawn_linked(None, LockActor, args, myself.get_cell()).await {
+                    Ok((actor, _)) => {
+                        self.children.insert(actor.get_id(), Child::Lock(name.clone()));
+                        self.shared.set_lock(name.clone(), actor.clone());
+                        self.locks.insert(name.clone(), LockEntry { actor, forwarded: 0 });
+                    }
+                    Err(e) => {
+                        warn!(lock = %name, error = %e, "cannot start lock actor");
+                        let _ = request.reply.send(Err(Error::Closed));
+                        return;
+                    }
+                }
+            }
+            let entry = self.locks.get_mut(&name).expect("inserted above");
+            entry.forwarded += 1;
+            match entry.actor.cast(LockMsg::Request(request)) {
+                Ok(()) => return,
+                Err(ractor::MessagingErr::SendErr(LockMsg::Request(back))) => {
+                    // Dead but its exit not processed yet: replace it.
+                    let e = self.locks.remove(&name).expect("present");
+                    self.shared.remove_lock(&name, e.actor.get_id());
+                    request = back;
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = request.reply.send(Err(Error::Closed));
+    }
+
+    fn answer_ready(&mut self) {
+        if self.nodes.iter().all(|n| n.report.is_some()) {
+            let reports: Vec<_> = self.nodes.iter().map(|n| n.report.clone()).collect();
+            for reply in self.ready.drain(..) {
+                let _ = reply.send(reports.clone());
+            }
+        }
+    }
+
+    fn continue_close(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        match &mut self.closing {
+            Closing::Locks(waiting) if self.locks.is_empty() => {
+                let waiting = std::mem::take(waiting);
+                for slot in &mut self.nodes {
+                    slot.respawn = None;
+                    if let Some(a) = &slot.actor {
+                        a.stop(Some("closed".into()));
+                    }
+                }
+                self.closing = Closing::Nodes(waiting);
+                self.continue_close(myself);
+            }
+            Closing::Nodes(_) if self.nodes.iter().all(|n| n.actor.is_none()) => self.finish_close(myself),
+            _ => {}
+        }
+    }
+
+    fn finish_close(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        let waiting = match std::mem::replace(&mut self.closing, Closing::Nodes(Vec::new())) {
+            Closing::Locks(w) | Closing::Nodes(w) => w,
+            Closing::Open => Vec::new(),
+        };
+        for reply in waiting {
+            let _ = reply.send(());
+        }
+        myself.stop(Some("closed".into()));
+    }
+}
