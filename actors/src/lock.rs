@@ -878,11 +878,9 @@ impl LockState {
         if self.queue.is_empty() {
             return;
         }
-        if self.attempt.is_some() || self.releasing > 0 {
-            self.dirty = true;
-        } else {
-            self.advance(me);
-        }
+        // Retry now, or as soon as the attempt or release in flight is done.
+        self.dirty = true;
+        self.advance(me);
     }
 
     // ===== ending =====

@@ -292,6 +292,7 @@ fn start_forwarder(client: &Client, shared: &Arc<Shared>) -> tokio::task::JoinHa
         loop {
             match rx.recv().await {
                 Ok(inv) => {
+                    tracing::trace!(keys = inv.keys.len(), "invalidation");
                     for key in &inv.keys {
                         let Some((index, name)) = keys::parse_key(prefix, total, key.as_bytes()) else {
                             continue;

@@ -1,0 +1,71 @@
+//! `LockGuard`: a held lock.
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Lease, LeaseWatcher, LostReason};
+
+/// A held lock. Dropping it releases the lock in the background without
+/// blocking; [`LockGuard::release`] releases and waits for the deletes.
+///
+/// Check [`LockGuard::is_held`] before acting on the protected resource, or
+/// race your work against [`LockGuard::lost`] / the
+/// [`cancellation_token`](LockGuard::cancellation_token). The lock is safe
+/// until [`LockGuard::valid_until`], which moves forward with each confirmed
+/// extension; `lost()` fires no later than that instant.
+#[derive(Debug)]
+pub struct LockGuard {
+    lease: Lease,
+}
+
+impl LockGuard {
+    pub(crate) fn new(lease: Lease) -> LockGuard {
+        LockGuard { lease }
+    }
+
+    /// The lock name.
+    pub fn name(&self) -> &str {
+        self.lease.name()
+    }
+
+    /// True while the lock is held and within its validity.
+    pub fn is_held(&self) -> bool {
+        self.lease.is_held()
+    }
+
+    /// The earliest moment another client could take the majority, as known
+    /// now; `None` once the lock ended.
+    pub fn valid_until(&self) -> Option<Instant> {
+        self.lease.valid_until()
+    }
+
+    /// Resolves when the lock ends, with the reason (including
+    /// [`LostReason::Released`] after a release). Cancel-safe; callable any
+    /// number of times.
+    pub async fn lost(&self) -> LostReason {
+        self.lease.lost().await
+    }
+
+    /// Why the lock ended, if it has.
+    pub fn lost_reason(&self) -> Option<LostReason> {
+        self.lease.lost_reason()
+    }
+
+    /// Cancelled the moment the lock ends, for any reason: the Rust form of
+    /// valkeylock's context.
+    pub fn cancellation_token(&self) -> CancellationToken {
+        self.lease.cancellation_token()
+    }
+
+    /// A cloneable observer of this lock (for another task or actor), which
+    /// never releases it.
+    pub fn watcher(&self) -> LeaseWatcher {
+        self.lease.watcher()
+    }
+
+    /// Releases the lock and waits until its keys are deleted (each node
+    /// bounded by `try_next_after`). A lock already lost releases nothing.
+    pub async fn release(self) {
+        self.lease.release().await
+    }
+}

@@ -1,0 +1,153 @@
+//! `Locker`: the user's handle to a running engine.
+
+use std::sync::Arc;
+
+use ractor::{ActorRef, Message};
+use tokio::task::JoinHandle;
+
+use crate::event::LockEvent;
+use crate::guard::LockGuard;
+use crate::{AcquireKind, Engine, Error, LockerOptions};
+
+/// A distributed locker over one or more Valkey instances. Cheap to clone;
+/// all clones share one set of connections. Dropping the last clone closes it
+/// in the background; prefer [`Locker::close`], which waits.
+#[derive(Debug, Clone)]
+pub struct Locker {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    engine: Engine,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.engine.close_in_background();
+    }
+}
+
+impl Locker {
+    /// Validates `options`, connects to every node and turns on client-side
+    /// caching.
+    ///
+    /// Succeeds when the nodes that answered hold a majority of each lock's
+    /// keys; the others are retried in the background.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidOptions`] for options out of range;
+    /// - [`Error::Connection`] for wrong credentials, missing permissions, a
+    ///   server without RESP3, or too few reachable nodes.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo() -> Result<(), valkeylock::Error> {
+    /// use valkeylock::{Locker, LockerOptions};
+    /// let locker = Locker::connect(
+    ///     LockerOptions::new(["redis://127.0.0.1:6379"]).with_key_majority(1),
+    /// )
+    /// .await?;
+    /// let guard = locker.lock("my_lock").await?;
+    /// // … work while `guard.is_held()`; `guard.lost()` fires if it is lost …
+    /// guard.release().await;
+    /// locker.close().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(options: LockerOptions) -> Result<Locker, Error> {
+        let engine = Engine::start(&options).await?;
+        Ok(Locker {
+            inner: Arc::new(Inner { engine }),
+        })
+    }
+
+    /// Waits until `name` is held and returns its guard. Waiters in this
+    /// process queue first-come first-served; a release anywhere wakes the
+    /// next one at once. Dropping the future withdraws the wait.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::Closed`].
+    pub async fn lock(&self, name: &str) -> Result<LockGuard, Error> {
+        self.acquire(name, AcquireKind::Wait).await
+    }
+
+    /// One attempt, no waiting.
+    ///
+    /// # Errors
+    /// [`Error::NotLocked`] with the counts when the majority was not reached
+    /// (also when another guard of this process holds it), plus those of
+    /// [`Locker::lock`].
+    pub async fn try_lock(&self, name: &str) -> Result<LockGuard, Error> {
+        self.acquire(name, AcquireKind::Try).await
+    }
+
+    /// Takes the lock over whoever holds it (their `lost()` says
+    /// [`LostReason::Forced`](crate::LostReason::Forced)).
+    ///
+    /// # Errors
+    /// [`Error::NotLocked`] when too few nodes answered, plus those of
+    /// [`Locker::lock`].
+    pub async fn force_lock(&self, name: &str) -> Result<LockGuard, Error> {
+        self.acquire(name, AcquireKind::Force).await
+    }
+
+    async fn acquire(&self, name: &str, kind: AcquireKind) -> Result<LockGuard, Error> {
+        self.inner.engine.acquire(name, kind).await.map(LockGuard::new)
+    }
+
+    /// Message-based locking for actors: waits for `name` in the background,
+    /// then sends `LockEvent::Acquired(guard)` to `actor`, and later
+    /// `LockEvent::Lost { .. }` when that grant ends for any reason other than
+    /// its release. Failures arrive as `LockEvent::Failed`. Abort the returned
+    /// handle to withdraw the wait.
+    ///
+    /// The actor's message type only needs `From<LockEvent>`.
+    pub fn lock_for<M>(&self, name: &str, actor: ActorRef<M>) -> JoinHandle<()>
+    where
+        M: Message + From<LockEvent>,
+    {
+        let locker = self.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            match locker.lock(&name).await {
+                Ok(guard) => {
+                    let watcher = guard.watcher();
+                    if actor.cast(M::from(LockEvent::Acquired(guard))).is_err() {
+                        return;
+                    }
+                    let reason = watcher.lost().await;
+                    if reason.is_loss() {
+                        let _ = actor.cast(M::from(LockEvent::Lost { name, reason }));
+                    }
+                }
+                Err(error) => {
+                    let _ = actor.cast(M::from(LockEvent::Failed { name, error }));
+                }
+            }
+        })
+    }
+
+    /// Releases every lock this locker holds (keys deleted, not left to
+    /// expire), fails its waiters with [`Error::Closed`], and stops its actors.
+    /// Later calls on any clone fail with [`Error::Closed`]. Idempotent.
+    pub async fn close(&self) {
+        self.inner.engine.close().await;
+    }
+
+    /// True once closed.
+    pub fn is_closed(&self) -> bool {
+        self.inner.engine.is_closed()
+    }
+
+    /// Names with a live `LockActor` in this process (held, waited for, or
+    /// about to be retired).
+    pub fn active_locks(&self) -> usize {
+        self.inner.engine.active_locks()
+    }
+
+    /// Kill switches for fault-injection tests (`fault-injection` feature).
+    #[cfg(feature = "fault-injection")]
+    pub fn faults(&self) -> valkeylock_actors::Faults {
+        self.inner.engine.faults()
+    }
+}

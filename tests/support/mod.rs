@@ -1,0 +1,222 @@
+//! Shared test support: real `valkey-server` processes on free loopback ports,
+//! an admin client to poke at keys, and a polling helper.
+//!
+//! Each `ValkeyServer` kills its own process on drop. Traffic goes to
+//! 127.0.0.1 only.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fred::prelude::*;
+use tokio::time::Instant;
+
+/// The server binary: `$VALKEY_SERVER`, else `valkey-server`, else
+/// `redis-server`.
+pub fn server_binary() -> String {
+    if let Ok(b) = std::env::var("VALKEY_SERVER") {
+        return b;
+    }
+    for b in ["valkey-server", "redis-server"] {
+        if Command::new(b).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok() {
+            return b.to_owned();
+        }
+    }
+    panic!("no valkey-server on PATH: run .ci/install-valkey (or set VALKEY_SERVER)");
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A `valkey-server` child process.
+pub struct ValkeyServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+    extra: Vec<String>,
+}
+
+impl ValkeyServer {
+    /// Starts a fresh server (no persistence) on a free port.
+    pub fn start() -> ValkeyServer {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `--name value` arguments.
+    pub fn start_with(extra: &[&str]) -> ValkeyServer {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(format!("valkeylock-test-{}-{port}", std::process::id()));
+            let _ = std::fs::create_dir_all(&dir);
+            let mut s = ValkeyServer {
+                port,
+                child: None,
+                dir,
+                extra: extra.clone(),
+            };
+            if s.spawn() {
+                return s;
+            }
+        }
+        panic!("could not start valkey-server");
+    }
+
+    fn spawn(&mut self) -> bool {
+        let mut cmd = Command::new(server_binary());
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--enable-debug-command", "yes", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => panic!("spawn valkey-server: {e}"),
+        };
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(_)) = c.try_wait() {
+                    self.child = None;
+                    return false;
+                }
+            }
+            if self.ping() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        false
+    }
+
+    /// True if the server answers PING (with or without auth required).
+    pub fn ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_millis(200)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        if s.write_all(b"PING\r\n").is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 => buf[0] == b'+' || buf[..n].starts_with(b"-NOAUTH"),
+            _ => false,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the process (SIGKILL): the data is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if self.spawn() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("could not restart valkey-server on port {}", self.port);
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").args([sig, &c.id().to_string()]).status();
+        }
+    }
+
+    /// SIGSTOP: the server stops answering but keeps its connections.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// An admin connection (RESP3, no tracking) for poking at keys.
+    pub async fn admin(&self) -> Client {
+        let config = Config::from_url(&self.url()).expect("url");
+        let client = Builder::from_config(config)
+            .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(5))
+            .build()
+            .expect("client");
+        client.init().await.expect("admin connect");
+        client
+    }
+}
+
+impl Drop for ValkeyServer {
+    fn drop(&mut self) {
+        self.resume();
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls `cond` every 5 ms until it is true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Keys of lock `name` with prefix `prefix` that exist on `admin`'s server.
+pub async fn existing_keys(admin: &Client, prefix: &str, name: &str, total: usize) -> usize {
+    let mut n = 0;
+    for i in 0..total {
+        let exists: i64 = admin.exists(format!("{prefix}:{i}:{name}")).await.unwrap_or(0);
+        n += exists as usize;
+    }
+    n
+}
+
+/// Turns on test logs when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// A unique lock name for a test.
+pub fn unique(name: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
