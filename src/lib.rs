@@ -48,3 +48,8 @@ pub use locker::Locker;
 pub use valkeylock_actors::{format_duration, parse_duration, Error, LeaseWatcher, LockerOptions, LostReason, MAX_NAME_LEN};
 
 use valkeylock_actors::{AcquireKind, Engine, Lease};
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -773,7 +773,10 @@ impl LockState {
         }
         let k = &mut g.keys[r.index];
         k.pending = false;
-        let mut extend_soon = false;
+        // Extend right away (a TTL was cut short) or after a pause (a node
+        // failed to answer; hammering it would not help).
+        let mut extend_now = false;
+        let mut extend_retry = false;
         match r.outcome {
             Outcome::Key(KeyState::Ours { pttl_ms }) => {
                 k.failing = false;
@@ -791,7 +794,7 @@ impl LockState {
                             k.expiry = e;
                         }
                         if Duration::from_millis(ms) < validity - extend_period {
-                            extend_soon = true;
+                            extend_now = true;
                         }
                     }
                 }
@@ -811,19 +814,20 @@ impl LockState {
                 k.failing = true;
                 trace!(lock = %self.name, key = r.index, why, "command on held key failed");
                 if is_extend {
-                    extend_soon = true;
+                    extend_retry = true;
                 }
             }
         }
         self.reevaluate(me);
-        if extend_soon {
-            if let Some(g) = self.grant.as_mut() {
-                if g.extending == 0 {
-                    let id = g.id;
-                    let timer = me.send_after(timeout.max(Duration::from_millis(20)), move || LockMsg::ExtendTick { grant: id });
-                    g.extend_timer = Some(AbortOnDrop::new(&timer));
-                }
-            }
+        let Some(g) = self.grant.as_mut() else { return };
+        if g.extending > 0 {
+            // A round is in flight; its replies decide what comes next.
+        } else if extend_now {
+            self.extend(me);
+        } else if extend_retry {
+            let id = g.id;
+            let timer = me.send_after(timeout.max(Duration::from_millis(20)), move || LockMsg::ExtendTick { grant: id });
+            g.extend_timer = Some(AbortOnDrop::new(&timer));
         }
     }
 

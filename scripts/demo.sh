@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs the demo against a local Valkey on 127.0.0.1:${VALKEY_PORT:-6379}, starting one
+# (and installing valkey-server from Debian bookworm-backports if needed) when none is running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PORT="${VALKEY_PORT:-6379}"
+started=""
+alive() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+if ! alive; then
+  bash .ci/install-valkey
+  dir="$(mktemp -d)"
+  valkey-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
+    --daemonize yes --pidfile "$dir/valkey.pid" --logfile "$dir/valkey.log"
+  for _ in $(seq 100); do alive && break; sleep 0.05; done
+  started="$dir"
+  echo "started valkey-server on 127.0.0.1:$PORT"
+fi
+cleanup() {
+  if [ -n "$started" ] && [ -f "$started/valkey.pid" ]; then
+    kill "$(cat "$started/valkey.pid")" 2>/dev/null || true
+    echo "stopped the valkey-server this script started"
+  fi
+}
+trap cleanup EXIT
+cargo run --quiet --release --example demo -- "redis://127.0.0.1:$PORT" "$@"
