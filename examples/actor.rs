@@ -37,18 +37,31 @@ impl Actor for Worker {
     type State = WorkerState;
     type Arguments = ();
 
-    async fn pre_start(&self, _me: ActorRef<WorkerMsg>, _: ()) -> Result<WorkerState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _me: ActorRef<WorkerMsg>,
+        _: (),
+    ) -> Result<WorkerState, ActorProcessingErr> {
         Ok(WorkerState { guard: None })
     }
 
-    async fn handle(&self, me: ActorRef<WorkerMsg>, msg: WorkerMsg, st: &mut WorkerState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        me: ActorRef<WorkerMsg>,
+        msg: WorkerMsg,
+        st: &mut WorkerState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             WorkerMsg::Start => {
                 // Returns at once; the events arrive as messages.
                 self.locker.lock_for(&self.name, me);
             }
             WorkerMsg::Lock(LockEvent::Acquired(guard)) => {
-                let _ = self.done.send(format!("acquired {} (valid until {:?})", guard.name(), guard.valid_until()));
+                let _ = self.done.send(format!(
+                    "acquired {} (valid until {:?})",
+                    guard.name(),
+                    guard.valid_until()
+                ));
                 st.guard = Some(guard);
             }
             WorkerMsg::Lock(LockEvent::Lost { name, reason }) => {
@@ -66,7 +79,9 @@ impl Actor for Worker {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::args().nth(1).unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    let url = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
     let locker = Locker::connect(LockerOptions::new([url.clone()]).with_key_majority(1)).await?;
     let name = format!("actor-demo-{}", std::process::id());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -84,7 +99,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("{}", rx.recv().await.unwrap_or_default());
 
     // Someone else deletes the key: the actor gets `Lost` as a message.
-    let admin = fred::clients::Client::new(fred::types::config::Config::from_url(&url)?, None, None, None);
+    let admin = fred::clients::Client::new(
+        fred::types::config::Config::from_url(&url)?,
+        None,
+        None,
+        None,
+    );
     admin.init().await?;
     let _: i64 = admin.del(format!("valkeylock:0:{name}")).await?;
     match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {

@@ -13,7 +13,9 @@ use valkeylock::{Locker, LockerOptions};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::args().nth(1).unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    let url = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
     let options = LockerOptions::new([url.clone()]).with_key_majority(1);
     let name = format!("demo-{}", std::process::id());
     let t0 = Instant::now();
@@ -53,7 +55,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("now another client deletes the key of a held lock:");
     let locker = Locker::connect(options).await?;
     let guard = locker.lock(&name).await?;
-    let admin = fred::clients::Client::new(fred::types::config::Config::from_url(&url)?, None, None, None);
+    let admin = fred::clients::Client::new(
+        fred::types::config::Config::from_url(&url)?,
+        None,
+        None,
+        None,
+    );
     admin.init().await?;
     let deleted = Instant::now();
     let _: i64 = admin.del(format!("valkeylock:0:{name}")).await?;

@@ -45,7 +45,9 @@ mod locker;
 pub use event::LockEvent;
 pub use guard::LockGuard;
 pub use locker::Locker;
-pub use valkeylock_actors::{format_duration, parse_duration, Error, LeaseWatcher, LockerOptions, LostReason, MAX_NAME_LEN};
+pub use valkeylock_actors::{
+    format_duration, parse_duration, Error, LeaseWatcher, LockerOptions, LostReason, MAX_NAME_LEN,
+};
 
 use valkeylock_actors::{AcquireKind, Engine, Lease};
 

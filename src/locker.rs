@@ -92,7 +92,11 @@ impl Locker {
     }
 
     async fn acquire(&self, name: &str, kind: AcquireKind) -> Result<LockGuard, Error> {
-        self.inner.engine.acquire(name, kind).await.map(LockGuard::new)
+        self.inner
+            .engine
+            .acquire(name, kind)
+            .await
+            .map(LockGuard::new)
     }
 
     /// Message-based locking for actors: waits for `name` in the background,

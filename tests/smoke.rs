@@ -1,3 +1,5 @@
+//! Smoke tests: the basic lock, wake-up and loss paths, and local hand-over under contention.
+
 mod support;
 
 use std::time::Duration;
@@ -28,11 +30,88 @@ async fn smoke() {
     let (_, g2) = waiter.await.unwrap();
     eprintln!("handover {:?}", t.elapsed());
     let admin = server.admin().await;
-    let _: i64 = fred::prelude::KeysInterface::del(&admin, "valkeylock:0:n").await.unwrap();
+    let _: i64 = fred::prelude::KeysInterface::del(&admin, "valkeylock:0:n")
+        .await
+        .unwrap();
     let t = tokio::time::Instant::now();
-    let r = tokio::time::timeout(Duration::from_secs(5), g2.lost()).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(5), g2.lost())
+        .await
+        .unwrap();
     eprintln!("lost {r:?} after {:?}", t.elapsed());
     assert_eq!(r, LostReason::Deleted);
     a.close().await;
     b.close().await;
+}
+
+/// Ten tasks of one locker contend on one name: local hand-overs (lock
+/// cohorting) keep exclusion, FIFO order keeps every task progressing, and the
+/// keys really are released in between (other lockers get turns).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_locker_contention() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    init_tracing();
+    let server = ValkeyServer::start();
+    let locker = Locker::connect(LockerOptions::new([server.url()]).with_key_majority(1))
+        .await
+        .unwrap();
+    let other = Locker::connect(LockerOptions::new([server.url()]).with_key_majority(1))
+        .await
+        .unwrap();
+    let name = unique("cohort");
+    let inside = Arc::new(AtomicUsize::new(0));
+    let value = Arc::new(std::sync::Mutex::new(0u64));
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (locker, name, inside, value) =
+            (locker.clone(), name.clone(), inside.clone(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..100 {
+                let g = locker.lock(&name).await.unwrap();
+                assert_eq!(
+                    inside.fetch_add(1, Ordering::SeqCst),
+                    0,
+                    "two holders at once"
+                );
+                let v = *value.lock().unwrap();
+                tokio::task::yield_now().await;
+                *value.lock().unwrap() = v + 1;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                g.release().await;
+            }
+        }));
+    }
+    // Another locker (another connection) gets turns in between.
+    let outsider = {
+        let (other, name, inside, value) =
+            (other.clone(), name.clone(), inside.clone(), value.clone());
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                let g = other.lock(&name).await.unwrap();
+                assert_eq!(
+                    inside.fetch_add(1, Ordering::SeqCst),
+                    0,
+                    "two holders at once"
+                );
+                let v = *value.lock().unwrap();
+                tokio::task::yield_now().await;
+                *value.lock().unwrap() = v + 1;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                g.release().await;
+            }
+        })
+    };
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(60), outsider)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(*value.lock().unwrap(), 1020);
+    locker.close().await;
+    other.close().await;
 }

@@ -60,11 +60,17 @@ impl Engine {
     pub async fn start(options: &LockerOptions) -> Result<Engine, Error> {
         let settings = options.settings()?;
         let shared = Shared::new(settings);
-        let (supervisor, _) = Actor::spawn(None, Supervisor, SupervisorArgs { shared: shared.clone() })
-            .await
-            .map_err(|e| Error::Connection {
-                message: format!("cannot start the supervisor: {e}"),
-            })?;
+        let (supervisor, _) = Actor::spawn(
+            None,
+            Supervisor,
+            SupervisorArgs {
+                shared: shared.clone(),
+            },
+        )
+        .await
+        .map_err(|e| Error::Connection {
+            message: format!("cannot start the supervisor: {e}"),
+        })?;
         let engine = Engine {
             supervisor,
             shared,
@@ -143,7 +149,11 @@ impl Engine {
             }
             let (tx, rx) = oneshot::channel();
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let request = Request { id, kind, reply: tx };
+            let request = Request {
+                id,
+                kind,
+                reply: tx,
+            };
             self.supervisor
                 .cast(SupervisorMsg::Request {
                     name: name.clone(),
@@ -190,7 +200,9 @@ impl Engine {
         let bound = self.shared.settings.timeout * 4 + Duration::from_secs(2);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = sup.call(|reply| SupervisorMsg::Close { reply }, Some(bound)).await;
+                let _ = sup
+                    .call(|reply| SupervisorMsg::Close { reply }, Some(bound))
+                    .await;
                 sup.stop(Some("closed".into()));
             });
         } else {

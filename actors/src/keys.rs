@@ -124,7 +124,12 @@ mod tests {
     #[test]
     fn parse_keys() {
         let cases: &[(&str, usize, &[u8], Option<(usize, &str)>)] = &[
-            ("valkeylock", 3, b"valkeylock:0:my_lock", Some((0, "my_lock"))),
+            (
+                "valkeylock",
+                3,
+                b"valkeylock:0:my_lock",
+                Some((0, "my_lock")),
+            ),
             ("valkeylock", 3, b"valkeylock:2:a:b:c", Some((2, "a:b:c"))),
             ("valkeylock", 3, b"valkeylock:3:my_lock", None),
             ("valkeylock", 3, b"valkeylock:7:my_lock", None),
@@ -146,7 +151,12 @@ mod tests {
             ("a:b", 3, b"a:1:b", None),
         ];
         for (prefix, total, key, want) in cases {
-            assert_eq!(parse_key(prefix, *total, key), *want, "key {:?}", String::from_utf8_lossy(key));
+            assert_eq!(
+                parse_key(prefix, *total, key),
+                *want,
+                "key {:?}",
+                String::from_utf8_lossy(key)
+            );
         }
     }
 
@@ -171,7 +181,11 @@ mod tests {
             ("valkeylock", "}{", 3, false),
         ];
         for (prefix, name, total, want) in cases {
-            assert_eq!(all_keys_share_slot(prefix, name, total), want, "{prefix} {name}");
+            assert_eq!(
+                all_keys_share_slot(prefix, name, total),
+                want,
+                "{prefix} {name}"
+            );
         }
     }
 
@@ -180,8 +194,14 @@ mod tests {
         assert!(validate_name("p", "ok", 3).is_ok());
         assert!(validate_name("p", "with:colon", 3).is_ok());
         assert!(validate_name("p", "ünicode ✓", 3).is_ok());
-        assert!(matches!(validate_name("p", "", 3), Err(Error::InvalidName { .. })));
-        assert!(matches!(validate_name("p", "{t}", 3), Err(Error::InvalidName { .. })));
+        assert!(matches!(
+            validate_name("p", "", 3),
+            Err(Error::InvalidName { .. })
+        ));
+        assert!(matches!(
+            validate_name("p", "{t}", 3),
+            Err(Error::InvalidName { .. })
+        ));
         assert!(validate_name("p", "{t}", 1).is_ok());
         let long = "é".repeat(600);
         match validate_name("p", &long, 3) {

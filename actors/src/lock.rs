@@ -137,7 +137,9 @@ pub(crate) struct LockArgs {
 enum AttemptKey {
     Pending,
     Ours(Instant),
-    Other { forced: bool },
+    Other {
+        forced: bool,
+    },
     Failed,
     /// No reply in time; counts as failed, but a late reply is still handled.
     TimedOut,
@@ -180,23 +182,55 @@ struct GrantKey {
     lost: Option<LostReason>,
 }
 
+/// The keys held on the server under one token.
 #[derive(Debug)]
 struct Grant {
+    /// The attempt id: tags extension replies.
     id: u64,
     token: Token,
     keys: Vec<GrantKey>,
     valid_until: Instant,
-    status: watch::Sender<GrantStatus>,
-    cancel: CancellationToken,
+    /// Who holds it now. Several local callers can hold it in turn without
+    /// touching the server (a local hand-over).
+    holder: Holder,
+    /// Local hand-overs since the keys were acquired.
+    handovers: u32,
     extend_timer: Option<AbortOnDrop>,
     deadline_timer: Option<AbortOnDrop>,
     /// An extension round is in flight (replies outstanding).
     extending: usize,
+}
+
+/// One caller's hold on a grant: what its `Lease` observes.
+#[derive(Debug)]
+struct Holder {
+    id: u64,
+    status: watch::Sender<GrantStatus>,
+    cancel: CancellationToken,
     ended: bool,
 }
 
-impl Grant {
-    /// Ends the grant for its holder: status, token. Idempotent.
+impl Holder {
+    fn new(id: u64, valid_until: Instant) -> Holder {
+        Holder {
+            id,
+            status: watch::channel(GrantStatus::Held { valid_until }).0,
+            cancel: CancellationToken::new(),
+            ended: false,
+        }
+    }
+
+    fn lease(&self, name: &Arc<str>, me: &ActorRef<LockMsg>) -> Lease {
+        Lease::new(
+            name.clone(),
+            self.id,
+            me.clone(),
+            self.status.subscribe(),
+            self.cancel.clone(),
+        )
+    }
+
+    /// Tells the holder it is over. Idempotent.
     fn end(&mut self, reason: LostReason) {
         if self.ended {
             return;
@@ -204,16 +238,23 @@ impl Grant {
         self.ended = true;
         self.status.send_replace(GrantStatus::Ended(reason));
         self.cancel.cancel();
-        self.extend_timer = None;
-        self.deadline_timer = None;
     }
 }
 
-impl Drop for Grant {
+impl Drop for Holder {
     /// A killed or failed LockActor drops its state: the holder must hear that
     /// nobody extends its keys any more, never keep a guard that looks held.
     fn drop(&mut self) {
         self.end(LostReason::EngineStopped);
+    }
+}
+
+impl Grant {
+    /// Ends the grant for its holder and stops its timers.
+    fn end(&mut self, reason: LostReason) {
+        self.holder.end(reason);
+        self.extend_timer = None;
+        self.deadline_timer = None;
     }
 }
 
@@ -253,9 +294,15 @@ impl Actor for LockActor {
     type State = LockState;
     type Arguments = LockArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<LockMsg>, args: LockArgs) -> Result<LockState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<LockMsg>,
+        args: LockArgs,
+    ) -> Result<LockState, ActorProcessingErr> {
         let s = &args.shared.settings;
-        let keys = (0..s.total).map(|i| keys::key_name(&s.prefix, i, &args.name)).collect();
+        let keys = (0..s.total)
+            .map(|i| keys::key_name(&s.prefix, i, &args.name))
+            .collect();
         Ok(LockState {
             name: args.name,
             keys,
@@ -278,7 +325,12 @@ impl Actor for LockActor {
         })
     }
 
-    async fn handle(&self, myself: ActorRef<LockMsg>, msg: LockMsg, st: &mut LockState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<LockMsg>,
+        msg: LockMsg,
+        st: &mut LockState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             LockMsg::Request(req) => {
                 st.seen += 1;
@@ -294,8 +346,8 @@ impl Actor for LockActor {
                 }
             }
             LockMsg::Release { grant, reply } => {
-                if st.grant.as_ref().is_some_and(|g| g.id == grant) {
-                    st.end_grant(&myself, LostReason::Released);
+                if st.grant.as_ref().is_some_and(|g| g.holder.id == grant) {
+                    st.release_or_hand_over(&myself);
                 }
                 if let Some(reply) = reply {
                     // Answered once the deletes are confirmed (each bounded by
@@ -438,7 +490,9 @@ impl LockState {
         while self.queue.front().is_some_and(|r| r.reply.is_closed()) {
             self.queue.pop_front();
         }
-        let Some(head) = self.queue.front() else { return };
+        let Some(head) = self.queue.front() else {
+            return;
+        };
         if head.kind == RequestKind::Force {
             let req = self.queue.pop_front().expect("front exists");
             if self.grant.is_some() {
@@ -464,7 +518,8 @@ impl LockState {
         let started = Instant::now();
         // The replies are bounded by the node's own timeout; this timer is the
         // backstop for a command lost with a killed NodeActor.
-        let bound = self.settings().timeout + self.settings().timeout / 2 + Duration::from_millis(10);
+        let bound =
+            self.settings().timeout + self.settings().timeout / 2 + Duration::from_millis(10);
         let timer = me.send_after(bound, move || LockMsg::AttemptTimeout { attempt: id });
         trace!(lock = %self.name, token = token.short(), ?mode, "attempt");
         self.attempt = Some(Attempt {
@@ -477,7 +532,16 @@ impl LockState {
             _timer: AbortOnDrop::new(&timer),
         });
         for index in 0..total {
-            self.send(me, index, Op::Acquire { token: token.clone(), mode }, Tag::Acquire(id), started);
+            self.send(
+                me,
+                index,
+                Op::Acquire {
+                    token: token.clone(),
+                    mode,
+                },
+                Tag::Acquire(id),
+                started,
+            );
         }
     }
 
@@ -527,12 +591,16 @@ impl LockState {
                         // Timed out already: it went to `finished`; handled below.
                     } else {
                         *slot = match r.outcome {
-                            Outcome::Key(KeyState::Ours { .. }) => AttemptKey::Ours(quorum::key_expiry(
-                                r.sent_at,
-                                self.shared.settings.validity,
-                                self.shared.settings.drift,
-                            )),
-                            Outcome::Key(KeyState::Other { forced }) => AttemptKey::Other { forced },
+                            Outcome::Key(KeyState::Ours { .. }) => {
+                                AttemptKey::Ours(quorum::key_expiry(
+                                    r.sent_at,
+                                    self.shared.settings.validity,
+                                    self.shared.settings.drift,
+                                ))
+                            }
+                            Outcome::Key(KeyState::Other { forced }) => {
+                                AttemptKey::Other { forced }
+                            }
                             _ => AttemptKey::Failed,
                         };
                         self.decide(me);
@@ -552,7 +620,13 @@ impl LockState {
                     }
                     if matches!(r.outcome, Outcome::Key(KeyState::Ours { .. })) {
                         debug!(lock = %self.name, token = token.short(), key = r.index, "late key of a decided attempt; releasing");
-                        self.send(me, r.index, Op::Release { token }, Tag::Release, Instant::now());
+                        self.send(
+                            me,
+                            r.index,
+                            Op::Release { token },
+                            Tag::Release,
+                            Instant::now(),
+                        );
                     }
                 }
             }
@@ -569,11 +643,20 @@ impl LockState {
         let Some(a) = &self.attempt else { return };
         let m = self.settings().majority;
         let total = self.settings().total;
-        let won = a.keys.iter().filter(|k| matches!(k, AttemptKey::Ours(_))).count();
+        let won = a
+            .keys
+            .iter()
+            .filter(|k| matches!(k, AttemptKey::Ours(_)))
+            .count();
         let failed = a
             .keys
             .iter()
-            .filter(|k| matches!(k, AttemptKey::Other { .. } | AttemptKey::Failed | AttemptKey::TimedOut))
+            .filter(|k| {
+                matches!(
+                    k,
+                    AttemptKey::Other { .. } | AttemptKey::Failed | AttemptKey::TimedOut
+                )
+            })
             .count();
         let now = Instant::now();
         match quorum::tally(won, failed, total, m) {
@@ -608,7 +691,15 @@ impl LockState {
         for (index, k) in a.keys.iter().enumerate() {
             match k {
                 AttemptKey::Ours(_) => {
-                    self.send(me, index, Op::Release { token: a.token.clone() }, Tag::Release, Instant::now());
+                    self.send(
+                        me,
+                        index,
+                        Op::Release {
+                            token: a.token.clone(),
+                        },
+                        Tag::Release,
+                        Instant::now(),
+                    );
                 }
                 AttemptKey::Pending | AttemptKey::TimedOut => pending += 1,
                 _ => {}
@@ -622,14 +713,20 @@ impl LockState {
             });
         }
         if let Some(req) = a.request {
-            let _ = req.reply.send(Err(self.not_locked(won, held_by_others && !forced)));
+            let _ = req
+                .reply
+                .send(Err(self.not_locked(won, held_by_others && !forced)));
             // Waiters that queued behind this one-shot attempt have not tried
             // yet, unless a retry timer is already running for them.
             if self.retry_timer.is_none() {
                 self.dirty = true;
             }
         }
-        if self.queue.front().is_some_and(|r| r.kind == RequestKind::Force) {
+        if self
+            .queue
+            .front()
+            .is_some_and(|r| r.kind == RequestKind::Force)
+        {
             self.advance(me);
         } else if !self.queue.is_empty() {
             if self.dirty {
@@ -662,7 +759,7 @@ impl LockState {
     }
 
     fn grant_won(&mut self, me: &ActorRef<LockMsg>, a: Attempt, valid_until: Instant) {
-        let s = self.settings();
+        let extend_period = self.settings().extend;
         let keys: Vec<GrantKey> = a
             .keys
             .iter()
@@ -677,26 +774,27 @@ impl LockState {
                 lost: None,
             })
             .collect();
-        let (status, _) = watch::channel(GrantStatus::Held { valid_until });
+        let holder = Holder::new(self.next_id(), valid_until);
         let mut grant = Grant {
             id: a.id,
             token: a.token.clone(),
             keys,
             valid_until,
-            status,
-            cancel: CancellationToken::new(),
+            holder,
+            handovers: 0,
             extend_timer: None,
             deadline_timer: None,
             extending: 0,
-            ended: false,
         };
         let id = grant.id;
-        let extend = me.send_after(s.extend, move || LockMsg::ExtendTick { grant: id });
+        let extend = me.send_after(extend_period, move || LockMsg::ExtendTick { grant: id });
         grant.extend_timer = Some(AbortOnDrop::new(&extend));
-        let deadline = me.send_after(valid_until - Instant::now(), move || LockMsg::Deadline { grant: id });
+        let deadline = me.send_after(valid_until - Instant::now(), move || LockMsg::Deadline {
+            grant: id,
+        });
         grant.deadline_timer = Some(AbortOnDrop::new(&deadline));
 
-        let lease = Lease::new(self.name.clone(), id, me.clone(), grant.status.subscribe(), grant.cancel.clone());
+        let lease = grant.holder.lease(&self.name, me);
         debug!(
             lock = %self.name,
             token = grant.token.short(),
@@ -705,9 +803,20 @@ impl LockState {
             "acquired"
         );
         self.grant = Some(grant);
-        // Hand it to the requester, or the queue head; skip callers that left.
+        if let Some(orphan) = self.deliver(lease, a.request) {
+            // Nobody wants it any more.
+            orphan.disarm();
+            self.end_grant(me, LostReason::Released);
+            return;
+        }
+        self.advance(me);
+    }
+
+    /// Gives `lease` to `first`, else to the oldest waiter; skips callers
+    /// that left. Returns it if nobody took it.
+    fn deliver(&mut self, lease: Lease, first: Option<Request>) -> Option<Lease> {
         let mut lease = Some(lease);
-        if let Some(req) = a.request {
+        if let Some(req) = first {
             match req.reply.send(Ok(lease.take().expect("set"))) {
                 Ok(()) => {}
                 Err(back) => lease = back.ok(),
@@ -725,13 +834,47 @@ impl LockState {
                 lease = back.ok();
             }
         }
-        if let Some(orphan) = lease {
-            // Nobody wants it any more.
-            orphan.disarm();
+        lease
+    }
+
+    /// The holder releases. If another caller of this process waits, and the
+    /// hand-over budget allows, it gets the lock at once: same keys, same
+    /// token, no server round trip (lock cohorting). After
+    /// `local_handover_limit` hand-overs the keys are really released, so
+    /// waiters in other processes get their chance.
+    fn release_or_hand_over(&mut self, me: &ActorRef<LockMsg>) {
+        let limit = self.settings().handover_limit;
+        let margin = self.settings().timeout;
+        while self
+            .queue
+            .front()
+            .is_some_and(|r| r.kind == RequestKind::Wait && r.reply.is_closed())
+        {
+            self.queue.pop_front();
+        }
+        let next_waits = self
+            .queue
+            .front()
+            .is_some_and(|r| r.kind == RequestKind::Wait);
+        let fresh = self
+            .grant
+            .as_ref()
+            .is_some_and(|g| g.handovers < limit && g.valid_until > Instant::now() + margin);
+        if self.closing || !next_waits || !fresh {
             self.end_grant(me, LostReason::Released);
             return;
         }
-        self.advance(me);
+        let id = self.next_id();
+        let g = self.grant.as_mut().expect("checked");
+        g.holder.end(LostReason::Released);
+        g.holder = Holder::new(id, g.valid_until);
+        g.handovers += 1;
+        let lease = g.holder.lease(&self.name, me);
+        trace!(lock = %self.name, token = g.token.short(), handovers = g.handovers, "handed over locally");
+        if let Some(orphan) = self.deliver(lease, None) {
+            orphan.disarm();
+            self.end_grant(me, LostReason::Released);
+        }
     }
 
     // ===== holding =====
@@ -752,7 +895,16 @@ impl LockState {
             // (valkeylock §4.2-10).
             let ours = self.grant.as_ref().is_some_and(|g| g.keys[index].ours);
             let mode = if ours { SetMode::Xx } else { SetMode::Nx };
-            self.send(me, index, Op::Acquire { token: token.clone(), mode }, Tag::Acquire(id), now);
+            self.send(
+                me,
+                index,
+                Op::Acquire {
+                    token: token.clone(),
+                    mode,
+                },
+                Tag::Acquire(id),
+                now,
+            );
             sent += 1;
         }
         let period = self.settings().extend;
@@ -802,7 +954,11 @@ impl LockState {
             Outcome::Key(KeyState::Other { forced }) => {
                 k.ours = false;
                 k.failing = false;
-                k.lost = Some(if forced { LostReason::Forced } else { LostReason::Overwritten });
+                k.lost = Some(if forced {
+                    LostReason::Forced
+                } else {
+                    LostReason::Overwritten
+                });
             }
             Outcome::Key(KeyState::Absent) => {
                 k.ours = false;
@@ -826,7 +982,9 @@ impl LockState {
             self.extend(me);
         } else if extend_retry {
             let id = g.id;
-            let timer = me.send_after(timeout.max(Duration::from_millis(20)), move || LockMsg::ExtendTick { grant: id });
+            let timer = me.send_after(timeout.max(Duration::from_millis(20)), move || {
+                LockMsg::ExtendTick { grant: id }
+            });
             g.extend_timer = Some(AbortOnDrop::new(&timer));
         }
     }
@@ -837,21 +995,33 @@ impl LockState {
         let m = self.settings().majority;
         let now = Instant::now();
         let Some(g) = self.grant.as_mut() else { return };
-        let live = g.keys.iter().filter(|k| k.ours && k.expiry > now).map(|k| k.expiry);
+        let live = g
+            .keys
+            .iter()
+            .filter(|k| k.ours && k.expiry > now)
+            .map(|k| k.expiry);
         match quorum::validity_end(live, m) {
             Some(until) => {
                 if until != g.valid_until {
                     g.valid_until = until;
-                    g.status.send_replace(GrantStatus::Held { valid_until: until });
+                    g.holder
+                        .status
+                        .send_replace(GrantStatus::Held { valid_until: until });
                     let id = g.id;
-                    let timer = me.send_after(until.saturating_duration_since(now), move || LockMsg::Deadline { grant: id });
+                    let timer = me.send_after(until.saturating_duration_since(now), move || {
+                        LockMsg::Deadline { grant: id }
+                    });
                     g.deadline_timer = Some(AbortOnDrop::new(&timer));
                 }
             }
             None => {
                 // Could a pending acquisition reply still complete the
                 // majority? Then wait for it (the deadline timer still bounds).
-                let possible = g.keys.iter().filter(|k| (k.ours && k.expiry > now) || k.pending).count();
+                let possible = g
+                    .keys
+                    .iter()
+                    .filter(|k| (k.ours && k.expiry > now) || k.pending)
+                    .count();
                 if possible >= m && g.valid_until > now {
                     return;
                 }
@@ -861,7 +1031,12 @@ impl LockState {
         }
     }
 
-    fn on_invalidated(&mut self, me: &ActorRef<LockMsg>, index: Option<usize>, node: Option<usize>) {
+    fn on_invalidated(
+        &mut self,
+        me: &ActorRef<LockMsg>,
+        index: Option<usize>,
+        node: Option<usize>,
+    ) {
         let nodes = self.settings().nodes.len();
         let in_scope = |i: usize| match (index, node) {
             (Some(k), _) => k == i,
@@ -872,10 +1047,20 @@ impl LockState {
             // Re-check held keys with a read-only script. It never writes, so
             // it cannot invalidate itself: no loop even without NOLOOP.
             let (id, token) = (g.id, g.token.clone());
-            let targets: Vec<usize> = (0..g.keys.len()).filter(|&i| in_scope(i) && g.keys[i].ours).collect();
+            let targets: Vec<usize> = (0..g.keys.len())
+                .filter(|&i| in_scope(i) && g.keys[i].ours)
+                .collect();
             let now = Instant::now();
             for i in targets {
-                self.send(me, i, Op::Verify { token: token.clone() }, Tag::Verify(id), now);
+                self.send(
+                    me,
+                    i,
+                    Op::Verify {
+                        token: token.clone(),
+                    },
+                    Tag::Verify(id),
+                    now,
+                );
             }
             return;
         }
@@ -891,14 +1076,24 @@ impl LockState {
 
     /// Ends the grant for its holder and deletes whatever keys may be ours.
     fn end_grant(&mut self, me: &ActorRef<LockMsg>, reason: LostReason) {
-        let Some(mut g) = self.grant.take() else { return };
+        let Some(mut g) = self.grant.take() else {
+            return;
+        };
         g.end(reason);
         log_end(&self.name, &g.token, reason);
         let now = Instant::now();
         for index in 0..g.keys.len() {
             let k = g.keys[index];
             if k.ours || k.pending || k.failing {
-                self.send(me, index, Op::Release { token: g.token.clone() }, Tag::Release, now);
+                self.send(
+                    me,
+                    index,
+                    Op::Release {
+                        token: g.token.clone(),
+                    },
+                    Tag::Release,
+                    now,
+                );
             }
         }
         // Late acquisition replies of this grant's attempt must still be
@@ -949,10 +1144,15 @@ impl LockState {
 
     /// Runs after every message: reports idleness, or finishes closing.
     fn after(&mut self, me: &ActorRef<LockMsg>) {
-        let quiet = self.queue.is_empty() && self.attempt.is_none() && self.grant.is_none() && self.outstanding == 0;
+        let quiet = self.queue.is_empty()
+            && self.attempt.is_none()
+            && self.grant.is_none()
+            && self.outstanding == 0;
         if self.closing {
             if quiet {
-                let _ = self.supervisor.cast(SupervisorMsg::LockClosed { name: self.name.clone() });
+                let _ = self.supervisor.cast(SupervisorMsg::LockClosed {
+                    name: self.name.clone(),
+                });
                 me.stop(Some("closed".into()));
             }
             return;
@@ -971,8 +1171,16 @@ impl LockState {
 /// keys, `Unreachable` when keys just ran out while nodes failed.
 fn majority_reason(keys: &[GrantKey], _m: usize) -> LostReason {
     let count = |r: LostReason| keys.iter().filter(|k| k.lost == Some(r)).count();
-    let candidates = [LostReason::Forced, LostReason::Overwritten, LostReason::Deleted];
-    let best = candidates.iter().copied().max_by_key(|&r| count(r)).filter(|&r| count(r) > 0);
+    let candidates = [
+        LostReason::Forced,
+        LostReason::Overwritten,
+        LostReason::Deleted,
+    ];
+    let best = candidates
+        .iter()
+        .copied()
+        .max_by_key(|&r| count(r))
+        .filter(|&r| count(r) > 0);
     match best {
         Some(r) => r,
         None if keys.iter().any(|k| k.failing) => LostReason::Unreachable,
@@ -993,4 +1201,3 @@ fn rand_u32() -> u32 {
     let _ = getrandom::fill(&mut b);
     u32::from_le_bytes(b)
 }
-

@@ -82,7 +82,11 @@ impl Actor for NodeActor {
     type State = NodeState;
     type Arguments = NodeArgs;
 
-    async fn pre_start(&self, myself: ActorRef<NodeMsg>, args: NodeArgs) -> Result<NodeState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<NodeMsg>,
+        args: NodeArgs,
+    ) -> Result<NodeState, ActorProcessingErr> {
         let settings = &args.shared.settings;
         let addr = &settings.nodes[args.index];
         let client = build_client(addr, settings)?;
@@ -189,7 +193,11 @@ impl Actor for NodeActor {
         Ok(())
     }
 
-    async fn post_stop(&self, _myself: ActorRef<NodeMsg>, state: &mut NodeState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<NodeMsg>,
+        state: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
         if state.connected {
             let _ = tokio::time::timeout(Duration::from_millis(200), state.client.quit()).await;
         }
@@ -198,7 +206,10 @@ impl Actor for NodeActor {
     }
 }
 
-fn build_client(addr: &NodeAddr, settings: &crate::options::Settings) -> Result<Client, fred::error::Error> {
+fn build_client(
+    addr: &NodeAddr,
+    settings: &crate::options::Settings,
+) -> Result<Client, fred::error::Error> {
     let config = Config {
         version: RespVersion::RESP3,
         server: ServerConfig::new_centralized(addr.host.clone(), addr.port),
@@ -252,7 +263,13 @@ async fn connect(client: &Client, shared: &Arc<Shared>) -> Result<Connection, fr
             // Subscribe before tracking is on, so no invalidation is missed.
             forwarder = Some(start_forwarder(client, shared));
             client
-                .start_tracking(fred::types::MultipleStrings::from(Vec::<String>::new()), false, false, false, shared.settings.no_loop)
+                .start_tracking(
+                    fred::types::MultipleStrings::from(Vec::<String>::new()),
+                    false,
+                    false,
+                    false,
+                    shared.settings.no_loop,
+                )
                 .await?;
         }
         Ok::<(), fred::error::Error>(())
@@ -294,7 +311,8 @@ fn start_forwarder(client: &Client, shared: &Arc<Shared>) -> tokio::task::JoinHa
                 Ok(inv) => {
                     tracing::trace!(keys = inv.keys.len(), "invalidation");
                     for key in &inv.keys {
-                        let Some((index, name)) = keys::parse_key(prefix, total, key.as_bytes()) else {
+                        let Some((index, name)) = keys::parse_key(prefix, total, key.as_bytes())
+                        else {
                             continue;
                         };
                         if let Some(lock) = shared.lock(name) {
@@ -303,7 +321,10 @@ fn start_forwarder(client: &Client, shared: &Arc<Shared>) -> tokio::task::JoinHa
                     }
                 }
                 Err(RecvError::Lagged(n)) => {
-                    warn!(skipped = n, "invalidation channel lagged; re-checking every lock");
+                    warn!(
+                        skipped = n,
+                        "invalidation channel lagged; re-checking every lock"
+                    );
                     for lock in shared.all_locks() {
                         let _ = lock.cast(LockMsg::Recheck { node: None });
                     }
@@ -337,7 +358,12 @@ async fn run(client: &Client, shared: &Shared, op: &Op, key: &str) -> Outcome {
                 .evalsha_with_reload::<Value, _, _>(
                     client,
                     key,
-                    vec![token.as_str().to_owned(), ttl_arg(), mode.to_owned(), set.as_arg().to_owned()],
+                    vec![
+                        token.as_str().to_owned(),
+                        ttl_arg(),
+                        mode.to_owned(),
+                        set.as_arg().to_owned(),
+                    ],
                 )
                 .await
                 .map(|v| match parse_key_state(&v, false) {
@@ -386,7 +412,15 @@ fn is_permanent(e: &fred::error::Error) -> bool {
         return true;
     }
     let text = e.details().to_ascii_uppercase();
-    ["WRONGPASS", "NOAUTH", "NOPERM", "NOPROTO", "UNKNOWN COMMAND", "UNKNOWN SUBCOMMAND", "INVALIDUSERNAMEPASSWORD"]
-        .iter()
-        .any(|p| text.contains(p))
+    [
+        "WRONGPASS",
+        "NOAUTH",
+        "NOPERM",
+        "NOPROTO",
+        "UNKNOWN COMMAND",
+        "UNKNOWN SUBCOMMAND",
+        "INVALIDUSERNAMEPASSWORD",
+    ]
+    .iter()
+    .any(|p| text.contains(p))
 }

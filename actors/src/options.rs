@@ -59,6 +59,11 @@ pub struct LockerOptions {
     /// How long `connect` waits for the first connection to each node. Default 2 s.
     #[serde(with = "duration_str")]
     pub connect_timeout: Duration,
+    /// How many times in a row a released lock may be handed straight to the
+    /// next caller waiting in this process (same keys, no server round trip)
+    /// before it is really released so other processes get a turn. 0 turns
+    /// local hand-over off. Default 8.
+    pub local_handover_limit: u32,
 }
 
 impl Default for LockerOptions {
@@ -75,6 +80,7 @@ impl Default for LockerOptions {
             fallback_set_px: true,
             disable_cache: false,
             connect_timeout: Duration::from_secs(2),
+            local_handover_limit: 8,
         }
     }
 }
@@ -137,6 +143,11 @@ impl LockerOptions {
         self.disable_cache = on;
         self
     }
+    /// Sets `local_handover_limit`.
+    pub fn with_local_handover_limit(mut self, limit: u32) -> Self {
+        self.local_handover_limit = limit;
+        self
+    }
     /// Sets `connect_timeout`.
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
@@ -153,7 +164,8 @@ impl LockerOptions {
 
     /// Checks every option and resolves defaults.
     pub(crate) fn settings(&self) -> Result<Settings, Error> {
-        let bad = |field: &'static str, reason: String| Err(Error::InvalidOptions { field, reason });
+        let bad =
+            |field: &'static str, reason: String| Err(Error::InvalidOptions { field, reason });
         if self.nodes.is_empty() {
             return bad("nodes", "at least one Valkey URL is needed".into());
         }
@@ -186,7 +198,8 @@ impl LockerOptions {
         if keys::all_keys_share_slot(&self.key_prefix, "name", total) {
             return bad(
                 "key_prefix",
-                "a {hash tag} in the prefix would put every key of a lock on one cluster slot".into(),
+                "a {hash tag} in the prefix would put every key of a lock on one cluster slot"
+                    .into(),
             );
         }
         let validity = self.key_validity;
@@ -209,7 +222,9 @@ impl LockerOptions {
                 format!("must be above 0 and below key_validity ({validity:?})"),
             );
         }
-        let drift = self.clock_drift.unwrap_or_else(|| quorum::default_drift(validity));
+        let drift = self
+            .clock_drift
+            .unwrap_or_else(|| quorum::default_drift(validity));
         if drift >= validity {
             return bad("clock_drift", "must be below key_validity".into());
         }
@@ -240,6 +255,7 @@ impl LockerOptions {
             relative: self.fallback_set_px,
             tracking: !self.disable_cache,
             connect_timeout: self.connect_timeout,
+            handover_limit: self.local_handover_limit,
         })
     }
 }
@@ -260,7 +276,9 @@ impl NodeAddr {
     /// Written by hand (no `url` crate): the grammar is tiny, and errors say
     /// exactly which part is wrong.
     pub(crate) fn parse(url: &str) -> Result<NodeAddr, String> {
-        let (scheme, rest) = url.split_once("://").ok_or("missing scheme (expected redis:// or valkey://)")?;
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or("missing scheme (expected redis:// or valkey://)")?;
         match scheme {
             "redis" | "valkey" => {}
             "rediss" | "valkeys" => return Err("TLS URLs are not supported by this build".into()),
@@ -285,7 +303,12 @@ impl NodeAddr {
                     (!u.is_empty()).then(|| percent_decode(u)).transpose()?,
                     Some(percent_decode(p)?),
                 ),
-                None => ((!info.is_empty()).then(|| percent_decode(info)).transpose()?, None),
+                None => (
+                    (!info.is_empty())
+                        .then(|| percent_decode(info))
+                        .transpose()?,
+                    None,
+                ),
             },
         };
         let (host, port) = if let Some(stripped) = hostport.strip_prefix('[') {
@@ -307,13 +330,20 @@ impl NodeAddr {
         }
         let port = match port {
             None => 6379,
-            Some(p) => p.parse::<u16>().ok().filter(|&p| p > 0).ok_or(format!("bad port {p:?}"))?,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p > 0)
+                .ok_or(format!("bad port {p:?}"))?,
         };
         let db = match path.strip_prefix('/') {
             None if path.is_empty() => None,
             None => return Err("query strings and fragments are not supported".into()),
             Some("") => None,
-            Some(db) => Some(db.parse::<u8>().map_err(|_| format!("bad database number {db:?}"))?),
+            Some(db) => Some(
+                db.parse::<u8>()
+                    .map_err(|_| format!("bad database number {db:?}"))?,
+            ),
         };
         Ok(NodeAddr {
             url: url.to_owned(),
@@ -364,6 +394,7 @@ pub(crate) struct Settings {
     pub(crate) relative: bool,
     pub(crate) tracking: bool,
     pub(crate) connect_timeout: Duration,
+    pub(crate) handover_limit: u32,
 }
 
 /// Parses a human-readable duration: one or more `<number><unit>` parts, units
@@ -381,8 +412,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .ok_or_else(|| format!("{text:?}: missing unit (ms, s, m, h…)"))?;
         let (num, tail) = rest.split_at(num_end);
-        let value: f64 = num.parse().map_err(|_| format!("{text:?}: bad number {num:?}"))?;
-        let unit_end = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("{text:?}: bad number {num:?}"))?;
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
         let (unit, next) = tail.split_at(unit_end);
         let scale = match unit.trim() {
             "ns" => 1e-9,
@@ -441,9 +476,13 @@ mod opt_duration_str {
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         match Option::<String>::deserialize(d)? {
-            Some(text) => parse_duration(&text).map(Some).map_err(serde::de::Error::custom),
+            Some(text) => parse_duration(&text)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
             None => Ok(None),
         }
     }
@@ -486,7 +525,10 @@ mod tests {
         assert_eq!(a.password.as_deref(), Some("p@ss"));
         assert_eq!((a.port, a.db), (6379, Some(3)));
         let a = NodeAddr::parse("redis://:secret@[::1]:6380").unwrap();
-        assert_eq!((a.host.as_str(), a.port, a.username, a.password.as_deref()), ("::1", 6380, None, Some("secret")));
+        assert_eq!(
+            (a.host.as_str(), a.port, a.username, a.password.as_deref()),
+            ("::1", 6380, None, Some("secret"))
+        );
         for bad in [
             "127.0.0.1:6379",
             "http://x",
@@ -515,7 +557,10 @@ mod tests {
     fn validation() {
         let base = || LockerOptions::new(["redis://127.0.0.1:6379"]);
         let s = base().settings().unwrap();
-        assert_eq!((s.majority, s.total, s.extend, s.drift), (2, 3, ms(2500), ms(52)));
+        assert_eq!(
+            (s.majority, s.total, s.extend, s.drift),
+            (2, 3, ms(2500), ms(52))
+        );
         assert!(s.no_loop && s.relative && s.tracking);
 
         assert_eq!(field_of(LockerOptions::default()), "nodes");
@@ -524,18 +569,35 @@ mod tests {
         assert_eq!(field_of(base().with_key_prefix("")), "key_prefix");
         assert_eq!(field_of(base().with_key_prefix("{tag}")), "key_prefix");
         assert_eq!(field_of(base().with_key_validity(ms(5))), "key_validity");
-        assert_eq!(field_of(base().with_extend_interval(ms(5000))), "extend_interval");
-        assert_eq!(field_of(base().with_extend_interval(ms(0))), "extend_interval");
-        assert_eq!(field_of(base().with_extend_interval(ms(4900))), "extend_interval");
-        assert_eq!(field_of(base().with_try_next_after(ms(0))), "try_next_after");
+        assert_eq!(
+            field_of(base().with_extend_interval(ms(5000))),
+            "extend_interval"
+        );
+        assert_eq!(
+            field_of(base().with_extend_interval(ms(0))),
+            "extend_interval"
+        );
+        assert_eq!(
+            field_of(base().with_extend_interval(ms(4900))),
+            "extend_interval"
+        );
+        assert_eq!(
+            field_of(base().with_try_next_after(ms(0))),
+            "try_next_after"
+        );
         assert_eq!(field_of(base().with_clock_drift(ms(6000))), "clock_drift");
-        assert_eq!(field_of(base().with_connect_timeout(ms(0))), "connect_timeout");
+        assert_eq!(
+            field_of(base().with_connect_timeout(ms(0))),
+            "connect_timeout"
+        );
         assert_eq!(field_of(LockerOptions::new(["nope"])), "nodes");
         assert_eq!(
             field_of(LockerOptions::new(["redis://a", "redis://b"]).with_key_majority(1)),
             "nodes"
         );
-        assert!(LockerOptions::new(["redis://a", "redis://b", "redis://c"]).validate().is_ok());
+        assert!(LockerOptions::new(["redis://a", "redis://b", "redis://c"])
+            .validate()
+            .is_ok());
     }
 
     #[test]
@@ -545,9 +607,12 @@ mod tests {
         assert_eq!(o.key_validity, ms(2000));
         assert_eq!(o.extend_interval, Some(ms(500)));
         assert_eq!(o.try_next_after, ms(200));
-        let back: LockerOptions = serde_json::from_str(&serde_json::to_string(&o).unwrap()).unwrap();
+        let back: LockerOptions =
+            serde_json::from_str(&serde_json::to_string(&o).unwrap()).unwrap();
         assert_eq!(back, o);
-        assert!(serde_json::from_str::<LockerOptions>(r#"{"key_validity":"5 lightyears"}"#).is_err());
+        assert!(
+            serde_json::from_str::<LockerOptions>(r#"{"key_validity":"5 lightyears"}"#).is_err()
+        );
         assert!(serde_json::from_str::<LockerOptions>(r#"{"unknown":1}"#).is_err());
     }
 }

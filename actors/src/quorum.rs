@@ -113,7 +113,15 @@ mod tests {
         assert_eq!(total_keys(1), 1);
         assert_eq!(total_keys(2), 3);
         assert_eq!(total_keys(3), 5);
-        let cases = [(0, 1, 0), (2, 1, 0), (0, 3, 0), (1, 3, 1), (2, 3, 2), (2, 2, 0), (4, 3, 1)];
+        let cases = [
+            (0, 1, 0),
+            (2, 1, 0),
+            (0, 3, 0),
+            (1, 3, 1),
+            (2, 3, 2),
+            (2, 2, 0),
+            (4, 3, 1),
+        ];
         for (i, n, want) in cases {
             assert_eq!(node_of_key(i, n), want, "key {i} nodes {n}");
         }
@@ -180,13 +188,24 @@ mod tests {
             (3, 2, 5, 3, Tally::Won),
         ];
         for (won, failed, total, m, want) in cases {
-            assert_eq!(tally(won, failed, total, m), want, "{won}/{failed}/{total} m={m}");
+            assert_eq!(
+                tally(won, failed, total, m),
+                want,
+                "{won}/{failed}/{total} m={m}"
+            );
         }
     }
 
     #[test]
     fn backoffs() {
-        let cases = [(0, 50), (1, 100), (2, 200), (5, 1600), (6, 2000), (40, 2000)];
+        let cases = [
+            (0, 50),
+            (1, 100),
+            (2, 200),
+            (5, 1600),
+            (6, 2000),
+            (40, 2000),
+        ];
         for (n, want) in cases {
             assert_eq!(backoff(n, ms(50), ms(2000)), ms(want), "attempt {n}");
         }

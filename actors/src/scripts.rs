@@ -207,14 +207,40 @@ mod tests {
     fn replies() {
         let f = Token::new(true);
         let cases = [
-            (Value::Integer(1), false, Some(KeyState::Ours { pttl_ms: None })),
+            (
+                Value::Integer(1),
+                false,
+                Some(KeyState::Ours { pttl_ms: None }),
+            ),
             (Value::Integer(0), false, None),
-            (Value::Integer(4500), true, Some(KeyState::Ours { pttl_ms: Some(4500) })),
-            (Value::Integer(-1), true, Some(KeyState::Ours { pttl_ms: None })),
+            (
+                Value::Integer(4500),
+                true,
+                Some(KeyState::Ours {
+                    pttl_ms: Some(4500),
+                }),
+            ),
+            (
+                Value::Integer(-1),
+                true,
+                Some(KeyState::Ours { pttl_ms: None }),
+            ),
             (Value::Null, false, Some(KeyState::Absent)),
-            (Value::String("abc".into()), false, Some(KeyState::Other { forced: false })),
-            (Value::String(f.as_str().into()), true, Some(KeyState::Other { forced: true })),
-            (Value::Bytes(vec![0xff, 0].into()), false, Some(KeyState::Other { forced: false })),
+            (
+                Value::String("abc".into()),
+                false,
+                Some(KeyState::Other { forced: false }),
+            ),
+            (
+                Value::String(f.as_str().into()),
+                true,
+                Some(KeyState::Other { forced: true }),
+            ),
+            (
+                Value::Bytes(vec![0xff, 0].into()),
+                false,
+                Some(KeyState::Other { forced: false }),
+            ),
             (Value::Boolean(true), false, None),
         ];
         for (value, verify, want) in cases {

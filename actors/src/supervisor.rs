@@ -60,7 +60,9 @@ pub(crate) enum SupervisorMsg {
     /// Start node `node` again.
     Respawn { node: usize },
     /// Answer once every node reported its first connection attempt.
-    AwaitReady { reply: RpcReplyPort<Vec<Option<NodeReport>>> },
+    AwaitReady {
+        reply: RpcReplyPort<Vec<Option<NodeReport>>>,
+    },
     /// Close the locker.
     Close { reply: RpcReplyPort<()> },
     /// Closing took too long.
@@ -191,7 +193,8 @@ impl Actor for Supervisor {
                 permanent,
             } => {
                 let slot = &mut st.nodes[node];
-                if slot.actor.as_ref().is_some_and(|a| a.get_id() == actor) && slot.report.is_none() {
+                if slot.actor.as_ref().is_some_and(|a| a.get_id() == actor) && slot.report.is_none()
+                {
                     slot.report = Some(NodeReport::Down { error, permanent });
                     st.answer_ready();
                 }
@@ -234,7 +237,9 @@ impl Actor for Supervisor {
         st: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         let (cell, why) = match &evt {
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.clone().unwrap_or_default()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.clone().unwrap_or_default())
+            }
             SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
             _ => return Ok(()),
         };
@@ -248,13 +253,18 @@ impl Actor for Supervisor {
                 if matches!(st.closing, Closing::Open) {
                     let slot = &mut st.nodes[i];
                     let delay = quorum::jitter(
-                        quorum::backoff(slot.failures, Duration::from_millis(50), Duration::from_secs(2)),
+                        quorum::backoff(
+                            slot.failures,
+                            Duration::from_millis(50),
+                            Duration::from_secs(2),
+                        ),
                         20,
                         u64::from(id.pid() as u32),
                     );
                     slot.failures = slot.failures.saturating_add(1);
                     warn!(node = %st.shared.settings.nodes[i].display(), index = i, reason = %why, delay_ms = delay.as_millis() as u64, "node actor stopped; restarting");
-                    let timer = myself.send_after(delay, move || SupervisorMsg::Respawn { node: i });
+                    let timer =
+                        myself.send_after(delay, move || SupervisorMsg::Respawn { node: i });
                     slot.respawn = Some(AbortOnDrop::new(&timer));
                 } else {
                     st.continue_close(&myself);
@@ -300,7 +310,11 @@ impl SupervisorState {
                     self.answer_ready();
                 }
                 let slot = &mut self.nodes[i];
-                let delay = quorum::backoff(slot.failures, Duration::from_millis(50), Duration::from_secs(2));
+                let delay = quorum::backoff(
+                    slot.failures,
+                    Duration::from_millis(50),
+                    Duration::from_secs(2),
+                );
                 slot.failures = slot.failures.saturating_add(1);
                 let timer = myself.send_after(delay, move || SupervisorMsg::Respawn { node: i });
                 slot.respawn = Some(AbortOnDrop::new(&timer));
@@ -319,9 +333,16 @@ impl SupervisorState {
                 };
                 match Actor::spawn_linked(None, LockActor, args, myself.get_cell()).await {
                     Ok((actor, _)) => {
-                        self.children.insert(actor.get_id(), Child::Lock(name.clone()));
+                        self.children
+                            .insert(actor.get_id(), Child::Lock(name.clone()));
                         self.shared.set_lock(name.clone(), actor.clone());
-                        self.locks.insert(name.clone(), LockEntry { actor, forwarded: 0 });
+                        self.locks.insert(
+                            name.clone(),
+                            LockEntry {
+                                actor,
+                                forwarded: 0,
+                            },
+                        );
                     }
                     Err(e) => {
                         warn!(lock = %name, error = %e, "cannot start lock actor");
@@ -368,7 +389,9 @@ impl SupervisorState {
                 self.closing = Closing::Nodes(waiting);
                 self.continue_close(myself);
             }
-            Closing::Nodes(_) if self.nodes.iter().all(|n| n.actor.is_none()) => self.finish_close(myself),
+            Closing::Nodes(_) if self.nodes.iter().all(|n| n.actor.is_none()) => {
+                self.finish_close(myself)
+            }
             _ => {}
         }
     }
