@@ -51,6 +51,15 @@ impl LockGuard {
         self.lease.lost_reason()
     }
 
+    /// The fencing token of this grant: strictly greater than every token
+    /// granted before it for this name, across lockers and processes that use
+    /// [`LockerOptions::fencing`](crate::LockerOptions::fencing). Pass it to
+    /// the protected resource so it can reject writes from a stale holder.
+    /// 0 when the locker was built without `fencing`.
+    pub fn fencing_token(&self) -> u64 {
+        self.lease.fencing_token()
+    }
+
     /// Cancelled the moment the lock ends, for any reason: the Rust form of
     /// valkeylock's context.
     pub fn cancellation_token(&self) -> CancellationToken {

@@ -262,6 +262,7 @@ pub struct Lease {
     lock: ActorRef<LockMsg>,
     status: watch::Receiver<GrantStatus>,
     cancel: CancellationToken,
+    fence: u64,
     armed: bool,
 }
 
@@ -272,6 +273,7 @@ impl Lease {
         lock: ActorRef<LockMsg>,
         status: watch::Receiver<GrantStatus>,
         cancel: CancellationToken,
+        fence: u64,
     ) -> Lease {
         Lease {
             name,
@@ -279,8 +281,16 @@ impl Lease {
             lock,
             status,
             cancel,
+            fence,
             armed: true,
         }
+    }
+
+    /// The grant's fencing token: strictly greater than every token granted
+    /// before it for this name by lockers with `fencing` on. 0 when this
+    /// locker was built without `fencing`.
+    pub fn fencing_token(&self) -> u64 {
+        self.fence
     }
 
     /// Drops without releasing (the grant is being handled by its actor).

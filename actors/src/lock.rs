@@ -58,9 +58,25 @@ pub(crate) struct Request {
 /// A script a `NodeActor` runs on one key.
 #[derive(Debug, Clone)]
 pub(crate) enum Op {
-    Acquire { token: Token, mode: SetMode },
-    Verify { token: Token },
-    Release { token: Token },
+    /// The acquire script; with `fence_key`, it also moves the fencing
+    /// counter (single instance only).
+    Acquire {
+        token: Token,
+        mode: SetMode,
+        fence_key: Option<Arc<str>>,
+    },
+    Verify {
+        token: Token,
+    },
+    Release {
+        token: Token,
+    },
+    /// Read the fencing counter (the key is the counter's).
+    FenceRead,
+    /// Raise the fencing counter to `value` unless higher.
+    FenceWrite {
+        value: u64,
+    },
 }
 
 /// Which batch of commands a reply belongs to.
@@ -73,6 +89,10 @@ pub(crate) enum Tag {
     Verify(u64),
     /// A compare-and-delete.
     Release,
+    /// Fencing counter reads of attempt `id` (`index` is the node).
+    FenceRead(u64),
+    /// Fencing counter writes of attempt `id` (`index` is the node).
+    FenceWrite(u64),
 }
 
 /// The result of one script on one key.
@@ -80,6 +100,8 @@ pub(crate) enum Tag {
 pub(crate) enum Outcome {
     Key(KeyState),
     Released(bool),
+    /// A fencing counter's value.
+    Fence(u64),
     /// The node did not answer usefully (not connected, timed out, error).
     Failed(&'static str),
 }
@@ -156,6 +178,29 @@ struct Attempt {
     keys: Vec<AttemptKey>,
     started: Instant,
     _timer: AbortOnDrop,
+    /// The fencing token, once known.
+    fence: Option<u64>,
+    /// The fencing step in progress (several instances only).
+    fencing: Option<Fence>,
+    fence_rounds: u8,
+}
+
+/// The two-phase fencing step on several instances: read the counter from a
+/// majority of nodes, then raise a majority to max + 1. Any two majorities
+/// intersect and grants do not overlap in time, so each token exceeds every
+/// token handed out before it.
+#[derive(Debug, Clone, Copy)]
+enum Fence {
+    Read {
+        ok: usize,
+        failed: usize,
+        max: u64,
+    },
+    Write {
+        value: u64,
+        acks: usize,
+        failed: usize,
+    },
 }
 
 /// An attempt that is decided but may still get replies: late `Ours` replies
@@ -195,6 +240,8 @@ struct Grant {
     holder: Holder,
     /// Local hand-overs since the keys were acquired.
     handovers: u32,
+    /// The fencing token of this grant (0 without fencing).
+    fence: u64,
     extend_timer: Option<AbortOnDrop>,
     deadline_timer: Option<AbortOnDrop>,
     /// An extension round is in flight (replies outstanding).
@@ -220,13 +267,14 @@ impl Holder {
         }
     }
 
-    fn lease(&self, name: &Arc<str>, me: &ActorRef<LockMsg>) -> Lease {
+    fn lease(&self, name: &Arc<str>, me: &ActorRef<LockMsg>, fence: u64) -> Lease {
         Lease::new(
             name.clone(),
             self.id,
             me.clone(),
             self.status.subscribe(),
             self.cancel.clone(),
+            fence,
         )
     }
 
@@ -261,6 +309,8 @@ impl Grant {
 pub(crate) struct LockState {
     name: Arc<str>,
     keys: Vec<String>,
+    /// `{prefix}:fence:{name}`: the fencing counter.
+    fence_key: Arc<str>,
     shared: Arc<Shared>,
     supervisor: ActorRef<SupervisorMsg>,
     /// Local callers waiting, oldest first.
@@ -303,9 +353,11 @@ impl Actor for LockActor {
         let keys = (0..s.total)
             .map(|i| keys::key_name(&s.prefix, i, &args.name))
             .collect();
+        let fence_key = Arc::from(format!("{}:fence:{}", s.prefix, args.name));
         Ok(LockState {
             name: args.name,
             keys,
+            fence_key,
             shared: args.shared,
             supervisor: args.supervisor,
             queue: VecDeque::new(),
@@ -362,7 +414,16 @@ impl Actor for LockActor {
             }
             LockMsg::AttemptTimeout { attempt } => {
                 if let Some(a) = &mut st.attempt {
-                    if a.id == attempt {
+                    if a.id == attempt && a.fencing.is_some() {
+                        let a = st.attempt.take().expect("checked");
+                        let won = a
+                            .keys
+                            .iter()
+                            .filter(|k| matches!(k, AttemptKey::Ours(_)))
+                            .count();
+                        warn!(lock = %st.name, token = a.token.short(), "fencing step timed out");
+                        st.attempt_failed(&myself, a, won);
+                    } else if a.id == attempt {
                         for k in a.keys.iter_mut() {
                             if *k == AttemptKey::Pending {
                                 *k = AttemptKey::TimedOut;
@@ -530,14 +591,22 @@ impl LockState {
             keys: vec![AttemptKey::Pending; total],
             started,
             _timer: AbortOnDrop::new(&timer),
+            fence: None,
+            fencing: None,
+            fence_rounds: 0,
         });
+        // On a single instance the fencing counter moves inside key 0's
+        // script; on several it is a separate step once the majority is won.
+        let single_fence = self.settings().fencing && self.settings().nodes.len() == 1;
         for index in 0..total {
+            let fence_key = (single_fence && index == 0).then(|| self.fence_key.clone());
             self.send(
                 me,
                 index,
                 Op::Acquire {
                     token: token.clone(),
                     mode,
+                    fence_key,
                 },
                 Tag::Acquire(id),
                 started,
@@ -548,14 +617,30 @@ impl LockState {
     /// Hands one command to the node that holds key `index`. An absent node
     /// (restarting) answers at once, as a failure.
     fn send(&mut self, me: &ActorRef<LockMsg>, index: usize, op: Op, tag: Tag, sent_at: Instant) {
+        let node = quorum::node_of_key(index, self.settings().nodes.len());
+        let key = self.keys[index].clone();
+        self.dispatch(me, node, key, index, op, tag, sent_at);
+    }
+
+    /// Hands a command on `key` to node `node`; the reply carries `index`.
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        &mut self,
+        me: &ActorRef<LockMsg>,
+        node: usize,
+        key: String,
+        index: usize,
+        op: Op,
+        tag: Tag,
+        sent_at: Instant,
+    ) {
         self.outstanding += 1;
         if matches!(op, Op::Release { .. }) {
             self.releasing += 1;
         }
-        let node = quorum::node_of_key(index, self.settings().nodes.len());
         let msg = NodeMsg::Run {
             op,
-            key: self.keys[index].clone(),
+            key,
             index,
             tag,
             sent_at,
@@ -590,6 +675,9 @@ impl LockState {
                     if *slot != AttemptKey::Pending {
                         // Timed out already: it went to `finished`; handled below.
                     } else {
+                        if let Outcome::Key(KeyState::Ours { fence: Some(f), .. }) = r.outcome {
+                            a.fence = Some(f);
+                        }
                         *slot = match r.outcome {
                             Outcome::Key(KeyState::Ours { .. }) => {
                                 AttemptKey::Ours(quorum::key_expiry(
@@ -635,12 +723,145 @@ impl LockState {
                     self.on_grant_reply(me, r);
                 }
             }
+            Tag::FenceRead(id) | Tag::FenceWrite(id) => {
+                if self.attempt.as_ref().is_some_and(|a| a.id == id) {
+                    self.on_fence_reply(me, r);
+                }
+            }
+        }
+    }
+
+    // ===== fencing =====
+
+    /// Starts (or restarts) the read phase of the fencing step.
+    fn start_fence(&mut self, me: &ActorRef<LockMsg>) {
+        let nodes = self.settings().nodes.len();
+        let bound =
+            self.settings().timeout + self.settings().timeout / 2 + Duration::from_millis(10);
+        let Some(a) = self.attempt.as_mut() else {
+            return;
+        };
+        let id = a.id;
+        a.fencing = Some(Fence::Read {
+            ok: 0,
+            failed: 0,
+            max: 0,
+        });
+        a.fence_rounds += 1;
+        let timer = me.send_after(bound, move || LockMsg::AttemptTimeout { attempt: id });
+        a._timer = AbortOnDrop::new(&timer);
+        let now = Instant::now();
+        for node in 0..nodes {
+            let key = self.fence_key.to_string();
+            self.dispatch(me, node, key, node, Op::FenceRead, Tag::FenceRead(id), now);
+        }
+    }
+
+    fn on_fence_reply(&mut self, me: &ActorRef<LockMsg>, r: NodeReply) {
+        let nodes = self.settings().nodes.len();
+        let quorum = nodes / 2 + 1;
+        let bound =
+            self.settings().timeout + self.settings().timeout / 2 + Duration::from_millis(10);
+        let Some(a) = self.attempt.as_mut() else {
+            return;
+        };
+        let id = a.id;
+        let next = match (a.fencing.as_mut(), r.tag, r.outcome) {
+            (Some(Fence::Read { ok, max, .. }), Tag::FenceRead(_), Outcome::Fence(v)) => {
+                *ok += 1;
+                *max = (*max).max(v);
+                a.fencing
+            }
+            (Some(Fence::Read { failed, .. }), Tag::FenceRead(_), _) => {
+                *failed += 1;
+                a.fencing
+            }
+            (
+                Some(Fence::Write {
+                    value,
+                    acks,
+                    failed,
+                }),
+                Tag::FenceWrite(_),
+                Outcome::Fence(v),
+            ) => {
+                if v == *value {
+                    *acks += 1;
+                } else {
+                    // Higher: a fencing step that never completed (its grant
+                    // was never handed out) or a concurrent force. Not an ack.
+                    *failed += 1;
+                }
+                a.fencing
+            }
+            (Some(Fence::Write { failed, .. }), Tag::FenceWrite(_), _) => {
+                *failed += 1;
+                a.fencing
+            }
+            _ => return,
+        };
+        match next {
+            Some(Fence::Read { ok, .. }) | Some(Fence::Write { acks: ok, .. }) if ok < quorum => {
+                let failed = match next {
+                    Some(Fence::Read { failed, .. }) | Some(Fence::Write { failed, .. }) => failed,
+                    None => 0,
+                };
+                if failed > nodes - quorum {
+                    let retry = a.fence_rounds < 3 && matches!(next, Some(Fence::Write { .. }));
+                    if retry {
+                        self.start_fence(me);
+                    } else {
+                        let a = self.attempt.take().expect("checked");
+                        let won = a
+                            .keys
+                            .iter()
+                            .filter(|k| matches!(k, AttemptKey::Ours(_)))
+                            .count();
+                        warn!(lock = %self.name, token = a.token.short(), "fencing step failed");
+                        self.attempt_failed(me, a, won);
+                    }
+                }
+            }
+            Some(Fence::Read { max, .. }) => {
+                let value = max + 1;
+                a.fencing = Some(Fence::Write {
+                    value,
+                    acks: 0,
+                    failed: 0,
+                });
+                let timer = me.send_after(bound, move || LockMsg::AttemptTimeout { attempt: id });
+                a._timer = AbortOnDrop::new(&timer);
+                let now = Instant::now();
+                for node in 0..nodes {
+                    let key = self.fence_key.to_string();
+                    self.dispatch(
+                        me,
+                        node,
+                        key,
+                        node,
+                        Op::FenceWrite { value },
+                        Tag::FenceWrite(id),
+                        now,
+                    );
+                }
+            }
+            Some(Fence::Write { value, .. }) => {
+                a.fence = Some(value);
+                a.fencing = None;
+                self.decide(me);
+            }
+            None => {}
         }
     }
 
     /// Decides the current attempt if its replies allow.
     fn decide(&mut self, me: &ActorRef<LockMsg>) {
         let Some(a) = &self.attempt else { return };
+        if a.fencing.is_some() {
+            // The fencing step decides; key replies only update the tally.
+            return;
+        }
+        let needs_fence = self.settings().fencing && a.fence.is_none();
         let m = self.settings().majority;
         let total = self.settings().total;
         let won = a
@@ -661,6 +882,7 @@ impl LockState {
         let now = Instant::now();
         match quorum::tally(won, failed, total, m) {
             Tally::Open => {}
+            Tally::Won if needs_fence => self.start_fence(me),
             Tally::Won => {
                 let a = self.attempt.take().expect("checked");
                 let expiries = a.keys.iter().filter_map(|k| match k {
@@ -782,6 +1004,7 @@ impl LockState {
             valid_until,
             holder,
             handovers: 0,
+            fence: a.fence.unwrap_or(0),
             extend_timer: None,
             deadline_timer: None,
             extending: 0,
@@ -794,7 +1017,7 @@ impl LockState {
         });
         grant.deadline_timer = Some(AbortOnDrop::new(&deadline));
 
-        let lease = grant.holder.lease(&self.name, me);
+        let lease = grant.holder.lease(&self.name, me, grant.fence);
         debug!(
             lock = %self.name,
             token = grant.token.short(),
@@ -869,7 +1092,7 @@ impl LockState {
         g.holder.end(LostReason::Released);
         g.holder = Holder::new(id, g.valid_until);
         g.handovers += 1;
-        let lease = g.holder.lease(&self.name, me);
+        let lease = g.holder.lease(&self.name, me, g.fence);
         trace!(lock = %self.name, token = g.token.short(), handovers = g.handovers, "handed over locally");
         if let Some(orphan) = self.deliver(lease, None) {
             orphan.disarm();
@@ -901,6 +1124,7 @@ impl LockState {
                 Op::Acquire {
                     token: token.clone(),
                     mode,
+                    fence_key: None,
                 },
                 Tag::Acquire(id),
                 now,
@@ -930,7 +1154,7 @@ impl LockState {
         let mut extend_now = false;
         let mut extend_retry = false;
         match r.outcome {
-            Outcome::Key(KeyState::Ours { pttl_ms }) => {
+            Outcome::Key(KeyState::Ours { pttl_ms, .. }) => {
                 k.failing = false;
                 k.lost = None;
                 if is_extend {
@@ -965,7 +1189,7 @@ impl LockState {
                 k.failing = false;
                 k.lost = Some(LostReason::Deleted);
             }
-            Outcome::Released(_) => {}
+            Outcome::Released(_) | Outcome::Fence(_) => {}
             Outcome::Failed(why) => {
                 k.failing = true;
                 trace!(lock = %self.name, key = r.index, why, "command on held key failed");

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::clients::Client;
-use fred::interfaces::{ClientLike, TrackingInterface};
+use fred::interfaces::{ClientLike, KeysInterface, TrackingInterface};
 use fred::prelude::{Config, ServerConfig};
 use fred::types::config::{ConnectionConfig, PerformanceConfig, TcpConfig, UnresponsiveConfig};
 use fred::types::{Builder, RespVersion, Value};
@@ -28,7 +28,7 @@ use crate::context::{AbortOnDrop, Shared};
 use crate::keys;
 use crate::lock::{LockMsg, NodeReply, Op, Outcome, Tag};
 use crate::options::NodeAddr;
-use crate::scripts::{parse_key_state, parse_released};
+use crate::scripts::{parse_fence, parse_key_state, parse_released};
 use crate::supervisor::SupervisorMsg;
 
 pub(crate) struct NodeActor;
@@ -259,6 +259,9 @@ async fn connect(client: &Client, shared: &Arc<Shared>) -> Result<Connection, fr
         shared.scripts.acquire.load(client).await?;
         shared.scripts.verify.load(client).await?;
         shared.scripts.release.load(client).await?;
+        if shared.settings.fencing {
+            shared.scripts.fence_write.load(client).await?;
+        }
         if shared.settings.tracking {
             // Subscribe before tracking is on, so no invalidation is missed.
             forwarder = Some(start_forwarder(client, shared));
@@ -352,12 +355,19 @@ async fn run(client: &Client, shared: &Shared, op: &Op, key: &str) -> Outcome {
     };
     let call = async {
         match op {
-            Op::Acquire { token, mode: set } => shared
+            Op::Acquire {
+                token,
+                mode: set,
+                fence_key,
+            } => shared
                 .scripts
                 .acquire
                 .evalsha_with_reload::<Value, _, _>(
                     client,
-                    key,
+                    match fence_key {
+                        Some(f) => vec![key, &**f],
+                        None => vec![key],
+                    },
                     vec![
                         token.as_str().to_owned(),
                         ttl_arg(),
@@ -387,6 +397,22 @@ async fn run(client: &Client, shared: &Shared, op: &Op, key: &str) -> Outcome {
                 .map(|v| match parse_released(&v) {
                     Some(deleted) => Outcome::Released(deleted),
                     None => Outcome::Failed("unexpected reply to release"),
+                }),
+            Op::FenceRead => client
+                .get::<Value, _>(key)
+                .await
+                .map(|v| match parse_fence(&v) {
+                    Some(n) => Outcome::Fence(n),
+                    None => Outcome::Failed("fencing counter is not a number"),
+                }),
+            Op::FenceWrite { value } => shared
+                .scripts
+                .fence_write
+                .evalsha_with_reload::<Value, _, _>(client, key, value.to_string())
+                .await
+                .map(|v| match parse_fence(&v) {
+                    Some(n) => Outcome::Fence(n),
+                    None => Outcome::Failed("unexpected reply to fence write"),
                 }),
         }
     };

@@ -17,6 +17,11 @@ use fred::types::Value;
 /// `ARGV`: token, milliseconds, `PX`|`PXAT`, mode.
 /// Reply: `1` the key is ours now; a string, the value of its other owner;
 /// nil, the key is absent (only in `XX` mode).
+///
+/// With a second key (`KEYS[2]`, the name's fencing counter, used on a single
+/// instance) a fresh acquisition increments the counter in the same atomic
+/// step and the reply is `{1, counter}`; a retry of our own acquisition
+/// (token already there) returns the counter unchanged.
 const ACQUIRE_LUA: &str = r#"
 local cur = redis.call('GET', KEYS[1])
 if cur == ARGV[1] then
@@ -26,6 +31,9 @@ if cur == ARGV[1] then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
   end
   redis.call('GET', KEYS[1])
+  if KEYS[2] then
+    return {1, tonumber(redis.call('GET', KEYS[2]) or '0')}
+  end
   return 1
 end
 if ARGV[4] == 'XX' then
@@ -36,6 +44,9 @@ if cur and ARGV[4] ~= 'FORCE' then
 end
 redis.call('SET', KEYS[1], ARGV[1], ARGV[3], ARGV[2])
 redis.call('GET', KEYS[1])
+if KEYS[2] then
+  return {1, redis.call('INCR', KEYS[2])}
+end
 return 1
 "#;
 
@@ -49,6 +60,18 @@ const VERIFY_LUA: &str = r#"
 local cur = redis.call('GET', KEYS[1])
 if cur == ARGV[1] then
   return redis.call('PTTL', KEYS[1])
+end
+return cur
+"#;
+
+/// Raises a fencing counter to `ARGV[1]` unless it is already there or
+/// higher (a max-register). Reply: the counter's value afterwards.
+const FENCE_WRITE_LUA: &str = r#"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local want = tonumber(ARGV[1])
+if cur < want then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return want
 end
 return cur
 "#;
@@ -67,6 +90,7 @@ pub(crate) struct Scripts {
     pub(crate) acquire: Script,
     pub(crate) verify: Script,
     pub(crate) release: Script,
+    pub(crate) fence_write: Script,
 }
 
 impl Scripts {
@@ -75,6 +99,7 @@ impl Scripts {
             acquire: Script::from_lua(ACQUIRE_LUA),
             verify: Script::from_lua(VERIFY_LUA),
             release: Script::from_lua(RELEASE_LUA),
+            fence_write: Script::from_lua(FENCE_WRITE_LUA),
         }
     }
 }
@@ -103,8 +128,12 @@ impl SetMode {
 /// What one key looked like when a script ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum KeyState {
-    /// Ours; for `VERIFY_LUA`, with the remaining TTL (`None`: no expiry).
-    Ours { pttl_ms: Option<u64> },
+    /// Ours; for `VERIFY_LUA`, with the remaining TTL (`None`: no expiry);
+    /// for `ACQUIRE_LUA` with a fencing counter, its value.
+    Ours {
+        pttl_ms: Option<u64>,
+        fence: Option<u64>,
+    },
     /// Held by another owner. `forced` when that owner's token says it came
     /// from `force_lock`.
     Other { forced: bool },
@@ -118,8 +147,19 @@ pub(crate) fn parse_key_state(value: &Value, verify: bool) -> Option<KeyState> {
     match value {
         Value::Integer(n) if verify => Some(KeyState::Ours {
             pttl_ms: u64::try_from(*n).ok(),
+            fence: None,
         }),
-        Value::Integer(1) => Some(KeyState::Ours { pttl_ms: None }),
+        Value::Integer(1) => Some(KeyState::Ours {
+            pttl_ms: None,
+            fence: None,
+        }),
+        Value::Array(items) if !verify => match items.as_slice() {
+            [Value::Integer(1), Value::Integer(f)] => Some(KeyState::Ours {
+                pttl_ms: None,
+                fence: u64::try_from(*f).ok(),
+            }),
+            _ => None,
+        },
         Value::Null => Some(KeyState::Absent),
         Value::String(s) => Some(KeyState::Other {
             forced: Token::is_forced(s.as_bytes()),
@@ -127,6 +167,17 @@ pub(crate) fn parse_key_state(value: &Value, verify: bool) -> Option<KeyState> {
         Value::Bytes(b) => Some(KeyState::Other {
             forced: Token::is_forced(b),
         }),
+        _ => None,
+    }
+}
+
+/// Reads a fencing counter (a `GET` or `FENCE_WRITE_LUA` reply): nil is 0.
+pub(crate) fn parse_fence(value: &Value) -> Option<u64> {
+    match value {
+        Value::Null => Some(0),
+        Value::Integer(n) => u64::try_from(*n).ok(),
+        Value::String(s) => s.parse().ok(),
+        Value::Bytes(b) => std::str::from_utf8(b).ok()?.parse().ok(),
         _ => None,
     }
 }
@@ -210,7 +261,10 @@ mod tests {
             (
                 Value::Integer(1),
                 false,
-                Some(KeyState::Ours { pttl_ms: None }),
+                Some(KeyState::Ours {
+                    pttl_ms: None,
+                    fence: None,
+                }),
             ),
             (Value::Integer(0), false, None),
             (
@@ -223,7 +277,10 @@ mod tests {
             (
                 Value::Integer(-1),
                 true,
-                Some(KeyState::Ours { pttl_ms: None }),
+                Some(KeyState::Ours {
+                    pttl_ms: None,
+                    fence: None,
+                }),
             ),
             (Value::Null, false, Some(KeyState::Absent)),
             (
@@ -246,6 +303,24 @@ mod tests {
         for (value, verify, want) in cases {
             assert_eq!(parse_key_state(&value, verify), want, "{value:?}");
         }
+        assert_eq!(
+            parse_key_state(
+                &Value::Array(vec![Value::Integer(1), Value::Integer(7)]),
+                false
+            ),
+            Some(KeyState::Ours {
+                pttl_ms: None,
+                fence: Some(7)
+            })
+        );
+        assert_eq!(
+            parse_key_state(&Value::Array(vec![Value::Integer(0)]), false),
+            None
+        );
+        assert_eq!(parse_fence(&Value::Integer(9)), Some(9));
+        assert_eq!(parse_fence(&Value::String("12".into())), Some(12));
+        assert_eq!(parse_fence(&Value::Null), Some(0));
+        assert_eq!(parse_fence(&Value::String("x".into())), None);
         assert_eq!(parse_released(&Value::Integer(1)), Some(true));
         assert_eq!(parse_released(&Value::Integer(0)), Some(false));
         assert_eq!(parse_released(&Value::Null), None);
