@@ -272,6 +272,7 @@ mod tests {
                 true,
                 Some(KeyState::Ours {
                     pttl_ms: Some(4500),
+                    fence: None,
                 }),
             ),
             (
