@@ -20,6 +20,8 @@ use crate::scripts::Scripts;
 pub(crate) struct Shared {
     pub(crate) settings: Settings,
     pub(crate) scripts: Scripts,
+    /// Origin of the extension grid (see `quorum::next_tick`).
+    pub(crate) epoch: tokio::time::Instant,
     nodes: RwLock<Vec<Option<ActorRef<NodeMsg>>>>,
     locks: RwLock<HashMap<Arc<str>, ActorRef<LockMsg>>>,
 }
@@ -30,6 +32,7 @@ impl Shared {
         Arc::new(Shared {
             settings,
             scripts: Scripts::new(),
+            epoch: tokio::time::Instant::now(),
             nodes: RwLock::new(vec![None; n]),
             locks: RwLock::new(HashMap::new()),
         })

@@ -29,12 +29,15 @@ use crate::context::{AbortOnDrop, Shared};
 use crate::error::{Error, LostReason};
 use crate::handle::{GrantStatus, Lease};
 use crate::keys;
-use crate::node::NodeMsg;
+use crate::node::{ExtendItem, NodeMsg};
 use crate::quorum::{self, Tally};
 use crate::scripts::{KeyState, SetMode, Token};
 use crate::supervisor::SupervisorMsg;
 
 pub(crate) struct LockActor;
+
+/// Extra time allowed for a batched extension (the node's batch window).
+const BATCH_SLACK: Duration = Duration::from_millis(50);
 
 /// What a caller asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +143,8 @@ pub(crate) enum LockMsg {
     /// A node reconnected (`Some`) or invalidations may have been dropped
     /// (`None`, all nodes): re-check held keys and let waiters retry.
     Recheck { node: Option<usize> },
+    /// Forget replies that are overdue.
+    Sweep,
     /// Fallback retry for waiters, generation `generation`.
     Retry { generation: u64 },
     /// The locker is closing: fail waiters, release, report, stop.
@@ -326,6 +331,9 @@ pub(crate) struct LockState {
     release_waiters: Vec<oneshot::Sender<()>>,
     /// Commands sent and not yet answered (all kinds).
     outstanding: usize,
+    /// When the last command was sent (for the sweep).
+    last_sent: Instant,
+    sweep_armed: bool,
     /// Something changed while an attempt or release was in flight: retry as
     /// soon as it is decided.
     dirty: bool,
@@ -367,6 +375,8 @@ impl Actor for LockActor {
             releasing: 0,
             release_waiters: Vec::new(),
             outstanding: 0,
+            last_sent: Instant::now(),
+            sweep_armed: false,
             dirty: false,
             retry_generation: 0,
             retry_timer: None,
@@ -459,6 +469,7 @@ impl Actor for LockActor {
                     st.advance(&myself);
                 }
             }
+            LockMsg::Sweep => st.sweep(&myself),
             LockMsg::Close => st.on_close(&myself),
             LockMsg::CloseDeadline => {
                 myself.stop(Some("close deadline".into()));
@@ -634,7 +645,7 @@ impl LockState {
         tag: Tag,
         sent_at: Instant,
     ) {
-        self.outstanding += 1;
+        self.note_sent(me, sent_at);
         if matches!(op, Op::Release { .. }) {
             self.releasing += 1;
         }
@@ -1010,7 +1021,8 @@ impl LockState {
             extending: 0,
         };
         let id = grant.id;
-        let extend = me.send_after(extend_period, move || LockMsg::ExtendTick { grant: id });
+        let first = quorum::next_tick(self.shared.epoch, extend_period, Instant::now());
+        let extend = me.send_after(first, move || LockMsg::ExtendTick { grant: id });
         grant.extend_timer = Some(AbortOnDrop::new(&extend));
         let deadline = me.send_after(valid_until - Instant::now(), move || LockMsg::Deadline {
             grant: id,
@@ -1118,24 +1130,96 @@ impl LockState {
             // (valkeylock §4.2-10).
             let ours = self.grant.as_ref().is_some_and(|g| g.keys[index].ours);
             let mode = if ours { SetMode::Xx } else { SetMode::Nx };
-            self.send(
-                me,
+            // Batched by the node with every other lock's keys of this tick.
+            let node = quorum::node_of_key(index, self.settings().nodes.len());
+            let item = ExtendItem {
+                key: self.keys[index].clone(),
                 index,
-                Op::Acquire {
-                    token: token.clone(),
-                    mode,
-                    fence_key: None,
+                token: token.clone(),
+                mode,
+                tag: Tag::Acquire(id),
+                reply_to: me.clone(),
+            };
+            self.note_sent(me, now);
+            let undelivered = match self.shared.node(node) {
+                Some(actor) => match actor.cast(NodeMsg::Extend(item)) {
+                    Ok(()) => None,
+                    Err(_) => Some(index),
                 },
-                Tag::Acquire(id),
-                now,
-            );
+                None => Some(index),
+            };
+            if let Some(index) = undelivered {
+                let _ = me.cast(LockMsg::Reply(NodeReply {
+                    tag: Tag::Acquire(id),
+                    index,
+                    sent_at: now,
+                    outcome: Outcome::Failed("node not running"),
+                }));
+            }
             sent += 1;
         }
-        let period = self.settings().extend;
         if let Some(g) = &mut self.grant {
-            g.extending += sent;
-            let timer = me.send_after(period, move || LockMsg::ExtendTick { grant: id });
+            // A new round supersedes the old one: replies it still owes are
+            // handled as they come, but no longer hold back a retry.
+            g.extending = sent;
+        }
+        self.schedule_extend(me);
+    }
+
+    /// Arms the next extension at the next tick of the locker's grid.
+    fn schedule_extend(&mut self, me: &ActorRef<LockMsg>) {
+        let delay = quorum::next_tick(self.shared.epoch, self.settings().extend, Instant::now());
+        if let Some(g) = &mut self.grant {
+            let id = g.id;
+            let timer = me.send_after(delay, move || LockMsg::ExtendTick { grant: id });
             g.extend_timer = Some(AbortOnDrop::new(&timer));
+        }
+    }
+
+    /// Counts a command sent and keeps the sweep timer armed: replies are
+    /// bounded by the node's timeout, but a command queued to a node actor
+    /// that gets killed is never answered, and must not block this actor.
+    fn note_sent(&mut self, me: &ActorRef<LockMsg>, now: Instant) {
+        self.outstanding += 1;
+        self.last_sent = now;
+        if !self.sweep_armed {
+            self.sweep_armed = true;
+            let bound = self.sweep_bound();
+            me.send_after(bound, || LockMsg::Sweep);
+        }
+    }
+
+    fn sweep_bound(&self) -> Duration {
+        self.settings().timeout * 2 + BATCH_SLACK
+    }
+
+    /// Forgets replies that are overdue (their commands were lost).
+    fn sweep(&mut self, me: &ActorRef<LockMsg>) {
+        self.sweep_armed = false;
+        if self.outstanding == 0 {
+            return;
+        }
+        let bound = self.sweep_bound();
+        let due = self.last_sent + bound;
+        let now = Instant::now();
+        if now < due {
+            self.sweep_armed = true;
+            me.send_after(due - now, || LockMsg::Sweep);
+            return;
+        }
+        warn!(lock = %self.name, lost = self.outstanding, "replies overdue; a node actor lost commands");
+        self.outstanding = 0;
+        self.releasing = 0;
+        self.finished.clear();
+        if let Some(g) = &mut self.grant {
+            g.extending = 0;
+            for k in g.keys.iter_mut() {
+                k.pending = false;
+            }
+        }
+        self.answer_release_waiters();
+        if self.dirty {
+            self.advance(me);
         }
     }
 

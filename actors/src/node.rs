@@ -28,7 +28,7 @@ use crate::context::{AbortOnDrop, Shared};
 use crate::keys;
 use crate::lock::{LockMsg, NodeReply, Op, Outcome, Tag};
 use crate::options::NodeAddr;
-use crate::scripts::{parse_fence, parse_key_state, parse_released};
+use crate::scripts::{parse_acquire, parse_fence, parse_key_state, parse_released, SetMode, Token};
 use crate::supervisor::SupervisorMsg;
 
 pub(crate) struct NodeActor;
@@ -45,12 +45,35 @@ pub(crate) enum NodeMsg {
         sent_at: Instant,
         reply_to: ActorRef<LockMsg>,
     },
+    /// Extend (or retake) one key in this node's next batch.
+    Extend(ExtendItem),
+    /// Send the batch of extensions collected so far.
+    Flush,
     /// The connect task finished.
     Connected(Result<Connection, fred::error::Error>),
     /// The connection task ended: the socket closed or was force-closed as
     /// unresponsive.
     ConnectionEnded(String),
 }
+
+/// One key's extension, waiting for the node's next batch.
+#[derive(Debug)]
+pub(crate) struct ExtendItem {
+    pub(crate) key: String,
+    pub(crate) index: usize,
+    pub(crate) token: Token,
+    pub(crate) mode: SetMode,
+    pub(crate) tag: Tag,
+    pub(crate) reply_to: ActorRef<LockMsg>,
+}
+
+/// How long a node collects extensions before sending them as one script
+/// call. Lock actors tick on a shared grid, so one window catches them all.
+const BATCH_WINDOW: Duration = Duration::from_millis(2);
+
+/// Keys per script call of a batch: bounds the time one call holds the
+/// server (a few hundred microseconds).
+const BATCH_KEYS: usize = 500;
 
 pub(crate) struct NodeState {
     index: usize,
@@ -62,6 +85,8 @@ pub(crate) struct NodeState {
     /// Helper tasks (connect, watcher, invalidation forwarder); aborted on drop,
     /// which also closes the connection when the actor is killed.
     tasks: Vec<AbortOnDrop>,
+    batch: Vec<ExtendItem>,
+    flush_armed: bool,
 }
 
 /// A live connection: fred's connection task, and our invalidation forwarder.
@@ -109,6 +134,8 @@ impl Actor for NodeActor {
             shared: args.shared,
             supervisor: args.supervisor,
             tasks: vec![AbortOnDrop::new(&connect)],
+            batch: Vec::new(),
+            flush_armed: false,
         })
     }
 
@@ -183,6 +210,32 @@ impl Actor for NodeActor {
                     permanent,
                 });
                 return Err(format!("connect to {} failed: {e}", state.addr).into());
+            }
+            NodeMsg::Extend(item) => {
+                if !state.connected {
+                    fail_items(vec![item], "node not connected");
+                    return Ok(());
+                }
+                state.batch.push(item);
+                if !state.flush_armed {
+                    state.flush_armed = true;
+                    myself.send_after(BATCH_WINDOW, || NodeMsg::Flush);
+                }
+            }
+            NodeMsg::Flush => {
+                state.flush_armed = false;
+                let batch = std::mem::take(&mut state.batch);
+                if !state.connected {
+                    fail_items(batch, "node not connected");
+                    return Ok(());
+                }
+                let mut batch = batch.into_iter().peekable();
+                while batch.peek().is_some() {
+                    let chunk: Vec<ExtendItem> = batch.by_ref().take(BATCH_KEYS).collect();
+                    let client = state.client.clone();
+                    let shared = state.shared.clone();
+                    tokio::spawn(async move { extend_batch(&client, &shared, chunk).await });
+                }
             }
             NodeMsg::ConnectionEnded(why) => {
                 state.connected = false;
@@ -338,48 +391,107 @@ fn start_forwarder(client: &Client, shared: &Arc<Shared>) -> tokio::task::JoinHa
     })
 }
 
+/// Answers every item with a failure.
+fn fail_items(items: Vec<ExtendItem>, why: &'static str) {
+    let sent_at = Instant::now();
+    for item in items {
+        let _ = item.reply_to.cast(LockMsg::Reply(NodeReply {
+            tag: item.tag,
+            index: item.index,
+            sent_at,
+            outcome: Outcome::Failed(why),
+        }));
+    }
+}
+
+/// Extends a batch of keys (of many locks) in one script call and answers
+/// each lock actor per key.
+async fn extend_batch(client: &Client, shared: &Shared, items: Vec<ExtendItem>) {
+    let s = &shared.settings;
+    let sent_at = Instant::now();
+    let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
+    let mut args = Vec::with_capacity(3 + 2 * items.len());
+    args.push(ttl_arg(s));
+    args.push(if s.relative { "PX" } else { "PXAT" }.to_owned());
+    args.push("0".to_owned());
+    for item in &items {
+        args.push(item.token.as_str().to_owned());
+        args.push(item.mode.as_arg().to_owned());
+    }
+    let call = shared
+        .scripts
+        .acquire
+        .evalsha_with_reload::<Value, _, _>(client, keys, args);
+    let states = match tokio::time::timeout(s.timeout, call).await {
+        Ok(Ok(v)) => parse_acquire(&v, items.len(), false),
+        Ok(Err(e)) => {
+            debug!(keys = items.len(), error = %e, "extension batch failed");
+            None
+        }
+        Err(_) => None,
+    };
+    match states {
+        Some(states) => {
+            for (item, state) in items.into_iter().zip(states) {
+                let _ = item.reply_to.cast(LockMsg::Reply(NodeReply {
+                    tag: item.tag,
+                    index: item.index,
+                    sent_at,
+                    outcome: Outcome::Key(state),
+                }));
+            }
+        }
+        None => fail_items(items, "extension batch failed"),
+    }
+}
+
+/// The TTL argument: milliseconds (`PX`), or an absolute Unix time in
+/// milliseconds from this machine's clock (`PXAT`).
+fn ttl_arg(s: &crate::options::Settings) -> String {
+    let ms = s.validity.as_millis() as u64;
+    if s.relative {
+        ms.to_string()
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        (now + ms).to_string()
+    }
+}
+
 async fn run(client: &Client, shared: &Shared, op: &Op, key: &str) -> Outcome {
     let s = &shared.settings;
     let mode = if s.relative { "PX" } else { "PXAT" };
-    let ttl_arg = || -> String {
-        let ms = s.validity.as_millis() as u64;
-        if s.relative {
-            ms.to_string()
-        } else {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as u64;
-            (now + ms).to_string()
-        }
-    };
     let call = async {
         match op {
             Op::Acquire {
                 token,
                 mode: set,
                 fence_key,
-            } => shared
-                .scripts
-                .acquire
-                .evalsha_with_reload::<Value, _, _>(
-                    client,
-                    match fence_key {
-                        Some(f) => vec![key, &**f],
-                        None => vec![key],
-                    },
-                    vec![
-                        token.as_str().to_owned(),
-                        ttl_arg(),
-                        mode.to_owned(),
-                        set.as_arg().to_owned(),
-                    ],
-                )
-                .await
-                .map(|v| match parse_key_state(&v, false) {
-                    Some(state) => Outcome::Key(state),
-                    None => Outcome::Failed("unexpected reply to acquire"),
-                }),
+            } => {
+                let mut keys = vec![key];
+                if let Some(f) = fence_key {
+                    keys.push(f);
+                }
+                let fenced = if fence_key.is_some() { "1" } else { "0" };
+                let args = vec![
+                    ttl_arg(s),
+                    mode.to_owned(),
+                    fenced.to_owned(),
+                    token.as_str().to_owned(),
+                    set.as_arg().to_owned(),
+                ];
+                shared
+                    .scripts
+                    .acquire
+                    .evalsha_with_reload::<Value, _, _>(client, keys, args)
+                    .await
+                    .map(|v| match parse_acquire(&v, 1, fence_key.is_some()) {
+                        Some(mut states) => Outcome::Key(states.swap_remove(0)),
+                        None => Outcome::Failed("unexpected reply to acquire"),
+                    })
+            }
             Op::Verify { token } => shared
                 .scripts
                 .verify

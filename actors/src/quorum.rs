@@ -81,6 +81,16 @@ pub(crate) fn tally(won: usize, failed: usize, total: usize, majority: usize) ->
     }
 }
 
+/// Time until the next tick of a grid of `period` starting at `epoch`: every
+/// lock of a locker extends on the same grid, so each node gets one batch per
+/// tick instead of one command per lock. Never zero.
+pub(crate) fn next_tick(epoch: Instant, period: Duration, now: Instant) -> Duration {
+    let period_ns = period.as_nanos().max(1);
+    let since = now.saturating_duration_since(epoch).as_nanos();
+    let left = period_ns - since % period_ns;
+    Duration::from_nanos(left as u64)
+}
+
 /// Exponential backoff with a cap: `base · 2^attempt`, at most `cap`.
 pub(crate) fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
     let factor = 1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX);
@@ -194,6 +204,27 @@ mod tests {
                 "{won}/{failed}/{total} m={m}"
             );
         }
+    }
+
+    #[test]
+    fn ticks() {
+        let t0 = Instant::now();
+        let cases = [
+            (0, 1000, 1000),
+            (1, 1000, 999),
+            (999, 1000, 1),
+            (1000, 1000, 1000),
+            (2500, 1000, 500),
+        ];
+        for (since, period, want) in cases {
+            assert_eq!(
+                next_tick(t0, ms(period), t0 + ms(since)),
+                ms(want),
+                "{since} {period}"
+            );
+        }
+        // Before the epoch (cannot happen, but must not panic).
+        assert_eq!(next_tick(t0 + ms(5), ms(10), t0), ms(10));
     }
 
     #[test]

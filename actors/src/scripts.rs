@@ -1,7 +1,8 @@
 //! The Lua scripts sent to Valkey, the per-attempt token, and the parsing of
 //! script replies into plain enums.
 //!
-//! Every script touches one key (`KEYS[1]`), so none can cross slots. Each one
+//! Scripts touch one key, except the acquire script when it batches a node's
+//! extensions (standalone nodes only) or moves a fencing counter. Each one
 //! that can leave the key ours ends with a `GET`: reads are what default-mode
 //! `CLIENT TRACKING` remembers, and the server forgets a key's tracking entry on
 //! every write, our own included. The `GET` (re-)arms the invalidation that wakes
@@ -10,44 +11,53 @@
 use fred::types::scripts::Script;
 use fred::types::Value;
 
-/// `SET NX`, idempotent for our own token, with three modes (`ARGV[4]`):
-/// `NX` acquires if free, `FORCE` overwrites whatever is there, `XX` only
-/// extends a key that is already ours (never re-creates it).
+/// `SET NX`, idempotent for our own token, on one key (an acquisition) or many
+/// (a node's batch of extensions), each with a mode: `NX` acquires if free,
+/// `FORCE` overwrites whatever is there, `XX` only extends a key that is
+/// already ours (never re-creates it).
 ///
-/// `ARGV`: token, milliseconds, `PX`|`PXAT`, mode.
-/// Reply: `1` the key is ours now; a string, the value of its other owner;
-/// nil, the key is absent (only in `XX` mode).
+/// `KEYS`: the lock keys, then, when `ARGV[3]` is `1`, the name's fencing
+/// counter (single instance only). `ARGV`: milliseconds, `PX`|`PXAT`, the
+/// fencing flag, then a token and a mode per lock key.
 ///
-/// With a second key (`KEYS[2]`, the name's fencing counter, used on a single
-/// instance) a fresh acquisition increments the counter in the same atomic
-/// step and the reply is `{1, counter}`; a retry of our own acquisition
-/// (token already there) returns the counter unchanged.
+/// Reply: an array with one entry per lock key: `1` ours now; a string, the
+/// value of its other owner; nil, absent (only in `XX` mode). With the fencing
+/// counter, one more entry: the counter, incremented in the same atomic step
+/// by a fresh acquisition, unchanged for a retry of our own (token already
+/// there).
 const ACQUIRE_LUA: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] then
-  if ARGV[3] == 'PXAT' then
-    redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+local n = #KEYS
+if ARGV[3] == '1' then n = n - 1 end
+local out = {}
+local fresh = false
+for i = 1, n do
+  local key, token, mode = KEYS[i], ARGV[2 + 2 * i], ARGV[3 + 2 * i]
+  local cur = redis.call('GET', key)
+  if cur == token then
+    if ARGV[2] == 'PXAT' then
+      redis.call('PEXPIREAT', key, ARGV[1])
+    else
+      redis.call('PEXPIRE', key, ARGV[1])
+    end
+    redis.call('GET', key)
+    out[i] = 1
+  elseif mode == 'XX' or (cur and mode ~= 'FORCE') then
+    out[i] = cur
   else
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    redis.call('SET', key, token, ARGV[2], ARGV[1])
+    redis.call('GET', key)
+    out[i] = 1
+    fresh = true
   end
-  redis.call('GET', KEYS[1])
-  if KEYS[2] then
-    return {1, tonumber(redis.call('GET', KEYS[2]) or '0')}
+end
+if ARGV[3] == '1' then
+  if fresh then
+    out[n + 1] = redis.call('INCR', KEYS[n + 1])
+  else
+    out[n + 1] = tonumber(redis.call('GET', KEYS[n + 1]) or '0')
   end
-  return 1
 end
-if ARGV[4] == 'XX' then
-  return cur
-end
-if cur and ARGV[4] ~= 'FORCE' then
-  return cur
-end
-redis.call('SET', KEYS[1], ARGV[1], ARGV[3], ARGV[2])
-redis.call('GET', KEYS[1])
-if KEYS[2] then
-  return {1, redis.call('INCR', KEYS[2])}
-end
-return 1
+return out
 "#;
 
 /// Read-only check of a key after an invalidation: never writes, so it cannot
@@ -141,8 +151,8 @@ pub(crate) enum KeyState {
     Absent,
 }
 
-/// Reads an `ACQUIRE_LUA` or `VERIFY_LUA` reply. `verify` selects how an
-/// integer is read (a PTTL, or the constant 1).
+/// Reads one entry of an `ACQUIRE_LUA` reply, or a `VERIFY_LUA` reply.
+/// `verify` selects how an integer is read (a PTTL, or the constant 1).
 pub(crate) fn parse_key_state(value: &Value, verify: bool) -> Option<KeyState> {
     match value {
         Value::Integer(n) if verify => Some(KeyState::Ours {
@@ -153,13 +163,6 @@ pub(crate) fn parse_key_state(value: &Value, verify: bool) -> Option<KeyState> {
             pttl_ms: None,
             fence: None,
         }),
-        Value::Array(items) if !verify => match items.as_slice() {
-            [Value::Integer(1), Value::Integer(f)] => Some(KeyState::Ours {
-                pttl_ms: None,
-                fence: u64::try_from(*f).ok(),
-            }),
-            _ => None,
-        },
         Value::Null => Some(KeyState::Absent),
         Value::String(s) => Some(KeyState::Other {
             forced: Token::is_forced(s.as_bytes()),
@@ -169,6 +172,29 @@ pub(crate) fn parse_key_state(value: &Value, verify: bool) -> Option<KeyState> {
         }),
         _ => None,
     }
+}
+
+/// Reads an `ACQUIRE_LUA` reply for `keys` lock keys (plus the fencing
+/// counter when `fence`): one state per key, the counter folded into the
+/// first key's state. `None` if the reply has the wrong shape.
+pub(crate) fn parse_acquire(value: &Value, keys: usize, fence: bool) -> Option<Vec<KeyState>> {
+    let Value::Array(items) = value else {
+        return None;
+    };
+    if items.len() != keys + usize::from(fence) {
+        return None;
+    }
+    let mut states = items[..keys]
+        .iter()
+        .map(|v| parse_key_state(v, false))
+        .collect::<Option<Vec<_>>>()?;
+    if fence {
+        let counter = parse_fence(&items[keys])?;
+        if let Some(KeyState::Ours { fence, .. }) = states.first_mut() {
+            *fence = Some(counter);
+        }
+    }
+    Some(states)
 }
 
 /// Reads a fencing counter (a `GET` or `FENCE_WRITE_LUA` reply): nil is 0.
@@ -304,18 +330,29 @@ mod tests {
         for (value, verify, want) in cases {
             assert_eq!(parse_key_state(&value, verify), want, "{value:?}");
         }
+        let ours = |fence| KeyState::Ours {
+            pttl_ms: None,
+            fence,
+        };
+        let reply = Value::Array(vec![Value::Integer(1), Value::Integer(7)]);
+        assert_eq!(parse_acquire(&reply, 1, true), Some(vec![ours(Some(7))]));
+        assert_eq!(parse_acquire(&reply, 2, false), None);
+        let reply = Value::Array(vec![
+            Value::Integer(1),
+            Value::Null,
+            Value::String("x".into()),
+        ]);
         assert_eq!(
-            parse_key_state(
-                &Value::Array(vec![Value::Integer(1), Value::Integer(7)]),
-                false
-            ),
-            Some(KeyState::Ours {
-                pttl_ms: None,
-                fence: Some(7)
-            })
+            parse_acquire(&reply, 3, false),
+            Some(vec![
+                ours(None),
+                KeyState::Absent,
+                KeyState::Other { forced: false }
+            ])
         );
+        assert_eq!(parse_acquire(&Value::Integer(1), 1, false), None);
         assert_eq!(
-            parse_key_state(&Value::Array(vec![Value::Integer(0)]), false),
+            parse_acquire(&Value::Array(vec![Value::Integer(0)]), 1, false),
             None
         );
         assert_eq!(parse_fence(&Value::Integer(9)), Some(9));
