@@ -81,7 +81,13 @@ impl Engine {
         let wait = s.connect_timeout + Duration::from_secs(2);
         let reports = engine
             .supervisor
-            .call(|reply| SupervisorMsg::AwaitReady { reply }, Some(wait))
+            .call(
+                |reply| SupervisorMsg::AwaitReady {
+                    reply,
+                    within: s.connect_timeout + Duration::from_millis(500),
+                },
+                Some(wait),
+            )
             .await;
         let reports = match reports {
             Ok(ractor::rpc::CallResult::Success(r)) => r,

@@ -188,6 +188,8 @@ struct Attempt {
     /// The fencing step in progress (several instances only).
     fencing: Option<Fence>,
     fence_rounds: u8,
+    /// Keys invalidated while the attempt was open: re-checked once it wins.
+    invalidated: Vec<bool>,
 }
 
 /// The two-phase fencing step on several instances: read the counter from a
@@ -230,6 +232,10 @@ struct GrantKey {
     failing: bool,
     /// Why it stopped being ours.
     lost: Option<LostReason>,
+    /// Invalidated while its reply was still on the way: check it once the
+    /// reply is in (replies and invalidations travel separate paths, so the
+    /// reply saying "ours" can arrive after the news that it was deleted).
+    recheck: bool,
 }
 
 /// The keys held on the server under one token.
@@ -289,8 +295,9 @@ impl Holder {
             return;
         }
         self.ended = true;
-        self.status.send_replace(GrantStatus::Ended(reason));
+        // Token first: whoever sees `lost()` return must also see it cancelled.
         self.cancel.cancel();
+        self.status.send_replace(GrantStatus::Ended(reason));
     }
 }
 
@@ -605,6 +612,7 @@ impl LockState {
             fence: None,
             fencing: None,
             fence_rounds: 0,
+            invalidated: vec![false; total],
         });
         // On a single instance the fencing counter moves inside key 0's
         // script; on several it is a separate step once the majority is won.
@@ -1005,8 +1013,13 @@ impl LockState {
                 pending: matches!(k, AttemptKey::Pending | AttemptKey::TimedOut),
                 failing: matches!(k, AttemptKey::Failed | AttemptKey::TimedOut),
                 lost: None,
+                recheck: false,
             })
             .collect();
+        let mut keys = keys;
+        for (k, &inv) in keys.iter_mut().zip(&a.invalidated) {
+            k.recheck = inv;
+        }
         let holder = Holder::new(self.next_id(), valid_until);
         let mut grant = Grant {
             id: a.id,
@@ -1038,6 +1051,7 @@ impl LockState {
             "acquired"
         );
         self.grant = Some(grant);
+        self.verify_rechecks(me);
         if let Some(orphan) = self.deliver(lease, a.request) {
             // Nobody wants it any more.
             orphan.disarm();
@@ -1283,6 +1297,7 @@ impl LockState {
             }
         }
         self.reevaluate(me);
+        self.verify_rechecks(me);
         let Some(g) = self.grant.as_mut() else { return };
         if g.extending > 0 {
             // A round is in flight; its replies decide what comes next.
@@ -1351,25 +1366,22 @@ impl LockState {
             (None, Some(n)) => quorum::node_of_key(i, nodes) == n,
             (None, None) => true,
         };
-        if let Some(g) = &self.grant {
-            // Re-check held keys with a read-only script. It never writes, so
-            // it cannot invalidate itself: no loop even without NOLOOP.
-            let (id, token) = (g.id, g.token.clone());
-            let targets: Vec<usize> = (0..g.keys.len())
-                .filter(|&i| in_scope(i) && g.keys[i].ours)
-                .collect();
-            let now = Instant::now();
-            for i in targets {
-                self.send(
-                    me,
-                    i,
-                    Op::Verify {
-                        token: token.clone(),
-                    },
-                    Tag::Verify(id),
-                    now,
-                );
+        if let Some(a) = &mut self.attempt {
+            for (i, inv) in a.invalidated.iter_mut().enumerate() {
+                *inv |= in_scope(i);
             }
+        }
+        if let Some(g) = &mut self.grant {
+            // Re-check held keys with a read-only script. It never writes, so
+            // it cannot invalidate itself: no loop even without NOLOOP. Keys
+            // whose acquisition reply is still on the way are checked when it
+            // arrives.
+            for (i, k) in g.keys.iter_mut().enumerate() {
+                if in_scope(i) && (k.ours || k.pending) {
+                    k.recheck = true;
+                }
+            }
+            self.verify_rechecks(me);
             return;
         }
         if self.queue.is_empty() {
@@ -1378,6 +1390,34 @@ impl LockState {
         // Retry now, or as soon as the attempt or release in flight is done.
         self.dirty = true;
         self.advance(me);
+    }
+
+    /// Sends a read-only check for every key marked for one whose reply is
+    /// in; keys still waiting for a reply keep the mark.
+    fn verify_rechecks(&mut self, me: &ActorRef<LockMsg>) {
+        let Some(g) = &mut self.grant else { return };
+        let (id, token) = (g.id, g.token.clone());
+        let mut targets = Vec::new();
+        for (i, k) in g.keys.iter_mut().enumerate() {
+            if k.recheck && !k.pending {
+                k.recheck = false;
+                if k.ours {
+                    targets.push(i);
+                }
+            }
+        }
+        let now = Instant::now();
+        for i in targets {
+            self.send(
+                me,
+                i,
+                Op::Verify {
+                    token: token.clone(),
+                },
+                Tag::Verify(id),
+                now,
+            );
+        }
     }
 
     // ===== ending =====

@@ -59,10 +59,14 @@ pub(crate) enum SupervisorMsg {
     },
     /// Start node `node` again.
     Respawn { node: usize },
-    /// Answer once every node reported its first connection attempt.
+    /// Answer once every node reported its first connection attempt, or
+    /// after `within` with what is known then.
     AwaitReady {
         reply: RpcReplyPort<Vec<Option<NodeReport>>>,
+        within: Duration,
     },
+    /// Time is up for `AwaitReady`.
+    ReadyDeadline,
     /// Close the locker.
     Close { reply: RpcReplyPort<()> },
     /// Closing took too long.
@@ -192,9 +196,12 @@ impl Actor for Supervisor {
                 error,
                 permanent,
             } => {
+                // The actor has failed by now, and ractor delivers that
+                // supervision event before this message: no id check, any
+                // first report counts.
+                let _ = actor;
                 let slot = &mut st.nodes[node];
-                if slot.actor.as_ref().is_some_and(|a| a.get_id() == actor) && slot.report.is_none()
-                {
+                if slot.report.is_none() {
                     slot.report = Some(NodeReport::Down { error, permanent });
                     st.answer_ready();
                 }
@@ -205,10 +212,14 @@ impl Actor for Supervisor {
                     st.spawn_node(&myself, node).await;
                 }
             }
-            SupervisorMsg::AwaitReady { reply } => {
+            SupervisorMsg::AwaitReady { reply, within } => {
                 st.ready.push(reply);
                 st.answer_ready();
+                if !st.ready.is_empty() {
+                    myself.send_after(within, || SupervisorMsg::ReadyDeadline);
+                }
             }
+            SupervisorMsg::ReadyDeadline => st.answer_ready_now(),
             SupervisorMsg::Close { reply } => match &mut st.closing {
                 Closing::Locks(waiting) | Closing::Nodes(waiting) => waiting.push(reply),
                 Closing::Open => {
@@ -369,10 +380,14 @@ impl SupervisorState {
 
     fn answer_ready(&mut self) {
         if self.nodes.iter().all(|n| n.report.is_some()) {
-            let reports: Vec<_> = self.nodes.iter().map(|n| n.report.clone()).collect();
-            for reply in self.ready.drain(..) {
-                let _ = reply.send(reports.clone());
-            }
+            self.answer_ready_now();
+        }
+    }
+
+    fn answer_ready_now(&mut self) {
+        let reports: Vec<_> = self.nodes.iter().map(|n| n.report.clone()).collect();
+        for reply in self.ready.drain(..) {
+            let _ = reply.send(reports.clone());
         }
     }
 
