@@ -616,7 +616,7 @@ impl LockState {
         });
         // On a single instance the fencing counter moves inside key 0's
         // script; on several it is a separate step once the majority is won.
-        let single_fence = self.settings().fencing && self.settings().nodes.len() == 1;
+        let single_fence = self.settings().fencing_in_script();
         for index in 0..total {
             let fence_key = (single_fence && index == 0).then(|| self.fence_key.clone());
             self.send(

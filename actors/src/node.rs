@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use crate::context::{AbortOnDrop, Shared};
 use crate::keys;
 use crate::lock::{LockMsg, NodeReply, Op, Outcome, Tag};
-use crate::options::NodeAddr;
+use crate::options::{NodeAddr, Topology};
 use crate::scripts::{parse_acquire, parse_fence, parse_key_state, parse_released, SetMode, Token};
 use crate::supervisor::SupervisorMsg;
 
@@ -87,6 +87,8 @@ pub(crate) struct NodeState {
     tasks: Vec<AbortOnDrop>,
     batch: Vec<ExtendItem>,
     flush_armed: bool,
+    /// A Valkey Cluster: batches are split by hash slot.
+    cluster: bool,
 }
 
 /// A live connection: fred's connection task, and our invalidation forwarder.
@@ -115,6 +117,7 @@ impl Actor for NodeActor {
         let settings = &args.shared.settings;
         let addr = &settings.nodes[args.index];
         let client = build_client(addr, settings)?;
+        let cluster = addr.topology == Topology::Cluster;
         // Connecting is I/O: do it on a task so spawning this actor never blocks
         // the Supervisor, and commands meanwhile fail fast as "unavailable".
         let connect = {
@@ -136,6 +139,7 @@ impl Actor for NodeActor {
             tasks: vec![AbortOnDrop::new(&connect)],
             batch: Vec::new(),
             flush_armed: false,
+            cluster,
         })
     }
 
@@ -229,9 +233,7 @@ impl Actor for NodeActor {
                     fail_items(batch, "node not connected");
                     return Ok(());
                 }
-                let mut batch = batch.into_iter().peekable();
-                while batch.peek().is_some() {
-                    let chunk: Vec<ExtendItem> = batch.by_ref().take(BATCH_KEYS).collect();
+                for chunk in chunks(batch, state.cluster) {
                     let client = state.client.clone();
                     let shared = state.shared.clone();
                     tokio::spawn(async move { extend_batch(&client, &shared, chunk).await });
@@ -265,7 +267,15 @@ fn build_client(
 ) -> Result<Client, fred::error::Error> {
     let config = Config {
         version: RespVersion::RESP3,
-        server: ServerConfig::new_centralized(addr.host.clone(), addr.port),
+        server: match &addr.topology {
+            Topology::Standalone => {
+                ServerConfig::new_centralized(addr.hosts[0].0.clone(), addr.hosts[0].1)
+            }
+            Topology::Cluster => ServerConfig::new_clustered(addr.hosts.clone()),
+            Topology::Sentinel { service } => {
+                ServerConfig::new_sentinel(addr.hosts.clone(), service.clone())
+            }
+        },
         username: addr.username.clone(),
         password: addr.password.clone(),
         database: addr.db,
@@ -389,6 +399,34 @@ fn start_forwarder(client: &Client, shared: &Arc<Shared>) -> tokio::task::JoinHa
             }
         }
     })
+}
+
+/// Splits a batch into script calls of at most `BATCH_KEYS` keys; on a
+/// cluster, each call holds keys of one hash slot only (a script cannot cross
+/// slots).
+fn chunks(batch: Vec<ExtendItem>, cluster: bool) -> Vec<Vec<ExtendItem>> {
+    let mut groups: Vec<Vec<ExtendItem>> = Vec::new();
+    if cluster {
+        let mut by_slot: std::collections::HashMap<u16, Vec<ExtendItem>> =
+            std::collections::HashMap::new();
+        for item in batch {
+            by_slot
+                .entry(fred::util::redis_keyslot(item.key.as_bytes()))
+                .or_default()
+                .push(item);
+        }
+        groups.extend(by_slot.into_values());
+    } else {
+        groups.push(batch);
+    }
+    let mut out = Vec::new();
+    for group in groups {
+        let mut group = group.into_iter().peekable();
+        while group.peek().is_some() {
+            out.push(group.by_ref().take(BATCH_KEYS).collect());
+        }
+    }
+    out
 }
 
 /// Answers every item with a failure.

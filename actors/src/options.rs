@@ -280,39 +280,63 @@ impl LockerOptions {
     }
 }
 
+/// How one configured node reaches Valkey.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Topology {
+    /// One instance.
+    Standalone,
+    /// A Valkey Cluster, through its seed nodes: keys spread over its masters.
+    Cluster,
+    /// A primary found through Sentinel, by service name.
+    Sentinel { service: String },
+}
+
 /// One node's address, parsed from its URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NodeAddr {
     pub(crate) url: String,
-    pub(crate) host: String,
-    pub(crate) port: u16,
+    pub(crate) topology: Topology,
+    /// The instance, the cluster's seed nodes, or the sentinels.
+    pub(crate) hosts: Vec<(String, u16)>,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<String>,
     pub(crate) db: Option<u8>,
 }
 
 impl NodeAddr {
-    /// Parses `redis://` / `valkey://` `[user[:password]@]host[:port][/db]`.
+    /// Parses one node URL:
+    /// - `redis://` / `valkey://` `[user[:password]@]host[:port][/db]`;
+    /// - `redis-cluster://` / `valkey-cluster://` `[user[:password]@]host:port[,host:port…]`;
+    /// - `redis-sentinel://` / `valkey-sentinel://`
+    ///   `[user[:password]@]host:port[,host:port…]/service_name[/db]`
+    ///   (sentinel ports default to 26379; the credentials are the primary's).
+    ///
     /// Written by hand (no `url` crate): the grammar is tiny, and errors say
     /// exactly which part is wrong.
     pub(crate) fn parse(url: &str) -> Result<NodeAddr, String> {
         let (scheme, rest) = url
             .split_once("://")
-            .ok_or("missing scheme (expected redis:// or valkey://)")?;
-        match scheme {
-            "redis" | "valkey" => {}
-            "rediss" | "valkeys" => return Err("TLS URLs are not supported by this build".into()),
+            .ok_or("missing scheme (expected redis://, valkey://, valkey-cluster:// or valkey-sentinel://)")?;
+        let (topology_kind, default_port) = match scheme {
+            "redis" | "valkey" => (0, 6379),
+            "redis-cluster" | "valkey-cluster" => (1, 6379),
+            "redis-sentinel" | "valkey-sentinel" => (2, 26379),
+            "rediss" | "valkeys" | "rediss-cluster" | "valkeys-cluster" | "rediss-sentinel"
+            | "valkeys-sentinel" => return Err("TLS URLs are not supported by this build".into()),
             other => {
                 return Err(format!(
-                    "unsupported scheme {other:?} (expected redis:// or valkey://; cluster and sentinel URLs are not supported yet)"
+                    "unsupported scheme {other:?} (expected redis://, valkey://, valkey-cluster:// or valkey-sentinel://)"
                 ))
             }
-        }
+        };
         let (authority, path) = match rest.find(['/', '?', '#']) {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
-        let (userinfo, hostport) = match authority.rfind('@') {
+        if path.starts_with(['?', '#']) {
+            return Err("query strings and fragments are not supported".into());
+        }
+        let (userinfo, hostlist) = match authority.rfind('@') {
             Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
             None => (None, authority),
         };
@@ -331,54 +355,110 @@ impl NodeAddr {
                 ),
             },
         };
-        let (host, port) = if let Some(stripped) = hostport.strip_prefix('[') {
-            let (h, after) = stripped.split_once(']').ok_or("unclosed '[' in host")?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => Some(p),
-                None if after.is_empty() => None,
-                None => return Err("unexpected text after ']'".into()),
-            };
-            (h.to_owned(), port)
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), Some(p)),
-                None => (hostport.to_owned(), None),
+        let hosts = hostlist
+            .split(',')
+            .map(|h| parse_host_port(h, default_port))
+            .collect::<Result<Vec<_>, _>>()?;
+        let segments: Vec<&str> = path
+            .trim_start_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
+        let parse_db = |db: &str| {
+            db.parse::<u8>()
+                .map_err(|_| format!("bad database number {db:?}"))
+        };
+        let (topology, db) = match topology_kind {
+            0 => {
+                if hosts.len() != 1 {
+                    return Err(
+                        "one host per redis:// URL (list several URLs for several instances)"
+                            .into(),
+                    );
+                }
+                match segments.as_slice() {
+                    [] => (Topology::Standalone, None),
+                    [db] => (Topology::Standalone, Some(parse_db(db)?)),
+                    _ => return Err("unexpected path after the database number".into()),
+                }
             }
-        };
-        if host.is_empty() {
-            return Err("missing host".into());
-        }
-        let port = match port {
-            None => 6379,
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|&p| p > 0)
-                .ok_or(format!("bad port {p:?}"))?,
-        };
-        let db = match path.strip_prefix('/') {
-            None if path.is_empty() => None,
-            None => return Err("query strings and fragments are not supported".into()),
-            Some("") => None,
-            Some(db) => Some(
-                db.parse::<u8>()
-                    .map_err(|_| format!("bad database number {db:?}"))?,
-            ),
+            1 => {
+                if !segments.is_empty() {
+                    return Err(
+                        "a cluster URL takes no database or path (a cluster has only database 0)"
+                            .into(),
+                    );
+                }
+                (Topology::Cluster, None)
+            }
+            _ => match segments.as_slice() {
+                [service] => (
+                    Topology::Sentinel {
+                        service: service.to_string(),
+                    },
+                    None,
+                ),
+                [service, db] => (
+                    Topology::Sentinel {
+                        service: service.to_string(),
+                    },
+                    Some(parse_db(db)?),
+                ),
+                [] => return Err(
+                    "a sentinel URL needs the service name: valkey-sentinel://host:26379/mymaster"
+                        .into(),
+                ),
+                _ => return Err("unexpected path after the database number".into()),
+            },
         };
         Ok(NodeAddr {
             url: url.to_owned(),
-            host,
-            port,
+            topology,
+            hosts,
             username,
             password,
             db,
         })
     }
 
-    /// The URL with any password masked, for logs and errors.
+    /// Where it points, without credentials, for logs and errors.
     pub(crate) fn display(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        let (h, p) = &self.hosts[0];
+        match &self.topology {
+            Topology::Standalone => format!("{h}:{p}"),
+            Topology::Cluster => format!("cluster {h}:{p}"),
+            Topology::Sentinel { service } => format!("sentinel {service}@{h}:{p}"),
+        }
     }
+}
+
+fn parse_host_port(text: &str, default_port: u16) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(stripped) = text.strip_prefix('[') {
+        let (h, after) = stripped.split_once(']').ok_or("unclosed '[' in host")?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err("unexpected text after ']'".into()),
+        };
+        (h.to_owned(), port)
+    } else {
+        match text.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), Some(p)),
+            None => (text.to_owned(), None),
+        }
+    };
+    if host.is_empty() {
+        return Err("missing host".into());
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or(format!("bad port {p:?}"))?,
+    };
+    Ok((host, port))
 }
 
 fn percent_decode(s: &str) -> Result<String, String> {
@@ -416,6 +496,15 @@ pub(crate) struct Settings {
     pub(crate) connect_timeout: Duration,
     pub(crate) handover_limit: u32,
     pub(crate) fencing: bool,
+}
+
+impl Settings {
+    /// The fencing counter moves inside the acquire script: one node that is
+    /// one instance (standalone or behind Sentinel). On a cluster the counter
+    /// and key 0 live in different slots, so it takes the two-phase step.
+    pub(crate) fn fencing_in_script(&self) -> bool {
+        self.fencing && self.nodes.len() == 1 && self.nodes[0].topology != Topology::Cluster
+    }
 }
 
 /// Parses a human-readable duration: one or more `<number><unit>` parts, units
@@ -539,16 +628,41 @@ mod tests {
 
     #[test]
     fn urls() {
+        let host = |a: &NodeAddr| (a.hosts[0].0.clone(), a.hosts[0].1);
         let a = NodeAddr::parse("redis://127.0.0.1:7000").unwrap();
-        assert_eq!((a.host.as_str(), a.port, a.db), ("127.0.0.1", 7000, None));
+        assert_eq!(
+            (host(&a), a.db, &a.topology),
+            (("127.0.0.1".into(), 7000), None, &Topology::Standalone)
+        );
         let a = NodeAddr::parse("valkey://user:p%40ss@localhost/3").unwrap();
         assert_eq!(a.username.as_deref(), Some("user"));
         assert_eq!(a.password.as_deref(), Some("p@ss"));
-        assert_eq!((a.port, a.db), (6379, Some(3)));
+        assert_eq!((host(&a).1, a.db), (6379, Some(3)));
         let a = NodeAddr::parse("redis://:secret@[::1]:6380").unwrap();
         assert_eq!(
-            (a.host.as_str(), a.port, a.username, a.password.as_deref()),
-            ("::1", 6380, None, Some("secret"))
+            (host(&a), a.username, a.password.as_deref()),
+            (("::1".into(), 6380), None, Some("secret"))
+        );
+        let a = NodeAddr::parse("valkey-cluster://127.0.0.1:7000,127.0.0.1:7001").unwrap();
+        assert_eq!((a.topology.clone(), a.hosts.len()), (Topology::Cluster, 2));
+        assert_eq!(a.display(), "cluster 127.0.0.1:7000");
+        let a =
+            NodeAddr::parse("valkey-sentinel://:pw@127.0.0.1,127.0.0.1:26380/mymaster/2").unwrap();
+        assert_eq!(
+            (
+                a.topology.clone(),
+                a.hosts.clone(),
+                a.db,
+                a.password.as_deref()
+            ),
+            (
+                Topology::Sentinel {
+                    service: "mymaster".into()
+                },
+                vec![("127.0.0.1".into(), 26379), ("127.0.0.1".into(), 26380)],
+                Some(2),
+                Some("pw")
+            )
         );
         for bad in [
             "127.0.0.1:6379",
@@ -558,9 +672,15 @@ mod tests {
             "redis://h:99999",
             "redis://h:x",
             "redis://h/300",
+            "redis://h/1/2",
             "redis://h?x=1",
+            "redis://a:1,b:2",
             "rediss://h",
-            "redis-cluster://h",
+            "valkeys-cluster://h",
+            "redis-cluster://h:7000/0",
+            "redis-cluster://h:7000,",
+            "redis-sentinel://h:26379",
+            "redis-sentinel://h:26379/m/x",
             "redis://u:%zz@h",
         ] {
             assert!(NodeAddr::parse(bad).is_err(), "{bad}");
