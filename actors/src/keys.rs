@@ -121,9 +121,12 @@ mod tests {
         }
     }
 
+    /// (prefix, total keys, invalidated key, expected parse).
+    type ParseCase<'a> = (&'a str, usize, &'a [u8], Option<(usize, &'a str)>);
+
     #[test]
     fn parse_keys() {
-        let cases: &[(&str, usize, &[u8], Option<(usize, &str)>)] = &[
+        let cases: &[ParseCase<'_>] = &[
             (
                 "valkeylock",
                 3,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::clients::Client;
-use fred::interfaces::{ClientLike, KeysInterface, TrackingInterface};
+use fred::interfaces::{ClientLike, EventInterface, KeysInterface, TrackingInterface};
 use fred::prelude::{Config, ServerConfig};
 use fred::types::config::{ConnectionConfig, PerformanceConfig, TcpConfig, UnresponsiveConfig};
 use fred::types::{Builder, RespVersion, Value};
@@ -96,6 +96,8 @@ pub(crate) struct NodeState {
 pub(crate) struct Connection {
     handle: fred::types::ConnectHandle,
     forwarder: Option<tokio::task::JoinHandle<()>>,
+    /// Topology watchers (cluster changes, Sentinel switches).
+    watchers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 pub(crate) struct NodeArgs {
@@ -124,8 +126,9 @@ impl Actor for NodeActor {
             let client = client.clone();
             let shared = args.shared.clone();
             let me = myself.clone();
+            let addr = addr.clone();
             tokio::spawn(async move {
-                let result = connect(&client, &shared).await;
+                let result = connect(&client, &shared, &addr, &me).await;
                 let _ = me.cast(NodeMsg::Connected(result));
             })
         };
@@ -184,6 +187,9 @@ impl Actor for NodeActor {
                 state.tasks.push(AbortOnDrop::new(&conn.handle));
                 if let Some(forwarder) = &conn.forwarder {
                     state.tasks.push(AbortOnDrop::new(forwarder));
+                }
+                for w in &conn.watchers {
+                    state.tasks.push(AbortOnDrop::new(w));
                 }
                 let watcher = {
                     let me = myself.clone();
@@ -287,7 +293,15 @@ fn build_client(
         internal_command_timeout: settings.connect_timeout,
         // A lock command is never re-sent behind our back: the LockActor decides
         // what to retry, with a fresh timestamp.
-        max_command_attempts: 1,
+        max_command_attempts: if addr.topology == Topology::Cluster {
+            // fred spends an attempt on each ASK/MOVED redirection; with one,
+            // a slot migration would end the whole cluster connection. Our
+            // scripts are idempotent and stamped before the first write, so
+            // a retry only makes the validity estimate more conservative.
+            3
+        } else {
+            1
+        },
         // A reply overdue this long means the link is dead even without an RST
         // (a silent partition): close it so the Supervisor reconnects.
         unresponsive: UnresponsiveConfig {
@@ -315,7 +329,12 @@ fn build_client(
 
 /// Connects, loads the scripts, subscribes to invalidations and turns tracking
 /// on (default mode, like valkeylock's OPTOUT: every read is tracked).
-async fn connect(client: &Client, shared: &Arc<Shared>) -> Result<Connection, fred::error::Error> {
+async fn connect(
+    client: &Client,
+    shared: &Arc<Shared>,
+    addr: &NodeAddr,
+    me: &ActorRef<NodeMsg>,
+) -> Result<Connection, fred::error::Error> {
     let handle = client.init().await?;
     let mut forwarder = None;
     let ready = async {
@@ -342,7 +361,37 @@ async fn connect(client: &Client, shared: &Arc<Shared>) -> Result<Connection, fr
     };
     let result = tokio::time::timeout(shared.settings.connect_timeout, ready).await;
     match result {
-        Ok(Ok(())) => Ok(Connection { handle, forwarder }),
+        Ok(Ok(())) => {
+            let mut watchers = Vec::new();
+            match &addr.topology {
+                Topology::Standalone => {}
+                // A connection fred opens later (a promoted master, a node
+                // found after MOVED) would have no tracking: start over on
+                // any topology change, so tracking is armed everywhere and
+                // every lock re-checks.
+                Topology::Cluster => {
+                    let mut changes = client.cluster_change_rx();
+                    let me = me.clone();
+                    watchers.push(tokio::spawn(async move {
+                        let why = match changes.recv().await {
+                            Ok(c) => format!("cluster topology changed ({} changes)", c.len()),
+                            Err(e) => format!("cluster change stream ended: {e}"),
+                        };
+                        let _ = me.cast(NodeMsg::ConnectionEnded(why));
+                    }));
+                }
+                // After a failover the old primary keeps accepting writes
+                // until Sentinel reconfigures it: follow `+switch-master`.
+                Topology::Sentinel { service } => {
+                    watchers.push(watch_sentinels(addr, service.clone(), shared, me.clone()));
+                }
+            }
+            Ok(Connection {
+                handle,
+                forwarder,
+                watchers,
+            })
+        }
         Ok(Err(e)) => {
             handle.abort();
             if let Some(f) = forwarder {
@@ -361,6 +410,62 @@ async fn connect(client: &Client, shared: &Arc<Shared>) -> Result<Connection, fr
             ))
         }
     }
+}
+
+/// Subscribes to `+switch-master` on the first Sentinel that answers; a switch
+/// of `service` (or losing the subscription) ends the connection so the node
+/// reconnects to the new primary and every lock re-checks its keys there.
+fn watch_sentinels(
+    addr: &NodeAddr,
+    service: String,
+    shared: &Arc<Shared>,
+    me: ActorRef<NodeMsg>,
+) -> tokio::task::JoinHandle<()> {
+    use fred::interfaces::PubsubInterface;
+    let sentinels = addr.hosts.clone();
+    let timeout = shared.settings.connect_timeout;
+    tokio::spawn(async move {
+        let mut why = "no Sentinel accepted the +switch-master subscription".to_owned();
+        for (host, port) in sentinels {
+            let config = Config {
+                server: ServerConfig::new_centralized(host.clone(), port),
+                fail_fast: true,
+                ..Config::default()
+            };
+            let Ok(client) = Builder::from_config(config)
+                .with_connection_config(|c| c.connection_timeout = timeout)
+                .build()
+            else {
+                continue;
+            };
+            let Ok(Ok(handle)) = tokio::time::timeout(timeout, client.init()).await else {
+                continue;
+            };
+            let _abort = AbortOnDrop::new(&handle);
+            let mut messages = client.message_rx();
+            if client.subscribe("+switch-master").await.is_err() {
+                continue;
+            }
+            loop {
+                match messages.recv().await {
+                    Ok(m) => {
+                        let text = m.value.as_string().unwrap_or_default();
+                        if text.split_whitespace().next() == Some(service.as_str()) {
+                            why = format!("Sentinel switched the primary: {text}");
+                            break;
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => {
+                        why = format!("lost the Sentinel subscription at {host}:{port}");
+                        break;
+                    }
+                }
+            }
+            break;
+        }
+        let _ = me.cast(NodeMsg::ConnectionEnded(why));
+    })
 }
 
 /// Routes invalidations to `LockActor`s. Runs until the client is dropped (its
