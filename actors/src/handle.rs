@@ -159,6 +159,7 @@ impl Engine {
                 id,
                 kind,
                 reply: tx,
+                since: Instant::now(),
             };
             self.supervisor
                 .cast(SupervisorMsg::Request {

@@ -36,6 +36,12 @@ use crate::supervisor::SupervisorMsg;
 
 pub(crate) struct LockActor;
 
+/// Local hand-overs continue only this long after the keys were acquired:
+/// they save two round trips per grant, which matters for short critical
+/// sections; with long ones, handing over would only keep other processes
+/// out for longer.
+const HANDOVER_WINDOW: Duration = Duration::from_millis(10);
+
 /// Extra time allowed for a batched extension (the node's batch window).
 const BATCH_SLACK: Duration = Duration::from_millis(50);
 
@@ -56,6 +62,8 @@ pub(crate) struct Request {
     pub(crate) id: u64,
     pub(crate) kind: RequestKind,
     pub(crate) reply: oneshot::Sender<Result<Lease, Error>>,
+    /// When the caller started waiting.
+    pub(crate) since: Instant,
 }
 
 /// A script a `NodeActor` runs on one key.
@@ -251,6 +259,8 @@ struct Grant {
     holder: Holder,
     /// Local hand-overs since the keys were acquired.
     handovers: u32,
+    /// When the keys were acquired (bounds how long hand-overs go on).
+    acquired_at: Instant,
     /// The fencing token of this grant (0 without fencing).
     fence: u64,
     extend_timer: Option<AbortOnDrop>,
@@ -334,6 +344,9 @@ pub(crate) struct LockState {
     /// for them: our own stale key would otherwise block it, and under NOLOOP
     /// its deletion would not wake us.
     releasing: usize,
+    /// Set when a release leaves local waiters queued: when its deletes are
+    /// confirmed, the next attempt pauses so other processes get a turn.
+    yield_after_release: Option<Instant>,
     /// Callers of `release()` waiting for the deletes to be confirmed.
     release_waiters: Vec<oneshot::Sender<()>>,
     /// Commands sent and not yet answered (all kinds).
@@ -381,6 +394,7 @@ impl Actor for LockActor {
             grant: None,
             releasing: 0,
             release_waiters: Vec::new(),
+            yield_after_release: None,
             outstanding: 0,
             last_sent: Instant::now(),
             sweep_armed: false,
@@ -684,8 +698,20 @@ impl LockState {
             Tag::Release => {
                 self.releasing = self.releasing.saturating_sub(1);
                 self.answer_release_waiters();
-                if self.releasing == 0 && self.dirty {
-                    self.advance(me);
+                if self.releasing == 0 {
+                    if let Some(started) = self.yield_after_release.take() {
+                        // Our own delete is confirmed; waiters elsewhere hear
+                        // of it through an invalidation, one hop later than
+                        // we do. Give them that head start (twice the delete's
+                        // round trip), or this process would win every race
+                        // and starve them.
+                        let rtt = Instant::now().saturating_duration_since(started);
+                        let pause =
+                            (rtt * 2 + Duration::from_micros(100)).min(self.settings().timeout);
+                        self.arm_retry_after(me, pause);
+                    } else if self.dirty {
+                        self.advance(me);
+                    }
                 }
             }
             Tag::Acquire(id) => {
@@ -993,6 +1019,11 @@ impl LockState {
             s.timeout.max(Duration::from_millis(50))
         };
         let period = quorum::jitter(period, 10, u64::from(rand_u32()));
+        self.arm_retry_after(me, period);
+    }
+
+    /// Arms the retry timer (replacing any earlier one).
+    fn arm_retry_after(&mut self, me: &ActorRef<LockMsg>, period: Duration) {
         self.retry_generation += 1;
         let generation = self.retry_generation;
         let timer = me.send_after(period, move || LockMsg::Retry { generation });
@@ -1028,6 +1059,7 @@ impl LockState {
             valid_until,
             holder,
             handovers: 0,
+            acquired_at: Instant::now(),
             fence: a.fence.unwrap_or(0),
             extend_timer: None,
             deadline_timer: None,
@@ -1105,10 +1137,12 @@ impl LockState {
             .queue
             .front()
             .is_some_and(|r| r.kind == RequestKind::Wait);
-        let fresh = self
-            .grant
-            .as_ref()
-            .is_some_and(|g| g.handovers < limit && g.valid_until > Instant::now() + margin);
+        let now = Instant::now();
+        let fresh = self.grant.as_ref().is_some_and(|g| {
+            g.handovers < limit
+                && now.saturating_duration_since(g.acquired_at) < HANDOVER_WINDOW
+                && g.valid_until > now + margin
+        });
         if self.closing || !next_waits || !fresh {
             self.end_grant(me, LostReason::Released);
             return;
@@ -1389,7 +1423,22 @@ impl LockState {
         }
         // Retry now, or as soon as the attempt or release in flight is done.
         self.dirty = true;
-        self.advance(me);
+        if self.attempt.is_some() || self.releasing > 0 || self.grant.is_some() {
+            return;
+        }
+        // Every waiting process hears of a release at once, in an order the
+        // server fixes (by client id), so the same process would win every
+        // race. A waiter that has waited long retries at once, a recent one a
+        // little later: the oldest waiter across processes tends to win.
+        let age = self.queue.front().map_or(Duration::ZERO, |r| {
+            Instant::now().saturating_duration_since(r.since)
+        });
+        let pause = quorum::age_pause(age);
+        if pause.is_zero() {
+            self.advance(me);
+        } else {
+            self.arm_retry_after(me, pause);
+        }
     }
 
     /// Sends a read-only check for every key marked for one whose reply is
@@ -1454,8 +1503,12 @@ impl LockState {
                 pending,
             });
         }
-        // Local waiters go next, once the deletes are confirmed.
+        // Local waiters go next, once the deletes are confirmed, after a
+        // pause that lets waiters in other processes compete fairly.
         self.dirty = true;
+        if reason == LostReason::Released && self.releasing > 0 && !self.queue.is_empty() {
+            self.yield_after_release = Some(now);
+        }
         self.advance(me);
     }
 

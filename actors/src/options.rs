@@ -61,8 +61,9 @@ pub struct LockerOptions {
     pub connect_timeout: Duration,
     /// How many times in a row a released lock may be handed straight to the
     /// next caller waiting in this process (same keys, no server round trip)
-    /// before it is really released so other processes get a turn. 0 turns
-    /// local hand-over off. Default 8.
+    /// before it is really released so other processes get a turn; hand-overs
+    /// also stop 10 ms after the keys were acquired, so long critical sections
+    /// do not keep other processes out. 0 turns local hand-over off. Default 8.
     pub local_handover_limit: u32,
     /// Give every grant a fencing token (`LockGuard::fencing_token`) that is
     /// strictly greater than every token granted before it for the same name,
