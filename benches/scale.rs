@@ -1,0 +1,257 @@
+//! Holding many locks at once in one process: 1,000 and 10,000 distinct names
+//! (1,000 only with `CI` set) through one `Locker` (`key_majority` 1, one
+//! server, `key_validity` 5 s so each lock is extended every 2.5 s).
+//!
+//! Printed per row: time to acquire them all (all `lock()` calls started at
+//! once), process RSS growth per held lock (`VmRSS` of `/proc/self/status`),
+//! live heap growth per held lock (a counting global allocator), server
+//! memory per lock (`used_memory`), then over a steady window of whole
+//! extension periods: `EVALSHA` calls per second at the server (`INFO
+//! commandstats` deltas: the extensions), all commands per second, this
+//! process's CPU time (`utime + stime` of `/proc/self/stat`) and the server's
+//! (`INFO cpu`), and the time to release them all.
+//!
+//! Run: `cargo bench --bench scale` (`CI=1` for 1,000 locks and a shorter
+//! window). A fresh server per row, so the counters are ours alone.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Args, Kind};
+use fred::prelude::*;
+use support::ValkeyServer;
+use tokio::time::{sleep, Instant};
+use valkeylock::{LockGuard, Locker};
+
+#[global_allocator]
+static ALLOC: valkeylock_bench_alloc::Counting = valkeylock_bench_alloc::Counting;
+
+/// Extension period of a 5 s validity (the default `key_validity / 2`).
+const EXTEND: Duration = Duration::from_millis(2500);
+
+fn main() {
+    let args = Args::parse();
+    if args.list || !args.wants("scale") {
+        return;
+    }
+    let quick = args.quick();
+    let counts: &[usize] = if quick { &[1_000] } else { &[1_000, 10_000] };
+    // Whole extension periods, so every lock is extended the same number of
+    // times inside the window whatever its phase.
+    let periods = if quick { 1 } else { 2 };
+    let window = EXTEND * periods;
+    let rt = common::runtime();
+    let tck = common::clk_tck();
+    println!("# scale bench: {}", common::machine());
+    println!(
+        "# mode: {}; steady window {window:?} ({periods} extension period(s) of {EXTEND:?})",
+        if quick { "quick (CI)" } else { "full" }
+    );
+    println!();
+    println!("| locks held | acquire all (ms) | RSS growth (KiB) | RSS per lock (bytes) | live heap per lock (bytes) | tokio tasks per lock | server used_memory per lock (bytes) | EVALSHA calls/s | lock extensions due/s (locks / 2.5 s) | all commands/s | process CPU (ms per s) | server CPU (ms per s) | still held after window | release all (ms) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut breakdowns = Vec::new();
+    for &n in counts {
+        let server = ValkeyServer::start();
+        let urls = vec![server.url()];
+        rt.block_on(async {
+            let admin = server.admin().await;
+            let locker = Locker::connect(common::valkeylock_options(&urls, 1))
+                .await
+                .expect("connect");
+            // Warm the engine up (one lock through every path) and settle.
+            let g = locker.lock("warmup").await.expect("warm-up lock");
+            g.release().await;
+            sleep(Duration::from_millis(300)).await;
+            let mem0 = used_memory(&admin).await;
+            let rss0 = common::rss_kib();
+            let heap0 = valkeylock_bench_alloc::snapshot();
+            let metrics = tokio::runtime::Handle::current().metrics();
+            let tasks0 = metrics.num_alive_tasks();
+
+            let t = Instant::now();
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..n {
+                let locker = locker.clone();
+                let name = Kind::Valkeylock.name(&format!("scale-{i}"));
+                set.spawn(async move { locker.lock(&name).await.expect("lock") });
+            }
+            let mut guards: Vec<LockGuard> = Vec::with_capacity(n);
+            while let Some(g) = set.join_next().await {
+                guards.push(g.expect("lock task"));
+            }
+            let acquire = t.elapsed();
+            drop(set);
+            sleep(Duration::from_millis(300)).await;
+            let rss1 = common::rss_kib();
+            let heap1 = valkeylock_bench_alloc::snapshot();
+            let tasks1 = metrics.num_alive_tasks();
+            let mem1 = used_memory(&admin).await;
+
+            let c0 = common::command_calls(&admin).await;
+            let cpu0 = common::cpu_ticks();
+            let scpu0 = server_cpu(&admin).await;
+            let t0 = Instant::now();
+            sleep(window).await;
+            let c1 = common::command_calls(&admin).await;
+            let cpu1 = common::cpu_ticks();
+            let scpu1 = server_cpu(&admin).await;
+            let secs = t0.elapsed().as_secs_f64();
+            let delta = |k: &str| c1.get(k).copied().unwrap_or(0) - c0.get(k).copied().unwrap_or(0);
+            let evalsha = delta("evalsha") as f64 / secs;
+            let all: u64 = c1
+                .keys()
+                .filter(|k| k.as_str() != "info")
+                .map(|k| delta(k))
+                .sum();
+            let cpu_ms_per_s = (cpu1 - cpu0) as f64 * 1000.0 / tck as f64 / secs;
+            let server_ms_per_s = (scpu1 - scpu0) * 1000.0 / secs;
+            let held = guards.iter().filter(|g| g.is_held()).count();
+            let per_cmd: Vec<String> = c1
+                .keys()
+                .filter(|k| k.as_str() != "info" && delta(k) > 0)
+                .map(|k| format!("{k} {:.0}/s", delta(k) as f64 / secs))
+                .collect();
+            breakdowns.push((n, per_cmd.join(", ")));
+
+            let t = Instant::now();
+            let mut set = tokio::task::JoinSet::new();
+            for g in guards {
+                set.spawn(g.release());
+            }
+            while let Some(r) = set.join_next().await {
+                r.expect("release task");
+            }
+            let release = t.elapsed();
+            locker.close().await;
+            let _ = admin.quit().await;
+
+            println!(
+                "| {n} | {:.0} | {} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {held} | {:.0} |",
+                acquire.as_secs_f64() * 1000.0,
+                rss1 as i64 - rss0 as i64,
+                (rss1 as f64 - rss0 as f64) * 1024.0 / n as f64,
+                heap1.live_delta(&heap0) as f64 / n as f64,
+                (tasks1 as f64 - tasks0 as f64) / n as f64,
+                (mem1 as f64 - mem0 as f64) / n as f64,
+                evalsha,
+                n as f64 / EXTEND.as_secs_f64(),
+                all as f64 / secs,
+                cpu_ms_per_s,
+                server_ms_per_s,
+                release.as_secs_f64() * 1000.0,
+            );
+        });
+        drop(server);
+    }
+    reference(&rt, counts[counts.len() - 1]);
+    println!();
+    println!("Commands per second at the server during the steady window, by command (`INFO commandstats`; commands run inside scripts count too):");
+    println!();
+    for (n, b) in breakdowns {
+        println!("- {n} locks: {b}");
+    }
+}
+
+async fn info_field(admin: &Client, kind: fred::types::InfoKind, field: &str) -> Option<String> {
+    let info: String = admin.info(Some(kind)).await.ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':')))
+        .map(|v| v.trim().to_owned())
+}
+
+async fn used_memory(admin: &Client) -> u64 {
+    info_field(admin, fred::types::InfoKind::Memory, "used_memory")
+        .await
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Seconds of CPU the server has used (user + system, all threads).
+async fn server_cpu(admin: &Client) -> f64 {
+    let get = |f: &'static str| async move {
+        info_field(admin, fred::types::InfoKind::Cpu, f)
+            .await
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    get("used_cpu_sys").await + get("used_cpu_user").await
+}
+
+/// What the building blocks of a held lock cost on their own, for comparison:
+/// `n` idle empty ractor actors, and `n` pending ractor `send_after` timers.
+fn reference(rt: &tokio::runtime::Runtime, n: usize) {
+    println!();
+    println!("Reference, same process, {n} of each at once:");
+    println!();
+    println!("| what | live heap per item (bytes) | tokio tasks per item |");
+    println!("|---|---:|---:|");
+    rt.block_on(async {
+        let metrics = tokio::runtime::Handle::current().metrics();
+        sleep(Duration::from_millis(100)).await;
+        let (h0, t0) = (
+            valkeylock_bench_alloc::snapshot(),
+            metrics.num_alive_tasks(),
+        );
+        let mut actors = Vec::with_capacity(n);
+        for _ in 0..n {
+            actors.push(ractor::Actor::spawn(None, Nop, ()).await.expect("spawn"));
+        }
+        sleep(Duration::from_millis(100)).await;
+        let (h1, t1) = (
+            valkeylock_bench_alloc::snapshot(),
+            metrics.num_alive_tasks(),
+        );
+        println!(
+            "| idle empty ractor actor | {:.0} | {:.1} |",
+            h1.live_delta(&h0) as f64 / n as f64,
+            (t1 as f64 - t0 as f64) / n as f64
+        );
+        let timer_owner = &actors[0].0;
+        let (h0, t0) = (
+            valkeylock_bench_alloc::snapshot(),
+            metrics.num_alive_tasks(),
+        );
+        let timers: Vec<_> = (0..n)
+            .map(|_| timer_owner.send_after(Duration::from_secs(60), || ()))
+            .collect();
+        sleep(Duration::from_millis(100)).await;
+        let (h1, t1) = (
+            valkeylock_bench_alloc::snapshot(),
+            metrics.num_alive_tasks(),
+        );
+        println!(
+            "| pending ractor `send_after` timer | {:.0} | {:.1} |",
+            h1.live_delta(&h0) as f64 / n as f64,
+            (t1 as f64 - t0 as f64) / n as f64
+        );
+        for t in timers {
+            t.abort();
+        }
+        for (a, h) in actors {
+            a.stop(None);
+            let _ = h.await;
+        }
+    });
+}
+
+/// An actor that does nothing.
+struct Nop;
+
+impl ractor::Actor for Nop {
+    type Msg = ();
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _me: ractor::ActorRef<()>,
+        _args: (),
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        Ok(())
+    }
+}

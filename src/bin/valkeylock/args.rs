@@ -1,0 +1,267 @@
+//! Command line, environment and config file: what the user asked for, and
+//! the `LockerOptions` it resolves to (flags > environment > file > defaults).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use valkeylock::{parse_duration, LockerOptions};
+
+/// The program ran and exited 0; `status`: the lock is held; `release`: done.
+pub(crate) const EXIT_OK: u8 = 0;
+/// `status`: the lock is not held.
+pub(crate) const EXIT_NOT_HELD: u8 = 1;
+/// Bad arguments, environment variables, config file or option values.
+pub(crate) const EXIT_USAGE: u8 = 2;
+/// Valkey could not be reached (or refused us).
+pub(crate) const EXIT_UNAVAILABLE: u8 = 69;
+/// Unexpected internal failure (the locker closed under us).
+pub(crate) const EXIT_SOFTWARE: u8 = 70;
+/// `run --wait-timeout` passed before the lock was acquired; the program did not run.
+pub(crate) const EXIT_WAIT_TIMEOUT: u8 = 73;
+/// The lock was lost while the program ran; the program was stopped.
+pub(crate) const EXIT_LOST: u8 = 75;
+/// The program exists but could not be started.
+pub(crate) const EXIT_CANNOT_EXEC: u8 = 126;
+/// The program was not found.
+pub(crate) const EXIT_NOT_FOUND: u8 = 127;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    run: the program exited 0; status: the lock is held; release: done
+  N    run: the program's exit code (128+S when it died of signal S)
+  1    status: the lock is not held
+  2    bad arguments, environment variables, config file or option values;
+       release on a terminal without --yes
+  69   Valkey unreachable (connection refused, timeout, wrong password...)
+  73   run: --wait-timeout passed before the lock was acquired (the program did not run)
+  75   run: the lock was lost while the program ran (it got SIGTERM, then SIGKILL
+       after --grace)
+  126  run: the program could not be executed; 127: it was not found
+  130, 143...  run: the tool got SIGINT, SIGTERM... while waiting for the lock
+
+Environment: VALKEYLOCK_NODES (comma-separated), VALKEYLOCK_MAJORITY,
+VALKEYLOCK_VALIDITY, VALKEYLOCK_PREFIX, VALKEYLOCK_CONFIG, VALKEYLOCK_WAIT_TIMEOUT,
+VALKEYLOCK_GRACE. Precedence: flags > environment > config file > defaults.
+Defaults: --nodes redis://127.0.0.1:6379; --majority N/2+1 for N nodes (1 for one node).";
+
+/// Distributed locks over Valkey from the shell: run a program while holding
+/// a lock, and stop it if the lock is lost.
+#[derive(Debug, Parser)]
+#[command(name = "valkeylock", version, after_long_help = EXIT_CODES)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) common: Common,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Options shared by every subcommand.
+#[derive(Debug, Args)]
+pub(crate) struct Common {
+    /// Valkey URL (redis:// or valkey://, optional user:password@ and /db).
+    /// Repeat or separate with commas. Key i of a lock lives on node i mod N.
+    /// [default: redis://127.0.0.1:6379]
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "VALKEYLOCK_NODES",
+        value_delimiter = ',',
+        action = clap::ArgAction::Append
+    )]
+    pub(crate) nodes: Vec<String>,
+
+    /// Keys needed, M; a lock uses 2M-1 keys. [default: N/2+1 for N nodes, so
+    /// 1 for one node]
+    #[arg(long, global = true, value_name = "M", env = "VALKEYLOCK_MAJORITY")]
+    pub(crate) majority: Option<usize>,
+
+    /// TTL of each key, renewed while held. [default: 5s]
+    #[arg(long, global = true, value_name = "DURATION", env = "VALKEYLOCK_VALIDITY", value_parser = duration)]
+    pub(crate) validity: Option<Duration>,
+
+    /// Key prefix: keys are PREFIX:i:NAME. [default: valkeylock]
+    #[arg(long, global = true, env = "VALKEYLOCK_PREFIX")]
+    pub(crate) prefix: Option<String>,
+
+    /// TOML file with LockerOptions fields (nodes, key_prefix, key_majority,
+    /// key_validity = "5s", try_next_after, connect_timeout, ...).
+    #[arg(long, global = true, value_name = "PATH", env = "VALKEYLOCK_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run PROGRAM while holding the lock; stop it if the lock is lost.
+    ///
+    /// Waits for the lock, runs PROGRAM while holding it, releases it when the
+    /// program exits, and exits with the program's code. The program sees
+    /// VALKEYLOCK_NAME and VALKEYLOCK_FENCING_TOKEN (strictly increasing
+    /// across runs). If the lock is lost, the program gets SIGTERM, then
+    /// SIGKILL after --grace, and the exit code is 75.
+    #[command(
+        after_long_help = EXIT_CODES,
+        override_usage = "valkeylock run [OPTIONS] <NAME> -- <PROGRAM> [ARGS]..."
+    )]
+    Run {
+        /// The lock name.
+        name: String,
+        /// Give up after waiting this long for the lock (exit 73). [default:
+        /// wait forever]
+        #[arg(long, value_name = "DURATION", env = "VALKEYLOCK_WAIT_TIMEOUT", value_parser = duration)]
+        wait_timeout: Option<Duration>,
+        /// After a lost lock, how long the program has between SIGTERM and
+        /// SIGKILL.
+        #[arg(long, value_name = "DURATION", env = "VALKEYLOCK_GRACE", value_parser = duration, default_value = "5s")]
+        grace: Duration,
+        /// The program and its arguments (put them after `--`).
+        #[arg(required = true, trailing_var_arg = true, value_name = "PROGRAM")]
+        program: Vec<OsString>,
+    },
+    /// Show whether the lock is held (exit 0) or not (exit 1).
+    ///
+    /// Prints every key (present or not, remaining TTL, the first 8
+    /// characters of its owner's token), whether all present keys belong to
+    /// the same token, and the fencing counter.
+    #[command(after_long_help = EXIT_CODES)]
+    Status {
+        /// The lock name.
+        name: String,
+    },
+    /// Delete the keys of a lock, whoever holds it.
+    ///
+    /// Its holder sees the lock lost (a `valkeylock run` holder stops its
+    /// program). The fencing counter is kept, so tokens keep increasing.
+    /// --yes is required when standard input is a terminal.
+    #[command(after_long_help = EXIT_CODES)]
+    Release {
+        /// Required: the keys are deleted whoever holds them.
+        #[arg(long, required = true)]
+        force: bool,
+        /// Confirm; required when standard input is a terminal.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// The lock name.
+        name: String,
+    },
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(text)
+}
+
+/// Why the options could not be built (exit 2).
+#[derive(Debug)]
+pub(crate) struct UsageError(pub(crate) String);
+
+impl Common {
+    /// Resolves the options: flags and environment (clap merged those) over
+    /// the config file over the defaults. Not validated yet.
+    pub(crate) fn options(&self) -> Result<LockerOptions, UsageError> {
+        let mut options = LockerOptions::default();
+        let mut file_majority = false;
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| UsageError(format!("config file {}: {e}", path.display())))?;
+            let table: toml::Table = toml::from_str(&text)
+                .map_err(|e| UsageError(format!("config file {}: {e}", path.display())))?;
+            file_majority = table.contains_key("key_majority");
+            options = toml::from_str(&text)
+                .map_err(|e| UsageError(format!("config file {}: {e}", path.display())))?;
+        }
+        if !self.nodes.is_empty() {
+            options.nodes = self
+                .nodes
+                .iter()
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect();
+        }
+        if options.nodes.is_empty() {
+            options.nodes = vec!["redis://127.0.0.1:6379".to_owned()];
+        }
+        if let Some(m) = self.majority {
+            options.key_majority = m;
+        } else if !file_majority {
+            options.key_majority = options.nodes.len() / 2 + 1;
+        }
+        if let Some(v) = self.validity {
+            options.key_validity = v;
+        }
+        if let Some(p) = &self.prefix {
+            options.key_prefix = p.clone();
+        }
+        Ok(options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(args).unwrap()
+    }
+
+    #[test]
+    fn defaults_and_majority() {
+        let o = parse(&["valkeylock", "status", "x"])
+            .common
+            .options()
+            .unwrap();
+        assert_eq!(o.nodes, ["redis://127.0.0.1:6379"]);
+        assert_eq!(o.key_majority, 1);
+        let o = parse(&[
+            "valkeylock",
+            "status",
+            "x",
+            "--nodes",
+            "redis://a,redis://b",
+        ])
+        .common
+        .options()
+        .unwrap();
+        assert_eq!((o.nodes.len(), o.key_majority), (2, 2));
+        let o = parse(&[
+            "valkeylock",
+            "--nodes=redis://a",
+            "--nodes=redis://b",
+            "--nodes=redis://c",
+            "status",
+            "x",
+        ])
+        .common
+        .options()
+        .unwrap();
+        assert_eq!((o.nodes.len(), o.key_majority), (3, 2));
+    }
+
+    #[test]
+    fn run_program_after_dashes() {
+        let cli = parse(&[
+            "valkeylock",
+            "run",
+            "n",
+            "--grace",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            "x",
+        ]);
+        match cli.command {
+            Command::Run { program, grace, .. } => {
+                assert_eq!(program, ["sh", "-c", "x"]);
+                assert_eq!(grace, Duration::from_secs(1));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["valkeylock", "run", "n"]).is_err());
+        assert!(Cli::try_parse_from(["valkeylock", "release", "n", "--yes"]).is_err());
+    }
+}

@@ -1,0 +1,416 @@
+//! `status` and `release --force`: plain commands on each node (no locker,
+//! no tracking), key `i` of a lock on node `i mod N`.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use fred::prelude::{Client, ClientLike, Config, KeysInterface, ServerConfig};
+use fred::types::config::ConnectionConfig;
+use fred::types::Builder;
+use valkeylock::LockerOptions;
+
+use crate::args::{EXIT_NOT_HELD, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE};
+
+/// One node: where it is (for messages, without the password), and its client
+/// or why there is none.
+struct Node {
+    shown: String,
+    client: Result<Client, String>,
+}
+
+/// Connects to every node, each bounded by `connect_timeout`.
+async fn connect_all(options: &LockerOptions) -> Vec<Node> {
+    let timeout = options.connect_timeout;
+    let command_timeout = options.connect_timeout.max(options.try_next_after);
+    let tasks = options.nodes.iter().cloned().map(|url| async move {
+        let client = async {
+            let addr = parse_url(&url)?;
+            let config = Config {
+                server: ServerConfig::new_centralized(addr.host.clone(), addr.port),
+                username: addr.username,
+                password: addr.password,
+                database: addr.db,
+                fail_fast: true,
+                ..Config::default()
+            };
+            let client = Builder::from_config(config)
+                .set_connection_config(ConnectionConfig {
+                    connection_timeout: timeout,
+                    internal_command_timeout: timeout,
+                    max_command_attempts: 1,
+                    ..ConnectionConfig::default()
+                })
+                .with_performance_config(|p| p.default_command_timeout = command_timeout)
+                .build()
+                .map_err(|e| e.to_string())?;
+            match tokio::time::timeout(timeout + Duration::from_millis(100), client.init()).await {
+                Ok(Ok(_)) => Ok(client),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {timeout:?}")),
+            }
+        }
+        .await;
+        Node {
+            shown: redact(&url),
+            client,
+        }
+    });
+    join_all(tasks).await
+}
+
+/// Runs the futures concurrently (each on its own task) and collects their outputs in order.
+async fn join_all<F: std::future::Future<Output = T> + Send + 'static, T: Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<T> {
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("connect task panicked"));
+    }
+    out
+}
+
+async fn quit_all(nodes: &[Node]) {
+    for node in nodes {
+        if let Ok(c) = &node.client {
+            let _ = tokio::time::timeout(Duration::from_millis(200), c.quit()).await;
+        }
+    }
+}
+
+/// Options checks and the lock name check shared by both commands.
+fn check(options: &LockerOptions, name: &str) -> Result<(), u8> {
+    if let Err(e) = options.validate() {
+        eprintln!("valkeylock: {e}");
+        return Err(EXIT_USAGE);
+    }
+    if name.is_empty() {
+        eprintln!("valkeylock: the lock name must not be empty");
+        return Err(EXIT_USAGE);
+    }
+    Ok(())
+}
+
+fn key(options: &LockerOptions, index: usize, name: &str) -> String {
+    format!("{}:{index}:{name}", options.key_prefix)
+}
+
+fn short(token: &str) -> String {
+    token.chars().take(8).collect()
+}
+
+/// What one key looked like.
+enum KeyState {
+    Present { token: String, ttl_ms: i64 },
+    Absent,
+    Unknown(String),
+}
+
+/// `valkeylock status NAME`.
+pub(crate) async fn status(options: LockerOptions, name: &str) -> u8 {
+    if let Err(code) = check(&options, name) {
+        return code;
+    }
+    let nodes = connect_all(&options).await;
+    if nodes.iter().all(|n| n.client.is_err()) {
+        for n in &nodes {
+            if let Err(e) = &n.client {
+                eprintln!("valkeylock: cannot connect to Valkey at {}: {e}", n.shown);
+            }
+        }
+        return EXIT_UNAVAILABLE;
+    }
+    let majority = options.key_majority;
+    let total = 2 * majority - 1;
+    let mut keys = Vec::with_capacity(total);
+    for i in 0..total {
+        let node = &nodes[i % nodes.len()];
+        let k = key(&options, i, name);
+        let state = match &node.client {
+            Err(e) => KeyState::Unknown(e.clone()),
+            Ok(c) => {
+                let got: Result<(Option<String>, i64), _> = async {
+                    let v: Option<String> = c.get(&k).await?;
+                    let ttl: i64 = c.pttl(&k).await?;
+                    Ok::<_, fred::error::Error>((v, ttl))
+                }
+                .await;
+                match got {
+                    Ok((Some(token), ttl_ms)) if ttl_ms != -2 => {
+                        KeyState::Present { token, ttl_ms }
+                    }
+                    Ok(_) => KeyState::Absent,
+                    Err(e) => KeyState::Unknown(e.to_string()),
+                }
+            }
+        };
+        keys.push((k, i % nodes.len(), state));
+    }
+    let fence_key = format!("{}:fence:{name}", options.key_prefix);
+    let mut fences = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        if let Ok(c) = &node.client {
+            if let Ok(Some(v)) = c.get::<Option<String>, _>(&fence_key).await {
+                fences.push((i, v));
+            }
+        }
+    }
+    quit_all(&nodes).await;
+
+    let mut by_token: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut unknown = 0;
+    for (_, _, state) in &keys {
+        match state {
+            KeyState::Present { token, .. } => *by_token.entry(token.as_str()).or_default() += 1,
+            KeyState::Unknown(_) => unknown += 1,
+            KeyState::Absent => {}
+        }
+    }
+    let owner = by_token
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .filter(|(_, n)| **n >= majority)
+        .map(|(t, _)| *t);
+    match owner {
+        Some(t) => println!(
+            "lock {name:?}: held by token {} ({} of {total} keys, {majority} needed)",
+            short(t),
+            by_token[t]
+        ),
+        None if unknown > 0 => println!(
+            "lock {name:?}: unknown ({unknown} of {total} keys unreadable, {majority} needed)"
+        ),
+        None => println!("lock {name:?}: not held ({majority} of {total} keys needed)"),
+    }
+    for (k, node, state) in &keys {
+        let shown = &nodes[*node].shown;
+        match state {
+            KeyState::Present { token, ttl_ms } => {
+                let ttl = if *ttl_ms < 0 {
+                    "no expiry".to_owned()
+                } else {
+                    format!("ttl {:.3}s", *ttl_ms as f64 / 1000.0)
+                };
+                println!(
+                    "  {k} on node {node} ({shown}): present, {ttl}, token {}",
+                    short(token)
+                );
+            }
+            KeyState::Absent => println!("  {k} on node {node} ({shown}): absent"),
+            KeyState::Unknown(e) => println!("  {k} on node {node} ({shown}): unreadable: {e}"),
+        }
+    }
+    match by_token.len() {
+        0 => println!("no key present"),
+        1 => println!(
+            "all present keys belong to token {}",
+            short(by_token.keys().next().expect("one token"))
+        ),
+        n => println!(
+            "present keys belong to {n} different tokens: {}",
+            by_token
+                .keys()
+                .map(|t| short(t))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+    if fences.is_empty() {
+        println!("fencing counter {fence_key}: absent");
+    } else {
+        let list: Vec<String> = fences
+            .iter()
+            .map(|(i, v)| format!("{v} (node {i})"))
+            .collect();
+        println!("fencing counter {fence_key}: {}", list.join(", "));
+    }
+    for n in &nodes {
+        if let Err(e) = &n.client {
+            eprintln!("valkeylock: cannot connect to Valkey at {}: {e}", n.shown);
+        }
+    }
+    match owner {
+        Some(_) => EXIT_OK,
+        None if unknown > 0 => EXIT_UNAVAILABLE,
+        None => EXIT_NOT_HELD,
+    }
+}
+
+/// `valkeylock release --force [--yes] NAME`.
+pub(crate) async fn release(options: LockerOptions, name: &str, yes: bool) -> u8 {
+    if let Err(code) = check(&options, name) {
+        return code;
+    }
+    if !yes && std::io::stdin().is_terminal() {
+        eprintln!(
+            "valkeylock: this deletes the keys of lock {name:?} whoever holds it (its holder loses it); add --yes to confirm"
+        );
+        return EXIT_USAGE;
+    }
+    let nodes = connect_all(&options).await;
+    let total = 2 * options.key_majority - 1;
+    let mut deleted = 0;
+    let mut failed = 0;
+    // One DEL per node for all of its keys: atomic on that node, so a holder
+    // that notices the loss midway cannot beat us to the rest.
+    for (n, node) in nodes.iter().enumerate() {
+        let keys: Vec<String> = (n..total)
+            .step_by(nodes.len())
+            .map(|i| key(&options, i, name))
+            .collect();
+        match &node.client {
+            Ok(c) => match c.del::<i64, _>(keys.clone()).await {
+                Ok(d) => deleted += d,
+                Err(e) => {
+                    failed += keys.len();
+                    eprintln!("valkeylock: DEL on {}: {e}", node.shown);
+                }
+            },
+            Err(e) => {
+                failed += keys.len();
+                eprintln!(
+                    "valkeylock: cannot connect to Valkey at {}: {e} ({} not deleted)",
+                    node.shown,
+                    keys.join(", ")
+                );
+            }
+        }
+    }
+    quit_all(&nodes).await;
+    println!(
+        "lock {name:?}: deleted {deleted} of {total} keys{} (the fencing counter is kept)",
+        if failed > 0 {
+            format!(", {failed} unreachable")
+        } else {
+            String::new()
+        }
+    );
+    if failed > 0 {
+        EXIT_UNAVAILABLE
+    } else {
+        EXIT_OK
+    }
+}
+
+/// A node's address, parsed like the locker parses it.
+#[derive(Debug, PartialEq, Eq)]
+struct Addr {
+    host: String,
+    port: u16,
+    username: Option<String>,
+    password: Option<String>,
+    db: Option<u8>,
+}
+
+/// `redis://` or `valkey://` `[user[:password]@]host[:port][/db]`. The locker
+/// has already validated the URL (`LockerOptions::validate`); this only picks
+/// it apart.
+fn parse_url(url: &str) -> Result<Addr, String> {
+    let rest = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("valkey://"))
+        .ok_or_else(|| format!("{url:?}: expected redis:// or valkey://"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, ""),
+    };
+    let (userinfo, hostport) = match authority.rfind('@') {
+        Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+        None => (None, authority),
+    };
+    let (username, password) = match userinfo {
+        None => (None, None),
+        Some(info) => {
+            let (u, p) = match info.split_once(':') {
+                Some((u, p)) => (u, Some(p)),
+                None => (info, None),
+            };
+            (
+                (!u.is_empty()).then(|| percent_decode(u)).transpose()?,
+                p.map(percent_decode).transpose()?,
+            )
+        }
+    };
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or("unclosed '['")?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse().map_err(|_| format!("{url:?}: bad port"))?,
+        None => 6379,
+    };
+    let db = if path.is_empty() {
+        None
+    } else {
+        Some(path.parse().map_err(|_| format!("{url:?}: bad db"))?)
+    };
+    Ok(Addr {
+        host: host.to_owned(),
+        port,
+        username,
+        password,
+        db,
+    })
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3).ok_or("bad %-escape")?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| "bad %-escape")?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "credentials are not UTF-8".into())
+}
+
+/// The URL without its password, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find('/').unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let a = parse_url("valkey://u:p%40ss@[::1]:7000/3").unwrap();
+        assert_eq!(
+            a,
+            Addr {
+                host: "::1".into(),
+                port: 7000,
+                username: Some("u".into()),
+                password: Some("p@ss".into()),
+                db: Some(3)
+            }
+        );
+        let a = parse_url("redis://127.0.0.1").unwrap();
+        assert_eq!((a.port, a.db, a.password), (6379, None, None));
+        assert_eq!(redact("redis://u:secret@h:1/2"), "redis://u:***@h:1/2");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+}

@@ -1,0 +1,297 @@
+//! `valkeylock run`: wait for the lock, run the program in its own process
+//! group while holding it, stop that group if the lock is lost.
+
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
+use std::os::fd::AsFd;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::{getpgrp, tcgetpgrp, tcsetpgrp, Pid};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::{sleep_until, Instant};
+use valkeylock::{format_duration, Error, LockGuard, Locker, LockerOptions, LostReason};
+
+use crate::args::{
+    EXIT_CANNOT_EXEC, EXIT_LOST, EXIT_NOT_FOUND, EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_USAGE,
+    EXIT_WAIT_TIMEOUT,
+};
+
+/// What `run` was asked to do.
+#[derive(Debug)]
+pub(crate) struct RunArgs {
+    pub(crate) name: String,
+    pub(crate) wait_timeout: Option<Duration>,
+    pub(crate) grace: Duration,
+    pub(crate) program: Vec<OsString>,
+}
+
+/// The signals the tool catches: forwarded to the program while it runs,
+/// a reason to give up while waiting.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+            quit: signal(SignalKind::quit())?,
+        })
+    }
+
+    async fn recv(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.int.recv() => Signal::SIGINT,
+            _ = self.term.recv() => Signal::SIGTERM,
+            _ = self.hup.recv() => Signal::SIGHUP,
+            _ = self.quit.recv() => Signal::SIGQUIT,
+        }
+    }
+}
+
+fn exit_for(error: &Error) -> u8 {
+    match error {
+        Error::Connection { .. } => EXIT_UNAVAILABLE,
+        Error::InvalidOptions { .. } | Error::InvalidName { .. } => EXIT_USAGE,
+        _ => EXIT_SOFTWARE,
+    }
+}
+
+/// `valkeylock run NAME -- PROGRAM ARGS...`.
+pub(crate) async fn run(options: LockerOptions, args: RunArgs) -> u8 {
+    let RunArgs {
+        name,
+        wait_timeout,
+        grace,
+        program,
+    } = args;
+    let mut signals = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("valkeylock: cannot catch signals: {e}");
+            return EXIT_SOFTWARE;
+        }
+    };
+    let locker = tokio::select! {
+        r = Locker::connect(options.with_fencing(true)) => match r {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("valkeylock: {e}");
+                return exit_for(&e);
+            }
+        },
+        sig = signals.recv() => return 128 + sig as u8,
+    };
+    let code = match wait(&locker, &name, wait_timeout, &mut signals).await {
+        Ok(guard) => hold(guard, &name, grace, &program, &mut signals).await,
+        Err(code) => code,
+    };
+    locker.close().await;
+    code
+}
+
+/// Waits for the lock, with an indicator on stderr when it is a terminal.
+async fn wait(
+    locker: &Locker,
+    name: &str,
+    timeout: Option<Duration>,
+    signals: &mut Signals,
+) -> Result<LockGuard, u8> {
+    let started = Instant::now();
+    let result = if timeout.is_some_and(|t| t.is_zero()) {
+        // --wait-timeout 0: one attempt.
+        match locker.try_lock(name).await {
+            Err(Error::NotLocked { .. }) => Err(None),
+            other => other.map_err(Some),
+        }
+    } else {
+        let deadline = timeout.map(|t| started + t);
+        let show = std::io::stderr().is_terminal();
+        let mut drawn = false;
+        let mut tick = tokio::time::interval_at(
+            started + Duration::from_millis(300),
+            Duration::from_millis(100),
+        );
+        let lock = locker.lock(name);
+        tokio::pin!(lock);
+        let result = loop {
+            tokio::select! {
+                r = &mut lock => break r.map_err(Some),
+                _ = sleep_until(deadline.unwrap_or(started)), if deadline.is_some() => break Err(None),
+                sig = signals.recv() => {
+                    if drawn {
+                        eprint!("\r\x1b[K");
+                    }
+                    eprintln!("valkeylock: got {sig} while waiting for lock {name:?}");
+                    return Err(128 + sig as u8);
+                }
+                _ = tick.tick(), if show => {
+                    const SPIN: [char; 4] = ['|', '/', '-', '\\'];
+                    let n = started.elapsed().as_millis() / 100;
+                    eprint!(
+                        "\r\x1b[K{} valkeylock: waiting for lock {name:?} ({:.1}s)",
+                        SPIN[n as usize % 4],
+                        started.elapsed().as_secs_f64()
+                    );
+                    let _ = std::io::stderr().flush();
+                    drawn = true;
+                }
+            }
+        };
+        if drawn {
+            eprint!("\r\x1b[K");
+        }
+        result
+    };
+    result.map_err(|e| match e {
+        None => {
+            eprintln!(
+                "valkeylock: lock {name:?} not acquired within {} (--wait-timeout)",
+                format_duration(timeout.unwrap_or_default())
+            );
+            EXIT_WAIT_TIMEOUT
+        }
+        Some(e) => {
+            eprintln!("valkeylock: {e}");
+            exit_for(&e)
+        }
+    })
+}
+
+/// Runs the program while `guard` is held; releases it afterwards.
+async fn hold(
+    guard: LockGuard,
+    name: &str,
+    grace: Duration,
+    program: &[OsString],
+    signals: &mut Signals,
+) -> u8 {
+    let mut command = tokio::process::Command::new(&program[0]);
+    command
+        .args(&program[1..])
+        .env("VALKEYLOCK_NAME", name)
+        .env(
+            "VALKEYLOCK_FENCING_TOKEN",
+            guard.fencing_token().to_string(),
+        )
+        // Its own process group, so a lost lock stops everything it started.
+        .process_group(0);
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "valkeylock: cannot run {}: {e}",
+                program[0].to_string_lossy()
+            );
+            guard.release().await;
+            return if e.kind() == std::io::ErrorKind::NotFound {
+                EXIT_NOT_FOUND
+            } else {
+                EXIT_CANNOT_EXEC
+            };
+        }
+    };
+    // The program's pid, which is its process group's id. Never 0: killpg(0)
+    // would signal our own group.
+    let group = match child.id().and_then(|id| i32::try_from(id).ok()) {
+        Some(id) if id > 0 => Pid::from_raw(id),
+        _ => {
+            eprintln!("valkeylock: the program has no process id");
+            guard.release().await;
+            return EXIT_SOFTWARE;
+        }
+    };
+    let terminal = Terminal::hand_over(group);
+
+    let mut lost: Option<LostReason> = None;
+    let mut kill_at: Option<Instant> = None;
+    let status = loop {
+        tokio::select! {
+            s = child.wait() => break s,
+            reason = guard.lost(), if lost.is_none() => {
+                lost = Some(reason);
+                eprintln!(
+                    "valkeylock: lost lock {name:?} ({reason}): sending SIGTERM to the program, SIGKILL in {}",
+                    format_duration(grace)
+                );
+                let _ = killpg(group, Signal::SIGTERM);
+                kill_at = Some(Instant::now() + grace);
+            }
+            _ = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {
+                eprintln!("valkeylock: the program is still running: sending SIGKILL");
+                let _ = killpg(group, Signal::SIGKILL);
+                kill_at = None;
+            }
+            sig = signals.recv() => {
+                let _ = killpg(group, sig);
+            }
+        }
+    };
+    drop(terminal);
+    if lost.is_none() && !guard.is_held() {
+        let reason = guard.lost_reason().unwrap_or(LostReason::Expired);
+        eprintln!("valkeylock: lost lock {name:?} ({reason}) before the program exited");
+        lost = Some(reason);
+    }
+    if lost.is_some() {
+        // Whatever the program left running in its group goes too.
+        let _ = killpg(group, Signal::SIGKILL);
+    }
+    guard.release().await;
+    match (lost, status) {
+        (Some(_), _) => EXIT_LOST,
+        (None, Ok(status)) => exit_code(status),
+        (None, Err(e)) => {
+            eprintln!("valkeylock: waiting for the program failed: {e}");
+            EXIT_SOFTWARE
+        }
+    }
+}
+
+/// The shell's convention: the exit code, or 128 + the signal that killed it.
+fn exit_code(status: ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
+        (None, None) => EXIT_SOFTWARE,
+    }
+}
+
+/// The terminal handed to the program's process group while it runs (so it
+/// can read it and gets Ctrl-C directly), taken back when dropped. Only when
+/// standard input is our terminal and we are in its foreground. `main`
+/// blocks SIGTTOU, so taking it back from the background is allowed.
+struct Terminal {
+    ours: Pid,
+}
+
+impl Terminal {
+    fn hand_over(group: Pid) -> Option<Terminal> {
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
+            return None;
+        }
+        let ours = getpgrp();
+        if tcgetpgrp(stdin.as_fd()).ok()? != ours {
+            return None;
+        }
+        tcsetpgrp(stdin.as_fd(), group).ok()?;
+        // It may have tried to read the terminal before it was its own.
+        let _ = killpg(group, Signal::SIGCONT);
+        Some(Terminal { ours })
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = tcsetpgrp(std::io::stdin().as_fd(), self.ours);
+    }
+}

@@ -1,0 +1,457 @@
+//! The `valkeylock` command-line tool, run as a real process against real
+//! `valkey-server`s: exclusion between `run`s, a lost lock stopping the
+//! program, exit codes, `status`, `release --force`, fencing tokens, and the
+//! flags > environment > config file precedence.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use support::*;
+use tokio::process::Command;
+use tokio::time::Instant;
+
+const EXIT_UNAVAILABLE: i32 = 69;
+const EXIT_WAIT_TIMEOUT: i32 = 73;
+const EXIT_LOST: i32 = 75;
+
+/// The tool with a clean environment (no inherited `VALKEYLOCK_*`), standard
+/// input not a terminal, and `VALKEYLOCK_NODES` pointing at `url`.
+fn tool(url: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_valkeylock"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("VALKEYLOCK_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("VALKEYLOCK_NODES", url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    c
+}
+
+async fn output(mut c: Command) -> Output {
+    tokio::time::timeout(Duration::from_secs(60), c.output())
+        .await
+        .expect("the tool hangs")
+        .expect("run the tool")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("valkeylock-cli-{}", unique(name)));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A `sh -c` script that appends `start <ns>` and `end <ns>` lines to `log`
+/// around a sleep.
+fn recorder(log: &Path, sleep: &str) -> Vec<String> {
+    let log = log.display();
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "echo \"start $(date +%s%N) $VALKEYLOCK_FENCING_TOKEN\" >> {log}; sleep {sleep}; echo \"end $(date +%s%N)\" >> {log}"
+        ),
+    ]
+}
+
+/// Two processes each `run` three programs under one name, concurrently: the
+/// programs' [start, end] intervals never overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_never_overlap() {
+    let server = ValkeyServer::start();
+    let name = unique("overlap");
+    let dir = scratch("overlap");
+    let log = dir.join("log");
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let (url, name, log) = (server.url(), name.clone(), log.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..3 {
+                let mut c = tool(&url);
+                c.args(["run", &name, "--"]).args(recorder(&log, "0.15"));
+                let out = output(c).await;
+                assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let events: Vec<(&str, u128)> = lines
+        .lines()
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next().unwrap(), w.next().unwrap().parse().unwrap())
+        })
+        .collect();
+    assert_eq!(events.len(), 12, "{lines}");
+    // Appends from non-overlapping programs alternate start, end, start...
+    // with non-decreasing times.
+    for (i, pair) in events.chunks(2).enumerate() {
+        assert_eq!((pair[0].0, pair[1].0), ("start", "end"), "run {i}: {lines}");
+        assert!(pair[0].1 <= pair[1].1, "{lines}");
+    }
+    for w in events.windows(2) {
+        assert!(w[0].1 <= w[1].1, "overlap or clock step: {lines}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Keys deleted behind the holder's back: the program gets SIGTERM (and
+/// SIGKILL after --grace when it ignores SIGTERM), its children go too, and
+/// the tool exits 75.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_lock_stops_the_program() {
+    let server = ValkeyServer::start();
+    let admin = server.admin().await;
+    let dir = scratch("lost");
+    for ignore_term in [false, true] {
+        let name = unique("lost");
+        let marks = dir.join(format!("marks-{ignore_term}"));
+        let trap = if ignore_term { "trap '' TERM; " } else { "" };
+        let mut c = tool(&server.url());
+        c.args(["run", &name, "--grace", "500ms", "--", "sh", "-c"])
+            .arg(format!(
+                "{trap}echo started >> {m}; sleep 30; echo finished >> {m}",
+                m = marks.display()
+            ));
+        let child = c.spawn().unwrap();
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                std::fs::read_to_string(&marks).is_ok_and(|s| s.contains("started"))
+            })
+            .await
+        );
+        let t = Instant::now();
+        let deleted: i64 =
+            fred::prelude::KeysInterface::del(&admin, format!("valkeylock:0:{name}"))
+                .await
+                .unwrap();
+        assert_eq!(deleted, 1);
+        let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+            .await
+            .expect("the program was not stopped")
+            .unwrap();
+        let stopped = t.elapsed();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(EXIT_LOST), "{stderr}");
+        assert!(stderr.contains("lost lock"), "{stderr}");
+        assert!(stderr.contains("deleted"), "{stderr}");
+        if ignore_term {
+            assert!(stderr.contains("SIGKILL"), "{stderr}");
+            assert!(stopped >= Duration::from_millis(500), "{stopped:?}");
+        }
+        assert!(stopped < Duration::from_secs(5), "{stopped:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let m = std::fs::read_to_string(&marks).unwrap();
+        assert!(!m.contains("finished"), "{m}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn bad_arguments_exit_2() {
+    let url = "redis://127.0.0.1:1";
+    for args in [
+        &["run"][..],
+        &["run", "n"],
+        &["frobnicate"],
+        &["--majority", "many", "status", "n"],
+        &["run", "n", "--wait-timeout", "5 lightyears", "--", "true"],
+        &["release", "n", "--yes"],
+        &["--majority", "0", "status", "n"],
+        &["--validity", "1ms", "run", "n", "--", "true"],
+        &["--config", "/nonexistent/valkeylock.toml", "status", "n"],
+    ] {
+        let mut c = tool(url);
+        c.args(args);
+        let out = output(c).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(!stderr.is_empty(), "{args:?}");
+    }
+    let mut c = tool(url);
+    c.args(["--majority", "0", "status", "n"]);
+    let stderr = text(&output(c).await.stderr);
+    assert!(stderr.contains("invalid option `key_majority`"), "{stderr}");
+}
+
+/// Nothing listens on the port: a clear message, exit 69, and the program
+/// does not run.
+#[tokio::test]
+async fn unreachable_valkey() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("redis://127.0.0.1:{port}");
+    let dir = scratch("unreachable");
+    let ran = dir.join("ran");
+    let mut c = tool(&url);
+    c.args(["run", "n", "--", "touch"]).arg(&ran);
+    let out = output(c).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(EXIT_UNAVAILABLE), "{stderr}");
+    assert!(stderr.contains("cannot connect to Valkey"), "{stderr}");
+    assert!(stderr.contains(&port.to_string()), "{stderr}");
+    assert!(!ran.exists());
+    for sub in [&["status", "n"][..], &["release", "--force", "--yes", "n"]] {
+        let mut c = tool(&url);
+        c.args(sub);
+        let out = output(c).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(EXIT_UNAVAILABLE),
+            "{sub:?}: {stderr}"
+        );
+        assert!(stderr.contains("cannot connect to Valkey"), "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `status` while a `run` holds the lock (three keys on one node with
+/// `--majority 2`), and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_held_and_not_held() {
+    let server = ValkeyServer::start();
+    let name = unique("status");
+    let status = || {
+        let mut c = tool(&server.url());
+        c.args(["--majority", "2", "status", &name]);
+        output(c)
+    };
+    let out = status().await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains(": not held"), "{stdout}");
+    assert!(stdout.contains("fencing counter"), "{stdout}");
+
+    let mut c = tool(&server.url());
+    c.args(["--majority", "2", "run", &name, "--", "sh", "-c"])
+        .arg("echo $VALKEYLOCK_FENCING_TOKEN; sleep 4");
+    let holder = c.spawn().unwrap();
+    let mut held = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held.is_none() && Instant::now() < deadline {
+        let out = status().await;
+        let stdout = text(&out.stdout);
+        // Held once 2 keys are ours; wait for the third too (set in parallel).
+        if out.status.code() == Some(0) && stdout.matches(": present, ttl ").count() == 3 {
+            held = Some(stdout);
+        }
+    }
+    let stdout = held.expect("status never said held");
+    assert!(stdout.contains(": held by token"), "{stdout}");
+    assert_eq!(stdout.matches(": present, ttl ").count(), 3, "{stdout}");
+    for i in 0..3 {
+        assert!(stdout.contains(&format!("valkeylock:{i}:{name} on node 0")));
+    }
+    assert!(
+        stdout.contains("all present keys belong to token"),
+        "{stdout}"
+    );
+    let out = holder.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // The counter is the token the program was given.
+    let token = text(&out.stdout).trim().to_owned();
+    assert!(
+        stdout.contains(&format!(
+            "fencing counter valkeylock:fence:{name}: {token} (node 0)"
+        )),
+        "{token}: {stdout}"
+    );
+    let out = status().await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains(": not held"));
+}
+
+/// `release --force --yes` deletes every key (the holder is stopped, exit
+/// 75) and keeps the fencing counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_force_deletes_keys() {
+    let server = ValkeyServer::start();
+    let admin = server.admin().await;
+    let name = unique("release");
+    let mut c = tool(&server.url());
+    c.args(["--majority", "2", "run", &name, "--", "sleep", "30"]);
+    let holder = c.spawn().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            existing_keys(&admin, "valkeylock", &name, 3).await == 3
+        })
+        .await
+    );
+    let mut c = tool(&server.url());
+    c.args(["--majority", "2", "release", "--force", "--yes", &name]);
+    let out = output(c).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(stdout.contains("deleted 3 of 3 keys"), "{stdout}");
+    let out = tokio::time::timeout(Duration::from_secs(10), holder.wait_with_output())
+        .await
+        .expect("holder not stopped")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(EXIT_LOST), "{}", text(&out.stderr));
+    assert_eq!(existing_keys(&admin, "valkeylock", &name, 3).await, 0);
+    let fence: Option<u64> =
+        fred::prelude::KeysInterface::get(&admin, format!("valkeylock:fence:{name}"))
+            .await
+            .unwrap();
+    assert!(fence.is_some_and(|f| f >= 1), "{fence:?}");
+
+    // Standard input is not a terminal here, so --yes is not needed.
+    let mut c = tool(&server.url());
+    c.args(["release", "--force", &name]);
+    let out = output(c).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("deleted 0 of 1 keys"));
+}
+
+/// Consecutive runs see strictly increasing `VALKEYLOCK_FENCING_TOKEN`s, and
+/// `VALKEYLOCK_NAME`; the program's exit code (or 128 + signal) comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_and_exit_codes() {
+    let server = ValkeyServer::start();
+    let name = unique("fence");
+    let mut last = 0u64;
+    for _ in 0..4 {
+        let mut c = tool(&server.url());
+        c.args([
+            "run",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "echo $VALKEYLOCK_FENCING_TOKEN $VALKEYLOCK_NAME",
+        ]);
+        let out = output(c).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        let mut w = stdout.split_whitespace();
+        let token: u64 = w.next().unwrap().parse().unwrap();
+        assert_eq!(w.next(), Some(name.as_str()));
+        assert!(token > last, "{token} after {last}");
+        last = token;
+    }
+    for (script, code) in [("exit 3", 3), ("kill -9 $$", 128 + 9), ("true", 0)] {
+        let mut c = tool(&server.url());
+        c.args(["run", &name, "--", "sh", "-c", script]);
+        assert_eq!(output(c).await.status.code(), Some(code), "{script}");
+    }
+    let mut c = tool(&server.url());
+    c.args(["run", &name, "--", "/nonexistent/program"]);
+    assert_eq!(output(c).await.status.code(), Some(127));
+}
+
+/// `--wait-timeout` while another `run` holds the lock: exit 73, the program
+/// does not run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_timeout() {
+    let server = ValkeyServer::start();
+    let admin = server.admin().await;
+    let name = unique("timeout");
+    let mut c = tool(&server.url());
+    c.args(["run", &name, "--", "sleep", "3"]);
+    let holder = c.spawn().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            existing_keys(&admin, "valkeylock", &name, 1).await == 1
+        })
+        .await
+    );
+    for timeout in ["300ms", "0"] {
+        let t = Instant::now();
+        let mut c = tool(&server.url());
+        c.args(["run", &name, "--wait-timeout", timeout, "--", "echo", "ran"]);
+        let out = output(c).await;
+        assert_eq!(
+            out.status.code(),
+            Some(EXIT_WAIT_TIMEOUT),
+            "{}",
+            text(&out.stderr)
+        );
+        assert!(text(&out.stdout).is_empty());
+        assert!(text(&out.stderr).contains("--wait-timeout"));
+        assert!(t.elapsed() < Duration::from_secs(3));
+    }
+    drop(holder);
+}
+
+/// Flags > environment > config file > defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_env_and_flags() {
+    let server = ValkeyServer::start();
+    let admin = server.admin().await;
+    let dead = "redis://127.0.0.1:1";
+    let dir = scratch("config");
+    let config = dir.join("valkeylock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "nodes = [\"{}\"]\nkey_prefix = \"fromfile\"\nkey_validity = \"3s\"\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let name = unique("config");
+    let hold = "echo $VALKEYLOCK_FENCING_TOKEN";
+
+    // The file alone: its nodes and prefix.
+    let mut c = tool(dead);
+    c.env_remove("VALKEYLOCK_NODES")
+        .env("VALKEYLOCK_CONFIG", &config)
+        .args(["run", &name, "--", "sh", "-c", hold]);
+    let out = output(c).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let fence: Option<u64> =
+        fred::prelude::KeysInterface::get(&admin, format!("fromfile:fence:{name}"))
+            .await
+            .unwrap();
+    assert_eq!(Some(text(&out.stdout).trim().parse().unwrap()), fence);
+
+    // The environment beats the file.
+    let mut c = tool(dead);
+    c.args(["--config"]).arg(&config).args(["status", &name]);
+    let out = output(c).await;
+    assert_eq!(out.status.code(), Some(EXIT_UNAVAILABLE));
+    let mut c = tool(&server.url());
+    c.env("VALKEYLOCK_PREFIX", "fromenv")
+        .args(["--config"])
+        .arg(&config)
+        .args(["status", &name]);
+    let stdout = text(&output(c).await.stdout);
+    assert!(stdout.contains(&format!("fromenv:0:{name}")), "{stdout}");
+
+    // Flags beat the environment.
+    let mut c = tool(dead);
+    c.env("VALKEYLOCK_PREFIX", "fromenv")
+        .args(["--nodes", &server.url(), "--prefix", "fromflag"])
+        .args(["--config"])
+        .arg(&config)
+        .args(["status", &name]);
+    let out = output(c).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(stdout.contains(&format!("fromflag:0:{name}")), "{stdout}");
+
+    // An unknown field in the file is a usage error.
+    std::fs::write(&config, "nodez = []\n").unwrap();
+    let mut c = tool(&server.url());
+    c.args(["--config"]).arg(&config).args(["status", &name]);
+    let out = output(c).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("nodez"), "{}", text(&out.stderr));
+    let _ = std::fs::remove_dir_all(dir);
+}
