@@ -5,6 +5,11 @@
 //! 127.0.0.1 only.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod cluster;
+pub mod history;
+pub mod proxy;
+pub mod sentinel;
+
 use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -22,7 +27,13 @@ pub fn server_binary() -> String {
         return b;
     }
     for b in ["valkey-server", "redis-server"] {
-        if Command::new(b).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok() {
+        if Command::new(b)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+        {
             return b.to_owned();
         }
     }
@@ -53,7 +64,8 @@ impl ValkeyServer {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         for _ in 0..5 {
             let port = free_port();
-            let dir = std::env::temp_dir().join(format!("valkeylock-test-{}-{port}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("valkeylock-test-{}-{port}", std::process::id()));
             let _ = std::fs::create_dir_all(&dir);
             let mut s = ValkeyServer {
                 port,
@@ -72,7 +84,16 @@ impl ValkeyServer {
         let mut cmd = Command::new(server_binary());
         cmd.arg("--port")
             .arg(self.port.to_string())
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ])
             .args(["--enable-debug-command", "yes", "--protected-mode", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -103,7 +124,10 @@ impl ValkeyServer {
 
     /// True if the server answers PING (with or without auth required).
     pub fn ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_millis(200)) else {
+        let Ok(mut s) = TcpStream::connect_timeout(
+            &([127, 0, 0, 1], self.port).into(),
+            Duration::from_millis(200),
+        ) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
@@ -144,7 +168,9 @@ impl ValkeyServer {
 
     fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {
-            let _ = Command::new("kill").args([sig, &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
         }
     }
 
@@ -200,7 +226,10 @@ where
 pub async fn existing_keys(admin: &Client, prefix: &str, name: &str, total: usize) -> usize {
     let mut n = 0;
     for i in 0..total {
-        let exists: i64 = admin.exists(format!("{prefix}:{i}:{name}")).await.unwrap_or(0);
+        let exists: i64 = admin
+            .exists(format!("{prefix}:{i}:{name}"))
+            .await
+            .unwrap_or(0);
         n += exists as usize;
     }
     n
@@ -218,5 +247,9 @@ pub fn init_tracing() {
 pub fn unique(name: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }

@@ -1,0 +1,746 @@
+//! Bad input and security (issue #3): what a caller or another client can
+//! throw at a locker from outside.
+//!
+//! - property tests: lock names and options (from arbitrary JSON) never
+//!   panic and fail only with the documented errors;
+//! - a password, and an ACL user limited to `~{prefix}:*` and the minimal set
+//!   of commands the lock needs (found by `acl_minimal_set_discovery`);
+//!   wrong credentials and missing permissions fail at connect with a clear
+//!   error;
+//! - a client that does not know the token can neither extend nor release
+//!   someone else's lock (the engine's own scripts, captured on the wire and
+//!   replayed with a wrong token).
+#![allow(missing_docs)]
+
+mod support;
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use support::proxy::*;
+use support::*;
+use tokio::time::{sleep, timeout, Instant};
+use valkeylock::{Error, Locker, LockerOptions, LostReason, MAX_NAME_LEN};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+const ADMIN_PASS: &str = "adm1n-pass";
+
+/// The commands a locker needs with default options (found by
+/// `acl_minimal_set_discovery`): everything else can be denied. (`HELLO`,
+/// `AUTH` and `QUIT` need no permission.)
+const MINIMAL: &[&str] = &[
+    "+evalsha",
+    "+script|load",
+    "+client|tracking",
+    "+get",
+    "+set",
+    "+pexpire",
+    "+pttl",
+    "+del",
+];
+
+/// Added to [`MINIMAL`] with `fencing` on.
+const FENCING: &[&str] = &["+incr"];
+
+/// Probes the client library sends at connect and copes without: denied,
+/// they only show up in `ACL LOG`.
+const PROBES: &[&str] = &["client|id", "info"];
+
+/// Creates ACL user `user` with password `pass`, keys `~{prefix}:*`, no
+/// channels, and exactly `commands`.
+async fn set_user(port: u16, user: &str, pass: &str, prefix: &str, commands: &[&str]) {
+    let pattern = format!("~{prefix}:*");
+    let password = format!(">{pass}");
+    let mut args = vec![
+        "ACL",
+        "SETUSER",
+        user,
+        "reset",
+        "on",
+        &password,
+        &pattern,
+        "resetchannels",
+        "-@all",
+    ];
+    args.extend_from_slice(commands);
+    let r = command_auth(port, &[ADMIN_PASS], &args)
+        .await
+        .expect("ACL SETUSER");
+    assert_eq!(r.text().as_deref(), Some("OK"), "ACL SETUSER: {r:?}");
+}
+
+/// Denials the server logged since the last reset, as text.
+async fn acl_denials(port: u16) -> Vec<String> {
+    let r = command_auth(port, &[ADMIN_PASS], &["ACL", "LOG"])
+        .await
+        .expect("ACL LOG");
+    let mut out = Vec::new();
+    if let Resp::Array(Some(entries)) = r {
+        for e in entries {
+            if let Resp::Array(Some(fields)) = e {
+                let texts: Vec<String> = fields.iter().filter_map(Resp::text).collect();
+                out.push(texts.join(" "));
+            }
+        }
+    }
+    out
+}
+
+/// Everything a lock does with default options: connect, a waiter queued
+/// behind a holder, extensions, a shortened TTL noticed and repaired, a
+/// release that wakes the waiter, a loss by deletion noticed, `try_lock`,
+/// `force_lock`, and close (deletes). `Err` says what failed.
+async fn full_flow(
+    urls: Vec<String>,
+    prefix: &str,
+    port: u16,
+    fencing: bool,
+) -> Result<(), String> {
+    let opts = || {
+        LockerOptions::new(urls.clone())
+            .with_key_majority(1)
+            .with_key_prefix(prefix)
+            .with_key_validity(ms(1000))
+            .with_connect_timeout(ms(1000))
+            .with_fencing(fencing)
+    };
+    let a = Locker::connect(opts())
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let b = Locker::connect(opts())
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let name = unique("acl");
+    let key = format!("{prefix}:0:{name}");
+    let g = timeout(ms(2000), a.lock(&name))
+        .await
+        .map_err(|_| "lock() hung")?
+        .map_err(|e| format!("lock: {e}"))?;
+    match b.try_lock(&name).await {
+        Err(Error::NotLocked { .. }) => {}
+        other => return Err(format!("try_lock on a held lock: {other:?}")),
+    }
+    let waiter = {
+        let (b, name) = (b.clone(), name.clone());
+        tokio::spawn(async move { timeout(ms(3000), b.lock(&name)).await })
+    };
+    // Extensions, and a TTL cut short by someone (repaired after a verify).
+    sleep(ms(700)).await;
+    let _ = command_auth(port, &[ADMIN_PASS], &["PEXPIRE", &key, "300"]).await;
+    sleep(ms(800)).await;
+    if !g.is_held() {
+        return Err(format!("lost while extending: {:?}", g.lost_reason()));
+    }
+    let t = Instant::now();
+    g.release().await;
+    let g2 = waiter
+        .await
+        .map_err(|e| format!("join: {e}"))?
+        .map_err(|_| "waiter not woken by the release")?
+        .map_err(|e| format!("waiter: {e}"))?;
+    let woken = t.elapsed();
+    if woken > ms(500) {
+        return Err(format!(
+            "waiter woken only {woken:?} after the release (no invalidation?)"
+        ));
+    }
+    // A deletion by someone else is noticed (invalidation + verify).
+    let _ = command_auth(port, &[ADMIN_PASS], &["DEL", &key]).await;
+    match timeout(ms(600), g2.lost()).await {
+        Ok(LostReason::Deleted) => {}
+        other => return Err(format!("deletion not noticed: {other:?}")),
+    }
+    let f = a
+        .force_lock(&name)
+        .await
+        .map_err(|e| format!("force_lock: {e}"))?;
+    drop(f);
+    a.close().await;
+    b.close().await;
+    let left = command_auth(port, &[ADMIN_PASS], &["EXISTS", &key])
+        .await
+        .map_err(|e| e.to_string())?;
+    if left.int() != Some(0) {
+        return Err("close() left the key behind".into());
+    }
+    Ok(())
+}
+
+fn secured_server() -> ValkeyServer {
+    ValkeyServer::start_with(&["--requirepass", ADMIN_PASS])
+}
+
+#[test]
+fn password_auth_and_wrong_credentials() {
+    runtime().block_on(async {
+        init_tracing();
+        let server = secured_server();
+        let prefix = unique("pw");
+        let good = format!("redis://:{ADMIN_PASS}@127.0.0.1:{}", server.port);
+        full_flow(vec![good], &prefix, server.port, false)
+            .await
+            .expect("a locker with the right password");
+        let cases = [
+            (
+                format!("redis://:wrong@127.0.0.1:{}", server.port),
+                "wrong password",
+            ),
+            (format!("redis://127.0.0.1:{}", server.port), "no password"),
+            (
+                format!("redis://nobody:{ADMIN_PASS}@127.0.0.1:{}", server.port),
+                "unknown user",
+            ),
+        ];
+        for (url, what) in cases {
+            let t = Instant::now();
+            let r = Locker::connect(
+                LockerOptions::new([url])
+                    .with_key_majority(1)
+                    .with_connect_timeout(ms(1500)),
+            )
+            .await;
+            let elapsed = t.elapsed();
+            match r {
+                Err(Error::Connection { message }) => {
+                    eprintln!("{what}: connect failed in {elapsed:?}: {message}");
+                    let m = message.to_ascii_uppercase();
+                    assert!(
+                        m.contains("WRONGPASS") || m.contains("NOAUTH") || m.contains("AUTH"),
+                        "{what}: the error does not say it is about credentials: {message}"
+                    );
+                    assert!(
+                        !message.contains(ADMIN_PASS) && !message.contains("wrong@"),
+                        "{what}: the error leaks the password: {message}"
+                    );
+                }
+                other => panic!("{what}: expected Error::Connection, got {other:?}"),
+            }
+            assert!(
+                elapsed < ms(1500),
+                "{what}: took {elapsed:?}, not a fast failure"
+            );
+        }
+    });
+}
+
+#[test]
+fn acl_user_with_the_minimal_command_set() {
+    runtime().block_on(async {
+        init_tracing();
+        let server = secured_server();
+        let prefix = unique("aclmin");
+        set_user(server.port, "locker", "l0cker", &prefix, MINIMAL).await;
+        let _ = command_auth(server.port, &[ADMIN_PASS], &["ACL", "LOG", "RESET"]).await;
+        let url = format!("redis://locker:l0cker@127.0.0.1:{}", server.port);
+        full_flow(vec![url.clone()], &prefix, server.port, false)
+            .await
+            .expect("a locker limited to the minimal set");
+        // Fencing tokens (one instance: a counter raised by the acquire
+        // script) also need INCR.
+        let fenced: Vec<&str> = MINIMAL.iter().chain(FENCING).copied().collect();
+        set_user(server.port, "fencer", "f3ncer", &prefix, &fenced).await;
+        full_flow(
+            vec![format!("redis://fencer:f3ncer@127.0.0.1:{}", server.port)],
+            &prefix,
+            server.port,
+            true,
+        )
+        .await
+        .expect("a fencing locker limited to the minimal set");
+        let denied: Vec<String> = acl_denials(server.port)
+            .await
+            .into_iter()
+            .filter(|d| !PROBES.iter().any(|p| d.contains(&format!("object {p} "))))
+            .collect();
+        assert!(denied.is_empty(), "denied commands: {denied:#?}");
+        eprintln!("ACL user `~{prefix}:*` with {} works", MINIMAL.join(" "));
+
+        // Keys outside its pattern: a clear error on the first attempt,
+        // never a panic or a hang.
+        let other = Locker::connect(
+            LockerOptions::new([url.clone()])
+                .with_key_majority(1)
+                .with_key_prefix("elsewhere"),
+        )
+        .await
+        .expect("connect (permissions are only checked on keys)");
+        let r = timeout(ms(2000), other.try_lock("x"))
+            .await
+            .expect("try_lock hung");
+        eprintln!("a prefix outside the ACL key pattern: {r:?}");
+        assert!(
+            matches!(
+                r,
+                Err(Error::NotLocked {
+                    acquired: 0,
+                    held_by_others: false,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        other.close().await;
+
+        // Without CLIENT TRACKING the locker cannot work as designed: refused
+        // at connect, naming the permission.
+        set_user(
+            server.port,
+            "notrack",
+            "n0track",
+            &prefix,
+            &MINIMAL
+                .iter()
+                .copied()
+                .filter(|c| *c != "+client|tracking")
+                .collect::<Vec<_>>(),
+        )
+        .await;
+        let t = Instant::now();
+        let r = Locker::connect(
+            LockerOptions::new([format!("redis://notrack:n0track@127.0.0.1:{}", server.port)])
+                .with_key_majority(1)
+                .with_key_prefix(&prefix),
+        )
+        .await;
+        match r {
+            Err(Error::Connection { message }) => {
+                eprintln!(
+                    "without +client|tracking: refused in {:?}: {message}",
+                    t.elapsed()
+                );
+                assert!(message.to_ascii_uppercase().contains("NOPERM"), "{message}");
+            }
+            other => panic!("expected a connection error, got {other:?}"),
+        }
+        // With disable_cache, tracking is not needed.
+        let polling = Locker::connect(
+            LockerOptions::new([format!("redis://notrack:n0track@127.0.0.1:{}", server.port)])
+                .with_key_majority(1)
+                .with_key_prefix(&prefix)
+                .with_disable_cache(true),
+        )
+        .await
+        .expect("disable_cache needs no CLIENT TRACKING");
+        let g = polling.lock(&unique("poll")).await.expect("lock");
+        g.release().await;
+        polling.close().await;
+    });
+}
+
+/// Finds which commands of a generous candidate set the full flow needs:
+/// removes each in turn and sees whether the flow still passes with no ACL
+/// denial. Slow (~1 min); runs with `VALKEYLOCK_ACL_DISCOVER=1`.
+#[test]
+fn acl_minimal_set_discovery() {
+    if std::env::var("VALKEYLOCK_ACL_DISCOVER").is_err() {
+        return;
+    }
+    runtime().block_on(async {
+        let server = secured_server();
+        let candidates = [
+            "+hello",
+            "+ping",
+            "+quit",
+            "+eval",
+            "+evalsha",
+            "+script|load",
+            "+script|exists",
+            "+client|tracking",
+            "+client|setname",
+            "+client|setinfo",
+            "+client|id",
+            "+select",
+            "+get",
+            "+set",
+            "+pexpire",
+            "+pexpireat",
+            "+pttl",
+            "+del",
+            "+info",
+            "+incr",
+        ];
+        let mut needed = Vec::new();
+        for (i, skip) in candidates.iter().enumerate() {
+            let prefix = unique("disc");
+            let set: Vec<&str> = candidates.iter().copied().filter(|c| c != skip).collect();
+            let user = format!("u{i}");
+            set_user(server.port, &user, "pw", &prefix, &set).await;
+            let _ = command_auth(server.port, &[ADMIN_PASS], &["ACL", "LOG", "RESET"]).await;
+            let url = format!("redis://{user}:pw@127.0.0.1:{}", server.port);
+            let r = full_flow(vec![url.clone()], &prefix, server.port, false).await;
+            let r = match r {
+                Ok(()) => full_flow(vec![url], &prefix, server.port, true)
+                    .await
+                    .map_err(|e| format!("with fencing: {e}")),
+                e => e,
+            };
+            let denied: Vec<String> = acl_denials(server.port)
+                .await
+                .into_iter()
+                .filter(|d| !PROBES.iter().any(|p| d.contains(&format!("object {p} "))))
+                .map(|d| d.chars().take(120).collect())
+                .collect();
+            let ok = r.is_ok() && denied.is_empty();
+            eprintln!(
+                "without {skip:<18}: {}",
+                if ok {
+                    "works".to_owned()
+                } else {
+                    format!("FAILS {r:?} {denied:?}")
+                }
+            );
+            if !ok {
+                needed.push(*skip);
+            }
+        }
+        eprintln!("needed: {}", needed.join(" "));
+    });
+}
+
+/// The commands a locker sent (recorded by the proxy's tap), as text.
+fn captured(tap: &[u8]) -> Vec<Vec<String>> {
+    parse_commands(tap)
+        .into_iter()
+        .map(|c| {
+            c.iter()
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .collect()
+}
+
+/// A command's name, with the subcommand for containers.
+fn command_name(args: &[String]) -> String {
+    let mut label = args
+        .first()
+        .map(|a| a.to_ascii_uppercase())
+        .unwrap_or_default();
+    if let Some(sub) = args
+        .get(1)
+        .filter(|_| matches!(label.as_str(), "SCRIPT" | "CLIENT"))
+    {
+        label = format!("{label} {}", sub.to_ascii_uppercase());
+    }
+    label
+}
+
+/// A lock token as the engine writes it: 48 hex digits, `F` first when forced.
+fn is_token(s: &str) -> bool {
+    let hex = s.strip_prefix('F').unwrap_or(s);
+    hex.len() == 48 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+async fn key_state(a: &mut RawConn, key: &str) -> (Option<String>, Option<i64>) {
+    let v = a.cmd(&["GET", key]).await.expect("GET").text();
+    let e = a
+        .cmd(&["PEXPIRETIME", key])
+        .await
+        .expect("PEXPIRETIME")
+        .int();
+    (v, e)
+}
+
+/// A client without the token cannot extend or release a lock: every script
+/// call a locker made (acquire, extend, release, whatever their layout),
+/// captured on the wire, is replayed by another client against a held lock
+/// with the token replaced by a wrong one; the keys stay exactly as they
+/// were and the holder notices nothing.
+#[test]
+fn wrong_token_cannot_extend_or_release() {
+    runtime().block_on(async {
+        init_tracing();
+        let server = ValkeyServer::start();
+        let proxy = Proxy::start(server.port).await;
+        proxy.start_tap();
+        let prefix = unique("tok");
+        let opts = |url: String| {
+            LockerOptions::new([url])
+                .with_key_majority(1)
+                .with_key_prefix(&prefix)
+                .with_key_validity(ms(1000))
+        };
+        let locker = Locker::connect(opts(proxy.url())).await.expect("connect");
+        let (held, other) = (unique("held"), unique("other"));
+        // Another lock goes through acquire, extensions and release, so that
+        // every kind of script call is on the wire.
+        let g_other = locker.lock(&other).await.expect("lock");
+        let g = locker.lock(&held).await.expect("lock");
+        sleep(ms(700)).await;
+        g_other.release().await;
+        sleep(ms(50)).await;
+        let commands = captured(&proxy.tapped());
+        let mut names: Vec<String> = commands.iter().map(|c| command_name(c)).collect();
+        names.dedup();
+        names.sort();
+        names.dedup();
+        eprintln!("commands a locker sent: {}", names.join(", "));
+        let mut admin = RawConn::connect(server.port, &[]).await.expect("admin");
+        // Make sure every script is in the server's cache (they are, unless
+        // the server was flushed) so that EVALSHA runs them.
+        for c in commands.iter().filter(|c| command_name(c) == "SCRIPT LOAD") {
+            admin.cmd(&["SCRIPT", "LOAD", &c[2]]).await.expect("SCRIPT LOAD");
+        }
+        let held_keys: Vec<String> = (0..1).map(|i| format!("{prefix}:{i}:{held}")).collect();
+        let mut before = Vec::new();
+        for k in &held_keys {
+            before.push(key_state(&mut admin, k).await);
+        }
+        assert!(before.iter().all(|s| s.0.as_deref().is_some_and(is_token)), "{before:?}");
+        let wrong_tokens = |real: &str| {
+            vec![
+                "0".repeat(real.len()),
+                real[..8].to_owned(),
+                format!("{real}x"),
+                real.to_uppercase(),
+                String::new(),
+            ]
+        };
+        let mut replayed = 0;
+        let mut kinds = std::collections::BTreeSet::new();
+        for c in commands.iter().filter(|c| command_name(c) == "EVALSHA") {
+            let Some(real) = c.iter().find(|a| is_token(a)).cloned() else {
+                continue;
+            };
+            for wrong in wrong_tokens(&real) {
+                let args: Vec<String> = c
+                    .iter()
+                    .map(|a| {
+                        if is_token(a) {
+                            wrong.clone()
+                        } else if a.starts_with(&format!("{prefix}:")) && a.ends_with(&other) {
+                            a.replace(&other, &held)
+                        } else {
+                            a.clone()
+                        }
+                    })
+                    .collect();
+                let refs: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+                let r = admin
+                    .cmd_bytes(&refs, Duration::from_secs(5))
+                    .await
+                    .expect("EVALSHA");
+                assert!(!r.is_error(), "replay failed: {r:?} for {args:?}");
+                replayed += 1;
+                kinds.insert(c[1].clone());
+                for (k, b) in held_keys.iter().zip(&before) {
+                    assert_eq!(
+                        &key_state(&mut admin, k).await,
+                        b,
+                        "a call with a wrong token changed {k}: {args:?} → {r:?}"
+                    );
+                }
+            }
+        }
+        assert!(kinds.len() >= 2, "too few kinds of script calls captured: {kinds:?}");
+        assert!(g.is_held() && g.lost_reason().is_none(), "the holder was disturbed");
+        eprintln!(
+            "{replayed} script calls ({} scripts) replayed with wrong tokens: keys unchanged, holder unaffected",
+            kinds.len()
+        );
+        g.release().await;
+        locker.close().await;
+    });
+}
+
+// ===== property tests =====
+
+/// The documented rule for names (README, "Lock names"), written out
+/// independently of the engine: non-empty, at most 1024 bytes, and with
+/// `key_majority > 1` no `{hash tag}` that would put every key in one slot.
+fn name_is_valid(name: &str, majority: usize) -> bool {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return false;
+    }
+    if majority > 1 {
+        // Keys are `prefix:i:name` with a prefix without braces: the tag is
+        // the text between the first `{` of the name and the next `}`.
+        if let Some(open) = name.find('{') {
+            if let Some(close) = name[open + 1..].find('}') {
+                if close > 0 {
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
+fn names() -> impl Strategy<Value = String> {
+    prop_oneof![
+        ".{0,40}",
+        "[:{}a-c ]{0,12}",
+        "\\PC{0,20}",
+        proptest::collection::vec(any::<char>(), 0..30).prop_map(String::from_iter),
+        (MAX_NAME_LEN - 3..MAX_NAME_LEN + 4).prop_map(|n| "é".repeat(n / 2) + &"x".repeat(n % 2)),
+        (1000usize..5000).prop_map(|n| ":".repeat(n)),
+        Just(String::new()),
+        Just("{}".to_owned()),
+        Just("{a}".to_owned()),
+        Just("a{}b{c}".to_owned()),
+        Just("\u{0}\u{1}\u{7f}".to_owned()),
+    ]
+}
+
+#[test]
+fn names_never_panic_and_fail_as_documented() {
+    let rt = runtime();
+    let server = ValkeyServer::start();
+    let prefix = unique("names");
+    let (l1, l2) = rt.block_on(async {
+        let mk = |m: usize| {
+            Locker::connect(
+                LockerOptions::new([server.url()])
+                    .with_key_majority(m)
+                    .with_key_prefix(&prefix),
+            )
+        };
+        (mk(1).await.expect("connect"), mk(2).await.expect("connect"))
+    });
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 192,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let result = runner.run(&names(), |name| {
+        for (locker, m) in [(&l1, 1usize), (&l2, 2usize)] {
+            let r = rt.block_on(async { timeout(ms(3000), locker.try_lock(&name)).await });
+            let r = r.map_err(|_| TestCaseError::fail("try_lock hung"))?;
+            let valid = name_is_valid(&name, m);
+            match r {
+                Ok(g) => {
+                    prop_assert!(valid, "accepted an invalid name {name:?} (m={m})");
+                    prop_assert!(g.is_held());
+                    prop_assert_eq!(g.name(), name.as_str());
+                    rt.block_on(g.release());
+                }
+                Err(Error::InvalidName {
+                    name: shown,
+                    reason,
+                }) => {
+                    prop_assert!(!valid, "rejected a valid name {name:?} (m={m}): {reason}");
+                    prop_assert!(shown.len() <= 80, "error echoes a huge name");
+                }
+                Err(e) => prop_assert!(false, "unexpected error for {name:?} (m={m}): {e}"),
+            }
+        }
+        Ok(())
+    });
+    rt.block_on(async {
+        l1.close().await;
+        l2.close().await;
+    });
+    result.unwrap();
+}
+
+const FIELDS: &[&str] = &[
+    "nodes",
+    "key_prefix",
+    "key_majority",
+    "key_validity",
+    "extend_interval",
+    "try_next_after",
+    "clock_drift",
+    "no_loop_tracking",
+    "fallback_set_px",
+    "disable_cache",
+    "connect_timeout",
+    "local_handover_limit",
+    "fencing",
+];
+
+fn json_scalar() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        (0u32..100).prop_map(Value::from),
+        ".{0,12}".prop_map(Value::from),
+        "[0-9.]{0,8}(ns|us|µs|ms|s|sec|m|min|h|d|)".prop_map(Value::from),
+        "([0-9]{1,3}(ms|s)){1,3}".prop_map(Value::from),
+        "[0-9]{15,30}(s|h)".prop_map(Value::from),
+        "(redis|valkey|rediss|http|)://([a-z%0-9]{0,4}(:[a-z%0-9]{0,4})?@)?(\\[::1\\]|127\\.0\\.0\\.1|[a-z]{0,5})(:[0-9]{0,6})?(/[0-9a-z]{0,4})?[?#]?"
+            .prop_map(Value::from),
+        "[a-z{}:]{0,8}".prop_map(Value::from),
+    ]
+}
+
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    json_scalar().prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..5).prop_map(serde_json::Value::from),
+            proptest::collection::btree_map(".{0,6}", inner, 0..4)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Objects with mostly known fields, values of any JSON type.
+fn options_json() -> impl Strategy<Value = serde_json::Value> {
+    let field = prop_oneof![
+        9 => proptest::sample::select(FIELDS).prop_map(str::to_owned),
+        1 => "[a-z_]{1,12}",
+    ];
+    let value = prop_oneof![
+        4 => json_scalar(),
+        2 => proptest::collection::vec(json_scalar(), 0..4).prop_map(serde_json::Value::from),
+        1 => json_value(),
+    ];
+    proptest::collection::btree_map(field, value, 0..10)
+        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect()))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn options_from_arbitrary_json_never_panic(v in options_json()) {
+        let text = v.to_string();
+        if let Ok(o) = serde_json::from_str::<LockerOptions>(&text) {
+            match o.validate() {
+                Ok(()) => {
+                    // Valid options survive a round trip unchanged.
+                    let back: LockerOptions = serde_json::from_str(
+                        &serde_json::to_string(&o).expect("serialize"),
+                    ).expect("deserialize what was serialized");
+                    prop_assert_eq!(&back, &o);
+                    prop_assert!(back.validate().is_ok());
+                }
+                Err(Error::InvalidOptions { field, reason }) => {
+                    prop_assert!(FIELDS.contains(&field), "unknown field name {field}");
+                    prop_assert!(!reason.is_empty());
+                }
+                Err(e) => prop_assert!(false, "validate returned {e:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn arbitrary_json_text_never_panics(text in "\\PC{0,64}", v in json_value()) {
+        let _ = serde_json::from_str::<LockerOptions>(&text);
+        if let Ok(o) = serde_json::from_value::<LockerOptions>(v) {
+            let _ = o.validate();
+        }
+    }
+
+    #[test]
+    fn durations_never_panic(text in "\\PC{0,24}|[0-9.]{1,30}(ns|us|ms|s|m|h){0,2}") {
+        if let Ok(d) = valkeylock::parse_duration(&text) {
+            let shown = valkeylock::format_duration(d);
+            prop_assert!(valkeylock::parse_duration(&shown).is_ok(), "{text:?} → {shown:?}");
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Restarts: a server that comes back empty, a killed `NodeActor` (restarted by
+//! the Supervisor) and a killed `LockActor`. Needs the `fault-injection`
+//! feature (`cargo test --features fault-injection --test restart`).
+#![allow(missing_docs)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use tokio::time::{sleep, timeout, Instant};
+use valkeylock::{Locker, LockerOptions, LostReason};
+
+const PREFIX: &str = "valkeylock";
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn options(server: &ValkeyServer) -> LockerOptions {
+    LockerOptions::new([server.url()])
+        .with_key_majority(1)
+        .with_key_validity(secs(2))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restarted_empty_fires_lost_and_locker_recovers() {
+    init_tracing();
+    let mut server = ValkeyServer::start();
+    let locker = Locker::connect(options(&server)).await.expect("connect");
+    let name = unique("server-restart");
+    let guard = locker.lock(&name).await.expect("lock");
+    let t = Instant::now();
+    server.restart();
+    let reason = timeout(secs(5), guard.lost())
+        .await
+        .expect("lost() did not fire within 5 s (key_validity 2 s) of the server restarting empty");
+    eprintln!("restart noticed: {reason} after {:?}", t.elapsed());
+    assert!(
+        matches!(
+            reason,
+            LostReason::Deleted | LostReason::Unreachable | LostReason::Expired
+        ),
+        "unexpected reason {reason:?}"
+    );
+    assert!(!guard.is_held());
+    // The locker reconnects and keeps working.
+    let t = Instant::now();
+    let g = timeout(secs(10), locker.lock(&name))
+        .await
+        .expect("lock() after the restart hung")
+        .expect("lock() after the restart");
+    eprintln!("re-acquired {:?} after the loss", t.elapsed());
+    assert!(g.is_held());
+    let admin = server.admin().await;
+    assert_eq!(existing_keys(&admin, PREFIX, &name, 1).await, 1);
+    sleep(secs(2)).await;
+    assert!(
+        g.is_held(),
+        "new lock lost after the restart: {:?}",
+        g.lost_reason()
+    );
+    g.release().await;
+    assert_eq!(existing_keys(&admin, PREFIX, &name, 1).await, 0);
+    locker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_node_actor_is_restarted_and_locker_keeps_working() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let locker = Locker::connect(options(&server)).await.expect("connect");
+    let faults = locker.faults();
+    let before = faults.node_actor_id(0).expect("node 0 running");
+    assert!(faults.kill_node(0));
+    let restarted = eventually(secs(5), || async {
+        faults.node_running(0) && faults.node_actor_id(0).is_some_and(|id| id != before)
+    })
+    .await;
+    assert!(
+        restarted,
+        "node actor not restarted within 5 s (running {}, id {:?}, was {before})",
+        faults.node_running(0),
+        faults.node_actor_id(0)
+    );
+    let name = unique("after-node-kill");
+    let g = timeout(secs(5), locker.lock(&name))
+        .await
+        .expect("lock() after a NodeActor kill hung")
+        .expect("lock() after a NodeActor kill");
+    assert!(g.is_held());
+    let admin = server.admin().await;
+    assert_eq!(existing_keys(&admin, PREFIX, &name, 1).await, 1);
+    g.release().await;
+    assert_eq!(existing_keys(&admin, PREFIX, &name, 1).await, 0);
+    locker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_lock_survives_node_actor_kill() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let locker = Locker::connect(options(&server)).await.expect("connect");
+    let admin = server.admin().await;
+    let faults = locker.faults();
+    let name = unique("survive-node-kill");
+    let guard = locker.lock(&name).await.expect("lock");
+    let before = faults.node_actor_id(0).expect("node 0 running");
+    assert!(faults.kill_node(0));
+    let restarted = eventually(secs(5), || async {
+        faults.node_running(0) && faults.node_actor_id(0).is_some_and(|id| id != before)
+    })
+    .await;
+    assert!(restarted, "node actor not restarted within 5 s");
+    // Several extend intervals (1 s) later: still held, key still there.
+    let start = Instant::now();
+    while start.elapsed() < secs(3) {
+        assert!(
+            guard.is_held(),
+            "lock not held {:?} after the NodeActor kill (lost_reason {:?})",
+            start.elapsed(),
+            guard.lost_reason()
+        );
+        sleep(ms(20)).await;
+    }
+    assert_eq!(guard.lost_reason(), None);
+    assert_eq!(existing_keys(&admin, PREFIX, &name, 1).await, 1);
+    let pttl: i64 = fred::prelude::KeysInterface::pttl(&admin, format!("{PREFIX}:0:{name}"))
+        .await
+        .expect("PTTL");
+    assert!(
+        pttl > 500,
+        "key not being extended any more: PTTL {pttl} ms"
+    );
+    // Detection works over the new connection: a DEL is noticed.
+    let _: i64 = fred::prelude::KeysInterface::del(&admin, format!("{PREFIX}:0:{name}"))
+        .await
+        .expect("DEL");
+    let reason = timeout(secs(2), guard.lost())
+        .await
+        .expect("DEL not noticed through the restarted NodeActor");
+    assert_eq!(reason, LostReason::Deleted);
+    locker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_lock_actor_fires_engine_stopped() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let locker = Locker::connect(options(&server)).await.expect("connect");
+    let faults = locker.faults();
+    let name = unique("kill-lock");
+    let guard = locker.lock(&name).await.expect("lock");
+    let token = guard.cancellation_token();
+    assert!(faults.kill_lock(&name), "no LockActor for a held lock");
+    let reason = timeout(secs(2), guard.lost())
+        .await
+        .expect("lost() did not fire after the LockActor was killed");
+    assert_eq!(reason, LostReason::EngineStopped);
+    assert!(!guard.is_held());
+    timeout(secs(1), token.cancelled())
+        .await
+        .expect("cancellation token not cancelled after the LockActor was killed");
+    drop(guard);
+    // The orphaned key expires (key_validity 2 s); then the name works again.
+    let t = Instant::now();
+    let g = timeout(secs(6), locker.lock(&name))
+        .await
+        .expect("lock() of the same name hung after the LockActor kill")
+        .expect("lock() of the same name after the LockActor kill");
+    eprintln!("re-acquired {:?} after the kill", t.elapsed());
+    assert!(g.is_held());
+    sleep(ms(1500)).await;
+    assert!(g.is_held(), "new grant lost: {:?}", g.lost_reason());
+    g.release().await;
+    locker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_of_killed_lock_actor_ask_again() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let locker = Locker::connect(options(&server)).await.expect("connect");
+    let faults = locker.faults();
+    let name = unique("kill-lock-waiters");
+    let guard = locker.lock(&name).await.expect("lock");
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let (locker, name) = (locker.clone(), name.clone());
+            tokio::spawn(async move {
+                let g = locker.lock(&name).await?;
+                let held = g.is_held();
+                g.release().await;
+                Ok::<bool, valkeylock::Error>(held)
+            })
+        })
+        .collect();
+    sleep(ms(200)).await;
+    assert!(faults.kill_lock(&name));
+    assert_eq!(
+        timeout(secs(2), guard.lost())
+            .await
+            .expect("holder not told"),
+        LostReason::EngineStopped
+    );
+    drop(guard);
+    // Each waiter gets the lock in turn once the orphaned key expires.
+    for (i, w) in waiters.into_iter().enumerate() {
+        let held = timeout(secs(8), w)
+            .await
+            .unwrap_or_else(|_| panic!("waiter {i} never got the lock after the LockActor kill"))
+            .expect("task")
+            .unwrap_or_else(|e| panic!("waiter {i}: {e:?}"));
+        assert!(held, "waiter {i} got a guard that was not held");
+    }
+    locker.close().await;
+}
