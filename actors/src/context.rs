@@ -23,7 +23,15 @@ pub(crate) struct Shared {
     /// Origin of the extension grid (see `quorum::next_tick`).
     pub(crate) epoch: tokio::time::Instant,
     nodes: RwLock<Vec<Option<ActorRef<NodeMsg>>>>,
-    locks: RwLock<HashMap<Arc<str>, ActorRef<LockMsg>>>,
+    locks: RwLock<HashMap<Arc<str>, LockRoute>>,
+}
+
+/// How requests reach a name's `LockActor`, and how many were sent to it
+/// (the Supervisor retires an idle actor only if it saw them all).
+#[derive(Debug, Clone)]
+pub(crate) struct LockRoute {
+    pub(crate) actor: ActorRef<LockMsg>,
+    pub(crate) sent: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Shared {
@@ -50,24 +58,31 @@ impl Shared {
     }
 
     pub(crate) fn lock(&self, name: &str) -> Option<ActorRef<LockMsg>> {
+        read(&self.locks).get(name).map(|r| r.actor.clone())
+    }
+
+    pub(crate) fn lock_route(&self, name: &str) -> Option<LockRoute> {
         read(&self.locks).get(name).cloned()
     }
 
-    pub(crate) fn set_lock(&self, name: Arc<str>, actor: ActorRef<LockMsg>) {
-        write(&self.locks).insert(name, actor);
+    pub(crate) fn set_lock(&self, name: Arc<str>, route: LockRoute) {
+        write(&self.locks).insert(name, route);
     }
 
     /// Removes `name` only if it still maps to the actor `id` (a newer actor for
     /// the same name must not be unregistered by an old one's exit).
     pub(crate) fn remove_lock(&self, name: &str, id: ractor::ActorId) {
         let mut locks = write(&self.locks);
-        if locks.get(name).is_some_and(|a| a.get_id() == id) {
+        if locks.get(name).is_some_and(|r| r.actor.get_id() == id) {
             locks.remove(name);
         }
     }
 
     pub(crate) fn all_locks(&self) -> Vec<ActorRef<LockMsg>> {
-        read(&self.locks).values().cloned().collect()
+        read(&self.locks)
+            .values()
+            .map(|r| r.actor.clone())
+            .collect()
     }
 
     pub(crate) fn lock_count(&self) -> usize {

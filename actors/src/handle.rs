@@ -149,6 +149,7 @@ impl Engine {
             AcquireKind::Try => RequestKind::Try,
             AcquireKind::Force => RequestKind::Force,
         };
+        let mut retries = 0u32;
         loop {
             if self.closed.load(Ordering::SeqCst) {
                 return Err(Error::Closed);
@@ -161,12 +162,27 @@ impl Engine {
                 reply: tx,
                 since: Instant::now(),
             };
-            self.supervisor
-                .cast(SupervisorMsg::Request {
-                    name: name.clone(),
-                    request,
-                })
-                .map_err(|_| Error::Closed)?;
+            // Fast path: straight to a live LockActor. Otherwise (none yet,
+            // or it just stopped) through the Supervisor, which starts one.
+            let request = match self.shared.lock_route(&name) {
+                Some(route) => {
+                    route.sent.fetch_add(1, Ordering::SeqCst);
+                    match route.actor.cast(LockMsg::Request(request)) {
+                        Ok(()) => None,
+                        Err(ractor::MessagingErr::SendErr(LockMsg::Request(back))) => Some(back),
+                        Err(_) => None,
+                    }
+                }
+                None => Some(request),
+            };
+            if let Some(request) = request {
+                self.supervisor
+                    .cast(SupervisorMsg::Request {
+                        name: name.clone(),
+                        request,
+                    })
+                    .map_err(|_| Error::Closed)?;
+            }
             let mut guard = WithdrawOnDrop {
                 supervisor: &self.supervisor,
                 name: &name,
@@ -177,9 +193,15 @@ impl Engine {
             guard.armed = false;
             match result {
                 Ok(result) => return result,
-                // The LockActor went away without answering (killed): ask
-                // again; a fresh one takes over.
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                // The LockActor went away without answering (retired or
+                // killed): ask again; a fresh one takes over. Pause only if
+                // it keeps happening.
+                Err(_) => {
+                    retries += 1;
+                    if retries > 1 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
             }
         }
     }

@@ -42,6 +42,9 @@ pub(crate) struct LockActor;
 /// out for longer.
 const HANDOVER_WINDOW: Duration = Duration::from_millis(10);
 
+/// How long an idle `LockActor` stays alive before it is retired.
+const IDLE_GRACE: Duration = Duration::from_secs(2);
+
 /// Extra time allowed for a batched extension (the node's batch window).
 const BATCH_SLACK: Duration = Duration::from_millis(50);
 
@@ -153,6 +156,8 @@ pub(crate) enum LockMsg {
     Recheck { node: Option<usize> },
     /// Forget replies that are overdue.
     Sweep,
+    /// Still idle since `seen` requests? Then ask to be retired.
+    IdleCheck { seen: u64 },
     /// Fallback retry for waiters, generation `generation`.
     Retry { generation: u64 },
     /// The locker is closing: fail waiters, release, report, stop.
@@ -364,6 +369,7 @@ pub(crate) struct LockState {
     /// whether one is still in flight to us.
     seen: u64,
     idle_reported: bool,
+    idle_armed: bool,
     closing: bool,
 }
 
@@ -404,6 +410,7 @@ impl Actor for LockActor {
             next_id: 1,
             seen: 0,
             idle_reported: false,
+            idle_armed: false,
             closing: false,
         })
     }
@@ -419,6 +426,16 @@ impl Actor for LockActor {
                 st.seen += 1;
                 st.idle_reported = false;
                 st.on_request(&myself, req);
+            }
+            LockMsg::IdleCheck { seen } => {
+                st.idle_armed = false;
+                if seen == st.seen && !st.idle_reported && st.quiet() && !st.closing {
+                    st.idle_reported = true;
+                    let _ = st.supervisor.cast(SupervisorMsg::LockIdle {
+                        name: st.name.clone(),
+                        seen,
+                    });
+                }
             }
             LockMsg::Cancel { id } => {
                 st.queue.retain(|r| r.id != id);
@@ -1544,11 +1561,15 @@ impl LockState {
     }
 
     /// Runs after every message: reports idleness, or finishes closing.
-    fn after(&mut self, me: &ActorRef<LockMsg>) {
-        let quiet = self.queue.is_empty()
+    fn quiet(&self) -> bool {
+        self.queue.is_empty()
             && self.attempt.is_none()
             && self.grant.is_none()
-            && self.outstanding == 0;
+            && self.outstanding == 0
+    }
+
+    fn after(&mut self, me: &ActorRef<LockMsg>) {
+        let quiet = self.quiet();
         if self.closing {
             if quiet {
                 let _ = self.supervisor.cast(SupervisorMsg::LockClosed {
@@ -1558,12 +1579,12 @@ impl LockState {
             }
             return;
         }
-        if quiet && !self.idle_reported {
-            self.idle_reported = true;
-            let _ = self.supervisor.cast(SupervisorMsg::LockIdle {
-                name: self.name.clone(),
-                seen: self.seen,
-            });
+        // An actor that just went quiet stays warm for a while: a name used
+        // again soon (the common case) then costs no actor start and stop.
+        if quiet && !self.idle_reported && !self.idle_armed {
+            self.idle_armed = true;
+            let seen = self.seen;
+            me.send_after(IDLE_GRACE, move || LockMsg::IdleCheck { seen });
         }
     }
 }

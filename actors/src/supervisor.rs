@@ -13,7 +13,8 @@
 //! It owns the two routing tables in [`Shared`] (nodes, locks) and is the only
 //! writer. Requests for a name go through it, so a `LockActor` is never stopped
 //! while a request is on its way: the actor reports `Idle` with the count of
-//! requests it saw, and is stopped only if that equals the count forwarded.
+//! requests it saw, and is stopped only if that equals the count sent to it
+//! (`Engine::acquire` sends directly to a known actor, counting as it goes).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,11 +23,12 @@ use std::time::Duration;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{debug, info, warn};
 
-use crate::context::{AbortOnDrop, Shared};
+use crate::context::{AbortOnDrop, LockRoute, Shared};
 use crate::error::Error;
 use crate::lock::{LockActor, LockArgs, LockMsg, Request};
 use crate::node::{NodeActor, NodeArgs, NodeMsg};
 use crate::quorum;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub(crate) struct Supervisor;
 
@@ -79,7 +81,8 @@ pub(crate) struct SupervisorArgs {
 
 struct LockEntry {
     actor: ActorRef<LockMsg>,
-    forwarded: u64,
+    /// Requests sent to it, by us or directly by `Engine::acquire`.
+    sent: Arc<AtomicU64>,
 }
 
 struct NodeSlot {
@@ -162,7 +165,10 @@ impl Actor for Supervisor {
             }
             SupervisorMsg::LockIdle { name, seen } => {
                 if let Some(e) = st.locks.get(&name) {
-                    if e.forwarded == seen {
+                    // Requests sent directly after this count was read reach
+                    // a stopping actor; their callers see the reply dropped
+                    // and ask again, through us.
+                    if e.sent.load(Ordering::SeqCst) == seen {
                         let e = st.locks.remove(&name).expect("present");
                         st.shared.remove_lock(&name, e.actor.get_id());
                         e.actor.stop(None);
@@ -346,14 +352,15 @@ impl SupervisorState {
                     Ok((actor, _)) => {
                         self.children
                             .insert(actor.get_id(), Child::Lock(name.clone()));
-                        self.shared.set_lock(name.clone(), actor.clone());
-                        self.locks.insert(
+                        let sent = Arc::new(AtomicU64::new(0));
+                        self.shared.set_lock(
                             name.clone(),
-                            LockEntry {
-                                actor,
-                                forwarded: 0,
+                            LockRoute {
+                                actor: actor.clone(),
+                                sent: sent.clone(),
                             },
                         );
+                        self.locks.insert(name.clone(), LockEntry { actor, sent });
                     }
                     Err(e) => {
                         warn!(lock = %name, error = %e, "cannot start lock actor");
@@ -363,7 +370,7 @@ impl SupervisorState {
                 }
             }
             let entry = self.locks.get_mut(&name).expect("inserted above");
-            entry.forwarded += 1;
+            entry.sent.fetch_add(1, Ordering::SeqCst);
             match entry.actor.cast(LockMsg::Request(request)) {
                 Ok(()) => return,
                 Err(ractor::MessagingErr::SendErr(LockMsg::Request(back))) => {
