@@ -80,3 +80,34 @@ async fn off_means_zero_and_no_counter() {
     g.release().await;
     locker.close().await;
 }
+
+/// The counter survives a restart of the instance from its data (AOF with
+/// fsync always): tokens keep increasing across it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_restart_from_data() {
+    init_tracing();
+    let mut server = ValkeyServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let opts = LockerOptions::new([server.url()])
+        .with_key_majority(1)
+        .with_fencing(true);
+    let name = unique("fence-restart");
+    let locker = Locker::connect(opts.clone()).await.unwrap();
+    let mut last = 0;
+    for _ in 0..5 {
+        let g = locker.lock(&name).await.unwrap();
+        assert!(g.fencing_token() > last);
+        last = g.fencing_token();
+        g.release().await;
+    }
+    locker.close().await;
+    server.restart();
+    let locker = Locker::connect(opts).await.unwrap();
+    let g = locker.lock(&name).await.unwrap();
+    assert!(
+        g.fencing_token() > last,
+        "token {} after a restart from data, {last} before",
+        g.fencing_token()
+    );
+    g.release().await;
+    locker.close().await;
+}
