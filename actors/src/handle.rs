@@ -160,7 +160,6 @@ impl Engine {
                 id,
                 kind,
                 reply: tx,
-                since: Instant::now(),
             };
             // Fast path: straight to a live LockActor. Otherwise (none yet,
             // or it just stopped) through the Supervisor, which starts one.

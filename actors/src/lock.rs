@@ -65,8 +65,6 @@ pub(crate) struct Request {
     pub(crate) id: u64,
     pub(crate) kind: RequestKind,
     pub(crate) reply: oneshot::Sender<Result<Lease, Error>>,
-    /// When the caller started waiting.
-    pub(crate) since: Instant,
 }
 
 /// A script a `NodeActor` runs on one key.
@@ -1440,22 +1438,7 @@ impl LockState {
         }
         // Retry now, or as soon as the attempt or release in flight is done.
         self.dirty = true;
-        if self.attempt.is_some() || self.releasing > 0 || self.grant.is_some() {
-            return;
-        }
-        // Every waiting process hears of a release at once, in an order the
-        // server fixes (by client id), so the same process would win every
-        // race. A waiter that has waited long retries at once, a recent one a
-        // little later: the oldest waiter across processes tends to win.
-        let age = self.queue.front().map_or(Duration::ZERO, |r| {
-            Instant::now().saturating_duration_since(r.since)
-        });
-        let pause = quorum::age_pause(age);
-        if pause.is_zero() {
-            self.advance(me);
-        } else {
-            self.arm_retry_after(me, pause);
-        }
+        self.advance(me);
     }
 
     /// Sends a read-only check for every key marked for one whose reply is

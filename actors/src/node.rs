@@ -288,6 +288,15 @@ fn build_client(
         fail_fast: true,
         ..Config::default()
     };
+    #[cfg(feature = "tls")]
+    let config = Config {
+        tls: if addr.tls {
+            Some(tls_config(settings)?)
+        } else {
+            None
+        },
+        ..config
+    };
     let connection = ConnectionConfig {
         connection_timeout: settings.connect_timeout,
         internal_command_timeout: settings.connect_timeout,
@@ -325,6 +334,44 @@ fn build_client(
         .set_connection_config(connection)
         .set_performance_config(performance)
         .build()
+}
+
+/// rustls with the configured CA file, or the system's roots.
+#[cfg(feature = "tls")]
+fn tls_config(
+    settings: &crate::options::Settings,
+) -> Result<fred::types::config::TlsConfig, fred::error::Error> {
+    use fred::error::{Error, ErrorKind};
+    use fred::types::config::{TlsConfig, TlsConnector, TlsHostMapping};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let connector = match &settings.tls_ca_file {
+        None => TlsConnector::default_rustls()?,
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| Error::new(ErrorKind::Config, format!("tls_ca_file {path:?}: {e}")))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| {
+                    Error::new(ErrorKind::Config, format!("tls_ca_file {path:?}: {e}"))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    Error::new(ErrorKind::Config, format!("tls_ca_file {path:?}: {e}"))
+                })?;
+            }
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| Error::new(ErrorKind::Config, e.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth()
+                .into()
+        }
+    };
+    Ok(TlsConfig {
+        connector,
+        hostnames: TlsHostMapping::None,
+    })
 }
 
 /// Connects, loads the scripts, subscribes to invalidations and turns tracking

@@ -74,6 +74,9 @@ pub struct LockerOptions {
     /// local hand-over is off (each grant needs a new token). The counter
     /// lives in `{key_prefix}:fence:{name}` and never expires.
     pub fencing: bool,
+    /// For `rediss://` / `valkeys://` nodes: a PEM file of the certificate
+    /// authorities to trust instead of the system's (the `tls` feature).
+    pub tls_ca_file: Option<String>,
 }
 
 impl Default for LockerOptions {
@@ -92,6 +95,7 @@ impl Default for LockerOptions {
             connect_timeout: Duration::from_secs(2),
             local_handover_limit: 8,
             fencing: false,
+            tls_ca_file: None,
         }
     }
 }
@@ -162,6 +166,11 @@ impl LockerOptions {
     /// Sets `fencing`.
     pub fn with_fencing(mut self, on: bool) -> Self {
         self.fencing = on;
+        self
+    }
+    /// Sets `tls_ca_file`.
+    pub fn with_tls_ca_file(mut self, path: impl Into<String>) -> Self {
+        self.tls_ca_file = Some(path.into());
         self
     }
     /// Sets `connect_timeout`.
@@ -277,6 +286,7 @@ impl LockerOptions {
                 self.local_handover_limit
             },
             fencing: self.fencing,
+            tls_ca_file: self.tls_ca_file.clone(),
         })
     }
 }
@@ -302,6 +312,8 @@ pub(crate) struct NodeAddr {
     pub(crate) username: Option<String>,
     pub(crate) password: Option<String>,
     pub(crate) db: Option<u8>,
+    /// `rediss://` and friends.
+    pub(crate) tls: bool,
 }
 
 impl NodeAddr {
@@ -318,12 +330,22 @@ impl NodeAddr {
         let (scheme, rest) = url
             .split_once("://")
             .ok_or("missing scheme (expected redis://, valkey://, valkey-cluster:// or valkey-sentinel://)")?;
+        let tls = matches!(
+            scheme,
+            "rediss"
+                | "valkeys"
+                | "rediss-cluster"
+                | "valkeys-cluster"
+                | "rediss-sentinel"
+                | "valkeys-sentinel"
+        );
+        if tls && !cfg!(feature = "tls") {
+            return Err("TLS URLs need the `tls` cargo feature of valkeylock".into());
+        }
         let (topology_kind, default_port) = match scheme {
-            "redis" | "valkey" => (0, 6379),
-            "redis-cluster" | "valkey-cluster" => (1, 6379),
-            "redis-sentinel" | "valkey-sentinel" => (2, 26379),
-            "rediss" | "valkeys" | "rediss-cluster" | "valkeys-cluster" | "rediss-sentinel"
-            | "valkeys-sentinel" => return Err("TLS URLs are not supported by this build".into()),
+            "redis" | "valkey" | "rediss" | "valkeys" => (0, 6379),
+            "redis-cluster" | "valkey-cluster" | "rediss-cluster" | "valkeys-cluster" => (1, 6379),
+            "redis-sentinel" | "valkey-sentinel" | "rediss-sentinel" | "valkeys-sentinel" => (2, 26379),
             other => {
                 return Err(format!(
                     "unsupported scheme {other:?} (expected redis://, valkey://, valkey-cluster:// or valkey-sentinel://)"
@@ -419,6 +441,7 @@ impl NodeAddr {
             username,
             password,
             db,
+            tls,
         })
     }
 
@@ -497,6 +520,7 @@ pub(crate) struct Settings {
     pub(crate) connect_timeout: Duration,
     pub(crate) handover_limit: u32,
     pub(crate) fencing: bool,
+    pub(crate) tls_ca_file: Option<String>,
 }
 
 impl Settings {
@@ -676,7 +700,9 @@ mod tests {
             "redis://h/1/2",
             "redis://h?x=1",
             "redis://a:1,b:2",
+            #[cfg(not(feature = "tls"))]
             "rediss://h",
+            #[cfg(not(feature = "tls"))]
             "valkeys-cluster://h",
             "redis-cluster://h:7000/0",
             "redis-cluster://h:7000,",

@@ -91,22 +91,6 @@ pub(crate) fn next_tick(epoch: Instant, period: Duration, now: Instant) -> Durat
     Duration::from_nanos(left as u64)
 }
 
-/// Pause of a woken waiter that just started waiting.
-pub(crate) const MAX_AGE_PAUSE: Duration = Duration::from_millis(1);
-
-/// Age at which the pause has halved.
-pub(crate) const AGE_SCALE: Duration = Duration::from_millis(100);
-
-/// How long a woken waiter that has waited `age` pauses before retrying:
-/// `MAX_AGE_PAUSE · AGE_SCALE / (AGE_SCALE + age)`, strictly decreasing, so
-/// of the waiters woken by one release the oldest reaches the server first
-/// (1 ms at age 0, 0.5 ms at 100 ms, 91 µs at 1 s, 20 µs at 5 s).
-pub(crate) fn age_pause(age: Duration) -> Duration {
-    let scale = AGE_SCALE.as_nanos();
-    let pause = MAX_AGE_PAUSE.as_nanos() * scale / (scale + age.as_nanos());
-    Duration::from_nanos(pause as u64)
-}
-
 /// Exponential backoff with a cap: `base · 2^attempt`, at most `cap`.
 pub(crate) fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
     let factor = 1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX);
@@ -241,16 +225,6 @@ mod tests {
         }
         // Before the epoch (cannot happen, but must not panic).
         assert_eq!(next_tick(t0 + ms(5), ms(10), t0), ms(10));
-    }
-
-    #[test]
-    fn age_pauses() {
-        let us = Duration::from_micros;
-        let cases = [(0, 1000), (100, 500), (300, 250), (900, 100), (4900, 20)];
-        for (age_ms, want_us) in cases {
-            assert_eq!(age_pause(ms(age_ms)), us(want_us), "age {age_ms} ms");
-        }
-        assert!(age_pause(ms(1000)) > age_pause(ms(1001)));
     }
 
     #[test]

@@ -1,0 +1,156 @@
+//! TLS to a TLS-enabled `valkey-server`, with a certificate authority the test
+//! generates (`openssl`): locking, wake-ups and loss detection work over TLS,
+//! and a server whose certificate we do not trust is a connection error.
+#![allow(missing_docs)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+use valkeylock::{Error, Locker, LockerOptions, LostReason};
+
+/// A CA and a server certificate for 127.0.0.1, written to `dir`.
+fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=valkeylock test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.crt",
+    ]);
+    (
+        dir.join("ca.crt"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_over_tls() {
+    init_tracing();
+    let dir = std::env::temp_dir().join(format!("valkeylock-tls-{}", std::process::id()));
+    let (ca, cert, key) = make_certs(&dir);
+    let tls_port = free_port();
+    let server = ValkeyServer::start_with(&[
+        "--tls-port",
+        &tls_port.to_string(),
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+        "--tls-ca-cert-file",
+        ca.to_str().unwrap(),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let opts = LockerOptions::new([url.clone()])
+        .with_key_majority(1)
+        .with_tls_ca_file(ca.to_str().unwrap());
+    let a = Locker::connect(opts.clone())
+        .await
+        .expect("connect over TLS");
+    let b = Locker::connect(opts).await.expect("connect over TLS");
+    let name = unique("tls");
+    let g = a.lock(&name).await.unwrap();
+    assert!(b.try_lock(&name).await.is_err());
+    // A waiter over TLS is woken by the invalidation of the release.
+    let waiter = tokio::spawn({
+        let (b, name) = (b.clone(), name.clone());
+        async move { b.lock(&name).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    g.release().await;
+    let g2 = tokio::time::timeout(Duration::from_secs(2), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // A loss is reported over TLS too (the admin client uses the plain port).
+    let admin = server.admin().await;
+    let _: i64 = fred::prelude::KeysInterface::del(&admin, format!("valkeylock:0:{name}"))
+        .await
+        .unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(2), g2.lost())
+        .await
+        .unwrap();
+    assert_eq!(reason, LostReason::Deleted);
+    a.close().await;
+    b.close().await;
+
+    // A CA that did not sign the server's certificate: a clear connection error.
+    let other = dir.join("other");
+    let (other_ca, _, _) = make_certs(&other);
+    let err = Locker::connect(
+        LockerOptions::new([url])
+            .with_key_majority(1)
+            .with_tls_ca_file(other_ca.to_str().unwrap()),
+    )
+    .await
+    .expect_err("untrusted certificate");
+    assert!(matches!(err, Error::Connection { .. }), "{err:?}");
+    eprintln!("untrusted server certificate: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
