@@ -489,7 +489,20 @@ def region_previous(bins, old_bins, old_path):
     ]
     old_loads = ", ".join(f"{n} `{old_bins[n].load}`" for n in ("events", "locks", "scale") if n in old_bins)
     parts = "; ".join(f"{label} {o} → {n} {unit} ({(num(n) - num(o)) / num(o) * 100:+.0f} %)" for label, o, n, unit in pairs)
-    return (f"[`{old_path}`]({old_path}): commit `73eb300` plus uncommitted edits, on a busy machine "
+    # Describe the previous run from its environment file when it has one.
+    old_env = {}
+    env_path = os.path.splitext(old_path)[0] + ".env"
+    if os.path.exists(env_path):
+        for line in open(env_path, encoding="utf-8"):
+            key, _, value = line.partition(":")
+            old_env.setdefault(key.strip(), value.strip())
+    if old_env.get("commit"):
+        changes = old_env.get("tracked_changes") or "none"
+        what = (f"commit `{old_env['commit']}` (uncommitted changes to tracked files: {changes}; "
+                f"other cargo processes at the start: {old_env.get('other_cargo_processes', '?')})")
+    else:
+        what = "an earlier commit (no environment file recorded)"
+    return (f"[`{old_path}`]({old_path}): {what} "
             f"(load at the start of each binary: {old_loads}). Old → new (changes computed): {parts}.")
 
 
