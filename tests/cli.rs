@@ -65,7 +65,8 @@ fn recorder(log: &Path, sleep: &str) -> Vec<String> {
 }
 
 /// Two processes each `run` three programs under one name, concurrently: the
-/// programs' [start, end] intervals never overlap.
+/// programs' [start, end] intervals never overlap, and their fencing tokens
+/// strictly increase in the order the grants were made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_never_overlap() {
     let server = ValkeyServer::start();
@@ -105,6 +106,15 @@ async fn runs_never_overlap() {
     for w in events.windows(2) {
         assert!(w[0].1 <= w[1].1, "overlap or clock step: {lines}");
     }
+    // Fencing tokens across these competing processes, in grant order,
+    // strictly increase.
+    let tokens: Vec<u64> = lines
+        .lines()
+        .filter(|l| l.starts_with("start"))
+        .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), 6, "{lines}");
+    assert!(tokens.windows(2).all(|w| w[1] > w[0]), "tokens {tokens:?}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
