@@ -35,7 +35,7 @@ pub use error::{Error, LostReason};
 pub use handle::Faults;
 pub use handle::{AcquireKind, Engine, Lease, LeaseWatcher};
 pub use keys::MAX_NAME_LEN;
-pub use options::{format_duration, parse_duration, LockerOptions};
+pub use options::{format_duration, parse_duration, LockerOptions, NodeAddr, Topology};
 
 #[cfg(test)]
 use serde_json as _;

@@ -293,27 +293,36 @@ impl LockerOptions {
 
 /// How one configured node reaches Valkey.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Topology {
+pub enum Topology {
     /// One instance.
     Standalone,
     /// A Valkey Cluster, through its seed nodes: keys spread over its masters.
     Cluster,
     /// A primary found through Sentinel, by service name.
-    Sentinel { service: String },
+    Sentinel {
+        /// The service (primary) name the sentinels know it by.
+        service: String,
+    },
 }
 
-/// One node's address, parsed from its URL.
+/// One node's address, parsed from its URL (also used by the command-line
+/// tool, so both read node URLs the same way).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct NodeAddr {
-    pub(crate) url: String,
-    pub(crate) topology: Topology,
+pub struct NodeAddr {
+    /// The URL as given.
+    pub url: String,
+    /// Standalone, cluster or Sentinel.
+    pub topology: Topology,
     /// The instance, the cluster's seed nodes, or the sentinels.
-    pub(crate) hosts: Vec<(String, u16)>,
-    pub(crate) username: Option<String>,
-    pub(crate) password: Option<String>,
-    pub(crate) db: Option<u8>,
+    pub hosts: Vec<(String, u16)>,
+    /// The user name, if any.
+    pub username: Option<String>,
+    /// The password, if any.
+    pub password: Option<String>,
+    /// The database number, if any.
+    pub db: Option<u8>,
     /// `rediss://` and friends.
-    pub(crate) tls: bool,
+    pub tls: bool,
 }
 
 impl NodeAddr {
@@ -326,7 +335,10 @@ impl NodeAddr {
     ///
     /// Written by hand (no `url` crate): the grammar is tiny, and errors say
     /// exactly which part is wrong.
-    pub(crate) fn parse(url: &str) -> Result<NodeAddr, String> {
+    ///
+    /// # Errors
+    /// A message naming the part of the URL that is wrong.
+    pub fn parse(url: &str) -> Result<NodeAddr, String> {
         let (scheme, rest) = url
             .split_once("://")
             .ok_or("missing scheme (expected redis://, valkey://, valkey-cluster:// or valkey-sentinel://)")?;
@@ -446,7 +458,7 @@ impl NodeAddr {
     }
 
     /// Where it points, without credentials, for logs and errors.
-    pub(crate) fn display(&self) -> String {
+    pub fn display(&self) -> String {
         let (h, p) = &self.hosts[0];
         match &self.topology {
             Topology::Standalone => format!("{h}:{p}"),

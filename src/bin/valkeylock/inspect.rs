@@ -9,6 +9,7 @@ use fred::prelude::{Client, ClientLike, Config, KeysInterface, ServerConfig};
 use fred::types::config::ConnectionConfig;
 use fred::types::Builder;
 use valkeylock::LockerOptions;
+use valkeylock_actors::{NodeAddr, Topology};
 
 use crate::args::{EXIT_NOT_HELD, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE};
 
@@ -25,9 +26,21 @@ async fn connect_all(options: &LockerOptions) -> Vec<Node> {
     let command_timeout = options.connect_timeout.max(options.try_next_after);
     let tasks = options.nodes.iter().cloned().map(|url| async move {
         let client = async {
-            let addr = parse_url(&url)?;
+            let addr = NodeAddr::parse(&url)?;
+            if addr.tls {
+                return Err("TLS nodes are not supported by `status` and `release` yet".to_owned());
+            }
+            let server = match &addr.topology {
+                Topology::Standalone => {
+                    ServerConfig::new_centralized(addr.hosts[0].0.clone(), addr.hosts[0].1)
+                }
+                Topology::Cluster => ServerConfig::new_clustered(addr.hosts.clone()),
+                Topology::Sentinel { service } => {
+                    ServerConfig::new_sentinel(addr.hosts.clone(), service.clone())
+                }
+            };
             let config = Config {
-                server: ServerConfig::new_centralized(addr.host.clone(), addr.port),
+                server,
                 username: addr.username,
                 password: addr.password,
                 database: addr.db,
@@ -293,89 +306,6 @@ pub(crate) async fn release(options: LockerOptions, name: &str, yes: bool) -> u8
     }
 }
 
-/// A node's address, parsed like the locker parses it.
-#[derive(Debug, PartialEq, Eq)]
-struct Addr {
-    host: String,
-    port: u16,
-    username: Option<String>,
-    password: Option<String>,
-    db: Option<u8>,
-}
-
-/// `redis://` or `valkey://` `[user[:password]@]host[:port][/db]`. The locker
-/// has already validated the URL (`LockerOptions::validate`); this only picks
-/// it apart.
-fn parse_url(url: &str) -> Result<Addr, String> {
-    let rest = url
-        .strip_prefix("redis://")
-        .or_else(|| url.strip_prefix("valkey://"))
-        .ok_or_else(|| format!("{url:?}: expected redis:// or valkey://"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i + 1..]),
-        None => (rest, ""),
-    };
-    let (userinfo, hostport) = match authority.rfind('@') {
-        Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
-        None => (None, authority),
-    };
-    let (username, password) = match userinfo {
-        None => (None, None),
-        Some(info) => {
-            let (u, p) = match info.split_once(':') {
-                Some((u, p)) => (u, Some(p)),
-                None => (info, None),
-            };
-            (
-                (!u.is_empty()).then(|| percent_decode(u)).transpose()?,
-                p.map(percent_decode).transpose()?,
-            )
-        }
-    };
-    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-        let (h, after) = v6.split_once(']').ok_or("unclosed '['")?;
-        (h, after.strip_prefix(':'))
-    } else {
-        match hostport.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (hostport, None),
-        }
-    };
-    let port = match port {
-        Some(p) => p.parse().map_err(|_| format!("{url:?}: bad port"))?,
-        None => 6379,
-    };
-    let db = if path.is_empty() {
-        None
-    } else {
-        Some(path.parse().map_err(|_| format!("{url:?}: bad db"))?)
-    };
-    Ok(Addr {
-        host: host.to_owned(),
-        port,
-        username,
-        password,
-        db,
-    })
-}
-
-fn percent_decode(s: &str) -> Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3).ok_or("bad %-escape")?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| "bad %-escape")?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "credentials are not UTF-8".into())
-}
-
 /// The URL without its password, for messages.
 pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -397,19 +327,6 @@ mod tests {
 
     #[test]
     fn urls() {
-        let a = parse_url("valkey://u:p%40ss@[::1]:7000/3").unwrap();
-        assert_eq!(
-            a,
-            Addr {
-                host: "::1".into(),
-                port: 7000,
-                username: Some("u".into()),
-                password: Some("p@ss".into()),
-                db: Some(3)
-            }
-        );
-        let a = parse_url("redis://127.0.0.1").unwrap();
-        assert_eq!((a.port, a.db, a.password), (6379, None, None));
         assert_eq!(redact("redis://u:secret@h:1/2"), "redis://u:***@h:1/2");
         assert_eq!(redact("redis://h:1"), "redis://h:1");
     }
