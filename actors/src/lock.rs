@@ -134,7 +134,7 @@ pub(crate) enum LockMsg {
     Request(Request),
     /// A waiting caller gave up.
     Cancel { id: u64 },
-    /// The holder of grant `grant` releases it.
+    /// The holder `grant` (a `Holder` id, one per hand-over) releases it.
     Release {
         grant: u64,
         reply: Option<oneshot::Sender<()>>,
