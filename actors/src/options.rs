@@ -532,6 +532,8 @@ pub(crate) struct Settings {
     pub(crate) connect_timeout: Duration,
     pub(crate) handover_limit: u32,
     pub(crate) fencing: bool,
+    /// Read only with the `tls` feature.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) tls_ca_file: Option<String>,
 }
 
