@@ -469,26 +469,8 @@ async fn cluster_lock_wait_lost_and_key_placement() {
     assert!(!token.is_empty());
 
     // A waiter in another locker wakes promptly on release.
-    let waiter = tokio::spawn({
-        let (b, name) = (b.clone(), name.clone());
-        async move {
-            let g = b.lock(&name).await;
-            (Instant::now(), g)
-        }
-    });
-    sleep(ms(200)).await;
-    assert!(!waiter.is_finished(), "the waiter got a held lock");
-    let released = Instant::now();
-    g.release().await;
-    let (at, g2) = timeout(secs(2), waiter)
-        .await
-        .expect("waiter not woken within 2 s of the release")
-        .expect("task");
-    let g2 = g2.expect("waiter's lock");
-    eprintln!(
-        "MEASURE cluster: waiter in another locker woke {:?} after the release",
-        at - released
-    );
+    let (latency, g2) = wake_after_release(g, &b, &name).await;
+    eprintln!("MEASURE cluster: waiter in another locker woke {latency:?} after the release");
     let token2 = cluster_token(&cluster, &mut reader, &name).await;
     assert_ne!(token, token2);
 
@@ -1008,23 +990,8 @@ async fn sentinel_lock_measure_and_manual_failover() {
     // Basics: a waiter in another locker wakes on release; DEL fires lost().
     let name = unique("sentinel-basic");
     let g = a.lock(&name).await.expect("lock");
-    let waiter = tokio::spawn({
-        let (b, name) = (b.clone(), name.clone());
-        async move { b.lock(&name).await.map(|g| (Instant::now(), g)) }
-    });
-    sleep(ms(200)).await;
-    assert!(!waiter.is_finished(), "the waiter got a held lock");
-    let released = Instant::now();
-    g.release().await;
-    let (at, g2) = timeout(secs(2), waiter)
-        .await
-        .expect("waiter not woken within 2 s")
-        .expect("task")
-        .expect("lock");
-    eprintln!(
-        "MEASURE sentinel: waiter in another locker woke {:?} after the release",
-        at - released
-    );
+    let (latency, g2) = wake_after_release(g, &b, &name).await;
+    eprintln!("MEASURE sentinel: waiter in another locker woke {latency:?} after the release");
     g2.release().await;
     measure_acquire(&a, "sentinel").await;
     let admin = d.server(old).admin().await;

@@ -120,27 +120,8 @@ async fn waiter_in_other_locker_wakes_promptly_on_release() {
     for round in 0..3 {
         let name = unique("wake");
         let guard = a.lock(&name).await.expect("lock");
-        let waiter = tokio::spawn({
-            let (b, name) = (b.clone(), name.clone());
-            async move {
-                let g = b.lock(&name).await;
-                (Instant::now(), g)
-            }
-        });
-        sleep(ms(200)).await;
-        assert!(!waiter.is_finished(), "the waiter got a held lock");
-        let released = Instant::now();
-        guard.release().await;
-        let (at, g) = timeout(secs(2), waiter)
-            .await
-            .expect("the waiter was not woken within 2 s of the release")
-            .expect("task");
-        let g = g.expect("lock");
-        eprintln!(
-            "round {round}: wake-up latency {:?} (release returned after {:?})",
-            at - released,
-            released.elapsed()
-        );
+        let (latency, g) = wake_after_release(guard, &b, &name).await;
+        eprintln!("round {round}: wake-up latency {latency:?}");
         assert!(g.is_held());
         g.release().await;
     }

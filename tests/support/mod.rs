@@ -253,3 +253,29 @@ pub fn unique(name: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// Starts `waiter.lock(name)`, checks it keeps waiting while `holder` is held,
+/// releases `holder`, and returns how long after the release the waiter got
+/// the lock (bounded by 2 s), with its guard.
+pub async fn wake_after_release(
+    holder: valkeylock::LockGuard,
+    waiter: &valkeylock::Locker,
+    name: &str,
+) -> (Duration, valkeylock::LockGuard) {
+    let task = tokio::spawn({
+        let (waiter, name) = (waiter.clone(), name.to_owned());
+        async move {
+            let g = waiter.lock(&name).await;
+            (Instant::now(), g)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!task.is_finished(), "the waiter got a held lock");
+    let released = Instant::now();
+    holder.release().await;
+    let (at, g) = tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .expect("the waiter was not woken within 2 s of the release")
+        .expect("task");
+    (at - released, g.expect("the waiter's lock"))
+}
