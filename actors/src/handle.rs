@@ -243,11 +243,6 @@ impl Engine {
         self.closed.load(Ordering::SeqCst)
     }
 
-    /// Keys needed (KeyMajority).
-    pub fn key_majority(&self) -> usize {
-        self.shared.settings.majority
-    }
-
     /// Number of `LockActor`s alive (names in use in this process).
     pub fn active_locks(&self) -> usize {
         self.shared.lock_count()
