@@ -15,6 +15,7 @@ use crate::lock::LockMsg;
 use crate::node::NodeMsg;
 use crate::options::Settings;
 use crate::scripts::Scripts;
+use crate::timers::Timers;
 
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -22,6 +23,8 @@ pub(crate) struct Shared {
     pub(crate) scripts: Scripts,
     /// Origin of the extension grid (see `quorum::next_tick`).
     pub(crate) epoch: tokio::time::Instant,
+    /// The lock actors' timers (one task for all of them).
+    pub(crate) timers: Timers,
     nodes: RwLock<Vec<Option<ActorRef<NodeMsg>>>>,
     locks: RwLock<HashMap<Arc<str>, LockRoute>>,
 }
@@ -41,6 +44,7 @@ impl Shared {
             settings,
             scripts: Scripts::new(),
             epoch: tokio::time::Instant::now(),
+            timers: Timers::start(),
             nodes: RwLock::new(vec![None; n]),
             locks: RwLock::new(HashMap::new()),
         })

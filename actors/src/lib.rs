@@ -15,6 +15,7 @@
 //! - `quorum`: pure majority and timing math.
 //! - `keys`: key naming and invalidation parsing.
 //! - `scripts`: the Lua scripts and the token.
+//! - `timers`: the lock actors' timers, one task per locker.
 //! - `options`: `LockerOptions` and their validation.
 //! - `handle`: the public handles.
 //! - `error`: `Error` and `LostReason`.
@@ -29,6 +30,7 @@ mod options;
 mod quorum;
 mod scripts;
 mod supervisor;
+mod timers;
 
 pub use error::{Error, LostReason};
 #[cfg(feature = "fault-injection")]

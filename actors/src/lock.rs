@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
 
-use crate::context::{AbortOnDrop, Shared};
+use crate::context::Shared;
 use crate::error::{Error, LostReason};
 use crate::handle::{GrantStatus, Lease};
 use crate::keys;
@@ -33,6 +33,7 @@ use crate::node::{ExtendItem, NodeMsg};
 use crate::quorum::{self, Tally};
 use crate::scripts::{KeyState, SetMode, Token};
 use crate::supervisor::SupervisorMsg;
+use crate::timers::{Timer, Timers};
 
 pub(crate) struct LockActor;
 
@@ -193,7 +194,7 @@ struct Attempt {
     request: Option<Request>,
     keys: Vec<AttemptKey>,
     started: Instant,
-    _timer: AbortOnDrop,
+    _timer: Timer,
     /// The fencing token, once known.
     fence: Option<u64>,
     /// The fencing step in progress (several instances only).
@@ -266,8 +267,8 @@ struct Grant {
     acquired_at: Instant,
     /// The fencing token of this grant (0 without fencing).
     fence: u64,
-    extend_timer: Option<AbortOnDrop>,
-    deadline_timer: Option<AbortOnDrop>,
+    extend_timer: Option<Timer>,
+    deadline_timer: Option<Timer>,
     /// An extension round is in flight (replies outstanding).
     extending: usize,
 }
@@ -361,7 +362,7 @@ pub(crate) struct LockState {
     /// soon as it is decided.
     dirty: bool,
     retry_generation: u64,
-    retry_timer: Option<AbortOnDrop>,
+    retry_timer: Option<Timer>,
     next_id: u64,
     /// Requests received, reported with `Idle` so the Supervisor can tell
     /// whether one is still in flight to us.
@@ -530,6 +531,10 @@ impl LockState {
         &self.shared.settings
     }
 
+    fn timers(&self) -> &Timers {
+        &self.shared.timers
+    }
+
     fn next_id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
@@ -628,7 +633,9 @@ impl LockState {
         // backstop for a command lost with a killed NodeActor.
         let bound =
             self.settings().timeout + self.settings().timeout / 2 + Duration::from_millis(10);
-        let timer = me.send_after(bound, move || LockMsg::AttemptTimeout { attempt: id });
+        let timer = self
+            .timers()
+            .after(bound, me, LockMsg::AttemptTimeout { attempt: id });
         trace!(lock = %self.name, token = token.short(), ?mode, "attempt");
         self.attempt = Some(Attempt {
             id,
@@ -637,7 +644,7 @@ impl LockState {
             request,
             keys: vec![AttemptKey::Pending; total],
             started,
-            _timer: AbortOnDrop::new(&timer),
+            _timer: timer,
             fence: None,
             fencing: None,
             fence_rounds: 0,
@@ -808,8 +815,10 @@ impl LockState {
             max: 0,
         });
         a.fence_rounds += 1;
-        let timer = me.send_after(bound, move || LockMsg::AttemptTimeout { attempt: id });
-        a._timer = AbortOnDrop::new(&timer);
+        a._timer = self
+            .shared
+            .timers
+            .after(bound, me, LockMsg::AttemptTimeout { attempt: id });
         let now = Instant::now();
         for node in 0..nodes {
             let key = self.fence_key.to_string();
@@ -889,8 +898,10 @@ impl LockState {
                     acks: 0,
                     failed: 0,
                 });
-                let timer = me.send_after(bound, move || LockMsg::AttemptTimeout { attempt: id });
-                a._timer = AbortOnDrop::new(&timer);
+                a._timer =
+                    self.shared
+                        .timers
+                        .after(bound, me, LockMsg::AttemptTimeout { attempt: id });
                 let now = Instant::now();
                 for node in 0..nodes {
                     let key = self.fence_key.to_string();
@@ -1041,8 +1052,10 @@ impl LockState {
     fn arm_retry_after(&mut self, me: &ActorRef<LockMsg>, period: Duration) {
         self.retry_generation += 1;
         let generation = self.retry_generation;
-        let timer = me.send_after(period, move || LockMsg::Retry { generation });
-        self.retry_timer = Some(AbortOnDrop::new(&timer));
+        self.retry_timer = Some(
+            self.timers()
+                .after(period, me, LockMsg::Retry { generation }),
+        );
     }
 
     fn grant_won(&mut self, me: &ActorRef<LockMsg>, a: Attempt, valid_until: Instant) {
@@ -1082,12 +1095,17 @@ impl LockState {
         };
         let id = grant.id;
         let first = quorum::next_tick(self.shared.epoch, extend_period, Instant::now());
-        let extend = me.send_after(first, move || LockMsg::ExtendTick { grant: id });
-        grant.extend_timer = Some(AbortOnDrop::new(&extend));
-        let deadline = me.send_after(valid_until - Instant::now(), move || LockMsg::Deadline {
-            grant: id,
-        });
-        grant.deadline_timer = Some(AbortOnDrop::new(&deadline));
+        grant.extend_timer = Some(self.timers().after(
+            first,
+            me,
+            LockMsg::ExtendTick { grant: id },
+        ));
+        let until = valid_until.saturating_duration_since(Instant::now());
+        grant.deadline_timer = Some(self.timers().after(
+            until,
+            me,
+            LockMsg::Deadline { grant: id },
+        ));
 
         let lease = grant.holder.lease(&self.name, me, grant.fence);
         debug!(
@@ -1234,8 +1252,11 @@ impl LockState {
         let delay = quorum::next_tick(self.shared.epoch, self.settings().extend, Instant::now());
         if let Some(g) = &mut self.grant {
             let id = g.id;
-            let timer = me.send_after(delay, move || LockMsg::ExtendTick { grant: id });
-            g.extend_timer = Some(AbortOnDrop::new(&timer));
+            g.extend_timer = Some(self.shared.timers.after(
+                delay,
+                me,
+                LockMsg::ExtendTick { grant: id },
+            ));
         }
     }
 
@@ -1248,7 +1269,7 @@ impl LockState {
         if !self.sweep_armed {
             self.sweep_armed = true;
             let bound = self.sweep_bound();
-            me.send_after(bound, || LockMsg::Sweep);
+            self.timers().after_detached(bound, me, LockMsg::Sweep);
         }
     }
 
@@ -1267,7 +1288,7 @@ impl LockState {
         let now = Instant::now();
         if now < due {
             self.sweep_armed = true;
-            me.send_after(due - now, || LockMsg::Sweep);
+            self.timers().after_detached(due - now, me, LockMsg::Sweep);
             return;
         }
         warn!(lock = %self.name, lost = self.outstanding, "replies overdue; a node actor lost commands");
@@ -1354,10 +1375,12 @@ impl LockState {
             self.extend(me);
         } else if extend_retry {
             let id = g.id;
-            let timer = me.send_after(timeout.max(Duration::from_millis(20)), move || {
-                LockMsg::ExtendTick { grant: id }
-            });
-            g.extend_timer = Some(AbortOnDrop::new(&timer));
+            let delay = timeout.max(Duration::from_millis(20));
+            g.extend_timer = Some(self.shared.timers.after(
+                delay,
+                me,
+                LockMsg::ExtendTick { grant: id },
+            ));
         }
     }
 
@@ -1380,10 +1403,9 @@ impl LockState {
                         .status
                         .send_replace(GrantStatus::Held { valid_until: until });
                     let id = g.id;
-                    let timer = me.send_after(until.saturating_duration_since(now), move || {
-                        LockMsg::Deadline { grant: id }
-                    });
-                    g.deadline_timer = Some(AbortOnDrop::new(&timer));
+                    let delay = until.saturating_duration_since(now);
+                    let msg = LockMsg::Deadline { grant: id };
+                    g.deadline_timer = Some(self.shared.timers.after(delay, me, msg));
                 }
             }
             None => {
@@ -1540,7 +1562,8 @@ impl LockState {
         }
         self.retry_timer = None;
         let bound = self.settings().timeout * 2 + Duration::from_millis(50);
-        me.send_after(bound, || LockMsg::CloseDeadline);
+        self.timers()
+            .after_detached(bound, me, LockMsg::CloseDeadline);
     }
 
     /// Runs after every message: reports idleness, or finishes closing.
@@ -1567,7 +1590,8 @@ impl LockState {
         if quiet && !self.idle_reported && !self.idle_armed {
             self.idle_armed = true;
             let seen = self.seen;
-            me.send_after(IDLE_GRACE, move || LockMsg::IdleCheck { seen });
+            self.timers()
+                .after_detached(IDLE_GRACE, me, LockMsg::IdleCheck { seen });
         }
     }
 }

@@ -1,0 +1,271 @@
+//! The lock actors' timers: one task per locker instead of one per timer.
+//!
+//! Why not ractor's `send_after`: it spawns a tokio task per timer and
+//! cancelling one aborts that task, which wakes it once more. A lock + unlock
+//! arms three of them (the attempt's bound, the extension tick, the validity
+//! deadline) and cancels them all, and on the multi-thread runtime every spawn
+//! can wake the other worker thread. Here arming is a push onto a heap under a
+//! mutex, cancelling is a removal from a map, and the one task is woken only
+//! when a timer is armed earlier than the one it sleeps for. Cancelled entries
+//! stay in the heap until they reach its top (or a compaction), so a cancel
+//! costs no wake-up at all.
+//!
+//! Delivery is a cast, like `send_after`'s: a timer message may still arrive
+//! after a cancel that raced with it, so handlers check generations or ids as
+//! they always did.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ractor::ActorRef;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::lock::LockMsg;
+
+/// Below this many heap entries, dead ones are left for the task to pop.
+const COMPACT_MIN: usize = 4096;
+
+/// The handle the locker's actors arm timers with. Dropping it stops the task.
+#[derive(Debug)]
+pub(crate) struct Timers {
+    inner: Arc<Inner>,
+}
+
+/// A pending timer: dropping it cancels it.
+#[derive(Debug)]
+pub(crate) struct Timer {
+    id: u64,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    wheel: Mutex<Wheel>,
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Wheel {
+    /// Deadlines of live and cancelled timers, earliest first.
+    heap: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// The live timers by id.
+    live: HashMap<u64, Entry>,
+    next_id: u64,
+    /// What the task sleeps until; `None` while it waits for a first timer
+    /// (or has not looked yet), so an arm must wake it.
+    sleeping_until: Option<Instant>,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    to: ActorRef<LockMsg>,
+    msg: LockMsg,
+}
+
+impl Timers {
+    /// Starts the timer task on the current runtime.
+    pub(crate) fn start() -> Timers {
+        let inner = Arc::new(Inner {
+            wheel: Mutex::new(Wheel::default()),
+            wake: Notify::new(),
+        });
+        tokio::spawn(run(inner.clone()));
+        Timers { inner }
+    }
+
+    /// Casts `msg` to `to` after `delay`, unless the returned [`Timer`] is
+    /// dropped first.
+    pub(crate) fn after(&self, delay: Duration, to: &ActorRef<LockMsg>, msg: LockMsg) -> Timer {
+        let id = self.arm(delay, to, msg);
+        Timer {
+            id,
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// Casts `msg` to `to` after `delay`; cannot be cancelled.
+    pub(crate) fn after_detached(&self, delay: Duration, to: &ActorRef<LockMsg>, msg: LockMsg) {
+        self.arm(delay, to, msg);
+    }
+
+    fn arm(&self, delay: Duration, to: &ActorRef<LockMsg>, msg: LockMsg) -> u64 {
+        let at = Instant::now() + delay;
+        let mut w = lock(&self.inner.wheel);
+        let id = w.next_id;
+        w.next_id += 1;
+        w.heap.push(Reverse((at, id)));
+        w.live.insert(
+            id,
+            Entry {
+                to: to.clone(),
+                msg,
+            },
+        );
+        if w.heap.len() > COMPACT_MIN && w.heap.len() > 4 * w.live.len() {
+            let Wheel { heap, live, .. } = &mut *w;
+            heap.retain(|Reverse((_, id))| live.contains_key(id));
+        }
+        let wake = w.sleeping_until.is_none_or(|s| at < s);
+        if wake {
+            w.sleeping_until = Some(at);
+        }
+        drop(w);
+        if wake {
+            // Stores a permit if the task is between looking and waiting.
+            self.inner.wake.notify_one();
+        }
+        id
+    }
+
+    /// Timers armed and not yet fired or cancelled.
+    #[cfg(test)]
+    fn live(&self) -> usize {
+        lock(&self.inner.wheel).live.len()
+    }
+}
+
+impl Drop for Timers {
+    fn drop(&mut self) {
+        let mut w = lock(&self.inner.wheel);
+        w.closed = true;
+        w.live.clear();
+        w.heap.clear();
+        drop(w);
+        self.inner.wake.notify_one();
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        lock(&self.inner.wheel).live.remove(&self.id);
+    }
+}
+
+async fn run(inner: Arc<Inner>) {
+    let mut due = Vec::new();
+    loop {
+        let next = {
+            let mut w = lock(&inner.wheel);
+            if w.closed {
+                return;
+            }
+            let now = Instant::now();
+            while let Some(&Reverse((at, id))) = w.heap.peek() {
+                if !w.live.contains_key(&id) {
+                    w.heap.pop();
+                    continue;
+                }
+                if at > now {
+                    break;
+                }
+                w.heap.pop();
+                if let Some(e) = w.live.remove(&id) {
+                    due.push(e);
+                }
+            }
+            let next = w.heap.peek().map(|Reverse((at, _))| *at);
+            w.sleeping_until = next;
+            next
+        };
+        for Entry { to, msg } in due.drain(..) {
+            let _ = to.cast(msg);
+        }
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = inner.wake.notified() => {}
+                }
+            }
+            None => inner.wake.notified().await,
+        }
+    }
+}
+
+// A poisoned mutex only means a thread panicked while holding it; the heap and
+// map stay structurally valid.
+fn lock(m: &Mutex<Wheel>) -> MutexGuard<'_, Wheel> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ractor::{Actor, ActorProcessingErr};
+    use tokio::sync::mpsc;
+
+    /// Forwards the `Retry` generations it receives.
+    struct Probe;
+
+    impl Actor for Probe {
+        type Msg = LockMsg;
+        type State = mpsc::UnboundedSender<u64>;
+        type Arguments = mpsc::UnboundedSender<u64>;
+
+        async fn pre_start(
+            &self,
+            _: ActorRef<LockMsg>,
+            tx: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(tx)
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<LockMsg>,
+            msg: LockMsg,
+            tx: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            if let LockMsg::Retry { generation } = msg {
+                let _ = tx.send(generation);
+            }
+            Ok(())
+        }
+    }
+
+    fn retry(generation: u64) -> LockMsg {
+        LockMsg::Retry { generation }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fires_in_deadline_order_and_skips_cancelled() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (probe, _h) = Actor::spawn(None, Probe, tx).await.unwrap();
+        let timers = Timers::start();
+        let _c = timers.after(Duration::from_millis(30), &probe, retry(3));
+        let cancelled = timers.after(Duration::from_millis(10), &probe, retry(1));
+        timers.after_detached(Duration::from_millis(20), &probe, retry(2));
+        // Armed later but due earlier than everything: must wake the task.
+        let _a = timers.after(Duration::from_millis(5), &probe, retry(0));
+        drop(cancelled);
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(rx.recv().await.unwrap());
+        }
+        assert_eq!(got, vec![0, 2, 3]);
+        assert_eq!(timers.live(), 0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(rx.try_recv().is_err(), "a cancelled timer fired");
+        probe.stop(None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_cancelled_timers_are_compacted() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (probe, _h) = Actor::spawn(None, Probe, tx).await.unwrap();
+        let timers = Timers::start();
+        for i in 0..(COMPACT_MIN as u64 * 3) {
+            drop(timers.after(Duration::from_secs(60), &probe, retry(i)));
+        }
+        let keep = timers.after(Duration::from_millis(1), &probe, retry(u64::MAX));
+        assert!(lock(&timers.inner.wheel).heap.len() <= COMPACT_MIN * 2);
+        assert_eq!(rx.recv().await, Some(u64::MAX));
+        drop(keep);
+        drop(timers);
+        probe.stop(None);
+    }
+}
