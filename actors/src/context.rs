@@ -12,10 +12,13 @@ use std::sync::{Arc, RwLock};
 use ractor::ActorRef;
 
 use crate::lock::LockMsg;
-use crate::node::NodeMsg;
+use crate::node::{Job, NodeMsg};
 use crate::options::Settings;
 use crate::scripts::Scripts;
 use crate::timers::Timers;
+
+/// The queue into a node's command pump.
+pub(crate) type Lane = tokio::sync::mpsc::UnboundedSender<Job>;
 
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -26,6 +29,8 @@ pub(crate) struct Shared {
     /// The lock actors' timers (one task for all of them).
     pub(crate) timers: Timers,
     nodes: RwLock<Vec<Option<ActorRef<NodeMsg>>>>,
+    /// Each connected node's command lane, and the id of the actor that owns it.
+    lanes: RwLock<Vec<Option<(ractor::ActorId, Lane)>>>,
     locks: RwLock<HashMap<Arc<str>, LockRoute>>,
 }
 
@@ -46,6 +51,7 @@ impl Shared {
             epoch: tokio::time::Instant::now(),
             timers: Timers::start(),
             nodes: RwLock::new(vec![None; n]),
+            lanes: RwLock::new(vec![None; n]),
             locks: RwLock::new(HashMap::new()),
         })
     }
@@ -58,6 +64,30 @@ impl Shared {
     pub(crate) fn set_node(&self, index: usize, actor: Option<ActorRef<NodeMsg>>) {
         if let Some(slot) = write(&self.nodes).get_mut(index) {
             *slot = actor;
+        }
+    }
+
+    /// Queues `job` on node `index`'s command lane; gives it back if the node
+    /// has no connection.
+    pub(crate) fn send_job(&self, index: usize, job: Job) -> Result<(), Job> {
+        match read(&self.lanes).get(index) {
+            Some(Some((_, lane))) => lane.send(job).map_err(|e| e.0),
+            _ => Err(job),
+        }
+    }
+
+    pub(crate) fn set_lane(&self, index: usize, owner: ractor::ActorId, lane: Lane) {
+        if let Some(slot) = write(&self.lanes).get_mut(index) {
+            *slot = Some((owner, lane));
+        }
+    }
+
+    /// Withdraws node `index`'s lane if `owner` still owns it.
+    pub(crate) fn clear_lane(&self, index: usize, owner: ractor::ActorId) {
+        if let Some(slot) = write(&self.lanes).get_mut(index) {
+            if slot.as_ref().is_some_and(|(id, _)| *id == owner) {
+                *slot = None;
+            }
         }
     }
 

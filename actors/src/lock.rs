@@ -29,7 +29,7 @@ use crate::context::Shared;
 use crate::error::{Error, LostReason};
 use crate::handle::{GrantStatus, Lease};
 use crate::keys;
-use crate::node::{ExtendItem, NodeMsg};
+use crate::node::{ExtendItem, Job, NodeMsg};
 use crate::quorum::{self, Tally};
 use crate::scripts::{KeyState, SetMode, Token};
 use crate::supervisor::SupervisorMsg;
@@ -693,7 +693,7 @@ impl LockState {
         if matches!(op, Op::Release { .. }) {
             self.releasing += 1;
         }
-        let msg = NodeMsg::Run {
+        let job = Job {
             op,
             key,
             index,
@@ -701,10 +701,7 @@ impl LockState {
             sent_at,
             reply_to: me.clone(),
         };
-        let delivered = match self.shared.node(node) {
-            Some(actor) => actor.cast(msg).is_ok(),
-            None => false,
-        };
+        let delivered = self.shared.send_job(node, job).is_ok();
         if !delivered {
             let _ = me.cast(LockMsg::Reply(NodeReply {
                 tag,

@@ -7,20 +7,38 @@
 //! tracking (fred would not) and the Supervisor tells every `LockActor` to
 //! re-check, because invalidations sent during the gap are gone.
 //!
-//! Commands never block the mailbox: each script call runs on its own task (fred
-//! pipelines them on the one connection) and replies to the `LockActor` by
-//! message, stamped with the instant it was sent.
+//! Lock commands (the acquiring `SET`, verify, release) go through the node's
+//! command lane: an unbounded queue into the pump, one task this actor spawns
+//! and owns, which drives all of the node's calls at once (fred pipelines them
+//! on the one connection) and casts each reply to its `LockActor`, stamped with
+//! the instant it was sent. The actor publishes the lane in the shared table
+//! when its connection is up and withdraws it when the connection ends or the
+//! actor stops, so a `LockActor` reaches the connection in one hop and a down
+//! node answers at once. Why not the mailbox: on tokio's multi-thread runtime
+//! each hop of a chain of tasks can wake the other worker thread, and a
+//! lock + unlock is two such chains (see BENCHMARKS.md, "What limits
+//! valkeylock's performance"). Extensions (the `PEXPIRE`s) still go through the mailbox: they are
+//! batched per node per tick, which is this actor's job.
+//!
+//! The command pump is one long-lived task rather than a task per call: a
+//! spawn on the multi-thread runtime can wake the other worker too.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use fred::clients::Client;
-use fred::interfaces::{ClientLike, EventInterface, KeysInterface, TrackingInterface};
+use fred::interfaces::{
+    ClientLike, EventInterface, KeysInterface, LuaInterface, TrackingInterface,
+};
 use fred::prelude::{Config, ServerConfig};
 use fred::types::config::{ConnectionConfig, PerformanceConfig, TcpConfig, UnresponsiveConfig};
-use fred::types::{Builder, RespVersion, Value};
+use fred::types::scripts::Script;
+use fred::types::{Builder, Key, RespVersion, Value};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -36,15 +54,6 @@ pub(crate) struct NodeActor;
 /// Messages of a [`NodeActor`].
 #[derive(Debug)]
 pub(crate) enum NodeMsg {
-    /// Run one script on one key and reply to `reply_to` with `tag`.
-    Run {
-        op: Op,
-        key: String,
-        index: usize,
-        tag: Tag,
-        sent_at: Instant,
-        reply_to: ActorRef<LockMsg>,
-    },
     /// Extend (or retake) one key in this node's next batch.
     Extend(ExtendItem),
     /// Send the batch of extensions collected so far.
@@ -82,9 +91,13 @@ pub(crate) struct NodeState {
     connected: bool,
     shared: Arc<Shared>,
     supervisor: ActorRef<SupervisorMsg>,
-    /// Helper tasks (connect, watcher, invalidation forwarder); aborted on drop,
-    /// which also closes the connection when the actor is killed.
+    /// Helper tasks (connect, pump, watcher, invalidation forwarder); aborted
+    /// on drop, which also closes the connection when the actor is killed.
     tasks: Vec<AbortOnDrop>,
+    /// The command pump's queue.
+    pump: mpsc::UnboundedSender<Job>,
+    /// This actor's id (for withdrawing its lane).
+    actor: Option<ractor::ActorId>,
     batch: Vec<ExtendItem>,
     flush_armed: bool,
     /// A Valkey Cluster: batches are split by hash slot.
@@ -98,6 +111,15 @@ pub(crate) struct Connection {
     forwarder: Option<tokio::task::JoinHandle<()>>,
     /// Topology watchers (cluster changes, Sentinel switches).
     watchers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for NodeState {
+    /// Withdraws the lane even when the actor is killed (no `post_stop`).
+    fn drop(&mut self) {
+        if let Some(id) = self.actor {
+            self.shared.clear_lane(self.index, id);
+        }
+    }
 }
 
 pub(crate) struct NodeArgs {
@@ -132,6 +154,8 @@ impl Actor for NodeActor {
                 let _ = me.cast(NodeMsg::Connected(result));
             })
         };
+        let (pump, jobs) = mpsc::unbounded_channel();
+        let pump_task = tokio::spawn(run_pump(client.clone(), args.shared.clone(), jobs));
         Ok(NodeState {
             index: args.index,
             addr: addr.display(),
@@ -139,7 +163,9 @@ impl Actor for NodeActor {
             connected: false,
             shared: args.shared,
             supervisor: args.supervisor,
-            tasks: vec![AbortOnDrop::new(&connect)],
+            tasks: vec![AbortOnDrop::new(&connect), AbortOnDrop::new(&pump_task)],
+            pump,
+            actor: Some(myself.get_id()),
             batch: Vec::new(),
             flush_armed: false,
             cluster,
@@ -153,37 +179,11 @@ impl Actor for NodeActor {
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            NodeMsg::Run {
-                op,
-                key,
-                index,
-                tag,
-                sent_at,
-                reply_to,
-            } => {
-                if !state.connected {
-                    let _ = reply_to.cast(LockMsg::Reply(NodeReply {
-                        tag,
-                        index,
-                        sent_at,
-                        outcome: Outcome::Failed("node not connected"),
-                    }));
-                    return Ok(());
-                }
-                let client = state.client.clone();
-                let shared = state.shared.clone();
-                tokio::spawn(async move {
-                    let outcome = run(&client, &shared, &op, &key).await;
-                    let _ = reply_to.cast(LockMsg::Reply(NodeReply {
-                        tag,
-                        index,
-                        sent_at,
-                        outcome,
-                    }));
-                });
-            }
             NodeMsg::Connected(Ok(conn)) => {
                 state.connected = true;
+                state
+                    .shared
+                    .set_lane(state.index, myself.get_id(), state.pump.clone());
                 state.tasks.push(AbortOnDrop::new(&conn.handle));
                 if let Some(forwarder) = &conn.forwarder {
                     state.tasks.push(AbortOnDrop::new(forwarder));
@@ -247,6 +247,7 @@ impl Actor for NodeActor {
             }
             NodeMsg::ConnectionEnded(why) => {
                 state.connected = false;
+                state.shared.clear_lane(state.index, myself.get_id());
                 warn!(node = %state.addr, index = state.index, reason = %why, "node disconnected");
                 return Err(why.into());
             }
@@ -650,77 +651,118 @@ fn ttl_arg(s: &crate::options::Settings) -> String {
     }
 }
 
+/// One script call for a `LockActor`, queued to the command pump.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) op: Op,
+    pub(crate) key: String,
+    pub(crate) index: usize,
+    pub(crate) tag: Tag,
+    pub(crate) sent_at: Instant,
+    pub(crate) reply_to: ActorRef<LockMsg>,
+}
+
+/// The command pump: drives every queued call concurrently on `client` and
+/// casts each outcome to its `LockActor`. Ends when the actor's state (the
+/// only sender) is dropped, or is aborted with it.
+async fn run_pump(client: Client, shared: Arc<Shared>, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let (client, shared) = (&client, &*shared);
+    let mut running = FuturesUnordered::new();
+    std::future::poll_fn(|cx| {
+        // Take every queued job before polling, so a burst is written to the
+        // connection in one go; then drive whatever is ready.
+        let closed = loop {
+            match jobs.poll_recv(cx) {
+                Poll::Ready(Some(job)) => running.push(run_job(client, shared, job)),
+                Poll::Ready(None) => break true,
+                Poll::Pending => break false,
+            }
+        };
+        while let Poll::Ready(Some(())) = running.poll_next_unpin(cx) {}
+        if closed && running.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+async fn run_job(client: &Client, shared: &Shared, job: Job) {
+    let outcome = run(client, shared, &job.op, &job.key).await;
+    let _ = job.reply_to.cast(LockMsg::Reply(NodeReply {
+        tag: job.tag,
+        index: job.index,
+        sent_at: job.sent_at,
+        outcome,
+    }));
+}
+
+/// Runs one lock command. Bounded by fred's `default_command_timeout` (set to
+/// the locker's timeout in [`build_client`]); no second timer of our own.
 async fn run(client: &Client, shared: &Shared, op: &Op, key: &str) -> Outcome {
     let s = &shared.settings;
-    let mode = if s.relative { "PX" } else { "PXAT" };
-    let call = async {
-        match op {
-            Op::Acquire {
-                token,
-                mode: set,
-                fence_key,
-            } => {
-                let mut keys = vec![key];
-                if let Some(f) = fence_key {
-                    keys.push(f);
-                }
-                let fenced = if fence_key.is_some() { "1" } else { "0" };
-                let args = vec![
-                    ttl_arg(s),
-                    mode.to_owned(),
-                    fenced.to_owned(),
-                    token.as_str().to_owned(),
-                    set.as_arg().to_owned(),
-                ];
-                shared
-                    .scripts
-                    .acquire
-                    .evalsha_with_reload::<Value, _, _>(client, keys, args)
-                    .await
-                    .map(|v| match parse_acquire(&v, 1, fence_key.is_some()) {
-                        Some(mut states) => Outcome::Key(states.swap_remove(0)),
-                        None => Outcome::Failed("unexpected reply to acquire"),
-                    })
+    let mode = Value::from_static_str(if s.relative { "PX" } else { "PXAT" });
+    let scripts = &shared.scripts;
+    let result = match op {
+        Op::Acquire {
+            token,
+            mode: set,
+            fence_key,
+        } => evalsha(client, &scripts.acquire, || {
+            let mut keys = vec![key.into()];
+            if let Some(f) = fence_key {
+                keys.push((&**f).into());
             }
-            Op::Verify { token } => shared
-                .scripts
-                .verify
-                .evalsha_with_reload::<Value, _, _>(client, key, token.as_str())
-                .await
-                .map(|v| match parse_key_state(&v, true) {
-                    Some(state) => Outcome::Key(state),
-                    None => Outcome::Failed("unexpected reply to verify"),
-                }),
-            Op::Release { token } => shared
-                .scripts
-                .release
-                .evalsha_with_reload::<Value, _, _>(client, key, token.as_str())
-                .await
-                .map(|v| match parse_released(&v) {
-                    Some(deleted) => Outcome::Released(deleted),
-                    None => Outcome::Failed("unexpected reply to release"),
-                }),
-            Op::FenceRead => client
-                .get::<Value, _>(key)
-                .await
-                .map(|v| match parse_fence(&v) {
-                    Some(n) => Outcome::Fence(n),
-                    None => Outcome::Failed("fencing counter is not a number"),
-                }),
-            Op::FenceWrite { value } => shared
-                .scripts
-                .fence_write
-                .evalsha_with_reload::<Value, _, _>(client, key, value.to_string())
-                .await
-                .map(|v| match parse_fence(&v) {
-                    Some(n) => Outcome::Fence(n),
-                    None => Outcome::Failed("unexpected reply to fence write"),
-                }),
-        }
+            let args = vec![
+                ttl_arg(s).into(),
+                mode.clone(),
+                Value::from_static_str(if fence_key.is_some() { "1" } else { "0" }),
+                token.as_str().into(),
+                Value::from_static_str(set.as_arg()),
+            ];
+            (keys, args)
+        })
+        .await
+        .map(|v| match parse_acquire(&v, 1, fence_key.is_some()) {
+            Some(mut states) => Outcome::Key(states.swap_remove(0)),
+            None => Outcome::Failed("unexpected reply to acquire"),
+        }),
+        Op::Verify { token } => evalsha(client, &scripts.verify, || {
+            (vec![key.into()], vec![token.as_str().into()])
+        })
+        .await
+        .map(|v| match parse_key_state(&v, true) {
+            Some(state) => Outcome::Key(state),
+            None => Outcome::Failed("unexpected reply to verify"),
+        }),
+        Op::Release { token } => evalsha(client, &scripts.release, || {
+            (vec![key.into()], vec![token.as_str().into()])
+        })
+        .await
+        .map(|v| match parse_released(&v) {
+            Some(deleted) => Outcome::Released(deleted),
+            None => Outcome::Failed("unexpected reply to release"),
+        }),
+        Op::FenceRead => client
+            .get::<Value, _>(key)
+            .await
+            .map(|v| match parse_fence(&v) {
+                Some(n) => Outcome::Fence(n),
+                None => Outcome::Failed("fencing counter is not a number"),
+            }),
+        Op::FenceWrite { value } => evalsha(client, &scripts.fence_write, || {
+            (vec![key.into()], vec![value.to_string().into()])
+        })
+        .await
+        .map(|v| match parse_fence(&v) {
+            Some(n) => Outcome::Fence(n),
+            None => Outcome::Failed("unexpected reply to fence write"),
+        }),
     };
-    match tokio::time::timeout(s.timeout, call).await {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(e)) => {
+    match result {
+        Ok(outcome) => outcome,
+        Err(e) => {
             debug!(key, error = %e, "script failed");
             if e.kind() == &fred::error::ErrorKind::Timeout {
                 Outcome::Failed("timed out")
@@ -728,7 +770,25 @@ async fn run(client: &Client, shared: &Shared, op: &Op, key: &str) -> Outcome {
                 Outcome::Failed("command failed")
             }
         }
-        Err(_) => Outcome::Failed("timed out"),
+    }
+}
+
+/// `EVALSHA`, loading the script first if the server does not know it (a
+/// restarted or flushed server). Unlike fred's `evalsha_with_reload`, which
+/// clones the keys and arguments of every call in case it must retry, this
+/// builds them again only for the retry.
+async fn evalsha<F>(client: &Client, script: &Script, args: F) -> Result<Value, fred::error::Error>
+where
+    F: Fn() -> (Vec<Key>, Vec<Value>),
+{
+    let (keys, values) = args();
+    match client.evalsha(script.sha1().clone(), keys, values).await {
+        Err(e) if e.details().starts_with("NOSCRIPT") => {
+            script.load(client).await?;
+            let (keys, values) = args();
+            client.evalsha(script.sha1().clone(), keys, values).await
+        }
+        result => result,
     }
 }
 
