@@ -154,8 +154,13 @@ impl Actor for NodeActor {
                 let _ = me.cast(NodeMsg::Connected(result));
             })
         };
-        let (pump, jobs) = mpsc::unbounded_channel();
-        let pump_task = tokio::spawn(run_pump(client.clone(), args.shared.clone(), jobs));
+        let (lane, jobs) = mpsc::unbounded_channel();
+        // Exempt from tokio's cooperative budget: the pump multiplexes every
+        // lock's calls, and throttled to one task's share it fell behind
+        // thousands of lock actors (10,000 acquisitions at once took seconds
+        // and timed out). `FuturesUnordered` still yields after a full pass.
+        let pump = run_pump(client.clone(), args.shared.clone(), jobs);
+        let pump_task = tokio::spawn(tokio::task::unconstrained(pump));
         Ok(NodeState {
             index: args.index,
             addr: addr.display(),
@@ -164,7 +169,7 @@ impl Actor for NodeActor {
             shared: args.shared,
             supervisor: args.supervisor,
             tasks: vec![AbortOnDrop::new(&connect), AbortOnDrop::new(&pump_task)],
-            pump,
+            pump: lane,
             actor: Some(myself.get_id()),
             batch: Vec::new(),
             flush_armed: false,
