@@ -58,7 +58,14 @@ struct Peers {
     instances: Vec<Imp>,
 }
 
+/// Set in the environment of the child processes of the `processes` section.
+const CHILD_ENV: &str = "VALKEYLOCK_BENCH_CHILD";
+
 fn main() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        child(&spec);
+        return;
+    }
     let args = Args::parse();
     let quick = args.quick();
     let rt = common::runtime();
@@ -215,6 +222,17 @@ fn main() {
                 }
             }
         }
+    }
+
+    // 2, separate processes: one locker (or client) per process, one name.
+    if args.wants("processes") || args.wants("cross_locker") {
+        processes(&urls, &admin, fixed);
+    }
+
+    // The local hand-over bound: throughput and fairness, within one locker
+    // and between two.
+    if args.wants("handover") || args.wants("lock_unlock") {
+        handover_bound(&rt, &urls, &admin, fixed, tck);
     }
 
     // Allocations per lock + unlock, T = 1, one name.
@@ -553,5 +571,211 @@ impl ractor::Actor for Nop {
         _args: (),
     ) -> Result<(), ractor::ActorProcessingErr> {
         Ok(())
+    }
+}
+
+/// `processes` section: N child processes (this binary again, with
+/// [`CHILD_ENV`] set), each with its own connections and one task looping
+/// lock + unlock on one shared name for `fixed`, all starting at the same
+/// wall-clock instant.
+fn processes(urls: &[String], admin: &fred::clients::Client, fixed: Duration) {
+    let rt = common::runtime();
+    println!();
+    println!("## Cross-locker, separate processes ({fixed:?} each; one process per locker, one task each, one name)");
+    println!();
+    println!("| impl | processes | ops | ops/s | µs/op (1 / ops/s) | wait p50 µs | wait p99 µs | wait p99.9 µs | wait max µs | fairness max/min | server cmds/op | server CPU µs/op | client CPU µs/op (all processes) | ops per process |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let exe = std::env::current_exe().expect("own path");
+    for kind in Kind::ALL {
+        for n in [2usize, 4] {
+            let name = kind.name(&format!("processes-{n}"));
+            // Far enough ahead for every child to start and connect.
+            let start = std::time::SystemTime::now() + Duration::from_millis(1500);
+            let start_ms = start
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock after 1970")
+                .as_millis();
+            let before = rt.block_on(common::Cost::now(admin));
+            let children: Vec<_> = (0..n)
+                .map(|_| {
+                    std::process::Command::new(&exe)
+                        .env(
+                            CHILD_ENV,
+                            format!(
+                                "{};{};{name};{};{start_ms}",
+                                kind.label(),
+                                urls[0],
+                                fixed.as_millis()
+                            ),
+                        )
+                        .stdout(std::process::Stdio::piped())
+                        .spawn()
+                        .expect("start a child bench process")
+                })
+                .collect();
+            let mut per_process = Vec::new();
+            let mut waits = Vec::new();
+            let mut ticks = 0u64;
+            for c in children {
+                let out = c.wait_with_output().expect("child bench process");
+                assert!(out.status.success(), "child bench process failed");
+                let text = String::from_utf8_lossy(&out.stdout);
+                let (ops, t, w) = parse_child(&text).expect("child bench output");
+                per_process.push(ops);
+                ticks += t;
+                waits.extend(w);
+            }
+            let after = rt.block_on(common::Cost::now(admin));
+            let ops: u64 = per_process.iter().sum();
+            let (cmds, server_us, _) = after.per_op(&before, ops, 100);
+            let client_us = ticks as f64 * 1e6 / common::clk_tck() as f64 / ops.max(1) as f64;
+            let ops_s = ops as f64 / fixed.as_secs_f64();
+            let max = per_process.iter().copied().max().unwrap_or(0);
+            let min = per_process.iter().copied().min().unwrap_or(0);
+            let fairness = if min == 0 {
+                f64::INFINITY
+            } else {
+                max as f64 / min as f64
+            };
+            println!(
+                "| {} | {n} | {ops} | {ops_s:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {cmds:.2} | {server_us:.1} | {client_us:.1} | {per_process:?} |",
+                kind.label(),
+                1e6 / ops_s.max(f64::MIN_POSITIVE),
+                common::us(common::quantile(&mut waits, 0.50)),
+                common::us(common::quantile(&mut waits, 0.99)),
+                common::us(common::quantile(&mut waits, 0.999)),
+                common::us(common::quantile(&mut waits, 1.0)),
+                common::fmt_ratio(fairness),
+            );
+        }
+    }
+}
+
+/// Reads a child's output: `ops N`, `ticks N`, then `waits` and the waits in
+/// ns, space-separated.
+fn parse_child(text: &str) -> Option<(u64, u64, Vec<u64>)> {
+    let mut ops = None;
+    let mut ticks = None;
+    let mut waits = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("ops") => ops = words.next()?.parse().ok(),
+            Some("ticks") => ticks = words.next()?.parse().ok(),
+            Some("waits") => waits = words.map(|w| w.parse().ok()).collect::<Option<_>>()?,
+            _ => {}
+        }
+    }
+    Some((ops?, ticks?, waits))
+}
+
+/// The child side of [`processes`]: `kind;url;name;duration_ms;start_unix_ms`.
+fn child(spec: &str) {
+    let parts: Vec<&str> = spec.split(';').collect();
+    let [kind, url, name, duration_ms, start_ms] = parts[..] else {
+        panic!("bad {CHILD_ENV}: {spec}");
+    };
+    let kind = Kind::from_label(kind).expect("known implementation");
+    let duration = Duration::from_millis(duration_ms.parse().expect("duration"));
+    let start = std::time::UNIX_EPOCH + Duration::from_millis(start_ms.parse().expect("start"));
+    let rt = common::runtime();
+    let (ops, ticks, waits) = rt.block_on(async {
+        let imp = kind.connect(&[url.to_owned()]).await;
+        if let Ok(ahead) = start.duration_since(std::time::SystemTime::now()) {
+            tokio::time::sleep(ahead).await;
+        }
+        let t0 = common::cpu_ticks();
+        let end = tokio::time::Instant::now() + duration;
+        let name = name.to_owned();
+        // On a worker thread, like every other bench loop.
+        let waits = tokio::spawn({
+            let imp = imp.clone();
+            async move {
+                let mut waits = Vec::with_capacity(1 << 16);
+                while tokio::time::Instant::now() < end {
+                    waits.push(imp.op(&name).await.as_nanos() as u64);
+                }
+                waits
+            }
+        })
+        .await
+        .expect("child loop");
+        let ticks = common::cpu_ticks() - t0;
+        imp.close().await;
+        (waits.len() as u64, ticks, waits)
+    });
+    let mut out = format!("ops {ops}\nticks {ticks}\nwaits");
+    for w in waits {
+        out.push(' ');
+        out.push_str(&w.to_string());
+    }
+    println!("{out}");
+}
+
+/// `handover` section: valkeylock alone, one name, 10 tasks, for several
+/// values of `local_handover_limit`: all tasks on one `Locker`, and split
+/// over two `Locker`s (5 tasks each), whose share of the operations shows
+/// what the bound costs the other process.
+fn handover_bound(
+    rt: &Runtime,
+    urls: &[String],
+    admin: &fred::clients::Client,
+    fixed: Duration,
+    tck: u64,
+) {
+    println!();
+    println!("## Local hand-over bound ({fixed:?} each; valkeylock, 10 tasks, one name)");
+    println!();
+    println!("| local_handover_limit | lockers | ops/s | µs/op (1 / ops/s) | wait p50 µs | wait p99 µs | wait p99.9 µs | wait max µs | fairness between tasks max/min | fairness between lockers max/min | server cmds/op | ops per locker |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for limit in [0u32, 8, 32] {
+        for lockers in [1usize, 2] {
+            let clients: Vec<Imp> = (0..lockers)
+                .map(|_| {
+                    let options =
+                        common::valkeylock_options(urls, 1).with_local_handover_limit(limit);
+                    Imp::Valkeylock(
+                        rt.block_on(valkeylock::Locker::connect(options))
+                            .expect("connect"),
+                    )
+                })
+                .collect();
+            let w = Workload::new(
+                clients.clone(),
+                10,
+                &format!("handover-{limit}-{lockers}"),
+                Kind::Valkeylock,
+                true,
+            );
+            let before = rt.block_on(common::Cost::now(admin));
+            let mut s = rt.block_on(w.run_for(fixed));
+            let after = rt.block_on(common::Cost::now(admin));
+            let (cmds, _, _) = after.per_op(&before, s.ops(), tck);
+            let mut per_locker = vec![0u64; lockers];
+            for (i, n) in s.per_task.iter().enumerate() {
+                per_locker[i % lockers] += n;
+            }
+            let max = per_locker.iter().copied().max().unwrap_or(0);
+            let min = per_locker.iter().copied().min().unwrap_or(0);
+            let between = if min == 0 {
+                f64::INFINITY
+            } else {
+                max as f64 / min as f64
+            };
+            let ops_s = s.ops_per_sec();
+            println!(
+                "| {limit} | {lockers} | {ops_s:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {cmds:.2} | {per_locker:?} |",
+                1e6 / ops_s.max(f64::MIN_POSITIVE),
+                common::us(common::quantile(&mut s.waits, 0.50)),
+                common::us(common::quantile(&mut s.waits, 0.99)),
+                common::us(common::quantile(&mut s.waits, 0.999)),
+                common::us(common::quantile(&mut s.waits, 1.0)),
+                common::fmt_ratio(s.fairness()),
+                common::fmt_ratio(between),
+            );
+            for c in clients {
+                rt.block_on(c.close());
+            }
+        }
     }
 }

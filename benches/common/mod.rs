@@ -227,6 +227,11 @@ pub(crate) enum Kind {
 impl Kind {
     pub(crate) const ALL: [Kind; 3] = [Kind::Valkeylock, Kind::Rslock, Kind::Raw];
 
+    /// The kind whose [`Kind::label`] is `label`.
+    pub(crate) fn from_label(label: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.label() == label)
+    }
+
     pub(crate) fn label(self) -> &'static str {
         match self {
             Kind::Valkeylock => "valkeylock",
