@@ -526,8 +526,8 @@ fn runtime_flavours(rt: &Runtime, urls: &[String], n: u64) {
     println!();
     println!("## Runtime flavour: uncontended lock + unlock, T = 1, {n} ops after 500 warm-up (fresh instances)");
     println!();
-    println!("| impl | runtime | µs/op (mean) | client CPU µs/op |");
-    println!("|---|---|---:|---:|");
+    println!("| impl | runtime | µs/op (mean) | client CPU µs/op | context switches/op (voluntary + involuntary, all threads) |");
+    println!("|---|---|---:|---:|---|");
     let tck = common::clk_tck();
     let current = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -543,13 +543,17 @@ fn runtime_flavours(rt: &Runtime, urls: &[String], n: u64) {
                 let w = Workload::new(vec![imp.clone()], 1, "flavour", kind, true);
                 w.run_ops(500).await;
                 let c0 = common::cpu_ticks();
+                let s0 = common::context_switches();
                 let took = w.run_ops(n).await;
+                let s1 = common::context_switches();
                 let c1 = common::cpu_ticks();
                 println!(
-                    "| {} | {label} | {:.1} | {:.1} |",
+                    "| {} | {label} | {:.1} | {:.1} | {:.2} + {:.2} |",
                     kind.label(),
                     took.as_secs_f64() * 1e6 / n as f64,
-                    (c1 - c0) as f64 * 1e6 / tck as f64 / n as f64
+                    (c1 - c0) as f64 * 1e6 / tck as f64 / n as f64,
+                    (s1.0 - s0.0) as f64 / n as f64,
+                    (s1.1 - s0.1) as f64 / n as f64
                 );
                 imp.close().await;
             });

@@ -459,6 +459,29 @@ pub(crate) fn fmt_ratio(r: f64) -> String {
     }
 }
 
+/// Context switches of all of this process's threads so far: (voluntary,
+/// involuntary), from `/proc/self/task/*/status`. A voluntary switch is a
+/// thread going to sleep, for a tokio worker mostly parking when it runs out
+/// of tasks, to be woken again by a futex or epoll.
+pub(crate) fn context_switches() -> (u64, u64) {
+    let mut total = (0, 0);
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return total;
+    };
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        for line in status.lines() {
+            let value = |l: &str| l.trim().parse::<u64>().unwrap_or(0);
+            if let Some(v) = line.strip_prefix("voluntary_ctxt_switches:") {
+                total.0 += value(v);
+            } else if let Some(v) = line.strip_prefix("nonvoluntary_ctxt_switches:") {
+                total.1 += value(v);
+            }
+        }
+    }
+    total
+}
+
 /// VmRSS of this process in KiB.
 pub(crate) fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
