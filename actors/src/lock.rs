@@ -677,7 +677,11 @@ impl LockState {
         self.dispatch(me, node, key, index, op, tag, sent_at);
     }
 
-    /// Hands a command on `key` to node `node`; the reply carries `index`.
+    /// Hands a command on `key` to node `node`'s command pump (the lane its
+    /// `NodeActor` publishes while connected); the reply carries `index`. A
+    /// node without a lane (connecting, restarting) answers at once, as a
+    /// failure; a lane that dies with its actor leaves the reply to the
+    /// attempt timer and the sweep.
     #[allow(clippy::too_many_arguments)]
     fn dispatch(
         &mut self,
@@ -701,13 +705,12 @@ impl LockState {
             sent_at,
             reply_to: me.clone(),
         };
-        let delivered = self.shared.send_job(node, job).is_ok();
-        if !delivered {
+        if self.shared.send_job(node, job).is_err() {
             let _ = me.cast(LockMsg::Reply(NodeReply {
                 tag,
                 index,
                 sent_at,
-                outcome: Outcome::Failed("node not running"),
+                outcome: Outcome::Failed("node not connected"),
             }));
         }
     }
