@@ -150,3 +150,77 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::{Op, Tag};
+    use crate::options::LockerOptions;
+    use crate::scripts::{SetMode, Token};
+    use ractor::{Actor, ActorProcessingErr};
+
+    /// A `LockActor` stand-in: only its address is needed.
+    struct Sink;
+
+    impl Actor for Sink {
+        type Msg = LockMsg;
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(&self, _: ActorRef<LockMsg>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    fn job(reply_to: &ActorRef<LockMsg>) -> Job {
+        Job {
+            op: Op::Acquire {
+                token: Token::new(false),
+                mode: SetMode::Nx,
+                fence_key: None,
+            },
+            key: "valkeylock:0:x".to_owned(),
+            index: 0,
+            tag: Tag::Acquire(1),
+            sent_at: tokio::time::Instant::now(),
+            reply_to: reply_to.clone(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lane_is_withdrawn_only_by_its_owner() {
+        let settings = LockerOptions::new(["redis://127.0.0.1:1", "redis://127.0.0.1:2"])
+            .settings()
+            .unwrap();
+        let shared = Shared::new(settings);
+        let (sink, _h) = Actor::spawn(None, Sink, ()).await.unwrap();
+        let (old, _h1) = Actor::spawn(None, Sink, ()).await.unwrap();
+        let (new, _h2) = Actor::spawn(None, Sink, ()).await.unwrap();
+
+        // No lane yet: the job comes back at once.
+        assert!(shared.send_job(0, job(&sink)).is_err());
+
+        let (tx_old, _rx_old) = tokio::sync::mpsc::unbounded_channel();
+        shared.set_lane(0, old.get_id(), tx_old);
+        let (tx_new, mut rx_new) = tokio::sync::mpsc::unbounded_channel();
+        shared.set_lane(0, new.get_id(), tx_new);
+        // The replaced actor going away must not take its successor's lane.
+        shared.clear_lane(0, old.get_id());
+        assert!(shared.send_job(0, job(&sink)).is_ok());
+        assert!(rx_new.try_recv().is_ok());
+        // Another node's slot and an index out of range are untouched / refused.
+        assert!(shared.send_job(1, job(&sink)).is_err());
+        assert!(shared.send_job(7, job(&sink)).is_err());
+
+        shared.clear_lane(0, new.get_id());
+        assert!(shared.send_job(0, job(&sink)).is_err());
+        // A lane whose pump is gone refuses too (the receiver was dropped).
+        let (tx_dead, rx_dead) = tokio::sync::mpsc::unbounded_channel();
+        drop(rx_dead);
+        shared.set_lane(0, new.get_id(), tx_dead);
+        assert!(shared.send_job(0, job(&sink)).is_err());
+        for a in [sink, old, new] {
+            a.stop(None);
+        }
+    }
+}
