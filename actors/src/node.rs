@@ -17,8 +17,8 @@
 //! node answers at once. Why not the mailbox: on tokio's multi-thread runtime
 //! each hop of a chain of tasks can wake the other worker thread, and a
 //! lock + unlock is two such chains (see BENCHMARKS.md, "What limits
-//! valkeylock's performance"). Extensions (the `PEXPIRE`s) still go through the mailbox: they are
-//! batched per node per tick, which is this actor's job.
+//! valkeylock's performance"). Extensions (the `PEXPIRE`s) still go through
+//! the mailbox: they are batched per node per tick, which is this actor's job.
 //!
 //! The command pump is one long-lived task rather than a task per call: a
 //! spawn on the multi-thread runtime can wake the other worker too.
@@ -91,8 +91,8 @@ pub(crate) struct NodeState {
     connected: bool,
     shared: Arc<Shared>,
     supervisor: ActorRef<SupervisorMsg>,
-    /// Helper tasks (connect, pump, watcher, invalidation forwarder); aborted
-    /// on drop, which also closes the connection when the actor is killed.
+    /// Helper tasks (connect, watcher, invalidation forwarder); aborted on
+    /// drop, which also closes the connection when the actor is killed.
     tasks: Vec<AbortOnDrop>,
     /// The command pump's queue.
     pump: mpsc::UnboundedSender<Job>,
@@ -159,8 +159,13 @@ impl Actor for NodeActor {
         // lock's calls, and throttled to one task's share it fell behind
         // thousands of lock actors (10,000 acquisitions at once took seconds
         // and timed out). `FuturesUnordered` still yields after a full pass.
+        //
+        // Not aborted with this actor: once its state and the shared table
+        // drop their senders, the pump finishes the calls in flight (they fail
+        // fast when the connection task is gone) and every `LockActor` gets its
+        // answer now rather than from its backstop timer.
         let pump = run_pump(client.clone(), args.shared.clone(), jobs);
-        let pump_task = tokio::spawn(tokio::task::unconstrained(pump));
+        tokio::spawn(tokio::task::unconstrained(pump));
         Ok(NodeState {
             index: args.index,
             addr: addr.display(),
@@ -168,7 +173,7 @@ impl Actor for NodeActor {
             connected: false,
             shared: args.shared,
             supervisor: args.supervisor,
-            tasks: vec![AbortOnDrop::new(&connect), AbortOnDrop::new(&pump_task)],
+            tasks: vec![AbortOnDrop::new(&connect)],
             pump: lane,
             actor: Some(myself.get_id()),
             batch: Vec::new(),
@@ -668,8 +673,9 @@ pub(crate) struct Job {
 }
 
 /// The command pump: drives every queued call concurrently on `client` and
-/// casts each outcome to its `LockActor`. Ends when the actor's state (the
-/// only sender) is dropped, or is aborted with it.
+/// casts each outcome to its `LockActor`. Ends once every sender (the actor's
+/// state, its lane in the shared table) is gone and the calls in flight are
+/// answered.
 async fn run_pump(client: Client, shared: Arc<Shared>, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let (client, shared) = (&client, &*shared);
     let mut running = FuturesUnordered::new();
