@@ -164,3 +164,46 @@ async fn extensions_are_batched() {
     drop(guards);
     locker.close().await;
 }
+
+/// An operator's `SCRIPT FLUSH` (or a server that lost its script cache while
+/// the connection stayed up) is repaired on the spot: the next script call
+/// gets `NOSCRIPT`, loads the script and runs again, so acquire and release
+/// keep working and leave no key behind.
+#[tokio::test]
+async fn script_flush_is_repaired() {
+    use fred::prelude::{ClientLike, KeysInterface};
+    init_tracing();
+    let server = ValkeyServer::start();
+    let admin = server.admin().await;
+    let locker = Locker::connect(LockerOptions::new([server.url()]).with_key_majority(1))
+        .await
+        .unwrap();
+    let held = locker.lock("before").await.unwrap();
+    let flush = || async {
+        let _: String = admin
+            .custom(fred::cmd!("SCRIPT"), vec!["FLUSH"])
+            .await
+            .unwrap();
+    };
+    flush().await;
+    // Release runs the release script: NOSCRIPT, load, retry.
+    held.release().await;
+    assert_eq!(
+        admin.exists::<i64, _>("valkeylock:0:before").await.unwrap(),
+        0
+    );
+    flush().await;
+    // Acquire runs the acquire script: the same.
+    let g = locker.lock("after").await.unwrap();
+    assert!(g.is_held());
+    assert_eq!(
+        admin.exists::<i64, _>("valkeylock:0:after").await.unwrap(),
+        1
+    );
+    g.release().await;
+    assert_eq!(
+        admin.exists::<i64, _>("valkeylock:0:after").await.unwrap(),
+        0
+    );
+    locker.close().await;
+}
