@@ -33,7 +33,7 @@ mod common;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{Args, Imp, Kind, Workload};
+use common::{Args, Imp, Kind, Nop, Workload};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use support::ValkeyServer;
 use tokio::runtime::Runtime;
@@ -201,21 +201,16 @@ fn main() {
                     let mut s = rt.block_on(w.run_for(fixed));
                     let after = rt.block_on(common::Cost::now(&admin));
                     let (cmds, server_us, client_us) = after.per_op(&before, s.ops(), tck);
-                    let (p50, p99, p999, max) = (
-                        common::quantile(&mut s.waits, 0.50),
-                        common::quantile(&mut s.waits, 0.99),
-                        common::quantile(&mut s.waits, 0.999),
-                        common::quantile(&mut s.waits, 1.0),
-                    );
+                    let [p50, p99, p999, max] = common::wait_columns(&mut s.waits);
                     println!(
                         "| {scenario} | {} | {t} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {cmds:.2} | {server_us:.1} | {client_us:.1} | {:?} |",
                         p.kind.label(),
                         s.ops(),
                         s.ops_per_sec(),
-                        common::us(p50),
-                        common::us(p99),
-                        common::us(p999),
-                        common::us(max),
+                        p50,
+                        p99,
+                        p999,
+                        max,
                         common::fmt_ratio(s.fairness()),
                         s.per_task
                     );
@@ -561,23 +556,6 @@ fn runtime_flavours(rt: &Runtime, urls: &[String], n: u64) {
     }
 }
 
-/// An actor that does nothing, to price an actor's life cycle.
-struct Nop;
-
-impl ractor::Actor for Nop {
-    type Msg = ();
-    type State = ();
-    type Arguments = ();
-
-    async fn pre_start(
-        &self,
-        _me: ractor::ActorRef<()>,
-        _args: (),
-    ) -> Result<(), ractor::ActorProcessingErr> {
-        Ok(())
-    }
-}
-
 /// `processes` section: N child processes (this binary again, with
 /// [`CHILD_ENV`] set), each with its own connections and one task looping
 /// lock + unlock on one shared name for `fixed`, all starting at the same
@@ -634,22 +612,12 @@ fn processes(urls: &[String], admin: &fred::clients::Client, fixed: Duration) {
             let (cmds, server_us, _) = after.per_op(&before, ops, 100);
             let client_us = ticks as f64 * 1e6 / common::clk_tck() as f64 / ops.max(1) as f64;
             let ops_s = ops as f64 / fixed.as_secs_f64();
-            let max = per_process.iter().copied().max().unwrap_or(0);
-            let min = per_process.iter().copied().min().unwrap_or(0);
-            let fairness = if min == 0 {
-                f64::INFINITY
-            } else {
-                max as f64 / min as f64
-            };
+            let [p50, p99, p999, max] = common::wait_columns(&mut waits);
             println!(
-                "| {} | {n} | {ops} | {ops_s:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {cmds:.2} | {server_us:.1} | {client_us:.1} | {per_process:?} |",
+                "| {} | {n} | {ops} | {ops_s:.0} | {:.1} | {p50:.1} | {p99:.1} | {p999:.1} | {max:.1} | {} | {cmds:.2} | {server_us:.1} | {client_us:.1} | {per_process:?} |",
                 kind.label(),
                 1e6 / ops_s.max(f64::MIN_POSITIVE),
-                common::us(common::quantile(&mut waits, 0.50)),
-                common::us(common::quantile(&mut waits, 0.99)),
-                common::us(common::quantile(&mut waits, 0.999)),
-                common::us(common::quantile(&mut waits, 1.0)),
-                common::fmt_ratio(fairness),
+                common::fmt_ratio(common::max_over_min(&per_process)),
             );
         }
     }
@@ -759,23 +727,13 @@ fn handover_bound(
             for (i, n) in s.per_task.iter().enumerate() {
                 per_locker[i % lockers] += n;
             }
-            let max = per_locker.iter().copied().max().unwrap_or(0);
-            let min = per_locker.iter().copied().min().unwrap_or(0);
-            let between = if min == 0 {
-                f64::INFINITY
-            } else {
-                max as f64 / min as f64
-            };
             let ops_s = s.ops_per_sec();
+            let [p50, p99, p999, max] = common::wait_columns(&mut s.waits);
             println!(
-                "| {limit} | {lockers} | {ops_s:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {cmds:.2} | {per_locker:?} |",
+                "| {limit} | {lockers} | {ops_s:.0} | {:.1} | {p50:.1} | {p99:.1} | {p999:.1} | {max:.1} | {} | {} | {cmds:.2} | {per_locker:?} |",
                 1e6 / ops_s.max(f64::MIN_POSITIVE),
-                common::us(common::quantile(&mut s.waits, 0.50)),
-                common::us(common::quantile(&mut s.waits, 0.99)),
-                common::us(common::quantile(&mut s.waits, 0.999)),
-                common::us(common::quantile(&mut s.waits, 1.0)),
                 common::fmt_ratio(s.fairness()),
-                common::fmt_ratio(between),
+                common::fmt_ratio(common::max_over_min(&per_locker)),
             );
             for c in clients {
                 rt.block_on(c.close());

@@ -21,7 +21,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Args, Kind};
+use common::{Args, Kind, Nop};
 use fred::prelude::*;
 use support::ValkeyServer;
 use tokio::time::{sleep, Instant};
@@ -237,21 +237,4 @@ fn reference(rt: &tokio::runtime::Runtime, n: usize) {
             let _ = h.await;
         }
     });
-}
-
-/// An actor that does nothing.
-struct Nop;
-
-impl ractor::Actor for Nop {
-    type Msg = ();
-    type State = ();
-    type Arguments = ();
-
-    async fn pre_start(
-        &self,
-        _me: ractor::ActorRef<()>,
-        _args: (),
-    ) -> Result<(), ractor::ActorProcessingErr> {
-        Ok(())
-    }
 }

@@ -427,13 +427,42 @@ impl RunStats {
 
     /// max/min ops per task; infinite when a task got none.
     pub(crate) fn fairness(&self) -> f64 {
-        let max = self.per_task.iter().copied().max().unwrap_or(0);
-        let min = self.per_task.iter().copied().min().unwrap_or(0);
-        if min == 0 {
-            f64::INFINITY
-        } else {
-            max as f64 / min as f64
-        }
+        max_over_min(&self.per_task)
+    }
+}
+
+/// max/min of `counts` (ops per task, per locker, per process); infinite when
+/// one of them is 0.
+pub(crate) fn max_over_min(counts: &[u64]) -> f64 {
+    let max = counts.iter().copied().max().unwrap_or(0);
+    let min = counts.iter().copied().min().unwrap_or(0);
+    if min == 0 {
+        f64::INFINITY
+    } else {
+        max as f64 / min as f64
+    }
+}
+
+/// p50, p99, p99.9 and max of `waits` (ns, sorted in place), in µs: the wait
+/// columns of the fixed-duration tables.
+pub(crate) fn wait_columns(waits: &mut [u64]) -> [f64; 4] {
+    [0.50, 0.99, 0.999, 1.0].map(|q| us(quantile(waits, q)))
+}
+
+/// An actor that does nothing, to price an actor's life cycle and memory.
+pub(crate) struct Nop;
+
+impl ractor::Actor for Nop {
+    type Msg = ();
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _me: ractor::ActorRef<()>,
+        _args: (),
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        Ok(())
     }
 }
 
