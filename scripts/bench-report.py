@@ -384,47 +384,44 @@ def region_targets(bins):
         f"{fx['wait p99.9 µs']} µs (fixed run)",
         verdict(p999 <= P999_WAIT_MAX_US, f"{p999 / P999_WAIT_MAX_US * 100:.0f} % of the limit"),
     ))
+    def vs_floor(v, raw, limit, extra=""):
+        """Verdict of `v` µs/op against `limit` × the floor's `raw`."""
+        r = v / raw
+        return verdict(r <= limit, f"{r:.2f}× the floor; the limit is {limit * raw:.1f} µs/op, "
+                       + (f"{limit * raw - v:.1f} µs/op to spare" if r <= limit
+                          else f"{v - limit * raw:.1f} µs/op over it")
+                       + extra)
+
     def fixed_ratio(scen, n):
         return (num(fixed.find(scenario=scen, impl="raw", tasks=str(n))["ops/s"])
                 / num(fixed.find(scenario=scen, impl="valkeylock", tasks=str(n))["ops/s"]))
 
     v1, raw1 = c("lock_unlock", "valkeylock", 1), c("lock_unlock", "raw", 1)
-    ratio1 = v1 / raw1
     rows.append((
         "1. lock_unlock T = 1: vs the raw floor",
         f"≤ {T1_VS_FLOOR_MAX}× the floor",
         f"{f1(v1)} vs {f1(raw1)} µs/op",
-        verdict(ratio1 <= T1_VS_FLOOR_MAX, f"{ratio1:.2f}× the floor; the limit is {T1_VS_FLOOR_MAX * raw1:.1f} µs/op, "
-                + (f"{T1_VS_FLOOR_MAX * raw1 - v1:.1f} µs/op to spare" if ratio1 <= T1_VS_FLOOR_MAX
-                   else f"{v1 - T1_VS_FLOOR_MAX * raw1:.1f} µs/op over it")
-                + f"; the fixed runs give {fixed_ratio('lock_unlock', 1):.2f}×"),
+        vs_floor(v1, raw1, T1_VS_FLOOR_MAX, f"; the fixed runs give {fixed_ratio('lock_unlock', 1):.2f}×"),
     ))
     # (2) cross_locker.
     for n in (2, 4):
         v, raw = c("cross_locker", "valkeylock", n), c("cross_locker", "raw", n)
-        r = v / raw
         rows.append((
             f"2. cross_locker N = {n}: vs the raw floor",
             f"≤ {CROSS_VS_FLOOR_MAX}× the floor",
             f"{f1(v)} vs {f1(raw)} µs/op",
-            verdict(r <= CROSS_VS_FLOOR_MAX, f"{r:.2f}× the floor; the limit is {CROSS_VS_FLOOR_MAX * raw:.1f} µs/op, "
-                    + (f"{CROSS_VS_FLOOR_MAX * raw - v:.1f} µs/op to spare" if r <= CROSS_VS_FLOOR_MAX
-                       else f"{v - CROSS_VS_FLOOR_MAX * raw:.1f} µs/op over it")
-                    + f"; the fixed runs give {fixed_ratio('cross_locker', n):.2f}×"),
+            vs_floor(v, raw, CROSS_VS_FLOOR_MAX, f"; the fixed runs give {fixed_ratio('cross_locker', n):.2f}×"),
         ))
     # (2) the same with one process per locker.
     procs = table_by_prefix(locks, "Cross-locker, separate processes")
     for n in (2, 4):
         v = num(procs.find(impl="valkeylock", processes=str(n))["µs/op (1 / ops/s)"])
         raw = num(procs.find(impl="raw", processes=str(n))["µs/op (1 / ops/s)"])
-        r = v / raw
         rows.append((
             f"2. cross_locker, {n} separate processes: vs the raw floor",
             f"≤ {CROSS_VS_FLOOR_MAX}× the floor",
             f"{f1(v)} vs {f1(raw)} µs/op (1 / ops/s of the fixed run)",
-            verdict(r <= CROSS_VS_FLOOR_MAX, f"{r:.2f}× the floor; the limit is {CROSS_VS_FLOOR_MAX * raw:.1f} µs/op, "
-                    + (f"{CROSS_VS_FLOOR_MAX * raw - v:.1f} µs/op to spare" if r <= CROSS_VS_FLOOR_MAX
-                       else f"{v - CROSS_VS_FLOOR_MAX * raw:.1f} µs/op over it")),
+            vs_floor(v, raw, CROSS_VS_FLOOR_MAX),
         ))
     # (3) events: p99 vs one round trip + 1 ms.
     ping_idle = ev.find(scenario="wakeup (floor)")
