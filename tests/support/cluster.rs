@@ -315,23 +315,7 @@ impl ValkeyCluster {
     pub fn manual_failover(&self, replica_port: u16) {
         let reply = cli(replica_port, &["CLUSTER", "FAILOVER"]);
         assert!(reply.contains("OK"), "CLUSTER FAILOVER: {reply}");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let ok = self.live_ports().iter().all(|&p| {
-                self.topology_from(p)
-                    .iter()
-                    .any(|n| n.port == replica_port && n.master && !n.slots.is_empty())
-            });
-            if ok {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "failover to {replica_port} not seen everywhere:\n{}",
-                self.nodes_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_promoted(replica_port, Duration::from_secs(10));
         self.wait_stable(Duration::from_secs(10));
     }
 
