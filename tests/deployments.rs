@@ -624,25 +624,7 @@ async fn cluster_manual_failover_while_held() {
         "lock lost after a manual failover that kept every key: {:?}",
         g.lost_reason()
     );
-    let mut reader = NodeReader::cluster();
-    let on_new = reader.get(replica, &k0).await.expect("read the new master");
-    assert_eq!(
-        on_new.as_deref(),
-        Some(token.as_str()),
-        "key 0 on the new master"
-    );
-    let pttl: i64 = reader
-        .command(replica, &["PTTL", &k0])
-        .await
-        .expect("PTTL")
-        .convert()
-        .expect("int");
-    eprintln!("cluster: key 0 on the new master {replica}: PTTL {pttl} ms (extended there)");
-    assert!(
-        pttl > 500,
-        "key 0 not extended on the new master: PTTL {pttl}"
-    );
-    reader.close().await;
+    assert_held_and_extended_on(replica, &k0, &token, "the new master").await;
     check_consistent_after(&cluster, &a, &g, &name, &token, "manual failover").await;
 
     // Delete key 0 (now on the promoted replica) and key 1: lost() must fire
@@ -693,6 +675,26 @@ async fn cluster_manual_failover_while_held() {
 }
 
 /// Waits until `k`'s PTTL on `port` jumps up: an extension just landed.
+/// Key `k` on the cluster node `port` holds `token` and was extended there
+/// (more than 500 ms left): the lock followed its key to `place`.
+async fn assert_held_and_extended_on(port: u16, k: &str, token: &str, place: &str) {
+    let mut reader = NodeReader::cluster();
+    let v = reader.get(port, k).await.expect("read the key's node");
+    assert_eq!(v.as_deref(), Some(token), "{k} on {place} ({port})");
+    let pttl: i64 = reader
+        .command(port, &["PTTL", k])
+        .await
+        .expect("PTTL")
+        .convert()
+        .expect("int");
+    eprintln!("cluster: {k} on {place} ({port}): PTTL {pttl} ms");
+    assert!(
+        pttl > 500,
+        "{k} not extended on {place} ({port}): PTTL {pttl}"
+    );
+    reader.close().await;
+}
+
 async fn wait_extension(reader: &mut NodeReader, port: u16, k: &str) {
     let mut last = i64::MAX;
     let deadline = Instant::now() + secs(3);
@@ -865,25 +867,7 @@ async fn cluster_slot_migration_while_held() {
         a.close().await;
         return;
     }
-    let mut reader = NodeReader::cluster();
-    let v = reader.get(to, &k0).await.expect("read the new owner");
-    assert_eq!(
-        v.as_deref(),
-        Some(token.as_str()),
-        "key 0 on its new master"
-    );
-    let pttl: i64 = reader
-        .command(to, &["PTTL", &k0])
-        .await
-        .expect("PTTL")
-        .convert()
-        .expect("int");
-    eprintln!("cluster: migrated key 0 on {to}: PTTL {pttl} ms");
-    assert!(
-        pttl > 500,
-        "key 0 not extended after the migration: PTTL {pttl}"
-    );
-    reader.close().await;
+    assert_held_and_extended_on(to, &k0, &token, "its new master after the migration").await;
     check_consistent_after(&cluster, &a, &g, &name, &token, "slot migration").await;
 
     // A majority DEL including the migrated key fires lost().
