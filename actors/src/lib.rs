@@ -21,6 +21,7 @@
 //! - `error`: `Error` and `LostReason`.
 
 mod context;
+mod core;
 mod error;
 mod handle;
 mod keys;

@@ -11,6 +11,8 @@
 use std::time::Duration;
 use tokio::time::Instant;
 
+use crate::core::Time;
+
 /// Number of keys of a lock for a majority of `m`: `2·m − 1`.
 pub(crate) const fn total_keys(majority: usize) -> usize {
     2 * majority - 1
@@ -33,14 +35,20 @@ pub(crate) fn key_expiry(sent: Instant, ttl: Duration, drift: Duration) -> Insta
     sent + ttl.saturating_sub(drift)
 }
 
+/// [`key_expiry`] on the core's clock.
+pub(crate) fn key_expiry_t(sent: Time, ttl: Duration, drift: Duration) -> Time {
+    sent + ttl.saturating_sub(drift)
+}
+
 /// The moment the lock stops being safe: the `majority`-th largest expiry among
 /// the keys we hold, or `None` when we hold fewer than `majority` keys.
-pub(crate) fn validity_end<I>(expiries: I, majority: usize) -> Option<Instant>
+pub(crate) fn validity_end<T, I>(expiries: I, majority: usize) -> Option<T>
 where
-    I: IntoIterator<Item = Instant>,
+    T: Ord + Copy,
+    I: IntoIterator<Item = T>,
 {
     // At most 2·M−1 keys: a tiny buffer, sorted descending.
-    let mut held: Vec<Instant> = expiries.into_iter().collect();
+    let mut held: Vec<T> = expiries.into_iter().collect();
     if held.len() < majority || majority == 0 {
         return None;
     }

@@ -224,11 +224,14 @@ pub(crate) fn parse_released(value: &Value) -> Option<bool> {
 pub(crate) struct Token(String);
 
 impl Token {
+    /// A token from the operating system's generator.
     pub(crate) fn new(forced: bool) -> Token {
-        let mut bytes = [0u8; 24];
-        // The OS RNG failing is not something a lock can recover from safely:
-        // a predictable token would let others release our lock.
-        getrandom::fill(&mut bytes).expect("the operating system's random number generator failed");
+        use crate::core::Entropy;
+        crate::core::OsEntropy.token(forced)
+    }
+
+    /// A token from 24 random bytes.
+    pub(crate) fn from_bytes(bytes: &[u8; 24], forced: bool) -> Token {
         let mut s = String::with_capacity(49);
         if forced {
             s.push('F');

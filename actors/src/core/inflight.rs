@@ -1,0 +1,252 @@
+//! The in-flight command table: every command a lock core has sent and not
+//! yet heard back about, with what it was for, when it was sent, and when it
+//! is overdue.
+//!
+//! This replaces reply counters: a reply is matched to its command by id, so
+//! a late reply can never be counted against the wrong round, and "is anything
+//! of kind X still out" is a query, never a number to keep in step. A command
+//! whose reply does not come by its deadline (its `NodeActor` was killed with
+//! the command queued, say) is handed back once as overdue so the core can
+//! treat it as failed. Acquisitions and extensions stay in the table a while
+//! longer: a reply that comes after all may still say a key is ours, and such
+//! a key must be kept or released, never forgotten.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::time::Time;
+
+/// A command's id, unique per lock core and increasing in the order sent.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub(crate) struct CmdId(pub(crate) u64);
+
+/// What a command was sent for: the id of the attempt or grant it serves,
+/// and the key or node it targets.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Purpose {
+    /// Acquisition of key `key` by attempt `attempt`.
+    Acquire { attempt: u64, key: usize },
+    /// Extension (or retake) of key `key` of grant `grant`.
+    Extend { grant: u64, key: usize },
+    /// Read-only check of key `key` of attempt or grant `owner`.
+    Verify { owner: u64, key: usize },
+    /// Compare-and-delete of key `key`; `group` ties it to the end of a grant
+    /// whose release callers wait for (none for clean-ups).
+    Release { key: usize, group: Option<u64> },
+    /// Fencing counter read on node `node`, round `round` of attempt `attempt`.
+    FenceRead {
+        attempt: u64,
+        round: u32,
+        node: usize,
+    },
+    /// Fencing counter write on node `node`, round `round` of attempt `attempt`.
+    FenceWrite {
+        attempt: u64,
+        round: u32,
+        node: usize,
+    },
+}
+
+impl Purpose {
+    /// The attempt or grant a command serves (none for a clean-up delete).
+    pub(crate) fn owner(&self) -> Option<u64> {
+        match *self {
+            Purpose::Acquire { attempt, .. }
+            | Purpose::FenceRead { attempt, .. }
+            | Purpose::FenceWrite { attempt, .. } => Some(attempt),
+            Purpose::Extend { grant, .. } => Some(grant),
+            Purpose::Verify { owner, .. } => Some(owner),
+            Purpose::Release { .. } => None,
+        }
+    }
+
+    /// Whether a late reply may still report a key we own.
+    fn may_own_a_key(self) -> bool {
+        matches!(self, Purpose::Acquire { .. } | Purpose::Extend { .. })
+    }
+}
+
+/// A command in the table.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Cmd {
+    pub(crate) purpose: Purpose,
+    /// When it was handed to the node: every expiry estimate starts here.
+    pub(crate) sent: Time,
+    /// Its reply is overdue after this.
+    deadline: Time,
+    /// Past its deadline: already reported as failed, kept until `forget_at`
+    /// only so that a late reply is routed.
+    overdue: Option<Time>,
+}
+
+/// The table of one lock core.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    cmds: BTreeMap<CmdId, Cmd>,
+    next: u64,
+}
+
+/// An answered command: what it was for, when it was sent, and whether it had
+/// already been reported overdue.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Answered {
+    pub(crate) purpose: Purpose,
+    pub(crate) sent: Time,
+    pub(crate) overdue: bool,
+}
+
+impl InFlight {
+    /// Records a command sent at `now`, overdue after `bound`; `keep` is how
+    /// long an overdue acquisition or extension is still remembered.
+    pub(crate) fn send(&mut self, purpose: Purpose, now: Time, bound: Duration) -> CmdId {
+        self.next += 1;
+        let id = CmdId(self.next);
+        self.cmds.insert(
+            id,
+            Cmd {
+                purpose,
+                sent: now,
+                deadline: now + bound,
+                overdue: None,
+            },
+        );
+        id
+    }
+
+    /// Takes the command a reply answers; `None` for an unknown id (answered
+    /// already, or forgotten).
+    pub(crate) fn answer(&mut self, id: CmdId) -> Option<Answered> {
+        self.cmds.remove(&id).map(|c| Answered {
+            purpose: c.purpose,
+            sent: c.sent,
+            overdue: c.overdue.is_some(),
+        })
+    }
+
+    /// Commands whose deadline passed by `now`, each reported once; forgets
+    /// overdue commands whose retention ended.
+    pub(crate) fn expire(&mut self, now: Time, keep: Duration) -> Vec<(CmdId, Cmd)> {
+        let mut due = Vec::new();
+        self.cmds.retain(|&id, c| match c.overdue {
+            Some(forget_at) => forget_at > now,
+            None if c.deadline <= now => {
+                due.push((id, *c));
+                if c.purpose.may_own_a_key() {
+                    c.overdue = Some(c.sent + keep);
+                    c.sent + keep > now
+                } else {
+                    false
+                }
+            }
+            None => true,
+        });
+        due
+    }
+
+    /// The earliest instant `expire` has something to do.
+    pub(crate) fn next_deadline(&self) -> Option<Time> {
+        self.cmds
+            .values()
+            .map(|c| c.overdue.unwrap_or(c.deadline))
+            .min()
+    }
+
+    /// True if a command not yet overdue matches `f`.
+    pub(crate) fn any_live(&self, f: impl Fn(&Purpose) -> bool) -> bool {
+        self.cmds
+            .values()
+            .any(|c| c.overdue.is_none() && f(&c.purpose))
+    }
+
+    /// True if any command, live or overdue, matches `f`.
+    pub(crate) fn any(&self, f: impl Fn(&Purpose) -> bool) -> bool {
+        self.cmds.values().any(|c| f(&c.purpose))
+    }
+
+    /// True if no command is waiting for its reply (overdue ones aside).
+    pub(crate) fn idle(&self) -> bool {
+        self.cmds.values().all(|c| c.overdue.is_some())
+    }
+
+    /// Forgets everything (the core is closed).
+    pub(crate) fn clear(&mut self) {
+        self.cmds.clear();
+    }
+
+    /// Commands remembered, live or overdue.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.cmds.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> Time {
+        Time::from_nanos(ms * 1_000_000)
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn replies_match_their_command_once() {
+        let mut t = InFlight::default();
+        let a = t.send(Purpose::Acquire { attempt: 1, key: 0 }, at(0), 10 * MS);
+        let b = t.send(Purpose::Verify { owner: 1, key: 0 }, at(1), 10 * MS);
+        assert!(a < b, "ids increase in the order sent");
+        let got = t.answer(b).unwrap();
+        assert_eq!(got.purpose, Purpose::Verify { owner: 1, key: 0 });
+        assert_eq!(got.sent, at(1));
+        assert!(
+            t.answer(b).is_none(),
+            "a duplicate reply is not matched again"
+        );
+        assert!(t.answer(CmdId(99)).is_none());
+        assert!(!t.idle());
+        t.answer(a).unwrap();
+        assert!(t.idle());
+    }
+
+    #[test]
+    fn overdue_commands_are_reported_once_and_kept_only_if_they_may_own_a_key() {
+        let mut t = InFlight::default();
+        let acq = t.send(Purpose::Acquire { attempt: 1, key: 0 }, at(0), 10 * MS);
+        let rel = t.send(
+            Purpose::Release {
+                key: 1,
+                group: None,
+            },
+            at(0),
+            10 * MS,
+        );
+        let later = t.send(Purpose::Extend { grant: 1, key: 2 }, at(5), 10 * MS);
+        assert_eq!(t.next_deadline(), Some(at(10)));
+        assert!(t.expire(at(9), 100 * MS).is_empty());
+        let due: Vec<CmdId> = t.expire(at(10), 100 * MS).iter().map(|d| d.0).collect();
+        assert_eq!(due, vec![acq, rel]);
+        assert!(t.expire(at(11), 100 * MS).is_empty(), "reported once");
+        // The release is gone; the acquisition is still routed if it answers.
+        assert!(t.answer(rel).is_none());
+        assert!(!t.any_live(|p| matches!(p, Purpose::Acquire { .. })));
+        assert!(t.any_live(|p| matches!(p, Purpose::Extend { .. })));
+        let late = t.answer(acq).unwrap();
+        assert!(late.overdue);
+        t.answer(later).unwrap();
+        assert!(t.idle());
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn overdue_acquisitions_are_forgotten_after_their_retention() {
+        let mut t = InFlight::default();
+        t.send(Purpose::Acquire { attempt: 1, key: 0 }, at(0), 10 * MS);
+        assert_eq!(t.expire(at(10), 50 * MS).len(), 1);
+        assert!(t.idle(), "an overdue command does not keep the core busy");
+        assert_eq!(t.next_deadline(), Some(at(50)));
+        assert!(t.expire(at(50), 50 * MS).is_empty());
+        assert_eq!(t.len(), 0);
+        assert_eq!(t.next_deadline(), None);
+    }
+}

@@ -1,0 +1,1353 @@
+//! The lock core: everything one lock name's `LockActor` decides, as a plain
+//! state machine. It takes events with the time they happen and returns
+//! effects; it performs no I/O, reads no clock and spawns nothing, so tests
+//! and the simulator drive it directly.
+//!
+//! The lock is always in exactly one [`Phase`]. Keys are tracked per key with
+//! the id of the command whose reply is in force, so replies that overtake
+//! each other are applied newest-sent-wins, and a stale "ours" can never undo
+//! a newer "gone". The safety rule (see `quorum`): a grant's validity is the
+//! `M`-th largest of `sent + ttl − drift` over keys known ours, and the holder
+//! is told `margin` before that instant, so that the shell's own scheduling
+//! delays do not make the news late.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use super::fence::{Fence, FenceNext};
+use super::inflight::{CmdId, InFlight, Purpose};
+use super::ops::{Entropy, Op, Outcome, Target};
+use super::time::Time;
+use super::waiters::{may_hand_over, ReqId, RequestKind, Waiters};
+use crate::error::LostReason;
+use crate::quorum::{self, Tally};
+use crate::scripts::{KeyState, SetMode, Token};
+
+/// A holder id: one per grant handed to a caller (a hand-over makes a new one).
+pub(crate) type HolderId = u64;
+/// A caller of `release()` waiting for the deletes.
+pub(crate) type AckId = u64;
+
+/// How long a quiet core waits before it reports itself idle: a name used again
+/// soon (the common case) then costs no actor start and stop.
+pub(crate) const IDLE_GRACE: Duration = Duration::from_secs(2);
+
+/// How fencing tokens are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fencing {
+    Off,
+    /// The counter moves inside key 0's acquire script (one instance).
+    InScript,
+    /// The two-phase step over all nodes.
+    Majority,
+}
+
+/// What a core needs to know about its locker. Built once per locker.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) majority: usize,
+    pub(crate) total: usize,
+    pub(crate) nodes: usize,
+    /// Node of each key.
+    pub(crate) placement: Vec<usize>,
+    pub(crate) validity: Duration,
+    pub(crate) drift: Duration,
+    pub(crate) extend: Duration,
+    /// One command's time limit (the client's own timeout).
+    pub(crate) timeout: Duration,
+    /// The holder is told this long before the computed end of validity.
+    pub(crate) margin: Duration,
+    pub(crate) tracking: bool,
+    pub(crate) handover_limit: u32,
+    pub(crate) fencing: Fencing,
+    /// Origin of the extension grid shared by the locker's locks.
+    pub(crate) epoch: Time,
+}
+
+impl Config {
+    /// How long a command may go unanswered before it counts as failed: the
+    /// client's timeout, plus slack for a batch window and the trip through
+    /// mailboxes.
+    pub(crate) fn reply_bound(&self) -> Duration {
+        self.timeout + self.timeout / 2 + Duration::from_millis(10)
+    }
+
+    /// The early-notice margin for a validity: 1 % of it, between 1 ms and
+    /// 20 ms.
+    pub(crate) fn default_margin(validity: Duration) -> Duration {
+        (validity / 100).clamp(Duration::from_millis(1), Duration::from_millis(20))
+    }
+
+    /// The next tick of the extension grid strictly after `now`.
+    fn next_tick(&self, now: Time) -> Time {
+        let period = self.extend.as_nanos().max(1);
+        let since = u128::from(now.since(self.epoch).as_nanos() as u64);
+        let left = period - since % period;
+        now + Duration::from_nanos(u64::try_from(left).unwrap_or(u64::MAX))
+    }
+}
+
+/// What the shell tells the core.
+#[derive(Debug, Clone)]
+pub(crate) enum Event {
+    /// A caller wants the lock.
+    Request { id: ReqId, kind: RequestKind },
+    /// A waiting caller gave up.
+    Cancel { id: ReqId },
+    /// Holder `holder` releases; `ack` waits for the deletes.
+    Release {
+        holder: HolderId,
+        ack: Option<AckId>,
+    },
+    /// The reply to command `cmd`.
+    Reply { cmd: CmdId, outcome: Outcome },
+    /// Key `key` of this lock changed on its node.
+    Invalidated { key: usize },
+    /// Node `node` reconnected (`None`: invalidations of every node may have
+    /// been dropped): re-check keys there and let waiters retry.
+    Recheck { node: Option<usize> },
+    /// The instant of [`LockCore::next_timeout`] came.
+    Timeout,
+    /// The locker is closing.
+    Close,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    NotLocked {
+        acquired: usize,
+        held_by_others: bool,
+    },
+    Closed,
+}
+
+/// What a holder sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HolderStatus {
+    /// Held; safe until `valid_until` unless extended.
+    Held { valid_until: Time },
+    /// Over, for this reason.
+    Ended(LostReason),
+}
+
+/// What the core asks the shell to do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Effect {
+    /// Run `op` on `target`; answer with [`Event::Reply`] for `cmd`.
+    Send { cmd: CmdId, target: Target, op: Op },
+    /// Give request `to` a new holder. If its caller is gone, the shell
+    /// answers with [`Event::Release`] for `holder`.
+    Grant {
+        to: ReqId,
+        holder: HolderId,
+        valid_until: Time,
+        fence: u64,
+    },
+    /// Answer request `to` with an error.
+    Refuse { to: ReqId, why: Refusal },
+    /// Holder `holder`'s status changed.
+    Status {
+        holder: HolderId,
+        status: HolderStatus,
+    },
+    /// The release `ack` waited for is done: `deleted` keys were deleted,
+    /// `unconfirmed` are left to expire (their node did not answer).
+    Released {
+        ack: AckId,
+        deleted: usize,
+        unconfirmed: usize,
+    },
+    /// Nothing held, queued or in flight for [`IDLE_GRACE`]: the shell may
+    /// retire the core.
+    Idle,
+    /// Closing is complete.
+    Closed,
+}
+
+/// What is known of one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    /// The command that decides it has not answered.
+    Pending,
+    /// Ours until at least `expiry` (drift already taken off).
+    Ours {
+        expiry: Time,
+    },
+    /// Held by somebody else.
+    Other {
+        forced: bool,
+    },
+    Absent,
+    /// The command failed; nothing is known.
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    key: Key,
+    /// The command whose reply set `key` (replies of older commands are stale).
+    seen: CmdId,
+    /// The last command on it failed (for the loss reason).
+    failing: bool,
+}
+
+impl Slot {
+    fn pending() -> Slot {
+        Slot {
+            key: Key::Pending,
+            seen: CmdId::default(),
+            failing: false,
+        }
+    }
+
+    fn ours_at(&self, now: Time) -> Option<Time> {
+        match self.key {
+            Key::Ours { expiry } if expiry > now => Some(expiry),
+            _ => None,
+        }
+    }
+}
+
+/// An acquisition in flight.
+#[derive(Debug)]
+struct Attempt {
+    id: u64,
+    token: Token,
+    mode: SetMode,
+    /// A Try or Force caller; a Wait attempt serves the queue's head.
+    request: Option<(ReqId, RequestKind)>,
+    keys: Vec<Slot>,
+    /// An invalidation hit a key not (yet) ours: retry at once if this fails.
+    woken: bool,
+    /// The fencing token, once known.
+    fence: Option<u64>,
+    /// The two-phase fencing step, once the keys are won.
+    fencing: Option<Fence>,
+}
+
+/// The keys held under one token, and who holds them.
+#[derive(Debug)]
+struct Grant {
+    /// The id of the attempt that won it (its commands' `owner`).
+    id: u64,
+    token: Token,
+    keys: Vec<Slot>,
+    /// Published end of safety: the computed end minus the margin.
+    ends_at: Time,
+    holder: HolderId,
+    handovers: u32,
+    acquired_at: Time,
+    fence: u64,
+    next_extend: Time,
+}
+
+/// Deletes sent when a grant ended, and who waits for them.
+#[derive(Debug)]
+struct ReleaseGroup {
+    id: u64,
+    /// The last holder of the grant.
+    holder: HolderId,
+    acks: Vec<AckId>,
+    deleted: usize,
+    unconfirmed: usize,
+    started: Time,
+}
+
+/// The phase of the lock.
+#[derive(Debug)]
+enum Phase {
+    /// No attempt, nothing held. Waiters (if any) retry when one of the keys
+    /// in `wake` changes (those held by others at the last attempt), on a
+    /// reconnect, or at `retry_at`.
+    Idle {
+        wake: Vec<bool>,
+        retry_at: Option<Time>,
+    },
+    Attempting(Attempt),
+    Holding(Grant),
+    /// A grant ended and its deletes are in flight: the next attempt waits
+    /// for them (our own stale key would block it, and with NOLOOP its
+    /// deletion would not wake us). `pause` lets other processes in first.
+    Releasing {
+        group: u64,
+        pause: bool,
+    },
+    /// Refusing everything; done once no command is in flight.
+    Closing,
+    Closed,
+}
+
+/// One lock name's state machine.
+pub(crate) struct LockCore {
+    cfg: std::sync::Arc<Config>,
+    entropy: Box<dyn Entropy>,
+    phase: Phase,
+    waiters: Waiters,
+    cmds: InFlight,
+    groups: Vec<ReleaseGroup>,
+    /// Tokens of finished attempts and grants whose commands may still
+    /// answer: a late "ours" is released with its token.
+    past: Vec<(u64, Token)>,
+    next_id: u64,
+    /// Since when nothing is queued, held or in flight; `None` while busy.
+    quiet_since: Option<Time>,
+    idle_reported: bool,
+    effects: VecDeque<Effect>,
+}
+
+impl std::fmt::Debug for LockCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockCore")
+            .field("phase", &self.phase)
+            .field("waiters", &self.waiters)
+            .field("cmds", &self.cmds)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A view of the current grant, for observers (the simulator's invariants).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HoldingView {
+    pub(crate) holder: HolderId,
+    pub(crate) token: Token,
+    pub(crate) ends_at: Time,
+    pub(crate) fence: u64,
+}
+
+impl LockCore {
+    pub(crate) fn new(cfg: std::sync::Arc<Config>, entropy: Box<dyn Entropy>, now: Time) -> Self {
+        let total = cfg.total;
+        LockCore {
+            cfg,
+            entropy,
+            phase: Phase::Idle {
+                wake: vec![false; total],
+                retry_at: None,
+            },
+            waiters: Waiters::default(),
+            cmds: InFlight::default(),
+            groups: Vec::new(),
+            past: Vec::new(),
+            next_id: 0,
+            quiet_since: Some(now),
+            idle_reported: false,
+            effects: VecDeque::new(),
+        }
+    }
+
+    /// The next effect to carry out.
+    pub(crate) fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// When the core next wants [`Event::Timeout`].
+    pub(crate) fn next_timeout(&self) -> Option<Time> {
+        let mut next = self.cmds.next_deadline();
+        let mut at = |t: Option<Time>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n: Time| n.min(t)));
+            }
+        };
+        match &self.phase {
+            Phase::Idle { retry_at, .. } if self.waiters.has_waiter() => at(*retry_at),
+            Phase::Holding(g) => {
+                at(Some(g.ends_at));
+                at(Some(g.next_extend));
+            }
+            _ => {}
+        }
+        if !self.idle_reported {
+            at(self.quiet_since.map(|q| q + IDLE_GRACE));
+        }
+        next
+    }
+
+    /// The current grant, if any.
+    pub(crate) fn holding(&self) -> Option<HoldingView> {
+        match &self.phase {
+            Phase::Holding(g) => Some(HoldingView {
+                holder: g.holder,
+                token: g.token.clone(),
+                ends_at: g.ends_at,
+                fence: g.fence,
+            }),
+            _ => None,
+        }
+    }
+
+    /// True once closing is complete.
+    pub(crate) fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
+    }
+
+    /// A short name of the phase, for logs and tests.
+    pub(crate) fn phase_name(&self) -> &'static str {
+        match self.phase {
+            Phase::Idle { .. } => "idle",
+            Phase::Attempting(_) => "attempting",
+            Phase::Holding(_) => "holding",
+            Phase::Releasing { .. } => "releasing",
+            Phase::Closing => "closing",
+            Phase::Closed => "closed",
+        }
+    }
+
+    /// Feeds one event that happened at `now`.
+    pub(crate) fn handle(&mut self, now: Time, event: Event) {
+        match event {
+            Event::Request { id, kind } => self.on_request(now, id, kind),
+            Event::Cancel { id } => self.on_cancel(now, id),
+            Event::Release { holder, ack } => self.on_release(now, holder, ack),
+            Event::Reply { cmd, outcome } => self.on_reply(now, cmd, outcome),
+            Event::Invalidated { key } => self.on_invalidated(now, Some(key), None),
+            Event::Recheck { node } => self.on_invalidated(now, None, node),
+            Event::Timeout => self.on_timeout(now),
+            Event::Close => self.on_close(now),
+        }
+        self.after(now);
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn send(&mut self, now: Time, purpose: Purpose, target: Target, op: Op) {
+        let cmd = self.cmds.send(purpose, now, self.cfg.reply_bound());
+        self.effects.push_back(Effect::Send { cmd, target, op });
+    }
+
+    fn refuse(&mut self, to: ReqId, why: Refusal) {
+        self.effects.push_back(Effect::Refuse { to, why });
+    }
+
+    fn status(&mut self, holder: HolderId, status: HolderStatus) {
+        self.effects.push_back(Effect::Status { holder, status });
+    }
+
+    // ===== requests =====
+
+    fn on_request(&mut self, now: Time, id: ReqId, kind: RequestKind) {
+        self.idle_reported = false;
+        match (&self.phase, kind) {
+            (Phase::Closing | Phase::Closed, _) => self.refuse(id, Refusal::Closed),
+            (_, RequestKind::Wait) => {
+                let first = !self.waiters.has_waiter();
+                self.waiters.push(id, kind);
+                if first && matches!(self.phase, Phase::Idle { .. }) {
+                    self.start_attempt(now, SetMode::Nx, None);
+                }
+            }
+            (Phase::Holding(_) | Phase::Attempting(_), RequestKind::Try) => self.refuse(
+                id,
+                Refusal::NotLocked {
+                    acquired: 0,
+                    held_by_others: true,
+                },
+            ),
+            (_, RequestKind::Try) => {
+                self.start_attempt(now, SetMode::Nx, Some((id, kind)));
+            }
+            (Phase::Attempting(_), RequestKind::Force) => {
+                // Decide the attempt in flight first; the force then takes
+                // over whatever it produced.
+                self.waiters.push(id, kind);
+            }
+            (_, RequestKind::Force) => self.start_force(now, id),
+        }
+    }
+
+    fn start_force(&mut self, now: Time, id: ReqId) {
+        if let Phase::Holding(g) = &self.phase {
+            // Our own holder is taken over: its keys are about to be
+            // overwritten, so no release, just the news.
+            let holder = g.holder;
+            tracing::debug!(token = g.token.short(), "own grant taken over by force");
+            self.status(holder, HolderStatus::Ended(LostReason::Forced));
+        }
+        self.start_attempt(now, SetMode::Force, Some((id, RequestKind::Force)));
+    }
+
+    fn on_cancel(&mut self, _now: Time, id: ReqId) {
+        if self.waiters.cancel(id) {
+            return;
+        }
+        if let Phase::Attempting(a) = &mut self.phase {
+            if a.request.is_some_and(|(r, _)| r == id) {
+                a.request = None;
+            }
+        }
+    }
+
+    // ===== acquisition =====
+
+    fn start_attempt(&mut self, now: Time, mode: SetMode, request: Option<(ReqId, RequestKind)>) {
+        let id = self.id();
+        let token = self.entropy.token(mode == SetMode::Force);
+        let total = self.cfg.total;
+        tracing::trace!(token = token.short(), ?mode, "attempt");
+        self.phase = Phase::Attempting(Attempt {
+            id,
+            token: token.clone(),
+            mode,
+            request,
+            keys: vec![Slot::pending(); total],
+            woken: false,
+            fence: None,
+            fencing: None,
+        });
+        let in_script = self.cfg.fencing == Fencing::InScript;
+        for key in 0..total {
+            let op = Op::Acquire {
+                token: token.clone(),
+                mode,
+                fence: in_script && key == 0,
+            };
+            self.send(
+                now,
+                Purpose::Acquire { attempt: id, key },
+                Target::Key(key),
+                op,
+            );
+        }
+    }
+
+    /// Decides the attempt if its replies allow.
+    fn decide(&mut self, now: Time) {
+        let Phase::Attempting(a) = &self.phase else {
+            return;
+        };
+        if a.fencing.is_some() {
+            return;
+        }
+        let m = self.cfg.majority;
+        let won = a.keys.iter().filter(|s| s.ours_at(now).is_some()).count();
+        let failed = a
+            .keys
+            .iter()
+            .filter(|s| s.key != Key::Pending && s.ours_at(now).is_none())
+            .count();
+        match quorum::tally(won, failed, self.cfg.total, m) {
+            Tally::Open => {}
+            Tally::Won if self.cfg.fencing != Fencing::Off && a.fence.is_none() => {
+                let nodes = self.cfg.nodes;
+                let Phase::Attempting(a) = &mut self.phase else {
+                    return;
+                };
+                let id = a.id;
+                let f = Fence::start(nodes);
+                let round = f.round();
+                a.fencing = Some(f);
+                self.send_fence_reads(now, id, round);
+            }
+            Tally::Won => self.win(now),
+            Tally::Lost => self.attempt_failed(now),
+        }
+    }
+
+    fn send_fence_reads(&mut self, now: Time, attempt: u64, round: u32) {
+        for node in 0..self.cfg.nodes {
+            self.send(
+                now,
+                Purpose::FenceRead {
+                    attempt,
+                    round,
+                    node,
+                },
+                Target::Fence(node),
+                Op::FenceRead,
+            );
+        }
+    }
+
+    fn on_fence_next(&mut self, now: Time, attempt: u64, next: FenceNext) {
+        match next {
+            FenceNext::Wait => {}
+            FenceNext::Read { round } => self.send_fence_reads(now, attempt, round),
+            FenceNext::Write { round, value } => {
+                for node in 0..self.cfg.nodes {
+                    self.send(
+                        now,
+                        Purpose::FenceWrite {
+                            attempt,
+                            round,
+                            node,
+                        },
+                        Target::Fence(node),
+                        Op::FenceWrite { value },
+                    );
+                }
+            }
+            FenceNext::Done(value) => {
+                if let Phase::Attempting(a) = &mut self.phase {
+                    a.fence = Some(value);
+                    a.fencing = None;
+                }
+                self.decide(now);
+            }
+            FenceNext::Failed => {
+                tracing::warn!("fencing step failed");
+                self.attempt_failed(now);
+            }
+        }
+    }
+
+    /// The attempt holds a majority (and its fencing token, if any).
+    fn win(&mut self, now: Time) {
+        let Phase::Attempting(a) = std::mem::replace(
+            &mut self.phase,
+            Phase::Idle {
+                wake: Vec::new(),
+                retry_at: None,
+            },
+        ) else {
+            return;
+        };
+        let m = self.cfg.majority;
+        let live = a.keys.iter().filter_map(|s| s.ours_at(now));
+        let ends_at = quorum::validity_end(live, m).map(|v| v - self.cfg.margin);
+        // Enough validity to reach a confirmed extension: one round trip.
+        let Some(ends_at) = ends_at.filter(|e| *e > now + self.cfg.timeout) else {
+            tracing::warn!(
+                token = a.token.short(),
+                "majority reached too late to be safe; releasing"
+            );
+            self.phase = Phase::Attempting(a);
+            self.attempt_failed(now);
+            return;
+        };
+        // The first extension on the locker's grid, or sooner if the grant
+        // would lapse before it could be confirmed.
+        let latest = ends_at - self.cfg.timeout * 2;
+        let next_extend = self.cfg.next_tick(now).min(latest.max(now));
+        let holder = self.id();
+        let grant = Grant {
+            id: a.id,
+            token: a.token.clone(),
+            keys: a.keys,
+            ends_at,
+            holder,
+            handovers: 0,
+            acquired_at: now,
+            fence: a.fence.unwrap_or(0),
+            next_extend,
+        };
+        tracing::debug!(
+            token = grant.token.short(),
+            valid_ms = ends_at.since(now).as_millis() as u64,
+            "acquired"
+        );
+        let fence = grant.fence;
+        self.phase = Phase::Holding(grant);
+        let to = match a.request {
+            Some((id, _)) => Some(id),
+            None => self.waiters.pop_waiter(),
+        };
+        match to {
+            Some(to) => self.effects.push_back(Effect::Grant {
+                to,
+                holder,
+                valid_until: ends_at,
+                fence,
+            }),
+            // Nobody wants it any more.
+            None => self.end_grant(now, LostReason::Released),
+        }
+        // A force queued behind the attempt takes over now.
+        if let Some(force) = self.waiters.pop_force() {
+            self.start_force(now, force);
+        }
+    }
+
+    fn attempt_failed(&mut self, now: Time) {
+        let Phase::Attempting(a) = std::mem::replace(
+            &mut self.phase,
+            Phase::Idle {
+                wake: Vec::new(),
+                retry_at: None,
+            },
+        ) else {
+            return;
+        };
+        let won = a.keys.iter().filter(|s| s.ours_at(now).is_some()).count();
+        let held_by_others = a.keys.iter().any(|s| matches!(s.key, Key::Other { .. }));
+        tracing::trace!(
+            token = a.token.short(),
+            won,
+            held_by_others,
+            "attempt failed"
+        );
+        self.past.push((a.id, a.token.clone()));
+        for (key, s) in a.keys.iter().enumerate() {
+            if matches!(s.key, Key::Ours { .. }) {
+                self.release_key(now, key, &a.token, None);
+            }
+        }
+        if let Some((id, kind)) = a.request {
+            self.refuse(
+                id,
+                Refusal::NotLocked {
+                    acquired: won,
+                    held_by_others: held_by_others && kind != RequestKind::Force,
+                },
+            );
+        }
+        if let Some(force) = self.waiters.pop_force() {
+            self.start_force(now, force);
+            return;
+        }
+        // Waiters wake when a key that blocked them changes. Keys we won and
+        // released, or that were free, are not what keeps them out: waking on
+        // those is how two waiting processes would wake each other at network
+        // speed while a holder keeps a key out of reach.
+        let wake = a
+            .keys
+            .iter()
+            .map(|s| matches!(s.key, Key::Other { .. }))
+            .collect();
+        if a.woken && self.waiters.has_waiter() {
+            self.start_attempt(now, SetMode::Nx, None);
+            return;
+        }
+        let retry_at = Some(now + self.retry_period(held_by_others));
+        self.phase = Phase::Idle { wake, retry_at };
+    }
+
+    /// The fallback retry of waiters. With tracking, an invalidation normally
+    /// wakes them first; this covers what tracking cannot see (fred drops
+    /// FLUSHALL's invalidation, a gap during a reconnect). Without tracking it
+    /// is the polling period.
+    fn retry_period(&mut self, held_by_others: bool) -> Duration {
+        let c = &self.cfg;
+        let period = if !c.tracking {
+            c.timeout
+        } else if held_by_others {
+            c.extend
+        } else {
+            // Nodes failing rather than the lock being held: retry soon.
+            c.timeout.max(Duration::from_millis(50))
+        };
+        quorum::jitter(period, 10, self.entropy.next_u64())
+    }
+
+    // ===== replies =====
+
+    fn on_reply(&mut self, now: Time, cmd: CmdId, outcome: Outcome) {
+        let Some(answered) = self.cmds.answer(cmd) else {
+            return;
+        };
+        self.apply(now, cmd, answered.purpose, answered.sent, outcome);
+    }
+
+    fn apply(&mut self, now: Time, cmd: CmdId, purpose: Purpose, sent: Time, outcome: Outcome) {
+        match purpose {
+            Purpose::Acquire { attempt, key } => {
+                self.on_key_reply(now, cmd, attempt, key, sent, outcome, true)
+            }
+            Purpose::Extend { grant, key } => {
+                self.on_key_reply(now, cmd, grant, key, sent, outcome, true)
+            }
+            Purpose::Verify { owner, key } => {
+                self.on_key_reply(now, cmd, owner, key, sent, outcome, false)
+            }
+            Purpose::Release { key: _, group } => {
+                if let Some(g) = group.and_then(|id| self.groups.iter_mut().find(|g| g.id == id)) {
+                    match outcome {
+                        Outcome::Released(true) => g.deleted += 1,
+                        Outcome::Released(false) => {}
+                        _ => g.unconfirmed += 1,
+                    }
+                }
+                if let Some(group) = group {
+                    self.maybe_group_done(now, group);
+                }
+            }
+            Purpose::FenceRead {
+                attempt,
+                round,
+                node,
+            } => {
+                let next = match &mut self.phase {
+                    Phase::Attempting(a) if a.id == attempt => match &mut a.fencing {
+                        Some(f) => f.on_read(
+                            round,
+                            node,
+                            match outcome {
+                                Outcome::Fence(v) => Some(v),
+                                _ => None,
+                            },
+                        ),
+                        None => FenceNext::Wait,
+                    },
+                    _ => FenceNext::Wait,
+                };
+                self.on_fence_next(now, attempt, next);
+            }
+            Purpose::FenceWrite {
+                attempt,
+                round,
+                node,
+            } => {
+                let next = match &mut self.phase {
+                    Phase::Attempting(a) if a.id == attempt => match &mut a.fencing {
+                        Some(f) => f.on_write(
+                            round,
+                            node,
+                            match outcome {
+                                Outcome::FenceWritten { raised, .. } => Some(raised),
+                                _ => None,
+                            },
+                        ),
+                        None => FenceNext::Wait,
+                    },
+                    _ => FenceNext::Wait,
+                };
+                self.on_fence_next(now, attempt, next);
+            }
+        }
+    }
+
+    /// A reply about lock key `key` for attempt or grant `owner`.
+    /// `writes` is true for the acquire script (it sets the TTL afresh), false
+    /// for a read-only check.
+    #[allow(clippy::too_many_arguments)]
+    fn on_key_reply(
+        &mut self,
+        now: Time,
+        cmd: CmdId,
+        owner: u64,
+        key: usize,
+        sent: Time,
+        outcome: Outcome,
+        writes: bool,
+    ) {
+        let c = self.cfg.clone();
+        let slots = match &mut self.phase {
+            Phase::Attempting(a) if a.id == owner => &mut a.keys,
+            Phase::Holding(g) if g.id == owner => &mut g.keys,
+            _ => {
+                // Its attempt or grant is over: a key it made ours is released.
+                if writes && matches!(outcome, Outcome::Key(KeyState::Ours { .. })) {
+                    if let Some(token) = self.token_of_past(owner) {
+                        tracing::debug!(key, "late key of a decided attempt; releasing");
+                        self.release_key(now, key, &token, None);
+                    }
+                }
+                return;
+            }
+        };
+        let Some(slot) = slots.get_mut(key) else {
+            return;
+        };
+        if let Outcome::Failed(why) = outcome {
+            tracing::trace!(key, why, "command failed");
+            slot.failing = true;
+            if slot.key == Key::Pending && cmd > slot.seen {
+                slot.key = Key::Failed;
+            }
+        } else if cmd > slot.seen {
+            slot.seen = cmd;
+            slot.failing = false;
+            let mut fence_seen = None;
+            slot.key = match outcome {
+                Outcome::Key(KeyState::Ours { pttl_ms, fence }) => {
+                    fence_seen = fence;
+                    if writes {
+                        Key::Ours {
+                            expiry: quorum::key_expiry_t(sent, c.validity, c.drift),
+                        }
+                    } else {
+                        // A check: the server's PTTL bounds the expiry, and
+                        // never raises what an extension confirmed.
+                        let reported = pttl_ms.map(|ms| {
+                            quorum::key_expiry_t(sent, Duration::from_millis(ms), c.drift)
+                        });
+                        match (slot.key, reported) {
+                            (Key::Ours { expiry }, Some(r)) => Key::Ours {
+                                expiry: expiry.min(r),
+                            },
+                            (Key::Ours { expiry }, None) => Key::Ours { expiry },
+                            (_, Some(r)) => Key::Ours { expiry: r },
+                            // Ours without a TTL and nothing confirmed: no
+                            // credit until the next extension sets one.
+                            (_, None) => Key::Ours { expiry: sent },
+                        }
+                    }
+                }
+                Outcome::Key(KeyState::Other { forced }) => Key::Other { forced },
+                Outcome::Key(KeyState::Absent) => Key::Absent,
+                _ => Key::Failed,
+            };
+            if let (Some(f), Phase::Attempting(a)) = (fence_seen, &mut self.phase) {
+                a.fence = Some(f);
+            }
+            // Someone cut a held key's TTL short: extend now.
+            if let (
+                false,
+                Outcome::Key(KeyState::Ours {
+                    pttl_ms: Some(ms), ..
+                }),
+                Phase::Holding(g),
+            ) = (writes, &outcome, &mut self.phase)
+            {
+                if Duration::from_millis(*ms) < c.validity.saturating_sub(c.extend) {
+                    g.next_extend = g.next_extend.min(now);
+                }
+            }
+        }
+        match &mut self.phase {
+            Phase::Attempting(_) => self.decide(now),
+            Phase::Holding(g) => {
+                if writes && g.keys[key].failing {
+                    // A node failed to answer: try again after a pause rather
+                    // than hammer it, well before the validity runs out.
+                    let retry = now + c.timeout.max(Duration::from_millis(20));
+                    g.next_extend = g.next_extend.min(retry);
+                }
+                self.reevaluate(now);
+            }
+            _ => {}
+        }
+    }
+
+    fn token_of_past(&self, owner: u64) -> Option<Token> {
+        self.past
+            .iter()
+            .find(|(id, _)| *id == owner)
+            .map(|(_, t)| t.clone())
+    }
+
+    // ===== holding =====
+
+    /// Recomputes the grant's validity from its keys; ends it when fewer than
+    /// `M` keys are known ours.
+    fn reevaluate(&mut self, now: Time) {
+        let Phase::Holding(g) = &mut self.phase else {
+            return;
+        };
+        let live = g.keys.iter().filter_map(|s| s.ours_at(now));
+        match quorum::validity_end(live, self.cfg.majority) {
+            Some(end) if end - self.cfg.margin > now => {
+                let ends_at = end - self.cfg.margin;
+                if ends_at != g.ends_at {
+                    g.ends_at = ends_at;
+                    let holder = g.holder;
+                    self.status(
+                        holder,
+                        HolderStatus::Held {
+                            valid_until: ends_at,
+                        },
+                    );
+                }
+            }
+            _ => {
+                let reason = loss_reason(&g.keys);
+                self.end_grant(now, reason);
+            }
+        }
+    }
+
+    fn extend(&mut self, now: Time) {
+        let Phase::Holding(g) = &mut self.phase else {
+            return;
+        };
+        g.next_extend = self.cfg.next_tick(now);
+        let (id, token) = (g.id, g.token.clone());
+        // Keys believed ours are only extended (XX): one that vanished
+        // unnoticed must show up as lost, never be re-created over a gap.
+        // Keys known not ours are taken back with NX, counted from the reply
+        // on, so a minority lost in a hiccup does not weaken the lock for good.
+        // Keys whose acquisition has not answered are left to it.
+        let plan: Vec<(usize, SetMode)> = g
+            .keys
+            .iter()
+            .enumerate()
+            .filter_map(|(k, s)| match s.key {
+                Key::Pending => None,
+                Key::Ours { .. } => Some((k, SetMode::Xx)),
+                _ => Some((k, SetMode::Nx)),
+            })
+            .collect();
+        for (key, mode) in plan {
+            let op = Op::Extend {
+                token: token.clone(),
+                mode,
+            };
+            self.send(
+                now,
+                Purpose::Extend { grant: id, key },
+                Target::Key(key),
+                op,
+            );
+        }
+    }
+
+    /// Ends the grant for its holder and deletes whatever keys may be ours.
+    fn end_grant(&mut self, now: Time, reason: LostReason) {
+        let Phase::Holding(g) = std::mem::replace(
+            &mut self.phase,
+            Phase::Idle {
+                wake: Vec::new(),
+                retry_at: None,
+            },
+        ) else {
+            return;
+        };
+        if reason.is_loss() {
+            tracing::info!(token = g.token.short(), reason = %reason, "lock lost");
+        } else {
+            tracing::debug!(token = g.token.short(), "released");
+        }
+        self.status(g.holder, HolderStatus::Ended(reason));
+        let group = self.id();
+        self.groups.push(ReleaseGroup {
+            id: group,
+            holder: g.holder,
+            acks: Vec::new(),
+            deleted: 0,
+            unconfirmed: 0,
+            started: now,
+        });
+        self.past.push((g.id, g.token.clone()));
+        for (key, s) in g.keys.iter().enumerate() {
+            // Anything that may hold our token: known ours, unknown, failing.
+            if !matches!(s.key, Key::Other { .. } | Key::Absent) || s.failing {
+                self.release_key(now, key, &g.token, Some(group));
+            }
+        }
+        // Local waiters go next, once the deletes are answered; after a
+        // release by the holder, with a pause that lets waiters in other
+        // processes compete fairly.
+        let pause = reason == LostReason::Released && self.waiters.has_waiter();
+        self.phase = Phase::Releasing { group, pause };
+        self.maybe_group_done(now, group);
+    }
+
+    fn release_key(&mut self, now: Time, key: usize, token: &Token, group: Option<u64>) {
+        self.send(
+            now,
+            Purpose::Release { key, group },
+            Target::Key(key),
+            Op::Release {
+                token: token.clone(),
+            },
+        );
+    }
+
+    /// When a group's deletes are all answered: tell its release callers, and
+    /// let waiters go.
+    fn maybe_group_done(&mut self, now: Time, group: u64) {
+        if self
+            .cmds
+            .any_live(|p| matches!(p, Purpose::Release { group: Some(g), .. } if *g == group))
+        {
+            return;
+        }
+        let Some(pos) = self.groups.iter().position(|g| g.id == group) else {
+            return;
+        };
+        let g = self.groups.swap_remove(pos);
+        for ack in g.acks {
+            self.effects.push_back(Effect::Released {
+                ack,
+                deleted: g.deleted,
+                unconfirmed: g.unconfirmed,
+            });
+        }
+        if let Phase::Releasing {
+            group: current,
+            pause,
+        } = self.phase
+        {
+            if current != group {
+                return;
+            }
+            self.phase = Phase::Idle {
+                wake: vec![false; self.cfg.total],
+                retry_at: None,
+            };
+            if let Some(force) = self.waiters.pop_force() {
+                self.start_force(now, force);
+            } else if self.waiters.has_waiter() {
+                if pause {
+                    // Our own delete is confirmed; waiters elsewhere hear of
+                    // it through an invalidation, one hop later than we do.
+                    // Give them that head start (twice the delete's round
+                    // trip), or this process would win every race.
+                    let rtt = now.since(g.started);
+                    let wait = (rtt * 2 + Duration::from_micros(100)).min(self.cfg.timeout);
+                    self.phase = Phase::Idle {
+                        wake: vec![false; self.cfg.total],
+                        retry_at: Some(now + wait),
+                    };
+                } else {
+                    self.start_attempt(now, SetMode::Nx, None);
+                }
+            }
+        }
+    }
+
+    /// The holder releases: hand over to the next local waiter if the policy
+    /// allows, else end the grant and delete the keys.
+    fn on_release(&mut self, now: Time, holder: HolderId, ack: Option<AckId>) {
+        let current = matches!(&self.phase, Phase::Holding(g) if g.holder == holder);
+        if !current {
+            // Already over: wait for that grant's deletes if they are still
+            // out, else answer at once.
+            if let Some(ack) = ack {
+                match self.groups.iter_mut().find(|g| g.holder == holder) {
+                    Some(g) => g.acks.push(ack),
+                    None => self.effects.push_back(Effect::Released {
+                        ack,
+                        deleted: 0,
+                        unconfirmed: 0,
+                    }),
+                }
+            }
+            return;
+        }
+        let Phase::Holding(g) = &self.phase else {
+            return;
+        };
+        let hand_over = self.waiters.has_waiter()
+            && may_hand_over(
+                g.handovers,
+                self.cfg.handover_limit,
+                g.acquired_at,
+                g.ends_at,
+                now,
+                self.cfg.timeout,
+            );
+        if hand_over {
+            let next = self.id();
+            let to = self
+                .waiters
+                .pop_waiter()
+                .expect("checked: a waiter is queued");
+            let Phase::Holding(g) = &mut self.phase else {
+                return;
+            };
+            let old = std::mem::replace(&mut g.holder, next);
+            g.handovers += 1;
+            let (valid_until, fence) = (g.ends_at, g.fence);
+            tracing::trace!(
+                token = g.token.short(),
+                handovers = g.handovers,
+                "handed over locally"
+            );
+            self.status(old, HolderStatus::Ended(LostReason::Released));
+            if let Some(ack) = ack {
+                self.effects.push_back(Effect::Released {
+                    ack,
+                    deleted: 0,
+                    unconfirmed: 0,
+                });
+            }
+            self.effects.push_back(Effect::Grant {
+                to,
+                holder: next,
+                valid_until,
+                fence,
+            });
+            return;
+        }
+        self.end_grant(now, LostReason::Released);
+        if let Some(ack) = ack {
+            match self.groups.iter_mut().find(|g| g.holder == holder) {
+                Some(g) => g.acks.push(ack),
+                None => self.effects.push_back(Effect::Released {
+                    ack,
+                    deleted: 0,
+                    unconfirmed: 0,
+                }),
+            }
+        }
+    }
+
+    // ===== invalidations =====
+
+    fn on_invalidated(&mut self, now: Time, key: Option<usize>, node: Option<usize>) {
+        let c = self.cfg.clone();
+        let in_scope = |i: usize| match (key, node) {
+            (Some(k), _) => k == i,
+            (None, Some(n)) => c.placement.get(i) == Some(&n),
+            (None, None) => true,
+        };
+        match &mut self.phase {
+            Phase::Holding(g) => {
+                // Re-check with a read-only script: it never writes, so it
+                // cannot invalidate itself (no loop even without NOLOOP).
+                let (id, token) = (g.id, g.token.clone());
+                let keys: Vec<usize> = (0..g.keys.len())
+                    .filter(|&i| {
+                        in_scope(i) && !matches!(g.keys[i].key, Key::Other { .. } | Key::Absent)
+                    })
+                    .collect();
+                for k in keys {
+                    self.verify(now, id, k, &token);
+                }
+            }
+            Phase::Attempting(a) => {
+                let (id, token) = (a.id, a.token.clone());
+                let mut ours = Vec::new();
+                for (i, s) in a.keys.iter().enumerate() {
+                    if !in_scope(i) {
+                        continue;
+                    }
+                    match s.key {
+                        Key::Ours { .. } | Key::Pending => ours.push(i),
+                        _ => {}
+                    }
+                    if !matches!(s.key, Key::Ours { .. }) {
+                        a.woken = true;
+                    }
+                }
+                for k in ours {
+                    self.verify(now, id, k, &token);
+                }
+            }
+            Phase::Idle { wake, .. } => {
+                let woken =
+                    key.is_none() || wake.iter().enumerate().any(|(i, w)| *w && in_scope(i));
+                if woken && self.waiters.has_waiter() {
+                    self.start_attempt(now, SetMode::Nx, None);
+                }
+            }
+            Phase::Releasing { .. } | Phase::Closing | Phase::Closed => {}
+        }
+    }
+
+    fn verify(&mut self, now: Time, owner: u64, key: usize, token: &Token) {
+        self.send(
+            now,
+            Purpose::Verify { owner, key },
+            Target::Key(key),
+            Op::Verify {
+                token: token.clone(),
+            },
+        );
+    }
+
+    // ===== time =====
+
+    fn on_timeout(&mut self, now: Time) {
+        // Commands that did not answer in time count as failed.
+        let keep = self.cfg.validity;
+        for (cmd, c) in self.cmds.expire(now, keep) {
+            self.apply(
+                now,
+                cmd,
+                c.purpose,
+                c.sent,
+                Outcome::Failed("no reply in time"),
+            );
+        }
+        match &self.phase {
+            Phase::Holding(g) if now >= g.ends_at => {
+                let reason = loss_reason(&g.keys);
+                self.end_grant(now, reason);
+            }
+            Phase::Holding(g) if now >= g.next_extend => self.extend(now),
+            Phase::Idle {
+                retry_at: Some(at), ..
+            } if now >= *at && self.waiters.has_waiter() => {
+                self.start_attempt(now, SetMode::Nx, None);
+            }
+            _ => {}
+        }
+        if let Some(q) = self.quiet_since {
+            if !self.idle_reported && now >= q + IDLE_GRACE {
+                self.idle_reported = true;
+                self.effects.push_back(Effect::Idle);
+            }
+        }
+    }
+
+    fn on_close(&mut self, now: Time) {
+        if matches!(self.phase, Phase::Closing | Phase::Closed) {
+            return;
+        }
+        if matches!(self.phase, Phase::Holding(_)) {
+            self.end_grant(now, LostReason::Closed);
+        }
+        if let Phase::Attempting(a) = &mut self.phase {
+            if let Some((id, _)) = a.request.take() {
+                self.refuse(id, Refusal::Closed);
+            }
+            // Its keys are released, its late keys too.
+            self.waiters_refuse_all();
+            self.attempt_failed(now);
+        }
+        self.waiters_refuse_all();
+        self.phase = Phase::Closing;
+    }
+
+    fn waiters_refuse_all(&mut self) {
+        let ids: Vec<ReqId> = self.waiters.drain().collect();
+        for id in ids {
+            self.refuse(id, Refusal::Closed);
+        }
+    }
+
+    /// Book-keeping after every event: closing, idleness, old tokens.
+    fn after(&mut self, now: Time) {
+        let cmds = &self.cmds;
+        self.past
+            .retain(|(owner, _)| cmds.any(|p| p.owner() == Some(*owner)));
+        if matches!(self.phase, Phase::Closing) && self.cmds.idle() {
+            self.phase = Phase::Closed;
+            self.cmds.clear();
+            self.past.clear();
+            // Release callers still waiting: their deletes went unanswered.
+            for g in std::mem::take(&mut self.groups) {
+                for ack in g.acks {
+                    self.effects.push_back(Effect::Released {
+                        ack,
+                        deleted: g.deleted,
+                        unconfirmed: g.unconfirmed,
+                    });
+                }
+            }
+            self.effects.push_back(Effect::Closed);
+            return;
+        }
+        let quiet =
+            matches!(self.phase, Phase::Idle { .. }) && self.waiters.is_empty() && self.cmds.idle();
+        match (quiet, self.quiet_since) {
+            (true, None) => {
+                self.quiet_since = Some(now);
+                self.idle_reported = false;
+            }
+            (false, Some(_)) => self.quiet_since = None,
+            _ => {}
+        }
+    }
+}
+
+/// Why fewer than `M` keys are ours: the most common recorded cause among the
+/// keys lost, `Unreachable` when keys just ran out while commands failed.
+fn loss_reason(keys: &[Slot]) -> LostReason {
+    let count = |want: fn(&Key) -> bool| keys.iter().filter(|s| want(&s.key)).count();
+    let candidates: [(LostReason, usize); 3] = [
+        (
+            LostReason::Forced,
+            count(|k| matches!(k, Key::Other { forced: true })),
+        ),
+        (
+            LostReason::Overwritten,
+            count(|k| matches!(k, Key::Other { forced: false })),
+        ),
+        (LostReason::Deleted, count(|k| matches!(k, Key::Absent))),
+    ];
+    let best = candidates
+        .iter()
+        .copied()
+        .filter(|(_, n)| *n > 0)
+        .max_by_key(|(_, n)| *n);
+    match best {
+        Some((r, _)) => r,
+        None if keys.iter().any(|s| s.failing) => LostReason::Unreachable,
+        None => LostReason::Expired,
+    }
+}

@@ -1,0 +1,29 @@
+//! The sans-IO lock core: what a lock decides, as plain state machines that
+//! take events and `now` and return effects. No actors, no client, no clock,
+//! no tasks: the `LockActor` shell feeds it and carries out its effects, and
+//! the simulator drives many of them against a model of Valkey.
+//!
+//! - `lock`: one lock name's state machine ([`LockCore`]).
+//! - `inflight`: the table of commands awaiting replies.
+//! - `fence`: the two-phase fencing step on several instances.
+//! - `waiters`: the local queue and the hand-over policy.
+//! - `ops`: the commands, targets and outcomes the core speaks in.
+//! - `time`: the core's clock type.
+
+mod fence;
+mod inflight;
+mod lock;
+mod ops;
+mod time;
+mod waiters;
+
+pub(crate) use inflight::CmdId;
+pub(crate) use lock::{
+    AckId, Config, Effect, Event, Fencing, HolderId, HolderStatus, LockCore, Refusal, IDLE_GRACE,
+};
+pub(crate) use ops::{Entropy, Op, OsEntropy, Outcome, Target};
+pub(crate) use time::Time;
+pub(crate) use waiters::{ReqId, RequestKind};
+
+#[cfg(test)]
+mod tests;

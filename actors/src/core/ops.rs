@@ -1,0 +1,88 @@
+//! The vocabulary between a lock core and the shell that runs it: the
+//! commands the core asks for, what they target, and what came back.
+
+use crate::scripts::{KeyState, SetMode, Token};
+
+/// What a command acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// Lock key `i` (`{prefix}:{i}:{name}`), on the node placement gives it.
+    Key(usize),
+    /// The name's fencing counter on node `n`.
+    Fence(usize),
+}
+
+/// A command on one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// The acquire script; with `fence`, it also moves the name's fencing
+    /// counter in the same step (one instance only).
+    Acquire {
+        token: Token,
+        mode: SetMode,
+        fence: bool,
+    },
+    /// The same script for a held key, batched with the node's other
+    /// extensions of this tick.
+    Extend { token: Token, mode: SetMode },
+    /// Read-only check: is the key still ours, and for how long.
+    Verify { token: Token },
+    /// Compare-and-delete.
+    Release { token: Token },
+    /// Read the fencing counter.
+    FenceRead,
+    /// Raise the fencing counter to `value` unless it is there or higher.
+    FenceWrite { value: u64 },
+}
+
+/// The result of one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Key(KeyState),
+    /// A compare-and-delete ran: true if it deleted our key.
+    Released(bool),
+    /// A fencing counter's value.
+    Fence(u64),
+    /// A fencing write ran: whether it raised the counter itself, and the
+    /// counter's value afterwards.
+    FenceWritten {
+        raised: bool,
+        value: u64,
+    },
+    /// The node did not answer usefully (not connected, timed out, error).
+    Failed(&'static str),
+}
+
+/// Where a core gets its randomness: tokens and retry jitter. The engine uses
+/// the operating system's generator; the simulator a seeded one, so a seed
+/// replays a run exactly.
+pub(crate) trait Entropy: Send {
+    /// Fills `buf` with random bytes.
+    fn fill(&mut self, buf: &mut [u8]);
+
+    /// A fresh token for one acquisition attempt.
+    fn token(&mut self, forced: bool) -> Token {
+        let mut bytes = [0u8; 24];
+        self.fill(&mut bytes);
+        Token::from_bytes(&bytes, forced)
+    }
+
+    /// A random `u64`.
+    fn next_u64(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        self.fill(&mut b);
+        u64::from_le_bytes(b)
+    }
+}
+
+/// The operating system's generator.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct OsEntropy;
+
+impl Entropy for OsEntropy {
+    fn fill(&mut self, buf: &mut [u8]) {
+        // The OS RNG failing is not something a lock can recover from safely:
+        // a predictable token would let others release our lock.
+        getrandom::fill(buf).expect("the operating system's random number generator failed");
+    }
+}

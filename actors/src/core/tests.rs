@@ -1,0 +1,579 @@
+//! Table tests of the lock core: scripted events in, effects out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::error::LostReason;
+use crate::scripts::{KeyState, SetMode};
+
+/// A counter as entropy: tokens differ, runs repeat.
+struct Counter(u64);
+
+impl Entropy for Counter {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf.iter_mut() {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *b = (self.0 >> 33) as u8;
+        }
+    }
+}
+
+const MS: Duration = Duration::from_millis(1);
+
+fn ms(n: u64) -> Time {
+    Time::from_nanos(n * 1_000_000)
+}
+
+fn config(majority: usize, nodes: usize) -> Config {
+    let total = 2 * majority - 1;
+    Config {
+        majority,
+        total,
+        nodes,
+        placement: (0..total).map(|i| i % nodes).collect(),
+        validity: 1000 * MS,
+        drift: 12 * MS,
+        extend: 500 * MS,
+        timeout: 100 * MS,
+        margin: 10 * MS,
+        tracking: true,
+        handover_limit: 32,
+        fencing: Fencing::Off,
+        epoch: Time::ZERO,
+    }
+}
+
+struct Rig {
+    core: LockCore,
+    now: Time,
+}
+
+impl Rig {
+    fn new(cfg: Config) -> Rig {
+        Rig {
+            core: LockCore::new(Arc::new(cfg), Box::new(Counter(7)), Time::ZERO),
+            now: Time::ZERO,
+        }
+    }
+
+    fn at(&mut self, t: Time) -> &mut Self {
+        self.now = t;
+        self
+    }
+
+    fn ev(&mut self, e: Event) -> Vec<Effect> {
+        self.core.handle(self.now, e);
+        std::iter::from_fn(|| self.core.poll_effect()).collect()
+    }
+
+    fn tick(&mut self, t: Time) -> Vec<Effect> {
+        self.now = t;
+        self.ev(Event::Timeout)
+    }
+}
+
+fn sends(effects: &[Effect]) -> Vec<(CmdId, Target, Op)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send { cmd, target, op } => Some((*cmd, *target, op.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ours() -> Outcome {
+    Outcome::Key(KeyState::Ours {
+        pttl_ms: None,
+        fence: None,
+    })
+}
+
+fn other() -> Outcome {
+    Outcome::Key(KeyState::Other { forced: false })
+}
+
+fn reply(cmd: CmdId, outcome: Outcome) -> Event {
+    Event::Reply { cmd, outcome }
+}
+
+fn grants(effects: &[Effect]) -> Vec<(ReqId, HolderId, Time)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Grant {
+                to,
+                holder,
+                valid_until,
+                ..
+            } => Some((*to, *holder, *valid_until)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ended(effects: &[Effect]) -> Vec<(HolderId, LostReason)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Status {
+                holder,
+                status: HolderStatus::Ended(r),
+            } => Some((*holder, *r)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A waiter acquires all three keys at t=0 (replies at t=1ms).
+fn held(rig: &mut Rig) -> (HolderId, Vec<(CmdId, Target, Op)>) {
+    let fx = rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+    });
+    let s = sends(&fx);
+    assert_eq!(s.len(), 3);
+    rig.at(ms(1));
+    let mut all = Vec::new();
+    for (cmd, _, _) in &s {
+        all.extend(rig.ev(reply(*cmd, ours())));
+    }
+    let g = grants(&all);
+    assert_eq!(g.len(), 1, "{all:?}");
+    (g[0].1, s)
+}
+
+#[test]
+fn a_waiter_is_granted_the_majority_with_validity_from_send_time() {
+    let mut rig = Rig::new(config(2, 3));
+    let fx = rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+    });
+    let s = sends(&fx);
+    assert_eq!(
+        s.iter().map(|x| x.1).collect::<Vec<_>>(),
+        vec![Target::Key(0), Target::Key(1), Target::Key(2)]
+    );
+    assert!(matches!(
+        &s[0].2,
+        Op::Acquire {
+            mode: SetMode::Nx,
+            fence: false,
+            ..
+        }
+    ));
+    rig.at(ms(3));
+    assert!(grants(&rig.ev(reply(s[0].0, ours()))).is_empty());
+    let fx = rig.ev(reply(s[1].0, ours()));
+    // Sent at 0: 1000 − 12 drift − 10 margin.
+    assert_eq!(grants(&fx), vec![(1, grants(&fx)[0].1, ms(978))]);
+    assert_eq!(rig.core.phase_name(), "holding");
+}
+
+#[test]
+fn a_try_against_a_held_lock_is_refused_and_its_key_released() {
+    let mut rig = Rig::new(config(2, 3));
+    let s = sends(&rig.ev(Event::Request {
+        id: 9,
+        kind: RequestKind::Try,
+    }));
+    rig.ev(reply(s[0].0, ours()));
+    rig.ev(reply(s[1].0, other()));
+    let fx = rig.ev(reply(s[2].0, other()));
+    assert!(fx.contains(&Effect::Refuse {
+        to: 9,
+        why: Refusal::NotLocked {
+            acquired: 1,
+            held_by_others: true
+        }
+    }));
+    let rel = sends(&fx);
+    assert_eq!(rel.len(), 1);
+    assert_eq!(rel[0].1, Target::Key(0));
+    assert!(matches!(rel[0].2, Op::Release { .. }));
+}
+
+#[test]
+fn a_stale_ours_cannot_undo_a_newer_gone() {
+    // Finding 12: replies applied in arrival order let an old "ours" undo a
+    // newer "absent". Newest-sent wins.
+    let mut rig = Rig::new(config(2, 3));
+    let (holder, _) = held(&mut rig);
+    let ext = sends(&rig.tick(ms(500)));
+    assert_eq!(ext.len(), 3);
+    // Key 0 invalidated: a verify is sent after the extension.
+    let ver = sends(&rig.ev(Event::Invalidated { key: 0 }));
+    assert_eq!(ver.len(), 1);
+    rig.at(ms(502));
+    rig.ev(reply(ver[0].0, Outcome::Key(KeyState::Absent)));
+    // The extension's late "ours" for key 0 is older: ignored.
+    rig.ev(reply(ext[0].0, ours()));
+    // Key 1 is deleted too: only key 2 is ours, so the grant ends now.
+    let v1 = sends(&rig.ev(Event::Invalidated { key: 1 }));
+    let fx = rig.ev(reply(v1[0].0, Outcome::Key(KeyState::Absent)));
+    assert_eq!(ended(&fx), vec![(holder, LostReason::Deleted)]);
+}
+
+#[test]
+fn a_late_acquisition_reply_is_not_an_extension() {
+    // Finding 12: late acquisition replies were counted as extension replies.
+    let mut rig = Rig::new(config(2, 3));
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+    }));
+    rig.at(ms(1));
+    rig.ev(reply(s[0].0, ours()));
+    let g = grants(&rig.ev(reply(s[1].0, ours())));
+    assert_eq!(g.len(), 1);
+    // Key 2's acquisition went overdue at 160: the extension at 500 retakes
+    // it with NX, the others with XX.
+    let ext = sends(&rig.tick(ms(500)));
+    let modes: Vec<_> = ext
+        .iter()
+        .map(|x| match &x.2 {
+            Op::Extend { mode, .. } => *mode,
+            op => panic!("{op:?}"),
+        })
+        .collect();
+    assert_eq!(modes, vec![SetMode::Xx, SetMode::Xx, SetMode::Nx]);
+    // The acquisition of key 2 answers late: ours from 0 (sent then).
+    let fx = rig.at(ms(501)).ev(reply(s[2].0, ours()));
+    assert!(ended(&fx).is_empty());
+    rig.at(ms(502));
+    let mut last = Vec::new();
+    for (cmd, _, _) in &ext {
+        last.extend(rig.ev(reply(*cmd, ours())));
+    }
+    // Validity: M-th largest of {1488, 1488, 988} = 1488 − margin.
+    let until = last.iter().rev().find_map(|e| match e {
+        Effect::Status {
+            status: HolderStatus::Held { valid_until },
+            ..
+        } => Some(*valid_until),
+        _ => None,
+    });
+    assert_eq!(until, Some(ms(1478)));
+}
+
+#[test]
+fn the_holder_is_told_a_margin_before_the_computed_end() {
+    // Finding 1: the deadline fired at exactly valid_until, then went through
+    // a mailbox. The core's deadline is the published one, margin early.
+    let mut rig = Rig::new(config(2, 3));
+    let (holder, _) = held(&mut rig);
+    let ext = sends(&rig.tick(ms(500)));
+    assert_eq!(ext.len(), 3);
+    // No reply ever comes (a silent partition); commands go overdue at 660.
+    assert!(ended(&rig.tick(ms(660))).is_empty());
+    assert_eq!(
+        rig.core.next_timeout(),
+        Some(ms(977)).min(rig.core.next_timeout())
+    );
+    let fx = rig.tick(ms(978));
+    assert_eq!(ended(&fx), vec![(holder, LostReason::Unreachable)]);
+}
+
+#[test]
+fn a_grant_needs_validity_for_one_extension_round_trip() {
+    // Finding 13: a grant was handed out with any validity above zero.
+    let mut rig = Rig::new(config(2, 3));
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+    }));
+    // Replies come at 900: 978 − 900 < timeout (100).
+    rig.at(ms(900));
+    rig.ev(reply(s[0].0, ours()));
+    let fx = rig.ev(reply(s[1].0, ours()));
+    assert!(grants(&fx).is_empty(), "{fx:?}");
+    assert_eq!(rig.core.phase_name(), "idle");
+    assert_eq!(sends(&fx).len(), 2, "both keys released");
+}
+
+#[test]
+fn a_lost_key_is_not_counted_while_another_is_pending() {
+    // Finding 14: validity kept counting a key known lost when a pending key
+    // could still complete the majority.
+    let mut rig = Rig::new(config(2, 3));
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+    }));
+    rig.at(ms(1));
+    rig.ev(reply(s[0].0, ours()));
+    let (_, holder, _) = grants(&rig.ev(reply(s[1].0, ours())))[0];
+    let v = sends(&rig.ev(Event::Invalidated { key: 1 }));
+    let fx = rig.ev(reply(v[0].0, Outcome::Key(KeyState::Absent)));
+    assert_eq!(ended(&fx), vec![(holder, LostReason::Deleted)]);
+}
+
+#[test]
+fn waiters_wake_only_on_keys_that_blocked_them() {
+    // Defect 5: a failed attempt's own deletes of free keys woke the other
+    // waiting process, which woke this one, at network speed.
+    let mut rig = Rig::new(config(2, 3));
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+    }));
+    rig.ev(reply(s[0].0, other()));
+    rig.ev(reply(s[1].0, other()));
+    let fx = rig.ev(reply(s[2].0, ours()));
+    assert_eq!(sends(&fx).len(), 1, "key 2 released");
+    assert!(sends(&rig.ev(Event::Invalidated { key: 2 })).is_empty());
+    let again = sends(&rig.ev(Event::Invalidated { key: 0 }));
+    assert_eq!(again.len(), 3, "the holder's key changed: retry at once");
+}
+
+#[test]
+fn a_fallback_retry_is_always_armed_for_waiters() {
+    let mut rig = Rig::new(config(2, 3));
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+    }));
+    for (cmd, _, _) in &s {
+        rig.ev(reply(*cmd, other()));
+    }
+    let at = rig.core.next_timeout().expect("retry armed");
+    assert!(at >= ms(450) && at <= ms(550), "{at:?}");
+    assert_eq!(sends(&rig.tick(at)).len(), 3);
+}
+
+#[test]
+fn release_hands_over_to_a_local_waiter_then_deletes() {
+    let mut rig = Rig::new(config(2, 3));
+    let (holder, _) = held(&mut rig);
+    rig.ev(Event::Request {
+        id: 2,
+        kind: RequestKind::Wait,
+    });
+    let fx = rig.ev(Event::Release {
+        holder,
+        ack: Some(50),
+    });
+    assert_eq!(ended(&fx), vec![(holder, LostReason::Released)]);
+    let g = grants(&fx);
+    assert_eq!(g.len(), 1);
+    assert!(fx.contains(&Effect::Released {
+        ack: 50,
+        deleted: 0,
+        unconfirmed: 0
+    }));
+    assert!(sends(&fx).is_empty(), "no round trip for a hand-over");
+    // The next release deletes all three keys; its caller waits for them.
+    let fx = rig.ev(Event::Release {
+        holder: g[0].1,
+        ack: Some(51),
+    });
+    let dels = sends(&fx);
+    assert_eq!(dels.len(), 3);
+    rig.ev(reply(dels[0].0, Outcome::Released(true)));
+    rig.ev(reply(dels[1].0, Outcome::Released(true)));
+    let fx = rig.ev(reply(dels[2].0, Outcome::Failed("timed out")));
+    assert!(fx.contains(&Effect::Released {
+        ack: 51,
+        deleted: 2,
+        unconfirmed: 1
+    }));
+}
+
+#[test]
+fn release_waits_only_for_its_own_deletes() {
+    // Finding 17: release() waited until no release of any kind was out.
+    let mut rig = Rig::new(config(2, 3));
+    let (holder, _) = held(&mut rig);
+    let dels = sends(&rig.ev(Event::Release { holder, ack: None }));
+    assert_eq!(dels.len(), 3);
+    // A second grant's holder releasing is not held up by the first's deletes.
+    for (cmd, _, _) in &dels {
+        rig.ev(reply(*cmd, Outcome::Released(true)));
+    }
+    let (holder2, _) = {
+        let fx = rig.ev(Event::Request {
+            id: 3,
+            kind: RequestKind::Wait,
+        });
+        let s = sends(&fx);
+        let mut all = Vec::new();
+        for (cmd, _, _) in &s {
+            all.extend(rig.ev(reply(*cmd, ours())));
+        }
+        (grants(&all)[0].1, s)
+    };
+    // A clean-up delete of something unrelated stays out.
+    let fx = rig.ev(Event::Release {
+        holder: holder2,
+        ack: Some(7),
+    });
+    let dels2 = sends(&fx);
+    for (cmd, _, _) in &dels2 {
+        rig.ev(reply(*cmd, Outcome::Released(true)));
+    }
+    assert!(rig.core.phase_name() == "idle");
+    // And releasing an ended holder answers at once.
+    let fx = rig.ev(Event::Release {
+        holder,
+        ack: Some(8),
+    });
+    assert_eq!(
+        fx,
+        vec![Effect::Released {
+            ack: 8,
+            deleted: 0,
+            unconfirmed: 0
+        }]
+    );
+}
+
+#[test]
+fn overdue_commands_decide_the_attempt_and_late_keys_are_released() {
+    let mut rig = Rig::new(config(2, 3));
+    let s = sends(&rig.ev(Event::Request {
+        id: 4,
+        kind: RequestKind::Try,
+    }));
+    rig.ev(reply(s[0].0, other()));
+    // Nothing else answers: at the reply bound (160 ms) the attempt fails.
+    let fx = rig.tick(ms(160));
+    assert!(fx.iter().any(|e| matches!(e, Effect::Refuse { to: 4, .. })));
+    // Key 1's acquisition answers late, ours: released with the same token.
+    let fx = rig.at(ms(170)).ev(reply(s[1].0, ours()));
+    let rel = sends(&fx);
+    assert_eq!(rel.len(), 1);
+    let (Op::Release { token }, Op::Acquire { token: t0, .. }) = (&rel[0].2, &s[1].2) else {
+        panic!("{rel:?}");
+    };
+    assert_eq!(token, t0);
+}
+
+#[test]
+fn force_takes_over_from_our_own_holder_without_deleting() {
+    let mut rig = Rig::new(config(2, 3));
+    let (holder, _) = held(&mut rig);
+    let fx = rig.ev(Event::Request {
+        id: 5,
+        kind: RequestKind::Force,
+    });
+    assert_eq!(ended(&fx), vec![(holder, LostReason::Forced)]);
+    let s = sends(&fx);
+    assert_eq!(s.len(), 3);
+    assert!(s.iter().all(|x| matches!(
+        x.2,
+        Op::Acquire {
+            mode: SetMode::Force,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn close_refuses_everyone_releases_and_finishes_when_answered() {
+    let mut rig = Rig::new(config(2, 3));
+    let (holder, _) = held(&mut rig);
+    rig.ev(Event::Request {
+        id: 2,
+        kind: RequestKind::Wait,
+    });
+    let fx = rig.ev(Event::Close);
+    assert_eq!(ended(&fx), vec![(holder, LostReason::Closed)]);
+    assert!(fx.contains(&Effect::Refuse {
+        to: 2,
+        why: Refusal::Closed
+    }));
+    let dels = sends(&fx);
+    assert_eq!(dels.len(), 3);
+    assert!(!rig.core.is_closed());
+    let fx = rig.ev(Event::Request {
+        id: 3,
+        kind: RequestKind::Try,
+    });
+    assert_eq!(
+        fx,
+        vec![Effect::Refuse {
+            to: 3,
+            why: Refusal::Closed
+        }]
+    );
+    // The node never answers one delete: closing still ends at its deadline.
+    rig.ev(reply(dels[0].0, Outcome::Released(true)));
+    rig.ev(reply(dels[1].0, Outcome::Released(true)));
+    let fx = rig.tick(ms(200));
+    assert!(fx.contains(&Effect::Closed), "{fx:?}");
+    assert!(rig.core.is_closed());
+}
+
+#[test]
+fn an_idle_core_reports_once_after_the_grace() {
+    let mut rig = Rig::new(config(1, 1));
+    let (holder, _) = held_one(&mut rig);
+    let dels = sends(&rig.ev(Event::Release { holder, ack: None }));
+    let t = ms(10);
+    rig.at(t).ev(reply(dels[0].0, Outcome::Released(true)));
+    assert_eq!(rig.core.next_timeout(), Some(t + IDLE_GRACE));
+    assert!(!rig.tick(t + IDLE_GRACE - MS).contains(&Effect::Idle));
+    assert!(rig.tick(t + IDLE_GRACE).contains(&Effect::Idle));
+    assert!(!rig.tick(t + IDLE_GRACE * 2).contains(&Effect::Idle));
+    assert_eq!(rig.core.next_timeout(), None);
+}
+
+fn held_one(rig: &mut Rig) -> (HolderId, CmdId) {
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+    }));
+    let g = grants(&rig.ev(reply(s[0].0, ours())));
+    (g[0].1, s[0].0)
+}
+
+#[test]
+fn fencing_on_several_nodes_waits_for_the_token() {
+    let mut cfg = config(2, 3);
+    cfg.fencing = Fencing::Majority;
+    let mut rig = Rig::new(cfg);
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+    }));
+    rig.ev(reply(s[0].0, ours()));
+    let reads = sends(&rig.ev(reply(s[1].0, ours())));
+    assert_eq!(reads.len(), 3);
+    assert!(reads.iter().all(|r| r.2 == Op::FenceRead));
+    rig.ev(reply(reads[0].0, Outcome::Fence(4)));
+    let writes = sends(&rig.ev(reply(reads[1].0, Outcome::Fence(6))));
+    assert!(writes.iter().all(|w| w.2 == Op::FenceWrite { value: 7 }));
+    rig.ev(reply(
+        writes[0].0,
+        Outcome::FenceWritten {
+            raised: true,
+            value: 7,
+        },
+    ));
+    // Finding 10: equal to the value but not raised by us is not an ack.
+    assert!(grants(&rig.ev(reply(
+        writes[1].0,
+        Outcome::FenceWritten {
+            raised: false,
+            value: 7
+        }
+    )))
+    .is_empty());
+    let fx = rig.ev(reply(
+        writes[2].0,
+        Outcome::FenceWritten {
+            raised: true,
+            value: 7,
+        },
+    ));
+    let fence = fx.iter().find_map(|e| match e {
+        Effect::Grant { fence, .. } => Some(*fence),
+        _ => None,
+    });
+    assert_eq!(fence, Some(7));
+}

@@ -1,0 +1,154 @@
+//! The local queue of one lock name, and the hand-over policy.
+//!
+//! Only the queue's head contends on the servers, so callers of one process
+//! cause no thundering herd. A release can hand the lock straight to the next
+//! local caller (same keys, same token, no round trip: lock cohorting), within
+//! limits that keep other processes from being shut out.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use super::time::Time;
+
+/// A caller's request id (the shell keeps its reply channel).
+pub(crate) type ReqId = u64;
+
+/// What a caller asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestKind {
+    /// Wait in the FIFO queue until held.
+    Wait,
+    /// One attempt now; fail if not held.
+    Try,
+    /// Overwrite the keys, taking the lock from whoever holds it.
+    Force,
+}
+
+/// Callers waiting, oldest first; a `Force` that had to wait for an attempt
+/// in flight goes to the front.
+#[derive(Debug, Default)]
+pub(crate) struct Waiters {
+    queue: VecDeque<(ReqId, RequestKind)>,
+}
+
+impl Waiters {
+    pub(crate) fn push(&mut self, id: ReqId, kind: RequestKind) {
+        if kind == RequestKind::Force {
+            // Behind forces already waiting, ahead of every waiter.
+            let at = self
+                .queue
+                .iter()
+                .position(|(_, k)| *k != RequestKind::Force)
+                .unwrap_or(self.queue.len());
+            self.queue.insert(at, (id, kind));
+        } else {
+            self.queue.push_back((id, kind));
+        }
+    }
+
+    /// Removes `id`; false if it was not queued.
+    pub(crate) fn cancel(&mut self, id: ReqId) -> bool {
+        let before = self.queue.len();
+        self.queue.retain(|(r, _)| *r != id);
+        self.queue.len() != before
+    }
+
+    /// The force at the head, taken off the queue.
+    pub(crate) fn pop_force(&mut self) -> Option<ReqId> {
+        match self.queue.front() {
+            Some((id, RequestKind::Force)) => {
+                let id = *id;
+                self.queue.pop_front();
+                Some(id)
+            }
+            _ => None,
+        }
+    }
+
+    /// The oldest waiter, taken off the queue.
+    pub(crate) fn pop_waiter(&mut self) -> Option<ReqId> {
+        let at = self
+            .queue
+            .iter()
+            .position(|(_, k)| *k == RequestKind::Wait)?;
+        self.queue.remove(at).map(|(id, _)| id)
+    }
+
+    pub(crate) fn has_waiter(&self) -> bool {
+        self.queue.iter().any(|(_, k)| *k == RequestKind::Wait)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Empties the queue (closing).
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = ReqId> + '_ {
+        self.queue.drain(..).map(|(id, _)| id)
+    }
+}
+
+/// Local hand-overs go on only this long after the keys were acquired: they
+/// save two round trips per grant, which matters for short critical sections;
+/// with long ones, handing over would only keep other processes out longer.
+pub(crate) const HANDOVER_WINDOW: Duration = Duration::from_millis(10);
+
+/// Whether a released grant may go straight to the next local waiter: the
+/// hand-over budget is not spent, the keys are fresh, and the grant stays
+/// safe for at least one more command round trip.
+pub(crate) fn may_hand_over(
+    handovers: u32,
+    limit: u32,
+    acquired_at: Time,
+    ends_at: Time,
+    now: Time,
+    round_trip: Duration,
+) -> bool {
+    handovers < limit && now.since(acquired_at) < HANDOVER_WINDOW && ends_at > now + round_trip
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forces_go_first_in_their_own_order() {
+        let mut w = Waiters::default();
+        w.push(1, RequestKind::Wait);
+        w.push(2, RequestKind::Force);
+        w.push(3, RequestKind::Wait);
+        w.push(4, RequestKind::Force);
+        assert!(w.has_waiter());
+        assert_eq!(w.pop_waiter(), Some(1));
+        assert_eq!(w.pop_force(), Some(2));
+        assert_eq!(w.pop_force(), Some(4));
+        assert_eq!(w.pop_force(), None);
+        assert!(w.cancel(3));
+        assert!(!w.cancel(3));
+        assert!(w.is_empty());
+        assert_eq!(w.pop_waiter(), None);
+    }
+
+    #[test]
+    fn hand_over_policy() {
+        let ms = |n: u64| Time::from_nanos(n * 1_000_000);
+        let rtt = Duration::from_millis(5);
+        // (handovers, limit, acquired, ends, now, want)
+        let cases = [
+            (0, 32, 0, 1000, 1, true),
+            (32, 32, 0, 1000, 1, false),
+            (0, 0, 0, 1000, 1, false),
+            (0, 32, 0, 1000, 10, false),
+            (0, 32, 0, 1000, 9, true),
+            (0, 32, 0, 6, 1, false),
+            (0, 32, 0, 7, 1, true),
+        ];
+        for (h, limit, acq, ends, now, want) in cases {
+            assert_eq!(
+                may_hand_over(h, limit, ms(acq), ms(ends), ms(now), rtt),
+                want,
+                "{h} {limit} {acq} {ends} {now}"
+            );
+        }
+    }
+}
