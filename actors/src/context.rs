@@ -11,11 +11,15 @@ use std::sync::{Arc, RwLock};
 
 use ractor::ActorRef;
 
-use crate::lock::LockMsg;
-use crate::node::{Job, NodeMsg};
+use crate::core::{Config, Fencing};
+use crate::msg::{Job, LockMsg, NodeMsg};
 use crate::options::Settings;
 use crate::scripts::Scripts;
 use crate::timers::Timers;
+
+/// The mark a retiring `LockActor` sets in its route's `sent` count: senders
+/// that see it go through the Supervisor instead (see `LockState::retire`).
+pub(crate) const RETIRED: u64 = 1 << 63;
 
 /// The queue into a node's command pump.
 pub(crate) type Lane = tokio::sync::mpsc::UnboundedSender<Job>;
@@ -24,8 +28,8 @@ pub(crate) type Lane = tokio::sync::mpsc::UnboundedSender<Job>;
 pub(crate) struct Shared {
     pub(crate) settings: Settings,
     pub(crate) scripts: Scripts,
-    /// Origin of the extension grid (see `quorum::next_tick`).
-    pub(crate) epoch: tokio::time::Instant,
+    /// What every lock core of this locker is configured with.
+    pub(crate) core: Arc<Config>,
     /// The lock actors' timers (one task for all of them).
     pub(crate) timers: Timers,
     nodes: RwLock<Vec<Option<ActorRef<NodeMsg>>>>,
@@ -45,10 +49,11 @@ pub(crate) struct LockRoute {
 impl Shared {
     pub(crate) fn new(settings: Settings) -> Arc<Shared> {
         let n = settings.nodes.len();
+        let core = Arc::new(core_config(&settings, crate::clock::now()));
         Arc::new(Shared {
             settings,
             scripts: Scripts::new(),
-            epoch: tokio::time::Instant::now(),
+            core,
             timers: Timers::start(),
             nodes: RwLock::new(vec![None; n]),
             lanes: RwLock::new(vec![None; n]),
@@ -124,6 +129,35 @@ impl Shared {
     }
 }
 
+/// The lock cores' configuration, from validated settings. `epoch` is the
+/// origin of the extension grid every lock of the locker shares, so that each
+/// node gets one batch per tick instead of one command per lock.
+fn core_config(s: &Settings, epoch: crate::core::Time) -> Config {
+    Config {
+        majority: s.majority,
+        total: s.total,
+        nodes: s.nodes.len(),
+        placement: (0..s.total)
+            .map(|i| crate::quorum::node_of_key(i, s.nodes.len()))
+            .collect(),
+        validity: s.validity,
+        drift: s.drift,
+        extend: s.extend,
+        timeout: s.timeout,
+        margin: Config::default_margin(s.validity),
+        tracking: s.tracking,
+        handover_limit: s.handover_limit,
+        fencing: if !s.fencing {
+            Fencing::Off
+        } else if s.fencing_in_script() {
+            Fencing::InScript
+        } else {
+            Fencing::Majority
+        },
+        epoch,
+    }
+}
+
 // A poisoned lock only means another thread panicked while holding it; the maps
 // stay structurally valid, so keep going rather than cascade the panic.
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -154,7 +188,7 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lock::{Op, Tag};
+    use crate::core::{CmdId, Op};
     use crate::options::LockerOptions;
     use crate::scripts::{SetMode, Token};
     use ractor::{Actor, ActorProcessingErr};
@@ -177,12 +211,11 @@ mod tests {
             op: Op::Acquire {
                 token: Token::new(false),
                 mode: SetMode::Nx,
-                fence_key: None,
+                fence: false,
             },
-            key: "valkeylock:0:x".to_owned(),
-            index: 0,
-            tag: Tag::Acquire(1),
-            sent_at: tokio::time::Instant::now(),
+            key: "valkeylock:0:x".into(),
+            fence_key: None,
+            cmd: CmdId(1),
             reply_to: reply_to.clone(),
         }
     }

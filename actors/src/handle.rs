@@ -11,22 +11,15 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::context::Shared;
+use crate::clock;
+use crate::context::{Shared, RETIRED};
+use crate::core::RequestKind;
 use crate::error::{Error, LostReason};
 use crate::keys;
-use crate::lock::{LockMsg, Request, RequestKind};
+use crate::msg::{GrantParts, GrantStatus, LockMsg, NodeReport, Request, SupervisorMsg};
 use crate::options::LockerOptions;
 use crate::quorum;
-use crate::supervisor::{NodeReport, Supervisor, SupervisorArgs, SupervisorMsg};
-
-/// What a grant looks like to its holder, published by its `LockActor`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum GrantStatus {
-    /// Held; safe until `valid_until` unless extended.
-    Held { valid_until: Instant },
-    /// Ended, for this reason.
-    Ended(LostReason),
-}
+use crate::supervisor::{Supervisor, SupervisorArgs};
 
 /// How an acquisition treats a lock that is held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,15 +157,16 @@ impl Engine {
             // Fast path: straight to a live LockActor. Otherwise (none yet,
             // or it just stopped) through the Supervisor, which starts one.
             let request = match self.shared.lock_route(&name) {
-                Some(route) => {
-                    route.sent.fetch_add(1, Ordering::SeqCst);
+                // Counted before it is sent; a retiring actor's mark sends it
+                // through the Supervisor instead (see `LockState::retire`).
+                Some(route) if route.sent.fetch_add(1, Ordering::SeqCst) & RETIRED == 0 => {
                     match route.actor.cast(LockMsg::Request(request)) {
                         Ok(()) => None,
                         Err(ractor::MessagingErr::SendErr(LockMsg::Request(back))) => Some(back),
                         Err(_) => None,
                     }
                 }
-                None => Some(request),
+                _ => Some(request),
             };
             if let Some(request) = request {
                 self.supervisor
@@ -191,7 +185,7 @@ impl Engine {
             let result = rx.await;
             guard.armed = false;
             match result {
-                Ok(result) => return result,
+                Ok(result) => return result.map(Lease::from_parts),
                 // The LockActor went away without answering (retired or
                 // killed): ask again; a fresh one takes over. Pause only if
                 // it keeps happening.
@@ -290,21 +284,14 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub(crate) fn new(
-        name: Arc<str>,
-        grant: u64,
-        lock: ActorRef<LockMsg>,
-        status: watch::Receiver<GrantStatus>,
-        cancel: CancellationToken,
-        fence: u64,
-    ) -> Lease {
+    fn from_parts(p: GrantParts) -> Lease {
         Lease {
-            name,
-            grant,
-            lock,
-            status,
-            cancel,
-            fence,
+            name: p.name,
+            grant: p.holder,
+            lock: p.lock,
+            status: p.status,
+            cancel: p.cancel,
+            fence: p.fence,
             armed: true,
         }
     }
@@ -316,26 +303,23 @@ impl Lease {
         self.fence
     }
 
-    /// Drops without releasing (the grant is being handled by its actor).
-    pub(crate) fn disarm(mut self) {
-        self.armed = false;
-    }
-
     /// The lock name.
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// True while held and within its validity.
+    /// True while held and within its validity, by this process's clock:
+    /// false from `valid_until` on even if the engine has not said so yet.
     pub fn is_held(&self) -> bool {
-        matches!(*self.status.borrow(), GrantStatus::Held { valid_until } if valid_until > Instant::now())
+        held(&self.status)
     }
 
     /// The instant the lock stops being safe unless extended; `None` once
-    /// ended.
+    /// ended. It is a safety margin earlier than the earliest moment another
+    /// client could take the majority.
     pub fn valid_until(&self) -> Option<Instant> {
         match *self.status.borrow() {
-            GrantStatus::Held { valid_until } => Some(valid_until),
+            GrantStatus::Held { valid_until } => Some(clock::to_instant(valid_until)),
             GrantStatus::Ended(_) => None,
         }
     }
@@ -350,7 +334,9 @@ impl Lease {
     }
 
     /// Waits until the grant ends and says why. Cancel-safe; may be awaited
-    /// any number of times.
+    /// any number of times. Resolves by `valid_until` on this process's own
+    /// clock even if the engine is late to say so (then with
+    /// [`LostReason::Expired`]).
     pub async fn lost(&self) -> LostReason {
         wait_end(self.status.clone()).await
     }
@@ -363,9 +349,10 @@ impl Lease {
         }
     }
 
-    /// Cancelled when the grant ends, for any reason.
+    /// Cancelled when the grant ends, for any reason, and at `valid_until`
+    /// by this process's clock if the engine is late.
     pub fn cancellation_token(&self) -> CancellationToken {
-        self.cancel.clone()
+        own_clock_token(&self.cancel, &self.status)
     }
 
     /// Releases the lock and waits until its keys are deleted (bounded by
@@ -377,7 +364,7 @@ impl Lease {
         if self
             .lock
             .cast(LockMsg::Release {
-                grant: self.grant,
+                holder: self.grant,
                 reply: Some(tx),
             })
             .is_ok()
@@ -391,7 +378,7 @@ impl Drop for Lease {
     fn drop(&mut self) {
         if self.armed {
             let _ = self.lock.cast(LockMsg::Release {
-                grant: self.grant,
+                holder: self.grant,
                 reply: None,
             });
         }
@@ -415,25 +402,69 @@ impl LeaseWatcher {
     pub async fn lost(&self) -> LostReason {
         wait_end(self.status.clone()).await
     }
-    /// True while held and within its validity.
+    /// True while held and within its validity, by this process's clock.
     pub fn is_held(&self) -> bool {
-        matches!(*self.status.borrow(), GrantStatus::Held { valid_until } if valid_until > Instant::now())
+        held(&self.status)
     }
-    /// Cancelled when the grant ends.
+    /// Cancelled when the grant ends (or its validity runs out by this
+    /// process's clock).
     pub fn cancellation_token(&self) -> CancellationToken {
-        self.cancel.clone()
+        own_clock_token(&self.cancel, &self.status)
     }
 }
 
+fn held(status: &watch::Receiver<GrantStatus>) -> bool {
+    matches!(*status.borrow(), GrantStatus::Held { valid_until } if clock::now() < valid_until)
+}
+
+/// Waits for the end of a grant: the engine's word, or its validity running
+/// out by the holder's own clock, whichever comes first. The holder must never
+/// learn late because the engine's actor was slow to run.
 async fn wait_end(mut rx: watch::Receiver<GrantStatus>) -> LostReason {
-    match rx.wait_for(|s| matches!(s, GrantStatus::Ended(_))).await {
-        Ok(s) => match *s {
-            GrantStatus::Ended(r) => r,
-            GrantStatus::Held { .. } => LostReason::EngineStopped,
-        },
-        // The actor's state is gone without a word: nobody extends the keys.
-        Err(_) => LostReason::EngineStopped,
+    loop {
+        let left = match *rx.borrow_and_update() {
+            GrantStatus::Ended(r) => return r,
+            GrantStatus::Held { valid_until } => {
+                let now = clock::now();
+                if now >= valid_until {
+                    return LostReason::Expired;
+                }
+                valid_until.since(now).min(clock::MAX_SLEEP)
+            }
+        };
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    // The actor's state is gone without a word: nobody
+                    // extends the keys.
+                    return match *rx.borrow() {
+                        GrantStatus::Ended(r) => r,
+                        GrantStatus::Held { .. } => LostReason::EngineStopped,
+                    };
+                }
+            }
+            _ = tokio::time::sleep(left) => {}
+        }
     }
+}
+
+/// A child of the engine's token that is also cancelled at `valid_until` by
+/// this process's clock, by a small task on the caller's runtime.
+fn own_clock_token(
+    cancel: &CancellationToken,
+    status: &watch::Receiver<GrantStatus>,
+) -> CancellationToken {
+    let child = cancel.child_token();
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let (c, rx) = (child.clone(), status.clone());
+        rt.spawn(async move {
+            tokio::select! {
+                _ = wait_end(rx) => c.cancel(),
+                _ = c.cancelled() => {}
+            }
+        });
+    }
+    child
 }
 
 /// Kills actors the way a crash would. Only with the `fault-injection` feature.

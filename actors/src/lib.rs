@@ -20,12 +20,14 @@
 //! - `handle`: the public handles.
 //! - `error`: `Error` and `LostReason`.
 
+mod clock;
 mod context;
 mod core;
 mod error;
 mod handle;
 mod keys;
 mod lock;
+mod msg;
 mod node;
 mod options;
 mod quorum;

@@ -39,42 +39,18 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::context::{AbortOnDrop, Shared};
+use crate::core::{Op, Outcome};
 use crate::keys;
-use crate::lock::{LockMsg, NodeReply, Op, Outcome, Tag};
+use crate::msg::{Connection, ExtendItem, Job, LockMsg, NodeMsg, NodeReply, SupervisorMsg};
 use crate::options::{NodeAddr, Topology};
-use crate::scripts::{parse_acquire, parse_fence, parse_key_state, parse_released, SetMode, Token};
-use crate::supervisor::SupervisorMsg;
+use crate::scripts::{
+    parse_acquire, parse_fence, parse_fence_write, parse_key_state, parse_released,
+};
 
 pub(crate) struct NodeActor;
-
-/// Messages of a [`NodeActor`].
-#[derive(Debug)]
-pub(crate) enum NodeMsg {
-    /// Extend (or retake) one key in this node's next batch.
-    Extend(ExtendItem),
-    /// Send the batch of extensions collected so far.
-    Flush,
-    /// The connect task finished.
-    Connected(Result<Connection, fred::error::Error>),
-    /// The connection task ended: the socket closed or was force-closed as
-    /// unresponsive.
-    ConnectionEnded(String),
-}
-
-/// One key's extension, waiting for the node's next batch.
-#[derive(Debug)]
-pub(crate) struct ExtendItem {
-    pub(crate) key: String,
-    pub(crate) index: usize,
-    pub(crate) token: Token,
-    pub(crate) mode: SetMode,
-    pub(crate) tag: Tag,
-    pub(crate) reply_to: ActorRef<LockMsg>,
-}
 
 /// How long a node collects extensions before sending them as one script
 /// call. Lock actors tick on a shared grid, so one window catches them all.
@@ -102,15 +78,6 @@ pub(crate) struct NodeState {
     flush_armed: bool,
     /// A Valkey Cluster: batches are split by hash slot.
     cluster: bool,
-}
-
-/// A live connection: fred's connection task, and our invalidation forwarder.
-#[derive(Debug)]
-pub(crate) struct Connection {
-    handle: fred::types::ConnectHandle,
-    forwarder: Option<tokio::task::JoinHandle<()>>,
-    /// Topology watchers (cluster changes, Sentinel switches).
-    watchers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for NodeState {
@@ -594,12 +561,9 @@ fn chunks(batch: Vec<ExtendItem>, cluster: bool) -> Vec<Vec<ExtendItem>> {
 
 /// Answers every item with a failure.
 fn fail_items(items: Vec<ExtendItem>, why: &'static str) {
-    let sent_at = Instant::now();
     for item in items {
         let _ = item.reply_to.cast(LockMsg::Reply(NodeReply {
-            tag: item.tag,
-            index: item.index,
-            sent_at,
+            cmd: item.cmd,
             outcome: Outcome::Failed(why),
         }));
     }
@@ -609,8 +573,7 @@ fn fail_items(items: Vec<ExtendItem>, why: &'static str) {
 /// each lock actor per key.
 async fn extend_batch(client: &Client, shared: &Shared, items: Vec<ExtendItem>) {
     let s = &shared.settings;
-    let sent_at = Instant::now();
-    let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
+    let keys: Vec<&str> = items.iter().map(|i| &*i.key).collect();
     let mut args = Vec::with_capacity(3 + 2 * items.len());
     args.push(ttl_arg(s));
     args.push(if s.relative { "PX" } else { "PXAT" }.to_owned());
@@ -635,9 +598,7 @@ async fn extend_batch(client: &Client, shared: &Shared, items: Vec<ExtendItem>) 
         Some(states) => {
             for (item, state) in items.into_iter().zip(states) {
                 let _ = item.reply_to.cast(LockMsg::Reply(NodeReply {
-                    tag: item.tag,
-                    index: item.index,
-                    sent_at,
+                    cmd: item.cmd,
                     outcome: Outcome::Key(state),
                 }));
             }
@@ -659,17 +620,6 @@ fn ttl_arg(s: &crate::options::Settings) -> String {
             .as_millis() as u64;
         (now + ms).to_string()
     }
-}
-
-/// One script call for a `LockActor`, queued to the command pump.
-#[derive(Debug)]
-pub(crate) struct Job {
-    pub(crate) op: Op,
-    pub(crate) key: String,
-    pub(crate) index: usize,
-    pub(crate) tag: Tag,
-    pub(crate) sent_at: Instant,
-    pub(crate) reply_to: ActorRef<LockMsg>,
 }
 
 /// The command pump: drives every queued call concurrently on `client` and
@@ -700,30 +650,33 @@ async fn run_pump(client: Client, shared: Arc<Shared>, mut jobs: mpsc::Unbounded
 }
 
 async fn run_job(client: &Client, shared: &Shared, job: Job) {
-    let outcome = run(client, shared, &job.op, &job.key).await;
+    let outcome = run(client, shared, &job.op, &job.key, job.fence_key.as_deref()).await;
     let _ = job.reply_to.cast(LockMsg::Reply(NodeReply {
-        tag: job.tag,
-        index: job.index,
-        sent_at: job.sent_at,
+        cmd: job.cmd,
         outcome,
     }));
 }
 
 /// Runs one lock command. Bounded by fred's `default_command_timeout` (set to
 /// the locker's timeout in [`build_client`]); no second timer of our own.
-async fn run(client: &Client, shared: &Shared, op: &Op, key: &str) -> Outcome {
+async fn run(
+    client: &Client,
+    shared: &Shared,
+    op: &Op,
+    key: &str,
+    fence_key: Option<&str>,
+) -> Outcome {
     let s = &shared.settings;
     let mode = Value::from_static_str(if s.relative { "PX" } else { "PXAT" });
     let scripts = &shared.scripts;
     let result = match op {
         Op::Acquire {
-            token,
-            mode: set,
-            fence_key,
-        } => evalsha(client, &scripts.acquire, || {
+            token, mode: set, ..
+        }
+        | Op::Extend { token, mode: set } => evalsha(client, &scripts.acquire, || {
             let mut keys = vec![key.into()];
             if let Some(f) = fence_key {
-                keys.push((&**f).into());
+                keys.push(f.into());
             }
             let args = vec![
                 ttl_arg(s).into(),
@@ -766,8 +719,8 @@ async fn run(client: &Client, shared: &Shared, op: &Op, key: &str) -> Outcome {
             (vec![key.into()], vec![value.to_string().into()])
         })
         .await
-        .map(|v| match parse_fence(&v) {
-            Some(n) => Outcome::Fence(n),
+        .map(|v| match parse_fence_write(&v) {
+            Some((raised, value)) => Outcome::FenceWritten { raised, value },
             None => Outcome::Failed("unexpected reply to fence write"),
         }),
     };

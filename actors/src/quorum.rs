@@ -8,10 +8,8 @@
 //! TTL). Another client needs `M` keys; with `h ≥ M` keys ours it must wait for
 //! `h − M + 1` of them to expire, i.e. for the `M`-th largest expiry.
 
-use std::time::Duration;
-use tokio::time::Instant;
-
 use crate::core::Time;
+use std::time::Duration;
 
 /// Number of keys of a lock for a majority of `m`: `2·m − 1`.
 pub(crate) const fn total_keys(majority: usize) -> usize {
@@ -31,12 +29,7 @@ pub(crate) fn default_drift(ttl: Duration) -> Duration {
 
 /// The earliest moment a key written at `sent` with `ttl` can expire, minus the
 /// drift allowance.
-pub(crate) fn key_expiry(sent: Instant, ttl: Duration, drift: Duration) -> Instant {
-    sent + ttl.saturating_sub(drift)
-}
-
-/// [`key_expiry`] on the core's clock.
-pub(crate) fn key_expiry_t(sent: Time, ttl: Duration, drift: Duration) -> Time {
+pub(crate) fn key_expiry(sent: Time, ttl: Duration, drift: Duration) -> Time {
     sent + ttl.saturating_sub(drift)
 }
 
@@ -89,16 +82,6 @@ pub(crate) fn tally(won: usize, failed: usize, total: usize, majority: usize) ->
     }
 }
 
-/// Time until the next tick of a grid of `period` starting at `epoch`: every
-/// lock of a locker extends on the same grid, so each node gets one batch per
-/// tick instead of one command per lock. Never zero.
-pub(crate) fn next_tick(epoch: Instant, period: Duration, now: Instant) -> Duration {
-    let period_ns = period.as_nanos().max(1);
-    let since = now.saturating_duration_since(epoch).as_nanos();
-    let left = period_ns - since % period_ns;
-    Duration::from_nanos(left as u64)
-}
-
 /// Exponential backoff with a cap: `base · 2^attempt`, at most `cap`.
 pub(crate) fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
     let factor = 1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX);
@@ -149,14 +132,14 @@ mod tests {
     fn drift() {
         assert_eq!(default_drift(ms(5000)), ms(52));
         assert_eq!(default_drift(ms(100)), ms(3));
-        let t0 = Instant::now();
+        let t0 = Time::from_nanos(7);
         assert_eq!(key_expiry(t0, ms(5000), ms(52)), t0 + ms(4948));
         assert_eq!(key_expiry(t0, ms(10), ms(52)), t0);
     }
 
     #[test]
     fn validity() {
-        let t0 = Instant::now();
+        let t0 = Time::from_nanos(7);
         let at = |n: u64| t0 + ms(n);
         let cases: &[(&[u64], usize, Option<u64>)] = &[
             (&[], 1, None),
@@ -212,27 +195,6 @@ mod tests {
                 "{won}/{failed}/{total} m={m}"
             );
         }
-    }
-
-    #[test]
-    fn ticks() {
-        let t0 = Instant::now();
-        let cases = [
-            (0, 1000, 1000),
-            (1, 1000, 999),
-            (999, 1000, 1),
-            (1000, 1000, 1000),
-            (2500, 1000, 500),
-        ];
-        for (since, period, want) in cases {
-            assert_eq!(
-                next_tick(t0, ms(period), t0 + ms(since)),
-                ms(want),
-                "{since} {period}"
-            );
-        }
-        // Before the epoch (cannot happen, but must not panic).
-        assert_eq!(next_tick(t0 + ms(5), ms(10), t0), ms(10));
     }
 
     #[test]

@@ -75,15 +75,18 @@ return cur
 "#;
 
 /// Raises a fencing counter to `ARGV[1]` unless it is already there or
-/// higher (a max-register). Reply: the counter's value afterwards.
+/// higher (a max-register). Reply: `{1, value}` if this call raised it,
+/// `{0, value}` if it was already there or higher. Only a raise counts as an
+/// acknowledgement (see `core::fence`): two attempts writing the same value
+/// cannot both collect a majority.
 const FENCE_WRITE_LUA: &str = r#"
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 local want = tonumber(ARGV[1])
 if cur < want then
   redis.call('SET', KEYS[1], ARGV[1])
-  return want
+  return {1, want}
 end
-return cur
+return {0, cur}
 "#;
 
 /// Compare-and-delete. `ARGV`: token. Reply: 1 deleted, 0 not ours.
@@ -208,6 +211,18 @@ pub(crate) fn parse_fence(value: &Value) -> Option<u64> {
     }
 }
 
+/// Reads a `FENCE_WRITE_LUA` reply: whether this call raised the counter,
+/// and its value.
+pub(crate) fn parse_fence_write(value: &Value) -> Option<(bool, u64)> {
+    let Value::Array(items) = value else {
+        return None;
+    };
+    match items.as_slice() {
+        [Value::Integer(raised), v] => Some((*raised == 1, parse_fence(v)?)),
+        _ => None,
+    }
+}
+
 /// Reads a `RELEASE_LUA` reply: true when the key was ours and is now deleted.
 pub(crate) fn parse_released(value: &Value) -> Option<bool> {
     match value {
@@ -225,6 +240,7 @@ pub(crate) struct Token(String);
 
 impl Token {
     /// A token from the operating system's generator.
+    #[cfg(test)]
     pub(crate) fn new(forced: bool) -> Token {
         use crate::core::Entropy;
         crate::core::OsEntropy.token(forced)
@@ -362,6 +378,15 @@ mod tests {
         assert_eq!(parse_fence(&Value::String("12".into())), Some(12));
         assert_eq!(parse_fence(&Value::Null), Some(0));
         assert_eq!(parse_fence(&Value::String("x".into())), None);
+        assert_eq!(
+            parse_fence_write(&Value::Array(vec![Value::Integer(1), Value::Integer(7)])),
+            Some((true, 7))
+        );
+        assert_eq!(
+            parse_fence_write(&Value::Array(vec![Value::Integer(0), Value::Integer(9)])),
+            Some((false, 9))
+        );
+        assert_eq!(parse_fence_write(&Value::Integer(7)), None);
         assert_eq!(parse_released(&Value::Integer(1)), Some(true));
         assert_eq!(parse_released(&Value::Integer(0)), Some(false));
         assert_eq!(parse_released(&Value::Null), None);

@@ -23,57 +23,15 @@ use std::time::Duration;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{debug, info, warn};
 
-use crate::context::{AbortOnDrop, LockRoute, Shared};
+use crate::context::{AbortOnDrop, LockRoute, Shared, RETIRED};
 use crate::error::Error;
-use crate::lock::{LockActor, LockArgs, LockMsg, Request};
-use crate::node::{NodeActor, NodeArgs, NodeMsg};
+use crate::lock::{LockActor, LockArgs};
+use crate::msg::{LockMsg, NodeMsg, NodeReport, Request, SupervisorMsg};
+use crate::node::{NodeActor, NodeArgs};
 use crate::quorum;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub(crate) struct Supervisor;
-
-/// First connection result of a node, for `Engine::start`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum NodeReport {
-    Up,
-    Down { error: String, permanent: bool },
-}
-
-/// Messages of the [`Supervisor`].
-#[derive(Debug)]
-pub(crate) enum SupervisorMsg {
-    /// Route a request to the name's `LockActor`, spawning it if needed.
-    Request { name: Arc<str>, request: Request },
-    /// Withdraw a request.
-    Cancel { name: Arc<str>, id: u64 },
-    /// A `LockActor` has nothing to do; it saw `seen` requests.
-    LockIdle { name: Arc<str>, seen: u64 },
-    /// A `LockActor` finished closing.
-    LockClosed { name: Arc<str> },
-    /// A `NodeActor` connected.
-    NodeUp { node: usize, actor: ActorId },
-    /// A `NodeActor` failed to connect (and is about to fail).
-    NodeDown {
-        node: usize,
-        actor: ActorId,
-        error: String,
-        permanent: bool,
-    },
-    /// Start node `node` again.
-    Respawn { node: usize },
-    /// Answer once every node reported its first connection attempt, or
-    /// after `within` with what is known then.
-    AwaitReady {
-        reply: RpcReplyPort<Vec<Option<NodeReport>>>,
-        within: Duration,
-    },
-    /// Time is up for `AwaitReady`.
-    ReadyDeadline,
-    /// Close the locker.
-    Close { reply: RpcReplyPort<()> },
-    /// Closing took too long.
-    CloseDeadline,
-}
 
 pub(crate) struct SupervisorArgs {
     pub(crate) shared: Arc<Shared>,
@@ -161,18 +119,6 @@ impl Actor for Supervisor {
             SupervisorMsg::Cancel { name, id } => {
                 if let Some(e) = st.locks.get(&name) {
                     let _ = e.actor.cast(LockMsg::Cancel { id });
-                }
-            }
-            SupervisorMsg::LockIdle { name, seen } => {
-                if let Some(e) = st.locks.get(&name) {
-                    // Requests sent directly after this count was read reach
-                    // a stopping actor; their callers see the reply dropped
-                    // and ask again, through us.
-                    if e.sent.load(Ordering::SeqCst) == seen {
-                        let e = st.locks.remove(&name).expect("present");
-                        st.shared.remove_lock(&name, e.actor.get_id());
-                        e.actor.stop(None);
-                    }
                 }
             }
             SupervisorMsg::LockClosed { name } => {
@@ -342,17 +288,25 @@ impl SupervisorState {
     async fn route(&mut self, myself: &ActorRef<SupervisorMsg>, name: Arc<str>, request: Request) {
         let mut request = request;
         for _ in 0..2 {
+            // A retiring actor takes no more requests: replace it.
+            if let Some(e) = self.locks.get(&name) {
+                if e.sent.load(Ordering::SeqCst) & RETIRED != 0 {
+                    let e = self.locks.remove(&name).expect("present");
+                    self.shared.remove_lock(&name, e.actor.get_id());
+                }
+            }
             if !self.locks.contains_key(&name) {
+                let sent = Arc::new(AtomicU64::new(0));
                 let args = LockArgs {
                     name: name.clone(),
                     shared: self.shared.clone(),
                     supervisor: myself.clone(),
+                    sent: sent.clone(),
                 };
                 match Actor::spawn_linked(None, LockActor, args, myself.get_cell()).await {
                     Ok((actor, _)) => {
                         self.children
                             .insert(actor.get_id(), Child::Lock(name.clone()));
-                        let sent = Arc::new(AtomicU64::new(0));
                         self.shared.set_lock(
                             name.clone(),
                             LockRoute {
@@ -370,7 +324,10 @@ impl SupervisorState {
                 }
             }
             let entry = self.locks.get_mut(&name).expect("inserted above");
-            entry.sent.fetch_add(1, Ordering::SeqCst);
+            if entry.sent.fetch_add(1, Ordering::SeqCst) & RETIRED != 0 {
+                // It retired just now: start over with a fresh one.
+                continue;
+            }
             match entry.actor.cast(LockMsg::Request(request)) {
                 Ok(()) => return,
                 Err(ractor::MessagingErr::SendErr(LockMsg::Request(back))) => {

@@ -11,19 +11,22 @@
 //! costs no wake-up at all.
 //!
 //! Delivery is a cast, like `send_after`'s: a timer message may still arrive
-//! after a cancel that raced with it, so handlers check generations or ids as
-//! they always did.
+//! after a cancel that raced with it; the lock core treats a timeout that
+//! finds nothing due as a no-op.
+//!
+//! Deadlines are on the engine's clock (`clock`, which counts suspended
+//! time); the task never sleeps longer than `clock::MAX_SLEEP` on tokio's
+//! monotonic timer before it compares them with that clock again.
 
+use ractor::ActorRef;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
-
-use ractor::ActorRef;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
-use crate::lock::LockMsg;
+use crate::clock;
+use crate::core::Time;
+use crate::msg::LockMsg;
 
 /// Below this many heap entries, dead ones are left for the task to pop.
 const COMPACT_MIN: usize = 4096;
@@ -50,13 +53,13 @@ struct Inner {
 #[derive(Debug, Default)]
 struct Wheel {
     /// Deadlines of live and cancelled timers, earliest first.
-    heap: BinaryHeap<Reverse<(Instant, u64)>>,
+    heap: BinaryHeap<Reverse<(Time, u64)>>,
     /// The live timers by id.
     live: HashMap<u64, Entry>,
     next_id: u64,
     /// What the task sleeps until; `None` while it waits for a first timer
     /// (or has not looked yet), so an arm must wake it.
-    sleeping_until: Option<Instant>,
+    sleeping_until: Option<Time>,
     closed: bool,
 }
 
@@ -77,23 +80,17 @@ impl Timers {
         Timers { inner }
     }
 
-    /// Casts `msg` to `to` after `delay`, unless the returned [`Timer`] is
-    /// dropped first.
-    pub(crate) fn after(&self, delay: Duration, to: &ActorRef<LockMsg>, msg: LockMsg) -> Timer {
-        let id = self.arm(delay, to, msg);
+    /// Casts `msg` to `to` at `at` (engine clock), unless the returned
+    /// [`Timer`] is dropped first.
+    pub(crate) fn at(&self, at: Time, to: &ActorRef<LockMsg>, msg: LockMsg) -> Timer {
+        let id = self.arm(at, to, msg);
         Timer {
             id,
             inner: self.inner.clone(),
         }
     }
 
-    /// Casts `msg` to `to` after `delay`; cannot be cancelled.
-    pub(crate) fn after_detached(&self, delay: Duration, to: &ActorRef<LockMsg>, msg: LockMsg) {
-        self.arm(delay, to, msg);
-    }
-
-    fn arm(&self, delay: Duration, to: &ActorRef<LockMsg>, msg: LockMsg) -> u64 {
-        let at = Instant::now() + delay;
+    fn arm(&self, at: Time, to: &ActorRef<LockMsg>, msg: LockMsg) -> u64 {
         let mut w = lock(&self.inner.wheel);
         let id = w.next_id;
         w.next_id += 1;
@@ -153,7 +150,7 @@ async fn run(inner: Arc<Inner>) {
             if w.closed {
                 return;
             }
-            let now = Instant::now();
+            let now = clock::now();
             while let Some(&Reverse((at, id))) = w.heap.peek() {
                 if !w.live.contains_key(&id) {
                     w.heap.pop();
@@ -176,8 +173,9 @@ async fn run(inner: Arc<Inner>) {
         }
         match next {
             Some(at) => {
+                let sleep = at.since(clock::now()).min(clock::MAX_SLEEP);
                 tokio::select! {
-                    _ = tokio::time::sleep_until(at) => {}
+                    _ = tokio::time::sleep(sleep) => {}
                     _ = inner.wake.notified() => {}
                 }
             }
@@ -196,9 +194,10 @@ fn lock(m: &Mutex<Wheel>) -> MutexGuard<'_, Wheel> {
 mod tests {
     use super::*;
     use ractor::{Actor, ActorProcessingErr};
+    use std::time::Duration;
     use tokio::sync::mpsc;
 
-    /// Forwards the `Retry` generations it receives.
+    /// Forwards the marks (`Cancel` ids) it receives.
     struct Probe;
 
     impl Actor for Probe {
@@ -220,27 +219,31 @@ mod tests {
             msg: LockMsg,
             tx: &mut Self::State,
         ) -> Result<(), ActorProcessingErr> {
-            if let LockMsg::Retry { generation } = msg {
-                let _ = tx.send(generation);
+            if let LockMsg::Cancel { id } = msg {
+                let _ = tx.send(id);
             }
             Ok(())
         }
     }
 
-    fn retry(generation: u64) -> LockMsg {
-        LockMsg::Retry { generation }
+    fn mark(id: u64) -> LockMsg {
+        LockMsg::Cancel { id }
     }
 
-    #[tokio::test(start_paused = true)]
+    fn in_ms(n: u64) -> Time {
+        clock::now() + Duration::from_millis(n)
+    }
+
+    #[tokio::test]
     async fn fires_in_deadline_order_and_skips_cancelled() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (probe, _h) = Actor::spawn(None, Probe, tx).await.unwrap();
         let timers = Timers::start();
-        let _c = timers.after(Duration::from_millis(30), &probe, retry(3));
-        let cancelled = timers.after(Duration::from_millis(10), &probe, retry(1));
-        timers.after_detached(Duration::from_millis(20), &probe, retry(2));
+        let _c = timers.at(in_ms(60), &probe, mark(3));
+        let cancelled = timers.at(in_ms(20), &probe, mark(1));
+        let _b = timers.at(in_ms(40), &probe, mark(2));
         // Armed later but due earlier than everything: must wake the task.
-        let _a = timers.after(Duration::from_millis(5), &probe, retry(0));
+        let _a = timers.at(in_ms(10), &probe, mark(0));
         drop(cancelled);
         let mut got = Vec::new();
         for _ in 0..3 {
@@ -248,20 +251,33 @@ mod tests {
         }
         assert_eq!(got, vec![0, 2, 3]);
         assert_eq!(timers.live(), 0);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
         assert!(rx.try_recv().is_err(), "a cancelled timer fired");
         probe.stop(None);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
+    async fn a_far_deadline_is_checked_against_the_engine_clock() {
+        // Longer than one sleep: the task wakes, finds it not due, sleeps on.
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (probe, _h) = Actor::spawn(None, Probe, tx).await.unwrap();
+        let timers = Timers::start();
+        let due = in_ms(clock::MAX_SLEEP.as_millis() as u64 + 100);
+        let _t = timers.at(due, &probe, mark(9));
+        assert_eq!(rx.recv().await, Some(9));
+        assert!(clock::now() >= due);
+        probe.stop(None);
+    }
+
+    #[tokio::test]
     async fn many_cancelled_timers_are_compacted() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (probe, _h) = Actor::spawn(None, Probe, tx).await.unwrap();
         let timers = Timers::start();
         for i in 0..(COMPACT_MIN as u64 * 3) {
-            drop(timers.after(Duration::from_secs(60), &probe, retry(i)));
+            drop(timers.at(in_ms(60_000), &probe, mark(i)));
         }
-        let keep = timers.after(Duration::from_millis(1), &probe, retry(u64::MAX));
+        let keep = timers.at(in_ms(1), &probe, mark(u64::MAX));
         assert!(lock(&timers.inner.wheel).heap.len() <= COMPACT_MIN * 2);
         assert_eq!(rx.recv().await, Some(u64::MAX));
         drop(keep);

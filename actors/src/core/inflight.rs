@@ -86,13 +86,11 @@ pub(crate) struct InFlight {
     next: u64,
 }
 
-/// An answered command: what it was for, when it was sent, and whether it had
-/// already been reported overdue.
+/// An answered command: what it was for, and when it was sent.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Answered {
     pub(crate) purpose: Purpose,
     pub(crate) sent: Time,
-    pub(crate) overdue: bool,
 }
 
 impl InFlight {
@@ -119,7 +117,6 @@ impl InFlight {
         self.cmds.remove(&id).map(|c| Answered {
             purpose: c.purpose,
             sent: c.sent,
-            overdue: c.overdue.is_some(),
         })
     }
 
@@ -231,8 +228,7 @@ mod tests {
         assert!(t.answer(rel).is_none());
         assert!(!t.any_live(|p| matches!(p, Purpose::Acquire { .. })));
         assert!(t.any_live(|p| matches!(p, Purpose::Extend { .. })));
-        let late = t.answer(acq).unwrap();
-        assert!(late.overdue);
+        assert_eq!(t.answer(acq).unwrap().sent, at(0));
         t.answer(later).unwrap();
         assert!(t.idle());
         assert_eq!(t.len(), 0);

@@ -78,7 +78,14 @@ impl Config {
         (validity / 100).clamp(Duration::from_millis(1), Duration::from_millis(20))
     }
 
-    /// The next tick of the extension grid strictly after `now`.
+    #[cfg(test)]
+    pub(crate) fn next_tick_for_test(&self, now: Time) -> Time {
+        self.next_tick(now)
+    }
+
+    /// The next tick of the extension grid strictly after `now`: every lock
+    /// of a locker extends on the same grid, so each node gets one batch per
+    /// tick instead of one command per lock.
     fn next_tick(&self, now: Time) -> Time {
         let period = self.extend.as_nanos().max(1);
         let since = u128::from(now.since(self.epoch).as_nanos() as u64);
@@ -214,7 +221,6 @@ impl Slot {
 struct Attempt {
     id: u64,
     token: Token,
-    mode: SetMode,
     /// A Try or Force caller; a Wait attempt serves the queue's head.
     request: Option<(ReqId, RequestKind)>,
     keys: Vec<Slot>,
@@ -307,6 +313,7 @@ impl std::fmt::Debug for LockCore {
 }
 
 /// A view of the current grant, for observers (the simulator's invariants).
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct HoldingView {
     pub(crate) holder: HolderId,
@@ -364,6 +371,7 @@ impl LockCore {
     }
 
     /// The current grant, if any.
+    #[cfg(test)]
     pub(crate) fn holding(&self) -> Option<HoldingView> {
         match &self.phase {
             Phase::Holding(g) => Some(HoldingView {
@@ -377,11 +385,13 @@ impl LockCore {
     }
 
     /// True once closing is complete.
+    #[cfg(test)]
     pub(crate) fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed)
     }
 
-    /// A short name of the phase, for logs and tests.
+    /// A short name of the phase, for tests.
+    #[cfg(test)]
     pub(crate) fn phase_name(&self) -> &'static str {
         match self.phase {
             Phase::Idle { .. } => "idle",
@@ -490,7 +500,6 @@ impl LockCore {
         self.phase = Phase::Attempting(Attempt {
             id,
             token: token.clone(),
-            mode,
             request,
             keys: vec![Slot::pending(); total],
             woken: false,
@@ -855,20 +864,19 @@ impl LockCore {
                     fence_seen = fence;
                     if writes {
                         Key::Ours {
-                            expiry: quorum::key_expiry_t(sent, c.validity, c.drift),
+                            expiry: quorum::key_expiry(sent, c.validity, c.drift),
                         }
                     } else {
-                        // A check: the server's PTTL bounds the expiry, and
-                        // never raises what an extension confirmed.
-                        let reported = pttl_ms.map(|ms| {
-                            quorum::key_expiry_t(sent, Duration::from_millis(ms), c.drift)
-                        });
+                        // A check: the server's PTTL, read after `sent`, is
+                        // a lower bound on the expiry by itself. It is the
+                        // newest word on the key: it may be lower (someone
+                        // cut the TTL) or higher (it ran after an extension
+                        // whose own reply it overtook, which is then stale).
+                        let reported = pttl_ms
+                            .map(|ms| quorum::key_expiry(sent, Duration::from_millis(ms), c.drift));
                         match (slot.key, reported) {
-                            (Key::Ours { expiry }, Some(r)) => Key::Ours {
-                                expiry: expiry.min(r),
-                            },
-                            (Key::Ours { expiry }, None) => Key::Ours { expiry },
                             (_, Some(r)) => Key::Ours { expiry: r },
+                            (Key::Ours { expiry }, None) => Key::Ours { expiry },
                             // Ours without a TTL and nothing confirmed: no
                             // credit until the next extension sets one.
                             (_, None) => Key::Ours { expiry: sent },

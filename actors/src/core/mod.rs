@@ -18,10 +18,10 @@ mod time;
 mod waiters;
 
 pub(crate) use inflight::CmdId;
-pub(crate) use lock::{
-    AckId, Config, Effect, Event, Fencing, HolderId, HolderStatus, LockCore, Refusal, IDLE_GRACE,
-};
-pub(crate) use ops::{Entropy, Op, OsEntropy, Outcome, Target};
+pub(crate) use lock::{Config, Effect, Event, Fencing, HolderId, HolderStatus, LockCore, Refusal};
+#[cfg(test)]
+pub(crate) use ops::Entropy;
+pub(crate) use ops::{Op, OsEntropy, Outcome, Target};
 pub(crate) use time::Time;
 pub(crate) use waiters::{ReqId, RequestKind};
 

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::lock::IDLE_GRACE;
 use super::*;
 use crate::error::LostReason;
 use crate::scripts::{KeyState, SetMode};
@@ -457,10 +458,12 @@ fn overdue_commands_decide_the_attempt_and_late_keys_are_released() {
 fn force_takes_over_from_our_own_holder_without_deleting() {
     let mut rig = Rig::new(config(2, 3));
     let (holder, _) = held(&mut rig);
+    assert_eq!(rig.core.holding().map(|h| h.holder), Some(holder));
     let fx = rig.ev(Event::Request {
         id: 5,
         kind: RequestKind::Force,
     });
+    assert_eq!(rig.core.holding(), None);
     assert_eq!(ended(&fx), vec![(holder, LostReason::Forced)]);
     let s = sends(&fx);
     assert_eq!(s.len(), 3);
@@ -576,4 +579,49 @@ fn fencing_on_several_nodes_waits_for_the_token() {
         _ => None,
     });
     assert_eq!(fence, Some(7));
+}
+
+#[test]
+fn extensions_tick_on_the_lockers_grid() {
+    let mut cfg = config(1, 1);
+    // (now, want) with a 500 ms period from epoch 0, then from epoch 3.
+    for (now, want) in [(0, 500), (1, 500), (499, 500), (500, 1000), (2501, 3000)] {
+        assert_eq!(cfg.next_tick_for_test(ms(now)), ms(want), "{now}");
+    }
+    cfg.epoch = ms(3);
+    // Before the epoch (cannot happen): a full period, no panic.
+    for (now, want) in [(0, 500), (3, 503), (502, 503)] {
+        assert_eq!(cfg.next_tick_for_test(ms(now)), ms(want), "{now}");
+    }
+}
+
+#[test]
+fn a_check_that_overtakes_an_extension_reply_carries_the_extension() {
+    // Without NOLOOP our own extension invalidates the key; the check sent
+    // for that invalidation can answer before the (batched) extension does.
+    // The extension's reply is then stale, and the check's PTTL must carry
+    // the new expiry, or the holder expires although every key was extended.
+    let mut rig = Rig::new(config(2, 3));
+    let (holder, _) = held(&mut rig);
+    let ext = sends(&rig.tick(ms(500)));
+    let mut fx = Vec::new();
+    for k in 0..3 {
+        let v = sends(&rig.at(ms(503)).ev(Event::Invalidated { key: k }));
+        fx.extend(rig.at(ms(504)).ev(reply(
+            v[0].0,
+            Outcome::Key(KeyState::Ours {
+                pttl_ms: Some(998),
+                fence: None,
+            }),
+        )));
+    }
+    for (cmd, _, _) in &ext {
+        fx.extend(rig.at(ms(505)).ev(reply(*cmd, ours())));
+    }
+    assert!(ended(&rig.tick(ms(1200))).is_empty());
+    assert_eq!(
+        rig.core.holding().map(|h| (h.holder, h.ends_at)),
+        // 503 + 998 − 12 − 10.
+        Some((holder, ms(1479)))
+    );
 }

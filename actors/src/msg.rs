@@ -1,0 +1,160 @@
+//! The messages actors exchange, in one module below all of them, so that no
+//! actor imports another: the Supervisor, `NodeActor` and `LockActor` each
+//! depend on this vocabulary, and on nothing of each other's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{ActorId, ActorRef, RpcReplyPort};
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::core::{CmdId, Op, Outcome, ReqId, RequestKind, Time};
+use crate::error::{Error, LostReason};
+use crate::scripts::{SetMode, Token};
+
+/// What a grant looks like to its holder, published by its `LockActor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GrantStatus {
+    /// Held; safe until `valid_until` (on the engine's clock) unless extended.
+    Held { valid_until: Time },
+    /// Ended, for this reason.
+    Ended(LostReason),
+}
+
+/// A grant as it leaves its `LockActor`: what the caller's `Lease` is made of.
+#[derive(Debug)]
+pub(crate) struct GrantParts {
+    pub(crate) name: Arc<str>,
+    pub(crate) holder: u64,
+    pub(crate) lock: ActorRef<LockMsg>,
+    pub(crate) status: watch::Receiver<GrantStatus>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) fence: u64,
+}
+
+/// A caller waiting for a grant.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) id: ReqId,
+    pub(crate) kind: RequestKind,
+    pub(crate) reply: oneshot::Sender<Result<GrantParts, Error>>,
+}
+
+/// Messages of a `LockActor`.
+#[derive(Debug)]
+pub(crate) enum LockMsg {
+    /// A caller wants the lock.
+    Request(Request),
+    /// A waiting caller gave up.
+    Cancel { id: ReqId },
+    /// Holder `holder` releases; `reply` is answered once its deletes are.
+    Release {
+        holder: u64,
+        reply: Option<oneshot::Sender<()>>,
+    },
+    /// A node answered a command.
+    Reply(NodeReply),
+    /// Key `index` of this lock changed on its node.
+    Invalidated { index: usize },
+    /// A node reconnected (`Some`) or invalidations may have been dropped
+    /// (`None`, all nodes).
+    Recheck { node: Option<usize> },
+    /// The core's timer is due.
+    Timeout,
+    /// The locker is closing.
+    Close,
+}
+
+/// A node's answer to command `cmd`.
+#[derive(Debug)]
+pub(crate) struct NodeReply {
+    pub(crate) cmd: CmdId,
+    pub(crate) outcome: Outcome,
+}
+
+/// One command for a node's command pump.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) op: Op,
+    /// The lock key, or the fencing counter.
+    pub(crate) key: Arc<str>,
+    /// The fencing counter, for an acquisition that moves it.
+    pub(crate) fence_key: Option<Arc<str>>,
+    pub(crate) cmd: CmdId,
+    pub(crate) reply_to: ActorRef<LockMsg>,
+}
+
+/// One key's extension, waiting for the node's next batch.
+#[derive(Debug)]
+pub(crate) struct ExtendItem {
+    pub(crate) key: Arc<str>,
+    pub(crate) token: Token,
+    pub(crate) mode: SetMode,
+    pub(crate) cmd: CmdId,
+    pub(crate) reply_to: ActorRef<LockMsg>,
+}
+
+/// A live connection: fred's connection task, our invalidation forwarder, and
+/// topology watchers.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    pub(crate) handle: fred::types::ConnectHandle,
+    pub(crate) forwarder: Option<tokio::task::JoinHandle<()>>,
+    pub(crate) watchers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Messages of a `NodeActor`.
+#[derive(Debug)]
+pub(crate) enum NodeMsg {
+    /// Extend (or retake) one key in this node's next batch.
+    Extend(ExtendItem),
+    /// Send the batch of extensions collected so far.
+    Flush,
+    /// The connect task finished.
+    Connected(Result<Connection, fred::error::Error>),
+    /// The connection task ended: the socket closed or was force-closed as
+    /// unresponsive.
+    ConnectionEnded(String),
+}
+
+/// First connection result of a node, for `Engine::start`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NodeReport {
+    Up,
+    Down { error: String, permanent: bool },
+}
+
+/// Messages of the Supervisor.
+#[derive(Debug)]
+pub(crate) enum SupervisorMsg {
+    /// Route a request to the name's `LockActor`, spawning it if needed.
+    Request { name: Arc<str>, request: Request },
+    /// Withdraw a request.
+    Cancel { name: Arc<str>, id: ReqId },
+    /// A `LockActor` finished closing.
+    LockClosed { name: Arc<str> },
+    /// A `NodeActor` connected.
+    NodeUp { node: usize, actor: ActorId },
+    /// A `NodeActor` failed to connect (and is about to fail).
+    NodeDown {
+        node: usize,
+        actor: ActorId,
+        error: String,
+        permanent: bool,
+    },
+    /// Start node `node` again.
+    Respawn { node: usize },
+    /// Answer once every node reported its first connection attempt, or
+    /// after `within` with what is known then.
+    AwaitReady {
+        reply: RpcReplyPort<Vec<Option<NodeReport>>>,
+        within: Duration,
+    },
+    /// Time is up for `AwaitReady`.
+    ReadyDeadline,
+    /// Close the locker.
+    Close { reply: RpcReplyPort<()> },
+    /// Closing took too long.
+    CloseDeadline,
+}

@@ -1,0 +1,107 @@
+//! A holder is told no later than the earliest moment another client could
+//! take the majority (issue: "Told late"). Many held locks behind a link that
+//! freezes silently: no extension is confirmed from then on, and every
+//! holder's `lost()` must resolve before the computed end of its validity,
+//! which is its published `valid_until` plus the engine's notice margin.
+//!
+//! `NOTICE_LOCKS=10000 cargo test --test notice -- --nocapture` runs it with
+//! more locks and prints the figures.
+#![allow(missing_docs)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::proxy::*;
+use support::*;
+use tokio::time::Instant;
+use valkeylock::{Locker, LockerOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_behind_a_frozen_link_are_told_before_their_validity_ends() {
+    init_tracing();
+    let locks: usize = std::env::var("NOTICE_LOCKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let server = ValkeyServer::start();
+    let proxy = Proxy::start(server.port).await;
+    let validity = Duration::from_secs(1);
+    // The engine's notice margin for this validity: 1 % (10 ms).
+    let margin = Duration::from_millis(10);
+    let locker = Locker::connect(
+        LockerOptions::new([proxy.url()])
+            .with_key_majority(1)
+            .with_key_validity(validity)
+            .with_try_next_after(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    let prefix = unique("notice");
+    let mut guards = Vec::with_capacity(locks);
+    for chunk in (0..locks).collect::<Vec<_>>().chunks(500) {
+        let got = futures_join(chunk.iter().map(|i| {
+            let locker = locker.clone();
+            let name = format!("{prefix}-{i}");
+            async move { locker.lock(&name).await.unwrap() }
+        }))
+        .await;
+        guards.extend(got);
+    }
+    // Freeze right after an extension round could have been confirmed, then
+    // read each guard's validity: from now on nothing extends it.
+    proxy.freeze();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut waits = Vec::with_capacity(locks);
+    for g in guards {
+        let until = g.valid_until().expect("held");
+        waits.push(tokio::spawn(async move {
+            let reason = g.lost().await;
+            (reason, Instant::now(), until, g)
+        }));
+    }
+    let mut late_ms = Vec::with_capacity(locks);
+    for w in waits {
+        let (reason, told, until, g) = w.await.unwrap();
+        assert!(reason.is_loss(), "{reason:?}");
+        assert!(!g.is_held());
+        // Signed lateness against the published valid_until (negative: early).
+        let late = if told >= until {
+            (told - until).as_secs_f64() * 1e3
+        } else {
+            -((until - told).as_secs_f64() * 1e3)
+        };
+        late_ms.push(late);
+    }
+    late_ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let q = |p: f64| late_ms[((late_ms.len() - 1) as f64 * p) as usize];
+    println!(
+        "{locks} locks: told vs published valid_until p50 {:+.2} ms, p99 {:+.2} ms, max {:+.2} ms (margin {} ms)",
+        q(0.5),
+        q(0.99),
+        q(1.0),
+        margin.as_millis()
+    );
+    // Never after the computed end of validity (published + margin).
+    assert!(
+        q(1.0) < margin.as_secs_f64() * 1e3,
+        "a holder was told {:.2} ms after its valid_until",
+        q(1.0)
+    );
+    proxy.heal();
+    locker.close().await;
+}
+
+/// Runs futures concurrently on this task (no extra dependency).
+async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
