@@ -65,7 +65,10 @@ async fn holders_behind_a_frozen_link_are_told_before_their_validity_ends() {
     let checker = {
         // By each guard's own clock: not held from `valid_until` on, checked
         // on a separate task that never waits for the engine.
-        let watchers: Vec<_> = guards.iter().map(|g| (g.watcher(), g.valid_until().unwrap())).collect();
+        let watchers: Vec<_> = guards
+            .iter()
+            .map(|g| (g.watcher(), g.valid_until().unwrap()))
+            .collect();
         tokio::spawn(async move {
             tokio::time::sleep_until(last).await;
             watchers
@@ -94,7 +97,11 @@ async fn holders_behind_a_frozen_link_are_told_before_their_validity_ends() {
         };
         late_ms.push(late);
     }
-    assert_eq!(checker.await.unwrap(), 0, "a guard said held past its valid_until");
+    assert_eq!(
+        checker.await.unwrap(),
+        0,
+        "a guard said held past its valid_until"
+    );
     late_ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let q = |p: f64| late_ms[((late_ms.len() - 1) as f64 * p) as usize];
     let end = margin.as_secs_f64() * 1e3;

@@ -138,7 +138,7 @@ fn core_config(s: &Settings, epoch: crate::core::Time) -> Config {
         total: s.total,
         nodes: s.nodes.len(),
         placement: (0..s.total)
-            .map(|i| crate::quorum::node_of_key(i, s.nodes.len()))
+            .map(|i| crate::core::quorum::node_of_key(i, s.nodes.len()))
             .collect(),
         validity: s.validity,
         drift: s.drift,

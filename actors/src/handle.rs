@@ -13,12 +13,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock;
 use crate::context::{Shared, RETIRED};
+use crate::core::quorum;
 use crate::core::RequestKind;
 use crate::error::{Error, LostReason};
 use crate::keys;
 use crate::msg::{GrantParts, GrantStatus, LockMsg, NodeReport, Request, SupervisorMsg};
 use crate::options::LockerOptions;
-use crate::quorum;
 use crate::supervisor::{Supervisor, SupervisorArgs};
 
 /// How an acquisition treats a lock that is held.

@@ -6,19 +6,31 @@
 //! handles ([`Engine`], [`Lease`], [`LeaseWatcher`]) leave this crate.
 //!
 //! # Layout
-//! - `supervisor`: the root actor; spawns and restarts node
-//!   actors, spawns and retires lock actors, closes the locker.
-//! - `node`: `NodeActor`, one fred client per Valkey instance; runs scripts,
-//!   routes invalidations.
-//! - `lock`: `LockActor`, one per lock name; queue, attempts, tally,
-//!   extension, loss.
-//! - `quorum`: pure majority and timing math.
+//! Decisions are pure code; actors are thin shells that move messages and
+//! run I/O. Dependencies point down this list, never up.
+//!
+//! The sans-IO core (no actors, no client, no clock):
+//! - `core`: one lock name's state machine (`core::lock`), its in-flight
+//!   command table, fencing step, local queue and hand-over policy, and the
+//!   majority and timing arithmetic (`core::quorum`).
+//!
+//! Leaves the core and the actors share:
 //! - `keys`: key naming and invalidation parsing.
-//! - `scripts`: the Lua scripts and the token.
-//! - `timers`: the lock actors' timers, one task per locker.
+//! - `scripts`: the Lua scripts, the token, and parsing of replies.
 //! - `options`: `LockerOptions` and their validation.
-//! - `handle`: the public handles.
 //! - `error`: `Error` and `LostReason`.
+//! - `clock`: the engine's clock (`CLOCK_BOOTTIME`).
+//!
+//! The actor system:
+//! - `msg`: every actor message, below all the actors.
+//! - `context`: the settings and routing tables every actor of a locker reads.
+//! - `timers`: the lock actors' timers, one task per locker.
+//! - `lock`: `LockActor`, one per lock name: the shell around the core.
+//! - `node`: `NodeActor`, one fred client per Valkey instance; runs scripts
+//!   through its command pump, batches extensions, routes invalidations.
+//! - `supervisor`: the root actor; spawns and restarts node actors, spawns
+//!   and retires lock actors, closes the locker.
+//! - `handle`: the public handles.
 
 mod clock;
 mod context;
@@ -30,7 +42,6 @@ mod lock;
 mod msg;
 mod node;
 mod options;
-mod quorum;
 mod scripts;
 mod supervisor;
 mod timers;

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::quorum;
 use crate::error::Error;
 use crate::keys;
-use crate::quorum;
 
 /// Options of a locker. Build with [`LockerOptions::new`] and the `with_*`
 /// methods, or deserialize from TOML/JSON (durations as `"5s"`, `"250ms"`,

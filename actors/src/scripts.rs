@@ -242,8 +242,9 @@ impl Token {
     /// A token from the operating system's generator.
     #[cfg(test)]
     pub(crate) fn new(forced: bool) -> Token {
-        use crate::core::Entropy;
-        crate::core::OsEntropy.token(forced)
+        let mut bytes = [0u8; 24];
+        getrandom::fill(&mut bytes).expect("the operating system's random number generator failed");
+        Token::from_bytes(&bytes, forced)
     }
 
     /// A token from 24 random bytes.

@@ -24,11 +24,11 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use tracing::{debug, info, warn};
 
 use crate::context::{AbortOnDrop, LockRoute, Shared, RETIRED};
+use crate::core::quorum;
 use crate::error::Error;
 use crate::lock::{LockActor, LockArgs};
 use crate::msg::{LockMsg, NodeMsg, NodeReport, Request, SupervisorMsg};
 use crate::node::{NodeActor, NodeArgs};
-use crate::quorum;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub(crate) struct Supervisor;

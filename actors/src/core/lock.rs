@@ -17,10 +17,10 @@ use std::time::Duration;
 use super::fence::{Fence, FenceNext};
 use super::inflight::{CmdId, InFlight, Purpose};
 use super::ops::{Entropy, Op, Outcome, Target};
+use super::quorum::{self, Tally};
 use super::time::Time;
 use super::waiters::{may_hand_over, ReqId, RequestKind, Waiters};
 use crate::error::LostReason;
-use crate::quorum::{self, Tally};
 use crate::scripts::{KeyState, SetMode, Token};
 
 /// A holder id: one per grant handed to a caller (a hand-over makes a new one).

@@ -8,12 +8,14 @@
 //! - `fence`: the two-phase fencing step on several instances.
 //! - `waiters`: the local queue and the hand-over policy.
 //! - `ops`: the commands, targets and outcomes the core speaks in.
+//! - `quorum`: the majority and timing arithmetic.
 //! - `time`: the core's clock type.
 
 mod fence;
 mod inflight;
 mod lock;
 mod ops;
+pub(crate) mod quorum;
 mod time;
 mod waiters;
 

@@ -2,8 +2,8 @@
 //! from an arbitrary origin.
 //!
 //! The core never reads a clock. The shell passes `now` with every event (read
-//! from a clock that keeps counting while the host is suspended, see
-//! `crate::clock`), and the simulator passes virtual time. Arithmetic
+//! from a clock that keeps counting while the host is suspended: the engine
+//! module `clock`), and the simulator passes virtual time. Arithmetic
 //! saturates: no event, however odd its timing, can make the core panic.
 
 use std::fmt;

@@ -8,7 +8,7 @@
 //! TTL). Another client needs `M` keys; with `h ≥ M` keys ours it must wait for
 //! `h − M + 1` of them to expire, i.e. for the `M`-th largest expiry.
 
-use crate::core::Time;
+use super::Time;
 use std::time::Duration;
 
 /// Number of keys of a lock for a majority of `m`: `2·m − 1`.
