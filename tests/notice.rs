@@ -117,9 +117,9 @@ async fn holders_behind_a_frozen_link_are_told_before_their_validity_ends() {
 }
 
 /// Runs futures concurrently on this task (no extra dependency).
-async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futs.map(tokio::spawn).collect();
