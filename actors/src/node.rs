@@ -633,18 +633,41 @@ async fn extend_batch(client: &Client, shared: &Shared, items: Vec<ExtendItem>) 
     };
     match states {
         Some(states) => {
+            let mut refused = 0usize;
             for (item, state) in items.into_iter().zip(states) {
+                let outcome = match state {
+                    Ok(state) => Outcome::Key(state),
+                    Err(error) => {
+                        // One key's error fails that key only; the other
+                        // locks of the batch get their own answers.
+                        if refused == 0 {
+                            warn!(key = %item.key, error = %error, "the server refused a key in an extension batch");
+                        }
+                        refused += 1;
+                        Outcome::Failed(KEY_REFUSED)
+                    }
+                };
                 let _ = item.reply_to.cast(LockMsg::Reply(NodeReply {
                     tag: item.tag,
                     index: item.index,
                     sent_at,
-                    outcome: Outcome::Key(state),
+                    outcome,
                 }));
+            }
+            if refused > 1 {
+                warn!(
+                    refused,
+                    "keys refused in one extension batch (first one logged above)"
+                );
             }
         }
         None => fail_items(items, "extension batch failed"),
     }
 }
+
+/// `Outcome::Failed` reason of a key the server refused inside the acquire
+/// script (`WRONGTYPE`, `OOM`); the server's text is logged where it arrives.
+const KEY_REFUSED: &str = "the server refused a command on this key";
 
 /// The TTL argument: milliseconds (`PX`), or an absolute Unix time in
 /// milliseconds from this machine's clock (`PXAT`).
@@ -736,7 +759,13 @@ async fn run(client: &Client, shared: &Shared, op: &Op, key: &str) -> Outcome {
         })
         .await
         .map(|v| match parse_acquire(&v, 1, fence_key.is_some()) {
-            Some(mut states) => Outcome::Key(states.swap_remove(0)),
+            Some(mut states) => match states.swap_remove(0) {
+                Ok(state) => Outcome::Key(state),
+                Err(error) => {
+                    warn!(key, error = %error, "the server refused the key in an acquisition");
+                    Outcome::Failed(KEY_REFUSED)
+                }
+            },
             None => Outcome::Failed("unexpected reply to acquire"),
         }),
         Op::Verify { token } => evalsha(client, &scripts.verify, || {

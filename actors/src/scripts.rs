@@ -21,33 +21,55 @@ use fred::types::Value;
 /// fencing flag, then a token and a mode per lock key.
 ///
 /// Reply: an array with one entry per lock key: `1` ours now; a string, the
-/// value of its other owner; nil, absent (only in `XX` mode). With the fencing
-/// counter, one more entry: the counter, incremented in the same atomic step
-/// by a fresh acquisition, unchanged for a retry of our own (token already
-/// there).
+/// value of its other owner; nil, absent (only in `XX` mode); a two-element
+/// array `{0, message}`, the server refused a command on that key. With the
+/// fencing counter, one more entry: the counter, incremented in the same
+/// atomic step by a fresh acquisition, unchanged for a retry of our own
+/// (token already there).
+///
+/// Each key's commands go through `redis.pcall`, and a failure ends only that
+/// key's step: with `redis.call`, one key that a third party turned into a
+/// hash (`WRONGTYPE`), or a `SET` refused under `maxmemory` with `noeviction`
+/// (`OOM`), aborted the whole script, and with it every other lock's extension
+/// in the node's batch; with one instance, every lock of the process lapsed.
+/// The error marker is a nested array because nothing else in the reply is
+/// one (a key's value is always a string), so it cannot be mistaken for an
+/// owner's value, and an array survives RESP2 and RESP3 unchanged (an error
+/// reply nested in an array does not reliably reach the caller).
 const ACQUIRE_LUA: &str = r#"
 local n = #KEYS
 if ARGV[3] == '1' then n = n - 1 end
+local function failed(r)
+  return type(r) == 'table' and r.err ~= nil
+end
+local function step(key, token, mode)
+  local cur = redis.pcall('GET', key)
+  if failed(cur) then return cur end
+  local r
+  if cur == token then
+    if ARGV[2] == 'PXAT' then
+      r = redis.pcall('PEXPIREAT', key, ARGV[1])
+    else
+      r = redis.pcall('PEXPIRE', key, ARGV[1])
+    end
+  elseif mode == 'XX' or (cur and mode ~= 'FORCE') then
+    return cur
+  else
+    r = redis.pcall('SET', key, token, ARGV[2], ARGV[1])
+  end
+  if failed(r) then return r end
+  redis.pcall('GET', key)
+  return 1, cur ~= token
+end
 local out = {}
 local fresh = false
 for i = 1, n do
-  local key, token, mode = KEYS[i], ARGV[2 + 2 * i], ARGV[3 + 2 * i]
-  local cur = redis.call('GET', key)
-  if cur == token then
-    if ARGV[2] == 'PXAT' then
-      redis.call('PEXPIREAT', key, ARGV[1])
-    else
-      redis.call('PEXPIRE', key, ARGV[1])
-    end
-    redis.call('GET', key)
-    out[i] = 1
-  elseif mode == 'XX' or (cur and mode ~= 'FORCE') then
-    out[i] = cur
+  local reply, won = step(KEYS[i], ARGV[2 + 2 * i], ARGV[3 + 2 * i])
+  if failed(reply) then
+    out[i] = {0, tostring(reply.err)}
   else
-    redis.call('SET', key, token, ARGV[2], ARGV[1])
-    redis.call('GET', key)
-    out[i] = 1
-    fresh = true
+    out[i] = reply
+    if won then fresh = true end
   end
 end
 if ARGV[3] == '1' then
@@ -174,10 +196,29 @@ pub(crate) fn parse_key_state(value: &Value, verify: bool) -> Option<KeyState> {
     }
 }
 
+/// One entry of an `ACQUIRE_LUA` reply: the key's state, or the error the
+/// server gave for that key alone (its text, for logs).
+pub(crate) type KeyReply = Result<KeyState, String>;
+
+/// Reads one entry of an `ACQUIRE_LUA` reply: a key state, or the per-key
+/// error marker `{0, message}`.
+fn parse_acquire_entry(value: &Value) -> Option<KeyReply> {
+    match value {
+        Value::Array(marker) => match marker.as_slice() {
+            [Value::Integer(0), message] => Some(Err(message
+                .as_str()
+                .map(|m| m.into_owned())
+                .unwrap_or_else(|| "unreadable error".to_owned()))),
+            _ => None,
+        },
+        other => parse_key_state(other, false).map(Ok),
+    }
+}
+
 /// Reads an `ACQUIRE_LUA` reply for `keys` lock keys (plus the fencing
-/// counter when `fence`): one state per key, the counter folded into the
+/// counter when `fence`): one entry per key, the counter folded into the
 /// first key's state. `None` if the reply has the wrong shape.
-pub(crate) fn parse_acquire(value: &Value, keys: usize, fence: bool) -> Option<Vec<KeyState>> {
+pub(crate) fn parse_acquire(value: &Value, keys: usize, fence: bool) -> Option<Vec<KeyReply>> {
     let Value::Array(items) = value else {
         return None;
     };
@@ -186,11 +227,11 @@ pub(crate) fn parse_acquire(value: &Value, keys: usize, fence: bool) -> Option<V
     }
     let mut states = items[..keys]
         .iter()
-        .map(|v| parse_key_state(v, false))
+        .map(parse_acquire_entry)
         .collect::<Option<Vec<_>>>()?;
     if fence {
         let counter = parse_fence(&items[keys])?;
-        if let Some(KeyState::Ours { fence, .. }) = states.first_mut() {
+        if let Some(Ok(KeyState::Ours { fence, .. })) = states.first_mut() {
             *fence = Some(counter);
         }
     }
@@ -335,7 +376,10 @@ mod tests {
             fence,
         };
         let reply = Value::Array(vec![Value::Integer(1), Value::Integer(7)]);
-        assert_eq!(parse_acquire(&reply, 1, true), Some(vec![ours(Some(7))]));
+        assert_eq!(
+            parse_acquire(&reply, 1, true),
+            Some(vec![Ok(ours(Some(7)))])
+        );
         assert_eq!(parse_acquire(&reply, 2, false), None);
         let reply = Value::Array(vec![
             Value::Integer(1),
@@ -345,11 +389,45 @@ mod tests {
         assert_eq!(
             parse_acquire(&reply, 3, false),
             Some(vec![
-                ours(None),
-                KeyState::Absent,
-                KeyState::Other { forced: false }
+                Ok(ours(None)),
+                Ok(KeyState::Absent),
+                Ok(KeyState::Other { forced: false })
             ])
         );
+        // A key the server refused: its own error, the others unaffected;
+        // with fencing, a refused first key carries no counter.
+        let refused = || {
+            Value::Array(vec![
+                Value::Integer(0),
+                Value::String("WRONGTYPE Operation against a key".into()),
+            ])
+        };
+        let reply = Value::Array(vec![Value::Integer(1), refused(), Value::Null]);
+        assert_eq!(
+            parse_acquire(&reply, 3, false),
+            Some(vec![
+                Ok(ours(None)),
+                Err("WRONGTYPE Operation against a key".to_owned()),
+                Ok(KeyState::Absent)
+            ])
+        );
+        let reply = Value::Array(vec![refused(), Value::Integer(3)]);
+        assert_eq!(
+            parse_acquire(&reply, 1, true),
+            Some(vec![Err("WRONGTYPE Operation against a key".to_owned())])
+        );
+        // Other arrays are not markers.
+        for bad in [
+            Value::Array(vec![]),
+            Value::Array(vec![Value::Integer(1), Value::String("x".into())]),
+            Value::Array(vec![Value::Integer(0)]),
+        ] {
+            assert_eq!(
+                parse_acquire(&Value::Array(vec![bad.clone()]), 1, false),
+                None,
+                "{bad:?}"
+            );
+        }
         assert_eq!(parse_acquire(&Value::Integer(1), 1, false), None);
         assert_eq!(
             parse_acquire(&Value::Array(vec![Value::Integer(0)]), 1, false),
