@@ -21,11 +21,17 @@ use fred::types::Value;
 /// fencing flag, then a token and a mode per lock key.
 ///
 /// Reply: an array with one entry per lock key: `1` ours now; a string, the
-/// value of its other owner; nil, absent (only in `XX` mode); a two-element
+/// value of its other owner; nil, absent; a two-element
 /// array `{0, message}`, the server refused a command on that key. With the
 /// fencing counter, one more entry: the counter, incremented in the same
 /// atomic step by a fresh acquisition, unchanged for a retry of our own
 /// (token already there).
+///
+/// "Ours" is what the trailing `GET` reads, not what the write replied: a
+/// `PXAT`/`PEXPIREAT` time already past (this machine's wall clock behind
+/// the server's by more than the validity) makes the server delete the key,
+/// or never create it, and still reply OK; the key is then reported absent.
+/// Only a key that really became ours moves the fencing counter.
 ///
 /// Each key's commands go through `redis.pcall`, and a failure ends only that
 /// key's step: with `redis.call`, one key that a third party turned into a
@@ -58,8 +64,9 @@ local function step(key, token, mode)
     r = redis.pcall('SET', key, token, ARGV[2], ARGV[1])
   end
   if failed(r) then return r end
-  redis.pcall('GET', key)
-  return 1, cur ~= token
+  local now = redis.pcall('GET', key)
+  if now == token then return 1, cur ~= token end
+  return now
 end
 local out = {}
 local fresh = false
@@ -306,6 +313,162 @@ impl std::fmt::Debug for Token {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `valkey-server` (`$VALKEY_SERVER`, else from `PATH`) on a free
+    /// loopback port, to run the scripts against the real thing; killed on
+    /// drop.
+    struct Server {
+        child: std::process::Child,
+        port: u16,
+        dir: std::path::PathBuf,
+    }
+
+    impl Server {
+        fn start() -> Server {
+            use std::process::{Command, Stdio};
+            let bin = std::env::var("VALKEY_SERVER").unwrap_or_else(|_| "valkey-server".into());
+            for _ in 0..5 {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .expect("a free loopback port")
+                    .port();
+                let dir = std::env::temp_dir()
+                    .join(format!("valkeylock-scripts-{}-{port}", std::process::id()));
+                let _ = std::fs::create_dir_all(&dir);
+                let child = Command::new(&bin)
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .arg("--dir")
+                    .arg(&dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start valkey-server (run .ci/install-valkey, or set VALKEY_SERVER)");
+                let mut server = Server { child, port, dir };
+                for _ in 0..250 {
+                    if let Ok(Some(_)) = server.child.try_wait() {
+                        break;
+                    }
+                    if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                        return server;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                drop(server);
+            }
+            panic!("could not start valkey-server");
+        }
+
+        async fn client(&self) -> fred::clients::Client {
+            use fred::interfaces::ClientLike;
+            use fred::prelude::{Config, ServerConfig};
+            let config = Config {
+                version: fred::types::RespVersion::RESP3,
+                server: ServerConfig::new_centralized("127.0.0.1", self.port),
+                ..Config::default()
+            };
+            let client = fred::types::Builder::from_config(config)
+                .with_performance_config(|p| {
+                    p.default_command_timeout = std::time::Duration::from_secs(5)
+                })
+                .build()
+                .expect("client");
+            client.init().await.expect("connect to the test server");
+            client
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Unix time in milliseconds, `offset_ms` from now.
+    fn unix_ms(offset_ms: i64) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as i64;
+        (now + offset_ms).to_string()
+    }
+
+    /// `SET … PXAT t` and `PEXPIREAT` with `t` already past delete the key
+    /// (or never create it) and still reply OK / 1: the script must not
+    /// call such a key ours. This happens with `fallback_set_px = false`
+    /// when this machine's wall clock is behind the server's by more than
+    /// the validity.
+    #[tokio::test]
+    async fn acquire_script_with_an_expiry_already_past() {
+        use fred::interfaces::{KeysInterface, LuaInterface};
+        let server = Server::start();
+        let client = server.client().await;
+        let token = Token::new(false);
+        let run = |key: &'static str, ttl: String, kind: &'static str, mode: SetMode| {
+            let client = client.clone();
+            let args = vec![
+                ttl,
+                kind.to_owned(),
+                "0".to_owned(),
+                token.as_str().to_owned(),
+                mode.as_arg().to_owned(),
+            ];
+            async move {
+                let reply: Value = client
+                    .eval(ACQUIRE_LUA, vec![key], args)
+                    .await
+                    .expect("the acquire script runs");
+                parse_acquire(&reply, 1, false)
+                    .expect("a well-formed reply")
+                    .remove(0)
+            }
+        };
+        let ours = Ok(KeyState::Ours {
+            pttl_ms: None,
+            fence: None,
+        });
+        let past = || unix_ms(-1000);
+
+        // A fresh acquisition whose expiry is past: nothing was created.
+        assert_eq!(
+            run("fresh", past(), "PXAT", SetMode::Nx).await,
+            Ok(KeyState::Absent)
+        );
+        // Forcing over another owner with an expiry past: the key is gone.
+        let _: () = client
+            .set("forced", "someone-else", None, None, false)
+            .await
+            .expect("SET");
+        assert_eq!(
+            run("forced", past(), "PXAT", SetMode::Force).await,
+            Ok(KeyState::Absent)
+        );
+        // Extending our own key with an expiry past: PEXPIREAT deleted it.
+        assert_eq!(
+            run("ours", "60000".into(), "PX", SetMode::Nx).await,
+            ours.clone()
+        );
+        assert_eq!(
+            run("ours", past(), "PXAT", SetMode::Xx).await,
+            Ok(KeyState::Absent)
+        );
+        let exists: i64 = client
+            .exists(vec!["fresh", "forced", "ours"])
+            .await
+            .expect("EXISTS");
+        assert_eq!(exists, 0, "a key with an expiry in the past survived");
+        // A future expiry still acquires and extends.
+        assert_eq!(
+            run("future", unix_ms(60_000), "PXAT", SetMode::Nx).await,
+            ours.clone()
+        );
+        assert_eq!(
+            run("future", unix_ms(60_000), "PXAT", SetMode::Xx).await,
+            ours
+        );
+    }
 
     #[test]
     fn tokens() {
