@@ -671,6 +671,11 @@ const KEY_REFUSED: &str = "the server refused a command on this key";
 
 /// The TTL argument: milliseconds (`PX`), or an absolute Unix time in
 /// milliseconds from this machine's clock (`PXAT`).
+///
+/// Exact for `PX`: validation only lets whole milliseconds through as
+/// `key_validity`, so nothing counted in `valid_until` is cut off here. For
+/// `PXAT` the wall clock is truncated to the millisecond, up to 1 ms lost,
+/// which validation covers by requiring a `clock_drift` of at least 2 ms.
 fn ttl_arg(s: &crate::options::Settings) -> String {
     let ms = s.validity.as_millis() as u64;
     if s.relative {
