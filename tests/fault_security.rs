@@ -553,6 +553,61 @@ fn wrong_token_cannot_extend_or_release() {
     });
 }
 
+/// A third party turns one lock's key into a hash: every script that reads
+/// it now fails with `WRONGTYPE`. Both locks' keys live on the one node and
+/// are extended in the same batch (one script call); only the lock whose key
+/// was spoiled may suffer. Before per-key isolation the whole batch failed
+/// and every lock of the node lapsed.
+#[test]
+fn a_key_of_another_type_fails_only_its_own_lock() {
+    runtime().block_on(async {
+        init_tracing();
+        let server = ValkeyServer::start();
+        let validity = ms(1000);
+        let locker = Locker::connect(
+            LockerOptions::new([server.url()])
+                .with_key_majority(1)
+                .with_key_validity(validity),
+        )
+        .await
+        .expect("connect");
+        let (name_a, name_b) = (unique("wrongtype-a"), unique("wrongtype-b"));
+        let a = locker.lock(&name_a).await.expect("lock A");
+        let b = locker.lock(&name_b).await.expect("lock B");
+        let key_a = format!("valkeylock:0:{name_a}");
+        // DEL and HSET in one step, so the holder cannot retake the key as a
+        // string in between.
+        let r = command_auth(
+            server.port,
+            &[],
+            &[
+                "EVAL",
+                "redis.call('DEL', KEYS[1]) return redis.call('HSET', KEYS[1], 'f', 'v')",
+                "1",
+                &key_a,
+            ],
+        )
+        .await
+        .expect("turn A's key into a hash");
+        assert_eq!(r.int(), Some(1), "HSET: {r:?}");
+        sleep(validity * 3).await;
+        assert!(
+            b.is_held(),
+            "B was lost ({:?}) because another lock's key on its node had the wrong type",
+            b.lost_reason()
+        );
+        assert!(!a.is_held(), "A is still held although its key is a hash");
+        eprintln!("A lost: {:?}; B held", a.lost_reason());
+        let kind = command_auth(server.port, &[], &["TYPE", &key_a])
+            .await
+            .expect("TYPE");
+        assert_eq!(kind.text().as_deref(), Some("hash"), "A's key: {kind:?}");
+        b.release().await;
+        drop(a);
+        locker.close().await;
+    });
+}
+
 // ===== property tests =====
 
 /// The documented rule for names (README, "Lock names"), written out

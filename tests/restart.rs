@@ -7,6 +7,7 @@ mod support;
 
 use std::time::Duration;
 
+use support::sentinel::SentinelDeployment;
 use support::*;
 use tokio::time::{sleep, timeout, Instant};
 use valkeylock::{Locker, LockerOptions, LostReason};
@@ -217,5 +218,180 @@ async fn waiters_of_killed_lock_actor_ask_again() {
             .unwrap_or_else(|e| panic!("waiter {i}: {e:?}"));
         assert!(held, "waiter {i} got a guard that was not held");
     }
+    locker.close().await;
+}
+
+/// The distinct `NodeActor` ids of node 0 seen over `period` (sampled every
+/// 10 ms): one id means no restart.
+async fn node_actor_ids(locker: &Locker, period: Duration) -> Vec<String> {
+    let faults = locker.faults();
+    let mut ids: Vec<String> = Vec::new();
+    let end = Instant::now() + period;
+    while Instant::now() < end {
+        if let Some(id) = faults.node_actor_id(0) {
+            if ids.last() != Some(&id) {
+                ids.push(id);
+            }
+        }
+        sleep(ms(10)).await;
+    }
+    ids
+}
+
+/// Takes a lock through `locker` and checks its key is on the primary the
+/// sentinels name (with the deployment's password), then releases it.
+async fn lock_on_primary(locker: &Locker, d: &SentinelDeployment, what: &str) {
+    let name = unique("sentinel-pw");
+    let g = timeout(secs(5), locker.lock(&name))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: lock() hung"))
+        .unwrap_or_else(|e| panic!("{what}: lock(): {e}"));
+    let primary = tokio::task::block_in_place(|| d.primary_port());
+    let key = format!("{PREFIX}:0:{name}");
+    let pass = d.password.as_deref().expect("a password deployment");
+    let there = proxy::command_auth(primary, &[pass], &["EXISTS", &key])
+        .await
+        .expect("EXISTS on the primary");
+    assert_eq!(
+        there.int(),
+        Some(1),
+        "{what}: the key is not on the primary"
+    );
+    assert!(g.is_held(), "{what}: {:?}", g.lost_reason());
+    g.release().await;
+}
+
+/// Sentinels with `requirepass`. The node's `+switch-master` watcher must
+/// authenticate as the node's own Sentinel lookups do (the URL's
+/// credentials): without them it failed at once, ended the node's
+/// connection, and the node restarted about every 50 ms for ever. And when
+/// the watcher's own connection dies, the node must notice (a switch would
+/// otherwise go unseen), reconnect, and subscribe again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_watcher_with_a_password_and_a_killed_watcher_connection() {
+    init_tracing();
+    let d = tokio::task::block_in_place(|| SentinelDeployment::start_with_password("s3ntinel-pw"));
+    let locker = Locker::connect(
+        LockerOptions::new([d.url()])
+            .with_key_majority(1)
+            .with_key_validity(secs(2)),
+    )
+    .await
+    .expect("connect through password-protected sentinels");
+    let faults = locker.faults();
+    let ids = node_actor_ids(&locker, secs(3)).await;
+    assert_eq!(
+        ids.len(),
+        1,
+        "the NodeActor was restarted {} times in 3 s",
+        ids.len().saturating_sub(1)
+    );
+    lock_on_primary(&locker, &d, "password").await;
+
+    // Kill the watcher's subscription connection on every sentinel.
+    let subscribed = |d: &SentinelDeployment| {
+        d.sentinels
+            .iter()
+            .filter(|s| {
+                s.cli(&["CLIENT", "LIST", "TYPE", "pubsub"])
+                    .contains(" sub=1")
+            })
+            .count()
+    };
+    assert_eq!(
+        tokio::task::block_in_place(|| subscribed(&d)),
+        1,
+        "one sentinel should carry the watcher's subscription"
+    );
+    let before = faults.node_actor_id(0);
+    let t = Instant::now();
+    tokio::task::block_in_place(|| {
+        for s in &d.sentinels {
+            s.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        }
+    });
+    let restarted = eventually(secs(5), || async {
+        faults
+            .node_actor_id(0)
+            .is_some_and(|id| Some(&id) != before.as_ref())
+    })
+    .await;
+    assert!(
+        restarted,
+        "the node did not notice within 5 s that its Sentinel watcher's connection was killed"
+    );
+    eprintln!(
+        "watcher connection killed: node restarted after {:?}",
+        t.elapsed()
+    );
+    let again = eventually(secs(5), || async {
+        tokio::task::block_in_place(|| subscribed(&d)) == 1
+    })
+    .await;
+    assert!(again, "the watcher did not subscribe again");
+    let ids = node_actor_ids(&locker, secs(2)).await;
+    assert_eq!(ids.len(), 1, "the NodeActor kept restarting: {ids:?}");
+    lock_on_primary(&locker, &d, "after the watcher's reconnect").await;
+    locker.close().await;
+}
+
+/// The sentinels stop accepting the watcher's subscription (an ACL takes
+/// `SUBSCRIBE` away from the locker's user) while the node runs. Each
+/// reconnect then fails at the subscription; that must count as a failed
+/// connect, so the Supervisor backs off (50 ms doubling to 2 s), instead of
+/// the node coming up, its watcher failing and the node restarting every
+/// ~50 ms for ever. Once the sentinels accept again the node recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_watcher_refused_backs_off_and_recovers() {
+    init_tracing();
+    let d = tokio::task::block_in_place(|| SentinelDeployment::start_with_password("s3ntinel-pw"));
+    let locker = Locker::connect(
+        LockerOptions::new([d.url()])
+            .with_key_majority(1)
+            .with_key_validity(secs(2)),
+    )
+    .await
+    .expect("connect through password-protected sentinels");
+    let acl = |rule: &str| {
+        tokio::task::block_in_place(|| {
+            for s in &d.sentinels {
+                let out = s.cli(&["ACL", "SETUSER", "default", rule]);
+                assert!(out.contains("OK"), "ACL SETUSER default {rule}: {out}");
+            }
+        })
+    };
+    acl("-subscribe");
+    tokio::task::block_in_place(|| {
+        for s in &d.sentinels {
+            s.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        }
+    });
+    let ids = node_actor_ids(&locker, secs(4)).await;
+    eprintln!("watcher refused: {} NodeActors in 4 s", ids.len());
+    // 50 + 100 + 200 + 400 + 800 + 1600 ms of backoff, ±20 % jitter, plus
+    // the connect attempts: about 7 actors in 4 s. A restart every ~50 ms
+    // (plus connecting) gave dozens.
+    assert!(
+        ids.len() <= 10,
+        "{} NodeActors in 4 s while the sentinels refused the watcher: no backoff",
+        ids.len()
+    );
+    acl("+subscribe");
+    let t = Instant::now();
+    let back = eventually(secs(6), || async {
+        tokio::task::block_in_place(|| {
+            d.sentinels.iter().any(|s| {
+                s.cli(&["CLIENT", "LIST", "TYPE", "pubsub"])
+                    .contains(" sub=1")
+            })
+        })
+    })
+    .await;
+    assert!(back, "the watcher did not subscribe again once allowed");
+    eprintln!(
+        "watcher subscribed again {:?} after the ACL allowed it",
+        t.elapsed()
+    );
+    lock_on_primary(&locker, &d, "after the sentinels accepted again").await;
     locker.close().await;
 }

@@ -107,6 +107,29 @@ async fn invalid_options_are_rejected_by_connect() {
     assert!(base().validate().is_ok());
 }
 
+/// Every duration option at `Duration::MAX` is refused by `connect` with its
+/// field named; `connect_timeout` used to pass validation and then overflow
+/// `connect_timeout + 2 s` inside `connect` (a panic).
+#[tokio::test]
+async fn huge_durations_are_rejected_by_connect() {
+    init_tracing();
+    let base =
+        || LockerOptions::new([format!("redis://127.0.0.1:{}", dead_port())]).with_key_majority(1);
+    let max = Duration::MAX;
+    for (want, options) in [
+        ("key_validity", base().with_key_validity(max)),
+        ("extend_interval", base().with_extend_interval(max)),
+        ("try_next_after", base().with_try_next_after(max)),
+        ("clock_drift", base().with_clock_drift(max)),
+        ("connect_timeout", base().with_connect_timeout(max)),
+    ] {
+        let result = tokio::spawn(Locker::connect(options))
+            .await
+            .unwrap_or_else(|e| panic!("connect with {want} = Duration::MAX panicked: {e}"));
+        expect_invalid_options(result, want);
+    }
+}
+
 #[tokio::test]
 async fn invalid_names_are_rejected() {
     init_tracing();

@@ -407,8 +407,18 @@ async fn connect(
                 }
                 // After a failover the old primary keeps accepting writes
                 // until Sentinel reconfigures it: follow `+switch-master`.
+                // Subscribed before the node counts as up (see watch_sentinels).
                 Topology::Sentinel { service } => {
-                    watchers.push(watch_sentinels(addr, service.clone(), shared, me.clone()));
+                    match watch_sentinels(addr, service.clone(), shared, me.clone()).await {
+                        Ok(watcher) => watchers.push(watcher),
+                        Err(e) => {
+                            handle.abort();
+                            if let Some(f) = forwarder {
+                                f.abort();
+                            }
+                            return Err(e);
+                        }
+                    }
                 }
             }
             Ok(Connection {
@@ -437,60 +447,206 @@ async fn connect(
     }
 }
 
-/// Subscribes to `+switch-master` on the first Sentinel that answers; a switch
-/// of `service` (or losing the subscription) ends the connection so the node
-/// reconnects to the new primary and every lock re-checks its keys there.
-fn watch_sentinels(
+/// Subscribes to `+switch-master` on the first Sentinel that accepts, and
+/// returns the task that watches it: a switch of `service`, or the end of the
+/// watcher's own connection (closed, reset, killed), ends the node's
+/// connection (`NodeMsg::ConnectionEnded`), so the Supervisor reconnects to
+/// the current primary, every lock re-checks its keys there, and the next
+/// connection subscribes afresh. A watcher that stopped watching without
+/// saying so would let a failover go unseen while the old primary still
+/// accepts writes.
+///
+/// Part of connecting, not a task started after it: when no Sentinel accepts
+/// the subscription (wrong credentials, all unreachable) the connect attempt
+/// fails. The node then never reports itself up, so the Supervisor's failure
+/// count keeps growing and its backoff applies (up to 2 s), instead of a
+/// restart every 50 ms for ever (it resets the count on each `NodeUp`). An
+/// authentication error is permanent, so `Locker::connect` reports it.
+///
+/// Not covered: a silent partition of the watcher's link (no RST) goes
+/// unnoticed until the node's own connection breaks, and a switch between
+/// fred's lookup of the primary and this subscription is not seen.
+async fn watch_sentinels(
     addr: &NodeAddr,
     service: String,
     shared: &Arc<Shared>,
     me: ActorRef<NodeMsg>,
-) -> tokio::task::JoinHandle<()> {
+) -> Result<tokio::task::JoinHandle<()>, fred::error::Error> {
     use fred::interfaces::PubsubInterface;
-    let sentinels = addr.hosts.clone();
     let timeout = shared.settings.connect_timeout;
-    tokio::spawn(async move {
-        let mut why = "no Sentinel accepted the +switch-master subscription".to_owned();
-        for (host, port) in sentinels {
-            let config = Config {
-                server: ServerConfig::new_centralized(host.clone(), port),
-                fail_fast: true,
-                ..Config::default()
+    let mut failures = Vec::new();
+    for (host, port) in &addr.hosts {
+        let sentinel = format!("{host}:{port}");
+        let subscribed = async {
+            let client = sentinel_client(addr, &shared.settings, host, *port)?;
+            let handle = match tokio::time::timeout(timeout, client.init()).await {
+                Ok(Ok(handle)) => handle,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(timed_out("connecting")),
             };
-            let Ok(client) = Builder::from_config(config)
-                .with_connection_config(|c| c.connection_timeout = timeout)
-                .build()
-            else {
-                continue;
-            };
-            let Ok(Ok(handle)) = tokio::time::timeout(timeout, client.init()).await else {
-                continue;
-            };
-            let _abort = AbortOnDrop::new(&handle);
-            let mut messages = client.message_rx();
-            if client.subscribe("+switch-master").await.is_err() {
+            let abort = AbortOnDrop::new(&handle);
+            let messages = client.message_rx();
+            match tokio::time::timeout(timeout, client.subscribe("+switch-master")).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(timed_out("subscribing")),
+            }
+            match tokio::time::timeout(timeout, confirm_subscribed(&client)).await {
+                Ok(Ok(())) => Ok((client, handle, abort, messages)),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(timed_out("confirming the subscription")),
+            }
+        };
+        let (client, handle, abort, messages) = match subscribed.await {
+            Ok(watch) => watch,
+            Err(e) => {
+                debug!(sentinel = %sentinel, error = %e, "no +switch-master subscription at this Sentinel");
+                failures.push((sentinel, e));
                 continue;
             }
-            loop {
-                match messages.recv().await {
-                    Ok(m) => {
-                        let text = m.value.as_string().unwrap_or_default();
-                        if text.split_whitespace().next() == Some(service.as_str()) {
-                            why = format!("Sentinel switched the primary: {text}");
-                            break;
-                        }
-                    }
-                    Err(RecvError::Lagged(_)) => continue,
-                    Err(RecvError::Closed) => {
-                        why = format!("lost the Sentinel subscription at {host}:{port}");
-                        break;
+        };
+        debug!(sentinel = %sentinel, service = %service, "watching +switch-master");
+        return Ok(tokio::spawn(follow_switches(
+            client, handle, abort, messages, service, sentinel, me,
+        )));
+    }
+    // The last error's kind and text, so an authentication error stays
+    // recognisable (`is_permanent`); every Sentinel's in the message.
+    let kind = failures
+        .last()
+        .map(|(_, e)| e.kind().clone())
+        .unwrap_or(fred::error::ErrorKind::Sentinel);
+    let detail = failures
+        .iter()
+        .map(|(at, e)| format!("{at}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(fred::error::Error::new(
+        kind,
+        format!("no Sentinel accepted the +switch-master subscription ({detail})"),
+    ))
+}
+
+/// Checks with `CLIENT INFO` that the connection really is subscribed
+/// (`sub=1`). fred's `subscribe` returns `Ok` without waiting for the
+/// server's answer: when the server refuses (an ACL without `+subscribe`
+/// answers `NOPERM`), the error comes back as the reply to the next command,
+/// this one, or is dropped. A watcher that believes it watches is worse than
+/// none, so anything but a confirmed subscription fails the connect attempt;
+/// the Sentinel user therefore needs `+client|info` besides `+subscribe`.
+async fn confirm_subscribed(client: &Client) -> Result<(), fred::error::Error> {
+    use fred::types::{ClusterHash, CustomCommand};
+    let info = client
+        .custom::<Value, _>(
+            CustomCommand::new_static("CLIENT", ClusterHash::FirstKey, false),
+            vec!["INFO"],
+        )
+        .await
+        .map_err(|e| {
+            fred::error::Error::new(
+                e.kind().clone(),
+                format!("confirming the +switch-master subscription with CLIENT INFO: {e}"),
+            )
+        })?;
+    let text = info.as_string().unwrap_or_default();
+    let subscribed = text
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("sub="))
+        .and_then(|n| n.parse::<u64>().ok())
+        .is_some_and(|n| n > 0);
+    if subscribed {
+        Ok(())
+    } else {
+        Err(fred::error::Error::new(
+            fred::error::ErrorKind::Sentinel,
+            "the Sentinel did not subscribe us to +switch-master (is SUBSCRIBE allowed to this user?)",
+        ))
+    }
+}
+
+fn timed_out(doing: &str) -> fred::error::Error {
+    fred::error::Error::new(
+        fred::error::ErrorKind::Timeout,
+        format!("timed out {doing}"),
+    )
+}
+
+/// The watcher task of [`watch_sentinels`]: runs until `service` switches or
+/// the watcher's connection ends, then ends the node's connection with the
+/// reason. Owns the Sentinel client; aborting the task closes it.
+async fn follow_switches(
+    client: Client,
+    mut handle: fred::types::ConnectHandle,
+    abort: AbortOnDrop,
+    mut messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
+    service: String,
+    sentinel: String,
+    me: ActorRef<NodeMsg>,
+) {
+    let _keep = (client, abort);
+    let why = loop {
+        tokio::select! {
+            m = messages.recv() => match m {
+                Ok(m) => {
+                    let text = m.value.as_string().unwrap_or_default();
+                    if text.split_whitespace().next() == Some(service.as_str()) {
+                        break format!("Sentinel switched the primary: {text}");
                     }
                 }
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => {
+                    break format!("lost the Sentinel subscription at {sentinel}");
+                }
+            },
+            end = &mut handle => {
+                break match end {
+                    Ok(Ok(())) => format!("the Sentinel watcher's connection to {sentinel} closed"),
+                    Ok(Err(e)) => format!("the Sentinel watcher's connection to {sentinel} was lost: {e}"),
+                    Err(e) => format!("the Sentinel watcher's connection task for {sentinel} ended: {e}"),
+                };
             }
-            break;
         }
-        let _ = me.cast(NodeMsg::ConnectionEnded(why));
-    })
+    };
+    info!(sentinel = %sentinel, reason = %why, "Sentinel watcher ending the node's connection");
+    let _ = me.cast(NodeMsg::ConnectionEnded(why));
+}
+
+/// A client for one Sentinel, authenticated and encrypted as the node's own
+/// client reaches the sentinels: fred looks up the primary with the node's
+/// credentials (the URL's user and password; without fred's `sentinel-auth`
+/// feature there are no separate Sentinel credentials) and its TLS settings.
+/// RESP3, so the connection still takes ordinary commands while subscribed
+/// (the check in [`confirm_subscribed`]).
+fn sentinel_client(
+    addr: &NodeAddr,
+    settings: &crate::options::Settings,
+    host: &str,
+    port: u16,
+) -> Result<Client, fred::error::Error> {
+    let config = Config {
+        version: RespVersion::RESP3,
+        server: ServerConfig::new_centralized(host.to_owned(), port),
+        username: addr.username.clone(),
+        password: addr.password.clone(),
+        fail_fast: true,
+        ..Config::default()
+    };
+    #[cfg(feature = "tls")]
+    let config = Config {
+        tls: if addr.tls {
+            Some(tls_config(settings)?)
+        } else {
+            None
+        },
+        ..config
+    };
+    Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = settings.connect_timeout;
+            c.internal_command_timeout = settings.connect_timeout;
+        })
+        .with_performance_config(|p| p.default_command_timeout = settings.connect_timeout)
+        .build()
 }
 
 /// Routes invalidations to `LockActor`s. Runs until the client is dropped (its
@@ -596,19 +752,47 @@ async fn extend_batch(client: &Client, shared: &Shared, items: Vec<ExtendItem>) 
     };
     match states {
         Some(states) => {
+            let mut refused = 0usize;
             for (item, state) in items.into_iter().zip(states) {
+                let outcome = match state {
+                    Ok(state) => Outcome::Key(state),
+                    Err(error) => {
+                        // One key's error fails that key only; the other
+                        // locks of the batch get their own answers.
+                        if refused == 0 {
+                            warn!(key = %item.key, error = %error, "the server refused a key in an extension batch");
+                        }
+                        refused += 1;
+                        Outcome::Failed(KEY_REFUSED)
+                    }
+                };
                 let _ = item.reply_to.cast(LockMsg::Reply(NodeReply {
                     cmd: item.cmd,
-                    outcome: Outcome::Key(state),
+                    outcome,
                 }));
+            }
+            if refused > 1 {
+                warn!(
+                    refused,
+                    "keys refused in one extension batch (first one logged above)"
+                );
             }
         }
         None => fail_items(items, "extension batch failed"),
     }
 }
 
+/// `Outcome::Failed` reason of a key the server refused inside the acquire
+/// script (`WRONGTYPE`, `OOM`); the server's text is logged where it arrives.
+const KEY_REFUSED: &str = "the server refused a command on this key";
+
 /// The TTL argument: milliseconds (`PX`), or an absolute Unix time in
 /// milliseconds from this machine's clock (`PXAT`).
+///
+/// Exact for `PX`: validation only lets whole milliseconds through as
+/// `key_validity`, so nothing counted in `valid_until` is cut off here. For
+/// `PXAT` the wall clock is truncated to the millisecond, up to 1 ms lost,
+/// which validation covers by requiring a `clock_drift` of at least 2 ms.
 fn ttl_arg(s: &crate::options::Settings) -> String {
     let ms = s.validity.as_millis() as u64;
     if s.relative {
@@ -689,7 +873,13 @@ async fn run(
         })
         .await
         .map(|v| match parse_acquire(&v, 1, fence_key.is_some()) {
-            Some(mut states) => Outcome::Key(states.swap_remove(0)),
+            Some(mut states) => match states.swap_remove(0) {
+                Ok(state) => Outcome::Key(state),
+                Err(error) => {
+                    warn!(key, error = %error, "the server refused the key in an acquisition");
+                    Outcome::Failed(KEY_REFUSED)
+                }
+            },
             None => Outcome::Failed("unexpected reply to acquire"),
         }),
         Op::Verify { token } => evalsha(client, &scripts.verify, || {

@@ -231,12 +231,35 @@ impl LockerOptions {
                     .into(),
             );
         }
+        // One upper bound for every duration, before any arithmetic: the
+        // engine adds and multiplies them (`connect_timeout + 2 s`,
+        // `try_next_after * 5`, `Instant + key_validity`), and a huge value
+        // would overflow there (a panic) instead of failing here.
+        for (field, value) in [
+            ("key_validity", Some(self.key_validity)),
+            ("extend_interval", self.extend_interval),
+            ("try_next_after", Some(self.try_next_after)),
+            ("clock_drift", self.clock_drift),
+            ("connect_timeout", Some(self.connect_timeout)),
+        ] {
+            if value.is_some_and(|d| d > MAX_DURATION) {
+                return bad(
+                    field,
+                    format!("must be at most {}", format_duration(MAX_DURATION)),
+                );
+            }
+        }
         let validity = self.key_validity;
         if validity < Duration::from_millis(10) {
             return bad("key_validity", "must be at least 10ms".into());
         }
-        if validity > Duration::from_secs(24 * 3600) {
-            return bad("key_validity", "must be at most 24h".into());
+        if validity.subsec_nanos() % 1_000_000 != 0 {
+            return bad(
+                "key_validity",
+                format!(
+                    "must be a whole number of milliseconds (got {validity:?}): keys get their TTL in milliseconds, and a cut-off fraction would still be counted in valid_until"
+                ),
+            );
         }
         let extend = self.extend_interval.unwrap_or(validity / 2);
         if extend.is_zero() || extend >= validity {
@@ -256,6 +279,30 @@ impl LockerOptions {
             .unwrap_or_else(|| quorum::default_drift(validity));
         if drift >= validity {
             return bad("clock_drift", "must be below key_validity".into());
+        }
+        // Servers keep expiries in whole milliseconds, and with absolute
+        // PXAT this machine's wall clock is read in whole milliseconds too:
+        // each rounding may cost up to a millisecond of the key's life, which
+        // valid_until must not count.
+        let min_drift = if self.fallback_set_px {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(2)
+        };
+        if drift < min_drift {
+            return bad(
+                "clock_drift",
+                format!(
+                    "must be at least {} with fallback_set_px = {} (got {drift:?}): expiries are kept in whole milliseconds{}",
+                    format_duration(min_drift),
+                    self.fallback_set_px,
+                    if self.fallback_set_px {
+                        ""
+                    } else {
+                        ", and PXAT reads this machine's clock in whole milliseconds"
+                    }
+                ),
+            );
         }
         // An extension must be able to land before the last one runs out.
         if extend + self.try_next_after >= validity - drift {
@@ -518,6 +565,12 @@ fn percent_decode(s: &str) -> Result<String, String> {
     }
     String::from_utf8(out).map_err(|_| "credentials are not UTF-8".into())
 }
+
+/// The largest value any duration option may take (the longest
+/// `key_validity`). Far below what the engine's sums and products of
+/// durations (`connect_timeout + 2 s`, `try_next_after * 5`, `Instant + d`)
+/// can hold.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// Validated options with every default resolved. Shared read-only by all actors.
 #[derive(Debug, Clone)]
@@ -784,6 +837,96 @@ mod tests {
         assert!(LockerOptions::new(["redis://a", "redis://b", "redis://c"])
             .validate()
             .is_ok());
+    }
+
+    /// Every duration option at `Duration::MAX` is refused with its own
+    /// field named, before any of the engine's arithmetic (sums, `timeout *
+    /// 5`, `Instant + d`) can overflow. With the others at their defaults.
+    #[test]
+    fn durations_are_bounded() {
+        let base = || LockerOptions::new(["redis://127.0.0.1:6379"]);
+        let max = Duration::MAX;
+        let cases: [(&str, LockerOptions); 5] = [
+            ("key_validity", base().with_key_validity(max)),
+            ("extend_interval", base().with_extend_interval(max)),
+            ("try_next_after", base().with_try_next_after(max)),
+            ("clock_drift", base().with_clock_drift(max)),
+            ("connect_timeout", base().with_connect_timeout(max)),
+        ];
+        for (want, options) in cases {
+            assert_eq!(field_of(options), want);
+        }
+        // Just past the bound, and on it.
+        let over = MAX_DURATION + Duration::from_nanos(1);
+        assert_eq!(
+            field_of(base().with_connect_timeout(over)),
+            "connect_timeout"
+        );
+        assert_eq!(field_of(base().with_key_validity(over)), "key_validity");
+        let s = base()
+            .with_connect_timeout(MAX_DURATION)
+            .settings()
+            .expect("connect_timeout at the bound");
+        // The largest sums and products the engine forms stay finite.
+        let _ = s.connect_timeout + Duration::from_secs(2);
+        let _ = s.timeout * 5 + Duration::from_secs(2);
+        let _ = tokio::time::Instant::now() + s.connect_timeout + s.validity;
+    }
+
+    /// The servers take TTLs in whole milliseconds and keep expiries in whole
+    /// milliseconds; with `PXAT` this machine's wall clock is read in whole
+    /// milliseconds too. The validity arithmetic must not count what the
+    /// wire cuts off.
+    #[test]
+    fn millisecond_granularity() {
+        let base = || LockerOptions::new(["redis://127.0.0.1:6379"]);
+        let us = Duration::from_micros;
+        let cases: [(LockerOptions, Option<&str>); 10] = [
+            (
+                base().with_key_validity(us(1_000_500)),
+                Some("key_validity"),
+            ),
+            (base().with_key_validity(ms(1001)), None),
+            (base().with_clock_drift(ms(0)), Some("clock_drift")),
+            (base().with_clock_drift(us(999)), Some("clock_drift")),
+            (base().with_clock_drift(ms(1)), None),
+            (
+                base().with_fallback_set_px(false).with_clock_drift(ms(1)),
+                Some("clock_drift"),
+            ),
+            (
+                base()
+                    .with_fallback_set_px(false)
+                    .with_clock_drift(us(1999)),
+                Some("clock_drift"),
+            ),
+            (
+                base().with_fallback_set_px(false).with_clock_drift(ms(2)),
+                None,
+            ),
+            // The default drift (1 % + 2 ms) always passes, in either mode.
+            (
+                base()
+                    .with_fallback_set_px(false)
+                    .with_key_validity(ms(10))
+                    .with_try_next_after(ms(1)),
+                None,
+            ),
+            (
+                base().with_key_validity(ms(10)).with_try_next_after(ms(1)),
+                None,
+            ),
+        ];
+        for (i, (options, want)) in cases.into_iter().enumerate() {
+            match (options.settings(), want) {
+                (Ok(_), None) => {}
+                (Err(Error::InvalidOptions { field, reason }), Some(want)) => {
+                    assert_eq!(field, want, "case {i}: {reason}");
+                    assert!(reason.contains("millisecond"), "case {i}: {reason}");
+                }
+                (got, want) => panic!("case {i}: want {want:?}, got {got:?}"),
+            }
+        }
     }
 
     #[test]

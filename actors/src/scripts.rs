@@ -21,33 +21,62 @@ use fred::types::Value;
 /// fencing flag, then a token and a mode per lock key.
 ///
 /// Reply: an array with one entry per lock key: `1` ours now; a string, the
-/// value of its other owner; nil, absent (only in `XX` mode). With the fencing
-/// counter, one more entry: the counter, incremented in the same atomic step
-/// by a fresh acquisition, unchanged for a retry of our own (token already
-/// there).
+/// value of its other owner; nil, absent; a two-element
+/// array `{0, message}`, the server refused a command on that key. With the
+/// fencing counter, one more entry: the counter, incremented in the same
+/// atomic step by a fresh acquisition, unchanged for a retry of our own
+/// (token already there).
+///
+/// "Ours" is what the trailing `GET` reads, not what the write replied: a
+/// `PXAT`/`PEXPIREAT` time already past (this machine's wall clock behind
+/// the server's by more than the validity) makes the server delete the key,
+/// or never create it, and still reply OK; the key is then reported absent.
+/// Only a key that really became ours moves the fencing counter.
+///
+/// Each key's commands go through `redis.pcall`, and a failure ends only that
+/// key's step: with `redis.call`, one key that a third party turned into a
+/// hash (`WRONGTYPE`), or a `SET` refused under `maxmemory` with `noeviction`
+/// (`OOM`), aborted the whole script, and with it every other lock's extension
+/// in the node's batch; with one instance, every lock of the process lapsed.
+/// The error marker is a nested array because nothing else in the reply is
+/// one (a key's value is always a string), so it cannot be mistaken for an
+/// owner's value, and an array survives RESP2 and RESP3 unchanged (an error
+/// reply nested in an array does not reliably reach the caller).
 const ACQUIRE_LUA: &str = r#"
 local n = #KEYS
 if ARGV[3] == '1' then n = n - 1 end
+local function failed(r)
+  return type(r) == 'table' and r.err ~= nil
+end
+local function step(key, token, mode)
+  local cur = redis.pcall('GET', key)
+  if failed(cur) then return cur end
+  local r
+  if cur == token then
+    if ARGV[2] == 'PXAT' then
+      r = redis.pcall('PEXPIREAT', key, ARGV[1])
+    else
+      r = redis.pcall('PEXPIRE', key, ARGV[1])
+    end
+  elseif mode == 'XX' or (cur and mode ~= 'FORCE') then
+    return cur
+  else
+    r = redis.pcall('SET', key, token, ARGV[2], ARGV[1])
+  end
+  if failed(r) then return r end
+  local now = redis.pcall('GET', key)
+  if now == token then return 1, cur ~= token end
+  return now
+end
 local out = {}
 local fresh = false
 for i = 1, n do
-  local key, token, mode = KEYS[i], ARGV[2 + 2 * i], ARGV[3 + 2 * i]
-  local cur = redis.call('GET', key)
-  if cur == token then
-    if ARGV[2] == 'PXAT' then
-      redis.call('PEXPIREAT', key, ARGV[1])
-    else
-      redis.call('PEXPIRE', key, ARGV[1])
-    end
-    redis.call('GET', key)
-    out[i] = 1
-  elseif mode == 'XX' or (cur and mode ~= 'FORCE') then
-    out[i] = cur
+  local reply, won = step(KEYS[i], ARGV[2 + 2 * i], ARGV[3 + 2 * i])
+  if failed(reply) then
+    out[i] = {0, tostring(reply.err)}
   else
-    redis.call('SET', key, token, ARGV[2], ARGV[1])
-    redis.call('GET', key)
-    out[i] = 1
-    fresh = true
+    out[i] = reply
+    if won then fresh = true end
   end
 end
 if ARGV[3] == '1' then
@@ -177,10 +206,29 @@ pub(crate) fn parse_key_state(value: &Value, verify: bool) -> Option<KeyState> {
     }
 }
 
+/// One entry of an `ACQUIRE_LUA` reply: the key's state, or the error the
+/// server gave for that key alone (its text, for logs).
+pub(crate) type KeyReply = Result<KeyState, String>;
+
+/// Reads one entry of an `ACQUIRE_LUA` reply: a key state, or the per-key
+/// error marker `{0, message}`.
+fn parse_acquire_entry(value: &Value) -> Option<KeyReply> {
+    match value {
+        Value::Array(marker) => match marker.as_slice() {
+            [Value::Integer(0), message] => Some(Err(message
+                .as_str()
+                .map(|m| m.into_owned())
+                .unwrap_or_else(|| "unreadable error".to_owned()))),
+            _ => None,
+        },
+        other => parse_key_state(other, false).map(Ok),
+    }
+}
+
 /// Reads an `ACQUIRE_LUA` reply for `keys` lock keys (plus the fencing
-/// counter when `fence`): one state per key, the counter folded into the
+/// counter when `fence`): one entry per key, the counter folded into the
 /// first key's state. `None` if the reply has the wrong shape.
-pub(crate) fn parse_acquire(value: &Value, keys: usize, fence: bool) -> Option<Vec<KeyState>> {
+pub(crate) fn parse_acquire(value: &Value, keys: usize, fence: bool) -> Option<Vec<KeyReply>> {
     let Value::Array(items) = value else {
         return None;
     };
@@ -189,11 +237,11 @@ pub(crate) fn parse_acquire(value: &Value, keys: usize, fence: bool) -> Option<V
     }
     let mut states = items[..keys]
         .iter()
-        .map(|v| parse_key_state(v, false))
+        .map(parse_acquire_entry)
         .collect::<Option<Vec<_>>>()?;
     if fence {
         let counter = parse_fence(&items[keys])?;
-        if let Some(KeyState::Ours { fence, .. }) = states.first_mut() {
+        if let Some(Ok(KeyState::Ours { fence, .. })) = states.first_mut() {
             *fence = Some(counter);
         }
     }
@@ -286,6 +334,162 @@ impl std::fmt::Debug for Token {
 mod tests {
     use super::*;
 
+    /// A `valkey-server` (`$VALKEY_SERVER`, else from `PATH`) on a free
+    /// loopback port, to run the scripts against the real thing; killed on
+    /// drop.
+    struct Server {
+        child: std::process::Child,
+        port: u16,
+        dir: std::path::PathBuf,
+    }
+
+    impl Server {
+        fn start() -> Server {
+            use std::process::{Command, Stdio};
+            let bin = std::env::var("VALKEY_SERVER").unwrap_or_else(|_| "valkey-server".into());
+            for _ in 0..5 {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .expect("a free loopback port")
+                    .port();
+                let dir = std::env::temp_dir()
+                    .join(format!("valkeylock-scripts-{}-{port}", std::process::id()));
+                let _ = std::fs::create_dir_all(&dir);
+                let child = Command::new(&bin)
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .arg("--dir")
+                    .arg(&dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start valkey-server (run .ci/install-valkey, or set VALKEY_SERVER)");
+                let mut server = Server { child, port, dir };
+                for _ in 0..250 {
+                    if let Ok(Some(_)) = server.child.try_wait() {
+                        break;
+                    }
+                    if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                        return server;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                drop(server);
+            }
+            panic!("could not start valkey-server");
+        }
+
+        async fn client(&self) -> fred::clients::Client {
+            use fred::interfaces::ClientLike;
+            use fred::prelude::{Config, ServerConfig};
+            let config = Config {
+                version: fred::types::RespVersion::RESP3,
+                server: ServerConfig::new_centralized("127.0.0.1", self.port),
+                ..Config::default()
+            };
+            let client = fred::types::Builder::from_config(config)
+                .with_performance_config(|p| {
+                    p.default_command_timeout = std::time::Duration::from_secs(5)
+                })
+                .build()
+                .expect("client");
+            client.init().await.expect("connect to the test server");
+            client
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Unix time in milliseconds, `offset_ms` from now.
+    fn unix_ms(offset_ms: i64) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as i64;
+        (now + offset_ms).to_string()
+    }
+
+    /// `SET … PXAT t` and `PEXPIREAT` with `t` already past delete the key
+    /// (or never create it) and still reply OK / 1: the script must not
+    /// call such a key ours. This happens with `fallback_set_px = false`
+    /// when this machine's wall clock is behind the server's by more than
+    /// the validity.
+    #[tokio::test]
+    async fn acquire_script_with_an_expiry_already_past() {
+        use fred::interfaces::{KeysInterface, LuaInterface};
+        let server = Server::start();
+        let client = server.client().await;
+        let token = Token::new(false);
+        let run = |key: &'static str, ttl: String, kind: &'static str, mode: SetMode| {
+            let client = client.clone();
+            let args = vec![
+                ttl,
+                kind.to_owned(),
+                "0".to_owned(),
+                token.as_str().to_owned(),
+                mode.as_arg().to_owned(),
+            ];
+            async move {
+                let reply: Value = client
+                    .eval(ACQUIRE_LUA, vec![key], args)
+                    .await
+                    .expect("the acquire script runs");
+                parse_acquire(&reply, 1, false)
+                    .expect("a well-formed reply")
+                    .remove(0)
+            }
+        };
+        let ours = Ok(KeyState::Ours {
+            pttl_ms: None,
+            fence: None,
+        });
+        let past = || unix_ms(-1000);
+
+        // A fresh acquisition whose expiry is past: nothing was created.
+        assert_eq!(
+            run("fresh", past(), "PXAT", SetMode::Nx).await,
+            Ok(KeyState::Absent)
+        );
+        // Forcing over another owner with an expiry past: the key is gone.
+        let _: () = client
+            .set("forced", "someone-else", None, None, false)
+            .await
+            .expect("SET");
+        assert_eq!(
+            run("forced", past(), "PXAT", SetMode::Force).await,
+            Ok(KeyState::Absent)
+        );
+        // Extending our own key with an expiry past: PEXPIREAT deleted it.
+        assert_eq!(
+            run("ours", "60000".into(), "PX", SetMode::Nx).await,
+            ours.clone()
+        );
+        assert_eq!(
+            run("ours", past(), "PXAT", SetMode::Xx).await,
+            Ok(KeyState::Absent)
+        );
+        let exists: i64 = client
+            .exists(vec!["fresh", "forced", "ours"])
+            .await
+            .expect("EXISTS");
+        assert_eq!(exists, 0, "a key with an expiry in the past survived");
+        // A future expiry still acquires and extends.
+        assert_eq!(
+            run("future", unix_ms(60_000), "PXAT", SetMode::Nx).await,
+            ours.clone()
+        );
+        assert_eq!(
+            run("future", unix_ms(60_000), "PXAT", SetMode::Xx).await,
+            ours
+        );
+    }
+
     #[test]
     fn tokens() {
         let a = Token::new(false);
@@ -355,7 +559,10 @@ mod tests {
             fence,
         };
         let reply = Value::Array(vec![Value::Integer(1), Value::Integer(7)]);
-        assert_eq!(parse_acquire(&reply, 1, true), Some(vec![ours(Some(7))]));
+        assert_eq!(
+            parse_acquire(&reply, 1, true),
+            Some(vec![Ok(ours(Some(7)))])
+        );
         assert_eq!(parse_acquire(&reply, 2, false), None);
         let reply = Value::Array(vec![
             Value::Integer(1),
@@ -365,11 +572,45 @@ mod tests {
         assert_eq!(
             parse_acquire(&reply, 3, false),
             Some(vec![
-                ours(None),
-                KeyState::Absent,
-                KeyState::Other { forced: false }
+                Ok(ours(None)),
+                Ok(KeyState::Absent),
+                Ok(KeyState::Other { forced: false })
             ])
         );
+        // A key the server refused: its own error, the others unaffected;
+        // with fencing, a refused first key carries no counter.
+        let refused = || {
+            Value::Array(vec![
+                Value::Integer(0),
+                Value::String("WRONGTYPE Operation against a key".into()),
+            ])
+        };
+        let reply = Value::Array(vec![Value::Integer(1), refused(), Value::Null]);
+        assert_eq!(
+            parse_acquire(&reply, 3, false),
+            Some(vec![
+                Ok(ours(None)),
+                Err("WRONGTYPE Operation against a key".to_owned()),
+                Ok(KeyState::Absent)
+            ])
+        );
+        let reply = Value::Array(vec![refused(), Value::Integer(3)]);
+        assert_eq!(
+            parse_acquire(&reply, 1, true),
+            Some(vec![Err("WRONGTYPE Operation against a key".to_owned())])
+        );
+        // Other arrays are not markers.
+        for bad in [
+            Value::Array(vec![]),
+            Value::Array(vec![Value::Integer(1), Value::String("x".into())]),
+            Value::Array(vec![Value::Integer(0)]),
+        ] {
+            assert_eq!(
+                parse_acquire(&Value::Array(vec![bad.clone()]), 1, false),
+                None,
+                "{bad:?}"
+            );
+        }
         assert_eq!(parse_acquire(&Value::Integer(1), 1, false), None);
         assert_eq!(
             parse_acquire(&Value::Array(vec![Value::Integer(0)]), 1, false),

@@ -48,8 +48,17 @@ pub struct ValkeyCluster {
 
 /// Runs `valkey-cli` (sync) and returns its stdout.
 pub fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("valkey-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+    cli_auth(port, None, args)
+}
+
+/// [`cli`], authenticating with `password` when there is one.
+pub fn cli_auth(port: u16, password: Option<&str>, args: &[&str]) -> String {
+    let mut cmd = Command::new("valkey-cli");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some(password) = password {
+        cmd.args(["--no-auth-warning", "-a", password]);
+    }
+    let out = cmd
         .args(args)
         .stdin(Stdio::null())
         .output()

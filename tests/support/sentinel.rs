@@ -1,14 +1,15 @@
 //! A local Sentinel deployment for tests: a primary, one replica, and three
 //! `valkey-sentinel` processes (quorum 2, `down-after-milliseconds` 1000,
-//! short failover timeout), all on free 127.0.0.1 ports. Dropping it kills
-//! every process and removes the sentinels' directories.
+//! short failover timeout), all on free 127.0.0.1 ports, optionally with one
+//! password on every process (`requirepass`). Dropping it kills every process
+//! and removes the sentinels' directories.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::cluster::cli;
+use super::cluster::cli_auth;
 use super::{free_port, ValkeyServer};
 
 /// The service name the sentinels monitor.
@@ -20,10 +21,11 @@ pub struct SentinelProcess {
     pub port: u16,
     child: Option<Child>,
     dir: PathBuf,
+    password: Option<String>,
 }
 
 impl SentinelProcess {
-    fn start(primary_port: u16) -> SentinelProcess {
+    fn start(primary_port: u16, password: Option<&str>) -> SentinelProcess {
         for _ in 0..5 {
             let port = free_port();
             let dir = std::env::temp_dir()
@@ -41,6 +43,15 @@ impl SentinelProcess {
                 dir = dir.display()
             )
             .expect("write sentinel.conf");
+            if let Some(pw) = password {
+                // Clients and the other sentinels must authenticate; the
+                // sentinels authenticate to the data nodes and to each other.
+                write!(
+                    f,
+                    "requirepass {pw}\nsentinel auth-pass {SERVICE} {pw}\nsentinel sentinel-pass {pw}\n"
+                )
+                .expect("write sentinel.conf");
+            }
             drop(f);
             let child = Command::new("valkey-sentinel")
                 .arg(&conf)
@@ -52,6 +63,7 @@ impl SentinelProcess {
                 port,
                 child: Some(child),
                 dir,
+                password: password.map(str::to_owned),
             };
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while std::time::Instant::now() < deadline {
@@ -61,7 +73,7 @@ impl SentinelProcess {
                         break;
                     }
                 }
-                if cli(port, &["PING"]).contains("PONG") {
+                if s.cli(&["PING"]).contains("PONG") {
                     return s;
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -78,9 +90,14 @@ impl SentinelProcess {
         }
     }
 
+    /// A `valkey-cli` command to this sentinel (authenticated if needed).
+    pub fn cli(&self, args: &[&str]) -> String {
+        cli_auth(self.port, self.password.as_deref(), args)
+    }
+
     /// `SENTINEL GET-MASTER-ADDR-BY-NAME`: the port it believes is primary.
     pub fn primary_port(&self) -> Option<u16> {
-        let out = cli(self.port, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE]);
+        let out = self.cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE]);
         out.lines().nth(1).and_then(|p| p.trim().parse().ok())
     }
 }
@@ -97,6 +114,8 @@ pub struct SentinelDeployment {
     /// `[0]` starts as primary, `[1]` as its replica.
     pub servers: Vec<ValkeyServer>,
     pub sentinels: Vec<SentinelProcess>,
+    /// The one password of every process, if any.
+    pub password: Option<String>,
 }
 
 impl SentinelDeployment {
@@ -104,14 +123,32 @@ impl SentinelDeployment {
     /// sentinel knows the replica and the two other sentinels
     /// (`SENTINEL CKQUORUM` OK), so a failover can be authorized.
     pub fn start() -> SentinelDeployment {
-        let primary = ValkeyServer::start();
+        Self::start_inner(None)
+    }
+
+    /// [`start`](Self::start) with `requirepass password` on the primary,
+    /// the replica and the sentinels (and `masterauth`, `auth-pass`,
+    /// `sentinel-pass` so they reach each other).
+    pub fn start_with_password(password: &str) -> SentinelDeployment {
+        Self::start_inner(Some(password))
+    }
+
+    fn start_inner(password: Option<&str>) -> SentinelDeployment {
+        let auth: Vec<&str> = match password {
+            Some(pw) => vec!["--requirepass", pw, "--masterauth", pw],
+            None => Vec::new(),
+        };
+        let primary = ValkeyServer::start_with(&auth);
         let p = primary.port.to_string();
-        let replica = ValkeyServer::start_with(&["--replicaof", "127.0.0.1", &p]);
+        let mut replica_args = vec!["--replicaof", "127.0.0.1", &p];
+        replica_args.extend(&auth);
+        let replica = ValkeyServer::start_with(&replica_args);
         let d = SentinelDeployment {
             sentinels: (0..3)
-                .map(|_| SentinelProcess::start(primary.port))
+                .map(|_| SentinelProcess::start(primary.port, password))
                 .collect(),
             servers: vec![primary, replica],
+            password: password.map(str::to_owned),
         };
         d.wait_ready(Duration::from_secs(20));
         d
@@ -146,16 +183,16 @@ impl SentinelDeployment {
             .iter()
             .filter(|s| s.port != primary && s.ping())
             .all(|s| {
-                let info = cli(s.port, &["INFO", "replication"]);
+                let info = self.cli(s.port, &["INFO", "replication"]);
                 info.contains("master_link_status:up")
                     && info.contains(&format!("master_port:{primary}"))
             });
         replicas_up
             && self.sentinels.iter().all(|s| {
                 s.primary_port() == Some(primary)
-                    && cli(s.port, &["SENTINEL", "CKQUORUM", SERVICE]).contains("OK")
-                    && cli(s.port, &["SENTINEL", "REPLICAS", SERVICE]).contains("slave")
-                    && !cli(s.port, &["SENTINEL", "REPLICAS", SERVICE]).contains("s_down")
+                    && s.cli(&["SENTINEL", "CKQUORUM", SERVICE]).contains("OK")
+                    && s.cli(&["SENTINEL", "REPLICAS", SERVICE]).contains("slave")
+                    && !s.cli(&["SENTINEL", "REPLICAS", SERVICE]).contains("s_down")
             })
     }
 
@@ -166,11 +203,11 @@ impl SentinelDeployment {
                 "\nsentinel {} says primary {:?}; ckquorum: {}",
                 s.port,
                 s.primary_port(),
-                cli(s.port, &["SENTINEL", "CKQUORUM", SERVICE]).trim()
+                s.cli(&["SENTINEL", "CKQUORUM", SERVICE]).trim()
             ));
         }
         for s in &self.servers {
-            let info = cli(s.port, &["INFO", "replication"]);
+            let info = self.cli(s.port, &["INFO", "replication"]);
             let role = info
                 .lines()
                 .filter(|l| l.starts_with("role:") || l.starts_with("master_link_status:"))
@@ -181,14 +218,25 @@ impl SentinelDeployment {
         out
     }
 
-    /// The locker's node URL: through the three sentinels.
+    /// A `valkey-cli` command to a data node of this deployment
+    /// (authenticated if needed).
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        cli_auth(port, self.password.as_deref(), args)
+    }
+
+    /// The locker's node URL: through the three sentinels, with the
+    /// password if there is one.
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self
             .sentinels
             .iter()
             .map(|s| format!("127.0.0.1:{}", s.port))
             .collect();
-        format!("valkey-sentinel://{}/{SERVICE}", hosts.join(","))
+        let auth = match &self.password {
+            Some(pw) => format!(":{pw}@"),
+            None => String::new(),
+        };
+        format!("valkey-sentinel://{auth}{}/{SERVICE}", hosts.join(","))
     }
 
     /// The primary's port per the first sentinel.
@@ -219,7 +267,7 @@ impl SentinelDeployment {
             if let Some(Some(p)) = seen.first() {
                 if *p != old
                     && seen.iter().all(|s| *s == Some(*p))
-                    && cli(*p, &["ROLE"]).starts_with("master")
+                    && self.cli(*p, &["ROLE"]).starts_with("master")
                 {
                     return *p;
                 }
