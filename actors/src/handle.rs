@@ -16,7 +16,6 @@ use crate::error::{Error, LostReason};
 use crate::keys;
 use crate::lock::{LockMsg, Request, RequestKind};
 use crate::options::LockerOptions;
-use crate::quorum;
 use crate::supervisor::{NodeReport, Supervisor, SupervisorArgs, SupervisorMsg};
 
 /// What a grant looks like to its holder, published by its `LockActor`.
@@ -115,7 +114,7 @@ impl Engine {
                 }
             }
         }
-        let reachable = quorum::keys_on_live_nodes(&up, s.total);
+        let reachable = s.keys_on_live_nodes(&up);
         if reachable < s.majority {
             engine.shutdown_now();
             return Err(Error::Connection {

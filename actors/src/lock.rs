@@ -672,7 +672,7 @@ impl LockState {
     /// Hands one command to the node that holds key `index`. An absent node
     /// (restarting) answers at once, as a failure.
     fn send(&mut self, me: &ActorRef<LockMsg>, index: usize, op: Op, tag: Tag, sent_at: Instant) {
-        let node = quorum::node_of_key(index, self.settings().nodes.len());
+        let node = self.settings().node_of_key(index);
         let key = self.keys[index].clone();
         self.dispatch(me, node, key, index, op, tag, sent_at);
     }
@@ -1212,7 +1212,7 @@ impl LockState {
             let ours = self.grant.as_ref().is_some_and(|g| g.keys[index].ours);
             let mode = if ours { SetMode::Xx } else { SetMode::Nx };
             // Batched by the node with every other lock's keys of this tick.
-            let node = quorum::node_of_key(index, self.settings().nodes.len());
+            let node = self.settings().node_of_key(index);
             let item = ExtendItem {
                 key: self.keys[index].clone(),
                 index,
@@ -1431,10 +1431,10 @@ impl LockState {
         index: Option<usize>,
         node: Option<usize>,
     ) {
-        let nodes = self.settings().nodes.len();
+        let shared = self.shared.clone();
         let in_scope = |i: usize| match (index, node) {
             (Some(k), _) => k == i,
-            (None, Some(n)) => quorum::node_of_key(i, nodes) == n,
+            (None, Some(n)) => shared.settings.node_of_key(i) == n,
             (None, None) => true,
         };
         if let Some(a) = &mut self.attempt {

@@ -62,8 +62,8 @@ pub(crate) struct Cli {
 #[derive(Debug, Args)]
 pub(crate) struct Common {
     /// Valkey URL (redis:// or valkey://, optional user:password@ and /db).
-    /// Repeat or separate with commas. Key i of a lock lives on node i mod N.
-    /// [default: redis://127.0.0.1:6379]
+    /// Repeat or separate with commas; their order does not matter (keys are
+    /// placed by address). [default: redis://127.0.0.1:6379]
     #[arg(
         long,
         global = true,
