@@ -282,7 +282,8 @@ async fn unreachable_valkey() {
 }
 
 /// `status` while a `run` holds the lock (three keys on one node with
-/// `--majority 2`), and after.
+/// `--majority 2`, the default), and after; a key written with another
+/// `key_majority` is pointed out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_held_and_not_held() {
     let server = ValkeyServer::start();
@@ -321,6 +322,15 @@ async fn status_held_and_not_held() {
     assert!(
         stdout.contains("all present keys belong to token"),
         "{stdout}"
+    );
+    assert!(!stdout.contains("written with"), "{stdout}");
+    // Asked with another key_majority: the holder's configuration is shown.
+    let mut c = tool(&server.url());
+    c.args(["--majority", "1", "status", &name]);
+    let other = text(&output(c).await.stdout);
+    assert!(
+        other.contains("(written with m2n1: key_majority and node count differ from m1n1)"),
+        "{other}"
     );
     let out = holder.wait_with_output().await.unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));

@@ -1,5 +1,7 @@
 //! Configurations that must not silently break exclusion:
-//! - lockers listing the same nodes in different orders exclude each other.
+//! - lockers listing the same nodes in different orders exclude each other;
+//! - a locker whose `key_majority` differs from the holder's fails with
+//!   `Error::ConfigMismatch` instead of taking the lock beside it.
 #![allow(missing_docs)]
 
 mod support;
@@ -12,6 +14,10 @@ use valkeylock::{Error, Locker, LockerOptions};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
+}
+
+fn is_mismatch(r: &Result<valkeylock::LockGuard, Error>) -> bool {
+    matches!(r, Err(Error::ConfigMismatch { .. }))
 }
 
 /// Three servers, every order of them: a locker listing them in that order
@@ -73,4 +79,48 @@ async fn node_order_does_not_matter() {
         }
     }
     base.close().await;
+}
+
+/// One server; a locker with `key_majority` 1 and one with 2. Whichever holds
+/// a name, the other's `try_lock` and `lock` fail with `ConfigMismatch` at
+/// once instead of taking the keys the holder does not use (or waiting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn majority_mismatch_is_an_error() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let one = Locker::connect(LockerOptions::new([server.url()]).with_key_majority(1))
+        .await
+        .expect("connect m1");
+    let two = Locker::connect(LockerOptions::new([server.url()]).with_key_majority(2))
+        .await
+        .expect("connect m2");
+    for (holder, other, label) in [(&one, &two, "m1 holds"), (&two, &one, "m2 holds")] {
+        let name = unique("mismatch");
+        let g = holder.lock(&name).await.expect("lock");
+        let r = other.try_lock(&name).await;
+        assert!(is_mismatch(&r), "{label}: try_lock gave {r:?}");
+        if let Err(Error::ConfigMismatch { ours, theirs, .. }) = &r {
+            assert_ne!(ours, theirs);
+        }
+        let r = timeout(ms(2000), other.lock(&name))
+            .await
+            .expect("lock() waited instead of failing");
+        assert!(is_mismatch(&r), "{label}: lock gave {r:?}");
+        // Two waiters queued together both hear it.
+        let (w1, w2) = tokio::join!(other.lock(&name), other.lock(&name));
+        assert!(
+            is_mismatch(&w1) && is_mismatch(&w2),
+            "{label}: {w1:?} {w2:?}"
+        );
+        assert!(g.is_held(), "{label}: the holder lost the lock");
+        g.release().await;
+        // Once free, the other configuration takes it normally.
+        let g = timeout(ms(2000), other.lock(&name))
+            .await
+            .expect("lock() after the release")
+            .expect("lock");
+        g.release().await;
+    }
+    one.close().await;
+    two.close().await;
 }

@@ -31,7 +31,7 @@ use crate::handle::{GrantStatus, Lease};
 use crate::keys;
 use crate::node::{ExtendItem, Job, NodeMsg};
 use crate::quorum::{self, Tally};
-use crate::scripts::{KeyState, SetMode, Token};
+use crate::scripts::{Fingerprint, KeyState, SetMode, Token};
 use crate::supervisor::SupervisorMsg;
 use crate::timers::{Timer, Timers};
 
@@ -202,6 +202,9 @@ struct Attempt {
     fence_rounds: u8,
     /// Keys invalidated while the attempt was open: re-checked once it wins.
     invalidated: Vec<bool>,
+    /// A key is held under another configuration fingerprint: the attempt
+    /// fails with `ConfigMismatch` once no reply is pending.
+    mismatch: Option<Fingerprint>,
 }
 
 /// The two-phase fencing step on several instances: read the counter from a
@@ -625,7 +628,7 @@ impl LockState {
 
     fn start_attempt(&mut self, me: &ActorRef<LockMsg>, mode: SetMode, request: Option<Request>) {
         let id = self.next_id();
-        let token = Token::new(mode == SetMode::Force);
+        let token = Token::generate(mode == SetMode::Force, self.settings().fingerprint());
         let total = self.settings().total;
         self.dirty = false;
         let started = Instant::now();
@@ -649,6 +652,7 @@ impl LockState {
             fencing: None,
             fence_rounds: 0,
             invalidated: vec![false; total],
+            mismatch: None,
         });
         // On a single instance the fencing counter moves inside key 0's
         // script; on several it is a separate step once the majority is won.
@@ -745,6 +749,19 @@ impl LockState {
                         if let Outcome::Key(KeyState::Ours { fence: Some(f), .. }) = r.outcome {
                             a.fence = Some(f);
                         }
+                        // A key held by a locker of this library configured
+                        // differently: the two do not exclude each other, so
+                        // this attempt fails (once its other replies are in)
+                        // instead of waiting or holding.
+                        if let Outcome::Key(KeyState::Other {
+                            owner: Some(theirs),
+                            ..
+                        }) = r.outcome
+                        {
+                            if theirs != self.shared.settings.fingerprint() {
+                                a.mismatch.get_or_insert(theirs);
+                            }
+                        }
                         *slot = match r.outcome {
                             Outcome::Key(KeyState::Ours { .. }) => {
                                 AttemptKey::Ours(quorum::key_expiry(
@@ -753,7 +770,7 @@ impl LockState {
                                     self.shared.settings.drift,
                                 ))
                             }
-                            Outcome::Key(KeyState::Other { forced }) => {
+                            Outcome::Key(KeyState::Other { forced, .. }) => {
                                 AttemptKey::Other { forced }
                             }
                             _ => AttemptKey::Failed,
@@ -932,6 +949,17 @@ impl LockState {
             // The fencing step decides; key replies only update the tally.
             return;
         }
+        if let Some(theirs) = a.mismatch {
+            // Never granted. Wait for the other replies (bounded by the
+            // attempt timer), so that keys it won are released before the
+            // next attempt, as for any failed attempt with replies in.
+            if !a.keys.contains(&AttemptKey::Pending) {
+                let a = self.attempt.take().expect("checked");
+                let ours = self.settings().fingerprint();
+                self.attempt_mismatched(me, a, ours, theirs);
+            }
+            return;
+        }
         let needs_fence = self.settings().fencing && a.fence.is_none();
         let m = self.settings().majority;
         let total = self.settings().total;
@@ -1028,6 +1056,45 @@ impl LockState {
                 self.arm_retry(me, held_by_others);
             }
         }
+    }
+
+    /// Fails attempt `a` because one of its keys is held under another
+    /// configuration fingerprint: its request (Try, Force), or every waiter
+    /// queued (Wait), gets [`Error::ConfigMismatch`]; the keys it won are
+    /// released as for any failed attempt. Queued Force requests still run.
+    fn attempt_mismatched(
+        &mut self,
+        me: &ActorRef<LockMsg>,
+        mut a: Attempt,
+        ours: Fingerprint,
+        theirs: Fingerprint,
+    ) {
+        warn!(lock = %self.name, %ours, %theirs, "keys held by a locker with another key_majority or node count");
+        let err = Error::ConfigMismatch {
+            name: self.name.to_string(),
+            ours: ours.to_string(),
+            theirs: theirs.to_string(),
+        };
+        match a.request.take() {
+            Some(req) => {
+                let _ = req.reply.send(Err(err));
+            }
+            None => {
+                let (waiters, rest) = std::mem::take(&mut self.queue)
+                    .into_iter()
+                    .partition(|r| r.kind == RequestKind::Wait);
+                self.queue = rest;
+                for w in waiters {
+                    let _ = w.reply.send(Err(err.clone()));
+                }
+            }
+        }
+        let won = a
+            .keys
+            .iter()
+            .filter(|k| matches!(k, AttemptKey::Ours(_)))
+            .count();
+        self.attempt_failed(me, a, won);
     }
 
     /// Arms the fallback retry of waiters. With tracking, an invalidation
@@ -1343,7 +1410,7 @@ impl LockState {
                     }
                 }
             }
-            Outcome::Key(KeyState::Other { forced }) => {
+            Outcome::Key(KeyState::Other { forced, .. }) => {
                 k.ours = false;
                 k.failing = false;
                 k.lost = Some(if forced {

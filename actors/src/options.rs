@@ -9,11 +9,14 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::keys;
 use crate::quorum;
+use crate::scripts::Fingerprint;
 
 /// Options of a locker. Build with [`LockerOptions::new`] and the `with_*`
 /// methods, or deserialize from TOML/JSON (durations as `"5s"`, `"250ms"`,
-/// `"1m30s"`). All lockers that share a name must agree on `key_prefix` and
-/// `key_majority`.
+/// `"1m30s"`). All lockers that share a name must agree on `key_prefix`,
+/// `key_majority` and the nodes (named the same way); a `key_majority` or
+/// node-count disagreement among lockers of this library is detected
+/// (`Error::ConfigMismatch`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LockerOptions {
@@ -609,6 +612,12 @@ impl Settings {
     /// order, so the order the nodes were listed in does not matter.
     pub(crate) fn node_of_key(&self, index: usize) -> usize {
         self.rank[quorum::node_of_key(index, self.rank.len())]
+    }
+
+    /// What this locker writes into its keys' values, so that an attempt can
+    /// tell a holder configured differently.
+    pub(crate) fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::new(self.majority, self.nodes.len())
     }
 
     /// How many of the `total` keys of a lock live on nodes that are up, given

@@ -124,6 +124,16 @@ fn short(token: &str) -> String {
     token.chars().take(8).collect()
 }
 
+/// The configuration a locker of this library wrote after its token
+/// (`<hex>:m<key_majority>n<nodes>`), if the value has one.
+fn written_with(token: &str) -> Option<&str> {
+    let (_, fingerprint) = token.rsplit_once(':')?;
+    let rest = fingerprint.strip_prefix('m')?;
+    let (m, n) = rest.split_once('n')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(m) && digits(n)).then_some(fingerprint)
+}
+
 /// What one key looked like.
 enum KeyState {
     Present { token: String, ttl_ms: i64 },
@@ -208,6 +218,7 @@ pub(crate) async fn status(options: LockerOptions, name: &str) -> u8 {
         ),
         None => println!("lock {name:?}: not held ({majority} of {total} keys needed)"),
     }
+    let ours = format!("m{majority}n{}", nodes.len());
     for (k, node, state) in &keys {
         let shown = &nodes[*node].shown;
         match state {
@@ -217,8 +228,16 @@ pub(crate) async fn status(options: LockerOptions, name: &str) -> u8 {
                 } else {
                     format!("ttl {:.3}s", *ttl_ms as f64 / 1000.0)
                 };
+                let config = match written_with(token) {
+                    Some(fp) if fp != ours => {
+                        format!(
+                            " (written with {fp}: key_majority and node count differ from {ours})"
+                        )
+                    }
+                    _ => String::new(),
+                };
                 println!(
-                    "  {k} on node {node} ({shown}): present, {ttl}, token {}",
+                    "  {k} on node {node} ({shown}): present, {ttl}, token {}{config}",
                     short(token)
                 );
             }
@@ -340,6 +359,16 @@ pub(crate) fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fingerprints() {
+        let hex = "ab".repeat(24);
+        assert_eq!(written_with(&format!("{hex}:m2n3")), Some("m2n3"));
+        assert_eq!(written_with(&format!("F{hex}:m1n1")), Some("m1n1"));
+        assert_eq!(written_with(&hex), None);
+        assert_eq!(written_with("a:b"), None);
+        assert_eq!(written_with("x:mn"), None);
+    }
 
     #[test]
     fn urls() {
