@@ -1,15 +1,18 @@
-//! Configurations that must not silently break exclusion:
+//! Configurations that must not silently break exclusion, and guards that
+//! outlive their `Locker` handle:
 //! - lockers listing the same nodes in different orders exclude each other;
 //! - a locker whose `key_majority` differs from the holder's fails with
-//!   `Error::ConfigMismatch` instead of taking the lock beside it.
+//!   `Error::ConfigMismatch` instead of taking the lock beside it;
+//! - a guard keeps its engine alive after the last `Locker` is dropped.
 #![allow(missing_docs)]
 
 mod support;
 
 use std::time::Duration;
 
+use fred::interfaces::ClientLike;
 use support::*;
-use tokio::time::timeout;
+use tokio::time::{sleep, timeout, Instant};
 use valkeylock::{Error, Locker, LockerOptions};
 
 fn ms(n: u64) -> Duration {
@@ -123,4 +126,65 @@ async fn majority_mismatch_is_an_error() {
     }
     one.close().await;
     two.close().await;
+}
+
+/// A guard whose `Locker` was a temporary keeps the engine running: still
+/// held (and extended) well past its validity, another locker cannot take
+/// it; dropping the guard releases the lock and closes the engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_keeps_its_engine_alive() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let opts = LockerOptions::new([server.url()])
+        .with_key_majority(1)
+        .with_key_validity(ms(1000));
+    let name = unique("owned");
+    let g = Locker::connect(opts.clone())
+        .await
+        .expect("connect")
+        .lock(&name)
+        .await
+        .expect("lock");
+    sleep(ms(3000)).await;
+    assert!(
+        g.is_held(),
+        "the guard ended when its Locker was dropped: {:?}",
+        g.lost_reason()
+    );
+    let other = Locker::connect(opts).await.expect("connect other");
+    let r = other.try_lock(&name).await;
+    assert!(
+        matches!(r, Err(Error::NotLocked { .. })),
+        "another locker took a held lock: {r:?}"
+    );
+    let waiter = tokio::spawn({
+        let (other, name) = (other.clone(), name.clone());
+        async move { other.lock(&name).await }
+    });
+    sleep(ms(100)).await;
+    let admin = server.admin().await;
+    let clients = || async {
+        let list: String = admin
+            .custom(
+                fred::types::CustomCommand::new_static("CLIENT", None, false),
+                vec!["LIST"],
+            )
+            .await
+            .unwrap_or_default();
+        list.lines().count()
+    };
+    let before = clients().await;
+    let dropped = Instant::now();
+    drop(g);
+    let got = timeout(ms(500), waiter)
+        .await
+        .expect("the lock was not freed promptly after the guard was dropped")
+        .expect("join")
+        .expect("lock");
+    eprintln!("freed {:?} after the guard was dropped", dropped.elapsed());
+    got.release().await;
+    // The engine closed: its connection is gone.
+    let closed = eventually(ms(2000), || async { clients().await == before - 1 }).await;
+    assert!(closed, "the dropped guard's engine kept its connection");
+    other.close().await;
 }
