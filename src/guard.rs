@@ -21,7 +21,9 @@ use crate::{Lease, LeaseWatcher, LostReason};
 /// race your work against [`LockGuard::lost`] / the
 /// [`cancellation_token`](LockGuard::cancellation_token). The lock is safe
 /// until [`LockGuard::valid_until`], which moves forward with each confirmed
-/// extension; `lost()` fires no later than that instant.
+/// extension; `is_held()` turns false at that instant, while `lost()` and the
+/// token fire when a timer set for it has run and told the lock's actor, a
+/// little later (milliseconds, more on a busy process).
 #[derive(Debug)]
 pub struct LockGuard {
     // Field order matters: the lease is dropped first (its release is sent to
