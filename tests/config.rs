@@ -188,3 +188,48 @@ async fn guard_keeps_its_engine_alive() {
     assert!(closed, "the dropped guard's engine kept its connection");
     other.close().await;
 }
+
+/// Values not in this library's format (the Go valkeylock writes 24 raw
+/// random bytes; older versions of this library 48 hex digits without a
+/// fingerprint) are plain "held by another owner": `NotLocked`, and
+/// `lock()` waits, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_values_are_plain_other_owners() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let admin = server.admin().await;
+    let locker = Locker::connect(LockerOptions::new([server.url()]))
+        .await
+        .expect("connect");
+    let go: Vec<u8> = (0u8..24).map(|i| i.wrapping_mul(97) ^ 0xa5).collect();
+    let old = "0123456789abcdef".repeat(3);
+    for value in [go, old.into_bytes()] {
+        let name = unique("foreign");
+        for i in 0..3 {
+            let _: () = fred::prelude::KeysInterface::set(
+                &admin,
+                format!("valkeylock:{i}:{name}"),
+                fred::types::Value::Bytes(value.clone().into()),
+                Some(fred::types::Expiration::PX(5000)),
+                None,
+                false,
+            )
+            .await
+            .expect("SET");
+        }
+        let r = locker.try_lock(&name).await;
+        assert!(
+            matches!(
+                r,
+                Err(Error::NotLocked {
+                    held_by_others: true,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        let waited = timeout(ms(300), locker.lock(&name)).await;
+        assert!(waited.is_err(), "lock() did not wait: {waited:?}");
+    }
+    locker.close().await;
+}
