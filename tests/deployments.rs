@@ -1175,13 +1175,21 @@ async fn independent_five_two_down_held_third_lost_then_rejoin() {
         }
         v
     };
+    // Keys 0, 1 and 2, each on the instance the engine placed it on.
+    let on: Vec<usize> = (0..3)
+        .map(|i| {
+            five_options(&servers)
+                .node_of_key(i)
+                .expect("valid options")
+        })
+        .collect();
     measure_loss(&a, "independent x5", 5, |name| {
-        let admins = admins.clone();
+        let (admins, on) = (admins.clone(), on.clone());
         async move {
             let (x, y, z) = tokio::join!(
-                admins[0].del::<i64, _>(key(0, &name)),
-                admins[1].del::<i64, _>(key(1, &name)),
-                admins[2].del::<i64, _>(key(2, &name))
+                admins[on[0]].del::<i64, _>(key(0, &name)),
+                admins[on[1]].del::<i64, _>(key(1, &name)),
+                admins[on[2]].del::<i64, _>(key(2, &name))
             );
             x.expect("DEL");
             y.expect("DEL");
