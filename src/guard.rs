@@ -1,26 +1,43 @@
 //! `LockGuard`: a held lock.
 
+use std::sync::Arc;
+
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::locker::Inner;
 use crate::{Lease, LeaseWatcher, LostReason};
 
 /// A held lock. Dropping it releases the lock in the background without
 /// blocking; [`LockGuard::release`] releases and waits for the deletes.
 ///
+/// A guard keeps its locker's engine (connections and actors) running until
+/// it is released or dropped, even when every [`Locker`](crate::Locker)
+/// handle is gone, so `Locker::connect(o).await?.lock("x").await?` holds the
+/// lock for as long as the guard lives. [`Locker::close`](crate::Locker::close)
+/// still ends it.
+///
 /// Check [`LockGuard::is_held`] before acting on the protected resource, or
 /// race your work against [`LockGuard::lost`] / the
 /// [`cancellation_token`](LockGuard::cancellation_token). The lock is safe
 /// until [`LockGuard::valid_until`], which moves forward with each confirmed
-/// extension; `lost()` fires no later than that instant.
+/// extension; `is_held()` turns false at that instant, while `lost()` and the
+/// token fire when a timer set for it has run and told the lock's actor, a
+/// little later (milliseconds, more on a busy process).
 #[derive(Debug)]
 pub struct LockGuard {
+    // Field order matters: the lease is dropped first (its release is sent to
+    // the engine), then the engine handle (closing it if this was the last).
     lease: Lease,
+    _engine: Arc<Inner>,
 }
 
 impl LockGuard {
-    pub(crate) fn new(lease: Lease) -> LockGuard {
-        LockGuard { lease }
+    pub(crate) fn new(lease: Lease, engine: Arc<Inner>) -> LockGuard {
+        LockGuard {
+            lease,
+            _engine: engine,
+        }
     }
 
     /// The lock name.
@@ -75,6 +92,8 @@ impl LockGuard {
     /// Releases the lock and waits until its keys are deleted (each node
     /// bounded by `try_next_after`). A lock already lost releases nothing.
     pub async fn release(self) {
-        self.lease.release().await
+        // The engine handle is dropped after the release is confirmed.
+        let LockGuard { lease, _engine } = self;
+        lease.release().await;
     }
 }

@@ -10,15 +10,20 @@ use crate::guard::LockGuard;
 use crate::{AcquireKind, Engine, Error, LockerOptions};
 
 /// A distributed locker over one or more Valkey instances. Cheap to clone;
-/// all clones share one set of connections. Dropping the last clone closes it
-/// in the background; prefer [`Locker::close`], which waits.
+/// all clones share one set of connections. Every [`LockGuard`] it hands out
+/// keeps those running too (like tokio's owned guards), so a guard outlives a
+/// temporary `Locker`. Once the last clone and the last guard are dropped, it
+/// closes in the background; prefer [`Locker::close`], which waits (and ends
+/// the guards still held, with `Closed`).
 #[derive(Debug, Clone)]
 pub struct Locker {
     inner: Arc<Inner>,
 }
 
+/// The engine, shared by the `Locker` clones and the guards; closed when the
+/// last of them goes.
 #[derive(Debug)]
-struct Inner {
+pub(crate) struct Inner {
     engine: Engine,
 }
 
@@ -96,7 +101,7 @@ impl Locker {
             .engine
             .acquire(name, kind)
             .await
-            .map(LockGuard::new)
+            .map(|lease| LockGuard::new(lease, self.inner.clone()))
     }
 
     /// Message-based locking for actors: waits for `name` in the background,

@@ -118,6 +118,49 @@ async fn runs_never_overlap() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `valkeylock run` with its defaults and a library locker with its defaults
+/// exclude each other (both use `key_majority` 2, three keys on one node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_and_library_defaults_exclude_each_other() {
+    let server = ValkeyServer::start();
+    let admin = server.admin().await;
+    let name = unique("defaults");
+    let mut c = tool(&server.url());
+    c.args(["run", &name, "--", "sleep", "3"]);
+    let holder = c.spawn().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            existing_keys(&admin, "valkeylock", &name, 3).await >= 1
+        })
+        .await,
+        "the tool never took the lock"
+    );
+    let locker = valkeylock::Locker::connect(valkeylock::LockerOptions::new([server.url()]))
+        .await
+        .expect("connect");
+    let r = locker.try_lock(&name).await;
+    assert!(
+        matches!(r, Err(valkeylock::Error::NotLocked { .. })),
+        "the library took a lock the tool holds: {r:?}"
+    );
+    drop(r);
+    let out = holder.wait_with_output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // And the other way round: the tool waits for the library's holder.
+    let g = locker.lock(&name).await.expect("lock");
+    let mut c = tool(&server.url());
+    c.args(["run", &name, "--wait-timeout", "0", "--", "echo", "ran"]);
+    let out = output(c).await;
+    assert_eq!(
+        out.status.code(),
+        Some(EXIT_WAIT_TIMEOUT),
+        "{}",
+        text(&out.stderr)
+    );
+    g.release().await;
+    locker.close().await;
+}
+
 /// Keys deleted behind the holder's back: the program gets SIGTERM (and
 /// SIGKILL after --grace when it ignores SIGTERM), its children go too, and
 /// the tool exits 75.
@@ -143,12 +186,19 @@ async fn lost_lock_stops_the_program() {
             })
             .await
         );
+        // Wait for all three keys (`key_majority` 2 by default), then delete them.
+        let keys: Vec<String> = (0..3).map(|i| format!("valkeylock:{i}:{name}")).collect();
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                existing_keys(&admin, "valkeylock", &name, 3).await == 3
+            })
+            .await
+        );
         let t = Instant::now();
-        let deleted: i64 =
-            fred::prelude::KeysInterface::del(&admin, format!("valkeylock:0:{name}"))
-                .await
-                .unwrap();
-        assert_eq!(deleted, 1);
+        let deleted: i64 = fred::prelude::KeysInterface::del(&admin, keys)
+            .await
+            .unwrap();
+        assert_eq!(deleted, 3);
         let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
             .await
             .expect("the program was not stopped")
@@ -232,7 +282,8 @@ async fn unreachable_valkey() {
 }
 
 /// `status` while a `run` holds the lock (three keys on one node with
-/// `--majority 2`), and after.
+/// `--majority 2`, the default), and after; a key written with another
+/// `key_majority` is pointed out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_held_and_not_held() {
     let server = ValkeyServer::start();
@@ -271,6 +322,15 @@ async fn status_held_and_not_held() {
     assert!(
         stdout.contains("all present keys belong to token"),
         "{stdout}"
+    );
+    assert!(!stdout.contains("written with"), "{stdout}");
+    // Asked with another key_majority: the holder's configuration is shown.
+    let mut c = tool(&server.url());
+    c.args(["--majority", "1", "status", &name]);
+    let other = text(&output(c).await.stdout);
+    assert!(
+        other.contains("(written with m2n1: key_majority and node count differ from m1n1)"),
+        "{other}"
     );
     let out = holder.wait_with_output().await.unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -326,7 +386,7 @@ async fn release_force_deletes_keys() {
     c.args(["release", "--force", &name]);
     let out = output(c).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("deleted 0 of 1 keys"));
+    assert!(text(&out.stdout).contains("deleted 0 of 3 keys"));
 }
 
 /// Consecutive runs see strictly increasing `VALKEYLOCK_FENCING_TOKEN`s, and
@@ -377,7 +437,7 @@ async fn wait_timeout() {
     let holder = c.spawn().unwrap();
     assert!(
         eventually(Duration::from_secs(10), || async {
-            existing_keys(&admin, "valkeylock", &name, 1).await == 1
+            existing_keys(&admin, "valkeylock", &name, 3).await == 3
         })
         .await
     );

@@ -133,7 +133,7 @@ where
 
 /// How to find each key of a lock.
 enum Layout {
-    /// Key `i` on instance `i mod N` (ports).
+    /// Independent instances (ports), each key where the engine places it.
     Instances(Vec<u16>),
     /// Each key on its slot's current master, per `CLUSTER NODES` of the
     /// first node (of these ports) that answers.
@@ -172,7 +172,14 @@ impl Probe {
     async fn ports(&mut self) -> Vec<Option<u16>> {
         let n = self.keys.len();
         match &self.layout {
-            Layout::Instances(ports) => (0..n).map(|i| Some(ports[i % ports.len()])).collect(),
+            Layout::Instances(ports) => {
+                let options =
+                    LockerOptions::new(ports.iter().map(|p| format!("redis://127.0.0.1:{p}")))
+                        .with_key_majority(n.div_ceil(2));
+                (0..n)
+                    .map(|i| Some(ports[options.node_of_key(i).expect("valid options")]))
+                    .collect()
+            }
             Layout::Cluster(ports) => {
                 let ports = ports.clone();
                 let mut topo: Vec<NodeInfo> = Vec::new();
@@ -1135,8 +1142,14 @@ fn five_options(servers: &[ValkeyServer]) -> LockerOptions {
 }
 
 /// Reads `name`'s token from instance `i` (key `i` lives there).
-async fn token_on(servers: &[ValkeyServer], i: usize, name: &str) -> Option<String> {
-    let admin = servers[i].admin().await;
+/// The value of the key of `name` that lives on `servers[j]` (five
+/// instances, one key each, placed by the engine).
+async fn token_on(servers: &[ValkeyServer], j: usize, name: &str) -> Option<String> {
+    let options = five_options(servers);
+    let i = (0..5)
+        .find(|&i| options.node_of_key(i).expect("valid options") == j)
+        .expect("one key per instance");
+    let admin = servers[j].admin().await;
     let v = admin
         .get::<Option<String>, _>(key(i, name))
         .await
@@ -1162,13 +1175,21 @@ async fn independent_five_two_down_held_third_lost_then_rejoin() {
         }
         v
     };
+    // Keys 0, 1 and 2, each on the instance the engine placed it on.
+    let on: Vec<usize> = (0..3)
+        .map(|i| {
+            five_options(&servers)
+                .node_of_key(i)
+                .expect("valid options")
+        })
+        .collect();
     measure_loss(&a, "independent x5", 5, |name| {
-        let admins = admins.clone();
+        let (admins, on) = (admins.clone(), on.clone());
         async move {
             let (x, y, z) = tokio::join!(
-                admins[0].del::<i64, _>(key(0, &name)),
-                admins[1].del::<i64, _>(key(1, &name)),
-                admins[2].del::<i64, _>(key(2, &name))
+                admins[on[0]].del::<i64, _>(key(0, &name)),
+                admins[on[1]].del::<i64, _>(key(1, &name)),
+                admins[on[2]].del::<i64, _>(key(2, &name))
             );
             x.expect("DEL");
             y.expect("DEL");
@@ -1182,7 +1203,9 @@ async fn independent_five_two_down_held_third_lost_then_rejoin() {
 
     let name = unique("five");
     let g = a.lock(&name).await.expect("lock");
-    let token = token_on(&servers, 0, &name).await.expect("key 0");
+    let token = token_on(&servers, 0, &name)
+        .await
+        .expect("the key on server 0");
     for i in 1..5 {
         assert_eq!(
             token_on(&servers, i, &name).await.as_deref(),
@@ -1269,12 +1292,14 @@ async fn independent_restarted_empty_does_not_admit_a_second_client() {
     let b = Locker::connect(opts).await.expect("connect b");
     let name = unique("restart-empty");
     let g = a.lock(&name).await.expect("lock");
-    let token = token_on(&servers, 0, &name).await.expect("key 0");
+    let token = token_on(&servers, 0, &name)
+        .await
+        .expect("the key on server 0");
     for i in 0..5 {
         assert_eq!(
             token_on(&servers, i, &name).await.as_deref(),
             Some(token.as_str()),
-            "key {i} after lock()"
+            "the key on server {i} after lock()"
         );
     }
 

@@ -435,10 +435,19 @@ fn command_name(args: &[String]) -> String {
     label
 }
 
-/// A lock token as the engine writes it: 48 hex digits, `F` first when forced.
+/// A lock token as the engine writes it: 48 hex digits, `F` first when
+/// forced, then the locker's fingerprint (`:m<key_majority>n<nodes>`).
 fn is_token(s: &str) -> bool {
-    let hex = s.strip_prefix('F').unwrap_or(s);
-    hex.len() == 48 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    let s = s.strip_prefix('F').unwrap_or(s);
+    let Some((hex, fingerprint)) = s.split_once(':') else {
+        return false;
+    };
+    let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+    let fingerprint_ok = fingerprint
+        .strip_prefix('m')
+        .and_then(|r| r.split_once('n'))
+        .is_some_and(|(m, n)| digits(m) && digits(n));
+    hex.len() == 48 && hex.bytes().all(|b| b.is_ascii_hexdigit()) && fingerprint_ok
 }
 
 async fn key_state(a: &mut RawConn, key: &str) -> (Option<String>, Option<i64>) {
@@ -503,6 +512,8 @@ fn wrong_token_cannot_extend_or_release() {
                 real[..8].to_owned(),
                 format!("{real}x"),
                 real.to_uppercase(),
+                // The random part with another fingerprint.
+                format!("{}:m9n9", real.rsplit_once(':').map_or(real, |(hex, _)| hex)),
                 String::new(),
             ]
         };

@@ -107,13 +107,12 @@ struct Cluster {
 impl Cluster {
     async fn start(nodes: usize, groups: usize, majority: usize) -> Cluster {
         let servers: Vec<ValkeyServer> = (0..nodes).map(|_| ValkeyServer::start()).collect();
+        let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
         let mut links = Vec::new();
         for _ in 0..groups {
-            let mut row = Vec::new();
-            for s in &servers {
-                row.push(Proxy::start(s.port).await);
-            }
-            links.push(row);
+            // Ranked like the servers, so that every group (and a locker
+            // listing the servers directly) places each key on one server.
+            links.push(Proxy::start_all(&ports).await);
         }
         Cluster {
             servers,
@@ -139,8 +138,12 @@ impl Cluster {
         format!("{}:{i}:{name}", self.prefix)
     }
 
+    /// The server holding key `i`, as the engine places it.
     fn node_of(&self, i: usize) -> usize {
-        i % self.servers.len()
+        LockerOptions::new(self.direct_urls())
+            .with_key_majority(self.majority)
+            .node_of_key(i)
+            .expect("valid options")
     }
 
     fn heal_all(&self) {
@@ -1237,10 +1240,8 @@ fn scenario_a_frozen_holder_link() {
         // Three instances, key_majority 2: the holder is cut from two of
         // them and keeps the third.
         let servers: Vec<ValkeyServer> = (0..3).map(|_| ValkeyServer::start()).collect();
-        let mut proxies = Vec::new();
-        for s in &servers {
-            proxies.push(Proxy::start(s.port).await);
-        }
+        let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
+        let proxies = Proxy::start_all(&ports).await;
         let prefix = unique("a3");
         let holder3 = connect(proxies.iter().map(Proxy::url).collect(), 2, &prefix).await;
         let other3 = connect(servers.iter().map(ValkeyServer::url).collect(), 2, &prefix).await;

@@ -47,7 +47,7 @@ async fn survives_one_server_lost_with_two_back_with_majority() {
         existing_keys(&admin0, PREFIX, &name, 3).await == 1
     })
     .await;
-    assert!(present, "key 0 not on server 0");
+    assert!(present, "no key of the lock on server 0");
 
     let waiter = tokio::spawn({
         let (b, name) = (b.clone(), name.clone());

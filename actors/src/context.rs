@@ -137,9 +137,7 @@ fn core_config(s: &Settings, epoch: crate::core::Time) -> Config {
         majority: s.majority,
         total: s.total,
         nodes: s.nodes.len(),
-        placement: (0..s.total)
-            .map(|i| crate::core::quorum::node_of_key(i, s.nodes.len()))
-            .collect(),
+        placement: (0..s.total).map(|i| s.node_of_key(i)).collect(),
         validity: s.validity,
         drift: s.drift,
         extend: s.extend,
@@ -154,6 +152,7 @@ fn core_config(s: &Settings, epoch: crate::core::Time) -> Config {
         } else {
             Fencing::Majority
         },
+        fingerprint: s.fingerprint(),
         epoch,
     }
 }

@@ -43,6 +43,20 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The lock's keys are held by another locker of this library whose
+    /// configuration places them differently: it was built with another
+    /// `key_majority`, or with another number of nodes. Two such lockers do not
+    /// exclude each other, so the attempt fails instead of waiting or holding.
+    /// `ours` and `theirs` read `m{key_majority}n{nodes}`.
+    #[error("configuration mismatch on lock {name:?}: its keys are held by a locker with {theirs} (key_majority and node count), this locker has {ours}; lockers of one name must agree on key_majority and nodes")]
+    ConfigMismatch {
+        /// The lock name.
+        name: String,
+        /// This locker's `m{key_majority}n{nodes}`.
+        ours: String,
+        /// The other holder's, as written in its key.
+        theirs: String,
+    },
     /// Connecting to Valkey failed in a way that makes the locker unusable
     /// (wrong credentials, unreachable majority, a server without RESP3…).
     #[error("cannot connect to Valkey: {message}")]
@@ -77,6 +91,10 @@ pub enum LostReason {
     /// The engine actor that kept this lock stopped or was killed, so nobody
     /// extends the keys any more.
     EngineStopped,
+    /// A key of the lock turned out to be held by a locker of this library
+    /// configured with another `key_majority` or node count: the two could
+    /// both hold the name, so this one lets go (see `Error::ConfigMismatch`).
+    ConfigMismatch,
 }
 
 impl LostReason {
@@ -91,6 +109,7 @@ impl LostReason {
             LostReason::Unreachable => "unreachable",
             LostReason::Closed => "closed",
             LostReason::EngineStopped => "engine_stopped",
+            LostReason::ConfigMismatch => "config_mismatch",
         }
     }
 

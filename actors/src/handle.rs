@@ -13,7 +13,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock;
 use crate::context::{Shared, RETIRED};
-use crate::core::quorum;
 use crate::core::RequestKind;
 use crate::error::{Error, LostReason};
 use crate::keys;
@@ -108,7 +107,7 @@ impl Engine {
                 }
             }
         }
-        let reachable = quorum::keys_on_live_nodes(&up, s.total);
+        let reachable = s.keys_on_live_nodes(&up);
         if reachable < s.majority {
             engine.shutdown_now();
             return Err(Error::Connection {

@@ -9,16 +9,21 @@ use serde::{Deserialize, Serialize};
 use crate::core::quorum;
 use crate::error::Error;
 use crate::keys;
+use crate::scripts::Fingerprint;
 
 /// Options of a locker. Build with [`LockerOptions::new`] and the `with_*`
 /// methods, or deserialize from TOML/JSON (durations as `"5s"`, `"250ms"`,
-/// `"1m30s"`). All lockers that share a name must agree on `key_prefix` and
-/// `key_majority`.
+/// `"1m30s"`). All lockers that share a name must agree on `key_prefix`,
+/// `key_majority` and the nodes (named the same way); a `key_majority` or
+/// node-count disagreement among lockers of this library is detected
+/// (`Error::ConfigMismatch`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LockerOptions {
     /// Valkey instances: `redis://` or `valkey://` URLs with optional
-    /// `user:password@` and `/db`. Key `i` of a lock lives on node `i mod N`.
+    /// `user:password@` and `/db`. Their order does not matter: key `i` of a
+    /// lock lives on the node [`node_of_key`](LockerOptions::node_of_key)
+    /// names, the nodes ranked by address.
     pub nodes: Vec<String>,
     /// First part of every key: `{key_prefix}:{i}:{name}`. Default `"valkeylock"`.
     pub key_prefix: String,
@@ -191,6 +196,21 @@ impl LockerOptions {
         self.settings().map(|_| ())
     }
 
+    /// Which of [`nodes`](LockerOptions::nodes) (an index into that list)
+    /// holds key `index` (`{key_prefix}:{index}:{name}`) of every lock. The
+    /// placement does not depend on the order the nodes are listed in: the
+    /// nodes are ranked by their normalized address (see
+    /// [`NodeAddr::placement_key`]) and key `i` goes to the node of rank
+    /// `i mod N`. So lockers that name the same servers the same way agree,
+    /// whatever their list order.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] when the options are invalid (as
+    /// [`validate`](LockerOptions::validate)).
+    pub fn node_of_key(&self, index: usize) -> Result<usize, Error> {
+        Ok(self.settings()?.node_of_key(index))
+    }
+
     /// Checks every option and resolves defaults.
     pub(crate) fn settings(&self) -> Result<Settings, Error> {
         let bad =
@@ -318,7 +338,9 @@ impl LockerOptions {
         if self.connect_timeout.is_zero() {
             return bad("connect_timeout", "must be above 0".into());
         }
+        let rank = placement_order(&nodes);
         Ok(Settings {
+            rank,
             nodes,
             prefix: self.key_prefix.clone(),
             majority: self.key_majority,
@@ -508,6 +530,37 @@ impl NodeAddr {
         })
     }
 
+    /// The normalized address that ranks this node for key placement:
+    /// topology (with the Sentinel service name), the hosts in lower case
+    /// with their ports (five digits), sorted, and the database (0 when none
+    /// is given), e.g. `standalone 10.0.0.1:06379 db0`; nodes are ranked by
+    /// this text.
+    /// Scheme spelling (`redis`/`valkey`, TLS or not) and credentials do not
+    /// count. Two spellings of one server that normalize differently
+    /// (`localhost` and `127.0.0.1`, a proxy's address) rank differently: all
+    /// lockers of a name must name the servers the same way.
+    pub fn placement_key(&self) -> String {
+        let topology = match &self.topology {
+            Topology::Standalone => "standalone".to_owned(),
+            Topology::Cluster => "cluster".to_owned(),
+            Topology::Sentinel { service } => format!("sentinel/{service}"),
+        };
+        let mut hosts: Vec<String> = self
+            .hosts
+            .iter()
+            .map(|(h, p)| {
+                let h = h.to_ascii_lowercase();
+                if h.contains(':') {
+                    format!("[{h}]:{p:05}")
+                } else {
+                    format!("{h}:{p:05}")
+                }
+            })
+            .collect();
+        hosts.sort();
+        format!("{topology} {} db{}", hosts.join(","), self.db.unwrap_or(0))
+    }
+
     /// Where it points, without credentials, for logs and errors.
     pub fn display(&self) -> String {
         let (h, p) = &self.hosts[0];
@@ -572,10 +625,22 @@ fn percent_decode(s: &str) -> Result<String, String> {
 /// can hold.
 pub(crate) const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
+/// The nodes in placement order: `rank[r]` is the index (in the user's list)
+/// of the node of rank `r`, ranked by [`NodeAddr::placement_key`]; equal keys
+/// (one server listed twice) keep their list order.
+fn placement_order(nodes: &[NodeAddr]) -> Vec<usize> {
+    let keys: Vec<String> = nodes.iter().map(NodeAddr::placement_key).collect();
+    let mut rank: Vec<usize> = (0..nodes.len()).collect();
+    rank.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
+    rank
+}
+
 /// Validated options with every default resolved. Shared read-only by all actors.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub(crate) nodes: Vec<NodeAddr>,
+    /// Placement order: `rank[r]` is the list index of the node of rank `r`.
+    rank: Vec<usize>,
     pub(crate) prefix: String,
     pub(crate) majority: usize,
     pub(crate) total: usize,
@@ -595,6 +660,27 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
+    /// The node (an index into `nodes`, the user's list) that holds key
+    /// `index` of every lock: the node of rank `index mod N` in placement
+    /// order, so the order the nodes were listed in does not matter.
+    pub(crate) fn node_of_key(&self, index: usize) -> usize {
+        self.rank[quorum::node_of_key(index, self.rank.len())]
+    }
+
+    /// What this locker writes into its keys' values, so that an attempt can
+    /// tell a holder configured differently.
+    pub(crate) fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::new(self.majority, self.nodes.len())
+    }
+
+    /// How many of the `total` keys of a lock live on nodes that are up, given
+    /// one flag per node (in the user's order).
+    pub(crate) fn keys_on_live_nodes(&self, node_up: &[bool]) -> usize {
+        (0..self.total)
+            .filter(|&i| node_up.get(self.node_of_key(i)).copied().unwrap_or(false))
+            .count()
+    }
+
     /// The fencing counter moves inside the acquire script: one node that is
     /// one instance (standalone or behind Sentinel). On a cluster the counter
     /// and key 0 live in different slots, so it takes the two-phase step.
@@ -927,6 +1013,78 @@ mod tests {
                 (got, want) => panic!("case {i}: want {want:?}, got {got:?}"),
             }
         }
+    }
+
+    #[test]
+    fn placement_ignores_list_order() {
+        let urls = [
+            "redis://10.0.0.2:6379",
+            "valkey://user:pw@10.0.0.1:6380/0",
+            "redis://10.0.0.1:6379",
+        ];
+        let place = |order: [usize; 3]| {
+            let listed: Vec<&str> = order.iter().map(|&i| urls[i]).collect();
+            let s = LockerOptions::new(listed.clone())
+                .with_key_majority(3)
+                .settings()
+                .unwrap();
+            (0..5)
+                .map(|k| {
+                    NodeAddr::parse(listed[s.node_of_key(k)])
+                        .unwrap()
+                        .placement_key()
+                })
+                .collect::<Vec<_>>()
+        };
+        let want = place([0, 1, 2]);
+        // Ranked by host, then port; scheme, credentials and `/0` do not count.
+        assert_eq!(
+            want,
+            [
+                "standalone 10.0.0.1:06379 db0",
+                "standalone 10.0.0.1:06380 db0",
+                "standalone 10.0.0.2:06379 db0",
+                "standalone 10.0.0.1:06379 db0",
+                "standalone 10.0.0.1:06380 db0",
+            ]
+        );
+        for order in [[0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]] {
+            assert_eq!(place(order), want, "{order:?}");
+        }
+        let key = |u: &str| NodeAddr::parse(u).unwrap().placement_key();
+        assert_eq!(
+            key("valkey-cluster://B:7001,a:7000"),
+            key("redis-cluster://A:7000,b:7001")
+        );
+        assert_ne!(key("redis://h/1"), key("redis://h"));
+        assert_ne!(key("redis-sentinel://h/m1"), key("redis-sentinel://h/m2"));
+        assert_eq!(key("redis://[::1]:6380"), "standalone [::1]:06380 db0");
+    }
+
+    #[test]
+    fn keys_on_live_nodes() {
+        // Two nodes, three keys: the node of rank 0 (10.0.0.1) holds two.
+        let s = LockerOptions::new(["redis://10.0.0.2", "redis://10.0.0.1"])
+            .settings()
+            .unwrap();
+        assert_eq!(s.node_of_key(0), 1);
+        assert_eq!(s.node_of_key(1), 0);
+        assert_eq!(s.node_of_key(2), 1);
+        assert_eq!(s.keys_on_live_nodes(&[true, false]), 1);
+        assert_eq!(s.keys_on_live_nodes(&[false, true]), 2);
+        assert_eq!(s.keys_on_live_nodes(&[true, true]), 3);
+        assert_eq!(s.keys_on_live_nodes(&[]), 0);
+        let s = LockerOptions::new([
+            "redis://a",
+            "redis://b",
+            "redis://c",
+            "redis://d",
+            "redis://e",
+        ])
+        .with_key_majority(3)
+        .settings()
+        .unwrap();
+        assert_eq!(s.keys_on_live_nodes(&[true, true, true, false, false]), 3);
     }
 
     #[test]

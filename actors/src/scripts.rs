@@ -177,8 +177,14 @@ pub(crate) enum KeyState {
         fence: Option<u64>,
     },
     /// Held by another owner. `forced` when that owner's token says it came
-    /// from `force_lock`.
-    Other { forced: bool },
+    /// from `force_lock`; `owner` the configuration fingerprint in its value
+    /// when the value is in this library's format (`None` for anything else,
+    /// e.g. the Go valkeylock's 24 raw bytes, or a token of an older version
+    /// without a fingerprint).
+    Other {
+        forced: bool,
+        owner: Option<Fingerprint>,
+    },
     /// Absent.
     Absent,
 }
@@ -196,12 +202,8 @@ pub(crate) fn parse_key_state(value: &Value, verify: bool) -> Option<KeyState> {
             fence: None,
         }),
         Value::Null => Some(KeyState::Absent),
-        Value::String(s) => Some(KeyState::Other {
-            forced: Token::is_forced(s.as_bytes()),
-        }),
-        Value::Bytes(b) => Some(KeyState::Other {
-            forced: Token::is_forced(b),
-        }),
+        Value::String(s) => Some(Token::owner_state(s.as_bytes())),
+        Value::Bytes(b) => Some(Token::owner_state(b)),
         _ => None,
     }
 }
@@ -279,25 +281,72 @@ pub(crate) fn parse_released(value: &Value) -> Option<bool> {
     }
 }
 
+/// The configuration a locker writes into its keys' values: `key_majority`
+/// and the number of nodes, the two settings that decide where a lock's keys
+/// are. Lockers that differ in either do not exclude each other; an attempt
+/// that finds a key held under another fingerprint fails with
+/// `Error::ConfigMismatch`. Written `m{key_majority}n{nodes}`, e.g. `m2n3`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Fingerprint {
+    majority: u16,
+    nodes: u16,
+}
+
+impl Fingerprint {
+    pub(crate) fn new(majority: usize, nodes: usize) -> Fingerprint {
+        Fingerprint {
+            majority: u16::try_from(majority).unwrap_or(u16::MAX),
+            nodes: u16::try_from(nodes).unwrap_or(u16::MAX),
+        }
+    }
+
+    /// Reads `m<digits>n<digits>` (1 to 5 digits each); `None` otherwise.
+    fn parse(text: &[u8]) -> Option<Fingerprint> {
+        let rest = text.strip_prefix(b"m")?;
+        let n_at = rest.iter().position(|&b| b == b'n')?;
+        let number = |digits: &[u8]| -> Option<u16> {
+            if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            std::str::from_utf8(digits).ok()?.parse().ok()
+        };
+        Some(Fingerprint {
+            majority: number(&rest[..n_at])?,
+            nodes: number(&rest[n_at + 1..])?,
+        })
+    }
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "m{}n{}", self.majority, self.nodes)
+    }
+}
+
+/// Random hex digits in a token: 24 bytes.
+const TOKEN_HEX: usize = 48;
+
 /// A fresh random value per acquisition attempt: 24 bytes from the operating
 /// system's CSPRNG, hex-encoded (printable in `valkeylock status`, and as
-/// unguessable as valkeylock's raw 24 bytes). Tokens of `force_lock` start with
+/// unguessable as valkeylock's raw 24 bytes), then `:` and the locker's
+/// [`Fingerprint`]: `[F]<48 hex>:m<M>n<N>`. Tokens of `force_lock` start with
 /// `F`, so a holder can tell "forced" from "overwritten".
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Token(String);
 
 impl Token {
-    /// A token from the operating system's generator.
+    /// A token for a locker with `fingerprint`, from the operating system's
+    /// generator (the engine's lock cores take theirs through `core::Entropy`).
     #[cfg(test)]
-    pub(crate) fn new(forced: bool) -> Token {
+    pub(crate) fn generate(forced: bool, fingerprint: Fingerprint) -> Token {
         let mut bytes = [0u8; 24];
         getrandom::fill(&mut bytes).expect("the operating system's random number generator failed");
-        Token::from_bytes(&bytes, forced)
+        Token::from_bytes(&bytes, forced, fingerprint)
     }
 
-    /// A token from 24 random bytes.
-    pub(crate) fn from_bytes(bytes: &[u8; 24], forced: bool) -> Token {
-        let mut s = String::with_capacity(49);
+    /// A token from 24 random bytes, for a locker with `fingerprint`.
+    pub(crate) fn from_bytes(bytes: &[u8; 24], forced: bool, fingerprint: Fingerprint) -> Token {
+        let mut s = String::with_capacity(TOKEN_HEX + 16);
         if forced {
             s.push('F');
         }
@@ -306,15 +355,60 @@ impl Token {
             s.push(HEX[(b >> 4) as usize] as char);
             s.push(HEX[(b & 15) as usize] as char);
         }
+        s.push(':');
+        s.push_str(&fingerprint.to_string());
         Token(s)
+    }
+
+    /// A token for tests: `key_majority` 2 on one node.
+    #[cfg(test)]
+    pub(crate) fn new(forced: bool) -> Token {
+        Token::generate(forced, Fingerprint::new(2, 1))
     }
 
     pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 
+    /// What a key's value (not ours) says about its owner: whether it came
+    /// from `force_lock`, and its fingerprint, when it is in this library's
+    /// format. Anything else (the Go valkeylock's raw bytes, a third party's
+    /// value) is a plain other owner, never forced, without a fingerprint.
+    fn owner_state(value: &[u8]) -> KeyState {
+        let (forced, rest) = match value.strip_prefix(b"F") {
+            Some(rest) => (true, rest),
+            None => (false, value),
+        };
+        let plain = KeyState::Other {
+            forced: false,
+            owner: None,
+        };
+        if rest.len() < TOKEN_HEX || !rest[..TOKEN_HEX].iter().all(u8::is_ascii_hexdigit) {
+            return plain;
+        }
+        match &rest[TOKEN_HEX..] {
+            // A token of a version without fingerprints.
+            [] => KeyState::Other {
+                forced,
+                owner: None,
+            },
+            [b':', fingerprint @ ..] => match Fingerprint::parse(fingerprint) {
+                Some(owner) => KeyState::Other {
+                    forced,
+                    owner: Some(owner),
+                },
+                None => plain,
+            },
+            _ => plain,
+        }
+    }
+
+    #[cfg(test)]
     fn is_forced(value: &[u8]) -> bool {
-        value.len() == 49 && value[0] == b'F' && value[1..].iter().all(u8::is_ascii_hexdigit)
+        matches!(
+            Token::owner_state(value),
+            KeyState::Other { forced: true, .. }
+        )
     }
 
     /// The first 8 characters, for logs: enough to correlate, useless to forge.
@@ -492,16 +586,70 @@ mod tests {
 
     #[test]
     fn tokens() {
-        let a = Token::new(false);
-        let b = Token::new(false);
+        let fp = Fingerprint::new(2, 3);
+        let a = Token::generate(false, fp);
+        let b = Token::generate(false, fp);
         assert_ne!(a, b);
-        assert_eq!(a.as_str().len(), 48);
-        let f = Token::new(true);
-        assert_eq!(f.as_str().len(), 49);
+        assert_eq!(a.as_str().len(), 48 + 5);
+        assert!(a.as_str().ends_with(":m2n3"));
+        assert!(a.as_str().bytes().all(|c| c.is_ascii_graphic()));
+        let f = Token::generate(true, fp);
+        assert_eq!(f.as_str().len(), 49 + 5);
         assert!(Token::is_forced(f.as_str().as_bytes()));
         assert!(!Token::is_forced(a.as_str().as_bytes()));
         assert!(!Token::is_forced(b"Fxyz"));
         assert_eq!(a.short().len(), 8);
+        assert!(a.short().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(Fingerprint::new(64, 127).to_string(), "m64n127");
+        assert_eq!(
+            Token::generate(true, Fingerprint::new(64, 127))
+                .as_str()
+                .len(),
+            49 + 8
+        );
+    }
+
+    fn other(forced: bool, owner: Option<Fingerprint>) -> KeyState {
+        KeyState::Other { forced, owner }
+    }
+
+    /// Values written by others: only our own format yields a fingerprint, and
+    /// nothing panics.
+    #[test]
+    fn owners() {
+        let hex = "0123456789abcdef".repeat(3);
+        let fp = |m, n| Some(Fingerprint::new(m, n));
+        let cases: Vec<(String, KeyState)> = vec![
+            (format!("{hex}:m1n1"), other(false, fp(1, 1))),
+            (format!("F{hex}:m2n3"), other(true, fp(2, 3))),
+            (format!("F{hex}:m64n127"), other(true, fp(64, 127))),
+            // Tokens of a version without fingerprints: as before.
+            (hex.clone(), other(false, None)),
+            (format!("F{hex}"), other(true, None)),
+            // Not ours: plain other owners.
+            (format!("{hex}:m1"), other(false, None)),
+            (format!("{hex}:mn1"), other(false, None)),
+            (format!("{hex}:m1n"), other(false, None)),
+            (format!("{hex}:m1n1x"), other(false, None)),
+            (format!("{hex}:m999999n1"), other(false, None)),
+            (format!("{hex}:m-1n1"), other(false, None)),
+            (format!("{hex}x"), other(false, None)),
+            (format!("{hex}:"), other(false, None)),
+            (hex[..47].to_owned(), other(false, None)),
+            (format!("G{hex}:m1n1"), other(false, None)),
+            ("F".to_owned(), other(false, None)),
+            (String::new(), other(false, None)),
+            ("intruder".to_owned(), other(false, None)),
+        ];
+        for (value, want) in cases {
+            assert_eq!(Token::owner_state(value.as_bytes()), want, "{value:?}");
+        }
+        // The Go valkeylock's token: 24 raw bytes.
+        let go: Vec<u8> = (0u8..24).map(|i| i.wrapping_mul(37)).collect();
+        assert_eq!(Token::owner_state(&go), other(false, None));
+        let mut multibyte = "é".repeat(24).into_bytes();
+        multibyte.extend_from_slice(b":m1n1");
+        assert_eq!(Token::owner_state(&multibyte), other(false, None));
     }
 
     #[test]
@@ -534,20 +682,16 @@ mod tests {
                 }),
             ),
             (Value::Null, false, Some(KeyState::Absent)),
-            (
-                Value::String("abc".into()),
-                false,
-                Some(KeyState::Other { forced: false }),
-            ),
+            (Value::String("abc".into()), false, Some(other(false, None))),
             (
                 Value::String(f.as_str().into()),
                 true,
-                Some(KeyState::Other { forced: true }),
+                Some(other(true, Some(Fingerprint::new(2, 1)))),
             ),
             (
                 Value::Bytes(vec![0xff, 0].into()),
                 false,
-                Some(KeyState::Other { forced: false }),
+                Some(other(false, None)),
             ),
             (Value::Boolean(true), false, None),
         ];
@@ -574,7 +718,7 @@ mod tests {
             Some(vec![
                 Ok(ours(None)),
                 Ok(KeyState::Absent),
-                Ok(KeyState::Other { forced: false })
+                Ok(other(false, None))
             ])
         );
         // A key the server refused: its own error, the others unaffected;

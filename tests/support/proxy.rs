@@ -26,6 +26,16 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+/// The indices of `ports` (loopback servers) in key-placement rank order.
+fn by_rank(ports: &[u16]) -> Vec<usize> {
+    let options =
+        valkeylock::LockerOptions::new(ports.iter().map(|p| format!("redis://127.0.0.1:{p}")))
+            .with_key_majority(ports.len().max(1));
+    (0..ports.len())
+        .map(|rank| options.node_of_key(rank).expect("valid options"))
+        .collect()
+}
+
 /// What a proxy does with traffic right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LinkState {
@@ -68,6 +78,41 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind proxy port");
+        Proxy::on(listener, upstream)
+    }
+
+    /// One proxy per upstream port, `result[j]` to `upstreams[j]`, whose
+    /// addresses rank for key placement (`LockerOptions::node_of_key`) as
+    /// their upstreams' do: a locker listing the proxies puts every key on
+    /// the same server as one listing the servers. Placement ranks nodes by
+    /// address, and free ports come in any order, so a plain `start` per
+    /// server would not.
+    pub async fn start_all(upstreams: &[u16]) -> Vec<Proxy> {
+        let mut listeners = Vec::new();
+        for _ in upstreams {
+            listeners.push(
+                TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind proxy port"),
+            );
+        }
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("proxy addr").port())
+            .collect();
+        let (by_rank_up, by_rank_proxy) = (by_rank(upstreams), by_rank(&ports));
+        let mut slots: Vec<Option<TcpListener>> = listeners.into_iter().map(Some).collect();
+        let mut out: Vec<Option<Proxy>> = upstreams.iter().map(|_| None).collect();
+        for (up, listener) in by_rank_up.into_iter().zip(by_rank_proxy) {
+            let listener = slots[listener].take().expect("each listener once");
+            out[up] = Some(Proxy::on(listener, upstreams[up]));
+        }
+        out.into_iter()
+            .map(|p| p.expect("every upstream"))
+            .collect()
+    }
+
+    fn on(listener: TcpListener, upstream: u16) -> Proxy {
         let port = listener.local_addr().expect("proxy addr").port();
         let (state, _) = watch::channel(LinkState::default());
         let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();

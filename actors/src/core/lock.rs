@@ -21,7 +21,7 @@ use super::quorum::{self, Tally};
 use super::time::Time;
 use super::waiters::{may_hand_over, ReqId, RequestKind, Waiters};
 use crate::error::LostReason;
-use crate::scripts::{KeyState, SetMode, Token};
+use crate::scripts::{Fingerprint, KeyState, SetMode, Token};
 
 /// A holder id: one per grant handed to a caller (a hand-over makes a new one).
 pub(crate) type HolderId = u64;
@@ -60,6 +60,10 @@ pub(crate) struct Config {
     pub(crate) tracking: bool,
     pub(crate) handover_limit: u32,
     pub(crate) fencing: Fencing,
+    /// What our lockers write next to the token: `key_majority` and the node
+    /// count. A key held under another fingerprint belongs to a locker that
+    /// could hold the name at the same time as us.
+    pub(crate) fingerprint: Fingerprint,
     /// Origin of the extension grid shared by the locker's locks.
     pub(crate) epoch: Time,
 }
@@ -125,6 +129,10 @@ pub(crate) enum Refusal {
     NotLocked {
         acquired: usize,
         held_by_others: bool,
+    },
+    /// A key is held by a locker with another configuration.
+    ConfigMismatch {
+        theirs: Fingerprint,
     },
     Closed,
 }
@@ -230,6 +238,9 @@ struct Attempt {
     fence: Option<u64>,
     /// The two-phase fencing step, once the keys are won.
     fencing: Option<Fence>,
+    /// A key is held under another locker configuration: this attempt is
+    /// never granted, and fails with the mismatch once its replies are in.
+    mismatch: Option<Fingerprint>,
 }
 
 /// The keys held under one token, and who holds them.
@@ -494,7 +505,9 @@ impl LockCore {
 
     fn start_attempt(&mut self, now: Time, mode: SetMode, request: Option<(ReqId, RequestKind)>) {
         let id = self.id();
-        let token = self.entropy.token(mode == SetMode::Force);
+        let token = self
+            .entropy
+            .token(mode == SetMode::Force, self.cfg.fingerprint);
         let total = self.cfg.total;
         tracing::trace!(token = token.short(), ?mode, "attempt");
         self.phase = Phase::Attempting(Attempt {
@@ -505,6 +518,7 @@ impl LockCore {
             woken: false,
             fence: None,
             fencing: None,
+            mismatch: None,
         });
         let in_script = self.cfg.fencing == Fencing::InScript;
         for key in 0..total {
@@ -528,6 +542,14 @@ impl LockCore {
             return;
         };
         if a.fencing.is_some() {
+            return;
+        }
+        if let Some(theirs) = a.mismatch {
+            // Wait for the other replies, so that the keys this attempt won
+            // are released before anyone is told.
+            if a.keys.iter().all(|s| s.key != Key::Pending) {
+                self.attempt_mismatched(now, theirs);
+            }
             return;
         }
         let m = self.cfg.majority;
@@ -667,6 +689,25 @@ impl LockCore {
         if let Some(force) = self.waiters.pop_force() {
             self.start_force(now, force);
         }
+    }
+
+    /// The attempt met a key of a locker configured differently: its caller
+    /// (or, for a waiters' attempt, every waiter) gets the typed error.
+    fn attempt_mismatched(&mut self, now: Time, theirs: Fingerprint) {
+        let Phase::Attempting(a) = &mut self.phase else {
+            return;
+        };
+        tracing::warn!(token = a.token.short(), ours = %self.cfg.fingerprint, theirs = %theirs, "lock held by a locker with another configuration");
+        let mut refused: Vec<ReqId> = a.request.take().map(|(id, _)| id).into_iter().collect();
+        if refused.is_empty() {
+            while let Some(id) = self.waiters.pop_waiter() {
+                refused.push(id);
+            }
+        }
+        for id in refused {
+            self.refuse(id, Refusal::ConfigMismatch { theirs });
+        }
+        self.attempt_failed(now);
     }
 
     fn attempt_failed(&mut self, now: Time) {
@@ -859,6 +900,7 @@ impl LockCore {
             slot.seen = cmd;
             slot.failing = false;
             let mut fence_seen = None;
+            let mut mismatch = None;
             slot.key = match outcome {
                 Outcome::Key(KeyState::Ours { pttl_ms, fence }) => {
                     fence_seen = fence;
@@ -883,12 +925,27 @@ impl LockCore {
                         }
                     }
                 }
-                Outcome::Key(KeyState::Other { forced }) => Key::Other { forced },
+                Outcome::Key(KeyState::Other { forced, owner }) => {
+                    mismatch = owner.filter(|fp| *fp != c.fingerprint);
+                    Key::Other { forced }
+                }
                 Outcome::Key(KeyState::Absent) => Key::Absent,
                 _ => Key::Failed,
             };
             if let (Some(f), Phase::Attempting(a)) = (fence_seen, &mut self.phase) {
                 a.fence = Some(f);
+            }
+            match (mismatch, &mut self.phase) {
+                (Some(theirs), Phase::Attempting(a)) => a.mismatch = Some(theirs),
+                (Some(theirs), Phase::Holding(_)) => {
+                    // Seen only after the majority was won (several nodes:
+                    // the reply came late). The other locker may hold the
+                    // name too: let go.
+                    tracing::warn!(key, ours = %c.fingerprint, theirs = %theirs, "held key belongs to a locker with another configuration");
+                    self.end_grant(now, LostReason::ConfigMismatch);
+                    return;
+                }
+                _ => {}
             }
             // Someone cut a held key's TTL short: extend now.
             if let (

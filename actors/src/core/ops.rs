@@ -1,7 +1,7 @@
 //! The vocabulary between a lock core and the shell that runs it: the
 //! commands the core asks for, what they target, and what came back.
 
-use crate::scripts::{KeyState, SetMode, Token};
+use crate::scripts::{Fingerprint, KeyState, SetMode, Token};
 
 /// What a command acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,11 +60,12 @@ pub(crate) trait Entropy: Send {
     /// Fills `buf` with random bytes.
     fn fill(&mut self, buf: &mut [u8]);
 
-    /// A fresh token for one acquisition attempt.
-    fn token(&mut self, forced: bool) -> Token {
+    /// A fresh token for one acquisition attempt of a locker with
+    /// `fingerprint`.
+    fn token(&mut self, forced: bool, fingerprint: Fingerprint) -> Token {
         let mut bytes = [0u8; 24];
         self.fill(&mut bytes);
-        Token::from_bytes(&bytes, forced)
+        Token::from_bytes(&bytes, forced, fingerprint)
     }
 
     /// A random `u64`.

@@ -16,7 +16,8 @@ pub(crate) const fn total_keys(majority: usize) -> usize {
     2 * majority - 1
 }
 
-/// Which node holds key `index` when there are `nodes` nodes.
+/// The placement rank of the node that holds key `index` when there are
+/// `nodes` nodes (`Settings::node_of_key` maps the rank to the user's list).
 pub(crate) const fn node_of_key(index: usize, nodes: usize) -> usize {
     index % nodes
 }
@@ -47,16 +48,6 @@ where
     }
     held.sort_unstable_by(|a, b| b.cmp(a));
     Some(held[majority - 1])
-}
-
-/// How many keys live on nodes that are up, given one flag per node.
-pub(crate) fn keys_on_live_nodes(node_up: &[bool], total: usize) -> usize {
-    if node_up.is_empty() {
-        return 0;
-    }
-    (0..total)
-        .filter(|&i| node_up[node_of_key(i, node_up.len())])
-        .count()
 }
 
 /// Outcome of an acquisition so far.
@@ -154,23 +145,6 @@ mod tests {
         for (exp, m, want) in cases {
             let got = validity_end(exp.iter().map(|&e| at(e)), *m);
             assert_eq!(got, want.map(at), "expiries {exp:?} majority {m}");
-        }
-    }
-
-    #[test]
-    fn live_keys() {
-        let cases: &[(&[bool], usize, usize)] = &[
-            (&[], 3, 0),
-            (&[true], 3, 3),
-            (&[false], 3, 0),
-            (&[true, true, false], 3, 2),
-            (&[true, false, false], 3, 1),
-            (&[true, false], 3, 2),
-            (&[false, true], 3, 1),
-            (&[true, true, true, false, false], 5, 3),
-        ];
-        for (up, total, want) in cases {
-            assert_eq!(keys_on_live_nodes(up, *total), *want, "{up:?}");
         }
     }
 

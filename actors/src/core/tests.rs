@@ -44,6 +44,7 @@ fn config(majority: usize, nodes: usize) -> Config {
         tracking: true,
         handover_limit: 32,
         fencing: Fencing::Off,
+        fingerprint: crate::scripts::Fingerprint::new(majority, nodes),
         epoch: Time::ZERO,
     }
 }
@@ -95,7 +96,10 @@ fn ours() -> Outcome {
 }
 
 fn other() -> Outcome {
-    Outcome::Key(KeyState::Other { forced: false })
+    Outcome::Key(KeyState::Other {
+        forced: false,
+        owner: None,
+    })
 }
 
 fn reply(cmd: CmdId, outcome: Outcome) -> Event {
@@ -624,4 +628,66 @@ fn a_check_that_overtakes_an_extension_reply_carries_the_extension() {
         // 503 + 998 − 12 − 10.
         Some((holder, ms(1479)))
     );
+}
+
+fn foreign(majority: usize, nodes: usize) -> Outcome {
+    Outcome::Key(KeyState::Other {
+        forced: false,
+        owner: Some(crate::scripts::Fingerprint::new(majority, nodes)),
+    })
+}
+
+#[test]
+fn a_key_of_a_locker_with_another_majority_fails_every_waiter_with_the_mismatch() {
+    let mut rig = Rig::new(config(2, 1));
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+    }));
+    rig.ev(Event::Request {
+        id: 2,
+        kind: RequestKind::Wait,
+    });
+    rig.ev(reply(s[0].0, foreign(1, 1)));
+    // Keys 1 and 2 are won, but the attempt is never granted; it fails once
+    // its replies are in, releasing what it took.
+    assert!(grants(&rig.ev(reply(s[1].0, ours()))).is_empty());
+    let fx = rig.ev(reply(s[2].0, ours()));
+    assert!(grants(&fx).is_empty());
+    let theirs = crate::scripts::Fingerprint::new(1, 1);
+    for id in [1, 2] {
+        assert!(fx.contains(&Effect::Refuse {
+            to: id,
+            why: Refusal::ConfigMismatch { theirs }
+        }));
+    }
+    assert_eq!(sends(&fx).len(), 2, "keys 1 and 2 released");
+    // A plain other owner (the Go valkeylock, an old version) is just held.
+    let mut rig = Rig::new(config(2, 1));
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Try,
+    }));
+    rig.ev(reply(s[0].0, other()));
+    let fx = rig.ev(reply(s[1].0, other()));
+    assert!(matches!(
+        fx.iter().find(|e| matches!(e, Effect::Refuse { .. })),
+        Some(Effect::Refuse {
+            why: Refusal::NotLocked { .. },
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_mismatch_seen_after_the_majority_ends_the_grant() {
+    let mut rig = Rig::new(config(2, 3));
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+    }));
+    rig.ev(reply(s[0].0, ours()));
+    let (_, holder, _) = grants(&rig.ev(reply(s[1].0, ours())))[0];
+    let fx = rig.ev(reply(s[2].0, foreign(3, 3)));
+    assert_eq!(ended(&fx), vec![(holder, LostReason::ConfigMismatch)]);
 }

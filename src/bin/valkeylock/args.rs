@@ -44,7 +44,8 @@ Exit codes:
 Environment: VALKEYLOCK_NODES (comma-separated), VALKEYLOCK_MAJORITY,
 VALKEYLOCK_VALIDITY, VALKEYLOCK_PREFIX, VALKEYLOCK_CONFIG, VALKEYLOCK_WAIT_TIMEOUT,
 VALKEYLOCK_GRACE. Precedence: flags > environment > config file > defaults.
-Defaults: --nodes redis://127.0.0.1:6379; --majority N/2+1 for N nodes (1 for one node).";
+Defaults: --nodes redis://127.0.0.1:6379; --majority 2, the library's default (so a run
+and a program using the library with defaults exclude each other; 5 nodes need --majority 3).";
 
 /// Distributed locks over Valkey from the shell: run a program while holding
 /// a lock, and stop it if the lock is lost.
@@ -61,8 +62,8 @@ pub(crate) struct Cli {
 #[derive(Debug, Args)]
 pub(crate) struct Common {
     /// Valkey URL (redis:// or valkey://, optional user:password@ and /db).
-    /// Repeat or separate with commas. Key i of a lock lives on node i mod N.
-    /// [default: redis://127.0.0.1:6379]
+    /// Repeat or separate with commas; their order does not matter (keys are
+    /// placed by address). [default: redis://127.0.0.1:6379]
     #[arg(
         long,
         global = true,
@@ -73,8 +74,8 @@ pub(crate) struct Common {
     )]
     pub(crate) nodes: Vec<String>,
 
-    /// Keys needed, M; a lock uses 2M-1 keys. [default: N/2+1 for N nodes, so
-    /// 1 for one node]
+    /// Keys needed, M; a lock uses 2M-1 keys. Every locker of a name must use
+    /// the same value. [default: 2, as in the library]
     #[arg(long, global = true, value_name = "M", env = "VALKEYLOCK_MAJORITY")]
     pub(crate) majority: Option<usize>,
 
@@ -161,16 +162,12 @@ pub(crate) struct UsageError(pub(crate) String);
 
 impl Common {
     /// Resolves the options: flags and environment (clap merged those) over
-    /// the config file over the defaults. Not validated yet.
+    /// the config file over the library's defaults. Not validated yet.
     pub(crate) fn options(&self) -> Result<LockerOptions, UsageError> {
         let mut options = LockerOptions::default();
-        let mut file_majority = false;
         if let Some(path) = &self.config {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| UsageError(format!("config file {}: {e}", path.display())))?;
-            let table: toml::Table = toml::from_str(&text)
-                .map_err(|e| UsageError(format!("config file {}: {e}", path.display())))?;
-            file_majority = table.contains_key("key_majority");
             options = toml::from_str(&text)
                 .map_err(|e| UsageError(format!("config file {}: {e}", path.display())))?;
         }
@@ -187,8 +184,6 @@ impl Common {
         }
         if let Some(m) = self.majority {
             options.key_majority = m;
-        } else if !file_majority {
-            options.key_majority = options.nodes.len() / 2 + 1;
         }
         if let Some(v) = self.validity {
             options.key_validity = v;
@@ -215,7 +210,10 @@ mod tests {
             .options()
             .unwrap();
         assert_eq!(o.nodes, ["redis://127.0.0.1:6379"]);
-        assert_eq!(o.key_majority, 1);
+        // The library's default, whatever the node count: a `run` and a
+        // program using the library with defaults must exclude each other.
+        assert_eq!(o.key_majority, LockerOptions::default().key_majority);
+        assert_eq!(o.key_majority, 2);
         let o = parse(&[
             "valkeylock",
             "status",
@@ -239,6 +237,39 @@ mod tests {
         .options()
         .unwrap();
         assert_eq!((o.nodes.len(), o.key_majority), (3, 2));
+        let o = parse(&["valkeylock", "--majority", "1", "status", "x"])
+            .common
+            .options()
+            .unwrap();
+        assert_eq!(o.key_majority, 1);
+    }
+
+    #[test]
+    fn majority_from_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("valkeylock-args-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.toml");
+        std::fs::write(&path, "key_majority = 3\n").unwrap();
+        let config = path.to_str().unwrap();
+        let o = parse(&["valkeylock", "--config", config, "status", "x"])
+            .common
+            .options()
+            .unwrap();
+        assert_eq!(o.key_majority, 3);
+        let o = parse(&[
+            "valkeylock",
+            "--config",
+            config,
+            "--majority",
+            "1",
+            "status",
+            "x",
+        ])
+        .common
+        .options()
+        .unwrap();
+        assert_eq!(o.key_majority, 1);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `status` and `release --force`: plain commands on each node (no locker,
-//! no tracking), key `i` of a lock on node `i mod N`.
+//! no tracking), each key on the node the engine places it on
+//! (`LockerOptions::node_of_key`).
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -92,17 +93,27 @@ async fn quit_all(nodes: &[Node]) {
     }
 }
 
-/// Options checks and the lock name check shared by both commands.
-fn check(options: &LockerOptions, name: &str) -> Result<(), u8> {
-    if let Err(e) = options.validate() {
-        eprintln!("valkeylock: {e}");
-        return Err(EXIT_USAGE);
-    }
+/// Options checks and the lock name check shared by both commands; returns
+/// the node (index into `options.nodes`) of each key of a lock.
+fn check(options: &LockerOptions, name: &str) -> Result<Vec<usize>, u8> {
+    // Validated first: `key_majority` is then within 1..=64.
+    let placement = options.validate().and_then(|()| {
+        (0..2 * options.key_majority - 1)
+            .map(|i| options.node_of_key(i))
+            .collect::<Result<Vec<_>, _>>()
+    });
+    let placement = match placement {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("valkeylock: {e}");
+            return Err(EXIT_USAGE);
+        }
+    };
     if name.is_empty() {
         eprintln!("valkeylock: the lock name must not be empty");
         return Err(EXIT_USAGE);
     }
-    Ok(())
+    Ok(placement)
 }
 
 fn key(options: &LockerOptions, index: usize, name: &str) -> String {
@@ -111,6 +122,16 @@ fn key(options: &LockerOptions, index: usize, name: &str) -> String {
 
 fn short(token: &str) -> String {
     token.chars().take(8).collect()
+}
+
+/// The configuration a locker of this library wrote after its token
+/// (`<hex>:m<key_majority>n<nodes>`), if the value has one.
+fn written_with(token: &str) -> Option<&str> {
+    let (_, fingerprint) = token.rsplit_once(':')?;
+    let rest = fingerprint.strip_prefix('m')?;
+    let (m, n) = rest.split_once('n')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(m) && digits(n)).then_some(fingerprint)
 }
 
 /// What one key looked like.
@@ -122,9 +143,10 @@ enum KeyState {
 
 /// `valkeylock status NAME`.
 pub(crate) async fn status(options: LockerOptions, name: &str) -> u8 {
-    if let Err(code) = check(&options, name) {
-        return code;
-    }
+    let placement = match check(&options, name) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     let nodes = connect_all(&options).await;
     if nodes.iter().all(|n| n.client.is_err()) {
         for n in &nodes {
@@ -137,8 +159,8 @@ pub(crate) async fn status(options: LockerOptions, name: &str) -> u8 {
     let majority = options.key_majority;
     let total = 2 * majority - 1;
     let mut keys = Vec::with_capacity(total);
-    for i in 0..total {
-        let node = &nodes[i % nodes.len()];
+    for (i, &on) in placement.iter().enumerate() {
+        let node = &nodes[on];
         let k = key(&options, i, name);
         let state = match &node.client {
             Err(e) => KeyState::Unknown(e.clone()),
@@ -158,7 +180,7 @@ pub(crate) async fn status(options: LockerOptions, name: &str) -> u8 {
                 }
             }
         };
-        keys.push((k, i % nodes.len(), state));
+        keys.push((k, on, state));
     }
     let fence_key = format!("{}:fence:{name}", options.key_prefix);
     let mut fences = Vec::new();
@@ -196,6 +218,7 @@ pub(crate) async fn status(options: LockerOptions, name: &str) -> u8 {
         ),
         None => println!("lock {name:?}: not held ({majority} of {total} keys needed)"),
     }
+    let ours = format!("m{majority}n{}", nodes.len());
     for (k, node, state) in &keys {
         let shown = &nodes[*node].shown;
         match state {
@@ -205,8 +228,16 @@ pub(crate) async fn status(options: LockerOptions, name: &str) -> u8 {
                 } else {
                     format!("ttl {:.3}s", *ttl_ms as f64 / 1000.0)
                 };
+                let config = match written_with(token) {
+                    Some(fp) if fp != ours => {
+                        format!(
+                            " (written with {fp}: key_majority and node count differ from {ours})"
+                        )
+                    }
+                    _ => String::new(),
+                };
                 println!(
-                    "  {k} on node {node} ({shown}): present, {ttl}, token {}",
+                    "  {k} on node {node} ({shown}): present, {ttl}, token {}{config}",
                     short(token)
                 );
             }
@@ -252,9 +283,10 @@ pub(crate) async fn status(options: LockerOptions, name: &str) -> u8 {
 
 /// `valkeylock release --force [--yes] NAME`.
 pub(crate) async fn release(options: LockerOptions, name: &str, yes: bool) -> u8 {
-    if let Err(code) = check(&options, name) {
-        return code;
-    }
+    let placement = match check(&options, name) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     if !yes && std::io::stdin().is_terminal() {
         eprintln!(
             "valkeylock: this deletes the keys of lock {name:?} whoever holds it (its holder loses it); add --yes to confirm"
@@ -262,16 +294,19 @@ pub(crate) async fn release(options: LockerOptions, name: &str, yes: bool) -> u8
         return EXIT_USAGE;
     }
     let nodes = connect_all(&options).await;
-    let total = 2 * options.key_majority - 1;
+    let total = placement.len();
     let mut deleted = 0;
     let mut failed = 0;
     // One DEL per node for all of its keys: atomic on that node, so a holder
     // that notices the loss midway cannot beat us to the rest.
     for (n, node) in nodes.iter().enumerate() {
-        let keys: Vec<String> = (n..total)
-            .step_by(nodes.len())
+        let keys: Vec<String> = (0..total)
+            .filter(|&i| placement[i] == n)
             .map(|i| key(&options, i, name))
             .collect();
+        if keys.is_empty() {
+            continue;
+        }
         match &node.client {
             Ok(c) => match c.del::<i64, _>(keys.clone()).await {
                 Ok(d) => deleted += d,
@@ -324,6 +359,16 @@ pub(crate) fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fingerprints() {
+        let hex = "ab".repeat(24);
+        assert_eq!(written_with(&format!("{hex}:m2n3")), Some("m2n3"));
+        assert_eq!(written_with(&format!("F{hex}:m1n1")), Some("m1n1"));
+        assert_eq!(written_with(&hex), None);
+        assert_eq!(written_with("a:b"), None);
+        assert_eq!(written_with("x:mn"), None);
+    }
 
     #[test]
     fn urls() {
