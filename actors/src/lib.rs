@@ -30,6 +30,8 @@ mod node;
 mod options;
 mod quorum;
 mod scripts;
+#[cfg(test)]
+mod sim;
 mod supervisor;
 mod timers;
 

@@ -376,6 +376,16 @@ impl LockCore {
         }
     }
 
+    /// The token of the attempt or grant in progress, for observers (the
+    /// simulator checks that keys are written only under a live token).
+    pub(crate) fn live_token(&self) -> Option<&Token> {
+        match &self.phase {
+            Phase::Attempting(a) => Some(&a.token),
+            Phase::Holding(g) => Some(&g.token),
+            _ => None,
+        }
+    }
+
     /// True once closing is complete.
     pub(crate) fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed)

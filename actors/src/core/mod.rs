@@ -19,7 +19,8 @@ mod waiters;
 
 pub(crate) use inflight::CmdId;
 pub(crate) use lock::{
-    AckId, Config, Effect, Event, Fencing, HolderId, HolderStatus, LockCore, Refusal, IDLE_GRACE,
+    AckId, Config, Effect, Event, Fencing, HolderId, HolderStatus, HoldingView, LockCore, Refusal,
+    IDLE_GRACE,
 };
 pub(crate) use ops::{Entropy, Op, OsEntropy, Outcome, Target};
 pub(crate) use time::Time;
