@@ -661,8 +661,9 @@ impl LockCore {
                 valid_until: ends_at,
                 fence,
             }),
-            // Nobody wants it any more.
-            None => self.end_grant(now, LostReason::Released),
+            // Nobody wants it any more (its waiter cancelled): release the
+            // keys without a status, since no caller ever saw this holder.
+            None => self.finish_grant(now, LostReason::Released, false),
         }
         // A force queued behind the attempt takes over now.
         if let Some(force) = self.waiters.pop_force() {
@@ -995,6 +996,12 @@ impl LockCore {
 
     /// Ends the grant for its holder and deletes whatever keys may be ours.
     fn end_grant(&mut self, now: Time, reason: LostReason) {
+        self.finish_grant(now, reason, true);
+    }
+
+    /// Ends the grant and deletes its keys; `tell` sends its holder the news
+    /// (false for a grant that was never handed to anybody).
+    fn finish_grant(&mut self, now: Time, reason: LostReason, tell: bool) {
         let Phase::Holding(g) = std::mem::replace(
             &mut self.phase,
             Phase::Idle {
@@ -1009,7 +1016,9 @@ impl LockCore {
         } else {
             tracing::debug!(token = g.token.short(), "released");
         }
-        self.status(g.holder, HolderStatus::Ended(reason));
+        if tell {
+            self.status(g.holder, HolderStatus::Ended(reason));
+        }
         let group = self.id();
         self.groups.push(ReleaseGroup {
             id: group,

@@ -577,3 +577,25 @@ fn fencing_on_several_nodes_waits_for_the_token() {
     });
     assert_eq!(fence, Some(7));
 }
+
+#[test]
+fn a_grant_nobody_waits_for_is_released_without_a_status() {
+    // Simulator, seed 0x2e63f48cf0091f85: the only waiter cancelled while
+    // its attempt was in flight; the attempt won and the core announced
+    // `Ended(Released)` for a holder id no caller had ever been given.
+    let mut rig = Rig::new(config(1, 1));
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+    }));
+    assert!(rig.ev(Event::Cancel { id: 1 }).is_empty());
+    let fx = rig.at(ms(1)).ev(reply(s[0].0, ours()));
+    assert!(grants(&fx).is_empty(), "{fx:?}");
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Status { .. })),
+        "no status for a holder nobody has: {fx:?}"
+    );
+    let rel = sends(&fx);
+    assert_eq!(rel.len(), 1);
+    assert!(matches!(rel[0].2, Op::Release { .. }));
+}
