@@ -36,7 +36,11 @@ pub(crate) const IDLE_GRACE: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fencing {
     Off,
-    /// The counter moves inside key 0's acquire script (one instance).
+    /// The counter moves inside key 0's acquire script (one instance) when
+    /// key 0 is the whole majority (`M = 1`). With more keys on the instance
+    /// the two-phase step runs once the majority is won: key 0 may be won
+    /// long before the majority is, and a grant made in between would carry
+    /// a higher token than this one.
     InScript,
     /// The two-phase step over all nodes.
     Majority,
@@ -507,7 +511,9 @@ impl LockCore {
             fence: None,
             fencing: None,
         });
-        let in_script = self.cfg.fencing == Fencing::InScript;
+        // Only a counter moved by the write that completes the majority is
+        // ordered after every earlier grant: with one key, that is key 0's.
+        let in_script = self.cfg.fencing == Fencing::InScript && total == 1;
         for key in 0..total {
             let op = Op::Acquire {
                 token: token.clone(),
@@ -890,7 +896,10 @@ impl LockCore {
                 Outcome::Key(KeyState::Absent) => Key::Absent,
                 _ => Key::Failed,
             };
-            if let (Some(f), Phase::Attempting(a)) = (fence_seen, &mut self.phase) {
+            // A counter only counts when the script moved it (see InScript).
+            let in_script = c.fencing == Fencing::InScript && c.total == 1;
+            if let (Some(f), true, Phase::Attempting(a)) = (fence_seen, in_script, &mut self.phase)
+            {
                 a.fence = Some(f);
             }
             // Someone cut a held key's TTL short: extend now.

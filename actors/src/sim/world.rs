@@ -853,7 +853,7 @@ impl World {
                 };
                 let ok_op = match (target, op) {
                     (Target::Key(k), Op::Acquire { fence, .. }) => {
-                        *fence == (cfg.fencing == Fencing::InScript && *k == 0)
+                        *fence == (cfg.fencing == Fencing::InScript && *k == 0 && cfg.total == 1)
                     }
                     (Target::Key(_), Op::Extend { .. } | Op::Verify { .. } | Op::Release { .. }) => true,
                     // The two-phase step; with the counter in the script, it
