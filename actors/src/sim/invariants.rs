@@ -70,6 +70,20 @@ impl Checks {
         self.ended.insert(token.as_str().to_owned(), now);
     }
 
+    /// Invariant 4: a key of `token` now lives until `expiry`; if the token's
+    /// life ended, that may be at most `limit` (one trip plus the TTL) after.
+    /// Expiries only move on writes, so checking writes checks every key.
+    pub(super) fn key_written(&self, token: &Token, expiry: u64, limit: u64) -> Result<(), String> {
+        match self.ended.get(token.as_str()) {
+            Some(&end) if expiry > end + limit + MS => Err(format!(
+                "a key of a token that ended at {:.3}ms written to live until {:.3}ms",
+                end as f64 / 1e6,
+                expiry as f64 / 1e6
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Invariant 5: fencing tokens strictly increase per name in grant order.
     /// Assumes no restart or data loss so far (the counters live on the
     /// nodes). A force may overtake an attempt in flight, so a decrease
@@ -129,7 +143,7 @@ impl World {
     /// lost in an in-model restart count until their expiry).
     fn mth_expiry(&self, name: usize, token: &str) -> u64 {
         let total = self.cfg.total;
-        let mut exp: Vec<u64> = Vec::with_capacity(total);
+        let mut exp = [0u64; 8];
         for key in 0..total {
             let node = &self.nodes[self.cfg.placement[key]];
             let slot = name * total + key;
@@ -142,7 +156,7 @@ impl World {
                     e = e.max(g.expiry);
                 }
             }
-            exp.push(e);
+            exp[key] = e;
         }
         exp.sort_unstable_by(|a, b| b.cmp(a));
         exp[self.cfg.majority - 1]
@@ -163,6 +177,10 @@ impl World {
     /// Every invariant, after one step.
     pub(super) fn check(&mut self) -> Result<(), String> {
         let data_loss_family = self.k.faults & DATA_LOSS != 0;
+        let mut reach = [false; 8];
+        for (p, r) in reach.iter_mut().enumerate().take(self.k.procs) {
+            *r = self.reaches_majority(p);
+        }
         for name in 0..self.k.names {
             // (process, token, short) of everyone who considers itself holder.
             let mut holders: Vec<(usize, Option<String>, bool)> = Vec::new();
@@ -177,7 +195,7 @@ impl World {
                     if let Stage::Waiting = c.stage {
                         if !c.cancelled
                             && c.kind == crate::core::RequestKind::Wait
-                            && self.reaches_majority(pi)
+                            && reach[pi]
                         {
                             waiting = true;
                         }
@@ -185,6 +203,7 @@ impl World {
                     let Stage::Held {
                         status: HolderStatus::Held { valid_until },
                         token,
+                        until_real,
                         ..
                     } = &c.stage
                     else {
@@ -204,7 +223,7 @@ impl World {
                     let mut short = false;
                     if let Some(t) = token {
                         // Invariant 2: validity within the M-th key's life.
-                        let need = p.clock.real_at(*valid_until);
+                        let need = *until_real;
                         let have = self.mth_expiry(name, t.as_str());
                         if have < need && !self.inv.victims.contains(t.as_str()) {
                             if !data_loss_family {
@@ -265,25 +284,6 @@ impl World {
                 }
             } else {
                 self.inv.stuck_since[name] = None;
-            }
-        }
-        // Invariant 4: no key outlives the end of its token's life by more
-        // than one trip plus the TTL.
-        let limit = self.max_trip() + self.ttl() + MS;
-        for (n, node) in self.nodes.iter().enumerate() {
-            for e in node.keys.iter().flatten() {
-                if e.expiry <= self.now {
-                    continue;
-                }
-                if let Some(&end) = self.inv.ended.get(e.value.as_str()) {
-                    if e.expiry > end + limit {
-                        return Err(format!(
-                            "node{n}: a key of a token that ended at {:.3}ms lives until {:.3}ms",
-                            end as f64 / 1e6,
-                            e.expiry as f64 / 1e6
-                        ));
-                    }
-                }
             }
         }
         Ok(())

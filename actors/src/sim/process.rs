@@ -14,9 +14,18 @@ pub(super) struct Clock {
 
 impl Clock {
     pub(super) fn local(&self, real: u64) -> Time {
-        let r = i128::from(real);
-        let l = i128::from(self.offset) + r + r * i128::from(self.ppm) / 1_000_000;
-        Time::from_nanos(u64::try_from(l.max(0)).unwrap_or(u64::MAX))
+        // i64 suffices for runs shorter than ~20 days of virtual time; the
+        // checker calls this on every step.
+        let skew = i64::try_from(real)
+            .ok()
+            .and_then(|r| r.checked_mul(self.ppm))
+            .map(|x| x / 1_000_000);
+        let Some(skew) = skew else {
+            let r = i128::from(real);
+            let l = i128::from(self.offset) + r + r * i128::from(self.ppm) / 1_000_000;
+            return Time::from_nanos(u64::try_from(l.max(0)).unwrap_or(u64::MAX));
+        };
+        Time::from_nanos((self.offset + real).saturating_add_signed(skew))
     }
 
     /// The earliest real instant at which the local clock shows `local`.
@@ -64,6 +73,9 @@ pub(super) enum Stage {
         status: HolderStatus,
         /// The grant's token (None: the grant ended in the same batch).
         token: Option<Token>,
+        /// The real instant the local clock reaches `valid_until` of the
+        /// current status (cached: the checker needs it on every step).
+        until_real: u64,
     },
     /// Refused, or cancelled before a grant. (A caller that was granted
     /// stays `Held`, with its last status, once released.)

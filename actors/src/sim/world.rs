@@ -420,6 +420,11 @@ impl World {
         let mut out = Out::default();
         let ttl = self.ttl();
         let outcome = self.nodes[node].exec(self.now, to.proc, to.name, slot, &op, ttl, &mut out);
+        if let Op::Acquire { token, .. } | Op::Extend { token, .. } = &op {
+            if !out.expiries.is_empty() {
+                self.inv.key_written(token, self.now + ttl, self.max_trip() + ttl)?;
+            }
+        }
         self.log(|| format!("node{node} runs {cmd:?} of p{} name{} {target:?} {op:?} -> {outcome:?}", to.proc, to.name));
         self.node_out(node, out);
         if live {
@@ -916,6 +921,8 @@ impl World {
                 }
                 let cancelled = c.cancelled;
                 let forever = c.forever;
+                let until_real = self.procs[proc].clock.real_at(*valid_until);
+                let c = self.procs[proc].caller(*to).expect("checked");
                 c.stage = Stage::Held {
                     inc,
                     holder: *holder,
@@ -923,6 +930,7 @@ impl World {
                         valid_until: *valid_until,
                     },
                     token: token.clone(),
+                    until_real,
                 };
                 self.stats.grants += 1;
                 self.inv.granted(proc, name, token.as_ref(), *fence, self.restarted || self.data_lost, &cfg)?;
@@ -964,8 +972,17 @@ impl World {
                 let Some(i) = self.procs[proc].holder_index(name, inc, *holder) else {
                     return Err(format!("{}: Status for holder {holder} nobody holds", here()));
                 };
+                let until = match status {
+                    HolderStatus::Held { valid_until } => self.procs[proc].clock.real_at(*valid_until),
+                    HolderStatus::Ended(_) => 0,
+                };
                 let c = &mut self.procs[proc].callers[i];
-                let Stage::Held { status: cur, .. } = &mut c.stage else {
+                let Stage::Held {
+                    status: cur,
+                    until_real,
+                    ..
+                } = &mut c.stage
+                else {
                     unreachable!("holder_index finds held callers");
                 };
                 if let HolderStatus::Ended(_) = cur {
@@ -977,6 +994,7 @@ impl World {
                     }
                 }
                 *cur = *status;
+                *until_real = until;
                 if let HolderStatus::Ended(_) = status {
                     if c.forever || self.stage != RunStage::Main {
                         // Nobody would release it otherwise.
