@@ -628,7 +628,10 @@ fn the_in_script_fence_is_used_only_when_key_0_is_the_majority() {
     assert!(grants(&fx).is_empty(), "{fx:?}");
     let reads = sends(&fx);
     assert_eq!(reads.len(), 1);
-    assert_eq!((reads[0].1, &reads[0].2), (Target::Fence(0), &Op::FenceRead));
+    assert_eq!(
+        (reads[0].1, &reads[0].2),
+        (Target::Fence(0), &Op::FenceRead)
+    );
     let writes = sends(&rig.ev(reply(reads[0].0, Outcome::Fence(8))));
     assert_eq!(writes[0].2, Op::FenceWrite { value: 9 });
     let fx = rig.ev(reply(

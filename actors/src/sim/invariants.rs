@@ -144,7 +144,7 @@ impl World {
     fn mth_expiry(&self, name: usize, token: &str) -> u64 {
         let total = self.cfg.total;
         let mut exp = [0u64; 8];
-        for key in 0..total {
+        for (key, slot_exp) in exp.iter_mut().enumerate().take(total) {
             let node = &self.nodes[self.cfg.placement[key]];
             let slot = name * total + key;
             let mut e = node
@@ -156,7 +156,7 @@ impl World {
                     e = e.max(g.expiry);
                 }
             }
-            exp[key] = e;
+            *slot_exp = e;
         }
         exp.sort_unstable_by(|a, b| b.cmp(a));
         exp[self.cfg.majority - 1]
@@ -193,10 +193,7 @@ impl World {
                         continue;
                     }
                     if let Stage::Waiting = c.stage {
-                        if !c.cancelled
-                            && c.kind == crate::core::RequestKind::Wait
-                            && reach[pi]
-                        {
+                        if !c.cancelled && c.kind == crate::core::RequestKind::Wait && reach[pi] {
                             waiting = true;
                         }
                     }
@@ -221,6 +218,13 @@ impl World {
                         continue;
                     }
                     let mut short = false;
+                    if let Some(t) = token.as_ref().filter(|_| data_loss_family) {
+                        // Retaken keys (an extension's NX) can restore the
+                        // majority: the clock restarts at the next loss.
+                        if self.mth_expiry(name, t.as_str()) >= *until_real {
+                            self.inv.short_since.remove(t.as_str());
+                        }
+                    }
                     if let Some(t) = token {
                         // Invariant 2: validity within the M-th key's life.
                         let need = *until_real;
@@ -241,10 +245,12 @@ impl World {
                                 .entry(t.as_str().to_owned())
                                 .or_insert(self.now);
                             if self.now - since > self.inv.told_bound {
+                                let core = &p.cores[name].core;
                                 return Err(format!(
-                                    "p{pi} req{} name{name}: lost its majority to data loss {:.3}ms ago and was not told",
+                                    "p{pi} req{} name{name}: lost its majority to data loss {:.3}ms ago and was not told (real {}, local {local:?}, timer {:?}, clock {:?}, next timeout {:?}, {core:?})",
                                     i + 1,
-                                    (self.now - since) as f64 / 1e6
+                                    (self.now - since) as f64 / 1e6,
+                                    self.now, p.cores[name].timer, p.clock, core.next_timeout()
                                 ));
                             }
                         }

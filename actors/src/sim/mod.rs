@@ -291,7 +291,12 @@ fn shrink(k: &Knobs, kind: &str) -> Knobs {
                 ..best.clone()
             });
         }
-        for s in [best.steps / 2, best.steps * 3 / 4, best.steps.saturating_sub(10), best.steps.saturating_sub(1)] {
+        for s in [
+            best.steps / 2,
+            best.steps * 3 / 4,
+            best.steps.saturating_sub(10),
+            best.steps.saturating_sub(1),
+        ] {
             if s >= 1 && s < best.steps {
                 cands.push(Knobs {
                     steps: s,
@@ -338,7 +343,10 @@ fn report(k: &Knobs, err: &str) -> ! {
     let small = shrink(k, &kind);
     std::panic::set_hook(hook);
     let (res, trace) = run_one(&small, true);
-    eprintln!("--- trace of the shrunk run (last {} events) ---", trace.len());
+    eprintln!(
+        "--- trace of the shrunk run (last {} events) ---",
+        trace.len()
+    );
     for l in &trace {
         eprintln!("{l}");
     }
@@ -377,7 +385,8 @@ fn sim_schedules() {
     let start = Instant::now();
     std::thread::scope(|s| {
         for t in 0..threads {
-            let (failed, first, steps, grants, excused) = (&failed, &first, &steps, &grants, &excused);
+            let (failed, first, steps, grants, excused) =
+                (&failed, &first, &steps, &grants, &excused);
             s.spawn(move || {
                 let mut i = t;
                 while i < count && !failed.load(Ordering::Relaxed) {
@@ -422,11 +431,17 @@ fn sim_schedules() {
 fn sim_retry_storm() {
     let rate = retry_storm(0x5707);
     println!("retry storm: {rate:.1} commands/s from the two waiters");
-    // Each extension of the holder (every 500 ms, plus a retry round ~260 ms
-    // after each failure to reach the cut node) rewrites keys 0 and 1 and so
-    // wakes both waiters: an attempt is 3 acquisitions plus the delete of the
-    // free key it won.
-    assert!(rate < 60.0, "retry storm: {rate:.1} commands/s");
+    // Measured 79/s. The holder's extensions of keys 0 and 1 are writes, so
+    // each one invalidates both waiters, twice (one per key): the first
+    // wakes an attempt (3 acquisitions, the delete of the free key 2), the
+    // second arrives while that attempt is open and marks it woken, so it
+    // runs again at once (a verify, 3 more acquisitions, a delete). And the
+    // holder extends every ~240 ms instead of every 500: each failure to
+    // reach node 2 brings the next round of *all* keys forward by a timeout.
+    // So ~10 commands per waiter per round, ~4 rounds a second. Without the
+    // wake-set fix (defect 5) the waiters woke each other at network speed
+    // (thousands a second); this bound catches a return of that.
+    assert!(rate < 100.0, "retry storm: {rate:.1} commands/s");
 }
 
 /// Returns the waiters' commands per virtual second.
@@ -436,12 +451,15 @@ fn retry_storm(seed: u64) -> f64 {
     k.apply("procs=3,names=1,nodes=3,majority=2,validity=1000,fencing=off,tracking=1,noloop=1,handover=32,faults=0,force=0,steps=1000000,ppm=0,delay=2");
     let mut w = World::new(&k, std::env::var("SIM_TRACE").is_ok());
     w.stop_workload = true;
-    w.add_caller_id(0, 0, RequestKind::Wait, true).expect("request");
+    w.add_caller_id(0, 0, RequestKind::Wait, true)
+        .expect("request");
     w.run_until(500 * MS).expect("holder acquires");
     // Process 0 loses node 2 for good, silently.
     w.conns[0][2].link = network::Link::Cut;
-    w.add_caller_id(1, 0, RequestKind::Wait, false).expect("request");
-    w.add_caller_id(2, 0, RequestKind::Wait, false).expect("request");
+    w.add_caller_id(1, 0, RequestKind::Wait, false)
+        .expect("request");
+    w.add_caller_id(2, 0, RequestKind::Wait, false)
+        .expect("request");
     // Let the key on node 2 expire and the pattern settle, then measure.
     w.run_until(3_000 * MS).expect("runs");
     let before = w.stats.cmds[1] + w.stats.cmds[2];

@@ -66,7 +66,13 @@ pub(super) fn is_forced(value: &str) -> bool {
 }
 
 impl Node {
-    pub(super) fn new(slots: usize, names: usize, procs: usize, noloop: bool, tracking: bool) -> Node {
+    pub(super) fn new(
+        slots: usize,
+        names: usize,
+        procs: usize,
+        noloop: bool,
+        tracking: bool,
+    ) -> Node {
         Node {
             up: true,
             keys: vec![None; slots],
@@ -139,6 +145,7 @@ impl Node {
 
     /// `ACQUIRE_LUA` on one key. Returns the key's state and whether it was
     /// freshly set (for the in-script fencing counter).
+    #[allow(clippy::too_many_arguments)]
     fn acquire_key(
         &mut self,
         now: u64,
@@ -207,9 +214,10 @@ impl Node {
                     s => Outcome::Key(s),
                 }
             }
-            Op::Extend { token, mode } => {
-                Outcome::Key(self.acquire_key(now, conn, slot, token.as_str(), *mode, ttl, out).0)
-            }
+            Op::Extend { token, mode } => Outcome::Key(
+                self.acquire_key(now, conn, slot, token.as_str(), *mode, ttl, out)
+                    .0,
+            ),
             Op::Verify { token } => {
                 let cur = self.get(now, slot, out);
                 self.track(conn, slot);

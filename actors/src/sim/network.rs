@@ -71,13 +71,13 @@ impl Conn {
     }
 
     /// When a command sent at `now` reaches the node.
-    pub(super) fn to_node_at(&mut self, now: u64, delay: u64) -> u64 {
+    pub(super) fn arrival_at_node(&mut self, now: u64, delay: u64) -> u64 {
         self.to_node = (now + delay).max(self.to_node);
         self.to_node
     }
 
     /// When a reply sent at `now` reaches the process.
-    pub(super) fn to_proc_at(&mut self, now: u64, delay: u64) -> u64 {
+    pub(super) fn arrival_at_proc(&mut self, now: u64, delay: u64) -> u64 {
         self.to_proc = (now + delay).max(self.to_proc);
         self.to_proc
     }

@@ -243,7 +243,12 @@ impl World {
     /// random schedule's ending).
     pub(super) fn run_until(&mut self, until: u64) -> Result<(), String> {
         loop {
-            let next = self.next_timer().map(|t| t.0).into_iter().chain(self.q.peek_at()).min();
+            let next = self
+                .next_timer()
+                .map(|t| t.0)
+                .into_iter()
+                .chain(self.q.peek_at())
+                .min();
             if next.is_none_or(|t| t > until) {
                 self.now = until;
                 return Ok(());
@@ -312,12 +317,12 @@ impl World {
                     return Ok(());
                 }
                 c.forget(to.name, to.inc, cmd);
-                self.to_core(to, Event::Reply { cmd, outcome })
+                self.deliver(to, Event::Reply { cmd, outcome })
             }
             Ev::Failed { to, node, cmd } => {
                 self.conns[to.proc][node].forget(to.name, to.inc, cmd);
                 let outcome = Outcome::Failed("connection closed");
-                self.to_core(to, Event::Reply { cmd, outcome })
+                self.deliver(to, Event::Reply { cmd, outcome })
             }
             Ev::Inval {
                 proc,
@@ -332,7 +337,7 @@ impl World {
                 let total = self.cfg.total;
                 let (name, key) = (slot / total, slot % total);
                 let inc = self.procs[proc].cores[name].inc;
-                self.to_core(Dest { proc, name, inc }, Event::Invalidated { key })
+                self.deliver(Dest { proc, name, inc }, Event::Invalidated { key })
             }
             Ev::Local { proc, event } => {
                 for name in 0..self.k.names {
@@ -422,14 +427,20 @@ impl World {
         let outcome = self.nodes[node].exec(self.now, to.proc, to.name, slot, &op, ttl, &mut out);
         if let Op::Acquire { token, .. } | Op::Extend { token, .. } = &op {
             if !out.expiries.is_empty() {
-                self.inv.key_written(token, self.now + ttl, self.max_trip() + ttl)?;
+                self.inv
+                    .key_written(token, self.now + ttl, self.max_trip() + ttl)?;
             }
         }
-        self.log(|| format!("node{node} runs {cmd:?} of p{} name{} {target:?} {op:?} -> {outcome:?}", to.proc, to.name));
+        self.log(|| {
+            format!(
+                "node{node} runs {cmd:?} of p{} name{} {target:?} {op:?} -> {outcome:?}",
+                to.proc, to.name
+            )
+        });
         self.node_out(node, out);
         if live {
             let d = self.conns[to.proc][node].delay(&mut self.net, self.k.max_delay_ms * MS);
-            let at = self.conns[to.proc][node].to_proc_at(self.now, d);
+            let at = self.conns[to.proc][node].arrival_at_proc(self.now, d);
             self.q.push(
                 at,
                 Ev::Reply {
@@ -496,7 +507,7 @@ impl World {
                     cmd,
                 });
                 let d = c.delay(&mut self.net, self.k.max_delay_ms * MS);
-                let at = c.to_node_at(self.now, d);
+                let at = c.arrival_at_node(self.now, d);
                 let epoch = c.epoch;
                 self.q.push(
                     at,
@@ -529,7 +540,14 @@ impl World {
                     name: p.name,
                     inc: p.inc,
                 };
-                self.q.push(at, Ev::Failed { to, node, cmd: p.cmd });
+                self.q.push(
+                    at,
+                    Ev::Failed {
+                        to,
+                        node,
+                        cmd: p.cmd,
+                    },
+                );
             }
         }
         if reconnect {
@@ -614,7 +632,9 @@ impl World {
                 // The server sends a null invalidation; fred drops it. A
                 // shell that did not would re-check.
                 let deliver = self.net.chance(50);
-                self.log(|| format!("FAULT node{node} FLUSHALL (invalidation delivered: {deliver})"));
+                self.log(|| {
+                    format!("FAULT node{node} FLUSHALL (invalidation delivered: {deliver})")
+                });
                 if deliver {
                     for p in told {
                         if self.conns[p][node].link == Link::Up {
@@ -774,13 +794,15 @@ impl World {
                 status: HolderStatus::Ended(_),
                 ..
             }) => Ok(()),
-            s => Err(format!("p{proc} name{name}: release of req{req} did not end its holder ({s:?})")),
+            s => Err(format!(
+                "p{proc} name{name}: release of req{req} did not end its holder ({s:?})"
+            )),
         }
     }
 
     // ===== the shell =====
 
-    fn to_core(&mut self, to: Dest, event: Event) -> Result<(), String> {
+    fn deliver(&mut self, to: Dest, event: Event) -> Result<(), String> {
         if self.procs[to.proc].cores[to.name].inc != to.inc {
             return Ok(());
         }
@@ -803,7 +825,17 @@ impl World {
             let live = slot.core.live_token().cloned();
             for (i, e) in fx.iter().enumerate() {
                 self.log(|| format!("p{proc} name{name} -> {e:?}"));
-                self.effect(proc, name, inc, local, e, &fx[i + 1..], &holding, &live, &mut todo)?;
+                self.effect(
+                    proc,
+                    name,
+                    inc,
+                    local,
+                    e,
+                    &fx[i + 1..],
+                    &holding,
+                    &live,
+                    &mut todo,
+                )?;
             }
             // Invariant 4's book-keeping: when a token stops being live.
             let slot = &mut self.procs[proc].cores[name];
@@ -860,7 +892,10 @@ impl World {
                     (Target::Key(k), Op::Acquire { fence, .. }) => {
                         *fence == (cfg.fencing == Fencing::InScript && *k == 0 && cfg.total == 1)
                     }
-                    (Target::Key(_), Op::Extend { .. } | Op::Verify { .. } | Op::Release { .. }) => true,
+                    (
+                        Target::Key(_),
+                        Op::Extend { .. } | Op::Verify { .. } | Op::Release { .. },
+                    ) => true,
                     // The two-phase step; with the counter in the script, it
                     // is the fallback when key 0 was not among the keys won.
                     (Target::Fence(_), Op::FenceRead | Op::FenceWrite { .. }) => {
@@ -893,21 +928,43 @@ impl World {
                     matches!(l, Effect::Status { holder: h, status: HolderStatus::Ended(_) } if h == holder)
                 });
                 if !current && !ended_later {
-                    return Err(format!("{}: Grant of holder {holder} the core does not hold", here()));
+                    return Err(format!(
+                        "{}: Grant of holder {holder} the core does not hold",
+                        here()
+                    ));
                 }
-                if current && holding.as_ref().is_some_and(|h| h.ends_at != *valid_until || h.fence != *fence) {
-                    return Err(format!("{}: Grant {e:?} disagrees with the core's grant {holding:?}", here()));
+                if current
+                    && holding
+                        .as_ref()
+                        .is_some_and(|h| h.ends_at != *valid_until || h.fence != *fence)
+                {
+                    return Err(format!(
+                        "{}: Grant {e:?} disagrees with the core's grant {holding:?}",
+                        here()
+                    ));
                 }
                 if *valid_until <= local {
-                    return Err(format!("{}: Grant already expired ({valid_until:?} <= {local:?})", here()));
+                    return Err(format!(
+                        "{}: Grant already expired ({valid_until:?} <= {local:?})",
+                        here()
+                    ));
                 }
                 let others = self.procs[proc].active.iter().any(|&i| {
                     let c = &self.procs[proc].callers[i];
                     c.name == name
-                        && matches!(c.stage, Stage::Held { status: HolderStatus::Held { .. }, .. })
+                        && matches!(
+                            c.stage,
+                            Stage::Held {
+                                status: HolderStatus::Held { .. },
+                                ..
+                            }
+                        )
                 });
                 if others {
-                    return Err(format!("{}: Grant while another local caller still holds", here()));
+                    return Err(format!(
+                        "{}: Grant while another local caller still holds",
+                        here()
+                    ));
                 }
                 let token = holding
                     .as_ref()
@@ -917,7 +974,11 @@ impl World {
                     return Err(format!("{}: Grant to unknown request {to}", here()));
                 };
                 if c.name != name || !matches!(c.stage, Stage::Waiting) {
-                    return Err(format!("{}: Grant to request {to} that is not waiting ({:?})", here(), c.stage));
+                    return Err(format!(
+                        "{}: Grant to request {to} that is not waiting ({:?})",
+                        here(),
+                        c.stage
+                    ));
                 }
                 let cancelled = c.cancelled;
                 let forever = c.forever;
@@ -933,7 +994,14 @@ impl World {
                     until_real,
                 };
                 self.stats.grants += 1;
-                self.inv.granted(proc, name, token.as_ref(), *fence, self.restarted || self.data_lost, &cfg)?;
+                self.inv.granted(
+                    proc,
+                    name,
+                    token.as_ref(),
+                    *fence,
+                    self.restarted || self.data_lost,
+                    &cfg,
+                )?;
                 if cancelled {
                     // The caller is gone: the shell releases at once.
                     let c = self.procs[proc].caller(*to).expect("checked");
@@ -952,7 +1020,14 @@ impl World {
                         self.work.range(20 * MS, 2 * self.ttl())
                     };
                     let ack = self.work.chance(50);
-                    self.q.push(self.now + hold, Ev::Release { proc, req: *to, ack });
+                    self.q.push(
+                        self.now + hold,
+                        Ev::Release {
+                            proc,
+                            req: *to,
+                            ack,
+                        },
+                    );
                 }
             }
             Effect::Refuse { to, why } => {
@@ -960,7 +1035,11 @@ impl World {
                     return Err(format!("{}: Refuse to unknown request {to}", here()));
                 };
                 if c.name != name || !matches!(c.stage, Stage::Waiting) {
-                    return Err(format!("{}: Refuse to request {to} that is not waiting ({:?})", here(), c.stage));
+                    return Err(format!(
+                        "{}: Refuse to request {to} that is not waiting ({:?})",
+                        here(),
+                        c.stage
+                    ));
                 }
                 if c.kind == RequestKind::Wait && *why != Refusal::Closed {
                     return Err(format!("{}: a waiting lock() refused with {why:?}", here()));
@@ -970,10 +1049,15 @@ impl World {
             }
             Effect::Status { holder, status } => {
                 let Some(i) = self.procs[proc].holder_index(name, inc, *holder) else {
-                    return Err(format!("{}: Status for holder {holder} nobody holds", here()));
+                    return Err(format!(
+                        "{}: Status for holder {holder} nobody holds",
+                        here()
+                    ));
                 };
                 let until = match status {
-                    HolderStatus::Held { valid_until } => self.procs[proc].clock.real_at(*valid_until),
+                    HolderStatus::Held { valid_until } => {
+                        self.procs[proc].clock.real_at(*valid_until)
+                    }
                     HolderStatus::Ended(_) => 0,
                 };
                 let c = &mut self.procs[proc].callers[i];
@@ -986,7 +1070,10 @@ impl World {
                     unreachable!("holder_index finds held callers");
                 };
                 if let HolderStatus::Ended(_) = cur {
-                    return Err(format!("{}: Status {status:?} after the holder's end", here()));
+                    return Err(format!(
+                        "{}: Status {status:?} after the holder's end",
+                        here()
+                    ));
                 }
                 if let HolderStatus::Held { valid_until } = status {
                     if *valid_until <= local {
@@ -1000,14 +1087,24 @@ impl World {
                         // Nobody would release it otherwise.
                         let req = i as u64 + 1;
                         let at = self.now + self.work.range(0, 5 * MS);
-                        self.q.push(at, Ev::Release { proc, req, ack: false });
+                        self.q.push(
+                            at,
+                            Ev::Release {
+                                proc,
+                                req,
+                                ack: false,
+                            },
+                        );
                     }
                 }
             }
             Effect::Released { ack, .. } => {
                 let acks = &mut self.procs[proc].acks;
                 let Some(pos) = acks.iter().position(|a| a == ack) else {
-                    return Err(format!("{}: Released for unknown or answered ack {ack}", here()));
+                    return Err(format!(
+                        "{}: Released for unknown or answered ack {ack}",
+                        here()
+                    ));
                 };
                 acks.swap_remove(pos);
             }
@@ -1017,9 +1114,9 @@ impl World {
                     c.name == name
                         && match &c.stage {
                             Stage::Waiting => !c.cancelled,
-                            Stage::Held { status, inc: ci, .. } => {
-                                *ci == inc && matches!(status, HolderStatus::Held { .. })
-                            }
+                            Stage::Held {
+                                status, inc: ci, ..
+                            } => *ci == inc && matches!(status, HolderStatus::Held { .. }),
                             Stage::Done => false,
                         }
                 });
@@ -1066,7 +1163,14 @@ impl World {
                 let c = &self.procs[proc].callers[i];
                 if matches!(c.stage, Stage::Held { .. }) && c.forever {
                     let at = self.now + self.work.range(0, 10 * MS);
-                    self.q.push(at, Ev::Release { proc, req: i as u64 + 1, ack: true });
+                    self.q.push(
+                        at,
+                        Ev::Release {
+                            proc,
+                            req: i as u64 + 1,
+                            ack: true,
+                        },
+                    );
                 }
                 held += 1;
             }
@@ -1095,9 +1199,7 @@ impl World {
     }
 
     fn all_closed(&self) -> bool {
-        self.procs
-            .iter()
-            .all(|p| p.cores.iter().all(|c| c.closed))
+        self.procs.iter().all(|p| p.cores.iter().all(|c| c.closed))
     }
 
     fn finish(&mut self) -> Result<(), String> {
@@ -1124,7 +1226,11 @@ impl World {
                 ));
             }
             for (n, c) in p.cores.iter().enumerate() {
-                s.push_str(&format!("p{pi} name{n} core {} closed {}; ", c.core.phase_name(), c.closed));
+                s.push_str(&format!(
+                    "p{pi} name{n} core {} closed {}; ",
+                    c.core.phase_name(),
+                    c.closed
+                ));
             }
         }
         s
