@@ -32,6 +32,8 @@ pub(super) struct Checks {
     stuck_since: Vec<Option<u64>>,
     /// Data-loss runs: since when a held token has fewer than `M` keys.
     short_since: HashMap<String, u64>,
+    /// Per name: a third party's key blocks it until then (real time).
+    pub(super) blocked_until: Vec<u64>,
     /// How long a waiter may wait on a free, reachable lock (invariant 3).
     pub(super) liveness_bound: u64,
     /// How long a holder may go on after data loss took its majority.
@@ -51,6 +53,7 @@ impl Checks {
             fence_max: vec![None; k.names],
             last_grant: vec![vec![None; k.names]; k.procs],
             stuck_since: vec![None; k.names],
+            blocked_until: vec![0; k.names],
             short_since: HashMap::new(),
             // Keys of a grant that ended unreachable, or written by a late
             // acquisition, live at most one validity; a waiter whose wake-up
@@ -279,7 +282,8 @@ impl World {
                 }
             }
             // Invariant 3: a waiter does not wait long on a free lock.
-            let free = holders.is_empty();
+            // A third party's key holds the name like a holder would.
+            let free = holders.is_empty() && self.now >= self.inv.blocked_until[name];
             if free && waiting {
                 let since = *self.inv.stuck_since[name].get_or_insert(self.now);
                 if self.now - since > self.inv.liveness_bound {

@@ -659,6 +659,7 @@ impl World {
                     } else {
                         self.log(|| format!("FAULT outside SET name{name} key{key}"));
                         self.nodes[node].outside_set(self.now, slot, validity, &mut out);
+                        self.inv.blocked_until[name] = self.now + validity;
                     }
                     self.node_out(node, out);
                 }
