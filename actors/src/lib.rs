@@ -43,6 +43,8 @@ mod msg;
 mod node;
 mod options;
 mod scripts;
+#[cfg(test)]
+mod sim;
 mod supervisor;
 mod timers;
 

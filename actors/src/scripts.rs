@@ -374,7 +374,7 @@ impl Token {
     /// from `force_lock`, and its fingerprint, when it is in this library's
     /// format. Anything else (the Go valkeylock's raw bytes, a third party's
     /// value) is a plain other owner, never forced, without a fingerprint.
-    fn owner_state(value: &[u8]) -> KeyState {
+    pub(crate) fn owner_state(value: &[u8]) -> KeyState {
         let (forced, rest) = match value.strip_prefix(b"F") {
             Some(rest) => (true, rest),
             None => (false, value),

@@ -36,7 +36,11 @@ pub(crate) const IDLE_GRACE: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fencing {
     Off,
-    /// The counter moves inside key 0's acquire script (one instance).
+    /// The counter moves inside key 0's acquire script (one instance) when
+    /// key 0 is the whole majority (`M = 1`). With more keys on the instance
+    /// the two-phase step runs once the majority is won: key 0 may be won
+    /// long before the majority is, and a grant made in between would carry
+    /// a higher token than this one.
     InScript,
     /// The two-phase step over all nodes.
     Majority,
@@ -395,6 +399,16 @@ impl LockCore {
         }
     }
 
+    /// The token of the attempt or grant in progress, for observers (the
+    /// simulator checks that keys are written only under a live token).
+    pub(crate) fn live_token(&self) -> Option<&Token> {
+        match &self.phase {
+            Phase::Attempting(a) => Some(&a.token),
+            Phase::Holding(g) => Some(&g.token),
+            _ => None,
+        }
+    }
+
     /// True once closing is complete.
     #[cfg(test)]
     pub(crate) fn is_closed(&self) -> bool {
@@ -520,7 +534,9 @@ impl LockCore {
             fencing: None,
             mismatch: None,
         });
-        let in_script = self.cfg.fencing == Fencing::InScript;
+        // Only a counter moved by the write that completes the majority is
+        // ordered after every earlier grant: with one key, that is key 0's.
+        let in_script = self.cfg.fencing == Fencing::InScript && total == 1;
         for key in 0..total {
             let op = Op::Acquire {
                 token: token.clone(),
@@ -682,8 +698,9 @@ impl LockCore {
                 valid_until: ends_at,
                 fence,
             }),
-            // Nobody wants it any more.
-            None => self.end_grant(now, LostReason::Released),
+            // Nobody wants it any more (its waiter cancelled): release the
+            // keys without a status, since no caller ever saw this holder.
+            None => self.finish_grant(now, LostReason::Released, false),
         }
         // A force queued behind the attempt takes over now.
         if let Some(force) = self.waiters.pop_force() {
@@ -932,7 +949,10 @@ impl LockCore {
                 Outcome::Key(KeyState::Absent) => Key::Absent,
                 _ => Key::Failed,
             };
-            if let (Some(f), Phase::Attempting(a)) = (fence_seen, &mut self.phase) {
+            // A counter only counts when the script moved it (see InScript).
+            let in_script = c.fencing == Fencing::InScript && c.total == 1;
+            if let (Some(f), true, Phase::Attempting(a)) = (fence_seen, in_script, &mut self.phase)
+            {
                 a.fence = Some(f);
             }
             match (mismatch, &mut self.phase) {
@@ -1050,6 +1070,12 @@ impl LockCore {
 
     /// Ends the grant for its holder and deletes whatever keys may be ours.
     fn end_grant(&mut self, now: Time, reason: LostReason) {
+        self.finish_grant(now, reason, true);
+    }
+
+    /// Ends the grant and deletes its keys; `tell` sends its holder the news
+    /// (false for a grant that was never handed to anybody).
+    fn finish_grant(&mut self, now: Time, reason: LostReason, tell: bool) {
         let Phase::Holding(g) = std::mem::replace(
             &mut self.phase,
             Phase::Idle {
@@ -1064,7 +1090,9 @@ impl LockCore {
         } else {
             tracing::debug!(token = g.token.short(), "released");
         }
-        self.status(g.holder, HolderStatus::Ended(reason));
+        if tell {
+            self.status(g.holder, HolderStatus::Ended(reason));
+        }
         let group = self.id();
         self.groups.push(ReleaseGroup {
             id: group,

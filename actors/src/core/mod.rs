@@ -20,6 +20,8 @@ mod time;
 mod waiters;
 
 pub(crate) use inflight::CmdId;
+#[cfg(test)]
+pub(crate) use lock::HoldingView;
 pub(crate) use lock::{Config, Effect, Event, Fencing, HolderId, HolderStatus, LockCore, Refusal};
 #[cfg(test)]
 pub(crate) use ops::Entropy;

@@ -691,3 +691,95 @@ fn a_mismatch_seen_after_the_majority_ends_the_grant() {
     let fx = rig.ev(reply(s[2].0, foreign(3, 3)));
     assert_eq!(ended(&fx), vec![(holder, LostReason::ConfigMismatch)]);
 }
+
+#[test]
+fn a_grant_nobody_waits_for_is_released_without_a_status() {
+    // Simulator, seed 0x2e63f48cf0091f85: the only waiter cancelled while
+    // its attempt was in flight; the attempt won and the core announced
+    // `Ended(Released)` for a holder id no caller had ever been given.
+    let mut rig = Rig::new(config(1, 1));
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+    }));
+    assert!(rig.ev(Event::Cancel { id: 1 }).is_empty());
+    let fx = rig.at(ms(1)).ev(reply(s[0].0, ours()));
+    assert!(grants(&fx).is_empty(), "{fx:?}");
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::Status { .. })),
+        "no status for a holder nobody has: {fx:?}"
+    );
+    let rel = sends(&fx);
+    assert_eq!(rel.len(), 1);
+    assert!(matches!(rel[0].2, Op::Release { .. }));
+}
+
+#[test]
+fn the_in_script_fence_is_used_only_when_key_0_is_the_majority() {
+    // Simulator, seed 0xb96f171ca89f1069 (one instance, M = 2, fencing in
+    // the script): p3 won key 0 and its counter moved to 7; p1 held keys 1
+    // and 2, took 8 with the two-phase step, was granted and released; then
+    // p3 won key 1 and was granted with 7, below the 8 granted before it.
+    let mut cfg = config(2, 1);
+    cfg.fencing = Fencing::InScript;
+    let mut rig = Rig::new(cfg);
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+    }));
+    assert!(
+        s.iter()
+            .all(|x| matches!(x.2, Op::Acquire { fence: false, .. })),
+        "no counter in the script with three keys: {s:?}"
+    );
+    // Even if key 0's reply carried a counter, it is not the token.
+    let key0 = Outcome::Key(KeyState::Ours {
+        pttl_ms: None,
+        fence: Some(7),
+    });
+    rig.at(ms(1)).ev(reply(s[0].0, key0));
+    let fx = rig.ev(reply(s[1].0, ours()));
+    assert!(grants(&fx).is_empty(), "{fx:?}");
+    let reads = sends(&fx);
+    assert_eq!(reads.len(), 1);
+    assert_eq!(
+        (reads[0].1, &reads[0].2),
+        (Target::Fence(0), &Op::FenceRead)
+    );
+    let writes = sends(&rig.ev(reply(reads[0].0, Outcome::Fence(8))));
+    assert_eq!(writes[0].2, Op::FenceWrite { value: 9 });
+    let fx = rig.ev(reply(
+        writes[0].0,
+        Outcome::FenceWritten {
+            raised: true,
+            value: 9,
+        },
+    ));
+    let fence = fx.iter().find_map(|e| match e {
+        Effect::Grant { fence, .. } => Some(*fence),
+        _ => None,
+    });
+    assert_eq!(fence, Some(9));
+}
+
+#[test]
+fn with_one_key_the_fence_comes_from_the_script() {
+    let mut cfg = config(1, 1);
+    cfg.fencing = Fencing::InScript;
+    let mut rig = Rig::new(cfg);
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+    }));
+    assert!(matches!(s[0].2, Op::Acquire { fence: true, .. }));
+    let key0 = Outcome::Key(KeyState::Ours {
+        pttl_ms: None,
+        fence: Some(4),
+    });
+    let fx = rig.at(ms(1)).ev(reply(s[0].0, key0));
+    let fence = fx.iter().find_map(|e| match e {
+        Effect::Grant { fence, .. } => Some(*fence),
+        _ => None,
+    });
+    assert_eq!(fence, Some(4));
+}

@@ -1,0 +1,320 @@
+//! A model of the Valkey nodes: keys with a value and an absolute expiry on
+//! the node's clock (which is real time), the scripts of `crate::scripts` with
+//! their exact semantics, and default-mode client tracking per connection.
+//!
+//! Keys are numbered per node by slot: lock key `k` of name `n` is slot
+//! `n * total + k` (each node only ever sees the slots placed on it). The
+//! fencing counters are not tracked: nothing reads them through the cache.
+
+use crate::core::{Op, Outcome};
+use crate::scripts::{KeyState, SetMode, Token};
+
+/// One key: its value and when it expires (real nanoseconds).
+#[derive(Debug, Clone)]
+pub(super) struct Entry {
+    pub(super) value: String,
+    pub(super) expiry: u64,
+    /// Changes on every write, so a stale expiry event is recognised.
+    version: u64,
+}
+
+/// An invalidation for connection `proc` about `slot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Inval {
+    pub(super) proc: usize,
+    pub(super) slot: usize,
+}
+
+/// What a command did besides its reply: invalidations to send, and expiry
+/// events to schedule (slot, version, at).
+#[derive(Debug, Default)]
+pub(super) struct Out {
+    pub(super) invals: Vec<Inval>,
+    pub(super) expiries: Vec<(usize, u64, u64)>,
+}
+
+/// A key lost in a restart, remembered with the expiry it had: for the
+/// in-model restart (down for at least the validity) it still counts as alive
+/// until then, since nobody can take it over before.
+#[derive(Debug, Clone)]
+pub(super) struct Ghost {
+    pub(super) slot: usize,
+    pub(super) value: String,
+    pub(super) expiry: u64,
+}
+
+/// One Valkey node.
+#[derive(Debug)]
+pub(super) struct Node {
+    pub(super) up: bool,
+    pub(super) keys: Vec<Option<Entry>>,
+    /// The fencing counter of each name.
+    pub(super) fences: Vec<u64>,
+    /// Per connection (one per process): bit `slot` set while tracked.
+    tracked: Vec<u64>,
+    pub(super) ghosts: Vec<Ghost>,
+    version: u64,
+    /// `CLIENT TRACKING ... NOLOOP`: a connection's own writes do not
+    /// invalidate it (its tracking entry is still forgotten).
+    noloop: bool,
+    tracking: bool,
+}
+
+/// Tokens of `force_lock` start with `F` (see `Token::from_bytes`).
+pub(super) fn is_forced(value: &str) -> bool {
+    matches!(
+        Token::owner_state(value.as_bytes()),
+        KeyState::Other { forced: true, .. }
+    )
+}
+
+impl Node {
+    pub(super) fn new(
+        slots: usize,
+        names: usize,
+        procs: usize,
+        noloop: bool,
+        tracking: bool,
+    ) -> Node {
+        Node {
+            up: true,
+            keys: vec![None; slots],
+            fences: vec![0; names],
+            tracked: vec![0; procs],
+            ghosts: Vec::new(),
+            version: 0,
+            noloop,
+            tracking,
+        }
+    }
+
+    /// The live entry of `slot` at `now`, if any (without side effects).
+    pub(super) fn peek(&self, slot: usize, now: u64) -> Option<&Entry> {
+        self.keys[slot].as_ref().filter(|e| e.expiry > now)
+    }
+
+    fn track(&mut self, conn: usize, slot: usize) {
+        if self.tracking {
+            self.tracked[conn] |= 1 << slot;
+        }
+    }
+
+    /// `slot` changed: every connection tracking it gets one invalidation
+    /// (the writer too, unless NOLOOP), and all forget it.
+    fn changed(&mut self, slot: usize, writer: Option<usize>, out: &mut Out) {
+        let bit = 1u64 << slot;
+        for proc in 0..self.tracked.len() {
+            if self.tracked[proc] & bit == 0 {
+                continue;
+            }
+            self.tracked[proc] &= !bit;
+            if self.noloop && writer == Some(proc) {
+                continue;
+            }
+            out.invals.push(Inval { proc, slot });
+        }
+    }
+
+    /// Lazy expiry on access, as the server does.
+    fn get(&mut self, now: u64, slot: usize, out: &mut Out) -> Option<String> {
+        if self.keys[slot].as_ref().is_some_and(|e| e.expiry <= now) {
+            self.keys[slot] = None;
+            self.changed(slot, None, out);
+        }
+        self.keys[slot].as_ref().map(|e| e.value.clone())
+    }
+
+    fn write(&mut self, slot: usize, value: String, expiry: u64, conn: usize, out: &mut Out) {
+        self.version += 1;
+        self.keys[slot] = Some(Entry {
+            value,
+            expiry,
+            version: self.version,
+        });
+        out.expiries.push((slot, self.version, expiry));
+        self.changed(slot, Some(conn), out);
+    }
+
+    /// Active expiry: the key set with `version` expires now.
+    pub(super) fn expire(&mut self, now: u64, slot: usize, version: u64, out: &mut Out) {
+        let due = self.keys[slot]
+            .as_ref()
+            .is_some_and(|e| e.version == version && e.expiry <= now);
+        if due {
+            self.keys[slot] = None;
+            self.changed(slot, None, out);
+        }
+    }
+
+    /// `ACQUIRE_LUA` on one key. Returns the key's state and whether it was
+    /// freshly set (for the in-script fencing counter).
+    #[allow(clippy::too_many_arguments)]
+    fn acquire_key(
+        &mut self,
+        now: u64,
+        conn: usize,
+        slot: usize,
+        token: &str,
+        mode: SetMode,
+        ttl: u64,
+        out: &mut Out,
+    ) -> (KeyState, bool) {
+        let cur = self.get(now, slot, out);
+        self.track(conn, slot);
+        let ours = KeyState::Ours {
+            pttl_ms: None,
+            fence: None,
+        };
+        match cur {
+            Some(v) if v == token => {
+                // PEXPIRE: a write, then the script's GET re-arms tracking.
+                self.write(slot, v, now + ttl, conn, out);
+                self.track(conn, slot);
+                (ours, false)
+            }
+            Some(v) if mode != SetMode::Force => (Token::owner_state(v.as_bytes()), false),
+            None if mode == SetMode::Xx => (KeyState::Absent, false),
+            _ => {
+                self.write(slot, token.to_owned(), now + ttl, conn, out);
+                self.track(conn, slot);
+                (ours, true)
+            }
+        }
+    }
+
+    /// Runs `op` for connection `conn` on `slot` (a lock key) or the fencing
+    /// counter of `name`. `ttl` is the keys' validity in nanoseconds.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn exec(
+        &mut self,
+        now: u64,
+        conn: usize,
+        name: usize,
+        slot: usize,
+        op: &Op,
+        ttl: u64,
+        out: &mut Out,
+    ) -> Outcome {
+        match op {
+            Op::Acquire { token, mode, fence } => {
+                let (state, fresh) =
+                    self.acquire_key(now, conn, slot, token.as_str(), *mode, ttl, out);
+                match state {
+                    KeyState::Ours { pttl_ms, .. } if *fence => {
+                        if fresh {
+                            self.fences[name] += 1;
+                        }
+                        Outcome::Key(KeyState::Ours {
+                            pttl_ms,
+                            fence: Some(self.fences[name]),
+                        })
+                    }
+                    s => Outcome::Key(s),
+                }
+            }
+            Op::Extend { token, mode } => Outcome::Key(
+                self.acquire_key(now, conn, slot, token.as_str(), *mode, ttl, out)
+                    .0,
+            ),
+            Op::Verify { token } => {
+                let cur = self.get(now, slot, out);
+                self.track(conn, slot);
+                Outcome::Key(match cur {
+                    Some(v) if v == token.as_str() => {
+                        let expiry = self.keys[slot].as_ref().map_or(now, |e| e.expiry);
+                        KeyState::Ours {
+                            // PTTL in whole milliseconds, rounded down.
+                            pttl_ms: Some((expiry - now) / 1_000_000),
+                            fence: None,
+                        }
+                    }
+                    Some(v) => Token::owner_state(v.as_bytes()),
+                    None => KeyState::Absent,
+                })
+            }
+            Op::Release { token } => {
+                let cur = self.get(now, slot, out);
+                self.track(conn, slot);
+                if cur.as_deref() == Some(token.as_str()) {
+                    self.keys[slot] = None;
+                    self.changed(slot, Some(conn), out);
+                    Outcome::Released(true)
+                } else {
+                    Outcome::Released(false)
+                }
+            }
+            Op::FenceRead => Outcome::Fence(self.fences[name]),
+            Op::FenceWrite { value } => {
+                let cur = self.fences[name];
+                if cur < *value {
+                    self.fences[name] = *value;
+                    Outcome::FenceWritten {
+                        raised: true,
+                        value: *value,
+                    }
+                } else {
+                    Outcome::FenceWritten {
+                        raised: false,
+                        value: cur,
+                    }
+                }
+            }
+        }
+    }
+
+    /// A connection closed: the server forgets what it tracked.
+    pub(super) fn untrack(&mut self, conn: usize) {
+        self.tracked[conn] = 0;
+    }
+
+    /// A third party deletes `slot` (outside the model).
+    pub(super) fn outside_del(&mut self, slot: usize, out: &mut Out) {
+        if self.keys[slot].take().is_some() {
+            self.changed(slot, None, out);
+        }
+    }
+
+    /// A third party overwrites `slot` (outside the model).
+    pub(super) fn outside_set(&mut self, now: u64, slot: usize, ttl: u64, out: &mut Out) {
+        self.version += 1;
+        self.keys[slot] = Some(Entry {
+            value: "outsider".to_owned(),
+            expiry: now + ttl,
+            version: self.version,
+        });
+        out.expiries.push((slot, self.version, now + ttl));
+        self.changed(slot, None, out);
+    }
+
+    /// FLUSHALL: every key and counter gone; the server invalidates every
+    /// tracking client with one null message and forgets all tracking.
+    /// Returns the connections that were tracking something.
+    pub(super) fn flush(&mut self) -> Vec<usize> {
+        self.keys.iter_mut().for_each(|k| *k = None);
+        self.fences.iter_mut().for_each(|f| *f = 0);
+        let told = (0..self.tracked.len())
+            .filter(|&p| self.tracked[p] != 0)
+            .collect();
+        self.tracked.iter_mut().for_each(|t| *t = 0);
+        told
+    }
+
+    /// The node restarts empty: data, counters and tracking are gone. With
+    /// `ghosts`, live keys are remembered until their expiry.
+    pub(super) fn crash(&mut self, now: u64, ghosts: bool) {
+        for (slot, k) in self.keys.iter_mut().enumerate() {
+            if let Some(e) = k.take() {
+                if ghosts && e.expiry > now {
+                    self.ghosts.push(Ghost {
+                        slot,
+                        value: e.value,
+                        expiry: e.expiry,
+                    });
+                }
+            }
+        }
+        self.fences.iter_mut().for_each(|f| *f = 0);
+        self.tracked.iter_mut().for_each(|t| *t = 0);
+        self.up = false;
+    }
+}

@@ -1,0 +1,1240 @@
+//! One simulated run: the nodes, the network, the processes and their cores,
+//! driven by one event loop on virtual real time. The loop plays the shell:
+//! it carries out each core's effects as the `LockActor` does.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::core::{
+    Config, Effect, Event, Fencing, HolderStatus, LockCore, Op, Outcome, Refusal, RequestKind,
+    Target, Time,
+};
+
+use super::invariants::Checks;
+use super::model::{Node, Out};
+use super::network::{Conn, Dest, Ev, Link, Pending, Queue};
+use super::process::{Caller, Clock, CoreSlot, Process, Stage};
+use super::rng::{Rng, SimEntropy};
+use super::Knobs;
+
+/// Fault kinds (bits of `Knobs::faults`).
+pub(super) const DROP: u32 = 1;
+pub(super) const CUT: u32 = 2;
+pub(super) const SLOW: u32 = 4;
+/// A restart that stays down for longer than the validity (in the model).
+pub(super) const RESTART: u32 = 8;
+pub(super) const FLUSH: u32 = 16;
+/// A restart that comes back empty at once (outside the model).
+pub(super) const RESTART_NOW: u32 = 32;
+/// A third party deletes or overwrites a lock key (outside the model).
+pub(super) const OUTSIDE: u32 = 64;
+pub(super) const ALL_FAULTS: u32 = 127;
+/// Faults that break Redlock's assumption that only lockers write the keys.
+pub(super) const DATA_LOSS: u32 = FLUSH | RESTART_NOW | OUTSIDE;
+
+const MS: u64 = 1_000_000;
+
+/// Where the run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RunStage {
+    /// Workload and faults.
+    Main,
+    /// No new callers or faults, everything healed: every waiter must get
+    /// through.
+    Quiesce,
+    /// Every core closes.
+    Closing,
+}
+
+/// Counters of a run.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Stats {
+    pub(super) steps: u64,
+    pub(super) grants: u64,
+    pub(super) faults: u64,
+    /// Overlaps explained by a force or by data loss.
+    pub(super) excused: u64,
+    /// Commands sent, per process.
+    pub(super) cmds: Vec<u64>,
+}
+
+/// One simulated run.
+#[derive(Debug)]
+pub(super) struct World {
+    pub(super) k: Knobs,
+    pub(super) cfg: Arc<Config>,
+    /// Real time, nanoseconds.
+    pub(super) now: u64,
+    net: Rng,
+    work: Rng,
+    q: Queue,
+    pub(super) nodes: Vec<Node>,
+    /// `conns[process][node]`.
+    pub(super) conns: Vec<Vec<Conn>>,
+    pub(super) procs: Vec<Process>,
+    pub(super) stage: RunStage,
+    pub(super) trace: Option<VecDeque<String>>,
+    pub(super) inv: Checks,
+    pub(super) stats: Stats,
+    /// A restart happened (fencing counters lost).
+    pub(super) restarted: bool,
+    /// A data-loss fault happened.
+    pub(super) data_lost: bool,
+    /// The quiesce or closing stage must be over by then.
+    deadline: u64,
+    /// The scheduler stops feeding workload after this many steps.
+    pub(super) stop_workload: bool,
+}
+
+/// Keeps the trace short: the last lines are what explain a failure.
+const TRACE_LINES: usize = 300;
+
+impl World {
+    pub(super) fn new(k: &Knobs, trace: bool) -> World {
+        let mut root = Rng::new(k.seed);
+        let mut net = root.fork();
+        let mut work = root.fork();
+        let validity = Duration::from_millis(k.validity_ms);
+        let total = 2 * k.majority - 1;
+        let cfg = Arc::new(Config {
+            majority: k.majority,
+            total,
+            nodes: k.nodes,
+            placement: (0..total).map(|i| i % k.nodes).collect(),
+            validity,
+            drift: crate::core::quorum::default_drift(validity),
+            extend: validity / 2,
+            timeout: validity / 10,
+            margin: Config::default_margin(validity),
+            tracking: k.tracking,
+            handover_limit: k.handover,
+            fencing: k.fencing,
+            fingerprint: crate::scripts::Fingerprint::new(k.majority, k.nodes),
+            epoch: Time::ZERO,
+        });
+        let slots = k.names * total;
+        let nodes = (0..k.nodes)
+            .map(|_| Node::new(slots, k.names, k.procs, k.noloop, k.tracking))
+            .collect();
+        let conns = (0..k.procs)
+            .map(|_| (0..k.nodes).map(|_| Conn::new()).collect())
+            .collect();
+        let mut procs = Vec::new();
+        for _ in 0..k.procs {
+            let clock = Clock {
+                offset: root.range(0, 1_000_000 * MS),
+                ppm: root.range(0, 2 * k.max_ppm) as i64 - k.max_ppm as i64,
+            };
+            let local = clock.local(0);
+            let cores = (0..k.names)
+                .map(|_| CoreSlot {
+                    core: LockCore::new(cfg.clone(), Box::new(SimEntropy(root.fork())), local),
+                    inc: 0,
+                    timer: None,
+                    live: None,
+                    closed: false,
+                    spins: 0,
+                })
+                .collect();
+            procs.push(Process {
+                clock,
+                cores,
+                callers: Vec::new(),
+                active: Vec::new(),
+                acks: Vec::new(),
+                next_ack: 0,
+            });
+        }
+        let mut q = Queue::default();
+        for proc in 0..k.procs {
+            for name in 0..k.names {
+                let at = work.range(0, k.validity_ms * MS / 2);
+                q.push(at, Ev::Arrive { proc, name });
+            }
+        }
+        if k.faults != 0 {
+            q.push(net.range(0, k.validity_ms * MS), Ev::Fault);
+        }
+        let stats = Stats {
+            cmds: vec![0; k.procs],
+            ..Stats::default()
+        };
+        World {
+            inv: Checks::new(k),
+            k: k.clone(),
+            cfg,
+            now: 0,
+            net,
+            work,
+            q,
+            nodes,
+            conns,
+            procs,
+            stage: RunStage::Main,
+            trace: trace.then(VecDeque::new),
+            stats,
+            restarted: false,
+            data_lost: false,
+            deadline: u64::MAX,
+            stop_workload: false,
+        }
+    }
+
+    pub(super) fn log(&mut self, line: impl FnOnce() -> String) {
+        if let Some(t) = &mut self.trace {
+            if t.len() == TRACE_LINES {
+                t.pop_front();
+            }
+            t.push_back(format!("{:>10.3}ms {}", self.now as f64 / 1e6, line()));
+        }
+    }
+
+    /// The longest one-way trip a message can take (slow links included).
+    pub(super) fn max_trip(&self) -> u64 {
+        self.k.max_delay_ms * MS + self.slow_max() + 2 * MS
+    }
+
+    fn slow_max(&self) -> u64 {
+        2 * self.cfg.timeout.as_nanos() as u64
+    }
+
+    pub(super) fn ttl(&self) -> u64 {
+        self.k.validity_ms * MS
+    }
+
+    // ===== the loop =====
+
+    /// Runs the schedule to its end; `Err` describes the first violation.
+    pub(super) fn run(&mut self) -> Result<(), String> {
+        let cap = self.k.steps + 200_000;
+        loop {
+            if self.stats.steps >= self.k.steps && self.stage == RunStage::Main {
+                self.quiesce();
+            }
+            if self.stage == RunStage::Quiesce && self.all_done() {
+                self.close_all()?;
+            }
+            if self.stage == RunStage::Closing && self.all_closed() {
+                return self.finish();
+            }
+            if self.now > self.deadline {
+                return Err(format!(
+                    "{:?} stage not over by its deadline: {}",
+                    self.stage,
+                    self.pending_summary()
+                ));
+            }
+            if self.stats.steps >= cap {
+                return Err("no quiescence within the step cap".into());
+            }
+            if !self.step()? {
+                return Err(format!(
+                    "nothing left to happen in stage {:?}: {}",
+                    self.stage,
+                    self.pending_summary()
+                ));
+            }
+            self.stats.steps += 1;
+            self.check()?;
+        }
+    }
+
+    /// Runs the main phase until real time `until` (scenarios without the
+    /// random schedule's ending).
+    pub(super) fn run_until(&mut self, until: u64) -> Result<(), String> {
+        loop {
+            let next = self
+                .next_timer()
+                .map(|t| t.0)
+                .into_iter()
+                .chain(self.q.peek_at())
+                .min();
+            if next.is_none_or(|t| t > until) {
+                self.now = until;
+                return Ok(());
+            }
+            self.step()?;
+            self.stats.steps += 1;
+            self.check()?;
+        }
+    }
+
+    /// The earliest core timer: (real time, process, name).
+    fn next_timer(&self) -> Option<(u64, usize, usize)> {
+        let mut timer: Option<(u64, usize, usize)> = None;
+        for (p, proc) in self.procs.iter().enumerate() {
+            for (n, slot) in proc.cores.iter().enumerate() {
+                if let Some(t) = slot.timer {
+                    if timer.is_none_or(|(b, _, _)| t < b) {
+                        timer = Some((t, p, n));
+                    }
+                }
+            }
+        }
+        timer
+    }
+
+    /// Runs the next event; false when nothing is left.
+    fn step(&mut self) -> Result<bool, String> {
+        let timer = self.next_timer();
+        let next = self.q.peek_at();
+        match (timer, next) {
+            (Some((t, p, n)), q) if q.is_none_or(|q| t <= q) => {
+                self.now = self.now.max(t);
+                self.log(|| format!("p{p} name{n} timeout"));
+                self.feed(p, n, Event::Timeout)?;
+                Ok(true)
+            }
+            (_, Some(_)) => {
+                let (at, ev) = self.q.pop().expect("peeked");
+                self.now = self.now.max(at);
+                self.event(ev)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn event(&mut self, ev: Ev) -> Result<(), String> {
+        match ev {
+            Ev::Exec {
+                to,
+                node,
+                epoch,
+                cmd,
+                target,
+                op,
+            } => self.exec(to, node, epoch, cmd, target, op),
+            Ev::Reply {
+                to,
+                node,
+                epoch,
+                cmd,
+                outcome,
+            } => {
+                let c = &mut self.conns[to.proc][node];
+                if c.epoch != epoch || c.link != Link::Up {
+                    return Ok(());
+                }
+                c.forget(to.name, to.inc, cmd);
+                self.deliver(to, Event::Reply { cmd, outcome })
+            }
+            Ev::Failed { to, node, cmd } => {
+                self.conns[to.proc][node].forget(to.name, to.inc, cmd);
+                let outcome = Outcome::Failed("connection closed");
+                self.deliver(to, Event::Reply { cmd, outcome })
+            }
+            Ev::Inval {
+                proc,
+                node,
+                epoch,
+                slot,
+            } => {
+                let c = &self.conns[proc][node];
+                if c.epoch != epoch || c.link != Link::Up {
+                    return Ok(());
+                }
+                let total = self.cfg.total;
+                let (name, key) = (slot / total, slot % total);
+                let inc = self.procs[proc].cores[name].inc;
+                self.deliver(Dest { proc, name, inc }, Event::Invalidated { key })
+            }
+            Ev::Local { proc, event } => {
+                for name in 0..self.k.names {
+                    self.log(|| format!("p{proc} name{name} {event:?}"));
+                    self.feed(proc, name, event.clone())?;
+                }
+                Ok(())
+            }
+            Ev::Expire {
+                node,
+                slot,
+                version,
+            } => {
+                let mut out = Out::default();
+                self.nodes[node].expire(self.now, slot, version, &mut out);
+                self.node_out(node, out);
+                Ok(())
+            }
+            Ev::Arrive { proc, name } => self.arrive(proc, name),
+            Ev::Cancel { proc, req } => self.cancel(proc, req),
+            Ev::CancelCore { proc, req } => self.cancel_core(proc, req),
+            Ev::Release { proc, req, ack } => self.release(proc, req, ack),
+            Ev::Fault => {
+                if self.stage == RunStage::Main {
+                    self.fault();
+                }
+                Ok(())
+            }
+            Ev::Reconnect { proc, node } => {
+                self.reconnect(proc, node);
+                Ok(())
+            }
+            Ev::Fast { proc, node } => {
+                self.conns[proc][node].slow = 0;
+                Ok(())
+            }
+            Ev::NodeUp { node } => {
+                self.log(|| format!("node{node} up (empty)"));
+                self.nodes[node].up = true;
+                for proc in 0..self.k.procs {
+                    self.reconnect(proc, node);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    // ===== the nodes and the network =====
+
+    fn exec(
+        &mut self,
+        to: Dest,
+        node: usize,
+        epoch: u32,
+        cmd: crate::core::CmdId,
+        target: Target,
+        op: Op,
+    ) -> Result<(), String> {
+        if !self.nodes[node].up {
+            return Ok(());
+        }
+        let live = {
+            let c = &self.conns[to.proc][node];
+            c.epoch == epoch && c.link == Link::Up
+        };
+        // A command on a connection that broke meanwhile may still have
+        // reached the server before the break: its reply is lost.
+        if !live && self.net.chance(50) {
+            return Ok(());
+        }
+        let total = self.cfg.total;
+        let slot = match target {
+            Target::Key(k) => to.name * total + k,
+            Target::Fence(_) => 0,
+        };
+        if let (Op::Acquire { token, mode, .. }, Target::Key(_)) = (&op, target) {
+            if *mode == crate::scripts::SetMode::Force {
+                if let Some(e) = self.nodes[node].peek(slot, self.now) {
+                    if e.value != token.as_str() {
+                        self.inv.victims.insert(e.value.clone());
+                    }
+                }
+            }
+        }
+        let mut out = Out::default();
+        let ttl = self.ttl();
+        let outcome = self.nodes[node].exec(self.now, to.proc, to.name, slot, &op, ttl, &mut out);
+        if let Op::Acquire { token, .. } | Op::Extend { token, .. } = &op {
+            if !out.expiries.is_empty() {
+                self.inv
+                    .key_written(token, self.now + ttl, self.max_trip() + ttl)?;
+            }
+        }
+        self.log(|| {
+            format!(
+                "node{node} runs {cmd:?} of p{} name{} {target:?} {op:?} -> {outcome:?}",
+                to.proc, to.name
+            )
+        });
+        self.node_out(node, out);
+        if live {
+            let d = self.conns[to.proc][node].delay(&mut self.net, self.k.max_delay_ms * MS);
+            let at = self.conns[to.proc][node].arrival_at_proc(self.now, d);
+            self.q.push(
+                at,
+                Ev::Reply {
+                    to,
+                    node,
+                    epoch,
+                    cmd,
+                    outcome,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Sends a node's invalidations and schedules its expiries.
+    fn node_out(&mut self, node: usize, out: Out) {
+        for (slot, version, at) in out.expiries {
+            self.q.push(
+                at,
+                Ev::Expire {
+                    node,
+                    slot,
+                    version,
+                },
+            );
+        }
+        for inv in out.invals {
+            let c = &self.conns[inv.proc][node];
+            if c.link != Link::Up {
+                continue;
+            }
+            let epoch = c.epoch;
+            let d = c.delay(&mut self.net, self.k.max_delay_ms * MS);
+            self.q.push(
+                self.now + d,
+                Ev::Inval {
+                    proc: inv.proc,
+                    node,
+                    epoch,
+                    slot: inv.slot,
+                },
+            );
+        }
+    }
+
+    fn send(&mut self, to: Dest, cmd: crate::core::CmdId, target: Target, op: Op) {
+        let node = match target {
+            Target::Key(k) => self.cfg.placement[k],
+            Target::Fence(n) => n,
+        };
+        self.stats.cmds[to.proc] += 1;
+        let c = &mut self.conns[to.proc][node];
+        match c.link {
+            Link::Down => {
+                let at = self.now + self.net.range(10_000, 500_000);
+                self.q.push(at, Ev::Failed { to, node, cmd });
+            }
+            // Lost in the partition; the core's table times it out.
+            Link::Cut => {}
+            Link::Up => {
+                c.pending.push(Pending {
+                    name: to.name,
+                    inc: to.inc,
+                    cmd,
+                });
+                let d = c.delay(&mut self.net, self.k.max_delay_ms * MS);
+                let at = c.arrival_at_node(self.now, d);
+                let epoch = c.epoch;
+                self.q.push(
+                    at,
+                    Ev::Exec {
+                        to,
+                        node,
+                        epoch,
+                        cmd,
+                        target,
+                        op,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The connection closes: the server forgets its tracking; commands
+    /// awaiting replies fail at once or are never answered.
+    fn close_conn(&mut self, proc: usize, node: usize, reconnect: bool) {
+        let c = &mut self.conns[proc][node];
+        c.epoch += 1;
+        c.link = Link::Down;
+        let pending = std::mem::take(&mut c.pending);
+        self.nodes[node].untrack(proc);
+        for p in pending {
+            if self.net.chance(60) {
+                let at = self.now + self.net.range(10_000, 1_000_000);
+                let to = Dest {
+                    proc,
+                    name: p.name,
+                    inc: p.inc,
+                };
+                self.q.push(
+                    at,
+                    Ev::Failed {
+                        to,
+                        node,
+                        cmd: p.cmd,
+                    },
+                );
+            }
+        }
+        if reconnect {
+            let timeout = self.cfg.timeout.as_nanos() as u64;
+            let at = self.now + self.net.range(MS, 2 * timeout);
+            self.q.push(at, Ev::Reconnect { proc, node });
+        }
+    }
+
+    /// The connection is back (after a close or a partition): a fresh
+    /// connection with nothing tracked, and a re-check for every core.
+    fn reconnect(&mut self, proc: usize, node: usize) {
+        if !self.nodes[node].up || self.conns[proc][node].link == Link::Up {
+            return;
+        }
+        let c = &mut self.conns[proc][node];
+        if c.link == Link::Cut {
+            c.epoch += 1;
+            c.pending.clear();
+            self.nodes[node].untrack(proc);
+        }
+        c.link = Link::Up;
+        self.log(|| format!("p{proc} reconnected to node{node}"));
+        let at = self.now + self.net.range(10_000, MS);
+        self.q.push(
+            at,
+            Ev::Local {
+                proc,
+                event: Event::Recheck { node: Some(node) },
+            },
+        );
+    }
+
+    fn fault(&mut self) {
+        let kinds: Vec<u32> = (0..7)
+            .map(|b| 1u32 << b)
+            .filter(|f| self.k.faults & f != 0)
+            .collect();
+        let f = kinds[self.net.below(kinds.len() as u64) as usize];
+        let proc = self.net.below(self.k.procs as u64) as usize;
+        let node = self.net.below(self.k.nodes as u64) as usize;
+        let validity = self.ttl();
+        let timeout = self.cfg.timeout.as_nanos() as u64;
+        self.stats.faults += 1;
+        match f {
+            DROP if self.conns[proc][node].link == Link::Up => {
+                self.log(|| format!("FAULT p{proc}-node{node} connection closed"));
+                self.close_conn(proc, node, true);
+            }
+            CUT if self.conns[proc][node].link == Link::Up => {
+                self.log(|| format!("FAULT p{proc}-node{node} silently partitioned"));
+                self.conns[proc][node].link = Link::Cut;
+                let at = self.now + self.net.range(timeout, 3 * validity);
+                self.q.push(at, Ev::Reconnect { proc, node });
+            }
+            SLOW => {
+                let slow = self.net.range(timeout / 2, self.slow_max());
+                self.log(|| format!("FAULT p{proc}-node{node} slow by {}ms", slow / MS));
+                self.conns[proc][node].slow = slow;
+                let at = self.now + self.net.range(timeout, 2 * validity);
+                self.q.push(at, Ev::Fast { proc, node });
+            }
+            RESTART | RESTART_NOW if self.nodes[node].up => {
+                let delayed = f == RESTART;
+                self.log(|| format!("FAULT node{node} restarts empty (delayed: {delayed})"));
+                self.nodes[node].crash(self.now, delayed);
+                for p in 0..self.k.procs {
+                    self.close_conn(p, node, false);
+                }
+                self.restarted = true;
+                let down = if delayed {
+                    validity + self.max_trip() + self.net.range(0, validity)
+                } else {
+                    self.data_lost = true;
+                    self.net.range(0, 5 * MS)
+                };
+                self.q.push(self.now + down, Ev::NodeUp { node });
+            }
+            FLUSH if self.nodes[node].up => {
+                self.data_lost = true;
+                let told = self.nodes[node].flush();
+                // The server sends a null invalidation; fred drops it. A
+                // shell that did not would re-check.
+                let deliver = self.net.chance(50);
+                self.log(|| {
+                    format!("FAULT node{node} FLUSHALL (invalidation delivered: {deliver})")
+                });
+                if deliver {
+                    for p in told {
+                        if self.conns[p][node].link == Link::Up {
+                            let at = self.now + self.net.range(10_000, MS);
+                            let event = Event::Recheck { node: Some(node) };
+                            self.q.push(at, Ev::Local { proc: p, event });
+                        }
+                    }
+                }
+            }
+            OUTSIDE => {
+                let name = self.net.below(self.k.names as u64) as usize;
+                let key = self.net.below(self.cfg.total as u64) as usize;
+                let node = self.cfg.placement[key];
+                let slot = name * self.cfg.total + key;
+                if self.nodes[node].up {
+                    self.data_lost = true;
+                    let mut out = Out::default();
+                    if self.net.chance(50) {
+                        self.log(|| format!("FAULT outside DEL name{name} key{key}"));
+                        self.nodes[node].outside_del(slot, &mut out);
+                    } else {
+                        self.log(|| format!("FAULT outside SET name{name} key{key}"));
+                        self.nodes[node].outside_set(self.now, slot, validity, &mut out);
+                        self.inv.blocked_until[name] = self.now + validity;
+                    }
+                    self.node_out(node, out);
+                }
+            }
+            _ => self.stats.faults -= 1,
+        }
+        let at = self.now + self.net.range(validity / 4, 2 * validity);
+        self.q.push(at, Ev::Fault);
+    }
+
+    // ===== the callers =====
+
+    fn arrive(&mut self, proc: usize, name: usize) -> Result<(), String> {
+        if self.stage != RunStage::Main || self.stop_workload {
+            return Ok(());
+        }
+        let validity = self.ttl();
+        let at = self.now + self.work.range(0, validity);
+        self.q.push(at, Ev::Arrive { proc, name });
+        let p = &self.procs[proc];
+        let busy = p
+            .active
+            .iter()
+            .filter(|&&i| p.callers[i].name == name)
+            .count();
+        if busy >= 3 {
+            return Ok(());
+        }
+        let kind = if self.k.force && self.work.chance(3) {
+            RequestKind::Force
+        } else if self.work.chance(15) {
+            RequestKind::Try
+        } else {
+            RequestKind::Wait
+        };
+        self.add_caller(proc, name, kind)
+    }
+
+    /// A new caller of `proc` asks for `name`; returns its request id.
+    pub(super) fn add_caller_id(
+        &mut self,
+        proc: usize,
+        name: usize,
+        kind: RequestKind,
+        forever: bool,
+    ) -> Result<u64, String> {
+        let p = &mut self.procs[proc];
+        p.callers.push(Caller {
+            name,
+            kind,
+            cancelled: false,
+            stage: Stage::Waiting,
+            asked: self.now,
+            forever,
+            released: false,
+        });
+        let idx = p.callers.len() - 1;
+        p.active.push(idx);
+        let id = idx as u64 + 1;
+        self.log(|| format!("p{proc} name{name} request {id} {kind:?}"));
+        self.feed(proc, name, Event::Request { id, kind })?;
+        Ok(id)
+    }
+
+    fn add_caller(&mut self, proc: usize, name: usize, kind: RequestKind) -> Result<(), String> {
+        let forever = self.work.chance(8);
+        let id = self.add_caller_id(proc, name, kind, forever)?;
+        if self.work.chance(15) {
+            let at = self.now + self.work.range(0, self.ttl());
+            self.q.push(at, Ev::Cancel { proc, req: id });
+        }
+        Ok(())
+    }
+
+    fn cancel(&mut self, proc: usize, req: u64) -> Result<(), String> {
+        let Some(c) = self.procs[proc].caller(req) else {
+            return Ok(());
+        };
+        if !matches!(c.stage, Stage::Waiting) || c.cancelled {
+            return Ok(());
+        }
+        c.cancelled = true;
+        self.log(|| format!("p{proc} caller {req} gives up"));
+        // The cancellation reaches the core a mailbox hop later, or at once.
+        if self.work.chance(50) {
+            self.cancel_core(proc, req)
+        } else {
+            let at = self.now + self.work.range(0, 300_000);
+            self.q.push(at, Ev::CancelCore { proc, req });
+            Ok(())
+        }
+    }
+
+    fn cancel_core(&mut self, proc: usize, req: u64) -> Result<(), String> {
+        let Some(c) = self.procs[proc].caller(req) else {
+            return Ok(());
+        };
+        let name = c.name;
+        if matches!(c.stage, Stage::Waiting) {
+            c.stage = Stage::Done;
+            self.procs[proc].active.retain(|&i| i as u64 + 1 != req);
+        }
+        self.feed(proc, name, Event::Cancel { id: req })
+    }
+
+    fn release(&mut self, proc: usize, req: u64, ack: bool) -> Result<(), String> {
+        let Some(c) = self.procs[proc].caller(req) else {
+            return Ok(());
+        };
+        let Stage::Held { inc, holder, .. } = c.stage else {
+            return Ok(());
+        };
+        if c.released {
+            return Ok(());
+        }
+        c.released = true;
+        let name = c.name;
+        let p = &mut self.procs[proc];
+        p.active.retain(|&i| i as u64 + 1 != req);
+        if p.cores[name].inc != inc {
+            // That core was retired: the release goes nowhere.
+            return Ok(());
+        }
+        let ack = ack.then(|| {
+            p.next_ack += 1;
+            p.acks.push(p.next_ack);
+            p.next_ack
+        });
+        self.log(|| format!("p{proc} caller {req} releases holder {holder} ack {ack:?}"));
+        self.feed(proc, name, Event::Release { holder, ack })?;
+        match self.procs[proc].caller(req).map(|c| &c.stage) {
+            Some(Stage::Held {
+                status: HolderStatus::Ended(_),
+                ..
+            }) => Ok(()),
+            s => Err(format!(
+                "p{proc} name{name}: release of req{req} did not end its holder ({s:?})"
+            )),
+        }
+    }
+
+    // ===== the shell =====
+
+    fn deliver(&mut self, to: Dest, event: Event) -> Result<(), String> {
+        if self.procs[to.proc].cores[to.name].inc != to.inc {
+            return Ok(());
+        }
+        self.log(|| format!("p{} name{} <- {event:?}", to.proc, to.name));
+        self.feed(to.proc, to.name, event)
+    }
+
+    /// Feeds one event to a core at its local time and carries out the
+    /// effects, checking that each is well-formed (invariant 6).
+    pub(super) fn feed(&mut self, proc: usize, name: usize, event: Event) -> Result<(), String> {
+        let mut todo = vec![event];
+        while let Some(event) = todo.pop() {
+            let local = self.procs[proc].clock.local(self.now);
+            let is_timeout = matches!(event, Event::Timeout);
+            let slot = &mut self.procs[proc].cores[name];
+            slot.core.handle(local, event);
+            let fx: Vec<Effect> = std::iter::from_fn(|| slot.core.poll_effect()).collect();
+            let holding = slot.core.holding();
+            let inc = slot.inc;
+            let live = slot.core.live_token().cloned();
+            for (i, e) in fx.iter().enumerate() {
+                self.log(|| format!("p{proc} name{name} -> {e:?}"));
+                self.effect(
+                    proc,
+                    name,
+                    inc,
+                    local,
+                    e,
+                    &fx[i + 1..],
+                    &holding,
+                    &live,
+                    &mut todo,
+                )?;
+            }
+            // Invariant 4's book-keeping: when a token stops being live.
+            let slot = &mut self.procs[proc].cores[name];
+            if slot.live != live {
+                if let Some(old) = slot.live.take() {
+                    self.inv.token_ended(old, self.now);
+                }
+                let slot = &mut self.procs[proc].cores[name];
+                slot.live = live;
+            }
+            let slot = &mut self.procs[proc].cores[name];
+            let next = slot.core.next_timeout();
+            if let Some(t) = next {
+                if t <= local && is_timeout {
+                    slot.spins += 1;
+                    if slot.spins > 100 {
+                        return Err(format!(
+                            "p{proc} name{name}: next_timeout {t:?} stays at or before now {local:?} (busy loop)"
+                        ));
+                    }
+                } else {
+                    slot.spins = 0;
+                }
+            }
+            let clock = self.procs[proc].clock;
+            let now = self.now;
+            self.procs[proc].cores[name].timer = next.map(|t| clock.real_at(t).max(now));
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn effect(
+        &mut self,
+        proc: usize,
+        name: usize,
+        inc: u32,
+        local: Time,
+        e: &Effect,
+        later: &[Effect],
+        holding: &Option<crate::core::HoldingView>,
+        live: &Option<crate::scripts::Token>,
+        todo: &mut Vec<Event>,
+    ) -> Result<(), String> {
+        let cfg = self.cfg.clone();
+        let here = || format!("p{proc} name{name}");
+        match e {
+            Effect::Send { cmd, target, op } => {
+                let ok_target = match target {
+                    Target::Key(k) => *k < cfg.total,
+                    Target::Fence(n) => *n < cfg.nodes,
+                };
+                let ok_op = match (target, op) {
+                    (Target::Key(k), Op::Acquire { fence, .. }) => {
+                        *fence == (cfg.fencing == Fencing::InScript && *k == 0 && cfg.total == 1)
+                    }
+                    (
+                        Target::Key(_),
+                        Op::Extend { .. } | Op::Verify { .. } | Op::Release { .. },
+                    ) => true,
+                    // The two-phase step; with the counter in the script, it
+                    // is the fallback when key 0 was not among the keys won.
+                    (Target::Fence(_), Op::FenceRead | Op::FenceWrite { .. }) => {
+                        cfg.fencing != Fencing::Off
+                    }
+                    _ => false,
+                };
+                if !ok_target || !ok_op {
+                    return Err(format!("{}: malformed Send {target:?} {op:?}", here()));
+                }
+                // Invariant 4: keys are written only under a live token.
+                if let Op::Acquire { token, .. } | Op::Extend { token, .. } = op {
+                    if live.as_ref() != Some(token) {
+                        return Err(format!(
+                            "{}: write {op:?} sent under a token that is not live ({live:?})",
+                            here()
+                        ));
+                    }
+                }
+                self.send(Dest { proc, name, inc }, *cmd, *target, op.clone());
+            }
+            Effect::Grant {
+                to,
+                holder,
+                valid_until,
+                fence,
+            } => {
+                let current = holding.as_ref().is_some_and(|h| h.holder == *holder);
+                let ended_later = later.iter().any(|l| {
+                    matches!(l, Effect::Status { holder: h, status: HolderStatus::Ended(_) } if h == holder)
+                });
+                if !current && !ended_later {
+                    return Err(format!(
+                        "{}: Grant of holder {holder} the core does not hold",
+                        here()
+                    ));
+                }
+                if current
+                    && holding
+                        .as_ref()
+                        .is_some_and(|h| h.ends_at != *valid_until || h.fence != *fence)
+                {
+                    return Err(format!(
+                        "{}: Grant {e:?} disagrees with the core's grant {holding:?}",
+                        here()
+                    ));
+                }
+                if *valid_until <= local {
+                    return Err(format!(
+                        "{}: Grant already expired ({valid_until:?} <= {local:?})",
+                        here()
+                    ));
+                }
+                let others = self.procs[proc].active.iter().any(|&i| {
+                    let c = &self.procs[proc].callers[i];
+                    c.name == name
+                        && matches!(
+                            c.stage,
+                            Stage::Held {
+                                status: HolderStatus::Held { .. },
+                                ..
+                            }
+                        )
+                });
+                if others {
+                    return Err(format!(
+                        "{}: Grant while another local caller still holds",
+                        here()
+                    ));
+                }
+                let token = holding
+                    .as_ref()
+                    .filter(|h| h.holder == *holder)
+                    .map(|h| h.token.clone());
+                let Some(c) = self.procs[proc].caller(*to) else {
+                    return Err(format!("{}: Grant to unknown request {to}", here()));
+                };
+                if c.name != name || !matches!(c.stage, Stage::Waiting) {
+                    return Err(format!(
+                        "{}: Grant to request {to} that is not waiting ({:?})",
+                        here(),
+                        c.stage
+                    ));
+                }
+                let cancelled = c.cancelled;
+                let forever = c.forever;
+                let until_real = self.procs[proc].clock.real_at(*valid_until);
+                let c = self.procs[proc].caller(*to).expect("checked");
+                c.stage = Stage::Held {
+                    inc,
+                    holder: *holder,
+                    status: HolderStatus::Held {
+                        valid_until: *valid_until,
+                    },
+                    token: token.clone(),
+                    until_real,
+                };
+                self.stats.grants += 1;
+                self.inv.granted(
+                    proc,
+                    name,
+                    token.as_ref(),
+                    *fence,
+                    self.restarted || self.data_lost,
+                    &cfg,
+                )?;
+                if cancelled {
+                    // The caller is gone: the shell releases at once.
+                    let c = self.procs[proc].caller(*to).expect("checked");
+                    c.released = true;
+                    self.procs[proc].active.retain(|&i| i as u64 + 1 != *to);
+                    todo.push(Event::Release {
+                        holder: *holder,
+                        ack: None,
+                    });
+                } else if forever && self.stage == RunStage::Main {
+                    // Held until the run winds down.
+                } else {
+                    let hold = if self.work.chance(65) {
+                        self.work.range(0, 20 * MS)
+                    } else {
+                        self.work.range(20 * MS, 2 * self.ttl())
+                    };
+                    let ack = self.work.chance(50);
+                    self.q.push(
+                        self.now + hold,
+                        Ev::Release {
+                            proc,
+                            req: *to,
+                            ack,
+                        },
+                    );
+                }
+            }
+            Effect::Refuse { to, why } => {
+                let Some(c) = self.procs[proc].caller(*to) else {
+                    return Err(format!("{}: Refuse to unknown request {to}", here()));
+                };
+                if c.name != name || !matches!(c.stage, Stage::Waiting) {
+                    return Err(format!(
+                        "{}: Refuse to request {to} that is not waiting ({:?})",
+                        here(),
+                        c.stage
+                    ));
+                }
+                if c.kind == RequestKind::Wait && *why != Refusal::Closed {
+                    return Err(format!("{}: a waiting lock() refused with {why:?}", here()));
+                }
+                c.stage = Stage::Done;
+                self.procs[proc].active.retain(|&i| i as u64 + 1 != *to);
+            }
+            Effect::Status { holder, status } => {
+                let Some(i) = self.procs[proc].holder_index(name, inc, *holder) else {
+                    return Err(format!(
+                        "{}: Status for holder {holder} nobody holds",
+                        here()
+                    ));
+                };
+                let until = match status {
+                    HolderStatus::Held { valid_until } => {
+                        self.procs[proc].clock.real_at(*valid_until)
+                    }
+                    HolderStatus::Ended(_) => 0,
+                };
+                let c = &mut self.procs[proc].callers[i];
+                let Stage::Held {
+                    status: cur,
+                    until_real,
+                    ..
+                } = &mut c.stage
+                else {
+                    unreachable!("holder_index finds held callers");
+                };
+                if let HolderStatus::Ended(_) = cur {
+                    return Err(format!(
+                        "{}: Status {status:?} after the holder's end",
+                        here()
+                    ));
+                }
+                if let HolderStatus::Held { valid_until } = status {
+                    if *valid_until <= local {
+                        return Err(format!("{}: Held status already expired", here()));
+                    }
+                }
+                *cur = *status;
+                *until_real = until;
+                if let HolderStatus::Ended(_) = status {
+                    if c.forever || self.stage != RunStage::Main {
+                        // Nobody would release it otherwise.
+                        let req = i as u64 + 1;
+                        let at = self.now + self.work.range(0, 5 * MS);
+                        self.q.push(
+                            at,
+                            Ev::Release {
+                                proc,
+                                req,
+                                ack: false,
+                            },
+                        );
+                    }
+                }
+            }
+            Effect::Released { ack, .. } => {
+                let acks = &mut self.procs[proc].acks;
+                let Some(pos) = acks.iter().position(|a| a == ack) else {
+                    return Err(format!(
+                        "{}: Released for unknown or answered ack {ack}",
+                        here()
+                    ));
+                };
+                acks.swap_remove(pos);
+            }
+            Effect::Idle => {
+                let busy = self.procs[proc].active.iter().any(|&i| {
+                    let c = &self.procs[proc].callers[i];
+                    c.name == name
+                        && match &c.stage {
+                            Stage::Waiting => !c.cancelled,
+                            Stage::Held {
+                                status, inc: ci, ..
+                            } => *ci == inc && matches!(status, HolderStatus::Held { .. }),
+                            Stage::Done => false,
+                        }
+                });
+                if busy || holding.is_some() {
+                    return Err(format!("{}: Idle while callers wait or hold", here()));
+                }
+                if self.stage != RunStage::Closing && later.is_empty() && self.work.chance(50) {
+                    self.retire(proc, name);
+                }
+            }
+            Effect::Closed => {
+                self.procs[proc].cores[name].closed = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// The shell retires an idle core; the name's next use starts a fresh
+    /// one.
+    fn retire(&mut self, proc: usize, name: usize) {
+        let local = self.procs[proc].clock.local(self.now);
+        let entropy = Box::new(SimEntropy(self.work.fork()));
+        let slot = &mut self.procs[proc].cores[name];
+        slot.core = LockCore::new(self.cfg.clone(), entropy, local);
+        slot.inc += 1;
+        slot.timer = None;
+        self.log(|| format!("p{proc} name{name} core retired"));
+    }
+
+    // ===== winding down =====
+
+    fn quiesce(&mut self) {
+        self.stage = RunStage::Quiesce;
+        self.log(|| "QUIESCE: faults healed, no new callers".to_string());
+        for proc in 0..self.k.procs {
+            for node in 0..self.k.nodes {
+                self.conns[proc][node].slow = 0;
+                self.reconnect(proc, node);
+            }
+        }
+        let mut held = 0;
+        for proc in 0..self.k.procs {
+            for i in self.procs[proc].active.clone() {
+                let c = &self.procs[proc].callers[i];
+                if matches!(c.stage, Stage::Held { .. }) && c.forever {
+                    let at = self.now + self.work.range(0, 10 * MS);
+                    self.q.push(
+                        at,
+                        Ev::Release {
+                            proc,
+                            req: i as u64 + 1,
+                            ack: true,
+                        },
+                    );
+                }
+                held += 1;
+            }
+        }
+        // Each caller in turn: a hold of up to twice the validity, then the
+        // liveness bound; plus a node that stays down up to twice the validity.
+        let per = self.inv.liveness_bound + 2 * self.ttl();
+        self.deadline = self.now + (held + 2) * per + 3 * self.ttl();
+    }
+
+    fn close_all(&mut self) -> Result<(), String> {
+        self.stage = RunStage::Closing;
+        self.log(|| "CLOSING".to_string());
+        for proc in 0..self.k.procs {
+            for name in 0..self.k.names {
+                self.feed(proc, name, Event::Close)?;
+            }
+        }
+        let bound = self.cfg.reply_bound().as_nanos() as u64;
+        self.deadline = self.now + 2 * bound + 2 * self.max_trip();
+        Ok(())
+    }
+
+    fn all_done(&self) -> bool {
+        self.procs.iter().all(|p| p.active.is_empty())
+    }
+
+    fn all_closed(&self) -> bool {
+        self.procs.iter().all(|p| p.cores.iter().all(|c| c.closed))
+    }
+
+    fn finish(&mut self) -> Result<(), String> {
+        for (i, p) in self.procs.iter().enumerate() {
+            if !p.acks.is_empty() {
+                return Err(format!("p{i}: release acks never answered: {:?}", p.acks));
+            }
+        }
+        Ok(())
+    }
+
+    fn pending_summary(&self) -> String {
+        let mut s = String::new();
+        for (pi, p) in self.procs.iter().enumerate() {
+            for &i in &p.active {
+                let c = &p.callers[i];
+                s.push_str(&format!(
+                    "p{pi} req{} name{} {:?} {:?} asked {:.3}ms; ",
+                    i + 1,
+                    c.name,
+                    c.kind,
+                    c.stage,
+                    c.asked as f64 / 1e6
+                ));
+            }
+            for (n, c) in p.cores.iter().enumerate() {
+                s.push_str(&format!(
+                    "p{pi} name{n} core {} closed {}; ",
+                    c.core.phase_name(),
+                    c.closed
+                ));
+            }
+        }
+        s
+    }
+}
