@@ -7,6 +7,7 @@
 //! not `.await` the Supervisor inside a handler. Only the Supervisor writes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use ractor::ActorRef;
@@ -18,8 +19,31 @@ use crate::scripts::Scripts;
 use crate::timers::Timers;
 
 /// The mark a retiring `LockActor` sets in its route's `sent` count: senders
-/// that see it go through the Supervisor instead (see `LockState::retire`).
-pub(crate) const RETIRED: u64 = 1 << 63;
+/// that see it go through the Supervisor instead.
+const RETIRED: u64 = 1 << 63;
+
+/// Counts a request about to be sent to a `LockActor` through its route's
+/// `sent` count; false if the actor has retired (send it through the
+/// Supervisor, which starts a fresh one).
+pub(crate) fn count_send(sent: &AtomicU64) -> bool {
+    sent.fetch_add(1, Ordering::SeqCst) & RETIRED == 0
+}
+
+/// Whether the actor behind `sent` has retired.
+pub(crate) fn retired(sent: &AtomicU64) -> bool {
+    sent.load(Ordering::SeqCst) & RETIRED != 0
+}
+
+/// Retires the actor behind `sent` if it has received every request counted
+/// (`seen` of them), i.e. none is on its way. A compare-and-swap from `seen`:
+/// a sender that counted one more makes it fail, and every sender after it
+/// sees the mark. This replaces a check-then-stop by the Supervisor, between
+/// which a request could reach an actor about to stop and start an attempt
+/// nobody would finish.
+pub(crate) fn try_retire(sent: &AtomicU64, seen: u64) -> bool {
+    sent.compare_exchange(seen, seen | RETIRED, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok()
+}
 
 /// The queue into a node's command pump.
 pub(crate) type Lane = tokio::sync::mpsc::UnboundedSender<Job>;
@@ -216,6 +240,46 @@ mod tests {
             fence_key: None,
             cmd: CmdId(1),
             reply_to: reply_to.clone(),
+        }
+    }
+
+    #[test]
+    fn retirement_never_strands_a_request() {
+        // Senders on several threads count then deliver; the actor retires
+        // with the count it has received. Once retired, nothing more is
+        // delivered, and every request counted before was received.
+        for _ in 0..200 {
+            let sent = Arc::new(AtomicU64::new(0));
+            let received = Arc::new(AtomicU64::new(0));
+            let senders: Vec<_> = (0..3)
+                .map(|_| {
+                    let (sent, received) = (sent.clone(), received.clone());
+                    std::thread::spawn(move || {
+                        let mut rerouted = 0;
+                        for _ in 0..50 {
+                            if count_send(&sent) {
+                                received.fetch_add(1, Ordering::SeqCst);
+                            } else {
+                                rerouted += 1;
+                            }
+                        }
+                        rerouted
+                    })
+                })
+                .collect();
+            let retired_at = loop {
+                let seen = received.load(Ordering::SeqCst);
+                if try_retire(&sent, seen) {
+                    break Some(seen);
+                }
+                if senders.iter().all(|s| s.is_finished()) && try_retire(&sent, 150) {
+                    break Some(150);
+                }
+            };
+            let rerouted: u64 = senders.into_iter().map(|s| s.join().unwrap()).sum();
+            assert!(retired(&sent));
+            assert_eq!(received.load(Ordering::SeqCst), retired_at.unwrap());
+            assert_eq!(retired_at.unwrap() + rerouted, 150);
         }
     }
 

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
-use crate::context::{Shared, RETIRED};
+use crate::context::{count_send, Shared};
 use crate::core::RequestKind;
 use crate::error::{Error, LostReason};
 use crate::keys;
@@ -158,7 +158,7 @@ impl Engine {
             let request = match self.shared.lock_route(&name) {
                 // Counted before it is sent; a retiring actor's mark sends it
                 // through the Supervisor instead (see `LockState::retire`).
-                Some(route) if route.sent.fetch_add(1, Ordering::SeqCst) & RETIRED == 0 => {
+                Some(route) if count_send(&route.sent) => {
                     match route.actor.cast(LockMsg::Request(request)) {
                         Ok(()) => None,
                         Err(ractor::MessagingErr::SendErr(LockMsg::Request(back))) => Some(back),

@@ -9,7 +9,7 @@
 //! messages, and the core's one timer is armed on the locker's timer task.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -17,7 +17,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
-use crate::context::{Shared, RETIRED};
+use crate::context::{try_retire, Shared};
 use crate::core::{
     Effect, Event, HolderId, HolderStatus, LockCore, Op, OsEntropy, Outcome, Refusal, Target, Time,
 };
@@ -310,18 +310,11 @@ impl LockState {
         self.timer = next.map(|at| (at, self.shared.timers.at(at, me, LockMsg::Timeout)));
     }
 
-    /// Retires this actor if no request is on its way to it. Senders count
-    /// requests in `sent` before they send; marking it retired with a
-    /// compare-and-swap from the count this actor has seen succeeds only if
-    /// none is in flight, and from then on senders see the mark and go
-    /// through the Supervisor, which starts a fresh actor.
+    /// Retires this actor if no request is on its way to it (see
+    /// `context::try_retire`).
     fn retire(&mut self, me: &ActorRef<LockMsg>) {
         let seen = self.seen;
-        if self
-            .sent
-            .compare_exchange(seen, seen | RETIRED, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-        {
+        if try_retire(&self.sent, seen) {
             tracing::trace!(lock = %self.name, "idle; retiring");
             me.stop(Some("idle".into()));
         }

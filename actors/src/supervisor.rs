@@ -23,13 +23,13 @@ use std::time::Duration;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{debug, info, warn};
 
-use crate::context::{AbortOnDrop, LockRoute, Shared, RETIRED};
+use crate::context::{count_send, retired, AbortOnDrop, LockRoute, Shared};
 use crate::core::quorum;
 use crate::error::Error;
 use crate::lock::{LockActor, LockArgs};
 use crate::msg::{LockMsg, NodeMsg, NodeReport, Request, SupervisorMsg};
 use crate::node::{NodeActor, NodeArgs};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 pub(crate) struct Supervisor;
 
@@ -290,7 +290,7 @@ impl SupervisorState {
         for _ in 0..2 {
             // A retiring actor takes no more requests: replace it.
             if let Some(e) = self.locks.get(&name) {
-                if e.sent.load(Ordering::SeqCst) & RETIRED != 0 {
+                if retired(&e.sent) {
                     let e = self.locks.remove(&name).expect("present");
                     self.shared.remove_lock(&name, e.actor.get_id());
                 }
@@ -324,7 +324,7 @@ impl SupervisorState {
                 }
             }
             let entry = self.locks.get_mut(&name).expect("inserted above");
-            if entry.sent.fetch_add(1, Ordering::SeqCst) & RETIRED != 0 {
+            if !count_send(&entry.sent) {
                 // It retired just now: start over with a fresh one.
                 continue;
             }

@@ -209,6 +209,10 @@ struct Slot {
     seen: CmdId,
     /// The last command on it failed (for the loss reason).
     failing: bool,
+    /// Invalidated while its command was out: without NOLOOP that may be our
+    /// own write, else a change around our read. The reply decides: ours is
+    /// re-checked, anything else lets waiters retry at once.
+    touched: bool,
 }
 
 impl Slot {
@@ -217,6 +221,7 @@ impl Slot {
             key: Key::Pending,
             seen: CmdId::default(),
             failing: false,
+            touched: false,
         }
     }
 
@@ -261,6 +266,8 @@ struct Grant {
     acquired_at: Time,
     fence: u64,
     next_extend: Time,
+    /// A retry of the keys whose last command failed, before the next round.
+    retry_at: Option<Time>,
 }
 
 /// Deletes sent when a grant ended, and who waits for them.
@@ -376,6 +383,7 @@ impl LockCore {
             Phase::Holding(g) => {
                 at(Some(g.ends_at));
                 at(Some(g.next_extend));
+                at(g.retry_at);
             }
             _ => {}
         }
@@ -401,6 +409,7 @@ impl LockCore {
 
     /// The token of the attempt or grant in progress, for observers (the
     /// simulator checks that keys are written only under a live token).
+    #[cfg(test)]
     pub(crate) fn live_token(&self) -> Option<&Token> {
         match &self.phase {
             Phase::Attempting(a) => Some(&a.token),
@@ -679,6 +688,7 @@ impl LockCore {
             acquired_at: now,
             fence: a.fence.unwrap_or(0),
             next_extend,
+            retry_at: None,
         };
         tracing::debug!(
             token = grant.token.short(),
@@ -907,6 +917,7 @@ impl LockCore {
         let Some(slot) = slots.get_mut(key) else {
             return;
         };
+        let touched = std::mem::take(&mut slot.touched);
         if let Outcome::Failed(why) = outcome {
             tracing::trace!(key, why, "command failed");
             slot.failing = true;
@@ -981,14 +992,35 @@ impl LockCore {
                 }
             }
         }
+        if touched {
+            let recheck = match &mut self.phase {
+                Phase::Attempting(a) if !matches!(a.keys[key].key, Key::Ours { .. }) => {
+                    a.woken = true;
+                    None
+                }
+                Phase::Attempting(a) => Some(a.token.clone()),
+                Phase::Holding(g) if matches!(g.keys[key].key, Key::Ours { .. }) => {
+                    Some(g.token.clone())
+                }
+                _ => None,
+            };
+            if let Some(token) = recheck {
+                self.verify(now, owner, key, &token);
+            }
+        }
         match &mut self.phase {
             Phase::Attempting(_) => self.decide(now),
             Phase::Holding(g) => {
                 if writes && g.keys[key].failing {
-                    // A node failed to answer: try again after a pause rather
-                    // than hammer it, well before the validity runs out.
+                    // A node failed to answer: try that key again after a
+                    // pause rather than hammer it, well before the validity
+                    // runs out. Only that key: a whole round would rewrite
+                    // the keys that are fine, and every rewrite wakes the
+                    // waiters of other processes.
                     let retry = now + c.timeout.max(Duration::from_millis(20));
-                    g.next_extend = g.next_extend.min(retry);
+                    if retry < g.next_extend {
+                        g.retry_at = Some(g.retry_at.map_or(retry, |r| r.min(retry)));
+                    }
                 }
                 self.reevaluate(now);
             }
@@ -1033,11 +1065,16 @@ impl LockCore {
         }
     }
 
-    fn extend(&mut self, now: Time) {
+    /// An extension round: every key (`all`), or only the keys whose last
+    /// command failed (a retry between rounds).
+    fn extend(&mut self, now: Time, all: bool) {
         let Phase::Holding(g) = &mut self.phase else {
             return;
         };
-        g.next_extend = self.cfg.next_tick(now);
+        if all {
+            g.next_extend = self.cfg.next_tick(now);
+        }
+        g.retry_at = None;
         let (id, token) = (g.id, g.token.clone());
         // Keys believed ours are only extended (XX): one that vanished
         // unnoticed must show up as lost, never be re-created over a gap.
@@ -1048,6 +1085,7 @@ impl LockCore {
             .keys
             .iter()
             .enumerate()
+            .filter(|(_, s)| all || s.failing)
             .filter_map(|(k, s)| match s.key {
                 Key::Pending => None,
                 Key::Ours { .. } => Some((k, SetMode::Xx)),
@@ -1284,17 +1322,21 @@ impl LockCore {
             Phase::Attempting(a) => {
                 let (id, token) = (a.id, a.token.clone());
                 let mut ours = Vec::new();
-                for (i, s) in a.keys.iter().enumerate() {
+                for (i, s) in a.keys.iter_mut().enumerate() {
                     if !in_scope(i) {
                         continue;
                     }
                     match s.key {
-                        Key::Ours { .. } | Key::Pending => ours.push(i),
-                        _ => {}
+                        Key::Ours { .. } => ours.push(i),
+                        Key::Pending => s.touched = true,
+                        // Held by another (or failed): it changed, so a
+                        // retry may succeed.
+                        _ => a.woken = true,
                     }
-                    if !matches!(s.key, Key::Ours { .. }) {
-                        a.woken = true;
-                    }
+                }
+                if key.is_none() {
+                    // A reconnect: invalidations may have been lost.
+                    a.woken = true;
                 }
                 for k in ours {
                     self.verify(now, id, k, &token);
@@ -1341,7 +1383,8 @@ impl LockCore {
                 let reason = loss_reason(&g.keys);
                 self.end_grant(now, reason);
             }
-            Phase::Holding(g) if now >= g.next_extend => self.extend(now),
+            Phase::Holding(g) if now >= g.next_extend => self.extend(now, true),
+            Phase::Holding(g) if g.retry_at.is_some_and(|r| now >= r) => self.extend(now, false),
             Phase::Idle {
                 retry_at: Some(at), ..
             } if now >= *at && self.waiters.has_waiter() => {

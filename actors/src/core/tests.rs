@@ -783,3 +783,64 @@ fn with_one_key_the_fence_comes_from_the_script() {
     });
     assert_eq!(fence, Some(4));
 }
+
+#[test]
+fn a_failed_extension_retries_only_its_key() {
+    // Defect 5 (the simulator's retry-storm figure): a key whose node does
+    // not answer pulled the whole next round forward, rewriting the healthy
+    // keys every few tens of milliseconds, and every rewrite woke the waiters
+    // of other processes.
+    let mut rig = Rig::new(config(2, 3));
+    held(&mut rig);
+    let ext = sends(&rig.tick(ms(500)));
+    assert_eq!(ext.len(), 3);
+    rig.at(ms(501));
+    rig.ev(reply(ext[0].0, ours()));
+    rig.ev(reply(ext[1].0, ours()));
+    rig.ev(reply(ext[2].0, Outcome::Failed("timed out")));
+    // The retry comes one timeout later (100 ms), for key 2 alone.
+    assert_eq!(rig.core.next_timeout(), Some(ms(601)));
+    let retry = sends(&rig.tick(ms(601)));
+    assert_eq!(retry.len(), 1, "{retry:?}");
+    assert_eq!(retry[0].1, Target::Key(2));
+    // Next: the retry's own reply bound (601 + 160), not a full round.
+    assert_eq!(rig.core.next_timeout(), Some(ms(761)));
+    let fx = rig
+        .at(ms(602))
+        .ev(reply(retry[0].0, Outcome::Failed("timed out")));
+    assert!(sends(&fx).is_empty());
+    assert_eq!(sends(&rig.tick(ms(1000))).len(), 3);
+}
+
+#[test]
+fn our_own_write_seen_while_pending_does_not_wake_us() {
+    // Without NOLOOP a waiter hears of its own SET of a free key, often
+    // before the reply. If that counted as "the key changed", the failed
+    // attempt would retry at once, SET the key again and hear of it again:
+    // a loop at network speed. The reply decides: ours is re-checked, held
+    // by another means a real change, so a retry at once.
+    let mut rig = Rig::new(config(2, 3));
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+    }));
+    assert!(sends(&rig.ev(Event::Invalidated { key: 2 })).is_empty());
+    rig.ev(reply(s[0].0, other()));
+    rig.ev(reply(s[1].0, other()));
+    let fx = rig.ev(reply(s[2].0, ours()));
+    // Key 2 released, no new attempt.
+    assert_eq!(sends(&fx).len(), 1);
+    assert!(matches!(sends(&fx)[0].2, Op::Release { .. }));
+    // The same, but the touched key turns out held by another: retry now.
+    let mut rig = Rig::new(config(2, 3));
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+    }));
+    rig.ev(Event::Invalidated { key: 0 });
+    rig.ev(reply(s[0].0, other()));
+    let fx = rig.ev(reply(s[1].0, other()));
+    let retry = sends(&fx);
+    assert_eq!(retry.len(), 3, "{fx:?}");
+    assert!(retry.iter().all(|x| matches!(x.2, Op::Acquire { .. })));
+}
