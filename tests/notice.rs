@@ -31,15 +31,20 @@ async fn holders_behind_a_frozen_link_are_told_before_their_validity_ends() {
     let server = ValkeyServer::start();
     let proxy = Proxy::start(server.port).await;
     let validity = Duration::from_secs(1);
-    // The engine's notice margin for this validity: 1 % (10 ms). Engines
+    // The engine's notice margin for this validity: 1 % (10 ms), plus 10 µs
+    // per holder of the locker (at most a tenth of the validity). Engines
     // before the lock core v2 published the computed end itself: measure
     // them with NOTICE_MARGIN_MS=0.
-    let margin = Duration::from_millis(
-        std::env::var("NOTICE_MARGIN_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(10),
-    );
+    let margin = match std::env::var("NOTICE_MARGIN_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(ms) => Duration::from_millis(ms),
+        None => {
+            Duration::from_millis(10)
+                + (Duration::from_micros(10) * locks as u32).min(validity / 10)
+        }
+    };
     let locker = Locker::connect(
         LockerOptions::new([proxy.url()])
             .with_key_majority(1)

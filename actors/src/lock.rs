@@ -9,7 +9,7 @@
 //! messages, and the core's one timer is armed on the locker's timer task.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -43,6 +43,8 @@ pub(crate) struct LockArgs {
 struct Holder {
     status: watch::Sender<GrantStatus>,
     cancel: CancellationToken,
+    /// The locker's count of holders, which this one is part of.
+    count: Arc<AtomicUsize>,
 }
 
 impl Holder {
@@ -58,6 +60,8 @@ impl Drop for Holder {
     /// A killed or failed LockActor drops its state: the holder must hear that
     /// nobody extends its keys any more, never keep a guard that looks held.
     fn drop(&mut self) {
+        self.count
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if !self.cancel.is_cancelled() {
             self.end(LostReason::EngineStopped);
         }
@@ -159,6 +163,7 @@ impl LockState {
     /// the events that carrying out produces (a grant whose caller left).
     fn feed(&mut self, me: &ActorRef<LockMsg>, event: Event) {
         let mut events = std::collections::VecDeque::from([event]);
+        self.core.set_allowance(self.shared.notice_allowance());
         while let Some(event) = events.pop_front() {
             self.core.handle(clock::now(), event);
             while let Some(effect) = self.core.poll_effect() {
@@ -190,7 +195,14 @@ impl LockState {
                     cancel: cancel.clone(),
                     fence,
                 };
-                let h = Holder { status: tx, cancel };
+                self.shared
+                    .holders
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let h = Holder {
+                    status: tx,
+                    cancel,
+                    count: self.shared.holders.clone(),
+                };
                 let delivered = match self.requests.remove(&to) {
                     Some(reply) => reply.send(Ok(parts)).is_ok(),
                     None => false,

@@ -268,6 +268,9 @@ struct Grant {
     next_extend: Time,
     /// A retry of the keys whose last command failed, before the next round.
     retry_at: Option<Time>,
+    /// The notice margin in force: it only grows during a grant, so a
+    /// published `valid_until` never moves later without an extension.
+    margin: Duration,
 }
 
 /// Deletes sent when a grant ended, and who waits for them.
@@ -321,6 +324,10 @@ pub(crate) struct LockCore {
     /// Since when nothing is queued, held or in flight; `None` while busy.
     quiet_since: Option<Time>,
     idle_reported: bool,
+    /// Extra notice the shell asks for on top of `Config::margin`: the time
+    /// its process needs to tell every holder it has (see
+    /// [`LockCore::set_allowance`]).
+    allowance: Duration,
     effects: VecDeque<Effect>,
 }
 
@@ -361,8 +368,23 @@ impl LockCore {
             next_id: 0,
             quiet_since: Some(now),
             idle_reported: false,
+            allowance: Duration::ZERO,
             effects: VecDeque::new(),
         }
+    }
+
+    /// Sets the extra notice the shell needs on top of the configured margin.
+    /// Telling a holder costs the shell some CPU time; when many grants end
+    /// at once (they share the extension grid), the last one told waits for
+    /// all the others, so the shell asks for notice in proportion to how
+    /// many holders it has. Takes effect at the next validity computed.
+    pub(crate) fn set_allowance(&mut self, allowance: Duration) {
+        self.allowance = allowance;
+    }
+
+    /// How long before the computed end of validity the holder is told.
+    fn margin(&self) -> Duration {
+        self.cfg.margin + self.allowance
     }
 
     /// The next effect to carry out.
@@ -662,7 +684,7 @@ impl LockCore {
         };
         let m = self.cfg.majority;
         let live = a.keys.iter().filter_map(|s| s.ours_at(now));
-        let ends_at = quorum::validity_end(live, m).map(|v| v - self.cfg.margin);
+        let ends_at = quorum::validity_end(live, m).map(|v| v - self.margin());
         // Enough validity to reach a confirmed extension: one round trip.
         let Some(ends_at) = ends_at.filter(|e| *e > now + self.cfg.timeout) else {
             tracing::warn!(
@@ -689,6 +711,7 @@ impl LockCore {
             fence: a.fence.unwrap_or(0),
             next_extend,
             retry_at: None,
+            margin: self.margin(),
         };
         tracing::debug!(
             token = grant.token.short(),
@@ -1040,13 +1063,16 @@ impl LockCore {
     /// Recomputes the grant's validity from its keys; ends it when fewer than
     /// `M` keys are known ours.
     fn reevaluate(&mut self, now: Time) {
+        let margin = self.margin();
         let Phase::Holding(g) = &mut self.phase else {
             return;
         };
+        g.margin = g.margin.max(margin);
+        let margin = g.margin;
         let live = g.keys.iter().filter_map(|s| s.ours_at(now));
         match quorum::validity_end(live, self.cfg.majority) {
-            Some(end) if end - self.cfg.margin > now => {
-                let ends_at = end - self.cfg.margin;
+            Some(end) if end - margin > now => {
+                let ends_at = end - margin;
                 if ends_at != g.ends_at {
                     g.ends_at = ends_at;
                     let holder = g.holder;
