@@ -266,7 +266,7 @@ def region_run(bins, env, load_log, results_path, compile_s):
     hyp = " (a VM: `hypervisor` flag)" if env.get("hypervisor") == "yes" else ""
     loads = ", ".join(f"{n} `{bins[n].load}`" for n in ("events", "locks", "scale") if n in bins)
     rows = [
-        ("command", f"`cd /work/main && cargo bench 2>&1 \\| tee {results_path}` (all three bench targets, full mode)"),
+        ("command", f"`cargo bench 2>&1 \\| tee {results_path}` (all three bench targets, full mode)"),
         ("date", f"{start} – {end[11:] if end != '?' else '?'}{dur}"),
         ("machine", f"`nproc` {env.get('nproc', '?')}; `/proc/cpuinfo` model name `{env.get('model', '?')}`{hyp}; {mem}, {swap}; Linux {env.get('kernel', '?')}"),
         ("Valkey", f"`valkey-server --version`: `{_short_valkey(env.get('valkey', '?'))}` (started with `--save \"\" --appendonly no`, loopback only)"),
