@@ -208,6 +208,7 @@ impl LockState {
                     None => false,
                 };
                 if !delivered {
+                    tracing::trace!(lock = %self.name, request = to, "grant not delivered");
                     // Its caller went away: give it straight back.
                     h.cancel.cancel();
                     return Some(Event::Release { holder, ack: None });
