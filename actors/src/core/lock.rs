@@ -1294,6 +1294,18 @@ impl LockCore {
                 "handed over locally"
             );
             self.status(old, HolderStatus::Ended(LostReason::Released));
+            // The grant first, the releasing caller's answer last: on tokio
+            // the task woken last runs first, so the caller that released
+            // queues its next request before the new holder can release
+            // again, and the hand-overs chain (measured: with the opposite
+            // order, two tasks alternating `lock()`/`release().await` got
+            // every other grant handed over instead of almost all of them).
+            self.effects.push_back(Effect::Grant {
+                to,
+                holder: next,
+                valid_until,
+                fence,
+            });
             if let Some(ack) = ack {
                 self.effects.push_back(Effect::Released {
                     ack,
@@ -1301,12 +1313,6 @@ impl LockCore {
                     unconfirmed: 0,
                 });
             }
-            self.effects.push_back(Effect::Grant {
-                to,
-                holder: next,
-                valid_until,
-                fence,
-            });
             return;
         }
         self.end_grant(now, LostReason::Released);
