@@ -82,10 +82,13 @@ async fn holders_behind_a_frozen_link_are_told_before_their_validity_ends() {
             .map(|g| (g.watcher(), g.valid_until().unwrap()))
             .collect();
         tokio::spawn(async move {
-            tokio::time::sleep_until(last).await;
+            // A millisecond of slack: `valid_until()` is converted from the
+            // engine's clock to a tokio `Instant`, which costs microseconds.
+            let slack = Duration::from_millis(1);
+            tokio::time::sleep_until(last + slack).await;
             watchers
                 .iter()
-                .filter(|(w, until)| Instant::now() >= *until && w.is_held())
+                .filter(|(w, until)| Instant::now() >= *until + slack && w.is_held())
                 .count()
         })
     };
