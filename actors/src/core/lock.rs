@@ -671,15 +671,39 @@ impl LockCore {
         }
     }
 
+    /// Takes the attempt out of the phase, leaving `Idle` until the caller
+    /// sets the next phase; `None` (and the phase untouched) if there is no
+    /// attempt.
+    fn take_attempt(&mut self) -> Option<Attempt> {
+        match self.take_phase_if(|p| matches!(p, Phase::Attempting(_)))? {
+            Phase::Attempting(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The grant, as [`LockCore::take_attempt`] takes the attempt.
+    fn take_grant(&mut self) -> Option<Grant> {
+        match self.take_phase_if(|p| matches!(p, Phase::Holding(_)))? {
+            Phase::Holding(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    fn take_phase_if(&mut self, want: impl Fn(&Phase) -> bool) -> Option<Phase> {
+        want(&self.phase).then(|| {
+            std::mem::replace(
+                &mut self.phase,
+                Phase::Idle {
+                    wake: Vec::new(),
+                    retry_at: None,
+                },
+            )
+        })
+    }
+
     /// The attempt holds a majority (and its fencing token, if any).
     fn win(&mut self, now: Time) {
-        let Phase::Attempting(a) = std::mem::replace(
-            &mut self.phase,
-            Phase::Idle {
-                wake: Vec::new(),
-                retry_at: None,
-            },
-        ) else {
+        let Some(a) = self.take_attempt() else {
             return;
         };
         let m = self.cfg.majority;
@@ -761,13 +785,7 @@ impl LockCore {
     }
 
     fn attempt_failed(&mut self, now: Time) {
-        let Phase::Attempting(a) = std::mem::replace(
-            &mut self.phase,
-            Phase::Idle {
-                wake: Vec::new(),
-                retry_at: None,
-            },
-        ) else {
+        let Some(a) = self.take_attempt() else {
             return;
         };
         let won = a.keys.iter().filter(|s| s.ours_at(now).is_some()).count();
@@ -1140,13 +1158,7 @@ impl LockCore {
     /// Ends the grant and deletes its keys; `tell` sends its holder the news
     /// (false for a grant that was never handed to anybody).
     fn finish_grant(&mut self, now: Time, reason: LostReason, tell: bool) {
-        let Phase::Holding(g) = std::mem::replace(
-            &mut self.phase,
-            Phase::Idle {
-                wake: Vec::new(),
-                retry_at: None,
-            },
-        ) else {
+        let Some(g) = self.take_grant() else {
             return;
         };
         if reason.is_loss() {
