@@ -117,7 +117,9 @@ impl Locker {
     {
         let locker = self.clone();
         let name = name.to_owned();
-        tokio::spawn(async move {
+        // On the engine's runtime: the `Lost` is sent on time even while the
+        // application's runtime is busy.
+        self.inner.engine.spawn(async move {
             match locker.lock(&name).await {
                 Ok(guard) => {
                     let watcher = guard.watcher();

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
+use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +19,11 @@ use crate::error::{Error, LostReason};
 use crate::keys;
 use crate::msg::{GrantParts, GrantStatus, LockMsg, NodeReport, Request, SupervisorMsg};
 use crate::options::LockerOptions;
+use crate::runtime::EngineRuntime;
 use crate::supervisor::{Supervisor, SupervisorArgs};
+
+/// How long a close waits for the actors to stop once the locks are released.
+const STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// How an acquisition treats a lock that is held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +42,7 @@ pub enum AcquireKind {
 pub struct Engine {
     supervisor: ActorRef<SupervisorMsg>,
     shared: Arc<Shared>,
+    runtime: EngineRuntime,
     next_id: AtomicU64,
     closed: AtomicBool,
 }
@@ -51,21 +57,42 @@ impl Engine {
     /// of keys live on nodes that answered.
     pub async fn start(options: &LockerOptions) -> Result<Engine, Error> {
         let settings = options.settings()?;
-        let shared = Shared::new(settings);
-        let (supervisor, _) = Actor::spawn(
-            None,
-            Supervisor,
-            SupervisorArgs {
-                shared: shared.clone(),
-            },
-        )
-        .await
-        .map_err(|e| Error::Connection {
-            message: format!("cannot start the supervisor: {e}"),
-        })?;
+        let runtime = if settings.dedicated_runtime {
+            EngineRuntime::dedicated()?
+        } else {
+            EngineRuntime::caller()?
+        };
+        // Everything the engine spawns (the timers' task, the actors, their
+        // connections) is spawned from here, so it lives on its runtime.
+        let started = runtime
+            .spawn(async move {
+                let shared = Shared::new(settings);
+                let args = SupervisorArgs {
+                    shared: shared.clone(),
+                };
+                Actor::spawn(None, Supervisor, args)
+                    .await
+                    .map(|(supervisor, _)| (supervisor, shared))
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+        let (supervisor, shared) = match started {
+            Ok(Ok(started)) => started,
+            Ok(Err(e)) => {
+                return Err(Error::Connection {
+                    message: format!("cannot start the supervisor: {e}"),
+                })
+            }
+            Err(e) => {
+                return Err(Error::Connection {
+                    message: format!("cannot start the supervisor: {e}"),
+                })
+            }
+        };
         let engine = Engine {
             supervisor,
             shared,
+            runtime,
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
         };
@@ -124,7 +151,15 @@ impl Engine {
 
     fn shutdown_now(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        self.supervisor.stop(Some("startup failed".into()));
+        let (supervisor, stop) = (self.supervisor.clone(), self.runtime.take_stop());
+        self.runtime.spawn(async move {
+            let _ = supervisor
+                .stop_and_wait(Some("startup failed".into()), Some(STOP_WAIT))
+                .await;
+            if let Some(stop) = stop {
+                let _ = stop.send(());
+            }
+        });
     }
 
     /// Acquires `name`. Dropping the returned future withdraws the request.
@@ -184,7 +219,10 @@ impl Engine {
             let result = rx.await;
             guard.armed = false;
             match result {
-                Ok(result) => return result.map(Lease::from_parts),
+                Ok(result) => {
+                    let runtime = self.runtime.handle();
+                    return result.map(|parts| Lease::from_parts(parts, runtime));
+                }
                 // The LockActor went away without answering (retired or
                 // killed): ask again; a fresh one takes over. Pause only if
                 // it keeps happening.
@@ -199,17 +237,13 @@ impl Engine {
     }
 
     /// Releases every held lock (keys deleted), fails waiters with
-    /// [`Error::Closed`], and stops the actors. Idempotent.
+    /// [`Error::Closed`], stops the actors and ends the engine's thread.
+    /// Idempotent.
     pub async fn close(&self) {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        let bound = self.shared.settings.timeout * 4 + Duration::from_secs(2);
-        let _ = self
-            .supervisor
-            .call(|reply| SupervisorMsg::Close { reply }, Some(bound))
-            .await;
-        self.supervisor.stop(Some("closed".into()));
+        let _ = self.runtime.spawn(self.closing()).await;
     }
 
     /// Starts closing without waiting (for `Drop` of the last handle).
@@ -217,18 +251,38 @@ impl Engine {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        let sup = self.supervisor.clone();
+        drop(self.runtime.spawn(self.closing()));
+    }
+
+    /// The close, as a task of the engine's runtime: ask the Supervisor to
+    /// release and stop everything, wait for it (bounded), then end the
+    /// engine's thread.
+    fn closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let supervisor = self.supervisor.clone();
         let bound = self.shared.settings.timeout * 4 + Duration::from_secs(2);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = sup
-                    .call(|reply| SupervisorMsg::Close { reply }, Some(bound))
-                    .await;
-                sup.stop(Some("closed".into()));
-            });
-        } else {
-            sup.stop(Some("closed".into()));
+        let stop = self.runtime.take_stop();
+        async move {
+            let _ = supervisor
+                .call(|reply| SupervisorMsg::Close { reply }, Some(bound))
+                .await;
+            let _ = supervisor
+                .stop_and_wait(Some("closed".into()), Some(STOP_WAIT))
+                .await;
+            if let Some(stop) = stop {
+                let _ = stop.send(());
+            }
         }
+    }
+
+    /// Runs `future` on the engine's runtime (the facade's message-based
+    /// locking waits there, so an actor hears of a loss on time even while
+    /// the application's runtime is busy).
+    pub fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.runtime.spawn(future)
     }
 
     /// True once `close` was called.
@@ -280,11 +334,14 @@ pub struct Lease {
     cancel: CancellationToken,
     fence: u64,
     armed: bool,
+    /// The engine's runtime, where the own-clock token's timer runs.
+    runtime: Handle,
 }
 
 impl Lease {
-    fn from_parts(p: GrantParts) -> Lease {
+    fn from_parts(p: GrantParts, runtime: &Handle) -> Lease {
         Lease {
+            runtime: runtime.clone(),
             name: p.name,
             grant: p.holder,
             lock: p.lock,
@@ -329,6 +386,7 @@ impl Lease {
             name: self.name.clone(),
             status: self.status.clone(),
             cancel: self.cancel.clone(),
+            runtime: self.runtime.clone(),
         }
     }
 
@@ -351,7 +409,7 @@ impl Lease {
     /// Cancelled when the grant ends, for any reason, and at `valid_until`
     /// by this process's clock if the engine is late.
     pub fn cancellation_token(&self) -> CancellationToken {
-        own_clock_token(&self.cancel, &self.status)
+        own_clock_token(&self.cancel, &self.status, &self.runtime)
     }
 
     /// Releases the lock and waits until its keys are deleted (bounded by
@@ -390,6 +448,7 @@ pub struct LeaseWatcher {
     name: Arc<str>,
     status: watch::Receiver<GrantStatus>,
     cancel: CancellationToken,
+    runtime: Handle,
 }
 
 impl LeaseWatcher {
@@ -408,7 +467,7 @@ impl LeaseWatcher {
     /// Cancelled when the grant ends (or its validity runs out by this
     /// process's clock).
     pub fn cancellation_token(&self) -> CancellationToken {
-        own_clock_token(&self.cancel, &self.status)
+        own_clock_token(&self.cancel, &self.status, &self.runtime)
     }
 }
 
@@ -448,21 +507,21 @@ async fn wait_end(mut rx: watch::Receiver<GrantStatus>) -> LostReason {
 }
 
 /// A child of the engine's token that is also cancelled at `valid_until` by
-/// this process's clock, by a small task on the caller's runtime.
+/// this process's clock, by a small task on the engine's runtime (so it fires
+/// on time even while the caller's runtime is busy).
 fn own_clock_token(
     cancel: &CancellationToken,
     status: &watch::Receiver<GrantStatus>,
+    runtime: &Handle,
 ) -> CancellationToken {
     let child = cancel.child_token();
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        let (c, rx) = (child.clone(), status.clone());
-        rt.spawn(async move {
-            tokio::select! {
-                _ = wait_end(rx) => c.cancel(),
-                _ = c.cancelled() => {}
-            }
-        });
-    }
+    let (c, rx) = (child.clone(), status.clone());
+    runtime.spawn(async move {
+        tokio::select! {
+            _ = wait_end(rx) => c.cancel(),
+            _ = c.cancelled() => {}
+        }
+    });
     child
 }
 

@@ -30,6 +30,8 @@
 //!   through its command pump, batches extensions, routes invalidations.
 //! - `supervisor`: the root actor; spawns and restarts node actors, spawns
 //!   and retires lock actors, closes the locker.
+//! - `runtime`: the engine's own thread and tokio runtime, where all of the
+//!   above run, whatever the application's runtime is doing.
 //! - `handle`: the public handles.
 
 mod clock;
@@ -42,6 +44,7 @@ mod lock;
 mod msg;
 mod node;
 mod options;
+mod runtime;
 mod scripts;
 #[cfg(test)]
 mod sim;

@@ -86,6 +86,15 @@ pub struct LockerOptions {
     /// For `rediss://` / `valkeys://` nodes: a PEM file of the certificate
     /// authorities to trust instead of the system's (the `tls` feature).
     pub tls_ca_file: Option<String>,
+    /// Run the engine (its actors, timers and connections) on a thread of its
+    /// own, with a tokio runtime of its own. Default true: the locks are then
+    /// extended, and their loss noticed, on time however busy the
+    /// application's runtime is; a holder whose task blocks its runtime for
+    /// longer than the validity still holds the lock. With false the engine
+    /// runs on the runtime that calls `connect`, saving a thread; a busy or
+    /// blocked runtime then delays extensions, and a lock can expire under
+    /// its holder (who is told when its runtime runs again).
+    pub dedicated_runtime: bool,
 }
 
 impl Default for LockerOptions {
@@ -105,6 +114,7 @@ impl Default for LockerOptions {
             local_handover_limit: 32,
             fencing: false,
             tls_ca_file: None,
+            dedicated_runtime: true,
         }
     }
 }
@@ -120,6 +130,12 @@ impl LockerOptions {
             nodes: nodes.into_iter().map(Into::into).collect(),
             ..LockerOptions::default()
         }
+    }
+
+    /// Sets `dedicated_runtime`.
+    pub fn with_dedicated_runtime(mut self, on: bool) -> Self {
+        self.dedicated_runtime = on;
+        self
     }
 
     /// Sets `key_prefix`.
@@ -360,6 +376,7 @@ impl LockerOptions {
             },
             fencing: self.fencing,
             tls_ca_file: self.tls_ca_file.clone(),
+            dedicated_runtime: self.dedicated_runtime,
         })
     }
 }
@@ -657,6 +674,7 @@ pub(crate) struct Settings {
     /// Read only with the `tls` feature.
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) tls_ca_file: Option<String>,
+    pub(crate) dedicated_runtime: bool,
 }
 
 impl Settings {

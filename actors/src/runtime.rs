@@ -1,0 +1,157 @@
+//! Where the engine's tasks run: by default a tokio runtime of its own, on a
+//! thread of its own.
+//!
+//! Why: a lock's safety rests on tasks that must run on time — the timer that
+//! extends the keys, the one that tells the holder at `valid_until`, the
+//! connection that reads invalidations. On the application's runtime they
+//! queue behind its work: a holder on a current-thread runtime that computes
+//! for three validities, or a multi-thread runtime with every worker busy,
+//! extends nothing, and another process takes the lock while the holder still
+//! believes it holds it. On a thread of its own, the engine is scheduled by
+//! the kernel, preemptively, whatever the application does. It is also
+//! faster: the hops of a lock between actors, the command pump and fred's
+//! connection stay on one thread instead of bouncing between the workers of a
+//! multi-thread runtime (BENCHMARKS.md).
+//!
+//! One current-thread runtime: the engine's work per lock is a few
+//! microseconds between network waits, so one thread keeps up with the wire;
+//! a pool would bring back the cross-thread wake-ups.
+//!
+//! The user's calls cross into it through the actors' mailboxes (unbounded
+//! channels, which work between runtimes) and come back through oneshot and
+//! watch channels, which any runtime can await.
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+use crate::error::Error;
+
+/// The thread's name, as `top` and a debugger show it.
+const THREAD_NAME: &str = "valkeylock-engine";
+
+/// How long the tasks still running when the engine stops get to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
+
+/// The runtime the engine's actors, timers and connections are spawned on.
+#[derive(Debug)]
+pub(crate) struct EngineRuntime {
+    handle: Handle,
+    /// Dedicated runtimes only: firing (or dropping) it ends the thread.
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl EngineRuntime {
+    /// A current-thread runtime on a new thread, running until
+    /// [`EngineRuntime::stop`] or until this value is dropped.
+    pub(crate) fn dedicated() -> Result<EngineRuntime, Error> {
+        let failed = |e: std::io::Error| Error::Connection {
+            message: format!("cannot start the engine's thread: {e}"),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(failed)?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(THREAD_NAME.into())
+            .spawn(move || {
+                // A current-thread runtime runs its tasks only inside
+                // `block_on`: this is where the engine lives.
+                rt.block_on(async {
+                    let _ = stopped.await;
+                });
+                rt.shutdown_timeout(SHUTDOWN_GRACE);
+            })
+            .map_err(failed)?;
+        Ok(EngineRuntime {
+            handle,
+            stop: Mutex::new(Some(stop)),
+        })
+    }
+
+    /// The caller's runtime (`LockerOptions::dedicated_runtime` off).
+    pub(crate) fn caller() -> Result<EngineRuntime, Error> {
+        match Handle::try_current() {
+            Ok(handle) => Ok(EngineRuntime {
+                handle,
+                stop: Mutex::new(None),
+            }),
+            Err(_) => Err(Error::InvalidOptions {
+                field: "dedicated_runtime",
+                reason: "off, but the locker is not being built inside a tokio runtime".into(),
+            }),
+        }
+    }
+
+    /// Runs `future` on the engine's runtime; its output comes back to
+    /// whoever awaits, on whichever runtime.
+    pub(crate) fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(future)
+    }
+
+    /// The handle, for tasks that must run beside the engine.
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Takes the means to end a dedicated runtime, so that whoever closes the
+    /// engine fires it once the actors have stopped. `None` for the caller's
+    /// runtime, or when already taken.
+    pub(crate) fn take_stop(&self) -> Option<oneshot::Sender<()>> {
+        self.stop.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dedicated_runtime_runs_without_the_callers_and_ends_when_stopped() {
+        let rt = EngineRuntime::dedicated().unwrap();
+        // No runtime on this thread: the task still runs, on the engine's.
+        let (tx, rx) = std::sync::mpsc::channel();
+        rt.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            tx.send(std::thread::current().name().map(str::to_owned))
+                .unwrap();
+        });
+        let name = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(name.as_deref(), Some(THREAD_NAME));
+        let stop = rt.take_stop().unwrap();
+        assert!(rt.take_stop().is_none());
+        stop.send(()).unwrap();
+        // Once stopped, spawned work no longer runs.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let _ = rt.spawn(async move {
+                let _ = tx.send(());
+            });
+            if rx.recv_timeout(Duration::from_millis(50)).is_err() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "still running");
+        }
+    }
+
+    #[test]
+    fn the_callers_runtime_needs_one() {
+        assert!(matches!(
+            EngineRuntime::caller(),
+            Err(Error::InvalidOptions {
+                field: "dedicated_runtime",
+                ..
+            })
+        ));
+    }
+}
