@@ -10,6 +10,14 @@
 //!   Measured: from just before the `DEL` is sent until `guard.lost()`
 //!   resolves. (Neither peer notices a lost lock by itself.)
 //!
+//! - `busy`: both of the above while the application's runtime (the bench's
+//!   multi-thread runtime, 2 workers) is saturated by four CPU-bound tasks that
+//!   compute in 1 ms slices and yield between them, with the engine on its own
+//!   thread (the default) and on the application's runtime
+//!   (`dedicated_runtime` off), next to the idle figures of each. The
+//!   measuring tasks run on the busy runtime too: the figures are what the
+//!   application sees.
+//!
 //! Run: `cargo bench --bench events` (`CI=1` for fewer samples).
 
 #[path = "../tests/support/mod.rs"]
@@ -17,6 +25,8 @@ mod support;
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Args, Kind, Raw};
@@ -45,7 +55,7 @@ fn main() {
     let mut rows: Vec<(String, String, Vec<u64>)> = Vec::new();
     rt.block_on(async {
         if args.wants("wakeup") {
-            let (wake, release) = wakeup_valkeylock(&url, samples).await;
+            let (wake, release) = wakeup_valkeylock(&url, samples, true).await;
             rows.push(("wakeup".into(), "valkeylock".into(), wake));
             rows.push((
                 "wakeup (part)".into(),
@@ -74,8 +84,34 @@ fn main() {
             rows.push((
                 "loss_detection".into(),
                 "valkeylock".into(),
-                loss_valkeylock(&url, samples).await,
+                loss_valkeylock(&url, samples, true).await,
             ));
+        }
+        if args.wants("busy") {
+            for (engine, dedicated) in [
+                ("engine thread", true),
+                ("engine on the app runtime", false),
+            ] {
+                for busy in [false, true] {
+                    let load = busy.then(Busy::start);
+                    let state = if busy { "busy" } else { "idle" };
+                    let (wake, _) = wakeup_valkeylock(&url, samples, dedicated).await;
+                    let loss = loss_valkeylock(&url, samples, dedicated).await;
+                    if let Some(load) = load {
+                        load.stop().await;
+                    }
+                    rows.push((
+                        format!("wakeup, {state} runtime"),
+                        format!("valkeylock ({engine})"),
+                        wake,
+                    ));
+                    rows.push((
+                        format!("loss_detection, {state} runtime"),
+                        format!("valkeylock ({engine})"),
+                        loss,
+                    ));
+                }
+            }
         }
     });
 
@@ -102,14 +138,11 @@ fn main() {
 }
 
 /// Returns (release → B acquired, A's `release()` call alone), ns.
-async fn wakeup_valkeylock(url: &str, samples: usize) -> (Vec<u64>, Vec<u64>) {
+async fn wakeup_valkeylock(url: &str, samples: usize, dedicated: bool) -> (Vec<u64>, Vec<u64>) {
     let urls = [url.to_owned()];
-    let a = Locker::connect(common::valkeylock_options(&urls, 1))
-        .await
-        .expect("connect A");
-    let b = Locker::connect(common::valkeylock_options(&urls, 1))
-        .await
-        .expect("connect B");
+    let options = common::valkeylock_options(&urls, 1).with_dedicated_runtime(dedicated);
+    let a = Locker::connect(options.clone()).await.expect("connect A");
+    let b = Locker::connect(options).await.expect("connect B");
     let name = Kind::Valkeylock.name("wakeup");
     let mut out = Vec::with_capacity(samples);
     let mut releases = Vec::with_capacity(samples);
@@ -197,11 +230,10 @@ async fn wakeup_raw(url: &str, samples: usize) -> Vec<u64> {
     out
 }
 
-async fn loss_valkeylock(url: &str, samples: usize) -> Vec<u64> {
+async fn loss_valkeylock(url: &str, samples: usize, dedicated: bool) -> Vec<u64> {
     let urls = [url.to_owned()];
-    let locker = Locker::connect(common::valkeylock_options(&urls, 1))
-        .await
-        .expect("connect");
+    let options = common::valkeylock_options(&urls, 1).with_dedicated_runtime(dedicated);
+    let locker = Locker::connect(options).await.expect("connect");
     let admin = common::raw_client(url).await;
     let name = Kind::Valkeylock.name("loss");
     // key_majority 1: one key, `{prefix}:0:{name}` with the default prefix.
@@ -227,6 +259,45 @@ async fn loss_valkeylock(url: &str, samples: usize) -> Vec<u64> {
     let _ = fred::prelude::ClientLike::quit(&admin).await;
     out.drain(..5);
     out
+}
+
+/// CPU-bound work on the application's runtime: four tasks (two per worker)
+/// that each compute for 1 ms, yield, and start again, until stopped.
+struct Busy {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Busy {
+    const TASKS: usize = 4;
+    const SLICE: Duration = Duration::from_millis(1);
+
+    fn start() -> Busy {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..Self::TASKS)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let until = std::time::Instant::now() + Self::SLICE;
+                        while std::time::Instant::now() < until {
+                            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        Busy { stop, tasks }
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
 }
 
 /// One round trip from a process that has been idle for [`SETTLE`], as the
