@@ -516,7 +516,9 @@ fn anatomy(rt: &Runtime, peers: &[Peers], admin: &fred::prelude::Client, n: usiz
 
 /// The same uncontended T = 1 loop on the multi-threaded runtime (2 workers)
 /// and on a current-thread runtime (everything on one thread: no cross-thread
-/// wake-ups between the caller, the actors and the client's tasks).
+/// wake-ups between the caller, the actors and the client's tasks), for
+/// valkeylock with its engine on a thread of its own (the default) and on the
+/// caller's runtime (`dedicated_runtime` off), and for the floor.
 fn runtime_flavours(rt: &Runtime, urls: &[String], n: u64) {
     println!();
     println!("## Runtime flavour: uncontended lock + unlock, T = 1, {n} ops after 500 warm-up (fresh instances)");
@@ -528,13 +530,30 @@ fn runtime_flavours(rt: &Runtime, urls: &[String], n: u64) {
         .enable_all()
         .build()
         .expect("current-thread runtime");
-    for kind in [Kind::Valkeylock, Kind::Raw] {
-        for (label, rt) in [
+    let impls: [(&str, Option<bool>); 3] = [
+        ("valkeylock (engine thread)", Some(true)),
+        ("valkeylock (engine on the caller's runtime)", Some(false)),
+        ("raw", None),
+    ];
+    for (label, dedicated) in impls {
+        for (flavour, rt) in [
             ("multi-thread (2 workers)", rt),
             ("current-thread", &current),
         ] {
             rt.block_on(async {
-                let imp = kind.connect(urls).await;
+                let (kind, imp) = match dedicated {
+                    Some(on) => (
+                        Kind::Valkeylock,
+                        common::Imp::Valkeylock(
+                            valkeylock::Locker::connect(
+                                common::valkeylock_options(urls, 1).with_dedicated_runtime(on),
+                            )
+                            .await
+                            .expect("valkeylock connect"),
+                        ),
+                    ),
+                    None => (Kind::Raw, Kind::Raw.connect(urls).await),
+                };
                 let w = Workload::new(vec![imp.clone()], 1, "flavour", kind, true);
                 w.run_ops(500).await;
                 let c0 = common::cpu_ticks();
@@ -543,8 +562,7 @@ fn runtime_flavours(rt: &Runtime, urls: &[String], n: u64) {
                 let s1 = common::context_switches();
                 let c1 = common::cpu_ticks();
                 println!(
-                    "| {} | {label} | {:.1} | {:.1} | {:.2} + {:.2} |",
-                    kind.label(),
+                    "| {label} | {flavour} | {:.1} | {:.1} | {:.2} + {:.2} |",
                     took.as_secs_f64() * 1e6 / n as f64,
                     (c1 - c0) as f64 * 1e6 / tck as f64 / n as f64,
                     (s1.0 - s0.0) as f64 / n as f64,
