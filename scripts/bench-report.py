@@ -15,8 +15,10 @@ Subcommands:
                         every SECONDS until killed (a log of the load during
                         the run).
   render RESULTS [--env FILE] [--load-log FILE] [--previous OLD] [--doc BENCHMARKS.md]
+                [--charts docs/charts]
                         rewrite the regions of BENCHMARKS.md between
-                        `<!-- report:NAME -->` and `<!-- /report:NAME -->`.
+                        `<!-- report:NAME -->` and `<!-- /report:NAME -->`,
+                        and draw the charts (SVG) from the same results.
   check RESULTS [--doc BENCHMARKS.md]
                         list the numbers in the hand-written prose of
                         BENCHMARKS.md that appear nowhere in the raw output
@@ -50,6 +52,15 @@ FAIRNESS_MAX = 1.5               # max/min ops per task
 P999_WAIT_MAX_US = 5000.0        # p99.9 wait for the lock
 EVENT_SLACK_US = 1000.0          # wake-up / loss detection p99 <= round trip + 1 ms
 MEM_PER_LOCK_MAX_BYTES = 4096.0  # memory per held lock < 4 KiB
+
+# Inputs of issue #11 that are not measured by the benches (measured outside
+# the repository and quoted by the issue).
+GO_PATCHED_T10_US = 143.0        # Go valkeylock, seed bench T = 10, race fixed
+GO_ALLOCS_PER_OP = 35.0          # Go valkeylock allocations per lock + release
+GO_BYTES_PER_LOCK = 4700.0       # Go valkeylock heap + stack per held lock
+I11_T1_VS_FLOOR = 1.15           # 1 task / uncontended 10 tasks: × the floor
+I11_CROSS_VS_FLOOR = 1.3         # 2 and 4 lockers on one name: × the floor
+I11_VS_GO = 10.0                 # seed bench T = 10: × ahead of Go (patched)
 
 
 # ---------------------------------------------------------------- env / sample
@@ -517,6 +528,191 @@ def region_previous(bins, old_bins, old_path):
             f"(load at the start of each binary: {old_loads}). Old → new (changes computed): {parts}.")
 
 
+def region_targets11(bins):
+    """Issue #11's targets, each with its ratio computed from this run."""
+    locks, events, scale = bins["locks"], bins["events"], bins["scale"]
+    crit = table_by_prefix(locks, "Criterion")
+    fixed = table_by_prefix(locks, "Fixed-duration")
+    procs = table_by_prefix(locks, "Cross-locker, separate processes")
+    alloc = table_by_prefix(locks, "Allocations")
+    ev = table_by_prefix(events, "Event latencies")
+    sc = table_by_prefix(scale, "locks held")
+
+    def c(bench, imp, n):
+        return num(crit.find(benchmark=bench, impl=imp, tasks_lockers=str(n))["µs/op"])
+
+    def verdict(ok, how):
+        return ("**met**" if ok else "**missed**") + f" ({how})"
+
+    def ratio(v, ref, limit):
+        r = v / ref
+        return verdict(r <= limit, f"{r:.2f}× the floor, limit {limit}×; "
+                       + (f"{limit * ref - v:.1f} µs/op to spare" if r <= limit
+                          else f"{v - limit * ref:.1f} µs/op over"))
+
+    rows = []
+    v1, raw1 = c("lock_unlock", "valkeylock", 1), c("lock_unlock", "raw", 1)
+    rows.append(("1 task, one name (`lock_unlock/*/1`)", f"≤ {I11_T1_VS_FLOOR}× the floor",
+                 f"{f1(v1)} vs {f1(raw1)} µs/op", ratio(v1, raw1, I11_T1_VS_FLOOR)))
+    u10, uraw, urs = c("uncontended", "valkeylock", 10), c("uncontended", "raw", 10), c("uncontended", "rslock", 10)
+    rows.append(("uncontended, 10 tasks (`uncontended/*/10`)", f"≤ {I11_T1_VS_FLOOR}× the floor and ahead of rslock",
+                 f"{f1(u10)} vs floor {f1(uraw)}, rslock {f1(urs)} µs/op",
+                 ratio(u10, uraw, I11_T1_VS_FLOOR) + "; " + verdict(u10 < urs, f"{u10 / urs:.2f}× rslock's time")))
+    for n in (2, 4):
+        v, raw = c("cross_locker", "valkeylock", n), c("cross_locker", "raw", n)
+        rows.append((f"{n} lockers on one name, one process (`cross_locker/*/{n}`)",
+                     f"≤ {I11_CROSS_VS_FLOOR}× the floor (µs per hand-over)",
+                     f"{f1(v)} vs {f1(raw)} µs/op", ratio(v, raw, I11_CROSS_VS_FLOOR)))
+        pv = num(procs.find(impl="valkeylock", processes=str(n))["µs/op (1 / ops/s)"])
+        praw = num(procs.find(impl="raw", processes=str(n))["µs/op (1 / ops/s)"])
+        rows.append((f"{n} lockers on one name, separate processes",
+                     f"≤ {I11_CROSS_VS_FLOOR}× the floor (µs per hand-over)",
+                     f"{f1(pv)} vs {f1(praw)} µs/op (1 / ops/s)", ratio(pv, praw, I11_CROSS_VS_FLOOR)))
+    t3, t3rs = c("three_nodes", "valkeylock", 1), c("three_nodes", "rslock", 1)
+    rows.append(("three instances, `key_majority` 2 (`three_nodes/*/1`)", "ahead of rslock",
+                 f"{f1(t3)} vs rslock {f1(t3rs)} µs/op", verdict(t3 < t3rs, f"{t3 / t3rs:.2f}× rslock's time")))
+    v10 = c("lock_unlock", "valkeylock", 10)
+    fx = fixed.find(scenario="lock_unlock", impl="valkeylock", tasks="10")
+    fair, p999 = num(fx["fairness max/min"]), num(fx["wait p99.9 µs"])
+    rows.append(("seed bench, 10 tasks (`lock_unlock/valkeylock/10`)",
+                 f"≥ {I11_VS_GO:.0f}× ahead of the Go valkeylock patched not to hang ({GO_PATCHED_T10_US:.0f} µs/op, measured outside the repository)",
+                 f"{f1(v10)} µs/op",
+                 verdict(GO_PATCHED_T10_US / v10 >= I11_VS_GO, f"{GO_PATCHED_T10_US / v10:.1f}× ahead; bsm/redislock is not measured here")))
+    rows.append(("seed bench, 10 tasks: fairness and p99.9 wait",
+                 f"no task over {FAIRNESS_MAX}× another's ops; p99.9 ≤ {P999_WAIT_MAX_US / 1000:.0f} ms",
+                 f"{fx['fairness max/min']}; {fx['wait p99.9 µs']} µs (fixed run)",
+                 verdict(fair <= FAIRNESS_MAX and p999 <= P999_WAIT_MAX_US,
+                         f"fairness {fair:.2f}, p99.9 {p999 / P999_WAIT_MAX_US * 100:.0f} % of the limit")))
+    a = num(alloc.find(impl="valkeylock")["allocs/op"])
+    rows.append(("allocations per lock + release", f"≤ the Go valkeylock's {GO_ALLOCS_PER_OP:.0f}",
+                 f"{alloc.find(impl='valkeylock')['allocs/op']} (floor {alloc.find(impl='raw')['allocs/op']}, rslock {alloc.find(impl='rslock')['allocs/op']})",
+                 verdict(a <= GO_ALLOCS_PER_OP, f"{a - GO_ALLOCS_PER_OP:+.0f} against the limit")))
+    heap = num(sc.find(locks_held="10000")["live heap per lock (bytes)"])
+    actor = num(table_by_prefix(scale, "Reference").find(what="idle empty ractor actor")["live heap per item (bytes)"])
+    rows.append(("memory per held lock at 10,000 locks", f"≤ the Go valkeylock's ≈ {GO_BYTES_PER_LOCK:.0f} bytes",
+                 f"live heap {f1(heap)} bytes; an idle empty ractor actor alone: {f1(actor)} bytes",
+                 verdict(heap <= GO_BYTES_PER_LOCK, f"{heap / GO_BYTES_PER_LOCK:.2f}× the limit; the actor alone is {actor / GO_BYTES_PER_LOCK:.2f}×, the rest {heap - actor:.0f} bytes")))
+    for scen in ("wakeup", "loss_detection"):
+        cells = []
+        for eng in ("engine thread", "engine on the app runtime"):
+            for state in ("idle", "busy"):
+                r = ev.find(scenario=f"{scen}, {state} runtime", impl=f"valkeylock ({eng})")
+                cells.append(f"{eng}, {state}: p50 {r['p50 µs']} / p99 {r['p99 µs']} µs")
+        rows.append((f"{scen.replace('_', ' ')} while the app runtime is saturated", "reported (no numeric target)",
+                     "; ".join(cells), "reported"))
+    out = ["| target | goal | measured (from the tables above) | computed verdict |", "|---|---|---|---|"]
+    out += [f"| {a} | {b} | {m} | {v} |" for a, b, m, v in rows]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- charts
+
+PALETTE = {"valkeylock": "#2b6cb0", "rslock": "#c05621", "raw": "#718096"}
+
+
+def _esc(t):
+    return t.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def svg_bars(title, note, groups, series, unit, log=False):
+    """Horizontal grouped bars. `groups`: labels; `series`: (name, colour,
+    values by group, None for absent)."""
+    import math
+    bar, gap, left, width, top = 12, 10, 260, 460, 48
+    height = top + len(groups) * (len(series) * bar + gap) + 40
+    vals = [v for _, _, vs in series for v in vs if v]
+    hi = max(vals) if vals else 1.0
+    lo = min(vals) if vals else 1.0
+    if log:
+        a, b = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+        scale = lambda v: (math.log10(v) - a) / max(b - a, 1) * width
+        ticks = [10 ** k for k in range(a, b + 1)]
+    else:
+        step = 10 ** math.floor(math.log10(hi))
+        top_tick = math.ceil(hi / step) * step
+        scale = lambda v: v / top_tick * width
+        ticks = [i * step for i in range(int(top_tick / step) + 1)]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 90}" height="{height}" font-family="sans-serif" font-size="11">',
+           f'<rect width="100%" height="100%" fill="white"/>',
+           f'<text x="10" y="18" font-size="14" font-weight="bold">{_esc(title)}</text>',
+           f'<text x="10" y="34" fill="#555">{_esc(note)}</text>']
+    for t in ticks:
+        x = left + scale(t)
+        out.append(f'<line x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{height - 34}" stroke="#ddd"/>')
+        out.append(f'<text x="{x:.1f}" y="{height - 22}" text-anchor="middle" fill="#555">{t:g}</text>')
+    out.append(f'<text x="{left + width / 2:.0f}" y="{height - 6}" text-anchor="middle" fill="#555">{_esc(unit)}</text>')
+    y = top
+    for gi, g in enumerate(groups):
+        out.append(f'<text x="{left - 8}" y="{y + len(series) * bar / 2 + 4:.1f}" text-anchor="end">{_esc(g)}</text>')
+        for name, colour, vs in series:
+            v = vs[gi]
+            if v:
+                w = max(scale(v), 1.0)
+                out.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar - 2}" fill="{colour}"><title>{_esc(name)}: {v:g}</title></rect>')
+                out.append(f'<text x="{left + w + 4:.1f}" y="{y + bar - 3}" fill="#333">{v:g}</text>')
+            y += bar
+        y += gap
+    lx = left
+    for name, colour, _ in series:
+        out.append(f'<rect x="{lx}" y="{top - 14}" width="10" height="10" fill="{colour}"/>')
+        out.append(f'<text x="{lx + 14}" y="{top - 5}">{_esc(name)}</text>')
+        lx += 16 + 7 * len(name)
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def write_charts(bins, results_path, outdir):
+    locks, events = bins["locks"], bins["events"]
+    crit = table_by_prefix(locks, "Criterion")
+    fixed = table_by_prefix(locks, "Fixed-duration")
+    ev = table_by_prefix(events, "Event latencies")
+    src = os.path.basename(results_path)
+    os.makedirs(outdir, exist_ok=True)
+    scen = [("lock_unlock", 1), ("lock_unlock", 2), ("lock_unlock", 10), ("cross_locker", 2),
+            ("cross_locker", 4), ("uncontended", 1), ("uncontended", 10), ("three_nodes", 1)]
+
+    def crit_v(b, imp, n):
+        try:
+            return num(crit.find(benchmark=b, impl=imp, tasks_lockers=str(n))["µs/op"])
+        except KeyError:
+            return None
+    groups = [f"{b} ({n})" for b, n in scen]
+    series = [(imp, PALETTE[imp], [crit_v(b, imp, n) for b, n in scen]) for imp in ("valkeylock", "rslock", "raw")]
+    with open(os.path.join(outdir, "us-per-op.svg"), "w", encoding="utf-8") as f:
+        f.write(svg_bars("µs per lock + release (lower is better)",
+                         f"criterion slope estimates, tasks or lockers in brackets; from {src}", groups, series, "µs per operation"))
+
+    def fixed_v(sc, imp, n, col):
+        try:
+            return num(fixed.find(scenario=sc, impl=imp, tasks=str(n))[col]) or None
+        except KeyError:
+            return None
+    groups, series = [], []
+    for imp in ("valkeylock", "rslock", "raw"):
+        for col, shade in (("wait p50 µs", "55"), ("wait p99 µs", "99"), ("wait p99.9 µs", "ff")):
+            series.append((f"{imp} {col.split()[1]}", PALETTE[imp] + shade, []))
+    for sc, n in scen:
+        groups.append(f"{sc} ({n})")
+        for i, imp in enumerate(("valkeylock", "rslock", "raw")):
+            for j, col in enumerate(("wait p50 µs", "wait p99 µs", "wait p99.9 µs")):
+                series[i * 3 + j][2].append(fixed_v(sc, imp, n, col))
+    with open(os.path.join(outdir, "wait.svg"), "w", encoding="utf-8") as f:
+        f.write(svg_bars("Wait for the lock: p50, p99, p99.9 (log scale)",
+                         f"fixed-duration runs; from {src}", groups, series, "µs (log scale)", log=True))
+    groups = []
+    series = [("p50", "#2b6cb088", []), ("p99", "#2b6cb0", [])]
+    for s in ("wakeup", "loss_detection"):
+        for eng in ("engine thread", "engine on the app runtime"):
+            for state in ("idle", "busy"):
+                r = ev.find(scenario=f"{s}, {state} runtime", impl=f"valkeylock ({eng})")
+                groups.append(f"{s}, {eng}, {state}")
+                series[0][2].append(num(r["p50 µs"]))
+                series[1][2].append(num(r["p99 µs"]))
+    with open(os.path.join(outdir, "busy.svg"), "w", encoding="utf-8") as f:
+        f.write(svg_bars("Wake-up and loss detection, idle and saturated app runtime",
+                         f"events bench; from {src}", groups, series, "µs", log=True))
+
+
 def generate(bins, env, load_log, results_path, old_bins, old_path, compile_s):
     locks, events, scale = bins["locks"], bins["events"], bins["scale"]
     g = {}
@@ -536,6 +732,7 @@ def generate(bins, env, load_log, results_path, old_bins, old_path, compile_s):
     g["reference"] = table_by_prefix(scale, "Reference").text()
     g["breakdown"] = "\n".join(scale.notes.get("breakdown", []))
     g["targets"] = region_targets(bins)
+    g["targets-11"] = region_targets11(bins)
     if old_bins:
         g["previous"] = region_previous(bins, old_bins, old_path)
     return g
@@ -556,6 +753,7 @@ def cmd_render(args):
     m = re.search(r"Finished `bench` profile .* in ([\d.]+)s", raw)
     compile_s = float(m.group(1)) if m else None
     bins = parse(results)
+    write_charts(bins, results, opts.get("--charts", "docs/charts"))
     g = generate(bins, env, load_log, results, old_bins, old_path, compile_s)
     text = open(doc, encoding="utf-8").read()
     used = set()

@@ -8,9 +8,13 @@
 //! in server time (up to the drift allowance). Elsewhere the monotonic clock is
 //! the best there is.
 //!
-//! Tokio's timers still sleep on the monotonic clock, so the engine never
-//! sleeps long on one: the timer task wakes at least every [`MAX_SLEEP`] and
-//! compares deadlines against this clock (see `timers`).
+//! The timer task sleeps on this clock too ([`Sleeper`]: a `timerfd` on
+//! `CLOCK_BOOTTIME`, to the nanosecond). Tokio's timers would round every
+//! deadline up to the next millisecond tick, which turns a pause of a few
+//! hundred microseconds (the head start a release gives other processes) into
+//! one to two milliseconds, and they sleep on the monotonic clock. Elsewhere
+//! than Linux the task sleeps on tokio's timer, at most [`MAX_SLEEP`] at a
+//! time, and compares deadlines against this clock when it wakes.
 
 use std::time::Duration;
 
@@ -40,6 +44,91 @@ pub(crate) fn now() -> Time {
     Time::from_nanos(u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// Sleeps until an instant of the engine's clock: a `timerfd` on
+/// `CLOCK_BOOTTIME` armed with an absolute deadline, polled by the runtime's
+/// I/O driver. Precise to the kernel's timer slack (tens of microseconds),
+/// and it counts suspended time like the deadlines it waits for.
+#[cfg(target_os = "linux")]
+pub(crate) struct Sleeper {
+    fd: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+}
+
+#[cfg(target_os = "linux")]
+impl Sleeper {
+    /// Must be called inside the runtime that will poll it. Without a timerfd
+    /// (a seccomp filter, no file descriptors left) it falls back to tokio's
+    /// timer.
+    pub(crate) fn new() -> Sleeper {
+        use rustix::time::{timerfd_create, TimerfdClockId, TimerfdFlags};
+        let fd = timerfd_create(
+            TimerfdClockId::Boottime,
+            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+        )
+        .ok()
+        .and_then(|fd| {
+            // Deprecated in recent tokio as unsound for types whose raw fd
+            // can change or close while registered; an `OwnedFd` owned by the
+            // `AsyncFd` itself cannot (it closes only after deregistration),
+            // and the replacement does not exist in the tokio versions this
+            // crate supports.
+            #[allow(deprecated)]
+            tokio::io::unix::AsyncFd::new(fd).ok()
+        });
+        Sleeper { fd }
+    }
+
+    /// Returns at `at` or soon after; may return earlier (a stale expiry of
+    /// an earlier deadline), so callers compare with [`now`] again.
+    pub(crate) async fn until(&self, at: Time) {
+        use rustix::time::{timerfd_settime, Itimerspec, TimerfdTimerFlags, Timespec};
+        let Some(fd) = &self.fd else {
+            return tokio::time::sleep(at.since(now()).min(MAX_SLEEP)).await;
+        };
+        let n = at.as_nanos().max(1);
+        let spec = Itimerspec {
+            it_interval: Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: Timespec {
+                tv_sec: i64::try_from(n / 1_000_000_000).unwrap_or(i64::MAX),
+                tv_nsec: (n % 1_000_000_000) as _,
+            },
+        };
+        if timerfd_settime(fd.get_ref(), TimerfdTimerFlags::ABSTIME, &spec).is_err() {
+            return tokio::time::sleep(at.since(now()).min(MAX_SLEEP)).await;
+        }
+        loop {
+            let Ok(mut ready) = fd.readable().await else {
+                return tokio::time::sleep(at.since(now()).min(MAX_SLEEP)).await;
+            };
+            let mut ticks = [0u8; 8];
+            match rustix::io::read(fd.get_ref(), &mut ticks) {
+                Ok(_) => return,
+                Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
+                Err(_) => return tokio::time::sleep(at.since(now()).min(MAX_SLEEP)).await,
+            }
+        }
+    }
+}
+
+/// Sleeps until an instant of the engine's clock: tokio's timer, at most
+/// [`MAX_SLEEP`] at a time.
+#[cfg(not(target_os = "linux"))]
+pub(crate) struct Sleeper;
+
+#[cfg(not(target_os = "linux"))]
+impl Sleeper {
+    pub(crate) fn new() -> Sleeper {
+        Sleeper
+    }
+
+    /// Returns at `at`, or after [`MAX_SLEEP`], whichever is first.
+    pub(crate) async fn until(&self, at: Time) {
+        tokio::time::sleep(at.since(now()).min(MAX_SLEEP)).await
+    }
+}
+
 /// The tokio instant that corresponds to `t` now (for the public API, which
 /// speaks `tokio::time::Instant`).
 pub(crate) fn to_instant(t: Time) -> tokio::time::Instant {
@@ -53,6 +142,27 @@ pub(crate) fn to_instant(t: Time) -> tokio::time::Instant {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn the_sleeper_wakes_at_its_deadline_not_before() {
+        let sleeper = Sleeper::new();
+        for micros in [0u64, 300, 2_000] {
+            let at = now() + Duration::from_micros(micros);
+            // A wake may be early only from a stale expiry, which a fresh
+            // deadline after a fired one cannot leave.
+            sleeper.until(at).await;
+            assert!(now() >= at, "woke before a deadline {micros} µs away");
+        }
+        // Re-arming for a later deadline before the earlier one fires.
+        let far = now() + Duration::from_secs(60);
+        let near = now() + Duration::from_millis(1);
+        tokio::select! {
+            _ = sleeper.until(far) => panic!("woke a minute early"),
+            _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+        }
+        sleeper.until(near).await;
+        assert!(now() >= near);
+    }
+
     use super::*;
 
     #[cfg(target_os = "linux")]

@@ -15,8 +15,8 @@
 //! finds nothing due as a no-op.
 //!
 //! Deadlines are on the engine's clock (`clock`, which counts suspended
-//! time); the task never sleeps longer than `clock::MAX_SLEEP` on tokio's
-//! monotonic timer before it compares them with that clock again.
+//! time), and the task sleeps on that clock with `clock::Sleeper`, to the
+//! microsecond rather than to tokio's millisecond tick.
 
 use ractor::ActorRef;
 use std::cmp::Reverse;
@@ -143,6 +143,7 @@ impl Drop for Timer {
 }
 
 async fn run(inner: Arc<Inner>) {
+    let sleeper = clock::Sleeper::new();
     let mut due = Vec::new();
     loop {
         let next = {
@@ -173,9 +174,8 @@ async fn run(inner: Arc<Inner>) {
         }
         match next {
             Some(at) => {
-                let sleep = at.since(clock::now()).min(clock::MAX_SLEEP);
                 tokio::select! {
-                    _ = tokio::time::sleep(sleep) => {}
+                    _ = sleeper.until(at) => {}
                     _ = inner.wake.notified() => {}
                 }
             }

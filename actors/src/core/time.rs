@@ -23,7 +23,6 @@ impl Time {
         Time(n)
     }
 
-    #[cfg(test)]
     pub(crate) const fn as_nanos(self) -> u64 {
         self.0
     }
