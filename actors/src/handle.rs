@@ -151,13 +151,14 @@ impl Engine {
 
     fn shutdown_now(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        let (supervisor, runtime) = (self.supervisor.clone(), self.runtime.clone());
+        let (supervisor, stop) = (self.supervisor.clone(), self.runtime.take_stop());
         self.runtime.spawn(async move {
             let _ = supervisor
                 .stop_and_wait(Some("startup failed".into()), Some(STOP_WAIT))
                 .await;
-            // The last reference to the engine's thread may be this one.
-            drop(runtime);
+            if let Some(stop) = stop {
+                let _ = stop.send(());
+            }
         });
     }
 
@@ -236,8 +237,8 @@ impl Engine {
     }
 
     /// Releases every held lock (keys deleted), fails waiters with
-    /// [`Error::Closed`] and stops the actors. Idempotent. The engine's
-    /// thread ends once no locker of the process uses it.
+    /// [`Error::Closed`], stops the actors and ends the engine's thread.
+    /// Idempotent.
     pub async fn close(&self) {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
@@ -254,13 +255,12 @@ impl Engine {
     }
 
     /// The close, as a task of the engine's runtime: ask the Supervisor to
-    /// release and stop everything and wait for it (bounded). The task keeps
-    /// the engine's thread alive until it is done, even if the `Engine` is
-    /// dropped meanwhile.
+    /// release and stop everything, wait for it (bounded), then end the
+    /// engine's thread.
     fn closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let supervisor = self.supervisor.clone();
         let bound = self.shared.settings.timeout * 4 + Duration::from_secs(2);
-        let runtime = self.runtime.clone();
+        let stop = self.runtime.take_stop();
         async move {
             let _ = supervisor
                 .call(|reply| SupervisorMsg::Close { reply }, Some(bound))
@@ -268,7 +268,9 @@ impl Engine {
             let _ = supervisor
                 .stop_and_wait(Some("closed".into()), Some(STOP_WAIT))
                 .await;
-            drop(runtime);
+            if let Some(stop) = stop {
+                let _ = stop.send(());
+            }
         }
     }
 

@@ -87,8 +87,7 @@ pub struct LockerOptions {
     /// authorities to trust instead of the system's (the `tls` feature).
     pub tls_ca_file: Option<String>,
     /// Run the engine (its actors, timers and connections) on a thread of its
-    /// own, with a tokio runtime of its own (one thread per process, shared by
-    /// all lockers that use it; it ends with the last). Default true: the locks are then
+    /// own, with a tokio runtime of its own. Default true: the locks are then
     /// extended, and their loss noticed, on time however busy the
     /// application's runtime is; a holder whose task blocks its runtime for
     /// longer than the validity still holds the lock. With false the engine

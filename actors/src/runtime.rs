@@ -13,19 +13,16 @@
 //! connection stay on one thread instead of bouncing between the workers of a
 //! multi-thread runtime (BENCHMARKS.md).
 //!
-//! One current-thread runtime, shared by every locker of the process: the
-//! engine's work per lock is a few microseconds between network waits, so
-//! one thread keeps up with the wire, and a pool (or a thread per locker)
-//! would bring back the cross-thread wake-ups between lockers that wait on
-//! each other. The thread starts with the first locker and ends once the
-//! last one, and the last task that closes one, is gone.
+//! One current-thread runtime: the engine's work per lock is a few
+//! microseconds between network waits, so one thread keeps up with the wire;
+//! a pool would bring back the cross-thread wake-ups.
 //!
 //! The user's calls cross into it through the actors' mailboxes (unbounded
 //! channels, which work between runtimes) and come back through oneshot and
 //! watch channels, which any runtime can await.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -36,22 +33,21 @@ use crate::error::Error;
 /// The thread's name, as `top` and a debugger show it.
 const THREAD_NAME: &str = "valkeylock-engine";
 
-/// How long the tasks still running when the engine's thread stops get to
-/// finish.
+/// How long the tasks still running when the engine stops get to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
 
-/// The process's engine thread, while any locker uses it.
-static SHARED: Mutex<Weak<EngineThread>> = Mutex::new(Weak::new());
-
-/// The thread and its runtime; dropping the last reference ends the thread.
+/// The runtime the engine's actors, timers and connections are spawned on.
 #[derive(Debug)]
-struct EngineThread {
+pub(crate) struct EngineRuntime {
     handle: Handle,
-    stop: Option<oneshot::Sender<()>>,
+    /// Dedicated runtimes only: firing (or dropping) it ends the thread.
+    stop: Mutex<Option<oneshot::Sender<()>>>,
 }
 
-impl EngineThread {
-    fn start() -> Result<EngineThread, Error> {
+impl EngineRuntime {
+    /// A current-thread runtime on a new thread, running until
+    /// [`EngineRuntime::stop`] or until this value is dropped.
+    pub(crate) fn dedicated() -> Result<EngineRuntime, Error> {
         let failed = |e: std::io::Error| Error::Connection {
             message: format!("cannot start the engine's thread: {e}"),
         };
@@ -72,45 +68,9 @@ impl EngineThread {
                 rt.shutdown_timeout(SHUTDOWN_GRACE);
             })
             .map_err(failed)?;
-        Ok(EngineThread {
-            handle,
-            stop: Some(stop),
-        })
-    }
-}
-
-impl Drop for EngineThread {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-/// The runtime one engine's actors, timers and connections are spawned on.
-#[derive(Debug, Clone)]
-pub(crate) struct EngineRuntime {
-    handle: Handle,
-    /// The shared thread this engine keeps alive (`None` on the caller's
-    /// runtime).
-    _thread: Option<Arc<EngineThread>>,
-}
-
-impl EngineRuntime {
-    /// The process's engine thread, started if no locker runs one.
-    pub(crate) fn dedicated() -> Result<EngineRuntime, Error> {
-        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-        let thread = match shared.upgrade() {
-            Some(thread) => thread,
-            None => {
-                let thread = Arc::new(EngineThread::start()?);
-                *shared = Arc::downgrade(&thread);
-                thread
-            }
-        };
         Ok(EngineRuntime {
-            handle: thread.handle.clone(),
-            _thread: Some(thread),
+            handle,
+            stop: Mutex::new(Some(stop)),
         })
     }
 
@@ -119,7 +79,7 @@ impl EngineRuntime {
         match Handle::try_current() {
             Ok(handle) => Ok(EngineRuntime {
                 handle,
-                _thread: None,
+                stop: Mutex::new(None),
             }),
             Err(_) => Err(Error::InvalidOptions {
                 field: "dedicated_runtime",
@@ -143,10 +103,11 @@ impl EngineRuntime {
         &self.handle
     }
 
-    /// Whether this engine runs on a thread of the library's own.
-    #[cfg(test)]
-    fn is_dedicated(&self) -> bool {
-        self._thread.is_some()
+    /// Takes the means to end a dedicated runtime, so that whoever closes the
+    /// engine fires it once the actors have stopped. `None` for the caller's
+    /// runtime, or when already taken.
+    pub(crate) fn take_stop(&self) -> Option<oneshot::Sender<()>> {
+        self.stop.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
@@ -154,42 +115,31 @@ impl EngineRuntime {
 mod tests {
     use super::*;
 
-    /// Whether a task spawned on `rt` still runs, from a thread without a
-    /// runtime.
-    fn runs(rt: &EngineRuntime) -> Option<String> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let _ = rt.spawn(async move {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            let _ = tx.send(std::thread::current().name().map(str::to_owned));
-        });
-        rx.recv_timeout(Duration::from_secs(2)).ok().flatten()
-    }
-
     #[test]
-    fn lockers_share_one_thread_which_ends_with_the_last() {
-        let a = EngineRuntime::dedicated().unwrap();
-        let b = EngineRuntime::dedicated().unwrap();
-        assert!(a.is_dedicated() && b.is_dedicated());
-        // No runtime on this thread: the tasks run on the engine's.
-        assert_eq!(runs(&a).as_deref(), Some(THREAD_NAME));
-        assert_eq!(runs(&b).as_deref(), Some(THREAD_NAME));
-        let thread = |r: &EngineRuntime| Arc::as_ptr(r._thread.as_ref().unwrap());
-        assert_eq!(thread(&a), thread(&b), "a second thread was started");
-        // A clone (what a closing task holds) keeps it alive too.
-        let closing = a.clone();
-        drop(a);
-        drop(b);
-        assert_eq!(runs(&closing).as_deref(), Some(THREAD_NAME));
-        let handle = closing.handle().clone();
-        drop(closing);
-        // Once the last is gone, the thread ends and spawned work no longer
-        // runs (a `Handle` does not keep its runtime alive).
-        let stale = EngineRuntime {
-            handle,
-            _thread: None,
-        };
+    fn a_dedicated_runtime_runs_without_the_callers_and_ends_when_stopped() {
+        let rt = EngineRuntime::dedicated().unwrap();
+        // No runtime on this thread: the task still runs, on the engine's.
+        let (tx, rx) = std::sync::mpsc::channel();
+        rt.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            tx.send(std::thread::current().name().map(str::to_owned))
+                .unwrap();
+        });
+        let name = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(name.as_deref(), Some(THREAD_NAME));
+        let stop = rt.take_stop().unwrap();
+        assert!(rt.take_stop().is_none());
+        stop.send(()).unwrap();
+        // Once stopped, spawned work no longer runs.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while runs(&stale).is_some() {
+        loop {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let _ = rt.spawn(async move {
+                let _ = tx.send(());
+            });
+            if rx.recv_timeout(Duration::from_millis(50)).is_err() {
+                break;
+            }
             assert!(std::time::Instant::now() < deadline, "still running");
         }
     }
