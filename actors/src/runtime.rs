@@ -13,9 +13,12 @@
 //! connection stay on one thread instead of bouncing between the workers of a
 //! multi-thread runtime (BENCHMARKS.md).
 //!
-//! One current-thread runtime: the engine's work per lock is a few
+//! One current-thread runtime per locker: the engine's work per lock is a few
 //! microseconds between network waits, so one thread keeps up with the wire;
-//! a pool would bring back the cross-thread wake-ups.
+//! a pool would bring back the cross-thread wake-ups. Not one thread for the
+//! whole process: it was faster, but it handled the invalidations of the
+//! lockers that wait on one another in the same order every time, and four
+//! lockers contending for one name then served two of them.
 //!
 //! The user's calls cross into it through the actors' mailboxes (unbounded
 //! channels, which work between runtimes) and come back through oneshot and
