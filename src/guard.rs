@@ -25,6 +25,7 @@ use crate::{Lease, LeaseWatcher, LostReason};
 /// token fire when a timer set for it has run and told the lock's actor, a
 /// little later (milliseconds, more on a busy process).
 #[derive(Debug)]
+#[must_use = "the lock is released as soon as the guard is dropped: bind it (`let guard = …`) for as long as the work it protects"]
 pub struct LockGuard {
     // Field order matters: the lease is dropped first (its release is sent to
     // the engine), then the engine handle (closing it if this was the last).

@@ -51,6 +51,40 @@ pub use valkeylock_actors::{
 
 use valkeylock_actors::{AcquireKind, Engine, Lease};
 
+/// Compile-time checks: the handles can cross threads and tasks, and so can
+/// the futures of every call (`tokio::spawn` needs `Send + 'static`).
+#[cfg(test)]
+mod assertions {
+    use super::*;
+
+    fn send_sync_static<T: Send + Sync + 'static>() {}
+    fn send<T: Send>(_: &T) {}
+
+    #[test]
+    fn handles_are_send_sync_static() {
+        send_sync_static::<Locker>();
+        send_sync_static::<LockGuard>();
+        send_sync_static::<LeaseWatcher>();
+        send_sync_static::<LockEvent>();
+        send_sync_static::<LockerOptions>();
+        send_sync_static::<Error>();
+        send_sync_static::<LostReason>();
+    }
+
+    /// Never called: it only has to compile.
+    #[allow(dead_code)]
+    fn futures_are_send(locker: &Locker, guard: LockGuard, watcher: &LeaseWatcher) {
+        send(&Locker::connect(LockerOptions::default()));
+        send(&locker.lock("x"));
+        send(&locker.try_lock("x"));
+        send(&locker.force_lock("x"));
+        send(&locker.close());
+        send(&watcher.lost());
+        send(&guard.lost());
+        send(&guard.release());
+    }
+}
+
 /// The README's examples, compiled as doctests so they cannot rot.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

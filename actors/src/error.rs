@@ -120,9 +120,22 @@ impl LostReason {
     }
 }
 
+/// Prose, for people; [`LostReason::as_str`] is the label for machines.
 impl fmt::Display for LostReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(match self {
+            LostReason::Released => "released by its holder",
+            LostReason::Deleted => "its keys were deleted by someone else",
+            LostReason::Overwritten => "its keys were overwritten by another owner",
+            LostReason::Forced => "taken over by another locker's force_lock",
+            LostReason::Expired => "its validity ran out before an extension was confirmed",
+            LostReason::Unreachable => "the nodes of a majority of its keys became unreachable",
+            LostReason::Closed => "the locker was closed",
+            LostReason::EngineStopped => "the engine that extended it stopped",
+            LostReason::ConfigMismatch => {
+                "its keys are held by a locker with another key_majority or node count"
+            }
+        })
     }
 }
 
@@ -144,7 +157,11 @@ mod tests {
             "not locked: \"n\" acquired 1 of 2 needed keys (3 in all); held by another owner"
         );
         assert_eq!(Error::Closed.to_string(), "locker closed");
-        assert_eq!(LostReason::EngineStopped.to_string(), "engine_stopped");
+        assert_eq!(LostReason::EngineStopped.as_str(), "engine_stopped");
+        assert_eq!(
+            LostReason::EngineStopped.to_string(),
+            "the engine that extended it stopped"
+        );
         assert!(!LostReason::Released.is_loss());
         assert!(LostReason::Deleted.is_loss());
     }

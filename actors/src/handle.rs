@@ -326,6 +326,7 @@ impl Drop for WithdrawOnDrop<'_> {
 
 /// One grant of a lock. Dropping it releases the lock in the background.
 #[derive(Debug)]
+#[must_use = "the lock is released as soon as the lease is dropped"]
 pub struct Lease {
     name: Arc<str>,
     grant: u64,

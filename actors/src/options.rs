@@ -17,7 +17,7 @@ use crate::scripts::Fingerprint;
 /// `key_majority` and the nodes (named the same way); a `key_majority` or
 /// node-count disagreement among lockers of this library is detected
 /// (`Error::ConfigMismatch`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LockerOptions {
     /// Valkey instances: `redis://` or `valkey://` URLs with optional
@@ -95,6 +95,52 @@ pub struct LockerOptions {
     /// blocked runtime then delays extensions, and a lock can expire under
     /// its holder (who is told when its runtime runs again).
     pub dedicated_runtime: bool,
+}
+
+/// Every field, with the passwords in `nodes` replaced by `***`: options are
+/// logged (`tracing::debug!(?options)`) far more often than they should hold
+/// secrets in clear.
+impl std::fmt::Debug for LockerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nodes: Vec<String> = self.nodes.iter().map(|u| redact_url(u)).collect();
+        f.debug_struct("LockerOptions")
+            .field("nodes", &nodes)
+            .field("key_prefix", &self.key_prefix)
+            .field("key_majority", &self.key_majority)
+            .field("key_validity", &self.key_validity)
+            .field("extend_interval", &self.extend_interval)
+            .field("try_next_after", &self.try_next_after)
+            .field("clock_drift", &self.clock_drift)
+            .field("no_loop_tracking", &self.no_loop_tracking)
+            .field("fallback_set_px", &self.fallback_set_px)
+            .field("disable_cache", &self.disable_cache)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("local_handover_limit", &self.local_handover_limit)
+            .field("fencing", &self.fencing)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("dedicated_runtime", &self.dedicated_runtime)
+            .finish()
+    }
+}
+
+/// `url` with the password of its `user:password@` part replaced by `***`
+/// (the rest as given), for logs and `Debug`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rfind('@') {
+        Some(at) => {
+            let (userinfo, hosts) = authority.split_at(at);
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***{hosts}{tail}"),
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
+    }
 }
 
 impl Default for LockerOptions {
@@ -396,8 +442,8 @@ pub enum Topology {
 }
 
 /// One node's address, parsed from its URL (also used by the command-line
-/// tool, so both read node URLs the same way).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// tool, so both read node URLs the same way). Its `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct NodeAddr {
     /// The URL as given.
     pub url: String,
@@ -413,6 +459,20 @@ pub struct NodeAddr {
     pub db: Option<u8>,
     /// `rediss://` and friends.
     pub tls: bool,
+}
+
+impl std::fmt::Debug for NodeAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeAddr")
+            .field("url", &redact_url(&self.url))
+            .field("topology", &self.topology)
+            .field("hosts", &self.hosts)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("db", &self.db)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl NodeAddr {
@@ -1103,6 +1163,35 @@ mod tests {
         .settings()
         .unwrap();
         assert_eq!(s.keys_on_live_nodes(&[true, true, true, false, false]), 3);
+    }
+
+    #[test]
+    fn debug_hides_passwords() {
+        let o = LockerOptions::new([
+            "redis://user:s3cret@127.0.0.1:6379/2",
+            "valkey-sentinel://:p%40ss@10.0.0.1:26379,10.0.0.2/mymaster",
+            "redis://127.0.0.1:6380",
+        ]);
+        let shown = format!("{o:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("p%40ss"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("redis://user:***@127.0.0.1:6379/2"),
+            "{shown}"
+        );
+        assert!(shown.contains("valkey-sentinel://:***@10.0.0.1:26379,10.0.0.2/mymaster"));
+        assert!(shown.contains("redis://127.0.0.1:6380"));
+        let a = NodeAddr::parse("redis://u:hunter2@h:1").unwrap();
+        let shown = format!("{a:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(a.password.as_deref(), Some("hunter2"));
+        let settings = o.settings().unwrap();
+        assert!(!format!("{settings:?}").contains("s3cret"));
+        // Not a URL: left alone, nothing to find.
+        assert_eq!(redact_url("no scheme"), "no scheme");
+        assert_eq!(redact_url("redis://user@h"), "redis://user@h");
     }
 
     #[test]
