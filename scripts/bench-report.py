@@ -618,7 +618,17 @@ def svg_bars(title, note, groups, series, unit, log=False):
     """Horizontal grouped bars. `groups`: labels; `series`: (name, colour,
     values by group, None for absent)."""
     import math
-    bar, gap, left, width, top = 12, 10, 260, 460, 48
+    bar, gap, left, width = 12, 10, 260, 460
+    total_w = left + width + 90
+    # Legend entries, wrapped into rows that fit the width.
+    legend, lx, row = [], 10, 0
+    for name, colour, _ in series:
+        w = 16 + 7 * len(name)
+        if lx + w > total_w - 10 and lx > 10:
+            lx, row = 10, row + 1
+        legend.append((lx, row, name, colour))
+        lx += w + 8
+    top = 52 + 14 * (row + 1)
     height = top + len(groups) * (len(series) * bar + gap) + 40
     vals = [v for _, _, vs in series for v in vs if v]
     hi = max(vals) if vals else 1.0
@@ -632,7 +642,7 @@ def svg_bars(title, note, groups, series, unit, log=False):
         top_tick = math.ceil(hi / step) * step
         scale = lambda v: v / top_tick * width
         ticks = [i * step for i in range(int(top_tick / step) + 1)]
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 90}" height="{height}" font-family="sans-serif" font-size="11">',
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_w}" height="{height}" font-family="sans-serif" font-size="11">',
            f'<rect width="100%" height="100%" fill="white"/>',
            f'<text x="10" y="18" font-size="14" font-weight="bold">{_esc(title)}</text>',
            f'<text x="10" y="34" fill="#555">{_esc(note)}</text>']
@@ -652,11 +662,10 @@ def svg_bars(title, note, groups, series, unit, log=False):
                 out.append(f'<text x="{left + w + 4:.1f}" y="{y + bar - 3}" fill="#333">{v:g}</text>')
             y += bar
         y += gap
-    lx = left
-    for name, colour, _ in series:
-        out.append(f'<rect x="{lx}" y="{top - 14}" width="10" height="10" fill="{colour}"/>')
-        out.append(f'<text x="{lx + 14}" y="{top - 5}">{_esc(name)}</text>')
-        lx += 16 + 7 * len(name)
+    for lx, row, name, colour in legend:
+        y = 44 + 14 * row
+        out.append(f'<rect x="{lx}" y="{y}" width="10" height="10" fill="{colour}"/>')
+        out.append(f'<text x="{lx + 14}" y="{y + 9}">{_esc(name)}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
