@@ -154,14 +154,14 @@ async fn wakeup_valkeylock(url: &str, samples: usize, dedicated: bool) -> (Vec<u
             tokio::spawn(async move {
                 let g = b.lock(&name).await.expect("B lock");
                 let at = Instant::now();
-                g.release().await;
+                let _ = g.release().await;
                 at
             })
         };
         sleep(SETTLE).await;
         assert!(!waiter.is_finished(), "B got the lock while A held it");
         let t0 = Instant::now();
-        held.release().await;
+        let _ = held.release().await;
         releases.push(t0.elapsed().as_nanos() as u64);
         let at = waiter.await.expect("waiter");
         out.push(at.saturating_duration_since(t0).as_nanos() as u64);
@@ -187,13 +187,13 @@ async fn wakeup_rslock(url: &str, samples: usize) -> Vec<u64> {
             tokio::spawn(async move {
                 let g = b.acquire(name.as_str(), ttl).await.expect("B acquire");
                 let at = Instant::now();
-                g.release().await;
+                let _ = g.release().await;
                 at
             })
         };
         sleep(SETTLE).await;
         let t0 = Instant::now();
-        held.release().await;
+        let _ = held.release().await;
         let at = waiter.await.expect("waiter");
         out.push(at.saturating_duration_since(t0).as_nanos() as u64);
     }

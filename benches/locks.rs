@@ -266,7 +266,7 @@ fn main() {
                         let s0 = valkeylock_bench_alloc::snapshot();
                         let g = locker.lock(&name).await.expect("lock");
                         let s1 = valkeylock_bench_alloc::snapshot();
-                        g.release().await;
+                        let _ = g.release().await;
                         let s2 = valkeylock_bench_alloc::snapshot();
                         in_lock += s1.since(&s0).allocs;
                         in_release += s2.since(&s1).allocs;
@@ -380,7 +380,7 @@ fn anatomy(rt: &Runtime, peers: &[Peers], admin: &fred::prelude::Client, n: usiz
         // valkeylock: lock() and release() timed separately.
         let name = Kind::Valkeylock.name("anatomy");
         for _ in 0..200 {
-            locker.lock(&name).await.expect("lock").release().await;
+            let _ = locker.lock(&name).await.expect("lock").release().await;
         }
         let (mut l_lat, mut r_lat) = (Vec::with_capacity(n), Vec::with_capacity(n));
         let (mut l_alloc, mut r_alloc) = (0, 0);
@@ -391,7 +391,7 @@ fn anatomy(rt: &Runtime, peers: &[Peers], admin: &fred::prelude::Client, n: usiz
             let g = locker.lock(&name).await.expect("lock");
             let t1 = tokio::time::Instant::now();
             let a1 = valkeylock_bench_alloc::snapshot();
-            g.release().await;
+            let _ = g.release().await;
             let t2 = tokio::time::Instant::now();
             let a2 = valkeylock_bench_alloc::snapshot();
             l_lat.push((t1 - t0).as_nanos() as u64);
@@ -425,7 +425,7 @@ fn anatomy(rt: &Runtime, peers: &[Peers], admin: &fred::prelude::Client, n: usiz
             lat,
             allocs,
         );
-        held.release().await;
+        let _ = held.release().await;
 
         // The floor's two commands, and a bare round trip.
         let key = Kind::Raw.name("anatomy");

@@ -65,7 +65,7 @@ fn main() {
                 .expect("connect");
             // Warm the engine up (one lock through every path) and settle.
             let g = locker.lock("warmup").await.expect("warm-up lock");
-            g.release().await;
+            let _ = g.release().await;
             sleep(Duration::from_millis(300)).await;
             let mem0 = used_memory(&admin).await;
             let rss0 = common::rss_kib();
@@ -124,7 +124,7 @@ fn main() {
                 set.spawn(g.release());
             }
             while let Some(r) = set.join_next().await {
-                r.expect("release task");
+                r.expect("release task").expect("release");
             }
             let release = t.elapsed();
             locker.close().await;

@@ -37,7 +37,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 );
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 let released = Instant::now();
-                guard.release().await;
+                if let Err(e) = guard.release().await {
+                    eprintln!("worker {w}: {e}");
+                }
                 println!(
                     "{} worker {w} released it ({:.2} ms to delete the key)",
                     at(),

@@ -68,7 +68,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         guard_a.is_held()
     );
     println!("A is then told: {}", guard_a.lost().await);
-    guard_b.release().await;
+    let _ = guard_b.release().await;
     a.close().await;
     b.close().await;
     println!(

@@ -91,10 +91,18 @@ impl LockGuard {
     }
 
     /// Releases the lock and waits until its keys are deleted (each node
-    /// bounded by `try_next_after`). A lock already lost releases nothing.
-    pub async fn release(self) {
+    /// bounded by `try_next_after`). A lock already lost releases nothing and
+    /// is not an error.
+    ///
+    /// # Errors
+    /// [`Error::ReleaseUnconfirmed`](crate::Error::ReleaseUnconfirmed) when a
+    /// node did not answer a delete: those keys are left to expire within
+    /// `key_validity`. [`Error::Closed`](crate::Error::Closed) when the engine
+    /// stopped before it could release (the keys expire likewise); not after
+    /// [`Locker::close`](crate::Locker::close), which released them.
+    pub async fn release(self) -> Result<(), crate::Error> {
         // The engine handle is dropped after the release is confirmed.
         let LockGuard { lease, _engine } = self;
-        lease.release().await;
+        lease.release().await
     }
 }

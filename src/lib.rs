@@ -32,7 +32,7 @@
 //!     reason = guard.lost() => eprintln!("lost the lock: {reason}"),
 //!     _ = do_work() => {}
 //! }
-//! guard.release().await;
+//! guard.release().await?;
 //! locker.close().await;
 //! # Ok(()) }
 //! # async fn do_work() {}

@@ -55,7 +55,7 @@ impl Locker {
     /// .await?;
     /// let guard = locker.lock("my_lock").await?;
     /// // … work while `guard.is_held()`; `guard.lost()` fires if it is lost …
-    /// guard.release().await;
+    /// guard.release().await?;
     /// locker.close().await;
     /// # Ok(()) }
     /// ```

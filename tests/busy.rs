@@ -52,7 +52,7 @@ impl Contender {
                     a.fetch_add(1, Ordering::SeqCst);
                     if let Ok(guard) = locker.try_lock(&name).await {
                         w.fetch_add(1, Ordering::SeqCst);
-                        guard.release().await;
+                        let _ = guard.release().await;
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -105,7 +105,7 @@ async fn after_the_block(guard: valkeylock::LockGuard, contender: Contender) {
         guard.lost_reason()
     );
     assert_eq!(guard.lost_reason(), None);
-    guard.release().await;
+    let _ = guard.release().await;
     let got = eventually(Duration::from_secs(10), || async { contender.wins() > 0 }).await;
     assert!(got, "the contender never got the released lock");
     contender.stop();

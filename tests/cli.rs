@@ -157,7 +157,7 @@ async fn cli_and_library_defaults_exclude_each_other() {
         "{}",
         text(&out.stderr)
     );
-    g.release().await;
+    let _ = g.release().await;
     locker.close().await;
 }
 

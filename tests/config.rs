@@ -64,12 +64,12 @@ async fn node_order_does_not_matter() {
                 matches!(r, Err(Error::NotLocked { .. })),
                 "order {order:?}: both lockers hold {name:?} ({r:?})"
             );
-            g.release().await;
+            let _ = g.release().await;
             let g = timeout(ms(2000), second.lock(&name))
                 .await
                 .expect("the second locker waits for a free lock")
                 .expect("lock");
-            g.release().await;
+            let _ = g.release().await;
         }
         other.close().await;
         // Both lockers agree on which server holds each key.
@@ -116,13 +116,13 @@ async fn majority_mismatch_is_an_error() {
             "{label}: {w1:?} {w2:?}"
         );
         assert!(g.is_held(), "{label}: the holder lost the lock");
-        g.release().await;
+        let _ = g.release().await;
         // Once free, the other configuration takes it normally.
         let g = timeout(ms(2000), other.lock(&name))
             .await
             .expect("lock() after the release")
             .expect("lock");
-        g.release().await;
+        let _ = g.release().await;
     }
     one.close().await;
     two.close().await;
@@ -182,7 +182,7 @@ async fn guard_keeps_its_engine_alive() {
         .expect("join")
         .expect("lock");
     eprintln!("freed {:?} after the guard was dropped", dropped.elapsed());
-    got.release().await;
+    let _ = got.release().await;
     // The engine closed: its connection is gone.
     let closed = eventually(ms(2000), || async { clients().await == before - 1 }).await;
     assert!(closed, "the dropped guard's engine kept its connection");

@@ -76,7 +76,7 @@ async fn measure_acquire(locker: &Locker, topology: &str) -> Duration {
             .expect("uncontended lock() hung")
             .expect("uncontended lock");
         let t1 = Instant::now();
-        g.release().await;
+        let _ = g.release().await;
         if i >= 3 {
             acquire.push(t1 - t0);
             release.push(t1.elapsed());
@@ -593,7 +593,7 @@ async fn check_consistent_after(
         .unwrap_or_else(|_| panic!("lock() hung for 10 s after the {what}"))
         .expect("lock after the disturbance");
     eprintln!("cluster {what}: a new lock() took {:?}", t0.elapsed());
-    fresh.release().await;
+    let _ = fresh.release().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -870,7 +870,7 @@ async fn cluster_slot_migration_while_held() {
             .expect("lock after the migration")
             .expect("lock");
         assert!(again.is_held());
-        again.release().await;
+        let _ = again.release().await;
         a.close().await;
         return;
     }
@@ -955,7 +955,7 @@ async fn reaches(
         let name = unique("sentinel-probe");
         if let Ok(Ok(g)) = timeout(secs(2), locker.lock(&name)).await {
             let there: i64 = admin.exists(key(0, &name)).await.unwrap_or(0);
-            g.release().await;
+            let _ = g.release().await;
             if there == 1 {
                 found = Some(t0.elapsed());
                 break;
@@ -983,7 +983,7 @@ async fn sentinel_lock_measure_and_manual_failover() {
     let g = a.lock(&name).await.expect("lock");
     let (latency, g2) = wake_after_release(g, &b, &name).await;
     eprintln!("MEASURE sentinel: waiter in another locker woke {latency:?} after the release");
-    g2.release().await;
+    let _ = g2.release().await;
     measure_acquire(&a, "sentinel").await;
     let admin = d.server(old).admin().await;
     measure_loss(&a, "sentinel", 5, |name| {
@@ -1027,7 +1027,7 @@ async fn sentinel_lock_measure_and_manual_failover() {
                 if g.is_held() {
                     double = Some(t0.elapsed());
                 }
-                other.release().await;
+                let _ = other.release().await;
                 if double.is_some() {
                     break;
                 }
@@ -1267,7 +1267,7 @@ async fn independent_five_two_down_held_third_lost_then_rejoin() {
         .await
         .expect("lock() hung after the restarts")
         .expect("lock after the restarts");
-    g.release().await;
+    let _ = g.release().await;
     servers[0].kill();
     servers[1].kill();
     let rejoined = timeout(secs(10), a.lock(&unique("five-rejoined")))
@@ -1278,7 +1278,7 @@ async fn independent_five_two_down_held_third_lost_then_rejoin() {
         "independent x5: restarted instances rejoined; lock on them {:?} after the restart",
         t2.elapsed()
     );
-    rejoined.release().await;
+    let _ = rejoined.release().await;
     a.close().await;
     b.close().await;
 }
@@ -1346,9 +1346,9 @@ async fn independent_restarted_empty_does_not_admit_a_second_client() {
         "the keys on the restarted instances were not taken back"
     );
     assert!(g.is_held());
-    g.release().await;
+    let _ = g.release().await;
     let g = b.try_lock(&name).await.expect("b after the release");
-    g.release().await;
+    let _ = g.release().await;
     a.close().await;
     b.close().await;
 }

@@ -61,7 +61,7 @@ async fn contend(servers: &[ValkeyServer], majority: usize) {
                     shared.not_held_inside.fetch_add(1, Ordering::SeqCst);
                 }
                 shared.holders.fetch_sub(1, Ordering::SeqCst);
-                guard.release().await;
+                let _ = guard.release().await;
             }
         }));
     }

@@ -143,7 +143,7 @@ async fn full_flow(
         return Err(format!("lost while extending: {:?}", g.lost_reason()));
     }
     let t = Instant::now();
-    g.release().await;
+    let _ = g.release().await;
     let g2 = waiter
         .await
         .map_err(|e| format!("join: {e}"))?
@@ -333,7 +333,7 @@ fn acl_user_with_the_minimal_command_set() {
         .await
         .expect("disable_cache needs no CLIENT TRACKING");
         let g = polling.lock(&unique("poll")).await.expect("lock");
-        g.release().await;
+        let _ = g.release().await;
         polling.close().await;
     });
 }
@@ -486,7 +486,7 @@ fn wrong_token_cannot_extend_or_release() {
         let g_other = locker.lock(&other).await.expect("lock");
         let g = locker.lock(&held).await.expect("lock");
         sleep(ms(700)).await;
-        g_other.release().await;
+        let _ = g_other.release().await;
         sleep(ms(50)).await;
         let commands = captured(&proxy.tapped());
         let mut names: Vec<String> = commands.iter().map(|c| command_name(c)).collect();
@@ -559,7 +559,7 @@ fn wrong_token_cannot_extend_or_release() {
             "{replayed} script calls ({} scripts) replayed with wrong tokens: keys unchanged, holder unaffected",
             kinds.len()
         );
-        g.release().await;
+        let _ = g.release().await;
         locker.close().await;
     });
 }
@@ -613,7 +613,7 @@ fn a_key_of_another_type_fails_only_its_own_lock() {
             .await
             .expect("TYPE");
         assert_eq!(kind.text().as_deref(), Some("hash"), "A's key: {kind:?}");
-        b.release().await;
+        let _ = b.release().await;
         drop(a);
         locker.close().await;
     });
@@ -688,7 +688,7 @@ fn names_never_panic_and_fail_as_documented() {
                     prop_assert!(valid, "accepted an invalid name {name:?} (m={m})");
                     prop_assert!(g.is_held());
                     prop_assert_eq!(g.name(), name.as_str());
-                    rt.block_on(g.release());
+                    let _ = rt.block_on(g.release());
                 }
                 Err(Error::InvalidName {
                     name: shown,

@@ -1189,7 +1189,7 @@ async fn freeze_round(
         .expect("the other client never got the lock")
         .expect("join");
     links.iter().for_each(|p| p.heal());
-    g.release().await;
+    let _ = g.release().await;
     drop(guard);
     Round {
         setup,
@@ -1319,7 +1319,7 @@ async fn hold_recorded(client: &str, guard: LockGuard, dur: Duration, history: &
         sleep(ms(1)).await;
     };
     if reason == "released" {
-        guard.release().await;
+        let _ = guard.release().await;
     }
     history.grant(GrantRecord {
         client: client.to_owned(),
@@ -1480,7 +1480,7 @@ fn scenario_c_restart_empty_under_waiter() {
                     );
                     assert!(told < got_at, "overlap despite the delayed restart");
                 }
-                g.release().await;
+                let _ = g.release().await;
             }
         }
         h.close().await;
@@ -1549,7 +1549,7 @@ fn scenario_d_actor_kills_in_flight() {
             .expect("lock()");
         let acq = t.elapsed();
         assert_held_for(&g, VALIDITY * 2, "acquired during a NodeActor kill").await;
-        g.release().await;
+        let _ = g.release().await;
         let gone = keys_gone_within(&cl, VALIDITY + ms(200), "after acquisition kill").await;
         eprintln!("(d) NodeActor killed during acquisition: lock() returned in {acq:?}, held 2 s, keys gone {gone:?} after release");
 
@@ -1560,7 +1560,7 @@ fn scenario_d_actor_kills_in_flight() {
         sleep(VALIDITY / 2 + ms(10)).await;
         assert!(faults.kill_node(1));
         assert_held_for(&g, VALIDITY * 2, "NodeActor killed during an extension").await;
-        g.release().await;
+        let _ = g.release().await;
         let gone = keys_gone_within(&cl, VALIDITY + ms(200), "after extension kill").await;
         eprintln!(
             "(d) NodeActor killed {:?} into the hold (during the first extension): still held 2 s later, keys gone {gone:?} after release",
@@ -1575,10 +1575,18 @@ fn scenario_d_actor_kills_in_flight() {
         let rel = tokio::spawn(g.release());
         sleep(ms(10)).await;
         assert!(faults.kill_node(2));
-        timeout(Duration::from_secs(2), rel)
+        let r = timeout(Duration::from_secs(2), rel)
             .await
             .expect("release() hung after a NodeActor kill")
             .expect("join");
+        // The killed node's delete may go unanswered: said, not hidden.
+        assert!(
+            matches!(
+                r,
+                Ok(()) | Err(valkeylock::Error::ReleaseUnconfirmed { .. })
+            ),
+            "{r:?}"
+        );
         let released = t.elapsed();
         let t = Instant::now();
         let g = timeout(bound, b.lock(&name))
@@ -1586,7 +1594,7 @@ fn scenario_d_actor_kills_in_flight() {
             .expect("a waiter hung after a release with a killed NodeActor")
             .expect("lock");
         let other = t.elapsed();
-        g.release().await;
+        let _ = g.release().await;
         let gone = keys_gone_within(&cl, VALIDITY + ms(200), "after release kill").await;
         eprintln!("(d) NodeActor killed during release: release() returned in {released:?}, another client got the lock {other:?} later, keys gone {gone:?} after");
 
@@ -1614,7 +1622,7 @@ fn scenario_d_actor_kills_in_flight() {
             ms_between(killed, told),
             ms_between(killed, taken)
         );
-        g2.release().await;
+        let _ = g2.release().await;
         drop(g);
 
         // A LockActor killed during acquisition: the call is re-sent to a
@@ -1637,7 +1645,7 @@ fn scenario_d_actor_kills_in_flight() {
             t.elapsed()
         );
         assert!(g.is_held());
-        g.release().await;
+        let _ = g.release().await;
         let gone = keys_gone_within(&cl, VALIDITY + ms(200), "after LockActor kills").await;
         eprintln!("(d) keys gone {gone:?} after the last release");
 
@@ -1662,7 +1670,7 @@ fn scenario_d_actor_kills_in_flight() {
             "(d) 1 instance, only NodeActor killed during acquisition: lock() returned in {:?}",
             t.elapsed()
         );
-        g.release().await;
+        let _ = g.release().await;
 
         // The Supervisor killed (and with it every actor of the locker):
         // the holder hears EngineStopped, later calls fail, nothing hangs.
@@ -1694,7 +1702,7 @@ fn scenario_d_actor_kills_in_flight() {
             "(d) another locker got that lock {:?} later (keys left to expire)",
             t.elapsed()
         );
-        g2.release().await;
+        let _ = g2.release().await;
         drop(g);
         timeout(Duration::from_secs(5), e.close())
             .await
@@ -1840,7 +1848,7 @@ fn scenario_e_connection_drops_while_held() {
             );
             assert!(checks > 100, "too few checks: {checks}");
             if g.lost_reason().is_none() {
-                g.release().await;
+                let _ = g.release().await;
             }
             h.close().await;
         }

@@ -27,7 +27,7 @@ async fn increasing(urls: Vec<String>, majority: usize) {
                 let g = locker.lock(&name).await.unwrap();
                 let t = g.fencing_token();
                 seen.lock().await.push(t);
-                g.release().await;
+                let _ = g.release().await;
             }
             locker.close().await;
         }));
@@ -77,7 +77,7 @@ async fn off_means_zero_and_no_counter() {
         .await
         .unwrap();
     assert_eq!(n, 0);
-    g.release().await;
+    let _ = g.release().await;
     locker.close().await;
 }
 
@@ -97,7 +97,7 @@ async fn survives_restart_from_data() {
         let g = locker.lock(&name).await.unwrap();
         assert!(g.fencing_token() > last);
         last = g.fencing_token();
-        g.release().await;
+        let _ = g.release().await;
     }
     locker.close().await;
     server.restart();
@@ -108,6 +108,6 @@ async fn survives_restart_from_data() {
         "token {} after a restart from data, {last} before",
         g.fencing_token()
     );
-    g.release().await;
+    let _ = g.release().await;
     locker.close().await;
 }

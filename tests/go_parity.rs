@@ -239,7 +239,7 @@ async fn auto_extend_keeps_lock_past_several_validities() {
         assert!(timeout(ms(50), guard.lost()).await.is_err(), "lost() fired");
         assert!(!guard.cancellation_token().is_cancelled());
         assert_eq!(existing_keys(&admin, PREFIX, &name, TOTAL).await, TOTAL);
-        guard.release().await;
+        let _ = guard.release().await;
         assert_eq!(
             existing_keys(&admin, PREFIX, &name, TOTAL).await,
             0,
@@ -381,7 +381,7 @@ async fn force_lock_from_same_locker_takes_over() {
             "dropping the forced guard disturbed the new holder"
         );
         assert_eq!(existing_keys(&admin, PREFIX, &name, TOTAL).await, TOTAL);
-        g2.release().await;
+        let _ = g2.release().await;
         assert_eq!(existing_keys(&admin, PREFIX, &name, TOTAL).await, 0);
         locker.close().await;
     })
@@ -409,7 +409,7 @@ async fn force_lock_from_other_locker_takes_over() {
         // The forced-out locker must not have deleted the new holder's keys.
         assert_eq!(existing_keys(&admin, PREFIX, &name, TOTAL).await, TOTAL);
         assert_not_locked(a.try_lock(&name).await, &name, Some(true));
-        g2.release().await;
+        let _ = g2.release().await;
         a.close().await;
         b.close().await;
     })
@@ -436,7 +436,7 @@ async fn forced_lock_is_lost_to_force_from_same_locker() {
             "second forced guard lost: {:?}",
             g2.lost_reason()
         );
-        g2.release().await;
+        let _ = g2.release().await;
         locker.close().await;
     })
     .await;
@@ -462,7 +462,7 @@ async fn forced_lock_is_lost_to_force_from_other_locker() {
             "second forced guard lost: {:?}",
             g2.lost_reason()
         );
-        g2.release().await;
+        let _ = g2.release().await;
         a.close().await;
         b.close().await;
     })
@@ -500,7 +500,7 @@ async fn pexpire_by_another_client_is_repaired() {
                 "key {i}: PTTL {pttl} ms, expected the holder to have re-extended it"
             );
         }
-        guard.release().await;
+        let _ = guard.release().await;
         locker.close().await;
     })
     .await;
@@ -540,7 +540,7 @@ async fn auto_extend_concurrent_hands_over_on_release() {
             );
             sleep(ms(20)).await;
         }
-        g1.release().await;
+        let _ = g1.release().await;
         let g2 = timeout(secs(3), second)
             .await
             .expect("second lock() did not get the lock within 3 s of the release")
@@ -558,7 +558,7 @@ async fn auto_extend_concurrent_hands_over_on_release() {
         // Holder 2 keeps it past a validity too.
         sleep(ms(1500)).await;
         assert!(g2.is_held(), "holder 2 lost it: {:?}", g2.lost_reason());
-        g2.release().await;
+        let _ = g2.release().await;
         locker.close().await;
     })
     .await;
@@ -582,7 +582,7 @@ async fn dropped_lock_future_leaves_nothing_behind() {
             timeout(ms(400), b.lock(&name)).await.is_err(),
             "other-locker waiter got a held lock"
         );
-        holder.release().await;
+        let _ = holder.release().await;
         let idle = eventually(secs(3), || async {
             a.active_locks() == 0 && b.active_locks() == 0
         })
@@ -624,9 +624,9 @@ async fn try_lock_fails_while_held() {
         assert_not_locked(a.try_lock(&name).await, &name, None);
         assert_not_locked(b.try_lock(&name).await, &name, Some(true));
         assert!(g.is_held(), "a failed try_lock disturbed the holder");
-        g.release().await;
+        let _ = g.release().await;
         let g = b.try_lock(&name).await.expect("try_lock after release");
-        g.release().await;
+        let _ = g.release().await;
         a.close().await;
         b.close().await;
     })
@@ -644,7 +644,7 @@ async fn try_lock_fails_after_force_lock() {
         assert_not_locked(a.try_lock(&name).await, &name, None);
         assert_not_locked(b.try_lock(&name).await, &name, Some(true));
         assert!(g.is_held());
-        g.release().await;
+        let _ = g.release().await;
         a.close().await;
         b.close().await;
     })
@@ -690,7 +690,7 @@ async fn try_lock_many_lockers() {
                             successes.fetch_add(1, Ordering::SeqCst);
                             tokio::task::yield_now().await;
                             holders.fetch_sub(1, Ordering::SeqCst);
-                            guard.release().await;
+                            let _ = guard.release().await;
                         }
                         Err(Error::NotLocked { .. }) => {
                             failures.fetch_add(1, Ordering::SeqCst);
@@ -828,8 +828,8 @@ async fn flushall_fires_lost_and_locker_keeps_working() {
             .await
             .expect("lock() of another name hung")
             .expect("lock() of another name");
-        other.release().await;
-        g2.release().await;
+        let _ = other.release().await;
+        let _ = g2.release().await;
         locker.close().await;
     })
     .await;
@@ -855,7 +855,7 @@ async fn disable_cache_waiter_polls_and_del_noticed_at_extend() {
         sleep(ms(500)).await;
         assert!(!waiter.is_finished(), "waiter got a held lock");
         let t = Instant::now();
-        holder.release().await;
+        let _ = holder.release().await;
         let g = timeout(secs(3), waiter)
             .await
             .expect("waiter did not acquire within 3 s of the release")

@@ -105,8 +105,8 @@ async fn survives_one_server_lost_with_two_back_with_majority() {
         .await
         .expect("lock() on the first locker hung after the restart")
         .expect("lock() on the first locker after the restart");
-    other.release().await;
-    g.release().await;
+    let _ = other.release().await;
+    let _ = g.release().await;
     a.close().await;
     b.close().await;
 }
@@ -123,7 +123,7 @@ async fn waiter_in_other_locker_wakes_promptly_on_release() {
         let (latency, g) = wake_after_release(guard, &b, &name).await;
         eprintln!("round {round}: wake-up latency {latency:?}");
         assert!(g.is_held());
-        g.release().await;
+        let _ = g.release().await;
     }
     a.close().await;
     b.close().await;
@@ -167,6 +167,6 @@ async fn connect_with_one_of_three_nodes_hung() {
     .await;
     assert!(third, "the key on the resumed node was never taken");
     assert!(g.is_held());
-    g.release().await;
+    let _ = g.release().await;
     locker.close().await;
 }

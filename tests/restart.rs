@@ -65,7 +65,7 @@ async fn server_restarted_empty_fires_lost_and_locker_recovers() {
         "new lock lost after the restart: {:?}",
         g.lost_reason()
     );
-    g.release().await;
+    let _ = g.release().await;
     assert_eq!(existing_keys(&admin, PREFIX, &name, 1).await, 0);
     locker.close().await;
 }
@@ -96,7 +96,7 @@ async fn killed_node_actor_is_restarted_and_locker_keeps_working() {
     assert!(g.is_held());
     let admin = server.admin().await;
     assert_eq!(existing_keys(&admin, PREFIX, &name, 1).await, 1);
-    g.release().await;
+    let _ = g.release().await;
     assert_eq!(existing_keys(&admin, PREFIX, &name, 1).await, 0);
     locker.close().await;
 }
@@ -177,7 +177,7 @@ async fn killed_lock_actor_fires_engine_stopped() {
     assert!(g.is_held());
     sleep(ms(1500)).await;
     assert!(g.is_held(), "new grant lost: {:?}", g.lost_reason());
-    g.release().await;
+    let _ = g.release().await;
     locker.close().await;
 }
 
@@ -195,7 +195,7 @@ async fn waiters_of_killed_lock_actor_ask_again() {
             tokio::spawn(async move {
                 let g = locker.lock(&name).await?;
                 let held = g.is_held();
-                g.release().await;
+                let _ = g.release().await;
                 Ok::<bool, valkeylock::Error>(held)
             })
         })
@@ -258,7 +258,7 @@ async fn lock_on_primary(locker: &Locker, d: &SentinelDeployment, what: &str) {
         "{what}: the key is not on the primary"
     );
     assert!(g.is_held(), "{what}: {:?}", g.lost_reason());
-    g.release().await;
+    let _ = g.release().await;
 }
 
 /// Sentinels with `requirepass`. The node's `+switch-master` watcher must

@@ -26,7 +26,7 @@ async fn smoke() {
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let t = tokio::time::Instant::now();
-    g.release().await;
+    let _ = g.release().await;
     let (_, g2) = waiter.await.unwrap();
     eprintln!("handover {:?}", t.elapsed());
     let admin = server.admin().await;
@@ -77,7 +77,7 @@ async fn same_locker_contention() {
                 tokio::task::yield_now().await;
                 *value.lock().unwrap() = v + 1;
                 inside.fetch_sub(1, Ordering::SeqCst);
-                g.release().await;
+                let _ = g.release().await;
             }
         }));
     }
@@ -97,7 +97,7 @@ async fn same_locker_contention() {
                 tokio::task::yield_now().await;
                 *value.lock().unwrap() = v + 1;
                 inside.fetch_sub(1, Ordering::SeqCst);
-                g.release().await;
+                let _ = g.release().await;
             }
         })
     };
@@ -187,7 +187,7 @@ async fn script_flush_is_repaired() {
     };
     flush().await;
     // Release runs the release script: NOSCRIPT, load, retry.
-    held.release().await;
+    let _ = held.release().await;
     assert_eq!(
         admin.exists::<i64, _>("valkeylock:0:before").await.unwrap(),
         0
@@ -200,7 +200,7 @@ async fn script_flush_is_repaired() {
         admin.exists::<i64, _>("valkeylock:0:after").await.unwrap(),
         1
     );
-    g.release().await;
+    let _ = g.release().await;
     assert_eq!(
         admin.exists::<i64, _>("valkeylock:0:after").await.unwrap(),
         0

@@ -122,7 +122,7 @@ async fn lock_over_tls() {
         async move { b.lock(&name).await }
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
-    g.release().await;
+    let _ = g.release().await;
     let g2 = tokio::time::timeout(Duration::from_secs(2), waiter)
         .await
         .unwrap()

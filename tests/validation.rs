@@ -178,7 +178,7 @@ async fn invalid_names_are_rejected() {
         .await
         .expect("a name of MAX_NAME_LEN bytes");
     assert_eq!(existing_keys(&admin, PREFIX, &longest, 3).await, 3);
-    g.release().await;
+    let _ = g.release().await;
     // A name with ':' and non-ASCII UTF-8 works, and maps to the documented keys.
     let name = format!("{}:ünï:✓ code", unique("a:b"));
     let g = locker.lock(&name).await.expect("a name with ':' and UTF-8");
@@ -192,7 +192,7 @@ async fn invalid_names_are_rejected() {
         other.try_lock(&name).await,
         Err(Error::NotLocked { .. })
     ));
-    g.release().await;
+    let _ = g.release().await;
     assert_eq!(existing_keys(&admin, PREFIX, &name, 3).await, 0);
     other.close().await;
     locker.close().await;
@@ -206,7 +206,7 @@ async fn invalid_names_are_rejected() {
         .lock(&tagged)
         .await
         .expect("hash-tagged name with majority 1");
-    g.release().await;
+    let _ = g.release().await;
     single.close().await;
 }
 
@@ -247,7 +247,7 @@ async fn nothing_listening_is_a_connection_error() {
         .lock(&unique("two-of-three"))
         .await
         .expect("lock with 2 of 3 nodes");
-    g.release().await;
+    let _ = g.release().await;
     locker.close().await;
 }
 
@@ -293,7 +293,7 @@ async fn wrong_password_is_a_connection_error() {
     let locker = Locker::connect(right).await.expect("right password");
     let g = locker.lock(&unique("auth")).await.expect("lock with auth");
     assert!(g.is_held());
-    g.release().await;
+    let _ = g.release().await;
     locker.close().await;
 }
 
@@ -332,7 +332,7 @@ connect_timeout = "1s500ms"
     let name = unique("toml");
     let g = locker.lock(&name).await.expect("lock");
     assert_eq!(existing_keys(&admin, "vl-toml", &name, 1).await, 1);
-    g.release().await;
+    let _ = g.release().await;
     locker.close().await;
 
     let json = format!(
@@ -352,7 +352,7 @@ connect_timeout = "1s500ms"
     assert_eq!(back, o);
     let locker = Locker::connect(o).await.expect("connect with JSON options");
     let g = locker.lock(&unique("json")).await.expect("lock");
-    g.release().await;
+    let _ = g.release().await;
     locker.close().await;
 
     assert!(toml::from_str::<LockerOptions>("key_validity = \"5 parsecs\"").is_err());

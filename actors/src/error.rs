@@ -57,6 +57,20 @@ pub enum Error {
         /// The other holder's, as written in its key.
         theirs: String,
     },
+    /// A release could not confirm every delete: `deleted` keys were
+    /// deleted, `unconfirmed` got no answer in time (their node is down or
+    /// slow) and are left to expire within `key_validity`. Until then
+    /// nobody else can take those keys; whether others can take the lock
+    /// depends on how many of its keys are free.
+    #[error("release of {name:?} not confirmed: {deleted} keys deleted, {unconfirmed} left to expire because their node did not answer")]
+    ReleaseUnconfirmed {
+        /// The lock name.
+        name: String,
+        /// Keys whose delete was confirmed.
+        deleted: usize,
+        /// Keys whose delete got no answer.
+        unconfirmed: usize,
+    },
     /// Connecting to Valkey failed in a way that makes the locker unusable
     /// (wrong credentials, unreachable majority, a server without RESP3…).
     #[error("cannot connect to Valkey: {message}")]

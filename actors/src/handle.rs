@@ -17,7 +17,7 @@ use crate::context::{count_send, Shared};
 use crate::core::RequestKind;
 use crate::error::{Error, LostReason};
 use crate::keys;
-use crate::msg::{GrantParts, GrantStatus, LockMsg, NodeReport, Request, SupervisorMsg};
+use crate::msg::{GrantParts, GrantStatus, LockMsg, NodeReport, Released, Request, SupervisorMsg};
 use crate::options::LockerOptions;
 use crate::runtime::EngineRuntime;
 use crate::supervisor::{Supervisor, SupervisorArgs};
@@ -416,18 +416,35 @@ impl Lease {
     /// Releases the lock and waits until its keys are deleted (bounded by
     /// `try_next_after`). Releasing a lock that was already lost is not an
     /// error.
-    pub async fn release(mut self) {
+    ///
+    /// # Errors
+    /// [`Error::ReleaseUnconfirmed`] when a node did not answer a delete
+    /// (those keys expire within `key_validity`); [`Error::Closed`] when the
+    /// engine stopped before it could release (the keys expire likewise),
+    /// but not after `close`, which released them.
+    pub async fn release(mut self) -> Result<(), Error> {
         self.armed = false;
         let (tx, rx) = oneshot::channel();
-        if self
-            .lock
-            .cast(LockMsg::Release {
-                holder: self.grant,
-                reply: Some(tx),
-            })
-            .is_ok()
-        {
-            let _ = rx.await;
+        let sent = self.lock.cast(LockMsg::Release {
+            holder: self.grant,
+            reply: Some(tx),
+        });
+        let answer = match sent {
+            Ok(()) => rx.await.ok(),
+            Err(_) => None,
+        };
+        match answer {
+            Some(Released { unconfirmed: 0, .. }) => Ok(()),
+            Some(Released {
+                deleted,
+                unconfirmed,
+            }) => Err(Error::ReleaseUnconfirmed {
+                name: self.name.to_string(),
+                deleted,
+                unconfirmed,
+            }),
+            None if self.lost_reason() == Some(LostReason::Closed) => Ok(()),
+            None => Err(Error::Closed),
         }
     }
 }

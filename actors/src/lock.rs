@@ -24,7 +24,8 @@ use crate::core::{
 use crate::error::{Error, LostReason};
 use crate::keys;
 use crate::msg::{
-    ExtendItem, GrantParts, GrantStatus, Job, LockMsg, NodeMsg, NodeReply, Request, SupervisorMsg,
+    ExtendItem, GrantParts, GrantStatus, Job, LockMsg, NodeMsg, NodeReply, Released, Request,
+    SupervisorMsg,
 };
 use crate::timers::Timer;
 
@@ -81,7 +82,7 @@ pub(crate) struct LockState {
     core: LockCore,
     requests: HashMap<u64, oneshot::Sender<Result<GrantParts, Error>>>,
     holders: HashMap<HolderId, Holder>,
-    acks: HashMap<u64, oneshot::Sender<()>>,
+    acks: HashMap<u64, oneshot::Sender<Released>>,
     next_ack: u64,
     /// The core's timer, and the instant it is armed for.
     timer: Option<(Time, Timer)>,
@@ -250,9 +251,16 @@ impl LockState {
                     }
                 }
             },
-            Effect::Released { ack, .. } => {
+            Effect::Released {
+                ack,
+                deleted,
+                unconfirmed,
+            } => {
                 if let Some(reply) = self.acks.remove(&ack) {
-                    let _ = reply.send(());
+                    let _ = reply.send(Released {
+                        deleted,
+                        unconfirmed,
+                    });
                 }
             }
             Effect::Idle => self.retire(me),

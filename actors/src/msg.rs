@@ -42,6 +42,14 @@ pub(crate) struct Request {
 }
 
 /// Messages of a `LockActor`.
+/// How a release went: keys deleted, and keys whose delete got no answer
+/// (left to expire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Released {
+    pub(crate) deleted: usize,
+    pub(crate) unconfirmed: usize,
+}
+
 #[derive(Debug)]
 pub(crate) enum LockMsg {
     /// A caller wants the lock.
@@ -51,7 +59,7 @@ pub(crate) enum LockMsg {
     /// Holder `holder` releases; `reply` is answered once its deletes are.
     Release {
         holder: u64,
-        reply: Option<oneshot::Sender<()>>,
+        reply: Option<oneshot::Sender<Released>>,
     },
     /// A node answered a command.
     Reply(NodeReply),

@@ -268,7 +268,7 @@ impl Kind {
                     .acquire("bench-rslock-warmup", Duration::from_millis(TTL_MS))
                     .await
                     .expect("rslock");
-                g.release().await;
+                let _ = g.release().await;
                 Imp::Rslock(m)
             }
             Kind::Raw => {
@@ -288,7 +288,7 @@ impl Imp {
             Imp::Valkeylock(l) => {
                 let g = l.lock(name).await.expect("valkeylock lock");
                 let wait = start.elapsed();
-                g.release().await;
+                let _ = g.release().await;
                 wait
             }
             Imp::Rslock(m) => {
@@ -297,7 +297,7 @@ impl Imp {
                     .await
                     .expect("rslock acquire");
                 let wait = start.elapsed();
-                g.release().await;
+                let _ = g.release().await;
                 wait
             }
             Imp::Raw(r) => {

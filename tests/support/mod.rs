@@ -272,7 +272,7 @@ pub async fn wake_after_release(
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!task.is_finished(), "the waiter got a held lock");
     let released = Instant::now();
-    holder.release().await;
+    let _ = holder.release().await;
     let (at, g) = tokio::time::timeout(Duration::from_secs(2), task)
         .await
         .expect("the waiter was not woken within 2 s of the release")

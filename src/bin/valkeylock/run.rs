@@ -191,7 +191,7 @@ async fn hold(
                 "valkeylock: cannot run {}: {e}",
                 program[0].to_string_lossy()
             );
-            guard.release().await;
+            let _ = guard.release().await;
             return if e.kind() == std::io::ErrorKind::NotFound {
                 EXIT_NOT_FOUND
             } else {
@@ -205,7 +205,7 @@ async fn hold(
         Some(id) if id > 0 => Pid::from_raw(id),
         _ => {
             eprintln!("valkeylock: the program has no process id");
-            guard.release().await;
+            let _ = guard.release().await;
             return EXIT_SOFTWARE;
         }
     };
@@ -245,7 +245,11 @@ async fn hold(
         // Whatever the program left running in its group goes too.
         let _ = killpg(group, Signal::SIGKILL);
     }
-    guard.release().await;
+    if let Err(e) = guard.release().await {
+        // The program's outcome decides the exit code; the operator hears
+        // that some keys stay until they expire.
+        eprintln!("valkeylock: {e}");
+    }
     match (lost, status) {
         (Some(_), _) => EXIT_LOST,
         (None, Ok(status)) => exit_code(status),
