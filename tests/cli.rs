@@ -220,6 +220,47 @@ async fn lost_lock_stops_the_program() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `kill -9` of the tool does not leave its program running (Linux): the
+/// kernel kills the program with the tool, so a second `run` cannot start
+/// the same program beside it once the lock expires.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_program_dies_with_the_tool() {
+    let server = ValkeyServer::start();
+    let dir = scratch("pdeathsig");
+    let pidfile = dir.join("pid");
+    let name = unique("pdeathsig");
+    let mut c = tool(&server.url());
+    c.args(["run", &name, "--validity", "1s", "--", "sh", "-c"])
+        .arg(format!("echo $$ > {}; exec sleep 30", pidfile.display()));
+    let mut child = c.spawn().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            std::fs::read_to_string(&pidfile).is_ok_and(|s| s.trim().parse::<u32>().is_ok())
+        })
+        .await,
+        "the program never started"
+    );
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Alive: not gone and not a zombie (state is the field after `(comm)`).
+    let alive = move || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+            .unwrap_or(false)
+    };
+    assert!(alive(), "the program is not running");
+    child.start_kill().unwrap(); // SIGKILL
+    let _ = child.wait().await;
+    let died = eventually(Duration::from_secs(10), || async { !alive() }).await;
+    assert!(died, "the program outlived the tool killed with SIGKILL");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn bad_arguments_exit_2() {
     let url = "redis://127.0.0.1:1";

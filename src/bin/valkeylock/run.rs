@@ -166,6 +166,41 @@ async fn wait(
     })
 }
 
+/// Ties the program's life to the tool's. If the tool dies without stopping
+/// the program (`kill -9`, the OOM killer), nobody extends the lock any more
+/// and another `run` can take it within one validity: the program must not
+/// be left running beside the next holder. On Linux the kernel sends it
+/// SIGKILL when the tool's thread that started it exits
+/// (`PR_SET_PDEATHSIG`; that thread is the main thread, which lives as long
+/// as the tool). Processes the program started in turn are not covered by
+/// the kernel: they are stopped with the program's process group only when
+/// the tool is alive to do it. Other platforms have no such call: there a
+/// killed tool leaves the program running.
+#[allow(unsafe_code)]
+fn die_with_the_tool(command: &mut tokio::process::Command) {
+    #[cfg(target_os = "linux")]
+    {
+        let tool = nix::unistd::getpid();
+        // SAFETY: the closure runs in the child between fork and exec, and
+        // makes only async-signal-safe system calls (prctl, getppid); it
+        // allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)?;
+                // The tool may have died between fork and prctl: then no
+                // signal will come, so do not start at all.
+                if nix::unistd::getppid() != tool {
+                    return Err(std::io::Error::from(nix::errno::Errno::ESRCH));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
+}
+
 /// Runs the program while `guard` is held; releases it afterwards.
 async fn hold(
     guard: LockGuard,
@@ -184,6 +219,7 @@ async fn hold(
         )
         // Its own process group, so a lost lock stops everything it started.
         .process_group(0);
+    die_with_the_tool(&mut command);
     let mut child = match command.spawn() {
         Ok(c) => c,
         Err(e) => {
