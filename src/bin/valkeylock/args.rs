@@ -62,14 +62,14 @@ pub(crate) struct Cli {
 #[derive(Debug, Args)]
 pub(crate) struct Common {
     /// Valkey URL (redis:// or valkey://, optional user:password@ and /db).
-    /// Repeat or separate with commas; their order does not matter (keys are
+    /// Repeat or separate with commas (a comma followed by a host without a
+    /// scheme continues a cluster or Sentinel URL's host list); their order does not matter (keys are
     /// placed by address). [default: redis://127.0.0.1:6379]
     #[arg(
         long,
         global = true,
         value_name = "URL",
         env = "VALKEYLOCK_NODES",
-        value_delimiter = ',',
         action = clap::ArgAction::Append
     )]
     pub(crate) nodes: Vec<String>,
@@ -172,12 +172,7 @@ impl Common {
                 .map_err(|e| UsageError(format!("config file {}: {e}", path.display())))?;
         }
         if !self.nodes.is_empty() {
-            options.nodes = self
-                .nodes
-                .iter()
-                .map(|n| n.trim().to_owned())
-                .filter(|n| !n.is_empty())
-                .collect();
+            options.nodes = split_nodes(&self.nodes);
         }
         if options.nodes.is_empty() {
             options.nodes = vec!["redis://127.0.0.1:6379".to_owned()];
@@ -195,9 +190,84 @@ impl Common {
     }
 }
 
+/// The node URLs in `--nodes` values and `VALKEYLOCK_NODES`: separated by
+/// commas, where a comma starts a new node only if what follows it has a
+/// scheme (`…://`). Otherwise it continues the host list of a cluster or
+/// Sentinel URL (`valkey-cluster://a:7000,b:7000`), which is one node.
+pub(crate) fn split_nodes(values: &[String]) -> Vec<String> {
+    let mut nodes: Vec<String> = Vec::new();
+    for value in values {
+        let mut fresh = true;
+        for piece in value.split(',') {
+            let piece = piece.trim();
+            match nodes.last_mut() {
+                _ if piece.is_empty() => {}
+                Some(last) if !fresh && !piece.contains("://") => {
+                    last.push(',');
+                    last.push_str(piece);
+                }
+                _ => {
+                    nodes.push(piece.to_owned());
+                    fresh = false;
+                }
+            }
+        }
+    }
+    nodes.retain(|n| !n.is_empty());
+    nodes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_and_sentinel_urls_keep_their_host_lists() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            split_nodes(&v(&["valkey-cluster://a:7000,b:7000,c:7000"])),
+            ["valkey-cluster://a:7000,b:7000,c:7000"]
+        );
+        assert_eq!(
+            split_nodes(&v(&["redis://a, redis://b ,redis://c"])),
+            ["redis://a", "redis://b", "redis://c"]
+        );
+        assert_eq!(
+            split_nodes(&v(&[
+                "valkey-sentinel://s1:26379,s2:26379/mymaster,redis://x:6379",
+                "valkey-cluster://c1:7000,c2:7000",
+            ])),
+            [
+                "valkey-sentinel://s1:26379,s2:26379/mymaster",
+                "redis://x:6379",
+                "valkey-cluster://c1:7000,c2:7000"
+            ]
+        );
+        // Each `--nodes` value starts a node of its own, and empty pieces go.
+        assert_eq!(
+            split_nodes(&v(&["redis://a,", ",redis://b"])),
+            ["redis://a", "redis://b"]
+        );
+        // A bare host after a standalone URL stays attached, so the URL's
+        // parser rejects it with a message rather than it becoming a node.
+        let o = parse(&["valkeylock", "--nodes", "redis://a:1,b:2", "status", "x"])
+            .common
+            .options()
+            .unwrap();
+        assert!(o.validate().is_err());
+        let o = parse(&[
+            "valkeylock",
+            "--nodes",
+            "valkey-cluster://127.0.0.1:7000,127.0.0.1:7001",
+            "status",
+            "x",
+        ])
+        .common
+        .options()
+        .unwrap();
+        assert_eq!(o.nodes.len(), 1);
+        o.validate().unwrap();
+    }
 
     fn parse(args: &[&str]) -> Cli {
         Cli::try_parse_from(args).unwrap()
