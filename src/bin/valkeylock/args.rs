@@ -149,9 +149,15 @@ pub(crate) enum Command {
     },
 }
 
+/// A duration flag: the library's forms (`500ms`, `1m30s`), or a bare number
+/// of seconds (`30`, `0.5`), as `timeout(1)` and `sleep(1)` take them.
 fn duration(text: &str) -> Result<Duration, String> {
-    if text.trim() == "0" {
-        return Ok(Duration::ZERO);
+    let t = text.trim();
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return match t.parse::<f64>() {
+            Ok(secs) if secs.is_finite() && secs <= 1e9 => Ok(Duration::from_secs_f64(secs)),
+            _ => Err(format!("{text:?}: not a number of seconds")),
+        };
     }
     parse_duration(text)
 }
@@ -220,6 +226,30 @@ pub(crate) fn split_nodes(values: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bare_numbers_are_seconds() {
+        assert_eq!(duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(duration(" 0 "), Ok(Duration::ZERO));
+        assert_eq!(duration("0.25"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert!(duration("1.2.3").is_err());
+        assert!(duration("9999999999999").is_err());
+        assert!(duration("").is_err());
+        let cli = parse(&[
+            "valkeylock",
+            "run",
+            "x",
+            "--wait-timeout",
+            "30",
+            "--",
+            "true",
+        ]);
+        let Command::Run { wait_timeout, .. } = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(wait_timeout, Some(Duration::from_secs(30)));
+    }
 
     #[test]
     fn cluster_and_sentinel_urls_keep_their_host_lists() {
