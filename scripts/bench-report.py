@@ -341,6 +341,15 @@ def region_noise(bins):
             f"{fa['ops/s']} and {fb['ops/s']} ops/s.")
 
 
+def crit_us(crit, bench, imp, n):
+    """µs/op of one criterion row."""
+    return num(crit.find(benchmark=bench, impl=imp, tasks_lockers=str(n))["µs/op"])
+
+
+def verdict(ok, how):
+    return ("**met**" if ok else "**missed**") + f" ({how})"
+
+
 def region_targets(bins):
     locks, events, scale = bins["locks"], bins["events"], bins["scale"]
     crit = table_by_prefix(locks, "Criterion")
@@ -350,12 +359,9 @@ def region_targets(bins):
     anat = table_by_prefix(locks, "Anatomy")
 
     def c(bench, imp, n):
-        return num(crit.find(benchmark=bench, impl=imp, tasks_lockers=str(n))["µs/op"])
+        return crit_us(crit, bench, imp, n)
 
     rows = []
-
-    def verdict(ok, how):
-        return ("**met**" if ok else "**missed**") + f" ({how})"
 
     # (1) scenario 1, T = 10.
     goal = GO_VALKEYLOCK_T10_US / SPEEDUP_VS_GO
@@ -539,10 +545,7 @@ def region_targets11(bins):
     sc = table_by_prefix(scale, "locks held")
 
     def c(bench, imp, n):
-        return num(crit.find(benchmark=bench, impl=imp, tasks_lockers=str(n))["µs/op"])
-
-    def verdict(ok, how):
-        return ("**met**" if ok else "**missed**") + f" ({how})"
+        return crit_us(crit, bench, imp, n)
 
     def ratio(v, ref, limit):
         r = v / ref
