@@ -117,9 +117,10 @@ impl Locker {
     {
         let locker = self.clone();
         let name = name.to_owned();
-        // On the engine's runtime: the `Lost` is sent on time even while the
-        // application's runtime is busy.
-        self.inner.engine.spawn(async move {
+        // On the caller's runtime, where the actor lives: the engine's
+        // runtime ends with `close`, and a task of it still waiting to send
+        // `Failed` or `Lost { Closed }` could be dropped unsent.
+        tokio::spawn(async move {
             match locker.lock(&name).await {
                 Ok(guard) => {
                     let watcher = guard.watcher();

@@ -274,17 +274,6 @@ impl Engine {
         }
     }
 
-    /// Runs `future` on the engine's runtime (the facade's message-based
-    /// locking waits there, so an actor hears of a loss on time even while
-    /// the application's runtime is busy).
-    pub fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.runtime.spawn(future)
-    }
-
     /// True once `close` was called.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
