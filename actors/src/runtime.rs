@@ -8,10 +8,14 @@
 //! for three validities, or a multi-thread runtime with every worker busy,
 //! extends nothing, and another process takes the lock while the holder still
 //! believes it holds it. On a thread of its own, the engine is scheduled by
-//! the kernel, preemptively, whatever the application does. It is also
-//! faster: the hops of a lock between actors, the command pump and fred's
-//! connection stay on one thread instead of bouncing between the workers of a
-//! multi-thread runtime (BENCHMARKS.md).
+//! the kernel, preemptively, whatever the application does.
+//!
+//! The cost: every call crosses threads twice (in and out), and a local
+//! hand-over between tasks of one process crosses twice per grant. On the
+//! 2-core VM of BENCHMARKS.md that makes the one-task loop slower than with
+//! the engine on the caller's runtime ("Runtime flavour"); an experiment on
+//! another machine, quoted in issue #11, found it faster, as the hops between
+//! actors, the command pump and fred's connection then stay on one thread.
 //!
 //! One current-thread runtime per locker: the engine's work per lock is a few
 //! microseconds between network waits, so one thread keeps up with the wire;
@@ -48,8 +52,8 @@ pub(crate) struct EngineRuntime {
 }
 
 impl EngineRuntime {
-    /// A current-thread runtime on a new thread, running until
-    /// [`EngineRuntime::stop`] or until this value is dropped.
+    /// A current-thread runtime on a new thread, running until the sender
+    /// [`EngineRuntime::take_stop`] hands out fires, or until it is dropped.
     pub(crate) fn dedicated() -> Result<EngineRuntime, Error> {
         let failed = |e: std::io::Error| Error::Connection {
             message: format!("cannot start the engine's thread: {e}"),
