@@ -17,8 +17,13 @@ use crate::scripts::Fingerprint;
 /// `key_majority` and the nodes (named the same way); a `key_majority` or
 /// node-count disagreement among lockers of this library is detected
 /// (`Error::ConfigMismatch`).
+///
+/// `#[non_exhaustive]`: options are added without a breaking change, so
+/// build them with [`LockerOptions::new`] (or `Default`) and the `with_*`
+/// methods, or deserialize them, rather than with a struct literal.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct LockerOptions {
     /// Valkey instances: `redis://` or `valkey://` URLs with optional
     /// `user:password@` and `/db`. Their order does not matter: key `i` of a
