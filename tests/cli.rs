@@ -261,6 +261,41 @@ async fn the_program_dies_with_the_tool() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `-v` logs the engine's events to stderr; without it (or `RUST_LOG`)
+/// nothing is logged; `RUST_LOG` decides when set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verbose_logs_to_stderr() {
+    let server = ValkeyServer::start();
+    let name = unique("verbose");
+    let mut quiet = tool(&server.url());
+    quiet
+        .env_remove("RUST_LOG")
+        .args(["run", &name, "--", "true"]);
+    let out = output(quiet).await;
+    assert!(
+        !text(&out.stderr).contains("node connected"),
+        "{}",
+        text(&out.stderr)
+    );
+    let mut loud = tool(&server.url());
+    loud.env_remove("RUST_LOG")
+        .args(["-v", "run", &name, "--", "true"]);
+    let out = output(loud).await;
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("node connected"), "{stderr}");
+    assert!(stderr.contains("INFO"), "{stderr}");
+    let mut by_env = tool(&server.url());
+    by_env
+        .env("RUST_LOG", "valkeylock_actors=info")
+        .args(["run", &name, "--", "true"]);
+    let out = output(by_env).await;
+    assert!(
+        text(&out.stderr).contains("node connected"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 #[tokio::test]
 async fn bad_arguments_exit_2() {
     let url = "redis://127.0.0.1:1";

@@ -22,8 +22,32 @@ use nix::sys::signal::{SigSet, Signal};
 
 use args::{Cli, Command, EXIT_SOFTWARE, EXIT_USAGE};
 
+/// Logs to stderr through tracing: the filter is `RUST_LOG` when set, else
+/// one level per `-v` for this tool and its engine; nothing without either.
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => EnvFilter::new(spec),
+        _ => {
+            let level = match verbose {
+                0 => return,
+                1 => "info",
+                2 => "debug",
+                _ => "trace",
+            };
+            EnvFilter::new(format!("valkeylock={level},valkeylock_actors={level}"))
+        }
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
 fn main() {
     let cli = Cli::parse();
+    init_logging(cli.common.verbose);
     // `run` hands the terminal to the program and takes it back from the
     // background, which needs SIGTTOU blocked; every thread inherits this
     // mask, and the program gets an empty one (std resets it on spawn).

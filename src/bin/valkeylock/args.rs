@@ -61,6 +61,12 @@ pub(crate) struct Cli {
 /// Options shared by every subcommand.
 #[derive(Debug, Args)]
 pub(crate) struct Common {
+    /// Log what the engine does to stderr: -v connections and losses, -vv
+    /// commands and retries, -vvv everything. RUST_LOG, when set, decides
+    /// instead (e.g. RUST_LOG=valkeylock_actors=debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+
     /// Valkey URL (redis:// or valkey://, optional user:password@ and /db).
     /// Repeat or separate with commas (a comma followed by a host without a
     /// scheme continues a cluster or Sentinel URL's host list); their order does not matter (keys are
