@@ -58,15 +58,24 @@ impl EngineRuntime {
         let failed = |e: std::io::Error| Error::Connection {
             message: format!("cannot start the engine's thread: {e}"),
         };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(failed)?;
-        let handle = rt.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
+        let (started, handle) = std::sync::mpsc::channel();
+        // The runtime is built, run and dropped on its own thread: a tokio
+        // runtime dropped inside the caller's async context would panic.
         std::thread::Builder::new()
             .name(THREAD_NAME.into())
             .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = started.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = started.send(Ok(rt.handle().clone()));
                 // A current-thread runtime runs its tasks only inside
                 // `block_on`: this is where the engine lives.
                 rt.block_on(async {
@@ -75,6 +84,12 @@ impl EngineRuntime {
                 rt.shutdown_timeout(SHUTDOWN_GRACE);
             })
             .map_err(failed)?;
+        // Waits the few microseconds the thread takes to build the runtime.
+        let handle = match handle.recv() {
+            Ok(Ok(handle)) => handle,
+            Ok(Err(e)) => return Err(failed(e)),
+            Err(_) => return Err(failed(std::io::Error::other("the thread ended at once"))),
+        };
         Ok(EngineRuntime {
             handle,
             stop: Mutex::new(Some(stop)),
