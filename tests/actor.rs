@@ -11,7 +11,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use support::*;
 use tokio::sync::mpsc;
-use valkeylock::{Error, LockEvent, LockGuard, Locker, LockerOptions, LostReason};
+use valkeylock::{Error, LockEvent, LockGuard, LostReason};
 
 /// What the probe saw, in order; it keeps the guard it was given.
 #[derive(Debug, PartialEq)]
@@ -79,9 +79,7 @@ async fn an_actor_gets_acquired_lost_and_failed_in_its_mailbox() {
     init_tracing();
     let server = ValkeyServer::start();
     let admin = server.admin().await;
-    let locker = Locker::connect(LockerOptions::new([server.url()]).with_key_majority(1))
-        .await
-        .unwrap();
+    let locker = server.locker().await;
     let name = unique("actor");
 
     let (tx, mut first) = mpsc::unbounded_channel();

@@ -111,15 +111,27 @@ async fn after_the_block(guard: valkeylock::LockGuard, contender: Contender) {
     contender.stop();
 }
 
+/// A holder of `name` through a locker built with `options`, and a contender
+/// that has already tried twice to take it.
+async fn held_with_contender(
+    server: &ValkeyServer,
+    name: &str,
+    options: LockerOptions,
+) -> (Locker, valkeylock::LockGuard, Contender) {
+    let locker = Locker::connect(options).await.unwrap();
+    let guard = locker.lock(name).await.unwrap();
+    let contender = Contender::start(server.url(), name.to_owned());
+    contender.wait_attempts(2);
+    (locker, guard, contender)
+}
+
 #[tokio::test]
 async fn a_holder_that_blocks_its_current_thread_runtime_keeps_its_lock() {
     init_tracing();
     let server = ValkeyServer::start();
     let name = unique("busy-ct");
-    let locker = Locker::connect(options(&server.url())).await.unwrap();
-    let guard = locker.lock(&name).await.unwrap();
-    let contender = Contender::start(server.url(), name.clone());
-    contender.wait_attempts(2);
+    let (locker, guard, contender) =
+        held_with_contender(&server, &name, options(&server.url())).await;
     // The critical section computes without yielding: this runtime (the
     // test's only thread) runs nothing else for three validities.
     std::thread::sleep(BLOCKED_FOR);
@@ -132,10 +144,8 @@ async fn a_holder_whose_multi_thread_runtime_is_all_busy_keeps_its_lock() {
     init_tracing();
     let server = ValkeyServer::start();
     let name = unique("busy-mt");
-    let locker = Locker::connect(options(&server.url())).await.unwrap();
-    let guard = locker.lock(&name).await.unwrap();
-    let contender = Contender::start(server.url(), name.clone());
-    contender.wait_attempts(2);
+    let (locker, guard, contender) =
+        held_with_contender(&server, &name, options(&server.url())).await;
     // Both workers block at once (the barrier proves they are both taken),
     // and so does the thread running this test's body.
     let all_busy = Arc::new(Barrier::new(3));
@@ -165,12 +175,8 @@ async fn with_the_engine_on_the_blocked_runtime_the_lock_is_lost() {
     init_tracing();
     let server = ValkeyServer::start();
     let name = unique("busy-shared");
-    let locker = Locker::connect(options(&server.url()).with_dedicated_runtime(false))
-        .await
-        .unwrap();
-    let guard = locker.lock(&name).await.unwrap();
-    let contender = Contender::start(server.url(), name.clone());
-    contender.wait_attempts(2);
+    let options = options(&server.url()).with_dedicated_runtime(false);
+    let (locker, guard, contender) = held_with_contender(&server, &name, options).await;
     std::thread::sleep(BLOCKED_FOR);
     assert!(
         contender.wins() > 0,

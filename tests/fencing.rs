@@ -66,9 +66,7 @@ async fn three_instances() {
 #[tokio::test]
 async fn off_means_zero_and_no_counter() {
     let server = ValkeyServer::start();
-    let locker = Locker::connect(LockerOptions::new([server.url()]).with_key_majority(1))
-        .await
-        .unwrap();
+    let locker = server.locker().await;
     let name = unique("nofence");
     let g = locker.lock(&name).await.unwrap();
     assert_eq!(g.fencing_token(), 0);

@@ -17,9 +17,7 @@ async fn a_confirmed_release_is_ok_and_the_key_is_gone() {
     init_tracing();
     let server = ValkeyServer::start();
     let admin = server.admin().await;
-    let locker = Locker::connect(LockerOptions::new([server.url()]).with_key_majority(1))
-        .await
-        .unwrap();
+    let locker = server.locker().await;
     let name = unique("release-ok");
     let guard = locker.lock(&name).await.unwrap();
     assert_eq!(existing_keys(&admin, "valkeylock", &name, 1).await, 1);
@@ -72,9 +70,7 @@ async fn releasing_a_lost_lock_or_after_close_is_ok() {
     init_tracing();
     let server = ValkeyServer::start();
     let admin = server.admin().await;
-    let locker = Locker::connect(LockerOptions::new([server.url()]).with_key_majority(1))
-        .await
-        .unwrap();
+    let locker = server.locker().await;
     let name = unique("release-lost");
     let guard = locker.lock(&name).await.unwrap();
     let deleted: i64 = fred::prelude::KeysInterface::del(&admin, format!("valkeylock:0:{name}"))

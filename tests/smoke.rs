@@ -52,12 +52,8 @@ async fn same_locker_contention() {
     use std::sync::Arc;
     init_tracing();
     let server = ValkeyServer::start();
-    let locker = Locker::connect(LockerOptions::new([server.url()]).with_key_majority(1))
-        .await
-        .unwrap();
-    let other = Locker::connect(LockerOptions::new([server.url()]).with_key_majority(1))
-        .await
-        .unwrap();
+    let locker = server.locker().await;
+    let other = server.locker().await;
     let name = unique("cohort");
     let inside = Arc::new(AtomicUsize::new(0));
     let value = Arc::new(std::sync::Mutex::new(0u64));
@@ -175,9 +171,7 @@ async fn script_flush_is_repaired() {
     init_tracing();
     let server = ValkeyServer::start();
     let admin = server.admin().await;
-    let locker = Locker::connect(LockerOptions::new([server.url()]).with_key_majority(1))
-        .await
-        .unwrap();
+    let locker = server.locker().await;
     let held = locker.lock("before").await.unwrap();
     let flush = || async {
         let _: String = admin

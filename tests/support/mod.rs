@@ -184,6 +184,16 @@ impl ValkeyServer {
         self.signal("-CONT");
     }
 
+    /// A `Locker` on this one server: `key_majority` 1, every other option at
+    /// its default.
+    pub async fn locker(&self) -> valkeylock::Locker {
+        valkeylock::Locker::connect(
+            valkeylock::LockerOptions::new([self.url()]).with_key_majority(1),
+        )
+        .await
+        .expect("connect a locker")
+    }
+
     /// An admin connection (RESP3, no tracking) for poking at keys.
     pub async fn admin(&self) -> Client {
         let config = Config::from_url(&self.url()).expect("url");
