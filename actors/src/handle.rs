@@ -151,15 +151,7 @@ impl Engine {
 
     fn shutdown_now(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        let (supervisor, stop) = (self.supervisor.clone(), self.runtime.take_stop());
-        self.runtime.spawn(async move {
-            let _ = supervisor
-                .stop_and_wait(Some("startup failed".into()), Some(STOP_WAIT))
-                .await;
-            if let Some(stop) = stop {
-                let _ = stop.send(());
-            }
-        });
+        drop(self.runtime.spawn(self.stopping("startup failed")));
     }
 
     /// Acquires `name`. Dropping the returned future withdraws the request.
@@ -260,13 +252,23 @@ impl Engine {
     fn closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let supervisor = self.supervisor.clone();
         let bound = self.shared.settings.timeout * 4 + Duration::from_secs(2);
-        let stop = self.runtime.take_stop();
+        let stopping = self.stopping("closed");
         async move {
             let _ = supervisor
                 .call(|reply| SupervisorMsg::Close { reply }, Some(bound))
                 .await;
+            stopping.await;
+        }
+    }
+
+    /// Stops the actors, waits for them (bounded), then ends the engine's
+    /// thread (a dedicated runtime only).
+    fn stopping(&self, reason: &str) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (supervisor, stop) = (self.supervisor.clone(), self.runtime.take_stop());
+        let reason = reason.to_owned();
+        async move {
             let _ = supervisor
-                .stop_and_wait(Some("closed".into()), Some(STOP_WAIT))
+                .stop_and_wait(Some(reason), Some(STOP_WAIT))
                 .await;
             if let Some(stop) = stop {
                 let _ = stop.send(());
