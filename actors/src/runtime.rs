@@ -156,9 +156,9 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let (tx, rx) = std::sync::mpsc::channel::<()>();
-            let _ = rt.spawn(async move {
+            drop(rt.spawn(async move {
                 let _ = tx.send(());
-            });
+            }));
             if rx.recv_timeout(Duration::from_millis(50)).is_err() {
                 break;
             }
