@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ractor::ActorRef;
 
-use crate::core::{Config, Fencing};
+use crate::core::{Config, Fencing, Life, Terms};
 use crate::msg::{Job, LockMsg, NodeMsg};
 use crate::options::Settings;
 use crate::scripts::Scripts;
@@ -178,11 +178,15 @@ fn core_config(s: &Settings, epoch: crate::core::Time) -> Config {
         total: s.total,
         nodes: s.nodes.len(),
         placement: (0..s.total).map(|i| s.node_of_key(i)).collect(),
-        validity: s.validity,
-        drift: s.drift,
+        terms: Terms::new(
+            Life {
+                ttl: s.validity,
+                drift: s.drift,
+            },
+            s.extend,
+        ),
         extend: s.extend,
         timeout: s.timeout,
-        margin: Config::default_margin(s.validity),
         tracking: s.tracking,
         handover_limit: s.handover_limit,
         fencing: if !s.fencing {
@@ -251,6 +255,7 @@ mod tests {
                 token: Token::new(false),
                 mode: SetMode::Nx,
                 fence: false,
+                ttl: Duration::from_secs(1),
             },
             key: "valkeylock:0:x".into(),
             fence_key: None,

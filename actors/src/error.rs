@@ -26,6 +26,15 @@ pub enum Error {
     /// The locker was closed, or its engine stopped.
     #[error("locker closed")]
     Closed,
+    /// A wait set with `LockRequest::wait` ran out before the lock was
+    /// held. The wait was withdrawn: nothing is held, nothing is left queued.
+    #[error("timed out after {waited:?} waiting for lock {name:?}")]
+    Timeout {
+        /// The lock name.
+        name: String,
+        /// The wait limit that ran out.
+        waited: std::time::Duration,
+    },
     /// An option is out of range or inconsistent with another; checked when the
     /// locker is built.
     #[error("invalid option `{field}`: {reason}")]
@@ -109,6 +118,9 @@ pub enum LostReason {
     /// configured with another `key_majority` or node count: the two could
     /// both hold the name, so this one lets go (see `Error::ConfigMismatch`).
     ConfigMismatch,
+    /// It was held for its maximum hold (`LockRequest::max_hold`): the
+    /// engine stopped extending it and deleted its keys.
+    MaxHold,
 }
 
 impl LostReason {
@@ -124,6 +136,7 @@ impl LostReason {
             LostReason::Closed => "closed",
             LostReason::EngineStopped => "engine_stopped",
             LostReason::ConfigMismatch => "config_mismatch",
+            LostReason::MaxHold => "max_hold",
         }
     }
 
@@ -149,6 +162,7 @@ impl fmt::Display for LostReason {
             LostReason::ConfigMismatch => {
                 "its keys are held by a locker with another key_majority or node count"
             }
+            LostReason::MaxHold => "it was held for its maximum hold time",
         })
     }
 }
@@ -178,5 +192,14 @@ mod tests {
         );
         assert!(!LostReason::Released.is_loss());
         assert!(LostReason::Deleted.is_loss());
+        assert!(LostReason::MaxHold.is_loss());
+        assert_eq!(
+            Error::Timeout {
+                name: "n".into(),
+                waited: std::time::Duration::from_millis(1500),
+            }
+            .to_string(),
+            "timed out after 1.5s waiting for lock \"n\""
+        );
     }
 }

@@ -14,11 +14,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock;
 use crate::context::{count_send, Shared};
-use crate::core::RequestKind;
+use crate::core::{RequestKind, Time};
 use crate::error::{Error, LostReason};
 use crate::keys;
 use crate::msg::{GrantParts, GrantStatus, LockMsg, NodeReport, Released, Request, SupervisorMsg};
 use crate::options::LockerOptions;
+use crate::request::LockRequest;
 use crate::runtime::EngineRuntime;
 use crate::supervisor::{Supervisor, SupervisorArgs};
 
@@ -154,20 +155,50 @@ impl Engine {
         drop(self.runtime.spawn(self.stopping("startup failed")));
     }
 
-    /// Acquires `name`. Dropping the returned future withdraws the request.
+    /// Acquires `name` on the terms of `request`. Dropping the returned
+    /// future withdraws the request (a grant already on its way is
+    /// released).
     ///
     /// # Errors
-    /// [`Error::InvalidName`], [`Error::NotLocked`] (Try, or a Force whose
-    /// nodes failed), [`Error::Closed`].
-    pub async fn acquire(&self, name: &str, kind: AcquireKind) -> Result<Lease, Error> {
+    /// [`Error::InvalidName`], [`Error::InvalidOptions`] (the request),
+    /// [`Error::NotLocked`] (Try, or a Force whose nodes failed),
+    /// [`Error::Timeout`] (Wait with a wait limit), [`Error::Closed`].
+    pub async fn acquire(
+        &self,
+        name: &str,
+        kind: AcquireKind,
+        request: &LockRequest,
+    ) -> Result<Lease, Error> {
         let s = &self.shared.settings;
         keys::validate_name(&s.prefix, name, s.total)?;
-        let name: Arc<str> = Arc::from(name);
+        let terms = request.terms(s)?;
         let kind = match kind {
             AcquireKind::Wait => RequestKind::Wait,
             AcquireKind::Try => RequestKind::Try,
             AcquireKind::Force => RequestKind::Force,
         };
+        match (kind, request.wait_limit()) {
+            (RequestKind::Wait, Some(limit)) => {
+                match tokio::time::timeout(limit, self.request(name, kind, terms)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Error::Timeout {
+                        name: name.to_owned(),
+                        waited: limit,
+                    }),
+                }
+            }
+            _ => self.request(name, kind, terms).await,
+        }
+    }
+
+    /// Sends one request to the name's `LockActor` and waits for its answer.
+    async fn request(
+        &self,
+        name: &str,
+        kind: RequestKind,
+        terms: Option<crate::core::Terms>,
+    ) -> Result<Lease, Error> {
+        let name: Arc<str> = Arc::from(name);
         let mut retries = 0u32;
         loop {
             if self.closed.load(Ordering::SeqCst) {
@@ -178,6 +209,7 @@ impl Engine {
             let request = Request {
                 id,
                 kind,
+                terms,
                 reply: tx,
             };
             // Fast path: straight to a live LockActor. Otherwise (none yet,
@@ -202,14 +234,13 @@ impl Engine {
                     })
                     .map_err(|_| Error::Closed)?;
             }
-            let mut guard = WithdrawOnDrop {
+            let mut pending = Pending {
                 supervisor: &self.supervisor,
                 name: &name,
                 id,
-                armed: true,
+                rx: Some(rx),
             };
-            let result = rx.await;
-            guard.armed = false;
+            let result = pending.answer().await;
             match result {
                 Ok(result) => {
                     let runtime = self.runtime.handle();
@@ -296,20 +327,44 @@ impl Engine {
     }
 }
 
-/// Sends a withdrawal when an acquisition future is dropped before its answer.
-struct WithdrawOnDrop<'a> {
+/// A request waiting for its answer. Dropped before the answer is taken (the
+/// caller's future dropped, or its wait limit run out), it withdraws the
+/// request, and releases a grant that was already sent: one that arrived
+/// just before the drop would otherwise be held, and extended, by nobody.
+struct Pending<'a> {
     supervisor: &'a ActorRef<SupervisorMsg>,
     name: &'a Arc<str>,
     id: u64,
-    armed: bool,
+    rx: Option<oneshot::Receiver<Result<GrantParts, Error>>>,
 }
 
-impl Drop for WithdrawOnDrop<'_> {
+impl Pending<'_> {
+    /// The answer (`Err` if the actor went away without one).
+    async fn answer(&mut self) -> Result<Result<GrantParts, Error>, oneshot::error::RecvError> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Ok(Err(Error::Closed));
+        };
+        let result = rx.await;
+        self.rx = None;
+        result
+    }
+}
+
+impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        if self.armed {
-            let _ = self.supervisor.cast(SupervisorMsg::Cancel {
-                name: self.name.clone(),
-                id: self.id,
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        let _ = self.supervisor.cast(SupervisorMsg::Cancel {
+            name: self.name.clone(),
+            id: self.id,
+        });
+        // The actor answers at most once: either the grant is here now, or
+        // its send fails once `rx` is gone and the actor releases it itself.
+        if let Ok(Ok(parts)) = rx.try_recv() {
+            let _ = parts.lock.cast(LockMsg::Release {
+                holder: parts.holder,
+                reply: None,
             });
         }
     }
@@ -325,6 +380,8 @@ pub struct Lease {
     status: watch::Receiver<GrantStatus>,
     cancel: CancellationToken,
     fence: u64,
+    /// When its maximum hold ends it, if it has one.
+    hold_until: Option<Time>,
     armed: bool,
     /// The engine's runtime, where the own-clock token's timer runs.
     runtime: Handle,
@@ -340,6 +397,7 @@ impl Lease {
             status: p.status,
             cancel: p.cancel,
             fence: p.fence,
+            hold_until: p.hold_until,
             armed: true,
         }
     }
@@ -378,6 +436,7 @@ impl Lease {
             name: self.name.clone(),
             status: self.status.clone(),
             cancel: self.cancel.clone(),
+            hold_until: self.hold_until,
             runtime: self.runtime.clone(),
         }
     }
@@ -387,7 +446,7 @@ impl Lease {
     /// clock even if the engine is late to say so (then with
     /// [`LostReason::Expired`]).
     pub async fn lost(&self) -> LostReason {
-        wait_end(self.status.clone()).await
+        wait_end(self.status.clone(), self.hold_until).await
     }
 
     /// Why it ended, if it has.
@@ -401,7 +460,7 @@ impl Lease {
     /// Cancelled when the grant ends, for any reason, and at `valid_until`
     /// by this process's clock if the engine is late.
     pub fn cancellation_token(&self) -> CancellationToken {
-        own_clock_token(&self.cancel, &self.status, &self.runtime)
+        own_clock_token(&self.cancel, &self.status, self.hold_until, &self.runtime)
     }
 
     /// Releases the lock and waits until its keys are deleted (bounded by
@@ -457,6 +516,7 @@ pub struct LeaseWatcher {
     name: Arc<str>,
     status: watch::Receiver<GrantStatus>,
     cancel: CancellationToken,
+    hold_until: Option<Time>,
     runtime: Handle,
 }
 
@@ -467,7 +527,7 @@ impl LeaseWatcher {
     }
     /// Waits until the grant ends and says why.
     pub async fn lost(&self) -> LostReason {
-        wait_end(self.status.clone()).await
+        wait_end(self.status.clone(), self.hold_until).await
     }
     /// True while held and within its validity, by this process's clock.
     pub fn is_held(&self) -> bool {
@@ -476,7 +536,7 @@ impl LeaseWatcher {
     /// Cancelled when the grant ends (or its validity runs out by this
     /// process's clock).
     pub fn cancellation_token(&self) -> CancellationToken {
-        own_clock_token(&self.cancel, &self.status, &self.runtime)
+        own_clock_token(&self.cancel, &self.status, self.hold_until, &self.runtime)
     }
 }
 
@@ -484,17 +544,22 @@ fn held(status: &watch::Receiver<GrantStatus>) -> bool {
     matches!(*status.borrow(), GrantStatus::Held { valid_until } if clock::now() < valid_until)
 }
 
-/// Waits for the end of a grant: the engine's word, or its validity running
-/// out by the holder's own clock, whichever comes first. The holder must never
-/// learn late because the engine's actor was slow to run.
-async fn wait_end(mut rx: watch::Receiver<GrantStatus>) -> LostReason {
+/// Waits for the end of a grant: the engine's word, or its validity (or
+/// maximum hold, `hold_until`) running out by the holder's own clock,
+/// whichever comes first. The holder must never learn late because the
+/// engine's actor was slow to run.
+async fn wait_end(mut rx: watch::Receiver<GrantStatus>, hold_until: Option<Time>) -> LostReason {
     loop {
         let left = match *rx.borrow_and_update() {
             GrantStatus::Ended(r) => return r,
             GrantStatus::Held { valid_until } => {
                 let now = clock::now();
                 if now >= valid_until {
-                    return LostReason::Expired;
+                    return if hold_until.is_some_and(|h| h <= valid_until) {
+                        LostReason::MaxHold
+                    } else {
+                        LostReason::Expired
+                    };
                 }
                 valid_until.since(now).min(clock::MAX_SLEEP)
             }
@@ -521,13 +586,14 @@ async fn wait_end(mut rx: watch::Receiver<GrantStatus>) -> LostReason {
 fn own_clock_token(
     cancel: &CancellationToken,
     status: &watch::Receiver<GrantStatus>,
+    hold_until: Option<Time>,
     runtime: &Handle,
 ) -> CancellationToken {
     let child = cancel.child_token();
     let (c, rx) = (child.clone(), status.clone());
     runtime.spawn(async move {
         tokio::select! {
-            _ = wait_end(rx) => c.cancel(),
+            _ = wait_end(rx, hold_until) => c.cancel(),
             _ = c.cancelled() => {}
         }
     });

@@ -18,6 +18,7 @@
 //! - `keys`: key naming and invalidation parsing.
 //! - `scripts`: the Lua scripts, the token, and parsing of replies.
 //! - `options`: `LockerOptions` and their validation.
+//! - `request`: `LockRequest`, one call's options, checked against them.
 //! - `error`: `Error` and `LostReason`.
 //! - `clock`: the engine's clock (`CLOCK_BOOTTIME`).
 //!
@@ -44,6 +45,7 @@ mod lock;
 mod msg;
 mod node;
 mod options;
+mod request;
 mod runtime;
 mod scripts;
 #[cfg(test)]
@@ -57,6 +59,7 @@ pub use handle::Faults;
 pub use handle::{AcquireKind, Engine, Lease, LeaseWatcher};
 pub use keys::MAX_NAME_LEN;
 pub use options::{format_duration, parse_duration, LockerOptions, NodeAddr, Topology};
+pub use request::LockRequest;
 
 #[cfg(test)]
 use serde_json as _;

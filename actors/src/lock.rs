@@ -128,10 +128,15 @@ impl Actor for LockActor {
         st: &mut LockState,
     ) -> Result<(), ActorProcessingErr> {
         let event = match msg {
-            LockMsg::Request(Request { id, kind, reply }) => {
+            LockMsg::Request(Request {
+                id,
+                kind,
+                terms,
+                reply,
+            }) => {
                 st.seen += 1;
                 st.requests.insert(id, reply);
-                Event::Request { id, kind }
+                Event::Request { id, kind, terms }
             }
             LockMsg::Cancel { id } => {
                 st.requests.remove(&id);
@@ -184,6 +189,7 @@ impl LockState {
                 to,
                 holder,
                 valid_until,
+                hold_until,
                 fence,
             } => {
                 let (tx, rx) = watch::channel(GrantStatus::Held { valid_until });
@@ -195,6 +201,7 @@ impl LockState {
                     status: rx,
                     cancel: cancel.clone(),
                     fence,
+                    hold_until,
                 };
                 self.shared
                     .holders
@@ -294,11 +301,12 @@ impl LockState {
                 outcome: Outcome::Failed(why),
             }));
         };
-        if let Op::Extend { token, mode } = op {
+        if let Op::Extend { token, mode, ttl } = op {
             let item = ExtendItem {
                 key,
                 token,
                 mode,
+                ttl,
                 cmd,
                 reply_to: me.clone(),
             };

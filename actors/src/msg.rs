@@ -9,7 +9,7 @@ use ractor::{ActorId, ActorRef, RpcReplyPort};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::core::{CmdId, Op, Outcome, ReqId, RequestKind, Time};
+use crate::core::{CmdId, Op, Outcome, ReqId, RequestKind, Terms, Time};
 use crate::error::{Error, LostReason};
 use crate::scripts::{SetMode, Token};
 
@@ -31,6 +31,8 @@ pub(crate) struct GrantParts {
     pub(crate) status: watch::Receiver<GrantStatus>,
     pub(crate) cancel: CancellationToken,
     pub(crate) fence: u64,
+    /// When its maximum hold ends it, if it has one.
+    pub(crate) hold_until: Option<Time>,
 }
 
 /// A caller waiting for a grant.
@@ -38,6 +40,8 @@ pub(crate) struct GrantParts {
 pub(crate) struct Request {
     pub(crate) id: ReqId,
     pub(crate) kind: RequestKind,
+    /// Its own terms (`LockRequest`), or `None` for the locker's.
+    pub(crate) terms: Option<Terms>,
     pub(crate) reply: oneshot::Sender<Result<GrantParts, Error>>,
 }
 
@@ -99,6 +103,8 @@ pub(crate) struct ExtendItem {
     pub(crate) key: Arc<str>,
     pub(crate) token: Token,
     pub(crate) mode: SetMode,
+    /// The TTL to set: a batch groups items of one TTL.
+    pub(crate) ttl: Duration,
     pub(crate) cmd: CmdId,
     pub(crate) reply_to: ActorRef<LockMsg>,
 }

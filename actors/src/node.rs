@@ -687,26 +687,23 @@ fn start_forwarder(client: &Client, shared: &Arc<Shared>) -> tokio::task::JoinHa
     })
 }
 
-/// Splits a batch into script calls of at most `BATCH_KEYS` keys; on a
-/// cluster, each call holds keys of one hash slot only (a script cannot cross
-/// slots).
+/// Splits a batch into script calls of at most `BATCH_KEYS` keys of one TTL
+/// (the script takes one; locks with their own `LockRequest::validity` go
+/// in calls of their own); on a cluster, each call holds keys of one hash
+/// slot only (a script cannot cross slots).
 fn chunks(batch: Vec<ExtendItem>, cluster: bool) -> Vec<Vec<ExtendItem>> {
-    let mut groups: Vec<Vec<ExtendItem>> = Vec::new();
-    if cluster {
-        let mut by_slot: std::collections::HashMap<u16, Vec<ExtendItem>> =
-            std::collections::HashMap::new();
-        for item in batch {
-            by_slot
-                .entry(fred::util::redis_keyslot(item.key.as_bytes()))
-                .or_default()
-                .push(item);
-        }
-        groups.extend(by_slot.into_values());
-    } else {
-        groups.push(batch);
+    let mut groups: std::collections::HashMap<(Duration, u16), Vec<ExtendItem>> =
+        std::collections::HashMap::new();
+    for item in batch {
+        let slot = if cluster {
+            fred::util::redis_keyslot(item.key.as_bytes())
+        } else {
+            0
+        };
+        groups.entry((item.ttl, slot)).or_default().push(item);
     }
     let mut out = Vec::new();
-    for group in groups {
+    for group in groups.into_values() {
         let mut group = group.into_iter().peekable();
         while group.peek().is_some() {
             out.push(group.by_ref().take(BATCH_KEYS).collect());
@@ -731,7 +728,8 @@ async fn extend_batch(client: &Client, shared: &Shared, items: Vec<ExtendItem>) 
     let s = &shared.settings;
     let keys: Vec<&str> = items.iter().map(|i| &*i.key).collect();
     let mut args = Vec::with_capacity(3 + 2 * items.len());
-    args.push(ttl_arg(s));
+    // One TTL per call (see `chunks`).
+    args.push(ttl_arg(s, items.first().map_or(s.validity, |i| i.ttl)));
     args.push(if s.relative { "PX" } else { "PXAT" }.to_owned());
     args.push("0".to_owned());
     for item in &items {
@@ -786,15 +784,16 @@ async fn extend_batch(client: &Client, shared: &Shared, items: Vec<ExtendItem>) 
 /// script (`WRONGTYPE`, `OOM`); the server's text is logged where it arrives.
 const KEY_REFUSED: &str = "the server refused a command on this key";
 
-/// The TTL argument: milliseconds (`PX`), or an absolute Unix time in
-/// milliseconds from this machine's clock (`PXAT`).
+/// The TTL argument for `ttl`: milliseconds (`PX`), or an absolute Unix
+/// time in milliseconds from this machine's clock (`PXAT`).
 ///
 /// Exact for `PX`: validation only lets whole milliseconds through as
-/// `key_validity`, so nothing counted in `valid_until` is cut off here. For
-/// `PXAT` the wall clock is truncated to the millisecond, up to 1 ms lost,
-/// which validation covers by requiring a `clock_drift` of at least 2 ms.
-fn ttl_arg(s: &crate::options::Settings) -> String {
-    let ms = s.validity.as_millis() as u64;
+/// `key_validity` or `LockRequest::validity`, so nothing counted in
+/// `valid_until` is cut off here. For `PXAT` the wall clock is truncated to
+/// the millisecond, up to 1 ms lost, which validation covers by requiring a
+/// `clock_drift` of at least 2 ms.
+fn ttl_arg(s: &crate::options::Settings, ttl: Duration) -> String {
+    let ms = ttl.as_millis() as u64;
     if s.relative {
         ms.to_string()
     } else {
@@ -855,15 +854,22 @@ async fn run(
     let scripts = &shared.scripts;
     let result = match op {
         Op::Acquire {
-            token, mode: set, ..
+            token,
+            mode: set,
+            ttl,
+            ..
         }
-        | Op::Extend { token, mode: set } => evalsha(client, &scripts.acquire, || {
+        | Op::Extend {
+            token,
+            mode: set,
+            ttl,
+        } => evalsha(client, &scripts.acquire, || {
             let mut keys = vec![key.into()];
             if let Some(f) = fence_key {
                 keys.push(f.into());
             }
             let args = vec![
-                ttl_arg(s).into(),
+                ttl_arg(s, *ttl).into(),
                 mode.clone(),
                 Value::from_static_str(if fence_key.is_some() { "1" } else { "0" }),
                 token.as_str().into(),

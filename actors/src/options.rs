@@ -416,6 +416,7 @@ impl LockerOptions {
             extend,
             timeout: self.try_next_after,
             drift,
+            drift_option: self.clock_drift,
             no_loop: self.no_loop_tracking,
             relative: self.fallback_set_px,
             tracking: !self.disable_cache,
@@ -730,6 +731,8 @@ pub(crate) struct Settings {
     pub(crate) extend: Duration,
     pub(crate) timeout: Duration,
     pub(crate) drift: Duration,
+    /// `clock_drift` as given (`None`: each validity gets its default).
+    pub(crate) drift_option: Option<Duration>,
     pub(crate) no_loop: bool,
     pub(crate) relative: bool,
     pub(crate) tracking: bool,

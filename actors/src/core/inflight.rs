@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::quorum::Life;
 use super::time::Time;
 
 /// A command's id, unique per lock core and increasing in the order sent.
@@ -24,10 +25,14 @@ pub(crate) struct CmdId(pub(crate) u64);
 /// and the key or node it targets.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Purpose {
-    /// Acquisition of key `key` by attempt `attempt`.
-    Acquire { attempt: u64, key: usize },
-    /// Extension (or retake) of key `key` of grant `grant`.
-    Extend { grant: u64, key: usize },
+    /// Acquisition of key `key` by attempt `attempt`, writing `life`.
+    Acquire {
+        attempt: u64,
+        key: usize,
+        life: Life,
+    },
+    /// Extension (or retake) of key `key` of grant `grant`, writing `life`.
+    Extend { grant: u64, key: usize, life: Life },
     /// Read-only check of key `key` of attempt or grant `owner`.
     Verify { owner: u64, key: usize },
     /// Compare-and-delete of key `key`; `group` ties it to the end of a grant
@@ -60,9 +65,13 @@ impl Purpose {
         }
     }
 
-    /// Whether a late reply may still report a key we own.
-    fn may_own_a_key(self) -> bool {
-        matches!(self, Purpose::Acquire { .. } | Purpose::Extend { .. })
+    /// What a write sets on its key; `None` for commands that write no
+    /// key of ours (their late replies cannot report one).
+    pub(crate) fn life(&self) -> Option<Life> {
+        match *self {
+            Purpose::Acquire { life, .. } | Purpose::Extend { life, .. } => Some(life),
+            _ => None,
+        }
     }
 }
 
@@ -94,8 +103,9 @@ pub(crate) struct Answered {
 }
 
 impl InFlight {
-    /// Records a command sent at `now`, overdue after `bound`; `keep` is how
-    /// long an overdue acquisition or extension is still remembered.
+    /// Records a command sent at `now`, overdue after `bound`. An overdue
+    /// acquisition or extension is remembered for as long as the key it
+    /// may have written lives.
     pub(crate) fn send(&mut self, purpose: Purpose, now: Time, bound: Duration) -> CmdId {
         self.next += 1;
         let id = CmdId(self.next);
@@ -122,17 +132,18 @@ impl InFlight {
 
     /// Commands whose deadline passed by `now`, each reported once; forgets
     /// overdue commands whose retention ended.
-    pub(crate) fn expire(&mut self, now: Time, keep: Duration) -> Vec<(CmdId, Cmd)> {
+    pub(crate) fn expire(&mut self, now: Time) -> Vec<(CmdId, Cmd)> {
         let mut due = Vec::new();
         self.cmds.retain(|&id, c| match c.overdue {
             Some(forget_at) => forget_at > now,
             None if c.deadline <= now => {
                 due.push((id, *c));
-                if c.purpose.may_own_a_key() {
-                    c.overdue = Some(c.sent + keep);
-                    c.sent + keep > now
-                } else {
-                    false
+                match c.purpose.life() {
+                    Some(life) => {
+                        c.overdue = Some(c.sent + life.ttl);
+                        c.sent + life.ttl > now
+                    }
+                    None => false,
                 }
             }
             None => true,
@@ -187,10 +198,19 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// Key 0 of attempt 1, written with a TTL of `ttl_ms`.
+    fn acquire(ttl_ms: u32) -> Purpose {
+        Purpose::Acquire {
+            attempt: 1,
+            key: 0,
+            life: Life::of(ttl_ms * MS),
+        }
+    }
+
     #[test]
     fn replies_match_their_command_once() {
         let mut t = InFlight::default();
-        let a = t.send(Purpose::Acquire { attempt: 1, key: 0 }, at(0), 10 * MS);
+        let a = t.send(acquire(100), at(0), 10 * MS);
         let b = t.send(Purpose::Verify { owner: 1, key: 0 }, at(1), 10 * MS);
         assert!(a < b, "ids increase in the order sent");
         let got = t.answer(b).unwrap();
@@ -209,7 +229,7 @@ mod tests {
     #[test]
     fn overdue_commands_are_reported_once_and_kept_only_if_they_may_own_a_key() {
         let mut t = InFlight::default();
-        let acq = t.send(Purpose::Acquire { attempt: 1, key: 0 }, at(0), 10 * MS);
+        let acq = t.send(acquire(100), at(0), 10 * MS);
         let rel = t.send(
             Purpose::Release {
                 key: 1,
@@ -218,12 +238,20 @@ mod tests {
             at(0),
             10 * MS,
         );
-        let later = t.send(Purpose::Extend { grant: 1, key: 2 }, at(5), 10 * MS);
+        let later = t.send(
+            Purpose::Extend {
+                grant: 1,
+                key: 2,
+                life: Life::of(100 * MS),
+            },
+            at(5),
+            10 * MS,
+        );
         assert_eq!(t.next_deadline(), Some(at(10)));
-        assert!(t.expire(at(9), 100 * MS).is_empty());
-        let due: Vec<CmdId> = t.expire(at(10), 100 * MS).iter().map(|d| d.0).collect();
+        assert!(t.expire(at(9)).is_empty());
+        let due: Vec<CmdId> = t.expire(at(10)).iter().map(|d| d.0).collect();
         assert_eq!(due, vec![acq, rel]);
-        assert!(t.expire(at(11), 100 * MS).is_empty(), "reported once");
+        assert!(t.expire(at(11)).is_empty(), "reported once");
         // The release is gone; the acquisition is still routed if it answers.
         assert!(t.answer(rel).is_none());
         assert!(!t.any_live(|p| matches!(p, Purpose::Acquire { .. })));
@@ -237,11 +265,11 @@ mod tests {
     #[test]
     fn overdue_acquisitions_are_forgotten_after_their_retention() {
         let mut t = InFlight::default();
-        t.send(Purpose::Acquire { attempt: 1, key: 0 }, at(0), 10 * MS);
-        assert_eq!(t.expire(at(10), 50 * MS).len(), 1);
+        t.send(acquire(50), at(0), 10 * MS);
+        assert_eq!(t.expire(at(10)).len(), 1);
         assert!(t.idle(), "an overdue command does not keep the core busy");
         assert_eq!(t.next_deadline(), Some(at(50)));
-        assert!(t.expire(at(50), 50 * MS).is_empty());
+        assert!(t.expire(at(50)).is_empty());
         assert_eq!(t.len(), 0);
         assert_eq!(t.next_deadline(), None);
     }

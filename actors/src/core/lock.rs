@@ -17,7 +17,8 @@ use std::time::Duration;
 use super::fence::{Fence, FenceNext};
 use super::inflight::{CmdId, InFlight, Purpose};
 use super::ops::{Entropy, Op, Outcome, Target};
-use super::quorum::{self, Tally};
+use super::quorum::{self, Life, Tally};
+use super::terms::Terms;
 use super::time::Time;
 use super::waiters::{may_hand_over, ReqId, RequestKind, Waiters};
 use crate::error::LostReason;
@@ -54,13 +55,12 @@ pub(crate) struct Config {
     pub(crate) nodes: usize,
     /// Node of each key.
     pub(crate) placement: Vec<usize>,
-    pub(crate) validity: Duration,
-    pub(crate) drift: Duration,
+    /// The terms of a request that brings none of its own.
+    pub(crate) terms: Terms,
+    /// The period of the extension grid the locker's grants share.
     pub(crate) extend: Duration,
     /// One command's time limit (the client's own timeout).
     pub(crate) timeout: Duration,
-    /// The holder is told this long before the computed end of validity.
-    pub(crate) margin: Duration,
     pub(crate) tracking: bool,
     pub(crate) handover_limit: u32,
     pub(crate) fencing: Fencing,
@@ -80,12 +80,6 @@ impl Config {
         self.timeout + self.timeout / 2 + Duration::from_millis(10)
     }
 
-    /// The early-notice margin for a validity: 1 % of it, between 1 ms and
-    /// 20 ms.
-    pub(crate) fn default_margin(validity: Duration) -> Duration {
-        (validity / 100).clamp(Duration::from_millis(1), Duration::from_millis(20))
-    }
-
     #[cfg(test)]
     pub(crate) fn next_tick_for_test(&self, now: Time) -> Time {
         self.next_tick(now)
@@ -100,13 +94,25 @@ impl Config {
         let left = period - since % period;
         now + Duration::from_nanos(u64::try_from(left).unwrap_or(u64::MAX))
     }
+
+    /// When a grant extended at `now` with `terms` extends next: on the grid,
+    /// about `terms.extend` later, and never later than that (a grant with a
+    /// shorter validity than the locker's leaves the grid rather than lapse).
+    fn next_extend(&self, now: Time, terms: &Terms) -> Time {
+        let skip = terms.extend.saturating_sub(self.extend);
+        self.next_tick(now + skip).min(now + terms.extend)
+    }
 }
 
 /// What the shell tells the core.
 #[derive(Debug, Clone)]
 pub(crate) enum Event {
-    /// A caller wants the lock.
-    Request { id: ReqId, kind: RequestKind },
+    /// A caller wants the lock, on its own `terms` or (`None`) the locker's.
+    Request {
+        id: ReqId,
+        kind: RequestKind,
+        terms: Option<Terms>,
+    },
     /// A waiting caller gave up.
     Cancel { id: ReqId },
     /// Holder `holder` releases; `ack` waits for the deletes.
@@ -156,11 +162,13 @@ pub(crate) enum Effect {
     /// Run `op` on `target`; answer with [`Event::Reply`] for `cmd`.
     Send { cmd: CmdId, target: Target, op: Op },
     /// Give request `to` a new holder. If its caller is gone, the shell
-    /// answers with [`Event::Release`] for `holder`.
+    /// answers with [`Event::Release`] for `holder`. `hold_until` is the end
+    /// its maximum hold sets, if any (`valid_until` is never later).
     Grant {
         to: ReqId,
         holder: HolderId,
         valid_until: Time,
+        hold_until: Option<Time>,
         fence: u64,
     },
     /// Answer request `to` with an error.
@@ -213,6 +221,10 @@ struct Slot {
     /// own write, else a change around our read. The reply decides: ours is
     /// re-checked, anything else lets waiters retry at once.
     touched: bool,
+    /// A write that shortens the key's TTL is out (command, and the expiry
+    /// it sets at the latest): until a reply of it or a newer command, no
+    /// reply may count the key beyond that.
+    cap: Option<(CmdId, Time)>,
 }
 
 impl Slot {
@@ -222,6 +234,7 @@ impl Slot {
             seen: CmdId::default(),
             failing: false,
             touched: false,
+            cap: None,
         }
     }
 
@@ -238,6 +251,8 @@ impl Slot {
 struct Attempt {
     id: u64,
     token: Token,
+    /// The terms its writes carry: its caller's, or the queue head's.
+    terms: Terms,
     /// A Try or Force caller; a Wait attempt serves the queue's head.
     request: Option<(ReqId, RequestKind)>,
     keys: Vec<Slot>,
@@ -271,6 +286,25 @@ struct Grant {
     /// The notice margin in force: it only grows during a grant, so a
     /// published `valid_until` never moves later without an extension.
     margin: Duration,
+    /// The current holder's terms (a hand-over brings the next holder's).
+    terms: Terms,
+    /// The end its maximum hold sets for the current holder.
+    hold_until: Option<Time>,
+}
+
+impl Grant {
+    /// What the holder is told: the end of validity, or of its maximum hold
+    /// if that comes first.
+    fn valid_until(&self) -> Time {
+        self.hold_until
+            .map_or(self.ends_at, |h| h.min(self.ends_at))
+    }
+
+    /// True once the maximum hold ends the grant before its keys would:
+    /// extending it further is of no use.
+    fn hold_ends_first(&self) -> bool {
+        self.hold_until.is_some_and(|h| h <= self.ends_at)
+    }
 }
 
 /// Deletes sent when a grant ended, and who waits for them.
@@ -382,9 +416,10 @@ impl LockCore {
         self.allowance = allowance;
     }
 
-    /// How long before the computed end of validity the holder is told.
-    fn margin(&self) -> Duration {
-        self.cfg.margin + self.allowance
+    /// How long before the computed end of validity a holder on `terms` is
+    /// told.
+    fn margin(&self, terms: &Terms) -> Duration {
+        terms.margin + self.allowance.min(terms.life.ttl / 10)
     }
 
     /// The next effect to carry out.
@@ -403,7 +438,7 @@ impl LockCore {
         match &self.phase {
             Phase::Idle { retry_at, .. } if self.waiters.has_waiter() => at(*retry_at),
             Phase::Holding(g) => {
-                at(Some(g.ends_at));
+                at(Some(g.valid_until()));
                 at(Some(g.next_extend));
                 at(g.retry_at);
             }
@@ -422,7 +457,7 @@ impl LockCore {
             Phase::Holding(g) => Some(HoldingView {
                 holder: g.holder,
                 token: g.token.clone(),
-                ends_at: g.ends_at,
+                ends_at: g.valid_until(),
                 fence: g.fence,
             }),
             _ => None,
@@ -462,7 +497,10 @@ impl LockCore {
     /// Feeds one event that happened at `now`.
     pub(crate) fn handle(&mut self, now: Time, event: Event) {
         match event {
-            Event::Request { id, kind } => self.on_request(now, id, kind),
+            Event::Request { id, kind, terms } => {
+                let terms = terms.unwrap_or(self.cfg.terms);
+                self.on_request(now, id, kind, terms)
+            }
             Event::Cancel { id } => self.on_cancel(now, id),
             Event::Release { holder, ack } => self.on_release(now, holder, ack),
             Event::Reply { cmd, outcome } => self.on_reply(now, cmd, outcome),
@@ -479,9 +517,10 @@ impl LockCore {
         self.next_id
     }
 
-    fn send(&mut self, now: Time, purpose: Purpose, target: Target, op: Op) {
+    fn send(&mut self, now: Time, purpose: Purpose, target: Target, op: Op) -> CmdId {
         let cmd = self.cmds.send(purpose, now, self.cfg.reply_bound());
         self.effects.push_back(Effect::Send { cmd, target, op });
+        cmd
     }
 
     fn refuse(&mut self, to: ReqId, why: Refusal) {
@@ -494,13 +533,13 @@ impl LockCore {
 
     // ===== requests =====
 
-    fn on_request(&mut self, now: Time, id: ReqId, kind: RequestKind) {
+    fn on_request(&mut self, now: Time, id: ReqId, kind: RequestKind, terms: Terms) {
         self.idle_reported = false;
         match (&self.phase, kind) {
             (Phase::Closing | Phase::Closed, _) => self.refuse(id, Refusal::Closed),
             (_, RequestKind::Wait) => {
                 let first = !self.waiters.has_waiter();
-                self.waiters.push(id, kind);
+                self.waiters.push(id, kind, terms);
                 if first && matches!(self.phase, Phase::Idle { .. }) {
                     self.start_attempt(now, SetMode::Nx, None);
                 }
@@ -513,18 +552,18 @@ impl LockCore {
                 },
             ),
             (_, RequestKind::Try) => {
-                self.start_attempt(now, SetMode::Nx, Some((id, kind)));
+                self.start_attempt(now, SetMode::Nx, Some((id, kind, terms)));
             }
             (Phase::Attempting(_), RequestKind::Force) => {
                 // Decide the attempt in flight first; the force then takes
                 // over whatever it produced.
-                self.waiters.push(id, kind);
+                self.waiters.push(id, kind, terms);
             }
-            (_, RequestKind::Force) => self.start_force(now, id),
+            (_, RequestKind::Force) => self.start_force(now, id, terms),
         }
     }
 
-    fn start_force(&mut self, now: Time, id: ReqId) {
+    fn start_force(&mut self, now: Time, id: ReqId, terms: Terms) {
         if let Phase::Holding(g) = &self.phase {
             // Our own holder is taken over: its keys are about to be
             // overwritten, so no release, just the news.
@@ -532,7 +571,7 @@ impl LockCore {
             tracing::debug!(token = g.token.short(), "own grant taken over by force");
             self.status(holder, HolderStatus::Ended(LostReason::Forced));
         }
-        self.start_attempt(now, SetMode::Force, Some((id, RequestKind::Force)));
+        self.start_attempt(now, SetMode::Force, Some((id, RequestKind::Force, terms)));
     }
 
     fn on_cancel(&mut self, _now: Time, id: ReqId) {
@@ -548,17 +587,29 @@ impl LockCore {
 
     // ===== acquisition =====
 
-    fn start_attempt(&mut self, now: Time, mode: SetMode, request: Option<(ReqId, RequestKind)>) {
+    /// Starts an acquisition for `request` (a Try or Force caller, with its
+    /// terms), or for the queue's head.
+    fn start_attempt(
+        &mut self,
+        now: Time,
+        mode: SetMode,
+        request: Option<(ReqId, RequestKind, Terms)>,
+    ) {
         let id = self.id();
         let token = self
             .entropy
             .token(mode == SetMode::Force, self.cfg.fingerprint);
         let total = self.cfg.total;
+        let terms = match request {
+            Some((_, _, terms)) => terms,
+            None => self.waiters.head_terms().unwrap_or(self.cfg.terms),
+        };
         tracing::trace!(token = token.short(), ?mode, "attempt");
         self.phase = Phase::Attempting(Attempt {
             id,
             token: token.clone(),
-            request,
+            terms,
+            request: request.map(|(id, kind, _)| (id, kind)),
             keys: vec![Slot::pending(); total],
             woken: false,
             fence: None,
@@ -573,10 +624,15 @@ impl LockCore {
                 token: token.clone(),
                 mode,
                 fence: in_script && key == 0,
+                ttl: terms.life.ttl,
             };
             self.send(
                 now,
-                Purpose::Acquire { attempt: id, key },
+                Purpose::Acquire {
+                    attempt: id,
+                    key,
+                    life: terms.life,
+                },
                 Target::Key(key),
                 op,
             );
@@ -707,8 +763,16 @@ impl LockCore {
             return;
         };
         let m = self.cfg.majority;
+        // Who gets it: the attempt's own caller, or the queue's head now
+        // (which may not be the one the attempt started for, if that one
+        // gave up meanwhile; its terms apply from here on).
+        let terms = match a.request {
+            Some(_) => a.terms,
+            None => self.waiters.head_terms().unwrap_or(a.terms),
+        };
+        let margin = self.margin(&a.terms).max(self.margin(&terms));
         let live = a.keys.iter().filter_map(|s| s.ours_at(now));
-        let ends_at = quorum::validity_end(live, m).map(|v| v - self.margin());
+        let ends_at = quorum::validity_end(live, m).map(|v| v - margin);
         // Enough validity to reach a confirmed extension: one round trip.
         let Some(ends_at) = ends_at.filter(|e| *e > now + self.cfg.timeout) else {
             tracing::warn!(
@@ -722,8 +786,12 @@ impl LockCore {
         // The first extension on the locker's grid, or sooner if the grant
         // would lapse before it could be confirmed.
         let latest = ends_at - self.cfg.timeout * 2;
-        let next_extend = self.cfg.next_tick(now).min(latest.max(now));
+        let next_extend = self.cfg.next_extend(now, &terms).min(latest.max(now));
         let holder = self.id();
+        let to = match a.request {
+            Some((id, _)) => Some(id),
+            None => self.waiters.pop_waiter().map(|(id, _)| id),
+        };
         let grant = Grant {
             id: a.id,
             token: a.token.clone(),
@@ -735,24 +803,23 @@ impl LockCore {
             fence: a.fence.unwrap_or(0),
             next_extend,
             retry_at: None,
-            margin: self.margin(),
+            margin,
+            terms,
+            hold_until: terms.max_hold.map(|d| now + d),
         };
         tracing::debug!(
             token = grant.token.short(),
             valid_ms = ends_at.since(now).as_millis() as u64,
             "acquired"
         );
-        let fence = grant.fence;
+        let (fence, valid_until, hold_until) = (grant.fence, grant.valid_until(), grant.hold_until);
         self.phase = Phase::Holding(grant);
-        let to = match a.request {
-            Some((id, _)) => Some(id),
-            None => self.waiters.pop_waiter(),
-        };
         match to {
             Some(to) => self.effects.push_back(Effect::Grant {
                 to,
                 holder,
-                valid_until: ends_at,
+                valid_until,
+                hold_until,
                 fence,
             }),
             // Nobody wants it any more (its waiter cancelled): release the
@@ -760,8 +827,8 @@ impl LockCore {
             None => self.finish_grant(now, LostReason::Released, false),
         }
         // A force queued behind the attempt takes over now.
-        if let Some(force) = self.waiters.pop_force() {
-            self.start_force(now, force);
+        if let Some((force, terms)) = self.waiters.pop_force() {
+            self.start_force(now, force, terms);
         }
     }
 
@@ -774,7 +841,7 @@ impl LockCore {
         tracing::warn!(token = a.token.short(), ours = %self.cfg.fingerprint, theirs = %theirs, "lock held by a locker with another configuration");
         let mut refused: Vec<ReqId> = a.request.take().map(|(id, _)| id).into_iter().collect();
         if refused.is_empty() {
-            while let Some(id) = self.waiters.pop_waiter() {
+            while let Some((id, _)) = self.waiters.pop_waiter() {
                 refused.push(id);
             }
         }
@@ -811,8 +878,8 @@ impl LockCore {
                 },
             );
         }
-        if let Some(force) = self.waiters.pop_force() {
-            self.start_force(now, force);
+        if let Some((force, terms)) = self.waiters.pop_force() {
+            self.start_force(now, force, terms);
             return;
         }
         // Waiters wake when a key that blocked them changes. Keys we won and
@@ -860,14 +927,14 @@ impl LockCore {
 
     fn apply(&mut self, now: Time, cmd: CmdId, purpose: Purpose, sent: Time, outcome: Outcome) {
         match purpose {
-            Purpose::Acquire { attempt, key } => {
-                self.on_key_reply(now, cmd, attempt, key, sent, outcome, true)
+            Purpose::Acquire { attempt, key, life } => {
+                self.on_key_reply(now, cmd, attempt, key, sent, outcome, Some(life))
             }
-            Purpose::Extend { grant, key } => {
-                self.on_key_reply(now, cmd, grant, key, sent, outcome, true)
+            Purpose::Extend { grant, key, life } => {
+                self.on_key_reply(now, cmd, grant, key, sent, outcome, Some(life))
             }
             Purpose::Verify { owner, key } => {
-                self.on_key_reply(now, cmd, owner, key, sent, outcome, false)
+                self.on_key_reply(now, cmd, owner, key, sent, outcome, None)
             }
             Purpose::Release { key: _, group } => {
                 if let Some(g) = group.and_then(|id| self.groups.iter_mut().find(|g| g.id == id)) {
@@ -927,8 +994,8 @@ impl LockCore {
     }
 
     /// A reply about lock key `key` for attempt or grant `owner`.
-    /// `writes` is true for the acquire script (it sets the TTL afresh), false
-    /// for a read-only check.
+    /// `written` is what the acquire script set (it sets the TTL afresh);
+    /// `None` for a read-only check.
     #[allow(clippy::too_many_arguments)]
     fn on_key_reply(
         &mut self,
@@ -938,12 +1005,13 @@ impl LockCore {
         key: usize,
         sent: Time,
         outcome: Outcome,
-        writes: bool,
+        written: Option<Life>,
     ) {
         let c = self.cfg.clone();
-        let slots = match &mut self.phase {
-            Phase::Attempting(a) if a.id == owner => &mut a.keys,
-            Phase::Holding(g) if g.id == owner => &mut g.keys,
+        let writes = written.is_some();
+        let (slots, terms) = match &mut self.phase {
+            Phase::Attempting(a) if a.id == owner => (&mut a.keys, a.terms),
+            Phase::Holding(g) if g.id == owner => (&mut g.keys, g.terms),
             _ => {
                 // Its attempt or grant is over: a key it made ours is released.
                 if writes && matches!(outcome, Outcome::Key(KeyState::Ours { .. })) {
@@ -973,9 +1041,9 @@ impl LockCore {
             slot.key = match outcome {
                 Outcome::Key(KeyState::Ours { pttl_ms, fence }) => {
                     fence_seen = fence;
-                    if writes {
+                    if let Some(life) = written {
                         Key::Ours {
-                            expiry: quorum::key_expiry(sent, c.validity, c.drift),
+                            expiry: life.expiry(sent),
                         }
                     } else {
                         // A check: the server's PTTL, read after `sent`, is
@@ -983,8 +1051,9 @@ impl LockCore {
                         // newest word on the key: it may be lower (someone
                         // cut the TTL) or higher (it ran after an extension
                         // whose own reply it overtook, which is then stale).
-                        let reported = pttl_ms
-                            .map(|ms| quorum::key_expiry(sent, Duration::from_millis(ms), c.drift));
+                        let reported = pttl_ms.map(|ms| {
+                            quorum::key_expiry(sent, Duration::from_millis(ms), terms.life.drift)
+                        });
                         match (slot.key, reported) {
                             (_, Some(r)) => Key::Ours { expiry: r },
                             (Key::Ours { expiry }, None) => Key::Ours { expiry },
@@ -1001,6 +1070,15 @@ impl LockCore {
                 Outcome::Key(KeyState::Absent) => Key::Absent,
                 _ => Key::Failed,
             };
+            match slot.cap {
+                Some((by, _)) if cmd >= by => slot.cap = None,
+                Some((_, cap)) => {
+                    if let Key::Ours { expiry } = &mut slot.key {
+                        *expiry = (*expiry).min(cap);
+                    }
+                }
+                None => {}
+            }
             // A counter only counts when the script moved it (see InScript).
             let in_script = c.fencing == Fencing::InScript && c.total == 1;
             if let (Some(f), true, Phase::Attempting(a)) = (fence_seen, in_script, &mut self.phase)
@@ -1028,7 +1106,7 @@ impl LockCore {
                 Phase::Holding(g),
             ) = (writes, &outcome, &mut self.phase)
             {
-                if Duration::from_millis(*ms) < c.validity.saturating_sub(c.extend) {
+                if Duration::from_millis(*ms) < g.terms.life.ttl.saturating_sub(g.terms.extend) {
                     g.next_extend = g.next_extend.min(now);
                 }
             }
@@ -1081,7 +1159,10 @@ impl LockCore {
     /// Recomputes the grant's validity from its keys; ends it when fewer than
     /// `M` keys are known ours.
     fn reevaluate(&mut self, now: Time) {
-        let margin = self.margin();
+        let Phase::Holding(g) = &self.phase else {
+            return;
+        };
+        let margin = self.margin(&g.terms);
         let Phase::Holding(g) = &mut self.phase else {
             return;
         };
@@ -1092,14 +1173,12 @@ impl LockCore {
             Some(end) if end - margin > now => {
                 let ends_at = end - margin;
                 if ends_at != g.ends_at {
+                    let before = g.valid_until();
                     g.ends_at = ends_at;
-                    let holder = g.holder;
-                    self.status(
-                        holder,
-                        HolderStatus::Held {
-                            valid_until: ends_at,
-                        },
-                    );
+                    let (holder, valid_until) = (g.holder, g.valid_until());
+                    if valid_until != before {
+                        self.status(holder, HolderStatus::Held { valid_until });
+                    }
                 }
             }
             _ => {
@@ -1116,9 +1195,15 @@ impl LockCore {
             return;
         };
         if all {
-            g.next_extend = self.cfg.next_tick(now);
+            g.next_extend = self.cfg.next_extend(now, &g.terms);
         }
         g.retry_at = None;
+        if g.hold_ends_first() {
+            // The maximum hold ends the grant before its keys could lapse:
+            // nothing to extend or retake.
+            return;
+        }
+        let life = g.terms.life;
         let (id, token) = (g.id, g.token.clone());
         // Keys believed ours are only extended (XX): one that vanished
         // unnoticed must show up as lost, never be re-created over a gap.
@@ -1136,17 +1221,41 @@ impl LockCore {
                 _ => Some((k, SetMode::Nx)),
             })
             .collect();
+        let mut shortened = false;
         for (key, mode) in plan {
             let op = Op::Extend {
                 token: token.clone(),
                 mode,
+                ttl: life.ttl,
             };
-            self.send(
+            let cmd = self.send(
                 now,
-                Purpose::Extend { grant: id, key },
+                Purpose::Extend {
+                    grant: id,
+                    key,
+                    life,
+                },
                 Target::Key(key),
                 op,
             );
+            // A write with a shorter TTL than the key has (a hand-over to a
+            // holder with a shorter validity) shortens the key's life the
+            // moment it lands, which may be long before its reply: count it
+            // from now on, and let no older command's reply undo that.
+            let after = life.expiry(now);
+            if let Phase::Holding(g) = &mut self.phase {
+                let slot = &mut g.keys[key];
+                if let Key::Ours { expiry } = &mut slot.key {
+                    if after < *expiry {
+                        *expiry = after;
+                        slot.cap = Some((cmd, after));
+                        shortened = true;
+                    }
+                }
+            }
+        }
+        if shortened {
+            self.reevaluate(now);
         }
     }
 
@@ -1186,9 +1295,10 @@ impl LockCore {
             }
         }
         // Local waiters go next, once the deletes are answered; after a
-        // release by the holder, with a pause that lets waiters in other
-        // processes compete fairly.
-        let pause = reason == LostReason::Released && self.waiters.has_waiter();
+        // release by the holder (or the end of its maximum hold), with a
+        // pause that lets waiters in other processes compete fairly.
+        let given_up = matches!(reason, LostReason::Released | LostReason::MaxHold);
+        let pause = given_up && self.waiters.has_waiter();
         self.phase = Phase::Releasing { group, pause };
         self.maybe_group_done(now, group);
     }
@@ -1236,8 +1346,8 @@ impl LockCore {
                 wake: vec![false; self.cfg.total],
                 retry_at: None,
             };
-            if let Some(force) = self.waiters.pop_force() {
-                self.start_force(now, force);
+            if let Some((force, terms)) = self.waiters.pop_force() {
+                self.start_force(now, force, terms);
             } else if self.waiters.has_waiter() {
                 if pause {
                     // Our own delete is confirmed; waiters elsewhere hear of
@@ -1290,16 +1400,29 @@ impl LockCore {
             );
         if hand_over {
             let next = self.id();
-            let to = self
+            let (to, terms) = self
                 .waiters
                 .pop_waiter()
                 .expect("checked: a waiter is queued");
+            let margin = self.margin(&terms);
+            let next_extend = self.cfg.next_extend(now, &terms);
             let Phase::Holding(g) = &mut self.phase else {
                 return;
             };
             let old = std::mem::replace(&mut g.holder, next);
             g.handovers += 1;
-            let (valid_until, fence) = (g.ends_at, g.fence);
+            // The next holder's terms: its validity from the next extension
+            // on (sooner if it is shorter), its own maximum hold.
+            g.terms = terms;
+            g.hold_until = terms.max_hold.map(|d| now + d);
+            g.next_extend = g.next_extend.min(next_extend);
+            // The margin only grows, so the published end never moves later
+            // without an extension.
+            if margin > g.margin {
+                g.ends_at = g.ends_at - (margin - g.margin);
+                g.margin = margin;
+            }
+            let (valid_until, hold_until, fence) = (g.valid_until(), g.hold_until, g.fence);
             tracing::trace!(
                 token = g.token.short(),
                 handovers = g.handovers,
@@ -1316,6 +1439,7 @@ impl LockCore {
                 to,
                 holder: next,
                 valid_until,
+                hold_until,
                 fence,
             });
             if let Some(ack) = ack {
@@ -1412,8 +1536,7 @@ impl LockCore {
 
     fn on_timeout(&mut self, now: Time) {
         // Commands that did not answer in time count as failed.
-        let keep = self.cfg.validity;
-        for (cmd, c) in self.cmds.expire(now, keep) {
+        for (cmd, c) in self.cmds.expire(now) {
             self.apply(
                 now,
                 cmd,
@@ -1423,8 +1546,12 @@ impl LockCore {
             );
         }
         match &self.phase {
-            Phase::Holding(g) if now >= g.ends_at => {
-                let reason = loss_reason(&g.keys);
+            Phase::Holding(g) if now >= g.valid_until() => {
+                let reason = if g.hold_ends_first() {
+                    LostReason::MaxHold
+                } else {
+                    loss_reason(&g.keys)
+                };
                 self.end_grant(now, reason);
             }
             Phase::Holding(g) if now >= g.next_extend => self.extend(now, true),

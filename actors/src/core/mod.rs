@@ -6,6 +6,7 @@
 //! - `lock`: one lock name's state machine ([`LockCore`]).
 //! - `inflight`: the table of commands awaiting replies.
 //! - `fence`: the two-phase fencing step on several instances.
+//! - `terms`: what a request sets for its grant (validity, maximum hold).
 //! - `waiters`: the local queue and the hand-over policy.
 //! - `ops`: the commands, targets and outcomes the core speaks in.
 //! - `quorum`: the majority and timing arithmetic.
@@ -16,6 +17,8 @@ mod inflight;
 mod lock;
 mod ops;
 pub(crate) mod quorum;
+pub(crate) use quorum::Life;
+mod terms;
 mod time;
 mod waiters;
 
@@ -26,6 +29,7 @@ pub(crate) use lock::{Config, Effect, Event, Fencing, HolderId, HolderStatus, Lo
 #[cfg(test)]
 pub(crate) use ops::Entropy;
 pub(crate) use ops::{Op, OsEntropy, Outcome, Target};
+pub(crate) use terms::{default_margin, Terms};
 pub(crate) use time::Time;
 pub(crate) use waiters::{ReqId, RequestKind};
 

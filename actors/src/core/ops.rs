@@ -1,6 +1,8 @@
 //! The vocabulary between a lock core and the shell that runs it: the
 //! commands the core asks for, what they target, and what came back.
 
+use std::time::Duration;
+
 use crate::scripts::{Fingerprint, KeyState, SetMode, Token};
 
 /// What a command acts on.
@@ -15,16 +17,21 @@ pub(crate) enum Target {
 /// A command on one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Op {
-    /// The acquire script; with `fence`, it also moves the name's fencing
-    /// counter in the same step (one instance only).
+    /// The acquire script, setting `ttl`; with `fence`, it also moves the
+    /// name's fencing counter in the same step (one instance only).
     Acquire {
         token: Token,
         mode: SetMode,
         fence: bool,
+        ttl: Duration,
     },
     /// The same script for a held key, batched with the node's other
     /// extensions of this tick.
-    Extend { token: Token, mode: SetMode },
+    Extend {
+        token: Token,
+        mode: SetMode,
+        ttl: Duration,
+    },
     /// Read-only check: is the key still ours, and for how long.
     Verify { token: Token },
     /// Compare-and-delete.

@@ -34,6 +34,32 @@ pub(crate) fn key_expiry(sent: Time, ttl: Duration, drift: Duration) -> Time {
     sent + ttl.saturating_sub(drift)
 }
 
+/// How long a write makes its key live: the TTL it sets, and the drift
+/// allowance taken off it. Each acquisition and extension carries its own, so
+/// grants of one name with different validities (per-call
+/// `LockRequest::validity`) are each counted by what their commands wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Life {
+    pub(crate) ttl: Duration,
+    pub(crate) drift: Duration,
+}
+
+impl Life {
+    /// A TTL with the default drift allowance ([`default_drift`]).
+    #[cfg(test)]
+    pub(crate) fn of(ttl: Duration) -> Life {
+        Life {
+            ttl,
+            drift: default_drift(ttl),
+        }
+    }
+
+    /// The earliest moment a key written at `sent` can expire, drift taken off.
+    pub(crate) fn expiry(&self, sent: Time) -> Time {
+        key_expiry(sent, self.ttl, self.drift)
+    }
+}
+
 /// The moment the lock stops being safe: the `majority`-th largest expiry among
 /// the keys we hold, or `None` when we hold fewer than `majority` keys.
 pub(crate) fn validity_end<T, I>(expiries: I, majority: usize) -> Option<T>

@@ -36,11 +36,17 @@ fn config(majority: usize, nodes: usize) -> Config {
         total,
         nodes,
         placement: (0..total).map(|i| i % nodes).collect(),
-        validity: 1000 * MS,
-        drift: 12 * MS,
+        terms: Terms {
+            life: Life {
+                ttl: 1000 * MS,
+                drift: 12 * MS,
+            },
+            extend: 500 * MS,
+            margin: 10 * MS,
+            max_hold: None,
+        },
         extend: 500 * MS,
         timeout: 100 * MS,
-        margin: 10 * MS,
         tracking: true,
         handover_limit: 32,
         fencing: Fencing::Off,
@@ -139,6 +145,7 @@ fn held(rig: &mut Rig) -> (HolderId, Vec<(CmdId, Target, Op)>) {
     let fx = rig.ev(Event::Request {
         id: 1,
         kind: RequestKind::Wait,
+        terms: None,
     });
     let s = sends(&fx);
     assert_eq!(s.len(), 3);
@@ -158,6 +165,7 @@ fn a_waiter_is_granted_the_majority_with_validity_from_send_time() {
     let fx = rig.ev(Event::Request {
         id: 1,
         kind: RequestKind::Wait,
+        terms: None,
     });
     let s = sends(&fx);
     assert_eq!(
@@ -186,6 +194,7 @@ fn a_try_against_a_held_lock_is_refused_and_its_key_released() {
     let s = sends(&rig.ev(Event::Request {
         id: 9,
         kind: RequestKind::Try,
+        terms: None,
     }));
     rig.ev(reply(s[0].0, ours()));
     rig.ev(reply(s[1].0, other()));
@@ -231,6 +240,7 @@ fn a_late_acquisition_reply_is_not_an_extension() {
     let s = sends(&rig.ev(Event::Request {
         id: 1,
         kind: RequestKind::Wait,
+        terms: None,
     }));
     rig.at(ms(1));
     rig.ev(reply(s[0].0, ours()));
@@ -291,6 +301,7 @@ fn a_grant_needs_validity_for_one_extension_round_trip() {
     let s = sends(&rig.ev(Event::Request {
         id: 1,
         kind: RequestKind::Wait,
+        terms: None,
     }));
     // Replies come at 900: 978 − 900 < timeout (100).
     rig.at(ms(900));
@@ -309,6 +320,7 @@ fn a_lost_key_is_not_counted_while_another_is_pending() {
     let s = sends(&rig.ev(Event::Request {
         id: 1,
         kind: RequestKind::Wait,
+        terms: None,
     }));
     rig.at(ms(1));
     rig.ev(reply(s[0].0, ours()));
@@ -326,6 +338,7 @@ fn waiters_wake_only_on_keys_that_blocked_them() {
     let s = sends(&rig.ev(Event::Request {
         id: 1,
         kind: RequestKind::Wait,
+        terms: None,
     }));
     rig.ev(reply(s[0].0, other()));
     rig.ev(reply(s[1].0, other()));
@@ -342,6 +355,7 @@ fn a_fallback_retry_is_always_armed_for_waiters() {
     let s = sends(&rig.ev(Event::Request {
         id: 1,
         kind: RequestKind::Wait,
+        terms: None,
     }));
     for (cmd, _, _) in &s {
         rig.ev(reply(*cmd, other()));
@@ -358,6 +372,7 @@ fn release_hands_over_to_a_local_waiter_then_deletes() {
     rig.ev(Event::Request {
         id: 2,
         kind: RequestKind::Wait,
+        terms: None,
     });
     let fx = rig.ev(Event::Release {
         holder,
@@ -404,6 +419,7 @@ fn release_waits_only_for_its_own_deletes() {
         let fx = rig.ev(Event::Request {
             id: 3,
             kind: RequestKind::Wait,
+            terms: None,
         });
         let s = sends(&fx);
         let mut all = Vec::new();
@@ -443,6 +459,7 @@ fn overdue_commands_decide_the_attempt_and_late_keys_are_released() {
     let s = sends(&rig.ev(Event::Request {
         id: 4,
         kind: RequestKind::Try,
+        terms: None,
     }));
     rig.ev(reply(s[0].0, other()));
     // Nothing else answers: at the reply bound (160 ms) the attempt fails.
@@ -466,6 +483,7 @@ fn force_takes_over_from_our_own_holder_without_deleting() {
     let fx = rig.ev(Event::Request {
         id: 5,
         kind: RequestKind::Force,
+        terms: None,
     });
     assert_eq!(rig.core.holding(), None);
     assert_eq!(ended(&fx), vec![(holder, LostReason::Forced)]);
@@ -487,6 +505,7 @@ fn close_refuses_everyone_releases_and_finishes_when_answered() {
     rig.ev(Event::Request {
         id: 2,
         kind: RequestKind::Wait,
+        terms: None,
     });
     let fx = rig.ev(Event::Close);
     assert_eq!(ended(&fx), vec![(holder, LostReason::Closed)]);
@@ -500,6 +519,7 @@ fn close_refuses_everyone_releases_and_finishes_when_answered() {
     let fx = rig.ev(Event::Request {
         id: 3,
         kind: RequestKind::Try,
+        terms: None,
     });
     assert_eq!(
         fx,
@@ -534,6 +554,7 @@ fn held_one(rig: &mut Rig) -> (HolderId, CmdId) {
     let s = sends(&rig.ev(Event::Request {
         id: 1,
         kind: RequestKind::Wait,
+        terms: None,
     }));
     let g = grants(&rig.ev(reply(s[0].0, ours())));
     (g[0].1, s[0].0)
@@ -547,6 +568,7 @@ fn fencing_on_several_nodes_waits_for_the_token() {
     let s = sends(&rig.ev(Event::Request {
         id: 1,
         kind: RequestKind::Wait,
+        terms: None,
     }));
     rig.ev(reply(s[0].0, ours()));
     let reads = sends(&rig.ev(reply(s[1].0, ours())));
@@ -643,10 +665,12 @@ fn a_key_of_a_locker_with_another_majority_fails_every_waiter_with_the_mismatch(
     let s = sends(&rig.ev(Event::Request {
         id: 1,
         kind: RequestKind::Wait,
+        terms: None,
     }));
     rig.ev(Event::Request {
         id: 2,
         kind: RequestKind::Wait,
+        terms: None,
     });
     rig.ev(reply(s[0].0, foreign(1, 1)));
     // Keys 1 and 2 are won, but the attempt is never granted; it fails once
@@ -667,6 +691,7 @@ fn a_key_of_a_locker_with_another_majority_fails_every_waiter_with_the_mismatch(
     let s = sends(&rig.ev(Event::Request {
         id: 1,
         kind: RequestKind::Try,
+        terms: None,
     }));
     rig.ev(reply(s[0].0, other()));
     let fx = rig.ev(reply(s[1].0, other()));
@@ -685,6 +710,7 @@ fn a_mismatch_seen_after_the_majority_ends_the_grant() {
     let s = sends(&rig.ev(Event::Request {
         id: 1,
         kind: RequestKind::Wait,
+        terms: None,
     }));
     rig.ev(reply(s[0].0, ours()));
     let (_, holder, _) = grants(&rig.ev(reply(s[1].0, ours())))[0];
@@ -701,6 +727,7 @@ fn a_grant_nobody_waits_for_is_released_without_a_status() {
     let s = sends(&rig.ev(Event::Request {
         id: 1,
         kind: RequestKind::Wait,
+        terms: None,
     }));
     assert!(rig.ev(Event::Cancel { id: 1 }).is_empty());
     let fx = rig.at(ms(1)).ev(reply(s[0].0, ours()));
@@ -726,6 +753,7 @@ fn the_in_script_fence_is_used_only_when_key_0_is_the_majority() {
     let s = sends(&rig.ev(Event::Request {
         id: 1,
         kind: RequestKind::Wait,
+        terms: None,
     }));
     assert!(
         s.iter()
@@ -770,6 +798,7 @@ fn with_one_key_the_fence_comes_from_the_script() {
     let s = sends(&rig.ev(Event::Request {
         id: 1,
         kind: RequestKind::Wait,
+        terms: None,
     }));
     assert!(matches!(s[0].2, Op::Acquire { fence: true, .. }));
     let key0 = Outcome::Key(KeyState::Ours {
@@ -823,6 +852,7 @@ fn our_own_write_seen_while_pending_does_not_wake_us() {
     let s = sends(&rig.ev(Event::Request {
         id: 1,
         kind: RequestKind::Wait,
+        terms: None,
     }));
     assert!(sends(&rig.ev(Event::Invalidated { key: 2 })).is_empty());
     rig.ev(reply(s[0].0, other()));
@@ -836,6 +866,7 @@ fn our_own_write_seen_while_pending_does_not_wake_us() {
     let s = sends(&rig.ev(Event::Request {
         id: 1,
         kind: RequestKind::Wait,
+        terms: None,
     }));
     rig.ev(Event::Invalidated { key: 0 });
     rig.ev(reply(s[0].0, other()));
@@ -843,4 +874,171 @@ fn our_own_write_seen_while_pending_does_not_wake_us() {
     let retry = sends(&fx);
     assert_eq!(retry.len(), 3, "{fx:?}");
     assert!(retry.iter().all(|x| matches!(x.2, Op::Acquire { .. })));
+}
+
+/// Terms of a request: `ttl` with the default drift, margin and extension
+/// period (half the TTL), and an optional maximum hold.
+fn terms(ttl: u32, max_hold: Option<u32>) -> Terms {
+    let mut t = Terms::new(Life::of(ttl * MS), ttl * MS / 2);
+    t.max_hold = max_hold.map(|h| h * MS);
+    t
+}
+
+fn statuses(effects: &[Effect]) -> Vec<Time> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Status {
+                status: HolderStatus::Held { valid_until },
+                ..
+            } => Some(*valid_until),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_request_with_its_own_validity_writes_and_counts_its_ttl() {
+    let mut rig = Rig::new(config(2, 3));
+    // 600 ms: drift 8, margin 6, extension every 300 ms.
+    let fx = rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+        terms: Some(terms(600, None)),
+    });
+    let s = sends(&fx);
+    assert!(s
+        .iter()
+        .all(|x| matches!(x.2, Op::Acquire { ttl, .. } if ttl == 600 * MS)));
+    rig.at(ms(1));
+    let mut all = Vec::new();
+    for (cmd, _, _) in &s {
+        all.extend(rig.ev(reply(*cmd, ours())));
+    }
+    let g = grants(&all);
+    assert_eq!((g.len(), g[0].0, g[0].2), (1, 1, ms(600 - 8 - 6)));
+    // Off the locker's 500 ms grid: every 300 ms at most.
+    assert_eq!(rig.core.next_timeout(), Some(ms(301)));
+    let ext = sends(&rig.tick(ms(301)));
+    assert_eq!(ext.len(), 3);
+    assert!(ext
+        .iter()
+        .all(|x| matches!(x.2, Op::Extend { ttl, .. } if ttl == 600 * MS)));
+}
+
+#[test]
+fn a_maximum_hold_ends_the_grant_deletes_its_keys_and_says_so() {
+    let mut rig = Rig::new(config(2, 3));
+    let fx = rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+        terms: Some(terms(1000, Some(800))),
+    });
+    rig.at(ms(1));
+    let mut all = Vec::new();
+    for (cmd, _, _) in &sends(&fx) {
+        all.extend(rig.ev(reply(*cmd, ours())));
+    }
+    // Validity ends at 978; the hold at 801, which is what the holder is told.
+    let holder = match all.iter().find(|e| matches!(e, Effect::Grant { .. })) {
+        Some(Effect::Grant {
+            holder,
+            valid_until,
+            hold_until,
+            ..
+        }) => {
+            assert_eq!((*valid_until, *hold_until), (ms(801), Some(ms(801))));
+            *holder
+        }
+        _ => panic!("no grant: {all:?}"),
+    };
+    // The hold ends before the keys would: no extension at the grid's tick.
+    assert!(sends(&rig.tick(ms(500))).is_empty());
+    assert!(ended(&rig.tick(ms(800))).is_empty());
+    let fx = rig.tick(ms(801));
+    assert_eq!(ended(&fx), vec![(holder, LostReason::MaxHold)]);
+    let dels = sends(&fx);
+    assert_eq!(dels.len(), 3);
+    assert!(dels.iter().all(|x| matches!(x.2, Op::Release { .. })));
+}
+
+#[test]
+fn a_maximum_hold_longer_than_the_validity_keeps_extending_until_it_ends() {
+    let mut rig = Rig::new(config(1, 1));
+    let fx = rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+        terms: Some(terms(1000, Some(1700))),
+    });
+    rig.at(ms(1));
+    let s = sends(&fx);
+    let all = rig.ev(reply(s[0].0, ours()));
+    let holder = grants(&all)[0].1;
+    let ext = sends(&rig.tick(ms(500)));
+    assert_eq!(ext.len(), 1, "extended while the hold lasts");
+    rig.at(ms(502));
+    rig.ev(reply(ext[0].0, ours()));
+    // Validity now ends at 500 + 1000 − 12 − 10 = 1478; the hold at 1701.
+    let ext = sends(&rig.tick(ms(1000)));
+    assert_eq!(ext.len(), 1);
+    rig.at(ms(1002));
+    let fx = rig.ev(reply(ext[0].0, ours()));
+    assert_eq!(statuses(&fx), vec![ms(1701)], "capped by the hold");
+    assert!(
+        sends(&rig.tick(ms(1500))).is_empty(),
+        "the hold ends first now"
+    );
+    assert_eq!(
+        ended(&rig.tick(ms(1701))),
+        vec![(holder, LostReason::MaxHold)]
+    );
+}
+
+#[test]
+fn a_hand_over_to_a_shorter_validity_counts_the_shorter_write_from_its_send() {
+    let mut rig = Rig::new(config(1, 1));
+    let fx = rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+        terms: None,
+    });
+    rig.at(ms(1));
+    let all = rig.ev(reply(sends(&fx)[0].0, ours()));
+    let holder = grants(&all)[0].1;
+    // A waiter with a 600 ms validity is handed the lock at 5 ms.
+    rig.ev(Event::Request {
+        id: 2,
+        kind: RequestKind::Wait,
+        terms: Some(terms(600, None)),
+    });
+    rig.at(ms(5));
+    let fx = rig.ev(Event::Release { holder, ack: None });
+    let g = grants(&fx);
+    assert_eq!(g, vec![(2, 3, ms(1000 - 12 - 10))]);
+    // A check goes out at 200 ms (an invalidation of our own key).
+    rig.at(ms(200));
+    let check = sends(&rig.ev(Event::Invalidated { key: 0 }));
+    assert!(matches!(check[0].2, Op::Verify { .. }));
+    // The next extension, at 305 ms at the latest, writes 600 ms: from the
+    // moment it is sent the key may live only until 305 + 600 − 8.
+    let fx = rig.tick(ms(305));
+    let ext = sends(&fx);
+    assert!(matches!(ext[0].2, Op::Extend { ttl, .. } if ttl == 600 * MS));
+    assert_eq!(statuses(&fx), vec![ms(305 + 600 - 8 - 10)]);
+    // The older check's reply (a PTTL read before the write landed) must
+    // not count the key beyond that.
+    rig.at(ms(306));
+    let fx = rig.ev(reply(
+        check[0].0,
+        Outcome::Key(KeyState::Ours {
+            pttl_ms: Some(990),
+            fence: None,
+        }),
+    ));
+    assert!(statuses(&fx).iter().all(|t| *t <= ms(887)), "{fx:?}");
+    assert!(rig.core.holding().unwrap().ends_at <= ms(887));
+    // The write's own reply counts it from its send.
+    rig.at(ms(307));
+    rig.ev(reply(ext[0].0, ours()));
+    assert_eq!(rig.core.holding().unwrap().ends_at, ms(887));
 }

@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use super::terms::Terms;
 use super::time::Time;
 
 /// A caller's request id (the shell keeps its reply channel).
@@ -24,58 +25,75 @@ pub(crate) enum RequestKind {
     Force,
 }
 
+/// One queued caller.
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    id: ReqId,
+    kind: RequestKind,
+    terms: Terms,
+}
+
 /// Callers waiting, oldest first; a `Force` that had to wait for an attempt
 /// in flight goes to the front.
 #[derive(Debug, Default)]
 pub(crate) struct Waiters {
-    queue: VecDeque<(ReqId, RequestKind)>,
+    queue: VecDeque<Queued>,
 }
 
 impl Waiters {
-    pub(crate) fn push(&mut self, id: ReqId, kind: RequestKind) {
+    pub(crate) fn push(&mut self, id: ReqId, kind: RequestKind, terms: Terms) {
+        let q = Queued { id, kind, terms };
         if kind == RequestKind::Force {
             // Behind forces already waiting, ahead of every waiter.
             let at = self
                 .queue
                 .iter()
-                .position(|(_, k)| *k != RequestKind::Force)
+                .position(|q| q.kind != RequestKind::Force)
                 .unwrap_or(self.queue.len());
-            self.queue.insert(at, (id, kind));
+            self.queue.insert(at, q);
         } else {
-            self.queue.push_back((id, kind));
+            self.queue.push_back(q);
         }
     }
 
     /// Removes `id`; false if it was not queued.
     pub(crate) fn cancel(&mut self, id: ReqId) -> bool {
         let before = self.queue.len();
-        self.queue.retain(|(r, _)| *r != id);
+        self.queue.retain(|q| q.id != id);
         self.queue.len() != before
     }
 
-    /// The force at the head, taken off the queue.
-    pub(crate) fn pop_force(&mut self) -> Option<ReqId> {
+    /// The force at the head, taken off the queue, with its terms.
+    pub(crate) fn pop_force(&mut self) -> Option<(ReqId, Terms)> {
         match self.queue.front() {
-            Some((id, RequestKind::Force)) => {
-                let id = *id;
+            Some(q) if q.kind == RequestKind::Force => {
+                let q = *q;
                 self.queue.pop_front();
-                Some(id)
+                Some((q.id, q.terms))
             }
             _ => None,
         }
     }
 
-    /// The oldest waiter, taken off the queue.
-    pub(crate) fn pop_waiter(&mut self) -> Option<ReqId> {
+    /// The oldest waiter, taken off the queue, with its terms.
+    pub(crate) fn pop_waiter(&mut self) -> Option<(ReqId, Terms)> {
         let at = self
             .queue
             .iter()
-            .position(|(_, k)| *k == RequestKind::Wait)?;
-        self.queue.remove(at).map(|(id, _)| id)
+            .position(|q| q.kind == RequestKind::Wait)?;
+        self.queue.remove(at).map(|q| (q.id, q.terms))
+    }
+
+    /// The terms of the oldest waiter: what an attempt for the queue writes.
+    pub(crate) fn head_terms(&self) -> Option<Terms> {
+        self.queue
+            .iter()
+            .find(|q| q.kind == RequestKind::Wait)
+            .map(|q| q.terms)
     }
 
     pub(crate) fn has_waiter(&self) -> bool {
-        self.queue.iter().any(|(_, k)| *k == RequestKind::Wait)
+        self.queue.iter().any(|q| q.kind == RequestKind::Wait)
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -84,7 +102,7 @@ impl Waiters {
 
     /// Empties the queue (closing).
     pub(crate) fn drain(&mut self) -> impl Iterator<Item = ReqId> + '_ {
-        self.queue.drain(..).map(|(id, _)| id)
+        self.queue.drain(..).map(|q| q.id)
     }
 }
 
@@ -111,22 +129,30 @@ pub(crate) fn may_hand_over(
 mod tests {
     use super::*;
 
+    fn terms(ttl_ms: u64) -> Terms {
+        let ttl = Duration::from_millis(ttl_ms);
+        Terms::new(super::super::quorum::Life::of(ttl), ttl / 2)
+    }
+
     #[test]
     fn forces_go_first_in_their_own_order() {
         let mut w = Waiters::default();
-        w.push(1, RequestKind::Wait);
-        w.push(2, RequestKind::Force);
-        w.push(3, RequestKind::Wait);
-        w.push(4, RequestKind::Force);
+        w.push(1, RequestKind::Wait, terms(1000));
+        w.push(2, RequestKind::Force, terms(2000));
+        w.push(3, RequestKind::Wait, terms(3000));
+        w.push(4, RequestKind::Force, terms(4000));
         assert!(w.has_waiter());
-        assert_eq!(w.pop_waiter(), Some(1));
-        assert_eq!(w.pop_force(), Some(2));
-        assert_eq!(w.pop_force(), Some(4));
+        assert_eq!(w.head_terms(), Some(terms(1000)));
+        assert_eq!(w.pop_waiter(), Some((1, terms(1000))));
+        assert_eq!(w.head_terms(), Some(terms(3000)), "forces are not waiters");
+        assert_eq!(w.pop_force(), Some((2, terms(2000))));
+        assert_eq!(w.pop_force(), Some((4, terms(4000))));
         assert_eq!(w.pop_force(), None);
         assert!(w.cancel(3));
         assert!(!w.cancel(3));
         assert!(w.is_empty());
         assert_eq!(w.pop_waiter(), None);
+        assert_eq!(w.head_terms(), None);
     }
 
     #[test]

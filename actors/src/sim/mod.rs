@@ -99,6 +99,9 @@ pub(super) struct Knobs {
     pub(super) max_ppm: u64,
     /// Longest ordinary one-way delay (slow links add more).
     pub(super) max_delay_ms: u64,
+    /// Callers bring terms of their own (`LockRequest`): a shorter validity,
+    /// a maximum hold.
+    pub(super) terms: bool,
 }
 
 impl Knobs {
@@ -144,6 +147,7 @@ impl Knobs {
             steps: r.range(100, 400),
             max_ppm: 5000,
             max_delay_ms: validity_ms / 50,
+            terms: r.chance(40),
         }
     }
 
@@ -180,6 +184,7 @@ impl Knobs {
                 "steps" => self.steps = num(),
                 "ppm" => self.max_ppm = num(),
                 "delay" => self.max_delay_ms = num(),
+                "terms" => self.terms = num() != 0,
                 other => panic!("unknown SIM_KNOBS key {other}"),
             }
         }
@@ -195,7 +200,7 @@ impl fmt::Display for Knobs {
         };
         write!(
             f,
-            "procs={},names={},nodes={},majority={},validity={},fencing={fencing},tracking={},noloop={},handover={},faults={:#x},force={},steps={},ppm={},delay={}",
+            "procs={},names={},nodes={},majority={},validity={},fencing={fencing},tracking={},noloop={},handover={},faults={:#x},force={},steps={},ppm={},delay={},terms={}",
             self.procs,
             self.names,
             self.nodes,
@@ -208,7 +213,8 @@ impl fmt::Display for Knobs {
             u8::from(self.force),
             self.steps,
             self.max_ppm,
-            self.max_delay_ms
+            self.max_delay_ms,
+            u8::from(self.terms)
         )
     }
 }
@@ -288,6 +294,12 @@ fn shrink(k: &Knobs, kind: &str) -> Knobs {
         if best.force {
             cands.push(Knobs {
                 force: false,
+                ..best.clone()
+            });
+        }
+        if best.terms {
+            cands.push(Knobs {
+                terms: false,
                 ..best.clone()
             });
         }
@@ -449,18 +461,18 @@ fn sim_retry_storm() {
 fn retry_storm(seed: u64, noloop: bool) -> f64 {
     const MS: u64 = 1_000_000;
     let mut k = Knobs::from_seed(seed);
-    k.apply("procs=3,names=1,nodes=3,majority=2,validity=1000,fencing=off,tracking=1,noloop=1,handover=32,faults=0,force=0,steps=1000000,ppm=0,delay=2");
+    k.apply("procs=3,names=1,nodes=3,majority=2,validity=1000,fencing=off,tracking=1,noloop=1,handover=32,faults=0,force=0,steps=1000000,ppm=0,delay=2,terms=0");
     k.apply(if noloop { "noloop=1" } else { "noloop=0" });
     let mut w = World::new(&k, std::env::var("SIM_TRACE").is_ok());
     w.stop_workload = true;
-    w.add_caller_id(0, 0, RequestKind::Wait, true)
+    w.add_caller_id(0, 0, RequestKind::Wait, None, true)
         .expect("request");
     w.run_until(500 * MS).expect("holder acquires");
     // Process 0 loses node 2 for good, silently.
     w.conns[0][2].link = network::Link::Cut;
-    w.add_caller_id(1, 0, RequestKind::Wait, false)
+    w.add_caller_id(1, 0, RequestKind::Wait, None, false)
         .expect("request");
-    w.add_caller_id(2, 0, RequestKind::Wait, false)
+    w.add_caller_id(2, 0, RequestKind::Wait, None, false)
         .expect("request");
     // Let the key on node 2 expire and the pattern settle, then measure.
     w.run_until(3_000 * MS).expect("runs");

@@ -183,7 +183,7 @@ impl Node {
     }
 
     /// Runs `op` for connection `conn` on `slot` (a lock key) or the fencing
-    /// counter of `name`. `ttl` is the keys' validity in nanoseconds.
+    /// counter of `name`. `ttl` is what a write sets, in nanoseconds.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn exec(
         &mut self,
@@ -196,7 +196,9 @@ impl Node {
         out: &mut Out,
     ) -> Outcome {
         match op {
-            Op::Acquire { token, mode, fence } => {
+            Op::Acquire {
+                token, mode, fence, ..
+            } => {
                 let (state, fresh) =
                     self.acquire_key(now, conn, slot, token.as_str(), *mode, ttl, out);
                 match state {
@@ -212,7 +214,7 @@ impl Node {
                     s => Outcome::Key(s),
                 }
             }
-            Op::Extend { token, mode } => Outcome::Key(
+            Op::Extend { token, mode, .. } => Outcome::Key(
                 self.acquire_key(now, conn, slot, token.as_str(), *mode, ttl, out)
                     .0,
             ),

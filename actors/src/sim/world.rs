@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::core::{
-    Config, Effect, Event, Fencing, HolderStatus, LockCore, Op, Outcome, Refusal, RequestKind,
-    Target, Time,
+    Config, Effect, Event, Fencing, HolderStatus, Life, LockCore, Op, Outcome, Refusal,
+    RequestKind, Target, Terms, Time,
 };
 
 use super::invariants::Checks;
@@ -102,11 +102,9 @@ impl World {
             total,
             nodes: k.nodes,
             placement: (0..total).map(|i| i % k.nodes).collect(),
-            validity,
-            drift: crate::core::quorum::default_drift(validity),
+            terms: Terms::new(Life::of(validity), validity / 2),
             extend: validity / 2,
             timeout: validity / 10,
-            margin: Config::default_margin(validity),
             tracking: k.tracking,
             handover_limit: k.handover,
             fencing: k.fencing,
@@ -201,6 +199,24 @@ impl World {
 
     pub(super) fn ttl(&self) -> u64 {
         self.k.validity_ms * MS
+    }
+
+    /// A caller's own terms: the locker's, or a validity of ½ or ¾ of it
+    /// (never longer, so the liveness bounds hold), and sometimes a maximum
+    /// hold shorter than the validity or spanning several extensions.
+    fn random_terms(&mut self) -> Option<Terms> {
+        let base = self.cfg.terms;
+        let ttl = match self.work.below(3) {
+            0 => return None,
+            1 => base.life.ttl / 2,
+            _ => base.life.ttl * 3 / 4,
+        };
+        let mut terms = Terms::new(Life::of(ttl), ttl / 2);
+        if self.work.chance(50) {
+            let hold = self.work.range(ttl.as_nanos() as u64 / 4, 3 * self.ttl());
+            terms.max_hold = Some(Duration::from_nanos(hold));
+        }
+        Some(terms)
     }
 
     // ===== the loop =====
@@ -424,7 +440,10 @@ impl World {
             }
         }
         let mut out = Out::default();
-        let ttl = self.ttl();
+        let ttl = match &op {
+            Op::Acquire { ttl, .. } | Op::Extend { ttl, .. } => ttl.as_nanos() as u64,
+            _ => self.ttl(),
+        };
         let outcome = self.nodes[node].exec(self.now, to.proc, to.name, slot, &op, ttl, &mut out);
         if let Op::Acquire { token, .. } | Op::Extend { token, .. } = &op {
             if !out.expiries.is_empty() {
@@ -705,6 +724,7 @@ impl World {
         proc: usize,
         name: usize,
         kind: RequestKind,
+        terms: Option<Terms>,
         forever: bool,
     ) -> Result<u64, String> {
         let p = &mut self.procs[proc];
@@ -720,14 +740,19 @@ impl World {
         let idx = p.callers.len() - 1;
         p.active.push(idx);
         let id = idx as u64 + 1;
-        self.log(|| format!("p{proc} name{name} request {id} {kind:?}"));
-        self.feed(proc, name, Event::Request { id, kind })?;
+        self.log(|| format!("p{proc} name{name} request {id} {kind:?} {terms:?}"));
+        self.feed(proc, name, Event::Request { id, kind, terms })?;
         Ok(id)
     }
 
     fn add_caller(&mut self, proc: usize, name: usize, kind: RequestKind) -> Result<(), String> {
         let forever = self.work.chance(8);
-        let id = self.add_caller_id(proc, name, kind, forever)?;
+        let terms = if self.k.terms {
+            self.random_terms()
+        } else {
+            None
+        };
+        let id = self.add_caller_id(proc, name, kind, terms, forever)?;
         if self.work.chance(15) {
             let at = self.now + self.work.range(0, self.ttl());
             self.q.push(at, Ev::Cancel { proc, req: id });
@@ -924,6 +949,7 @@ impl World {
                 holder,
                 valid_until,
                 fence,
+                ..
             } => {
                 let current = holding.as_ref().is_some_and(|h| h.holder == *holder);
                 let ended_later = later.iter().any(|l| {
