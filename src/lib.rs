@@ -10,11 +10,13 @@
 //! `0..2·M−1`, so Go and Rust lockers with the same prefix exclude each other.
 //!
 //! # Layout
-//! - [`Locker`]: connect, `lock`, `try_lock`, `force_lock`, `lock_for`
-//!   (message-based, for actors), `close`.
+//! - [`Locker`]: connect, `lock`, `try_lock`, `force_lock`, their `_with`
+//!   forms, `lock_for` (message-based, for actors), `close`.
 //! - [`LockGuard`]: a held lock: `is_held`, `valid_until`, `lost`,
 //!   `cancellation_token`, `release`.
 //! - [`LockEvent`]: what an actor receives from `lock_for`.
+//! - [`LockRequest`]: one call's options: a wait limit, its own validity, a
+//!   maximum hold (`lock_with`, `try_lock_with`).
 //! - [`LockerOptions`]: configuration (builder and serde).
 //! - [`Error`], [`LostReason`].
 //!
@@ -46,7 +48,8 @@ pub use event::LockEvent;
 pub use guard::LockGuard;
 pub use locker::Locker;
 pub use valkeylock_actors::{
-    format_duration, parse_duration, Error, LeaseWatcher, LockerOptions, LostReason, MAX_NAME_LEN,
+    format_duration, parse_duration, Error, LeaseWatcher, LockRequest, LockerOptions, LostReason,
+    MAX_NAME_LEN,
 };
 
 use valkeylock_actors::{AcquireKind, Engine, Lease};
@@ -67,6 +70,7 @@ mod assertions {
         send_sync_static::<LeaseWatcher>();
         send_sync_static::<LockEvent>();
         send_sync_static::<LockerOptions>();
+        send_sync_static::<LockRequest>();
         send_sync_static::<Error>();
         send_sync_static::<LostReason>();
     }
@@ -78,6 +82,8 @@ mod assertions {
         send(&locker.lock("x"));
         send(&locker.try_lock("x"));
         send(&locker.force_lock("x"));
+        send(&locker.lock_with("x", &LockRequest::new()));
+        send(&locker.try_lock_with("x", &LockRequest::new()));
         send(&locker.close());
         send(&watcher.lost());
         send(&guard.lost());

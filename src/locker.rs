@@ -7,7 +7,7 @@ use tokio::task::JoinHandle;
 
 use crate::event::LockEvent;
 use crate::guard::LockGuard;
-use crate::{AcquireKind, Engine, Error, LockerOptions};
+use crate::{AcquireKind, Engine, Error, LockRequest, LockerOptions};
 
 /// A distributed locker over one or more Valkey instances. Cheap to clone;
 /// all clones share one set of connections. Every [`LockGuard`] it hands out
@@ -70,10 +70,45 @@ impl Locker {
     /// process queue first-come first-served; a release anywhere wakes the
     /// next one at once. Dropping the future withdraws the wait.
     ///
+    /// It waits for as long as it takes, through an outage too; bound it
+    /// with [`Locker::lock_with`] and [`LockRequest::wait`].
+    ///
     /// # Errors
     /// [`Error::InvalidName`], [`Error::Closed`].
     pub async fn lock(&self, name: &str) -> Result<LockGuard, Error> {
-        self.acquire(name, AcquireKind::Wait).await
+        self.acquire(name, AcquireKind::Wait, &LockRequest::new())
+            .await
+    }
+
+    /// [`Locker::lock`] on the terms of `request`: a wait limit (then
+    /// [`Error::Timeout`]), this lock's own validity, a maximum hold (then
+    /// `lost()` says [`LostReason::MaxHold`](crate::LostReason::MaxHold)).
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when the wait limit runs out (the wait is
+    /// withdrawn, nothing is held); [`Error::InvalidOptions`] for a request
+    /// out of range (checked before anything is sent); plus those of
+    /// [`Locker::lock`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(locker: valkeylock::Locker) -> Result<(), valkeylock::Error> {
+    /// use std::time::Duration;
+    /// use valkeylock::{Error, LockRequest};
+    ///
+    /// let request = LockRequest::new()
+    ///     .wait(Duration::from_secs(5))
+    ///     .validity(Duration::from_secs(30))
+    ///     .max_hold(Duration::from_secs(600));
+    /// match locker.lock_with("nightly-report", &request).await {
+    ///     Ok(guard) => { /* … */ guard.release().await? }
+    ///     Err(Error::Timeout { .. }) => eprintln!("busy; try later"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn lock_with(&self, name: &str, request: &LockRequest) -> Result<LockGuard, Error> {
+        self.acquire(name, AcquireKind::Wait, request).await
     }
 
     /// One attempt, no waiting.
@@ -83,7 +118,22 @@ impl Locker {
     /// (also when another guard of this process holds it), plus those of
     /// [`Locker::lock`].
     pub async fn try_lock(&self, name: &str) -> Result<LockGuard, Error> {
-        self.acquire(name, AcquireKind::Try).await
+        self.acquire(name, AcquireKind::Try, &LockRequest::new())
+            .await
+    }
+
+    /// [`Locker::try_lock`] with this lock's own validity and maximum hold
+    /// (a wait limit is ignored: it never waits).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] for a request out of range, plus those of
+    /// [`Locker::try_lock`].
+    pub async fn try_lock_with(
+        &self,
+        name: &str,
+        request: &LockRequest,
+    ) -> Result<LockGuard, Error> {
+        self.acquire(name, AcquireKind::Try, request).await
     }
 
     /// Takes the lock over whoever holds it (their `lost()` says
@@ -93,13 +143,19 @@ impl Locker {
     /// [`Error::NotLocked`] when too few nodes answered, plus those of
     /// [`Locker::lock`].
     pub async fn force_lock(&self, name: &str) -> Result<LockGuard, Error> {
-        self.acquire(name, AcquireKind::Force).await
+        self.acquire(name, AcquireKind::Force, &LockRequest::new())
+            .await
     }
 
-    async fn acquire(&self, name: &str, kind: AcquireKind) -> Result<LockGuard, Error> {
+    async fn acquire(
+        &self,
+        name: &str,
+        kind: AcquireKind,
+        request: &LockRequest,
+    ) -> Result<LockGuard, Error> {
         self.inner
             .engine
-            .acquire(name, kind)
+            .acquire(name, kind, request)
             .await
             .map(|lease| LockGuard::new(lease, self.inner.clone()))
     }

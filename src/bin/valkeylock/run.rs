@@ -12,7 +12,9 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{getpgrp, tcgetpgrp, tcsetpgrp, Pid};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::{sleep_until, Instant};
-use valkeylock::{format_duration, Error, LockGuard, Locker, LockerOptions, LostReason};
+use valkeylock::{
+    format_duration, Error, LockGuard, LockRequest, Locker, LockerOptions, LostReason,
+};
 
 use crate::args::{
     EXIT_CANNOT_EXEC, EXIT_LOST, EXIT_NOT_FOUND, EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_USAGE,
@@ -113,19 +115,23 @@ async fn wait(
             other => other.map_err(Some),
         }
     } else {
-        let deadline = timeout.map(|t| started + t);
+        // The wait limit is the library's: the wait is withdrawn when it
+        // runs out, and a grant that crossed it is released.
+        let request = timeout.map_or_else(LockRequest::new, |t| LockRequest::new().wait(t));
         let show = std::io::stderr().is_terminal();
         let mut drawn = false;
         let mut tick = tokio::time::interval_at(
             started + Duration::from_millis(300),
             Duration::from_millis(100),
         );
-        let lock = locker.lock(name);
+        let lock = locker.lock_with(name, &request);
         tokio::pin!(lock);
         let result = loop {
             tokio::select! {
-                r = &mut lock => break r.map_err(Some),
-                _ = sleep_until(deadline.unwrap_or(started)), if deadline.is_some() => break Err(None),
+                r = &mut lock => break match r {
+                    Err(Error::Timeout { .. }) => Err(None),
+                    r => r.map_err(Some),
+                },
                 sig = signals.recv() => {
                     if drawn {
                         eprint!("\r\x1b[K");
