@@ -91,6 +91,6 @@ impl Entropy for OsEntropy {
     fn fill(&mut self, buf: &mut [u8]) {
         // The OS RNG failing is not something a lock can recover from safely:
         // a predictable token would let others release our lock.
-        getrandom::fill(buf).expect("the operating system's random number generator failed");
+        getrandom::getrandom(buf).expect("the operating system's random number generator failed");
     }
 }
