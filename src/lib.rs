@@ -48,7 +48,8 @@ pub use event::LockEvent;
 pub use guard::LockGuard;
 pub use locker::Locker;
 pub use valkeylock_actors::{
-    format_duration, parse_duration, Error, LeaseWatcher, LockRequest, LockerOptions, LostReason,
+    format_duration, parse_duration, DurationErrorKind, Error, LeaseWatcher, LockRequest, LockerOptions,
+    LostReason, NodeAddr, NodeUrlErrorKind, ParseDurationError, ParseNodeError, Topology,
     MAX_NAME_LEN,
 };
 

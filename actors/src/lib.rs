@@ -17,6 +17,8 @@
 //! Leaves the core and the actors share:
 //! - `keys`: key naming and invalidation parsing.
 //! - `scripts`: the Lua scripts, the token, and parsing of replies.
+//! - `addr`: node URLs (`NodeAddr`), read with the `url` crate.
+//! - `duration`: durations as text, read and written with `humantime`.
 //! - `options`: `LockerOptions` and their validation.
 //! - `request`: `LockRequest`, one call's options, checked against them.
 //! - `error`: `Error` and `LostReason`.
@@ -35,9 +37,11 @@
 //!   above run, whatever the application's runtime is doing.
 //! - `handle`: the public handles.
 
+mod addr;
 mod clock;
 mod context;
 mod core;
+mod duration;
 mod error;
 mod handle;
 mod keys;
@@ -53,12 +57,14 @@ mod sim;
 mod supervisor;
 mod timers;
 
+pub use addr::{NodeAddr, NodeUrlErrorKind, ParseNodeError, Topology};
+pub use duration::{format_duration, parse_duration, DurationErrorKind, ParseDurationError};
 pub use error::{Error, LostReason};
 #[cfg(feature = "fault-injection")]
 pub use handle::Faults;
 pub use handle::{AcquireKind, Engine, Lease, LeaseWatcher};
 pub use keys::MAX_NAME_LEN;
-pub use options::{format_duration, parse_duration, LockerOptions, NodeAddr, Topology};
+pub use options::LockerOptions;
 pub use request::LockRequest;
 
 #[cfg(test)]

@@ -41,11 +41,11 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::addr::{NodeAddr, Topology};
 use crate::context::{AbortOnDrop, Shared};
 use crate::core::{Op, Outcome};
 use crate::keys;
 use crate::msg::{Connection, ExtendItem, Job, LockMsg, NodeMsg, NodeReply, SupervisorMsg};
-use crate::options::{NodeAddr, Topology};
 use crate::scripts::{
     parse_acquire, parse_fence, parse_fence_write, parse_key_state, parse_released,
 };

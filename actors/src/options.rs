@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::addr::{redact_url, NodeAddr, Topology};
 use crate::core::quorum;
+use crate::duration::format_duration;
 use crate::error::Error;
 use crate::keys;
 use crate::scripts::Fingerprint;
@@ -125,26 +127,6 @@ impl std::fmt::Debug for LockerOptions {
             .field("tls_ca_file", &self.tls_ca_file)
             .field("dedicated_runtime", &self.dedicated_runtime)
             .finish()
-    }
-}
-
-/// `url` with the password of its `user:password@` part replaced by `***`
-/// (the rest as given), for logs and `Debug`.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    match authority.rfind('@') {
-        Some(at) => {
-            let (userinfo, hosts) = authority.split_at(at);
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{scheme}://{user}:***{hosts}{tail}"),
-                None => url.to_owned(),
-            }
-        }
-        None => url.to_owned(),
     }
 }
 
@@ -289,7 +271,7 @@ impl LockerOptions {
         for url in &self.nodes {
             match NodeAddr::parse(url) {
                 Ok(addr) => nodes.push(addr),
-                Err(reason) => return bad("nodes", format!("{url:?}: {reason}")),
+                Err(e) => return bad("nodes", e.to_string()),
             }
         }
         if self.key_prefix.is_empty() {
@@ -433,275 +415,6 @@ impl LockerOptions {
     }
 }
 
-/// How one configured node reaches Valkey.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Topology {
-    /// One instance.
-    Standalone,
-    /// A Valkey Cluster, through its seed nodes: keys spread over its masters.
-    Cluster,
-    /// A primary found through Sentinel, by service name.
-    Sentinel {
-        /// The service (primary) name the sentinels know it by.
-        service: String,
-    },
-}
-
-/// One node's address, parsed from its URL (also used by the command-line
-/// tool, so both read node URLs the same way). Its `Debug` hides the password.
-#[derive(Clone, PartialEq, Eq)]
-pub struct NodeAddr {
-    /// The URL as given.
-    pub url: String,
-    /// Standalone, cluster or Sentinel.
-    pub topology: Topology,
-    /// The instance, the cluster's seed nodes, or the sentinels.
-    pub hosts: Vec<(String, u16)>,
-    /// The user name, if any.
-    pub username: Option<String>,
-    /// The password, if any.
-    pub password: Option<String>,
-    /// The database number, if any.
-    pub db: Option<u8>,
-    /// `rediss://` and friends.
-    pub tls: bool,
-}
-
-impl std::fmt::Debug for NodeAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeAddr")
-            .field("url", &redact_url(&self.url))
-            .field("topology", &self.topology)
-            .field("hosts", &self.hosts)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("db", &self.db)
-            .field("tls", &self.tls)
-            .finish()
-    }
-}
-
-impl NodeAddr {
-    /// Parses one node URL:
-    /// - `redis://` / `valkey://` `[user[:password]@]host[:port][/db]`;
-    /// - `redis-cluster://` / `valkey-cluster://` `[user[:password]@]host:port[,host:port…]`;
-    /// - `redis-sentinel://` / `valkey-sentinel://`
-    ///   `[user[:password]@]host:port[,host:port…]/service_name[/db]`
-    ///   (sentinel ports default to 26379; the credentials are the primary's).
-    ///
-    /// Written by hand (no `url` crate): the grammar is tiny, and errors say
-    /// exactly which part is wrong.
-    ///
-    /// # Errors
-    /// A message naming the part of the URL that is wrong.
-    pub fn parse(url: &str) -> Result<NodeAddr, String> {
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or("missing scheme (expected redis://, valkey://, valkey-cluster:// or valkey-sentinel://)")?;
-        let tls = matches!(
-            scheme,
-            "rediss"
-                | "valkeys"
-                | "rediss-cluster"
-                | "valkeys-cluster"
-                | "rediss-sentinel"
-                | "valkeys-sentinel"
-        );
-        if tls && !cfg!(feature = "tls") {
-            return Err("TLS URLs need the `tls` cargo feature of valkeylock".into());
-        }
-        let (topology_kind, default_port) = match scheme {
-            "redis" | "valkey" | "rediss" | "valkeys" => (0, 6379),
-            "redis-cluster" | "valkey-cluster" | "rediss-cluster" | "valkeys-cluster" => (1, 6379),
-            "redis-sentinel" | "valkey-sentinel" | "rediss-sentinel" | "valkeys-sentinel" => (2, 26379),
-            other => {
-                return Err(format!(
-                    "unsupported scheme {other:?} (expected redis://, valkey://, valkey-cluster:// or valkey-sentinel://)"
-                ))
-            }
-        };
-        let (authority, path) = match rest.find(['/', '?', '#']) {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        if path.starts_with(['?', '#']) {
-            return Err("query strings and fragments are not supported".into());
-        }
-        let (userinfo, hostlist) = match authority.rfind('@') {
-            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
-            None => (None, authority),
-        };
-        let (username, password) = match userinfo {
-            None => (None, None),
-            Some(info) => match info.split_once(':') {
-                Some((u, p)) => (
-                    (!u.is_empty()).then(|| percent_decode(u)).transpose()?,
-                    Some(percent_decode(p)?),
-                ),
-                None => (
-                    (!info.is_empty())
-                        .then(|| percent_decode(info))
-                        .transpose()?,
-                    None,
-                ),
-            },
-        };
-        let hosts = hostlist
-            .split(',')
-            .map(|h| parse_host_port(h, default_port))
-            .collect::<Result<Vec<_>, _>>()?;
-        let segments: Vec<&str> = path
-            .trim_start_matches('/')
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .collect();
-        let parse_db = |db: &str| {
-            db.parse::<u8>()
-                .map_err(|_| format!("bad database number {db:?}"))
-        };
-        let (topology, db) = match topology_kind {
-            0 => {
-                if hosts.len() != 1 {
-                    return Err(
-                        "one host per redis:// URL (list several URLs for several instances)"
-                            .into(),
-                    );
-                }
-                match segments.as_slice() {
-                    [] => (Topology::Standalone, None),
-                    [db] => (Topology::Standalone, Some(parse_db(db)?)),
-                    _ => return Err("unexpected path after the database number".into()),
-                }
-            }
-            1 => {
-                if !segments.is_empty() {
-                    return Err(
-                        "a cluster URL takes no database or path (a cluster has only database 0)"
-                            .into(),
-                    );
-                }
-                (Topology::Cluster, None)
-            }
-            _ => match segments.as_slice() {
-                [service] => (
-                    Topology::Sentinel {
-                        service: service.to_string(),
-                    },
-                    None,
-                ),
-                [service, db] => (
-                    Topology::Sentinel {
-                        service: service.to_string(),
-                    },
-                    Some(parse_db(db)?),
-                ),
-                [] => return Err(
-                    "a sentinel URL needs the service name: valkey-sentinel://host:26379/mymaster"
-                        .into(),
-                ),
-                _ => return Err("unexpected path after the database number".into()),
-            },
-        };
-        Ok(NodeAddr {
-            url: url.to_owned(),
-            topology,
-            hosts,
-            username,
-            password,
-            db,
-            tls,
-        })
-    }
-
-    /// The normalized address that ranks this node for key placement:
-    /// topology (with the Sentinel service name), the hosts in lower case
-    /// with their ports (five digits), sorted, and the database (0 when none
-    /// is given), e.g. `standalone 10.0.0.1:06379 db0`; nodes are ranked by
-    /// this text.
-    /// Scheme spelling (`redis`/`valkey`, TLS or not) and credentials do not
-    /// count. Two spellings of one server that normalize differently
-    /// (`localhost` and `127.0.0.1`, a proxy's address) rank differently: all
-    /// lockers of a name must name the servers the same way.
-    pub fn placement_key(&self) -> String {
-        let topology = match &self.topology {
-            Topology::Standalone => "standalone".to_owned(),
-            Topology::Cluster => "cluster".to_owned(),
-            Topology::Sentinel { service } => format!("sentinel/{service}"),
-        };
-        let mut hosts: Vec<String> = self
-            .hosts
-            .iter()
-            .map(|(h, p)| {
-                let h = h.to_ascii_lowercase();
-                if h.contains(':') {
-                    format!("[{h}]:{p:05}")
-                } else {
-                    format!("{h}:{p:05}")
-                }
-            })
-            .collect();
-        hosts.sort();
-        format!("{topology} {} db{}", hosts.join(","), self.db.unwrap_or(0))
-    }
-
-    /// Where it points, without credentials, for logs and errors.
-    pub fn display(&self) -> String {
-        let (h, p) = &self.hosts[0];
-        match &self.topology {
-            Topology::Standalone => format!("{h}:{p}"),
-            Topology::Cluster => format!("cluster {h}:{p}"),
-            Topology::Sentinel { service } => format!("sentinel {service}@{h}:{p}"),
-        }
-    }
-}
-
-fn parse_host_port(text: &str, default_port: u16) -> Result<(String, u16), String> {
-    let (host, port) = if let Some(stripped) = text.strip_prefix('[') {
-        let (h, after) = stripped.split_once(']').ok_or("unclosed '[' in host")?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => Some(p),
-            None if after.is_empty() => None,
-            None => return Err("unexpected text after ']'".into()),
-        };
-        (h.to_owned(), port)
-    } else {
-        match text.rsplit_once(':') {
-            Some((h, p)) => (h.to_owned(), Some(p)),
-            None => (text.to_owned(), None),
-        }
-    };
-    if host.is_empty() {
-        return Err("missing host".into());
-    }
-    let port = match port {
-        None => default_port,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|&p| p > 0)
-            .ok_or(format!("bad port {p:?}"))?,
-    };
-    Ok((host, port))
-}
-
-fn percent_decode(s: &str) -> Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).ok_or("truncated %-escape")?;
-            let hex = std::str::from_utf8(hex).map_err(|_| "bad %-escape")?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| "bad %-escape")?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "credentials are not UTF-8".into())
-}
-
 /// The largest value any duration option may take (the longest
 /// `key_validity`). Far below what the engine's sums and products of
 /// durations (`connect_timeout + 2 s`, `try_next_after * 5`, `Instant + d`)
@@ -775,60 +488,8 @@ impl Settings {
     }
 }
 
-/// Parses a human-readable duration: one or more `<number><unit>` parts, units
-/// `ns`, `us`/`µs`, `ms`, `s`, `m`, `h`; decimals allowed (`"1.5s"`,
-/// `"1m30s"`, `"250ms"`).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let s = text.trim();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("{text:?}: missing unit (ms, s, m, h…)"))?;
-        let (num, tail) = rest.split_at(num_end);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("{text:?}: bad number {num:?}"))?;
-        let unit_end = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, next) = tail.split_at(unit_end);
-        let scale = match unit.trim() {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" | "sec" => 1.0,
-            "m" | "min" => 60.0,
-            "h" => 3600.0,
-            other => return Err(format!("{text:?}: unknown unit {other:?}")),
-        };
-        total += value * scale;
-        rest = next;
-    }
-    if !total.is_finite() || total > 1e12 {
-        return Err(format!("{text:?}: too large"));
-    }
-    Ok(Duration::from_secs_f64(total))
-}
-
-/// Formats a duration the way [`parse_duration`] reads it.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if d.subsec_nanos() % 1_000_000 != 0 {
-        format!("{}us", d.as_micros())
-    } else if ms % 1000 != 0 {
-        format!("{ms}ms")
-    } else {
-        format!("{}s", d.as_secs())
-    }
-}
-
 mod duration_str {
-    use super::{format_duration, parse_duration};
+    use crate::duration::{format_duration, parse_duration};
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
@@ -843,7 +504,7 @@ mod duration_str {
 }
 
 mod opt_duration_str {
-    use super::{format_duration, parse_duration};
+    use crate::duration::{format_duration, parse_duration};
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
@@ -872,89 +533,6 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
-    }
-
-    #[test]
-    fn durations() {
-        let ok = [
-            ("5s", ms(5000)),
-            ("250ms", ms(250)),
-            ("1.5s", ms(1500)),
-            ("1m30s", ms(90_000)),
-            ("2h", ms(7_200_000)),
-            ("100us", Duration::from_micros(100)),
-            (" 3s ", ms(3000)),
-        ];
-        for (text, want) in ok {
-            assert_eq!(parse_duration(text), Ok(want), "{text}");
-            assert_eq!(parse_duration(&format_duration(want)), Ok(want));
-        }
-        for bad in ["", "5", "s", "5 parsecs", "1..2s", "-1s", "1e9999h"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn urls() {
-        let host = |a: &NodeAddr| (a.hosts[0].0.clone(), a.hosts[0].1);
-        let a = NodeAddr::parse("redis://127.0.0.1:7000").unwrap();
-        assert_eq!(
-            (host(&a), a.db, &a.topology),
-            (("127.0.0.1".into(), 7000), None, &Topology::Standalone)
-        );
-        let a = NodeAddr::parse("valkey://user:p%40ss@localhost/3").unwrap();
-        assert_eq!(a.username.as_deref(), Some("user"));
-        assert_eq!(a.password.as_deref(), Some("p@ss"));
-        assert_eq!((host(&a).1, a.db), (6379, Some(3)));
-        let a = NodeAddr::parse("redis://:secret@[::1]:6380").unwrap();
-        assert_eq!(
-            (host(&a), a.username, a.password.as_deref()),
-            (("::1".into(), 6380), None, Some("secret"))
-        );
-        let a = NodeAddr::parse("valkey-cluster://127.0.0.1:7000,127.0.0.1:7001").unwrap();
-        assert_eq!((a.topology.clone(), a.hosts.len()), (Topology::Cluster, 2));
-        assert_eq!(a.display(), "cluster 127.0.0.1:7000");
-        let a =
-            NodeAddr::parse("valkey-sentinel://:pw@127.0.0.1,127.0.0.1:26380/mymaster/2").unwrap();
-        assert_eq!(
-            (
-                a.topology.clone(),
-                a.hosts.clone(),
-                a.db,
-                a.password.as_deref()
-            ),
-            (
-                Topology::Sentinel {
-                    service: "mymaster".into()
-                },
-                vec![("127.0.0.1".into(), 26379), ("127.0.0.1".into(), 26380)],
-                Some(2),
-                Some("pw")
-            )
-        );
-        for bad in [
-            "127.0.0.1:6379",
-            "http://x",
-            "redis://",
-            "redis://h:0",
-            "redis://h:99999",
-            "redis://h:x",
-            "redis://h/300",
-            "redis://h/1/2",
-            "redis://h?x=1",
-            "redis://a:1,b:2",
-            #[cfg(not(feature = "tls"))]
-            "rediss://h",
-            #[cfg(not(feature = "tls"))]
-            "valkeys-cluster://h",
-            "redis-cluster://h:7000/0",
-            "redis-cluster://h:7000,",
-            "redis-sentinel://h:26379",
-            "redis-sentinel://h:26379/m/x",
-            "redis://u:%zz@h",
-        ] {
-            assert!(NodeAddr::parse(bad).is_err(), "{bad}");
-        }
     }
 
     fn field_of(o: LockerOptions) -> &'static str {

@@ -340,7 +340,8 @@ impl Token {
     #[cfg(test)]
     pub(crate) fn generate(forced: bool, fingerprint: Fingerprint) -> Token {
         let mut bytes = [0u8; 24];
-        getrandom::getrandom(&mut bytes).expect("the operating system's random number generator failed");
+        getrandom::getrandom(&mut bytes)
+            .expect("the operating system's random number generator failed");
         Token::from_bytes(&bytes, forced, fingerprint)
     }
 

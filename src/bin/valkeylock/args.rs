@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use valkeylock::{parse_duration, LockerOptions};
+use valkeylock::{parse_duration, DurationErrorKind, LockerOptions, ParseDurationError};
 
 /// The program ran and exited 0; `status`: the lock is held; `release`: done.
 pub(crate) const EXIT_OK: u8 = 0;
@@ -157,15 +157,13 @@ pub(crate) enum Command {
 
 /// A duration flag: the library's forms (`500ms`, `1m30s`), or a bare number
 /// of seconds (`30`, `0.5`), as `timeout(1)` and `sleep(1)` take them.
-fn duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.') {
-        return match t.parse::<f64>() {
-            Ok(secs) if secs.is_finite() && secs <= 1e9 => Ok(Duration::from_secs_f64(secs)),
-            _ => Err(format!("{text:?}: not a number of seconds")),
-        };
+fn duration(text: &str) -> Result<Duration, ParseDurationError> {
+    match parse_duration(text) {
+        Err(e) if e.kind() == &DurationErrorKind::MissingUnit => {
+            parse_duration(&format!("{}s", text.trim())).map_err(|_| e)
+        }
+        other => other,
     }
-    parse_duration(text)
 }
 
 /// Why the options could not be built (exit 2).
@@ -242,6 +240,10 @@ mod tests {
         assert!(duration("1.2.3").is_err());
         assert!(duration("9999999999999").is_err());
         assert!(duration("").is_err());
+        // Refused with the library's typed error, naming the input.
+        let e = duration("5 parsecs").unwrap_err();
+        assert_eq!(e.input(), "5 parsecs");
+        assert_eq!(e.kind(), &DurationErrorKind::UnknownUnit("parsecs".into()));
         let cli = parse(&[
             "valkeylock",
             "run",

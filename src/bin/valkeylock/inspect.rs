@@ -9,8 +9,7 @@ use std::time::Duration;
 use fred::prelude::{Client, ClientLike, Config, KeysInterface, ServerConfig};
 use fred::types::config::ConnectionConfig;
 use fred::types::Builder;
-use valkeylock::LockerOptions;
-use valkeylock_actors::{NodeAddr, Topology};
+use valkeylock::{LockerOptions, NodeAddr, Topology};
 
 use crate::args::{EXIT_NOT_HELD, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE};
 
@@ -26,8 +25,17 @@ async fn connect_all(options: &LockerOptions) -> Vec<Node> {
     let timeout = options.connect_timeout;
     let command_timeout = options.connect_timeout.max(options.try_next_after);
     let tasks = options.nodes.iter().cloned().map(|url| async move {
+        let addr = match NodeAddr::parse(&url) {
+            Ok(addr) => addr,
+            Err(e) => {
+                return Node {
+                    shown: e.url().to_owned(),
+                    client: Err(e.kind().to_string()),
+                }
+            }
+        };
+        let shown = addr.redacted_url();
         let client = async {
-            let addr = NodeAddr::parse(&url)?;
             if addr.tls {
                 return Err("TLS nodes are not supported by `status` and `release` yet".to_owned());
             }
@@ -38,6 +46,11 @@ async fn connect_all(options: &LockerOptions) -> Vec<Node> {
                 Topology::Cluster => ServerConfig::new_clustered(addr.hosts.clone()),
                 Topology::Sentinel { service } => {
                     ServerConfig::new_sentinel(addr.hosts.clone(), service.clone())
+                }
+                other => {
+                    return Err(format!(
+                        "{other:?} nodes are not supported by `status` and `release`"
+                    ))
                 }
             };
             let config = Config {
@@ -65,10 +78,7 @@ async fn connect_all(options: &LockerOptions) -> Vec<Node> {
             }
         }
         .await;
-        Node {
-            shown: redact(&url),
-            client,
-        }
+        Node { shown, client }
     });
     join_all(tasks).await
 }
@@ -341,21 +351,6 @@ pub(crate) async fn release(options: LockerOptions, name: &str, yes: bool) -> u8
     }
 }
 
-/// The URL without its password, for messages.
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let end = rest.find('/').unwrap_or(rest.len());
-    match rest[..end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
-        }
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,11 +363,5 @@ mod tests {
         assert_eq!(written_with(&hex), None);
         assert_eq!(written_with("a:b"), None);
         assert_eq!(written_with("x:mn"), None);
-    }
-
-    #[test]
-    fn urls() {
-        assert_eq!(redact("redis://u:secret@h:1/2"), "redis://u:***@h:1/2");
-        assert_eq!(redact("redis://h:1"), "redis://h:1");
     }
 }
