@@ -48,9 +48,9 @@ pub use event::LockEvent;
 pub use guard::LockGuard;
 pub use locker::Locker;
 pub use valkeylock_actors::{
-    format_duration, parse_duration, DurationErrorKind, Error, LeaseWatcher, LockRequest, LockerOptions,
-    LostReason, NodeAddr, NodeUrlErrorKind, ParseDurationError, ParseNodeError, Topology,
-    MAX_NAME_LEN,
+    format_duration, parse_duration, ConnectionErrorKind, DurationErrorKind, Error, LeaseWatcher,
+    LockRequest, LockerOptions, LostReason, NodeAddr, NodeUrlErrorKind, ParseDurationError, ParseNodeError,
+    Topology, MAX_NAME_LEN,
 };
 
 use valkeylock_actors::{AcquireKind, Engine, Lease};

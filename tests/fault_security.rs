@@ -20,7 +20,7 @@ use proptest::prelude::*;
 use support::proxy::*;
 use support::*;
 use tokio::time::{sleep, timeout, Instant};
-use valkeylock::{Error, Locker, LockerOptions, LostReason, MAX_NAME_LEN};
+use valkeylock::{ConnectionErrorKind, Error, Locker, LockerOptions, LostReason, MAX_NAME_LEN};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -195,14 +195,20 @@ fn password_auth_and_wrong_credentials() {
             (
                 format!("redis://:wrong@127.0.0.1:{}", server.port),
                 "wrong password",
+                format!("redis://:***@127.0.0.1:{}", server.port),
             ),
-            (format!("redis://127.0.0.1:{}", server.port), "no password"),
+            (
+                format!("redis://127.0.0.1:{}", server.port),
+                "no password",
+                format!("redis://127.0.0.1:{}", server.port),
+            ),
             (
                 format!("redis://nobody:{ADMIN_PASS}@127.0.0.1:{}", server.port),
                 "unknown user",
+                format!("redis://nobody:***@127.0.0.1:{}", server.port),
             ),
         ];
-        for (url, what) in cases {
+        for (url, what, redacted) in cases {
             let t = Instant::now();
             let r = Locker::connect(
                 LockerOptions::new([url])
@@ -212,16 +218,32 @@ fn password_auth_and_wrong_credentials() {
             .await;
             let elapsed = t.elapsed();
             match r {
-                Err(Error::Connection { message }) => {
-                    eprintln!("{what}: connect failed in {elapsed:?}: {message}");
-                    let m = message.to_ascii_uppercase();
+                Err(e @ Error::Connection { .. }) => {
+                    let shown = with_causes(&e);
+                    eprintln!("{what}: connect failed in {elapsed:?}: {shown}");
+                    let Error::Connection { kind, node, .. } = &e else {
+                        unreachable!()
+                    };
+                    assert_eq!(
+                        *kind,
+                        ConnectionErrorKind::Authentication,
+                        "{what}: {shown}"
+                    );
+                    assert_eq!(
+                        node.as_deref(),
+                        Some(redacted.as_str()),
+                        "{what}: the node, without its password"
+                    );
+                    let m = shown.to_ascii_uppercase();
                     assert!(
-                        m.contains("WRONGPASS") || m.contains("NOAUTH") || m.contains("AUTH"),
-                        "{what}: the error does not say it is about credentials: {message}"
+                        m.contains("WRONGPASS") || m.contains("NOAUTH"),
+                        "{what}: the server's reply is not in the error's causes: {shown}"
                     );
                     assert!(
-                        !message.contains(ADMIN_PASS) && !message.contains("wrong@"),
-                        "{what}: the error leaks the password: {message}"
+                        !format!("{e:?}").contains(ADMIN_PASS)
+                            && !shown.contains(ADMIN_PASS)
+                            && !shown.contains("wrong@"),
+                        "{what}: the error leaks the password: {shown}"
                     );
                 }
                 other => panic!("{what}: expected Error::Connection, got {other:?}"),
@@ -314,12 +336,23 @@ fn acl_user_with_the_minimal_command_set() {
         )
         .await;
         match r {
-            Err(Error::Connection { message }) => {
+            Err(e @ Error::Connection { .. }) => {
+                let shown = with_causes(&e);
                 eprintln!(
-                    "without +client|tracking: refused in {:?}: {message}",
+                    "without +client|tracking: refused in {:?}: {shown}",
                     t.elapsed()
                 );
-                assert!(message.to_ascii_uppercase().contains("NOPERM"), "{message}");
+                assert!(
+                    matches!(
+                        e,
+                        Error::Connection {
+                            kind: ConnectionErrorKind::Permission,
+                            ..
+                        }
+                    ),
+                    "{e:?}"
+                );
+                assert!(shown.to_ascii_uppercase().contains("NOPERM"), "{shown}");
             }
             other => panic!("expected a connection error, got {other:?}"),
         }

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::*;
-use valkeylock::{Error, Locker, LockerOptions, LostReason};
+use valkeylock::{ConnectionErrorKind, Error, Locker, LockerOptions, LostReason};
 
 /// A CA and a server certificate for 127.0.0.1, written to `dir`.
 fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
@@ -150,7 +150,16 @@ async fn lock_over_tls() {
     )
     .await
     .expect_err("untrusted certificate");
-    assert!(matches!(err, Error::Connection { .. }), "{err:?}");
-    eprintln!("untrusted server certificate: {err}");
+    eprintln!("untrusted server certificate: {}", with_causes(&err));
+    assert!(
+        matches!(
+            err,
+            Error::Connection {
+                kind: ConnectionErrorKind::Tls,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

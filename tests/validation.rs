@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use valkeylock::{Error, Locker, LockerOptions, MAX_NAME_LEN};
+use valkeylock::{ConnectionErrorKind, Error, Locker, LockerOptions, MAX_NAME_LEN};
 
 const PREFIX: &str = "valkeylock";
 
@@ -210,28 +210,49 @@ async fn invalid_names_are_rejected() {
     single.close().await;
 }
 
+/// The kind, node and causes of a connection error (panics on anything else).
+fn connection_error(
+    r: Result<Locker, Error>,
+    what: &str,
+) -> (ConnectionErrorKind, Option<String>, String) {
+    match r {
+        Err(e @ Error::Connection { .. }) => {
+            let shown = with_causes(&e);
+            eprintln!("{what}: {shown}");
+            match e {
+                Error::Connection { kind, node, .. } => (kind, node, shown),
+                _ => unreachable!(),
+            }
+        }
+        other => panic!("{what}: expected Error::Connection, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn nothing_listening_is_a_connection_error() {
     init_tracing();
-    let opts = LockerOptions::new([format!("redis://127.0.0.1:{}", dead_port())])
+    let dead = format!("redis://127.0.0.1:{}", dead_port());
+    let opts = LockerOptions::new([dead.clone()])
         .with_key_majority(1)
         .with_connect_timeout(ms(500));
-    match Locker::connect(opts).await {
-        Err(Error::Connection { message }) => eprintln!("connection error: {message}"),
-        other => panic!("expected Error::Connection, got {other:?}"),
-    }
+    let (kind, node, shown) = connection_error(Locker::connect(opts).await, "nothing listening");
+    assert_eq!(kind, ConnectionErrorKind::Unreachable, "{shown}");
+    assert_eq!(node.as_deref(), Some(dead.as_str()));
     // Two of three nodes unreachable: no majority of keys.
     let server = ValkeyServer::start();
-    let opts = LockerOptions::new([
-        server.url(),
+    let (dead1, dead2) = (
         format!("redis://127.0.0.1:{}", dead_port()),
         format!("redis://127.0.0.1:{}", dead_port()),
-    ])
-    .with_connect_timeout(ms(500));
-    match Locker::connect(opts).await {
-        Err(Error::Connection { message }) => eprintln!("connection error: {message}"),
-        other => panic!("expected Error::Connection with 1 of 3 nodes up, got {other:?}"),
-    }
+    );
+    let opts = LockerOptions::new([server.url(), dead1.clone(), dead2.clone()])
+        .with_connect_timeout(ms(500));
+    let (kind, node, shown) = connection_error(Locker::connect(opts).await, "1 of 3 nodes up");
+    assert_eq!(kind, ConnectionErrorKind::Unreachable, "{shown}");
+    assert_eq!(node, None, "two nodes are down, not one");
+    assert!(
+        shown.contains("only 1 of 3 keys") && shown.contains(&dead1) && shown.contains(&dead2),
+        "{shown}"
+    );
     // One of three unreachable: still a majority, connect succeeds.
     let server2 = ValkeyServer::start();
     let opts = LockerOptions::new([
@@ -260,34 +281,28 @@ async fn wrong_password_is_a_connection_error() {
         server.port
     )])
     .with_key_majority(1);
-    match Locker::connect(wrong).await {
-        Err(Error::Connection { message }) => {
-            eprintln!("wrong password: {message}");
-            assert!(
-                !message.contains("not-the-pa55word"),
-                "the password leaked into the error: {message}"
-            );
-            // "Which node(s) and why": a refused password is not "no answer".
-            let m = message.to_ascii_lowercase();
-            assert!(
-                m.contains("wrongpass") || m.contains("auth") || m.contains("password"),
-                "the error does not say the credentials were refused: {message}"
-            );
-        }
-        other => panic!("expected Error::Connection for a wrong password, got {other:?}"),
-    }
+    let (kind, node, shown) = connection_error(Locker::connect(wrong).await, "wrong password");
+    assert_eq!(kind, ConnectionErrorKind::Authentication, "{shown}");
+    assert_eq!(
+        node,
+        Some(format!("redis://:***@127.0.0.1:{}", server.port))
+    );
+    assert!(
+        !shown.contains("not-the-pa55word"),
+        "the password leaked into the error: {shown}"
+    );
+    // "Which node(s) and why": a refused password is not "no answer".
+    assert!(
+        shown.to_ascii_uppercase().contains("WRONGPASS"),
+        "the error does not say the credentials were refused: {shown}"
+    );
     let missing = LockerOptions::new([server.url()]).with_key_majority(1);
-    match Locker::connect(missing).await {
-        Err(Error::Connection { message }) => {
-            eprintln!("no password: {message}");
-            let m = message.to_ascii_lowercase();
-            assert!(
-                m.contains("noauth") || m.contains("auth") || m.contains("password"),
-                "the error does not say authentication is required: {message}"
-            );
-        }
-        other => panic!("expected Error::Connection without a password, got {other:?}"),
-    }
+    let (kind, _, shown) = connection_error(Locker::connect(missing).await, "no password");
+    assert_eq!(kind, ConnectionErrorKind::Authentication, "{shown}");
+    assert!(
+        shown.to_ascii_uppercase().contains("NOAUTH"),
+        "the error does not say authentication is required: {shown}"
+    );
     let right = LockerOptions::new([format!("redis://:secret@127.0.0.1:{}", server.port)])
         .with_key_majority(1);
     let locker = Locker::connect(right).await.expect("right password");

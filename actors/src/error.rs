@@ -1,10 +1,15 @@
 //! The one error type of the public API, and the reasons a held lock can end.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Everything a locker call can fail with. Each variant is something a caller can
 /// act on; no client-library type appears here.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// `Clone` (the cause of a connection error is shared), but not `PartialEq`:
+/// a cause is an arbitrary error, which has no equality. Match on the
+/// variant and its fields instead (`matches!(e, Error::Closed)`).
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// One attempt did not get a majority of the keys (from `try_lock`, or a
@@ -80,13 +85,82 @@ pub enum Error {
         /// Keys whose delete got no answer.
         unconfirmed: usize,
     },
-    /// Connecting to Valkey failed in a way that makes the locker unusable
-    /// (wrong credentials, unreachable majority, a server without RESP3…).
-    #[error("cannot connect to Valkey: {message}")]
+    /// Connecting to Valkey failed in a way that makes the locker unusable:
+    /// wrong credentials, missing permissions, a server without RESP3, too few
+    /// reachable nodes… [`kind`](ConnectionErrorKind) says which, to act on;
+    /// the error's [`source`](std::error::Error::source) is the underlying
+    /// error (the server's reply, the socket's error) when there is one.
+    ///
+    /// `#[non_exhaustive]`: match it with `Error::Connection { kind, .. }`.
+    #[error("cannot connect to Valkey{}: {message}", node.as_ref().map(|n| format!(" at {n}")).unwrap_or_default())]
+    #[non_exhaustive]
     Connection {
-        /// Which node(s) and why.
+        /// What went wrong, to act on.
+        kind: ConnectionErrorKind,
+        /// The node it concerns, as configured but with its password
+        /// replaced by `***`; `None` when it concerns several (the message
+        /// then names each) or none (the engine could not start).
+        node: Option<String>,
+        /// What happened, in words (no passwords).
         message: String,
+        /// The underlying error, also given by `std::error::Error::source`.
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
     },
+}
+
+/// What kind of failure an [`Error::Connection`] is, so a caller can tell
+/// "fix the configuration" from "try again later".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConnectionErrorKind {
+    /// The server refused the credentials: a wrong password, an unknown or
+    /// disabled user (`WRONGPASS`), or none given where one is required
+    /// (`NOAUTH`). Permanent: `connect` fails at once.
+    Authentication,
+    /// The user may not run a command the locker needs (`NOPERM`), such as
+    /// `CLIENT TRACKING`; the README lists the commands. Permanent.
+    Permission,
+    /// Nothing answered: connection refused or reset, no route, a name that
+    /// does not resolve, no reachable Sentinel or cluster node.
+    Unreachable,
+    /// A node did not finish connecting within `connect_timeout`.
+    Timeout,
+    /// The server does not speak what the locker needs: no RESP3
+    /// (`NOPROTO`), no `CLIENT TRACKING` (an unknown command), or it sent
+    /// something that could not be read. Permanent when the server said so.
+    Protocol,
+    /// The TLS handshake failed: a certificate not signed by a trusted
+    /// authority, a server that does not speak TLS.
+    Tls,
+    /// The client could not be set up with the options: an unreadable
+    /// `tls_ca_file`, a cluster URL for a server without cluster support.
+    /// Permanent.
+    Configuration,
+    /// Anything else: the engine's thread or actors could not start, a
+    /// failure not recognised.
+    Other,
+}
+
+impl ConnectionErrorKind {
+    /// A short, stable, lowercase label, for metrics and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ConnectionErrorKind::Authentication => "authentication",
+            ConnectionErrorKind::Permission => "permission",
+            ConnectionErrorKind::Unreachable => "unreachable",
+            ConnectionErrorKind::Timeout => "timeout",
+            ConnectionErrorKind::Protocol => "protocol",
+            ConnectionErrorKind::Tls => "tls",
+            ConnectionErrorKind::Configuration => "configuration",
+            ConnectionErrorKind::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for ConnectionErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Why a held lock ended. Delivered once by `lost()`, by the lock's
@@ -185,6 +259,37 @@ mod tests {
             "not locked: \"n\" acquired 1 of 2 needed keys (3 in all); held by another owner"
         );
         assert_eq!(Error::Closed.to_string(), "locker closed");
+        let io = std::io::Error::other("refused");
+        let e = Error::Connection {
+            kind: ConnectionErrorKind::Unreachable,
+            node: Some("redis://u:***@h:1".into()),
+            message: "only 0 of 1 keys live on reachable nodes, 1 needed".into(),
+            source: Some(Arc::new(io)),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot connect to Valkey at redis://u:***@h:1: only 0 of 1 keys live on reachable nodes, 1 needed"
+        );
+        let source = std::error::Error::source(&e).expect("a source");
+        assert_eq!(source.to_string(), "refused");
+        // Clones share the source.
+        let copy = e.clone();
+        assert!(std::error::Error::source(&copy).is_some());
+        let e = Error::Connection {
+            kind: ConnectionErrorKind::Other,
+            node: None,
+            message: "cannot start the engine's thread".into(),
+            source: None,
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot connect to Valkey: cannot start the engine's thread"
+        );
+        assert!(std::error::Error::source(&e).is_none());
+        assert_eq!(
+            ConnectionErrorKind::Authentication.to_string(),
+            "authentication"
+        );
         assert_eq!(LostReason::EngineStopped.as_str(), "engine_stopped");
         assert_eq!(
             LostReason::EngineStopped.to_string(),

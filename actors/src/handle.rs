@@ -15,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 use crate::clock;
 use crate::context::{count_send, Shared};
 use crate::core::{RequestKind, Time};
-use crate::error::{Error, LostReason};
+use crate::error::{ConnectionErrorKind, Error, LostReason};
+use crate::failure::startup_verdict;
 use crate::keys;
-use crate::msg::{GrantParts, GrantStatus, LockMsg, NodeReport, Released, Request, SupervisorMsg};
+use crate::msg::{GrantParts, GrantStatus, LockMsg, Released, Request, SupervisorMsg};
 use crate::options::LockerOptions;
 use crate::request::LockRequest;
 use crate::runtime::EngineRuntime;
@@ -77,18 +78,16 @@ impl Engine {
                     .map_err(|e| e.to_string())
             })
             .await;
+        let not_started = |e: String| Error::Connection {
+            kind: ConnectionErrorKind::Other,
+            node: None,
+            message: format!("cannot start the supervisor: {e}"),
+            source: None,
+        };
         let (supervisor, shared) = match started {
             Ok(Ok(started)) => started,
-            Ok(Err(e)) => {
-                return Err(Error::Connection {
-                    message: format!("cannot start the supervisor: {e}"),
-                })
-            }
-            Err(e) => {
-                return Err(Error::Connection {
-                    message: format!("cannot start the supervisor: {e}"),
-                })
-            }
+            Ok(Err(e)) => return Err(not_started(e)),
+            Err(e) => return Err(not_started(e.to_string())),
         };
         let engine = Engine {
             supervisor,
@@ -113,39 +112,9 @@ impl Engine {
             Ok(ractor::rpc::CallResult::Success(r)) => r,
             _ => vec![None; s.nodes.len()],
         };
-        let mut problems = Vec::new();
-        let mut up = Vec::with_capacity(reports.len());
-        for (i, report) in reports.iter().enumerate() {
-            let addr = s.nodes[i].display();
-            match report {
-                Some(NodeReport::Up) => up.push(true),
-                Some(NodeReport::Down { error, permanent }) => {
-                    if *permanent {
-                        engine.shutdown_now();
-                        return Err(Error::Connection {
-                            message: format!("{addr}: {error}"),
-                        });
-                    }
-                    problems.push(format!("{addr}: {error}"));
-                    up.push(false);
-                }
-                None => {
-                    problems.push(format!("{addr}: no answer within {:?}", s.connect_timeout));
-                    up.push(false);
-                }
-            }
-        }
-        let reachable = s.keys_on_live_nodes(&up);
-        if reachable < s.majority {
+        if let Err(e) = startup_verdict(s, &reports) {
             engine.shutdown_now();
-            return Err(Error::Connection {
-                message: format!(
-                    "only {reachable} of {} keys live on reachable nodes, {} needed ({})",
-                    s.total,
-                    s.majority,
-                    problems.join("; ")
-                ),
-            });
+            return Err(e);
         }
         Ok(engine)
     }

@@ -21,7 +21,9 @@
 //! - `duration`: durations as text, read and written with `humantime`.
 //! - `options`: `LockerOptions` and their validation.
 //! - `request`: `LockRequest`, one call's options, checked against them.
-//! - `error`: `Error` and `LostReason`.
+//! - `error`: `Error`, `ConnectionErrorKind` and `LostReason`.
+//! - `failure`: fred's connection errors sorted into `ConnectionErrorKind`,
+//!   and the verdict on a locker's first connections.
 //! - `clock`: the engine's clock (`CLOCK_BOOTTIME`).
 //!
 //! The actor system:
@@ -43,6 +45,7 @@ mod context;
 mod core;
 mod duration;
 mod error;
+mod failure;
 mod handle;
 mod keys;
 mod lock;
@@ -59,7 +62,7 @@ mod timers;
 
 pub use addr::{NodeAddr, NodeUrlErrorKind, ParseNodeError, Topology};
 pub use duration::{format_duration, parse_duration, DurationErrorKind, ParseDurationError};
-pub use error::{Error, LostReason};
+pub use error::{ConnectionErrorKind, Error, LostReason};
 #[cfg(feature = "fault-injection")]
 pub use handle::Faults;
 pub use handle::{AcquireKind, Engine, Lease, LeaseWatcher};

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::{CmdId, Op, Outcome, ReqId, RequestKind, Terms, Time};
 use crate::error::{Error, LostReason};
+use crate::failure::{NodeFailure, NodeReport};
 use crate::scripts::{SetMode, Token};
 
 /// What a grant looks like to its holder, published by its `LockActor`.
@@ -132,13 +133,6 @@ pub(crate) enum NodeMsg {
     ConnectionEnded(String),
 }
 
-/// First connection result of a node, for `Engine::start`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum NodeReport {
-    Up,
-    Down { error: String, permanent: bool },
-}
-
 /// Messages of the Supervisor.
 #[derive(Debug)]
 pub(crate) enum SupervisorMsg {
@@ -154,8 +148,7 @@ pub(crate) enum SupervisorMsg {
     NodeDown {
         node: usize,
         actor: ActorId,
-        error: String,
-        permanent: bool,
+        failure: NodeFailure,
     },
     /// Start node `node` again.
     Respawn { node: usize },

@@ -44,6 +44,7 @@ use tracing::{debug, info, warn};
 use crate::addr::{NodeAddr, Topology};
 use crate::context::{AbortOnDrop, Shared};
 use crate::core::{Op, Outcome};
+use crate::failure::NodeFailure;
 use crate::keys;
 use crate::msg::{Connection, ExtendItem, Job, LockMsg, NodeMsg, NodeReply, SupervisorMsg};
 use crate::scripts::{
@@ -188,15 +189,22 @@ impl Actor for NodeActor {
                 });
             }
             NodeMsg::Connected(Err(e)) => {
-                let permanent = is_permanent(&e);
-                warn!(node = %state.addr, index = state.index, error = %e, permanent, "node connection failed");
+                let why = format!("connect to {} failed: {e}", state.addr);
+                let failure = NodeFailure::from_fred(e);
+                warn!(
+                    node = %state.addr,
+                    index = state.index,
+                    error = %failure.source,
+                    kind = failure.kind.as_str(),
+                    permanent = failure.permanent,
+                    "node connection failed"
+                );
                 let _ = state.supervisor.cast(SupervisorMsg::NodeDown {
                     node: state.index,
                     actor: myself.get_id(),
-                    error: e.to_string(),
-                    permanent,
+                    failure,
                 });
-                return Err(format!("connect to {} failed: {e}", state.addr).into());
+                return Err(why.into());
             }
             NodeMsg::Extend(item) => {
                 if !state.connected {
@@ -511,7 +519,7 @@ async fn watch_sentinels(
         )));
     }
     // The last error's kind and text, so an authentication error stays
-    // recognisable (`is_permanent`); every Sentinel's in the message.
+    // recognisable (`failure::classify`); every Sentinel's in the message.
     let kind = failures
         .last()
         .map(|(_, e)| e.kind().clone())
@@ -950,25 +958,4 @@ where
         }
         result => result,
     }
-}
-
-/// Errors no retry will fix: wrong credentials, missing permissions, a server
-/// without RESP3 or tracking.
-fn is_permanent(e: &fred::error::Error) -> bool {
-    use fred::error::ErrorKind;
-    if matches!(e.kind(), ErrorKind::Auth | ErrorKind::Config) {
-        return true;
-    }
-    let text = e.details().to_ascii_uppercase();
-    [
-        "WRONGPASS",
-        "NOAUTH",
-        "NOPERM",
-        "NOPROTO",
-        "UNKNOWN COMMAND",
-        "UNKNOWN SUBCOMMAND",
-        "INVALIDUSERNAMEPASSWORD",
-    ]
-    .iter()
-    .any(|p| text.contains(p))
 }

@@ -35,7 +35,7 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-use crate::error::Error;
+use crate::error::{ConnectionErrorKind, Error};
 
 /// The thread's name, as `top` and a debugger show it.
 const THREAD_NAME: &str = "valkeylock-engine";
@@ -56,7 +56,10 @@ impl EngineRuntime {
     /// [`EngineRuntime::take_stop`] hands out fires, or until it is dropped.
     pub(crate) fn dedicated() -> Result<EngineRuntime, Error> {
         let failed = |e: std::io::Error| Error::Connection {
-            message: format!("cannot start the engine's thread: {e}"),
+            kind: ConnectionErrorKind::Other,
+            node: None,
+            message: "cannot start the engine's thread".into(),
+            source: Some(std::sync::Arc::new(e)),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let (started, handle) = std::sync::mpsc::channel();

@@ -26,8 +26,9 @@ use tracing::{debug, info, warn};
 use crate::context::{count_send, retired, AbortOnDrop, LockRoute, Shared};
 use crate::core::quorum;
 use crate::error::Error;
+use crate::failure::{NodeFailure, NodeReport};
 use crate::lock::{LockActor, LockArgs};
-use crate::msg::{LockMsg, NodeMsg, NodeReport, Request, SupervisorMsg};
+use crate::msg::{LockMsg, NodeMsg, Request, SupervisorMsg};
 use crate::node::{NodeActor, NodeArgs};
 use std::sync::atomic::AtomicU64;
 
@@ -145,8 +146,7 @@ impl Actor for Supervisor {
             SupervisorMsg::NodeDown {
                 node,
                 actor,
-                error,
-                permanent,
+                failure,
             } => {
                 // The actor has failed by now, and ractor delivers that
                 // supervision event before this message: no id check, any
@@ -154,7 +154,7 @@ impl Actor for Supervisor {
                 let _ = actor;
                 let slot = &mut st.nodes[node];
                 if slot.report.is_none() {
-                    slot.report = Some(NodeReport::Down { error, permanent });
+                    slot.report = Some(NodeReport::Down(failure));
                     st.answer_ready();
                 }
             }
@@ -266,10 +266,9 @@ impl SupervisorState {
                 let slot = &mut self.nodes[i];
                 warn!(index = i, error = %e, "cannot start node actor");
                 if slot.report.is_none() {
-                    slot.report = Some(NodeReport::Down {
-                        error: e.to_string(),
-                        permanent: true,
-                    });
+                    slot.report = Some(NodeReport::Down(NodeFailure::not_started(format!(
+                        "cannot start the node's actor: {e}"
+                    ))));
                     self.answer_ready();
                 }
                 let slot = &mut self.nodes[i];

@@ -289,3 +289,16 @@ pub async fn wake_after_release(
         .expect("task");
     (at - released, g.expect("the waiter's lock"))
 }
+
+/// An error's text followed by its causes' (`std::error::Error::source`),
+/// `: `-separated, for assertions on everything a user would be shown.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}

@@ -59,6 +59,19 @@ impl Signals {
     }
 }
 
+/// The error and its causes, `: `-separated: a connection error's cause is
+/// the server's reply or the socket's error.
+fn with_causes(error: &Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 fn exit_for(error: &Error) -> u8 {
     match error {
         Error::Connection { .. } => EXIT_UNAVAILABLE,
@@ -86,7 +99,7 @@ pub(crate) async fn run(options: LockerOptions, args: RunArgs) -> u8 {
         r = Locker::connect(options.with_fencing(true)) => match r {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("valkeylock: {e}");
+                eprintln!("valkeylock: {}", with_causes(&e));
                 return exit_for(&e);
             }
         },
@@ -166,7 +179,7 @@ async fn wait(
             EXIT_WAIT_TIMEOUT
         }
         Some(e) => {
-            eprintln!("valkeylock: {e}");
+            eprintln!("valkeylock: {}", with_causes(&e));
             exit_for(&e)
         }
     })
