@@ -11,17 +11,37 @@
 //!
 //! # Layout
 //! - [`Locker`]: connect, `lock`, `try_lock`, `force_lock`, their `_with`
-//!   forms, `lock_for` (message-based, for actors), `close`.
+//!   forms, `lock_for` (message-based, for actors; feature `ractor`), `close`.
 //! - [`LockGuard`]: a held lock: `is_held`, `valid_until`, `lost`,
 //!   `cancellation_token`, `release`.
-//! - [`LockEvent`]: what an actor receives from `lock_for`.
+//! - `LockEvent` (feature `ractor`): what an actor receives from `lock_for`.
 //! - [`LockRequest`]: one call's options: a wait limit, its own validity, a
 //!   maximum hold (`lock_with`, `try_lock_with`).
-//! - [`LockerOptions`]: configuration (builder and serde).
-//! - [`Error`], [`LostReason`].
+//! - [`LockerOptions`]: configuration (builder and serde); [`NodeAddr`]: the
+//!   node URL grammar; [`parse_duration`] / [`format_duration`]: durations
+//!   as text.
+//! - [`Error`] (with [`ConnectionErrorKind`]), [`LostReason`],
+//!   [`ParseNodeError`], [`ParseDurationError`].
 //!
 //! The engine (Supervisor, NodeActor, LockActor) lives in the
-//! `valkeylock-actors` crate; only the handles re-exported here are stable.
+//! `valkeylock-actors` crate. That crate is not a stable API: only the items
+//! re-exported here are; its other public items are hidden from its docs and
+//! may change in any release.
+//!
+//! # Feature flags
+//! All off by default: a plain `valkeylock` dependency compiles the locker
+//! and nothing else.
+//! - `ractor`: `Locker::lock_for` and `LockEvent`, message-based locking for
+//!   [ractor](https://docs.rs/ractor) actors. These items take ractor's
+//!   `ActorRef`, so they follow ractor's versions; behind a feature, the rest
+//!   of the API does not tie you to them (the engine uses ractor inside
+//!   either way).
+//! - `tls`: `rediss://` / `valkeys://` nodes, through rustls (ring), and the
+//!   `tls_ca_file` option.
+//! - `cli`: the `valkeylock` command-line tool (clap, toml, nix); not a
+//!   library API.
+//! - `fault-injection`: `Locker::faults()`, kill switches for the engine's
+//!   actors in tests. Not a stable API.
 //!
 //! # Example
 //! ```no_run
@@ -40,10 +60,12 @@
 //! # async fn do_work() {}
 //! ```
 
+#[cfg(feature = "ractor")]
 mod event;
 mod guard;
 mod locker;
 
+#[cfg(feature = "ractor")]
 pub use event::LockEvent;
 pub use guard::LockGuard;
 pub use locker::Locker;
@@ -69,6 +91,7 @@ mod assertions {
         send_sync_static::<Locker>();
         send_sync_static::<LockGuard>();
         send_sync_static::<LeaseWatcher>();
+        #[cfg(feature = "ractor")]
         send_sync_static::<LockEvent>();
         send_sync_static::<LockerOptions>();
         send_sync_static::<LockRequest>();

@@ -2,9 +2,12 @@
 
 use std::sync::Arc;
 
+#[cfg(feature = "ractor")]
 use ractor::{ActorRef, Message};
+#[cfg(feature = "ractor")]
 use tokio::task::JoinHandle;
 
+#[cfg(feature = "ractor")]
 use crate::event::LockEvent;
 use crate::guard::LockGuard;
 use crate::{AcquireKind, Engine, Error, LockRequest, LockerOptions};
@@ -167,6 +170,10 @@ impl Locker {
     /// handle to withdraw the wait.
     ///
     /// The actor's message type only needs `From<LockEvent>`.
+    ///
+    /// Needs the `ractor` feature (off by default): it takes ractor's
+    /// `ActorRef`, so it follows ractor's versions.
+    #[cfg(feature = "ractor")]
     pub fn lock_for<M>(&self, name: &str, actor: ActorRef<M>) -> JoinHandle<()>
     where
         M: Message + From<LockEvent>,

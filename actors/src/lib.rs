@@ -1,9 +1,12 @@
 //! Engine of [valkeylock](https://docs.rs/valkeylock): distributed locks over
 //! Valkey, as actors on ractor, woken by client-side caching.
 //!
-//! Implementation detail of the `valkeylock` crate: only the items it
-//! re-exports are stable. Actor messages and states are `pub(crate)`; only
-//! handles ([`Engine`], [`Lease`], [`LeaseWatcher`]) leave this crate.
+//! **Not a stable API.** This crate is an implementation detail of the
+//! `valkeylock` crate: depend on that one. Only the items `valkeylock`
+//! re-exports are stable; the handles it uses internally (`Engine`, `Lease`,
+//! `AcquireKind`, `Faults`) are public but hidden from these docs, and may
+//! change in any release. Actor messages and states are `pub(crate)`; only
+//! handles leave this crate.
 //!
 //! # Layout
 //! Decisions are pure code; actors are thin shells that move messages and
@@ -63,9 +66,13 @@ mod timers;
 pub use addr::{NodeAddr, NodeUrlErrorKind, ParseNodeError, Topology};
 pub use duration::{format_duration, parse_duration, DurationErrorKind, ParseDurationError};
 pub use error::{ConnectionErrorKind, Error, LostReason};
+// Used by the `valkeylock` facade, not re-exported by it: not stable.
 #[cfg(feature = "fault-injection")]
+#[doc(hidden)]
 pub use handle::Faults;
-pub use handle::{AcquireKind, Engine, Lease, LeaseWatcher};
+pub use handle::LeaseWatcher;
+#[doc(hidden)]
+pub use handle::{AcquireKind, Engine, Lease};
 pub use keys::MAX_NAME_LEN;
 pub use options::LockerOptions;
 pub use request::LockRequest;
