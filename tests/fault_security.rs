@@ -836,6 +836,19 @@ proptest! {
     }
 
     #[test]
+    fn node_urls_never_panic(
+        text in "\\PC{0,40}|(redis|valkey|rediss)(-cluster|-sentinel)?://[a-z:@%/?=&,\\[\\]0-9.#]{0,30}"
+    ) {
+        match valkeylock::NodeAddr::parse(&text) {
+            Ok(a) => {
+                prop_assert!(!a.hosts.is_empty());
+                let _ = (a.placement_key(), a.display(), a.redacted_url());
+            }
+            Err(e) => prop_assert!(!e.to_string().is_empty()),
+        }
+    }
+
+    #[test]
     fn durations_never_panic(text in "\\PC{0,24}|[0-9.]{1,30}(ns|us|ms|s|m|h){0,2}") {
         if let Ok(d) = valkeylock::parse_duration(&text) {
             let shown = valkeylock::format_duration(d);
