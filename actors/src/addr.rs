@@ -696,7 +696,7 @@ mod tests {
             ("localhost:6379", UnsupportedScheme("localhost".into())),
             ("http://x", UnsupportedScheme("http".into())),
             (
-                "redis+unix:///tmp/valkey.sock",
+                "redis+unix:///run/valkey/valkey.sock",
                 UnsupportedScheme("redis+unix".into()),
             ),
             ("redis://", MissingHost),
