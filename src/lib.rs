@@ -71,8 +71,8 @@ pub use guard::LockGuard;
 pub use locker::Locker;
 pub use valkeylock_actors::{
     format_duration, parse_duration, ConnectionErrorKind, DurationErrorKind, Error, LeaseWatcher,
-    LockRequest, LockerOptions, LostReason, NodeAddr, NodeUrlErrorKind, ParseDurationError, ParseNodeError,
-    Topology, MAX_NAME_LEN,
+    LockRequest, LockerOptions, LostReason, NodeAddr, NodeUrlErrorKind, ParseDurationError,
+    ParseNodeError, Topology, MAX_NAME_LEN,
 };
 
 use valkeylock_actors::{AcquireKind, Engine, Lease};
