@@ -17,6 +17,8 @@
 //! - `LockEvent` (feature `ractor`): what an actor receives from `lock_for`.
 //! - [`LockRequest`]: one call's options: a wait limit, its own validity, a
 //!   maximum hold (`lock_with`, `try_lock_with`).
+//! - Looking without taking: [`Locker::inspect`] ([`LockInfo`]),
+//!   [`Locker::watch`] ([`LockWatch`]), [`Locker::health`] ([`Health`]).
 //! - [`LockerOptions`]: configuration (builder and serde); [`NodeAddr`]: the
 //!   node URL grammar; [`parse_duration`] / [`format_duration`]: durations
 //!   as text.
@@ -70,9 +72,10 @@ pub use event::LockEvent;
 pub use guard::LockGuard;
 pub use locker::Locker;
 pub use valkeylock_actors::{
-    format_duration, parse_duration, ConnectionErrorKind, DurationErrorKind, Error, LeaseWatcher,
-    LockRequest, LockerOptions, LostReason, NodeAddr, NodeUrlErrorKind, ParseDurationError,
-    ParseNodeError, Topology, MAX_NAME_LEN,
+    format_duration, parse_duration, ConnectionErrorKind, DurationErrorKind, Error, FenceInfo,
+    ForcedRelease, Health, KeyInfo, KeyValue, LeaseWatcher, LockInfo, LockRequest, LockState,
+    LockWatch, LockerOptions, LostReason, NodeAddr, NodeHealth, NodeUrlErrorKind,
+    ParseDurationError, ParseNodeError, Topology, MAX_NAME_LEN,
 };
 
 use valkeylock_actors::{AcquireKind, Engine, Lease};
@@ -97,6 +100,9 @@ mod assertions {
         send_sync_static::<LockRequest>();
         send_sync_static::<Error>();
         send_sync_static::<LostReason>();
+        send_sync_static::<LockWatch>();
+        send_sync_static::<LockInfo>();
+        send_sync_static::<Health>();
     }
 
     /// Never called: it only has to compile.
@@ -112,6 +118,8 @@ mod assertions {
         send(&watcher.lost());
         send(&guard.lost());
         send(&guard.release());
+        send(&locker.inspect("x"));
+        send(&locker.force_release("x"));
     }
 }
 

@@ -10,7 +10,10 @@ use tokio::task::JoinHandle;
 #[cfg(feature = "ractor")]
 use crate::event::LockEvent;
 use crate::guard::LockGuard;
-use crate::{AcquireKind, Engine, Error, LockRequest, LockerOptions};
+use crate::{
+    AcquireKind, Engine, Error, ForcedRelease, Health, LockInfo, LockRequest, LockWatch,
+    LockerOptions,
+};
 
 /// A distributed locker over one or more Valkey instances. Cheap to clone;
 /// all clones share one set of connections. Every [`LockGuard`] it hands out
@@ -207,6 +210,88 @@ impl Locker {
     /// Later calls on any clone fail with [`Error::Closed`]. Idempotent.
     pub async fn close(&self) {
         self.inner.engine.close().await;
+    }
+
+    /// Looks at `name` without taking it: each key's node, owner (the first
+    /// characters of its token), remaining TTL and whether it is this
+    /// locker's, the fencing counter on each node, and whether the lock is
+    /// held, free or unknown by the lock's own majority rule. Keys that
+    /// cannot be read (node down, no answer) are unknown, never free.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::Closed`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(locker: valkeylock::Locker) -> Result<(), valkeylock::Error> {
+    /// use valkeylock::LockState;
+    /// let info = locker.inspect("my_lock").await?;
+    /// match &info.state {
+    ///     LockState::Held { owner, ours, expires_in, .. } => {
+    ///         println!("held by {owner} (ours: {ours}), expires in {expires_in:?} unless extended")
+    ///     }
+    ///     LockState::Free => println!("free"),
+    ///     LockState::Unknown { unreadable } => println!("unknown: {unreadable} keys unreadable"),
+    ///     _ => {}
+    /// }
+    /// for key in &info.keys {
+    ///     println!("{} on {}: {:?}", key.key, key.address, key.value);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn inspect(&self, name: &str) -> Result<LockInfo, Error> {
+        self.inner.engine.inspect(name).await
+    }
+
+    /// Follows `name`'s state (held by whom, free, unknown) without taking
+    /// it. Cheap: it reads the keys again only when an invalidation, a
+    /// reconnect or this locker's own grant or release says they may have
+    /// changed (plus a slow backstop). Dropping the [`LockWatch`] stops it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::Closed`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(locker: valkeylock::Locker) -> Result<(), valkeylock::Error> {
+    /// let mut watch = locker.watch("my_lock")?;
+    /// loop {
+    ///     let info = watch.changed().await?; // the first call: the current state
+    ///     println!("{}: {:?}", info.name, info.state);
+    /// }
+    /// # }
+    /// ```
+    pub fn watch(&self, name: &str) -> Result<LockWatch, Error> {
+        self.inner.engine.watch(name)
+    }
+
+    /// The health of each node's connection (connected or not, since when,
+    /// reconnects, last error) and whether enough nodes are up to take a
+    /// lock, for readiness probes. Sends no command.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # fn demo(locker: &valkeylock::Locker) {
+    /// let health = locker.health();
+    /// for node in &health.nodes {
+    ///     println!("{}: connected {} for {:?}, {} reconnects", node.address, node.connected, node.duration, node.reconnects);
+    /// }
+    /// let ready = health.ready;
+    /// # }
+    /// ```
+    pub fn health(&self) -> Health {
+        self.inner.engine.health()
+    }
+
+    /// Deletes every key of `name` whoever holds it (its holder loses the
+    /// lock), keeping the fencing counter: what `valkeylock release --force`
+    /// does, for operators. One `DEL` per node.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::Closed`]. Nodes that fail are counted
+    /// in [`ForcedRelease::failed`].
+    pub async fn force_release(&self, name: &str) -> Result<ForcedRelease, Error> {
+        self.inner.engine.force_release(name).await
     }
 
     /// True once closed.

@@ -2,18 +2,25 @@
 //! the scripts, and two routing tables the Supervisor owns and everyone reads:
 //! node index → current `NodeActor`, and lock name → its `LockActor`.
 //!
+//! Two more tables feed the observers: node health (written by the node
+//! actors, read by `Engine::health`) and the `LockWatch`es per name (woken by
+//! invalidations, reconnects and this locker's own grants and releases).
+//!
 //! Why tables instead of asking the Supervisor: invalidations must reach a
 //! `LockActor` in one hop (a wake-up is a latency path), and a `LockActor` must
 //! not `.await` the Supervisor inside a handler. Only the Supervisor writes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use ractor::ActorRef;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::core::{Config, Fencing, Life, Terms};
+use crate::health::HealthTable;
 use crate::msg::{Job, LockMsg, NodeMsg};
 use crate::options::Settings;
 use crate::scripts::Scripts;
@@ -63,6 +70,17 @@ pub(crate) struct Shared {
     locks: RwLock<HashMap<Arc<str>, LockRoute>>,
     /// Holders alive in this locker (see `notice_allowance`).
     pub(crate) holders: Arc<AtomicUsize>,
+    /// Each node's connection, for `Engine::health`.
+    health: Mutex<HealthTable>,
+    /// The `LockWatch`es of each name: woken when the name's keys may have
+    /// changed.
+    watchers: RwLock<HashMap<Arc<str>, Vec<(u64, Arc<Notify>)>>>,
+    /// How many `LockWatch`es there are: with none (the usual case) the
+    /// invalidation path skips the table.
+    watcher_count: AtomicUsize,
+    next_watcher: AtomicU64,
+    /// Cancelled when the locker closes: ends the `LockWatch` tasks.
+    pub(crate) closed: CancellationToken,
 }
 
 /// How requests reach a name's `LockActor`, and how many were sent to it
@@ -86,7 +104,102 @@ impl Shared {
             lanes: RwLock::new(vec![None; n]),
             locks: RwLock::new(HashMap::new()),
             holders: Arc::new(AtomicUsize::new(0)),
+            health: Mutex::new(HealthTable::new(n)),
+            watchers: RwLock::new(HashMap::new()),
+            watcher_count: AtomicUsize::new(0),
+            next_watcher: AtomicU64::new(1),
+            closed: CancellationToken::new(),
         })
+    }
+
+    /// Actor `owner` connected node `index`: recorded, and every watcher
+    /// looks again (invalidations sent while it was away are lost).
+    pub(crate) fn node_up(&self, index: usize, owner: ractor::ActorId) {
+        let changed = lock(&self.health).up(index, owner);
+        if changed {
+            self.wake_all_watchers();
+        }
+    }
+
+    /// Actor `owner`'s connection to node `index` ended, or its attempt
+    /// failed, for `why`.
+    pub(crate) fn node_down(&self, index: usize, owner: ractor::ActorId, why: &str) {
+        let changed = lock(&self.health).down(index, owner, why);
+        if changed {
+            self.wake_all_watchers();
+        }
+    }
+
+    /// Every node's health, with addresses, and whether a majority of each
+    /// lock's keys lives on connected nodes.
+    pub(crate) fn health(&self) -> (bool, Vec<crate::inspect::NodeHealth>) {
+        let addresses: Vec<String> = self.settings.nodes.iter().map(|n| n.display()).collect();
+        let table = lock(&self.health);
+        let ready = self.settings.keys_on_live_nodes(&table.up_flags()) >= self.settings.majority;
+        (ready, table.snapshot(&addresses))
+    }
+
+    /// Registers a `LockWatch` of `name`; its id (for [`Shared::remove_watcher`])
+    /// and what wakes it.
+    pub(crate) fn add_watcher(&self, name: Arc<str>) -> (u64, Arc<Notify>) {
+        let id = self.next_watcher.fetch_add(1, Ordering::Relaxed);
+        let notify = Arc::new(Notify::new());
+        write(&self.watchers)
+            .entry(name)
+            .or_default()
+            .push((id, notify.clone()));
+        self.watcher_count.fetch_add(1, Ordering::SeqCst);
+        (id, notify)
+    }
+
+    pub(crate) fn remove_watcher(&self, name: &str, id: u64) {
+        let mut watchers = write(&self.watchers);
+        if let Some(list) = watchers.get_mut(name) {
+            let before = list.len();
+            list.retain(|(i, _)| *i != id);
+            if list.len() < before {
+                self.watcher_count.fetch_sub(1, Ordering::SeqCst);
+            }
+            if list.is_empty() {
+                watchers.remove(name);
+            }
+        }
+    }
+
+    /// Wakes the watchers of `name` (a key of it changed). One atomic load
+    /// when there are none.
+    pub(crate) fn wake_watchers(&self, name: &str) {
+        if self.watcher_count.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        if let Some(list) = read(&self.watchers).get(name) {
+            for (_, n) in list {
+                n.notify_one();
+            }
+        }
+    }
+
+    /// Wakes the watchers of the lock that `key` belongs to, if it is one.
+    pub(crate) fn wake_watchers_of_key(&self, key: &str) {
+        if self.watcher_count.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let s = &self.settings;
+        if let Some((_, name)) = crate::keys::parse_key(&s.prefix, s.total, key.as_bytes()) {
+            self.wake_watchers(name);
+        }
+    }
+
+    /// Wakes every watcher (a reconnect, or invalidations dropped).
+    pub(crate) fn wake_all_watchers(&self) {
+        if self.watcher_count.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        for list in read(&self.watchers).values() {
+            for (_, n) in list {
+                n.notify_one();
+            }
+        }
     }
 
     /// The live actor of node `index`, if it is running.
@@ -209,6 +322,10 @@ fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Aborts a background task when dropped: state that owns helper tasks cleans

@@ -17,8 +17,10 @@ use crate::context::{count_send, Shared};
 use crate::core::{RequestKind, Time};
 use crate::error::{ConnectionErrorKind, Error, LostReason};
 use crate::failure::startup_verdict;
+use crate::inspect::{ForcedRelease, Health, LockInfo};
 use crate::keys;
-use crate::msg::{GrantParts, GrantStatus, LockMsg, Released, Request, SupervisorMsg};
+use crate::msg::{GrantParts, GrantStatus, LockMsg, NodeMsg, Released, Request, SupervisorMsg};
+use crate::observer::{self, LockWatch};
 use crate::options::LockerOptions;
 use crate::request::LockRequest;
 use crate::runtime::EngineRuntime;
@@ -121,6 +123,7 @@ impl Engine {
 
     fn shutdown_now(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        self.shared.closed.cancel();
         drop(self.runtime.spawn(self.stopping("startup failed")));
     }
 
@@ -235,6 +238,7 @@ impl Engine {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
+        self.shared.closed.cancel();
         let _ = self.runtime.spawn(self.closing()).await;
     }
 
@@ -243,6 +247,7 @@ impl Engine {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
+        self.shared.closed.cancel();
         drop(self.runtime.spawn(self.closing()));
     }
 
@@ -281,6 +286,71 @@ impl Engine {
         self.closed.load(Ordering::SeqCst)
     }
 
+    /// Reads every key of `name` and the fencing counter, without taking
+    /// the lock, and says whether it is held (see [`LockInfo`]). Keys on
+    /// nodes that are down or do not answer (within about twice
+    /// `try_next_after`) are reported unknown, never free.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::Closed`].
+    pub async fn inspect(&self, name: &str) -> Result<LockInfo, Error> {
+        let s = &self.shared.settings;
+        keys::validate_name(&s.prefix, name, s.total)?;
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let shared = self.shared.clone();
+        let name = name.to_owned();
+        self.runtime
+            .spawn(async move { observer::inspect(&shared, &name).await })
+            .await
+            .map_err(|_| Error::Closed)
+    }
+
+    /// Follows `name`'s state (held by whom, free, unknown) as it changes;
+    /// see [`LockWatch`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::Closed`].
+    pub fn watch(&self, name: &str) -> Result<LockWatch, Error> {
+        let s = &self.shared.settings;
+        keys::validate_name(&s.prefix, name, s.total)?;
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let (watch, task) = observer::watch(self.shared.clone(), name);
+        drop(self.runtime.spawn(task));
+        Ok(watch)
+    }
+
+    /// Each node's connection (connected or not, since when, reconnects,
+    /// last error) and whether enough of them are up to take a lock. Read
+    /// from a table the node actors keep: no command is sent.
+    pub fn health(&self) -> Health {
+        let (ready, nodes) = self.shared.health();
+        Health { ready, nodes }
+    }
+
+    /// Deletes every key of `name`, whoever holds it: its holder loses the
+    /// lock. For operators (`valkeylock release --force`). The fencing
+    /// counter is kept.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::Closed`].
+    pub async fn force_release(&self, name: &str) -> Result<ForcedRelease, Error> {
+        let s = &self.shared.settings;
+        keys::validate_name(&s.prefix, name, s.total)?;
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let shared = self.shared.clone();
+        let name = name.to_owned();
+        self.runtime
+            .spawn(async move { force_release(&shared, &name).await })
+            .await
+            .map_err(|_| Error::Closed)
+    }
+
     /// Number of `LockActor`s alive (names in use in this process).
     pub fn active_locks(&self) -> usize {
         self.shared.lock_count()
@@ -294,6 +364,54 @@ impl Engine {
             supervisor: self.supervisor.clone(),
         }
     }
+}
+
+/// One `DEL` per node for the keys it holds (see `Engine::force_release`).
+async fn force_release(shared: &Shared, name: &str) -> ForcedRelease {
+    let s = &shared.settings;
+    let bound = s.timeout * 2 + Duration::from_millis(500);
+    let asks = (0..s.nodes.len()).map(|node| {
+        let keys: Vec<Arc<str>> = (0..s.total)
+            .filter(|&i| s.node_of_key(i) == node)
+            .map(|i| Arc::from(keys::key_name(&s.prefix, i, name)))
+            .collect();
+        let count = keys.len();
+        let (tx, rx) = oneshot::channel();
+        let sent = count > 0
+            && shared
+                .node(node)
+                .is_some_and(|a| a.cast(NodeMsg::Delete { keys, reply: tx }).is_ok());
+        async move {
+            let result = if count == 0 {
+                Ok(0)
+            } else if !sent {
+                Err("node not running".to_owned())
+            } else {
+                match tokio::time::timeout(bound, rx).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => Err("the node's actor stopped".to_owned()),
+                    Err(_) => Err(format!("no answer within {bound:?}")),
+                }
+            };
+            (node, count, result)
+        }
+    });
+    let mut out = ForcedRelease {
+        deleted: 0,
+        total: s.total,
+        failed: 0,
+        errors: Vec::new(),
+    };
+    for (node, count, result) in futures_util::future::join_all(asks).await {
+        match result {
+            Ok(n) => out.deleted += n,
+            Err(e) => {
+                out.failed += count;
+                out.errors.push(format!("{}: {e}", s.nodes[node].display()));
+            }
+        }
+    }
+    out
 }
 
 /// A request waiting for its answer. Dropped before the answer is taken (the

@@ -6,7 +6,8 @@
 //! re-exports are stable; the handles it uses internally (`Engine`, `Lease`,
 //! `AcquireKind`, `Faults`) are public but hidden from these docs, and may
 //! change in any release. Actor messages and states are `pub(crate)`; only
-//! handles leave this crate.
+//! handles ([`LeaseWatcher`], [`LockWatch`]) and plain reports
+//! ([`LockInfo`], [`Health`]) leave this crate.
 //!
 //! # Layout
 //! Decisions are pure code; actors are thin shells that move messages and
@@ -19,6 +20,9 @@
 //!
 //! Leaves the core and the actors share:
 //! - `keys`: key naming and invalidation parsing.
+//! - `inspect`: what `inspect` reports, and the pure rule that decides
+//!   whether a lock is held from what its keys hold.
+//! - `health`: the node health table.
 //! - `scripts`: the Lua scripts, the token, and parsing of replies.
 //! - `addr`: node URLs (`NodeAddr`), read with the `url` crate.
 //! - `duration`: durations as text, read and written with `humantime`.
@@ -40,6 +44,8 @@
 //!   and retires lock actors, closes the locker.
 //! - `runtime`: the engine's own thread and tokio runtime, where all of the
 //!   above run, whatever the application's runtime is doing.
+//! - `observer`: `inspect` and `LockWatch`, the handle's side of looking at
+//!   a lock without taking it.
 //! - `handle`: the public handles.
 
 mod addr;
@@ -50,10 +56,13 @@ mod duration;
 mod error;
 mod failure;
 mod handle;
+mod health;
+mod inspect;
 mod keys;
 mod lock;
 mod msg;
 mod node;
+mod observer;
 mod options;
 mod request;
 mod runtime;
@@ -73,7 +82,11 @@ pub use handle::Faults;
 pub use handle::LeaseWatcher;
 #[doc(hidden)]
 pub use handle::{AcquireKind, Engine, Lease};
+pub use inspect::{
+    FenceInfo, ForcedRelease, Health, KeyInfo, KeyValue, LockInfo, LockState, NodeHealth,
+};
 pub use keys::MAX_NAME_LEN;
+pub use observer::LockWatch;
 pub use options::LockerOptions;
 pub use request::LockRequest;
 

@@ -158,6 +158,10 @@ impl Actor for LockActor {
                 Event::Timeout
             }
             LockMsg::Close => Event::Close,
+            LockMsg::OwnToken { reply } => {
+                let _ = reply.send(st.core.live_token().cloned());
+                return Ok(());
+            }
         };
         st.feed(&myself, event);
         Ok(())

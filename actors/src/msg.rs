@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::core::{CmdId, Op, Outcome, ReqId, RequestKind, Terms, Time};
 use crate::error::{Error, LostReason};
 use crate::failure::{NodeFailure, NodeReport};
-use crate::scripts::{SetMode, Token};
+use crate::scripts::{Seen, SetMode, Token};
 
 /// What a grant looks like to its holder, published by its `LockActor`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +77,10 @@ pub(crate) enum LockMsg {
     Timeout,
     /// The locker is closing.
     Close,
+    /// For `inspect`: the token of this actor's attempt or grant, if any.
+    OwnToken {
+        reply: oneshot::Sender<Option<Token>>,
+    },
 }
 
 /// A node's answer to command `cmd`.
@@ -131,6 +135,27 @@ pub(crate) enum NodeMsg {
     /// The connection task ended: the socket closed or was force-closed as
     /// unresponsive.
     ConnectionEnded(String),
+    /// Read `keys` (with `INSPECT_LUA`) and the fencing counter `fence_key`,
+    /// for `inspect`; answered on `reply`.
+    Inspect {
+        keys: Vec<Arc<str>>,
+        fence_key: Arc<str>,
+        reply: oneshot::Sender<Reading>,
+    },
+    /// Delete `keys` whoever holds them (`release --force`); answered with
+    /// the number deleted, or why not.
+    Delete {
+        keys: Vec<Arc<str>>,
+        reply: oneshot::Sender<Result<usize, String>>,
+    },
+}
+
+/// What one node read for `inspect`: each key asked for, in order, and the
+/// fencing counter.
+#[derive(Debug)]
+pub(crate) struct Reading {
+    pub(crate) keys: Vec<Seen>,
+    pub(crate) fence: Option<u64>,
 }
 
 /// Messages of the Supervisor.

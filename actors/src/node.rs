@@ -46,9 +46,12 @@ use crate::context::{AbortOnDrop, Shared};
 use crate::core::{Op, Outcome};
 use crate::failure::NodeFailure;
 use crate::keys;
-use crate::msg::{Connection, ExtendItem, Job, LockMsg, NodeMsg, NodeReply, SupervisorMsg};
+use crate::msg::{
+    Connection, ExtendItem, Job, LockMsg, NodeMsg, NodeReply, Reading, SupervisorMsg,
+};
 use crate::scripts::{
-    parse_acquire, parse_fence, parse_fence_write, parse_key_state, parse_released,
+    parse_acquire, parse_fence, parse_fence_write, parse_inspect, parse_key_state, parse_released,
+    Seen,
 };
 
 pub(crate) struct NodeActor;
@@ -82,10 +85,14 @@ pub(crate) struct NodeState {
 }
 
 impl Drop for NodeState {
-    /// Withdraws the lane even when the actor is killed (no `post_stop`).
+    /// Withdraws the lane, and marks the node down in the health table if
+    /// the connection was this actor's, even when the actor is killed (no
+    /// `post_stop`).
     fn drop(&mut self) {
         if let Some(id) = self.actor {
             self.shared.clear_lane(self.index, id);
+            self.shared
+                .node_down(self.index, id, "the node's actor stopped");
         }
     }
 }
@@ -182,6 +189,7 @@ impl Actor for NodeActor {
                     })
                 };
                 state.tasks.push(AbortOnDrop::new(&watcher));
+                state.shared.node_up(state.index, myself.get_id());
                 info!(node = %state.addr, index = state.index, "node connected");
                 let _ = state.supervisor.cast(SupervisorMsg::NodeUp {
                     node: state.index,
@@ -199,6 +207,9 @@ impl Actor for NodeActor {
                     permanent = failure.permanent,
                     "node connection failed"
                 );
+                state
+                    .shared
+                    .node_down(state.index, myself.get_id(), &failure.source.to_string());
                 let _ = state.supervisor.cast(SupervisorMsg::NodeDown {
                     node: state.index,
                     actor: myself.get_id(),
@@ -233,8 +244,39 @@ impl Actor for NodeActor {
             NodeMsg::ConnectionEnded(why) => {
                 state.connected = false;
                 state.shared.clear_lane(state.index, myself.get_id());
+                state.shared.node_down(state.index, myself.get_id(), &why);
                 warn!(node = %state.addr, index = state.index, reason = %why, "node disconnected");
                 return Err(why.into());
+            }
+            NodeMsg::Inspect {
+                keys,
+                fence_key,
+                reply,
+            } => {
+                if !state.connected {
+                    let _ = reply.send(Reading {
+                        keys: keys
+                            .iter()
+                            .map(|_| Seen::Unreadable("node not connected".to_owned()))
+                            .collect(),
+                        fence: None,
+                    });
+                    return Ok(());
+                }
+                let (client, shared) = (state.client.clone(), state.shared.clone());
+                tokio::spawn(async move {
+                    let _ = reply.send(inspect(&client, &shared, &keys, &fence_key).await);
+                });
+            }
+            NodeMsg::Delete { keys, reply } => {
+                if !state.connected {
+                    let _ = reply.send(Err("node not connected".to_owned()));
+                    return Ok(());
+                }
+                let (client, cluster) = (state.client.clone(), state.cluster);
+                tokio::spawn(async move {
+                    let _ = reply.send(delete(&client, &keys, cluster).await);
+                });
             }
         }
         Ok(())
@@ -678,6 +720,7 @@ fn start_forwarder(client: &Client, shared: &Arc<Shared>) -> tokio::task::JoinHa
                         if let Some(lock) = shared.lock(name) {
                             let _ = lock.cast(LockMsg::Invalidated { index });
                         }
+                        shared.wake_watchers(name);
                     }
                 }
                 Err(RecvError::Lagged(n)) => {
@@ -688,11 +731,62 @@ fn start_forwarder(client: &Client, shared: &Arc<Shared>) -> tokio::task::JoinHa
                     for lock in shared.all_locks() {
                         let _ = lock.cast(LockMsg::Recheck { node: None });
                     }
+                    shared.wake_all_watchers();
                 }
                 Err(RecvError::Closed) => break,
             }
         }
     })
+}
+
+/// Reads `keys` and the fencing counter for `inspect`, all at once (fred
+/// pipelines them). Read-only; the reads arm tracking on the keys, so a
+/// change to any of them reaches the forwarder, which wakes the name's
+/// watchers. Each call is bounded by the command timeout.
+async fn inspect(client: &Client, shared: &Shared, keys: &[Arc<str>], fence_key: &str) -> Reading {
+    let script = &shared.scripts.inspect;
+    let reads = keys.iter().map(|key| async move {
+        match evalsha(client, script, || (vec![(&**key).into()], vec![])).await {
+            Ok(v) => parse_inspect(&v),
+            Err(e) => {
+                debug!(key = %key, error = %e, "inspect failed");
+                Seen::Unreadable(e.to_string())
+            }
+        }
+    });
+    let fence = async {
+        match client.get::<Value, _>(fence_key).await {
+            Ok(v) => parse_fence(&v),
+            Err(e) => {
+                debug!(key = %fence_key, error = %e, "reading the fencing counter failed");
+                None
+            }
+        }
+    };
+    let (keys, fence) =
+        futures_util::future::join(futures_util::future::join_all(reads), fence).await;
+    Reading { keys, fence }
+}
+
+/// Deletes `keys` whoever holds them: one `DEL` for all (atomic on this
+/// node, so a holder that notices midway cannot beat us to the rest), or
+/// one per key on a cluster (a `DEL` cannot cross slots).
+async fn delete(client: &Client, keys: &[Arc<str>], cluster: bool) -> Result<usize, String> {
+    let count = |n: i64| usize::try_from(n).unwrap_or(0);
+    if !cluster {
+        let keys: Vec<Key> = keys.iter().map(|k| (&**k).into()).collect();
+        return client
+            .del::<i64, _>(keys)
+            .await
+            .map(count)
+            .map_err(|e| e.to_string());
+    }
+    let dels = keys.iter().map(|k| client.del::<i64, _>(&**k));
+    let mut deleted = 0;
+    for result in futures_util::future::join_all(dels).await {
+        deleted += count(result.map_err(|e| e.to_string())?);
+    }
+    Ok(deleted)
 }
 
 /// Splits a batch into script calls of at most `BATCH_KEYS` keys of one TTL
@@ -842,6 +936,11 @@ async fn run_pump(client: Client, shared: Arc<Shared>, mut jobs: mpsc::Unbounded
 
 async fn run_job(client: &Client, shared: &Shared, job: Job) {
     let outcome = run(client, shared, &job.op, &job.key, job.fence_key.as_deref()).await;
+    // With NOLOOP (the default) this connection's own writes send it no
+    // invalidation: tell this locker's watchers of the name directly.
+    if matches!(job.op, Op::Acquire { .. } | Op::Release { .. }) {
+        shared.wake_watchers_of_key(&job.key);
+    }
     let _ = job.reply_to.cast(LockMsg::Reply(NodeReply {
         cmd: job.cmd,
         outcome,

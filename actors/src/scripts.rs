@@ -126,13 +126,32 @@ end
 return 0
 "#;
 
-/// The three scripts, hashed once per process.
+/// Read-only look at one key for `inspect`: its value and remaining TTL in
+/// one atomic step (a `GET` then a `PTTL` as two commands could see two
+/// different owners). Never writes; its `GET` arms tracking on the key, which
+/// is what wakes a `LockWatch`.
+///
+/// Reply: nil, the key is absent; `{value, pttl}` (`pttl` −1: no expiry);
+/// `{0, message}`, the server refused the `GET` (`WRONGTYPE`: a third party
+/// stored something else under the key).
+const INSPECT_LUA: &str = r#"
+local cur = redis.pcall('GET', KEYS[1])
+if type(cur) == 'table' and cur.err ~= nil then
+  return {0, tostring(cur.err)}
+end
+if not cur then return nil end
+return {cur, redis.call('PTTL', KEYS[1])}
+"#;
+
+/// The scripts, hashed once per process.
 #[derive(Debug)]
 pub(crate) struct Scripts {
     pub(crate) acquire: Script,
     pub(crate) verify: Script,
     pub(crate) release: Script,
     pub(crate) fence_write: Script,
+    /// Loaded on first use (`inspect` is rare; a connection does not need it).
+    pub(crate) inspect: Script,
 }
 
 impl Scripts {
@@ -142,6 +161,7 @@ impl Scripts {
             verify: Script::from_lua(VERIFY_LUA),
             release: Script::from_lua(RELEASE_LUA),
             fence_write: Script::from_lua(FENCE_WRITE_LUA),
+            inspect: Script::from_lua(INSPECT_LUA),
         }
     }
 }
@@ -270,6 +290,49 @@ pub(crate) fn parse_fence_write(value: &Value) -> Option<(bool, u64)> {
     match items.as_slice() {
         [Value::Integer(raised), v] => Some((*raised == 1, parse_fence(v)?)),
         _ => None,
+    }
+}
+
+/// What `INSPECT_LUA` saw in one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Seen {
+    Absent,
+    /// Its value, and its remaining TTL (`None`: no expiry).
+    Present {
+        value: Vec<u8>,
+        pttl_ms: Option<u64>,
+    },
+    /// The server refused to read it, or the reply made no sense.
+    Unreadable(String),
+}
+
+/// Reads an `INSPECT_LUA` reply. Anything unexpected is `Unreadable`, never
+/// a panic.
+pub(crate) fn parse_inspect(value: &Value) -> Seen {
+    let bytes = |v: &Value| match v {
+        Value::String(s) => Some(s.as_bytes().to_vec()),
+        Value::Bytes(b) => Some(b.to_vec()),
+        _ => None,
+    };
+    match value {
+        Value::Null => Seen::Absent,
+        Value::Array(items) => match items.as_slice() {
+            [Value::Integer(0), message] => Seen::Unreadable(
+                message
+                    .as_str()
+                    .map(|m| m.into_owned())
+                    .unwrap_or_else(|| "unreadable error".to_owned()),
+            ),
+            [v, Value::Integer(pttl)] => match bytes(v) {
+                Some(value) => Seen::Present {
+                    value,
+                    pttl_ms: u64::try_from(*pttl).ok(),
+                },
+                None => Seen::Unreadable("unexpected reply to inspect".to_owned()),
+            },
+            _ => Seen::Unreadable("unexpected reply to inspect".to_owned()),
+        },
+        _ => Seen::Unreadable("unexpected reply to inspect".to_owned()),
     }
 }
 
@@ -777,5 +840,46 @@ mod tests {
         assert_eq!(parse_released(&Value::Integer(1)), Some(true));
         assert_eq!(parse_released(&Value::Integer(0)), Some(false));
         assert_eq!(parse_released(&Value::Null), None);
+    }
+
+    #[test]
+    fn inspect_replies() {
+        let present = |v: &[u8], pttl| Seen::Present {
+            value: v.to_vec(),
+            pttl_ms: pttl,
+        };
+        let cases = [
+            (Value::Null, Seen::Absent),
+            (
+                Value::Array(vec![Value::String("tok".into()), Value::Integer(1500)]),
+                present(b"tok", Some(1500)),
+            ),
+            (
+                Value::Array(vec![Value::Bytes(vec![0xff, 1].into()), Value::Integer(-1)]),
+                present(&[0xff, 1], None),
+            ),
+            (
+                Value::Array(vec![
+                    Value::Integer(0),
+                    Value::String("WRONGTYPE Operation".into()),
+                ]),
+                Seen::Unreadable("WRONGTYPE Operation".to_owned()),
+            ),
+            (
+                Value::Integer(3),
+                Seen::Unreadable("unexpected reply to inspect".to_owned()),
+            ),
+            (
+                Value::Array(vec![Value::String("tok".into())]),
+                Seen::Unreadable("unexpected reply to inspect".to_owned()),
+            ),
+            (
+                Value::Array(vec![Value::Integer(7), Value::Integer(7)]),
+                Seen::Unreadable("unexpected reply to inspect".to_owned()),
+            ),
+        ];
+        for (value, want) in cases {
+            assert_eq!(parse_inspect(&value), want, "{value:?}");
+        }
     }
 }

@@ -465,8 +465,8 @@ impl LockCore {
     }
 
     /// The token of the attempt or grant in progress, for observers (the
-    /// simulator checks that keys are written only under a live token).
-    #[cfg(test)]
+    /// simulator checks that keys are written only under a live token;
+    /// `inspect` tells this locker's keys from others').
     pub(crate) fn live_token(&self) -> Option<&Token> {
         match &self.phase {
             Phase::Attempting(a) => Some(&a.token),
