@@ -423,6 +423,96 @@ async fn status_held_and_not_held() {
     assert!(text(&out.stdout).contains(": not held"));
 }
 
+/// `status --json`: one JSON document with the state, the keys, the fencing
+/// counter and the nodes' health; free / held / a node down, with the exit
+/// codes of the text form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_json() {
+    let s0 = ValkeyServer::start();
+    let s1 = ValkeyServer::start();
+    let mut s2 = ValkeyServer::start();
+    let urls = format!("{},{},{}", s0.url(), s1.url(), s2.url());
+    let name = unique("json");
+    let status = || {
+        let mut c = tool(&urls);
+        c.args(["status", "--json", &name]);
+        async {
+            let out = output(c).await;
+            let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)));
+            (out.status.code(), doc)
+        }
+    };
+    let (code, doc) = status().await;
+    assert_eq!(code, Some(1), "{doc}");
+    assert_eq!(doc["state"], "free");
+    assert_eq!(doc["name"], name.as_str());
+    assert_eq!(
+        (doc["needed"].as_u64(), doc["total"].as_u64()),
+        (Some(2), Some(3))
+    );
+    let keys = doc["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 3);
+    assert!(keys.iter().all(|k| k["status"] == "absent"), "{doc}");
+    assert_eq!(doc["nodes"].as_array().unwrap().len(), 3);
+    assert!(doc["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["connected"] == true));
+
+    let holder = valkeylock::Locker::connect(
+        valkeylock::LockerOptions::new([s0.url(), s1.url(), s2.url()]).with_fencing(true),
+    )
+    .await
+    .unwrap();
+    let guard = holder.lock(&name).await.unwrap();
+    let (code, doc) = status().await;
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(doc["state"], "held");
+    assert_eq!(doc["ours"], false);
+    assert_eq!(doc["keys"].as_u64(), None, "the key list, not the count");
+    let owner = doc["owner"].as_str().unwrap().to_owned();
+    assert_eq!(owner.len(), 8);
+    assert!(doc["expires_in_ms"].as_u64().is_some_and(|ms| ms <= 5000));
+    for k in doc["keys"].as_array().unwrap() {
+        assert_eq!(k["status"], "present", "{doc}");
+        assert_eq!(k["owner"], owner.as_str());
+        assert_eq!(k["written_with"], "m2n3");
+        assert!(k["ttl_ms"].as_u64().is_some_and(|t| t > 0 && t <= 5000));
+        let node = k["node"].as_u64().unwrap() as usize;
+        assert_eq!(k["address"], doc["nodes"][node]["address"]);
+    }
+    let counters: Vec<u64> = doc["fencing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["value"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counters.iter().max(), Some(&guard.fencing_token()), "{doc}");
+
+    // One node down: its key unknown, its health down; still held (2 of 3).
+    s2.kill();
+    let (code, doc) = status().await;
+    assert_eq!(code, Some(0), "{doc}");
+    let down: Vec<&serde_json::Value> = doc["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["status"] == "unknown")
+        .collect();
+    assert_eq!(down.len(), 1, "{doc}");
+    let node = down[0]["node"].as_u64().unwrap() as usize;
+    assert_eq!(doc["nodes"][node]["connected"], false, "{doc}");
+    assert!(doc["nodes"][node]["last_error"].is_string(), "{doc}");
+    // The key on the dead node cannot be deleted: it is left to expire.
+    let _ = guard.release().await;
+    let (code, doc) = status().await;
+    assert_eq!(code, Some(1), "{doc}");
+    assert_eq!(doc["state"], "free");
+    holder.close().await;
+}
+
 /// `release --force --yes` deletes every key (the holder is stopped, exit
 /// 75) and keeps the fencing counter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -163,3 +163,87 @@ async fn lock_over_tls() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `valkeylock status` and `release --force` reach TLS nodes (they go
+/// through a locker, which has the `tls_ca_file` from the config file).
+#[cfg(feature = "cli")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_status_and_release_over_tls() {
+    let dir = std::env::temp_dir().join(format!("valkeylock-tls-cli-{}", std::process::id()));
+    let (ca, cert, key) = make_certs(&dir);
+    let tls_port = free_port();
+    let _server = ValkeyServer::start_with(&[
+        "--tls-port",
+        &tls_port.to_string(),
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+        "--tls-ca-cert-file",
+        ca.to_str().unwrap(),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let config = dir.join("valkeylock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "nodes = [{url:?}]\nkey_majority = 1\ntls_ca_file = {:?}\n",
+            ca.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let tool = |args: &[&str]| {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_valkeylock"));
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("VALKEYLOCK_") {
+                c.env_remove(k);
+            }
+        }
+        c.arg("--config")
+            .arg(&config)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        async move {
+            tokio::time::timeout(Duration::from_secs(60), c.output())
+                .await
+                .expect("the tool hangs")
+                .expect("run the tool")
+        }
+    };
+    let locker = Locker::connect(
+        LockerOptions::new([url.clone()])
+            .with_key_majority(1)
+            .with_tls_ca_file(ca.to_str().unwrap()),
+    )
+    .await
+    .unwrap();
+    let name = unique("tls-cli");
+    let guard = locker.lock(&name).await.unwrap();
+    let out = tool(&["status", "--json", &name]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["state"], "held", "{doc}");
+    assert_eq!(doc["nodes"][0]["connected"], true, "{doc}");
+
+    let out = tool(&["release", "--force", &name]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("deleted 1 of 1 keys"), "{stdout}");
+    let reason = tokio::time::timeout(Duration::from_secs(5), guard.lost())
+        .await
+        .expect("the holder learns of the release");
+    assert_eq!(reason, LostReason::Deleted);
+    let out = tool(&["status", &name]).await;
+    assert_eq!(out.status.code(), Some(1));
+    locker.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

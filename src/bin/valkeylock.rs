@@ -3,7 +3,8 @@
 //! - `valkeylock run NAME -- PROGRAM ARGS...` waits for the lock, runs the
 //!   program while holding it and stops it (SIGTERM, then SIGKILL) if the
 //!   lock is lost;
-//! - `valkeylock status NAME` shows each key and the fencing counter;
+//! - `valkeylock status [--json] NAME` shows whether the lock is held, each
+//!   key and the fencing counter;
 //! - `valkeylock release --force NAME` deletes the keys.
 //!
 //! Exit codes are listed in `valkeylock --help` and the README.
@@ -89,7 +90,9 @@ fn main() {
                             )
                             .await
                         }
-                        Command::Status { name } => inspect::status(options, &name).await,
+                        Command::Status { name, json } => {
+                            inspect::status(options, &name, json).await
+                        }
                         Command::Release { name, yes, .. } => {
                             inspect::release(options, &name, yes).await
                         }

@@ -31,7 +31,7 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0    run: the program exited 0; status: the lock is held; release: done
   N    run: the program's exit code (128+S when it died of signal S)
-  1    status: the lock is not held
+  1    status: the lock is not held (69: unknown, keys on unreachable nodes)
   2    bad arguments, environment variables, config file or option values;
        release on a terminal without --yes
   69   Valkey unreachable (connection refused, timeout, wrong password...)
@@ -127,13 +127,20 @@ pub(crate) enum Command {
         #[arg(required = true, trailing_var_arg = true, value_name = "PROGRAM")]
         program: Vec<OsString>,
     },
-    /// Show whether the lock is held (exit 0) or not (exit 1).
+    /// Show whether the lock is held (exit 0), not held (exit 1) or unknown
+    /// (exit 69: too many keys unreadable to tell).
     ///
-    /// Prints every key (present or not, remaining TTL, the first 8
-    /// characters of its owner's token), whether all present keys belong to
-    /// the same token, and the fencing counter.
+    /// Prints every key (its node, present or not, remaining TTL, the first
+    /// 8 characters of its owner's token), whether all present keys belong
+    /// to the same token, and the fencing counter; nodes that are down on
+    /// stderr. Held means one owner has --majority keys; unreadable keys
+    /// are never counted as free.
     #[command(after_long_help = EXIT_CODES)]
     Status {
+        /// Print one JSON document instead: the lock's state, its keys, the
+        /// fencing counter per node, and each node's connection (`nodes`).
+        #[arg(long)]
+        json: bool,
         /// The lock name.
         name: String,
     },

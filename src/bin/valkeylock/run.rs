@@ -13,13 +13,11 @@ use nix::unistd::{getpgrp, tcgetpgrp, tcsetpgrp, Pid};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::{sleep_until, Instant};
 use valkeylock::{
-    format_duration, Error, LockGuard, LockRequest, Locker, LockerOptions, LostReason,
+    format_duration, Error, LockGuard, LockRequest, LockState, Locker, LockerOptions, LostReason,
 };
 
-use crate::args::{
-    EXIT_CANNOT_EXEC, EXIT_LOST, EXIT_NOT_FOUND, EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_USAGE,
-    EXIT_WAIT_TIMEOUT,
-};
+use crate::args::{EXIT_CANNOT_EXEC, EXIT_LOST, EXIT_NOT_FOUND, EXIT_SOFTWARE, EXIT_WAIT_TIMEOUT};
+use crate::inspect::exit_for;
 
 /// What `run` was asked to do.
 #[derive(Debug)]
@@ -70,14 +68,6 @@ fn with_causes(error: &Error) -> String {
         cause = c.source();
     }
     text
-}
-
-fn exit_for(error: &Error) -> u8 {
-    match error {
-        Error::Connection { .. } => EXIT_UNAVAILABLE,
-        Error::InvalidOptions { .. } | Error::InvalidName { .. } => EXIT_USAGE,
-        _ => EXIT_SOFTWARE,
-    }
 }
 
 /// `valkeylock run NAME -- PROGRAM ARGS...`.
@@ -139,12 +129,27 @@ async fn wait(
         );
         let lock = locker.lock_with(name, &request);
         tokio::pin!(lock);
+        // What the indicator says it waits for: the lock's state, followed
+        // (only on a terminal) with a watch, and the nodes that are down.
+        let mut watch = if show { locker.watch(name).ok() } else { None };
+        let mut state: Option<LockState> = None;
         let result = loop {
             tokio::select! {
                 r = &mut lock => break match r {
                     Err(Error::Timeout { .. }) => Err(None),
                     r => r.map_err(Some),
                 },
+                seen = async {
+                    match watch.as_mut() {
+                        Some(w) => w.changed().await,
+                        None => std::future::pending().await,
+                    }
+                }, if watch.is_some() => {
+                    match seen {
+                        Ok(info) => state = Some(info.state),
+                        Err(_) => watch = None,
+                    }
+                }
                 sig = signals.recv() => {
                     if drawn {
                         eprint!("\r\x1b[K");
@@ -155,10 +160,17 @@ async fn wait(
                 _ = tick.tick(), if show => {
                     const SPIN: [char; 4] = ['|', '/', '-', '\\'];
                     let n = started.elapsed().as_millis() / 100;
+                    let down: Vec<String> = locker
+                        .health()
+                        .nodes
+                        .into_iter()
+                        .filter(|n| !n.connected)
+                        .map(|n| n.address)
+                        .collect();
                     eprint!(
-                        "\r\x1b[K{} valkeylock: waiting for lock {name:?} ({:.1}s)",
+                        "\r\x1b[K{} {}",
                         SPIN[n as usize % 4],
-                        started.elapsed().as_secs_f64()
+                        waiting_line(name, started.elapsed(), state.as_ref(), &down)
                     );
                     let _ = std::io::stderr().flush();
                     drawn = true;
@@ -183,6 +195,38 @@ async fn wait(
             exit_for(&e)
         }
     })
+}
+
+/// The waiting indicator's text: the lock, how long we have waited, what we
+/// wait for (who holds it, as far as the last look saw), and the nodes
+/// that are down.
+fn waiting_line(
+    name: &str,
+    waited: Duration,
+    state: Option<&LockState>,
+    down: &[String],
+) -> String {
+    let mut line = format!(
+        "valkeylock: waiting for lock {name:?} ({:.1}s)",
+        waited.as_secs_f64()
+    );
+    match state {
+        Some(LockState::Held {
+            ours: false, owner, ..
+        }) => {
+            line.push_str(&format!(": held by token {owner}"));
+        }
+        Some(LockState::Held { ours: true, .. }) => line.push_str(": acquiring"),
+        Some(LockState::Unknown { unreadable }) => {
+            line.push_str(&format!(": {unreadable} keys unreadable"));
+        }
+        Some(LockState::Free) => line.push_str(": no holder, retrying"),
+        _ => {}
+    }
+    if !down.is_empty() {
+        line.push_str(&format!("; nodes down: {}", down.join(", ")));
+    }
+    line
 }
 
 /// Ties the program's life to the tool's. If the tool dies without stopping
@@ -352,5 +396,54 @@ impl Terminal {
 impl Drop for Terminal {
     fn drop(&mut self) {
         let _ = tcsetpgrp(std::io::stdin().as_fd(), self.ours);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_lines() {
+        let w = Duration::from_millis(1500);
+        let held = |ours| LockState::Held {
+            owner: "ab12cd34".into(),
+            ours,
+            forced: false,
+            keys: 2,
+            expires_in: None,
+        };
+        let cases: [(Option<LockState>, &[&str], &str); 6] = [
+            (None, &[], r#"valkeylock: waiting for lock "n" (1.5s)"#),
+            (
+                Some(held(false)),
+                &[],
+                r#"valkeylock: waiting for lock "n" (1.5s): held by token ab12cd34"#,
+            ),
+            (
+                Some(held(true)),
+                &[],
+                r#"valkeylock: waiting for lock "n" (1.5s): acquiring"#,
+            ),
+            (
+                Some(LockState::Unknown { unreadable: 2 }),
+                &["a:1", "b:2"],
+                r#"valkeylock: waiting for lock "n" (1.5s): 2 keys unreadable; nodes down: a:1, b:2"#,
+            ),
+            (
+                Some(LockState::Free),
+                &[],
+                r#"valkeylock: waiting for lock "n" (1.5s): no holder, retrying"#,
+            ),
+            (
+                None,
+                &["a:1"],
+                r#"valkeylock: waiting for lock "n" (1.5s); nodes down: a:1"#,
+            ),
+        ];
+        for (state, down, want) in cases {
+            let down: Vec<String> = down.iter().map(|s| s.to_string()).collect();
+            assert_eq!(waiting_line("n", w, state.as_ref(), &down), want);
+        }
     }
 }
