@@ -53,6 +53,9 @@ pub(crate) fn try_retire(sent: &AtomicU64, seen: u64) -> bool {
         .is_ok()
 }
 
+/// A registered `LockWatch`: its id and what wakes it.
+type Watcher = (u64, Arc<Notify>);
+
 /// The queue into a node's command pump.
 pub(crate) type Lane = tokio::sync::mpsc::UnboundedSender<Job>;
 
@@ -74,7 +77,7 @@ pub(crate) struct Shared {
     health: Mutex<HealthTable>,
     /// The `LockWatch`es of each name: woken when the name's keys may have
     /// changed.
-    watchers: RwLock<HashMap<Arc<str>, Vec<(u64, Arc<Notify>)>>>,
+    watchers: RwLock<HashMap<Arc<str>, Vec<Watcher>>>,
     /// How many `LockWatch`es there are: with none (the usual case) the
     /// invalidation path skips the table.
     watcher_count: AtomicUsize,

@@ -1,22 +1,7 @@
 //! What `inspect` reports about a lock, and the pure decision of whether it
 //! is held: from what each key was seen to hold to a [`LockState`].
 //!
-//! # The rule
-//! A lock of `key_majority` M has `2·M−1` keys. Keys count for an owner when
-//! they hold the same value (every key of one attempt gets the same token,
-//! in this library and in the Go valkeylock alike). Then:
-//! - **held** by an owner whose value is in at least M keys. At most one
-//!   owner can be: two would need 2·M keys.
-//! - **unknown** when no owner has M keys but some owner could with the keys
-//!   that could not be read: the largest owner's count plus the unreadable
-//!   keys reaches M. An unreachable node is never taken for a free one.
-//! - **free** otherwise: no owner holds, nor could hold, M keys. Keys of a
-//!   minority owner may still be there until they expire (a split attempt,
-//!   a holder that lost some keys); free does not promise that an attempt
-//!   succeeds at once, only that nobody holds the lock.
-//!
-//! This is the lock's own majority rule, read from outside: a holder keeps
-//! its lock while M of its keys are there, and an attempt gets it with M.
+//! The rule is documented on [`LockState`], where users read it.
 
 use std::time::{Duration, SystemTime};
 
@@ -34,8 +19,8 @@ pub(crate) const OWNER_PREFIX: usize = 8;
 pub struct LockInfo {
     /// The lock name.
     pub name: String,
-    /// Held, free or unknown, by the rule of the [module docs](self) (the
-    /// lock's majority).
+    /// Held, free or unknown, by the lock's majority rule (see
+    /// [`LockState`]).
     #[serde(flatten)]
     pub state: LockState,
     /// Keys an owner needs (`key_majority`).
@@ -86,8 +71,24 @@ impl LockInfo {
     }
 }
 
-/// Whether a lock is held, by the lock's own majority rule (see the
-/// [module docs](self)).
+/// Whether a lock is held, by the lock's own majority rule.
+///
+/// # The rule
+/// A lock of `key_majority` M has `2·M−1` keys. Keys count for an owner when
+/// they hold the same value (every key of one attempt gets the same token,
+/// in this library and in the Go valkeylock alike). Then:
+/// - **held** by an owner whose value is in at least M keys. At most one
+///   owner can be: two would need 2·M keys.
+/// - **unknown** when no owner has M keys but some owner could with the keys
+///   that could not be read: the largest owner's count plus the unreadable
+///   keys reaches M. An unreachable node is never taken for a free one.
+/// - **free** otherwise: no owner holds, nor could hold, M keys. Keys of a
+///   minority owner may still be there until they expire (a split attempt,
+///   a holder that lost some keys); free does not promise that an attempt
+///   succeeds at once, only that nobody holds the lock.
+///
+/// This is the lock's own majority rule, read from outside: a holder keeps
+/// its lock while M of its keys are there, and an attempt gets it with M.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -277,7 +278,7 @@ pub(crate) enum Verdict<'a> {
     },
 }
 
-/// The rule of the module docs.
+/// The rule documented on [`LockState`].
 pub(crate) fn decide(seen: &[Seen], needed: usize) -> Verdict<'_> {
     let mut best: Option<(&[u8], usize)> = None; // (value, count)
     let mut unreadable = 0;
