@@ -31,10 +31,11 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0    run: the program exited 0; status: the lock is held; release: done
   N    run: the program's exit code (128+S when it died of signal S)
-  1    status: the lock is not held (69: unknown, keys on unreachable nodes)
+  1    status: the lock is not held
   2    bad arguments, environment variables, config file or option values;
        release on a terminal without --yes
-  69   Valkey unreachable (connection refused, timeout, wrong password...)
+  69   Valkey unreachable (connection refused, timeout, wrong password...);
+       status: unknown (keys on unreachable nodes could make a majority)
   73   run: --wait-timeout passed before the lock was acquired (the program did not run)
   75   run: the lock was lost while the program ran (it got SIGTERM, then SIGKILL
        after --grace)
