@@ -107,7 +107,12 @@ mod assertions {
 
     /// Never called: it only has to compile.
     #[allow(dead_code)]
-    fn futures_are_send(locker: &Locker, guard: LockGuard, watcher: &LeaseWatcher) {
+    fn futures_are_send(
+        locker: &Locker,
+        guard: LockGuard,
+        watcher: &LeaseWatcher,
+        watch: &mut LockWatch,
+    ) {
         send(&Locker::connect(LockerOptions::default()));
         send(&locker.lock("x"));
         send(&locker.try_lock("x"));
@@ -120,6 +125,7 @@ mod assertions {
         send(&guard.release());
         send(&locker.inspect("x"));
         send(&locker.force_release("x"));
+        send(&watch.changed());
     }
 }
 

@@ -124,13 +124,18 @@ impl Shared {
         }
     }
 
-    /// Actor `owner`'s connection to node `index` ended, or its attempt
-    /// failed, for `why`.
-    pub(crate) fn node_down(&self, index: usize, owner: ractor::ActorId, why: &str) {
-        let changed = lock(&self.health).down(index, owner, why);
+    /// Actor `owner`'s connection to node `index` ended, for `why` (nothing
+    /// if the node's connection is another actor's, or none).
+    pub(crate) fn node_lost(&self, index: usize, owner: ractor::ActorId, why: &str) {
+        let changed = lock(&self.health).lost(index, owner, why);
         if changed {
             self.wake_all_watchers();
         }
+    }
+
+    /// An attempt to connect node `index` failed, for `why`.
+    pub(crate) fn node_failed(&self, index: usize, why: &str) {
+        lock(&self.health).failed(index, why);
     }
 
     /// Every node's health, with addresses, and whether a majority of each

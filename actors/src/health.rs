@@ -62,25 +62,27 @@ impl HealthTable {
         true
     }
 
-    /// Actor `owner` lost (or never made) its connection to node `index`,
-    /// for `why`. Marks the node down only if the connection was `owner`'s,
-    /// or records the error of a failed attempt while it is down. True if
-    /// the node went from up to down.
-    pub(crate) fn down(&mut self, index: usize, owner: ractor::ActorId, why: &str) -> bool {
+    /// Actor `owner`'s connection to node `index` ended, for `why`. Only
+    /// the connection's own actor can mark the node down. True if it did.
+    pub(crate) fn lost(&mut self, index: usize, owner: ractor::ActorId, why: &str) -> bool {
         let Some(slot) = self.slots.get_mut(index) else {
             return false;
         };
-        match &slot.link {
-            Link::Up(id) if *id == owner => {
-                slot.link = Link::Down;
-                slot.since = (Instant::now(), SystemTime::now());
+        if slot.link != Link::Up(owner) {
+            return false;
+        }
+        slot.link = Link::Down;
+        slot.since = (Instant::now(), SystemTime::now());
+        slot.last_error = Some(why.to_owned());
+        true
+    }
+
+    /// An attempt to connect node `index` failed, for `why`: recorded while
+    /// the node is down (a connection another actor holds is not touched).
+    pub(crate) fn failed(&mut self, index: usize, why: &str) {
+        if let Some(slot) = self.slots.get_mut(index) {
+            if slot.link == Link::Down {
                 slot.last_error = Some(why.to_owned());
-                true
-            }
-            Link::Up(_) => false,
-            Link::Down => {
-                slot.last_error = Some(why.to_owned());
-                false
             }
         }
     }
@@ -124,8 +126,10 @@ mod tests {
         let addrs = vec!["n0".to_owned(), "n1".to_owned()];
         let s = t.snapshot(&addrs);
         assert!(!s[0].connected && s[0].reconnects == 0 && s[0].last_error.is_none());
-        // A failed first attempt: still down, with its error.
-        assert!(!t.down(0, a, "refused"));
+        // A failed first attempt: still down, with its error; the exit of
+        // its actor, which never connected, changes nothing.
+        t.failed(0, "refused");
+        assert!(!t.lost(0, a, "actor stopped"));
         assert_eq!(t.snapshot(&addrs)[0].last_error.as_deref(), Some("refused"));
         assert!(t.up(0, a));
         let s = t.snapshot(&addrs);
@@ -134,16 +138,19 @@ mod tests {
         assert_eq!(t.up_flags(), [true, false]);
         // Actor a's connection breaks; actor b reconnects; a's late exit
         // does not take b's connection down.
-        assert!(t.down(0, a, "reset"));
+        assert!(t.lost(0, a, "reset"));
         assert!(!t.snapshot(&addrs)[0].connected);
         assert!(t.up(0, b));
-        assert!(!t.down(0, a, "actor stopped"));
+        assert!(!t.lost(0, a, "actor stopped"));
+        // A failed attempt elsewhere does not overwrite a live connection's state.
+        t.failed(0, "late");
         let s = t.snapshot(&addrs);
         assert!(s[0].connected);
         assert_eq!(s[0].reconnects, 1);
         assert_eq!(s[0].last_error.as_deref(), Some("reset"));
         assert_eq!(s[1].address, "n1");
         // Out of range: ignored.
-        assert!(!t.up(9, a) && !t.down(9, a, "x"));
+        assert!(!t.up(9, a) && !t.lost(9, a, "x"));
+        t.failed(9, "x");
     }
 }

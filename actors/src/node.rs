@@ -92,7 +92,7 @@ impl Drop for NodeState {
         if let Some(id) = self.actor {
             self.shared.clear_lane(self.index, id);
             self.shared
-                .node_down(self.index, id, "the node's actor stopped");
+                .node_lost(self.index, id, "the node's actor stopped");
         }
     }
 }
@@ -209,7 +209,7 @@ impl Actor for NodeActor {
                 );
                 state
                     .shared
-                    .node_down(state.index, myself.get_id(), &failure.source.to_string());
+                    .node_failed(state.index, &failure.source.to_string());
                 let _ = state.supervisor.cast(SupervisorMsg::NodeDown {
                     node: state.index,
                     actor: myself.get_id(),
@@ -244,7 +244,7 @@ impl Actor for NodeActor {
             NodeMsg::ConnectionEnded(why) => {
                 state.connected = false;
                 state.shared.clear_lane(state.index, myself.get_id());
-                state.shared.node_down(state.index, myself.get_id(), &why);
+                state.shared.node_lost(state.index, myself.get_id(), &why);
                 warn!(node = %state.addr, index = state.index, reason = %why, "node disconnected");
                 return Err(why.into());
             }
