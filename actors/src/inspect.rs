@@ -102,7 +102,8 @@ pub enum LockState {
         ours: bool,
         /// The owner's token says it came from `force_lock`.
         forced: bool,
-        /// Keys the owner has.
+        /// Keys the owner has (`owner_keys` in JSON, beside the key list).
+        #[serde(rename = "owner_keys")]
         keys: usize,
         /// How long until fewer than `needed` of the owner's keys remain,
         /// unless they are extended: the `needed`-th longest remaining TTL.
@@ -586,6 +587,7 @@ mod tests {
         assert_eq!(json["state"], "held");
         assert_eq!(json["owner"], "cdcdcdcd");
         assert_eq!(json["expires_in_ms"], 500);
+        assert_eq!(json["owner_keys"], 2);
         assert_eq!(json["keys"][0]["status"], "present");
         assert_eq!(json["keys"][0]["ttl_ms"], 900);
         assert_eq!(json["keys"][2]["status"], "absent");
