@@ -29,6 +29,17 @@ pub enum Topology {
 /// One node's address, parsed from its URL by [`NodeAddr::parse`] (the
 /// locker and the command-line tool read node URLs the same way). Its
 /// `Debug` hides the password.
+///
+/// # Examples
+/// ```
+/// # use valkeylock_actors as valkeylock;
+/// use valkeylock::{NodeAddr, Topology};
+///
+/// let a = NodeAddr::parse("valkey-cluster://10.0.0.1:7000,10.0.0.2:7000").unwrap();
+/// assert_eq!(a.topology, Topology::Cluster);
+/// assert_eq!(a.hosts.len(), 2);
+/// assert!(!a.tls);
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct NodeAddr {
@@ -65,6 +76,17 @@ impl fmt::Debug for NodeAddr {
 
 /// A node URL that [`NodeAddr::parse`] refused: the URL (its password
 /// replaced by `***`) and what is wrong with it.
+///
+/// # Examples
+/// ```
+/// # use valkeylock_actors as valkeylock;
+/// use valkeylock::{NodeAddr, NodeUrlErrorKind};
+///
+/// let e = NodeAddr::parse("redis://u:secret@host:99999").unwrap_err();
+/// assert_eq!(e.url(), "redis://u:***@host:99999");
+/// assert!(matches!(e.kind(), NodeUrlErrorKind::InvalidPort(_)));
+/// println!("{e}"); // invalid node URL "redis://u:***@host:99999": …
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseNodeError {
     url: String,
@@ -223,7 +245,8 @@ impl NodeAddr {
     ///
     /// # Examples
     /// ```
-    /// use valkeylock_actors::{NodeAddr, Topology};
+    /// # use valkeylock_actors as valkeylock;
+    /// use valkeylock::{NodeAddr, Topology};
     /// let a = NodeAddr::parse("valkey-sentinel://:pw@10.0.0.1,10.0.0.2:26380/mymaster").unwrap();
     /// assert_eq!(a.topology, Topology::Sentinel { service: "mymaster".into() });
     /// assert_eq!(a.hosts, [("10.0.0.1".into(), 26379), ("10.0.0.2".into(), 26380)]);
@@ -245,6 +268,17 @@ impl NodeAddr {
     /// count. Two spellings of one server that normalize differently
     /// (`localhost` and `127.0.0.1`, a proxy's address) rank differently: all
     /// lockers of a name must name the servers the same way.
+    ///
+    /// # Examples
+    /// ```
+    /// # use valkeylock_actors as valkeylock;
+    /// use valkeylock::NodeAddr;
+    ///
+    /// let a = NodeAddr::parse("valkey://user:pw@Cache.Example:6380/2").unwrap();
+    /// assert_eq!(a.placement_key(), "standalone cache.example:06380 db2");
+    /// let b = NodeAddr::parse("redis://cache.example:6380/2").unwrap();
+    /// assert_eq!(a.placement_key(), b.placement_key());
+    /// ```
     pub fn placement_key(&self) -> String {
         let topology = match &self.topology {
             Topology::Standalone => "standalone".to_owned(),
@@ -268,11 +302,33 @@ impl NodeAddr {
     }
 
     /// The URL as given, with its passwords replaced by `***`, for messages.
+    ///
+    /// # Examples
+    /// ```
+    /// # use valkeylock_actors as valkeylock;
+    /// use valkeylock::NodeAddr;
+    ///
+    /// let a = NodeAddr::parse("redis://app:secret@10.0.0.1:6379").unwrap();
+    /// assert_eq!(a.redacted_url(), "redis://app:***@10.0.0.1:6379");
+    /// ```
     pub fn redacted_url(&self) -> String {
         redact_url(&self.url)
     }
 
     /// Where it points, without credentials, for logs and errors.
+    ///
+    /// # Panics
+    /// If [`hosts`](NodeAddr::hosts) is empty, which [`NodeAddr::parse`]
+    /// never returns (only a `hosts` emptied by hand is).
+    ///
+    /// # Examples
+    /// ```
+    /// # use valkeylock_actors as valkeylock;
+    /// use valkeylock::NodeAddr;
+    ///
+    /// let a = NodeAddr::parse("valkey-sentinel://:pw@10.0.0.1/mymaster").unwrap();
+    /// assert_eq!(a.display(), "sentinel mymaster@10.0.0.1:26379");
+    /// ```
     pub fn display(&self) -> String {
         let (h, p) = &self.hosts[0];
         let h = if h.contains(':') {

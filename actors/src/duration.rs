@@ -21,8 +21,9 @@ const MAX_PARSED: Duration = Duration::from_secs(1_000_000_000_000);
 ///
 /// # Examples
 /// ```
+/// # use valkeylock_actors as valkeylock;
 /// use std::time::Duration;
-/// use valkeylock_actors::{parse_duration, DurationErrorKind};
+/// use valkeylock::{parse_duration, DurationErrorKind};
 /// assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
 /// assert_eq!(parse_duration("30").unwrap_err().kind(), &DurationErrorKind::MissingUnit);
 /// ```
@@ -55,11 +56,34 @@ pub fn parse_duration(text: &str) -> Result<Duration, ParseDurationError> {
 
 /// Formats a duration the way [`parse_duration`] reads it, for people:
 /// `"5s"`, `"250ms"`, `"1m 30s"`, `"1s 500ms"`.
+///
+/// # Examples
+/// ```
+/// # use valkeylock_actors as valkeylock;
+/// use std::time::Duration;
+/// use valkeylock::{format_duration, parse_duration};
+///
+/// assert_eq!(format_duration(Duration::from_millis(90_000)), "1m 30s");
+/// assert_eq!(format_duration(Duration::from_millis(1500)), "1s 500ms");
+/// let d = Duration::from_millis(2250);
+/// assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+/// ```
 pub fn format_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
 /// A duration [`parse_duration`] refused: the input and what is wrong.
+///
+/// # Examples
+/// ```
+/// # use valkeylock_actors as valkeylock;
+/// use valkeylock::{parse_duration, DurationErrorKind};
+///
+/// let e = parse_duration("5 parsecs").unwrap_err();
+/// assert_eq!(e.input(), "5 parsecs");
+/// assert_eq!(e.kind(), &DurationErrorKind::UnknownUnit("parsecs".into()));
+/// println!("{e}");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseDurationError {
     input: String,

@@ -9,6 +9,36 @@ use std::sync::Arc;
 /// `Clone` (the cause of a connection error is shared), but not `PartialEq`:
 /// a cause is an arbitrary error, which has no equality. Match on the
 /// variant and its fields instead (`matches!(e, Error::Closed)`).
+///
+/// `#[non_exhaustive]`: a `match` needs a catch-all arm.
+///
+/// # Examples
+/// Sorting errors into what to do about them:
+/// ```
+/// # use valkeylock_actors as valkeylock;
+/// use std::time::Duration;
+/// use valkeylock::{ConnectionErrorKind, Error};
+///
+/// fn advice(e: &Error) -> &'static str {
+///     match e {
+///         Error::NotLocked { held_by_others: true, .. } => "held by someone else: try later",
+///         Error::NotLocked { .. } => "too few nodes answered: try again",
+///         Error::Timeout { .. } => "waited long enough: give up or retry",
+///         Error::InvalidOptions { .. } | Error::InvalidName { .. } => "fix the call",
+///         Error::ConfigMismatch { .. } => "lockers of this name disagree on key_majority or nodes",
+///         Error::ReleaseUnconfirmed { .. } => "released; some keys are left to expire",
+///         Error::Connection { kind: ConnectionErrorKind::Authentication, .. } => "fix the credentials",
+///         Error::Connection { .. } => "check the servers",
+///         Error::Closed => "the locker is closed",
+///         _ => "unexpected",
+///     }
+/// }
+///
+/// let e = Error::Timeout { name: "report".into(), waited: Duration::from_secs(5) };
+/// assert_eq!(advice(&e), "waited long enough: give up or retry");
+/// assert_eq!(e.to_string(), "timed out after 5s waiting for lock \"report\"");
+/// assert_eq!(advice(&Error::Closed), "the locker is closed");
+/// ```
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -110,6 +140,20 @@ pub enum Error {
 
 /// What kind of failure an [`Error::Connection`] is, so a caller can tell
 /// "fix the configuration" from "try again later".
+///
+/// # Examples
+/// ```
+/// # use valkeylock_actors as valkeylock;
+/// use valkeylock::{ConnectionErrorKind, Error};
+///
+/// fn retry_later(e: &Error) -> bool {
+///     matches!(
+///         e,
+///         Error::Connection { kind: ConnectionErrorKind::Unreachable | ConnectionErrorKind::Timeout, .. }
+///     )
+/// }
+/// assert!(!retry_later(&Error::Closed));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ConnectionErrorKind {
@@ -142,7 +186,17 @@ pub enum ConnectionErrorKind {
 }
 
 impl ConnectionErrorKind {
-    /// A short, stable, lowercase label, for metrics and logs.
+    /// A short, stable, lowercase label, for metrics and logs (also its
+    /// `Display`).
+    ///
+    /// # Examples
+    /// ```
+    /// # use valkeylock_actors as valkeylock;
+    /// use valkeylock::ConnectionErrorKind;
+    ///
+    /// assert_eq!(ConnectionErrorKind::Authentication.as_str(), "authentication");
+    /// assert_eq!(ConnectionErrorKind::Timeout.to_string(), "timeout");
+    /// ```
     pub fn as_str(&self) -> &'static str {
         match self {
             ConnectionErrorKind::Authentication => "authentication",
@@ -163,8 +217,25 @@ impl fmt::Display for ConnectionErrorKind {
     }
 }
 
-/// Why a held lock ended. Delivered once by `lost()`, by the lock's
-/// cancellation token's owner, and as the payload of a `Lost` event.
+/// Why a held lock ended: what `LockGuard::lost` and
+/// [`LeaseWatcher::lost`](crate::LeaseWatcher::lost) return, what
+/// `LockGuard::lost_reason` says once the engine has ended the grant, and
+/// the payload of a `LockEvent::Lost`.
+///
+/// Its `Display` is a sentence for people; [`as_str`](LostReason::as_str)
+/// is a stable label for metrics. `#[non_exhaustive]`: reasons may be added.
+///
+/// # Examples
+/// ```
+/// # use valkeylock_actors as valkeylock;
+/// use valkeylock::LostReason;
+///
+/// let reason = LostReason::Deleted;
+/// assert_eq!(reason.as_str(), "deleted");
+/// assert_eq!(reason.to_string(), "its keys were deleted by someone else");
+/// assert!(reason.is_loss());
+/// assert!(!LostReason::Released.is_loss());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum LostReason {
@@ -198,7 +269,16 @@ pub enum LostReason {
 }
 
 impl LostReason {
-    /// A short, stable, lowercase label, for metrics and logs.
+    /// A short, stable, lowercase label (`snake_case`), for metrics and logs.
+    ///
+    /// # Examples
+    /// ```
+    /// # use valkeylock_actors as valkeylock;
+    /// use valkeylock::LostReason;
+    ///
+    /// assert_eq!(LostReason::MaxHold.as_str(), "max_hold");
+    /// assert_eq!(LostReason::EngineStopped.as_str(), "engine_stopped");
+    /// ```
     pub fn as_str(&self) -> &'static str {
         match self {
             LostReason::Released => "released",
@@ -216,6 +296,15 @@ impl LostReason {
 
     /// True for every reason except [`LostReason::Released`]: the lock ended
     /// without its holder asking.
+    ///
+    /// # Examples
+    /// ```
+    /// # use valkeylock_actors as valkeylock;
+    /// use valkeylock::LostReason;
+    ///
+    /// assert!(LostReason::Expired.is_loss());
+    /// assert!(!LostReason::Released.is_loss());
+    /// ```
     pub fn is_loss(&self) -> bool {
         !matches!(self, LostReason::Released)
     }

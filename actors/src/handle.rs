@@ -597,7 +597,25 @@ impl Drop for Lease {
     }
 }
 
-/// Observes a grant without owning it: cloneable, never releases.
+/// Observes a grant without owning it: cloneable, never releases. Made by
+/// `LockGuard::watcher`, for another task or actor that must stop when the
+/// lock ends while the guard stays with its owner. Dropping a watcher does
+/// nothing to the lock.
+///
+/// # Examples
+/// ```no_run
+/// # use valkeylock_actors as valkeylock;
+/// use valkeylock::LeaseWatcher;
+///
+/// // `watcher` is `guard.watcher()`, handed to a background task.
+/// async fn background(watcher: LeaseWatcher) {
+///     tokio::select! {
+///         reason = watcher.lost() => eprintln!("{}: lost ({reason}), stopping", watcher.name()),
+///         _ = work() => {}
+///     }
+/// }
+/// # async fn work() {}
+/// ```
 #[derive(Debug, Clone)]
 pub struct LeaseWatcher {
     name: Arc<str>,
@@ -609,19 +627,79 @@ pub struct LeaseWatcher {
 
 impl LeaseWatcher {
     /// The lock name.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # use valkeylock_actors as valkeylock;
+    /// # fn demo(watcher: valkeylock::LeaseWatcher) {
+    /// println!("watching {}", watcher.name());
+    /// # }
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
-    /// Waits until the grant ends and says why.
+
+    /// Waits until the grant ends and says why, as `LockGuard::lost` does:
+    /// callable any number of times, from any number of clones, also after
+    /// the guard was released or dropped ([`LostReason::Released`]). It
+    /// resolves by the grant's validity on this process's own clock even if
+    /// the engine is late to say so (then with [`LostReason::Expired`], or
+    /// [`LostReason::MaxHold`] at a maximum hold).
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe. If `lost()` is used as the event in a
+    /// `tokio::select!` statement and some other branch completes first, then
+    /// nothing is lost: the lock is unaffected, and a later call returns the
+    /// reason as before.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # use valkeylock_actors as valkeylock;
+    /// # async fn demo(watcher: valkeylock::LeaseWatcher) {
+    /// let reason = watcher.lost().await;
+    /// if reason.is_loss() {
+    ///     eprintln!("{} lost: {reason}", watcher.name());
+    /// }
+    /// # }
+    /// ```
     pub async fn lost(&self) -> LostReason {
         wait_end(self.status.clone(), self.hold_until).await
     }
-    /// True while held and within its validity, by this process's clock.
+
+    /// True while held and within its validity, by this process's clock:
+    /// false from the grant's `valid_until` on, even if the engine has not
+    /// said so yet.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # use valkeylock_actors as valkeylock;
+    /// # fn demo(watcher: valkeylock::LeaseWatcher) {
+    /// if watcher.is_held() {
+    ///     // still safe to act on the protected resource
+    /// }
+    /// # }
+    /// ```
     pub fn is_held(&self) -> bool {
         held(&self.status)
     }
+
     /// Cancelled when the grant ends (or its validity runs out by this
-    /// process's clock).
+    /// process's clock), for code that takes a
+    /// `tokio_util::sync::CancellationToken`. Each call returns a new child
+    /// token; cancelling it does not release the lock.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # use valkeylock_actors as valkeylock;
+    /// # async fn demo(watcher: valkeylock::LeaseWatcher) {
+    /// let token = watcher.cancellation_token();
+    /// tokio::select! {
+    ///     _ = token.cancelled() => eprintln!("lock ended"),
+    ///     _ = work() => {}
+    /// }
+    /// # }
+    /// # async fn work() {}
+    /// ```
     pub fn cancellation_token(&self) -> CancellationToken {
         own_clock_token(&self.cancel, &self.status, self.hold_until, &self.runtime)
     }

@@ -13,7 +13,29 @@ use crate::scripts::{KeyState, Seen, Token};
 /// owners apart in a listing, far too few to forge a release.
 pub(crate) const OWNER_PREFIX: usize = 8;
 
-/// What [`inspect`](crate::Engine::inspect) saw of one lock.
+/// What `Locker::inspect` saw of one lock (and what a
+/// [`LockWatch`](crate::LockWatch) reports). Serializes to the JSON of
+/// `valkeylock status --json`.
+///
+/// # Examples
+/// ```no_run
+/// # use valkeylock_actors as valkeylock;
+/// use valkeylock::{KeyValue, LockInfo};
+///
+/// // `info` is `locker.inspect("invoices").await?`.
+/// fn report(info: &LockInfo) {
+///     println!("{}: {:?} ({} of {} keys needed)", info.name, info.state, info.needed, info.total);
+///     for key in &info.keys {
+///         match &key.value {
+///             KeyValue::Present { owner, ttl, .. } => println!("  {} on {}: {owner}, ttl {ttl:?}", key.key, key.address),
+///             KeyValue::Absent => println!("  {} on {}: absent", key.key, key.address),
+///             KeyValue::Unknown { error } => println!("  {} on {}: unreadable ({error})", key.key, key.address),
+///             _ => {}
+///         }
+///     }
+///     println!("  fencing counter: {:?}", info.fencing_counter());
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct LockInfo {
@@ -36,17 +58,48 @@ pub struct LockInfo {
 
 impl LockInfo {
     /// True when held, by anyone.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # use valkeylock_actors as valkeylock;
+    /// # fn demo(info: valkeylock::LockInfo) {
+    /// if info.is_held() {
+    ///     println!("{} is held", info.name);
+    /// }
+    /// # }
+    /// ```
     pub fn is_held(&self) -> bool {
         matches!(self.state, LockState::Held { .. })
     }
 
-    /// True when free (see [`LockState::Free`]).
+    /// True when free (see [`LockState::Free`]). Neither this nor
+    /// [`is_held`](LockInfo::is_held) is true when the state is
+    /// [`LockState::Unknown`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # use valkeylock_actors as valkeylock;
+    /// # fn demo(info: valkeylock::LockInfo) {
+    /// let verdict = if info.is_held() { "held" } else if info.is_free() { "free" } else { "unknown" };
+    /// # }
+    /// ```
     pub fn is_free(&self) -> bool {
         matches!(self.state, LockState::Free)
     }
 
     /// The highest fencing counter any node reported; `None` when no node
     /// could be read. 0 when no locker with `fencing` has taken the lock.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # use valkeylock_actors as valkeylock;
+    /// # fn demo(info: valkeylock::LockInfo) {
+    /// match info.fencing_counter() {
+    ///     Some(n) => println!("the next fenced grant gets a token above {n}"),
+    ///     None => println!("no node could be read"),
+    /// }
+    /// # }
+    /// ```
     pub fn fencing_counter(&self) -> Option<u64> {
         self.fencing.iter().filter_map(|f| f.value).max()
     }
@@ -89,6 +142,23 @@ impl LockInfo {
 ///
 /// This is the lock's own majority rule, read from outside: a holder keeps
 /// its lock while M of its keys are there, and an attempt gets it with M.
+///
+/// # Examples
+/// ```no_run
+/// # use valkeylock_actors as valkeylock;
+/// use valkeylock::LockState;
+///
+/// // `info` is `locker.inspect("invoices").await?`.
+/// # fn demo(info: valkeylock::LockInfo) {
+/// match &info.state {
+///     LockState::Held { owner, ours: true, .. } => println!("we hold it ({owner})"),
+///     LockState::Held { owner, expires_in, .. } => println!("{owner} holds it, {expires_in:?} left unless extended"),
+///     LockState::Free => println!("free"),
+///     LockState::Unknown { unreadable } => println!("cannot tell: {unreadable} keys unreadable"),
+///     _ => {}
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -206,7 +276,29 @@ pub struct NodeHealth {
     pub last_error: Option<String>,
 }
 
-/// The health of a locker's nodes, for readiness probes.
+/// The health of a locker's nodes, for readiness probes: what
+/// `Locker::health` returns, read from a table the node actors keep (no
+/// command is sent).
+///
+/// # Examples
+/// ```no_run
+/// # use valkeylock_actors as valkeylock;
+/// use valkeylock::Health;
+///
+/// // `health` is `locker.health()`.
+/// fn probe(health: &Health) -> Result<(), String> {
+///     if health.ready {
+///         return Ok(());
+///     }
+///     let down: Vec<String> = health
+///         .nodes
+///         .iter()
+///         .filter(|n| !n.connected)
+///         .map(|n| format!("{} ({})", n.address, n.last_error.as_deref().unwrap_or("no error yet")))
+///         .collect();
+///     Err(format!("not ready; down: {}", down.join(", ")))
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Health {
@@ -217,7 +309,19 @@ pub struct Health {
     pub nodes: Vec<NodeHealth>,
 }
 
-/// What [`force_release`](crate::Engine::force_release) did.
+/// What `Locker::force_release` did.
+///
+/// # Examples
+/// ```no_run
+/// # use valkeylock_actors as valkeylock;
+/// // `done` is `locker.force_release("invoices").await?`.
+/// # fn demo(done: valkeylock::ForcedRelease) {
+/// println!("{} of {} keys deleted", done.deleted, done.total);
+/// for error in &done.errors {
+///     eprintln!("not deleted: {error}");
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct ForcedRelease {

@@ -133,6 +133,22 @@ pub(crate) async fn inspect(shared: &Shared, name: &str) -> LockInfo {
 /// intermediate states may be skipped when changes come faster than they are
 /// read. Only a change of [`LockState`] kind or owner counts; remaining TTLs
 /// going down do not.
+///
+/// The locker's `close` ends every watch: `changed`
+/// and `wait_for` then fail with [`Error::Closed`].
+///
+/// # Examples
+/// ```no_run
+/// # use valkeylock_actors as valkeylock;
+/// use valkeylock::{Error, LockState, LockWatch};
+///
+/// // `watch` is `locker.watch("invoices")?`.
+/// async fn wait_until_free(mut watch: LockWatch) -> Result<(), Error> {
+///     let info = watch.wait_for(|state| *state == LockState::Free).await?;
+///     println!("{} is free", info.name);
+///     Ok(())
+/// }
+/// ```
 #[derive(Debug)]
 pub struct LockWatch {
     name: Arc<str>,
@@ -141,14 +157,48 @@ pub struct LockWatch {
 
 impl LockWatch {
     /// The lock name.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # use valkeylock_actors as valkeylock;
+    /// # fn demo(watch: valkeylock::LockWatch) {
+    /// println!("watching {}", watch.name());
+    /// # }
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// Waits for a state not returned yet and returns it.
+    /// Waits for a state not returned yet and returns it: the first call
+    /// returns the first look, later calls the next change of state or
+    /// owner (intermediate states may be skipped).
     ///
     /// # Errors
     /// [`Error::Closed`] once the locker is closed.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe. If `changed()` is used as the event in a
+    /// `tokio::select!` statement and some other branch completes first, then
+    /// no state is marked as seen: a change that arrived meanwhile is
+    /// returned by the next call.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # use valkeylock_actors as valkeylock;
+    /// use valkeylock::{Error, LockState, LockWatch};
+    ///
+    /// async fn follow(mut watch: LockWatch) -> Result<(), Error> {
+    ///     loop {
+    ///         let info = watch.changed().await?;
+    ///         match &info.state {
+    ///             LockState::Held { owner, .. } => println!("held by {owner}"),
+    ///             LockState::Free => println!("free"),
+    ///             LockState::Unknown { unreadable } => println!("unknown ({unreadable} keys unreadable)"),
+    ///             _ => {}
+    ///         }
+    ///     }
+    /// }
+    /// ```
     pub async fn changed(&mut self) -> Result<LockInfo, Error> {
         loop {
             self.rx.changed().await.map_err(|_| Error::Closed)?;
@@ -163,6 +213,23 @@ impl LockWatch {
     ///
     /// # Errors
     /// [`Error::Closed`] once the locker is closed.
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe. If `wait_for()` is used as the event in a
+    /// `tokio::select!` statement and some other branch completes first, then
+    /// the watch is left as it was: a later call checks the latest state
+    /// first, so a state `pred` accepts is not missed.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # use valkeylock_actors as valkeylock;
+    /// use valkeylock::{Error, LockState, LockWatch};
+    ///
+    /// async fn wait_until_held(watch: &mut LockWatch) -> Result<String, Error> {
+    ///     let info = watch.wait_for(|s| matches!(s, LockState::Held { .. })).await?;
+    ///     Ok(info.name)
+    /// }
+    /// ```
     pub async fn wait_for<F>(&mut self, mut pred: F) -> Result<LockInfo, Error>
     where
         F: FnMut(&LockState) -> bool,
@@ -181,7 +248,19 @@ impl LockWatch {
     }
 
     /// The state last reported (or being reported), `None` before the first
-    /// look has finished.
+    /// look has finished. Does not wait, and does not mark the state as seen
+    /// by [`changed`](LockWatch::changed).
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # use valkeylock_actors as valkeylock;
+    /// # fn demo(watch: valkeylock::LockWatch) {
+    /// match watch.latest() {
+    ///     Some(info) => println!("held: {}", info.is_held()),
+    ///     None => println!("no look yet"),
+    /// }
+    /// # }
+    /// ```
     pub fn latest(&self) -> Option<LockInfo> {
         self.rx.borrow().clone()
     }

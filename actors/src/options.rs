@@ -23,6 +23,43 @@ use crate::scripts::Fingerprint;
 /// `#[non_exhaustive]`: options are added without a breaking change, so
 /// build them with [`LockerOptions::new`] (or `Default`) and the `with_*`
 /// methods, or deserialize them, rather than with a struct literal.
+///
+/// Nothing is checked until `Locker::connect` (or
+/// [`validate`](LockerOptions::validate)), which fails with
+/// [`Error::InvalidOptions`] naming the field.
+///
+/// # Examples
+/// With the builder:
+/// ```
+/// # use valkeylock_actors as valkeylock;
+/// use std::time::Duration;
+/// use valkeylock::LockerOptions;
+///
+/// let options = LockerOptions::new(["redis://127.0.0.1:6379"])
+///     .with_key_majority(1)                          // one instance
+///     .with_key_validity(Duration::from_secs(10))
+///     .with_try_next_after(Duration::from_millis(500))
+///     .with_fencing(true);
+/// assert!(options.validate().is_ok());
+/// assert_eq!(options.extend_interval, None); // key_validity / 2
+/// ```
+///
+/// From a configuration file (any serde format; JSON here, TOML alike).
+/// Missing fields take their defaults; an unknown field is an error:
+/// ```
+/// # use valkeylock_actors as valkeylock;
+/// use std::time::Duration;
+/// use valkeylock::LockerOptions;
+///
+/// let options: LockerOptions = serde_json::from_str(r#"{
+///     "nodes": ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"],
+///     "key_validity": "10s",
+///     "try_next_after": "500ms"
+/// }"#).unwrap();
+/// assert_eq!(options.key_majority, 2);
+/// assert_eq!(options.key_validity, Duration::from_secs(10));
+/// assert!(serde_json::from_str::<LockerOptions>(r#"{"nodez": []}"#).is_err());
+/// ```
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -154,6 +191,17 @@ impl Default for LockerOptions {
 
 impl LockerOptions {
     /// Options for the given nodes, with every other field at its default.
+    /// Each `with_*` method then sets the field of the same name (see its
+    /// documentation above for what it does and its default).
+    ///
+    /// # Examples
+    /// ```
+    /// # use valkeylock_actors as valkeylock;
+    /// use valkeylock::LockerOptions;
+    ///
+    /// let options = LockerOptions::new(["valkey://127.0.0.1:6379"]).with_key_majority(1);
+    /// assert_eq!(options.key_prefix, "valkeylock");
+    /// ```
     pub fn new<I, S>(nodes: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -241,6 +289,17 @@ impl LockerOptions {
     ///
     /// # Errors
     /// [`Error::InvalidOptions`] naming the first field that is wrong.
+    ///
+    /// # Examples
+    /// ```
+    /// # use valkeylock_actors as valkeylock;
+    /// use valkeylock::{Error, LockerOptions};
+    ///
+    /// // Three nodes, but key_majority 1 means one key per lock.
+    /// let options = LockerOptions::new(["redis://a", "redis://b", "redis://c"]).with_key_majority(1);
+    /// assert!(matches!(options.validate(), Err(Error::InvalidOptions { field: "nodes", .. })));
+    /// assert!(options.with_key_majority(2).validate().is_ok());
+    /// ```
     pub fn validate(&self) -> Result<(), Error> {
         self.settings().map(|_| ())
     }
@@ -256,6 +315,18 @@ impl LockerOptions {
     /// # Errors
     /// [`Error::InvalidOptions`] when the options are invalid (as
     /// [`validate`](LockerOptions::validate)).
+    ///
+    /// # Examples
+    /// ```
+    /// # use valkeylock_actors as valkeylock;
+    /// use valkeylock::LockerOptions;
+    ///
+    /// let listed = LockerOptions::new(["redis://10.0.0.2", "redis://10.0.0.1", "redis://10.0.0.3"]);
+    /// let sorted = LockerOptions::new(["redis://10.0.0.1", "redis://10.0.0.2", "redis://10.0.0.3"]);
+    /// // Key 0 lives on 10.0.0.1 whatever the list order.
+    /// assert_eq!(listed.nodes[listed.node_of_key(0).unwrap()], "redis://10.0.0.1");
+    /// assert_eq!(sorted.nodes[sorted.node_of_key(0).unwrap()], "redis://10.0.0.1");
+    /// ```
     pub fn node_of_key(&self, index: usize) -> Result<usize, Error> {
         Ok(self.settings()?.node_of_key(index))
     }

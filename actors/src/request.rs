@@ -11,9 +11,15 @@ use crate::options::{Settings, MAX_DURATION};
 /// Per-call options of an acquisition. Every field is optional; an empty
 /// request is the locker's defaults (the same as `lock(name)`).
 ///
+/// Pass it to `Locker::lock_with` or `Locker::try_lock_with`. It is only
+/// checked there, against the locker's options: a request out of range fails
+/// that call with [`Error::InvalidOptions`] before anything is sent.
+///
+/// # Examples
 /// ```
+/// # use valkeylock_actors as valkeylock;
 /// use std::time::Duration;
-/// use valkeylock_actors::LockRequest;
+/// use valkeylock::LockRequest;
 ///
 /// let request = LockRequest::new()
 ///     .wait(Duration::from_secs(10))      // give up with Error::Timeout after 10 s
@@ -31,6 +37,16 @@ pub struct LockRequest {
 impl LockRequest {
     /// The locker's defaults: wait without limit, its `key_validity`, no
     /// maximum hold.
+    ///
+    /// # Examples
+    /// ```
+    /// # use valkeylock_actors as valkeylock;
+    /// use valkeylock::LockRequest;
+    ///
+    /// let request = LockRequest::new();
+    /// assert_eq!(request, LockRequest::default());
+    /// assert_eq!(request.wait_limit(), None);
+    /// ```
     pub fn new() -> LockRequest {
         LockRequest::default()
     }
@@ -40,6 +56,16 @@ impl LockRequest {
     /// caller's clock, from the call; it covers an outage too (a `lock()`
     /// without one waits through it for as long as it lasts). Ignored by
     /// `try_lock` and `force_lock`, which never wait for a holder.
+    ///
+    /// # Examples
+    /// ```
+    /// # use valkeylock_actors as valkeylock;
+    /// use std::time::Duration;
+    /// use valkeylock::LockRequest;
+    ///
+    /// let request = LockRequest::new().wait(Duration::from_secs(5));
+    /// assert_eq!(request.wait_limit(), Some(Duration::from_secs(5)));
+    /// ```
     pub fn wait(mut self, limit: Duration) -> LockRequest {
         self.wait = Some(limit);
         self
@@ -50,7 +76,19 @@ impl LockRequest {
     /// wait after this process dies. Extensions come at least every
     /// `validity / 2` (or the locker's `extend_interval` if shorter). It must
     /// satisfy the locker's rules for `key_validity` (at least 10 ms, whole
-    /// milliseconds, room for an extension within `try_next_after`).
+    /// milliseconds, room for an extension within `try_next_after`); the
+    /// acquisition fails with [`Error::InvalidOptions`] (field `validity`)
+    /// otherwise.
+    ///
+    /// # Examples
+    /// ```
+    /// # use valkeylock_actors as valkeylock;
+    /// use std::time::Duration;
+    /// use valkeylock::LockRequest;
+    ///
+    /// let request = LockRequest::new().validity(Duration::from_secs(30));
+    /// assert_eq!(request.validity_limit(), Some(Duration::from_secs(30)));
+    /// ```
     pub fn validity(mut self, validity: Duration) -> LockRequest {
         self.validity = Some(validity);
         self
@@ -60,23 +98,67 @@ impl LockRequest {
     /// holder's `lost()` says [`LostReason::MaxHold`](crate::LostReason::MaxHold),
     /// and the keys are deleted, whatever the holder is doing. `valid_until`
     /// never lies beyond it. A guard against a holder that hangs while its
-    /// process keeps extending.
+    /// process keeps extending. It must be above 0 (the acquisition fails
+    /// with [`Error::InvalidOptions`], field `max_hold`, otherwise).
+    ///
+    /// # Examples
+    /// ```
+    /// # use valkeylock_actors as valkeylock;
+    /// use std::time::Duration;
+    /// use valkeylock::LockRequest;
+    ///
+    /// let request = LockRequest::new().max_hold(Duration::from_secs(600));
+    /// assert_eq!(request.max_hold_limit(), Some(Duration::from_secs(600)));
+    /// ```
     pub fn max_hold(mut self, max_hold: Duration) -> LockRequest {
         self.max_hold = Some(max_hold);
         self
     }
 
-    /// The wait limit, if any.
+    /// The wait limit, if any (see [`LockRequest::wait`]).
+    ///
+    /// # Examples
+    /// ```
+    /// # use valkeylock_actors as valkeylock;
+    /// use std::time::Duration;
+    /// use valkeylock::LockRequest;
+    ///
+    /// assert_eq!(LockRequest::new().wait_limit(), None);
+    /// let request = LockRequest::new().wait(Duration::from_millis(250));
+    /// assert_eq!(request.wait_limit(), Some(Duration::from_millis(250)));
+    /// ```
     pub fn wait_limit(&self) -> Option<Duration> {
         self.wait
     }
 
-    /// The validity asked for, if any.
+    /// The validity asked for, if any (see [`LockRequest::validity`]).
+    ///
+    /// # Examples
+    /// ```
+    /// # use valkeylock_actors as valkeylock;
+    /// use std::time::Duration;
+    /// use valkeylock::LockRequest;
+    ///
+    /// assert_eq!(LockRequest::new().validity_limit(), None);
+    /// let request = LockRequest::new().validity(Duration::from_secs(2));
+    /// assert_eq!(request.validity_limit(), Some(Duration::from_secs(2)));
+    /// ```
     pub fn validity_limit(&self) -> Option<Duration> {
         self.validity
     }
 
-    /// The maximum hold, if any.
+    /// The maximum hold, if any (see [`LockRequest::max_hold`]).
+    ///
+    /// # Examples
+    /// ```
+    /// # use valkeylock_actors as valkeylock;
+    /// use std::time::Duration;
+    /// use valkeylock::LockRequest;
+    ///
+    /// assert_eq!(LockRequest::new().max_hold_limit(), None);
+    /// let request = LockRequest::new().max_hold(Duration::from_secs(60));
+    /// assert_eq!(request.max_hold_limit(), Some(Duration::from_secs(60)));
+    /// ```
     pub fn max_hold_limit(&self) -> Option<Duration> {
         self.max_hold
     }
