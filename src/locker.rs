@@ -21,6 +21,23 @@ use crate::{
 /// temporary `Locker`. Once the last clone and the last guard are dropped, it
 /// closes in the background; prefer [`Locker::close`], which waits (and ends
 /// the guards still held, with `Closed`).
+///
+/// # Examples
+/// ```no_run
+/// # async fn demo() -> Result<(), valkeylock::Error> {
+/// use valkeylock::{Locker, LockerOptions};
+///
+/// let locker = Locker::connect(LockerOptions::new(["redis://127.0.0.1:6379"]).with_key_majority(1)).await?;
+/// let worker = locker.clone(); // same connections, for another task
+/// tokio::spawn(async move {
+///     if let Ok(guard) = worker.lock("jobs").await {
+///         // …
+///         drop(guard);
+///     }
+/// });
+/// locker.close().await;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Locker {
     inner: Arc<Inner>,
@@ -49,7 +66,8 @@ impl Locker {
     /// # Errors
     /// - [`Error::InvalidOptions`] for options out of range;
     /// - [`Error::Connection`] for wrong credentials, missing permissions, a
-    ///   server without RESP3, or too few reachable nodes.
+    ///   server without RESP3, or too few reachable nodes; its
+    ///   [`kind`](crate::ConnectionErrorKind) says which.
     ///
     /// # Examples
     /// ```no_run
@@ -80,7 +98,24 @@ impl Locker {
     /// with [`Locker::lock_with`] and [`LockRequest::wait`].
     ///
     /// # Errors
-    /// [`Error::InvalidName`], [`Error::Closed`].
+    /// [`Error::InvalidName`], [`Error::Closed`] (the locker was closed, or
+    /// closes while waiting), [`Error::ConfigMismatch`] (the keys are held
+    /// by a locker with another `key_majority` or node count).
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe. If `lock()` is used as the event in a
+    /// `tokio::select!` statement and some other branch completes first, then
+    /// the request is withdrawn and nothing is held: a grant that arrived just
+    /// as the future was dropped is released, never left held by nobody.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(locker: valkeylock::Locker) -> Result<(), valkeylock::Error> {
+    /// let guard = locker.lock("invoices").await?;
+    /// // … work while `guard.is_held()` …
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn lock(&self, name: &str) -> Result<LockGuard, Error> {
         self.acquire(name, AcquireKind::Wait, &LockRequest::new())
             .await
@@ -95,6 +130,14 @@ impl Locker {
     /// withdrawn, nothing is held); [`Error::InvalidOptions`] for a request
     /// out of range (checked before anything is sent); plus those of
     /// [`Locker::lock`].
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe. If `lock_with()` is used as the event in a
+    /// `tokio::select!` statement and some other branch completes first, then
+    /// the request is withdrawn and nothing is held: a grant that arrived just
+    /// as the future was dropped is released, never left held by nobody.
+    /// A wait limit works the same way: when it runs out, the request is
+    /// withdrawn.
     ///
     /// # Examples
     /// ```no_run
@@ -123,6 +166,27 @@ impl Locker {
     /// [`Error::NotLocked`] with the counts when the majority was not reached
     /// (also when another guard of this process holds it), plus those of
     /// [`Locker::lock`].
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe. If `try_lock()` is used as the event in a
+    /// `tokio::select!` statement and some other branch completes first, then
+    /// the request is withdrawn and nothing is held: a grant that arrived just
+    /// as the future was dropped is released, never left held by nobody.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(locker: valkeylock::Locker) -> Result<(), valkeylock::Error> {
+    /// use valkeylock::Error;
+    ///
+    /// match locker.try_lock("invoices").await {
+    ///     Ok(guard) => guard.release().await?,
+    ///     Err(Error::NotLocked { acquired, needed, held_by_others, .. }) => {
+    ///         eprintln!("got {acquired} of {needed} keys (held by others: {held_by_others})")
+    ///     }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn try_lock(&self, name: &str) -> Result<LockGuard, Error> {
         self.acquire(name, AcquireKind::Try, &LockRequest::new())
             .await
@@ -134,6 +198,26 @@ impl Locker {
     /// # Errors
     /// [`Error::InvalidOptions`] for a request out of range, plus those of
     /// [`Locker::try_lock`].
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe. If `try_lock_with()` is used as the event in a
+    /// `tokio::select!` statement and some other branch completes first, then
+    /// the request is withdrawn and nothing is held: a grant that arrived just
+    /// as the future was dropped is released, never left held by nobody.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(locker: valkeylock::Locker) -> Result<(), valkeylock::Error> {
+    /// use std::time::Duration;
+    /// use valkeylock::LockRequest;
+    ///
+    /// let request = LockRequest::new().max_hold(Duration::from_secs(60));
+    /// if let Ok(guard) = locker.try_lock_with("cleanup", &request).await {
+    ///     // at most a minute, whatever happens
+    ///     guard.release().await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn try_lock_with(
         &self,
         name: &str,
@@ -147,7 +231,24 @@ impl Locker {
     ///
     /// # Errors
     /// [`Error::NotLocked`] when too few nodes answered, plus those of
-    /// [`Locker::lock`].
+    /// [`Locker::lock`] (except [`Error::ConfigMismatch`]: it overwrites
+    /// without reading).
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe. If `force_lock()` is used as the event in a
+    /// `tokio::select!` statement and some other branch completes first, then
+    /// the request is withdrawn and nothing is held by this call: a grant that arrived just
+    /// as the future was dropped is released, never left held by nobody.
+    /// Keys already overwritten stay overwritten: the old holder may have
+    /// lost the lock even so.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(locker: valkeylock::Locker) -> Result<(), valkeylock::Error> {
+    /// let guard = locker.force_lock("stuck-job").await?; // the old holder's lost() says Forced
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn force_lock(&self, name: &str) -> Result<LockGuard, Error> {
         self.acquire(name, AcquireKind::Force, &LockRequest::new())
             .await
@@ -176,6 +277,30 @@ impl Locker {
     ///
     /// Needs the `ractor` feature (off by default): it takes ractor's
     /// `ActorRef`, so it follows ractor's versions.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime (it spawns a task on the caller's
+    /// runtime).
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use ractor::ActorRef;
+    /// use valkeylock::{LockEvent, Locker};
+    ///
+    /// enum Msg {
+    ///     Lock(LockEvent),
+    /// }
+    /// impl From<LockEvent> for Msg {
+    ///     fn from(e: LockEvent) -> Msg {
+    ///         Msg::Lock(e)
+    ///     }
+    /// }
+    ///
+    /// fn ask(locker: &Locker, me: ActorRef<Msg>) {
+    ///     let wait = locker.lock_for("invoices", me); // abort `wait` to give up
+    ///     # let _ = wait;
+    /// }
+    /// ```
     #[cfg(feature = "ractor")]
     pub fn lock_for<M>(&self, name: &str, actor: ActorRef<M>) -> JoinHandle<()>
     where
@@ -207,7 +332,22 @@ impl Locker {
 
     /// Releases every lock this locker holds (keys deleted, not left to
     /// expire), fails its waiters with [`Error::Closed`], and stops its actors.
-    /// Later calls on any clone fail with [`Error::Closed`]. Idempotent.
+    /// Later calls on any clone fail with [`Error::Closed`], and every
+    /// [`LockWatch`] ends with it. Idempotent: a second call returns at once.
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not stop the close: from its first poll the
+    /// locker is closed and the close runs on the engine's runtime; only the
+    /// wait for it to finish is given up.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(locker: valkeylock::Locker) -> Result<(), valkeylock::Error> {
+    /// locker.close().await;
+    /// assert!(locker.is_closed());
+    /// assert!(matches!(locker.lock("x").await, Err(valkeylock::Error::Closed)));
+    /// # Ok(()) }
+    /// ```
     pub async fn close(&self) {
         self.inner.engine.close().await;
     }
@@ -220,6 +360,11 @@ impl Locker {
     ///
     /// # Errors
     /// [`Error::InvalidName`], [`Error::Closed`].
+    ///
+    /// # Cancel safety
+    /// This method is cancel safe. If `inspect()` is used as the event in a
+    /// `tokio::select!` statement and some other branch completes first, then
+    /// nothing has changed: it only reads.
     ///
     /// # Examples
     /// ```no_run
@@ -290,17 +435,47 @@ impl Locker {
     /// # Errors
     /// [`Error::InvalidName`], [`Error::Closed`]. Nodes that fail are counted
     /// in [`ForcedRelease::failed`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not stop it: from its first poll the deletes
+    /// are under way on the engine's runtime; only the report is lost.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(locker: valkeylock::Locker) -> Result<(), valkeylock::Error> {
+    /// let done = locker.force_release("stuck-job").await?;
+    /// println!("{} of {} keys deleted, {} failed", done.deleted, done.total, done.failed);
+    /// # Ok(()) }
+    /// ```
     pub async fn force_release(&self, name: &str) -> Result<ForcedRelease, Error> {
         self.inner.engine.force_release(name).await
     }
 
-    /// True once closed.
+    /// True once [`close`](Locker::close) was called on any clone.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(locker: valkeylock::Locker) -> Result<(), valkeylock::Error> {
+    /// if !locker.is_closed() {
+    ///     let _guard = locker.lock("x").await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn is_closed(&self) -> bool {
         self.inner.engine.is_closed()
     }
 
     /// Names with a live `LockActor` in this process (held, waited for, or
     /// about to be retired).
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(locker: valkeylock::Locker) -> Result<(), valkeylock::Error> {
+    /// let guard = locker.lock("a").await?;
+    /// assert!(locker.active_locks() >= 1);
+    /// # drop(guard);
+    /// # Ok(()) }
+    /// ```
     pub fn active_locks(&self) -> usize {
         self.inner.engine.active_locks()
     }
