@@ -11,6 +11,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::clock;
 use crate::context::{count_send, Shared};
@@ -19,7 +20,10 @@ use crate::error::{ConnectionErrorKind, Error, LostReason};
 use crate::failure::startup_verdict;
 use crate::inspect::{ForcedRelease, Health, LockInfo};
 use crate::keys;
-use crate::msg::{GrantParts, GrantStatus, LockMsg, NodeMsg, Released, Request, SupervisorMsg};
+use crate::metrics;
+use crate::msg::{
+    GrantParts, GrantStatus, LockMsg, NodeMsg, Released, Request, SupervisorMsg, TokenTag,
+};
 use crate::observer::{self, LockWatch};
 use crate::options::LockerOptions;
 use crate::request::LockRequest;
@@ -61,6 +65,7 @@ impl Engine {
     /// of keys live on nodes that answered.
     pub async fn start(options: &LockerOptions) -> Result<Engine, Error> {
         let settings = options.settings()?;
+        metrics::describe();
         let runtime = if settings.dedicated_runtime {
             EngineRuntime::dedicated()?
         } else {
@@ -141,14 +146,37 @@ impl Engine {
         kind: AcquireKind,
         request: &LockRequest,
     ) -> Result<Lease, Error> {
-        let s = &self.shared.settings;
-        keys::validate_name(&s.prefix, name, s.total)?;
-        let terms = request.terms(s)?;
         let kind = match kind {
             AcquireKind::Wait => RequestKind::Wait,
             AcquireKind::Try => RequestKind::Try,
             AcquireKind::Force => RequestKind::Force,
         };
+        let timing = metrics::Acquisition::start(kind);
+        let span =
+            tracing::debug_span!("acquire", lock = name, ?kind, token = tracing::field::Empty);
+        let result = self
+            .acquisition(name, kind, request)
+            .instrument(span.clone())
+            .await;
+        timing.finish(&result);
+        result.map(|mut lease| {
+            span.record("token", tracing::field::display(lease.token));
+            // Opened here, not inside `acquire`: its parent is the caller's span.
+            lease.span = tracing::debug_span!("hold", lock = &*lease.name, token = %lease.token, fence = lease.fence);
+            lease
+        })
+    }
+
+    /// Validates the name and the request, then asks, within the wait limit.
+    async fn acquisition(
+        &self,
+        name: &str,
+        kind: RequestKind,
+        request: &LockRequest,
+    ) -> Result<Lease, Error> {
+        let s = &self.shared.settings;
+        keys::validate_name(&s.prefix, name, s.total)?;
+        let terms = request.terms(s)?;
         match (kind, request.wait_limit()) {
             (RequestKind::Wait, Some(limit)) => {
                 match tokio::time::timeout(limit, self.request(name, kind, terms)).await {
@@ -462,6 +490,9 @@ impl Drop for Pending<'_> {
 #[must_use = "the lock is released as soon as the lease is dropped"]
 pub struct Lease {
     name: Arc<str>,
+    token: TokenTag,
+    /// The `hold` span: open from the grant until the lease is gone.
+    span: tracing::Span,
     grant: u64,
     lock: ActorRef<LockMsg>,
     status: watch::Receiver<GrantStatus>,
@@ -478,7 +509,9 @@ impl Lease {
     fn from_parts(p: GrantParts, runtime: &Handle) -> Lease {
         Lease {
             runtime: runtime.clone(),
+            span: tracing::Span::none(),
             name: p.name,
+            token: p.token,
             grant: p.holder,
             lock: p.lock,
             status: p.status,
@@ -561,6 +594,13 @@ impl Lease {
     /// but not after `close`, which released them.
     pub async fn release(mut self) -> Result<(), Error> {
         self.armed = false;
+        let span = tracing::debug_span!(parent: &self.span, "release", lock = &*self.name, token = %self.token);
+        let result = self.releasing().instrument(span).await;
+        metrics::release(&result);
+        result
+    }
+
+    async fn releasing(&self) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
         let sent = self.lock.cast(LockMsg::Release {
             holder: self.grant,

@@ -32,6 +32,8 @@
 //! - `failure`: fred's connection errors sorted into `ConnectionErrorKind`,
 //!   and the verdict on a locker's first connections.
 //! - `clock`: the engine's clock (`CLOCK_BOOTTIME`).
+//! - `metrics`: every metric's name and labels, recorded through the
+//!   `metrics` facade (feature `metrics`; empty functions without it).
 //!
 //! The actor system:
 //! - `msg`: every actor message, below all the actors.
@@ -60,6 +62,7 @@ mod health;
 mod inspect;
 mod keys;
 mod lock;
+mod metrics;
 mod msg;
 mod node;
 mod observer;

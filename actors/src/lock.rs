@@ -19,13 +19,15 @@ use tokio_util::sync::CancellationToken;
 use crate::clock;
 use crate::context::{try_retire, Shared};
 use crate::core::{
-    Effect, Event, HolderId, HolderStatus, LockCore, Op, OsEntropy, Outcome, Refusal, Target, Time,
+    Effect, Event, GrantView, HolderId, HolderStatus, LockCore, Op, OsEntropy, Outcome, Refusal,
+    Target, Time,
 };
 use crate::error::{Error, LostReason};
 use crate::keys;
+use crate::metrics;
 use crate::msg::{
     ExtendItem, GrantParts, GrantStatus, Job, LockMsg, NodeMsg, NodeReply, Released, Request,
-    SupervisorMsg,
+    SupervisorMsg, TokenTag,
 };
 use crate::timers::Timer;
 
@@ -46,6 +48,10 @@ struct Holder {
     cancel: CancellationToken,
     /// The locker's count of holders, which this one is part of.
     count: Arc<AtomicUsize>,
+    /// For the log and the hold time when it ends.
+    lock: Arc<str>,
+    token: TokenTag,
+    since: std::time::Instant,
 }
 
 impl Holder {
@@ -54,6 +60,16 @@ impl Holder {
     fn end(&self, reason: LostReason) {
         self.cancel.cancel();
         self.status.send_replace(GrantStatus::Ended(reason));
+        metrics::hold_ended(self.since.elapsed(), reason);
+        let (lock, token, why) = (&self.lock, self.token, reason.as_str());
+        match reason {
+            LostReason::Released => tracing::debug!(%lock, %token, "released"),
+            // Ends the caller asked for (closing the locker, a maximum hold).
+            LostReason::Closed | LostReason::MaxHold => {
+                tracing::info!(%lock, %token, reason = why, "lock ended: {reason}")
+            }
+            _ => tracing::warn!(%lock, %token, reason = why, "lock lost: {reason}"),
+        }
     }
 }
 
@@ -86,6 +102,10 @@ pub(crate) struct LockState {
     next_ack: u64,
     /// The core's timer, and the instant it is armed for.
     timer: Option<(Time, Timer)>,
+    /// What was last seen of the grant, for logs and metrics.
+    watch: GrantWatch,
+    /// Entered while the core runs, so that its events carry the `lock` field.
+    span: tracing::Span,
 }
 
 impl Actor for LockActor {
@@ -105,6 +125,7 @@ impl Actor for LockActor {
         let fence_key = Arc::from(format!("{}:fence:{}", s.prefix, args.name));
         let core = LockCore::new(args.shared.core.clone(), Box::new(OsEntropy), clock::now());
         Ok(LockState {
+            span: tracing::debug_span!("lock", lock = %args.name),
             name: args.name,
             keys,
             fence_key,
@@ -118,6 +139,7 @@ impl Actor for LockActor {
             acks: HashMap::new(),
             next_ack: 0,
             timer: None,
+            watch: GrantWatch::default(),
         })
     }
 
@@ -172,16 +194,22 @@ impl LockState {
     /// Feeds one event to the core and carries out what it asks, including
     /// the events that carrying out produces (a grant whose caller left).
     fn feed(&mut self, me: &ActorRef<LockMsg>, event: Event) {
+        let span = self.span.clone();
+        let _entered = span.enter();
         let mut events = std::collections::VecDeque::from([event]);
         self.core.set_allowance(self.shared.notice_allowance());
+        let mut now = clock::now();
         while let Some(event) = events.pop_front() {
-            self.core.handle(clock::now(), event);
+            now = clock::now();
+            self.core.handle(now, event);
             while let Some(effect) = self.core.poll_effect() {
                 if let Some(back) = self.apply(me, effect) {
                     events.push_back(back);
                 }
             }
         }
+        self.watch
+            .update(self.core.grant_view(now), &self.name, &self.shared);
         self.arm_timer(me);
     }
 
@@ -198,8 +226,14 @@ impl LockState {
             } => {
                 let (tx, rx) = watch::channel(GrantStatus::Held { valid_until });
                 let cancel = CancellationToken::new();
+                let token = self
+                    .core
+                    .grant_view(clock::now())
+                    .map(|g| TokenTag::of(g.token))
+                    .unwrap_or_default();
                 let parts = GrantParts {
                     name: self.name.clone(),
+                    token,
                     holder,
                     lock: me.clone(),
                     status: rx,
@@ -214,6 +248,9 @@ impl LockState {
                     status: tx,
                     cancel,
                     count: self.shared.holders.clone(),
+                    lock: self.name.clone(),
+                    token,
+                    since: std::time::Instant::now(),
                 };
                 let delivered = match self.requests.remove(&to) {
                     Some(reply) => reply.send(Ok(parts)).is_ok(),
@@ -352,4 +389,85 @@ impl LockState {
             me.stop(Some("idle".into()));
         }
     }
+}
+
+/// What the shell last saw of the grant ([`LockCore::grant_view`]), to log
+/// and count what changed: local hand-overs, and keys lost (or won back)
+/// while the majority still holds. Observes; decides nothing.
+#[derive(Debug, Default)]
+struct GrantWatch {
+    grant: Option<u64>,
+    handovers: u32,
+    /// Per key: lost when last seen.
+    lost: Vec<bool>,
+    /// Per key, scratch: lost now.
+    now_lost: Vec<bool>,
+    /// Some key is lost (counted in the `degraded_locks` gauge).
+    degraded: bool,
+}
+
+impl GrantWatch {
+    fn update(&mut self, view: Option<GrantView<'_>>, lock: &str, shared: &Shared) {
+        let grant = view.as_ref().map(|v| v.grant);
+        if grant != self.grant {
+            self.set_degraded(false);
+            self.grant = grant;
+            self.handovers = 0;
+            self.lost.clear();
+        }
+        let Some(view) = view else {
+            return;
+        };
+        for _ in self.handovers..view.handovers {
+            metrics::handover();
+        }
+        self.handovers = view.handovers;
+        let total = shared.settings.total;
+        self.lost.resize(total, false);
+        self.now_lost.clear();
+        self.now_lost.resize(total, false);
+        let token = TokenTag::of(view.token);
+        for (key, reason) in view.lost_keys() {
+            self.now_lost[key] = true;
+            if !self.lost[key] {
+                let node = node_name(shared, key);
+                tracing::warn!(%lock, %node, %token, key, reason = reason.as_str(), "key of a held lock lost; the majority still holds");
+                metrics::key_lost(&node, reason);
+            }
+        }
+        for key in 0..total {
+            if self.lost[key] && !self.now_lost[key] {
+                let node = node_name(shared, key);
+                tracing::info!(%lock, %node, %token, key, "key of a held lock won back");
+            }
+        }
+        std::mem::swap(&mut self.lost, &mut self.now_lost);
+        let degraded = self.lost.iter().any(|l| *l);
+        self.set_degraded(degraded);
+    }
+
+    fn set_degraded(&mut self, degraded: bool) {
+        if degraded != self.degraded {
+            self.degraded = degraded;
+            metrics::degraded(degraded);
+        }
+    }
+}
+
+impl Drop for GrantWatch {
+    /// A stopped or killed actor's grant no longer counts as degraded.
+    fn drop(&mut self) {
+        self.set_degraded(false);
+    }
+}
+
+/// The address of the node of lock key `key`.
+fn node_name(shared: &Shared, key: usize) -> String {
+    shared
+        .core
+        .placement
+        .get(key)
+        .and_then(|n| shared.settings.nodes.get(*n))
+        .map(|n| n.display())
+        .unwrap_or_default()
 }

@@ -23,10 +23,47 @@ pub(crate) enum GrantStatus {
     Ended(LostReason),
 }
 
+/// The first characters of a grant's token ([`Token::short`]), for logs:
+/// enough to correlate with the key in Valkey, never the whole token (which
+/// would let a reader of the logs release or extend the lock).
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct TokenTag {
+    bytes: [u8; 8],
+    len: u8,
+}
+
+impl TokenTag {
+    pub(crate) fn of(token: &Token) -> TokenTag {
+        let short = token.short().as_bytes();
+        let mut bytes = [0u8; 8];
+        let len = short.len().min(8);
+        bytes[..len].copy_from_slice(&short[..len]);
+        TokenTag {
+            bytes,
+            len: len as u8,
+        }
+    }
+}
+
+impl std::fmt::Display for TokenTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `short()` is ASCII hex, cut on a byte boundary.
+        f.write_str(std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("?"))
+    }
+}
+
+impl std::fmt::Debug for TokenTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenTag({self})")
+    }
+}
+
 /// A grant as it leaves its `LockActor`: what the caller's `Lease` is made of.
 #[derive(Debug)]
 pub(crate) struct GrantParts {
     pub(crate) name: Arc<str>,
+    /// For the caller's `hold` and `release` spans.
+    pub(crate) token: TokenTag,
     pub(crate) holder: u64,
     pub(crate) lock: ActorRef<LockMsg>,
     pub(crate) status: watch::Receiver<GrantStatus>,

@@ -46,6 +46,7 @@ use crate::context::{AbortOnDrop, Shared};
 use crate::core::{Op, Outcome};
 use crate::failure::NodeFailure;
 use crate::keys;
+use crate::metrics::NodeMetrics;
 use crate::msg::{
     Connection, ExtendItem, Job, LockMsg, NodeMsg, NodeReply, Reading, SupervisorMsg,
 };
@@ -82,6 +83,7 @@ pub(crate) struct NodeState {
     flush_armed: bool,
     /// A Valkey Cluster: batches are split by hash slot.
     cluster: bool,
+    metrics: NodeMetrics,
 }
 
 impl Drop for NodeState {
@@ -117,6 +119,7 @@ impl Actor for NodeActor {
         let addr = &settings.nodes[args.index];
         let client = build_client(addr, settings)?;
         let cluster = addr.topology == Topology::Cluster;
+        let metrics = NodeMetrics::new(&addr.display());
         // Connecting is I/O: do it on a task so spawning this actor never blocks
         // the Supervisor, and commands meanwhile fail fast as "unavailable".
         let connect = {
@@ -124,8 +127,9 @@ impl Actor for NodeActor {
             let shared = args.shared.clone();
             let me = myself.clone();
             let addr = addr.clone();
+            let metrics = metrics.clone();
             tokio::spawn(async move {
-                let result = connect(&client, &shared, &addr, &me).await;
+                let result = connect(&client, &shared, &addr, &me, metrics).await;
                 let _ = me.cast(NodeMsg::Connected(result));
             })
         };
@@ -154,6 +158,7 @@ impl Actor for NodeActor {
             batch: Vec::new(),
             flush_armed: false,
             cluster,
+            metrics,
         })
     }
 
@@ -191,6 +196,7 @@ impl Actor for NodeActor {
                 state.tasks.push(AbortOnDrop::new(&watcher));
                 state.shared.node_up(state.index, myself.get_id());
                 info!(node = %state.addr, index = state.index, "node connected");
+                state.metrics.connected();
                 let _ = state.supervisor.cast(SupervisorMsg::NodeUp {
                     node: state.index,
                     actor: myself.get_id(),
@@ -210,6 +216,7 @@ impl Actor for NodeActor {
                 state
                     .shared
                     .node_failed(state.index, &failure.source.to_string());
+                state.metrics.connect_failed();
                 let _ = state.supervisor.cast(SupervisorMsg::NodeDown {
                     node: state.index,
                     actor: myself.get_id(),
@@ -238,7 +245,10 @@ impl Actor for NodeActor {
                 for chunk in chunks(batch, state.cluster) {
                     let client = state.client.clone();
                     let shared = state.shared.clone();
-                    tokio::spawn(async move { extend_batch(&client, &shared, chunk).await });
+                    let metrics = state.metrics.clone();
+                    tokio::spawn(
+                        async move { extend_batch(&client, &shared, &metrics, chunk).await },
+                    );
                 }
             }
             NodeMsg::ConnectionEnded(why) => {
@@ -246,6 +256,7 @@ impl Actor for NodeActor {
                 state.shared.clear_lane(state.index, myself.get_id());
                 state.shared.node_lost(state.index, myself.get_id(), &why);
                 warn!(node = %state.addr, index = state.index, reason = %why, "node disconnected");
+                state.metrics.disconnected();
                 return Err(why.into());
             }
             NodeMsg::Inspect {
@@ -409,6 +420,7 @@ async fn connect(
     shared: &Arc<Shared>,
     addr: &NodeAddr,
     me: &ActorRef<NodeMsg>,
+    metrics: NodeMetrics,
 ) -> Result<Connection, fred::error::Error> {
     let handle = client.init().await?;
     let mut forwarder = None;
@@ -421,7 +433,7 @@ async fn connect(
         }
         if shared.settings.tracking {
             // Subscribe before tracking is on, so no invalidation is missed.
-            forwarder = Some(start_forwarder(client, shared));
+            forwarder = Some(start_forwarder(client, shared, metrics));
             client
                 .start_tracking(
                     fred::types::MultipleStrings::from(Vec::<String>::new()),
@@ -702,7 +714,11 @@ fn sentinel_client(
 /// Routes invalidations to `LockActor`s. Runs until the client is dropped (its
 /// broadcast channel closes). A lag means some invalidations were dropped, so
 /// every lock re-checks.
-fn start_forwarder(client: &Client, shared: &Arc<Shared>) -> tokio::task::JoinHandle<()> {
+fn start_forwarder(
+    client: &Client,
+    shared: &Arc<Shared>,
+    metrics: NodeMetrics,
+) -> tokio::task::JoinHandle<()> {
     let mut rx = client.invalidation_rx();
     let shared = shared.clone();
     tokio::spawn(async move {
@@ -712,6 +728,7 @@ fn start_forwarder(client: &Client, shared: &Arc<Shared>) -> tokio::task::JoinHa
             match rx.recv().await {
                 Ok(inv) => {
                     tracing::trace!(keys = inv.keys.len(), "invalidation");
+                    metrics.invalidations(inv.keys.len());
                     for key in &inv.keys {
                         let Some((index, name)) = keys::parse_key(prefix, total, key.as_bytes())
                         else {
@@ -724,6 +741,7 @@ fn start_forwarder(client: &Client, shared: &Arc<Shared>) -> tokio::task::JoinHa
                     }
                 }
                 Err(RecvError::Lagged(n)) => {
+                    metrics.invalidation_lag();
                     warn!(
                         skipped = n,
                         "invalidation channel lagged; re-checking every lock"
@@ -826,7 +844,12 @@ fn fail_items(items: Vec<ExtendItem>, why: &'static str) {
 
 /// Extends a batch of keys (of many locks) in one script call and answers
 /// each lock actor per key.
-async fn extend_batch(client: &Client, shared: &Shared, items: Vec<ExtendItem>) {
+async fn extend_batch(
+    client: &Client,
+    shared: &Shared,
+    metrics: &NodeMetrics,
+    items: Vec<ExtendItem>,
+) {
     let s = &shared.settings;
     let keys: Vec<&str> = items.iter().map(|i| &*i.key).collect();
     let mut args = Vec::with_capacity(3 + 2 * items.len());
@@ -842,6 +865,7 @@ async fn extend_batch(client: &Client, shared: &Shared, items: Vec<ExtendItem>) 
         .scripts
         .acquire
         .evalsha_with_reload::<Value, _, _>(client, keys, args);
+    let started = std::time::Instant::now();
     let states = match tokio::time::timeout(s.timeout, call).await {
         Ok(Ok(v)) => parse_acquire(&v, items.len(), false),
         Ok(Err(e)) => {
@@ -877,8 +901,12 @@ async fn extend_batch(client: &Client, shared: &Shared, items: Vec<ExtendItem>) 
                     "keys refused in one extension batch (first one logged above)"
                 );
             }
+            metrics.extension(started.elapsed(), refused);
         }
-        None => fail_items(items, "extension batch failed"),
+        None => {
+            metrics.extension(started.elapsed(), items.len());
+            fail_items(items, "extension batch failed");
+        }
     }
 }
 

@@ -28,6 +28,7 @@ use crate::core::quorum;
 use crate::error::Error;
 use crate::failure::{NodeFailure, NodeReport};
 use crate::lock::{LockActor, LockArgs};
+use crate::metrics;
 use crate::msg::{LockMsg, NodeMsg, Request, SupervisorMsg};
 use crate::node::{NodeActor, NodeArgs};
 use std::sync::atomic::AtomicU64;
@@ -49,6 +50,8 @@ struct NodeSlot {
     failures: u32,
     report: Option<NodeReport>,
     respawn: Option<AbortOnDrop>,
+    /// It was up once (a later `NodeUp` is a reconnection).
+    was_up: bool,
 }
 
 enum Child {
@@ -90,6 +93,7 @@ impl Actor for Supervisor {
                     failures: 0,
                     report: None,
                     respawn: None,
+                    was_up: false,
                 })
                 .collect(),
             locks: HashMap::new(),
@@ -132,6 +136,9 @@ impl Actor for Supervisor {
                 let slot = &mut st.nodes[node];
                 if slot.actor.as_ref().is_some_and(|a| a.get_id() == actor) {
                     slot.failures = 0;
+                    if std::mem::replace(&mut slot.was_up, true) {
+                        metrics::node_reconnected(&st.shared.settings.nodes[node].display());
+                    }
                     if slot.report.is_none() {
                         slot.report = Some(NodeReport::Up);
                         st.answer_ready();

@@ -385,6 +385,40 @@ pub(crate) struct HoldingView {
     pub(crate) fence: u64,
 }
 
+/// The current grant, for the shell's logs and metrics
+/// ([`LockCore::grant_view`]).
+#[derive(Debug)]
+pub(crate) struct GrantView<'a> {
+    /// Which grant (a hand-over keeps it, a new acquisition changes it).
+    pub(crate) grant: u64,
+    pub(crate) token: &'a Token,
+    /// Local hand-overs so far.
+    pub(crate) handovers: u32,
+    keys: &'a [Slot],
+    now: Time,
+}
+
+impl GrantView<'_> {
+    /// The keys the grant has lost, and how: known to be somebody else's or
+    /// gone, failing, or past their expiry. Keys whose acquisition has not
+    /// answered yet are not counted as lost.
+    pub(crate) fn lost_keys(&self) -> impl Iterator<Item = (usize, LostReason)> + '_ {
+        self.keys.iter().enumerate().filter_map(|(i, s)| {
+            let why = match s.key {
+                Key::Pending => return None,
+                Key::Ours { .. } if s.ours_at(self.now).is_some() => return None,
+                Key::Ours { .. } if s.failing => LostReason::Unreachable,
+                Key::Ours { .. } => LostReason::Expired,
+                Key::Other { forced: true } => LostReason::Forced,
+                Key::Other { forced: false } => LostReason::Overwritten,
+                Key::Absent => LostReason::Deleted,
+                Key::Failed => LostReason::Unreachable,
+            };
+            Some((i, why))
+        })
+    }
+}
+
 impl LockCore {
     pub(crate) fn new(cfg: std::sync::Arc<Config>, entropy: Box<dyn Entropy>, now: Time) -> Self {
         let total = cfg.total;
@@ -459,6 +493,21 @@ impl LockCore {
                 token: g.token.clone(),
                 ends_at: g.valid_until(),
                 fence: g.fence,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The current grant as the shell's logs and metrics see it; `None`
+    /// unless holding. Decides nothing.
+    pub(crate) fn grant_view(&self, now: Time) -> Option<GrantView<'_>> {
+        match &self.phase {
+            Phase::Holding(g) => Some(GrantView {
+                grant: g.id,
+                token: &g.token,
+                handovers: g.handovers,
+                keys: &g.keys,
+                now,
             }),
             _ => None,
         }
@@ -1271,7 +1320,8 @@ impl LockCore {
             return;
         };
         if reason.is_loss() {
-            tracing::info!(token = g.token.short(), reason = %reason, "lock lost");
+            // The shell warns, with the lock's name (`Holder::end`).
+            tracing::debug!(token = g.token.short(), reason = %reason, "lock lost");
         } else {
             tracing::debug!(token = g.token.short(), "released");
         }

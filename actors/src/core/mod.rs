@@ -25,7 +25,9 @@ mod waiters;
 pub(crate) use inflight::CmdId;
 #[cfg(test)]
 pub(crate) use lock::HoldingView;
-pub(crate) use lock::{Config, Effect, Event, Fencing, HolderId, HolderStatus, LockCore, Refusal};
+pub(crate) use lock::{
+    Config, Effect, Event, Fencing, GrantView, HolderId, HolderStatus, LockCore, Refusal,
+};
 #[cfg(test)]
 pub(crate) use ops::Entropy;
 pub(crate) use ops::{Op, OsEntropy, Outcome, Target};

@@ -1042,3 +1042,47 @@ fn a_hand_over_to_a_shorter_validity_counts_the_shorter_write_from_its_send() {
     rig.ev(reply(ext[0].0, ours()));
     assert_eq!(rig.core.holding().unwrap().ends_at, ms(887));
 }
+
+#[test]
+fn the_grant_view_shows_hand_overs_and_minority_keys_lost() {
+    let mut rig = Rig::new(config(2, 3));
+    assert!(rig.core.grant_view(rig.now).is_none());
+    let (holder, _) = held(&mut rig);
+    let lost = |rig: &Rig| -> Vec<(usize, LostReason)> {
+        let view = rig.core.grant_view(rig.now).expect("holding");
+        view.lost_keys().collect()
+    };
+    assert_eq!(lost(&rig), vec![]);
+    // A hand-over (within the window after the acquisition) keeps the grant
+    // and counts.
+    let grant = rig.core.grant_view(rig.now).expect("holding").grant;
+    rig.ev(Event::Request {
+        id: 2,
+        kind: RequestKind::Wait,
+        terms: None,
+    });
+    rig.at(ms(2));
+    assert_eq!(
+        grants(&rig.ev(Event::Release { holder, ack: None })).len(),
+        1
+    );
+    let view = rig.core.grant_view(rig.now).expect("handed over");
+    assert_eq!((view.grant, view.handovers), (grant, 1));
+    // Key 1 deleted: one lost key of three, the majority (two) still holds.
+    let v = sends(&rig.ev(Event::Invalidated { key: 1 }));
+    rig.at(ms(3));
+    rig.ev(reply(v[0].0, Outcome::Key(KeyState::Absent)));
+    assert_eq!(lost(&rig), vec![(1, LostReason::Deleted)]);
+    // The extension round takes key 1 back (NX); key 0's extension fails,
+    // but key 0 is not lost while its last confirmed expiry lasts.
+    let ext = sends(&rig.tick(ms(500)));
+    let sent = |k: usize| ext.iter().find(|s| s.1 == Target::Key(k)).expect("sent").0;
+    rig.at(ms(501));
+    rig.ev(reply(sent(1), ours()));
+    rig.ev(reply(sent(2), ours()));
+    rig.ev(reply(sent(0), Outcome::Failed("timed out")));
+    assert_eq!(lost(&rig), vec![]);
+    // Past that expiry (sent at 0: 1000 − 12 drift), key 0 is unreachable.
+    rig.at(ms(989));
+    assert_eq!(lost(&rig), vec![(0, LostReason::Unreachable)]);
+}
