@@ -1,0 +1,153 @@
+//! What the engine logs about a lock: a loss is a warning carrying the
+//! `lock` and `token` fields, a minority key lost is a warning carrying the
+//! `lock` and `node` fields, and no event carries a whole token.
+//!
+//! One test function: it installs a process-global subscriber (the engine
+//! logs from its own thread).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fred::prelude::*;
+use support::{eventually, unique, ValkeyServer};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use valkeylock::{LockerOptions, LostReason};
+
+/// One captured event: its level and fields (`message` included).
+#[derive(Debug, Clone)]
+struct Captured {
+    level: Level,
+    fields: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<Captured>>>);
+
+struct Fields<'a>(&'a mut BTreeMap<String, String>);
+
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl<S: Subscriber> Layer<S> for Capture {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let mut fields = BTreeMap::new();
+        event.record(&mut Fields(&mut fields));
+        self.0.lock().expect("not poisoned").push(Captured {
+            level: *event.metadata().level(),
+            fields,
+        });
+    }
+}
+
+impl Capture {
+    /// Events at `level` whose fields include every pair of `want`, and
+    /// whose message starts with `message`.
+    fn find(&self, level: Level, message: &str, want: &[(&str, &str)]) -> Vec<Captured> {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter(|e| e.level == level)
+            .filter(|e| {
+                e.fields
+                    .get("message")
+                    .is_some_and(|m| m.starts_with(message))
+            })
+            .filter(|e| {
+                want.iter()
+                    .all(|(k, v)| e.fields.get(*k).map(String::as_str) == Some(*v))
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loss_is_a_warning_with_the_lock_name() {
+    let capture = Capture::default();
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(capture.clone()))
+        .expect("the only subscriber of this test binary");
+
+    let server = ValkeyServer::start();
+    let node = format!("127.0.0.1:{}", server.port);
+    let admin = server.admin().await;
+    let options = LockerOptions::new([server.url()])
+        .with_key_majority(2)
+        .with_key_validity(Duration::from_secs(1));
+    let locker = valkeylock::Locker::connect(options).await.expect("connect");
+    let name = unique("logs");
+    let key = |i: usize| format!("valkeylock:{i}:{name}");
+    let guard = locker.lock(&name).await.expect("lock");
+    let token: String = admin.get(key(0)).await.expect("the key's token");
+
+    // One key of three deleted: still held, and said so.
+    let _: i64 = admin.del(key(1)).await.expect("DEL");
+    let want = [
+        ("lock", name.as_str()),
+        ("node", node.as_str()),
+        ("reason", "deleted"),
+    ];
+    let minority = eventually(Duration::from_secs(5), || async {
+        !capture
+            .find(Level::WARN, "key of a held lock lost", &want)
+            .is_empty()
+    })
+    .await;
+    assert!(
+        minority,
+        "no warning for the minority key: {:?}",
+        capture.0.lock().expect("lock")
+    );
+    assert!(guard.is_held());
+
+    // A majority deleted: lost, and a warning with the lock's name.
+    let _: i64 = admin.del(vec![key(0), key(1), key(2)]).await.expect("DEL");
+    let reason = tokio::time::timeout(Duration::from_secs(5), guard.lost())
+        .await
+        .expect("lost() after a majority DEL");
+    assert_eq!(reason, LostReason::Deleted);
+    let lost = eventually(Duration::from_secs(5), || async {
+        !capture
+            .find(
+                Level::WARN,
+                "lock lost",
+                &[("lock", name.as_str()), ("reason", "deleted")],
+            )
+            .is_empty()
+    })
+    .await;
+    assert!(
+        lost,
+        "no warning for the loss: {:?}",
+        capture.0.lock().expect("lock")
+    );
+    let warning = &capture.find(Level::WARN, "lock lost", &[("lock", name.as_str())])[0];
+    let tag = warning.fields.get("token").expect("a token field");
+    assert!(
+        tag.len() == 8 && token.starts_with(tag.as_str()),
+        "token field {tag:?} of {token:?}"
+    );
+
+    drop(guard);
+    locker.close().await;
+    // No event anywhere carries the whole token (it would let a reader of
+    // the logs release or extend the lock).
+    let secret = &token[..40];
+    for e in capture.0.lock().expect("lock").iter() {
+        assert!(
+            e.fields.values().all(|v| !v.contains(secret)),
+            "an event carries the token: {e:?}"
+        );
+    }
+}
