@@ -203,6 +203,10 @@
 //!   either way).
 //! - `tls`: `rediss://` / `valkeys://` nodes, through rustls (ring), and the
 //!   `tls_ca_file` option.
+//! - `metrics`: counters, gauges and histograms (`valkeylock_*`) through the
+//!   [metrics](https://docs.rs/metrics) facade, for any exporter; install
+//!   the recorder before `Locker::connect`. The README's Observability
+//!   section lists them.
 //! - `cli`: the `valkeylock` command-line tool (clap, toml, nix); not a
 //!   library API.
 //! - `fault-injection`: `Locker::faults()`, kill switches for the engine's
