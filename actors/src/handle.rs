@@ -795,6 +795,13 @@ fn own_clock_token(
     runtime: &Handle,
 ) -> CancellationToken {
     let child = cancel.child_token();
+    // Already over (ended, or past its validity by this clock): cancelled
+    // from the start, not once a task has run, so a token taken after
+    // `lost()` returned is never seen uncancelled.
+    if !held(status) {
+        child.cancel();
+        return child;
+    }
     let (c, rx) = (child.clone(), status.clone());
     runtime.spawn(async move {
         tokio::select! {
