@@ -87,10 +87,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lock_over_tls() {
-    init_tracing();
-    let dir = std::env::temp_dir().join(format!("valkeylock-tls-{}", std::process::id()));
+/// A server with TLS on a port of its own (plain TCP stays on `server.port`),
+/// its certificates in a fresh directory named after `tag`: that directory,
+/// the CA to trust, the TLS port, the server.
+fn tls_server(tag: &str) -> (PathBuf, PathBuf, u16, ValkeyServer) {
+    let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
     let (ca, cert, key) = make_certs(&dir);
     let tls_port = free_port();
     let server = ValkeyServer::start_with(&[
@@ -105,6 +106,13 @@ async fn lock_over_tls() {
         "--tls-auth-clients",
         "no",
     ]);
+    (dir, ca, tls_port, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_over_tls() {
+    init_tracing();
+    let (dir, ca, tls_port, server) = tls_server("valkeylock-tls");
     let url = format!("rediss://127.0.0.1:{tls_port}");
     let opts = LockerOptions::new([url.clone()])
         .with_key_majority(1)
@@ -169,21 +177,7 @@ async fn lock_over_tls() {
 #[cfg(feature = "cli")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_status_and_release_over_tls() {
-    let dir = std::env::temp_dir().join(format!("valkeylock-tls-cli-{}", std::process::id()));
-    let (ca, cert, key) = make_certs(&dir);
-    let tls_port = free_port();
-    let _server = ValkeyServer::start_with(&[
-        "--tls-port",
-        &tls_port.to_string(),
-        "--tls-cert-file",
-        cert.to_str().unwrap(),
-        "--tls-key-file",
-        key.to_str().unwrap(),
-        "--tls-ca-cert-file",
-        ca.to_str().unwrap(),
-        "--tls-auth-clients",
-        "no",
-    ]);
+    let (dir, ca, tls_port, _server) = tls_server("valkeylock-tls-cli");
     let url = format!("rediss://127.0.0.1:{tls_port}");
     let config = dir.join("valkeylock.toml");
     std::fs::write(

@@ -322,15 +322,27 @@ impl Engine {
     /// # Errors
     /// [`Error::InvalidName`], [`Error::Closed`].
     pub async fn inspect(&self, name: &str) -> Result<LockInfo, Error> {
+        self.on_engine(name, |shared, name| async move {
+            observer::inspect(&shared, &name).await
+        })
+        .await
+    }
+
+    /// Runs `work` for a valid `name` on the engine's runtime, where the node
+    /// actors and their connections live, and waits for it.
+    async fn on_engine<T, F, Fut>(&self, name: &str, work: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Shared>, String) -> Fut,
+        Fut: std::future::Future<Output = T> + Send + 'static,
+    {
         let s = &self.shared.settings;
         keys::validate_name(&s.prefix, name, s.total)?;
         if self.is_closed() {
             return Err(Error::Closed);
         }
-        let shared = self.shared.clone();
-        let name = name.to_owned();
         self.runtime
-            .spawn(async move { observer::inspect(&shared, &name).await })
+            .spawn(work(self.shared.clone(), name.to_owned()))
             .await
             .map_err(|_| Error::Closed)
     }
@@ -366,17 +378,10 @@ impl Engine {
     /// # Errors
     /// [`Error::InvalidName`], [`Error::Closed`].
     pub async fn force_release(&self, name: &str) -> Result<ForcedRelease, Error> {
-        let s = &self.shared.settings;
-        keys::validate_name(&s.prefix, name, s.total)?;
-        if self.is_closed() {
-            return Err(Error::Closed);
-        }
-        let shared = self.shared.clone();
-        let name = name.to_owned();
-        self.runtime
-            .spawn(async move { force_release(&shared, &name).await })
-            .await
-            .map_err(|_| Error::Closed)
+        self.on_engine(name, |shared, name| async move {
+            force_release(&shared, &name).await
+        })
+        .await
     }
 
     /// Number of `LockActor`s alive (names in use in this process).
