@@ -390,16 +390,8 @@ impl LockerOptions {
             }
         }
         let validity = self.key_validity;
-        if validity < Duration::from_millis(10) {
-            return bad("key_validity", "must be at least 10ms".into());
-        }
-        if validity.subsec_nanos() % 1_000_000 != 0 {
-            return bad(
-                "key_validity",
-                format!(
-                    "must be a whole number of milliseconds (got {validity:?}): keys get their TTL in milliseconds, and a cut-off fraction would still be counted in valid_until"
-                ),
-            );
+        if let Some(problem) = ttl_problem(validity) {
+            return bad("key_validity", problem);
         }
         let extend = self.extend_interval.unwrap_or(validity / 2);
         if extend.is_zero() || extend >= validity {
@@ -445,7 +437,7 @@ impl LockerOptions {
             );
         }
         // An extension must be able to land before the last one runs out.
-        if extend + self.try_next_after >= validity - drift {
+        if !extensions_fit(extend, self.try_next_after, validity, drift) {
             return bad(
                 "extend_interval",
                 format!(
@@ -484,6 +476,33 @@ impl LockerOptions {
             dedicated_runtime: self.dedicated_runtime,
         })
     }
+}
+
+/// What is wrong with a key TTL, if anything: below 10 ms nothing useful
+/// fits in it, and the servers get it in whole milliseconds. The rule of
+/// `key_validity` and of `LockRequest::validity`.
+pub(crate) fn ttl_problem(ttl: Duration) -> Option<String> {
+    if ttl < Duration::from_millis(10) {
+        return Some("must be at least 10ms".into());
+    }
+    if ttl.subsec_nanos() % 1_000_000 != 0 {
+        return Some(format!(
+            "must be a whole number of milliseconds (got {ttl:?}): keys get their TTL in milliseconds, and a cut-off fraction would still be counted in valid_until"
+        ));
+    }
+    None
+}
+
+/// Whether an extension every `extend`, each answered within `timeout`, lands
+/// before keys written with `ttl` (less `drift`) run out, so that a held lock
+/// does not lapse between extensions.
+pub(crate) fn extensions_fit(
+    extend: Duration,
+    timeout: Duration,
+    ttl: Duration,
+    drift: Duration,
+) -> bool {
+    extend + timeout < ttl.saturating_sub(drift)
 }
 
 /// The largest value any duration option may take (the longest

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use crate::core::{default_margin, quorum, Life, Terms};
+use crate::core::{quorum, Life, Terms};
 use crate::duration::format_duration;
 use crate::error::Error;
-use crate::options::{Settings, MAX_DURATION};
+use crate::options::{extensions_fit, ttl_problem, Settings, MAX_DURATION};
 
 /// Per-call options of an acquisition. Every field is optional; an empty
 /// request is the locker's defaults (the same as `lock(name)`).
@@ -198,20 +198,14 @@ impl LockRequest {
             s.extend,
         );
         if let Some(ttl) = self.validity {
-            if ttl < Duration::from_millis(10) {
-                return bad("validity", "must be at least 10ms".into());
-            }
-            if ttl.subsec_nanos() % 1_000_000 != 0 {
-                return bad(
-                    "validity",
-                    format!("must be a whole number of milliseconds (got {ttl:?})"),
-                );
+            if let Some(problem) = ttl_problem(ttl) {
+                return bad("validity", problem);
             }
             let drift = s.drift_option.unwrap_or_else(|| quorum::default_drift(ttl));
             let extend = s.extend.min(ttl / 2);
             // The locker's own rule: an extension must land before the last
             // one runs out.
-            if drift >= ttl || extend + s.timeout >= ttl - drift {
+            if !extensions_fit(extend, s.timeout, ttl, drift) {
                 return bad(
                     "validity",
                     format!(
@@ -225,7 +219,6 @@ impl LockRequest {
             }
             terms = Terms::new(Life { ttl, drift }, extend);
         }
-        terms.margin = default_margin(terms.life.ttl);
         terms.max_hold = self.max_hold;
         Ok(Some(terms))
     }

@@ -31,7 +31,7 @@ pub(crate) use lock::{
 #[cfg(test)]
 pub(crate) use ops::Entropy;
 pub(crate) use ops::{Op, OsEntropy, Outcome, Target};
-pub(crate) use terms::{default_margin, Terms};
+pub(crate) use terms::Terms;
 pub(crate) use time::Time;
 pub(crate) use waiters::{ReqId, RequestKind};
 
