@@ -1,6 +1,6 @@
 //! `LockEvent`: what an actor receives from [`Locker::lock_for`](crate::Locker::lock_for).
 
-use crate::{Error, LockGuard, LostReason};
+use crate::{Error, LockGuard, LostReason, PermitGuard};
 
 /// Events of message-based locking. Implement `From<LockEvent>` for your
 /// actor's message type to receive them.
@@ -19,6 +19,32 @@ pub enum LockEvent {
     /// The wait ended with an error (for example, the locker closed).
     Failed {
         /// The lock name.
+        name: String,
+        /// What went wrong.
+        error: Error,
+    },
+}
+
+/// Events of message-based semaphore acquisition
+/// ([`Semaphore::acquire_for`](crate::Semaphore::acquire_for)). Implement
+/// `From<PermitEvent>` for your actor's message type to receive them.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PermitEvent {
+    /// A permit is held; keep the guard as long as you need it.
+    Acquired(PermitGuard),
+    /// The permit ended without being released.
+    Lost {
+        /// The semaphore's name.
+        name: String,
+        /// The slot it held.
+        slot: u32,
+        /// Why.
+        reason: LostReason,
+    },
+    /// The wait ended with an error (for example, the locker closed).
+    Failed {
+        /// The semaphore's name.
         name: String,
         /// What went wrong.
         error: Error,

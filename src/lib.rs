@@ -216,16 +216,18 @@
 mod event;
 mod guard;
 mod locker;
+mod semaphore;
 
 #[cfg(feature = "ractor")]
-pub use event::LockEvent;
+pub use event::{LockEvent, PermitEvent};
 pub use guard::LockGuard;
 pub use locker::Locker;
+pub use semaphore::{PermitGuard, Semaphore};
 pub use valkeylock_actors::{
     format_duration, parse_duration, ConnectionErrorKind, DurationErrorKind, Error, FenceInfo,
     ForcedRelease, Health, KeyInfo, KeyValue, LeaseWatcher, LockInfo, LockRequest, LockState,
     LockWatch, LockerOptions, LostReason, NodeAddr, NodeHealth, NodeUrlErrorKind,
-    ParseDurationError, ParseNodeError, Topology, MAX_NAME_LEN,
+    ParseDurationError, ParseNodeError, Topology, MAX_NAME_LEN, MAX_PERMITS,
 };
 
 use valkeylock_actors::{AcquireKind, Engine, Lease};
@@ -243,9 +245,13 @@ mod assertions {
     fn handles_are_send_sync_static() {
         send_sync_static::<Locker>();
         send_sync_static::<LockGuard>();
+        send_sync_static::<Semaphore>();
+        send_sync_static::<PermitGuard>();
         send_sync_static::<LeaseWatcher>();
         #[cfg(feature = "ractor")]
         send_sync_static::<LockEvent>();
+        #[cfg(feature = "ractor")]
+        send_sync_static::<PermitEvent>();
         send_sync_static::<LockerOptions>();
         send_sync_static::<LockRequest>();
         send_sync_static::<Error>();
@@ -276,6 +282,10 @@ mod assertions {
         send(&locker.inspect("x"));
         send(&locker.force_release("x"));
         send(&watch.changed());
+        let pool = locker.semaphore("x", 2).expect("a valid semaphore");
+        send(&pool.acquire());
+        send(&pool.try_acquire());
+        send(&pool.acquire_with(&LockRequest::new()));
     }
 }
 

@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 #[cfg(feature = "ractor")]
 use crate::event::LockEvent;
 use crate::guard::LockGuard;
+use crate::semaphore::Semaphore;
 use crate::{
     AcquireKind, Engine, Error, ForcedRelease, Health, LockInfo, LockRequest, LockWatch,
     LockerOptions,
@@ -47,7 +48,7 @@ pub struct Locker {
 /// last of them goes.
 #[derive(Debug)]
 pub(crate) struct Inner {
-    engine: Engine,
+    pub(crate) engine: Engine,
 }
 
 impl Drop for Inner {
@@ -252,6 +253,32 @@ impl Locker {
     pub async fn force_lock(&self, name: &str) -> Result<LockGuard, Error> {
         self.acquire(name, AcquireKind::Force, &LockRequest::new())
             .await
+    }
+
+    /// A counting semaphore named `name` with `permits` permits: at most
+    /// that many holders at once across every process using it, each
+    /// permit with the guarantees of a lock. See [`Semaphore`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] (the name, or the slot names it makes, would
+    /// not be valid lock names); [`Error::InvalidOptions`] for `permits`
+    /// outside `1..=`[`MAX_PERMITS`](crate::MAX_PERMITS).
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(locker: valkeylock::Locker) -> Result<(), valkeylock::Error> {
+    /// let pool = locker.semaphore("db-connections", 10)?;
+    /// let permit = pool.acquire().await?;
+    /// # drop(permit);
+    /// # Ok(()) }
+    /// ```
+    pub fn semaphore(&self, name: &str, permits: u32) -> Result<Semaphore, Error> {
+        self.inner.engine.check_semaphore(name, permits)?;
+        Ok(Semaphore::new(self.clone(), name, permits))
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
     }
 
     async fn acquire(

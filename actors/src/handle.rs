@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use ractor::{Actor, ActorRef};
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
@@ -28,6 +29,7 @@ use crate::observer::{self, LockWatch};
 use crate::options::LockerOptions;
 use crate::request::LockRequest;
 use crate::runtime::EngineRuntime;
+use crate::semaphore;
 use crate::supervisor::{Supervisor, SupervisorArgs};
 
 /// How long a close waits for the actors to stop once the locks are released.
@@ -159,12 +161,137 @@ impl Engine {
             .instrument(span.clone())
             .await;
         timing.finish(&result);
-        result.map(|mut lease| {
-            span.record("token", tracing::field::display(lease.token));
-            // Opened here, not inside `acquire`: its parent is the caller's span.
-            lease.span = tracing::debug_span!("hold", lock = &*lease.name, token = %lease.token, fence = lease.fence);
-            lease
-        })
+        result.map(|lease| lease.held(&span))
+    }
+
+    /// Acquires a permit of semaphore `name` of `permits`: one of its slot
+    /// locks (see `semaphore`), on the terms of `request`. Returns the lease
+    /// and the slot. Dropping the returned future withdraws every request
+    /// it made (a grant already on its way is released).
+    ///
+    /// It tries each slot once, from a random one; if none is free and
+    /// `kind` is `Wait`, it waits on all of them, takes the first grant and
+    /// withdraws the rest.
+    ///
+    /// # Errors
+    /// As [`Engine::acquire`]; [`Error::InvalidOptions`] for a count out of
+    /// `1..=1024` or a `Force`; [`Error::ConfigMismatch`] when a slot is held
+    /// under another count (or by a plain lock of the slot's name).
+    pub async fn acquire_permit(
+        &self,
+        name: &str,
+        permits: u32,
+        kind: AcquireKind,
+        request: &LockRequest,
+    ) -> Result<(Lease, u32), Error> {
+        let kind = match kind {
+            AcquireKind::Wait => RequestKind::Wait,
+            AcquireKind::Try => RequestKind::Try,
+            AcquireKind::Force => {
+                return Err(Error::InvalidOptions {
+                    field: "kind",
+                    reason: "a permit cannot be taken by force".into(),
+                })
+            }
+        };
+        let timing = metrics::Acquisition::start(kind);
+        let span = tracing::debug_span!(
+            "acquire",
+            lock = name,
+            permits,
+            ?kind,
+            token = tracing::field::Empty
+        );
+        let result = self
+            .permit_acquisition(name, permits, kind, request)
+            .instrument(span.clone())
+            .await;
+        timing.finish(&result);
+        result.map(|(lease, slot)| (lease.held(&span), slot))
+    }
+
+    /// Checks a semaphore's name and count, as `acquire_permit` does.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::InvalidOptions`] (the count).
+    pub fn check_semaphore(&self, name: &str, permits: u32) -> Result<(), Error> {
+        let s = &self.shared.settings;
+        semaphore::validate(&s.prefix, name, permits, s.total)
+    }
+
+    /// Validates the name, the count and the request, then takes a slot,
+    /// within the wait limit.
+    async fn permit_acquisition(
+        &self,
+        name: &str,
+        permits: u32,
+        kind: RequestKind,
+        request: &LockRequest,
+    ) -> Result<(Lease, u32), Error> {
+        let s = &self.shared.settings;
+        semaphore::validate(&s.prefix, name, permits, s.total)?;
+        let mut terms = request.terms(s)?.unwrap_or(self.shared.core.terms);
+        terms.permits = Some(u16::try_from(permits).unwrap_or(u16::MAX));
+        let taking = self.take_slot(name, permits, kind, terms);
+        match (kind, request.wait_limit()) {
+            (RequestKind::Wait, Some(limit)) => match tokio::time::timeout(limit, taking).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::Timeout {
+                    name: name.to_owned(),
+                    waited: limit,
+                }),
+            },
+            _ => taking.await,
+        }
+    }
+
+    /// Tries every slot once; then, for a waiter, waits on all of them.
+    async fn take_slot(
+        &self,
+        name: &str,
+        permits: u32,
+        kind: RequestKind,
+        terms: crate::core::Terms,
+    ) -> Result<(Lease, u32), Error> {
+        let s = &self.shared.settings;
+        let mut held_by_others = false;
+        for slot in semaphore::try_order(semaphore::random_start(), permits) {
+            let slot_name = semaphore::slot_name(name, slot);
+            match self
+                .request(&slot_name, RequestKind::Try, Some(terms))
+                .await
+            {
+                Ok(lease) => return Ok((lease, slot)),
+                Err(Error::NotLocked {
+                    held_by_others: by_others,
+                    ..
+                }) => held_by_others |= by_others,
+                Err(e) => return Err(e),
+            }
+        }
+        if kind == RequestKind::Try {
+            return Err(Error::NotLocked {
+                name: name.to_owned(),
+                acquired: 0,
+                needed: s.majority,
+                total: s.total,
+                held_by_others,
+            });
+        }
+        // Every slot is taken: wait on all of them. The first grant wins;
+        // the other requests are dropped, which withdraws them and releases
+        // a grant already on its way. Any error ends the whole wait.
+        let mut waits: FuturesUnordered<_> = (0..permits)
+            .map(|slot| {
+                let slot_name = semaphore::slot_name(name, slot);
+                async move {
+                    self.request(&slot_name, RequestKind::Wait, Some(terms))
+                        .await
+                        .map(|lease| (lease, slot))
+                }
+            })
+            .collect();
+        waits.next().await.unwrap_or(Err(Error::Closed))
     }
 
     /// Validates the name and the request, then asks, within the wait limit.
@@ -511,6 +638,15 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// Opens the lease's `hold` span once `acquire` (the span `acquiring`)
+    /// granted it: opened here, not inside `acquire`, so that its parent is
+    /// the caller's span.
+    fn held(mut self, acquiring: &tracing::Span) -> Lease {
+        acquiring.record("token", tracing::field::display(self.token));
+        self.span = tracing::debug_span!("hold", lock = &*self.name, token = %self.token, fence = self.fence);
+        self
+    }
+
     fn from_parts(p: GrantParts, runtime: &Handle) -> Lease {
         Lease {
             runtime: runtime.clone(),

@@ -92,7 +92,7 @@ pub(crate) fn validate_name(prefix: &str, name: &str, total: usize) -> Result<()
     })
 }
 
-fn truncate_for_error(name: &str) -> String {
+pub(crate) fn truncate_for_error(name: &str) -> String {
     const SHOWN: usize = 64;
     if name.len() <= SHOWN {
         return name.to_owned();

@@ -28,6 +28,8 @@
 //! - `duration`: durations as text, read and written with `humantime`.
 //! - `options`: `LockerOptions` and their validation.
 //! - `request`: `LockRequest`, one call's options, checked against them.
+//! - `semaphore`: a semaphore's permit slots (each a lock of its own): their
+//!   names, the order they are tried in, and the checks.
 //! - `error`: `Error`, `ConnectionErrorKind` and `LostReason`.
 //! - `failure`: fred's connection errors sorted into `ConnectionErrorKind`,
 //!   and the verdict on a locker's first connections.
@@ -70,6 +72,7 @@ mod options;
 mod request;
 mod runtime;
 mod scripts;
+mod semaphore;
 #[cfg(test)]
 mod sim;
 mod supervisor;
@@ -92,6 +95,7 @@ pub use keys::MAX_NAME_LEN;
 pub use observer::LockWatch;
 pub use options::LockerOptions;
 pub use request::LockRequest;
+pub use semaphore::MAX_PERMITS;
 
 #[cfg(test)]
 use serde_json as _;

@@ -346,13 +346,18 @@ pub(crate) fn parse_released(value: &Value) -> Option<bool> {
 
 /// The configuration a locker writes into its keys' values: `key_majority`
 /// and the number of nodes, the two settings that decide where a lock's keys
-/// are. Lockers that differ in either do not exclude each other; an attempt
-/// that finds a key held under another fingerprint fails with
-/// `Error::ConfigMismatch`. Written `m{key_majority}n{nodes}`, e.g. `m2n3`.
+/// are, and for a semaphore's permit the number of permits, which decides
+/// how many permit slots there are. Lockers that differ in any of them do not
+/// exclude each other; an attempt that finds a key held under another
+/// fingerprint fails with `Error::ConfigMismatch`. Written
+/// `m{key_majority}n{nodes}`, e.g. `m2n3`, with `p{permits}` after it for a
+/// permit, e.g. `m2n3p5`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Fingerprint {
     majority: u16,
     nodes: u16,
+    /// `Some(n)` for a permit of a semaphore of `n`; `None` for a lock.
+    permits: Option<u16>,
 }
 
 impl Fingerprint {
@@ -360,29 +365,47 @@ impl Fingerprint {
         Fingerprint {
             majority: u16::try_from(majority).unwrap_or(u16::MAX),
             nodes: u16::try_from(nodes).unwrap_or(u16::MAX),
+            permits: None,
         }
     }
 
-    /// Reads `m<digits>n<digits>` (1 to 5 digits each); `None` otherwise.
+    /// The same configuration, claiming a permit of a semaphore of
+    /// `permits` (`None`: a lock).
+    pub(crate) fn with_permits(self, permits: Option<u16>) -> Fingerprint {
+        Fingerprint { permits, ..self }
+    }
+
+    /// Reads `m<digits>n<digits>`, optionally followed by `p<digits>` (1 to
+    /// 5 digits each); `None` otherwise.
     fn parse(text: &[u8]) -> Option<Fingerprint> {
-        let rest = text.strip_prefix(b"m")?;
-        let n_at = rest.iter().position(|&b| b == b'n')?;
         let number = |digits: &[u8]| -> Option<u16> {
             if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
                 return None;
             }
             std::str::from_utf8(digits).ok()?.parse().ok()
         };
+        let rest = text.strip_prefix(b"m")?;
+        let n_at = rest.iter().position(|&b| b == b'n')?;
+        let (majority, rest) = (&rest[..n_at], &rest[n_at + 1..]);
+        let (nodes, permits) = match rest.iter().position(|&b| b == b'p') {
+            Some(p_at) => (&rest[..p_at], Some(number(&rest[p_at + 1..])?)),
+            None => (rest, None),
+        };
         Some(Fingerprint {
-            majority: number(&rest[..n_at])?,
-            nodes: number(&rest[n_at + 1..])?,
+            majority: number(majority)?,
+            nodes: number(nodes)?,
+            permits,
         })
     }
 }
 
 impl std::fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "m{}n{}", self.majority, self.nodes)
+        write!(f, "m{}n{}", self.majority, self.nodes)?;
+        match self.permits {
+            Some(p) => write!(f, "p{p}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -666,6 +689,10 @@ mod tests {
         assert!(a.short().bytes().all(|c| c.is_ascii_hexdigit()));
         assert_eq!(Fingerprint::new(64, 127).to_string(), "m64n127");
         assert_eq!(
+            Fingerprint::new(2, 3).with_permits(Some(5)).to_string(),
+            "m2n3p5"
+        );
+        assert_eq!(
             Token::generate(true, Fingerprint::new(64, 127))
                 .as_str()
                 .len(),
@@ -687,6 +714,11 @@ mod tests {
             (format!("{hex}:m1n1"), other(false, fp(1, 1))),
             (format!("F{hex}:m2n3"), other(true, fp(2, 3))),
             (format!("F{hex}:m64n127"), other(true, fp(64, 127))),
+            // A semaphore's permit.
+            (
+                format!("{hex}:m2n3p5"),
+                other(false, Some(Fingerprint::new(2, 3).with_permits(Some(5)))),
+            ),
             // Tokens of a version without fingerprints: as before.
             (hex.clone(), other(false, None)),
             (format!("F{hex}"), other(true, None)),
@@ -695,6 +727,10 @@ mod tests {
             (format!("{hex}:mn1"), other(false, None)),
             (format!("{hex}:m1n"), other(false, None)),
             (format!("{hex}:m1n1x"), other(false, None)),
+            (format!("{hex}:m1n1p"), other(false, None)),
+            (format!("{hex}:m1n1p1p"), other(false, None)),
+            (format!("{hex}:m1n1p999999"), other(false, None)),
+            (format!("{hex}:m1p2n1"), other(false, None)),
             (format!("{hex}:m999999n1"), other(false, None)),
             (format!("{hex}:m-1n1"), other(false, None)),
             (format!("{hex}x"), other(false, None)),

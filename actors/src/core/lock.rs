@@ -456,6 +456,24 @@ impl LockCore {
         terms.margin + self.allowance.min(terms.life.ttl / 10)
     }
 
+    /// What the tokens of a grant on `terms` claim: the locker's
+    /// configuration, and the permit count when the name is a semaphore's
+    /// permit slot.
+    fn fingerprint(&self, terms: &Terms) -> Fingerprint {
+        self.cfg.fingerprint.with_permits(terms.permits)
+    }
+
+    /// The permit count claimed by the attempt or grant in force, or by the
+    /// queue: `None` when nothing is claimed (idle with an empty queue), else
+    /// `Some` of the terms' `permits`.
+    fn claimed_permits(&self) -> Option<Option<u16>> {
+        match &self.phase {
+            Phase::Attempting(a) => Some(a.terms.permits),
+            Phase::Holding(g) => Some(g.terms.permits),
+            _ => self.waiters.head_terms().map(|t| t.permits),
+        }
+    }
+
     /// The next effect to carry out.
     pub(crate) fn poll_effect(&mut self) -> Option<Effect> {
         self.effects.pop_front()
@@ -584,8 +602,18 @@ impl LockCore {
 
     fn on_request(&mut self, now: Time, id: ReqId, kind: RequestKind, terms: Terms) {
         self.idle_reported = false;
+        // One name, one claim: callers of this locker that disagree on the
+        // permit count of a slot are refused here, before they could queue
+        // behind (and be handed) a grant whose tokens claim another count.
+        let claimed = self
+            .claimed_permits()
+            .filter(|&claimed| claimed != terms.permits);
         match (&self.phase, kind) {
             (Phase::Closing | Phase::Closed, _) => self.refuse(id, Refusal::Closed),
+            _ if claimed.is_some() => {
+                let theirs = self.cfg.fingerprint.with_permits(claimed.flatten());
+                self.refuse(id, Refusal::ConfigMismatch { theirs });
+            }
             (_, RequestKind::Wait) => {
                 let first = !self.waiters.has_waiter();
                 self.waiters.push(id, kind, terms);
@@ -645,14 +673,14 @@ impl LockCore {
         request: Option<(ReqId, RequestKind, Terms)>,
     ) {
         let id = self.id();
-        let token = self
-            .entropy
-            .token(mode == SetMode::Force, self.cfg.fingerprint);
-        let total = self.cfg.total;
         let terms = match request {
             Some((_, _, terms)) => terms,
             None => self.waiters.head_terms().unwrap_or(self.cfg.terms),
         };
+        let token = self
+            .entropy
+            .token(mode == SetMode::Force, self.fingerprint(&terms));
+        let total = self.cfg.total;
         tracing::trace!(token = token.short(), ?mode, "attempt");
         self.phase = Phase::Attempting(Attempt {
             id,
@@ -887,7 +915,8 @@ impl LockCore {
         let Phase::Attempting(a) = &mut self.phase else {
             return;
         };
-        tracing::warn!(token = a.token.short(), ours = %self.cfg.fingerprint, theirs = %theirs, "lock held by a locker with another configuration");
+        let ours = self.cfg.fingerprint.with_permits(a.terms.permits);
+        tracing::warn!(token = a.token.short(), %ours, %theirs, "lock held by a locker with another configuration");
         let mut refused: Vec<ReqId> = a.request.take().map(|(id, _)| id).into_iter().collect();
         if refused.is_empty() {
             while let Some((id, _)) = self.waiters.pop_waiter() {
@@ -1072,6 +1101,7 @@ impl LockCore {
                 return;
             }
         };
+        let ours = c.fingerprint.with_permits(terms.permits);
         let Some(slot) = slots.get_mut(key) else {
             return;
         };
@@ -1113,7 +1143,7 @@ impl LockCore {
                     }
                 }
                 Outcome::Key(KeyState::Other { forced, owner }) => {
-                    mismatch = owner.filter(|fp| *fp != c.fingerprint);
+                    mismatch = owner.filter(|fp| *fp != ours);
                     Key::Other { forced }
                 }
                 Outcome::Key(KeyState::Absent) => Key::Absent,
@@ -1140,7 +1170,7 @@ impl LockCore {
                     // Seen only after the majority was won (several nodes:
                     // the reply came late). The other locker may hold the
                     // name too: let go.
-                    tracing::warn!(key, ours = %c.fingerprint, theirs = %theirs, "held key belongs to a locker with another configuration");
+                    tracing::warn!(key, %ours, %theirs, "held key belongs to a locker with another configuration");
                     self.end_grant(now, LostReason::ConfigMismatch);
                     return;
                 }

@@ -19,6 +19,11 @@ pub(crate) struct Terms {
     /// How long after it was granted the grant ends on its own (extensions
     /// stop, the holder is told `LostReason::MaxHold`, the keys deleted).
     pub(crate) max_hold: Option<Duration>,
+    /// `Some(n)` when the grant is a permit of a semaphore of `n` (one of
+    /// its `n` slots, each a lock of its own): its tokens say so in their
+    /// fingerprint, so that lockers that disagree on `n` meet as a
+    /// configuration mismatch instead of each trusting its own count.
+    pub(crate) permits: Option<u16>,
 }
 
 impl Terms {
@@ -29,6 +34,7 @@ impl Terms {
             extend,
             margin: default_margin(life.ttl),
             max_hold: None,
+            permits: None,
         }
     }
 }

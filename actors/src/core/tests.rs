@@ -44,6 +44,7 @@ fn config(majority: usize, nodes: usize) -> Config {
             extend: 500 * MS,
             margin: 10 * MS,
             max_hold: None,
+            permits: None,
         },
         extend: 500 * MS,
         timeout: 100 * MS,
@@ -1085,4 +1086,97 @@ fn the_grant_view_shows_hand_overs_and_minority_keys_lost() {
     // Past that expiry (sent at 0: 1000 − 12 drift), key 0 is unreachable.
     rig.at(ms(989));
     assert_eq!(lost(&rig), vec![(0, LostReason::Unreachable)]);
+}
+
+/// Terms of a permit slot of a semaphore of `permits`, on the locker's
+/// validity.
+fn permit(permits: u16) -> Option<Terms> {
+    let mut t = config(1, 1).terms;
+    t.permits = Some(permits);
+    Some(t)
+}
+
+#[test]
+fn a_permit_claims_its_count_and_meets_another_count_as_a_mismatch() {
+    let mut rig = Rig::new(config(2, 1));
+    let terms = permit(3);
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+        terms,
+    }));
+    for (_, _, op) in &s {
+        let Op::Acquire { token, .. } = op else {
+            panic!("{op:?}")
+        };
+        assert!(token.as_str().ends_with(":m2n1p3"), "{token:?}");
+    }
+    // A key held by a permit of a semaphore of 5: the same slot, another count.
+    let theirs = crate::scripts::Fingerprint::new(2, 1).with_permits(Some(5));
+    let fx = rig.ev(reply(
+        s[0].0,
+        Outcome::Key(KeyState::Other {
+            forced: false,
+            owner: Some(theirs),
+        }),
+    ));
+    assert!(grants(&fx).is_empty());
+    rig.ev(reply(s[1].0, ours()));
+    let fx = rig.ev(reply(s[2].0, ours()));
+    assert!(
+        fx.contains(&Effect::Refuse {
+            to: 1,
+            why: Refusal::ConfigMismatch { theirs }
+        }),
+        "{fx:?}"
+    );
+    // A plain lock of the same name is no permit of ours either.
+    let mut rig = Rig::new(config(2, 1));
+    let terms = permit(3);
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Try,
+        terms,
+    }));
+    let fx: Vec<Effect> = s
+        .iter()
+        .flat_map(|(cmd, _, _)| rig.ev(reply(*cmd, foreign(2, 1))))
+        .collect();
+    assert!(fx.contains(&Effect::Refuse {
+        to: 1,
+        why: Refusal::ConfigMismatch {
+            theirs: crate::scripts::Fingerprint::new(2, 1)
+        }
+    }));
+}
+
+#[test]
+fn callers_of_one_locker_that_disagree_on_the_count_are_refused_at_once() {
+    let mut rig = Rig::new(config(2, 3));
+    let (holder, _) = held(&mut rig);
+    // The grant is a lock's (no permits): a permit request is refused, and
+    // the grant is untouched.
+    for (id, kind) in [(2, RequestKind::Wait), (3, RequestKind::Force)] {
+        let terms = permit(2);
+        let fx = rig.ev(Event::Request { id, kind, terms });
+        assert_eq!(
+            fx,
+            vec![Effect::Refuse {
+                to: id,
+                why: Refusal::ConfigMismatch {
+                    theirs: crate::scripts::Fingerprint::new(2, 3)
+                }
+            }]
+        );
+    }
+    assert_eq!(rig.core.holding().map(|h| h.holder), Some(holder));
+    // A waiter on the same terms queues, and is handed the grant.
+    let fx = rig.ev(Event::Request {
+        id: 4,
+        kind: RequestKind::Wait,
+        terms: None,
+    });
+    assert!(fx.is_empty(), "{fx:?}");
+    let fx = rig.ev(Event::Release { holder, ack: None });
+    assert_eq!(grants(&fx).len(), 1, "{fx:?}");
 }
