@@ -275,6 +275,13 @@ impl PermitGuard {
         self.slot
     }
 
+    /// The permit as the [`LockGuard`] of its slot (whose
+    /// [`name`](LockGuard::name) is the slot's lock name), for code written
+    /// for locks. Dropping it still releases the permit.
+    pub fn into_guard(self) -> LockGuard {
+        self.guard
+    }
+
     /// Releases the permit and waits until its keys are deleted, as
     /// [`LockGuard::release`].
     ///

@@ -25,7 +25,7 @@ use std::sync::Arc;
 ///         Error::NotLocked { .. } => "too few nodes answered: try again",
 ///         Error::Timeout { .. } => "waited long enough: give up or retry",
 ///         Error::InvalidOptions { .. } | Error::InvalidName { .. } => "fix the call",
-///         Error::ConfigMismatch { .. } => "lockers of this name disagree on key_majority or nodes",
+///         Error::ConfigMismatch { .. } => "lockers of this name disagree on key_majority, nodes or permits",
 ///         Error::ReleaseUnconfirmed { .. } => "released; some keys are left to expire",
 ///         Error::Connection { kind: ConnectionErrorKind::Authentication, .. } => "fix the credentials",
 ///         Error::Connection { .. } => "check the servers",
@@ -89,14 +89,17 @@ pub enum Error {
     },
     /// The lock's keys are held by another locker of this library whose
     /// configuration places them differently: it was built with another
-    /// `key_majority`, or with another number of nodes. Two such lockers do not
-    /// exclude each other, so the attempt fails instead of waiting or holding.
-    /// `ours` and `theirs` read `m{key_majority}n{nodes}`.
-    #[error("configuration mismatch on lock {name:?}: its keys are held by a locker with {theirs} (key_majority and node count), this locker has {ours}; lockers of one name must agree on key_majority and nodes")]
+    /// `key_majority`, or with another number of nodes; or, for a
+    /// semaphore, it claims another number of permits (or the name is a
+    /// semaphore's slot on one side and a lock on the other). Two such
+    /// lockers do not exclude each other, so the attempt fails instead of
+    /// waiting or holding. `ours` and `theirs` read `m{key_majority}n{nodes}`,
+    /// followed by `p{permits}` for a semaphore's permit.
+    #[error("configuration mismatch on lock {name:?}: its keys are held by a locker with {theirs} (key_majority, node count, and permits for a semaphore), this locker has {ours}; users of one name must agree on them")]
     ConfigMismatch {
-        /// The lock name.
+        /// The lock or semaphore name.
         name: String,
-        /// This locker's `m{key_majority}n{nodes}`.
+        /// This locker's `m{key_majority}n{nodes}` (and `p{permits}`).
         ours: String,
         /// The other holder's, as written in its key.
         theirs: String,

@@ -232,7 +232,11 @@ impl Engine {
         semaphore::validate(&s.prefix, name, permits, s.total)?;
         let mut terms = request.terms(s)?.unwrap_or(self.shared.core.terms);
         terms.permits = Some(u16::try_from(permits).unwrap_or(u16::MAX));
-        let taking = self.take_slot(name, permits, kind, terms);
+        let taking = async {
+            self.take_slot(name, permits, kind, terms)
+                .await
+                .map_err(|e| semaphore::as_semaphore_error(e, name))
+        };
         match (kind, request.wait_limit()) {
             (RequestKind::Wait, Some(limit)) => match tokio::time::timeout(limit, taking).await {
                 Ok(result) => result,

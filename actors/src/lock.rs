@@ -268,9 +268,9 @@ impl LockState {
                 if let Some(reply) = self.requests.remove(&to) {
                     let err = match why {
                         Refusal::Closed => Error::Closed,
-                        Refusal::ConfigMismatch { theirs } => Error::ConfigMismatch {
+                        Refusal::ConfigMismatch { ours, theirs } => Error::ConfigMismatch {
                             name: self.name.to_string(),
-                            ours: self.shared.core.fingerprint.to_string(),
+                            ours: ours.to_string(),
                             theirs: theirs.to_string(),
                         },
                         Refusal::NotLocked {

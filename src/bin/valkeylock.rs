@@ -76,6 +76,7 @@ fn main() {
                         Command::Run {
                             name,
                             wait_timeout,
+                            permits,
                             grace,
                             program,
                         } => {
@@ -84,6 +85,7 @@ fn main() {
                                 run::RunArgs {
                                     name,
                                     wait_timeout,
+                                    permits,
                                     grace,
                                     program,
                                 },

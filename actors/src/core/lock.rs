@@ -140,8 +140,10 @@ pub(crate) enum Refusal {
         acquired: usize,
         held_by_others: bool,
     },
-    /// A key is held by a locker with another configuration.
+    /// A key is held by a locker with another configuration (or, for a
+    /// permit, a caller of this locker claims another count).
     ConfigMismatch {
+        ours: Fingerprint,
         theirs: Fingerprint,
     },
     Closed,
@@ -611,8 +613,9 @@ impl LockCore {
         match (&self.phase, kind) {
             (Phase::Closing | Phase::Closed, _) => self.refuse(id, Refusal::Closed),
             _ if claimed.is_some() => {
+                let ours = self.fingerprint(&terms);
                 let theirs = self.cfg.fingerprint.with_permits(claimed.flatten());
-                self.refuse(id, Refusal::ConfigMismatch { theirs });
+                self.refuse(id, Refusal::ConfigMismatch { ours, theirs });
             }
             (_, RequestKind::Wait) => {
                 let first = !self.waiters.has_waiter();
@@ -924,7 +927,7 @@ impl LockCore {
             }
         }
         for id in refused {
-            self.refuse(id, Refusal::ConfigMismatch { theirs });
+            self.refuse(id, Refusal::ConfigMismatch { ours, theirs });
         }
         self.attempt_failed(now);
     }

@@ -683,7 +683,10 @@ fn a_key_of_a_locker_with_another_majority_fails_every_waiter_with_the_mismatch(
     for id in [1, 2] {
         assert!(fx.contains(&Effect::Refuse {
             to: id,
-            why: Refusal::ConfigMismatch { theirs }
+            why: Refusal::ConfigMismatch {
+                ours: crate::scripts::Fingerprint::new(2, 1),
+                theirs
+            }
         }));
     }
     assert_eq!(sends(&fx).len(), 2, "keys 1 and 2 released");
@@ -1126,7 +1129,10 @@ fn a_permit_claims_its_count_and_meets_another_count_as_a_mismatch() {
     assert!(
         fx.contains(&Effect::Refuse {
             to: 1,
-            why: Refusal::ConfigMismatch { theirs }
+            why: Refusal::ConfigMismatch {
+                ours: crate::scripts::Fingerprint::new(2, 1).with_permits(Some(3)),
+                theirs
+            }
         }),
         "{fx:?}"
     );
@@ -1145,6 +1151,7 @@ fn a_permit_claims_its_count_and_meets_another_count_as_a_mismatch() {
     assert!(fx.contains(&Effect::Refuse {
         to: 1,
         why: Refusal::ConfigMismatch {
+            ours: crate::scripts::Fingerprint::new(2, 1).with_permits(Some(3)),
             theirs: crate::scripts::Fingerprint::new(2, 1)
         }
     }));
@@ -1164,6 +1171,7 @@ fn callers_of_one_locker_that_disagree_on_the_count_are_refused_at_once() {
             vec![Effect::Refuse {
                 to: id,
                 why: Refusal::ConfigMismatch {
+                    ours: crate::scripts::Fingerprint::new(2, 3).with_permits(Some(2)),
                     theirs: crate::scripts::Fingerprint::new(2, 3)
                 }
             }]

@@ -109,6 +109,11 @@ pub(crate) enum Command {
     /// VALKEYLOCK_NAME and VALKEYLOCK_FENCING_TOKEN (strictly increasing
     /// across runs). If the lock is lost, the program gets SIGTERM, then
     /// SIGKILL after --grace, and the exit code is 75.
+    ///
+    /// With --permits N, NAME is a semaphore: up to N programs run at once
+    /// (like `consul lock -n`). Each holds one permit, sees
+    /// VALKEYLOCK_PERMIT_SLOT (0 to N-1) and a fencing token counted per
+    /// slot. Every run of one NAME must give the same N.
     #[command(
         after_long_help = EXIT_CODES,
         override_usage = "valkeylock run [OPTIONS] <NAME> -- <PROGRAM> [ARGS]..."
@@ -120,6 +125,10 @@ pub(crate) enum Command {
         /// wait forever]
         #[arg(long, value_name = "DURATION", env = "VALKEYLOCK_WAIT_TIMEOUT", value_parser = duration)]
         wait_timeout: Option<Duration>,
+        /// Treat NAME as a semaphore of N permits: hold one of them, so that
+        /// up to N programs run at once. [default: a lock, one at a time]
+        #[arg(long, value_name = "N", env = "VALKEYLOCK_PERMITS")]
+        permits: Option<u32>,
         /// After a lost lock, how long the program has between SIGTERM and
         /// SIGKILL.
         #[arg(long, value_name = "DURATION", env = "VALKEYLOCK_GRACE", value_parser = duration, default_value = "5s")]

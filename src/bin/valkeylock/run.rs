@@ -24,6 +24,8 @@ use crate::inspect::exit_for;
 pub(crate) struct RunArgs {
     pub(crate) name: String,
     pub(crate) wait_timeout: Option<Duration>,
+    /// Hold one of this many permits of semaphore `name` instead of the lock.
+    pub(crate) permits: Option<u32>,
     pub(crate) grace: Duration,
     pub(crate) program: Vec<OsString>,
 }
@@ -75,6 +77,7 @@ pub(crate) async fn run(options: LockerOptions, args: RunArgs) -> u8 {
     let RunArgs {
         name,
         wait_timeout,
+        permits,
         grace,
         program,
     } = args;
@@ -95,8 +98,14 @@ pub(crate) async fn run(options: LockerOptions, args: RunArgs) -> u8 {
         },
         sig = signals.recv() => return 128 + sig as u8,
     };
-    let code = match wait(&locker, &name, wait_timeout, &mut signals).await {
-        Ok(guard) => hold(guard, &name, grace, &program, &mut signals).await,
+    let waited = match permits {
+        None => wait(&locker, &name, wait_timeout, &mut signals)
+            .await
+            .map(|guard| (guard, None)),
+        Some(permits) => wait_permit(&locker, &name, permits, wait_timeout, &mut signals).await,
+    };
+    let code = match waited {
+        Ok((guard, slot)) => hold(guard, &name, slot, grace, &program, &mut signals).await,
         Err(code) => code,
     };
     locker.close().await;
@@ -182,10 +191,15 @@ async fn wait(
         }
         result
     };
-    result.map_err(|e| match e {
+    result.map_err(|e| wait_failed(&format!("lock {name:?}"), timeout, e))
+}
+
+/// The exit code of a wait that failed (`None`: it timed out), said on stderr.
+fn wait_failed(what: &str, timeout: Option<Duration>, error: Option<Error>) -> u8 {
+    match error {
         None => {
             eprintln!(
-                "valkeylock: lock {name:?} not acquired within {} (--wait-timeout)",
+                "valkeylock: {what} not acquired within {} (--wait-timeout)",
                 format_duration(timeout.unwrap_or_default())
             );
             EXIT_WAIT_TIMEOUT
@@ -194,7 +208,45 @@ async fn wait(
             eprintln!("valkeylock: {}", with_causes(&e));
             exit_for(&e)
         }
-    })
+    }
+}
+
+/// Waits for one of `permits` permits of semaphore `name` (`--permits`);
+/// returns the permit's slot guard and its slot.
+async fn wait_permit(
+    locker: &Locker,
+    name: &str,
+    permits: u32,
+    timeout: Option<Duration>,
+    signals: &mut Signals,
+) -> Result<(LockGuard, Option<u32>), u8> {
+    let what = format!("a permit of {name:?}");
+    let pool = locker
+        .semaphore(name, permits)
+        .map_err(|e| wait_failed(&what, timeout, Some(e)))?;
+    let taken = async {
+        if timeout.is_some_and(|t| t.is_zero()) {
+            match pool.try_acquire().await {
+                Err(Error::NotLocked { .. }) => Err(None),
+                other => other.map_err(Some),
+            }
+        } else {
+            let request = timeout.map_or_else(LockRequest::new, |t| LockRequest::new().wait(t));
+            match pool.acquire_with(&request).await {
+                Err(Error::Timeout { .. }) => Err(None),
+                other => other.map_err(Some),
+            }
+        }
+    };
+    let permit = tokio::select! {
+        r = taken => r.map_err(|e| wait_failed(&what, timeout, e))?,
+        sig = signals.recv() => {
+            eprintln!("valkeylock: got {sig} while waiting for {what}");
+            return Err(128 + sig as u8);
+        }
+    };
+    let slot = permit.slot();
+    Ok((permit.into_guard(), Some(slot)))
 }
 
 /// The waiting indicator's text: the lock, how long we have waited, what we
@@ -268,6 +320,7 @@ fn die_with_the_tool(command: &mut tokio::process::Command) {
 async fn hold(
     guard: LockGuard,
     name: &str,
+    slot: Option<u32>,
     grace: Duration,
     program: &[OsString],
     signals: &mut Signals,
@@ -282,6 +335,9 @@ async fn hold(
         )
         // Its own process group, so a lost lock stops everything it started.
         .process_group(0);
+    if let Some(slot) = slot {
+        command.env("VALKEYLOCK_PERMIT_SLOT", slot.to_string());
+    }
     die_with_the_tool(&mut command);
     let mut child = match command.spawn() {
         Ok(c) => c,
