@@ -1,7 +1,8 @@
 //! Message-based locking (`Locker::lock_for`) against a real server: an actor
 //! gets `Acquired` in its mailbox, then `Lost` when the key is deleted; a
 //! second actor waiting for the same name gets `Failed(Closed)` when the
-//! locker closes, and nothing is dropped unsent.
+//! locker closes, and nothing is dropped unsent. `Semaphore::acquire_for`
+//! likewise, with permits.
 #![allow(missing_docs)]
 
 mod support;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use support::*;
 use tokio::sync::mpsc;
-use valkeylock::{Error, LockEvent, LockGuard, LostReason};
+use valkeylock::{Error, LockEvent, LockGuard, LostReason, PermitEvent, PermitGuard};
 
 /// What the probe saw, in order; it keeps the guard it was given.
 #[derive(Debug, PartialEq)]
@@ -114,4 +115,91 @@ async fn an_actor_gets_acquired_lost_and_failed_in_its_mailbox() {
         actor.stop(None);
         let _ = handle.await;
     }
+}
+
+/// A probe for permits: it keeps the permits it is given.
+struct PermitMsg(PermitEvent);
+
+impl From<PermitEvent> for PermitMsg {
+    fn from(e: PermitEvent) -> Self {
+        PermitMsg(e)
+    }
+}
+
+struct PermitProbe;
+
+impl Actor for PermitProbe {
+    type Msg = PermitMsg;
+    type State = (mpsc::UnboundedSender<(Seen, Option<u32>)>, Vec<PermitGuard>);
+    type Arguments = mpsc::UnboundedSender<(Seen, Option<u32>)>;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<PermitMsg>,
+        tx: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok((tx, Vec::new()))
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<PermitMsg>,
+        PermitMsg(event): PermitMsg,
+        (tx, permits): &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let seen = match event {
+            PermitEvent::Acquired(p) => {
+                let slot = p.slot();
+                permits.push(p);
+                (Seen::Acquired, Some(slot))
+            }
+            PermitEvent::Lost { reason, slot, .. } => (Seen::Lost(reason), Some(slot)),
+            PermitEvent::Failed { error, .. } => (Seen::Failed(error.to_string()), None),
+            _ => return Ok(()),
+        };
+        let _ = tx.send(seen);
+        Ok(())
+    }
+}
+
+/// `Semaphore::acquire_for`: an actor gets two permits of two in its
+/// mailbox, a third request waits, and a deleted slot is told as `Lost`
+/// with its slot, after which the waiting request is granted that slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_gets_permits_in_its_mailbox() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let locker = server.locker().await;
+    let name = unique("actor-sem");
+    let pool = locker.semaphore(&name, 2).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (probe, handle) = Actor::spawn(None, PermitProbe, tx).await.unwrap();
+    pool.acquire_for(probe.clone());
+    pool.acquire_for(probe.clone());
+    let (a, b) = (recv(&mut rx).await, recv(&mut rx).await);
+    assert_eq!((&a.0, &b.0), (&Seen::Acquired, &Seen::Acquired));
+    assert_ne!(a.1, b.1);
+    pool.acquire_for(probe.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(rx.try_recv().is_err(), "a third permit of two");
+    let slot = a.1.unwrap();
+    locker
+        .force_release(&format!("{name}:permit:{slot}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        recv(&mut rx).await,
+        (Seen::Lost(LostReason::Deleted), Some(slot))
+    );
+    assert_eq!(recv(&mut rx).await, (Seen::Acquired, Some(slot)));
+    probe.stop(None);
+    let _ = handle.await;
+    locker.close().await;
+}
+
+async fn recv(rx: &mut mpsc::UnboundedReceiver<(Seen, Option<u32>)>) -> (Seen, Option<u32>) {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("no event within 10 s")
+        .expect("probe gone")
 }

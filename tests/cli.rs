@@ -625,6 +625,124 @@ async fn wait_timeout() {
     drop(holder);
 }
 
+/// `run --permits 2`: five runs started together, at most two programs at
+/// once (and two do run together), each on slot 0 or 1; `--permits 0` is a
+/// usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_permits() {
+    let server = ValkeyServer::start();
+    let name = unique("permits");
+    let dir = scratch("permits");
+    let log = dir.join("log");
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let (url, name, log) = (server.url(), name.clone(), log.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = tool(&url);
+            let script = format!(
+                "echo \"start $(date +%s%N) $VALKEYLOCK_PERMIT_SLOT\" >> {log}; sleep 0.4; echo \"end $(date +%s%N) $VALKEYLOCK_PERMIT_SLOT\" >> {log}",
+                log = log.display()
+            );
+            c.args(["run", "--permits", "2", &name, "--", "sh", "-c", &script]);
+            let out = output(c).await;
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let mut events: Vec<(u128, i32, u32)> = lines
+        .lines()
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let delta = if w[0] == "start" { 1 } else { -1 };
+            (w[1].parse().unwrap(), delta, w[2].parse().unwrap())
+        })
+        .collect();
+    assert_eq!(events.len(), 10, "{lines}");
+    assert!(
+        events.iter().all(|e| e.2 < 2),
+        "slots outside 0..2: {lines}"
+    );
+    // Ends before starts at one instant: a program ending as another starts
+    // is not an overlap.
+    events.sort_by_key(|e| (e.0, e.1));
+    let (mut running, mut most) = (0, 0);
+    for e in &events {
+        running += e.1;
+        most = most.max(running);
+    }
+    assert_eq!(
+        most, 2,
+        "programs at once (at most 2, and 2 ran together): {lines}"
+    );
+
+    let mut c = tool(&server.url());
+    c.args(["run", "--permits", "0", &name, "--", "true"]);
+    let out = output(c).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("permits"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A `run --permits 1` holder killed with SIGKILL: nobody extends its
+/// permit, which frees within one validity (1 s here) for the next holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_permit_holder_frees_its_permit_within_one_validity() {
+    let server = ValkeyServer::start();
+    let admin = server.admin().await;
+    let name = unique("permit-kill");
+    let mut c = tool(&server.url());
+    c.args([
+        "run",
+        "--permits",
+        "1",
+        "--validity",
+        "1s",
+        &name,
+        "--",
+        "sleep",
+        "30",
+    ]);
+    let mut holder = c.spawn().unwrap();
+    let slot = format!("{name}:permit:0");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            existing_keys(&admin, "valkeylock", &slot, 3).await == 3
+        })
+        .await,
+        "the holder never took its permit"
+    );
+    let locker = valkeylock::Locker::connect(
+        valkeylock::LockerOptions::new([server.url()]).with_key_validity(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    let pool = locker.semaphore(&name, 1).unwrap();
+    assert!(matches!(
+        pool.try_acquire().await,
+        Err(valkeylock::Error::NotLocked { .. })
+    ));
+    holder.start_kill().unwrap(); // SIGKILL
+    let killed = Instant::now();
+    let _ = holder.wait().await;
+    let permit = tokio::time::timeout(Duration::from_secs(10), pool.acquire())
+        .await
+        .expect("the dead holder's permit never freed")
+        .unwrap();
+    let freed = killed.elapsed();
+    println!("permit free {freed:?} after SIGKILL of its holder (validity 1 s)");
+    // One validity, plus the waiter's retry and this machine's slack.
+    assert!(freed < Duration::from_secs(5), "{freed:?}");
+    drop(permit);
+    locker.close().await;
+}
+
 /// Flags > environment > config file > defaults.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_file_env_and_flags() {

@@ -514,6 +514,41 @@ async fn cluster_lock_wait_lost_and_key_placement() {
     );
     assert_eq!(reason, LostReason::Deleted);
 
+    // A semaphore on the cluster: each permit is a lock like the others.
+    let sem = spread_name(&cluster, "cluster-sem");
+    let (pool_a, pool_b) = (
+        a.semaphore(&sem, 2).expect("semaphore"),
+        b.semaphore(&sem, 2).expect("semaphore"),
+    );
+    let p = pool_a.acquire().await.expect("a permit on the cluster");
+    let q = pool_b.acquire().await.expect("a second permit");
+    assert_ne!(p.slot(), q.slot());
+    assert!(matches!(
+        pool_b.try_acquire().await,
+        Err(valkeylock::Error::NotLocked { .. })
+    ));
+    let waiter = tokio::spawn({
+        let pool_b = pool_b.clone();
+        async move { pool_b.acquire().await }
+    });
+    tokio::time::sleep(ms(200)).await;
+    assert!(
+        !waiter.is_finished(),
+        "a third permit of two on the cluster"
+    );
+    let t0 = Instant::now();
+    drop(p);
+    let r = timeout(secs(5), waiter)
+        .await
+        .expect("the permit waiter was not woken")
+        .expect("task")
+        .expect("the freed permit");
+    eprintln!(
+        "cluster: permit waiter woke {:?} after the drop",
+        t0.elapsed()
+    );
+    drop((q, r));
+
     measure_acquire(&a, "cluster").await;
     measure_loss(&a, "cluster", 5, |name| {
         let admin = admin.clone();
