@@ -15,7 +15,7 @@ Subcommands:
                         every SECONDS until killed (a log of the load during
                         the run).
   render RESULTS [--env FILE] [--load-log FILE] [--previous OLD] [--doc BENCHMARKS.md]
-                [--charts docs/charts]
+                [--charts docs/charts] [--peer-semaphore FILE]
                         rewrite the regions of BENCHMARKS.md between
                         `<!-- report:NAME -->` and `<!-- /report:NAME -->`,
                         and draw the charts (SVG) from the same results.
@@ -225,6 +225,23 @@ def parse(path):
             continue
         i += 1
     return bins
+
+
+def parse_whole(path, name):
+    """The output of a bench run outside `cargo bench` (no `Running` line):
+    the whole file as one binary named `name`."""
+    text = open(path, encoding="utf-8").read()
+    tmp = f"     Running benches/{name.replace('-', '_')}.rs\n" + text
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
+        f.write(tmp)
+    try:
+        bins = parse(f.name)
+    finally:
+        os.unlink(f.name)
+    b = bins[name.replace("-", "_")]
+    b.name = name
+    return b
 
 
 def table_by_prefix(b, prefix):
@@ -745,6 +762,16 @@ def generate(bins, env, load_log, results_path, old_bins, old_path, compile_s):
     g["breakdown"] = "\n".join(scale.notes.get("breakdown", []))
     g["targets"] = region_targets(bins)
     g["targets-11"] = region_targets11(bins)
+    if "semaphore" in bins:
+        sem = bins["semaphore"]
+        g["semaphore-mode"] = f"Settings: `{sem.mode}`; {sem.header}."
+        g["semaphore-uncontended"] = table_by_prefix(sem, "Uncontended").text()
+        g["semaphore-contended"] = table_by_prefix(sem, "Contended").text()
+        g["semaphore-wakeup"] = table_by_prefix(sem, "Wake-up").text()
+    if "peer-semaphore" in bins:
+        peer = bins["peer-semaphore"]
+        g["peer-semaphore"] = "\n\n".join(
+            f"**{k}**\n\n{peer.tables[k].text()}" for k in peer.tables)
     if old_bins:
         g["previous"] = region_previous(bins, old_bins, old_path)
     return g
@@ -765,6 +792,8 @@ def cmd_render(args):
     m = re.search(r"Finished `bench` profile .* in ([\d.]+)s", raw)
     compile_s = float(m.group(1)) if m else None
     bins = parse(results)
+    if "--peer-semaphore" in opts:
+        bins["peer-semaphore"] = parse_whole(opts["--peer-semaphore"], "peer-semaphore")
     write_charts(bins, results, opts.get("--charts", "docs/charts"))
     g = generate(bins, env, load_log, results, old_bins, old_path, compile_s)
     text = open(doc, encoding="utf-8").read()
