@@ -102,6 +102,11 @@ pub(super) struct Knobs {
     /// Callers bring terms of their own (`LockRequest`): a shorter validity,
     /// a maximum hold.
     pub(super) terms: bool,
+    /// Callers claim a semaphore's permit count for the name (a permit
+    /// slot), most of them the same count, some another or none: grants
+    /// must carry their caller's claim, and disagreeing callers may be
+    /// refused with `ConfigMismatch`.
+    pub(super) permits: bool,
 }
 
 impl Knobs {
@@ -148,6 +153,7 @@ impl Knobs {
             max_ppm: 5000,
             max_delay_ms: validity_ms / 50,
             terms: r.chance(40),
+            permits: r.chance(25),
         }
     }
 
@@ -185,6 +191,7 @@ impl Knobs {
                 "ppm" => self.max_ppm = num(),
                 "delay" => self.max_delay_ms = num(),
                 "terms" => self.terms = num() != 0,
+                "permits" => self.permits = num() != 0,
                 other => panic!("unknown SIM_KNOBS key {other}"),
             }
         }
@@ -200,7 +207,7 @@ impl fmt::Display for Knobs {
         };
         write!(
             f,
-            "procs={},names={},nodes={},majority={},validity={},fencing={fencing},tracking={},noloop={},handover={},faults={:#x},force={},steps={},ppm={},delay={},terms={}",
+            "procs={},names={},nodes={},majority={},validity={},fencing={fencing},tracking={},noloop={},handover={},faults={:#x},force={},steps={},ppm={},delay={},terms={},permits={}",
             self.procs,
             self.names,
             self.nodes,
@@ -214,7 +221,8 @@ impl fmt::Display for Knobs {
             self.steps,
             self.max_ppm,
             self.max_delay_ms,
-            u8::from(self.terms)
+            u8::from(self.terms),
+            u8::from(self.permits)
         )
     }
 }
@@ -300,6 +308,12 @@ fn shrink(k: &Knobs, kind: &str) -> Knobs {
         if best.terms {
             cands.push(Knobs {
                 terms: false,
+                ..best.clone()
+            });
+        }
+        if best.permits {
+            cands.push(Knobs {
+                permits: false,
                 ..best.clone()
             });
         }
@@ -461,7 +475,7 @@ fn sim_retry_storm() {
 fn retry_storm(seed: u64, noloop: bool) -> f64 {
     const MS: u64 = 1_000_000;
     let mut k = Knobs::from_seed(seed);
-    k.apply("procs=3,names=1,nodes=3,majority=2,validity=1000,fencing=off,tracking=1,noloop=1,handover=32,faults=0,force=0,steps=1000000,ppm=0,delay=2,terms=0");
+    k.apply("procs=3,names=1,nodes=3,majority=2,validity=1000,fencing=off,tracking=1,noloop=1,handover=32,faults=0,force=0,steps=1000000,ppm=0,delay=2,terms=0,permits=0");
     k.apply(if noloop { "noloop=1" } else { "noloop=0" });
     let mut w = World::new(&k, std::env::var("SIM_TRACE").is_ok());
     w.stop_workload = true;

@@ -95,6 +95,8 @@ pub(super) struct Caller {
     pub(super) forever: bool,
     /// Its grant was released (or a release is no longer expected).
     pub(super) released: bool,
+    /// The permit count it claims for the name (`permits` knob).
+    pub(super) permits: Option<u16>,
 }
 
 /// One process.

@@ -736,6 +736,7 @@ impl World {
             asked: self.now,
             forever,
             released: false,
+            permits: terms.and_then(|t| t.permits),
         });
         let idx = p.callers.len() - 1;
         p.active.push(idx);
@@ -747,11 +748,25 @@ impl World {
 
     fn add_caller(&mut self, proc: usize, name: usize, kind: RequestKind) -> Result<(), String> {
         let forever = self.work.chance(8);
-        let terms = if self.k.terms {
+        let mut terms = if self.k.terms {
             self.random_terms()
         } else {
             None
         };
+        if self.k.permits {
+            // Mostly the count every caller of the name agrees on; now and
+            // then another count, or a plain lock of the slot's name.
+            let claim = match self.work.below(10) {
+                0 => None,
+                1 => Some(3),
+                _ => Some(2),
+            };
+            if claim.is_some() {
+                let mut t = terms.unwrap_or(self.cfg.terms);
+                t.permits = claim;
+                terms = Some(t);
+            }
+        }
         let id = self.add_caller_id(proc, name, kind, terms, forever)?;
         if self.work.chance(15) {
             let at = self.now + self.work.range(0, self.ttl());
@@ -1008,6 +1023,18 @@ impl World {
                         c.stage
                     ));
                 }
+                // The grant's token claims its caller's permit count (a
+                // hand-over never crosses claims).
+                if let Some(t) = &token {
+                    let claimed = claimed_permits(t.as_str());
+                    if claimed != c.permits {
+                        return Err(format!(
+                            "{}: Grant to request {to} claiming {:?} under token {t:?} claiming {claimed:?}",
+                            here(),
+                            c.permits
+                        ));
+                    }
+                }
                 let cancelled = c.cancelled;
                 let forever = c.forever;
                 let until_real = self.procs[proc].clock.real_at(*valid_until);
@@ -1069,7 +1096,11 @@ impl World {
                         c.stage
                     ));
                 }
-                if c.kind == RequestKind::Wait && *why != Refusal::Closed {
+                let mismatch = matches!(why, Refusal::ConfigMismatch { .. });
+                if c.kind == RequestKind::Wait
+                    && *why != Refusal::Closed
+                    && !(self.k.permits && mismatch)
+                {
                     return Err(format!("{}: a waiting lock() refused with {why:?}", here()));
                 }
                 c.stage = Stage::Done;
@@ -1263,4 +1294,10 @@ impl World {
         }
         s
     }
+}
+
+/// The permit count a token's fingerprint claims (`…:m2n1p3` → `Some(3)`).
+fn claimed_permits(token: &str) -> Option<u16> {
+    let fingerprint = token.rsplit(':').next()?;
+    fingerprint.split_once('p')?.1.parse().ok()
 }
