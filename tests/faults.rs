@@ -374,6 +374,7 @@ async fn hold(ctx: &WorkerCtx, rng: &mut Rng, guard: LockGuard) {
         told,
         valid_until,
         reason,
+        slot: None,
     });
 }
 
@@ -880,6 +881,267 @@ fn nemesis_out_of_model() {
     }));
 }
 
+// ===== the checker itself =====
+
+/// A grant of `name` by `client` over `[from, to]` ms (both ends).
+fn grant(client: &str, name: &str, from: u64, to: u64, slot: Option<u32>) -> GrantRecord {
+    GrantRecord {
+        client: client.to_owned(),
+        name: name.to_owned(),
+        acquired: from * 1_000_000,
+        last_held: to * 1_000_000,
+        told: to * 1_000_000,
+        valid_until: None,
+        reason: "released".to_owned(),
+        slot,
+    }
+}
+
+fn checked(h: &History) -> Report {
+    report("checker", 0, h)
+}
+
+/// `N + 1` permits of one semaphore held at once is a violation, reported
+/// with its instant, its witnesses and its length; `N` is not.
+#[test]
+fn checker_counts_holders_against_the_capacity() {
+    let h = History::new();
+    h.set_capacity("pool", 3);
+    for (i, (from, to)) in [(0, 100), (10, 90), (20, 80)].into_iter().enumerate() {
+        h.grant(grant(&format!("c{i}"), "pool", from, to, Some(i as u32)));
+    }
+    // Hand-overs: a fourth client starts as one ends (not at once).
+    h.grant(grant("c3", "pool", 100, 150, Some(0)));
+    h.grant(grant("c4", "pool", 80, 150, Some(2)));
+    let r = checked(&h);
+    assert!(
+        r.overlaps_told.is_empty() && r.overlaps_acted.is_empty(),
+        "{}",
+        r.summary()
+    );
+    assert_eq!(r.most_holders.get("pool"), Some(&3));
+    r.assert_ok();
+
+    // A fourth holder at 30 ms, while the three are in force until 80 ms.
+    h.grant(grant("c5", "pool", 30, 60, Some(1)));
+    let r = checked(&h);
+    assert_eq!(r.overlaps_told.len(), 1, "{}", r.summary());
+    let o = &r.overlaps_told[0];
+    assert_eq!((o.name.as_str(), o.capacity, o.at), ("pool", 3, 30_000_000));
+    let clients: Vec<&str> = o.grants.iter().map(|g| g.client.as_str()).collect();
+    assert_eq!(clients, ["c0", "c1", "c2", "c5"]);
+    assert!((o.overlap_ms - 30.0).abs() < 1e-9, "{o:?}");
+    assert_eq!(r.overlaps_acted.len(), 1);
+    // c5 shares slot 1 with c1.
+    assert_eq!(r.slot_overlaps_told.len(), 1, "{}", r.summary());
+    assert_eq!(r.slot_overlaps_told[0].name, "pool:permit:1");
+    assert_eq!(r.most_holders.get("pool"), Some(&4));
+    assert!(r
+        .summary()
+        .contains("OVERLAP 30.000 ms at 30000000 (pool held by 4 > capacity 3)"));
+    let failed = std::panic::catch_unwind(|| r.assert_ok());
+    assert!(failed.is_err(), "assert_ok passed a violation");
+
+    // One client's own grants never count twice.
+    let h = History::new();
+    h.set_capacity("pool", 2);
+    h.grant(grant("a", "pool", 0, 50, Some(0)));
+    h.grant(grant("a", "pool", 10, 50, Some(1)));
+    h.grant(grant("b", "pool", 20, 50, Some(1)));
+    let r = checked(&h);
+    assert!(r.overlaps_told.is_empty(), "{}", r.summary());
+    // … but two clients on one slot do, within the capacity.
+    assert_eq!(r.slot_overlaps_told.len(), 1, "{}", r.summary());
+}
+
+/// Two permits of one slot: a violation even with the semaphore not full.
+#[test]
+fn checker_reports_two_holders_of_one_slot() {
+    let h = History::new();
+    h.set_capacity("pool", 3);
+    h.grant(grant("a", "pool", 0, 50, Some(2)));
+    h.grant(grant("b", "pool", 40, 90, Some(2)));
+    let r = checked(&h);
+    assert!(r.overlaps_told.is_empty());
+    assert_eq!(r.slot_overlaps_told.len(), 1);
+    assert_eq!(r.slot_overlaps_acted.len(), 1);
+    let o = &r.slot_overlaps_told[0];
+    assert_eq!((o.capacity, o.at), (1, 40_000_000));
+    assert!((o.overlap_ms - 10.0).abs() < 1e-9, "{o:?}");
+}
+
+/// Today's pairwise check of locks, as it was before capacities, kept to
+/// show the generalised one reports exactly the same for capacity 1.
+fn pairwise_reference(
+    grants: &[GrantRecord],
+    faults: &[FaultRecord],
+    excuse_window: Duration,
+    end: impl Fn(&GrantRecord) -> u64,
+) -> Vec<(GrantRecord, GrantRecord, f64, Option<FaultRecord>)> {
+    let mut by_name: std::collections::BTreeMap<&str, Vec<&GrantRecord>> = Default::default();
+    for g in grants {
+        by_name.entry(g.name.as_str()).or_default().push(g);
+    }
+    let mut out = Vec::new();
+    for (name, mut gs) in by_name {
+        gs.sort_by_key(|g| g.acquired);
+        for (i, a) in gs.iter().enumerate() {
+            let a_end = end(a);
+            for b in &gs[i + 1..] {
+                if b.acquired >= a_end {
+                    break;
+                }
+                if a.client == b.client {
+                    continue;
+                }
+                let both_end = a_end.min(end(b));
+                if both_end <= b.acquired {
+                    continue;
+                }
+                let wiped = matches!(a.reason.as_str(), "deleted" | "overwritten");
+                let excused_by = faults
+                    .iter()
+                    .find(|f| {
+                        f.out_of_model
+                            && (f.name == "*" || f.name == name)
+                            && f.injected <= b.acquired
+                            && b.acquired <= f.healed + excuse_window.as_nanos() as u64
+                            && (a.acquired <= f.healed || wiped)
+                    })
+                    .cloned();
+                out.push((
+                    (*a).clone(),
+                    (*b).clone(),
+                    ms_between(b.acquired, both_end),
+                    excused_by,
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Capacity 1 (locks): on random histories full of overlaps (up to five
+/// holders at once) and out-of-model faults, the generalised checker
+/// reports exactly the pairs, lengths and excuses the pairwise one did, in
+/// the same order, for both ends.
+#[test]
+fn checker_capacity_one_is_the_pairwise_check() {
+    let mut rng = Rng::new(seed_from_env(DEFAULT_SEED));
+    let window = Duration::from_millis(30);
+    let mut compared = 0;
+    for _ in 0..200 {
+        let mut grants = Vec::new();
+        for _ in 0..rng.below(25) {
+            let acquired = rng.below(1_000);
+            let told = acquired + rng.below(120);
+            let last_held = acquired + rng.below(told - acquired + 1);
+            let reason = ["released", "deleted", "overwritten", "expired"][rng.below(4) as usize];
+            grants.push(GrantRecord {
+                client: format!("c{}", rng.below(5)),
+                name: format!("n{}", rng.below(2)),
+                acquired,
+                last_held,
+                told,
+                valid_until: None,
+                reason: reason.to_owned(),
+                slot: None,
+            });
+        }
+        let mut faults = Vec::new();
+        for _ in 0..rng.below(4) {
+            let injected = rng.below(1_000);
+            faults.push(FaultRecord {
+                kind: "del_key".to_owned(),
+                target: "-".to_owned(),
+                injected,
+                healed: injected + rng.below(50),
+                name: ["*", "n0", "n1"][rng.below(3) as usize].to_owned(),
+                out_of_model: rng.chance(0.7),
+            });
+        }
+        let ends: [fn(&GrantRecord) -> u64; 2] = [|g| g.told, |g| g.last_held];
+        for end in ends {
+            let want = pairwise_reference(&grants, &faults, window, end);
+            let got: Vec<_> = overlaps(&grants, &faults, window, |_| 1, end)
+                .into_iter()
+                .map(|o| {
+                    assert_eq!(o.grants.len(), 2);
+                    assert_eq!(o.at, o.grants[1].acquired);
+                    (
+                        o.grants[0].clone(),
+                        o.grants[1].clone(),
+                        o.overlap_ms,
+                        o.excused_by,
+                    )
+                })
+                .collect();
+            assert_eq!(got, want);
+            compared += want.len();
+        }
+    }
+    assert!(compared > 1000, "too few overlaps compared: {compared}");
+}
+
+/// A waiter is stuck when fewer than `capacity` others held the name for
+/// longer than the bound, not while all permits were taken.
+#[test]
+fn checker_stuck_waiters_count_free_permits() {
+    let wait = |from: u64, to: u64| WaitRecord {
+        client: "w".to_owned(),
+        name: "pool".to_owned(),
+        started: from * 1_000_000,
+        ended: to * 1_000_000,
+        outcome: "ok".to_owned(),
+        waits: true,
+    };
+    let full = [
+        grant("a", "pool", 0, 10_000, Some(0)),
+        grant("b", "pool", 0, 10_000, Some(1)),
+        grant("c", "pool", 0, 6_000, Some(2)),
+        grant("d", "pool", 6_000, 10_000, Some(2)),
+    ];
+    let bound = VALIDITY * 3;
+    let check = |grants: &[GrantRecord], capacity: usize| {
+        stuck_waiters(
+            grants,
+            &[wait(100, 9_900)],
+            &[],
+            |_| capacity,
+            Duration::ZERO,
+            bound,
+        )
+    };
+    // Three permits, all held throughout the wait (one handed over).
+    let (stuck, worst) = check(&full, 3);
+    assert!(stuck.is_empty() && worst == 0.0, "{stuck:?} {worst}");
+    // Four permits: one was free all along.
+    let (stuck, worst) = check(&full, 4);
+    assert_eq!(stuck.len(), 1);
+    assert!((worst - 9_800.0).abs() < 1e-6, "{worst}");
+    // Three permits, but slot 2 free from 6 s on: 3.9 s on a free permit.
+    let (stuck, worst) = check(&full[..3], 3);
+    assert_eq!(stuck.len(), 1);
+    assert!((worst - 3_900.0).abs() < 1e-6, "{worst}");
+    // As a lock (capacity 1): somebody held it throughout.
+    let (stuck, _) = check(&full[..3], 1);
+    assert!(stuck.is_empty());
+}
+
+/// Grants keep their slot, and names their capacity, through the lines a
+/// child process writes.
+#[test]
+fn checker_history_lines_keep_slots_and_capacities() {
+    let h = History::new();
+    h.set_capacity("pool", 3);
+    h.grant(grant("a", "pool", 0, 5, Some(2)));
+    h.grant(grant("b", "lock", 0, 5, None));
+    let back = History::new();
+    assert_eq!(back.absorb_lines(&h.to_lines()), 3);
+    assert_eq!(back.grants(), h.grants());
+    assert_eq!(back.capacities(), h.capacities());
+}
+
 // ===== multi-process =====
 
 const CHILD_ENV: &str = "VALKEYLOCK_FAULTS_CHILD";
@@ -1329,6 +1591,7 @@ async fn hold_recorded(client: &str, guard: LockGuard, dur: Duration, history: &
         told,
         valid_until,
         reason,
+        slot: None,
     });
 }
 
@@ -1374,6 +1637,7 @@ fn scenario_b_sigstop_past_validity() {
                 told,
                 valid_until,
                 reason: reason.as_str().into(),
+                slot: None,
             });
             drop(guard);
             let pause = VALIDITY + ms(700);

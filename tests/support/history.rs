@@ -17,10 +17,20 @@
 //!   lock (it checked `is_held()` and then took a timestamp). A holder that
 //!   checks `is_held()` before each action never acts after this.
 //!
-//! The checker reports overlaps of two clients' intervals of the same name
-//! under both definitions. Faults outside the model (a third party deleting
-//! or overwriting keys, a server restarted empty at once) are recorded as
-//! such, and an overlap that they explain is reported apart ("excused").
+//! # Capacity
+//! Each name has a capacity: 1 for a lock (the default), `permits` for a
+//! semaphore ([`History::set_capacity`]). A permit's grant is recorded under
+//! the semaphore's name, with its slot.
+//!
+//! The checker reports every instant at which more than `capacity` clients
+//! held grants of one name, under both definitions of the end; for a lock
+//! that is any overlap of two clients' intervals. Each violation is
+//! witnessed by `capacity + 1` grants of different clients, all in force
+//! when the last of them started. A permit's slot is a lock of its own, so
+//! two clients' grants of one slot must not overlap either. Faults outside
+//! the model (a third party deleting or overwriting keys, a server restarted
+//! empty at once) are recorded as such, and a violation that they explain is
+//! reported apart ("excused").
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -151,6 +161,9 @@ pub struct GrantRecord {
     pub valid_until: Option<u64>,
     /// `released`, or a `LostReason` label.
     pub reason: String,
+    /// The slot, for a permit of a semaphore (`name` is then the
+    /// semaphore's name).
+    pub slot: Option<u32>,
 }
 
 /// One `lock()` / `try_lock()` call.
@@ -186,6 +199,8 @@ struct Data {
     grants: Vec<GrantRecord>,
     waits: Vec<WaitRecord>,
     faults: Vec<FaultRecord>,
+    /// Names with a capacity other than 1 (semaphores).
+    capacities: BTreeMap<String, usize>,
 }
 
 /// A shared, append-only history.
@@ -216,11 +231,26 @@ impl History {
     pub fn faults(&self) -> Vec<FaultRecord> {
         self.inner.lock().expect("history").faults.clone()
     }
+    /// Declares how many clients may hold `name` at once (a semaphore's
+    /// permits); names never declared have capacity 1.
+    pub fn set_capacity(&self, name: &str, capacity: usize) {
+        self.inner
+            .lock()
+            .expect("history")
+            .capacities
+            .insert(name.to_owned(), capacity);
+    }
+    pub fn capacities(&self) -> BTreeMap<String, usize> {
+        self.inner.lock().expect("history").capacities.clone()
+    }
 
     /// Serializes one record per line (for a child process's stdout).
     pub fn to_lines(&self) -> String {
         let d = self.inner.lock().expect("history");
         let mut s = String::new();
+        for (name, n) in &d.capacities {
+            let _ = writeln!(s, "VLH capacity {name} {n}");
+        }
         for g in &d.grants {
             let _ = writeln!(s, "{}", grant_line(g));
         }
@@ -247,24 +277,36 @@ impl History {
             } else if let Some(f) = parse_fault_line(line) {
                 self.fault(f);
                 n += 1;
+            } else if let Some((name, c)) = parse_capacity_line(line) {
+                self.set_capacity(&name, c);
+                n += 1;
             }
         }
         n
     }
 }
 
-/// `VLH grant client name acquired last_held told valid_until|- reason`.
+/// `VLH grant client name acquired last_held told valid_until|- reason slot|-`.
 pub fn grant_line(g: &GrantRecord) -> String {
     format!(
-        "VLH grant {} {} {} {} {} {} {}",
+        "VLH grant {} {} {} {} {} {} {} {}",
         g.client,
         g.name,
         g.acquired,
         g.last_held,
         g.told,
         g.valid_until.map_or("-".to_owned(), |v| v.to_string()),
-        g.reason
+        g.reason,
+        g.slot.map_or("-".to_owned(), |v| v.to_string()),
     )
+}
+
+fn parse_capacity_line(line: &str) -> Option<(String, usize)> {
+    let f: Vec<&str> = line.trim().split(' ').collect();
+    if f.len() != 4 || f[0] != "VLH" || f[1] != "capacity" {
+        return None;
+    }
+    Some((f[2].to_owned(), f[3].parse().ok()?))
 }
 
 /// `VLH wait client name started ended outcome waits`.
@@ -306,7 +348,7 @@ fn parse_fault_line(line: &str) -> Option<FaultRecord> {
 
 fn parse_grant_line(line: &str) -> Option<GrantRecord> {
     let f: Vec<&str> = line.trim().split(' ').collect();
-    if f.len() != 9 || f[0] != "VLH" || f[1] != "grant" {
+    if f.len() != 10 || f[0] != "VLH" || f[1] != "grant" {
         return None;
     }
     Some(GrantRecord {
@@ -321,6 +363,11 @@ fn parse_grant_line(line: &str) -> Option<GrantRecord> {
             Some(f[7].parse().ok()?)
         },
         reason: f[8].to_owned(),
+        slot: if f[9] == "-" {
+            None
+        } else {
+            Some(f[9].parse().ok()?)
+        },
     })
 }
 
@@ -339,72 +386,220 @@ fn parse_wait_line(line: &str) -> Option<WaitRecord> {
     })
 }
 
-/// Two grants of one name held by different clients at once.
+/// More clients holding one name at once than its capacity allows (for a
+/// lock: two grants that overlap).
 #[derive(Debug, Clone)]
 pub struct Overlap {
-    /// The one acquired first.
-    pub first: GrantRecord,
-    pub second: GrantRecord,
-    /// How long both were held, in ms.
+    /// The name: a lock's or a semaphore's, or a slot's lock name
+    /// (`{name}:permit:{slot}`) for the same-slot check.
+    pub name: String,
+    /// The capacity exceeded (1 for a lock or a slot).
+    pub capacity: usize,
+    /// The instant it began: when the last of `grants` was acquired.
+    pub at: u64,
+    /// The witnesses: `capacity + 1` grants of different clients, all in
+    /// force at `at`, in acquisition order.
+    pub grants: Vec<GrantRecord>,
+    /// How long all of them were held together, in ms.
     pub overlap_ms: f64,
     /// The out-of-model fault that explains it, if any.
     pub excused_by: Option<FaultRecord>,
 }
 
-/// Overlaps of grant intervals `[acquired, end(g)]` of the same name and
-/// different clients.
+/// At most this many witnesses are reported per grant that breaks a
+/// capacity (with more than `capacity` others in force there is one per
+/// choice of `capacity` of them). Far above what a lock check can reach
+/// with this suite's clients.
+const MAX_WITNESSES_PER_GRANT: usize = 256;
+
+/// Whether fault `f` was aimed at `name`: every name, `name` itself, or a
+/// slot of semaphore `name`.
+fn fault_hits(f: &FaultRecord, name: &str) -> bool {
+    f.name == "*"
+        || f.name == name
+        || f.name
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with(":permit:"))
+}
+
+/// The choices of `k` members of `pool` (in order) that are pairwise
+/// `compatible`, in lexicographic order, at most `limit` of them.
+fn choose(
+    pool: &[usize],
+    k: usize,
+    compatible: &dyn Fn(usize, usize) -> bool,
+    limit: usize,
+) -> Vec<Vec<usize>> {
+    fn go(
+        pool: &[usize],
+        from: usize,
+        k: usize,
+        compatible: &dyn Fn(usize, usize) -> bool,
+        limit: usize,
+        cur: &mut Vec<usize>,
+        out: &mut Vec<Vec<usize>>,
+    ) {
+        if cur.len() == k {
+            out.push(cur.clone());
+            return;
+        }
+        for (p, &c) in pool.iter().enumerate().skip(from) {
+            if out.len() >= limit {
+                return;
+            }
+            if cur.iter().all(|&x| compatible(x, c)) {
+                cur.push(c);
+                go(pool, p + 1, k, compatible, limit, cur, out);
+                cur.pop();
+            }
+        }
+    }
+    let mut out = Vec::new();
+    go(pool, 0, k, compatible, limit, &mut Vec::new(), &mut out);
+    out
+}
+
+/// Capacity violations with grant intervals `[acquired, end(g)]`: for each
+/// grant `b` of a name, every choice of `capacity(name)` grants of other
+/// clients (all different) still in force when `b` was acquired, with `b`,
+/// is one. With capacity 1 these are the pairs of two clients' grants of
+/// one name that overlap, in the order (first grant, second grant).
 pub fn overlaps(
     grants: &[GrantRecord],
     faults: &[FaultRecord],
     excuse_window: Duration,
+    capacity: impl Fn(&str) -> usize,
     end: impl Fn(&GrantRecord) -> u64,
 ) -> Vec<Overlap> {
     let mut by_name: BTreeMap<&str, Vec<&GrantRecord>> = BTreeMap::new();
     for g in grants {
         by_name.entry(g.name.as_str()).or_default().push(g);
     }
+    let window = excuse_window.as_nanos() as u64;
     let mut out = Vec::new();
     for (name, mut gs) in by_name {
+        let cap = capacity(name).max(1);
         gs.sort_by_key(|g| g.acquired);
-        for (i, a) in gs.iter().enumerate() {
-            let a_end = end(a);
-            for b in &gs[i + 1..] {
-                if b.acquired >= a_end {
-                    break;
-                }
-                if a.client == b.client {
-                    continue;
-                }
-                let both_end = a_end.min(end(b));
-                if both_end <= b.acquired {
-                    continue;
-                }
+        let mut found: Vec<(Vec<usize>, Overlap)> = Vec::new();
+        for (j, b) in gs.iter().enumerate() {
+            if end(b) <= b.acquired {
+                continue;
+            }
+            let in_force: Vec<usize> = (0..j)
+                .filter(|&i| gs[i].client != b.client && end(gs[i]) > b.acquired)
+                .collect();
+            if in_force.len() < cap {
+                continue;
+            }
+            let distinct = |x: usize, y: usize| gs[x].client != gs[y].client;
+            for pick in choose(&in_force, cap, &distinct, MAX_WITNESSES_PER_GRANT) {
+                let witnesses: Vec<GrantRecord> =
+                    pick.iter().map(|&i| gs[i]).chain([*b]).cloned().collect();
+                let all_end = witnesses.iter().map(&end).min().unwrap_or(b.acquired);
                 // Blamed on an out-of-model fault that hit the name before
-                // the second grant, while the first was held — or before it,
-                // when the first was told its keys were deleted or
+                // the last grant, while an earlier one was held — or before
+                // it, when the earlier one was told its keys were deleted or
                 // overwritten: a grant handed over locally (same keys, no
                 // round trip) inherits keys already wiped.
-                let wiped = matches!(a.reason.as_str(), "deleted" | "overwritten");
                 let excused_by = faults
                     .iter()
                     .find(|f| {
                         f.out_of_model
-                            && (f.name == "*" || f.name == name)
+                            && fault_hits(f, name)
                             && f.injected <= b.acquired
-                            && b.acquired <= f.healed + excuse_window.as_nanos() as u64
-                            && (a.acquired <= f.healed || wiped)
+                            && b.acquired <= f.healed + window
+                            && pick.iter().any(|&i| {
+                                gs[i].acquired <= f.healed
+                                    || matches!(gs[i].reason.as_str(), "deleted" | "overwritten")
+                            })
                     })
                     .cloned();
-                out.push(Overlap {
-                    first: (*a).clone(),
-                    second: (*b).clone(),
-                    overlap_ms: ms_between(b.acquired, both_end),
-                    excused_by,
-                });
+                let mut key = pick;
+                key.push(j);
+                found.push((
+                    key,
+                    Overlap {
+                        name: name.to_owned(),
+                        capacity: cap,
+                        at: b.acquired,
+                        grants: witnesses,
+                        overlap_ms: ms_between(b.acquired, all_end),
+                        excused_by,
+                    },
+                ));
             }
+        }
+        found.sort_by(|x, y| x.0.cmp(&y.0));
+        out.extend(found.into_iter().map(|(_, o)| o));
+    }
+    out
+}
+
+/// The same-slot check: each permit's slot is a lock of its own. Permit
+/// grants renamed to their slot's lock name, every other grant left out.
+pub fn slot_grants(grants: &[GrantRecord]) -> Vec<GrantRecord> {
+    grants
+        .iter()
+        .filter_map(|g| {
+            g.slot.map(|s| GrantRecord {
+                name: format!("{}:permit:{s}", g.name),
+                ..g.clone()
+            })
+        })
+        .collect()
+}
+
+/// The stretches during which at least `capacity` of `intervals` are in
+/// force (touching intervals count as continuous).
+fn at_least(intervals: &[(u64, u64)], capacity: usize) -> Vec<(u64, u64)> {
+    let mut events: Vec<(u64, u8)> = Vec::new();
+    for &(a, b) in intervals.iter().filter(|(a, b)| b > a) {
+        events.push((a, 0));
+        events.push((b, 1));
+    }
+    events.sort_unstable();
+    let (mut n, mut open, mut out) = (0usize, 0u64, Vec::new());
+    for (t, kind) in events {
+        if kind == 0 {
+            n += 1;
+            if n == capacity {
+                open = t;
+            }
+        } else {
+            if n == capacity {
+                out.push((open, t));
+            }
+            n -= 1;
         }
     }
     out
+}
+
+/// The most grants of one name held at once (`told` ends; an end and a
+/// start at one instant do not meet).
+pub fn most_holders(grants: &[GrantRecord]) -> BTreeMap<String, usize> {
+    let mut events: BTreeMap<&str, Vec<(u64, u8)>> = BTreeMap::new();
+    for g in grants.iter().filter(|g| g.told > g.acquired) {
+        let e = events.entry(g.name.as_str()).or_default();
+        e.push((g.acquired, 1));
+        e.push((g.told, 0));
+    }
+    events
+        .into_iter()
+        .map(|(name, mut ev)| {
+            ev.sort_unstable();
+            let (mut n, mut most) = (0usize, 0usize);
+            for (_, start) in ev {
+                if start == 1 {
+                    n += 1;
+                    most = most.max(n);
+                } else {
+                    n -= 1;
+                }
+            }
+            (name.to_owned(), most)
+        })
+        .collect()
 }
 
 /// The longest stretch (ns) of `[from, to]` not covered by `intervals`.
@@ -429,20 +624,23 @@ fn longest_gap(mut intervals: Vec<(u64, u64)>, from: u64, to: u64) -> u64 {
 #[derive(Debug, Clone)]
 pub struct Stuck {
     pub wait: WaitRecord,
-    /// The longest stretch of the wait during which no other client held
-    /// the name and no fault (nor its aftermath) was in effect, in ms.
+    /// The longest stretch of the wait during which fewer other clients
+    /// than the name's capacity held it and no fault (nor its aftermath)
+    /// was in effect, in ms.
     pub unexplained_ms: f64,
 }
 
-/// For each waiting `lock()`: the longest stretch of its wait during which
-/// no other client held the name and no fault (nor its aftermath,
-/// `aftermath` after healing) was in effect — the lock was free, and still
+/// For each waiting `lock()` (or `acquire()`): the longest stretch of its
+/// wait during which fewer than `capacity(name)` other clients held the name
+/// (for a lock: nobody else) and no fault (nor its aftermath, `aftermath`
+/// after healing) was in effect — a lock or permit was free, and still
 /// nobody got it. Returns the waits where that exceeds `bound` (or that
 /// never returned), and the largest stretch seen (ms).
 pub fn stuck_waiters(
     grants: &[GrantRecord],
     waits: &[WaitRecord],
     faults: &[FaultRecord],
+    capacity: impl Fn(&str) -> usize,
     aftermath: Duration,
     bound: Duration,
 ) -> (Vec<Stuck>, f64) {
@@ -454,11 +652,12 @@ pub fn stuck_waiters(
     let mut stuck = Vec::new();
     let mut worst = 0f64;
     for w in waits.iter().filter(|w| w.waits) {
-        let mut busy: Vec<(u64, u64)> = grants
+        let held: Vec<(u64, u64)> = grants
             .iter()
             .filter(|g| g.name == w.name && g.client != w.client)
             .map(|g| (g.acquired, g.told))
             .collect();
+        let mut busy = at_least(&held, capacity(&w.name).max(1));
         busy.extend_from_slice(&fault_windows);
         let gap = longest_gap(busy, w.started, w.ended);
         let ms = gap as f64 / 1e6;
@@ -510,11 +709,22 @@ pub struct Report {
     pub grants_by_reason: BTreeMap<String, usize>,
     pub waits: usize,
     pub faults_by_kind: BTreeMap<String, usize>,
-    /// Overlaps with `told` ends, not excused: must be empty.
+    /// Names of capacity other than 1 (semaphores), with their capacity.
+    pub capacities: BTreeMap<String, usize>,
+    /// Per name, the most clients that held it at once (`told` ends).
+    pub most_holders: BTreeMap<String, usize>,
+    /// Capacity violations (for a lock: overlaps) with `told` ends, not
+    /// excused: must be empty.
     pub overlaps_told: Vec<Overlap>,
-    /// Overlaps with `last_held` ends, not excused: must be empty.
+    /// Capacity violations with `last_held` ends, not excused: must be
+    /// empty.
     pub overlaps_acted: Vec<Overlap>,
-    /// Overlaps explained by out-of-model faults.
+    /// Overlaps of two clients' permits of one slot (`told` ends, then
+    /// `last_held` ends), not excused: must be empty.
+    pub slot_overlaps_told: Vec<Overlap>,
+    pub slot_overlaps_acted: Vec<Overlap>,
+    /// Violations (of a capacity or of a slot) explained by out-of-model
+    /// faults.
     pub excused: Vec<Overlap>,
     pub stuck: Vec<Stuck>,
     pub worst_unexplained_wait_ms: f64,
@@ -557,15 +767,28 @@ impl Report {
         for f in &faults {
             *faults_by_kind.entry(f.kind.clone()).or_insert(0) += 1;
         }
-        let told = overlaps(&grants, &faults, excuse_window, |g| g.told);
-        let acted = overlaps(&grants, &faults, excuse_window, |g| g.last_held);
-        let (excused, overlaps_told): (Vec<_>, Vec<_>) =
+        let capacities = h.capacities();
+        let capacity = |name: &str| capacities.get(name).copied().unwrap_or(1);
+        let told = overlaps(&grants, &faults, excuse_window, capacity, |g| g.told);
+        let acted = overlaps(&grants, &faults, excuse_window, capacity, |g| g.last_held);
+        let (mut excused, overlaps_told): (Vec<_>, Vec<_>) =
             told.into_iter().partition(|o| o.excused_by.is_some());
         let overlaps_acted = acted
             .into_iter()
             .filter(|o| o.excused_by.is_none())
             .collect();
-        let (stuck, worst) = stuck_waiters(&grants, &waits, &faults, aftermath, stuck_bound);
+        let slots = slot_grants(&grants);
+        let (slot_excused, slot_overlaps_told): (Vec<_>, Vec<_>) =
+            overlaps(&slots, &faults, excuse_window, |_| 1, |g| g.told)
+                .into_iter()
+                .partition(|o| o.excused_by.is_some());
+        excused.extend(slot_excused);
+        let slot_overlaps_acted = overlaps(&slots, &faults, excuse_window, |_| 1, |g| g.last_held)
+            .into_iter()
+            .filter(|o| o.excused_by.is_none())
+            .collect();
+        let (stuck, worst) =
+            stuck_waiters(&grants, &waits, &faults, capacity, aftermath, stuck_bound);
         let wait_ms = |w: &WaitRecord| ms_between(w.started, w.ended);
         let longest_wait_ms = waits
             .iter()
@@ -597,8 +820,12 @@ impl Report {
             grants_by_reason,
             waits: waits.len(),
             faults_by_kind,
+            most_holders: most_holders(&grants),
+            capacities,
             overlaps_told,
             overlaps_acted,
+            slot_overlaps_told,
+            slot_overlaps_acted,
             excused,
             stuck,
             worst_unexplained_wait_ms: worst,
@@ -628,6 +855,16 @@ impl Report {
             self.overlaps_acted.len(),
             self.excused.len()
         );
+        if !self.capacities.is_empty() {
+            let _ = writeln!(
+                s,
+                "capacity {:?}; most holders at once {:?}; same-slot overlaps (told ends): {}; (acted ends): {}",
+                self.capacities,
+                self.most_holders,
+                self.slot_overlaps_told.len(),
+                self.slot_overlaps_acted.len()
+            );
+        }
         let mut by_kind: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
         for o in &self.excused {
             let f = o.excused_by.as_ref().expect("excused");
@@ -649,12 +886,20 @@ impl Report {
             .overlaps_told
             .iter()
             .chain(&self.overlaps_acted)
+            .chain(&self.slot_overlaps_told)
+            .chain(&self.slot_overlaps_acted)
             .take(10)
         {
+            let grants: Vec<String> = o.grants.iter().map(|g| format!("{g:?}")).collect();
             let _ = writeln!(
                 s,
-                "  OVERLAP {:.3} ms: {:?} / {:?}",
-                o.overlap_ms, o.first, o.second
+                "  OVERLAP {:.3} ms at {} ({} held by {} > capacity {}): {}",
+                o.overlap_ms,
+                o.at,
+                o.name,
+                o.grants.len(),
+                o.capacity,
+                grants.join(" / ")
             );
         }
         let _ = writeln!(
@@ -708,11 +953,14 @@ impl Report {
         }
     }
 
-    /// Panics with the summary if any overlap or stuck waiter was found.
+    /// Panics with the summary if any capacity violation (overlap), same-slot
+    /// overlap or stuck waiter was found.
     pub fn assert_ok(&self) {
         assert!(
             self.overlaps_told.is_empty()
                 && self.overlaps_acted.is_empty()
+                && self.slot_overlaps_told.is_empty()
+                && self.slot_overlaps_acted.is_empty()
                 && self.stuck.is_empty(),
             "safety/liveness violated (re-run with VALKEYLOCK_SEED={:#x}):\n{}",
             self.seed,
