@@ -15,10 +15,11 @@ Subcommands:
                         every SECONDS until killed (a log of the load during
                         the run).
   render RESULTS [--env FILE] [--load-log FILE] [--previous OLD] [--doc BENCHMARKS.md]
-                [--charts docs/charts] [--peer-semaphore FILE]
+                [--charts docs/charts] [--peer-semaphore FILE] [--only R1,R2]
                         rewrite the regions of BENCHMARKS.md between
                         `<!-- report:NAME -->` and `<!-- /report:NAME -->`,
-                        and draw the charts (SVG) from the same results.
+                        and draw the charts (SVG) from the same results;
+                        with --only, just the regions named (no charts).
   check RESULTS [--doc BENCHMARKS.md]
                         list the numbers in the hand-written prose of
                         BENCHMARKS.md that appear nowhere in the raw output
@@ -768,6 +769,10 @@ def generate(bins, env, load_log, results_path, old_bins, old_path, compile_s):
         g["semaphore-uncontended"] = table_by_prefix(sem, "Uncontended").text()
         g["semaphore-contended"] = table_by_prefix(sem, "Contended").text()
         g["semaphore-wakeup"] = table_by_prefix(sem, "Wake-up").text()
+    if "fairness" in bins:
+        fair = bins["fairness"]
+        g["fairness-mode"] = f"Settings: `{fair.mode}`."
+        g["fairness"] = table_by_prefix(fair, "Fairness across processes").text()
     if "peer-semaphore" in bins:
         peer = bins["peer-semaphore"]
         g["peer-semaphore"] = "\n\n".join(
@@ -794,13 +799,18 @@ def cmd_render(args):
     bins = parse(results)
     if "--peer-semaphore" in opts:
         bins["peer-semaphore"] = parse_whole(opts["--peer-semaphore"], "peer-semaphore")
-    write_charts(bins, results, opts.get("--charts", "docs/charts"))
+    if "--only" not in opts:
+        write_charts(bins, results, opts.get("--charts", "docs/charts"))
     g = generate(bins, env, load_log, results, old_bins, old_path, compile_s)
     text = open(doc, encoding="utf-8").read()
     used = set()
 
+    only = set(opts["--only"].split(",")) if "--only" in opts else None
+
     def sub(m):
         name = m.group(2)
+        if only is not None and name not in only:
+            return m.group(0)
         if name not in g:
             raise SystemExit(f"no generator for region {name!r}")
         used.add(name)
@@ -808,6 +818,8 @@ def cmd_render(args):
 
     new = REGION.sub(sub, text)
     missing = set(g) - used
+    if only is not None:
+        missing &= only
     if missing:
         print(f"warning: regions not in {doc}: {sorted(missing)}", file=sys.stderr)
     with open(doc, "w", encoding="utf-8") as f:

@@ -16,7 +16,8 @@ use crate::{AcquireKind, Error, LockGuard, LockRequest, Locker};
 /// A counting semaphore over Valkey: at most [`permits`](Semaphore::permits)
 /// holders of [`name`](Semaphore::name) at any moment, across every process
 /// that uses it, each holding a [`PermitGuard`]. Made by
-/// [`Locker::semaphore`]; cheap to clone.
+/// [`Locker::semaphore`]; cheap to clone. Like a [`Locker`] clone, it keeps
+/// the locker's connections running while it lives.
 ///
 /// Each permit is one of `permits` slots, and each slot is a lock of its own
 /// (the lock `{name}:permit:{slot}`): a permit has every guarantee of a
