@@ -227,7 +227,7 @@ pub use valkeylock_actors::{
     format_duration, parse_duration, ConnectionErrorKind, DurationErrorKind, Error, FenceInfo,
     ForcedRelease, Health, KeyInfo, KeyValue, LeaseWatcher, LockInfo, LockRequest, LockState,
     LockWatch, LockerOptions, LostReason, NodeAddr, NodeHealth, NodeUrlErrorKind,
-    ParseDurationError, ParseNodeError, Topology, MAX_NAME_LEN, MAX_PERMITS,
+    ParseDurationError, ParseNodeError, SemaphoreInfo, Topology, MAX_NAME_LEN, MAX_PERMITS,
 };
 
 use valkeylock_actors::{AcquireKind, Engine, Lease};
@@ -259,6 +259,7 @@ mod assertions {
         send_sync_static::<LockWatch>();
         send_sync_static::<LockInfo>();
         send_sync_static::<Health>();
+        send_sync_static::<SemaphoreInfo>();
     }
 
     /// Never called: it only has to compile.
@@ -286,6 +287,7 @@ mod assertions {
         send(&pool.acquire());
         send(&pool.try_acquire());
         send(&pool.acquire_with(&LockRequest::new()));
+        send(&pool.inspect());
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 #[cfg(feature = "ractor")]
 use crate::event::PermitEvent;
-use crate::{AcquireKind, Error, LockGuard, LockRequest, Locker};
+use crate::{AcquireKind, Error, LockGuard, LockRequest, Locker, SemaphoreInfo};
 
 /// A counting semaphore over Valkey: at most [`permits`](Semaphore::permits)
 /// holders of [`name`](Semaphore::name) at any moment, across every process
@@ -159,6 +159,30 @@ impl Semaphore {
     /// ```
     pub async fn try_acquire_with(&self, request: &LockRequest) -> Result<PermitGuard, Error> {
         self.take(AcquireKind::Try, request).await
+    }
+
+    /// Looks at every permit slot without taking one: how many are held,
+    /// free and unknown, and each slot's lock as [`Locker::inspect`]
+    /// reports it (holder's token prefix, keys, TTLs). Slots whose keys
+    /// could not be read are unknown, never free. The slots are read at
+    /// once, not one after another.
+    ///
+    /// # Errors
+    /// [`Error::Closed`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(pool: valkeylock::Semaphore) -> Result<(), valkeylock::Error> {
+    /// let info = pool.inspect().await?;
+    /// println!("{}: {} of {} permits held, {} free", info.name, info.held, info.permits, info.free);
+    /// # Ok(()) }
+    /// ```
+    pub async fn inspect(&self) -> Result<SemaphoreInfo, Error> {
+        self.locker
+            .inner()
+            .engine
+            .inspect_semaphore(&self.name, self.permits)
+            .await
     }
 
     async fn take(&self, kind: AcquireKind, request: &LockRequest) -> Result<PermitGuard, Error> {

@@ -86,6 +86,24 @@ async fn a_full_semaphore_refuses_a_try_and_wakes_a_waiter_on_release() {
         }
         other => panic!("expected NotLocked, got {other:?}"),
     }
+    // A look from the other locker: both slots held, by a's tokens.
+    let info = pool_b.inspect().await.unwrap();
+    assert_eq!(
+        (
+            info.name.as_str(),
+            info.permits,
+            info.held,
+            info.free,
+            info.unknown
+        ),
+        (name.as_str(), 2, 2, 0, 0)
+    );
+    assert_eq!(info.slots.len(), 2);
+    assert_eq!(info.slots[1].name, format!("{name}:permit:1"));
+    assert!(info
+        .slots
+        .iter()
+        .all(|s| matches!(s.state, valkeylock::LockState::Held { ours: false, .. })));
     let waiter = tokio::spawn({
         let pool_b = pool_b.clone();
         async move { pool_b.acquire().await }
@@ -115,6 +133,8 @@ async fn a_full_semaphore_refuses_a_try_and_wakes_a_waiter_on_release() {
     );
     permit.release().await.unwrap();
     first.release().await.unwrap();
+    let info = pool_a.inspect().await.unwrap();
+    assert_eq!((info.held, info.free), (0, 2), "{info:?}");
     a.close().await;
     b.close().await;
 }

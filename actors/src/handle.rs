@@ -29,7 +29,7 @@ use crate::observer::{self, LockWatch};
 use crate::options::LockerOptions;
 use crate::request::LockRequest;
 use crate::runtime::EngineRuntime;
-use crate::semaphore;
+use crate::semaphore::{self, SemaphoreInfo};
 use crate::supervisor::{Supervisor, SupervisorArgs};
 
 /// How long a close waits for the actors to stop once the locks are released.
@@ -476,6 +476,30 @@ impl Engine {
             .spawn(work(self.shared.clone(), name.to_owned()))
             .await
             .map_err(|_| Error::Closed)
+    }
+
+    /// Looks at every permit slot of semaphore `name` of `permits` at once,
+    /// as [`Engine::inspect`] looks at a lock (see [`SemaphoreInfo`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::InvalidOptions`] (the count),
+    /// [`Error::Closed`].
+    pub async fn inspect_semaphore(
+        &self,
+        name: &str,
+        permits: u32,
+    ) -> Result<SemaphoreInfo, Error> {
+        self.check_semaphore(name, permits)?;
+        self.on_engine(name, move |shared, name| async move {
+            let looks = (0..permits).map(|slot| {
+                let shared = shared.clone();
+                let slot_name = semaphore::slot_name(&name, slot);
+                async move { observer::inspect(&shared, &slot_name).await }
+            });
+            let slots = futures_util::future::join_all(looks).await;
+            SemaphoreInfo::new(&name, permits, slots)
+        })
+        .await
     }
 
     /// Follows `name`'s state (held by whom, free, unknown) as it changes;

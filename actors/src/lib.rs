@@ -29,7 +29,8 @@
 //! - `options`: `LockerOptions` and their validation.
 //! - `request`: `LockRequest`, one call's options, checked against them.
 //! - `semaphore`: a semaphore's permit slots (each a lock of its own): their
-//!   names, the order they are tried in, and the checks.
+//!   names, the order they are tried in, the checks, and what a look at
+//!   them reports (`SemaphoreInfo`).
 //! - `error`: `Error`, `ConnectionErrorKind` and `LostReason`.
 //! - `failure`: fred's connection errors sorted into `ConnectionErrorKind`,
 //!   and the verdict on a locker's first connections.
@@ -95,7 +96,7 @@ pub use keys::MAX_NAME_LEN;
 pub use observer::LockWatch;
 pub use options::LockerOptions;
 pub use request::LockRequest;
-pub use semaphore::MAX_PERMITS;
+pub use semaphore::{SemaphoreInfo, MAX_PERMITS};
 
 #[cfg(test)]
 use serde_json as _;

@@ -13,12 +13,53 @@
 //! This module holds the decisions: slot names, which slot to try first, and
 //! the checks. The engine (`handle`) runs them.
 
+use serde::Serialize;
+
 use crate::error::Error;
+use crate::inspect::{LockInfo, LockState};
 use crate::keys;
 
 /// The most permits a semaphore may have: a waiter waits on every slot, so
 /// the count bounds what one waiter costs (one request per slot).
 pub const MAX_PERMITS: u32 = 1024;
+
+/// What a look at a semaphore saw (`Semaphore::inspect`): each permit
+/// slot's lock, as `inspect` reports a lock, and how many slots are held,
+/// free and unknown. A slot whose keys could not all be read is unknown,
+/// never free.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct SemaphoreInfo {
+    /// The semaphore's name.
+    pub name: String,
+    /// Its number of permits (slots).
+    pub permits: u32,
+    /// Slots held, by anyone (this locker included).
+    pub held: u32,
+    /// Slots nobody holds: permits an acquisition could take now.
+    pub free: u32,
+    /// Slots that could not be told (keys unreadable).
+    pub unknown: u32,
+    /// Every slot's lock (`{name}:permit:{slot}`), in slot order.
+    pub slots: Vec<LockInfo>,
+}
+
+impl SemaphoreInfo {
+    /// Counts the slots' states.
+    pub(crate) fn new(name: &str, permits: u32, slots: Vec<LockInfo>) -> SemaphoreInfo {
+        let count = |f: fn(&LockState) -> bool| {
+            u32::try_from(slots.iter().filter(|s| f(&s.state)).count()).unwrap_or(u32::MAX)
+        };
+        SemaphoreInfo {
+            name: name.to_owned(),
+            permits,
+            held: count(|s| matches!(s, LockState::Held { .. })),
+            free: count(|s| matches!(s, LockState::Free)),
+            unknown: count(|s| matches!(s, LockState::Unknown { .. })),
+            slots,
+        }
+    }
+}
 
 /// The lock name of slot `slot` of semaphore `name`.
 pub(crate) fn slot_name(name: &str, slot: u32) -> String {
@@ -118,6 +159,46 @@ mod tests {
                 "{start} {permits}"
             );
         }
+    }
+
+    #[test]
+    fn a_look_counts_held_free_and_unknown_slots() {
+        let slot = |j: u32, state: LockState| LockInfo {
+            name: slot_name("pool", j),
+            state,
+            needed: 1,
+            total: 1,
+            keys: Vec::new(),
+            fencing: Vec::new(),
+        };
+        let held = LockState::Held {
+            owner: "ab12cd34".into(),
+            ours: false,
+            forced: false,
+            keys: 1,
+            expires_in: None,
+        };
+        let info = SemaphoreInfo::new(
+            "pool",
+            4,
+            vec![
+                slot(0, held.clone()),
+                slot(1, LockState::Free),
+                slot(2, LockState::Unknown { unreadable: 1 }),
+                slot(3, held),
+            ],
+        );
+        assert_eq!(
+            (
+                info.name.as_str(),
+                info.permits,
+                info.held,
+                info.free,
+                info.unknown
+            ),
+            ("pool", 4, 2, 1, 1)
+        );
+        assert_eq!(info.slots[2].name, "pool:permit:2");
     }
 
     #[test]
