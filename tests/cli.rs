@@ -728,6 +728,24 @@ async fn a_killed_permit_holder_frees_its_permit_within_one_validity() {
         pool.try_acquire().await,
         Err(valkeylock::Error::NotLocked { .. })
     ));
+    // `status --permits`: the one permit is held (exit 0), in text and JSON.
+    let mut c = tool(&server.url());
+    c.args(["status", "--permits", "1", &name]);
+    let out = output(c).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("1 of 1 permits held, 0 free"), "{shown}");
+    assert!(
+        shown.contains(&format!("slot 0 ({slot}): held by token")),
+        "{shown}"
+    );
+    let mut c = tool(&server.url());
+    c.args(["status", "--json", "--permits", "1", &name]);
+    let out = output(c).await;
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(doc["held"], 1, "{doc}");
+    assert_eq!(doc["slots"][0]["state"], "held", "{doc}");
+    assert!(doc["nodes"].is_array(), "{doc}");
     holder.start_kill().unwrap(); // SIGKILL
     let killed = Instant::now();
     let _ = holder.wait().await;
@@ -741,6 +759,16 @@ async fn a_killed_permit_holder_frees_its_permit_within_one_validity() {
     assert!(freed < Duration::from_secs(5), "{freed:?}");
     drop(permit);
     locker.close().await;
+    // Free again once the permit is dropped: exit 1.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let mut c = tool(&server.url());
+            c.args(["status", "--permits", "1", &name]);
+            output(c).await.status.code() == Some(1)
+        })
+        .await,
+        "status --permits never showed the permit free"
+    );
 }
 
 /// Flags > environment > config file > defaults.

@@ -92,9 +92,16 @@ fn main() {
                             )
                             .await
                         }
-                        Command::Status { name, json } => {
-                            inspect::status(options, &name, json).await
-                        }
+                        Command::Status {
+                            name,
+                            json,
+                            permits: None,
+                        } => inspect::status(options, &name, json).await,
+                        Command::Status {
+                            name,
+                            json,
+                            permits: Some(permits),
+                        } => inspect::semaphore_status(options, &name, permits, json).await,
                         Command::Release { name, yes, .. } => {
                             inspect::release(options, &name, yes).await
                         }

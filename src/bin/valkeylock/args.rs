@@ -151,6 +151,12 @@ pub(crate) enum Command {
         /// fencing counter per node, and each node's connection (`nodes`).
         #[arg(long)]
         json: bool,
+        /// NAME is a semaphore of N permits: show each permit slot (held by
+        /// which token, free, unknown). Exit 0 when every permit is held, 1
+        /// when one is free, 69 when none is free for sure but some slots
+        /// could not be read.
+        #[arg(long, value_name = "N")]
+        permits: Option<u32>,
         /// The lock name.
         name: String,
     },

@@ -4,7 +4,9 @@
 
 use std::io::IsTerminal;
 
-use valkeylock::{Error, Health, KeyValue, LockInfo, LockState, Locker, LockerOptions};
+use valkeylock::{
+    Error, Health, KeyValue, LockInfo, LockState, Locker, LockerOptions, SemaphoreInfo,
+};
 
 use crate::args::{EXIT_NOT_HELD, EXIT_OK, EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_USAGE};
 
@@ -44,7 +46,7 @@ pub(crate) async fn status(options: LockerOptions, name: &str, json: bool) -> u8
         }
     };
     if json {
-        match status_json(&info, &health) {
+        match status_json(serde_json::to_value(&info), &health) {
             Ok(text) => println!("{text}"),
             Err(e) => {
                 eprintln!("valkeylock: cannot write JSON: {e}");
@@ -68,10 +70,105 @@ pub(crate) async fn status(options: LockerOptions, name: &str, json: bool) -> u8
     }
 }
 
-/// The `--json` document: the lock as `inspect` reports it, and the nodes'
-/// health under `nodes`.
-fn status_json(info: &LockInfo, health: &Health) -> Result<String, serde_json::Error> {
-    let mut doc = serde_json::to_value(info)?;
+/// `valkeylock status --permits N [--json] NAME`: the semaphore's slots.
+pub(crate) async fn semaphore_status(
+    options: LockerOptions,
+    name: &str,
+    permits: u32,
+    json: bool,
+) -> u8 {
+    let locker = match connect(options).await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let info = match locker.semaphore(name, permits) {
+        Ok(pool) => pool.inspect().await,
+        Err(e) => Err(e),
+    };
+    let health = locker.health();
+    locker.close().await;
+    let info = match info {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("valkeylock: {e}");
+            return exit_for(&e);
+        }
+    };
+    if json {
+        match status_json(serde_json::to_value(&info), &health) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("valkeylock: cannot write JSON: {e}");
+                return EXIT_SOFTWARE;
+            }
+        }
+    } else {
+        print!("{}", semaphore_text(&info));
+    }
+    for n in health.nodes.iter().filter(|n| !n.connected) {
+        eprintln!(
+            "valkeylock: cannot connect to Valkey at {}: {}",
+            n.address,
+            n.last_error.as_deref().unwrap_or("not connected")
+        );
+    }
+    semaphore_exit(&info)
+}
+
+/// A semaphore's exit code: 0 when every permit is held (an acquisition
+/// would wait), 1 when a permit is free, 69 when none is free for sure but
+/// some slots could not be read.
+fn semaphore_exit(info: &SemaphoreInfo) -> u8 {
+    if info.free > 0 {
+        EXIT_NOT_HELD
+    } else if info.unknown > 0 {
+        EXIT_UNAVAILABLE
+    } else {
+        EXIT_OK
+    }
+}
+
+/// The human-readable report of a semaphore: a summary, then a line per
+/// slot.
+fn semaphore_text(info: &SemaphoreInfo) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "semaphore {:?}: {} of {} permits held, {} free, {} unknown",
+        info.name, info.held, info.permits, info.free, info.unknown
+    );
+    for (slot, lock) in info.slots.iter().enumerate() {
+        let _ = match &lock.state {
+            LockState::Held {
+                owner, expires_in, ..
+            } => writeln!(
+                out,
+                "  slot {slot} ({}): held by token {owner}, {}",
+                lock.name,
+                match expires_in {
+                    Some(d) => format!("expires in {} unless extended", seconds(*d)),
+                    None => "no expiry".to_owned(),
+                }
+            ),
+            LockState::Unknown { unreadable } => writeln!(
+                out,
+                "  slot {slot} ({}): unknown ({unreadable} keys unreadable)",
+                lock.name
+            ),
+            _ => writeln!(out, "  slot {slot} ({}): free", lock.name),
+        };
+    }
+    out
+}
+
+/// The `--json` document: the lock (or semaphore) as `inspect` reports it,
+/// and the nodes' health under `nodes`.
+fn status_json(
+    info: Result<serde_json::Value, serde_json::Error>,
+    health: &Health,
+) -> Result<String, serde_json::Error> {
+    let mut doc = info?;
     if let Some(map) = doc.as_object_mut() {
         map.insert("nodes".to_owned(), serde_json::to_value(&health.nodes)?);
     }
