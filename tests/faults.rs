@@ -1071,7 +1071,7 @@ fn nemesis_semaphore_one_instance() {
         lockers: 8,
         workers_per_locker: 2,
         kinds: in_model_faults(),
-        default_secs: 20.0,
+        default_secs: 12.0,
         fencing: false,
         workload: Workload::Semaphore { permits: 3 },
     }));
@@ -1086,7 +1086,7 @@ fn nemesis_semaphore_three_instances() {
         lockers: 8,
         workers_per_locker: 2,
         kinds: in_model_faults(),
-        default_secs: 20.0,
+        default_secs: 12.0,
         fencing: false,
         workload: Workload::Semaphore { permits: 3 },
     }));
