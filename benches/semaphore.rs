@@ -15,6 +15,9 @@
 //!   waits in `acquire()`; A releases one. From A's `release()` call until
 //!   B's `acquire()` returns; the same for a lock.
 //!
+//! - `fairness`: 4 processes × 5 tasks on one name, a lock and a semaphore
+//!   of 2: inversions of the arrival order, longest wait (see `fairness/`).
+//!
 //! Run: `cargo bench --bench semaphore` (`CI=1` for a short run; a
 //! positional filter such as `wakeup` selects sections). The zset
 //! semaphore of the `distributed-lock-redis` crate is measured against
@@ -24,6 +27,8 @@
 mod support;
 
 mod common;
+#[path = "fairness/mod.rs"]
+mod fairness;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -37,6 +42,10 @@ use valkeylock::{Locker, Semaphore};
 const HOLD: Duration = Duration::from_millis(1);
 
 fn main() {
+    if let Ok(spec) = std::env::var(fairness::CHILD_ENV) {
+        fairness::child(&spec);
+        return;
+    }
     let args = Args::parse();
     if args.list {
         return;
@@ -61,6 +70,9 @@ fn main() {
             wakeup(&url, samples).await;
         }
     });
+    if args.wants("fairness") {
+        fairness::run(&url, if quick { 2.0 } else { 30.0 });
+    }
     drop(server);
 }
 

@@ -769,8 +769,10 @@ def generate(bins, env, load_log, results_path, old_bins, old_path, compile_s):
         g["semaphore-uncontended"] = table_by_prefix(sem, "Uncontended").text()
         g["semaphore-contended"] = table_by_prefix(sem, "Contended").text()
         g["semaphore-wakeup"] = table_by_prefix(sem, "Wake-up").text()
-    if "fairness" in bins:
-        fair = bins["fairness"]
+    # A section of the semaphore bench (a binary of its own in runs before
+    # 2026-12-02's last).
+    fair = bins.get("fairness") or bins.get("semaphore")
+    if fair is not None:
         g["fairness-mode"] = f"Settings: `{fair.mode}`."
         g["fairness"] = table_by_prefix(fair, "Fairness across processes").text()
     if "peer-semaphore" in bins:

@@ -1,8 +1,9 @@
-//! Fairness across processes (issue #13): 4 processes × 5 tasks loop
-//! acquire, hold 1 ms, release, on one name of one `valkey-server`, for a lock
-//! and for a semaphore of 2. Every process is this binary run again as a
-//! worker (`VALKEYLOCK_FAIRNESS_CHILD`), with its own `Locker`; times are
-//! `CLOCK_MONOTONIC`, which the processes share.
+//! Fairness across processes (issue #13), a section of the semaphore bench:
+//! 4 processes × 5 tasks loop acquire, hold 1 ms, release, on one name of
+//! one `valkey-server`, for a lock and for a semaphore of 2. Every process
+//! is the bench binary run again as a worker (`VALKEYLOCK_FAIRNESS_CHILD`),
+//! with its own `Locker`; times are `CLOCK_MONOTONIC`, which the processes
+//! share.
 //!
 //! Measured, from every grant's (arrival, grant) pair:
 //! - grants per second;
@@ -11,52 +12,33 @@
 //! - the longest wait and the 99th percentile;
 //! - the share of grants of the busiest process over the idlest.
 //!
-//! Run: `cargo bench --bench fairness` (30 s per primitive; `CI=1`: 2 s).
-
-#[path = "../tests/support/mod.rs"]
-mod support;
-
-mod common;
+//! Run: `cargo bench --bench semaphore -- fairness` (30 s per primitive;
+//! `CI=1`: 2 s).
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::history::mono_ns;
-use support::ValkeyServer;
+use crate::common;
+use crate::support::history::mono_ns;
 use tokio::time::Instant;
 use valkeylock::{Locker, LockerOptions};
 
-const CHILD_ENV: &str = "VALKEYLOCK_FAIRNESS_CHILD";
+pub(crate) const CHILD_ENV: &str = "VALKEYLOCK_FAIRNESS_CHILD";
 const PROCESSES: usize = 4;
 const TASKS: usize = 5;
 const HOLD: Duration = Duration::from_millis(1);
 
-fn main() {
-    if let Ok(spec) = std::env::var(CHILD_ENV) {
-        child(&spec);
-        return;
-    }
-    let args = common::Args::parse();
-    if args.list || !args.wants("fairness") {
-        return;
-    }
+/// Runs the section against the server at `url`, `secs` per primitive.
+pub(crate) fn run(url: &str, secs: f64) {
     // The counter the table rests on, checked on a known case.
     assert_eq!(count_inversions(&[2, 4, 1, 3, 5]), 3);
-    let quick = args.quick();
-    let secs = if quick { 2.0 } else { 30.0 };
-    println!("# fairness bench: {}", common::machine());
-    println!("# mode: {}", if quick { "quick (CI)" } else { "full" });
-    let server = ValkeyServer::start();
     let mut rows = Vec::new();
     for (label, permits) in [("lock", 0u32), ("semaphore of 2", 2)] {
         let name = format!("bench-fairness-{permits}");
         let children: Vec<_> = (0..PROCESSES)
             .map(|p| {
                 Command::new(std::env::current_exe().expect("own path"))
-                    .env(
-                        CHILD_ENV,
-                        format!("{};{name};{permits};{secs};{p}", server.url()),
-                    )
+                    .env(CHILD_ENV, format!("{url};{name};{permits};{secs};{p}"))
                     .stdout(Stdio::piped())
                     .stderr(Stdio::inherit())
                     .spawn()
@@ -94,7 +76,6 @@ fn main() {
             common::fmt_ratio(s.share)
         );
     }
-    drop(server);
 }
 
 /// One wait of a worker: when it asked, when it was granted, which process.
@@ -179,7 +160,7 @@ fn count_inversions(v: &[u64]) -> u64 {
 
 /// A worker process: `TASKS` tasks on one `Locker` loop for `secs`; prints
 /// `W process arrived granted` (monotonic ns) per grant.
-fn child(spec: &str) {
+pub(crate) fn child(spec: &str) {
     let parts: Vec<&str> = spec.split(';').collect();
     let [url, name, permits, secs, process] = parts[..] else {
         panic!("bad {CHILD_ENV}: {spec}");
