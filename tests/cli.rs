@@ -384,8 +384,12 @@ async fn status_held_and_not_held() {
     while held.is_none() && Instant::now() < deadline {
         let out = status().await;
         let stdout = text(&out.stdout);
-        // Held once 2 keys are ours; wait for the third too (set in parallel).
-        if out.status.code() == Some(0) && stdout.matches(": present, ttl ").count() == 3 {
+        // Held once 2 keys are ours; wait for the third too (set in parallel),
+        // and for the fencing counter, raised once the majority is won (a
+        // look in between sees the keys and no counter yet).
+        let fenced = !stdout.contains(&format!("fencing counter valkeylock:fence:{name}: absent"));
+        if out.status.code() == Some(0) && stdout.matches(": present, ttl ").count() == 3 && fenced
+        {
             held = Some(stdout);
         }
     }
