@@ -45,23 +45,13 @@ pub(crate) async fn status(options: LockerOptions, name: &str, json: bool) -> u8
             return exit_for(&e);
         }
     };
-    if json {
-        match status_json(serde_json::to_value(&info), &health) {
-            Ok(text) => println!("{text}"),
-            Err(e) => {
-                eprintln!("valkeylock: cannot write JSON: {e}");
-                return EXIT_SOFTWARE;
-            }
-        }
-    } else {
-        print!("{}", status_text(&info, &ours, &prefix));
-    }
-    for n in health.nodes.iter().filter(|n| !n.connected) {
-        eprintln!(
-            "valkeylock: cannot connect to Valkey at {}: {}",
-            n.address,
-            n.last_error.as_deref().unwrap_or("not connected")
-        );
+    if let Err(code) = print_look(
+        json,
+        || serde_json::to_value(&info),
+        || status_text(&info, &ours, &prefix),
+        &health,
+    ) {
+        return code;
     }
     match info.state {
         LockState::Held { .. } => EXIT_OK,
@@ -94,16 +84,36 @@ pub(crate) async fn semaphore_status(
             return exit_for(&e);
         }
     };
+    if let Err(code) = print_look(
+        json,
+        || serde_json::to_value(&info),
+        || semaphore_text(&info),
+        &health,
+    ) {
+        return code;
+    }
+    semaphore_exit(&info)
+}
+
+/// Prints what a look saw: `doc` as one JSON document (with the nodes'
+/// health), or `text`; then, on stderr, the nodes that are down. `Err` with
+/// the exit code when the JSON cannot be written.
+fn print_look(
+    json: bool,
+    doc: impl FnOnce() -> Result<serde_json::Value, serde_json::Error>,
+    text: impl FnOnce() -> String,
+    health: &Health,
+) -> Result<(), u8> {
     if json {
-        match status_json(serde_json::to_value(&info), &health) {
-            Ok(text) => println!("{text}"),
+        match status_json(doc(), health) {
+            Ok(doc) => println!("{doc}"),
             Err(e) => {
                 eprintln!("valkeylock: cannot write JSON: {e}");
-                return EXIT_SOFTWARE;
+                return Err(EXIT_SOFTWARE);
             }
         }
     } else {
-        print!("{}", semaphore_text(&info));
+        print!("{}", text());
     }
     for n in health.nodes.iter().filter(|n| !n.connected) {
         eprintln!(
@@ -112,7 +122,7 @@ pub(crate) async fn semaphore_status(
             n.last_error.as_deref().unwrap_or("not connected")
         );
     }
-    semaphore_exit(&info)
+    Ok(())
 }
 
 /// A semaphore's exit code: 0 when every permit is held (an acquisition
