@@ -19,7 +19,7 @@ use ractor::ActorRef;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::{Config, Fencing, Life, Terms};
+use crate::core::{Config, Fair, Fencing, Life, Terms};
 use crate::health::HealthTable;
 use crate::msg::{Job, LockMsg, NodeMsg};
 use crate::options::Settings;
@@ -319,7 +319,24 @@ fn core_config(s: &Settings, epoch: crate::core::Time) -> Config {
         },
         fingerprint: s.fingerprint(),
         epoch,
+        fair: s.fair.then(|| Fair {
+            wall_origin_us: wall_origin_us(),
+            life: s.validity,
+            refresh: s.extend.min(s.validity / 2),
+        }),
     }
+}
+
+/// The wall clock (µs since the Unix epoch) at the origin of the engine's
+/// clock: what turns a core's `now` into the arrival time fair queues order
+/// waiters by.
+fn wall_origin_us() -> u64 {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64;
+    let since_origin = crate::clock::now().as_nanos() / 1_000;
+    wall.saturating_sub(since_origin)
 }
 
 // A poisoned lock only means another thread panicked while holding it; the maps
@@ -381,6 +398,7 @@ mod tests {
                 mode: SetMode::Nx,
                 fence: false,
                 ttl: Duration::from_secs(1),
+                queue: None,
             },
             key: "valkeylock:0:x".into(),
             fence_key: None,

@@ -307,6 +307,9 @@ impl Engine {
     ) -> Result<Lease, Error> {
         let s = &self.shared.settings;
         keys::validate_name(&s.prefix, name, s.total)?;
+        if s.fair && s.is_cluster() {
+            keys::validate_fair_name(&s.prefix, name)?;
+        }
         let terms = request.terms(s)?;
         match (kind, request.wait_limit()) {
             (RequestKind::Wait, Some(limit)) => {

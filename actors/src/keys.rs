@@ -92,6 +92,19 @@ pub(crate) fn validate_name(prefix: &str, name: &str, total: usize) -> Result<()
     })
 }
 
+/// Checks a name for fair queueing on a Valkey Cluster: a key's queue must
+/// hash to the key's slot, which `{key}:q` does only when the key has no
+/// braces of its own.
+pub(crate) fn validate_fair_name(prefix: &str, name: &str) -> Result<(), Error> {
+    if !prefix.contains(['{', '}']) && !name.contains(['{', '}']) {
+        return Ok(());
+    }
+    Err(Error::InvalidName {
+        name: truncate_for_error(name),
+        reason: "with fair queueing on a cluster, braces in the name or key prefix would put a key's queue on another slot than the key",
+    })
+}
+
 pub(crate) fn truncate_for_error(name: &str) -> String {
     const SHOWN: usize = 64;
     if name.len() <= SHOWN {
@@ -187,6 +200,20 @@ mod tests {
             assert_eq!(
                 all_keys_share_slot(prefix, name, total),
                 want,
+                "{prefix} {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn fair_names_on_a_cluster() {
+        assert!(validate_fair_name("p", "plain:name").is_ok());
+        for (prefix, name) in [("p", "a{b}"), ("p", "}"), ("{p}", "n"), ("p{", "n")] {
+            assert!(
+                matches!(
+                    validate_fair_name(prefix, name),
+                    Err(Error::InvalidName { .. })
+                ),
                 "{prefix} {name}"
             );
         }

@@ -51,8 +51,8 @@ use crate::msg::{
     Connection, ExtendItem, Job, LockMsg, NodeMsg, NodeReply, Reading, SupervisorMsg,
 };
 use crate::scripts::{
-    parse_acquire, parse_fence, parse_fence_write, parse_inspect, parse_key_state, parse_released,
-    Seen,
+    parse_acquire, parse_fence, parse_fence_write, parse_inspect, parse_key_state, parse_queued,
+    parse_released, Seen,
 };
 
 pub(crate) struct NodeActor;
@@ -992,6 +992,44 @@ async fn run(
             token,
             mode: set,
             ttl,
+            queue: Some(queue),
+            ..
+        } => evalsha(client, &scripts.fair, || {
+            let mut args = fair_args(s, "A", *ttl, fence_key.is_some(), queue.life);
+            args[4] = token.as_str().into();
+            args[5] = Value::from_static_str(set.as_arg());
+            if let Some(c) = queue.candidate {
+                args[6] = member(c).into();
+            }
+            for p in &queue.places {
+                args.push(member(p.member).into());
+                args.push(p.since_us.to_string().into());
+            }
+            (fair_keys(key, fence_key), args)
+        })
+        .await
+        .map(|v| acquired(key, &v, fence_key.is_some())),
+        Op::Enqueue { places, life } => evalsha(client, &scripts.fair, || {
+            let mut args = fair_args(s, "E", Duration::ZERO, false, *life);
+            for p in places {
+                args.push(member(p.member).into());
+                args.push(p.since_us.to_string().into());
+            }
+            (fair_keys(key, None), args)
+        })
+        .await
+        .map(|v| queued(key, &v)),
+        Op::Dequeue { members } => evalsha(client, &scripts.fair, || {
+            let mut args = fair_args(s, "D", Duration::ZERO, false, Duration::ZERO);
+            args.extend(members.iter().map(|m| Value::from(member(*m))));
+            (fair_keys(key, None), args)
+        })
+        .await
+        .map(|v| queued(key, &v)),
+        Op::Acquire {
+            token,
+            mode: set,
+            ttl,
             ..
         }
         | Op::Extend {
@@ -1013,16 +1051,7 @@ async fn run(
             (keys, args)
         })
         .await
-        .map(|v| match parse_acquire(&v, 1, fence_key.is_some()) {
-            Some(mut states) => match states.swap_remove(0) {
-                Ok(state) => Outcome::Key(state),
-                Err(error) => {
-                    warn!(key, error = %error, "the server refused the key in an acquisition");
-                    Outcome::Failed(KEY_REFUSED)
-                }
-            },
-            None => Outcome::Failed("unexpected reply to acquire"),
-        }),
+        .map(|v| acquired(key, &v, fence_key.is_some())),
         Op::Verify { token } => evalsha(client, &scripts.verify, || {
             (vec![key.into()], vec![token.as_str().into()])
         })
@@ -1066,6 +1095,72 @@ async fn run(
             }
         }
     }
+}
+
+/// Reads the reply of an acquisition of one key (either script).
+fn acquired(key: &str, value: &Value, fence: bool) -> Outcome {
+    match parse_acquire(value, 1, fence) {
+        Some(mut states) => match states.swap_remove(0) {
+            Ok(state) => Outcome::Key(state),
+            Err(error) => {
+                warn!(key, error = %error, "the server refused the key in an acquisition");
+                Outcome::Failed(KEY_REFUSED)
+            }
+        },
+        None => Outcome::Failed("unexpected reply to acquire"),
+    }
+}
+
+/// Reads the reply of a fair queue update.
+fn queued(key: &str, value: &Value) -> Outcome {
+    match parse_queued(value) {
+        Some(Ok(())) => Outcome::Queued,
+        Some(Err(error)) => {
+            warn!(key, error = %error, "the server refused a fair queue update");
+            Outcome::Failed(KEY_REFUSED)
+        }
+        None => Outcome::Failed("unexpected reply to a fair queue update"),
+    }
+}
+
+/// A fair-queue member: a waiter's random id, in hex.
+fn member(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+/// The keys of `FAIR_LUA`: the lock key, its queue and its deadlines (the
+/// braces put them on the lock key's cluster slot), and the fencing counter.
+fn fair_keys(key: &str, fence_key: Option<&str>) -> Vec<Key> {
+    let mut keys: Vec<Key> = vec![
+        key.into(),
+        format!("{{{key}}}:q").into(),
+        format!("{{{key}}}:qd").into(),
+    ];
+    if let Some(f) = fence_key {
+        keys.push(f.into());
+    }
+    keys
+}
+
+/// The first eight arguments of `FAIR_LUA` (token, mode and candidate
+/// empty, for the caller to fill in).
+fn fair_args(
+    s: &crate::options::Settings,
+    op: &'static str,
+    ttl: Duration,
+    fence: bool,
+    life: Duration,
+) -> Vec<Value> {
+    vec![
+        ttl_arg(s, ttl).into(),
+        Value::from_static_str(if s.relative { "PX" } else { "PXAT" }),
+        Value::from_static_str(if fence { "1" } else { "0" }),
+        Value::from_static_str(op),
+        Value::from_static_str(""),
+        Value::from_static_str("NX"),
+        Value::from_static_str(""),
+        (life.as_millis() as u64).to_string().into(),
+    ]
 }
 
 /// `EVALSHA`, loading the script first if the server does not know it (a

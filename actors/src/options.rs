@@ -139,6 +139,16 @@ pub struct LockerOptions {
     /// blocked runtime then delays extensions, and a lock can expire under
     /// its holder (who is told when its runtime runs again).
     pub dedicated_runtime: bool,
+    /// Serve the waiters of every process in the order they started waiting
+    /// (a fair lock), instead of whoever retries first. Each lock key gets a
+    /// queue of waiters beside it (`{key}:q`, `{key}:qd`), and only the
+    /// waiter at its head may take the key. A waiter that stops refreshing
+    /// its place (its process died) holds the queue up for at most
+    /// `key_validity`. Costs no extra round trip per grant; local hand-over
+    /// is off. Every locker of a name should agree: a locker without it (or
+    /// the Go valkeylock) ignores the queues and can take a free lock ahead
+    /// of the queue. Off by default; see the README, "Fair queueing".
+    pub fair_queueing: bool,
 }
 
 /// Every field, with the passwords in `nodes` replaced by `***`: options are
@@ -163,6 +173,7 @@ impl std::fmt::Debug for LockerOptions {
             .field("fencing", &self.fencing)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("dedicated_runtime", &self.dedicated_runtime)
+            .field("fair_queueing", &self.fair_queueing)
             .finish()
     }
 }
@@ -185,6 +196,7 @@ impl Default for LockerOptions {
             fencing: false,
             tls_ca_file: None,
             dedicated_runtime: true,
+            fair_queueing: false,
         }
     }
 }
@@ -262,6 +274,11 @@ impl LockerOptions {
     /// Sets `disable_cache`.
     pub fn with_disable_cache(mut self, on: bool) -> Self {
         self.disable_cache = on;
+        self
+    }
+    /// Sets `fair_queueing`.
+    pub fn with_fair_queueing(mut self, fair: bool) -> Self {
+        self.fair_queueing = fair;
         self
     }
     /// Sets `local_handover_limit`.
@@ -474,6 +491,7 @@ impl LockerOptions {
             fencing: self.fencing,
             tls_ca_file: self.tls_ca_file.clone(),
             dedicated_runtime: self.dedicated_runtime,
+            fair: self.fair_queueing,
         })
     }
 }
@@ -546,6 +564,7 @@ pub(crate) struct Settings {
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) tls_ca_file: Option<String>,
     pub(crate) dedicated_runtime: bool,
+    pub(crate) fair: bool,
 }
 
 impl Settings {
@@ -568,6 +587,11 @@ impl Settings {
         (0..self.total)
             .filter(|&i| node_up.get(self.node_of_key(i)).copied().unwrap_or(false))
             .count()
+    }
+
+    /// A Valkey Cluster among the nodes.
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.nodes.iter().any(|n| n.topology == Topology::Cluster)
     }
 
     /// The fencing counter moves inside the acquire script: one node that is

@@ -89,6 +89,153 @@ end
 return out
 "#;
 
+/// The fair queue of one lock key, and the acquisition it gates (fair
+/// queueing, `LockerOptions::fair`). Each lock key has its own queue on its
+/// own node: a sorted set `{key}:q` of waiters ordered by when they started
+/// waiting, and a sorted set `{key}:qd` of when each one's place lapses
+/// unless refreshed. The braces put both on the lock key's cluster slot.
+/// Every waiter's score is its own arrival time, sent by its locker and the
+/// same on every key, so the queues of all keys agree on the order.
+///
+/// `KEYS`: the lock key, the queue, the deadlines, then, when `ARGV[3]` is
+/// `1`, the name's fencing counter. `ARGV`: 1 milliseconds, 2 `PX`|`PXAT`,
+/// 3 the fencing flag, 4 what to do (`A` acquire, `E` place or refresh the
+/// waiters, `D` remove them), 5 the token, 6 the mode, 7 the waiter the
+/// acquisition is for (empty: a try, which only takes a key nobody queues
+/// for), 8 how long a place lasts unrefreshed (ms), then the waiters: for
+/// `A` and `E` a member and its arrival time (µs since the Unix epoch) each,
+/// for `D` members.
+///
+/// `A` takes a free key when the head of its queue is one of the waiters it
+/// was sent for (the locker then picks which of its waiters gets the grant,
+/// in its own order: the two orders can differ after a place lapsed and came
+/// back later, and insisting on one waiter would then deadlock the locker
+/// with itself), and takes the candidate's place out. It replies like
+/// `ACQUIRE_LUA` for one key, plus `{1, ms}` when the key is free but
+/// another locker's waiter is ahead: `ms` is how long that waiter's place
+/// lasts unless refreshed. `E` and `D` reply `1`. A failure of any command
+/// replies `{0, message}`.
+///
+/// An arrival time is taken as sent unless it lies more than ten minutes
+/// before the server's clock: a locker whose clock runs behind gains at
+/// most that much on the others. Not less: a place that lapsed (its node
+/// restarted empty) comes back with the same arrival time on every node, so
+/// that all queues keep one order; a place pulled forward on some nodes only
+/// could split the heads, each key going to another waiter and none winning
+/// the majority.
+const FAIR_LUA: &str = r#"
+local key, q, qd = KEYS[1], KEYS[2], KEYS[3]
+local op, token, mode, cand = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local life = tonumber(ARGV[8])
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function int(x) return string.format('%.0f', x) end
+local function failed(r)
+  return type(r) == 'table' and r.err ~= nil
+end
+local function call(...)
+  local r = redis.pcall(...)
+  if failed(r) then error(r) end
+  return r
+end
+local function keep()
+  local last = call('ZRANGE', qd, -1, -1, 'WITHSCORES')
+  if last[2] then
+    call('PEXPIREAT', q, last[2])
+    call('PEXPIREAT', qd, last[2])
+  else
+    call('DEL', q, qd)
+  end
+end
+local function prune()
+  local gone = call('ZRANGEBYSCORE', qd, '-inf', int(now_ms))
+  for _, m in ipairs(gone) do call('ZREM', q, m) end
+  if #gone > 0 then call('ZREMRANGEBYSCORE', qd, '-inf', int(now_ms)) end
+end
+local function place()
+  for i = 9, #ARGV - 1, 2 do
+    local at = tonumber(ARGV[i + 1]) or now_us
+    if at < now_us - 600000000 then at = now_us - 600000000 end
+    call('ZADD', q, 'NX', int(at), ARGV[i])
+    call('ZADD', qd, int(now_ms + life), ARGV[i])
+  end
+end
+local function head()
+  while true do
+    local h = call('ZRANGE', q, 0, 0)[1]
+    if not h then return nil end
+    local d = call('ZSCORE', qd, h)
+    if d then return h, tonumber(d) - now_ms end
+    call('ZREM', q, h)
+  end
+end
+local function acquire()
+  prune()
+  place()
+  local cur = call('GET', key)
+  local r
+  if cur == token then
+    if ARGV[2] == 'PXAT' then
+      r = call('PEXPIREAT', key, ARGV[1])
+    else
+      r = call('PEXPIRE', key, ARGV[1])
+    end
+  elseif mode == 'XX' or (cur and mode ~= 'FORCE') then
+    keep()
+    return cur
+  else
+    local mine = {}
+    if cand ~= '' then mine[cand] = true end
+    for i = 9, #ARGV - 1, 2 do mine[ARGV[i]] = true end
+    local h, left = head()
+    if h and not mine[h] and mode ~= 'FORCE' then
+      keep()
+      return {1, math.max(left, 0)}
+    end
+    call('SET', key, token, ARGV[2], ARGV[1])
+    if cand ~= '' then
+      call('ZREM', q, cand)
+      call('ZREM', qd, cand)
+    end
+  end
+  keep()
+  local now = call('GET', key)
+  if now == token then return 1, cur ~= token end
+  return now
+end
+local ok, reply, won = pcall(function()
+  if op == 'A' then return acquire() end
+  if op == 'E' then
+    prune()
+    place()
+  else
+    for i = 9, #ARGV do
+      call('ZREM', q, ARGV[i])
+      call('ZREM', qd, ARGV[i])
+    end
+  end
+  keep()
+  return 1
+end)
+if not ok then
+  if type(reply) == 'table' and reply.err ~= nil then
+    return {0, tostring(reply.err)}
+  end
+  return {0, tostring(reply)}
+end
+if op ~= 'A' then return reply end
+local out = {reply}
+if ARGV[3] == '1' then
+  if won then
+    out[2] = redis.call('INCR', KEYS[4])
+  else
+    out[2] = tonumber(redis.call('GET', KEYS[4]) or '0')
+  end
+end
+return out
+"#;
+
 /// Read-only check of a key after an invalidation: never writes, so it cannot
 /// cause an invalidation of its own (no self-invalidation loop, valkeylock
 /// §4.2-1), and its `GET` re-arms tracking.
@@ -152,6 +299,8 @@ pub(crate) struct Scripts {
     pub(crate) fence_write: Script,
     /// Loaded on first use (`inspect` is rare; a connection does not need it).
     pub(crate) inspect: Script,
+    /// Loaded on first use, by lockers with fair queueing.
+    pub(crate) fair: Script,
 }
 
 impl Scripts {
@@ -162,6 +311,7 @@ impl Scripts {
             release: Script::from_lua(RELEASE_LUA),
             fence_write: Script::from_lua(FENCE_WRITE_LUA),
             inspect: Script::from_lua(INSPECT_LUA),
+            fair: Script::from_lua(FAIR_LUA),
         }
     }
 }
@@ -207,6 +357,9 @@ pub(crate) enum KeyState {
     },
     /// Absent.
     Absent,
+    /// Free, but another waiter is ahead in the key's fair queue; its place
+    /// lapses in `head_ms` unless refreshed (`FAIR_LUA` only).
+    Queued { head_ms: u64 },
 }
 
 /// Reads one entry of an `ACQUIRE_LUA` reply, or a `VERIFY_LUA` reply.
@@ -241,6 +394,9 @@ fn parse_acquire_entry(value: &Value) -> Option<KeyReply> {
                 .as_str()
                 .map(|m| m.into_owned())
                 .unwrap_or_else(|| "unreadable error".to_owned()))),
+            [Value::Integer(1), Value::Integer(ms)] => Some(Ok(KeyState::Queued {
+                head_ms: u64::try_from(*ms).unwrap_or(0),
+            })),
             _ => None,
         },
         other => parse_key_state(other, false).map(Ok),
@@ -333,6 +489,19 @@ pub(crate) fn parse_inspect(value: &Value) -> Seen {
             _ => Seen::Unreadable("unexpected reply to inspect".to_owned()),
         },
         _ => Seen::Unreadable("unexpected reply to inspect".to_owned()),
+    }
+}
+
+/// Reads the reply of `FAIR_LUA` placing or removing waiters: `Ok` when it
+/// ran, the server's message when it refused.
+pub(crate) fn parse_queued(value: &Value) -> Option<Result<(), String>> {
+    match value {
+        Value::Integer(1) => Some(Ok(())),
+        Value::Array(_) => match parse_acquire_entry(value)? {
+            Err(message) => Some(Err(message)),
+            Ok(_) => None,
+        },
+        _ => None,
     }
 }
 

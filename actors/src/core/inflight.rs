@@ -38,6 +38,8 @@ pub(crate) enum Purpose {
     /// Compare-and-delete of key `key`; `group` ties it to the end of a grant
     /// whose release callers wait for (none for clean-ups).
     Release { key: usize, group: Option<u64> },
+    /// An update of key `key`'s fair queue; nothing waits for it.
+    Queue { key: usize },
     /// Fencing counter read on node `node`, round `round` of attempt `attempt`.
     FenceRead {
         attempt: u64,
@@ -61,7 +63,7 @@ impl Purpose {
             | Purpose::FenceWrite { attempt, .. } => Some(attempt),
             Purpose::Extend { grant, .. } => Some(grant),
             Purpose::Verify { owner, .. } => Some(owner),
-            Purpose::Release { .. } => None,
+            Purpose::Release { .. } | Purpose::Queue { .. } => None,
         }
     }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use super::fence::{Fence, FenceNext};
 use super::inflight::{CmdId, InFlight, Purpose};
-use super::ops::{Entropy, Op, Outcome, Target};
+use super::ops::{Entropy, Op, Outcome, Place, Queue, Target};
 use super::quorum::{self, Life, Tally};
 use super::terms::Terms;
 use super::time::Time;
@@ -32,6 +32,25 @@ pub(crate) type AckId = u64;
 /// How long a quiet core waits before it reports itself idle: a name used again
 /// soon (the common case) then costs no actor start and stop.
 pub(crate) const IDLE_GRACE: Duration = Duration::from_secs(2);
+
+/// The most waiters of one process placed in the fair queues by one
+/// command: the ones behind them take their places as they move up.
+pub(crate) const MAX_PLACES: usize = 32;
+
+/// Fair queueing (see `scripts::FAIR_LUA`): waiters of every process are
+/// served in the order they started waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fair {
+    /// The wall clock (µs since the Unix epoch) at the origin of the core's
+    /// clock: a waiter's arrival, the order of the queues, is this plus its
+    /// `now`.
+    pub(crate) wall_origin_us: u64,
+    /// How long a place lasts unless refreshed: how long a dead waiter can
+    /// hold up the queue.
+    pub(crate) life: Duration,
+    /// How often live waiters refresh their places (well within `life`).
+    pub(crate) refresh: Duration,
+}
 
 /// How fencing tokens are made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +89,8 @@ pub(crate) struct Config {
     pub(crate) fingerprint: Fingerprint,
     /// Origin of the extension grid shared by the locker's locks.
     pub(crate) epoch: Time,
+    /// Fair queueing across processes; `None`: off.
+    pub(crate) fair: Option<Fair>,
 }
 
 impl Config {
@@ -208,6 +229,11 @@ enum Key {
         forced: bool,
     },
     Absent,
+    /// Free, but another waiter is ahead in the key's fair queue; its place
+    /// lapses at `until` unless refreshed.
+    Queued {
+        until: Time,
+    },
     /// The command failed; nothing is known.
     Failed,
 }
@@ -267,6 +293,8 @@ struct Attempt {
     /// A key is held under another locker configuration: this attempt is
     /// never granted, and fails with the mismatch once its replies are in.
     mismatch: Option<Fingerprint>,
+    /// Fair queueing: the waiter whose place the attempt's keys checked.
+    candidate: Option<u64>,
 }
 
 /// The keys held under one token, and who holds them.
@@ -364,6 +392,13 @@ pub(crate) struct LockCore {
     /// its process needs to tell every holder it has (see
     /// [`LockCore::set_allowance`]).
     allowance: Duration,
+    /// Fair queueing: when the places of the waiters are next refreshed.
+    refresh_at: Option<Time>,
+    /// Fair queueing: the last attempt reached the nodes of a majority of
+    /// keys. While it did not, the waiters stop refreshing their places: a
+    /// waiter that cannot win the majority must not stand at the head of the
+    /// queues it does reach, keeping out those who could; its places lapse.
+    reach: bool,
     effects: VecDeque<Effect>,
 }
 
@@ -413,7 +448,7 @@ impl GrantView<'_> {
                 Key::Ours { .. } => LostReason::Expired,
                 Key::Other { forced: true } => LostReason::Forced,
                 Key::Other { forced: false } => LostReason::Overwritten,
-                Key::Absent => LostReason::Deleted,
+                Key::Absent | Key::Queued { .. } => LostReason::Deleted,
                 Key::Failed => LostReason::Unreachable,
             };
             Some((i, why))
@@ -439,6 +474,8 @@ impl LockCore {
             quiet_since: Some(now),
             idle_reported: false,
             allowance: Duration::ZERO,
+            refresh_at: None,
+            reach: true,
             effects: VecDeque::new(),
         }
     }
@@ -497,6 +534,9 @@ impl LockCore {
                 at(g.retry_at);
             }
             _ => {}
+        }
+        if self.cfg.fair.is_some() && self.waiters.head_place().is_some() {
+            at(self.refresh_at);
         }
         if !self.idle_reported {
             at(self.quiet_since.map(|q| q + IDLE_GRACE));
@@ -619,9 +659,18 @@ impl LockCore {
             }
             (_, RequestKind::Wait) => {
                 let first = !self.waiters.has_waiter();
-                self.waiters.push(id, kind, terms);
+                let place = self.cfg.fair.map(|f| Place {
+                    member: self.entropy.next_u64(),
+                    since_us: f.wall_origin_us + now.as_nanos() / 1_000,
+                    life: f.life,
+                });
+                self.waiters.push_placed(id, kind, terms, place);
                 if first && matches!(self.phase, Phase::Idle { .. }) {
                     self.start_attempt(now, SetMode::Nx, None);
+                } else if let Some(place) = place.filter(|_| self.reach) {
+                    // Take the place in the queues now: a waiter of another
+                    // process that comes later must find it there.
+                    self.enqueue(now, vec![place]);
                 }
             }
             (Phase::Holding(_) | Phase::Attempting(_), RequestKind::Try) => self.refuse(
@@ -654,8 +703,12 @@ impl LockCore {
         self.start_attempt(now, SetMode::Force, Some((id, RequestKind::Force, terms)));
     }
 
-    fn on_cancel(&mut self, _now: Time, id: ReqId) {
+    fn on_cancel(&mut self, now: Time, id: ReqId) {
+        let place = self.waiters.place_of(id);
         if self.waiters.cancel(id) {
+            if let Some(place) = place {
+                self.dequeue(now, vec![place.member], |_| true);
+            }
             return;
         }
         if let Phase::Attempting(a) = &mut self.phase {
@@ -663,6 +716,65 @@ impl LockCore {
                 a.request = None;
             }
         }
+    }
+
+    // ===== fair queues =====
+
+    /// Places or refreshes `places` in the queues of every key.
+    fn enqueue(&mut self, now: Time, places: Vec<Place>) {
+        let Some(f) = self.cfg.fair else {
+            return;
+        };
+        if places.is_empty() {
+            return;
+        }
+        self.refresh_at = Some(now + f.refresh);
+        for key in 0..self.cfg.total {
+            let op = Op::Enqueue {
+                places: places.clone(),
+                life: f.life,
+            };
+            self.send(now, Purpose::Queue { key }, Target::Key(key), op);
+        }
+    }
+
+    /// Takes `members` out of the queues of the keys `which` selects.
+    fn dequeue(&mut self, now: Time, members: Vec<u64>, which: impl Fn(usize) -> bool) {
+        if self.cfg.fair.is_none() || members.is_empty() {
+            return;
+        }
+        for key in (0..self.cfg.total).filter(|&k| which(k)) {
+            let op = Op::Dequeue {
+                members: members.clone(),
+            };
+            self.send(now, Purpose::Queue { key }, Target::Key(key), op);
+        }
+    }
+
+    /// What a fair acquisition sends with its keys: for the queue's head,
+    /// its place and the places of the waiters behind it; for a try, no
+    /// place (it only takes keys nobody queues for). `None` without fair
+    /// queueing, and for a force.
+    fn queue_args(&mut self, now: Time, mode: SetMode, for_queue: bool) -> Option<Box<Queue>> {
+        let f = self.cfg.fair?;
+        if mode == SetMode::Force {
+            return None;
+        }
+        let (candidate, places) = if for_queue {
+            let places = match self.reach {
+                true => self.waiters.places(MAX_PLACES),
+                false => Vec::new(),
+            };
+            self.refresh_at = Some(now + f.refresh);
+            (self.waiters.head_place().map(|p| p.member), places)
+        } else {
+            (None, Vec::new())
+        };
+        Some(Box::new(Queue {
+            candidate,
+            places,
+            life: f.life,
+        }))
     }
 
     // ===== acquisition =====
@@ -684,6 +796,8 @@ impl LockCore {
             .entropy
             .token(mode == SetMode::Force, self.fingerprint(&terms));
         let total = self.cfg.total;
+        let queue = self.queue_args(now, mode, request.is_none());
+        let candidate = queue.as_ref().and_then(|q| q.candidate);
         tracing::trace!(token = token.short(), ?mode, "attempt");
         self.phase = Phase::Attempting(Attempt {
             id,
@@ -695,6 +809,7 @@ impl LockCore {
             fence: None,
             fencing: None,
             mismatch: None,
+            candidate,
         });
         // Only a counter moved by the write that completes the majority is
         // ordered after every earlier grant: with one key, that is key 0's.
@@ -705,6 +820,7 @@ impl LockCore {
                 mode,
                 fence: in_script && key == 0,
                 ttl: terms.life.ttl,
+                queue: queue.clone(),
             };
             self.send(
                 now,
@@ -842,6 +958,7 @@ impl LockCore {
         let Some(a) = self.take_attempt() else {
             return;
         };
+        self.reach = true;
         let m = self.cfg.majority;
         // Who gets it: the attempt's own caller, or the queue's head now
         // (which may not be the one the attempt started for, if that one
@@ -868,10 +985,25 @@ impl LockCore {
         let latest = ends_at - self.cfg.timeout * 2;
         let next_extend = self.cfg.next_extend(now, &terms).min(latest.max(now));
         let holder = self.id();
+        // Fair queueing: the keys were won for the waiter whose place they
+        // checked. If that one gave up meanwhile, the next local waiter may
+        // not be next in the queues: the keys are released, and the queues
+        // decide again.
+        let moved_on = a.request.is_none()
+            && a.candidate.is_some()
+            && self.waiters.head_place().map(|p| p.member) != a.candidate;
         let to = match a.request {
             Some((id, _)) => Some(id),
+            None if moved_on => None,
             None => self.waiters.pop_waiter().map(|(id, _)| id),
         };
+        // The winner's place goes. The script took it off the keys it won;
+        // the others still have it, and there it would stand ahead of
+        // everyone until it lapsed.
+        if let Some(cand) = a.candidate {
+            let won: Vec<bool> = a.keys.iter().map(|s| s.ours_at(now).is_some()).collect();
+            self.dequeue(now, vec![cand], |k| !won[k]);
+        }
         let grant = Grant {
             id: a.id,
             token: a.token.clone(),
@@ -937,7 +1069,19 @@ impl LockCore {
             return;
         };
         let won = a.keys.iter().filter(|s| s.ours_at(now).is_some()).count();
-        let held_by_others = a.keys.iter().any(|s| matches!(s.key, Key::Other { .. }));
+        // Keys whose node answered (a key still pending counts as not
+        // reached: the attempt is decided once a majority is out of reach,
+        // often before the slowest reply).
+        let reached = a
+            .keys
+            .iter()
+            .filter(|s| !matches!(s.key, Key::Failed | Key::Pending))
+            .count();
+        self.reach = reached >= self.cfg.majority;
+        let held_by_others = a
+            .keys
+            .iter()
+            .any(|s| matches!(s.key, Key::Other { .. } | Key::Queued { .. }));
         tracing::trace!(
             token = a.token.short(),
             won,
@@ -970,13 +1114,25 @@ impl LockCore {
         let wake = a
             .keys
             .iter()
-            .map(|s| matches!(s.key, Key::Other { .. }))
+            .map(|s| matches!(s.key, Key::Other { .. } | Key::Queued { .. }))
             .collect();
         if a.woken && self.waiters.has_waiter() {
             self.start_attempt(now, SetMode::Nx, None);
             return;
         }
-        let retry_at = Some(now + self.retry_period(held_by_others));
+        let mut retry_at = now + self.retry_period(held_by_others);
+        if let Some(f) = self.cfg.fair {
+            // Keep the places fresh, and look again when the waiter ahead of
+            // ours loses its place (it died, or stopped waiting unseen): the
+            // key is free then, and nothing else would wake us.
+            retry_at = retry_at.min(now + f.refresh);
+            for s in &a.keys {
+                if let Key::Queued { until } = s.key {
+                    retry_at = retry_at.min(until + Duration::from_millis(1));
+                }
+            }
+        }
+        let retry_at = Some(retry_at);
         self.phase = Phase::Idle { wake, retry_at };
     }
 
@@ -1027,6 +1183,11 @@ impl LockCore {
                 }
                 if let Some(group) = group {
                     self.maybe_group_done(now, group);
+                }
+            }
+            Purpose::Queue { key } => {
+                if let Outcome::Failed(why) = outcome {
+                    tracing::debug!(key, why, "fair queue update failed");
                 }
             }
             Purpose::FenceRead {
@@ -1150,6 +1311,9 @@ impl LockCore {
                     Key::Other { forced }
                 }
                 Outcome::Key(KeyState::Absent) => Key::Absent,
+                Outcome::Key(KeyState::Queued { head_ms }) => Key::Queued {
+                    until: now + Duration::from_millis(head_ms),
+                },
                 _ => Key::Failed,
             };
             match slot.cap {
@@ -1373,7 +1537,7 @@ impl LockCore {
         self.past.push((g.id, g.token.clone()));
         for (key, s) in g.keys.iter().enumerate() {
             // Anything that may hold our token: known ours, unknown, failing.
-            if !matches!(s.key, Key::Other { .. } | Key::Absent) || s.failing {
+            if !matches!(s.key, Key::Other { .. } | Key::Absent | Key::Queued { .. }) || s.failing {
                 self.release_key(now, key, &g.token, Some(group));
             }
         }
@@ -1381,7 +1545,8 @@ impl LockCore {
         // release by the holder (or the end of its maximum hold), with a
         // pause that lets waiters in other processes compete fairly.
         let given_up = matches!(reason, LostReason::Released | LostReason::MaxHold);
-        let pause = given_up && self.waiters.has_waiter();
+        // With fair queueing the queues decide who goes next: no pause.
+        let pause = given_up && self.waiters.has_waiter() && self.cfg.fair.is_none();
         self.phase = Phase::Releasing { group, pause };
         self.maybe_group_done(now, group);
     }
@@ -1472,7 +1637,9 @@ impl LockCore {
         let Phase::Holding(g) = &self.phase else {
             return;
         };
+        // With fair queueing, never: the next local waiter may not be next.
         let hand_over = self.waiters.has_waiter()
+            && self.cfg.fair.is_none()
             && may_hand_over(
                 g.handovers,
                 self.cfg.handover_limit,
@@ -1646,6 +1813,13 @@ impl LockCore {
             }
             _ => {}
         }
+        if self.refresh_at.is_some_and(|r| now >= r) {
+            self.refresh_at = None;
+            if self.reach && !matches!(self.phase, Phase::Closing | Phase::Closed) {
+                let places = self.waiters.places(MAX_PLACES);
+                self.enqueue(now, places);
+            }
+        }
         if let Some(q) = self.quiet_since {
             if !self.idle_reported && now >= q + IDLE_GRACE {
                 self.idle_reported = true;
@@ -1666,14 +1840,16 @@ impl LockCore {
                 self.refuse(id, Refusal::Closed);
             }
             // Its keys are released, its late keys too.
-            self.waiters_refuse_all();
+            self.waiters_refuse_all(now);
             self.attempt_failed(now);
         }
-        self.waiters_refuse_all();
+        self.waiters_refuse_all(now);
         self.phase = Phase::Closing;
     }
 
-    fn waiters_refuse_all(&mut self) {
+    fn waiters_refuse_all(&mut self, now: Time) {
+        let members = self.waiters.places(usize::MAX);
+        self.dequeue(now, members.iter().map(|p| p.member).collect(), |_| true);
         let ids: Vec<ReqId> = self.waiters.drain().collect();
         for id in ids {
             self.refuse(id, Refusal::Closed);

@@ -26,11 +26,13 @@ pub(crate) use inflight::CmdId;
 #[cfg(test)]
 pub(crate) use lock::HoldingView;
 pub(crate) use lock::{
-    Config, Effect, Event, Fencing, GrantView, HolderId, HolderStatus, LockCore, Refusal,
+    Config, Effect, Event, Fair, Fencing, GrantView, HolderId, HolderStatus, LockCore, Refusal,
 };
 #[cfg(test)]
 pub(crate) use ops::Entropy;
 pub(crate) use ops::{Op, OsEntropy, Outcome, Target};
+#[cfg(test)]
+pub(crate) use ops::{Place, Queue};
 pub(crate) use terms::Terms;
 pub(crate) use time::Time;
 pub(crate) use waiters::{ReqId, RequestKind};

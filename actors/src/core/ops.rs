@@ -14,6 +14,28 @@ pub(crate) enum Target {
     Fence(usize),
 }
 
+/// One waiter's place in the fair queues of a name's keys: who, since when
+/// (its locker's wall clock, µs since the Unix epoch; the same on every key,
+/// so every queue orders the waiters alike), and how long the place lasts
+/// unless refreshed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Place {
+    pub(crate) member: u64,
+    pub(crate) since_us: u64,
+    pub(crate) life: Duration,
+}
+
+/// What a fair acquisition adds to the acquire script: the waiter it is for
+/// (`None`: a try, which takes only a key nobody queues for), and the places
+/// of the locker's waiters, placed or refreshed by the same step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Queue {
+    pub(crate) candidate: Option<u64>,
+    pub(crate) places: Vec<Place>,
+    /// How long a place lasts unless refreshed.
+    pub(crate) life: Duration,
+}
+
 /// A command on one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Op {
@@ -24,7 +46,13 @@ pub(crate) enum Op {
         mode: SetMode,
         fence: bool,
         ttl: Duration,
+        /// Fair queueing: the key is taken only by the head of its queue.
+        queue: Option<Box<Queue>>,
     },
+    /// Places (or refreshes) waiters in the key's fair queue.
+    Enqueue { places: Vec<Place>, life: Duration },
+    /// Takes waiters out of the key's fair queue.
+    Dequeue { members: Vec<u64> },
     /// The same script for a held key, batched with the node's other
     /// extensions of this tick.
     Extend {
@@ -56,6 +84,8 @@ pub(crate) enum Outcome {
         raised: bool,
         value: u64,
     },
+    /// A fair queue was updated (`Enqueue`, `Dequeue`).
+    Queued,
     /// The node did not answer usefully (not connected, timed out, error).
     Failed(&'static str),
 }

@@ -53,6 +53,7 @@ fn config(majority: usize, nodes: usize) -> Config {
         fencing: Fencing::Off,
         fingerprint: crate::scripts::Fingerprint::new(majority, nodes),
         epoch: Time::ZERO,
+        fair: None,
     }
 }
 
@@ -1187,4 +1188,174 @@ fn callers_of_one_locker_that_disagree_on_the_count_are_refused_at_once() {
     assert!(fx.is_empty(), "{fx:?}");
     let fx = rig.ev(Event::Release { holder, ack: None });
     assert_eq!(grants(&fx).len(), 1, "{fx:?}");
+}
+
+// ===== fair queueing =====
+
+fn fair_config() -> Config {
+    Config {
+        fair: Some(super::Fair {
+            wall_origin_us: 5_000_000,
+            life: 1000 * MS,
+            refresh: 500 * MS,
+        }),
+        ..config(2, 3)
+    }
+}
+
+fn queued(head_ms: u64) -> Outcome {
+    Outcome::Key(KeyState::Queued { head_ms })
+}
+
+/// The places an effect list sends, by op.
+fn queue_of(op: &Op) -> Option<&crate::core::Queue> {
+    match op {
+        Op::Acquire { queue, .. } => queue.as_deref(),
+        _ => None,
+    }
+}
+
+#[test]
+fn fair_waiters_send_their_places_and_retry_when_the_head_lapses() {
+    let mut rig = Rig::new(fair_config());
+    rig.at(ms(2));
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+        terms: None,
+    }));
+    let q = queue_of(&s[0].2).expect("a fair acquisition");
+    assert_eq!(q.places.len(), 1);
+    let place = q.places[0];
+    assert_eq!(q.candidate, Some(place.member));
+    // Arrival: the wall clock at the core's origin, plus its `now`.
+    assert_eq!(place.since_us, 5_002_000);
+    assert_eq!(place.life, 1000 * MS);
+    // Two keys free but another waiter ahead (its place lapses in 300 ms),
+    // one held: no grant, a retry 1 ms after the place lapses.
+    rig.at(ms(4));
+    rig.ev(reply(s[0].0, queued(300)));
+    rig.ev(reply(s[1].0, queued(300)));
+    let fx = rig.ev(reply(s[2].0, other()));
+    assert!(grants(&fx).is_empty());
+    assert_eq!(rig.core.phase_name(), "idle");
+    assert_eq!(rig.core.next_timeout(), Some(ms(305)));
+    let s2 = sends(&rig.tick(ms(305)));
+    assert_eq!(s2.len(), 3, "a retry at the lapse");
+    let q2 = queue_of(&s2[0].2).expect("fair");
+    assert_eq!(q2.places, vec![place], "the same place, refreshed");
+    // This time ours: granted, and the place taken off the key not won.
+    rig.at(ms(306));
+    rig.ev(reply(s2[0].0, ours()));
+    let fx = rig.ev(reply(s2[1].0, ours()));
+    assert_eq!(grants(&fx).len(), 1);
+    let fx = rig.ev(reply(s2[2].0, other()));
+    assert!(grants(&fx).is_empty());
+}
+
+#[test]
+fn fair_grants_take_the_winners_place_off_keys_not_won() {
+    let mut rig = Rig::new(fair_config());
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+        terms: None,
+    }));
+    let member = queue_of(&s[0].2).unwrap().places[0].member;
+    rig.at(ms(1));
+    rig.ev(reply(s[0].0, ours()));
+    rig.ev(reply(s[2].0, queued(100)));
+    let fx = rig.ev(reply(s[1].0, ours()));
+    assert_eq!(grants(&fx).len(), 1);
+    let dq: Vec<_> = sends(&fx)
+        .into_iter()
+        .filter(|(_, _, op)| matches!(op, Op::Dequeue { .. }))
+        .collect();
+    assert_eq!(dq.len(), 1, "{fx:?}");
+    assert_eq!(dq[0].1, Target::Key(2));
+    assert_eq!(
+        dq[0].2,
+        Op::Dequeue {
+            members: vec![member]
+        }
+    );
+}
+
+#[test]
+fn fair_locks_are_never_handed_over_locally_and_later_waiters_take_their_place_at_once() {
+    let mut rig = Rig::new(fair_config());
+    let (holder, _) = held(&mut rig);
+    rig.at(ms(2));
+    let fx = rig.ev(Event::Request {
+        id: 2,
+        kind: RequestKind::Wait,
+        terms: None,
+    });
+    let s = sends(&fx);
+    assert_eq!(s.len(), 3, "one place on each key: {fx:?}");
+    assert!(s
+        .iter()
+        .all(|(_, _, op)| matches!(op, Op::Enqueue { places, .. } if places.len() == 1)));
+    let fx = rig.ev(Event::Release { holder, ack: None });
+    assert!(grants(&fx).is_empty(), "handed over: {fx:?}");
+    assert!(sends(&fx)
+        .iter()
+        .all(|(_, _, op)| matches!(op, Op::Release { .. })));
+}
+
+#[test]
+fn a_fair_waiter_that_gives_up_leaves_every_queue_and_a_try_sends_no_place() {
+    let mut rig = Rig::new(fair_config());
+    let (_holder, _) = held(&mut rig);
+    rig.ev(Event::Request {
+        id: 2,
+        kind: RequestKind::Wait,
+        terms: None,
+    });
+    let fx = rig.ev(Event::Cancel { id: 2 });
+    let s = sends(&fx);
+    assert_eq!(s.len(), 3);
+    assert!(s
+        .iter()
+        .all(|(_, _, op)| matches!(op, Op::Dequeue { members } if members.len() == 1)));
+    // A try on another core: the queue gate with no place of its own.
+    let mut rig = Rig::new(fair_config());
+    let s = sends(&rig.ev(Event::Request {
+        id: 3,
+        kind: RequestKind::Try,
+        terms: None,
+    }));
+    let q = queue_of(&s[0].2).expect("a fair try");
+    assert_eq!((q.candidate, q.places.len()), (None, 0));
+}
+
+#[test]
+fn a_fair_waiter_that_cannot_reach_a_majority_stops_refreshing_its_place() {
+    let mut rig = Rig::new(fair_config());
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+        terms: None,
+    }));
+    rig.at(ms(1));
+    rig.ev(reply(s[0].0, queued(900)));
+    rig.ev(reply(s[1].0, Outcome::Failed("down")));
+    rig.ev(reply(s[2].0, Outcome::Failed("down")));
+    assert_eq!(rig.core.phase_name(), "idle");
+    // The refresh that falls due sends nothing; the retry sends no place.
+    let mut s2 = Vec::new();
+    for _ in 0..3 {
+        let at = rig.core.next_timeout().expect("a retry");
+        s2 = sends(&rig.tick(at));
+        if !s2.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(s2.len(), 3, "{s2:?}");
+    let q = queue_of(&s2[0].2).unwrap_or_else(|| panic!("{s2:?}"));
+    assert!(
+        q.places.is_empty(),
+        "refreshed a place it cannot use: {q:?}"
+    );
+    assert!(q.candidate.is_some());
 }

@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use super::ops::Place;
 use super::terms::Terms;
 use super::time::Time;
 
@@ -31,6 +32,8 @@ struct Queued {
     id: ReqId,
     kind: RequestKind,
     terms: Terms,
+    /// Its place in the fair queues (fair queueing only).
+    place: Option<Place>,
 }
 
 /// Callers waiting, oldest first; a `Force` that had to wait for an attempt
@@ -42,7 +45,23 @@ pub(crate) struct Waiters {
 
 impl Waiters {
     pub(crate) fn push(&mut self, id: ReqId, kind: RequestKind, terms: Terms) {
-        let q = Queued { id, kind, terms };
+        self.push_placed(id, kind, terms, None);
+    }
+
+    /// Queues a caller with its place in the fair queues.
+    pub(crate) fn push_placed(
+        &mut self,
+        id: ReqId,
+        kind: RequestKind,
+        terms: Terms,
+        place: Option<Place>,
+    ) {
+        let q = Queued {
+            id,
+            kind,
+            terms,
+            place,
+        };
         if kind == RequestKind::Force {
             // Behind forces already waiting, ahead of every waiter.
             let at = self
@@ -90,6 +109,28 @@ impl Waiters {
             .iter()
             .find(|q| q.kind == RequestKind::Wait)
             .map(|q| q.terms)
+    }
+
+    /// The fair-queue place of the oldest waiter.
+    pub(crate) fn head_place(&self) -> Option<Place> {
+        self.queue
+            .iter()
+            .find(|q| q.kind == RequestKind::Wait)
+            .and_then(|q| q.place)
+    }
+
+    /// The fair-queue place of `id`, if it is queued with one.
+    pub(crate) fn place_of(&self, id: ReqId) -> Option<Place> {
+        self.queue.iter().find(|q| q.id == id).and_then(|q| q.place)
+    }
+
+    /// The places of the oldest `limit` waiters that have one.
+    pub(crate) fn places(&self, limit: usize) -> Vec<Place> {
+        self.queue
+            .iter()
+            .filter_map(|q| q.place)
+            .take(limit)
+            .collect()
     }
 
     pub(crate) fn has_waiter(&self) -> bool {

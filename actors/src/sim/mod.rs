@@ -107,6 +107,8 @@ pub(super) struct Knobs {
     /// must carry their caller's claim, and disagreeing callers may be
     /// refused with `ConfigMismatch`.
     pub(super) permits: bool,
+    /// Fair queueing: waiters of all processes served in arrival order.
+    pub(super) fair: bool,
 }
 
 impl Knobs {
@@ -154,6 +156,7 @@ impl Knobs {
             max_delay_ms: validity_ms / 50,
             terms: r.chance(40),
             permits: r.chance(25),
+            fair: r.chance(30),
         }
     }
 
@@ -192,6 +195,7 @@ impl Knobs {
                 "delay" => self.max_delay_ms = num(),
                 "terms" => self.terms = num() != 0,
                 "permits" => self.permits = num() != 0,
+                "fair" => self.fair = num() != 0,
                 other => panic!("unknown SIM_KNOBS key {other}"),
             }
         }
@@ -207,7 +211,7 @@ impl fmt::Display for Knobs {
         };
         write!(
             f,
-            "procs={},names={},nodes={},majority={},validity={},fencing={fencing},tracking={},noloop={},handover={},faults={:#x},force={},steps={},ppm={},delay={},terms={},permits={}",
+            "procs={},names={},nodes={},majority={},validity={},fencing={fencing},tracking={},noloop={},handover={},faults={:#x},force={},steps={},ppm={},delay={},terms={},permits={},fair={}",
             self.procs,
             self.names,
             self.nodes,
@@ -222,7 +226,8 @@ impl fmt::Display for Knobs {
             self.max_ppm,
             self.max_delay_ms,
             u8::from(self.terms),
-            u8::from(self.permits)
+            u8::from(self.permits),
+            u8::from(self.fair)
         )
     }
 }
@@ -314,6 +319,12 @@ fn shrink(k: &Knobs, kind: &str) -> Knobs {
         if best.permits {
             cands.push(Knobs {
                 permits: false,
+                ..best.clone()
+            });
+        }
+        if best.fair {
+            cands.push(Knobs {
+                fair: false,
                 ..best.clone()
             });
         }
@@ -475,7 +486,7 @@ fn sim_retry_storm() {
 fn retry_storm(seed: u64, noloop: bool) -> f64 {
     const MS: u64 = 1_000_000;
     let mut k = Knobs::from_seed(seed);
-    k.apply("procs=3,names=1,nodes=3,majority=2,validity=1000,fencing=off,tracking=1,noloop=1,handover=32,faults=0,force=0,steps=1000000,ppm=0,delay=2,terms=0,permits=0");
+    k.apply("procs=3,names=1,nodes=3,majority=2,validity=1000,fencing=off,tracking=1,noloop=1,handover=32,faults=0,force=0,steps=1000000,ppm=0,delay=2,terms=0,permits=0,fair=0");
     k.apply(if noloop { "noloop=1" } else { "noloop=0" });
     let mut w = World::new(&k, std::env::var("SIM_TRACE").is_ok());
     w.stop_workload = true;

@@ -6,8 +6,26 @@
 //! `n * total + k` (each node only ever sees the slots placed on it). The
 //! fencing counters are not tracked: nothing reads them through the cache.
 
-use crate::core::{Op, Outcome};
+use crate::core::{Op, Outcome, Place, Queue};
 use crate::scripts::{KeyState, SetMode, Token};
+
+/// The servers' wall clock at real time 0, µs since the Unix epoch (a
+/// process's arrival times are this as its own clock shows it).
+pub(super) const WALL_BASE_US: u64 = 2_000_000_000_000;
+
+/// The servers' wall clock at real time `now` (ns), µs since the Unix epoch.
+fn wall_us(now: u64) -> u64 {
+    WALL_BASE_US + now / 1_000
+}
+
+/// One waiter in a key's fair queue (`FAIR_LUA`'s two sorted sets).
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    since_us: u64,
+    member: u64,
+    /// Real time its place lapses.
+    deadline: u64,
+}
 
 /// One key: its value and when it expires (real nanoseconds).
 #[derive(Debug, Clone)]
@@ -53,6 +71,8 @@ pub(super) struct Node {
     /// Per connection (one per process): bit `slot` set while tracked.
     tracked: Vec<u64>,
     pub(super) ghosts: Vec<Ghost>,
+    /// Each slot's fair queue, in order (arrival, then member).
+    queues: Vec<Vec<Queued>>,
     version: u64,
     /// `CLIENT TRACKING ... NOLOOP`: a connection's own writes do not
     /// invalidate it (its tracking entry is still forgotten).
@@ -82,6 +102,7 @@ impl Node {
             fences: vec![0; names],
             tracked: vec![0; procs],
             ghosts: Vec::new(),
+            queues: vec![Vec::new(); slots],
             version: 0,
             noloop,
             tracking,
@@ -146,6 +167,35 @@ impl Node {
         }
     }
 
+    /// `FAIR_LUA`'s first steps: drop lapsed places, then place or refresh
+    /// `places`.
+    fn place(&mut self, now: u64, slot: usize, places: &[Place], life: std::time::Duration) {
+        let life = life.as_nanos() as u64;
+        let q = &mut self.queues[slot];
+        q.retain(|e| e.deadline > now);
+        for p in places {
+            let deadline = now + life;
+            match q.iter_mut().find(|e| e.member == p.member) {
+                Some(e) => e.deadline = deadline,
+                None => q.push(Queued {
+                    since_us: p.since_us.max(wall_us(now).saturating_sub(600_000_000)),
+                    member: p.member,
+                    deadline,
+                }),
+            }
+        }
+        q.sort_by_key(|e| (e.since_us, e.member));
+    }
+
+    /// The waiter at the head of `slot`'s queue and when its place lapses.
+    fn head(&self, slot: usize) -> Option<(u64, u64)> {
+        self.queues[slot].first().map(|e| (e.member, e.deadline))
+    }
+
+    fn dequeue(&mut self, slot: usize, members: &[u64]) {
+        self.queues[slot].retain(|e| !members.contains(&e.member));
+    }
+
     /// `ACQUIRE_LUA` on one key. Returns the key's state and whether it was
     /// freshly set (for the in-script fencing counter).
     #[allow(clippy::too_many_arguments)]
@@ -157,8 +207,12 @@ impl Node {
         token: &str,
         mode: SetMode,
         ttl: u64,
+        queue: Option<&Queue>,
         out: &mut Out,
     ) -> (KeyState, bool) {
+        if let Some(q) = queue {
+            self.place(now, slot, &q.places, q.life);
+        }
         let cur = self.get(now, slot, out);
         self.track(conn, slot);
         let ours = KeyState::Ours {
@@ -175,6 +229,19 @@ impl Node {
             Some(v) if mode != SetMode::Force => (Token::owner_state(v.as_bytes()), false),
             None if mode == SetMode::Xx => (KeyState::Absent, false),
             _ => {
+                if let Some(q) = queue.filter(|_| mode != SetMode::Force) {
+                    if let Some((head, until)) = self.head(slot) {
+                        let mine =
+                            Some(head) == q.candidate || q.places.iter().any(|p| p.member == head);
+                        if !mine {
+                            let head_ms = until.saturating_sub(now) / 1_000_000;
+                            return (KeyState::Queued { head_ms }, false);
+                        }
+                    }
+                    if let Some(c) = q.candidate {
+                        self.dequeue(slot, &[c]);
+                    }
+                }
                 self.write(slot, token.to_owned(), now + ttl, conn, out);
                 self.track(conn, slot);
                 (ours, true)
@@ -197,10 +264,22 @@ impl Node {
     ) -> Outcome {
         match op {
             Op::Acquire {
-                token, mode, fence, ..
+                token,
+                mode,
+                fence,
+                queue,
+                ..
             } => {
-                let (state, fresh) =
-                    self.acquire_key(now, conn, slot, token.as_str(), *mode, ttl, out);
+                let (state, fresh) = self.acquire_key(
+                    now,
+                    conn,
+                    slot,
+                    token.as_str(),
+                    *mode,
+                    ttl,
+                    queue.as_deref(),
+                    out,
+                );
                 match state {
                     KeyState::Ours { pttl_ms, .. } if *fence => {
                         if fresh {
@@ -215,7 +294,7 @@ impl Node {
                 }
             }
             Op::Extend { token, mode, .. } => Outcome::Key(
-                self.acquire_key(now, conn, slot, token.as_str(), *mode, ttl, out)
+                self.acquire_key(now, conn, slot, token.as_str(), *mode, ttl, None, out)
                     .0,
             ),
             Op::Verify { token } => {
@@ -244,6 +323,14 @@ impl Node {
                 } else {
                     Outcome::Released(false)
                 }
+            }
+            Op::Enqueue { places, life } => {
+                self.place(now, slot, places, *life);
+                Outcome::Queued
+            }
+            Op::Dequeue { members } => {
+                self.dequeue(slot, members);
+                Outcome::Queued
             }
             Op::FenceRead => Outcome::Fence(self.fences[name]),
             Op::FenceWrite { value } => {
@@ -294,6 +381,7 @@ impl Node {
     pub(super) fn flush(&mut self) -> Vec<usize> {
         self.keys.iter_mut().for_each(|k| *k = None);
         self.fences.iter_mut().for_each(|f| *f = 0);
+        self.queues.iter_mut().for_each(Vec::clear);
         let told = (0..self.tracked.len())
             .filter(|&p| self.tracked[p] != 0)
             .collect();
@@ -316,6 +404,7 @@ impl Node {
             }
         }
         self.fences.iter_mut().for_each(|f| *f = 0);
+        self.queues.iter_mut().for_each(Vec::clear);
         self.tracked.iter_mut().for_each(|t| *t = 0);
         self.up = false;
     }

@@ -103,6 +103,8 @@ pub(super) struct Caller {
 #[derive(Debug)]
 pub(super) struct Process {
     pub(super) clock: Clock,
+    /// Its lockers' configuration (the fair queues' wall clock is its own).
+    pub(super) cfg: std::sync::Arc<crate::core::Config>,
     pub(super) cores: Vec<CoreSlot>,
     /// Request ids are indices + 1.
     pub(super) callers: Vec<Caller>,

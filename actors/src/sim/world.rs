@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::core::{
-    Config, Effect, Event, Fencing, HolderStatus, Life, LockCore, Op, Outcome, Refusal,
+    Config, Effect, Event, Fair, Fencing, HolderStatus, Life, LockCore, Op, Outcome, Refusal,
     RequestKind, Target, Terms, Time,
 };
 
@@ -110,6 +110,7 @@ impl World {
             fencing: k.fencing,
             fingerprint: crate::scripts::Fingerprint::new(k.majority, k.nodes),
             epoch: Time::ZERO,
+            fair: None,
         });
         let slots = k.names * total;
         let nodes = (0..k.nodes)
@@ -125,9 +126,22 @@ impl World {
                 ppm: root.range(0, 2 * k.max_ppm) as i64 - k.max_ppm as i64,
             };
             let local = clock.local(0);
+            // Its wall clock: the servers' (`model::wall_us`), as its own
+            // clock (offset and rate error) shows it.
+            let pcfg = match k.fair {
+                true => Arc::new(Config {
+                    fair: Some(Fair {
+                        wall_origin_us: super::model::WALL_BASE_US - clock.offset / 1_000,
+                        life: validity,
+                        refresh: validity / 2,
+                    }),
+                    ..(*cfg).clone()
+                }),
+                false => cfg.clone(),
+            };
             let cores = (0..k.names)
                 .map(|_| CoreSlot {
-                    core: LockCore::new(cfg.clone(), Box::new(SimEntropy(root.fork())), local),
+                    core: LockCore::new(pcfg.clone(), Box::new(SimEntropy(root.fork())), local),
                     inc: 0,
                     timer: None,
                     live: None,
@@ -137,6 +151,7 @@ impl World {
                 .collect();
             procs.push(Process {
                 clock,
+                cfg: pcfg,
                 cores,
                 callers: Vec::new(),
                 active: Vec::new(),
@@ -931,13 +946,18 @@ impl World {
                     Target::Fence(n) => *n < cfg.nodes,
                 };
                 let ok_op = match (target, op) {
-                    (Target::Key(k), Op::Acquire { fence, .. }) => {
+                    (Target::Key(k), Op::Acquire { fence, queue, .. }) => {
                         *fence == (cfg.fencing == Fencing::InScript && *k == 0 && cfg.total == 1)
+                            && queue.is_some() <= self.k.fair
                     }
                     (
                         Target::Key(_),
                         Op::Extend { .. } | Op::Verify { .. } | Op::Release { .. },
                     ) => true,
+                    (Target::Key(_), Op::Enqueue { places, .. }) => {
+                        self.k.fair && !places.is_empty()
+                    }
+                    (Target::Key(_), Op::Dequeue { members }) => self.k.fair && !members.is_empty(),
                     // The two-phase step; with the counter in the script, it
                     // is the fallback when key 0 was not among the keys won.
                     (Target::Fence(_), Op::FenceRead | Op::FenceWrite { .. }) => {
@@ -1035,6 +1055,12 @@ impl World {
                         ));
                     }
                 }
+                if c.kind == RequestKind::Wait {
+                    let asked = c.asked;
+                    self.check_fair_order(name, asked)
+                        .map_err(|e| format!("{}: {e}", here()))?;
+                }
+                let c = self.procs[proc].caller(*to).expect("checked");
                 let cancelled = c.cancelled;
                 let forever = c.forever;
                 let until_real = self.procs[proc].clock.real_at(*valid_until);
@@ -1193,13 +1219,46 @@ impl World {
         Ok(())
     }
 
+    /// Fair queueing, in a run without faults, forces or disagreeing
+    /// permit claims: a waiter granted the name must not have overtaken a
+    /// waiter of any process that asked for it before, give or take what the
+    /// order cannot see: a place still on its way to the servers (a trip,
+    /// and a slow one), and the processes' clocks running at different
+    /// rates (the order is by their wall clocks).
+    fn check_fair_order(&self, name: usize, asked: u64) -> Result<(), String> {
+        if !self.k.fair || self.k.faults != 0 || self.k.force || self.k.permits {
+            return Ok(());
+        }
+        let rates = 2 * self.k.max_ppm * self.now / 1_000_000;
+        let slack = 2 * self.max_trip() + rates;
+        for (p, pr) in self.procs.iter().enumerate() {
+            for &i in &pr.active {
+                let v = &pr.callers[i];
+                if v.name == name
+                    && v.kind == RequestKind::Wait
+                    && !v.cancelled
+                    && matches!(v.stage, Stage::Waiting)
+                    && v.asked + slack < asked
+                {
+                    return Err(format!(
+                        "unfair: a waiter that asked at {} ms granted while p{p}'s waiter of {} ms still waits",
+                        asked / MS,
+                        v.asked / MS
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The shell retires an idle core; the name's next use starts a fresh
     /// one.
     fn retire(&mut self, proc: usize, name: usize) {
         let local = self.procs[proc].clock.local(self.now);
         let entropy = Box::new(SimEntropy(self.work.fork()));
+        let cfg = self.procs[proc].cfg.clone();
         let slot = &mut self.procs[proc].cores[name];
-        slot.core = LockCore::new(self.cfg.clone(), entropy, local);
+        slot.core = LockCore::new(cfg, entropy, local);
         slot.inc += 1;
         slot.timer = None;
         self.log(|| format!("p{proc} name{name} core retired"));
