@@ -1,0 +1,206 @@
+//! Fair queueing (`LockerOptions::fair_queueing`) against a real server:
+//! waiters of several lockers (each its own connections, as separate
+//! processes have) are served in the order they started waiting; a waiter
+//! that died holds the queue up for about one validity and no longer; a try
+//! is refused while others queue; a waiter that gives up leaves the queue,
+//! and an empty queue leaves no keys behind.
+#![allow(missing_docs)]
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::*;
+use valkeylock::{Error, LockRequest, Locker, LockerOptions};
+
+const MS: Duration = Duration::from_millis(1);
+
+async fn fair_locker(server: &ValkeyServer, validity: Duration) -> Locker {
+    Locker::connect(
+        LockerOptions::new([server.url()])
+            .with_key_majority(2)
+            .with_key_validity(validity)
+            .with_fair_queueing(true),
+    )
+    .await
+    .expect("connect a fair locker")
+}
+
+/// A raw command's integer reply (-1 for anything else).
+async fn int(admin: &fred::clients::Client, args: &[&str]) -> i64 {
+    match support::cluster::command(admin, args).await {
+        Ok(fred::types::Value::Integer(n)) => n,
+        _ => -1,
+    }
+}
+
+/// How many waiters the queues of `name`'s keys hold, key by key.
+async fn queued(admin: &fred::clients::Client, name: &str) -> Vec<i64> {
+    let mut out = Vec::new();
+    for i in 0..3 {
+        out.push(int(admin, &["ZCARD", &format!("{{valkeylock:{i}:{name}}}:q")]).await);
+    }
+    out
+}
+
+/// Places `member` in the queue of every key of `name`, arriving at
+/// `since_us`, its place lapsing at `until_ms` (server time, as the
+/// script keeps them).
+async fn place(
+    admin: &fred::clients::Client,
+    name: &str,
+    member: &str,
+    since_us: i64,
+    until_ms: i64,
+) {
+    for i in 0..3 {
+        let q = format!("{{valkeylock:{i}:{name}}}:q");
+        let qd = format!("{{valkeylock:{i}:{name}}}:qd");
+        assert_eq!(
+            int(admin, &["ZADD", &q, &since_us.to_string(), member]).await,
+            1
+        );
+        assert_eq!(
+            int(admin, &["ZADD", &qd, &until_ms.to_string(), member]).await,
+            1
+        );
+    }
+}
+
+/// Six lockers start waiting 40 ms apart while a seventh holds the name; each
+/// holds it briefly once granted. They are granted in the order they came,
+/// every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_of_all_lockers_are_served_in_arrival_order() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let name = unique("fair-order");
+    let holder = fair_locker(&server, Duration::from_secs(5)).await;
+    let first = holder.lock(&name).await.expect("the first holder");
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut lockers = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..6usize {
+        let locker = fair_locker(&server, Duration::from_secs(5)).await;
+        lockers.push(locker.clone());
+        let (name, order) = (name.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let g = locker.lock(&name).await.expect("a waiter's lock");
+            order.lock().unwrap().push(i);
+            tokio::time::sleep(15 * MS).await;
+            g.release().await.expect("release");
+        }));
+        tokio::time::sleep(40 * MS).await;
+    }
+    let admin = server.admin().await;
+    assert_eq!(
+        queued(&admin, &name).await,
+        vec![6, 6, 6],
+        "every waiter has its place on every key"
+    );
+    first.release().await.expect("release");
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .expect("a waiter was not served within 10 s")
+            .expect("a waiter panicked");
+    }
+    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4, 5]);
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            let q = format!("{{valkeylock:0:{name}}}:q");
+            let qd = format!("{{valkeylock:0:{name}}}:qd");
+            int(&admin, &["EXISTS", &q, &qd]).await == 0
+        })
+        .await,
+        "an empty queue leaves no keys behind"
+    );
+    holder.close().await;
+    for l in lockers {
+        l.close().await;
+    }
+}
+
+/// A place nobody refreshes (its waiter's process died) keeps a fair waiter
+/// out until it lapses, about one validity, and a try is refused meanwhile;
+/// a locker without fair queueing (like the Go valkeylock) ignores the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_waiter_holds_the_queue_up_for_one_validity_at_most() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let name = unique("fair-dead");
+    let validity = Duration::from_millis(1500);
+    let admin = server.admin().await;
+    // A waiter that came first, then died: its place lapses in 1.5 s.
+    let now_ms = match support::cluster::command(&admin, &["TIME"]).await {
+        Ok(fred::types::Value::Array(t)) => {
+            let part = |v: &fred::types::Value| v.as_str().unwrap().parse::<i64>().unwrap();
+            part(&t[0]) * 1000 + part(&t[1]) / 1000
+        }
+        other => panic!("TIME: {other:?}"),
+    };
+    place(&admin, &name, "dead", now_ms * 1000 - 5_000, now_ms + 1500).await;
+    let fair = fair_locker(&server, validity).await;
+    match fair.try_lock(&name).await {
+        Err(Error::NotLocked { .. }) => {}
+        other => panic!("a try while another waiter queues: {other:?}"),
+    }
+    let started = Instant::now();
+    let g = tokio::time::timeout(Duration::from_secs(5), fair.lock(&name))
+        .await
+        .expect("not granted within 5 s of a dead waiter's place")
+        .expect("lock");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "granted after {waited:?}, ahead of a waiter that came first"
+    );
+    assert!(
+        waited < validity + Duration::from_millis(1000),
+        "held up {waited:?} by a place that lapses after {validity:?}"
+    );
+    g.release().await.expect("release");
+    // A locker without fair queueing takes a free name whatever queues.
+    place(&admin, &name, "dead", 1, now_ms + 60_000).await;
+    let unfair = Locker::connect(LockerOptions::new([server.url()]).with_key_majority(2))
+        .await
+        .expect("connect");
+    let g = unfair.try_lock(&name).await.expect("an unfair try");
+    g.release().await.expect("release");
+    fair.close().await;
+    unfair.close().await;
+}
+
+/// A waiter whose wait limit passes leaves the queue at once, so the next
+/// one is not held up by its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_gives_up_leaves_the_queue() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let name = unique("fair-give-up");
+    let a = fair_locker(&server, Duration::from_secs(5)).await;
+    let b = fair_locker(&server, Duration::from_secs(5)).await;
+    let held = a.lock(&name).await.expect("lock");
+    match b
+        .lock_with(&name, &LockRequest::new().wait(Duration::from_millis(300)))
+        .await
+    {
+        Err(Error::Timeout { .. }) => {}
+        other => panic!("a wait limit of 300 ms while held: {other:?}"),
+    }
+    let admin = server.admin().await;
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            queued(&admin, &name).await == vec![0, 0, 0]
+        })
+        .await,
+        "the place of a waiter that gave up is still queued: {:?}",
+        queued(&admin, &name).await
+    );
+    held.release().await.expect("release");
+    let g = b.try_lock(&name).await.expect("a try on a free name");
+    g.release().await.expect("release");
+    a.close().await;
+    b.close().await;
+}
