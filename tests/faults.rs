@@ -78,6 +78,9 @@ fn serial<F: Future<Output = ()>>(f: F) {
 /// are serialised by `serial`).
 static FENCING: AtomicBool = AtomicBool::new(false);
 
+/// Whether they use fair queueing.
+static FAIR: AtomicBool = AtomicBool::new(false);
+
 /// Fencing tokens seen by the current run: (name, acquired at, token).
 static FENCE_LOG: Mutex<Vec<(String, u64, u64)>> = Mutex::new(Vec::new());
 
@@ -88,6 +91,7 @@ fn options(urls: Vec<String>, majority: usize, prefix: &str) -> LockerOptions {
         .with_key_prefix(prefix)
         .with_connect_timeout(ms(1000))
         .with_fencing(FENCING.load(Ordering::SeqCst))
+        .with_fair_queueing(FAIR.load(Ordering::SeqCst))
 }
 
 async fn connect(urls: Vec<String>, majority: usize, prefix: &str) -> Locker {
@@ -163,10 +167,14 @@ impl Cluster {
         }
     }
 
-    /// Keys of our prefix still on the servers.
+    /// Keys of our prefix still on the servers (fair queues included).
     async fn leftover_keys(&self) -> Vec<String> {
         let mut out = Vec::new();
         for s in &self.servers {
+            let queues = format!("{{{}:*", self.prefix);
+            if let Ok(Resp::Array(Some(items))) = command(s.port, &["KEYS", &queues]).await {
+                out.extend(items.iter().filter_map(Resp::text));
+            }
             let pattern = format!("{}:*", self.prefix);
             if let Ok(Resp::Array(Some(items))) = command(s.port, &["KEYS", &pattern]).await {
                 // Fencing counters never expire, by design.
@@ -783,6 +791,9 @@ struct Setup {
     /// Lockers use fencing tokens; the run checks they increase per name in
     /// grant order.
     fencing: bool,
+    /// Lockers use fair queueing; the run checks no waiter was starved by
+    /// waiters that came after it.
+    fair: bool,
     workload: Workload,
 }
 
@@ -809,6 +820,7 @@ async fn nemesis_in_process(setup: Setup) {
         setup.label, dur
     );
     FENCING.store(setup.fencing, Ordering::SeqCst);
+    FAIR.store(setup.fair, Ordering::SeqCst);
     FENCE_LOG.lock().expect("fence log").clear();
     let mut cl = Cluster::start(setup.nodes, setup.lockers, setup.majority).await;
     let mut rng = Rng::fork(seed, 1);
@@ -957,7 +969,14 @@ async fn nemesis_in_process(setup: Setup) {
         assert!(checked >= 20, "too few fenced grants: {checked}");
     }
     FENCING.store(false, Ordering::SeqCst);
+    FAIR.store(false, Ordering::SeqCst);
     r.assert_ok();
+    if setup.fair {
+        assert_eq!(
+            r.overtaken_starved, 0,
+            "fair queueing: waiters starved by later arrivals (seed {seed:#x})"
+        );
+    }
     if let Workload::Semaphore { permits } = setup.workload {
         // The workload must have filled the semaphore, or the capacity
         // check above checked nothing.
@@ -983,6 +1002,7 @@ fn nemesis_fencing_three_instances() {
         kinds: [NET_FAULTS, ACTOR_FAULTS].concat(),
         default_secs: 12.0,
         fencing: true,
+        fair: false,
         workload: Workload::Lock,
     }));
 }
@@ -998,6 +1018,7 @@ fn nemesis_one_instance() {
         kinds: in_model_faults(),
         default_secs: 20.0,
         fencing: false,
+        fair: false,
         workload: Workload::Lock,
     }));
 }
@@ -1013,6 +1034,41 @@ fn nemesis_three_instances() {
         kinds: in_model_faults(),
         default_secs: 20.0,
         fencing: false,
+        fair: false,
+        workload: Workload::Lock,
+    }));
+}
+
+/// Fair queueing under the in-model faults: everything the lock nemesis
+/// checks, and no waiter starved by waiters that came after it.
+#[test]
+fn nemesis_fair_one_instance() {
+    serial(nemesis_in_process(Setup {
+        label: "1 instance, key_majority 1, fair",
+        nodes: 1,
+        majority: 1,
+        lockers: 8,
+        workers_per_locker: 2,
+        kinds: in_model_faults(),
+        default_secs: 12.0,
+        fencing: false,
+        fair: true,
+        workload: Workload::Lock,
+    }));
+}
+
+#[test]
+fn nemesis_fair_three_instances() {
+    serial(nemesis_in_process(Setup {
+        label: "3 instances, key_majority 2, fair",
+        nodes: 3,
+        majority: 2,
+        lockers: 8,
+        workers_per_locker: 2,
+        kinds: in_model_faults(),
+        default_secs: 12.0,
+        fencing: false,
+        fair: true,
         workload: Workload::Lock,
     }));
 }
@@ -1033,6 +1089,7 @@ fn contention_without_faults() {
         kinds: Vec::new(),
         default_secs: 20.0,
         fencing: false,
+        fair: false,
         workload: Workload::Lock,
     }));
 }
@@ -1053,6 +1110,7 @@ fn nemesis_out_of_model() {
         kinds: [OUT_OF_MODEL_FAULTS, NET_FAULTS].concat(),
         default_secs: 10.0,
         fencing: false,
+        fair: false,
         workload: Workload::Lock,
     }));
 }
@@ -1073,6 +1131,7 @@ fn nemesis_semaphore_one_instance() {
         kinds: in_model_faults(),
         default_secs: 12.0,
         fencing: false,
+        fair: false,
         workload: Workload::Semaphore { permits: 3 },
     }));
 }
@@ -1088,6 +1147,7 @@ fn nemesis_semaphore_three_instances() {
         kinds: in_model_faults(),
         default_secs: 12.0,
         fencing: false,
+        fair: false,
         workload: Workload::Semaphore { permits: 3 },
     }));
 }

@@ -602,6 +602,55 @@ pub fn most_holders(grants: &[GrantRecord]) -> BTreeMap<String, usize> {
         .collect()
 }
 
+/// How much later than another a waiter must have started for being granted
+/// first to count as overtaking it: a place takes a round trip to reach
+/// the servers.
+pub const ARRIVAL_SLACK: Duration = Duration::from_millis(20);
+
+/// Inversions among granted waiting calls of each name (see
+/// [`Report::inversions`]), and the waiters past `bound` that suffered one.
+fn inversions(waits: &[WaitRecord], faults: &[FaultRecord], bound: Duration) -> (usize, usize) {
+    let slack = ARRIVAL_SLACK.as_nanos() as u64;
+    let mut by_name: BTreeMap<&str, Vec<&WaitRecord>> = BTreeMap::new();
+    for w in waits.iter().filter(|w| w.waits && w.outcome == "ok") {
+        by_name.entry(&w.name).or_default().push(w);
+    }
+    // Client `l{g}w{n}` is in group `g`; faults name theirs `group{g}` or
+    // `locker{g}`.
+    let hit = |w: &WaitRecord| {
+        let group = w
+            .client
+            .strip_prefix('l')
+            .and_then(|r| r.split('w').next())
+            .unwrap_or("");
+        faults.iter().any(|f| {
+            f.injected < w.ended
+                && f.healed > w.started
+                && [format!("group{group}"), format!("locker{group}")]
+                    .iter()
+                    .any(|t| {
+                        f.target == *t
+                            || f.target.starts_with(&format!("{t}-"))
+                            || f.target.starts_with(&format!("{t}/"))
+                    })
+        })
+    };
+    let (mut pairs, mut starved) = (0, 0);
+    for ws in by_name.values() {
+        for w in ws.iter().filter(|w| !hit(w)) {
+            let overtaking = ws
+                .iter()
+                .filter(|v| v.started > w.started + slack && v.ended < w.ended)
+                .count();
+            pairs += overtaking;
+            if overtaking > 0 && ms_between(w.started, w.ended) > bound.as_secs_f64() * 1e3 {
+                starved += 1;
+            }
+        }
+    }
+    (pairs, starved)
+}
+
 /// The longest stretch (ns) of `[from, to]` not covered by `intervals`.
 fn longest_gap(mut intervals: Vec<(u64, u64)>, from: u64, to: u64) -> u64 {
     intervals.retain(|&(a, b)| b > from && a < to && b > a);
@@ -733,6 +782,15 @@ pub struct Report {
     /// fairness across lockers: starved, not stuck).
     pub longest_wait_ms: f64,
     pub starved: usize,
+    /// Fairness across lockers: pairs of waiting calls on one name where the
+    /// one that started later (by more than [`ARRIVAL_SLACK`]) was granted
+    /// first; and how many waiters that waited past the stuck bound were
+    /// overtaken so (starved by later arrivals). A waiter whose own locker
+    /// was hit by a fault during its wait (frozen, cut off, its actors
+    /// killed) is left out: it could not keep its place, which is the
+    /// documented exception of fair queueing.
+    pub inversions: usize,
+    pub overtaken_starved: usize,
     /// Per fault kind: recovery times (ms from heal to the next grant).
     pub recovery_ms: BTreeMap<String, Vec<f64>>,
     /// Faults not followed by any grant.
@@ -800,6 +858,7 @@ impl Report {
             .filter(|w| w.waits && wait_ms(w) > stuck_bound.as_secs_f64() * 1e3)
             .count()
             .saturating_sub(stuck.len());
+        let (inversions, overtaken_starved) = inversions(&waits, &faults, stuck_bound);
         let mut recovery_ms: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         let mut unrecovered = Vec::new();
         for (f, r) in recoveries(&grants, &faults) {
@@ -831,6 +890,8 @@ impl Report {
             worst_unexplained_wait_ms: worst,
             longest_wait_ms,
             starved,
+            inversions,
+            overtaken_starved,
             recovery_ms,
             unrecovered,
             loss_lateness_ms,
@@ -909,6 +970,11 @@ impl Report {
             self.worst_unexplained_wait_ms,
             self.longest_wait_ms,
             self.starved
+        );
+        let _ = writeln!(
+            s,
+            "order: {} waiters granted before one that started waiting earlier; starved by later arrivals (waited past the bound, overtaken): {}",
+            self.inversions, self.overtaken_starved
         );
         for st in self.stuck.iter().take(10) {
             let _ = writeln!(s, "  STUCK {:.0} ms: {:?}", st.unexplained_ms, st.wait);
