@@ -71,7 +71,7 @@ fn main() {
         }
     });
     if args.wants("fairness") {
-        fairness::run(&url, if quick { 2.0 } else { 30.0 });
+        fairness::run(&server, if quick { 2.0 } else { 30.0 });
     }
     drop(server);
 }
@@ -82,21 +82,35 @@ async fn connect(url: &str) -> Locker {
         .expect("connect")
 }
 
+/// A locker with fair queueing (issue #13).
+async fn connect_fair(url: &str) -> Locker {
+    Locker::connect(common::valkeylock_options(&[url.to_owned()], 1).with_fair_queueing(true))
+        .await
+        .expect("connect")
+}
+
 /// One operation of each contender of `uncontended`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Contender {
     Floor,
     Lock,
+    FairLock,
     Permit,
 }
 
 impl Contender {
-    const ALL: [Contender; 3] = [Contender::Floor, Contender::Lock, Contender::Permit];
+    const ALL: [Contender; 4] = [
+        Contender::Floor,
+        Contender::Lock,
+        Contender::FairLock,
+        Contender::Permit,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Contender::Floor => "raw floor (SET NX PX + compare-and-delete)",
             Contender::Lock => "valkeylock lock",
+            Contender::FairLock => "valkeylock lock, fair queueing",
             Contender::Permit => "valkeylock permit (semaphore of 4)",
         }
     }
@@ -106,13 +120,14 @@ async fn uncontended(url: &str, rounds: usize, ops: u64) {
     let admin = common::raw_client(url).await;
     let raw = Raw::connect(url).await;
     let locker = connect(url).await;
+    let fair = connect_fair(url).await;
     let pool = locker
         .semaphore(&Kind::Valkeylock.name("sem-uncontended"), 4)
         .expect("semaphore");
     let lock_name = Kind::Valkeylock.name("lock-uncontended");
     let raw_name = Kind::Raw.name("uncontended");
-    let mut per_op: Vec<Vec<f64>> = vec![Vec::new(); 3];
-    let mut commands = [0f64; 3];
+    let mut per_op: Vec<Vec<f64>> = vec![Vec::new(); Contender::ALL.len()];
+    let mut commands = [0f64; Contender::ALL.len()];
     // A warm-up round of each, then `rounds` alternating rounds.
     for round in 0..=rounds {
         for (i, c) in Contender::ALL.into_iter().enumerate() {
@@ -126,6 +141,10 @@ async fn uncontended(url: &str, rounds: usize, ops: u64) {
                     }
                     Contender::Lock => {
                         let g = locker.lock(&lock_name).await.expect("lock");
+                        g.release().await.expect("release");
+                    }
+                    Contender::FairLock => {
+                        let g = fair.lock(&lock_name).await.expect("lock");
                         g.release().await.expect("release");
                     }
                     Contender::Permit => {
@@ -167,6 +186,7 @@ async fn uncontended(url: &str, rounds: usize, ops: u64) {
     }
     raw.quit().await;
     locker.close().await;
+    fair.close().await;
 }
 
 /// What `contended` measured for one contender.
@@ -269,8 +289,11 @@ async fn wakeup(url: &str, samples: usize) {
         b.semaphore(&name, 2).expect("semaphore"),
     );
     let lock_name = Kind::Valkeylock.name("lock-wakeup");
+    let (fair_a, fair_b) = (connect_fair(url).await, connect_fair(url).await);
+    let fair_name = Kind::Valkeylock.name("fair-wakeup");
     let mut permit_wakes = Vec::new();
     let mut lock_wakes = Vec::new();
+    let mut fair_wakes = Vec::new();
     for i in 0..samples + 5 {
         // A permit: A holds both, B waits, A releases one.
         let (p, q) = (
@@ -313,6 +336,24 @@ async fn wakeup(url: &str, samples: usize) {
         if i >= 5 {
             lock_wakes.push(at.saturating_duration_since(t0).as_nanos() as u64);
         }
+        // The same for a lock with fair queueing.
+        let held = fair_a.lock(&fair_name).await.expect("A fair lock");
+        let waiter = tokio::spawn({
+            let (b, name) = (fair_b.clone(), fair_name.clone());
+            async move {
+                let got = b.lock(&name).await.expect("B fair lock");
+                let at = Instant::now();
+                let _ = got.release().await;
+                at
+            }
+        });
+        sleep(Duration::from_millis(20)).await;
+        let t0 = Instant::now();
+        let _ = held.release().await;
+        let at = waiter.await.expect("waiter");
+        if i >= 5 {
+            fair_wakes.push(at.saturating_duration_since(t0).as_nanos() as u64);
+        }
     }
     println!();
     println!("## Wake-up: release in locker A → acquisition returns in locker B ({samples} samples, interleaved)");
@@ -322,6 +363,7 @@ async fn wakeup(url: &str, samples: usize) {
     for (label, mut v) in [
         ("valkeylock permit (semaphore of 2)", permit_wakes),
         ("valkeylock lock", lock_wakes),
+        ("valkeylock lock, fair queueing", fair_wakes),
     ] {
         let q = |v: &mut Vec<u64>, p| common::us(common::quantile(v, p));
         println!(
@@ -334,4 +376,6 @@ async fn wakeup(url: &str, samples: usize) {
     }
     a.close().await;
     b.close().await;
+    fair_a.close().await;
+    fair_b.close().await;
 }

@@ -1001,26 +1001,22 @@ async fn run(
             if let Some(c) = queue.candidate {
                 args[6] = member(c).into();
             }
-            for p in &queue.places {
-                args.push(member(p.member).into());
-                args.push(p.since_us.to_string().into());
-            }
+            push_places(&mut args, &queue.places);
+            args.extend(queue.members.iter().map(|m| Value::from(member(*m))));
             (fair_keys(key, fence_key), args)
         })
         .await
         .map(|v| acquired(key, &v, fence_key.is_some())),
         Op::Enqueue { places, life } => evalsha(client, &scripts.fair, || {
             let mut args = fair_args(s, "E", Duration::ZERO, false, *life);
-            for p in places {
-                args.push(member(p.member).into());
-                args.push(p.since_us.to_string().into());
-            }
+            push_places(&mut args, places);
             (fair_keys(key, None), args)
         })
         .await
         .map(|v| queued(key, &v)),
         Op::Dequeue { members } => evalsha(client, &scripts.fair, || {
             let mut args = fair_args(s, "D", Duration::ZERO, false, Duration::ZERO);
+            push_places(&mut args, &[]);
             args.extend(members.iter().map(|m| Value::from(member(*m))));
             (fair_keys(key, None), args)
         })
@@ -1120,6 +1116,15 @@ fn queued(key: &str, value: &Value) -> Outcome {
             Outcome::Failed(KEY_REFUSED)
         }
         None => Outcome::Failed("unexpected reply to a fair queue update"),
+    }
+}
+
+/// `FAIR_LUA`'s count of places, then each place's member and arrival.
+fn push_places(args: &mut Vec<Value>, places: &[crate::core::Place]) {
+    args.push(places.len().to_string().into());
+    for p in places {
+        args.push(member(p.member).into());
+        args.push(p.since_us.to_string().into());
     }
 }
 

@@ -102,15 +102,20 @@ return out
 /// 3 the fencing flag, 4 what to do (`A` acquire, `E` place or refresh the
 /// waiters, `D` remove them), 5 the token, 6 the mode, 7 the waiter the
 /// acquisition is for (empty: a try, which only takes a key nobody queues
-/// for), 8 how long a place lasts unrefreshed (ms), then the waiters: for
-/// `A` and `E` a member and its arrival time (µs since the Unix epoch) each,
-/// for `D` members.
+/// for), 8 how long a place lasts unrefreshed (ms), 9 how many places
+/// follow, then the places to make or refresh: a member and its arrival time
+/// (µs since the Unix epoch) each, then members: for `A` the locker's other
+/// waiters (its own at the head, but not refreshed), for `D` the waiters to
+/// take out.
 ///
-/// `A` takes a free key when the head of its queue is one of the waiters it
-/// was sent for (the locker then picks which of its waiters gets the grant,
+/// `A` takes a free key when its queue is empty or its head is one of the
+/// waiters it was sent for (the locker then picks which of its waiters gets the grant,
 /// in its own order: the two orders can differ after a place lapsed and came
 /// back later, and insisting on one waiter would then deadlock the locker
-/// with itself), and takes the candidate's place out. It replies like
+/// with itself). A key it takes gets no place for the candidate (an
+/// uncontended acquisition writes nothing but the key), and keeps the one
+/// it had: if the attempt fails, the waiter keeps its turn; if it wins, the
+/// locker takes the place out of every queue. It replies like
 /// `ACQUIRE_LUA` for one key, plus `{1, ms}` when the key is free but
 /// another locker's waiter is ahead: `ms` is how long that waiter's place
 /// lasts unless refreshed. `E` and `D` reply `1`. A failure of any command
@@ -127,6 +132,7 @@ const FAIR_LUA: &str = r#"
 local key, q, qd = KEYS[1], KEYS[2], KEYS[3]
 local op, token, mode, cand = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local life = tonumber(ARGV[8])
+local rest = 10 + 2 * tonumber(ARGV[9])
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -139,7 +145,9 @@ local function call(...)
   if failed(r) then error(r) end
   return r
 end
+local touched = false
 local function keep()
+  if not touched then return end
   local last = call('ZRANGE', qd, -1, -1, 'WITHSCORES')
   if last[2] then
     call('PEXPIREAT', q, last[2])
@@ -151,14 +159,20 @@ end
 local function prune()
   local gone = call('ZRANGEBYSCORE', qd, '-inf', int(now_ms))
   for _, m in ipairs(gone) do call('ZREM', q, m) end
-  if #gone > 0 then call('ZREMRANGEBYSCORE', qd, '-inf', int(now_ms)) end
+  if #gone > 0 then
+    call('ZREMRANGEBYSCORE', qd, '-inf', int(now_ms))
+    touched = true
+  end
 end
-local function place()
-  for i = 9, #ARGV - 1, 2 do
-    local at = tonumber(ARGV[i + 1]) or now_us
-    if at < now_us - 600000000 then at = now_us - 600000000 end
-    call('ZADD', q, 'NX', int(at), ARGV[i])
-    call('ZADD', qd, int(now_ms + life), ARGV[i])
+local function place(skip)
+  for i = 10, rest - 2, 2 do
+    if ARGV[i] ~= skip then
+      local at = tonumber(ARGV[i + 1]) or now_us
+      if at < now_us - 600000000 then at = now_us - 600000000 end
+      call('ZADD', q, 'NX', int(at), ARGV[i])
+      call('ZADD', qd, int(now_ms + life), ARGV[i])
+      touched = true
+    end
   end
 end
 local function head()
@@ -168,36 +182,42 @@ local function head()
     local d = call('ZSCORE', qd, h)
     if d then return h, tonumber(d) - now_ms end
     call('ZREM', q, h)
+    touched = true
+  end
+end
+local function leave(m)
+  if m ~= '' and call('ZREM', q, m) > 0 then
+    call('ZREM', qd, m)
+    touched = true
   end
 end
 local function acquire()
   prune()
-  place()
   local cur = call('GET', key)
-  local r
   if cur == token then
+    place(cand)
     if ARGV[2] == 'PXAT' then
-      r = call('PEXPIREAT', key, ARGV[1])
+      call('PEXPIREAT', key, ARGV[1])
     else
-      r = call('PEXPIRE', key, ARGV[1])
+      call('PEXPIRE', key, ARGV[1])
     end
   elseif mode == 'XX' or (cur and mode ~= 'FORCE') then
+    place('')
     keep()
     return cur
   else
     local mine = {}
     if cand ~= '' then mine[cand] = true end
-    for i = 9, #ARGV - 1, 2 do mine[ARGV[i]] = true end
+    for i = 10, rest - 2, 2 do mine[ARGV[i]] = true end
+    for i = rest, #ARGV do mine[ARGV[i]] = true end
     local h, left = head()
     if h and not mine[h] and mode ~= 'FORCE' then
+      place('')
       keep()
       return {1, math.max(left, 0)}
     end
     call('SET', key, token, ARGV[2], ARGV[1])
-    if cand ~= '' then
-      call('ZREM', q, cand)
-      call('ZREM', qd, cand)
-    end
+    place(cand)
   end
   keep()
   local now = call('GET', key)
@@ -208,12 +228,9 @@ local ok, reply, won = pcall(function()
   if op == 'A' then return acquire() end
   if op == 'E' then
     prune()
-    place()
+    place('')
   else
-    for i = 9, #ARGV do
-      call('ZREM', q, ARGV[i])
-      call('ZREM', qd, ARGV[i])
-    end
+    for i = rest, #ARGV do leave(ARGV[i]) end
   end
   keep()
   return 1

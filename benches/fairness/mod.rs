@@ -1,6 +1,7 @@
 //! Fairness across processes (issue #13), a section of the semaphore bench:
 //! 4 processes × 5 tasks loop acquire, hold 1 ms, release, on one name of
-//! one `valkey-server`, for a lock and for a semaphore of 2. Every process
+//! one `valkey-server`, for a lock, a lock with fair queueing and a
+//! semaphore of 2. Every process
 //! is the bench binary run again as a worker (`VALKEYLOCK_FAIRNESS_CHILD`),
 //! with its own `Locker`; times are `CLOCK_MONOTONIC`, which the processes
 //! share.
@@ -10,7 +11,8 @@
 //! - inversions: pairs of waits where the later arrival was granted first,
 //!   per grant (0 for a first-come first-served queue);
 //! - the longest wait and the 99th percentile;
-//! - the share of grants of the busiest process over the idlest.
+//! - the share of grants of the busiest process over the idlest;
+//! - the server's commands per grant (`INFO commandstats`).
 //!
 //! Run: `cargo bench --bench semaphore -- fairness` (30 s per primitive;
 //! `CI=1`: 2 s).
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use crate::common;
 use crate::support::history::mono_ns;
+use crate::support::ValkeyServer;
 use tokio::time::Instant;
 use valkeylock::{Locker, LockerOptions};
 
@@ -28,17 +31,29 @@ const PROCESSES: usize = 4;
 const TASKS: usize = 5;
 const HOLD: Duration = Duration::from_millis(1);
 
-/// Runs the section against the server at `url`, `secs` per primitive.
-pub(crate) fn run(url: &str, secs: f64) {
+/// Runs the section against `server`, `secs` per primitive.
+pub(crate) fn run(server: &ValkeyServer, secs: f64) {
     // The counter the table rests on, checked on a known case.
     assert_eq!(count_inversions(&[2, 4, 1, 3, 5]), 3);
+    let url = server.url();
+    let rt = common::runtime();
+    let admin = rt.block_on(server.admin());
+    let calls = || rt.block_on(async { common::total_calls(&common::command_calls(&admin).await) });
     let mut rows = Vec::new();
-    for (label, permits) in [("lock", 0u32), ("semaphore of 2", 2)] {
-        let name = format!("bench-fairness-{permits}");
+    for (label, permits, fair) in [
+        ("lock", 0u32, false),
+        ("lock, fair queueing", 0, true),
+        ("semaphore of 2", 2, false),
+    ] {
+        let name = format!("bench-fairness-{permits}-{fair}");
+        let before = calls();
         let children: Vec<_> = (0..PROCESSES)
             .map(|p| {
                 Command::new(std::env::current_exe().expect("own path"))
-                    .env(CHILD_ENV, format!("{url};{name};{permits};{secs};{p}"))
+                    .env(
+                        CHILD_ENV,
+                        format!("{url};{name};{permits};{fair};{secs};{p}"),
+                    )
                     .stdout(Stdio::piped())
                     .stderr(Stdio::inherit())
                     .spawn()
@@ -55,7 +70,9 @@ pub(crate) fn run(url: &str, secs: f64) {
                     .filter_map(Wait::parse),
             );
         }
-        rows.push((label, Summary::of(&mut waits)));
+        // Less the INFO calls themselves.
+        let commands = calls().saturating_sub(before + 1);
+        rows.push((label, Summary::of(&mut waits), commands));
     }
     println!();
     println!(
@@ -63,17 +80,18 @@ pub(crate) fn run(url: &str, secs: f64) {
         HOLD.as_millis()
     );
     println!();
-    println!("| primitive | grants/s | inversions per grant | wait p50 ms | wait p99 ms | longest wait ms | grants, busiest / idlest process |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (label, s) in rows {
+    println!("| primitive | grants/s | inversions per grant | wait p50 ms | wait p99 ms | longest wait ms | grants, busiest / idlest process | server commands per grant |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (label, s, commands) in rows {
         println!(
-            "| {label} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} | {} |",
+            "| {label} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} | {} | {:.1} |",
             s.grants as f64 / secs,
             s.inversions as f64 / s.grants.max(1) as f64,
             s.p50_ms,
             s.p99_ms,
             s.longest_ms,
-            common::fmt_ratio(s.share)
+            common::fmt_ratio(s.share),
+            commands as f64 / s.grants.max(1) as f64
         );
     }
 }
@@ -162,10 +180,11 @@ fn count_inversions(v: &[u64]) -> u64 {
 /// `W process arrived granted` (monotonic ns) per grant.
 pub(crate) fn child(spec: &str) {
     let parts: Vec<&str> = spec.split(';').collect();
-    let [url, name, permits, secs, process] = parts[..] else {
+    let [url, name, permits, fair, secs, process] = parts[..] else {
         panic!("bad {CHILD_ENV}: {spec}");
     };
     let permits: u32 = permits.parse().expect("permits");
+    let fair: bool = fair.parse().expect("fair");
     let secs: f64 = secs.parse().expect("secs");
     let process: usize = process.parse().expect("process");
     let rt = common::runtime();
@@ -173,7 +192,8 @@ pub(crate) fn child(spec: &str) {
         let locker = Locker::connect(
             LockerOptions::new([url.to_owned()])
                 .with_key_majority(1)
-                .with_key_validity(Duration::from_millis(common::TTL_MS)),
+                .with_key_validity(Duration::from_millis(common::TTL_MS))
+                .with_fair_queueing(fair),
         )
         .await
         .expect("connect");

@@ -295,6 +295,8 @@ struct Attempt {
     mismatch: Option<Fingerprint>,
     /// Fair queueing: the waiter whose place the attempt's keys checked.
     candidate: Option<u64>,
+    /// Its place was sent before this attempt: it may stand in any queue.
+    placed_before: bool,
 }
 
 /// The keys held under one token, and who holds them.
@@ -320,6 +322,10 @@ struct Grant {
     terms: Terms,
     /// The end its maximum hold sets for the current holder.
     hold_until: Option<Time>,
+    /// Fair queueing: the winner's place, which a key whose acquisition had
+    /// not answered at the win may still hold (the script places it where
+    /// it does not take the key): taken out there if the reply says so.
+    place: Option<u64>,
 }
 
 impl Grant {
@@ -667,10 +673,11 @@ impl LockCore {
                 self.waiters.push_placed(id, kind, terms, place);
                 if first && matches!(self.phase, Phase::Idle { .. }) {
                     self.start_attempt(now, SetMode::Nx, None);
-                } else if let Some(place) = place.filter(|_| self.reach) {
+                } else if let (Some(f), true) = (self.cfg.fair, self.reach) {
                     // Take the place in the queues now: a waiter of another
                     // process that comes later must find it there.
-                    self.enqueue(now, vec![place]);
+                    let places = self.waiters.places_due(now, f.refresh / 2, MAX_PLACES);
+                    self.enqueue(now, places);
                 }
             }
             (Phase::Holding(_) | Phase::Attempting(_), RequestKind::Try) => self.refuse(
@@ -760,19 +767,30 @@ impl LockCore {
         if mode == SetMode::Force {
             return None;
         }
-        let (candidate, places) = if for_queue {
+        let (candidate, places, members) = if for_queue {
             let places = match self.reach {
-                true => self.waiters.places(MAX_PLACES),
+                true => self.waiters.places_due(now, f.refresh / 2, MAX_PLACES),
                 false => Vec::new(),
             };
-            self.refresh_at = Some(now + f.refresh);
-            (self.waiters.head_place().map(|p| p.member), places)
+            if !places.is_empty() {
+                self.refresh_at = Some(now + f.refresh);
+            }
+            let candidate = self.waiters.head_place().map(|p| p.member);
+            let members = self
+                .waiters
+                .places(MAX_PLACES)
+                .into_iter()
+                .map(|p| p.member)
+                .filter(|m| Some(*m) != candidate && !places.iter().any(|p| p.member == *m))
+                .collect();
+            (candidate, places, members)
         } else {
-            (None, Vec::new())
+            (None, Vec::new(), Vec::new())
         };
         Some(Box::new(Queue {
             candidate,
             places,
+            members,
             life: f.life,
         }))
     }
@@ -796,6 +814,7 @@ impl LockCore {
             .entropy
             .token(mode == SetMode::Force, self.fingerprint(&terms));
         let total = self.cfg.total;
+        let placed_before = self.waiters.head_placed();
         let queue = self.queue_args(now, mode, request.is_none());
         let candidate = queue.as_ref().and_then(|q| q.candidate);
         tracing::trace!(token = token.short(), ?mode, "attempt");
@@ -810,6 +829,7 @@ impl LockCore {
             fencing: None,
             mismatch: None,
             candidate,
+            placed_before,
         });
         // Only a counter moved by the write that completes the majority is
         // ordered after every earlier grant: with one key, that is key 0's.
@@ -997,12 +1017,25 @@ impl LockCore {
             None if moved_on => None,
             None => self.waiters.pop_waiter().map(|(id, _)| id),
         };
-        // The winner's place goes. The script took it off the keys it won;
-        // the others still have it, and there it would stand ahead of
-        // everyone until it lapsed.
+        // The winner's place goes from every queue that may hold it, or it
+        // would stand ahead of everyone until it lapsed. If it was sent
+        // before, any queue may; if not, only those of keys this attempt did
+        // not take (the script places no candidate on a key it takes): the
+        // ones known now, and the ones whose reply is still out, when it
+        // comes.
+        let mut place = None;
         if let Some(cand) = a.candidate {
-            let won: Vec<bool> = a.keys.iter().map(|s| s.ours_at(now).is_some()).collect();
-            self.dequeue(now, vec![cand], |k| !won[k]);
+            if a.placed_before {
+                self.dequeue(now, vec![cand], |_| true);
+            } else {
+                let not_taken: Vec<bool> = a
+                    .keys
+                    .iter()
+                    .map(|s| !matches!(s.key, Key::Ours { .. } | Key::Pending))
+                    .collect();
+                self.dequeue(now, vec![cand], |k| not_taken[k]);
+                place = a.keys.iter().any(|s| s.key == Key::Pending).then_some(cand);
+            }
         }
         let grant = Grant {
             id: a.id,
@@ -1018,6 +1051,7 @@ impl LockCore {
             margin,
             terms,
             hold_until: terms.max_hold.map(|d| now + d),
+            place,
         };
         tracing::debug!(
             token = grant.token.short(),
@@ -1270,6 +1304,7 @@ impl LockCore {
             return;
         };
         let touched = std::mem::take(&mut slot.touched);
+        let was_pending = slot.key == Key::Pending;
         if let Outcome::Failed(why) = outcome {
             tracing::trace!(key, why, "command failed");
             slot.failing = true;
@@ -1355,6 +1390,14 @@ impl LockCore {
                 if Duration::from_millis(*ms) < g.terms.life.ttl.saturating_sub(g.terms.extend) {
                     g.next_extend = g.next_extend.min(now);
                 }
+            }
+        }
+        // A key of the grant whose acquisition answered after the win, not
+        // taken: the winner's place may stand in its queue.
+        if let Phase::Holding(g) = &self.phase {
+            let left_out = !matches!(g.keys[key].key, Key::Ours { .. } | Key::Pending);
+            if let (true, true, Some(member)) = (was_pending, left_out, g.place) {
+                self.dequeue(now, vec![member], |k| k == key);
             }
         }
         if touched {
@@ -1815,9 +1858,11 @@ impl LockCore {
         }
         if self.refresh_at.is_some_and(|r| now >= r) {
             self.refresh_at = None;
-            if self.reach && !matches!(self.phase, Phase::Closing | Phase::Closed) {
-                let places = self.waiters.places(MAX_PLACES);
-                self.enqueue(now, places);
+            if let (Some(f), true) = (self.cfg.fair, self.reach) {
+                if !matches!(self.phase, Phase::Closing | Phase::Closed) {
+                    let places = self.waiters.places_due(now, f.refresh / 2, MAX_PLACES);
+                    self.enqueue(now, places);
+                }
             }
         }
         if let Some(q) = self.quiet_since {

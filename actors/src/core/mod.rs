@@ -30,9 +30,9 @@ pub(crate) use lock::{
 };
 #[cfg(test)]
 pub(crate) use ops::Entropy;
-pub(crate) use ops::{Op, OsEntropy, Outcome, Target};
 #[cfg(test)]
-pub(crate) use ops::{Place, Queue};
+pub(crate) use ops::Queue;
+pub(crate) use ops::{Op, OsEntropy, Outcome, Place, Target};
 pub(crate) use terms::Terms;
 pub(crate) use time::Time;
 pub(crate) use waiters::{ReqId, RequestKind};

@@ -26,12 +26,15 @@ pub(crate) struct Place {
 }
 
 /// What a fair acquisition adds to the acquire script: the waiter it is for
-/// (`None`: a try, which takes only a key nobody queues for), and the places
-/// of the locker's waiters, placed or refreshed by the same step.
+/// (`None`: a try, which takes only a key nobody queues for), the places of
+/// the locker's waiters that are due to be placed or refreshed by the same
+/// step, and the locker's other waiters (recognised as its own at the head
+/// of the queue, not refreshed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Queue {
     pub(crate) candidate: Option<u64>,
     pub(crate) places: Vec<Place>,
+    pub(crate) members: Vec<u64>,
     /// How long a place lasts unless refreshed.
     pub(crate) life: Duration,
 }

@@ -1254,30 +1254,63 @@ fn fair_waiters_send_their_places_and_retry_when_the_head_lapses() {
 }
 
 #[test]
-fn fair_grants_take_the_winners_place_off_keys_not_won() {
+fn fair_grants_take_the_winners_place_out_of_every_queue_it_may_stand_in() {
+    let dequeues = |fx: &[Effect]| -> Vec<Target> {
+        sends(fx)
+            .into_iter()
+            .filter(|(_, _, op)| matches!(op, Op::Dequeue { .. }))
+            .map(|(_, t, _)| t)
+            .collect()
+    };
+    let first_attempt = |rig: &mut Rig| {
+        let s = sends(&rig.ev(Event::Request {
+            id: 1,
+            kind: RequestKind::Wait,
+            terms: None,
+        }));
+        let member = queue_of(&s[0].2).unwrap().places[0].member;
+        rig.at(ms(1));
+        (s, member)
+    };
+    // First attempt, a key left out of reach: the script placed the waiter
+    // there only.
     let mut rig = Rig::new(fair_config());
-    let s = sends(&rig.ev(Event::Request {
-        id: 1,
-        kind: RequestKind::Wait,
-        terms: None,
-    }));
-    let member = queue_of(&s[0].2).unwrap().places[0].member;
-    rig.at(ms(1));
+    let (s, member) = first_attempt(&mut rig);
     rig.ev(reply(s[0].0, ours()));
     rig.ev(reply(s[2].0, queued(100)));
     let fx = rig.ev(reply(s[1].0, ours()));
     assert_eq!(grants(&fx).len(), 1);
-    let dq: Vec<_> = sends(&fx)
-        .into_iter()
-        .filter(|(_, _, op)| matches!(op, Op::Dequeue { .. }))
-        .collect();
-    assert_eq!(dq.len(), 1, "{fx:?}");
-    assert_eq!(dq[0].1, Target::Key(2));
-    assert_eq!(
-        dq[0].2,
-        Op::Dequeue {
+    assert_eq!(dequeues(&fx), vec![Target::Key(2)]);
+    assert!(sends(&fx).iter().any(|(_, _, op)| *op
+        == Op::Dequeue {
             members: vec![member]
-        }
+        }));
+    // Won before the last reply: its queue is cleaned up when it answers,
+    // and only if that key was not taken.
+    for (last, want) in [(ours(), vec![]), (queued(100), vec![Target::Key(2)])] {
+        let mut rig = Rig::new(fair_config());
+        let (s, _) = first_attempt(&mut rig);
+        rig.ev(reply(s[0].0, ours()));
+        let fx = rig.ev(reply(s[1].0, ours()));
+        assert_eq!(grants(&fx).len(), 1);
+        assert!(dequeues(&fx).is_empty(), "{fx:?}");
+        assert_eq!(dequeues(&rig.ev(reply(s[2].0, last))), want);
+    }
+    // A place sent before (a second attempt): every queue.
+    let mut rig = Rig::new(fair_config());
+    let (s, _) = first_attempt(&mut rig);
+    rig.ev(reply(s[0].0, other()));
+    rig.ev(reply(s[1].0, other()));
+    rig.ev(reply(s[2].0, other()));
+    let s = sends(&rig.ev(Event::Invalidated { key: 0 }));
+    assert_eq!(s.len(), 3, "a retry");
+    rig.at(ms(2));
+    rig.ev(reply(s[0].0, ours()));
+    let fx = rig.ev(reply(s[1].0, ours()));
+    assert_eq!(grants(&fx).len(), 1);
+    assert_eq!(
+        dequeues(&fx),
+        vec![Target::Key(0), Target::Key(1), Target::Key(2)]
     );
 }
 

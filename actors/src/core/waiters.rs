@@ -34,6 +34,8 @@ struct Queued {
     terms: Terms,
     /// Its place in the fair queues (fair queueing only).
     place: Option<Place>,
+    /// When its place was last sent to the servers.
+    placed: Option<Time>,
 }
 
 /// Callers waiting, oldest first; a `Force` that had to wait for an attempt
@@ -61,6 +63,7 @@ impl Waiters {
             kind,
             terms,
             place,
+            placed: None,
         };
         if kind == RequestKind::Force {
             // Behind forces already waiting, ahead of every waiter.
@@ -119,6 +122,14 @@ impl Waiters {
             .and_then(|q| q.place)
     }
 
+    /// Whether the oldest waiter's place was ever sent to the servers.
+    pub(crate) fn head_placed(&self) -> bool {
+        self.queue
+            .iter()
+            .find(|q| q.kind == RequestKind::Wait)
+            .is_some_and(|q| q.placed.is_some())
+    }
+
     /// The fair-queue place of `id`, if it is queued with one.
     pub(crate) fn place_of(&self, id: ReqId) -> Option<Place> {
         self.queue.iter().find(|q| q.id == id).and_then(|q| q.place)
@@ -131,6 +142,24 @@ impl Waiters {
             .filter_map(|q| q.place)
             .take(limit)
             .collect()
+    }
+
+    /// Among the oldest `limit` waiters with a place, the places not sent
+    /// within `every` of `now` (or never): marked sent at `now`.
+    pub(crate) fn places_due(&mut self, now: Time, every: Duration, limit: usize) -> Vec<Place> {
+        let mut due = Vec::new();
+        for q in self
+            .queue
+            .iter_mut()
+            .filter(|q| q.place.is_some())
+            .take(limit)
+        {
+            if q.placed.is_none_or(|at| now >= at + every) {
+                q.placed = Some(now);
+                due.extend(q.place);
+            }
+        }
+        due
     }
 
     pub(crate) fn has_waiter(&self) -> bool {

@@ -167,13 +167,23 @@ impl Node {
         }
     }
 
-    /// `FAIR_LUA`'s first steps: drop lapsed places, then place or refresh
-    /// `places`.
-    fn place(&mut self, now: u64, slot: usize, places: &[Place], life: std::time::Duration) {
+    /// `FAIR_LUA`'s first step: drop lapsed places.
+    fn prune(&mut self, now: u64, slot: usize) {
+        self.queues[slot].retain(|e| e.deadline > now);
+    }
+
+    /// Places or refreshes `places`, all but `skip`.
+    fn place(
+        &mut self,
+        now: u64,
+        slot: usize,
+        places: &[Place],
+        life: std::time::Duration,
+        skip: Option<u64>,
+    ) {
         let life = life.as_nanos() as u64;
         let q = &mut self.queues[slot];
-        q.retain(|e| e.deadline > now);
-        for p in places {
+        for p in places.iter().filter(|p| Some(p.member) != skip) {
             let deadline = now + life;
             match q.iter_mut().find(|e| e.member == p.member) {
                 Some(e) => e.deadline = deadline,
@@ -210,9 +220,17 @@ impl Node {
         queue: Option<&Queue>,
         out: &mut Out,
     ) -> (KeyState, bool) {
-        if let Some(q) = queue {
-            self.place(now, slot, &q.places, q.life);
+        if queue.is_some() {
+            self.prune(now, slot);
         }
+        // The places: all of them while the key stays out of reach; when it
+        // is taken, all but the candidate's (which stays if it was there).
+        let place = |node: &mut Node, taken: bool| {
+            if let Some(q) = queue {
+                let skip = if taken { q.candidate } else { None };
+                node.place(now, slot, &q.places, q.life, skip);
+            }
+        };
         let cur = self.get(now, slot, out);
         self.track(conn, slot);
         let ours = KeyState::Ours {
@@ -221,27 +239,34 @@ impl Node {
         };
         match cur {
             Some(v) if v == token => {
+                place(self, true);
                 // PEXPIRE: a write, then the script's GET re-arms tracking.
                 self.write(slot, v, now + ttl, conn, out);
                 self.track(conn, slot);
                 (ours, false)
             }
-            Some(v) if mode != SetMode::Force => (Token::owner_state(v.as_bytes()), false),
-            None if mode == SetMode::Xx => (KeyState::Absent, false),
+            Some(v) if mode != SetMode::Force => {
+                place(self, false);
+                (Token::owner_state(v.as_bytes()), false)
+            }
+            None if mode == SetMode::Xx => {
+                place(self, false);
+                (KeyState::Absent, false)
+            }
             _ => {
                 if let Some(q) = queue.filter(|_| mode != SetMode::Force) {
                     if let Some((head, until)) = self.head(slot) {
-                        let mine =
-                            Some(head) == q.candidate || q.places.iter().any(|p| p.member == head);
+                        let mine = Some(head) == q.candidate
+                            || q.places.iter().any(|p| p.member == head)
+                            || q.members.contains(&head);
                         if !mine {
+                            place(self, false);
                             let head_ms = until.saturating_sub(now) / 1_000_000;
                             return (KeyState::Queued { head_ms }, false);
                         }
                     }
-                    if let Some(c) = q.candidate {
-                        self.dequeue(slot, &[c]);
-                    }
                 }
+                place(self, true);
                 self.write(slot, token.to_owned(), now + ttl, conn, out);
                 self.track(conn, slot);
                 (ours, true)
@@ -325,7 +350,8 @@ impl Node {
                 }
             }
             Op::Enqueue { places, life } => {
-                self.place(now, slot, places, *life);
+                self.prune(now, slot);
+                self.place(now, slot, places, *life, None);
                 Outcome::Queued
             }
             Op::Dequeue { members } => {
