@@ -549,6 +549,27 @@ async fn cluster_lock_wait_lost_and_key_placement() {
     );
     drop((q, r));
 
+    // Fair queueing on a cluster: each key's queue sits on the key's slot;
+    // a waiter of another locker is served when the holder releases, and a
+    // name with braces of its own is refused.
+    let fair = || async {
+        Locker::connect(cluster_options(&cluster).with_fair_queueing(true))
+            .await
+            .expect("connect a fair locker")
+    };
+    let (fa, fb) = (fair().await, fair().await);
+    let fair_name = spread_name(&cluster, "fair");
+    let held = fa.lock(&fair_name).await.expect("fair lock");
+    let (woke, g) = wake_after_release(held, &fb, &fair_name).await;
+    eprintln!("cluster: fair waiter woke {woke:?} after the release");
+    g.release().await.expect("release");
+    assert!(matches!(
+        fa.lock("fair{tag}").await,
+        Err(LockError::InvalidName { .. })
+    ));
+    fa.close().await;
+    fb.close().await;
+
     measure_acquire(&a, "cluster").await;
     measure_loss(&a, "cluster", 5, |name| {
         let admin = admin.clone();

@@ -124,7 +124,8 @@ async fn waiters_of_all_lockers_are_served_in_arrival_order() {
 
 /// A place nobody refreshes (its waiter's process died) keeps a fair waiter
 /// out until it lapses, about one validity, and a try is refused meanwhile;
-/// a locker without fair queueing (like the Go valkeylock) ignores the queue.
+/// a locker without fair queueing respects a live queue too (its waiters
+/// join it once they have waited a validity).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_waiter_holds_the_queue_up_for_one_validity_at_most() {
     init_tracing();
@@ -161,12 +162,24 @@ async fn a_dead_waiter_holds_the_queue_up_for_one_validity_at_most() {
         "held up {waited:?} by a place that lapses after {validity:?}"
     );
     g.release().await.expect("release");
-    // A locker without fair queueing takes a free name whatever queues.
+    // A locker without fair queueing does not pass a live queue either.
     place(&admin, &name, "dead", 1, now_ms + 60_000).await;
     let unfair = Locker::connect(LockerOptions::new([server.url()]).with_key_majority(2))
         .await
         .expect("connect");
-    let g = unfair.try_lock(&name).await.expect("an unfair try");
+    match unfair.try_lock(&name).await {
+        Err(Error::NotLocked { .. }) => {}
+        other => panic!("an unfair try while another waiter queues: {other:?}"),
+    }
+    for i in 0..3 {
+        let q = format!("{{valkeylock:{i}:{name}}}:q");
+        let qd = format!("{{valkeylock:{i}:{name}}}:qd");
+        assert_eq!(int(&admin, &["DEL", &q, &qd]).await, 2);
+    }
+    let g = unfair
+        .try_lock(&name)
+        .await
+        .expect("an unfair try, no queue");
     g.release().await.expect("release");
     fair.close().await;
     unfair.close().await;
@@ -203,4 +216,80 @@ async fn a_waiter_that_gives_up_leaves_the_queue() {
     g.release().await.expect("release");
     a.close().await;
     b.close().await;
+}
+
+/// Without fair queueing, a waiter that has waited one validity takes its
+/// place in the queue: from then on, a release goes to it, not to whoever
+/// retries first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfair_waiter_queues_once_it_has_waited_a_validity() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let name = unique("unfair-queues");
+    let unfair = || async {
+        Locker::connect(
+            LockerOptions::new([server.url()])
+                .with_key_majority(2)
+                .with_key_validity(Duration::from_secs(1)),
+        )
+        .await
+        .expect("connect")
+    };
+    let (a, b, c) = (unfair().await, unfair().await, unfair().await);
+    let held = a.lock(&name).await.expect("lock");
+    let waiter = tokio::spawn({
+        let (b, name) = (b.clone(), name.clone());
+        async move {
+            let g = b.lock(&name).await.expect("the waiter's lock");
+            (Instant::now(), g)
+        }
+    });
+    let admin = server.admin().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        queued(&admin, &name).await,
+        vec![0, 0, 0],
+        "queued too early"
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            queued(&admin, &name).await == vec![1, 1, 1]
+        })
+        .await,
+        "the waiter did not queue after a validity: {:?}",
+        queued(&admin, &name).await
+    );
+    // A barger tries as fast as it can while the lock changes hands.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let barger = tokio::spawn({
+        let (c, name, stop) = (c.clone(), name.clone(), stop.clone());
+        async move {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(g) = c.try_lock(&name).await {
+                    let at = Instant::now();
+                    g.release().await.expect("release");
+                    return Some(at);
+                }
+                tokio::time::sleep(MS).await;
+            }
+            None
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    held.release().await.expect("release");
+    let (granted, g) = tokio::time::timeout(Duration::from_secs(3), waiter)
+        .await
+        .expect("the queued waiter was not served")
+        .expect("task");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    g.release().await.expect("release");
+    if let Some(barged) = barger.await.expect("barger") {
+        assert!(
+            barged > granted,
+            "the barger got the lock ahead of the queue"
+        );
+    }
+    for l in [a, b, c] {
+        l.close().await;
+    }
 }

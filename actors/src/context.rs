@@ -319,10 +319,15 @@ fn core_config(s: &Settings, epoch: crate::core::Time) -> Config {
         },
         fingerprint: s.fingerprint(),
         epoch,
-        fair: s.fair.then(|| Fair {
+        // Without fair queueing, a waiter queues once it has waited one
+        // validity (the starvation bound). Not on a cluster: a name with
+        // braces would put its queue on another slot than its keys, and
+        // only fair queueing refuses such names.
+        fair: (s.fair || !s.is_cluster()).then(|| Fair {
             wall_origin_us: wall_origin_us(),
             life: s.validity,
             refresh: s.extend.min(s.validity / 2),
+            after: if s.fair { Duration::ZERO } else { s.validity },
         }),
     }
 }

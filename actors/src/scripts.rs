@@ -22,7 +22,13 @@ use fred::types::Value;
 ///
 /// Reply: an array with one entry per lock key: `1` ours now; a string, the
 /// value of its other owner; nil, absent; a two-element
-/// array `{0, message}`, the server refused a command on that key. With the
+/// array `{0, message}`, the server refused a command on that key; `{1, 0}`,
+/// the key is free but waiters queue for it (its fair queue `{key}:q`
+/// exists; see `FAIR_LUA`): the acquisition must go through the queue's
+/// gate. Waiters of lockers without fair queueing join that queue once they
+/// have waited a validity, so a plain `SET NX` must not pass them. (A key
+/// with braces of its own is not checked: its queue could be on another
+/// cluster slot; the engine queues no waiter of such lockers on a cluster.) With the
 /// fencing counter, one more entry: the counter, incremented in the same
 /// atomic step by a fresh acquisition, unchanged for a retry of our own
 /// (token already there).
@@ -61,6 +67,9 @@ local function step(key, token, mode)
   elseif mode == 'XX' or (cur and mode ~= 'FORCE') then
     return cur
   else
+    if mode == 'NX' and not cur and not string.find(key, '[{}]') then
+      if redis.pcall('EXISTS', '{' .. key .. '}:q') == 1 then return {1, 0} end
+    end
     r = redis.pcall('SET', key, token, ARGV[2], ARGV[1])
   end
   if failed(r) then return r end

@@ -37,8 +37,11 @@ pub(crate) const IDLE_GRACE: Duration = Duration::from_secs(2);
 /// command: the ones behind them take their places as they move up.
 pub(crate) const MAX_PLACES: usize = 32;
 
-/// Fair queueing (see `scripts::FAIR_LUA`): waiters of every process are
-/// served in the order they started waiting.
+/// The fair queues (see `scripts::FAIR_LUA`): waiters of every process
+/// that stand in them are served in the order they started waiting. With
+/// fair queueing every waiter stands in them from the start (`after` zero);
+/// otherwise a waiter takes its place once it has waited `after`, which
+/// bounds how long the race after each release can pass it over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Fair {
     /// The wall clock (µs since the Unix epoch) at the origin of the core's
@@ -50,6 +53,33 @@ pub(crate) struct Fair {
     pub(crate) life: Duration,
     /// How often live waiters refresh their places (well within `life`).
     pub(crate) refresh: Duration,
+    /// How long a waiter waits before it takes its place (zero: fair
+    /// queueing, at once).
+    pub(crate) after: Duration,
+}
+
+impl Fair {
+    /// Every waiter queues from the start: the locker has fair queueing.
+    fn always(&self) -> bool {
+        self.after.is_zero()
+    }
+
+    /// A waiter's arrival on the queues' clock (µs since the Unix epoch).
+    fn wall_us(&self, now: Time) -> u64 {
+        self.wall_origin_us + now.as_nanos() / 1_000
+    }
+
+    /// The latest arrival of a waiter that has waited `after` at `now`.
+    fn ripe_us(&self, now: Time) -> u64 {
+        self.wall_us(now)
+            .saturating_sub(self.after.as_micros() as u64)
+    }
+
+    /// When a waiter that arrived at `since_us` has waited `after`.
+    fn ripe_at(&self, since_us: u64) -> Time {
+        let us = (since_us + self.after.as_micros() as u64).saturating_sub(self.wall_origin_us);
+        Time::from_nanos(us.saturating_mul(1_000))
+    }
 }
 
 /// How fencing tokens are made.
@@ -400,6 +430,9 @@ pub(crate) struct LockCore {
     allowance: Duration,
     /// Fair queueing: when the places of the waiters are next refreshed.
     refresh_at: Option<Time>,
+    /// A queue of this name was seen (a key refused as queued) or joined:
+    /// acquisitions go through the queue gate until the next grant.
+    gated: bool,
     /// Fair queueing: the last attempt reached the nodes of a majority of
     /// keys. While it did not, the waiters stop refreshing their places: a
     /// waiter that cannot win the majority must not stand at the head of the
@@ -481,6 +514,7 @@ impl LockCore {
             idle_reported: false,
             allowance: Duration::ZERO,
             refresh_at: None,
+            gated: false,
             reach: true,
             effects: VecDeque::new(),
         }
@@ -541,8 +575,18 @@ impl LockCore {
             }
             _ => {}
         }
-        if self.cfg.fair.is_some() && self.waiters.head_place().is_some() {
-            at(self.refresh_at);
+        if let Some(f) = self.cfg.fair {
+            if self.waiters.head_place().is_some() {
+                at(self.refresh_at);
+            }
+            // A waiter that has waited long enough takes its place (unless
+            // this locker cannot reach a majority: see `reach`).
+            if !f.always() && self.reach && !matches!(self.phase, Phase::Closing | Phase::Closed) {
+                at(self
+                    .waiters
+                    .first_unsent_since(MAX_PLACES)
+                    .map(|s| f.ripe_at(s)));
+            }
         }
         if !self.idle_reported {
             at(self.quiet_since.map(|q| q + IDLE_GRACE));
@@ -667,17 +711,16 @@ impl LockCore {
                 let first = !self.waiters.has_waiter();
                 let place = self.cfg.fair.map(|f| Place {
                     member: self.entropy.next_u64(),
-                    since_us: f.wall_origin_us + now.as_nanos() / 1_000,
+                    since_us: f.wall_us(now),
                     life: f.life,
                 });
                 self.waiters.push_placed(id, kind, terms, place);
                 if first && matches!(self.phase, Phase::Idle { .. }) {
                     self.start_attempt(now, SetMode::Nx, None);
-                } else if let (Some(f), true) = (self.cfg.fair, self.reach) {
+                } else if self.cfg.fair.is_some_and(|f| f.always()) {
                     // Take the place in the queues now: a waiter of another
                     // process that comes later must find it there.
-                    let places = self.waiters.places_due(now, f.refresh / 2, MAX_PLACES);
-                    self.enqueue(now, places);
+                    self.enqueue_due(now);
                 }
             }
             (Phase::Holding(_) | Phase::Attempting(_), RequestKind::Try) => self.refuse(
@@ -711,7 +754,7 @@ impl LockCore {
     }
 
     fn on_cancel(&mut self, now: Time, id: ReqId) {
-        let place = self.waiters.place_of(id);
+        let place = self.waiters.sent_place_of(id);
         if self.waiters.cancel(id) {
             if let Some(place) = place {
                 self.dequeue(now, vec![place.member], |_| true);
@@ -727,6 +770,35 @@ impl LockCore {
 
     // ===== fair queues =====
 
+    /// Places or refreshes the places that are due, if this locker reaches
+    /// a majority.
+    fn enqueue_due(&mut self, now: Time) {
+        let Some(f) = self.cfg.fair else {
+            return;
+        };
+        if self.reach {
+            let places = self
+                .waiters
+                .places_due(now, f.refresh / 2, f.ripe_us(now), MAX_PLACES);
+            self.enqueue(now, places);
+        }
+    }
+
+    /// Whether acquisitions for the queue go through the queue gate: always
+    /// with fair queueing; otherwise once a queue of the name was seen, or a
+    /// waiter here has waited long enough to take its place.
+    fn use_queue(&self, now: Time) -> bool {
+        self.cfg.fair.is_some_and(|f| {
+            f.always()
+                || self.gated
+                || self
+                    .waiters
+                    .first_unsent_since(MAX_PLACES)
+                    .is_some_and(|s| f.ripe_at(s) <= now)
+                || !self.waiters.sent_places().is_empty()
+        })
+    }
+
     /// Places or refreshes `places` in the queues of every key.
     fn enqueue(&mut self, now: Time, places: Vec<Place>) {
         let Some(f) = self.cfg.fair else {
@@ -736,6 +808,7 @@ impl LockCore {
             return;
         }
         self.refresh_at = Some(now + f.refresh);
+        self.gated = true;
         for key in 0..self.cfg.total {
             let op = Op::Enqueue {
                 places: places.clone(),
@@ -764,16 +837,19 @@ impl LockCore {
     /// queueing, and for a force.
     fn queue_args(&mut self, now: Time, mode: SetMode, for_queue: bool) -> Option<Box<Queue>> {
         let f = self.cfg.fair?;
-        if mode == SetMode::Force {
+        if mode == SetMode::Force || !(f.always() || for_queue && self.use_queue(now)) {
             return None;
         }
         let (candidate, places, members) = if for_queue {
             let places = match self.reach {
-                true => self.waiters.places_due(now, f.refresh / 2, MAX_PLACES),
+                true => self
+                    .waiters
+                    .places_due(now, f.refresh / 2, f.ripe_us(now), MAX_PLACES),
                 false => Vec::new(),
             };
             if !places.is_empty() {
                 self.refresh_at = Some(now + f.refresh);
+                self.gated = true;
             }
             let candidate = self.waiters.head_place().map(|p| p.member);
             let members = self
@@ -979,6 +1055,7 @@ impl LockCore {
             return;
         };
         self.reach = true;
+        self.gated = false;
         let m = self.cfg.majority;
         // Who gets it: the attempt's own caller, or the queue's head now
         // (which may not be the one the attempt started for, if that one
@@ -1163,6 +1240,8 @@ impl LockCore {
             for s in &a.keys {
                 if let Key::Queued { until } = s.key {
                     retry_at = retry_at.min(until + Duration::from_millis(1));
+                    // A queue of the name: go through its gate.
+                    self.gated = true;
                 }
             }
         }
@@ -1589,7 +1668,8 @@ impl LockCore {
         // pause that lets waiters in other processes compete fairly.
         let given_up = matches!(reason, LostReason::Released | LostReason::MaxHold);
         // With fair queueing the queues decide who goes next: no pause.
-        let pause = given_up && self.waiters.has_waiter() && self.cfg.fair.is_none();
+        let always = self.cfg.fair.is_some_and(|f| f.always());
+        let pause = given_up && self.waiters.has_waiter() && !always;
         self.phase = Phase::Releasing { group, pause };
         self.maybe_group_done(now, group);
     }
@@ -1680,9 +1760,9 @@ impl LockCore {
         let Phase::Holding(g) = &self.phase else {
             return;
         };
-        // With fair queueing, never: the next local waiter may not be next.
+        // Not through a queue: the next local waiter may not be next.
         let hand_over = self.waiters.has_waiter()
-            && self.cfg.fair.is_none()
+            && !self.use_queue(now)
             && may_hand_over(
                 g.handovers,
                 self.cfg.handover_limit,
@@ -1858,11 +1938,19 @@ impl LockCore {
         }
         if self.refresh_at.is_some_and(|r| now >= r) {
             self.refresh_at = None;
-            if let (Some(f), true) = (self.cfg.fair, self.reach) {
-                if !matches!(self.phase, Phase::Closing | Phase::Closed) {
-                    let places = self.waiters.places_due(now, f.refresh / 2, MAX_PLACES);
-                    self.enqueue(now, places);
-                }
+            if !matches!(self.phase, Phase::Closing | Phase::Closed) {
+                self.enqueue_due(now);
+            }
+        }
+        // A waiter that has waited long enough takes its place now, whatever
+        // the phase: the next release must find it queued.
+        if let Some(f) = self.cfg.fair {
+            let ripe = self
+                .waiters
+                .first_unsent_since(MAX_PLACES)
+                .is_some_and(|s| f.ripe_at(s) <= now);
+            if !f.always() && ripe && !matches!(self.phase, Phase::Closing | Phase::Closed) {
+                self.enqueue_due(now);
             }
         }
         if let Some(q) = self.quiet_since {
@@ -1893,7 +1981,7 @@ impl LockCore {
     }
 
     fn waiters_refuse_all(&mut self, now: Time) {
-        let members = self.waiters.places(usize::MAX);
+        let members = self.waiters.sent_places();
         self.dequeue(now, members.iter().map(|p| p.member).collect(), |_| true);
         let ids: Vec<ReqId> = self.waiters.drain().collect();
         for id in ids {

@@ -1198,6 +1198,7 @@ fn fair_config() -> Config {
             wall_origin_us: 5_000_000,
             life: 1000 * MS,
             refresh: 500 * MS,
+            after: Duration::ZERO,
         }),
         ..config(2, 3)
     }

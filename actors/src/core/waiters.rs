@@ -130,11 +130,6 @@ impl Waiters {
             .is_some_and(|q| q.placed.is_some())
     }
 
-    /// The fair-queue place of `id`, if it is queued with one.
-    pub(crate) fn place_of(&self, id: ReqId) -> Option<Place> {
-        self.queue.iter().find(|q| q.id == id).and_then(|q| q.place)
-    }
-
     /// The places of the oldest `limit` waiters that have one.
     pub(crate) fn places(&self, limit: usize) -> Vec<Place> {
         self.queue
@@ -144,22 +139,57 @@ impl Waiters {
             .collect()
     }
 
-    /// Among the oldest `limit` waiters with a place, the places not sent
-    /// within `every` of `now` (or never): marked sent at `now`.
-    pub(crate) fn places_due(&mut self, now: Time, every: Duration, limit: usize) -> Vec<Place> {
+    /// Among the oldest `limit` waiters with a place that arrived no later
+    /// than `ripe_us`, the places not sent within `every` of `now` (or
+    /// never): marked sent at `now`.
+    pub(crate) fn places_due(
+        &mut self,
+        now: Time,
+        every: Duration,
+        ripe_us: u64,
+        limit: usize,
+    ) -> Vec<Place> {
         let mut due = Vec::new();
-        for q in self
+        let ripe = self
             .queue
             .iter_mut()
-            .filter(|q| q.place.is_some())
-            .take(limit)
-        {
+            .filter(|q| q.place.is_some_and(|p| p.since_us <= ripe_us));
+        for q in ripe.take(limit) {
             if q.placed.is_none_or(|at| now >= at + every) {
                 q.placed = Some(now);
                 due.extend(q.place);
             }
         }
         due
+    }
+
+    /// The place of `id`, if it was ever sent to the servers.
+    pub(crate) fn sent_place_of(&self, id: ReqId) -> Option<Place> {
+        self.queue
+            .iter()
+            .find(|q| q.id == id && q.placed.is_some())
+            .and_then(|q| q.place)
+    }
+
+    /// The places that were sent to the servers.
+    pub(crate) fn sent_places(&self) -> Vec<Place> {
+        self.queue
+            .iter()
+            .filter(|q| q.placed.is_some())
+            .filter_map(|q| q.place)
+            .collect()
+    }
+
+    /// The arrival (µs) of the oldest waiter whose place was never sent,
+    /// among the oldest `limit` with a place.
+    pub(crate) fn first_unsent_since(&self, limit: usize) -> Option<u64> {
+        self.queue
+            .iter()
+            .filter(|q| q.place.is_some())
+            .take(limit)
+            .find(|q| q.placed.is_none())
+            .and_then(|q| q.place)
+            .map(|p| p.since_us)
     }
 
     pub(crate) fn has_waiter(&self) -> bool {

@@ -128,17 +128,17 @@ impl World {
             let local = clock.local(0);
             // Its wall clock: the servers' (`model::wall_us`), as its own
             // clock (offset and rate error) shows it.
-            let pcfg = match k.fair {
-                true => Arc::new(Config {
-                    fair: Some(Fair {
-                        wall_origin_us: super::model::WALL_BASE_US - clock.offset / 1_000,
-                        life: validity,
-                        refresh: validity / 2,
-                    }),
-                    ..(*cfg).clone()
+            // Without fair queueing, waiters queue once they have waited
+            // one validity, as the engine's.
+            let pcfg = Arc::new(Config {
+                fair: Some(Fair {
+                    wall_origin_us: super::model::WALL_BASE_US - clock.offset / 1_000,
+                    life: validity,
+                    refresh: validity / 2,
+                    after: if k.fair { Duration::ZERO } else { validity },
                 }),
-                false => cfg.clone(),
-            };
+                ..(*cfg).clone()
+            });
             let cores = (0..k.names)
                 .map(|_| CoreSlot {
                     core: LockCore::new(pcfg.clone(), Box::new(SimEntropy(root.fork())), local),
@@ -948,16 +948,14 @@ impl World {
                 let ok_op = match (target, op) {
                     (Target::Key(k), Op::Acquire { fence, queue, .. }) => {
                         *fence == (cfg.fencing == Fencing::InScript && *k == 0 && cfg.total == 1)
-                            && queue.is_some() <= self.k.fair
+                            && (queue.is_none() || self.procs[proc].cfg.fair.is_some())
                     }
                     (
                         Target::Key(_),
                         Op::Extend { .. } | Op::Verify { .. } | Op::Release { .. },
                     ) => true,
-                    (Target::Key(_), Op::Enqueue { places, .. }) => {
-                        self.k.fair && !places.is_empty()
-                    }
-                    (Target::Key(_), Op::Dequeue { members }) => self.k.fair && !members.is_empty(),
+                    (Target::Key(_), Op::Enqueue { places, .. }) => !places.is_empty(),
+                    (Target::Key(_), Op::Dequeue { members }) => !members.is_empty(),
                     // The two-phase step; with the counter in the script, it
                     // is the fallback when key 0 was not among the keys won.
                     (Target::Fence(_), Op::FenceRead | Op::FenceWrite { .. }) => {
