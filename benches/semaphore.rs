@@ -281,6 +281,26 @@ async fn contended(url: &str, duration: Duration) {
 }
 
 /// From A's `release()` call until B's waiting acquisition returns, ns.
+/// A holds `name`, B waits for it, A releases: ns from the release to B's
+/// grant.
+async fn lock_wakeup(a: &Locker, b: &Locker, name: &str) -> u64 {
+    let held = a.lock(name).await.expect("A lock");
+    let waiter = tokio::spawn({
+        let (b, name) = (b.clone(), name.to_owned());
+        async move {
+            let got = b.lock(&name).await.expect("B lock");
+            let at = Instant::now();
+            let _ = got.release().await;
+            at
+        }
+    });
+    sleep(Duration::from_millis(20)).await;
+    let t0 = Instant::now();
+    let _ = held.release().await;
+    let at = waiter.await.expect("waiter");
+    at.saturating_duration_since(t0).as_nanos() as u64
+}
+
 async fn wakeup(url: &str, samples: usize) {
     let (a, b) = (connect(url).await, connect(url).await);
     let name = Kind::Valkeylock.name("sem-wakeup");
@@ -318,41 +338,12 @@ async fn wakeup(url: &str, samples: usize) {
         if i >= 5 {
             permit_wakes.push(at.saturating_duration_since(t0).as_nanos() as u64);
         }
-        // The same for a lock.
-        let held = a.lock(&lock_name).await.expect("A lock");
-        let waiter = tokio::spawn({
-            let (b, lock_name) = (b.clone(), lock_name.clone());
-            async move {
-                let got = b.lock(&lock_name).await.expect("B lock");
-                let at = Instant::now();
-                let _ = got.release().await;
-                at
-            }
-        });
-        sleep(Duration::from_millis(20)).await;
-        let t0 = Instant::now();
-        let _ = held.release().await;
-        let at = waiter.await.expect("waiter");
+        // The same for a lock, without and with fair queueing.
+        let lock_wake = lock_wakeup(&a, &b, &lock_name).await;
+        let fair_wake = lock_wakeup(&fair_a, &fair_b, &fair_name).await;
         if i >= 5 {
-            lock_wakes.push(at.saturating_duration_since(t0).as_nanos() as u64);
-        }
-        // The same for a lock with fair queueing.
-        let held = fair_a.lock(&fair_name).await.expect("A fair lock");
-        let waiter = tokio::spawn({
-            let (b, name) = (fair_b.clone(), fair_name.clone());
-            async move {
-                let got = b.lock(&name).await.expect("B fair lock");
-                let at = Instant::now();
-                let _ = got.release().await;
-                at
-            }
-        });
-        sleep(Duration::from_millis(20)).await;
-        let t0 = Instant::now();
-        let _ = held.release().await;
-        let at = waiter.await.expect("waiter");
-        if i >= 5 {
-            fair_wakes.push(at.saturating_duration_since(t0).as_nanos() as u64);
+            lock_wakes.push(lock_wake);
+            fair_wakes.push(fair_wake);
         }
     }
     println!();

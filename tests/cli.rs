@@ -632,6 +632,38 @@ async fn wait_timeout() {
 /// `run --permits 2`: five runs started together, at most two programs at
 /// once (and two do run together), each on slot 0 or 1; `--permits 0` is a
 /// usage error.
+/// `run --fair`: programs waiting in separate processes run in the order
+/// they started waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_fair_serves_processes_in_arrival_order() {
+    let server = ValkeyServer::start();
+    let name = unique("fair");
+    let dir = scratch("fair");
+    let log = dir.join("log");
+    let mut holder = tool(&server.url());
+    holder.args(["run", "--fair", &name, "--", "sleep", "1"]);
+    let holder = tokio::spawn(output(holder));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let (url, name, log) = (server.url(), name.clone(), log.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = tool(&url);
+            let script = format!("echo {i} >> {}", log.display());
+            c.args(["run", "--fair", &name, "--", "sh", "-c", &script]);
+            let out = output(c).await;
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        }));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(holder.await.unwrap().status.code(), Some(0));
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let lines = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(lines, "0\n1\n2\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_with_permits() {
     let server = ValkeyServer::start();

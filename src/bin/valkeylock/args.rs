@@ -94,6 +94,11 @@ pub(crate) struct Common {
     #[arg(long, global = true, env = "VALKEYLOCK_PREFIX")]
     pub(crate) prefix: Option<String>,
 
+    /// Fair queueing: waiters of every process are served in the order they
+    /// started waiting (every locker of the name should use it).
+    #[arg(long, global = true, env = "VALKEYLOCK_FAIR")]
+    pub(crate) fair: bool,
+
     /// TOML file with LockerOptions fields (nodes, key_prefix, key_majority,
     /// key_validity = "5s", try_next_after, connect_timeout, ...).
     #[arg(long, global = true, value_name = "PATH", env = "VALKEYLOCK_CONFIG")]
@@ -218,6 +223,9 @@ impl Common {
         }
         if let Some(p) = &self.prefix {
             options.key_prefix = p.clone();
+        }
+        if self.fair {
+            options.fair_queueing = true;
         }
         Ok(options)
     }
