@@ -808,7 +808,7 @@ fn report(label: &str, seed: u64, h: &History) -> Report {
     let excuse = VALIDITY + Duration::from_millis(2500);
     let aftermath = VALIDITY + Duration::from_millis(2500);
     let stuck_bound = VALIDITY * 3;
-    Report::build(label, seed, h, excuse, aftermath, stuck_bound)
+    Report::build(label, seed, h, excuse, aftermath, stuck_bound, VALIDITY)
 }
 
 async fn nemesis_in_process(setup: Setup) {

@@ -995,7 +995,9 @@ async fn run(
             queue: Some(queue),
             ..
         } => evalsha(client, &scripts.fair, || {
-            let mut args = fair_args(s, "A", *ttl, fence_key.is_some(), queue.life);
+            let op = if queue.rejoin { "R" } else { "A" };
+            let mut args = fair_args(s, op, *ttl, fence_key.is_some(), queue.life);
+            args[8] = (queue.settle.as_millis() as u64).to_string().into();
             args[4] = token.as_str().into();
             args[5] = Value::from_static_str(set.as_arg());
             if let Some(c) = queue.candidate {
@@ -1147,8 +1149,8 @@ fn fair_keys(key: &str, fence_key: Option<&str>) -> Vec<Key> {
     keys
 }
 
-/// The first eight arguments of `FAIR_LUA` (token, mode and candidate
-/// empty, for the caller to fill in).
+/// The first nine arguments of `FAIR_LUA` (token, mode, candidate and the
+/// rejoin window empty, for the caller to fill in).
 fn fair_args(
     s: &crate::options::Settings,
     op: &'static str,
@@ -1165,6 +1167,7 @@ fn fair_args(
         Value::from_static_str("NX"),
         Value::from_static_str(""),
         (life.as_millis() as u64).to_string().into(),
+        Value::from_static_str("0"),
     ]
 }
 

@@ -108,14 +108,23 @@ return out
 ///
 /// `KEYS`: the lock key, the queue, the deadlines, then, when `ARGV[3]` is
 /// `1`, the name's fencing counter. `ARGV`: 1 milliseconds, 2 `PX`|`PXAT`,
-/// 3 the fencing flag, 4 what to do (`A` acquire, `E` place or refresh the
-/// waiters, `D` remove them), 5 the token, 6 the mode, 7 the waiter the
-/// acquisition is for (empty: a try, which only takes a key nobody queues
-/// for), 8 how long a place lasts unrefreshed (ms), 9 how many places
-/// follow, then the places to make or refresh: a member and its arrival time
+/// 3 the fencing flag, 4 what to do (`A` acquire, `R` acquire for a waiter
+/// whose place was made before, `E` place or refresh the waiters, `D`
+/// remove them), 5 the token, 6 the mode, 7 the waiter the acquisition is
+/// for (empty: a try, which only takes a key nobody queues for), 8 how long
+/// a place lasts unrefreshed (ms), 9 how long `R` lets the others rejoin
+/// (ms), 10 how many places follow, then the places to make or refresh: a member and its arrival time
 /// (µs since the Unix epoch) each, then members: for `A` the locker's other
 /// waiters (its own at the head, but not refreshed), for `D` the waiters to
 /// take out.
+///
+/// `R` first looks for the candidate's place: if the key is free and the
+/// place is gone, the queue was lost (the node restarted empty, or was out
+/// of reach for longer than a place lasts) and every waiter's place with
+/// it. Taking the key then would serve whoever comes back first; instead it
+/// places its waiters again and replies `{1, ms}` with ms the time given to
+/// the others to rejoin (each comes back with its first arrival time), so
+/// the order is rebuilt before anyone is served.
 ///
 /// `A` takes a free key when its queue is empty or its head is one of the
 /// waiters it was sent for (the locker then picks which of its waiters gets the grant,
@@ -140,8 +149,8 @@ return out
 const FAIR_LUA: &str = r#"
 local key, q, qd = KEYS[1], KEYS[2], KEYS[3]
 local op, token, mode, cand = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local life = tonumber(ARGV[8])
-local rest = 10 + 2 * tonumber(ARGV[9])
+local life, settle = tonumber(ARGV[8]), tonumber(ARGV[9])
+local rest = 11 + 2 * tonumber(ARGV[10])
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -174,7 +183,7 @@ local function prune()
   end
 end
 local function place(skip)
-  for i = 10, rest - 2, 2 do
+  for i = 11, rest - 2, 2 do
     if ARGV[i] ~= skip then
       local at = tonumber(ARGV[i + 1]) or now_us
       if at < now_us - 600000000 then at = now_us - 600000000 end
@@ -215,9 +224,14 @@ local function acquire()
     keep()
     return cur
   else
+    if op == 'R' and not call('ZSCORE', q, cand) then
+      place('')
+      keep()
+      return {1, settle}
+    end
     local mine = {}
     if cand ~= '' then mine[cand] = true end
-    for i = 10, rest - 2, 2 do mine[ARGV[i]] = true end
+    for i = 11, rest - 2, 2 do mine[ARGV[i]] = true end
     for i = rest, #ARGV do mine[ARGV[i]] = true end
     local h, left = head()
     if h and not mine[h] and mode ~= 'FORCE' then
@@ -234,7 +248,7 @@ local function acquire()
   return now
 end
 local ok, reply, won = pcall(function()
-  if op == 'A' then return acquire() end
+  if op == 'A' or op == 'R' then return acquire() end
   if op == 'E' then
     prune()
     place('')
@@ -250,7 +264,7 @@ if not ok then
   end
   return {0, tostring(reply)}
 end
-if op ~= 'A' then return reply end
+if op ~= 'A' and op ~= 'R' then return reply end
 local out = {reply}
 if ARGV[3] == '1' then
   if won then

@@ -609,7 +609,26 @@ pub const ARRIVAL_SLACK: Duration = Duration::from_millis(20);
 
 /// Inversions among granted waiting calls of each name (see
 /// [`Report::inversions`]), and the waiters past `bound` that suffered one.
-fn inversions(waits: &[WaitRecord], faults: &[FaultRecord], bound: Duration) -> (usize, usize) {
+fn inversions(
+    waits: &[WaitRecord],
+    faults: &[FaultRecord],
+    bound: Duration,
+    place_life: Duration,
+    aftermath: Duration,
+) -> (usize, usize) {
+    let life = place_life.as_nanos() as u64;
+    let after = aftermath.as_nanos() as u64;
+    let lost_queue = |w: &WaitRecord| {
+        faults.iter().any(|f| {
+            let all = matches!(
+                f.kind.as_str(),
+                "restart_delayed" | "restart_now" | "flushall"
+            );
+            let stalled = matches!(f.kind.as_str(), "freeze_node" | "sigstop" | "debug_sleep")
+                && f.healed.saturating_sub(f.injected) >= life;
+            (all || stalled) && f.injected < w.ended && f.healed + after > w.started
+        })
+    };
     let slack = ARRIVAL_SLACK.as_nanos() as u64;
     let mut by_name: BTreeMap<&str, Vec<&WaitRecord>> = BTreeMap::new();
     for w in waits.iter().filter(|w| w.waits && w.outcome == "ok") {
@@ -637,7 +656,7 @@ fn inversions(waits: &[WaitRecord], faults: &[FaultRecord], bound: Duration) -> 
     };
     let (mut pairs, mut starved) = (0, 0);
     for ws in by_name.values() {
-        for w in ws.iter().filter(|w| !hit(w)) {
+        for w in ws.iter().filter(|w| !hit(w) && !lost_queue(w)) {
             let overtaking = ws
                 .iter()
                 .filter(|v| v.started > w.started + slack && v.ended < w.ended)
@@ -785,10 +804,13 @@ pub struct Report {
     /// Fairness across lockers: pairs of waiting calls on one name where the
     /// one that started later (by more than [`ARRIVAL_SLACK`]) was granted
     /// first; and how many waiters that waited past the stuck bound were
-    /// overtaken so (starved by later arrivals). A waiter whose own locker
-    /// was hit by a fault during its wait (frozen, cut off, its actors
-    /// killed) is left out: it could not keep its place, which is the
-    /// documented exception of fair queueing.
+    /// overtaken so (starved by later arrivals). Left out, as the documented
+    /// exceptions of fair queueing: a waiter whose own locker was hit by a
+    /// fault during its wait (frozen, cut off, its actors killed: it could
+    /// not keep its place), and one whose wait overlapped a fault that lost
+    /// every place (a server restarted empty or flushed, or stalled for at
+    /// least a place's life) or its aftermath (lockers reconnect with
+    /// backoff, some after the others have rejoined).
     pub inversions: usize,
     pub overtaken_starved: usize,
     /// Per fault kind: recovery times (ms from heal to the next grant).
@@ -813,6 +835,7 @@ impl Report {
         excuse_window: Duration,
         aftermath: Duration,
         stuck_bound: Duration,
+        place_life: Duration,
     ) -> Report {
         let grants = h.grants();
         let waits = h.waits();
@@ -858,7 +881,8 @@ impl Report {
             .filter(|w| w.waits && wait_ms(w) > stuck_bound.as_secs_f64() * 1e3)
             .count()
             .saturating_sub(stuck.len());
-        let (inversions, overtaken_starved) = inversions(&waits, &faults, stuck_bound);
+        let (inversions, overtaken_starved) =
+            inversions(&waits, &faults, stuck_bound, place_life, aftermath);
         let mut recovery_ms: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         let mut unrecovered = Vec::new();
         for (f, r) in recoveries(&grants, &faults) {

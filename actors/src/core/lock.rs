@@ -434,9 +434,10 @@ pub(crate) struct LockCore {
     /// acquisitions go through the queue gate until the next grant.
     gated: bool,
     /// Fair queueing: the last attempt reached the nodes of a majority of
-    /// keys. While it did not, the waiters stop refreshing their places: a
-    /// waiter that cannot win the majority must not stand at the head of the
-    /// queues it does reach, keeping out those who could; its places lapse.
+    /// keys, or of none. While it reached some but not a majority, the
+    /// waiters stop refreshing their places: a waiter that cannot win the
+    /// majority must not stand at the head of the queues it does reach,
+    /// keeping out those who could; its places lapse.
     reach: bool,
     effects: VecDeque<Effect>,
 }
@@ -810,12 +811,20 @@ impl LockCore {
         self.refresh_at = Some(now + f.refresh);
         self.gated = true;
         for key in 0..self.cfg.total {
-            let op = Op::Enqueue {
-                places: places.clone(),
-                life: f.life,
-            };
-            self.send(now, Purpose::Queue { key }, Target::Key(key), op);
+            self.enqueue_to(now, key, places.clone());
         }
+    }
+
+    /// Places or refreshes `places` in the queue of key `key` only.
+    fn enqueue_to(&mut self, now: Time, key: usize, places: Vec<Place>) {
+        let Some(f) = self.cfg.fair else {
+            return;
+        };
+        let op = Op::Enqueue {
+            places,
+            life: f.life,
+        };
+        self.send(now, Purpose::Queue { key }, Target::Key(key), op);
     }
 
     /// Takes `members` out of the queues of the keys `which` selects.
@@ -840,6 +849,7 @@ impl LockCore {
         if mode == SetMode::Force || !(f.always() || for_queue && self.use_queue(now)) {
             return None;
         }
+        let rejoin = for_queue && self.waiters.head_placed();
         let (candidate, places, members) = if for_queue {
             let places = match self.reach {
                 true => self
@@ -868,6 +878,8 @@ impl LockCore {
             places,
             members,
             life: f.life,
+            rejoin,
+            settle: f.life,
         }))
     }
 
@@ -1188,7 +1200,9 @@ impl LockCore {
             .iter()
             .filter(|s| !matches!(s.key, Key::Failed | Key::Pending))
             .count();
-        self.reach = reached >= self.cfg.majority;
+        // Reaching none is no reason to stop: the places then reach no
+        // queue either, and are there again as soon as the nodes are.
+        self.reach = reached >= self.cfg.majority || reached == 0;
         let held_by_others = a
             .keys
             .iter()
@@ -1200,8 +1214,16 @@ impl LockCore {
             "attempt failed"
         );
         self.past.push((a.id, a.token.clone()));
+        // A key this attempt took has no place of its candidate (the script
+        // makes none where it takes the key): make it before the key is
+        // released, on the same connection, so the waiter keeps its turn
+        // there.
+        let keep_place = a.candidate.and_then(|c| self.waiters.place_by_member(c));
         for (key, s) in a.keys.iter().enumerate() {
             if matches!(s.key, Key::Ours { .. }) {
+                if let Some(place) = keep_place {
+                    self.enqueue_to(now, key, vec![place]);
+                }
                 self.release_key(now, key, &a.token, None);
             }
         }

@@ -37,6 +37,11 @@ pub(crate) struct Queue {
     pub(crate) members: Vec<u64>,
     /// How long a place lasts unless refreshed.
     pub(crate) life: Duration,
+    /// The candidate's place was made before: if it is gone from a free
+    /// key's queue, the queue was lost, and the script gives the other
+    /// waiters `settle` to come back before anyone is served.
+    pub(crate) rejoin: bool,
+    pub(crate) settle: Duration,
 }
 
 /// A command on one key.

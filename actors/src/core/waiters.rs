@@ -163,6 +163,14 @@ impl Waiters {
         due
     }
 
+    /// The place of the waiter whose member is `member`.
+    pub(crate) fn place_by_member(&self, member: u64) -> Option<Place> {
+        self.queue
+            .iter()
+            .filter_map(|q| q.place)
+            .find(|p| p.member == member)
+    }
+
     /// The place of `id`, if it was ever sent to the servers.
     pub(crate) fn sent_place_of(&self, id: ReqId) -> Option<Place> {
         self.queue

@@ -255,6 +255,15 @@ impl Node {
             }
             _ => {
                 if let Some(q) = queue.filter(|_| mode != SetMode::Force) {
+                    // `R`: the candidate's place is gone, so was the queue.
+                    let gone = q
+                        .candidate
+                        .is_some_and(|c| !self.queues[slot].iter().any(|e| e.member == c));
+                    if q.rejoin && gone {
+                        place(self, false);
+                        let head_ms = q.settle.as_millis() as u64;
+                        return (KeyState::Queued { head_ms }, false);
+                    }
                     if let Some((head, until)) = self.head(slot) {
                         let mine = Some(head) == q.candidate
                             || q.places.iter().any(|p| p.member == head)
