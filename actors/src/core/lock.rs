@@ -710,7 +710,8 @@ impl LockCore {
             }
             (_, RequestKind::Wait) => {
                 let first = !self.waiters.has_waiter();
-                let place = self.cfg.fair.map(|f| Place {
+                // A semaphore's permit slot takes no place: see `queues_for`.
+                let place = self.queues_for(&terms).map(|f| Place {
                     member: self.entropy.next_u64(),
                     since_us: f.wall_us(now),
                     life: f.life,
@@ -718,7 +719,7 @@ impl LockCore {
                 self.waiters.push_placed(id, kind, terms, place);
                 if first && matches!(self.phase, Phase::Idle { .. }) {
                     self.start_attempt(now, SetMode::Nx, None);
-                } else if self.cfg.fair.is_some_and(|f| f.always()) {
+                } else if place.is_some() && self.cfg.fair.is_some_and(|f| f.always()) {
                     // Take the place in the queues now: a waiter of another
                     // process that comes later must find it there.
                     self.enqueue_due(now);
@@ -770,6 +771,17 @@ impl LockCore {
     }
 
     // ===== fair queues =====
+
+    /// The fair queues, for a request on `terms`: none for a semaphore's
+    /// permit slot. A semaphore waiter waits on every slot, and leaves the
+    /// queues of the others when it gets one; nothing wakes the waiters
+    /// behind it on a slot it leaves while that slot is free, so they would
+    /// wait for its place to lapse (measured: a semaphore of 2 with fair
+    /// queueing made 3 grants/s against 780 without). Semaphores keep the
+    /// race of the default mode until leaving a queue wakes the next one.
+    fn queues_for(&self, terms: &Terms) -> Option<Fair> {
+        self.cfg.fair.filter(|_| terms.permits.is_none())
+    }
 
     /// Places or refreshes the places that are due, if this locker reaches
     /// a majority.
@@ -844,8 +856,14 @@ impl LockCore {
     /// its place and the places of the waiters behind it; for a try, no
     /// place (it only takes keys nobody queues for). `None` without fair
     /// queueing, and for a force.
-    fn queue_args(&mut self, now: Time, mode: SetMode, for_queue: bool) -> Option<Box<Queue>> {
-        let f = self.cfg.fair?;
+    fn queue_args(
+        &mut self,
+        now: Time,
+        mode: SetMode,
+        for_queue: bool,
+        terms: &Terms,
+    ) -> Option<Box<Queue>> {
+        let f = self.queues_for(terms)?;
         if mode == SetMode::Force || !(f.always() || for_queue && self.use_queue(now)) {
             return None;
         }
@@ -903,7 +921,7 @@ impl LockCore {
             .token(mode == SetMode::Force, self.fingerprint(&terms));
         let total = self.cfg.total;
         let placed_before = self.waiters.head_placed();
-        let queue = self.queue_args(now, mode, request.is_none());
+        let queue = self.queue_args(now, mode, request.is_none(), &terms);
         let candidate = queue.as_ref().and_then(|q| q.candidate);
         tracing::trace!(token = token.short(), ?mode, "attempt");
         self.phase = Phase::Attempting(Attempt {
@@ -1690,7 +1708,8 @@ impl LockCore {
         // pause that lets waiters in other processes compete fairly.
         let given_up = matches!(reason, LostReason::Released | LostReason::MaxHold);
         // With fair queueing the queues decide who goes next: no pause.
-        let always = self.cfg.fair.is_some_and(|f| f.always());
+        let always =
+            self.cfg.fair.is_some_and(|f| f.always()) && self.waiters.head_place().is_some();
         let pause = given_up && self.waiters.has_waiter() && !always;
         self.phase = Phase::Releasing { group, pause };
         self.maybe_group_done(now, group);
