@@ -744,25 +744,28 @@ def write_charts(bins, results_path, outdir):
 
 
 def generate(bins, env, load_log, results_path, old_bins, old_path, compile_s):
-    locks, events, scale = bins["locks"], bins["events"], bins["scale"]
     g = {}
-    g["run"] = region_run(bins, env, load_log, results_path, compile_s)
-    g["noise"] = region_noise(bins)
-    g["locks-mode"] = f"Settings: `{locks.mode}`."
-    g["criterion"] = table_by_prefix(locks, "Criterion").text()
-    g["fixed"] = table_by_prefix(locks, "Fixed-duration").text()
-    g["processes"] = table_by_prefix(locks, "Cross-locker, separate processes").text()
-    g["handover"] = table_by_prefix(locks, "Local hand-over bound").text()
-    g["alloc"] = table_by_prefix(locks, "Allocations").text() + "\n\n" + "\n".join(locks.notes.get("split", []))
-    g["anatomy"] = table_by_prefix(locks, "Anatomy").text() + "\n\n" + "\n".join(locks.notes.get("anatomy", []))
-    g["flavour"] = table_by_prefix(locks, "Runtime flavour").text()
-    g["events"] = table_by_prefix(events, "Event latencies").text()
-    g["scale-mode"] = f"Settings: `{scale.mode}`."
-    g["scale"] = table_by_prefix(scale, "locks held").text()
-    g["reference"] = table_by_prefix(scale, "Reference").text()
-    g["breakdown"] = "\n".join(scale.notes.get("breakdown", []))
-    g["targets"] = region_targets(bins)
-    g["targets-11"] = region_targets11(bins)
+    # A run of the semaphore bench alone (`--only` its regions) has no
+    # lock, event or scale tables.
+    if all(k in bins for k in ("locks", "events", "scale")):
+        locks, events, scale = bins["locks"], bins["events"], bins["scale"]
+        g["run"] = region_run(bins, env, load_log, results_path, compile_s)
+        g["noise"] = region_noise(bins)
+        g["locks-mode"] = f"Settings: `{locks.mode}`."
+        g["criterion"] = table_by_prefix(locks, "Criterion").text()
+        g["fixed"] = table_by_prefix(locks, "Fixed-duration").text()
+        g["processes"] = table_by_prefix(locks, "Cross-locker, separate processes").text()
+        g["handover"] = table_by_prefix(locks, "Local hand-over bound").text()
+        g["alloc"] = table_by_prefix(locks, "Allocations").text() + "\n\n" + "\n".join(locks.notes.get("split", []))
+        g["anatomy"] = table_by_prefix(locks, "Anatomy").text() + "\n\n" + "\n".join(locks.notes.get("anatomy", []))
+        g["flavour"] = table_by_prefix(locks, "Runtime flavour").text()
+        g["events"] = table_by_prefix(events, "Event latencies").text()
+        g["scale-mode"] = f"Settings: `{scale.mode}`."
+        g["scale"] = table_by_prefix(scale, "locks held").text()
+        g["reference"] = table_by_prefix(scale, "Reference").text()
+        g["breakdown"] = "\n".join(scale.notes.get("breakdown", []))
+        g["targets"] = region_targets(bins)
+        g["targets-11"] = region_targets11(bins)
     if "semaphore" in bins:
         sem = bins["semaphore"]
         g["semaphore-mode"] = f"Settings: `{sem.mode}`; {sem.header}."

@@ -609,16 +609,17 @@ pub const ARRIVAL_SLACK: Duration = Duration::from_millis(20);
 
 /// Inversions among granted waiting calls of each name (see
 /// [`Report::inversions`]), and the waiters past `bound` that suffered one.
-fn inversions(
+fn order_inversions(
     waits: &[WaitRecord],
     faults: &[FaultRecord],
     bound: Duration,
-    place_life: Duration,
-    aftermath: Duration,
+    lost: Option<(Duration, Duration)>,
 ) -> (usize, usize) {
-    let life = place_life.as_nanos() as u64;
-    let after = aftermath.as_nanos() as u64;
     let lost_queue = |w: &WaitRecord| {
+        let Some((place_life, aftermath)) = lost else {
+            return false;
+        };
+        let (life, after) = (place_life.as_nanos() as u64, aftermath.as_nanos() as u64);
         faults.iter().any(|f| {
             let all = matches!(
                 f.kind.as_str(),
@@ -813,6 +814,11 @@ pub struct Report {
     /// backoff, some after the others have rejoined).
     pub inversions: usize,
     pub overtaken_starved: usize,
+    /// The same counts leaving out only the waiters hit by a fault of their
+    /// own locker (not those across a lost queue): the measure of a mode
+    /// without fair queueing, where no queue is lost.
+    pub inversions_own: usize,
+    pub overtaken_starved_own: usize,
     /// Per fault kind: recovery times (ms from heal to the next grant).
     pub recovery_ms: BTreeMap<String, Vec<f64>>,
     /// Faults not followed by any grant.
@@ -882,7 +888,9 @@ impl Report {
             .count()
             .saturating_sub(stuck.len());
         let (inversions, overtaken_starved) =
-            inversions(&waits, &faults, stuck_bound, place_life, aftermath);
+            order_inversions(&waits, &faults, stuck_bound, Some((place_life, aftermath)));
+        let (inversions_own, overtaken_starved_own) =
+            order_inversions(&waits, &faults, stuck_bound, None);
         let mut recovery_ms: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         let mut unrecovered = Vec::new();
         for (f, r) in recoveries(&grants, &faults) {
@@ -916,6 +924,8 @@ impl Report {
             starved,
             inversions,
             overtaken_starved,
+            inversions_own,
+            overtaken_starved_own,
             recovery_ms,
             unrecovered,
             loss_lateness_ms,
@@ -997,8 +1007,8 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "order: {} waiters granted before one that started waiting earlier; starved by later arrivals (waited past the bound, overtaken): {}",
-            self.inversions, self.overtaken_starved
+            "order: {} waiters granted before one that started waiting earlier; starved by later arrivals (waited past the bound, overtaken): {} (counting waits across a lost queue too: {}; {})",
+            self.inversions, self.overtaken_starved, self.inversions_own, self.overtaken_starved_own
         );
         for st in self.stuck.iter().take(10) {
             let _ = writeln!(s, "  STUCK {:.0} ms: {:?}", st.unexplained_ms, st.wait);
