@@ -48,6 +48,18 @@ const MINIMAL: &[&str] = &[
     "+pexpire",
     "+pttl",
     "+del",
+    // The starvation bound's look at a key's fair queue (`{key}:q`).
+    "+exists",
+    // The fair queues themselves (fair queueing, and waiters that waited a
+    // validity): without them a lock is acquired without its queue.
+    "+time",
+    "+zadd",
+    "+zrem",
+    "+zrange",
+    "+zrangebyscore",
+    "+zremrangebyscore",
+    "+zscore",
+    "+pexpireat",
 ];
 
 /// Added to [`MINIMAL`] with `fencing` on.
@@ -57,10 +69,11 @@ const FENCING: &[&str] = &["+incr"];
 /// they only show up in `ACL LOG`.
 const PROBES: &[&str] = &["client|id", "info"];
 
-/// Creates ACL user `user` with password `pass`, keys `~{prefix}:*`, no
-/// channels, and exactly `commands`.
+/// Creates ACL user `user` with password `pass`, keys `~{prefix}:*` and the
+/// fair queues' `~{{prefix}:*`, no channels, and exactly `commands`.
 async fn set_user(port: u16, user: &str, pass: &str, prefix: &str, commands: &[&str]) {
     let pattern = format!("~{prefix}:*");
+    let queues = format!("~{{{prefix}:*");
     let password = format!(">{pass}");
     let mut args = vec![
         "ACL",
@@ -70,6 +83,7 @@ async fn set_user(port: u16, user: &str, pass: &str, prefix: &str, commands: &[&
         "on",
         &password,
         &pattern,
+        &queues,
         "resetchannels",
         "-@all",
     ];
@@ -253,6 +267,39 @@ fn password_auth_and_wrong_credentials() {
                 "{what}: took {elapsed:?}, not a fast failure"
             );
         }
+    });
+}
+
+/// A user with the command set from before the fair queues (no `EXISTS`,
+/// no sorted sets, no `TIME`) still locks with fair queueing on: the queue
+/// is refused, and the acquisition is made again without it.
+#[test]
+fn acl_user_without_the_queue_commands_still_locks() {
+    runtime().block_on(async {
+        init_tracing();
+        let server = secured_server();
+        let prefix = unique("aclold");
+        let before_queues = &MINIMAL[..8];
+        assert_eq!(before_queues.last(), Some(&"+del"));
+        set_user(server.port, "old", "0ld", &prefix, before_queues).await;
+        let url = format!("redis://old:0ld@127.0.0.1:{}", server.port);
+        let locker = Locker::connect(
+            LockerOptions::new([url])
+                .with_key_majority(1)
+                .with_key_prefix(&prefix)
+                .with_fair_queueing(true),
+        )
+        .await
+        .expect("connect");
+        for _ in 0..3 {
+            let g = timeout(ms(3000), locker.lock("x"))
+                .await
+                .expect("lock() hung")
+                .expect("a fair lock without the queue's commands");
+            assert!(g.is_held());
+            g.release().await.expect("release");
+        }
+        locker.close().await;
     });
 }
 

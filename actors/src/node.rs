@@ -985,7 +985,6 @@ async fn run(
     fence_key: Option<&str>,
 ) -> Outcome {
     let s = &shared.settings;
-    let mode = Value::from_static_str(if s.relative { "PX" } else { "PXAT" });
     let scripts = &shared.scripts;
     let result = match op {
         Op::Acquire {
@@ -994,7 +993,7 @@ async fn run(
             ttl,
             queue: Some(queue),
             ..
-        } => evalsha(client, &scripts.fair, || {
+        } => match evalsha(client, &scripts.fair, || {
             let op = if queue.rejoin { "R" } else { "A" };
             let mut args = fair_args(s, op, *ttl, fence_key.is_some(), queue.life);
             args[8] = (queue.settle.as_millis() as u64).to_string().into();
@@ -1008,6 +1007,26 @@ async fn run(
             (fair_keys(key, fence_key), args)
         })
         .await
+        {
+            // An ACL user without the queue's commands or keys: acquire
+            // without the queue rather than never (see docs/SAFETY.md,
+            // "Security").
+            Ok(v) if denied(&v) => {
+                warn!(
+                    key,
+                    "fair queue refused by the server's ACL; acquiring without it"
+                );
+                plain_acquire(client, shared, key, fence_key, token, *set, *ttl).await
+            }
+            Err(e) if refused_permission(e.details()) => {
+                warn!(
+                    key,
+                    "fair queue refused by the server's ACL; acquiring without it"
+                );
+                plain_acquire(client, shared, key, fence_key, token, *set, *ttl).await
+            }
+            other => other,
+        }
         .map(|v| acquired(key, &v, fence_key.is_some())),
         Op::Enqueue { places, life } => evalsha(client, &scripts.fair, || {
             let mut args = fair_args(s, "E", Duration::ZERO, false, *life);
@@ -1034,22 +1053,9 @@ async fn run(
             token,
             mode: set,
             ttl,
-        } => evalsha(client, &scripts.acquire, || {
-            let mut keys = vec![key.into()];
-            if let Some(f) = fence_key {
-                keys.push(f.into());
-            }
-            let args = vec![
-                ttl_arg(s, *ttl).into(),
-                mode.clone(),
-                Value::from_static_str(if fence_key.is_some() { "1" } else { "0" }),
-                token.as_str().into(),
-                Value::from_static_str(set.as_arg()),
-            ];
-            (keys, args)
-        })
-        .await
-        .map(|v| acquired(key, &v, fence_key.is_some())),
+        } => plain_acquire(client, shared, key, fence_key, token, *set, *ttl)
+            .await
+            .map(|v| acquired(key, &v, fence_key.is_some())),
         Op::Verify { token } => evalsha(client, &scripts.verify, || {
             (vec![key.into()], vec![token.as_str().into()])
         })
@@ -1093,6 +1099,48 @@ async fn run(
             }
         }
     }
+}
+
+/// `ACQUIRE_LUA` on one key (and the fencing counter).
+async fn plain_acquire(
+    client: &Client,
+    shared: &Shared,
+    key: &str,
+    fence_key: Option<&str>,
+    token: &crate::scripts::Token,
+    set: crate::scripts::SetMode,
+    ttl: Duration,
+) -> Result<Value, fred::error::Error> {
+    let s = &shared.settings;
+    let mode = Value::from_static_str(if s.relative { "PX" } else { "PXAT" });
+    evalsha(client, &shared.scripts.acquire, || {
+        let mut keys = vec![key.into()];
+        if let Some(f) = fence_key {
+            keys.push(f.into());
+        }
+        let args = vec![
+            ttl_arg(s, ttl).into(),
+            mode.clone(),
+            Value::from_static_str(if fence_key.is_some() { "1" } else { "0" }),
+            token.as_str().into(),
+            Value::from_static_str(set.as_arg()),
+        ];
+        (keys, args)
+    })
+    .await
+}
+
+/// A `FAIR_LUA` reply that is the server's refusal for want of a
+/// permission (an ACL user without the queue's commands or keys).
+fn denied(value: &Value) -> bool {
+    matches!(parse_queued(value), Some(Err(m)) if refused_permission(&m))
+}
+
+/// A server's error text that says an ACL refused a command or key
+/// (`NOPERM …`, or in a script `ERR ACL failure in script: … no
+/// permissions …`).
+fn refused_permission(text: &str) -> bool {
+    text.contains("NOPERM") || text.contains("ACL failure") || text.contains("no permissions")
 }
 
 /// Reads the reply of an acquisition of one key (either script).
