@@ -43,7 +43,7 @@ use tracing::{debug, info, warn};
 
 use crate::addr::{NodeAddr, Topology};
 use crate::context::{AbortOnDrop, Shared};
-use crate::core::{Op, Outcome};
+use crate::core::{Op, Outcome, Place, Queue};
 use crate::failure::NodeFailure;
 use crate::keys;
 use crate::metrics::NodeMetrics;
@@ -52,7 +52,7 @@ use crate::msg::{
 };
 use crate::scripts::{
     parse_acquire, parse_fence, parse_fence_write, parse_inspect, parse_key_state, parse_queued,
-    parse_released, Seen,
+    parse_released, Seen, SetMode, Token,
 };
 
 pub(crate) struct NodeActor;
@@ -993,53 +993,25 @@ async fn run(
             ttl,
             queue: Some(queue),
             ..
-        } => match evalsha(client, &scripts.fair, || {
-            let op = if queue.rejoin { "R" } else { "A" };
-            let mut args = fair_args(s, op, *ttl, fence_key.is_some(), queue.life);
-            args[8] = (queue.settle.as_millis() as u64).to_string().into();
-            args[4] = token.as_str().into();
-            args[5] = Value::from_static_str(set.as_arg());
-            if let Some(c) = queue.candidate {
-                args[6] = member(c).into();
-            }
-            push_places(&mut args, &queue.places);
-            args.extend(queue.members.iter().map(|m| Value::from(member(*m))));
-            (fair_keys(key, fence_key), args)
-        })
-        .await
-        {
-            // An ACL user without the queue's commands or keys: acquire
-            // without the queue rather than never (see docs/SAFETY.md,
-            // "Security").
-            Ok(v) if denied(&v) => {
-                warn!(
-                    key,
-                    "fair queue refused by the server's ACL; acquiring without it"
-                );
-                plain_acquire(client, shared, key, fence_key, token, *set, *ttl).await
-            }
-            Err(e) if refused_permission(e.details()) => {
-                warn!(
-                    key,
-                    "fair queue refused by the server's ACL; acquiring without it"
-                );
-                plain_acquire(client, shared, key, fence_key, token, *set, *ttl).await
-            }
-            other => other,
-        }
-        .map(|v| acquired(key, &v, fence_key.is_some())),
+        } => fair_acquire(client, shared, key, fence_key, token, *set, *ttl, queue)
+            .await
+            .map(|v| acquired(key, &v, fence_key.is_some())),
         Op::Enqueue { places, life } => evalsha(client, &scripts.fair, || {
-            let mut args = fair_args(s, "E", Duration::ZERO, false, *life);
-            push_places(&mut args, places);
-            (fair_keys(key, None), args)
+            let args = FairArgs {
+                life: *life,
+                places,
+                ..FairArgs::new("E")
+            };
+            (fair_keys(key, None), args.values(s))
         })
         .await
         .map(|v| queued(key, &v)),
         Op::Dequeue { members } => evalsha(client, &scripts.fair, || {
-            let mut args = fair_args(s, "D", Duration::ZERO, false, Duration::ZERO);
-            push_places(&mut args, &[]);
-            args.extend(members.iter().map(|m| Value::from(member(*m))));
-            (fair_keys(key, None), args)
+            let args = FairArgs {
+                members,
+                ..FairArgs::new("D")
+            };
+            (fair_keys(key, None), args.values(s))
         })
         .await
         .map(|v| queued(key, &v)),
@@ -1107,8 +1079,8 @@ async fn plain_acquire(
     shared: &Shared,
     key: &str,
     fence_key: Option<&str>,
-    token: &crate::scripts::Token,
-    set: crate::scripts::SetMode,
+    token: &Token,
+    set: SetMode,
     ttl: Duration,
 ) -> Result<Value, fred::error::Error> {
     let s = &shared.settings;
@@ -1169,15 +1141,6 @@ fn queued(key: &str, value: &Value) -> Outcome {
     }
 }
 
-/// `FAIR_LUA`'s count of places, then each place's member and arrival.
-fn push_places(args: &mut Vec<Value>, places: &[crate::core::Place]) {
-    args.push(places.len().to_string().into());
-    for p in places {
-        args.push(member(p.member).into());
-        args.push(p.since_us.to_string().into());
-    }
-}
-
 /// A fair-queue member: a waiter's random id, in hex.
 fn member(id: u64) -> String {
     format!("{id:016x}")
@@ -1197,26 +1160,104 @@ fn fair_keys(key: &str, fence_key: Option<&str>) -> Vec<Key> {
     keys
 }
 
-/// The first nine arguments of `FAIR_LUA` (token, mode, candidate and the
-/// rejoin window empty, for the caller to fill in).
-fn fair_args(
-    s: &crate::options::Settings,
+/// The arguments of one `FAIR_LUA` call, in the order its documentation
+/// gives them.
+struct FairArgs<'a> {
     op: &'static str,
     ttl: Duration,
     fence: bool,
+    token: &'a str,
+    mode: SetMode,
+    candidate: Option<u64>,
     life: Duration,
-) -> Vec<Value> {
-    vec![
-        ttl_arg(s, ttl).into(),
-        Value::from_static_str(if s.relative { "PX" } else { "PXAT" }),
-        Value::from_static_str(if fence { "1" } else { "0" }),
-        Value::from_static_str(op),
-        Value::from_static_str(""),
-        Value::from_static_str("NX"),
-        Value::from_static_str(""),
-        (life.as_millis() as u64).to_string().into(),
-        Value::from_static_str("0"),
-    ]
+    settle: Duration,
+    places: &'a [Place],
+    members: &'a [u64],
+}
+
+impl<'a> FairArgs<'a> {
+    /// `op` with every other argument empty.
+    fn new(op: &'static str) -> FairArgs<'a> {
+        FairArgs {
+            op,
+            ttl: Duration::ZERO,
+            fence: false,
+            token: "",
+            mode: SetMode::Nx,
+            candidate: None,
+            life: Duration::ZERO,
+            settle: Duration::ZERO,
+            places: &[],
+            members: &[],
+        }
+    }
+
+    fn values(&self, s: &crate::options::Settings) -> Vec<Value> {
+        let ms = |d: Duration| Value::from((d.as_millis() as u64).to_string());
+        let mut args = vec![
+            ttl_arg(s, self.ttl).into(),
+            Value::from_static_str(if s.relative { "PX" } else { "PXAT" }),
+            Value::from_static_str(if self.fence { "1" } else { "0" }),
+            Value::from_static_str(self.op),
+            self.token.into(),
+            Value::from_static_str(self.mode.as_arg()),
+            self.candidate
+                .map_or_else(|| Value::from_static_str(""), |c| member(c).into()),
+            ms(self.life),
+            ms(self.settle),
+            self.places.len().to_string().into(),
+        ];
+        for p in self.places {
+            args.push(member(p.member).into());
+            args.push(p.since_us.to_string().into());
+        }
+        args.extend(self.members.iter().map(|m| Value::from(member(*m))));
+        args
+    }
+}
+
+/// An acquisition through the key's fair queue (`FAIR_LUA`). An ACL user
+/// without the queue's commands or keys acquires without the queue rather
+/// than never (see docs/SAFETY.md, "Security").
+#[allow(clippy::too_many_arguments)]
+async fn fair_acquire(
+    client: &Client,
+    shared: &Shared,
+    key: &str,
+    fence_key: Option<&str>,
+    token: &Token,
+    set: SetMode,
+    ttl: Duration,
+    queue: &Queue,
+) -> Result<Value, fred::error::Error> {
+    let reply = evalsha(client, &shared.scripts.fair, || {
+        let args = FairArgs {
+            op: if queue.rejoin { "R" } else { "A" },
+            ttl,
+            fence: fence_key.is_some(),
+            token: token.as_str(),
+            mode: set,
+            candidate: queue.candidate,
+            life: queue.life,
+            settle: queue.settle,
+            places: &queue.places,
+            members: &queue.members,
+        };
+        (fair_keys(key, fence_key), args.values(&shared.settings))
+    })
+    .await;
+    let refused = match &reply {
+        Ok(v) => denied(v),
+        Err(e) => refused_permission(e.details()),
+    };
+    if !refused {
+        return reply;
+    }
+    warn!(
+        key,
+        "fair queue refused by the server's ACL; acquiring without it"
+    );
+    plain_acquire(client, shared, key, fence_key, token, set, ttl).await
 }
 
 /// `EVALSHA`, loading the script first if the server does not know it (a

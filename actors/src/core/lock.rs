@@ -75,6 +75,14 @@ impl Fair {
             .saturating_sub(self.after.as_micros() as u64)
     }
 
+    /// When the oldest waiter in `waiters` whose place was never sent has
+    /// waited `after` (the instant it takes its place).
+    fn ripe_at_first_unsent(&self, waiters: &Waiters) -> Option<Time> {
+        waiters
+            .first_unsent_since(MAX_PLACES)
+            .map(|s| self.ripe_at(s))
+    }
+
     /// When a waiter that arrived at `since_us` has waited `after`.
     fn ripe_at(&self, since_us: u64) -> Time {
         let us = (since_us + self.after.as_micros() as u64).saturating_sub(self.wall_origin_us);
@@ -583,10 +591,7 @@ impl LockCore {
             // A waiter that has waited long enough takes its place (unless
             // this locker cannot reach a majority: see `reach`).
             if !f.always() && self.reach && !matches!(self.phase, Phase::Closing | Phase::Closed) {
-                at(self
-                    .waiters
-                    .first_unsent_since(MAX_PLACES)
-                    .map(|s| f.ripe_at(s)));
+                at(f.ripe_at_first_unsent(&self.waiters));
             }
         }
         if !self.idle_reported {
@@ -804,11 +809,9 @@ impl LockCore {
         self.cfg.fair.is_some_and(|f| {
             f.always()
                 || self.gated
-                || self
-                    .waiters
-                    .first_unsent_since(MAX_PLACES)
-                    .is_some_and(|s| f.ripe_at(s) <= now)
-                || !self.waiters.sent_places().is_empty()
+                || f.ripe_at_first_unsent(&self.waiters)
+                    .is_some_and(|at| at <= now)
+                || self.waiters.any_sent()
         })
     }
 
@@ -855,19 +858,21 @@ impl LockCore {
     /// What a fair acquisition sends with its keys: for the queue's head,
     /// its place and the places of the waiters behind it; for a try, no
     /// place (it only takes keys nobody queues for). `None` without fair
-    /// queueing, and for a force.
+    /// queueing, and for a force. `placed_before`: the head's place was
+    /// sent before this attempt (the script then checks it is still there).
     fn queue_args(
         &mut self,
         now: Time,
         mode: SetMode,
         for_queue: bool,
+        placed_before: bool,
         terms: &Terms,
     ) -> Option<Box<Queue>> {
         let f = self.queues_for(terms)?;
         if mode == SetMode::Force || !(f.always() || for_queue && self.use_queue(now)) {
             return None;
         }
-        let rejoin = for_queue && self.waiters.head_placed();
+        let rejoin = for_queue && placed_before;
         let (candidate, places, members) = if for_queue {
             let places = match self.reach {
                 true => self
@@ -921,7 +926,7 @@ impl LockCore {
             .token(mode == SetMode::Force, self.fingerprint(&terms));
         let total = self.cfg.total;
         let placed_before = self.waiters.head_placed();
-        let queue = self.queue_args(now, mode, request.is_none(), &terms);
+        let queue = self.queue_args(now, mode, request.is_none(), placed_before, &terms);
         let candidate = queue.as_ref().and_then(|q| q.candidate);
         tracing::trace!(token = token.short(), ?mode, "attempt");
         self.phase = Phase::Attempting(Attempt {
@@ -1986,10 +1991,9 @@ impl LockCore {
         // A waiter that has waited long enough takes its place now, whatever
         // the phase: the next release must find it queued.
         if let Some(f) = self.cfg.fair {
-            let ripe = self
-                .waiters
-                .first_unsent_since(MAX_PLACES)
-                .is_some_and(|s| f.ripe_at(s) <= now);
+            let ripe = f
+                .ripe_at_first_unsent(&self.waiters)
+                .is_some_and(|at| at <= now);
             if !f.always() && ripe && !matches!(self.phase, Phase::Closing | Phase::Closed) {
                 self.enqueue_due(now);
             }

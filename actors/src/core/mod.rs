@@ -30,9 +30,7 @@ pub(crate) use lock::{
 };
 #[cfg(test)]
 pub(crate) use ops::Entropy;
-#[cfg(test)]
-pub(crate) use ops::Queue;
-pub(crate) use ops::{Op, OsEntropy, Outcome, Place, Target};
+pub(crate) use ops::{Op, OsEntropy, Outcome, Place, Queue, Target};
 pub(crate) use terms::Terms;
 pub(crate) use time::Time;
 pub(crate) use waiters::{ReqId, RequestKind};

@@ -179,6 +179,11 @@ impl Waiters {
             .and_then(|q| q.place)
     }
 
+    /// Whether any waiter's place was sent to the servers.
+    pub(crate) fn any_sent(&self) -> bool {
+        self.queue.iter().any(|q| q.placed.is_some())
+    }
+
     /// The places that were sent to the servers.
     pub(crate) fn sent_places(&self) -> Vec<Place> {
         self.queue
