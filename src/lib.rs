@@ -36,6 +36,11 @@
 //! - `LockEvent` (feature `ractor`): what an actor receives from `lock_for`.
 //! - [`LockRequest`]: one call's options: a wait limit, its own validity, a
 //!   maximum hold (`lock_with`, `try_lock_with`).
+//! - [`Semaphore`] ([`Locker::semaphore`]): up to N holders, each a
+//!   [`PermitGuard`].
+//! - [`Election`] ([`Locker::election`]): leader election (`campaign`,
+//!   `leader`, `observe`), a [`Leadership`] whose term is a fencing token, a
+//!   [`LeaderObserver`] of every term; `ElectionEvent` for actors.
 //! - Looking without taking: [`Locker::inspect`] ([`LockInfo`]),
 //!   [`Locker::watch`] ([`LockWatch`]), [`Locker::health`] ([`Health`]),
 //!   [`Locker::force_release`].
@@ -212,22 +217,25 @@
 //! - `fault-injection`: `Locker::faults()`, kill switches for the engine's
 //!   actors in tests. Not a stable API.
 
+mod election;
 #[cfg(feature = "ractor")]
 mod event;
 mod guard;
 mod locker;
 mod semaphore;
 
+pub use election::{Election, Leadership};
 #[cfg(feature = "ractor")]
-pub use event::{LockEvent, PermitEvent};
+pub use event::{ElectionEvent, LockEvent, PermitEvent};
 pub use guard::LockGuard;
 pub use locker::Locker;
 pub use semaphore::{PermitGuard, Semaphore};
 pub use valkeylock_actors::{
     format_duration, parse_duration, ConnectionErrorKind, DurationErrorKind, Error, FenceInfo,
-    ForcedRelease, Health, KeyInfo, KeyValue, LeaseWatcher, LockInfo, LockRequest, LockState,
-    LockWatch, LockerOptions, LostReason, NodeAddr, NodeHealth, NodeUrlErrorKind,
-    ParseDurationError, ParseNodeError, SemaphoreInfo, Topology, MAX_NAME_LEN, MAX_PERMITS,
+    ForcedRelease, Health, KeyInfo, KeyValue, Leader, LeaderObserver, LeaseWatcher, LockInfo,
+    LockRequest, LockState, LockWatch, LockerOptions, LostReason, NodeAddr, NodeHealth,
+    NodeUrlErrorKind, ParseDurationError, ParseNodeError, SemaphoreInfo, Topology, LOG_LEN,
+    MAX_NAME_LEN, MAX_PERMITS, MAX_VALUE_LEN,
 };
 
 use valkeylock_actors::{AcquireKind, Engine, Lease};
@@ -260,6 +268,12 @@ mod assertions {
         send_sync_static::<LockInfo>();
         send_sync_static::<Health>();
         send_sync_static::<SemaphoreInfo>();
+        send_sync_static::<Election>();
+        send_sync_static::<Leadership>();
+        send_sync_static::<LeaderObserver>();
+        send_sync_static::<Leader>();
+        #[cfg(feature = "ractor")]
+        send_sync_static::<ElectionEvent>();
     }
 
     /// Never called: it only has to compile.
@@ -288,6 +302,10 @@ mod assertions {
         send(&pool.try_acquire());
         send(&pool.acquire_with(&LockRequest::new()));
         send(&pool.inspect());
+        let election = locker.election("x").expect("a valid election");
+        send(&election.campaign("me"));
+        send(&election.try_campaign("me"));
+        send(&election.leader());
     }
 }
 

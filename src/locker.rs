@@ -7,6 +7,7 @@ use ractor::{ActorRef, Message};
 #[cfg(feature = "ractor")]
 use tokio::task::JoinHandle;
 
+use crate::election::Election;
 #[cfg(feature = "ractor")]
 use crate::event::LockEvent;
 use crate::guard::LockGuard;
@@ -275,6 +276,27 @@ impl Locker {
     pub fn semaphore(&self, name: &str, permits: u32) -> Result<Semaphore, Error> {
         self.inner.engine.check_semaphore(name, permits)?;
         Ok(Semaphore::new(self.clone(), name, permits))
+    }
+
+    /// A leader election named `name` (see [`Election`]): candidates
+    /// campaign with a value, one leads at a time, with a term that
+    /// strictly increases, and anyone can follow who leads.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] (the name, or its lock's name
+    /// `{name}:election`, would not be a valid lock name).
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(locker: valkeylock::Locker) -> Result<(), valkeylock::Error> {
+    /// let election = locker.election("scheduler")?;
+    /// let leadership = election.campaign("host-a").await?;
+    /// # drop(leadership);
+    /// # Ok(()) }
+    /// ```
+    pub fn election(&self, name: &str) -> Result<Election, Error> {
+        self.inner.engine.check_election(name)?;
+        Ok(Election::new(self.clone(), name))
     }
 
     pub(crate) fn inner(&self) -> &Arc<Inner> {

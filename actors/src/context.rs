@@ -65,6 +65,9 @@ pub(crate) struct Shared {
     pub(crate) scripts: Scripts,
     /// What every lock core of this locker is configured with.
     pub(crate) core: Arc<Config>,
+    /// What an election's lock core is configured with: `core` with fencing
+    /// on (the term is the fencing token) and so no local hand-over.
+    election_core: Arc<Config>,
     /// The lock actors' timers (one task for all of them).
     pub(crate) timers: Timers,
     nodes: RwLock<Vec<Option<ActorRef<NodeMsg>>>>,
@@ -97,11 +100,23 @@ pub(crate) struct LockRoute {
 impl Shared {
     pub(crate) fn new(settings: Settings) -> Arc<Shared> {
         let n = settings.nodes.len();
-        let core = Arc::new(core_config(&settings, crate::clock::now()));
+        let core = core_config(&settings, crate::clock::now());
+        let election_core = Arc::new(Config {
+            fencing: match core.fencing {
+                Fencing::Off if settings.nodes.len() == 1 && !settings.is_cluster() => {
+                    Fencing::InScript
+                }
+                Fencing::Off => Fencing::Majority,
+                on => on,
+            },
+            handover_limit: 0,
+            ..core.clone()
+        });
         Arc::new(Shared {
             settings,
             scripts: Scripts::new(),
-            core,
+            core: Arc::new(core),
+            election_core,
             timers: Timers::start(),
             nodes: RwLock::new(vec![None; n]),
             lanes: RwLock::new(vec![None; n]),
@@ -247,6 +262,16 @@ impl Shared {
 
     pub(crate) fn lock(&self, name: &str) -> Option<ActorRef<LockMsg>> {
         read(&self.locks).get(name).map(|r| r.actor.clone())
+    }
+
+    /// The configuration of lock `name`'s core: an election's lock always
+    /// has fencing tokens (its terms).
+    pub(crate) fn core_for(&self, name: &str) -> Arc<Config> {
+        if crate::election::of_lock(name).is_some() {
+            self.election_core.clone()
+        } else {
+            self.core.clone()
+        }
     }
 
     pub(crate) fn lock_route(&self, name: &str) -> Option<LockRoute> {

@@ -118,6 +118,18 @@ pub enum Error {
         /// Keys whose delete got no answer.
         unconfirmed: usize,
     },
+    /// A look or a write that needs a majority of nodes could not get one:
+    /// too many of them could not be read (down, slow), or the server
+    /// refused a command the call needs (an ACL without it, a key of
+    /// another type, memory full). From `Election::leader`, and from
+    /// `Election::campaign` when a majority refuses its announcement.
+    #[error("{name:?} unavailable: {reason}")]
+    Unavailable {
+        /// The election (or lock) name.
+        name: String,
+        /// What failed, in words.
+        reason: String,
+    },
     /// Connecting to Valkey failed in a way that makes the locker unusable:
     /// wrong credentials, missing permissions, a server without RESP3, too few
     /// reachable nodes… [`kind`](ConnectionErrorKind) says which, to act on;

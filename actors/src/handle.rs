@@ -17,10 +17,12 @@ use tracing::Instrument;
 use crate::clock;
 use crate::context::{count_send, Shared};
 use crate::core::{RequestKind, Time};
+use crate::election::{self, Leader, Record};
 use crate::error::{ConnectionErrorKind, Error, LostReason};
 use crate::failure::startup_verdict;
 use crate::inspect::{ForcedRelease, Health, LockInfo};
 use crate::keys;
+use crate::leader::{self, Announced, LeaderObserver};
 use crate::metrics;
 use crate::msg::{
     GrantParts, GrantStatus, LockMsg, NodeMsg, Released, Request, SupervisorMsg, TokenTag,
@@ -460,6 +462,150 @@ impl Engine {
             observer::inspect(&shared, &name).await
         })
         .await
+    }
+
+    /// Campaigns in election `name` with `value` (see `election`): waits
+    /// for the election's lock (`Try`: one attempt), announces the term
+    /// (the lock's fencing token) in every node's log, and returns the lease
+    /// once a majority of nodes has the record and the lock is still held.
+    /// A lock lost while announcing is campaigned for again. Dropping the
+    /// future withdraws the campaign (a lock already won is released).
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::InvalidOptions`] (the value, the
+    /// request, a `Force`), [`Error::NotLocked`] (`Try`), [`Error::Timeout`]
+    /// (a wait limit, over the whole campaign), [`Error::Unavailable`] (a
+    /// majority of nodes refuses the log's commands), [`Error::Closed`].
+    pub async fn campaign(
+        &self,
+        name: &str,
+        value: &str,
+        kind: AcquireKind,
+        request: &LockRequest,
+    ) -> Result<Lease, Error> {
+        let s = &self.shared.settings;
+        election::validate(&s.prefix, name, Some(value), s.total)?;
+        if kind == AcquireKind::Force {
+            return Err(Error::InvalidOptions {
+                field: "kind",
+                reason: "leadership cannot be taken by force".into(),
+            });
+        }
+        let campaigning = self.campaigning(name, value, kind, request);
+        let result = match (kind, request.wait_limit()) {
+            (AcquireKind::Wait, Some(limit)) => tokio::time::timeout(limit, campaigning)
+                .await
+                .unwrap_or(Err(Error::Timeout {
+                    name: name.to_owned(),
+                    waited: limit,
+                })),
+            _ => campaigning.await,
+        };
+        result.map_err(|e| election::as_election_error(e, name))
+    }
+
+    async fn campaigning(
+        &self,
+        name: &str,
+        value: &str,
+        kind: AcquireKind,
+        request: &LockRequest,
+    ) -> Result<Lease, Error> {
+        let lock = election::lock_name(name);
+        loop {
+            let lease = self.acquire(&lock, kind, request).await?;
+            let record = Record {
+                term: lease.fence,
+                tag: lease.token.to_string(),
+                value: value.to_owned(),
+            };
+            loop {
+                let (shared, election) = (self.shared.clone(), name.to_owned());
+                let record = record.clone();
+                let announced = self
+                    .runtime
+                    .spawn(async move { leader::announce(&shared, &election, &record).await })
+                    .await
+                    .map_err(|_| Error::Closed)?;
+                match announced {
+                    Announced::Majority if lease.is_held() => {
+                        tracing::info!(election = name, term = lease.fence, token = %lease.token, "leading");
+                        return Ok(lease);
+                    }
+                    Announced::Refused(reason) => {
+                        return Err(Error::Unavailable {
+                            name: name.to_owned(),
+                            reason: format!("the servers refuse the election's log: {reason}"),
+                        })
+                    }
+                    Announced::Short(reason) if lease.is_held() => {
+                        tracing::debug!(
+                            election = name,
+                            term = lease.fence,
+                            reason,
+                            "announcement short of a majority; again"
+                        );
+                        tokio::time::sleep(
+                            self.shared.settings.timeout.min(Duration::from_millis(100)),
+                        )
+                        .await;
+                    }
+                    Announced::Majority | Announced::Short(_) => break,
+                }
+            }
+            // The lock was lost while announcing: its term never led.
+            tracing::debug!(election = name, term = lease.fence, "lost while announcing");
+            if kind == AcquireKind::Try {
+                let s = &self.shared.settings;
+                return Err(Error::NotLocked {
+                    name: name.to_owned(),
+                    acquired: 0,
+                    needed: s.majority,
+                    total: s.total,
+                    held_by_others: false,
+                });
+            }
+        }
+    }
+
+    /// Checks an election's name, as `campaign` does.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`].
+    pub fn check_election(&self, name: &str) -> Result<(), Error> {
+        let s = &self.shared.settings;
+        election::validate(&s.prefix, name, None, s.total)
+    }
+
+    /// Who leads election `name` now, without campaigning: the holder of
+    /// its lock, with the value of its term's record; `None` when nobody
+    /// holds the lock or its holder has not announced itself yet.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::Unavailable`] (the lock's state or
+    /// the log could not be read on a majority), [`Error::Closed`].
+    pub async fn leader(&self, name: &str) -> Result<Option<Leader>, Error> {
+        let s = &self.shared.settings;
+        election::validate(&s.prefix, name, None, s.total)?;
+        self.on_engine(name, |shared, name| async move {
+            leader::leader(&shared, &name).await
+        })
+        .await?
+    }
+
+    /// Follows the terms of election `name`; see [`LeaderObserver`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::Closed`].
+    pub fn observe(&self, name: &str) -> Result<LeaderObserver, Error> {
+        let s = &self.shared.settings;
+        election::validate(&s.prefix, name, None, s.total)?;
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let (observer, task) = leader::observe(self.shared.clone(), name);
+        drop(self.runtime.spawn(task));
+        Ok(observer)
     }
 
     /// Runs `work` for a valid `name` on the engine's runtime, where the node

@@ -58,12 +58,14 @@ mod clock;
 mod context;
 mod core;
 mod duration;
+mod election;
 mod error;
 mod failure;
 mod handle;
 mod health;
 mod inspect;
 mod keys;
+mod leader;
 mod lock;
 mod metrics;
 mod msg;
@@ -81,6 +83,7 @@ mod timers;
 
 pub use addr::{NodeAddr, NodeUrlErrorKind, ParseNodeError, Topology};
 pub use duration::{format_duration, parse_duration, DurationErrorKind, ParseDurationError};
+pub use election::{Leader, LOG_LEN, MAX_VALUE_LEN};
 pub use error::{ConnectionErrorKind, Error, LostReason};
 // Used by the `valkeylock` facade, not re-exported by it: not stable.
 #[cfg(feature = "fault-injection")]
@@ -93,6 +96,7 @@ pub use inspect::{
     FenceInfo, ForcedRelease, Health, KeyInfo, KeyValue, LockInfo, LockState, NodeHealth,
 };
 pub use keys::MAX_NAME_LEN;
+pub use leader::LeaderObserver;
 pub use observer::LockWatch;
 pub use options::LockerOptions;
 pub use request::LockRequest;

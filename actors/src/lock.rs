@@ -123,7 +123,11 @@ impl Actor for LockActor {
             .map(|i| Arc::from(keys::key_name(&s.prefix, i, &args.name)))
             .collect();
         let fence_key = Arc::from(format!("{}:fence:{}", s.prefix, args.name));
-        let core = LockCore::new(args.shared.core.clone(), Box::new(OsEntropy), clock::now());
+        let core = LockCore::new(
+            args.shared.core_for(&args.name),
+            Box::new(OsEntropy),
+            clock::now(),
+        );
         Ok(LockState {
             span: tracing::debug_span!("lock", lock = %args.name),
             name: args.name,

@@ -139,6 +139,7 @@ fn outcome_label<T>(result: &Result<T, Error>) -> &'static str {
         Err(Error::InvalidName { .. }) => "invalid_name",
         Err(Error::ConfigMismatch { .. }) => "config_mismatch",
         Err(Error::ReleaseUnconfirmed { .. }) => "release_unconfirmed",
+        Err(Error::Unavailable { .. }) => "unavailable",
         Err(Error::Connection { .. }) => "connection",
     }
 }

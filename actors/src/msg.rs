@@ -10,6 +10,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::core::{CmdId, Op, Outcome, ReqId, RequestKind, Terms, Time};
+use crate::election::Record;
 use crate::error::{Error, LostReason};
 use crate::failure::{NodeFailure, NodeReport};
 use crate::scripts::{Seen, SetMode, Token};
@@ -178,6 +179,14 @@ pub(crate) enum NodeMsg {
         keys: Vec<Arc<str>>,
         fence_key: Arc<str>,
         reply: oneshot::Sender<Reading>,
+    },
+    /// Run an election's log script on `key`: add `write` if given, then
+    /// read the terms above `after`; answered with the records, or why not.
+    Log {
+        key: Arc<str>,
+        write: Option<Record>,
+        after: u64,
+        reply: oneshot::Sender<Result<Vec<Record>, String>>,
     },
     /// Delete `keys` whoever holds them (`release --force`); answered with
     /// the number deleted, or why not.

@@ -44,6 +44,7 @@ use tracing::{debug, info, warn};
 use crate::addr::{NodeAddr, Topology};
 use crate::context::{AbortOnDrop, Shared};
 use crate::core::{Op, Outcome, Place, Queue};
+use crate::election::Record;
 use crate::failure::NodeFailure;
 use crate::keys;
 use crate::metrics::NodeMetrics;
@@ -51,8 +52,8 @@ use crate::msg::{
     Connection, ExtendItem, Job, LockMsg, NodeMsg, NodeReply, Reading, SupervisorMsg,
 };
 use crate::scripts::{
-    parse_acquire, parse_fence, parse_fence_write, parse_inspect, parse_key_state, parse_queued,
-    parse_released, Seen, SetMode, Token,
+    parse_acquire, parse_fence, parse_fence_write, parse_inspect, parse_key_state, parse_log,
+    parse_queued, parse_released, Seen, SetMode, Token,
 };
 
 pub(crate) struct NodeActor;
@@ -277,6 +278,21 @@ impl Actor for NodeActor {
                 let (client, shared) = (state.client.clone(), state.shared.clone());
                 tokio::spawn(async move {
                     let _ = reply.send(inspect(&client, &shared, &keys, &fence_key).await);
+                });
+            }
+            NodeMsg::Log {
+                key,
+                write,
+                after,
+                reply,
+            } => {
+                if !state.connected {
+                    let _ = reply.send(Err("node not connected".to_owned()));
+                    return Ok(());
+                }
+                let (client, shared) = (state.client.clone(), state.shared.clone());
+                tokio::spawn(async move {
+                    let _ = reply.send(log(&client, &shared, &key, write.as_ref(), after).await);
                 });
             }
             NodeMsg::Delete { keys, reply } => {
@@ -732,6 +748,12 @@ fn start_forwarder(
                     for key in &inv.keys {
                         let Some((index, name)) = keys::parse_key(prefix, total, key.as_bytes())
                         else {
+                            // An election's log: a new term for its observers.
+                            if let Some(election) =
+                                crate::election::of_log_key(prefix, key.as_bytes())
+                            {
+                                shared.wake_watchers(&crate::election::lock_name(election));
+                            }
                             continue;
                         };
                         if let Some(lock) = shared.lock(name) {
@@ -784,6 +806,39 @@ async fn inspect(client: &Client, shared: &Shared, keys: &[Arc<str>], fence_key:
     let (keys, fence) =
         futures_util::future::join(futures_util::future::join_all(reads), fence).await;
     Reading { keys, fence }
+}
+
+/// Runs an election's log script: adds `write` (a term's record) if given,
+/// then reads the terms above `after`. The read arms tracking on the log;
+/// with NOLOOP our own write sends this connection no invalidation, so the
+/// caller wakes this locker's observers itself.
+async fn log(
+    client: &Client,
+    shared: &Shared,
+    key: &str,
+    write: Option<&Record>,
+    after: u64,
+) -> Result<Vec<Record>, String> {
+    let (term, member) = match write {
+        Some(r) => (r.term.to_string(), r.member()),
+        None => (String::new(), String::new()),
+    };
+    let keep = crate::election::LOG_LEN.to_string();
+    let after = after.to_string();
+    evalsha(client, &shared.scripts.log, || {
+        (
+            vec![key.into()],
+            vec![
+                term.as_str().into(),
+                member.as_str().into(),
+                keep.as_str().into(),
+                after.as_str().into(),
+            ],
+        )
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|v| parse_log(&v))
 }
 
 /// Deletes `keys` whoever holds them: one `DEL` for all (atomic on this

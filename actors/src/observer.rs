@@ -290,10 +290,17 @@ pub(crate) fn watch(
 }
 
 /// Unregisters a watcher when its task ends (or is dropped with the runtime).
-struct Registration {
+pub(crate) struct Registration {
     shared: Arc<Shared>,
     name: Arc<str>,
     id: u64,
+}
+
+impl Registration {
+    /// The registration of watcher `id` of `name`.
+    pub(crate) fn new(shared: Arc<Shared>, name: Arc<str>, id: u64) -> Registration {
+        Registration { shared, name, id }
+    }
 }
 
 impl Drop for Registration {

@@ -11,6 +11,8 @@
 use fred::types::scripts::Script;
 use fred::types::Value;
 
+use crate::election::Record;
+
 /// `SET NX`, idempotent for our own token, on one key (an acquisition) or many
 /// (a node's batch of extensions), each with a mode: `NX` acquires if free,
 /// `FORCE` overwrites whatever is there, `XX` only extends a key that is
@@ -330,6 +332,57 @@ if not cur then return nil end
 return {cur, redis.call('PTTL', KEYS[1])}
 "#;
 
+/// An election's log (`election`): appends one term's record, keeping the
+/// newest terms, then reads the terms after a given one.
+///
+/// `KEYS`: the log (a sorted set scored by term). `ARGV`: 1 the term to add
+/// (empty: only read), 2 its member (token prefix, newline, value), 3 how
+/// many terms to keep, 4 read the terms above this one.
+///
+/// Reply: the records read, as a flat array (member, score, …); or
+/// `{0, message}` when the server refused a command (the key is another
+/// type, memory is full). The read (`ZRANGE`) arms tracking on the log, so
+/// the next term's write wakes the locker's observers.
+const LOG_LUA: &str = r#"
+if ARGV[1] ~= '' then
+  local added = redis.pcall('ZADD', KEYS[1], ARGV[1], ARGV[2])
+  if type(added) == 'table' and added.err ~= nil then
+    return {0, tostring(added.err)}
+  end
+  local n = redis.call('ZCARD', KEYS[1])
+  local keep = tonumber(ARGV[3])
+  if n > keep then
+    redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - keep - 1)
+  end
+end
+local read = redis.pcall('ZRANGE', KEYS[1], '(' .. ARGV[4], '+inf', 'BYSCORE', 'WITHSCORES')
+if type(read) == 'table' and read.err ~= nil then
+  return {0, tostring(read.err)}
+end
+return read
+"#;
+
+/// Reads a `LOG_LUA` reply: the records, in term order (our own records
+/// only: a member that is not one is skipped), or why the server refused.
+pub(crate) fn parse_log(value: &Value) -> Result<Vec<Record>, String> {
+    let Value::Array(items) = value else {
+        return Err(format!("unexpected reply to the log script: {value:?}"));
+    };
+    if let [Value::Integer(0), message] = items.as_slice() {
+        return Err(message.as_string().unwrap_or_else(|| "refused".to_owned()));
+    }
+    let bytes = |v: &Value| match v {
+        Value::String(s) => Some(s.as_bytes().to_vec()),
+        Value::Bytes(b) => Some(b.to_vec()),
+        Value::Integer(n) => Some(n.to_string().into_bytes()),
+        _ => None,
+    };
+    Ok(items
+        .chunks_exact(2)
+        .filter_map(|pair| Record::parse(&bytes(&pair[0])?, &bytes(&pair[1])?))
+        .collect())
+}
+
 /// The scripts, hashed once per process.
 #[derive(Debug)]
 pub(crate) struct Scripts {
@@ -341,6 +394,8 @@ pub(crate) struct Scripts {
     pub(crate) inspect: Script,
     /// Loaded on first use, by lockers with fair queueing.
     pub(crate) fair: Script,
+    /// Loaded on first use, by elections.
+    pub(crate) log: Script,
 }
 
 impl Scripts {
@@ -352,6 +407,7 @@ impl Scripts {
             fence_write: Script::from_lua(FENCE_WRITE_LUA),
             inspect: Script::from_lua(INSPECT_LUA),
             fair: Script::from_lua(FAIR_LUA),
+            log: Script::from_lua(LOG_LUA),
         }
     }
 }
