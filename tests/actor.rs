@@ -2,7 +2,8 @@
 //! gets `Acquired` in its mailbox, then `Lost` when the key is deleted; a
 //! second actor waiting for the same name gets `Failed(Closed)` when the
 //! locker closes, and nothing is dropped unsent. `Semaphore::acquire_for`
-//! likewise, with permits.
+//! likewise, with permits; `Election::campaign_for` with `Elected` and
+//! `Deposed`.
 #![allow(missing_docs)]
 
 mod support;
@@ -12,7 +13,9 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use support::*;
 use tokio::sync::mpsc;
-use valkeylock::{Error, LockEvent, LockGuard, LostReason, PermitEvent, PermitGuard};
+use valkeylock::{
+    ElectionEvent, Error, Leadership, LockEvent, LockGuard, LostReason, PermitEvent, PermitGuard,
+};
 
 /// What the probe saw, in order; it keeps the guard it was given.
 #[derive(Debug, PartialEq)]
@@ -198,6 +201,107 @@ async fn an_actor_gets_permits_in_its_mailbox() {
 }
 
 async fn recv(rx: &mut mpsc::UnboundedReceiver<(Seen, Option<u32>)>) -> (Seen, Option<u32>) {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("no event within 10 s")
+        .expect("probe gone")
+}
+
+/// A probe for elections: it keeps the leadership it is given and reports
+/// `(what, term)`.
+struct ElectionMsg(ElectionEvent);
+
+impl From<ElectionEvent> for ElectionMsg {
+    fn from(e: ElectionEvent) -> Self {
+        ElectionMsg(e)
+    }
+}
+
+struct ElectionProbe;
+
+impl Actor for ElectionProbe {
+    type Msg = ElectionMsg;
+    type State = (mpsc::UnboundedSender<(Seen, u64)>, Option<Leadership>);
+    type Arguments = mpsc::UnboundedSender<(Seen, u64)>;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<ElectionMsg>,
+        tx: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok((tx, None))
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<ElectionMsg>,
+        ElectionMsg(event): ElectionMsg,
+        (tx, held): &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let seen = match event {
+            ElectionEvent::Elected(leadership) => {
+                let term = leadership.term();
+                *held = Some(leadership);
+                (Seen::Acquired, term)
+            }
+            ElectionEvent::Deposed { reason, term, .. } => (Seen::Lost(reason), term),
+            ElectionEvent::Failed { error, .. } => (Seen::Failed(error.to_string()), 0),
+            _ => return Ok(()),
+        };
+        let _ = tx.send(seen);
+        Ok(())
+    }
+}
+
+/// Two candidate actors: the first gets `Elected`, then `Deposed` (with its
+/// term) when its keys are deleted; the second is elected next, with a
+/// higher term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_is_elected_and_deposed_in_its_mailbox() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let admin = server.admin().await;
+    let locker = server.locker().await;
+    let name = unique("actor-elect");
+    let election = locker.election(&name).unwrap();
+
+    let (tx, mut first) = mpsc::unbounded_channel();
+    let (a, ha) = Actor::spawn(None, ElectionProbe, tx).await.unwrap();
+    election.campaign_for("a", a.clone());
+    let (seen, term_a) = recv_election(&mut first).await;
+    assert_eq!(seen, Seen::Acquired);
+    assert!(term_a > 0);
+
+    let (tx, mut second) = mpsc::unbounded_channel();
+    let (b, hb) = Actor::spawn(None, ElectionProbe, tx).await.unwrap();
+    election.campaign_for("b", b.clone());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let deleted: i64 =
+        fred::prelude::KeysInterface::del(&admin, format!("valkeylock:0:{name}:election"))
+            .await
+            .unwrap();
+    assert_eq!(deleted, 1);
+    assert_eq!(
+        recv_election(&mut first).await,
+        (Seen::Lost(LostReason::Deleted), term_a)
+    );
+    let (seen, term_b) = recv_election(&mut second).await;
+    assert_eq!(seen, Seen::Acquired);
+    assert!(term_b > term_a, "{term_b} > {term_a}");
+    assert_eq!(
+        election.leader().await.unwrap().map(|l| (l.value, l.term)),
+        Some(("b".to_owned(), term_b))
+    );
+
+    locker.close().await;
+    for (actor, handle) in [(a, ha), (b, hb)] {
+        actor.stop(None);
+        let _ = handle.await;
+    }
+}
+
+async fn recv_election(rx: &mut mpsc::UnboundedReceiver<(Seen, u64)>) -> (Seen, u64) {
     tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
         .expect("no event within 10 s")

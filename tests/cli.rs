@@ -873,3 +873,132 @@ async fn config_file_env_and_flags() {
     assert!(text(&out.stderr).contains("nodez"), "{}", text(&out.stderr));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `elect` and `leader`: the first `elect` runs its program as leader (it
+/// sees its term and value), a second waits and runs after it with a higher
+/// term; `leader` prints `TERM VALUE` while one leads (exit 0) and `-` when
+/// none does (exit 1); `leader --watch --json` prints every term, in order;
+/// `elect --wait-timeout 0` while another leads exits 73.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elect_and_leader() {
+    let server = ValkeyServer::start();
+    let name = unique("elect");
+    let dir = scratch("elect");
+    let log = dir.join("log");
+
+    let mut c = tool(&server.url());
+    c.args(["leader", &name]);
+    let out = output(c).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "-\n");
+
+    let mut watch = tool(&server.url());
+    watch.args(["leader", "--watch", "--json", &name]);
+    let mut watcher = watch.spawn().unwrap();
+
+    let script = format!(
+        "echo \"$VALKEYLOCK_TERM $VALKEYLOCK_LEADER_VALUE $VALKEYLOCK_FENCING_TOKEN\" >> {}; sleep 1",
+        log.display()
+    );
+    let mut first = tool(&server.url());
+    first.args(["elect", &name, "host-a", "--", "sh", "-c", &script]);
+    let first = first.spawn().unwrap();
+    let admin = server.admin().await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.lines().count() == 1)
+        })
+        .await,
+        "the first candidate leads"
+    );
+    let mut c = tool(&server.url());
+    c.args(["leader", &name]);
+    let out = output(c).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let line = std::fs::read_to_string(&log).unwrap();
+    let mut fields = line.split_whitespace();
+    let (term, value, token) = (
+        fields.next().unwrap().to_owned(),
+        fields.next().unwrap().to_owned(),
+        fields.next().unwrap().to_owned(),
+    );
+    assert_eq!(value, "host-a");
+    assert_eq!(term, token, "the term is the fencing token");
+    assert_eq!(text(&out.stdout), format!("{term} host-a\n"));
+
+    let mut c = tool(&server.url());
+    c.args([
+        "elect",
+        &name,
+        "host-c",
+        "--wait-timeout",
+        "0",
+        "--",
+        "true",
+    ]);
+    let out = output(c).await;
+    assert_eq!(
+        out.status.code(),
+        Some(EXIT_WAIT_TIMEOUT),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let mut second = tool(&server.url());
+    second.args(["elect", &name, "host-b", "--", "sh", "-c", &script]);
+    let second = output(second).await;
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
+    let first = tokio::time::timeout(Duration::from_secs(30), first.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    let lines: Vec<(u64, String)> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut f = l.split_whitespace();
+            (
+                f.next().unwrap().parse().unwrap(),
+                f.next().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1].1, "host-b", "the waiting candidate led second");
+    assert!(lines[1].0 > lines[0].0, "{lines:?}");
+
+    // The watcher printed `null` (nobody led), then both terms in order.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            existing_keys(&admin, "valkeylock", &format!("{name}:election"), 3).await == 0
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = nix_kill(watcher.id().unwrap());
+    let out = tokio::time::timeout(Duration::from_secs(30), watcher.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let docs: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 3, "{docs:?}");
+    assert!(docs[0]["leader"].is_null());
+    for (doc, (term, value)) in docs[1..].iter().zip(&lines) {
+        assert_eq!(doc["name"], name.as_str());
+        assert_eq!(doc["leader"]["term"], *term);
+        assert_eq!(doc["leader"]["value"], value.as_str());
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// SIGTERM to a process by id (the `leader --watch` ends on it, exit 0).
+fn nix_kill(pid: u32) -> std::io::Result<std::process::ExitStatus> {
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+}

@@ -5,6 +5,10 @@
 //!   lock is lost;
 //! - `valkeylock status [--json] NAME` shows whether the lock is held, each
 //!   key and the fencing counter;
+//! - `valkeylock elect NAME VALUE -- PROGRAM ARGS...` runs the program while
+//!   this candidate leads election NAME, and stops it if deposed;
+//! - `valkeylock leader [--watch] [--json] NAME` prints who leads (and, with
+//!   `--watch`, every new term);
 //! - `valkeylock release --force NAME` deletes the keys.
 //!
 //! Exit codes are listed in `valkeylock --help` and the README.
@@ -85,12 +89,34 @@ fn main() {
                                 run::RunArgs {
                                     name,
                                     wait_timeout,
-                                    permits,
+                                    what: permits.map_or(run::Hold::Lock, run::Hold::Permit),
                                     grace,
                                     program,
                                 },
                             )
                             .await
+                        }
+                        Command::Elect {
+                            name,
+                            value,
+                            wait_timeout,
+                            grace,
+                            program,
+                        } => {
+                            run::run(
+                                options,
+                                run::RunArgs {
+                                    name,
+                                    wait_timeout,
+                                    what: run::Hold::Leadership(value),
+                                    grace,
+                                    program,
+                                },
+                            )
+                            .await
+                        }
+                        Command::Leader { name, watch, json } => {
+                            inspect::leader(options, &name, watch, json).await
                         }
                         Command::Status {
                             name,

@@ -29,18 +29,20 @@ pub(crate) const EXIT_NOT_FOUND: u8 = 127;
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0    run: the program exited 0; status: the lock is held; release: done
-  N    run: the program's exit code (128+S when it died of signal S)
-  1    status: the lock is not held
+  0    run, elect: the program exited 0; status: the lock is held; leader: a
+       leader was printed; release: done
+  N    run, elect: the program's exit code (128+S when it died of signal S)
+  1    status: the lock is not held; leader: nobody leads
   2    bad arguments, environment variables, config file or option values;
        release on a terminal without --yes
   69   Valkey unreachable (connection refused, timeout, wrong password...);
-       status: unknown (keys on unreachable nodes could make a majority)
-  73   run: --wait-timeout passed before the lock was acquired (the program did not run)
-  75   run: the lock was lost while the program ran (it got SIGTERM, then SIGKILL
-       after --grace)
-  126  run: the program could not be executed; 127: it was not found
-  130, 143...  run: the tool got SIGINT, SIGTERM... while waiting for the lock
+       status, leader: unknown (keys on unreachable nodes could make a majority)
+  73   run, elect: --wait-timeout passed before the lock (leadership) was
+       acquired (the program did not run)
+  75   run, elect: the lock (leadership) was lost while the program ran (it got
+       SIGTERM, then SIGKILL after --grace)
+  126  run, elect: the program could not be executed; 127: it was not found
+  130, 143...  run, elect: the tool got SIGINT, SIGTERM... while waiting
 
 Environment: VALKEYLOCK_NODES (comma-separated), VALKEYLOCK_MAJORITY,
 VALKEYLOCK_VALIDITY, VALKEYLOCK_PREFIX, VALKEYLOCK_CONFIG, VALKEYLOCK_WAIT_TIMEOUT,
@@ -141,6 +143,54 @@ pub(crate) enum Command {
         /// The program and its arguments (put them after `--`).
         #[arg(required = true, trailing_var_arg = true, value_name = "PROGRAM")]
         program: Vec<OsString>,
+    },
+    /// Run PROGRAM while this candidate leads election NAME; stop it if
+    /// deposed.
+    ///
+    /// Campaigns with VALUE (an address, a host name: what `valkeylock
+    /// leader` prints), runs PROGRAM once elected, resigns when it exits,
+    /// and exits with the program's code. The program sees VALKEYLOCK_NAME,
+    /// VALKEYLOCK_TERM (strictly increasing across leaders; also as
+    /// VALKEYLOCK_FENCING_TOKEN) and VALKEYLOCK_LEADER_VALUE. If the
+    /// leadership is lost, the program gets SIGTERM, then SIGKILL after
+    /// --grace, and the exit code is 75.
+    #[command(
+        after_long_help = EXIT_CODES,
+        override_usage = "valkeylock elect [OPTIONS] <NAME> <VALUE> -- <PROGRAM> [ARGS]..."
+    )]
+    Elect {
+        /// The election's name.
+        name: String,
+        /// What this candidate announces as leader.
+        value: String,
+        /// Give up after campaigning this long (exit 73). [default: wait
+        /// forever]
+        #[arg(long, value_name = "DURATION", env = "VALKEYLOCK_WAIT_TIMEOUT", value_parser = duration)]
+        wait_timeout: Option<Duration>,
+        /// After a lost leadership, how long the program has between SIGTERM
+        /// and SIGKILL.
+        #[arg(long, value_name = "DURATION", env = "VALKEYLOCK_GRACE", value_parser = duration, default_value = "5s")]
+        grace: Duration,
+        /// The program and its arguments (put them after `--`).
+        #[arg(required = true, trailing_var_arg = true, value_name = "PROGRAM")]
+        program: Vec<OsString>,
+    },
+    /// Print who leads election NAME: `TERM VALUE` (exit 0), or `-` when
+    /// nobody leads (exit 1); exit 69 when it cannot be told.
+    ///
+    /// With --watch, print the leader, then every new term as it comes (one
+    /// line each, in term order, none skipped), until interrupted.
+    #[command(after_long_help = EXIT_CODES)]
+    Leader {
+        /// Follow the leaders instead of printing the current one.
+        #[arg(long)]
+        watch: bool,
+        /// One JSON document per line: {"name", "leader": {"value",
+        /// "term"} or null}.
+        #[arg(long)]
+        json: bool,
+        /// The election's name.
+        name: String,
     },
     /// Show whether the lock is held (exit 0), not held (exit 1) or unknown
     /// (exit 69: too many keys unreadable to tell).

@@ -4,8 +4,9 @@
 
 use std::io::IsTerminal;
 
+use tokio::signal::unix::{signal, SignalKind};
 use valkeylock::{
-    Error, Health, KeyValue, LockInfo, LockState, Locker, LockerOptions, SemaphoreInfo,
+    Error, Health, KeyValue, Leader, LockInfo, LockState, Locker, LockerOptions, SemaphoreInfo,
 };
 
 use crate::args::{EXIT_NOT_HELD, EXIT_OK, EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_USAGE};
@@ -13,7 +14,7 @@ use crate::args::{EXIT_NOT_HELD, EXIT_OK, EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_
 /// The exit code for a failed call.
 pub(crate) fn exit_for(error: &Error) -> u8 {
     match error {
-        Error::Connection { .. } => EXIT_UNAVAILABLE,
+        Error::Connection { .. } | Error::Unavailable { .. } => EXIT_UNAVAILABLE,
         Error::InvalidOptions { .. } | Error::InvalidName { .. } => EXIT_USAGE,
         _ => EXIT_SOFTWARE,
     }
@@ -93,6 +94,101 @@ pub(crate) async fn semaphore_status(
         return code;
     }
     semaphore_exit(&info)
+}
+
+/// `valkeylock leader [--watch] [--json] NAME`: who leads, then (with
+/// `--watch`) every new term, until SIGINT or SIGTERM (exit 0).
+pub(crate) async fn leader(options: LockerOptions, name: &str, watch: bool, json: bool) -> u8 {
+    let locker = match connect(options).await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let code = follow_leader(&locker, name, watch, json).await;
+    locker.close().await;
+    code
+}
+
+async fn follow_leader(locker: &Locker, name: &str, watch: bool, json: bool) -> u8 {
+    let failed = |e: Error| {
+        eprintln!("valkeylock: {e}");
+        exit_for(&e)
+    };
+    let election = match locker.election(name) {
+        Ok(e) => e,
+        Err(e) => return failed(e),
+    };
+    // Started before the first look, so no term after it is missed.
+    let observer = if watch {
+        match election.observe() {
+            Ok(o) => Some(o),
+            Err(e) => return failed(e),
+        }
+    } else {
+        None
+    };
+    let current = match election.leader().await {
+        Ok(l) => l,
+        Err(e) => return failed(e),
+    };
+    println!("{}", leader_line(name, current.as_ref(), json));
+    let Some(mut observer) = observer else {
+        return if current.is_some() {
+            EXIT_OK
+        } else {
+            EXIT_NOT_HELD
+        };
+    };
+    let mut last = current.map_or(0, |l| l.term);
+    let (mut int, mut term) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(i), Ok(t)) => (i, t),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("valkeylock: cannot catch signals: {e}");
+            return EXIT_SOFTWARE;
+        }
+    };
+    loop {
+        tokio::select! {
+            next = observer.next() => match next {
+                Ok(leader) if leader.term > last => {
+                    last = leader.term;
+                    println!("{}", leader_line(name, Some(&leader), json));
+                }
+                Ok(_) => {}
+                Err(e) => return failed(e),
+            },
+            _ = int.recv() => return EXIT_OK,
+            _ = term.recv() => return EXIT_OK,
+        }
+    }
+}
+
+/// One line of `leader`: `TERM VALUE` (control characters escaped, so a
+/// value is always one line), `-` when nobody leads; or a JSON document.
+fn leader_line(name: &str, leader: Option<&Leader>, json: bool) -> String {
+    if json {
+        return serde_json::json!({ "name": name, "leader": leader }).to_string();
+    }
+    match leader {
+        Some(l) => {
+            let value: String = l
+                .value
+                .chars()
+                .flat_map(|c| {
+                    let escaped: Vec<char> = if c.is_control() {
+                        c.escape_default().collect()
+                    } else {
+                        vec![c]
+                    };
+                    escaped
+                })
+                .collect();
+            format!("{} {value}", l.term)
+        }
+        None => "-".to_owned(),
+    }
 }
 
 /// Prints what a look saw: `doc` as one JSON document (with the nodes'
@@ -318,5 +414,30 @@ pub(crate) async fn release(options: LockerOptions, name: &str, yes: bool) -> u8
         EXIT_UNAVAILABLE
     } else {
         EXIT_OK
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leader_lines() {
+        let l = Leader::new("host-a:80", 7);
+        assert_eq!(leader_line("db", Some(&l), false), "7 host-a:80");
+        assert_eq!(leader_line("db", None, false), "-");
+        let odd = Leader::new("two\nlines\tand é", 9);
+        assert_eq!(
+            leader_line("db", Some(&odd), false),
+            "9 two\\nlines\\tand é"
+        );
+        assert_eq!(
+            leader_line("db", Some(&odd), true),
+            r#"{"leader":{"term":9,"value":"two\nlines\tand é"},"name":"db"}"#
+        );
+        assert_eq!(
+            leader_line("db", None, true),
+            r#"{"leader":null,"name":"db"}"#
+        );
     }
 }

@@ -24,10 +24,28 @@ use crate::inspect::exit_for;
 pub(crate) struct RunArgs {
     pub(crate) name: String,
     pub(crate) wait_timeout: Option<Duration>,
-    /// Hold one of this many permits of semaphore `name` instead of the lock.
-    pub(crate) permits: Option<u32>,
+    pub(crate) what: Hold,
     pub(crate) grace: Duration,
     pub(crate) program: Vec<OsString>,
+}
+
+/// What the program runs under.
+#[derive(Debug)]
+pub(crate) enum Hold {
+    /// The lock `name`.
+    Lock,
+    /// One of this many permits of semaphore `name`.
+    Permit(u32),
+    /// Leadership of election `name`, announcing this value.
+    Leadership(String),
+}
+
+/// What `hold` tells the program about its grant, beyond the name.
+#[derive(Debug, Default)]
+struct Granted {
+    slot: Option<u32>,
+    /// The leader's value, for a leadership.
+    leading: Option<String>,
 }
 
 /// The signals the tool catches: forwarded to the program while it runs,
@@ -77,7 +95,7 @@ pub(crate) async fn run(options: LockerOptions, args: RunArgs) -> u8 {
     let RunArgs {
         name,
         wait_timeout,
-        permits,
+        what,
         grace,
         program,
     } = args;
@@ -98,14 +116,19 @@ pub(crate) async fn run(options: LockerOptions, args: RunArgs) -> u8 {
         },
         sig = signals.recv() => return 128 + sig as u8,
     };
-    let waited = match permits {
-        None => wait(&locker, &name, wait_timeout, &mut signals)
+    let waited = match what {
+        Hold::Lock => wait(&locker, &name, wait_timeout, &mut signals)
             .await
-            .map(|guard| (guard, None)),
-        Some(permits) => wait_permit(&locker, &name, permits, wait_timeout, &mut signals).await,
+            .map(|guard| (guard, Granted::default())),
+        Hold::Permit(permits) => {
+            wait_permit(&locker, &name, permits, wait_timeout, &mut signals).await
+        }
+        Hold::Leadership(value) => {
+            wait_leadership(&locker, &name, value, wait_timeout, &mut signals).await
+        }
     };
     let code = match waited {
-        Ok((guard, slot)) => hold(guard, &name, slot, grace, &program, &mut signals).await,
+        Ok((guard, granted)) => hold(guard, &name, granted, grace, &program, &mut signals).await,
         Err(code) => code,
     };
     locker.close().await;
@@ -219,7 +242,7 @@ async fn wait_permit(
     permits: u32,
     timeout: Option<Duration>,
     signals: &mut Signals,
-) -> Result<(LockGuard, Option<u32>), u8> {
+) -> Result<(LockGuard, Granted), u8> {
     let what = format!("a permit of {name:?}");
     let pool = locker
         .semaphore(name, permits)
@@ -245,8 +268,61 @@ async fn wait_permit(
             return Err(128 + sig as u8);
         }
     };
-    let slot = permit.slot();
-    Ok((permit.into_guard(), Some(slot)))
+    let slot = Some(permit.slot());
+    Ok((
+        permit.into_guard(),
+        Granted {
+            slot,
+            leading: None,
+        },
+    ))
+}
+
+/// Campaigns in election `name` with `value` (`elect`) until elected;
+/// returns the leadership's guard.
+async fn wait_leadership(
+    locker: &Locker,
+    name: &str,
+    value: String,
+    timeout: Option<Duration>,
+    signals: &mut Signals,
+) -> Result<(LockGuard, Granted), u8> {
+    let what = format!("leadership of {name:?}");
+    let election = locker
+        .election(name)
+        .map_err(|e| wait_failed(&what, timeout, Some(e)))?;
+    let elected = async {
+        if timeout.is_some_and(|t| t.is_zero()) {
+            match election.try_campaign(&value).await {
+                Err(Error::NotLocked { .. }) => Err(None),
+                other => other.map_err(Some),
+            }
+        } else {
+            let request = timeout.map_or_else(LockRequest::new, |t| LockRequest::new().wait(t));
+            match election.campaign_with(&value, &request).await {
+                Err(Error::Timeout { .. }) => Err(None),
+                other => other.map_err(Some),
+            }
+        }
+    };
+    let leadership = tokio::select! {
+        r = elected => r.map_err(|e| wait_failed(&what, timeout, e))?,
+        sig = signals.recv() => {
+            eprintln!("valkeylock: got {sig} while campaigning for {what}");
+            return Err(128 + sig as u8);
+        }
+    };
+    eprintln!(
+        "valkeylock: leading {name:?} in term {} as {value:?}",
+        leadership.term()
+    );
+    Ok((
+        leadership.into_guard(),
+        Granted {
+            slot: None,
+            leading: Some(value),
+        },
+    ))
 }
 
 /// The waiting indicator's text: the lock, how long we have waited, what we
@@ -320,7 +396,7 @@ fn die_with_the_tool(command: &mut tokio::process::Command) {
 async fn hold(
     guard: LockGuard,
     name: &str,
-    slot: Option<u32>,
+    granted: Granted,
     grace: Duration,
     program: &[OsString],
     signals: &mut Signals,
@@ -335,8 +411,13 @@ async fn hold(
         )
         // Its own process group, so a lost lock stops everything it started.
         .process_group(0);
-    if let Some(slot) = slot {
+    if let Some(slot) = granted.slot {
         command.env("VALKEYLOCK_PERMIT_SLOT", slot.to_string());
+    }
+    if let Some(value) = &granted.leading {
+        command
+            .env("VALKEYLOCK_TERM", guard.fencing_token().to_string())
+            .env("VALKEYLOCK_LEADER_VALUE", value);
     }
     die_with_the_tool(&mut command);
     let mut child = match command.spawn() {
