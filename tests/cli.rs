@@ -894,7 +894,7 @@ async fn elect_and_leader() {
 
     let mut watch = tool(&server.url());
     watch.args(["leader", "--watch", "--json", &name]);
-    let mut watcher = watch.spawn().unwrap();
+    let watcher = watch.spawn().unwrap();
 
     let script = format!(
         "echo \"$VALKEYLOCK_TERM $VALKEYLOCK_LEADER_VALUE $VALKEYLOCK_FENCING_TOKEN\" >> {}; sleep 1",
