@@ -10,6 +10,11 @@
 //!   faults on 1–2 semaphores of 3 permits (`acquire`, `acquire_with` a
 //!   wait limit, `try_acquire`); the checker allows 3 holders per name and
 //!   one per slot.
+//! - `nemesis_election_*` (issue #14): 8 lockers campaigning in 1–2
+//!   elections under the faults that keep the servers' data; never two
+//!   leaders at once, terms increasing in grant order, and two observers
+//!   per election, cut off by the faults too, that report every granted
+//!   term in order.
 //! - `nemesis_three_processes`: the same with lockers in three child
 //!   processes (this binary re-run as workers), timestamps on
 //!   `CLOCK_MONOTONIC`.
@@ -47,7 +52,8 @@ use support::proxy::*;
 use support::*;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use valkeylock::{
-    Error, LockGuard, LockRequest, Locker, LockerOptions, LostReason, PermitGuard, Semaphore,
+    Election, Error, Leader, Leadership, LockGuard, LockRequest, Locker, LockerOptions, LostReason,
+    PermitGuard, Semaphore,
 };
 
 const VALIDITY: Duration = Duration::from_secs(1);
@@ -177,13 +183,15 @@ impl Cluster {
             }
             let pattern = format!("{}:*", self.prefix);
             if let Ok(Resp::Array(Some(items))) = command(s.port, &["KEYS", &pattern]).await {
-                // Fencing counters never expire, by design.
+                // Fencing counters and elections' logs never expire, by
+                // design.
                 let fence = format!("{}:fence:", self.prefix);
+                let terms = format!("{}:terms:", self.prefix);
                 out.extend(
                     items
                         .iter()
                         .filter_map(Resp::text)
-                        .filter(|k| !k.starts_with(&fence)),
+                        .filter(|k| !k.starts_with(&fence) && !k.starts_with(&terms)),
                 );
             }
         }
@@ -202,6 +210,9 @@ enum Workload {
     /// wait limit, `try_acquire`): capacity `permits` per name, each permit
     /// the lock of one slot.
     Semaphore { permits: u32 },
+    /// Leadership of elections (`campaign`, `try_campaign`): one leader per
+    /// name, terms increasing, observers seeing every term.
+    Election,
 }
 
 impl Workload {
@@ -213,6 +224,7 @@ impl Workload {
             Workload::Semaphore { permits } => {
                 format!("{name}:permit:{}", rng.below(u64::from(permits)))
             }
+            Workload::Election => format!("{name}:election"),
         }
     }
 }
@@ -221,6 +233,7 @@ impl Workload {
 enum Held {
     Lock(LockGuard),
     Permit(PermitGuard),
+    Leader(Leadership),
 }
 
 impl Held {
@@ -229,6 +242,7 @@ impl Held {
         match self {
             Held::Lock(g) => g,
             Held::Permit(p) => p,
+            Held::Leader(l) => l,
         }
     }
 
@@ -238,12 +252,13 @@ impl Held {
         match self {
             Held::Lock(g) => g.name(),
             Held::Permit(p) => p.name(),
+            Held::Leader(l) => l.name(),
         }
     }
 
     fn slot(&self) -> Option<u32> {
         match self {
-            Held::Lock(_) => None,
+            Held::Lock(_) | Held::Leader(_) => None,
             Held::Permit(p) => Some(p.slot()),
         }
     }
@@ -252,6 +267,7 @@ impl Held {
         match self {
             Held::Lock(g) => g.release().await,
             Held::Permit(p) => p.release().await,
+            Held::Leader(l) => l.resign().await,
         }
     }
 }
@@ -349,6 +365,7 @@ where
 async fn acquire_one(
     ctx: &WorkerCtx,
     semaphores: &[Semaphore],
+    elections: &[Election],
     i: usize,
     waits: bool,
     limit: Option<Duration>,
@@ -367,18 +384,31 @@ async fn acquire_one(
         }
         .map(Held::Permit),
         (Workload::Semaphore { .. }, false) => semaphores[i].try_acquire().await.map(Held::Permit),
+        (Workload::Election, true) => elections[i].campaign(&ctx.client).await.map(Held::Leader),
+        (Workload::Election, false) => elections[i]
+            .try_campaign(&ctx.client)
+            .await
+            .map(Held::Leader),
     }
 }
 
 async fn worker(ctx: WorkerCtx, stream: u64) {
     let mut rng = Rng::fork(ctx.seed, stream);
     let semaphores: Vec<Semaphore> = match ctx.workload {
-        Workload::Lock => Vec::new(),
         Workload::Semaphore { permits } => ctx
             .names
             .iter()
             .map(|n| ctx.locker.semaphore(n, permits).expect("semaphore"))
             .collect(),
+        _ => Vec::new(),
+    };
+    let elections: Vec<Election> = match ctx.workload {
+        Workload::Election => ctx
+            .names
+            .iter()
+            .map(|n| ctx.locker.election(n).expect("election"))
+            .collect(),
+        _ => Vec::new(),
     };
     while !ctx.stop.load(Ordering::SeqCst) {
         let i = rng.below(ctx.names.len() as u64) as usize;
@@ -386,16 +416,23 @@ async fn worker(ctx: WorkerCtx, stream: u64) {
         let waits = !rng.chance(0.1);
         // Semaphores: a third of the waits have a limit (`acquire_with`).
         let limit = match ctx.workload {
-            Workload::Lock => None,
+            Workload::Lock | Workload::Election => None,
             Workload::Semaphore { .. } => (waits && rng.chance(0.33)).then(|| rng.ms(200, 3000)),
         };
         let started = mono_ns();
         let res = if waits {
-            acquire_until_stopped(acquire_one(&ctx, &semaphores, i, true, limit), &ctx.stop).await
+            acquire_until_stopped(
+                acquire_one(&ctx, &semaphores, &elections, i, true, limit),
+                &ctx.stop,
+            )
+            .await
         } else {
-            timeout(TRY_BOUND, acquire_one(&ctx, &semaphores, i, false, None))
-                .await
-                .ok()
+            timeout(
+                TRY_BOUND,
+                acquire_one(&ctx, &semaphores, &elections, i, false, None),
+            )
+            .await
+            .ok()
         };
         let ended = mono_ns();
         let outcome = match &res {
@@ -444,10 +481,13 @@ async fn hold(ctx: &WorkerCtx, rng: &mut Rng, held: Held) {
             lock: lock.clone(),
         },
     );
-    // Mostly short holds (many hand-overs), some across extensions.
-    let hold_for = match rng.weighted(&[80, 17, 3]) {
-        0 => rng.ms(1, 30),
-        1 => rng.ms(30, 500),
+    // Mostly short holds (many hand-overs), some across extensions. Leaders
+    // lead longer: terms come a few per second, so that an observer cut off
+    // for the longest fault (2.2 s) misses fewer than the log keeps (64).
+    let hold_for = match (ctx.workload, rng.weighted(&[80, 17, 3])) {
+        (Workload::Election, 0) => rng.ms(50, 200),
+        (_, 0) => rng.ms(1, 30),
+        (_, 1) => rng.ms(30, 500),
         _ => rng.ms(600, 2500),
     };
     let until = Instant::now() + hold_for;
@@ -828,7 +868,7 @@ async fn nemesis_in_process(setup: Setup) {
     // 1–3 locks, or 1–2 semaphores.
     let count = match setup.workload {
         Workload::Lock => 1 + rng.below(3),
-        Workload::Semaphore { .. } => 1 + rng.below(2),
+        Workload::Semaphore { .. } | Workload::Election => 1 + rng.below(2),
     };
     let names: Vec<String> = (0..count).map(|i| format!("{base}-{i}")).collect();
     let names = Arc::new(names);
@@ -863,6 +903,25 @@ async fn nemesis_in_process(setup: Setup) {
             tasks.push(tokio::spawn(worker(ctx, (l * 16 + w) as u64 + 100)));
         }
     }
+    // Elections: two observers of each, in lockers 0 and 1 (their
+    // connections go through proxies the nemesis cuts too).
+    let observers: Vec<Observed> = if setup.workload == Workload::Election {
+        names
+            .iter()
+            .flat_map(|name| {
+                lockers[..2].iter().enumerate().map(move |(l, locker)| {
+                    let observer = locker
+                        .election(name)
+                        .expect("election")
+                        .observe()
+                        .expect("observe");
+                    Observed::start(format!("l{l}:{name}"), name, observer)
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let nctx = NemesisCtx {
         kinds: setup.kinds.clone(),
         lockers: &lockers,
@@ -884,6 +943,7 @@ async fn nemesis_in_process(setup: Setup) {
         }
     }
     let ran = started.elapsed();
+    let observed = check_observers(observers, seed).await;
     for l in &lockers {
         timeout(Duration::from_secs(5), l.close())
             .await
@@ -948,7 +1008,13 @@ async fn nemesis_in_process(setup: Setup) {
         "too few grants to mean anything: {}",
         r.grants
     );
-    if setup.fencing {
+    if let Some((terms, observers)) = observed {
+        eprintln!(
+            "[{}] observers: {observers}, each saw every granted term of its election, in order ({terms} term checks)",
+            setup.label
+        );
+    }
+    if setup.fencing || setup.workload == Workload::Election {
         let mut log = FENCE_LOG.lock().expect("fence log").clone();
         log.sort_by_key(|(name, acquired, _)| (name.clone(), *acquired));
         let checked = log.len();
@@ -986,6 +1052,146 @@ async fn nemesis_in_process(setup: Setup) {
             "the semaphore was never full (seed {seed:#x})"
         );
     }
+}
+
+/// One observer of an election during a nemesis run: what it reported.
+struct Observed {
+    label: String,
+    name: String,
+    seen: Arc<Mutex<Vec<Leader>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Observed {
+    fn start(label: String, name: &str, mut observer: valkeylock::LeaderObserver) -> Observed {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let seen = seen.clone();
+            async move {
+                while let Ok(leader) = observer.next().await {
+                    seen.lock().expect("seen").push(leader);
+                }
+            }
+        });
+        Observed {
+            label,
+            name: name.to_owned(),
+            seen,
+            task,
+        }
+    }
+
+    fn terms(&self) -> Vec<u64> {
+        self.seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .map(|l| l.term)
+            .collect()
+    }
+}
+
+/// Once the workload stopped: every observer catches up with the last
+/// granted term of its election (within 15 s), reported its terms in
+/// strictly increasing order, and missed none of the granted terms (the
+/// fence log's: every term whose `campaign` returned). `None` without
+/// observers; else the granted terms checked and the observers.
+async fn check_observers(observers: Vec<Observed>, seed: u64) -> Option<(usize, usize)> {
+    if observers.is_empty() {
+        return None;
+    }
+    let granted = |name: &str| -> Vec<u64> {
+        let lock = format!("{name}:election");
+        let mut terms: Vec<u64> = FENCE_LOG
+            .lock()
+            .expect("fence log")
+            .iter()
+            .filter(|(l, _, _)| *l == lock)
+            .map(|(_, _, t)| *t)
+            .collect();
+        terms.sort_unstable();
+        terms
+    };
+    let mut checked = 0;
+    for o in &observers {
+        let want = granted(&o.name);
+        let last = want.last().copied().unwrap_or(0);
+        let caught_up = eventually(Duration::from_secs(15), || async {
+            o.terms().last().copied().unwrap_or(0) >= last
+        })
+        .await;
+        let terms = o.terms();
+        assert!(
+            caught_up,
+            "observer {} did not reach term {last}: saw {terms:?} (seed {seed:#x})",
+            o.label
+        );
+        assert!(
+            terms.windows(2).all(|w| w[0] < w[1]),
+            "observer {} reported terms out of order: {terms:?} (seed {seed:#x})",
+            o.label
+        );
+        let missing: Vec<u64> = want
+            .iter()
+            .filter(|t| terms.binary_search(t).is_err())
+            .copied()
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "observer {} missed granted terms {missing:?} (seed {seed:#x})",
+            o.label
+        );
+        checked += want.len();
+        o.task.abort();
+    }
+    Some((checked, observers.len()))
+}
+
+/// Leader election under the nemesis: network, actor and server faults
+/// that keep the data (an instance restarted empty loses the fencing
+/// counter, and with it the terms: documented as outside the guarantee).
+/// Never two leaders at once, terms strictly increasing in grant order,
+/// and two observers per election (cut off by the faults like everyone)
+/// that report every granted term, in order, each once.
+fn election_faults() -> Vec<(Fault, u32)> {
+    let kept: Vec<(Fault, u32)> = SERVER_FAULTS
+        .iter()
+        .copied()
+        .filter(|(f, _)| *f != Fault::KillRestartDelayed)
+        .collect();
+    [NET_FAULTS, &kept, ACTOR_FAULTS].concat()
+}
+
+#[test]
+fn nemesis_election_one_instance() {
+    serial(nemesis_in_process(Setup {
+        label: "election, 1 instance, key_majority 1",
+        nodes: 1,
+        majority: 1,
+        lockers: 8,
+        workers_per_locker: 1,
+        kinds: election_faults(),
+        default_secs: 12.0,
+        fencing: false,
+        fair: false,
+        workload: Workload::Election,
+    }));
+}
+
+#[test]
+fn nemesis_election_three_instances() {
+    serial(nemesis_in_process(Setup {
+        label: "election, 3 instances, key_majority 2",
+        nodes: 3,
+        majority: 2,
+        lockers: 8,
+        workers_per_locker: 1,
+        kinds: election_faults(),
+        default_secs: 12.0,
+        fencing: false,
+        fair: false,
+        workload: Workload::Election,
+    }));
 }
 
 /// Fencing tokens under the nemesis: three instances, network and actor
