@@ -126,7 +126,10 @@ async fn handover(url: &str, samples: usize) {
     for (label, mut v) in [
         ("resign → next leader's campaign returns", next_leader),
         ("resign → observer in a third locker reports it", observed),
-        ("lock: release → next acquisition in another locker", lock_wake),
+        (
+            "lock: release → next acquisition in another locker",
+            lock_wake,
+        ),
         ("raw floor: SET NX PX + compare-and-delete", floor),
     ] {
         let p50 = q(&mut v, 0.5);
@@ -172,7 +175,9 @@ async fn crash(server: &ValkeyServer, samples: usize) {
             .with_key_majority(1)
             .with_key_validity(CRASH_VALIDITY)
     };
-    let b = Locker::connect(options(server.port)).await.expect("connect");
+    let b = Locker::connect(options(server.port))
+        .await
+        .expect("connect");
     let name = Kind::Valkeylock.name("election-crash");
     let eb = b.election(&name).unwrap();
     let (mut next_leader, mut margin) = (Vec::new(), Vec::new());

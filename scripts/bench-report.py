@@ -214,6 +214,8 @@ def parse(path):
             cur.notes["split"] = [line]
         elif line.startswith("Server commands (INFO commandstats"):
             cur.notes["anatomy"] = [line]
+        elif line.startswith("B led before A was told"):
+            cur.notes["crash"] = [line]
         elif line.startswith("|"):
             block = []
             while i < len(lines) and lines[i].startswith("|"):
@@ -782,6 +784,12 @@ def generate(bins, env, load_log, results_path, old_bins, old_path, compile_s):
         peer = bins["peer-semaphore"]
         g["peer-semaphore"] = "\n\n".join(
             f"**{k}**\n\n{peer.tables[k].text()}" for k in peer.tables)
+    if "election" in bins:
+        el = bins["election"]
+        g["election-mode"] = f"Settings: `{el.mode}`; {el.header}."
+        g["election-handover"] = table_by_prefix(el, "Hand-over").text()
+        g["election-crash"] = table_by_prefix(el, "Crash").text() + "\n\n" + "\n".join(
+            el.notes.get("crash", []))
     if old_bins:
         g["previous"] = region_previous(bins, old_bins, old_path)
     return g

@@ -303,6 +303,74 @@ fn acl_user_without_the_queue_commands_still_locks() {
     });
 }
 
+/// Added to [`MINIMAL`] and [`FENCING`] for leader election: the log's
+/// trimming (`ZCARD`, `ZREMRANGEBYRANK`).
+const ELECTION: &[&str] = &["+zcard", "+zremrangebyrank"];
+
+/// An election needs the fencing set (its term is a fencing token) and
+/// the log's two commands; with them nothing is denied. Without the log's
+/// commands, `campaign` fails with `Unavailable` (and the lock it won is
+/// released), never a hang.
+#[test]
+fn acl_user_for_elections() {
+    runtime().block_on(async {
+        init_tracing();
+        let server = secured_server();
+        let prefix = unique("aclelect");
+        let full: Vec<&str> = MINIMAL
+            .iter()
+            .chain(FENCING)
+            .chain(ELECTION)
+            .copied()
+            .collect();
+        set_user(server.port, "elector", "el3ct", &prefix, &full).await;
+        let _ = command_auth(server.port, &[ADMIN_PASS], &["ACL", "LOG", "RESET"]).await;
+        let connect = |user: &str, pass: &str| {
+            Locker::connect(
+                LockerOptions::new([format!("redis://{user}:{pass}@127.0.0.1:{}", server.port)])
+                    .with_key_majority(1)
+                    .with_key_prefix(&prefix),
+            )
+        };
+        let locker = connect("elector", "el3ct").await.expect("connect");
+        let election = locker.election("e").unwrap();
+        let mut observer = election.observe().unwrap();
+        for round in 0..3 {
+            let leadership = timeout(ms(3000), election.campaign(&format!("v{round}")))
+                .await
+                .expect("campaign hung")
+                .expect("leadership with the election set");
+            let seen = timeout(ms(3000), observer.next())
+                .await
+                .expect("observer hung")
+                .unwrap();
+            assert_eq!(seen.term, leadership.term());
+            assert_eq!(election.leader().await.unwrap(), Some(seen));
+            leadership.resign().await.unwrap();
+        }
+        let denied: Vec<String> = acl_denials(server.port)
+            .await
+            .into_iter()
+            .filter(|d| !PROBES.iter().any(|p| d.contains(&format!("object {p} "))))
+            .collect();
+        assert!(denied.is_empty(), "denied commands: {denied:#?}");
+        locker.close().await;
+
+        let without: Vec<&str> = MINIMAL.iter().chain(FENCING).copied().collect();
+        set_user(server.port, "nolog", "n0log", &prefix, &without).await;
+        let locker = connect("nolog", "n0log").await.expect("connect");
+        let r = timeout(ms(3000), locker.election("f").unwrap().campaign("v"))
+            .await
+            .expect("campaign hung");
+        assert!(matches!(r, Err(Error::Unavailable { .. })), "{r:?}");
+        let free = timeout(ms(3000), locker.try_lock("f:election"))
+            .await
+            .expect("try_lock hung");
+        assert!(free.is_ok(), "the election's lock was released: {free:?}");
+        locker.close().await;
+    });
+}
+
 #[test]
 fn acl_user_with_the_minimal_command_set() {
     runtime().block_on(async {
