@@ -103,7 +103,7 @@ async fn handover(url: &str, samples: usize) {
         let (elected, b_leads) = next.await.expect("B");
         b_leads.resign().await.expect("B resigns");
         // The lock's wake-up and the floor, in the same round.
-        let wake = lock_wakeup(&a, &b, &lock_name).await;
+        let wake = common::lock_wakeup(&a, &b, &lock_name).await;
         let t = Instant::now();
         let token = raw.lock(&raw_name).await;
         raw.unlock(&raw_name, token).await;
@@ -146,25 +146,6 @@ async fn handover(url: &str, samples: usize) {
     for l in [a, b, c] {
         l.close().await;
     }
-}
-
-/// A holds `name`, B waits for it, A releases: ns from the release to B's
-/// grant.
-async fn lock_wakeup(a: &Locker, b: &Locker, name: &str) -> u64 {
-    let held = a.lock(name).await.expect("A lock");
-    let waiter = tokio::spawn({
-        let (b, name) = (b.clone(), name.to_owned());
-        async move {
-            let got = b.lock(&name).await.expect("B lock");
-            let at = Instant::now();
-            let _ = got.release().await;
-            at
-        }
-    });
-    sleep(Duration::from_millis(20)).await;
-    let t0 = Instant::now();
-    let _ = held.release().await;
-    ns_since(t0, waiter.await.expect("waiter"))
 }
 
 const CRASH_VALIDITY: Duration = Duration::from_secs(1);

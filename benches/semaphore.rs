@@ -280,27 +280,6 @@ async fn contended(url: &str, duration: Duration) {
     }
 }
 
-/// From A's `release()` call until B's waiting acquisition returns, ns.
-/// A holds `name`, B waits for it, A releases: ns from the release to B's
-/// grant.
-async fn lock_wakeup(a: &Locker, b: &Locker, name: &str) -> u64 {
-    let held = a.lock(name).await.expect("A lock");
-    let waiter = tokio::spawn({
-        let (b, name) = (b.clone(), name.to_owned());
-        async move {
-            let got = b.lock(&name).await.expect("B lock");
-            let at = Instant::now();
-            let _ = got.release().await;
-            at
-        }
-    });
-    sleep(Duration::from_millis(20)).await;
-    let t0 = Instant::now();
-    let _ = held.release().await;
-    let at = waiter.await.expect("waiter");
-    at.saturating_duration_since(t0).as_nanos() as u64
-}
-
 async fn wakeup(url: &str, samples: usize) {
     let (a, b) = (connect(url).await, connect(url).await);
     let name = Kind::Valkeylock.name("sem-wakeup");
@@ -339,8 +318,8 @@ async fn wakeup(url: &str, samples: usize) {
             permit_wakes.push(at.saturating_duration_since(t0).as_nanos() as u64);
         }
         // The same for a lock, without and with fair queueing.
-        let lock_wake = lock_wakeup(&a, &b, &lock_name).await;
-        let fair_wake = lock_wakeup(&fair_a, &fair_b, &fair_name).await;
+        let lock_wake = common::lock_wakeup(&a, &b, &lock_name).await;
+        let fair_wake = common::lock_wakeup(&fair_a, &fair_b, &fair_name).await;
         if i >= 5 {
             lock_wakes.push(lock_wake);
             fair_wakes.push(fair_wake);

@@ -158,37 +158,6 @@ pub(crate) fn validate(
     }
 }
 
-/// An error of the election's lock, as the election's: the lock's name (in
-/// `NotLocked`, `Timeout`, `ConfigMismatch`) becomes the election's, since
-/// that is the name the caller gave.
-pub(crate) fn as_election_error(error: Error, name: &str) -> Error {
-    match error {
-        Error::NotLocked {
-            acquired,
-            needed,
-            total,
-            held_by_others,
-            ..
-        } => Error::NotLocked {
-            name: name.to_owned(),
-            acquired,
-            needed,
-            total,
-            held_by_others,
-        },
-        Error::Timeout { waited, .. } => Error::Timeout {
-            name: name.to_owned(),
-            waited,
-        },
-        Error::ConfigMismatch { ours, theirs, .. } => Error::ConfigMismatch {
-            name: name.to_owned(),
-            ours,
-            theirs,
-        },
-        other => other,
-    }
-}
-
 /// Whether a failed log command was the server refusing it (permissions,
 /// a key of another type, memory full, a script error): trying again does
 /// not help, unlike a node that is down or slow.

@@ -153,6 +153,36 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The error of a lock that stands for another name (a semaphore's
+    /// slot, an election's lock), as that name's: the lock's name in
+    /// `NotLocked`, `Timeout` and `ConfigMismatch` becomes `name`, the one
+    /// the caller gave.
+    pub(crate) fn named(self, name: &str) -> Error {
+        let name = name.to_owned();
+        match self {
+            Error::NotLocked {
+                acquired,
+                needed,
+                total,
+                held_by_others,
+                ..
+            } => Error::NotLocked {
+                name,
+                acquired,
+                needed,
+                total,
+                held_by_others,
+            },
+            Error::Timeout { waited, .. } => Error::Timeout { name, waited },
+            Error::ConfigMismatch { ours, theirs, .. } => {
+                Error::ConfigMismatch { name, ours, theirs }
+            }
+            other => other,
+        }
+    }
+}
+
 /// What kind of failure an [`Error::Connection`] is, so a caller can tell
 /// "fix the configuration" from "try again later".
 ///

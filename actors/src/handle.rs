@@ -237,7 +237,7 @@ impl Engine {
         let taking = async {
             self.take_slot(name, permits, kind, terms)
                 .await
-                .map_err(|e| semaphore::as_semaphore_error(e, name))
+                .map_err(|e| e.named(name))
         };
         match (kind, request.wait_limit()) {
             (RequestKind::Wait, Some(limit)) => match tokio::time::timeout(limit, taking).await {
@@ -501,7 +501,7 @@ impl Engine {
                 })),
             _ => campaigning.await,
         };
-        result.map_err(|e| election::as_election_error(e, name))
+        result.map_err(|e| e.named(name))
     }
 
     async fn campaigning(
@@ -585,8 +585,7 @@ impl Engine {
     /// [`Error::InvalidName`], [`Error::Unavailable`] (the lock's state or
     /// the log could not be read on a majority), [`Error::Closed`].
     pub async fn leader(&self, name: &str) -> Result<Option<Leader>, Error> {
-        let s = &self.shared.settings;
-        election::validate(&s.prefix, name, None, s.total)?;
+        self.check_election(name)?;
         self.on_engine(name, |shared, name| async move {
             leader::leader(&shared, &name).await
         })
@@ -598,8 +597,7 @@ impl Engine {
     /// # Errors
     /// [`Error::InvalidName`], [`Error::Closed`].
     pub fn observe(&self, name: &str) -> Result<LeaderObserver, Error> {
-        let s = &self.shared.settings;
-        election::validate(&s.prefix, name, None, s.total)?;
+        self.check_election(name)?;
         if self.is_closed() {
             return Err(Error::Closed);
         }

@@ -31,6 +31,9 @@
 //! - `semaphore`: a semaphore's permit slots (each a lock of its own): their
 //!   names, the order they are tried in, the checks, and what a look at
 //!   them reports (`SemaphoreInfo`).
+//! - `election`: leader election's decisions: the names of an election's
+//!   lock and log, a term's record, who leads given what was read, and what
+//!   an observer reports next (`Leader`).
 //! - `error`: `Error`, `ConnectionErrorKind` and `LostReason`.
 //! - `failure`: fred's connection errors sorted into `ConnectionErrorKind`,
 //!   and the verdict on a locker's first connections.
@@ -51,6 +54,8 @@
 //!   above run, whatever the application's runtime is doing.
 //! - `observer`: `inspect` and `LockWatch`, the handle's side of looking at
 //!   a lock without taking it.
+//! - `leader`: elections on the handle's side: announcing a term in every
+//!   node's log, `leader()`, and `LeaderObserver`.
 //! - `handle`: the public handles.
 
 mod addr;

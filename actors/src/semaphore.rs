@@ -100,33 +100,6 @@ pub(crate) fn try_order(start: u64, permits: u32) -> impl Iterator<Item = u32> {
     (0..permits).map(move |k| (first + k) % permits)
 }
 
-/// An error of one slot's lock, as the semaphore's: the slot's name (in
-/// `NotLocked`, `ConfigMismatch`) becomes the
-/// semaphore's, since that is the name the caller gave.
-pub(crate) fn as_semaphore_error(error: Error, name: &str) -> Error {
-    match error {
-        Error::NotLocked {
-            acquired,
-            needed,
-            total,
-            held_by_others,
-            ..
-        } => Error::NotLocked {
-            name: name.to_owned(),
-            acquired,
-            needed,
-            total,
-            held_by_others,
-        },
-        Error::ConfigMismatch { ours, theirs, .. } => Error::ConfigMismatch {
-            name: name.to_owned(),
-            ours,
-            theirs,
-        },
-        other => other,
-    }
-}
-
 /// A random starting slot.
 pub(crate) fn random_start() -> u64 {
     let mut b = [0u8; 8];
@@ -203,7 +176,7 @@ mod tests {
 
     #[test]
     fn slot_errors_name_the_semaphore() {
-        let mismatch = as_semaphore_error(
+        let mismatch = Error::named(
             Error::ConfigMismatch {
                 name: slot_name("pool", 2),
                 ours: "m1n1p3".into(),
@@ -216,7 +189,7 @@ mod tests {
                 if name == "pool" && ours == "m1n1p3" && theirs == "m1n1p5"),
             "{mismatch:?}"
         );
-        let refused = as_semaphore_error(
+        let refused = Error::named(
             Error::NotLocked {
                 name: slot_name("pool", 0),
                 acquired: 1,
@@ -230,10 +203,7 @@ mod tests {
             matches!(&refused, Error::NotLocked { name, acquired: 1, needed: 2, total: 3, held_by_others: true } if name == "pool"),
             "{refused:?}"
         );
-        assert!(matches!(
-            as_semaphore_error(Error::Closed, "pool"),
-            Error::Closed
-        ));
+        assert!(matches!(Error::named(Error::Closed, "pool"), Error::Closed));
     }
 
     #[test]

@@ -688,3 +688,24 @@ pub(crate) fn machine() -> String {
         load.join(" ")
     )
 }
+
+/// Locker `a` holds `name`, `b` waits for it, `a` releases: ns from the
+/// release call until `b`'s acquisition returns (a wake-up by
+/// invalidation across lockers).
+pub(crate) async fn lock_wakeup(a: &Locker, b: &Locker, name: &str) -> u64 {
+    let held = a.lock(name).await.expect("A lock");
+    let waiter = tokio::spawn({
+        let (b, name) = (b.clone(), name.to_owned());
+        async move {
+            let got = b.lock(&name).await.expect("B lock");
+            let at = Instant::now();
+            let _ = got.release().await;
+            at
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let t0 = Instant::now();
+    let _ = held.release().await;
+    let at = waiter.await.expect("waiter");
+    at.saturating_duration_since(t0).as_nanos() as u64
+}
