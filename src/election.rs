@@ -184,7 +184,8 @@ impl Election {
     }
 
     /// Follows the leaders: the current one (if any), then every new term in
-    /// order, each once, driven by invalidations (see [`LeaderObserver`]).
+    /// order, each once, driven by invalidations (see [`LeaderObserver`],
+    /// which is also a `Stream` of them).
     ///
     /// # Errors
     /// [`Error::Closed`].

@@ -570,6 +570,54 @@ async fn cluster_lock_wait_lost_and_key_placement() {
     fa.close().await;
     fb.close().await;
 
+    // Leader election on a cluster: the term comes from the two-phase
+    // fencing step (the counter and the lock's keys are on different
+    // slots), the log sits on a slot of its own, and an observer in another
+    // locker is woken by its invalidations.
+    let election_name = unique("elect");
+    let (ea, eb) = (
+        a.election(&election_name).expect("election"),
+        b.election(&election_name).expect("election"),
+    );
+    let mut observer = b
+        .election(&election_name)
+        .expect("election")
+        .observe()
+        .expect("observe");
+    let first = ea.campaign("a").await.expect("a leads");
+    let seen = timeout(secs(5), observer.next())
+        .await
+        .expect("observed within 5 s")
+        .expect("observer");
+    assert_eq!((seen.value.as_str(), seen.term), ("a", first.term()));
+    let next = tokio::spawn({
+        let eb = eb.clone();
+        async move { eb.campaign("b").await }
+    });
+    sleep(Duration::from_millis(50)).await;
+    let term_a = first.term();
+    first.resign().await.expect("resign");
+    let second = timeout(secs(5), next)
+        .await
+        .expect("b leads within 5 s")
+        .expect("task")
+        .expect("b leads");
+    assert!(second.term() > term_a, "{} > {term_a}", second.term());
+    assert_eq!(
+        ea.leader()
+            .await
+            .expect("leader")
+            .map(|l| (l.value, l.term)),
+        Some(("b".to_owned(), second.term()))
+    );
+    let seen = timeout(secs(5), observer.next())
+        .await
+        .expect("observed within 5 s")
+        .expect("observer");
+    assert_eq!((seen.value.as_str(), seen.term), ("b", second.term()));
+    second.resign().await.expect("resign");
+    eprintln!("cluster: election terms {term_a} then {}", seen.term);
+
     measure_acquire(&a, "cluster").await;
     measure_loss(&a, "cluster", 5, |name| {
         let admin = admin.clone();

@@ -314,3 +314,38 @@ async fn a_broken_log_is_a_typed_error() {
     assert!(free, "the lock won before the refusal is released");
     locker.close().await;
 }
+
+/// The observer is also a `Stream`: three terms through `take(3)`, then it
+/// ends with the locker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_observer_is_a_stream() {
+    use futures_util::StreamExt;
+    init_tracing();
+    let server = ValkeyServer::start();
+    let name = unique("elect-stream");
+    let (a, o) = (server.locker().await, server.locker().await);
+    let election = a.election(&name).unwrap();
+    let stream = o.election(&name).unwrap().observe().unwrap();
+    let collecting = tokio::spawn(stream.take(3).collect::<Vec<Leader>>());
+    let mut terms = Vec::new();
+    for round in 0..3 {
+        let leadership = election.campaign(&format!("s{round}")).await.unwrap();
+        terms.push(Leader::new(format!("s{round}"), leadership.term()));
+        leadership.resign().await.unwrap();
+    }
+    let seen = tokio::time::timeout(WITHIN, collecting)
+        .await
+        .expect("three terms within 10 s")
+        .unwrap();
+    assert_eq!(seen, terms);
+    let mut rest = o.election(&name).unwrap().observe().unwrap();
+    o.close().await;
+    let end = tokio::time::timeout(WITHIN, StreamExt::next(&mut rest))
+        .await
+        .expect("ends");
+    assert!(
+        end.is_none(),
+        "the stream ends when the locker closes: {end:?}"
+    );
+    a.close().await;
+}

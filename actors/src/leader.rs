@@ -218,6 +218,20 @@ impl LeaderObserver {
     }
 }
 
+/// The same leaders as [`LeaderObserver::next`], as a `Stream` (for stream
+/// combinators: `take`, `filter`, `select`); it ends when the locker
+/// closes.
+impl futures_util::Stream for LeaderObserver {
+    type Item = Leader;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Leader>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
 /// Starts following election `name` (already validated): registers a
 /// watcher of its lock (the forwarder wakes it for the log too), and returns
 /// the handle and the task that feeds it.
