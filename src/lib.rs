@@ -38,6 +38,8 @@
 //!   maximum hold (`lock_with`, `try_lock_with`).
 //! - [`Semaphore`] ([`Locker::semaphore`]): up to N holders, each a
 //!   [`PermitGuard`].
+//! - [`RwLock`] ([`Locker::rw_lock`]): readers or one writer, a
+//!   [`ReadGuard`] or a [`WriteGuard`] (fenced).
 //! - [`Election`] ([`Locker::election`]): leader election (`campaign`,
 //!   `leader`, `observe`), a [`Leadership`] whose term is a fencing token, a
 //!   [`LeaderObserver`] of every term; `ElectionEvent` for actors.
@@ -222,6 +224,7 @@ mod election;
 mod event;
 mod guard;
 mod locker;
+mod rwlock;
 mod semaphore;
 
 pub use election::{Election, Leadership};
@@ -229,13 +232,14 @@ pub use election::{Election, Leadership};
 pub use event::{ElectionEvent, LockEvent, PermitEvent};
 pub use guard::LockGuard;
 pub use locker::Locker;
+pub use rwlock::{ReadGuard, RwLock, WriteGuard};
 pub use semaphore::{PermitGuard, Semaphore};
 pub use valkeylock_actors::{
     format_duration, parse_duration, ConnectionErrorKind, DurationErrorKind, Error, FenceInfo,
     ForcedRelease, Health, KeyInfo, KeyValue, Leader, LeaderObserver, LeaseWatcher, LockInfo,
     LockRequest, LockState, LockWatch, LockerOptions, LostReason, NodeAddr, NodeHealth,
     NodeUrlErrorKind, ParseDurationError, ParseNodeError, SemaphoreInfo, Topology, LOG_LEN,
-    MAX_NAME_LEN, MAX_PERMITS, MAX_VALUE_LEN,
+    MAX_NAME_LEN, MAX_PERMITS, MAX_READERS, MAX_VALUE_LEN,
 };
 
 use valkeylock_actors::{AcquireKind, Engine, Lease};
@@ -269,6 +273,9 @@ mod assertions {
         send_sync_static::<Health>();
         send_sync_static::<SemaphoreInfo>();
         send_sync_static::<Election>();
+        send_sync_static::<RwLock>();
+        send_sync_static::<ReadGuard>();
+        send_sync_static::<WriteGuard>();
         send_sync_static::<Leadership>();
         send_sync_static::<LeaderObserver>();
         send_sync_static::<Leader>();
@@ -306,6 +313,11 @@ mod assertions {
         send(&election.campaign("me"));
         send(&election.try_campaign("me"));
         send(&election.leader());
+        let rw = locker.rw_lock("x").expect("a valid read-write lock");
+        send(&rw.read());
+        send(&rw.write());
+        send(&rw.try_read());
+        send(&rw.try_write());
     }
 }
 

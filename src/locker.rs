@@ -11,6 +11,7 @@ use crate::election::Election;
 #[cfg(feature = "ractor")]
 use crate::event::LockEvent;
 use crate::guard::LockGuard;
+use crate::rwlock::RwLock;
 use crate::semaphore::Semaphore;
 use crate::{
     AcquireKind, Engine, Error, ForcedRelease, Health, LockInfo, LockRequest, LockWatch,
@@ -276,6 +277,26 @@ impl Locker {
     pub fn semaphore(&self, name: &str, permits: u32) -> Result<Semaphore, Error> {
         self.inner.engine.check_semaphore(name, permits)?;
         Ok(Semaphore::new(self.clone(), name, permits))
+    }
+
+    /// A read-write lock named `name` (see [`RwLock`]): readers share it,
+    /// a writer holds it alone, and a waiting writer stops new readers.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] (empty, too long, braces); and
+    /// [`Error::InvalidOptions`] when the locker's `key_prefix` has braces.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo(locker: valkeylock::Locker) -> Result<(), valkeylock::Error> {
+    /// let table = locker.rw_lock("prices")?;
+    /// let read = table.read().await?;
+    /// # drop(read);
+    /// # Ok(()) }
+    /// ```
+    pub fn rw_lock(&self, name: &str) -> Result<RwLock, Error> {
+        self.inner.engine.check_rwlock(name)?;
+        Ok(RwLock::new(self.clone(), name))
     }
 
     /// A leader election named `name` (see [`Election`]): candidates

@@ -68,6 +68,12 @@ pub(crate) struct Shared {
     /// What an election's lock core is configured with: `core` with fencing
     /// on (the term is the fencing token) and so no local hand-over.
     election_core: Arc<Config>,
+    /// A read-write lock's writer: fenced like an election, and no fair
+    /// queue (its acquisitions go through the read-write gate instead).
+    writer_core: Arc<Config>,
+    /// A read-write lock's reader slot: no local hand-over (a waiting
+    /// writer must be able to stop new readers) and no fair queue.
+    reader_core: Arc<Config>,
     /// The lock actors' timers (one task for all of them).
     pub(crate) timers: Timers,
     nodes: RwLock<Vec<Option<ActorRef<NodeMsg>>>>,
@@ -112,11 +118,22 @@ impl Shared {
             handover_limit: 0,
             ..core.clone()
         });
+        let writer_core = Arc::new(Config {
+            fair: None,
+            ..(*election_core).clone()
+        });
+        let reader_core = Arc::new(Config {
+            fair: None,
+            handover_limit: 0,
+            ..core.clone()
+        });
         Arc::new(Shared {
             settings,
             scripts: Scripts::new(),
             core: Arc::new(core),
             election_core,
+            writer_core,
+            reader_core,
             timers: Timers::start(),
             nodes: RwLock::new(vec![None; n]),
             lanes: RwLock::new(vec![None; n]),
@@ -267,10 +284,41 @@ impl Shared {
     /// The configuration of lock `name`'s core: an election's lock always
     /// has fencing tokens (its terms).
     pub(crate) fn core_for(&self, name: &str) -> Arc<Config> {
+        match crate::rwlock::side_of(name) {
+            Some((_, crate::rwlock::Side::Write)) => return self.writer_core.clone(),
+            Some((_, crate::rwlock::Side::Read)) => return self.reader_core.clone(),
+            None => {}
+        }
         if crate::election::of_lock(name).is_some() {
             self.election_core.clone()
         } else {
             self.core.clone()
+        }
+    }
+
+    /// Tells the other sides of a read-write lock in this locker that its
+    /// key `key` changed (a writer released: its readers may enter; a
+    /// reader released: its writer may): with NOLOOP our own writes send us
+    /// no invalidation, and the forwarder does the same for others'.
+    pub(crate) fn wake_related(&self, key: &[u8]) {
+        let s = &self.settings;
+        let Some((index, lock)) = crate::rwlock::parse_key(&s.prefix, s.total, key) else {
+            return;
+        };
+        let actors: Vec<ActorRef<LockMsg>> = match crate::rwlock::wakes(&lock) {
+            Some(crate::rwlock::Wakes::Writer(writer)) => self.lock(&writer).into_iter().collect(),
+            Some(crate::rwlock::Wakes::Readers(base)) => {
+                let prefix = crate::rwlock::readers_prefix(base);
+                read(&self.locks)
+                    .iter()
+                    .filter(|(name, _)| name.starts_with(&prefix))
+                    .map(|(_, r)| r.actor.clone())
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        for actor in actors {
+            let _ = actor.cast(LockMsg::Invalidated { index });
         }
     }
 
@@ -430,6 +478,7 @@ mod tests {
                 ttl: Duration::from_secs(1),
                 queue: None,
             },
+            gates: None,
             key: "valkeylock:0:x".into(),
             fence_key: None,
             cmd: CmdId(1),

@@ -31,6 +31,7 @@ use crate::observer::{self, LockWatch};
 use crate::options::LockerOptions;
 use crate::request::LockRequest;
 use crate::runtime::EngineRuntime;
+use crate::rwlock;
 use crate::semaphore::{self, SemaphoreInfo};
 use crate::supervisor::{Supervisor, SupervisorArgs};
 
@@ -47,6 +48,39 @@ pub enum AcquireKind {
     Try,
     /// Take it over, whoever holds it.
     Force,
+}
+
+/// A read-write lock's acquisition kind: waiting or one attempt (never by
+/// force: a forced key would skip the gate).
+fn rw_kind(kind: AcquireKind) -> Result<RequestKind, Error> {
+    match kind {
+        AcquireKind::Wait => Ok(RequestKind::Wait),
+        AcquireKind::Try => Ok(RequestKind::Try),
+        AcquireKind::Force => Err(Error::InvalidOptions {
+            field: "kind",
+            reason: "a read-write lock cannot be taken by force".into(),
+        }),
+    }
+}
+
+/// Runs `taking` within `request`'s wait limit, for a waiting `kind`.
+async fn within<T>(
+    name: &str,
+    kind: RequestKind,
+    request: &LockRequest,
+    taking: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match (kind, request.wait_limit()) {
+        (RequestKind::Wait, Some(limit)) => {
+            tokio::time::timeout(limit, taking)
+                .await
+                .unwrap_or(Err(Error::Timeout {
+                    name: name.to_owned(),
+                    waited: limit,
+                }))
+        }
+        _ => taking.await,
+    }
 }
 
 /// A running locker engine: the Supervisor, its `NodeActor`s and `LockActor`s.
@@ -309,6 +343,12 @@ impl Engine {
     ) -> Result<Lease, Error> {
         let s = &self.shared.settings;
         keys::validate_name(&s.prefix, name, s.total)?;
+        if rwlock::is_reserved(name) {
+            return Err(Error::InvalidName {
+                name: keys::truncate_for_error(name),
+                reason: "the character U+001F is reserved for read-write locks",
+            });
+        }
         if s.fair && s.is_cluster() {
             keys::validate_fair_name(&s.prefix, name)?;
         }
@@ -566,6 +606,131 @@ impl Engine {
                 });
             }
         }
+    }
+
+    /// Checks a read-write lock's name, as `acquire_read` and
+    /// `acquire_write` do.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::InvalidOptions`] (a key prefix with
+    /// braces).
+    pub fn check_rwlock(&self, name: &str) -> Result<(), Error> {
+        let s = &self.shared.settings;
+        rwlock::validate(&s.prefix, name, s.total)
+    }
+
+    /// Takes the write side of read-write lock `name` (see `rwlock`): its
+    /// writer's lock, through the gate that waits for the readers to leave
+    /// and stops new ones meanwhile. The lease has a fencing token.
+    ///
+    /// # Errors
+    /// As [`Engine::acquire`] (a `Force` is refused with
+    /// [`Error::InvalidOptions`]), with the read-write lock's name.
+    pub async fn acquire_write(
+        &self,
+        name: &str,
+        kind: AcquireKind,
+        request: &LockRequest,
+    ) -> Result<Lease, Error> {
+        let s = &self.shared.settings;
+        rwlock::validate(&s.prefix, name, s.total)?;
+        let kind = rw_kind(kind)?;
+        let terms = request.terms(s)?;
+        let timing = metrics::Acquisition::start(kind);
+        let span = tracing::debug_span!(
+            "acquire",
+            lock = name,
+            side = "write",
+            ?kind,
+            token = tracing::field::Empty
+        );
+        let writer = rwlock::writer(name);
+        let result = within(name, kind, request, self.request(&writer, kind, terms))
+            .instrument(span.clone())
+            .await
+            .map_err(|e| e.named(name));
+        timing.finish(&result);
+        result.map(|lease| lease.held(&span))
+    }
+
+    /// Takes the read side of read-write lock `name`: one of its reader
+    /// slots, through the gate that waits while a writer holds or waits.
+    /// Tries a few slots from a random one, then waits on them; returns
+    /// the lease and the slot.
+    ///
+    /// # Errors
+    /// As [`Engine::acquire_write`].
+    pub async fn acquire_read(
+        &self,
+        name: &str,
+        kind: AcquireKind,
+        request: &LockRequest,
+    ) -> Result<(Lease, u32), Error> {
+        let s = &self.shared.settings;
+        rwlock::validate(&s.prefix, name, s.total)?;
+        let kind = rw_kind(kind)?;
+        let mut terms = request.terms(s)?.unwrap_or(self.shared.core.terms);
+        terms.permits = Some(u16::try_from(rwlock::MAX_READERS).unwrap_or(u16::MAX));
+        let timing = metrics::Acquisition::start(kind);
+        let span = tracing::debug_span!(
+            "acquire",
+            lock = name,
+            side = "read",
+            ?kind,
+            token = tracing::field::Empty
+        );
+        let result = within(name, kind, request, self.take_reader(name, kind, terms))
+            .instrument(span.clone())
+            .await
+            .map_err(|e| e.named(name));
+        timing.finish(&result);
+        result.map(|(lease, slot)| (lease.held(&span), slot))
+    }
+
+    /// Tries `READER_TRIES` reader slots from a random one; a waiter then
+    /// waits on those, and takes the first grant.
+    async fn take_reader(
+        &self,
+        name: &str,
+        kind: RequestKind,
+        terms: crate::core::Terms,
+    ) -> Result<(Lease, u32), Error> {
+        let s = &self.shared.settings;
+        let slots: Vec<u32> = semaphore::try_order(semaphore::random_start(), rwlock::MAX_READERS)
+            .take(rwlock::READER_TRIES)
+            .collect();
+        let mut held_by_others = false;
+        for &slot in &slots {
+            match self
+                .request(&rwlock::reader(name, slot), RequestKind::Try, Some(terms))
+                .await
+            {
+                Ok(lease) => return Ok((lease, slot)),
+                Err(Error::NotLocked {
+                    held_by_others: by_others,
+                    ..
+                }) => held_by_others |= by_others,
+                Err(e) => return Err(e),
+            }
+        }
+        if kind == RequestKind::Try {
+            return Err(Error::NotLocked {
+                name: name.to_owned(),
+                acquired: 0,
+                needed: s.majority,
+                total: s.total,
+                held_by_others,
+            });
+        }
+        let mut waits: FuturesUnordered<_> = slots
+            .into_iter()
+            .map(|slot| async move {
+                self.request(&rwlock::reader(name, slot), RequestKind::Wait, Some(terms))
+                    .await
+                    .map(|lease| (lease, slot))
+            })
+            .collect();
+        waits.next().await.unwrap_or(Err(Error::Closed))
     }
 
     /// Checks an election's name, as `campaign` does.

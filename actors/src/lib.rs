@@ -79,6 +79,7 @@ mod observer;
 mod options;
 mod request;
 mod runtime;
+mod rwlock;
 mod scripts;
 mod semaphore;
 #[cfg(test)]
@@ -105,6 +106,7 @@ pub use leader::LeaderObserver;
 pub use observer::LockWatch;
 pub use options::LockerOptions;
 pub use request::LockRequest;
+pub use rwlock::MAX_READERS;
 pub use semaphore::{SemaphoreInfo, MAX_PERMITS};
 
 #[cfg(test)]

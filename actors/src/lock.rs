@@ -29,6 +29,8 @@ use crate::msg::{
     ExtendItem, GrantParts, GrantStatus, Job, LockMsg, NodeMsg, NodeReply, Released, Request,
     SupervisorMsg, TokenTag,
 };
+use crate::rwlock::{self, Gates};
+use crate::scripts::SetMode;
 use crate::timers::Timer;
 
 pub(crate) struct LockActor;
@@ -90,6 +92,8 @@ pub(crate) struct LockState {
     keys: Vec<Arc<str>>,
     /// `{prefix}:fence:{name}`: the fencing counter.
     fence_key: Arc<str>,
+    /// A side of a read-write lock: what gates each of its keys.
+    gates: Option<Vec<Arc<Gates>>>,
     shared: Arc<Shared>,
     supervisor: ActorRef<SupervisorMsg>,
     sent: Arc<AtomicU64>,
@@ -119,9 +123,28 @@ impl Actor for LockActor {
         args: LockArgs,
     ) -> Result<LockState, ActorProcessingErr> {
         let s = &args.shared.settings;
+        let side = rwlock::side_of(&args.name);
         let keys = (0..s.total)
-            .map(|i| Arc::from(keys::key_name(&s.prefix, i, &args.name)))
+            .map(|i| {
+                Arc::from(match side {
+                    Some(_) => rwlock::key_name(&s.prefix, i, &args.name),
+                    None => keys::key_name(&s.prefix, i, &args.name),
+                })
+            })
             .collect();
+        let gates = side.map(|(base, side)| {
+            (0..s.total)
+                .map(|i| {
+                    Arc::new(Gates {
+                        side,
+                        keys: rwlock::gates(&s.prefix, base, side, i)
+                            .into_iter()
+                            .map(Arc::from)
+                            .collect(),
+                    })
+                })
+                .collect()
+        });
         let fence_key = Arc::from(format!("{}:fence:{}", s.prefix, args.name));
         let core = LockCore::new(
             args.shared.core_for(&args.name),
@@ -133,6 +156,7 @@ impl Actor for LockActor {
             name: args.name,
             keys,
             fence_key,
+            gates,
             shared: args.shared,
             supervisor: args.supervisor,
             sent: args.sent,
@@ -340,13 +364,30 @@ impl LockState {
             Target::Key(i) => (self.shared.core.placement[i], self.keys[i].clone()),
             Target::Fence(n) => (n, self.fence_key.clone()),
         };
+        // A free key of a read-write lock is taken through its gates, a
+        // lost key taken back at an extension too: one command, not the
+        // node's batch.
+        let gates = match (&self.gates, target, &op) {
+            (
+                Some(per_key),
+                Target::Key(i),
+                Op::Acquire {
+                    mode: SetMode::Nx, ..
+                }
+                | Op::Extend {
+                    mode: SetMode::Nx, ..
+                },
+            ) => Some(per_key[i].clone()),
+            _ => None,
+        };
         let failed = |why| {
             let _ = me.cast(LockMsg::Reply(NodeReply {
                 cmd,
                 outcome: Outcome::Failed(why),
             }));
         };
-        if let Op::Extend { token, mode, ttl } = op {
+        if let (Op::Extend { token, mode, ttl }, None) = (&op, &gates) {
+            let (token, mode, ttl) = (token.clone(), *mode, *ttl);
             let item = ExtendItem {
                 key,
                 token,
@@ -367,6 +408,7 @@ impl LockState {
             op,
             key,
             fence_key,
+            gates,
             cmd,
             reply_to: me.clone(),
         };

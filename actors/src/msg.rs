@@ -13,6 +13,7 @@ use crate::core::{CmdId, Op, Outcome, ReqId, RequestKind, Terms, Time};
 use crate::election::Record;
 use crate::error::{Error, LostReason};
 use crate::failure::{NodeFailure, NodeReport};
+use crate::rwlock::Gates;
 use crate::scripts::{Seen, SetMode, Token};
 
 /// What a grant looks like to its holder, published by its `LockActor`.
@@ -136,6 +137,9 @@ pub(crate) struct Job {
     pub(crate) key: Arc<str>,
     /// The fencing counter, for an acquisition that moves it.
     pub(crate) fence_key: Option<Arc<str>>,
+    /// A read-write lock's side and the keys that gate this key (see
+    /// `rwlock`): an acquisition of a free key goes through them.
+    pub(crate) gates: Option<Arc<Gates>>,
     pub(crate) cmd: CmdId,
     pub(crate) reply_to: ActorRef<LockMsg>,
 }

@@ -754,6 +754,16 @@ fn start_forwarder(
                             {
                                 shared.wake_watchers(&crate::election::lock_name(election));
                             }
+                            // A read-write lock's key: its own actor, and the
+                            // other sides it may let in.
+                            if let Some((index, lock)) =
+                                crate::rwlock::parse_key(prefix, total, key.as_bytes())
+                            {
+                                if let Some(actor) = shared.lock(&lock) {
+                                    let _ = actor.cast(LockMsg::Invalidated { index });
+                                }
+                                shared.wake_related(key.as_bytes());
+                            }
                             continue;
                         };
                         if let Some(lock) = shared.lock(name) {
@@ -1018,11 +1028,24 @@ async fn run_pump(client: Client, shared: Arc<Shared>, mut jobs: mpsc::Unbounded
 }
 
 async fn run_job(client: &Client, shared: &Shared, job: Job) {
-    let outcome = run(client, shared, &job.op, &job.key, job.fence_key.as_deref()).await;
+    let outcome = run(
+        client,
+        shared,
+        &job.op,
+        &job.key,
+        job.fence_key.as_deref(),
+        job.gates.as_deref(),
+    )
+    .await;
     // With NOLOOP (the default) this connection's own writes send it no
     // invalidation: tell this locker's watchers of the name directly.
     if matches!(job.op, Op::Acquire { .. } | Op::Release { .. }) {
         shared.wake_watchers_of_key(&job.key);
+    }
+    // The same for the other sides of a read-write lock in this locker: a
+    // released key may let them in.
+    if job.gates.is_some() || matches!(job.op, Op::Release { .. }) {
+        shared.wake_related(job.key.as_bytes());
     }
     let _ = job.reply_to.cast(LockMsg::Reply(NodeReply {
         cmd: job.cmd,
@@ -1038,10 +1061,29 @@ async fn run(
     op: &Op,
     key: &str,
     fence_key: Option<&str>,
+    gates: Option<&crate::rwlock::Gates>,
 ) -> Outcome {
     let s = &shared.settings;
     let scripts = &shared.scripts;
     let result = match op {
+        // A free key of a read-write lock is taken only through its gates
+        // (an acquisition, or a lost key taken back at an extension).
+        Op::Acquire {
+            token,
+            mode: SetMode::Nx,
+            ttl,
+            ..
+        }
+        | Op::Extend {
+            token,
+            mode: SetMode::Nx,
+            ttl,
+        } if gates.is_some() => {
+            let gates = gates.expect("checked");
+            rw_acquire(client, shared, key, fence_key, token, *ttl, gates)
+                .await
+                .map(|v| acquired(key, &v, fence_key.is_some()))
+        }
         Op::Acquire {
             token,
             mode: set,
@@ -1151,6 +1193,39 @@ async fn plain_acquire(
             Value::from_static_str(if fence_key.is_some() { "1" } else { "0" }),
             token.as_str().into(),
             Value::from_static_str(set.as_arg()),
+        ];
+        (keys, args)
+    })
+    .await
+}
+
+/// `RW_ACQUIRE_LUA` on one key of a read-write lock, gated by `gates`.
+async fn rw_acquire(
+    client: &Client,
+    shared: &Shared,
+    key: &str,
+    fence_key: Option<&str>,
+    token: &Token,
+    ttl: Duration,
+    gates: &crate::rwlock::Gates,
+) -> Result<Value, fred::error::Error> {
+    let s = &shared.settings;
+    let mode = Value::from_static_str(if s.relative { "PX" } else { "PXAT" });
+    let intent = u64::try_from(s.validity.as_millis()).unwrap_or(u64::MAX);
+    evalsha(client, &shared.scripts.rw_acquire, || {
+        let mut keys: Vec<Key> = Vec::with_capacity(gates.keys.len() + 2);
+        keys.push(key.into());
+        if let Some(f) = fence_key {
+            keys.push(f.into());
+        }
+        keys.extend(gates.keys.iter().map(|g| Key::from(&**g)));
+        let args = vec![
+            ttl_arg(s, ttl).into(),
+            mode.clone(),
+            Value::from_static_str(if fence_key.is_some() { "1" } else { "0" }),
+            token.as_str().into(),
+            Value::from_static_str(gates.side.as_arg()),
+            intent.to_string().into(),
         ];
         (keys, args)
     })

@@ -332,6 +332,75 @@ if not cur then return nil end
 return {cur, redis.call('PTTL', KEYS[1])}
 "#;
 
+/// The gated acquisition of one key of a read-write lock (`rwlock`): the
+/// acquire script's step for a free key, taken only when its gates are
+/// closed.
+///
+/// `KEYS`: the lock key, then the fencing counter when `ARGV[3]` is `1`,
+/// then the gates: for a reader (`ARGV[5]` `r`), the writer's key and its
+/// intent; for the writer (`w`), its intent, then every reader slot's key.
+/// `ARGV`: 1 milliseconds, 2 `PX`|`PXAT`, 3 the fencing flag, 4 the token,
+/// 5 the side, 6 how long the writer's intent lasts (ms).
+///
+/// A key already ours is extended, as by the acquire script; a key held by
+/// another is reported as its value. A free key is refused while a gate
+/// key exists: the reply is `rw-gate` (not a token, so it never reads as a
+/// configuration mismatch), and the gate that refused is read, so its
+/// change wakes the refused. A writer refused by a reader leaves its intent
+/// (its token, lapsing after `ARGV[6]` ms); a writer that wins takes the
+/// intent away, whoever left it (another waiting writer leaves it again at
+/// its next refusal, and is refused anyway while this one holds).
+/// The reply has the acquire script's shape for one key.
+const RW_ACQUIRE_LUA: &str = r#"
+local key, token, side = KEYS[1], ARGV[4], ARGV[5]
+local first = 2
+if ARGV[3] == '1' then first = 3 end
+local function failed(r)
+  return type(r) == 'table' and r.err ~= nil
+end
+local function fenced(out, won)
+  if ARGV[3] == '1' then
+    if won then
+      out[2] = redis.call('INCR', KEYS[2])
+    else
+      out[2] = tonumber(redis.call('GET', KEYS[2]) or '0')
+    end
+  end
+  return out
+end
+local cur = redis.pcall('GET', key)
+if failed(cur) then return fenced({{0, tostring(cur.err)}}, false) end
+local r
+if cur == token then
+  if ARGV[2] == 'PXAT' then
+    r = redis.pcall('PEXPIREAT', key, ARGV[1])
+  else
+    r = redis.pcall('PEXPIRE', key, ARGV[1])
+  end
+elseif cur then
+  return fenced({cur}, false)
+else
+  local from = first
+  if side == 'w' then from = first + 1 end
+  for i = from, #KEYS do
+    if redis.call('EXISTS', KEYS[i]) == 1 then
+      if side == 'w' then
+        redis.call('SET', KEYS[first], token, 'PX', ARGV[6])
+      end
+      return fenced({'rw-gate'}, false)
+    end
+  end
+  r = redis.pcall('SET', key, token, ARGV[2], ARGV[1])
+end
+if failed(r) then return fenced({{0, tostring(r.err)}}, false) end
+local now = redis.pcall('GET', key)
+if now ~= token then return fenced({now}, false) end
+if side == 'w' then
+  redis.call('DEL', KEYS[first])
+end
+return fenced({1}, cur ~= token)
+"#;
+
 /// An election's log (`election`): appends one term's record, keeping the
 /// newest terms, then reads the terms after a given one.
 ///
@@ -396,6 +465,8 @@ pub(crate) struct Scripts {
     pub(crate) fair: Script,
     /// Loaded on first use, by elections.
     pub(crate) log: Script,
+    /// Loaded on first use, by read-write locks.
+    pub(crate) rw_acquire: Script,
 }
 
 impl Scripts {
@@ -408,6 +479,7 @@ impl Scripts {
             inspect: Script::from_lua(INSPECT_LUA),
             fair: Script::from_lua(FAIR_LUA),
             log: Script::from_lua(LOG_LUA),
+            rw_acquire: Script::from_lua(RW_ACQUIRE_LUA),
         }
     }
 }
