@@ -179,19 +179,19 @@ pub(crate) fn is_reserved(name: &str) -> bool {
 /// or the internal separator) and the key prefix (no braces: the keys' hash tag
 /// holds the prefix, and a brace there would put every index on one slot).
 pub(crate) fn validate(prefix: &str, name: &str, total: usize) -> Result<(), Error> {
-    keys::validate_name(prefix, name, total)?;
-    if is_reserved(name) || name.contains(['{', '}']) {
-        return Err(Error::InvalidName {
-            name: keys::truncate_for_error(name),
-            reason: "a read-write lock's name may not contain braces (its keys' hash tags hold it) or U+001F",
-        });
-    }
     if prefix.contains(['{', '}']) {
         return Err(Error::InvalidOptions {
             field: "key_prefix",
             reason:
                 "read-write locks need a key prefix without braces: their keys' hash tags hold it"
                     .into(),
+        });
+    }
+    keys::validate_name(prefix, name, total)?;
+    if is_reserved(name) || name.contains(['{', '}']) {
+        return Err(Error::InvalidName {
+            name: keys::truncate_for_error(name),
+            reason: "a read-write lock's name may not contain braces (its keys' hash tags hold it) or U+001F",
         });
     }
     Ok(())
