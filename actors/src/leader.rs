@@ -204,7 +204,9 @@ impl LeaderObserver {
     /// that were already gone when this observer looked (a term that began
     /// and ended while a node was unreachable is reported when the observer
     /// reads it). Terms that were not yet announced on a majority of nodes
-    /// are not reported until they are. The log keeps the last 64 terms: an
+    /// are not reported until they are. The start is the observer's first
+    /// look, a round trip after `observe()`: a term that began and ended
+    /// before it is not reported. The log keeps the last 64 terms: an
     /// observer away for more than 64 changes reports the last 64.
     ///
     /// # Errors
