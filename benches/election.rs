@@ -16,6 +16,13 @@
 //!   deposed (by its own clock) and B leading, which the safety rule keeps
 //!   positive.
 //!
+//! - `rwlock` (read-write locks, the same issue): 2 processes × 4 reader
+//!   tasks loop read, hold 2 ms, release, so that some reader always holds;
+//!   1 writer in this process loops write, hold 1 ms, release, pause 20 ms.
+//!   The writer's waits (p50, p99, longest) and both sides' grants per
+//!   second: without writer preference the readers' overlapping holds would
+//!   keep it out for as long as they run.
+//!
 //! Run: `cargo bench --bench election` (`CI=1` for a short run; a
 //! positional filter such as `crash` selects sections).
 
@@ -32,7 +39,16 @@ use support::ValkeyServer;
 use tokio::time::{sleep, Instant};
 use valkeylock::{Locker, LockerOptions};
 
+/// Set in a reader process of the `rwlock` section: `url;name;secs`.
+const RW_CHILD_ENV: &str = "VALKEYLOCK_RW_READER_CHILD";
+const READER_PROCESSES: usize = 2;
+const READER_TASKS: usize = 4;
+
 fn main() {
+    if let Ok(spec) = std::env::var(RW_CHILD_ENV) {
+        reader_child(&spec);
+        return;
+    }
     let args = Args::parse();
     if args.list {
         return;
@@ -51,6 +67,9 @@ fn main() {
             crash(&server, if quick { 3 } else { 30 }).await;
         }
     });
+    if args.wants("rwlock") {
+        writer_starvation(&server, if quick { 2.0 } else { 30.0 });
+    }
     drop(server);
 }
 
@@ -216,4 +235,116 @@ async fn crash(server: &ValkeyServer, samples: usize) {
     println!();
     println!("B led before A was told: {negative} of {samples} (the safety rule says 0)");
     b.close().await;
+}
+
+/// The `rwlock` section: reader processes, one writer here.
+fn writer_starvation(server: &ValkeyServer, secs: f64) {
+    let url = server.url();
+    let name = Kind::Valkeylock.name("rwlock-starvation");
+    let children: Vec<_> = (0..READER_PROCESSES)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().expect("own path"))
+                .env(RW_CHILD_ENV, format!("{url};{name};{secs}"))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::inherit())
+                .spawn()
+                .expect("spawn a reader process")
+        })
+        .collect();
+    let rt = common::runtime();
+    let (waits, writes, elapsed) = rt.block_on(async {
+        let locker = connect(&url).await;
+        let rw = locker.rw_lock(&name).expect("rw_lock");
+        // Let the readers start.
+        sleep(Duration::from_millis(500)).await;
+        let start = Instant::now();
+        let end = start + Duration::from_secs_f64(secs);
+        let mut waits = Vec::new();
+        while Instant::now() < end {
+            let t = Instant::now();
+            let w = rw.write().await.expect("write");
+            waits.push(t.elapsed().as_nanos() as u64);
+            sleep(Duration::from_millis(1)).await;
+            w.release().await.expect("release");
+            sleep(Duration::from_millis(20)).await;
+        }
+        let elapsed = start.elapsed();
+        locker.close().await;
+        let writes = waits.len();
+        (waits, writes, elapsed)
+    });
+    let mut reads = 0u64;
+    let mut most = 0u64;
+    for c in children {
+        let out = c.wait_with_output().expect("reader process");
+        assert!(out.status.success(), "a reader process failed");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(rest) = line.strip_prefix("reads ") {
+                let mut f = rest.split_whitespace();
+                reads += f.next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+                most = most.max(f.next().and_then(|n| n.parse().ok()).unwrap_or(0));
+            }
+        }
+    }
+    let mut waits = waits;
+    let q = |v: &mut Vec<u64>, p| common::quantile(v, p) as f64 / 1e6;
+    println!();
+    println!(
+        "## Writer starvation: {READER_PROCESSES} processes × {READER_TASKS} reader tasks (hold 2 ms), 1 writer (hold 1 ms, pause 20 ms), {secs} s"
+    );
+    println!();
+    println!("| writes | writes/s | writer wait p50 ms | p99 ms | longest ms | reads/s | most readers in one process at once |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {writes} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1} | {most} |",
+        writes as f64 / elapsed.as_secs_f64(),
+        q(&mut waits, 0.5),
+        q(&mut waits, 0.99),
+        q(&mut waits, 1.0),
+        reads as f64 / elapsed.as_secs_f64()
+    );
+}
+
+/// A reader process of the `rwlock` section: `READER_TASKS` tasks loop
+/// read, hold 2 ms, release, for `secs` (plus the writer's start-up);
+/// prints `reads COUNT MOST` (most readers of this process at once).
+fn reader_child(spec: &str) {
+    let parts: Vec<&str> = spec.split(';').collect();
+    let [url, name, secs] = parts[..] else {
+        panic!("bad {RW_CHILD_ENV}: {spec}");
+    };
+    let secs: f64 = secs.parse().expect("secs");
+    let rt = common::runtime();
+    let (reads, most) = rt.block_on(async {
+        let locker = connect(url).await;
+        let holding = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let most = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let end = Instant::now() + Duration::from_secs_f64(secs + 0.5);
+        let tasks: Vec<_> = (0..READER_TASKS)
+            .map(|_| {
+                let rw = locker.rw_lock(name).expect("rw_lock");
+                let (holding, most) = (holding.clone(), most.clone());
+                tokio::spawn(async move {
+                    let mut reads = 0u64;
+                    while Instant::now() < end {
+                        let r = rw.read().await.expect("read");
+                        let now = holding.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                        most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                        sleep(Duration::from_millis(2)).await;
+                        holding.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                        r.release().await.expect("release");
+                        reads += 1;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        let mut reads = 0;
+        for t in tasks {
+            reads += t.await.expect("reader task");
+        }
+        locker.close().await;
+        (reads, most.load(std::sync::atomic::Ordering::SeqCst))
+    });
+    println!("reads {reads} {most}");
 }
