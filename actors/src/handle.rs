@@ -946,8 +946,12 @@ impl Drop for Pending<'_> {
             name: self.name.clone(),
             id: self.id,
         });
-        // The actor answers at most once: either the grant is here now, or
-        // its send fails once `rx` is gone and the actor releases it itself.
+        // The actor answers at most once. Closing the channel first makes
+        // it one or the other: the grant is here now, or its send fails and
+        // the actor releases it itself. (Looking before closing left a
+        // window: a grant sent between the look and the drop was lost, and
+        // its lock held by nobody until the locker closed.)
+        rx.close();
         if let Ok(Ok(parts)) = rx.try_recv() {
             let _ = parts.lock.cast(LockMsg::Release {
                 holder: parts.holder,
