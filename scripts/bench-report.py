@@ -786,10 +786,17 @@ def generate(bins, env, load_log, results_path, old_bins, old_path, compile_s):
             f"**{k}**\n\n{peer.tables[k].text()}" for k in peer.tables)
     if "election" in bins:
         el = bins["election"]
-        g["election-mode"] = f"Settings: `{el.mode}`; {el.header}."
-        g["election-handover"] = table_by_prefix(el, "Hand-over").text()
-        g["election-crash"] = table_by_prefix(el, "Crash").text() + "\n\n" + "\n".join(
-            el.notes.get("crash", []))
+        # A run of one section (`-- rwlock`) has only its own tables.
+        if any(k.startswith("Hand-over") for k in el.tables):
+            g["election-mode"] = f"Settings: `{el.mode}`; {el.header}."
+            g["election-handover"] = table_by_prefix(el, "Hand-over").text()
+            g["election-crash"] = table_by_prefix(el, "Crash").text() + "\n\n" + "\n".join(
+                el.notes.get("crash", []))
+        try:
+            g["rwlock-starvation"] = (f"Settings: `{el.mode}`; {el.header}.\n\n"
+                                      + table_by_prefix(el, "Writer starvation").text())
+        except KeyError:
+            pass
     if old_bins:
         g["previous"] = region_previous(bins, old_bins, old_path)
     return g

@@ -308,7 +308,8 @@ fn acl_user_without_the_queue_commands_still_locks() {
 const ELECTION: &[&str] = &["+zcard", "+zremrangebyrank"];
 
 /// An election needs the fencing set (its term is a fencing token) and
-/// the log's two commands; with them nothing is denied. Without the log's
+/// the log's two commands; with them nothing is denied, read-write locks
+/// included. Without the log's
 /// commands, `campaign` fails with `Unavailable` (and the lock it won is
 /// released), never a hang.
 #[test]
@@ -347,6 +348,19 @@ fn acl_user_for_elections() {
             assert_eq!(seen.term, leadership.term());
             assert_eq!(election.leader().await.unwrap(), Some(seen));
             leadership.resign().await.unwrap();
+        }
+        // Read-write locks need no more than the fencing set.
+        let rw = locker.rw_lock("rw").unwrap();
+        for _ in 0..2 {
+            let (r1, r2) = (rw.read().await.unwrap(), rw.read().await.unwrap());
+            assert!(matches!(rw.try_write().await, Err(Error::NotLocked { .. })));
+            drop((r1, r2));
+            let w = timeout(ms(3000), rw.write())
+                .await
+                .expect("write hung")
+                .unwrap();
+            assert!(w.fencing_token() > 0);
+            w.release().await.unwrap();
         }
         let denied: Vec<String> = acl_denials(server.port)
             .await

@@ -251,3 +251,68 @@ async fn losses_limits_and_bad_input() {
     locker.close().await;
     other.close().await;
 }
+
+/// 2 lockers × 4 reader tasks in a loop (hold 2 ms) and a writer in a
+/// third locker (hold 1 ms, pause 20 ms), for a few seconds: every
+/// acquisition and release returns within 10 s (readers and writers keep
+/// taking turns, none is left waiting), and the writer gets in repeatedly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_and_a_writer_keep_taking_turns() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let name = unique("rw-turns");
+    let secs = Duration::from_secs(6);
+    let mut tasks = Vec::new();
+    let mut lockers = Vec::new();
+    for l in 0..2 {
+        let locker = server.locker().await;
+        for t in 0..4 {
+            let rw = locker.rw_lock(&name).unwrap();
+            tasks.push(tokio::spawn(async move {
+                let end = Instant::now() + secs;
+                let mut reads = 0u64;
+                while Instant::now() < end {
+                    let r = tokio::time::timeout(WITHIN, rw.read())
+                        .await
+                        .unwrap_or_else(|_| panic!("reader {l}/{t} waited 10 s"))
+                        .unwrap();
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    tokio::time::timeout(WITHIN, r.release())
+                        .await
+                        .unwrap_or_else(|_| panic!("reader {l}/{t}: release hung"))
+                        .unwrap();
+                    reads += 1;
+                }
+                reads
+            }));
+        }
+        lockers.push(locker);
+    }
+    let writer = server.locker().await;
+    let rw = writer.rw_lock(&name).unwrap();
+    let end = Instant::now() + secs;
+    let mut writes = 0;
+    while Instant::now() < end {
+        let w = tokio::time::timeout(WITHIN, rw.write())
+            .await
+            .expect("the writer waited 10 s")
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        w.release().await.unwrap();
+        writes += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut reads = 0;
+    for t in tasks {
+        reads += t.await.expect("a reader task failed");
+    }
+    eprintln!("{writes} writes, {reads} reads");
+    assert!(
+        writes >= 10 && reads >= 10,
+        "{writes} writes, {reads} reads"
+    );
+    writer.close().await;
+    for l in lockers {
+        l.close().await;
+    }
+}

@@ -28,6 +28,9 @@
 //! - `duration`: durations as text, read and written with `humantime`.
 //! - `options`: `LockerOptions` and their validation.
 //! - `request`: `LockRequest`, one call's options, checked against them.
+//! - `rwlock`: a read-write lock's locks (the writer's, a slot per reader),
+//!   their keys under one hash tag per index, the gates of the script that
+//!   keeps the sides apart, and whom a change wakes.
 //! - `semaphore`: a semaphore's permit slots (each a lock of its own): their
 //!   names, the order they are tried in, the checks, and what a look at
 //!   them reports (`SemaphoreInfo`).
