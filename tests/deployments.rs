@@ -618,6 +618,43 @@ async fn cluster_lock_wait_lost_and_key_placement() {
     second.resign().await.expect("resign");
     eprintln!("cluster: election terms {term_a} then {}", seen.term);
 
+    // A read-write lock on a cluster: each index's keys share a hash tag
+    // (one slot, so each gate is one atomic step), the indices spread over
+    // the masters. Readers of two lockers share; a writer waits for both,
+    // stops a new reader meanwhile, and is woken when they leave.
+    let rw_name = unique("rw");
+    let (ra, rb) = (
+        a.rw_lock(&rw_name).expect("rw_lock"),
+        b.rw_lock(&rw_name).expect("rw_lock"),
+    );
+    let (r1, r2) = (
+        ra.read().await.expect("read"),
+        rb.read().await.expect("read"),
+    );
+    let writer = tokio::spawn({
+        let ra = ra.clone();
+        async move { ra.write().await }
+    });
+    sleep(Duration::from_millis(100)).await;
+    assert!(!writer.is_finished(), "a writer beside readers");
+    assert!(matches!(
+        rb.try_read().await,
+        Err(LockError::NotLocked { .. })
+    ));
+    drop(r1);
+    r2.release().await.expect("release");
+    let w = timeout(secs(5), writer)
+        .await
+        .expect("the writer woke within 5 s")
+        .expect("task")
+        .expect("write");
+    assert!(w.fencing_token() > 0);
+    let tags: std::collections::BTreeSet<u16> = (0..3)
+        .map(|i| keyslot(&format!("{{valkeylock:{i}:{rw_name}}}:w")))
+        .collect();
+    eprintln!("cluster: read-write lock keys on slots {tags:?}");
+    w.release().await.expect("release");
+
     measure_acquire(&a, "cluster").await;
     measure_loss(&a, "cluster", 5, |name| {
         let admin = admin.clone();
