@@ -293,15 +293,28 @@ impl Engine {
         kind: RequestKind,
         terms: crate::core::Terms,
     ) -> Result<(Lease, u32), Error> {
+        let slots: Vec<(u32, String)> = semaphore::try_order(semaphore::random_start(), permits)
+            .map(|slot| (slot, semaphore::slot_name(name, slot)))
+            .collect();
+        self.take_any(name, &slots, kind, terms).await
+    }
+
+    /// Tries each of `slots` (a slot number and its lock's name) once, in
+    /// order; then, for a waiter, waits on all of them: the first grant
+    /// wins, and the other requests are dropped, which withdraws them and
+    /// releases a grant already on its way. Any error ends the whole wait.
+    async fn take_any(
+        &self,
+        name: &str,
+        slots: &[(u32, String)],
+        kind: RequestKind,
+        terms: crate::core::Terms,
+    ) -> Result<(Lease, u32), Error> {
         let s = &self.shared.settings;
         let mut held_by_others = false;
-        for slot in semaphore::try_order(semaphore::random_start(), permits) {
-            let slot_name = semaphore::slot_name(name, slot);
-            match self
-                .request(&slot_name, RequestKind::Try, Some(terms))
-                .await
-            {
-                Ok(lease) => return Ok((lease, slot)),
+        for (slot, lock) in slots {
+            match self.request(lock, RequestKind::Try, Some(terms)).await {
+                Ok(lease) => return Ok((lease, *slot)),
                 Err(Error::NotLocked {
                     held_by_others: by_others,
                     ..
@@ -318,17 +331,12 @@ impl Engine {
                 held_by_others,
             });
         }
-        // Every slot is taken: wait on all of them. The first grant wins;
-        // the other requests are dropped, which withdraws them and releases
-        // a grant already on its way. Any error ends the whole wait.
-        let mut waits: FuturesUnordered<_> = (0..permits)
-            .map(|slot| {
-                let slot_name = semaphore::slot_name(name, slot);
-                async move {
-                    self.request(&slot_name, RequestKind::Wait, Some(terms))
-                        .await
-                        .map(|lease| (lease, slot))
-                }
+        let mut waits: FuturesUnordered<_> = slots
+            .iter()
+            .map(|(slot, lock)| async move {
+                self.request(lock, RequestKind::Wait, Some(terms))
+                    .await
+                    .map(|lease| (lease, *slot))
             })
             .collect();
         waits.next().await.unwrap_or(Err(Error::Closed))
@@ -695,42 +703,12 @@ impl Engine {
         kind: RequestKind,
         terms: crate::core::Terms,
     ) -> Result<(Lease, u32), Error> {
-        let s = &self.shared.settings;
-        let slots: Vec<u32> = semaphore::try_order(semaphore::random_start(), rwlock::MAX_READERS)
-            .take(rwlock::READER_TRIES)
-            .collect();
-        let mut held_by_others = false;
-        for &slot in &slots {
-            match self
-                .request(&rwlock::reader(name, slot), RequestKind::Try, Some(terms))
-                .await
-            {
-                Ok(lease) => return Ok((lease, slot)),
-                Err(Error::NotLocked {
-                    held_by_others: by_others,
-                    ..
-                }) => held_by_others |= by_others,
-                Err(e) => return Err(e),
-            }
-        }
-        if kind == RequestKind::Try {
-            return Err(Error::NotLocked {
-                name: name.to_owned(),
-                acquired: 0,
-                needed: s.majority,
-                total: s.total,
-                held_by_others,
-            });
-        }
-        let mut waits: FuturesUnordered<_> = slots
-            .into_iter()
-            .map(|slot| async move {
-                self.request(&rwlock::reader(name, slot), RequestKind::Wait, Some(terms))
-                    .await
-                    .map(|lease| (lease, slot))
-            })
-            .collect();
-        waits.next().await.unwrap_or(Err(Error::Closed))
+        let slots: Vec<(u32, String)> =
+            semaphore::try_order(semaphore::random_start(), rwlock::MAX_READERS)
+                .take(rwlock::READER_TRIES)
+                .map(|slot| (slot, rwlock::reader(name, slot)))
+                .collect();
+        self.take_any(name, &slots, kind, terms).await
     }
 
     /// Checks an election's name, as `campaign` does.
