@@ -386,22 +386,24 @@ impl LockState {
                 outcome: Outcome::Failed(why),
             }));
         };
-        if let (Op::Extend { token, mode, ttl }, None) = (&op, &gates) {
-            let (token, mode, ttl) = (token.clone(), *mode, *ttl);
-            let item = ExtendItem {
-                key,
-                token,
-                mode,
-                ttl,
-                cmd,
-                reply_to: me.clone(),
-            };
-            match self.shared.node(node) {
-                Some(actor) if actor.cast(NodeMsg::Extend(item)).is_ok() => {}
-                _ => failed("node not running"),
+        let op = match (op, &gates) {
+            (Op::Extend { token, mode, ttl }, None) => {
+                let item = ExtendItem {
+                    key,
+                    token,
+                    mode,
+                    ttl,
+                    cmd,
+                    reply_to: me.clone(),
+                };
+                match self.shared.node(node) {
+                    Some(actor) if actor.cast(NodeMsg::Extend(item)).is_ok() => {}
+                    _ => failed("node not running"),
+                }
+                return;
             }
-            return;
-        }
+            (op, _) => op,
+        };
         let fence_key =
             matches!(op, Op::Acquire { fence: true, .. }).then(|| self.fence_key.clone());
         let job = Job {
