@@ -63,7 +63,9 @@ fn rw_kind(kind: AcquireKind) -> Result<RequestKind, Error> {
     }
 }
 
-/// Runs `taking` within `request`'s wait limit, for a waiting `kind`.
+/// Runs `taking` within `request`'s wait limit, for a waiting `kind`: past
+/// the limit it is dropped (which withdraws its requests) and the answer is
+/// `Error::Timeout`. Every acquisition's wait limit goes through here.
 async fn within<T>(
     name: &str,
     kind: RequestKind,
@@ -273,16 +275,7 @@ impl Engine {
                 .await
                 .map_err(|e| e.named(name))
         };
-        match (kind, request.wait_limit()) {
-            (RequestKind::Wait, Some(limit)) => match tokio::time::timeout(limit, taking).await {
-                Ok(result) => result,
-                Err(_) => Err(Error::Timeout {
-                    name: name.to_owned(),
-                    waited: limit,
-                }),
-            },
-            _ => taking.await,
-        }
+        within(name, kind, request, taking).await
     }
 
     /// Tries every slot once; then, for a waiter, waits on all of them.
@@ -361,18 +354,7 @@ impl Engine {
             keys::validate_fair_name(&s.prefix, name)?;
         }
         let terms = request.terms(s)?;
-        match (kind, request.wait_limit()) {
-            (RequestKind::Wait, Some(limit)) => {
-                match tokio::time::timeout(limit, self.request(name, kind, terms)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(Error::Timeout {
-                        name: name.to_owned(),
-                        waited: limit,
-                    }),
-                }
-            }
-            _ => self.request(name, kind, terms).await,
-        }
+        within(name, kind, request, self.request(name, kind, terms)).await
     }
 
     /// Sends one request to the name's `LockActor` and waits for its answer.
@@ -539,17 +521,19 @@ impl Engine {
                 reason: "leadership cannot be taken by force".into(),
             });
         }
-        let campaigning = self.campaigning(name, value, kind, request);
-        let result = match (kind, request.wait_limit()) {
-            (AcquireKind::Wait, Some(limit)) => tokio::time::timeout(limit, campaigning)
-                .await
-                .unwrap_or(Err(Error::Timeout {
-                    name: name.to_owned(),
-                    waited: limit,
-                })),
-            _ => campaigning.await,
+        let waits = if kind == AcquireKind::Wait {
+            RequestKind::Wait
+        } else {
+            RequestKind::Try
         };
-        result.map_err(|e| e.named(name))
+        within(
+            name,
+            waits,
+            request,
+            self.campaigning(name, value, kind, request),
+        )
+        .await
+        .map_err(|e| e.named(name))
     }
 
     async fn campaigning(
