@@ -479,7 +479,7 @@ mod tests {
                 queue: None,
             },
             gates: None,
-            key: "valkeylock:0:x".into(),
+            key: crate::keys::KeyName::new("valkeylock:0:x"),
             fence_key: None,
             cmd: CmdId(1),
             reply_to: reply_to.clone(),

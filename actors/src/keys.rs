@@ -22,6 +22,51 @@ pub(crate) fn key_name(prefix: &str, index: usize, name: &str) -> String {
     key
 }
 
+/// A key a lock actor sends commands on, built once per actor: its text for
+/// logs and routing, and the same bytes shared for the wire, so that a
+/// command takes the key by reference count instead of a copy.
+#[derive(Clone, Debug)]
+pub(crate) struct KeyName {
+    text: std::sync::Arc<str>,
+    wire: fred::bytes::Bytes,
+}
+
+/// The text of a [`KeyName`] as the owner of its wire bytes.
+struct KeyText(std::sync::Arc<str>);
+
+impl AsRef<[u8]> for KeyText {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl KeyName {
+    pub(crate) fn new(text: impl Into<std::sync::Arc<str>>) -> KeyName {
+        let text = text.into();
+        let wire = fred::bytes::Bytes::from_owner(KeyText(text.clone()));
+        KeyName { text, wire }
+    }
+
+    /// The key as a command argument.
+    pub(crate) fn wire(&self) -> fred::types::Key {
+        fred::types::Key::from(self.wire.clone())
+    }
+}
+
+impl std::ops::Deref for KeyName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Display for KeyName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 fn push_decimal(out: &mut String, n: usize) {
     use std::fmt::Write;
     let _ = write!(out, "{n}");

@@ -23,7 +23,7 @@ use crate::core::{
     Target, Time,
 };
 use crate::error::{Error, LostReason};
-use crate::keys;
+use crate::keys::{self, KeyName};
 use crate::metrics;
 use crate::msg::{
     ExtendItem, GrantParts, GrantStatus, Job, LockMsg, NodeMsg, NodeReply, Released, Request,
@@ -89,9 +89,9 @@ impl Drop for Holder {
 
 pub(crate) struct LockState {
     name: Arc<str>,
-    keys: Vec<Arc<str>>,
+    keys: Vec<KeyName>,
     /// `{prefix}:fence:{name}`: the fencing counter.
-    fence_key: Arc<str>,
+    fence_key: KeyName,
     /// A side of a read-write lock: what gates each of its keys.
     gates: Option<Vec<Arc<Gates>>>,
     shared: Arc<Shared>,
@@ -126,7 +126,7 @@ impl Actor for LockActor {
         let side = rwlock::side_of(&args.name);
         let keys = (0..s.total)
             .map(|i| {
-                Arc::from(match side {
+                KeyName::new(match side {
                     Some(_) => rwlock::key_name(&s.prefix, i, &args.name),
                     None => keys::key_name(&s.prefix, i, &args.name),
                 })
@@ -145,7 +145,7 @@ impl Actor for LockActor {
                 })
                 .collect()
         });
-        let fence_key = Arc::from(format!("{}:fence:{}", s.prefix, args.name));
+        let fence_key = KeyName::new(format!("{}:fence:{}", s.prefix, args.name));
         let core = LockCore::new(
             args.shared.core_for(&args.name),
             Box::new(OsEntropy),
@@ -224,15 +224,18 @@ impl LockState {
     fn feed(&mut self, me: &ActorRef<LockMsg>, event: Event) {
         let span = self.span.clone();
         let _entered = span.enter();
-        let mut events = std::collections::VecDeque::from([event]);
         self.core.set_allowance(self.shared.notice_allowance());
+        // Events the effects feed back (a grant nobody took) are rare: they
+        // queue behind the first without a collection on the common path.
+        let mut next = Some(event);
+        let mut later = Vec::new();
         let mut now = clock::now();
-        while let Some(event) = events.pop_front() {
+        while let Some(event) = next.take().or_else(|| later.pop()) {
             now = clock::now();
             self.core.handle(now, event);
             while let Some(effect) = self.core.poll_effect() {
                 if let Some(back) = self.apply(me, effect) {
-                    events.push_back(back);
+                    later.insert(0, back);
                 }
             }
         }

@@ -13,6 +13,7 @@ use crate::core::{CmdId, Op, Outcome, ReqId, RequestKind, Terms, Time};
 use crate::election::Record;
 use crate::error::{Error, LostReason};
 use crate::failure::{NodeFailure, NodeReport};
+use crate::keys::KeyName;
 use crate::rwlock::Gates;
 use crate::scripts::{Seen, SetMode, Token};
 
@@ -134,9 +135,9 @@ pub(crate) struct NodeReply {
 pub(crate) struct Job {
     pub(crate) op: Op,
     /// The lock key, or the fencing counter.
-    pub(crate) key: Arc<str>,
+    pub(crate) key: KeyName,
     /// The fencing counter, for an acquisition that moves it.
-    pub(crate) fence_key: Option<Arc<str>>,
+    pub(crate) fence_key: Option<KeyName>,
     /// A read-write lock's side and the keys that gate this key (see
     /// `rwlock`): an acquisition of a free key goes through them.
     pub(crate) gates: Option<Arc<Gates>>,
@@ -147,7 +148,7 @@ pub(crate) struct Job {
 /// One key's extension, waiting for the node's next batch.
 #[derive(Debug)]
 pub(crate) struct ExtendItem {
-    pub(crate) key: Arc<str>,
+    pub(crate) key: KeyName,
     pub(crate) token: Token,
     pub(crate) mode: SetMode,
     /// The TTL to set: a batch groups items of one TTL.

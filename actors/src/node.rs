@@ -46,14 +46,14 @@ use crate::context::{AbortOnDrop, Shared};
 use crate::core::{Op, Outcome, Place, Queue};
 use crate::election::Record;
 use crate::failure::NodeFailure;
-use crate::keys;
+use crate::keys::{self, KeyName};
 use crate::metrics::NodeMetrics;
 use crate::msg::{
     Connection, ExtendItem, Job, LockMsg, NodeMsg, NodeReply, Reading, SupervisorMsg,
 };
 use crate::scripts::{
-    parse_acquire, parse_fence, parse_fence_write, parse_inspect, parse_key_state, parse_log,
-    parse_queued, parse_released, Seen, SetMode, Token,
+    parse_acquire, parse_acquire_one, parse_fence, parse_fence_write, parse_inspect,
+    parse_key_state, parse_log, parse_queued, parse_released, Seen, SetMode, Token,
 };
 
 pub(crate) struct NodeActor;
@@ -916,20 +916,24 @@ async fn extend_batch(
     items: Vec<ExtendItem>,
 ) {
     let s = &shared.settings;
-    let keys: Vec<&str> = items.iter().map(|i| &*i.key).collect();
-    let mut args = Vec::with_capacity(3 + 2 * items.len());
     // One TTL per call (see `chunks`).
-    args.push(ttl_arg(s, items.first().map_or(s.validity, |i| i.ttl)));
-    args.push(if s.relative { "PX" } else { "PXAT" }.to_owned());
-    args.push("0".to_owned());
-    for item in &items {
-        args.push(item.token.as_str().to_owned());
-        args.push(item.mode.as_arg().to_owned());
-    }
-    let call = shared
-        .scripts
-        .acquire
-        .evalsha_with_reload::<Value, _, _>(client, keys, args);
+    let ttl = items.first().map_or(s.validity, |i| i.ttl);
+    let call = evalsha(client, &shared.scripts.acquire, || {
+        let keys: Vec<Key> = items.iter().map(|i| i.key.wire()).collect();
+        let mut args = Vec::with_capacity(3 + 2 * items.len());
+        args.push(ttl_value(s, ttl));
+        args.push(Value::from_static_str(if s.relative {
+            "PX"
+        } else {
+            "PXAT"
+        }));
+        args.push(Value::from_static_str("0"));
+        for item in &items {
+            args.push(item.token.value());
+            args.push(Value::from_static_str(item.mode.as_arg()));
+        }
+        (keys, args)
+    });
     let started = std::time::Instant::now();
     let states = match tokio::time::timeout(s.timeout, call).await {
         Ok(Ok(v)) => parse_acquire(&v, items.len(), false),
@@ -980,24 +984,26 @@ async fn extend_batch(
 const KEY_REFUSED: &str = "the server refused a command on this key";
 
 /// The TTL argument for `ttl`: milliseconds (`PX`), or an absolute Unix
-/// time in milliseconds from this machine's clock (`PXAT`).
+/// time in milliseconds from this machine's clock (`PXAT`). A number goes on
+/// the wire as the same digits a string would, without a string of its own.
 ///
 /// Exact for `PX`: validation only lets whole milliseconds through as
 /// `key_validity` or `LockRequest::validity`, so nothing counted in
 /// `valid_until` is cut off here. For `PXAT` the wall clock is truncated to
 /// the millisecond, up to 1 ms lost, which validation covers by requiring a
 /// `clock_drift` of at least 2 ms.
-fn ttl_arg(s: &crate::options::Settings, ttl: Duration) -> String {
+fn ttl_value(s: &crate::options::Settings, ttl: Duration) -> Value {
     let ms = ttl.as_millis() as u64;
-    if s.relative {
-        ms.to_string()
+    let arg = if s.relative {
+        ms
     } else {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as u64;
-        (now + ms).to_string()
-    }
+        now + ms
+    };
+    Value::Integer(i64::try_from(arg).unwrap_or(i64::MAX))
 }
 
 /// The command pump: drives every queued call concurrently on `client` and
@@ -1033,7 +1039,7 @@ async fn run_job(client: &Client, shared: &Shared, job: Job) {
         shared,
         &job.op,
         &job.key,
-        job.fence_key.as_deref(),
+        job.fence_key.as_ref(),
         job.gates.as_deref(),
     )
     .await;
@@ -1059,10 +1065,12 @@ async fn run(
     client: &Client,
     shared: &Shared,
     op: &Op,
-    key: &str,
-    fence_key: Option<&str>,
+    key: &KeyName,
+    fence_key: Option<&KeyName>,
     gates: Option<&crate::rwlock::Gates>,
 ) -> Outcome {
+    let (wire_key, fence_wire) = (key, fence_key);
+    let (key, fence_key): (&str, Option<&str>) = (key, fence_key.map(|f| &**f));
     let s = &shared.settings;
     let scripts = &shared.scripts;
     let result = match op {
@@ -1090,9 +1098,11 @@ async fn run(
             ttl,
             queue: Some(queue),
             ..
-        } => fair_acquire(client, shared, key, fence_key, token, *set, *ttl, queue)
-            .await
-            .map(|v| acquired(key, &v, fence_key.is_some())),
+        } => fair_acquire(
+            client, shared, wire_key, fence_wire, token, *set, *ttl, queue,
+        )
+        .await
+        .map(|v| acquired(key, &v, fence_key.is_some())),
         Op::Enqueue { places, life } => evalsha(client, &scripts.fair, || {
             let args = FairArgs {
                 life: *life,
@@ -1122,11 +1132,11 @@ async fn run(
             token,
             mode: set,
             ttl,
-        } => plain_acquire(client, shared, key, fence_key, token, *set, *ttl)
+        } => plain_acquire(client, shared, wire_key, fence_wire, token, *set, *ttl)
             .await
             .map(|v| acquired(key, &v, fence_key.is_some())),
         Op::Verify { token } => evalsha(client, &scripts.verify, || {
-            (vec![key.into()], vec![token.as_str().into()])
+            (vec![wire_key.wire()], vec![token.value()])
         })
         .await
         .map(|v| match parse_key_state(&v, true) {
@@ -1134,7 +1144,7 @@ async fn run(
             None => Outcome::Failed("unexpected reply to verify"),
         }),
         Op::Release { token } => evalsha(client, &scripts.release, || {
-            (vec![key.into()], vec![token.as_str().into()])
+            (vec![wire_key.wire()], vec![token.value()])
         })
         .await
         .map(|v| match parse_released(&v) {
@@ -1174,8 +1184,8 @@ async fn run(
 async fn plain_acquire(
     client: &Client,
     shared: &Shared,
-    key: &str,
-    fence_key: Option<&str>,
+    key: &KeyName,
+    fence_key: Option<&KeyName>,
     token: &Token,
     set: SetMode,
     ttl: Duration,
@@ -1183,15 +1193,16 @@ async fn plain_acquire(
     let s = &shared.settings;
     let mode = Value::from_static_str(if s.relative { "PX" } else { "PXAT" });
     evalsha(client, &shared.scripts.acquire, || {
-        let mut keys = vec![key.into()];
+        let mut keys = Vec::with_capacity(2);
+        keys.push(key.wire());
         if let Some(f) = fence_key {
-            keys.push(f.into());
+            keys.push(f.wire());
         }
         let args = vec![
-            ttl_arg(s, ttl).into(),
+            ttl_value(s, ttl),
             mode.clone(),
             Value::from_static_str(if fence_key.is_some() { "1" } else { "0" }),
-            token.as_str().into(),
+            token.value(),
             Value::from_static_str(set.as_arg()),
         ];
         (keys, args)
@@ -1220,7 +1231,7 @@ async fn rw_acquire(
         }
         keys.extend(gates.keys.iter().map(|g| Key::from(&**g)));
         let args = vec![
-            ttl_arg(s, ttl).into(),
+            ttl_value(s, ttl),
             mode.clone(),
             Value::from_static_str(if fence_key.is_some() { "1" } else { "0" }),
             token.as_str().into(),
@@ -1247,14 +1258,12 @@ fn refused_permission(text: &str) -> bool {
 
 /// Reads the reply of an acquisition of one key (either script).
 fn acquired(key: &str, value: &Value, fence: bool) -> Outcome {
-    match parse_acquire(value, 1, fence) {
-        Some(mut states) => match states.swap_remove(0) {
-            Ok(state) => Outcome::Key(state),
-            Err(error) => {
-                warn!(key, error = %error, "the server refused the key in an acquisition");
-                Outcome::Failed(KEY_REFUSED)
-            }
-        },
+    match parse_acquire_one(value, fence) {
+        Some(Ok(state)) => Outcome::Key(state),
+        Some(Err(error)) => {
+            warn!(key, error = %error, "the server refused the key in an acquisition");
+            Outcome::Failed(KEY_REFUSED)
+        }
         None => Outcome::Failed("unexpected reply to acquire"),
     }
 }
@@ -1325,7 +1334,7 @@ impl<'a> FairArgs<'a> {
     fn values(&self, s: &crate::options::Settings) -> Vec<Value> {
         let ms = |d: Duration| Value::from((d.as_millis() as u64).to_string());
         let mut args = vec![
-            ttl_arg(s, self.ttl).into(),
+            ttl_value(s, self.ttl),
             Value::from_static_str(if s.relative { "PX" } else { "PXAT" }),
             Value::from_static_str(if self.fence { "1" } else { "0" }),
             Value::from_static_str(self.op),
@@ -1353,13 +1362,14 @@ impl<'a> FairArgs<'a> {
 async fn fair_acquire(
     client: &Client,
     shared: &Shared,
-    key: &str,
-    fence_key: Option<&str>,
+    wire_key: &KeyName,
+    fence_wire: Option<&KeyName>,
     token: &Token,
     set: SetMode,
     ttl: Duration,
     queue: &Queue,
 ) -> Result<Value, fred::error::Error> {
+    let (key, fence_key): (&str, Option<&str>) = (wire_key, fence_wire.map(|f| &**f));
     let reply = evalsha(client, &shared.scripts.fair, || {
         let args = FairArgs {
             op: if queue.rejoin { "R" } else { "A" },
@@ -1387,7 +1397,7 @@ async fn fair_acquire(
         key,
         "fair queue refused by the server's ACL; acquiring without it"
     );
-    plain_acquire(client, shared, key, fence_key, token, set, ttl).await
+    plain_acquire(client, shared, wire_key, fence_wire, token, set, ttl).await
 }
 
 /// `EVALSHA`, loading the script first if the server does not know it (a

@@ -594,6 +594,24 @@ pub(crate) fn parse_acquire(value: &Value, keys: usize, fence: bool) -> Option<V
     Some(states)
 }
 
+/// [`parse_acquire`] of a reply for one key, the lock actor's own commands:
+/// the same rule without a vector.
+pub(crate) fn parse_acquire_one(value: &Value, fence: bool) -> Option<KeyReply> {
+    let Value::Array(items) = value else {
+        return None;
+    };
+    let (entry, counter) = match (items.as_slice(), fence) {
+        ([entry], false) => (entry, None),
+        ([entry, counter], true) => (entry, Some(parse_fence(counter)?)),
+        _ => return None,
+    };
+    let mut state = parse_acquire_entry(entry)?;
+    if let (Some(counter), Ok(KeyState::Ours { fence, .. })) = (counter, &mut state) {
+        *fence = Some(counter);
+    }
+    Some(state)
+}
+
 /// Reads a fencing counter (a `GET` or `FENCE_WRITE_LUA` reply): nil is 0.
 pub(crate) fn parse_fence(value: &Value) -> Option<u64> {
     match value {
@@ -754,8 +772,28 @@ const TOKEN_HEX: usize = 48;
 /// unguessable as valkeylock's raw 24 bytes), then `:` and the locker's
 /// [`Fingerprint`]: `[F]<48 hex>:m<M>n<N>`. Tokens of `force_lock` start with
 /// `F`, so a holder can tell "forced" from "overwritten".
+///
+/// Built once per attempt in one allocation, then shared: the core, the
+/// commands of every key and the holder's view clone it by reference count,
+/// and it goes on the wire as the same bytes.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub(crate) struct Token(String);
+pub(crate) struct Token(fred::bytes::Bytes);
+
+/// The longest token: `F`, the hex digits, `:` and a fingerprint of three
+/// 20-digit numbers (`m…n…p…`).
+const TOKEN_MAX: usize = 1 + TOKEN_HEX + 1 + 3 * 21;
+
+/// A token's bytes, kept inline so that the token costs one allocation.
+struct TokenBuf {
+    buf: [u8; TOKEN_MAX],
+    len: usize,
+}
+
+impl AsRef<[u8]> for TokenBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
 
 impl Token {
     /// A token for a locker with `fingerprint`, from the operating system's
@@ -770,18 +808,34 @@ impl Token {
 
     /// A token from 24 random bytes, for a locker with `fingerprint`.
     pub(crate) fn from_bytes(bytes: &[u8; 24], forced: bool, fingerprint: Fingerprint) -> Token {
-        let mut s = String::with_capacity(TOKEN_HEX + 16);
+        use std::io::Write;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut t = TokenBuf {
+            buf: [0; TOKEN_MAX],
+            len: 0,
+        };
         if forced {
-            s.push('F');
+            t.buf[0] = b'F';
+            t.len = 1;
         }
         for b in bytes {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            s.push(HEX[(b >> 4) as usize] as char);
-            s.push(HEX[(b & 15) as usize] as char);
+            t.buf[t.len] = HEX[(b >> 4) as usize];
+            t.buf[t.len + 1] = HEX[(b & 15) as usize];
+            t.len += 2;
         }
-        s.push(':');
-        s.push_str(&fingerprint.to_string());
-        Token(s)
+        t.buf[t.len] = b':';
+        t.len += 1;
+        let mut rest = &mut t.buf[t.len..];
+        let room = rest.len();
+        // Cannot overflow: TOKEN_MAX leaves room for the longest fingerprint.
+        let _ = write!(rest, "{fingerprint}");
+        t.len += room - rest.len();
+        Token(fred::bytes::Bytes::from_owner(t))
+    }
+
+    /// The token as a command argument: the same bytes, shared.
+    pub(crate) fn value(&self) -> Value {
+        Value::Bytes(self.0.clone())
     }
 
     /// A token for tests: `key_majority` 2 on one node.
@@ -791,7 +845,8 @@ impl Token {
     }
 
     pub(crate) fn as_str(&self) -> &str {
-        &self.0
+        // Always ASCII: hex digits, `F`, `:` and a fingerprint.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
     /// What a key's value (not ours) says about its owner: whether it came
@@ -837,7 +892,7 @@ impl Token {
 
     /// The first 8 characters, for logs: enough to correlate, useless to forge.
     pub(crate) fn short(&self) -> &str {
-        let s = self.0.trim_start_matches('F');
+        let s = self.as_str().trim_start_matches('F');
         &s[..8.min(s.len())]
     }
 }
@@ -1193,6 +1248,35 @@ mod tests {
             );
         }
         assert_eq!(parse_acquire(&Value::Integer(1), 1, false), None);
+        // The one-key reader agrees with the general one on every reply.
+        let one_key = [
+            (
+                Value::Array(vec![Value::Integer(1), Value::Integer(7)]),
+                true,
+            ),
+            (
+                Value::Array(vec![Value::Integer(1), Value::Integer(7)]),
+                false,
+            ),
+            (Value::Array(vec![Value::Integer(1)]), false),
+            (Value::Array(vec![Value::Integer(1)]), true),
+            (Value::Array(vec![Value::Null]), false),
+            (Value::Array(vec![Value::String("x".into())]), false),
+            (Value::Array(vec![refused(), Value::Integer(3)]), true),
+            (
+                Value::Array(vec![Value::Integer(1), Value::String("x".into())]),
+                true,
+            ),
+            (Value::Array(vec![]), false),
+            (Value::Integer(1), false),
+        ];
+        for (reply, fence) in one_key {
+            assert_eq!(
+                parse_acquire_one(&reply, fence),
+                parse_acquire(&reply, 1, fence).map(|mut v| v.swap_remove(0)),
+                "{reply:?} fence {fence}"
+            );
+        }
         assert_eq!(
             parse_acquire(&Value::Array(vec![Value::Integer(0)]), 1, false),
             None
