@@ -364,7 +364,6 @@ impl Engine {
         kind: RequestKind,
         terms: Option<crate::core::Terms>,
     ) -> Result<Lease, Error> {
-        let name: Arc<str> = Arc::from(name);
         let mut retries = 0u32;
         loop {
             if self.closed.load(Ordering::SeqCst) {
@@ -380,7 +379,7 @@ impl Engine {
             };
             // Fast path: straight to a live LockActor. Otherwise (none yet,
             // or it just stopped) through the Supervisor, which starts one.
-            let request = match self.shared.lock_route(&name) {
+            let request = match self.shared.lock_route(name) {
                 // Counted before it is sent; a retiring actor's mark sends it
                 // through the Supervisor instead (see `LockState::retire`).
                 Some(route) if count_send(&route.sent) => {
@@ -395,14 +394,14 @@ impl Engine {
             if let Some(request) = request {
                 self.supervisor
                     .cast(SupervisorMsg::Request {
-                        name: name.clone(),
+                        name: Arc::from(name),
                         request,
                     })
                     .map_err(|_| Error::Closed)?;
             }
             let mut pending = Pending {
                 supervisor: &self.supervisor,
-                name: &name,
+                name,
                 id,
                 rx: Some(rx),
             };
@@ -882,7 +881,7 @@ async fn force_release(shared: &Shared, name: &str) -> ForcedRelease {
 /// just before the drop would otherwise be held, and extended, by nobody.
 struct Pending<'a> {
     supervisor: &'a ActorRef<SupervisorMsg>,
-    name: &'a Arc<str>,
+    name: &'a str,
     id: u64,
     rx: Option<oneshot::Receiver<Result<GrantParts, Error>>>,
 }
@@ -905,7 +904,7 @@ impl Drop for Pending<'_> {
             return;
         };
         let _ = self.supervisor.cast(SupervisorMsg::Cancel {
-            name: self.name.clone(),
+            name: Arc::from(self.name),
             id: self.id,
         });
         // The actor answers at most once. Closing the channel first makes

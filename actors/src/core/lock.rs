@@ -387,10 +387,36 @@ struct ReleaseGroup {
     id: u64,
     /// The last holder of the grant.
     holder: HolderId,
-    acks: Vec<AckId>,
+    acks: Acks,
     deleted: usize,
     unconfirmed: usize,
     started: Time,
+}
+
+/// Who waits for a group's deletes: nearly always one `release()` caller,
+/// kept without a vector of its own.
+#[derive(Debug, Default)]
+struct Acks {
+    first: Option<AckId>,
+    more: Vec<AckId>,
+}
+
+impl Acks {
+    fn push(&mut self, ack: AckId) {
+        match self.first {
+            None => self.first = Some(ack),
+            Some(_) => self.more.push(ack),
+        }
+    }
+}
+
+impl IntoIterator for Acks {
+    type Item = AckId;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<AckId>, std::vec::IntoIter<AckId>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.more)
+    }
 }
 
 /// The phase of the lock.
@@ -1696,7 +1722,7 @@ impl LockCore {
         self.groups.push(ReleaseGroup {
             id: group,
             holder: g.holder,
-            acks: Vec::new(),
+            acks: Acks::default(),
             deleted: 0,
             unconfirmed: 0,
             started: now,

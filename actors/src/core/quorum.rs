@@ -67,13 +67,34 @@ where
     T: Ord + Copy,
     I: IntoIterator<Item = T>,
 {
-    // At most 2·M−1 keys: a tiny buffer, sorted descending.
-    let mut held: Vec<T> = expiries.into_iter().collect();
-    if held.len() < majority || majority == 0 {
+    // At most 2·M−1 keys: up to 15 (M ≤ 8) in a buffer on the stack, more in
+    // a vector; sorted descending. This runs at every reply and extension.
+    const INLINE: usize = 15;
+    let mut buf: [Option<T>; INLINE] = [None; INLINE];
+    let mut more: Vec<T> = Vec::new();
+    let mut n = 0;
+    for expiry in expiries {
+        if n < INLINE {
+            buf[n] = Some(expiry);
+        } else {
+            if more.is_empty() {
+                more.extend(buf.iter().flatten());
+            }
+            more.push(expiry);
+        }
+        n += 1;
+    }
+    if n < majority || majority == 0 {
         return None;
     }
-    held.sort_unstable_by(|a, b| b.cmp(a));
-    Some(held[majority - 1])
+    if n <= INLINE {
+        let held = &mut buf[..n];
+        held.sort_unstable_by(|a, b| b.cmp(a));
+        held[majority - 1]
+    } else {
+        more.sort_unstable_by(|a, b| b.cmp(a));
+        Some(more[majority - 1])
+    }
 }
 
 /// Outcome of an acquisition so far.
@@ -171,6 +192,21 @@ mod tests {
         for (exp, m, want) in cases {
             let got = validity_end(exp.iter().map(|&e| at(e)), *m);
             assert_eq!(got, want.map(at), "expiries {exp:?} majority {m}");
+        }
+        // Past the buffer on the stack (15): the same rule. Expiries 1..=n
+        // in a scrambled order; the m-th largest is n + 1 − m.
+        for (n, m) in [
+            (15u64, 8usize),
+            (16, 9),
+            (17, 9),
+            (31, 16),
+            (127, 64),
+            (16, 17),
+        ] {
+            let exp: Vec<u64> = (1..=n).map(|i| (i * 7) % n + 1).collect();
+            let want = (m as u64 <= n).then(|| at(n + 1 - m as u64));
+            let got = validity_end(exp.iter().map(|&e| at(e)), m);
+            assert_eq!(got, want, "{n} keys, majority {m}");
         }
     }
 
