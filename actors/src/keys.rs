@@ -24,9 +24,13 @@ pub(crate) fn key_name(prefix: &str, index: usize, name: &str) -> String {
 
 /// A key a lock actor sends commands on, built once per actor: its text for
 /// logs and routing, and the same bytes shared for the wire, so that a
-/// command takes the key by reference count instead of a copy.
+/// command takes the key by reference count instead of a copy. One pointer
+/// wide, so that the messages carrying it stay small.
 #[derive(Clone, Debug)]
-pub(crate) struct KeyName {
+pub(crate) struct KeyName(std::sync::Arc<KeyParts>);
+
+#[derive(Debug)]
+struct KeyParts {
     text: std::sync::Arc<str>,
     wire: fred::bytes::Bytes,
 }
@@ -44,12 +48,12 @@ impl KeyName {
     pub(crate) fn new(text: impl Into<std::sync::Arc<str>>) -> KeyName {
         let text = text.into();
         let wire = fred::bytes::Bytes::from_owner(KeyText(text.clone()));
-        KeyName { text, wire }
+        KeyName(std::sync::Arc::new(KeyParts { text, wire }))
     }
 
     /// The key as a command argument.
     pub(crate) fn wire(&self) -> fred::types::Key {
-        fred::types::Key::from(self.wire.clone())
+        fred::types::Key::from(self.0.wire.clone())
     }
 }
 
@@ -57,13 +61,13 @@ impl std::ops::Deref for KeyName {
     type Target = str;
 
     fn deref(&self) -> &str {
-        &self.text
+        &self.0.text
     }
 }
 
 impl std::fmt::Display for KeyName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.text)
+        f.write_str(&self.0.text)
     }
 }
 
