@@ -11,7 +11,6 @@
 //! longer: a reply that comes after all may still say a key is ours, and such
 //! a key must be kept or released, never forgotten.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::quorum::Life;
@@ -90,10 +89,13 @@ pub(crate) struct Cmd {
     overdue: Option<Time>,
 }
 
-/// The table of one lock core.
+/// The table of one lock core: a vector in id order (ids are issued in
+/// increasing order, so a new command goes at the end). It holds a handful
+/// of commands at a time (a key's, an extension's): a search is cheaper than
+/// a tree, and a held lock keeps a few hundred bytes for it, not a tree node.
 #[derive(Debug, Default)]
 pub(crate) struct InFlight {
-    cmds: BTreeMap<CmdId, Cmd>,
+    cmds: Vec<(CmdId, Cmd)>,
     next: u64,
 }
 
@@ -111,7 +113,7 @@ impl InFlight {
     pub(crate) fn send(&mut self, purpose: Purpose, now: Time, bound: Duration) -> CmdId {
         self.next += 1;
         let id = CmdId(self.next);
-        self.cmds.insert(
+        self.cmds.push((
             id,
             Cmd {
                 purpose,
@@ -119,14 +121,16 @@ impl InFlight {
                 deadline: now + bound,
                 overdue: None,
             },
-        );
+        ));
         id
     }
 
     /// Takes the command a reply answers; `None` for an unknown id (answered
     /// already, or forgotten).
     pub(crate) fn answer(&mut self, id: CmdId) -> Option<Answered> {
-        self.cmds.remove(&id).map(|c| Answered {
+        let pos = self.cmds.iter().position(|(c, _)| *c == id)?;
+        let (_, c) = self.cmds.remove(pos);
+        Some(Answered {
             purpose: c.purpose,
             sent: c.sent,
         })
@@ -136,10 +140,10 @@ impl InFlight {
     /// overdue commands whose retention ended.
     pub(crate) fn expire(&mut self, now: Time) -> Vec<(CmdId, Cmd)> {
         let mut due = Vec::new();
-        self.cmds.retain(|&id, c| match c.overdue {
+        self.cmds.retain_mut(|(id, c)| match c.overdue {
             Some(forget_at) => forget_at > now,
             None if c.deadline <= now => {
-                due.push((id, *c));
+                due.push((*id, *c));
                 match c.purpose.life() {
                     Some(life) => {
                         c.overdue = Some(c.sent + life.ttl);
@@ -156,26 +160,26 @@ impl InFlight {
     /// The earliest instant `expire` has something to do.
     pub(crate) fn next_deadline(&self) -> Option<Time> {
         self.cmds
-            .values()
-            .map(|c| c.overdue.unwrap_or(c.deadline))
+            .iter()
+            .map(|(_, c)| c.overdue.unwrap_or(c.deadline))
             .min()
     }
 
     /// True if a command not yet overdue matches `f`.
     pub(crate) fn any_live(&self, f: impl Fn(&Purpose) -> bool) -> bool {
         self.cmds
-            .values()
-            .any(|c| c.overdue.is_none() && f(&c.purpose))
+            .iter()
+            .any(|(_, c)| c.overdue.is_none() && f(&c.purpose))
     }
 
     /// True if any command, live or overdue, matches `f`.
     pub(crate) fn any(&self, f: impl Fn(&Purpose) -> bool) -> bool {
-        self.cmds.values().any(|c| f(&c.purpose))
+        self.cmds.iter().any(|(_, c)| f(&c.purpose))
     }
 
     /// True if no command is waiting for its reply (overdue ones aside).
     pub(crate) fn idle(&self) -> bool {
-        self.cmds.values().all(|c| c.overdue.is_some())
+        self.cmds.iter().all(|(_, c)| c.overdue.is_some())
     }
 
     /// Forgets everything (the core is closed).
