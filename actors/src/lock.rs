@@ -90,8 +90,9 @@ impl Drop for Holder {
 pub(crate) struct LockState {
     name: Arc<str>,
     keys: Vec<KeyName>,
-    /// `{prefix}:fence:{name}`: the fencing counter.
-    fence_key: KeyName,
+    /// `{prefix}:fence:{name}`: the fencing counter, built when first used
+    /// (a locker without fencing never does).
+    fence_key: Option<KeyName>,
     /// A side of a read-write lock: what gates each of its keys.
     gates: Option<Vec<Arc<Gates>>>,
     shared: Arc<Shared>,
@@ -145,7 +146,6 @@ impl Actor for LockActor {
                 })
                 .collect()
         });
-        let fence_key = KeyName::new(format!("{}:fence:{}", s.prefix, args.name));
         let core = LockCore::new(
             args.shared.core_for(&args.name),
             Box::new(OsEntropy),
@@ -155,7 +155,7 @@ impl Actor for LockActor {
             span: tracing::debug_span!("lock", lock = %args.name),
             name: args.name,
             keys,
-            fence_key,
+            fence_key: None,
             gates,
             shared: args.shared,
             supervisor: args.supervisor,
@@ -365,7 +365,7 @@ impl LockState {
     ) {
         let (node, key) = match target {
             Target::Key(i) => (self.shared.core.placement[i], self.keys[i].clone()),
-            Target::Fence(n) => (n, self.fence_key.clone()),
+            Target::Fence(n) => (n, self.fence_key()),
         };
         // A free key of a read-write lock is taken through its gates, a
         // lost key taken back at an extension too: one command, not the
@@ -407,8 +407,7 @@ impl LockState {
             }
             (op, _) => op,
         };
-        let fence_key =
-            matches!(op, Op::Acquire { fence: true, .. }).then(|| self.fence_key.clone());
+        let fence_key = matches!(op, Op::Acquire { fence: true, .. }).then(|| self.fence_key());
         let job = Job {
             op,
             key,
@@ -420,6 +419,15 @@ impl LockState {
         if self.shared.send_job(node, job).is_err() {
             failed("node not connected");
         }
+    }
+
+    /// The name's fencing counter key.
+    fn fence_key(&mut self) -> KeyName {
+        let s = &self.shared.settings;
+        let name = &self.name;
+        self.fence_key
+            .get_or_insert_with(|| KeyName::new(format!("{}:fence:{name}", s.prefix)))
+            .clone()
     }
 
     /// Arms the locker's timer task for the core's next deadline.

@@ -113,6 +113,11 @@ impl InFlight {
     pub(crate) fn send(&mut self, purpose: Purpose, now: Time, bound: Duration) -> CmdId {
         self.next += 1;
         let id = CmdId(self.next);
+        // Room for one to start with: a lock of one key rarely has more out,
+        // and a held lock keeps whatever room its table ever had.
+        if self.cmds.capacity() == 0 {
+            self.cmds.reserve_exact(1);
+        }
         self.cmds.push((
             id,
             Cmd {

@@ -65,6 +65,11 @@ impl Waiters {
             place,
             placed: None,
         };
+        // Room for one to start with: most names have one caller at a time,
+        // and a lock keeps whatever room its queue ever had.
+        if self.queue.capacity() == 0 {
+            self.queue.reserve_exact(1);
+        }
         if kind == RequestKind::Force {
             // Behind forces already waiting, ahead of every waiter.
             let at = self
