@@ -297,7 +297,7 @@ def region_run(bins, env, load_log, results_path, compile_s):
     hyp = " (a VM: `hypervisor` flag)" if env.get("hypervisor") == "yes" else ""
     loads = ", ".join(f"{n} `{bins[n].load}`" for n in ("events", "locks", "scale") if n in bins)
     rows = [
-        ("command", f"`cargo bench 2>&1 \\| tee {results_path}` (all three bench targets, full mode)"),
+        ("command", f"`cargo bench --bench locks --bench events --bench scale 2>&1 \\| tee {results_path}` (full mode; the semaphore, read-write lock and election benches have sections of their own below)"),
         ("date", f"{start} – {end[11:] if end != '?' else '?'}{dur}"),
         ("machine", f"`nproc` {env.get('nproc', '?')}; `/proc/cpuinfo` model name `{env.get('model', '?')}`{hyp}; {mem}, {swap}; Linux {env.get('kernel', '?')}"),
         ("Valkey", f"`valkey-server --version`: `{_short_valkey(env.get('valkey', '?'))}` (started with `--save \"\" --appendonly no`, loopback only)"),
@@ -819,7 +819,8 @@ def cmd_render(args):
     bins = parse(results)
     if "--peer-semaphore" in opts:
         bins["peer-semaphore"] = parse_whole(opts["--peer-semaphore"], "peer-semaphore")
-    if "--only" not in opts:
+    # A partial render (`--only`) leaves the charts alone unless asked.
+    if "--only" not in opts or "--charts" in opts:
         write_charts(bins, results, opts.get("--charts", "docs/charts"))
     g = generate(bins, env, load_log, results, old_bins, old_path, compile_s)
     text = open(doc, encoding="utf-8").read()
