@@ -226,16 +226,16 @@ impl LockState {
         let _entered = span.enter();
         self.core.set_allowance(self.shared.notice_allowance());
         // Events the effects feed back (a grant nobody took) are rare: they
-        // queue behind the first without a collection on the common path.
+        // queue behind the first, in a deque that allocates only if used.
         let mut next = Some(event);
-        let mut later = Vec::new();
+        let mut later = std::collections::VecDeque::new();
         let mut now = clock::now();
-        while let Some(event) = next.take().or_else(|| later.pop()) {
+        while let Some(event) = next.take().or_else(|| later.pop_front()) {
             now = clock::now();
             self.core.handle(now, event);
             while let Some(effect) = self.core.poll_effect() {
                 if let Some(back) = self.apply(me, effect) {
-                    later.insert(0, back);
+                    later.push_back(back);
                 }
             }
         }
