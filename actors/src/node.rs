@@ -1234,7 +1234,7 @@ async fn rw_acquire(
             ttl_value(s, ttl),
             mode.clone(),
             Value::from_static_str(if fence_key.is_some() { "1" } else { "0" }),
-            token.as_str().into(),
+            token.value(),
             Value::from_static_str(gates.side.as_arg()),
             intent.to_string().into(),
         ];
