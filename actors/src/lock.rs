@@ -102,7 +102,10 @@ pub(crate) struct LockState {
     seen: u64,
     core: LockCore,
     requests: HashMap<u64, oneshot::Sender<Result<GrantParts, Error>>>,
-    holders: HashMap<HolderId, Holder>,
+    /// Usually one (a lock has one holder at a time; a semaphore's permits
+    /// taken in this process are the exception): a vector searched in
+    /// place costs a fraction of a hash table's room per held lock.
+    holders: Vec<(HolderId, Holder)>,
     acks: HashMap<u64, oneshot::Sender<Released>>,
     next_ack: u64,
     /// The core's timer, and the instant it is armed for.
@@ -163,7 +166,7 @@ impl Actor for LockActor {
             seen: 0,
             core,
             requests: HashMap::new(),
-            holders: HashMap::new(),
+            holders: Vec::new(),
             acks: HashMap::new(),
             next_ack: 0,
             timer: None,
@@ -242,6 +245,22 @@ impl LockState {
         self.watch
             .update(self.core.grant_view(now), &self.name, &self.shared);
         self.arm_timer(me);
+        if self.core.settled(now) {
+            self.trim();
+        }
+    }
+
+    /// A lock settled into a long hold gives back the room its tables took
+    /// while busy (see `LockCore::settled`).
+    fn trim(&mut self) {
+        self.core.trim();
+        if self.requests.is_empty() {
+            self.requests = HashMap::new();
+        }
+        if self.acks.is_empty() {
+            self.acks = HashMap::new();
+        }
+        self.holders.shrink_to_fit();
     }
 
     /// Carries out one effect; returns an event to feed back, if any.
@@ -293,7 +312,10 @@ impl LockState {
                     h.cancel.cancel();
                     return Some(Event::Release { holder, ack: None });
                 }
-                self.holders.insert(holder, h);
+                if self.holders.capacity() == 0 {
+                    self.holders.reserve_exact(1);
+                }
+                self.holders.push((holder, h));
             }
             Effect::Refuse { to, why } => {
                 if let Some(reply) = self.requests.remove(&to) {
@@ -320,12 +342,13 @@ impl LockState {
             }
             Effect::Status { holder, status } => match status {
                 HolderStatus::Held { valid_until } => {
-                    if let Some(h) = self.holders.get(&holder) {
+                    if let Some((_, h)) = self.holders.iter().find(|(id, _)| *id == holder) {
                         h.status.send_replace(GrantStatus::Held { valid_until });
                     }
                 }
                 HolderStatus::Ended(reason) => {
-                    if let Some(h) = self.holders.remove(&holder) {
+                    if let Some(pos) = self.holders.iter().position(|(id, _)| *id == holder) {
+                        let (_, h) = self.holders.swap_remove(pos);
                         h.end(reason);
                     }
                 }

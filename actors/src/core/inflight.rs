@@ -187,6 +187,13 @@ impl InFlight {
         self.cmds.iter().all(|(_, c)| c.overdue.is_some())
     }
 
+    /// Gives back the table's room if nothing is in it, live or overdue.
+    pub(crate) fn trim(&mut self) {
+        if self.cmds.is_empty() {
+            self.cmds = Vec::new();
+        }
+    }
+
     /// Forgets everything (the core is closed).
     pub(crate) fn clear(&mut self) {
         self.cmds.clear();

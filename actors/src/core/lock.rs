@@ -593,6 +593,42 @@ impl LockCore {
         self.effects.pop_front()
     }
 
+    /// True once the lock has settled into a long hold: held for at least
+    /// one extension period, no command waiting for its reply, nobody
+    /// queued, no effect left to carry out. The shell then gives back the
+    /// room its tables took while busy ([`LockCore::trim`]): a lock held for
+    /// minutes should cost what its state needs, not what its busiest moment
+    /// did. A short hold (a lock + release loop) never gets here, so it
+    /// keeps its buffers and allocates nothing more.
+    pub(crate) fn settled(&self, now: Time) -> bool {
+        match &self.phase {
+            Phase::Holding(g) => {
+                now.since(g.acquired_at) >= g.terms.extend
+                    && self.cmds.idle()
+                    && self.waiters.is_empty()
+                    && self.effects.is_empty()
+                    && self.groups.is_empty()
+            }
+            _ => false,
+        }
+    }
+
+    /// Gives back the room of the tables that are empty (see
+    /// [`LockCore::settled`]). Changes no state: only capacity.
+    pub(crate) fn trim(&mut self) {
+        if self.effects.is_empty() {
+            self.effects = VecDeque::new();
+        }
+        self.cmds.trim();
+        self.waiters.trim();
+        if self.groups.is_empty() {
+            self.groups = Vec::new();
+        }
+        if self.past.is_empty() {
+            self.past = Vec::new();
+        }
+    }
+
     /// When the core next wants [`Event::Timeout`].
     pub(crate) fn next_timeout(&self) -> Option<Time> {
         let mut next = self.cmds.next_deadline();

@@ -1393,3 +1393,50 @@ fn a_fair_waiter_that_cannot_reach_a_majority_stops_refreshing_its_place() {
     );
     assert!(q.candidate.is_some());
 }
+
+#[test]
+fn a_long_hold_settles_and_trimming_changes_nothing_but_room() {
+    let mut rig = Rig::new(config(2, 3));
+    let (holder, _) = held(&mut rig);
+    // Just granted, or held for less than one extension period: busy still.
+    assert!(!rig.core.settled(ms(1)));
+    assert!(!rig.core.settled(ms(400)));
+    // During the extension round: its commands are out.
+    let ext = sends(&rig.tick(ms(500)));
+    assert_eq!(ext.len(), 3);
+    assert!(!rig.core.settled(ms(501)));
+    for (cmd, _, _) in &ext {
+        rig.at(ms(502)).ev(reply(*cmd, ours()));
+    }
+    assert!(rig.core.settled(ms(502)));
+    let before = (
+        rig.core.holding(),
+        rig.core.next_timeout(),
+        rig.core.phase_name(),
+    );
+    rig.core.trim();
+    assert_eq!(
+        (
+            rig.core.holding(),
+            rig.core.next_timeout(),
+            rig.core.phase_name()
+        ),
+        before
+    );
+    // A trimmed lock goes on as before: it extends on time and stays held.
+    let next = sends(&rig.tick(ms(1000)));
+    assert_eq!(next.len(), 3);
+    assert!(!rig.core.settled(ms(1001)));
+    for (cmd, _, _) in &next {
+        rig.at(ms(1002)).ev(reply(*cmd, ours()));
+    }
+    assert!(ended(&rig.tick(ms(1400))).is_empty());
+    assert_eq!(rig.core.holding().map(|h| h.holder), Some(holder));
+    // Somebody queued: not settled, whatever the age of the grant.
+    rig.at(ms(1401)).ev(Event::Request {
+        id: 2,
+        kind: RequestKind::Wait,
+        terms: None,
+    });
+    assert!(!rig.core.settled(ms(1401)));
+}

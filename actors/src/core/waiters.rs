@@ -218,6 +218,13 @@ impl Waiters {
         self.queue.is_empty()
     }
 
+    /// Gives back the queue's room if nobody is in it.
+    pub(crate) fn trim(&mut self) {
+        if self.queue.is_empty() {
+            self.queue = VecDeque::new();
+        }
+    }
+
     /// Empties the queue (closing).
     pub(crate) fn drain(&mut self) -> impl Iterator<Item = ReqId> + '_ {
         self.queue.drain(..).map(|q| q.id)

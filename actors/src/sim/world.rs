@@ -877,6 +877,11 @@ impl World {
             let slot = &mut self.procs[proc].cores[name];
             slot.core.handle(local, event);
             let fx: Vec<Effect> = std::iter::from_fn(|| slot.core.poll_effect()).collect();
+            // As the shell does: a lock settled into a long hold gives back
+            // its tables' room (which must change nothing else).
+            if slot.core.settled(local) {
+                slot.core.trim();
+            }
             let holding = slot.core.holding();
             let inc = slot.inc;
             let live = slot.core.live_token().cloned();
