@@ -4,15 +4,17 @@
 //!
 //! Printed per row: time to acquire them all (all `lock()` calls started at
 //! once), process RSS growth per held lock (`VmRSS` of `/proc/self/status`),
-//! live heap growth per held lock (a counting global allocator), server
+//! live heap growth per held lock (a counting global allocator) just after
+//! acquiring and again at the end of the steady window (by then every lock
+//! has been held for over one extension period and has given back the room
+//! its tables took while it was being acquired), server
 //! memory per lock (`used_memory`), then over a steady window of whole
 //! extension periods: `EVALSHA` calls per second at the server (`INFO
 //! commandstats` deltas: the extensions), all commands per second, this
 //! process's CPU time (`utime + stime` of `/proc/self/stat`) and the server's
 //! (`INFO cpu`), and the time to release them all.
 //!
-//! Run: `cargo bench --bench scale` (`CI=1` for 1,000 locks and a shorter
-//! window). A fresh server per row, so the counters are ours alone.
+//! Run: `cargo bench --bench scale` (`CI=1` for 1,000 locks). A fresh server per row, so the counters are ours alone.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -41,8 +43,9 @@ fn main() {
     let quick = args.quick();
     let counts: &[usize] = if quick { &[1_000] } else { &[1_000, 10_000] };
     // Whole extension periods, so every lock is extended the same number of
-    // times inside the window whatever its phase.
-    let periods = if quick { 1 } else { 2 };
+    // times inside the window whatever its phase; two, so that every lock
+    // has been held for more than one period by its end.
+    let periods = 2;
     let window = EXTEND * periods;
     let rt = common::runtime();
     let tck = common::clk_tck();
@@ -52,8 +55,8 @@ fn main() {
         if quick { "quick (CI)" } else { "full" }
     );
     println!();
-    println!("| locks held | acquire all (ms) | RSS growth (KiB) | RSS per lock (bytes) | live heap per lock (bytes) | tokio tasks per lock | server used_memory per lock (bytes) | EVALSHA calls/s | lock extensions due/s (locks / 2.5 s) | all commands/s | process CPU (ms per s) | server CPU (ms per s) | still held after window | release all (ms) |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| locks held | acquire all (ms) | RSS growth (KiB) | RSS per lock (bytes) | live heap per lock (bytes) | live heap per lock after the window (bytes) | tokio tasks per lock | server used_memory per lock (bytes) | EVALSHA calls/s | lock extensions due/s (locks / 2.5 s) | all commands/s | process CPU (ms per s) | server CPU (ms per s) | still held after window | release all (ms) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut breakdowns = Vec::new();
     for &n in counts {
         let server = ValkeyServer::start();
@@ -97,6 +100,7 @@ fn main() {
             let scpu0 = server_cpu(&admin).await;
             let t0 = Instant::now();
             sleep(window).await;
+            let heap2 = valkeylock_bench_alloc::snapshot();
             let c1 = common::command_calls(&admin).await;
             let cpu1 = common::cpu_ticks();
             let scpu1 = server_cpu(&admin).await;
@@ -131,11 +135,12 @@ fn main() {
             let _ = admin.quit().await;
 
             println!(
-                "| {n} | {:.0} | {} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {held} | {:.0} |",
+                "| {n} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {held} | {:.0} |",
                 acquire.as_secs_f64() * 1000.0,
                 rss1 as i64 - rss0 as i64,
                 (rss1 as f64 - rss0 as f64) * 1024.0 / n as f64,
                 heap1.live_delta(&heap0) as f64 / n as f64,
+                heap2.live_delta(&heap0) as f64 / n as f64,
                 (tasks1 as f64 - tasks0 as f64) / n as f64,
                 (mem1 as f64 - mem0 as f64) / n as f64,
                 evalsha,

@@ -610,11 +610,16 @@ def region_targets11(bins):
     rows.append(("allocations per lock + release", f"≤ the Go valkeylock's {GO_ALLOCS_PER_OP:.0f}",
                  f"{alloc.find(impl='valkeylock')['allocs/op']} (floor {alloc.find(impl='raw')['allocs/op']}, rslock {alloc.find(impl='rslock')['allocs/op']})",
                  verdict(a <= GO_ALLOCS_PER_OP, f"{a - GO_ALLOCS_PER_OP:+.0f} against the limit")))
-    heap = num(sc.find(locks_held="10000")["live heap per lock (bytes)"])
+    r10k = sc.find(locks_held="10000")
+    acquired = num(r10k["live heap per lock (bytes)"])
+    # Runs before the column existed have only the figure just after acquiring.
+    later = r10k.get("live heap per lock after the window (bytes)")
+    heap = max(acquired, num(later)) if later else acquired
     actor = num(table_by_prefix(scale, "Reference").find(what="idle empty ractor actor")["live heap per item (bytes)"])
+    measured = f"live heap {f1(acquired)} bytes just after acquiring" + (f", {f1(num(later))} after the steady window" if later else "")
     rows.append(("memory per held lock at 10,000 locks", f"≤ the Go valkeylock's ≈ {GO_BYTES_PER_LOCK:.0f} bytes",
-                 f"live heap {f1(heap)} bytes; an idle empty ractor actor alone: {f1(actor)} bytes",
-                 verdict(heap <= GO_BYTES_PER_LOCK, f"{heap / GO_BYTES_PER_LOCK:.2f}× the limit; the actor alone is {actor / GO_BYTES_PER_LOCK:.2f}×, the rest {heap - actor:.0f} bytes")))
+                 f"{measured}; an idle empty ractor actor alone: {f1(actor)} bytes",
+                 verdict(heap <= GO_BYTES_PER_LOCK, f"{heap / GO_BYTES_PER_LOCK:.2f}× the limit, taking the larger figure; the actor alone is {actor / GO_BYTES_PER_LOCK:.2f}×, the rest {heap - actor:.0f} bytes")))
     for scen in ("wakeup", "loss_detection"):
         cells = []
         for eng in ("engine thread", "engine on the app runtime"):
