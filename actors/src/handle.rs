@@ -50,16 +50,27 @@ pub enum AcquireKind {
     Force,
 }
 
-/// A read-write lock's acquisition kind: waiting or one attempt (never by
-/// force: a forced key would skip the gate).
-fn rw_kind(kind: AcquireKind) -> Result<RequestKind, Error> {
-    match kind {
-        AcquireKind::Wait => Ok(RequestKind::Wait),
-        AcquireKind::Try => Ok(RequestKind::Try),
-        AcquireKind::Force => Err(Error::InvalidOptions {
-            field: "kind",
-            reason: "a read-write lock cannot be taken by force".into(),
-        }),
+impl AcquireKind {
+    /// The core's request kind.
+    fn request(self) -> RequestKind {
+        match self {
+            AcquireKind::Wait => RequestKind::Wait,
+            AcquireKind::Try => RequestKind::Try,
+            AcquireKind::Force => RequestKind::Force,
+        }
+    }
+
+    /// The core's request kind for what cannot be taken by force (`what`,
+    /// for the error): a read-write lock (a forced key would skip the
+    /// gate), a semaphore's permit, leadership.
+    fn unforced(self, what: &str) -> Result<RequestKind, Error> {
+        match self {
+            AcquireKind::Force => Err(Error::InvalidOptions {
+                field: "kind",
+                reason: format!("{what} cannot be taken by force"),
+            }),
+            kind => Ok(kind.request()),
+        }
     }
 }
 
@@ -186,11 +197,7 @@ impl Engine {
         kind: AcquireKind,
         request: &LockRequest,
     ) -> Result<Lease, Error> {
-        let kind = match kind {
-            AcquireKind::Wait => RequestKind::Wait,
-            AcquireKind::Try => RequestKind::Try,
-            AcquireKind::Force => RequestKind::Force,
-        };
+        let kind = kind.request();
         let timing = metrics::Acquisition::start(kind);
         let span =
             tracing::debug_span!("acquire", lock = name, ?kind, token = tracing::field::Empty);
@@ -222,16 +229,7 @@ impl Engine {
         kind: AcquireKind,
         request: &LockRequest,
     ) -> Result<(Lease, u32), Error> {
-        let kind = match kind {
-            AcquireKind::Wait => RequestKind::Wait,
-            AcquireKind::Try => RequestKind::Try,
-            AcquireKind::Force => {
-                return Err(Error::InvalidOptions {
-                    field: "kind",
-                    reason: "a permit cannot be taken by force".into(),
-                })
-            }
-        };
+        let kind = kind.unforced("a permit")?;
         let timing = metrics::Acquisition::start(kind);
         let span = tracing::debug_span!(
             "acquire",
@@ -514,17 +512,7 @@ impl Engine {
     ) -> Result<Lease, Error> {
         let s = &self.shared.settings;
         election::validate(&s.prefix, name, Some(value), s.total)?;
-        if kind == AcquireKind::Force {
-            return Err(Error::InvalidOptions {
-                field: "kind",
-                reason: "leadership cannot be taken by force".into(),
-            });
-        }
-        let waits = if kind == AcquireKind::Wait {
-            RequestKind::Wait
-        } else {
-            RequestKind::Try
-        };
+        let waits = kind.unforced("leadership")?;
         within(
             name,
             waits,
@@ -625,7 +613,7 @@ impl Engine {
     ) -> Result<Lease, Error> {
         let s = &self.shared.settings;
         rwlock::validate(&s.prefix, name, s.total)?;
-        let kind = rw_kind(kind)?;
+        let kind = kind.unforced("a read-write lock")?;
         let terms = request.terms(s)?;
         let timing = metrics::Acquisition::start(kind);
         let span = tracing::debug_span!(
@@ -659,7 +647,7 @@ impl Engine {
     ) -> Result<(Lease, u32), Error> {
         let s = &self.shared.settings;
         rwlock::validate(&s.prefix, name, s.total)?;
-        let kind = rw_kind(kind)?;
+        let kind = kind.unforced("a read-write lock")?;
         let mut terms = request.terms(s)?.unwrap_or(self.shared.core.terms);
         terms.permits = Some(u16::try_from(rwlock::MAX_READERS).unwrap_or(u16::MAX));
         let timing = metrics::Acquisition::start(kind);

@@ -51,6 +51,15 @@ impl KeyName {
         KeyName(std::sync::Arc::new(KeyParts { text, wire }))
     }
 
+    /// The texts of a key and of its fencing counter's key, for the scripts
+    /// that take them as strings.
+    pub(crate) fn texts<'a>(
+        key: &'a KeyName,
+        fence_key: Option<&'a KeyName>,
+    ) -> (&'a str, Option<&'a str>) {
+        (key, fence_key.map(|f| &**f))
+    }
+
     /// The key as a command argument.
     pub(crate) fn wire(&self) -> fred::types::Key {
         fred::types::Key::from(self.0.wire.clone())

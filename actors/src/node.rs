@@ -922,11 +922,7 @@ async fn extend_batch(
         let keys: Vec<Key> = items.iter().map(|i| i.key.wire()).collect();
         let mut args = Vec::with_capacity(3 + 2 * items.len());
         args.push(ttl_value(s, ttl));
-        args.push(Value::from_static_str(if s.relative {
-            "PX"
-        } else {
-            "PXAT"
-        }));
+        args.push(expiry_mode(s));
         args.push(Value::from_static_str("0"));
         for item in &items {
             args.push(item.token.value());
@@ -992,6 +988,12 @@ const KEY_REFUSED: &str = "the server refused a command on this key";
 /// `valid_until` is cut off here. For `PXAT` the wall clock is truncated to
 /// the millisecond, up to 1 ms lost, which validation covers by requiring a
 /// `clock_drift` of at least 2 ms.
+/// How the scripts read [`ttl_value`]: `PX` (milliseconds from now) or
+/// `PXAT` (a Unix time in milliseconds).
+fn expiry_mode(s: &crate::options::Settings) -> Value {
+    Value::from_static_str(if s.relative { "PX" } else { "PXAT" })
+}
+
 fn ttl_value(s: &crate::options::Settings, ttl: Duration) -> Value {
     let ms = ttl.as_millis() as u64;
     let arg = if s.relative {
@@ -1070,7 +1072,7 @@ async fn run(
     gates: Option<&crate::rwlock::Gates>,
 ) -> Outcome {
     let (wire_key, fence_wire) = (key, fence_key);
-    let (key, fence_key): (&str, Option<&str>) = (key, fence_key.map(|f| &**f));
+    let (key, fence_key) = KeyName::texts(key, fence_key);
     let s = &shared.settings;
     let scripts = &shared.scripts;
     let result = match op {
@@ -1191,7 +1193,7 @@ async fn plain_acquire(
     ttl: Duration,
 ) -> Result<Value, fred::error::Error> {
     let s = &shared.settings;
-    let mode = Value::from_static_str(if s.relative { "PX" } else { "PXAT" });
+    let mode = expiry_mode(s);
     evalsha(client, &shared.scripts.acquire, || {
         let mut keys = Vec::with_capacity(2);
         keys.push(key.wire());
@@ -1221,7 +1223,7 @@ async fn rw_acquire(
     gates: &crate::rwlock::Gates,
 ) -> Result<Value, fred::error::Error> {
     let s = &shared.settings;
-    let mode = Value::from_static_str(if s.relative { "PX" } else { "PXAT" });
+    let mode = expiry_mode(s);
     let intent = u64::try_from(s.validity.as_millis()).unwrap_or(u64::MAX);
     evalsha(client, &shared.scripts.rw_acquire, || {
         let mut keys: Vec<Key> = Vec::with_capacity(gates.keys.len() + 2);
@@ -1335,7 +1337,7 @@ impl<'a> FairArgs<'a> {
         let ms = |d: Duration| Value::from((d.as_millis() as u64).to_string());
         let mut args = vec![
             ttl_value(s, self.ttl),
-            Value::from_static_str(if s.relative { "PX" } else { "PXAT" }),
+            expiry_mode(s),
             Value::from_static_str(if self.fence { "1" } else { "0" }),
             Value::from_static_str(self.op),
             self.token.into(),
@@ -1369,7 +1371,7 @@ async fn fair_acquire(
     ttl: Duration,
     queue: &Queue,
 ) -> Result<Value, fred::error::Error> {
-    let (key, fence_key): (&str, Option<&str>) = (wire_key, fence_wire.map(|f| &**f));
+    let (key, fence_key) = KeyName::texts(wire_key, fence_wire);
     let reply = evalsha(client, &shared.scripts.fair, || {
         let args = FairArgs {
             op: if queue.rejoin { "R" } else { "A" },

@@ -587,11 +587,19 @@ pub(crate) fn parse_acquire(value: &Value, keys: usize, fence: bool) -> Option<V
         .collect::<Option<Vec<_>>>()?;
     if fence {
         let counter = parse_fence(&items[keys])?;
-        if let Some(Ok(KeyState::Ours { fence, .. })) = states.first_mut() {
-            *fence = Some(counter);
+        if let Some(first) = states.first_mut() {
+            with_fence(first, counter);
         }
     }
     Some(states)
+}
+
+/// The script reads the fencing counter after the keys; it belongs to the
+/// first key's state, if that key is ours.
+fn with_fence(state: &mut KeyReply, counter: u64) {
+    if let Ok(KeyState::Ours { fence, .. }) = state {
+        *fence = Some(counter);
+    }
 }
 
 /// [`parse_acquire`] of a reply for one key, the lock actor's own commands:
@@ -606,8 +614,8 @@ pub(crate) fn parse_acquire_one(value: &Value, fence: bool) -> Option<KeyReply> 
         _ => return None,
     };
     let mut state = parse_acquire_entry(entry)?;
-    if let (Some(counter), Ok(KeyState::Ours { fence, .. })) = (counter, &mut state) {
-        *fence = Some(counter);
+    if let Some(counter) = counter {
+        with_fence(&mut state, counter);
     }
     Some(state)
 }
