@@ -14,7 +14,8 @@
 //! process's CPU time (`utime + stime` of `/proc/self/stat`) and the server's
 //! (`INFO cpu`), and the time to release them all.
 //!
-//! Run: `cargo bench --bench scale` (`CI=1` for 1,000 locks). A fresh server per row, so the counters are ours alone.
+//! Run: `cargo bench --bench scale` (`CI=1` for 1,000 locks). A fresh
+//! server per row, so the counters are ours alone.
 
 #[path = "../tests/support/mod.rs"]
 mod support;

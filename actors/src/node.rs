@@ -979,6 +979,12 @@ async fn extend_batch(
 /// script (`WRONGTYPE`, `OOM`); the server's text is logged where it arrives.
 const KEY_REFUSED: &str = "the server refused a command on this key";
 
+/// How the scripts read [`ttl_value`]: `PX` (milliseconds from now) or
+/// `PXAT` (a Unix time in milliseconds).
+fn expiry_mode(s: &crate::options::Settings) -> Value {
+    Value::from_static_str(if s.relative { "PX" } else { "PXAT" })
+}
+
 /// The TTL argument for `ttl`: milliseconds (`PX`), or an absolute Unix
 /// time in milliseconds from this machine's clock (`PXAT`). A number goes on
 /// the wire as the same digits a string would, without a string of its own.
@@ -988,12 +994,6 @@ const KEY_REFUSED: &str = "the server refused a command on this key";
 /// `valid_until` is cut off here. For `PXAT` the wall clock is truncated to
 /// the millisecond, up to 1 ms lost, which validation covers by requiring a
 /// `clock_drift` of at least 2 ms.
-/// How the scripts read [`ttl_value`]: `PX` (milliseconds from now) or
-/// `PXAT` (a Unix time in milliseconds).
-fn expiry_mode(s: &crate::options::Settings) -> Value {
-    Value::from_static_str(if s.relative { "PX" } else { "PXAT" })
-}
-
 fn ttl_value(s: &crate::options::Settings, ttl: Duration) -> Value {
     let ms = ttl.as_millis() as u64;
     let arg = if s.relative {
