@@ -2716,3 +2716,57 @@ fn scenario_e_connection_drops_while_held() {
         }
     });
 }
+
+/// A release hands the lock to a task of the same process that waits for it
+/// even while the engine's thread is stalled: requests and releases run the
+/// lock core on the callers' threads, and a local hand-over sends no command.
+/// (Before, both crossed into the engine's thread, and the waiter got the
+/// lock only when the stall ended.) A hand-over happens only within 10 ms of
+/// the keys' acquisition, which a loaded machine can miss: up to ten tries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_hand_over_needs_no_engine_thread() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let locker = server.locker().await;
+    let faults = locker.faults();
+    let name = unique("stalled-handover");
+    let stall = Duration::from_millis(1500);
+    let mut tries = Vec::new();
+    for _ in 0..10 {
+        let first = locker.lock(&name).await.unwrap();
+        // Polled once: its request is queued behind `first` (fed on this
+        // thread), and it waits.
+        let mut second = Box::pin(locker.lock(&name));
+        tokio::select! {
+            biased;
+            _ = &mut second => panic!("granted while held"),
+            _ = std::future::ready(()) => {}
+        }
+        let stalled = faults.stall_engine(stall).await;
+        timeout(stall * 4, first.release())
+            .await
+            .expect("release() hung")
+            .expect("a hand-over is a clean release");
+        let released_stalled = stalled.load(Ordering::SeqCst);
+        let guard = timeout(stall * 4, &mut second)
+            .await
+            .expect("the waiter hung")
+            .expect("the waiter got the lock");
+        let granted_stalled = stalled.load(Ordering::SeqCst);
+        assert!(guard.is_held());
+        tries.push((released_stalled, granted_stalled));
+        let ended = eventually(stall * 4, || async { !stalled.load(Ordering::SeqCst) }).await;
+        assert!(ended, "the stall did not end");
+        guard.release().await.unwrap();
+        if granted_stalled {
+            break;
+        }
+    }
+    eprintln!("(released while stalled, granted while stalled) per try: {tries:?}");
+    assert!(
+        tries.iter().any(|&(r, g)| r && g),
+        "no hand-over while the engine was stalled in {} tries: {tries:?}",
+        tries.len()
+    );
+    locker.close().await;
+}

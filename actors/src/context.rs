@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::{Config, Fair, Fencing, Life, Terms};
 use crate::health::HealthTable;
-use crate::msg::{Job, LockMsg, NodeMsg};
+use crate::msg::{Job, LockMsg, LockPort, NodeMsg};
 use crate::options::Settings;
 use crate::scripts::Scripts;
 use crate::timers::Timers;
@@ -100,6 +100,8 @@ pub(crate) struct Shared {
 #[derive(Debug, Clone)]
 pub(crate) struct LockRoute {
     pub(crate) actor: ActorRef<LockMsg>,
+    /// The actor's state, which a request feeds on the caller's thread.
+    pub(crate) port: Arc<dyn LockPort>,
     pub(crate) sent: Arc<std::sync::atomic::AtomicU64>,
 }
 

@@ -25,7 +25,7 @@ use crate::keys;
 use crate::leader::{self, Announced, LeaderObserver};
 use crate::metrics;
 use crate::msg::{
-    GrantParts, GrantStatus, LockMsg, NodeMsg, Released, Request, SupervisorMsg, TokenTag,
+    GrantParts, GrantStatus, LockPort, NodeMsg, Released, Request, SupervisorMsg, TokenTag,
 };
 use crate::observer::{self, LockWatch};
 use crate::options::LockerOptions;
@@ -375,18 +375,14 @@ impl Engine {
                 terms,
                 reply: tx,
             };
-            // Fast path: straight to a live LockActor. Otherwise (none yet,
-            // or it just stopped) through the Supervisor, which starts one.
+            // Fast path: straight into a live LockActor's state, fed here on
+            // the caller's thread (see `lock`'s module doc). Otherwise (none
+            // yet, or it just stopped) through the Supervisor, which starts
+            // one.
             let request = match self.shared.lock_route(name) {
                 // Counted before it is sent; a retiring actor's mark sends it
                 // through the Supervisor instead (see `LockState::retire`).
-                Some(route) if count_send(&route.sent) => {
-                    match route.actor.cast(LockMsg::Request(request)) {
-                        Ok(()) => None,
-                        Err(ractor::MessagingErr::SendErr(LockMsg::Request(back))) => Some(back),
-                        Err(_) => None,
-                    }
-                }
+                Some(route) if count_send(&route.sent) => route.port.request(request).err(),
                 _ => Some(request),
             };
             if let Some(request) = request {
@@ -811,6 +807,7 @@ impl Engine {
         Faults {
             shared: self.shared.clone(),
             supervisor: self.supervisor.clone(),
+            runtime: self.runtime.handle().clone(),
         }
     }
 }
@@ -902,10 +899,7 @@ impl Drop for Pending<'_> {
         // its lock held by nobody until the locker closed.)
         rx.close();
         if let Ok(Ok(parts)) = rx.try_recv() {
-            let _ = parts.lock.cast(LockMsg::Release {
-                holder: parts.holder,
-                reply: None,
-            });
+            parts.lock.release(parts.holder, None);
         }
     }
 }
@@ -919,7 +913,7 @@ pub struct Lease {
     /// The `hold` span: open from the grant until the lease is gone.
     span: tracing::Span,
     grant: u64,
-    lock: ActorRef<LockMsg>,
+    lock: Arc<dyn LockPort>,
     status: watch::Receiver<GrantStatus>,
     cancel: CancellationToken,
     fence: u64,
@@ -1036,13 +1030,9 @@ impl Lease {
 
     async fn releasing(&self) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
-        let sent = self.lock.cast(LockMsg::Release {
-            holder: self.grant,
-            reply: Some(tx),
-        });
-        let answer = match sent {
-            Ok(()) => rx.await.ok(),
-            Err(_) => None,
+        let answer = match self.lock.release(self.grant, Some(tx)) {
+            true => rx.await.ok(),
+            false => None,
         };
         match answer {
             Some(Released { unconfirmed: 0, .. }) => Ok(()),
@@ -1063,10 +1053,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if self.armed {
-            let _ = self.lock.cast(LockMsg::Release {
-                holder: self.grant,
-                reply: None,
-            });
+            self.lock.release(self.grant, None);
         }
     }
 }
@@ -1252,6 +1239,7 @@ fn own_clock_token(
 pub struct Faults {
     shared: Arc<Shared>,
     supervisor: ActorRef<SupervisorMsg>,
+    runtime: Handle,
 }
 
 #[cfg(feature = "fault-injection")]
@@ -1291,5 +1279,24 @@ impl Faults {
     /// Kills the Supervisor (and with it every actor of the locker).
     pub fn kill_supervisor(&self) {
         self.supervisor.kill();
+    }
+
+    /// Blocks the thread the engine runs on for `d`, as a long stop of that
+    /// thread alone would: no actor, timer or connection of the locker runs
+    /// meanwhile. (With `dedicated_runtime` off it blocks one worker of the
+    /// caller's runtime instead.) Resolves once the stall has begun; the
+    /// flag it returns is true until it ends.
+    pub async fn stall_engine(&self, d: Duration) -> Arc<AtomicBool> {
+        let stalled = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = oneshot::channel();
+        let flag = stalled.clone();
+        self.runtime.spawn(async move {
+            flag.store(true, Ordering::SeqCst);
+            let _ = tx.send(());
+            std::thread::sleep(d);
+            flag.store(false, Ordering::SeqCst);
+        });
+        let _ = rx.await;
+        stalled
     }
 }

@@ -7,10 +7,27 @@
 //! Nothing in a handler awaits another actor: commands go to the node's
 //! command lane (or, for extensions, its batch), replies come back as
 //! messages, and the core's one timer is armed on the locker's timer task.
+//!
+//! # Requests and releases run on the caller's thread
+//! The actor's state sits in a [`LockCell`], a mutex the actor shares with
+//! the request route and the leases of its grants. A request or a release
+//! locks it and feeds the core there and then, on the caller's thread,
+//! instead of crossing to the engine's thread and back: a request queued
+//! behind a local holder costs no wake-up of the engine, a release that
+//! hands the lock to the next local waiter wakes that waiter directly, and a
+//! chain of hand-overs never leaves the application's threads (measured in
+//! BENCHMARKS.md: the seed bench's tasks on one name). What needs the
+//! network still goes to the node's command pump on the engine's thread.
+//! Node replies, invalidations, cancels and the timer come in as messages.
+//! The core still sees one event at a time, in the order the mutex admits
+//! them. The mutex is held only while the core runs and its effects are
+//! handed out (sends into channels; nothing waits), so a busy application
+//! thread cannot hold it across its own work.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{oneshot, watch};
@@ -26,8 +43,8 @@ use crate::error::{Error, LostReason};
 use crate::keys::{self, KeyName};
 use crate::metrics;
 use crate::msg::{
-    ExtendItem, GrantParts, GrantStatus, Job, LockMsg, NodeMsg, NodeReply, Released, Request,
-    SupervisorMsg, TokenTag,
+    ExtendItem, GrantParts, GrantStatus, Job, LockMsg, LockPort, NodeMsg, NodeReply, Released,
+    Request, SupervisorMsg, TokenTag,
 };
 use crate::rwlock::{self, Gates};
 use crate::scripts::SetMode;
@@ -41,6 +58,8 @@ pub(crate) struct LockArgs {
     pub(crate) supervisor: ActorRef<SupervisorMsg>,
     /// Requests sent to this actor, counted by senders (see `retire`).
     pub(crate) sent: Arc<AtomicU64>,
+    /// Its cell, empty until it starts: callers reach the state through it.
+    pub(crate) cell: Arc<LockCell>,
 }
 
 /// One caller's hold on a grant: what its `Lease` observes.
@@ -87,8 +106,110 @@ impl Drop for Holder {
     }
 }
 
+/// A `LockActor`'s state, behind the mutex it shares with its leases (see
+/// the module's doc). Empty once the actor has stopped: its holders were
+/// told then, and a late release finds nothing to do.
+pub(crate) struct LockCell {
+    state: Mutex<Option<LockState>>,
+}
+
+impl std::fmt::Debug for LockCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LockCell")
+    }
+}
+
+impl LockCell {
+    /// A cell for an actor about to start.
+    pub(crate) fn new() -> LockCell {
+        LockCell {
+            state: Mutex::new(None),
+        }
+    }
+
+    /// The state, locked. A panic while it was borrowed leaves none:
+    /// `outside` catches its own and empties the cell; one in the actor's
+    /// handler poisons the mutex, and whoever locks it next empties it
+    /// (its holders hear that the engine stopped) rather than run the core
+    /// of a half-handled event. The actor stops either way.
+    fn slot(&self) -> MutexGuard<'_, Option<LockState>> {
+        self.state.lock().unwrap_or_else(|poisoned| {
+            self.state.clear_poison();
+            let mut slot = poisoned.into_inner();
+            slot.take();
+            slot
+        })
+    }
+
+    /// Runs `f` on the state from outside the actor (a caller's thread);
+    /// false if the actor has stopped or failed. A panic in the engine must not
+    /// unwind into the caller's task: the state is dropped (its holders
+    /// hear that the engine stopped, as when the actor is killed) and the
+    /// actor stopped.
+    fn outside(&self, f: impl FnOnce(&mut LockState)) -> bool {
+        let mut slot = self.slot();
+        let Some(st) = slot.as_mut() else {
+            return false;
+        };
+        let me = st.me.clone();
+        if std::panic::catch_unwind(AssertUnwindSafe(|| f(st))).is_err() {
+            let dead = slot.take();
+            drop(slot);
+            let lock = dead.as_ref().map(|st| st.name.clone()).unwrap_or_default();
+            tracing::error!(%lock, "lock engine failed on a caller's event; its holders are told it stopped");
+            me.stop(Some("failed".into()));
+            drop(dead);
+        }
+        true
+    }
+
+    /// Empties the cell, and drops the state outside the lock: dropping
+    /// tells its holders, whose wake-ups must not run under it.
+    fn empty(&self) {
+        let st = self.slot().take();
+        drop(st);
+    }
+}
+
+impl LockPort for LockCell {
+    fn request(&self, request: Request) -> Result<(), Request> {
+        let mut request = Some(request);
+        self.outside(|st| {
+            if let Some(r) = request.take() {
+                let event = st.request_event(r);
+                st.feed(event);
+            }
+        });
+        request.map_or(Ok(()), Err)
+    }
+
+    fn release(&self, holder: u64, reply: Option<oneshot::Sender<Released>>) -> bool {
+        self.outside(|st| {
+            let event = st.release_event(holder, reply);
+            st.feed(event);
+        })
+    }
+}
+
+/// What the actor keeps: its cell, emptied when the actor stops for any
+/// reason (a kill included), so that holders never keep a guard that looks
+/// held with nobody extending it.
+pub(crate) struct LockHome {
+    cell: Arc<LockCell>,
+}
+
+impl Drop for LockHome {
+    fn drop(&mut self) {
+        self.cell.empty();
+    }
+}
+
 pub(crate) struct LockState {
     name: Arc<str>,
+    /// This actor, for the commands' replies, its timer and its own stop.
+    me: ActorRef<LockMsg>,
+    /// The cell this state lives in, handed to each grant's lease.
+    port: Weak<LockCell>,
     keys: Vec<KeyName>,
     /// `{prefix}:fence:{name}`: the fencing counter, built when first used
     /// (a locker without fencing never does).
@@ -118,14 +239,14 @@ pub(crate) struct LockState {
 
 impl Actor for LockActor {
     type Msg = LockMsg;
-    type State = LockState;
+    type State = LockHome;
     type Arguments = LockArgs;
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<LockMsg>,
+        myself: ActorRef<LockMsg>,
         args: LockArgs,
-    ) -> Result<LockState, ActorProcessingErr> {
+    ) -> Result<LockHome, ActorProcessingErr> {
         let s = &args.shared.settings;
         let side = rwlock::side_of(&args.name);
         let keys = (0..s.total)
@@ -154,9 +275,12 @@ impl Actor for LockActor {
             Box::new(OsEntropy),
             clock::now(),
         );
-        Ok(LockState {
+        let cell = args.cell;
+        *cell.slot() = Some(LockState {
             span: tracing::debug_span!("lock", lock = %args.name),
             name: args.name,
+            me: myself,
+            port: Arc::downgrade(&cell),
             keys,
             fence_key: None,
             gates,
@@ -171,37 +295,27 @@ impl Actor for LockActor {
             next_ack: 0,
             timer: None,
             watch: GrantWatch::default(),
-        })
+        });
+        Ok(LockHome { cell })
     }
 
     async fn handle(
         &self,
         myself: ActorRef<LockMsg>,
         msg: LockMsg,
-        st: &mut LockState,
+        home: &mut LockHome,
     ) -> Result<(), ActorProcessingErr> {
+        let mut slot = home.cell.slot();
+        let Some(st) = slot.as_mut() else {
+            // Emptied by a panic, which stops us (see `LockCell::slot`).
+            myself.stop(None);
+            return Ok(());
+        };
         let event = match msg {
-            LockMsg::Request(Request {
-                id,
-                kind,
-                terms,
-                reply,
-            }) => {
-                st.seen += 1;
-                st.requests.insert(id, reply);
-                Event::Request { id, kind, terms }
-            }
+            LockMsg::Request(request) => st.request_event(request),
             LockMsg::Cancel { id } => {
                 st.requests.remove(&id);
                 Event::Cancel { id }
-            }
-            LockMsg::Release { holder, reply } => {
-                let ack = reply.map(|r| {
-                    st.next_ack += 1;
-                    st.acks.insert(st.next_ack, r);
-                    st.next_ack
-                });
-                Event::Release { holder, ack }
             }
             LockMsg::Reply(NodeReply { cmd, outcome }) => Event::Reply { cmd, outcome },
             LockMsg::Invalidated { index } => Event::Invalidated { key: index },
@@ -216,15 +330,39 @@ impl Actor for LockActor {
                 return Ok(());
             }
         };
-        st.feed(&myself, event);
+        st.feed(event);
         Ok(())
     }
 }
 
 impl LockState {
+    /// The event of a caller's request, whose answer goes to its `reply`.
+    fn request_event(&mut self, request: Request) -> Event {
+        let Request {
+            id,
+            kind,
+            terms,
+            reply,
+        } = request;
+        self.seen += 1;
+        self.requests.insert(id, reply);
+        Event::Request { id, kind, terms }
+    }
+
+    /// The event of holder `holder`'s release; `reply` is answered once its
+    /// deletes are.
+    fn release_event(&mut self, holder: u64, reply: Option<oneshot::Sender<Released>>) -> Event {
+        let ack = reply.map(|r| {
+            self.next_ack += 1;
+            self.acks.insert(self.next_ack, r);
+            self.next_ack
+        });
+        Event::Release { holder, ack }
+    }
+
     /// Feeds one event to the core and carries out what it asks, including
     /// the events that carrying out produces (a grant whose caller left).
-    fn feed(&mut self, me: &ActorRef<LockMsg>, event: Event) {
+    fn feed(&mut self, event: Event) {
         let span = self.span.clone();
         let _entered = span.enter();
         self.core.set_allowance(self.shared.notice_allowance());
@@ -237,14 +375,14 @@ impl LockState {
             now = clock::now();
             self.core.handle(now, event);
             while let Some(effect) = self.core.poll_effect() {
-                if let Some(back) = self.apply(me, effect) {
+                if let Some(back) = self.apply(effect) {
                     later.push_back(back);
                 }
             }
         }
         self.watch
             .update(self.core.grant_view(now), &self.name, &self.shared);
-        self.arm_timer(me);
+        self.arm_timer();
         if self.core.settled(now) {
             self.trim();
         }
@@ -264,9 +402,9 @@ impl LockState {
     }
 
     /// Carries out one effect; returns an event to feed back, if any.
-    fn apply(&mut self, me: &ActorRef<LockMsg>, effect: Effect) -> Option<Event> {
+    fn apply(&mut self, effect: Effect) -> Option<Event> {
         match effect {
-            Effect::Send { cmd, target, op } => self.dispatch(me, cmd, target, op),
+            Effect::Send { cmd, target, op } => self.dispatch(cmd, target, op),
             Effect::Grant {
                 to,
                 holder,
@@ -281,11 +419,16 @@ impl LockState {
                     .grant_view(clock::now())
                     .map(|g| TokenTag::of(g.token))
                     .unwrap_or_default();
+                // Always there: the actor, which keeps the cell, is running.
+                let port: Arc<dyn LockPort> = match self.port.upgrade() {
+                    Some(cell) => cell,
+                    None => return Some(Event::Release { holder, ack: None }),
+                };
                 let parts = GrantParts {
                     name: self.name.clone(),
                     token,
                     holder,
-                    lock: me.clone(),
+                    lock: port,
                     status: rx,
                     cancel: cancel.clone(),
                     fence,
@@ -365,12 +508,12 @@ impl LockState {
                     });
                 }
             }
-            Effect::Idle => self.retire(me),
+            Effect::Idle => self.retire(),
             Effect::Closed => {
                 let _ = self.supervisor.cast(SupervisorMsg::LockClosed {
                     name: self.name.clone(),
                 });
-                me.stop(Some("closed".into()));
+                self.me.stop(Some("closed".into()));
             }
         }
         None
@@ -379,13 +522,7 @@ impl LockState {
     /// Hands one command to its node: extensions to the node's batch, the rest
     /// to its command pump. A node without a connection answers at once, as a
     /// failure; a command lost with a killed node is timed out by the core.
-    fn dispatch(
-        &mut self,
-        me: &ActorRef<LockMsg>,
-        cmd: crate::core::CmdId,
-        target: Target,
-        op: Op,
-    ) {
+    fn dispatch(&mut self, cmd: crate::core::CmdId, target: Target, op: Op) {
         let (node, key) = match target {
             Target::Key(i) => (self.shared.core.placement[i], self.keys[i].clone()),
             Target::Fence(n) => (n, self.fence_key()),
@@ -406,7 +543,7 @@ impl LockState {
             ) => Some(per_key[i].clone()),
             _ => None,
         };
-        let failed = |why| {
+        let failed = |me: &ActorRef<LockMsg>, why| {
             let _ = me.cast(LockMsg::Reply(NodeReply {
                 cmd,
                 outcome: Outcome::Failed(why),
@@ -420,11 +557,11 @@ impl LockState {
                     mode,
                     ttl,
                     cmd,
-                    reply_to: me.clone(),
+                    reply_to: self.me.clone(),
                 };
                 match self.shared.node(node) {
                     Some(actor) if actor.cast(NodeMsg::Extend(item)).is_ok() => {}
-                    _ => failed("node not running"),
+                    _ => failed(&self.me, "node not running"),
                 }
                 return;
             }
@@ -437,10 +574,10 @@ impl LockState {
             fence_key,
             gates,
             cmd,
-            reply_to: me.clone(),
+            reply_to: self.me.clone(),
         };
         if self.shared.send_job(node, job).is_err() {
-            failed("node not connected");
+            failed(&self.me, "node not connected");
         }
     }
 
@@ -454,21 +591,22 @@ impl LockState {
     }
 
     /// Arms the locker's timer task for the core's next deadline.
-    fn arm_timer(&mut self, me: &ActorRef<LockMsg>) {
+    fn arm_timer(&mut self) {
         let next = self.core.next_timeout();
         if self.timer.as_ref().map(|(at, _)| *at) == next {
             return;
         }
+        let me = &self.me;
         self.timer = next.map(|at| (at, self.shared.timers.at(at, me, LockMsg::Timeout)));
     }
 
     /// Retires this actor if no request is on its way to it (see
     /// `context::try_retire`).
-    fn retire(&mut self, me: &ActorRef<LockMsg>) {
+    fn retire(&mut self) {
         let seen = self.seen;
         if try_retire(&self.sent, seen) {
             tracing::trace!(lock = %self.name, "idle; retiring");
-            me.stop(Some("idle".into()));
+            self.me.stop(Some("idle".into()));
         }
     }
 }

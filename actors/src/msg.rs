@@ -68,12 +68,24 @@ pub(crate) struct GrantParts {
     /// For the caller's `hold` and `release` spans.
     pub(crate) token: TokenTag,
     pub(crate) holder: u64,
-    pub(crate) lock: ActorRef<LockMsg>,
+    /// Where its release goes: the lock's state.
+    pub(crate) lock: Arc<dyn LockPort>,
     pub(crate) status: watch::Receiver<GrantStatus>,
     pub(crate) cancel: CancellationToken,
     pub(crate) fence: u64,
     /// When its maximum hold ends it, if it has one.
     pub(crate) hold_until: Option<Time>,
+}
+
+/// The way into a `LockActor`'s state for its callers: requests and
+/// releases feed it on the caller's own thread (see `lock`'s module doc).
+pub(crate) trait LockPort: Send + Sync + std::fmt::Debug {
+    /// A caller wants the lock. Handed back if the actor has stopped.
+    fn request(&self, request: Request) -> Result<(), Request>;
+
+    /// Holder `holder` releases; `reply` is answered once its deletes are.
+    /// False if the actor has stopped (its holders were told then).
+    fn release(&self, holder: u64, reply: Option<oneshot::Sender<Released>>) -> bool;
 }
 
 /// A caller waiting for a grant.
@@ -101,11 +113,6 @@ pub(crate) enum LockMsg {
     Request(Request),
     /// A waiting caller gave up.
     Cancel { id: ReqId },
-    /// Holder `holder` releases; `reply` is answered once its deletes are.
-    Release {
-        holder: u64,
-        reply: Option<oneshot::Sender<Released>>,
-    },
     /// A node answered a command.
     Reply(NodeReply),
     /// Key `index` of this lock changed on its node.

@@ -10,12 +10,14 @@
 //! believes it holds it. On a thread of its own, the engine is scheduled by
 //! the kernel, preemptively, whatever the application does.
 //!
-//! The cost: every call crosses threads twice (in and out), and a local
-//! hand-over between tasks of one process crosses twice per grant. On the
-//! 2-core VM of BENCHMARKS.md that makes the one-task loop slower than with
-//! the engine on the caller's runtime ("Runtime flavour"); an experiment on
-//! another machine, quoted in issue #11, found it faster, as the hops between
-//! actors, the command pump and fred's connection then stay on one thread.
+//! The cost: a call that needs the network crosses threads twice (its
+//! command in, its answer out). On the 2-core VM of BENCHMARKS.md that makes
+//! the one-task loop slower than with the engine on the caller's runtime
+//! ("Runtime flavour"); an experiment on another machine, quoted in issue
+//! #11, found it faster, as the hops between actors, the command pump and
+//! fred's connection then stay on one thread. A local hand-over between
+//! tasks of one process crosses nothing: requests and releases feed the
+//! name's lock core on the caller's thread (see `lock`'s module doc).
 //!
 //! One current-thread runtime per locker: the engine's work per lock is a few
 //! microseconds between network waits, so one thread keeps up with the wire;
@@ -24,9 +26,14 @@
 //! lockers that wait on one another in the same order every time, and four
 //! lockers contending for one name then served two of them.
 //!
-//! The user's calls cross into it through the actors' mailboxes (unbounded
-//! channels, which work between runtimes) and come back through oneshot and
-//! watch channels, which any runtime can await.
+//! The user's requests and releases feed the name's `LockActor` state
+//! under its mutex, on the user's thread; the commands they produce go to the
+//! node's command pump (an unbounded channel, which works between runtimes),
+//! and answers come back through oneshot and watch channels, which any
+//! runtime can await. Everything else reaches the actors through their
+//! mailboxes. What keeps the lock — extensions, the notice at
+//! `valid_until`, invalidations — never waits for the application's runtime:
+//! the mutex is held only while the core runs, never across a wait.
 
 use std::future::Future;
 use std::sync::Mutex;

@@ -27,7 +27,7 @@ use crate::context::{count_send, retired, AbortOnDrop, LockRoute, Shared};
 use crate::core::quorum;
 use crate::error::Error;
 use crate::failure::{NodeFailure, NodeReport};
-use crate::lock::{LockActor, LockArgs};
+use crate::lock::{LockActor, LockArgs, LockCell};
 use crate::metrics;
 use crate::msg::{LockMsg, NodeMsg, Request, SupervisorMsg};
 use crate::node::{NodeActor, NodeArgs};
@@ -303,11 +303,13 @@ impl SupervisorState {
             }
             if !self.locks.contains_key(&name) {
                 let sent = Arc::new(AtomicU64::new(0));
+                let cell = Arc::new(LockCell::new());
                 let args = LockArgs {
                     name: name.clone(),
                     shared: self.shared.clone(),
                     supervisor: myself.clone(),
                     sent: sent.clone(),
+                    cell: cell.clone(),
                 };
                 match Actor::spawn_linked(None, LockActor, args, myself.get_cell()).await {
                     Ok((actor, _)) => {
@@ -317,6 +319,7 @@ impl SupervisorState {
                             name.clone(),
                             LockRoute {
                                 actor: actor.clone(),
+                                port: cell,
                                 sent: sent.clone(),
                             },
                         );
