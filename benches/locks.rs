@@ -405,8 +405,8 @@ fn anatomy(rt: &Runtime, peers: &[Peers], admin: &fred::prelude::Client, n: usiz
         row("valkeylock `release()`", r_lat, r_alloc);
 
         // valkeylock: try_lock of a name this locker holds: answered by the
-        // LockActor without a server command, so only the in-process path
-        // (caller → Supervisor → LockActor → caller).
+        // lock core without a server command, fed on the caller's thread, so
+        // only the in-process path.
         let held = locker.lock(&name).await.expect("lock");
         let mut lat = Vec::with_capacity(n);
         let c0 = calls().await;
@@ -421,7 +421,7 @@ fn anatomy(rt: &Runtime, peers: &[Peers], admin: &fred::prelude::Client, n: usiz
         let cmds = (calls().await - c0) as f64 / n as f64;
         notes.push(format!("valkeylock `try_lock()` of a held name: {cmds:.2} server commands per call"));
         row(
-            "valkeylock `try_lock()` of a name it holds (in-process only: caller → Supervisor → LockActor → caller)",
+            "valkeylock `try_lock()` of a name it holds (in-process only: the lock core, fed on the caller's thread)",
             lat,
             allocs,
         );
