@@ -20,6 +20,7 @@
 //!
 //! Leaves the core and the actors share:
 //! - `keys`: key naming and invalidation parsing.
+//! - `few`: `OneOrMore`, a list that nearly always holds one item, inline.
 //! - `inspect`: what `inspect` reports, and the pure rule that decides
 //!   whether a lock is held from what its keys hold.
 //! - `health`: the node health table.
@@ -69,6 +70,7 @@ mod duration;
 mod election;
 mod error;
 mod failure;
+mod few;
 mod handle;
 mod health;
 mod inspect;

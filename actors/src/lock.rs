@@ -22,7 +22,10 @@
 //! The core still sees one event at a time, in the order the mutex admits
 //! them. The mutex is held only while the core runs and its effects are
 //! handed out (sends into channels; nothing waits), so a busy application
-//! thread cannot hold it across its own work.
+//! thread cannot hold it across its own work. The answers to callers (a
+//! grant, a refusal, a release's outcome) go out after the mutex is let go
+//! ([`Outbox`]): the caller they wake usually comes straight back with its
+//! next request or release, and would otherwise find the mutex still held.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -40,6 +43,7 @@ use crate::core::{
     Target, Time,
 };
 use crate::error::{Error, LostReason};
+use crate::few::OneOrMore;
 use crate::keys::{self, KeyName};
 use crate::metrics;
 use crate::msg::{
@@ -141,18 +145,23 @@ impl LockCell {
         })
     }
 
-    /// Runs `f` on the state from outside the actor (a caller's thread);
-    /// false if the actor has stopped or failed. A panic in the engine must not
-    /// unwind into the caller's task: the state is dropped (its holders
-    /// hear that the engine stopped, as when the actor is killed) and the
-    /// actor stopped.
-    fn outside(&self, f: impl FnOnce(&mut LockState)) -> bool {
+    /// Runs `f` on the state from outside the actor (a caller's thread),
+    /// then sends the answers it produced; false if the actor has stopped
+    /// or failed.
+    fn outside(&self, f: impl FnOnce(&mut LockState) -> Outbox) -> bool {
+        self.locked(f).map(|out| self.deliver(out)).is_some()
+    }
+
+    /// Runs `f` on the locked state; `None` if the actor has stopped. A
+    /// panic in the engine must not unwind into the caller's task: the
+    /// state is dropped (its holders hear that the engine stopped, as when
+    /// the actor is killed) and the actor stopped.
+    fn locked<R>(&self, f: impl FnOnce(&mut LockState) -> R) -> Option<R> {
         let mut slot = self.slot();
-        let Some(st) = slot.as_mut() else {
-            return false;
-        };
+        let st = slot.as_mut()?;
         let me = st.me.clone();
-        if std::panic::catch_unwind(AssertUnwindSafe(|| f(st))).is_err() {
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| f(st)));
+        if result.is_err() {
             let dead = slot.take();
             drop(slot);
             let lock = dead.as_ref().map(|st| st.name.clone()).unwrap_or_default();
@@ -160,7 +169,25 @@ impl LockCell {
             me.stop(Some("failed".into()));
             drop(dead);
         }
-        true
+        result.ok()
+    }
+
+    /// Sends the answers `out` holds, the state unlocked. A grant whose
+    /// caller went away is given back, which may answer someone else.
+    fn deliver(&self, mut out: Outbox) {
+        while let Some(mut gone) = out.send() {
+            let next = self.locked(|st| {
+                let mut next = Outbox::default();
+                while let Some(holder) = gone.pop() {
+                    next.append(st.give_back(holder));
+                }
+                next
+            });
+            match next {
+                Some(next) => out = next,
+                None => return,
+            }
+        }
     }
 
     /// Empties the cell, and drops the state outside the lock: dropping
@@ -174,11 +201,12 @@ impl LockCell {
 impl LockPort for LockCell {
     fn request(&self, request: Request) -> Result<(), Request> {
         let mut request = Some(request);
-        self.outside(|st| {
-            if let Some(r) = request.take() {
+        self.outside(|st| match request.take() {
+            Some(r) => {
                 let event = st.request_event(r);
-                st.feed(event);
+                st.feed(event)
             }
+            None => Outbox::default(),
         });
         request.map_or(Ok(()), Err)
     }
@@ -186,7 +214,7 @@ impl LockPort for LockCell {
     fn release(&self, holder: u64, reply: Option<oneshot::Sender<Released>>) -> bool {
         self.outside(|st| {
             let event = st.release_event(holder, reply);
-            st.feed(event);
+            st.feed(event)
         })
     }
 }
@@ -330,7 +358,9 @@ impl Actor for LockActor {
                 return Ok(());
             }
         };
-        st.feed(event);
+        let out = st.feed(event);
+        drop(slot);
+        home.cell.deliver(out);
         Ok(())
     }
 }
@@ -362,7 +392,11 @@ impl LockState {
 
     /// Feeds one event to the core and carries out what it asks, including
     /// the events that carrying out produces (a grant whose caller left).
-    fn feed(&mut self, event: Event) {
+    /// The answers to callers come back, to be sent once the state is
+    /// unlocked.
+    #[must_use = "the answers must be sent"]
+    fn feed(&mut self, event: Event) -> Outbox {
+        let mut out = Outbox::default();
         let span = self.span.clone();
         let _entered = span.enter();
         self.core.set_allowance(self.shared.notice_allowance());
@@ -375,7 +409,7 @@ impl LockState {
             now = clock::now();
             self.core.handle(now, event);
             while let Some(effect) = self.core.poll_effect() {
-                if let Some(back) = self.apply(effect) {
+                if let Some(back) = self.apply(effect, &mut out) {
                     later.push_back(back);
                 }
             }
@@ -386,6 +420,18 @@ impl LockState {
         if self.core.settled(now) {
             self.trim();
         }
+        out
+    }
+
+    /// Holder `holder`'s grant found its caller gone: it is released as if
+    /// never handed out (no hold counted, nothing logged as a release).
+    fn give_back(&mut self, holder: HolderId) -> Outbox {
+        tracing::trace!(lock = %self.name, holder, "grant not delivered");
+        if let Some(pos) = self.holders.iter().position(|(id, _)| *id == holder) {
+            let (_, h) = self.holders.swap_remove(pos);
+            h.cancel.cancel();
+        }
+        self.feed(Event::Release { holder, ack: None })
     }
 
     /// A lock settled into a long hold gives back the room its tables took
@@ -402,7 +448,7 @@ impl LockState {
     }
 
     /// Carries out one effect; returns an event to feed back, if any.
-    fn apply(&mut self, effect: Effect) -> Option<Event> {
+    fn apply(&mut self, effect: Effect, out: &mut Outbox) -> Option<Event> {
         match effect {
             Effect::Send { cmd, target, op } => self.dispatch(cmd, target, op),
             Effect::Grant {
@@ -445,20 +491,21 @@ impl LockState {
                     token,
                     since: std::time::Instant::now(),
                 };
-                let delivered = match self.requests.remove(&to) {
-                    Some(reply) => reply.send(Ok(parts)).is_ok(),
-                    None => false,
-                };
-                if !delivered {
+                let Some(reply) = self.requests.remove(&to) else {
                     tracing::trace!(lock = %self.name, request = to, "grant not delivered");
                     // Its caller went away: give it straight back.
                     h.cancel.cancel();
                     return Some(Event::Release { holder, ack: None });
-                }
+                };
                 if self.holders.capacity() == 0 {
                     self.holders.reserve_exact(1);
                 }
                 self.holders.push((holder, h));
+                out.push(Answer::Grant {
+                    reply,
+                    parts,
+                    holder,
+                });
             }
             Effect::Refuse { to, why } => {
                 if let Some(reply) = self.requests.remove(&to) {
@@ -480,7 +527,7 @@ impl LockState {
                             held_by_others,
                         },
                     };
-                    let _ = reply.send(Err(err));
+                    out.push(Answer::Refuse { reply, err });
                 }
             }
             Effect::Status { holder, status } => match status {
@@ -502,10 +549,11 @@ impl LockState {
                 unconfirmed,
             } => {
                 if let Some(reply) = self.acks.remove(&ack) {
-                    let _ = reply.send(Released {
+                    let released = Released {
                         deleted,
                         unconfirmed,
-                    });
+                    };
+                    out.push(Answer::Released { reply, released });
                 }
             }
             Effect::Idle => self.retire(),
@@ -608,6 +656,64 @@ impl LockState {
             tracing::trace!(lock = %self.name, "idle; retiring");
             self.me.stop(Some("idle".into()));
         }
+    }
+}
+
+/// One answer to a caller, sent once the state is unlocked.
+enum Answer {
+    Grant {
+        reply: oneshot::Sender<Result<GrantParts, Error>>,
+        parts: GrantParts,
+        holder: HolderId,
+    },
+    Refuse {
+        reply: oneshot::Sender<Result<GrantParts, Error>>,
+        err: Error,
+    },
+    Released {
+        reply: oneshot::Sender<Released>,
+        released: Released,
+    },
+}
+
+/// The answers one event produced: usually one or none, kept inline.
+#[derive(Default)]
+pub(crate) struct Outbox(OneOrMore<Answer>);
+
+impl Outbox {
+    fn push(&mut self, answer: Answer) {
+        self.0.push(answer);
+    }
+
+    fn append(&mut self, other: Outbox) {
+        for answer in other.0 {
+            self.push(answer);
+        }
+    }
+
+    /// Sends every answer; the holders whose grant found no caller, if any.
+    fn send(self) -> Option<Vec<HolderId>> {
+        let mut gone = Vec::new();
+        for answer in self.0 {
+            match answer {
+                Answer::Grant {
+                    reply,
+                    parts,
+                    holder,
+                } => {
+                    if reply.send(Ok(parts)).is_err() {
+                        gone.push(holder);
+                    }
+                }
+                Answer::Refuse { reply, err } => {
+                    let _ = reply.send(Err(err));
+                }
+                Answer::Released { reply, released } => {
+                    let _ = reply.send(released);
+                }
+            }
+        }
+        (!gone.is_empty()).then_some(gone)
     }
 }
 

@@ -22,6 +22,7 @@ use super::terms::Terms;
 use super::time::Time;
 use super::waiters::{may_hand_over, ReqId, RequestKind, Waiters};
 use crate::error::LostReason;
+use crate::few::OneOrMore;
 use crate::scripts::{Fingerprint, KeyState, SetMode, Token};
 
 /// A holder id: one per grant handed to a caller (a hand-over makes a new one).
@@ -395,29 +396,7 @@ struct ReleaseGroup {
 
 /// Who waits for a group's deletes: nearly always one `release()` caller,
 /// kept without a vector of its own.
-#[derive(Debug, Default)]
-struct Acks {
-    first: Option<AckId>,
-    more: Vec<AckId>,
-}
-
-impl Acks {
-    fn push(&mut self, ack: AckId) {
-        match self.first {
-            None => self.first = Some(ack),
-            Some(_) => self.more.push(ack),
-        }
-    }
-}
-
-impl IntoIterator for Acks {
-    type Item = AckId;
-    type IntoIter = std::iter::Chain<std::option::IntoIter<AckId>, std::vec::IntoIter<AckId>>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.first.into_iter().chain(self.more)
-    }
-}
+type Acks = OneOrMore<AckId>;
 
 /// The phase of the lock.
 #[derive(Debug)]
