@@ -1030,9 +1030,10 @@ impl Lease {
 
     async fn releasing(&self) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
-        let answer = match self.lock.release(self.grant, Some(tx)) {
-            true => rx.await.ok(),
-            false => None,
+        let answer = if self.lock.release(self.grant, Some(tx)) {
+            rx.await.ok()
+        } else {
+            None
         };
         match answer {
             Some(Released { unconfirmed: 0, .. }) => Ok(()),
