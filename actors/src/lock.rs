@@ -458,6 +458,15 @@ impl LockState {
                 hold_until,
                 fence,
             } => {
+                // The cell is always there (the actor, which keeps it, is
+                // running); the request is not if its caller went away:
+                // then the grant goes straight back, before anything is
+                // built for it.
+                let (Some(reply), Some(port)) = (self.requests.remove(&to), self.port.upgrade())
+                else {
+                    tracing::trace!(lock = %self.name, request = to, "grant not delivered");
+                    return Some(Event::Release { holder, ack: None });
+                };
                 let (tx, rx) = watch::channel(GrantStatus::Held { valid_until });
                 let cancel = CancellationToken::new();
                 let token = self
@@ -465,11 +474,6 @@ impl LockState {
                     .grant_view(clock::now())
                     .map(|g| TokenTag::of(g.token))
                     .unwrap_or_default();
-                // Always there: the actor, which keeps the cell, is running.
-                let port: Arc<dyn LockPort> = match self.port.upgrade() {
-                    Some(cell) => cell,
-                    None => return Some(Event::Release { holder, ack: None }),
-                };
                 let parts = GrantParts {
                     name: self.name.clone(),
                     token,
@@ -490,12 +494,6 @@ impl LockState {
                     lock: self.name.clone(),
                     token,
                     since: std::time::Instant::now(),
-                };
-                let Some(reply) = self.requests.remove(&to) else {
-                    tracing::trace!(lock = %self.name, request = to, "grant not delivered");
-                    // Its caller went away: give it straight back.
-                    h.cancel.cancel();
-                    return Some(Event::Release { holder, ack: None });
                 };
                 if self.holders.capacity() == 0 {
                     self.holders.reserve_exact(1);
