@@ -703,9 +703,12 @@ fn child(spec: &str) {
 }
 
 /// `handover` section: valkeylock alone, one name, 10 tasks, for several
-/// values of `local_handover_limit`: all tasks on one `Locker`, and split
-/// over two `Locker`s (5 tasks each), whose share of the operations shows
-/// what the bound costs the other process.
+/// values of `local_handover_limit`: all tasks on one `Locker`, split evenly
+/// over two `Locker`s, and nine on one against a lone task on the other. The
+/// lockers' shares of the operations show what the bound costs the other
+/// process: with an even split, nothing; against a lone task, that task gets
+/// one turn per real release while the other locker's tasks share the
+/// hand-overs in between.
 fn handover_bound(
     rt: &Runtime,
     urls: &[String],
@@ -716,11 +719,12 @@ fn handover_bound(
     println!();
     println!("## Local hand-over bound ({fixed:?} each; valkeylock, 10 tasks, one name)");
     println!();
-    println!("| local_handover_limit | lockers | ops/s | µs/op (1 / ops/s) | wait p50 µs | wait p99 µs | wait p99.9 µs | wait max µs | fairness between tasks max/min | fairness between lockers max/min | server cmds/op | ops per locker |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
-    for limit in [0u32, 8, 32] {
-        for lockers in [1usize, 2] {
-            let clients: Vec<Imp> = (0..lockers)
+    println!("| local_handover_limit | tasks per locker | ops/s | µs/op (1 / ops/s) | wait p50 µs | wait p99 µs | wait p99.9 µs | wait max µs | fairness between tasks max/min | fairness between lockers (ops per task) max/min | server cmds/op | ops per locker |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for limit in [0u32, 8, 32, 64, 128] {
+        for split in [&[10usize][..], &[5, 5], &[9, 1]] {
+            let lockers: Vec<Imp> = split
+                .iter()
                 .map(|_| {
                     let options =
                         common::valkeylock_options(urls, 1).with_local_handover_limit(limit);
@@ -730,10 +734,22 @@ fn handover_bound(
                     )
                 })
                 .collect();
+            // Task i runs on the locker whose share of the split covers i.
+            let owner: Vec<usize> = split
+                .iter()
+                .enumerate()
+                .flat_map(|(l, &n)| std::iter::repeat_n(l, n))
+                .collect();
+            let clients: Vec<Imp> = owner.iter().map(|&l| lockers[l].clone()).collect();
+            let label = split
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join("+");
             let w = Workload::new(
-                clients.clone(),
-                10,
-                &format!("handover-{limit}-{lockers}"),
+                clients,
+                owner.len(),
+                &format!("handover-{limit}-{label}"),
                 Kind::Valkeylock,
                 true,
             );
@@ -741,19 +757,28 @@ fn handover_bound(
             let mut s = rt.block_on(w.run_for(fixed));
             let after = rt.block_on(common::Cost::now(admin));
             let (cmds, _, _) = after.per_op(&before, s.ops(), tck);
-            let mut per_locker = vec![0u64; lockers];
+            let mut per_locker = vec![0u64; split.len()];
             for (i, n) in s.per_task.iter().enumerate() {
-                per_locker[i % lockers] += n;
+                per_locker[owner[i]] += n;
             }
+            // Each locker's operations per task, so an uneven split that is
+            // fair to every task reads 1.
+            let shares: Vec<f64> = per_locker
+                .iter()
+                .zip(split)
+                .map(|(&n, &t)| n as f64 / t as f64)
+                .collect();
+            let lockers_fairness = shares.iter().copied().fold(0.0, f64::max)
+                / shares.iter().copied().fold(f64::INFINITY, f64::min);
             let ops_s = s.ops_per_sec();
             let [p50, p99, p999, max] = common::wait_columns(&mut s.waits);
             println!(
-                "| {limit} | {lockers} | {ops_s:.0} | {:.1} | {p50:.1} | {p99:.1} | {p999:.1} | {max:.1} | {} | {} | {cmds:.2} | {per_locker:?} |",
+                "| {limit} | {label} | {ops_s:.0} | {:.1} | {p50:.1} | {p99:.1} | {p999:.1} | {max:.1} | {} | {} | {cmds:.2} | {per_locker:?} |",
                 1e6 / ops_s.max(f64::MIN_POSITIVE),
                 common::fmt_ratio(s.fairness()),
-                common::fmt_ratio(common::max_over_min(&per_locker)),
+                common::fmt_ratio(lockers_fairness),
             );
-            for c in clients {
+            for c in lockers {
                 rt.block_on(c.close());
             }
         }
