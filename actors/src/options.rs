@@ -113,10 +113,14 @@ pub struct LockerOptions {
     /// before it is really released so other processes get a turn; hand-overs
     /// also stop 10 ms after the keys were acquired, so long critical sections
     /// do not keep other processes out. 0 turns local hand-over off. Default
-    /// 32: measured (`cargo bench --bench locks -- handover`, BENCHMARKS.md),
-    /// two lockers sharing a name still split the operations evenly and keep
-    /// their waits in the low milliseconds, while ten tasks of one locker run
-    /// several times faster than with 8.
+    /// 128, measured (`cargo bench --bench locks -- handover`, BENCHMARKS.md):
+    /// a hand-over costs a few microseconds and a real release with its pause
+    /// about as much as a hundred of them, so a chain of 128 takes about as
+    /// long as the release that ends it. Another process's waiter still gets
+    /// a turn at every real release, so it waits about a millisecond at most
+    /// for one; what it gives up is its share: against nine busy tasks of
+    /// one locker, a lone task of another gets about a seventh of what each of
+    /// them gets (with 32, about two thirds).
     pub local_handover_limit: u32,
     /// Give every grant a fencing token (`LockGuard::fencing_token`) that is
     /// strictly greater than every token granted before it for the same name,
@@ -192,7 +196,7 @@ impl Default for LockerOptions {
             fallback_set_px: true,
             disable_cache: false,
             connect_timeout: Duration::from_secs(2),
-            local_handover_limit: 32,
+            local_handover_limit: 128,
             fencing: false,
             tls_ca_file: None,
             dedicated_runtime: true,

@@ -148,7 +148,7 @@ impl Knobs {
             fencing,
             tracking: r.chance(90),
             noloop: r.chance(75),
-            handover: [0, 1, 32][r.below(3) as usize],
+            handover: [0, 1, 32, 128][r.below(4) as usize],
             faults,
             force: r.chance(30),
             steps: r.range(100, 400),
