@@ -114,13 +114,13 @@ pub struct LockerOptions {
     /// also stop 10 ms after the keys were acquired, so long critical sections
     /// do not keep other processes out. 0 turns local hand-over off. Default
     /// 128, measured (`cargo bench --bench locks -- handover`, BENCHMARKS.md):
-    /// a hand-over costs a few microseconds and a real release with its pause
-    /// about as much as a hundred of them, so a chain of 128 takes about as
-    /// long as the release that ends it. Another process's waiter still gets
-    /// a turn at every real release, so it waits about a millisecond at most
-    /// for one; what it gives up is its share: against nine busy tasks of
-    /// one locker, a lone task of another gets about a seventh of what each of
-    /// them gets (with 32, about two thirds).
+    /// a hand-over costs a few microseconds and a real release with its
+    /// pause hundreds, so ten tasks of one locker ran 1.2 to 6.7 times faster
+    /// than with 32. Another process's waiter still gets a turn at every real
+    /// release; what it gives up is its share: against nine busy tasks of one
+    /// locker, a lone task of another got about a seventh of what each of
+    /// them got (with 32, about two thirds). Set 8 to 32 where every task of
+    /// every process should get an equal share.
     pub local_handover_limit: u32,
     /// Give every grant a fencing token (`LockGuard::fencing_token`) that is
     /// strictly greater than every token granted before it for the same name,
