@@ -14,6 +14,10 @@
 //! process's CPU time (`utime + stime` of `/proc/self/stat`) and the server's
 //! (`INFO cpu`), and the time to release them all.
 //!
+//! Then the mass-loss section (`-- massloss` runs it alone): the largest
+//! count of locks held through one `Locker`, all lost at once when their
+//! server is frozen, with when each holder was told (see [`mass_loss`]).
+//!
 //! Run: `cargo bench --bench scale` (`CI=1` for 1,000 locks). A fresh
 //! server per row, so the counters are ours alone.
 
@@ -38,7 +42,9 @@ const EXTEND: Duration = Duration::from_millis(2500);
 
 fn main() {
     let args = Args::parse();
-    if args.list || !args.wants("scale") {
+    // `-- massloss` runs that section alone; `-- scale` or no filter, all.
+    let (scale, massloss) = (args.wants("scale"), args.wants("scale-massloss"));
+    if args.list || !massloss {
         return;
     }
     let quick = args.quick();
@@ -55,6 +61,10 @@ fn main() {
         "# mode: {}; steady window {window:?} ({periods} extension period(s) of {EXTEND:?})",
         if quick { "quick (CI)" } else { "full" }
     );
+    if !scale {
+        mass_loss(&rt, counts[counts.len() - 1]);
+        return;
+    }
     println!();
     println!("| locks held | acquire all (ms) | RSS growth (KiB) | RSS per lock (bytes) | live heap per lock (bytes) | live heap per lock after the window (bytes) | tokio tasks per lock | server used_memory per lock (bytes) | EVALSHA calls/s | lock extensions due/s (locks / 2.5 s) | all commands/s | process CPU (ms per s) | server CPU (ms per s) | still held after window | release all (ms) |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -154,12 +164,106 @@ fn main() {
         });
         drop(server);
     }
+    mass_loss(&rt, counts[counts.len() - 1]);
     reference(&rt, counts[counts.len() - 1]);
     println!();
     println!("Commands per second at the server during the steady window, by command (`INFO commandstats`; commands run inside scripts count too):");
     println!();
     for (n, b) in breakdowns {
         println!("- {n} locks: {b}");
+    }
+}
+
+/// Validity of the mass-loss section's locks: short, so the loss comes soon.
+const LOSS_VALIDITY: Duration = Duration::from_secs(1);
+
+/// `massloss` section (issue #11): `n` held locks all lost at once. Every
+/// lock is held through one `Locker` on one fresh server, which is then
+/// frozen (SIGSTOP): no extension is answered from then on, and every holder
+/// must be told before the end of its validity, the earliest moment another
+/// client could take its keys. Each holder's `lost()` is awaited on its own
+/// task of the bench's runtime, and the instant it resolved is compared with
+/// the `valid_until()` the guard published after the freeze (negative: told
+/// before it). The end of validity is `valid_until()` plus the engine's
+/// notice margin, computed here from its documented rule (README, "How it
+/// works"): 1 % of the validity (1–20 ms), plus 10 µs per holder of the
+/// locker, at most a tenth of the validity.
+fn mass_loss(rt: &tokio::runtime::Runtime, n: usize) {
+    let server = ValkeyServer::start();
+    let urls = vec![server.url()];
+    let margin = (LOSS_VALIDITY / 100).clamp(Duration::from_millis(1), Duration::from_millis(20))
+        + (Duration::from_micros(10) * n as u32).min(LOSS_VALIDITY / 10);
+    let (not_losses, told_ms) = rt.block_on(async {
+        let locker =
+            Locker::connect(common::valkeylock_options(&urls, 1).with_key_validity(LOSS_VALIDITY))
+                .await
+                .expect("connect");
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let locker = locker.clone();
+            let name = Kind::Valkeylock.name(&format!("massloss-{i}"));
+            set.spawn(async move { locker.lock(&name).await.expect("lock") });
+        }
+        let mut guards: Vec<LockGuard> = Vec::with_capacity(n);
+        while let Some(g) = set.join_next().await {
+            guards.push(g.expect("lock task"));
+        }
+        // Let the extension grid run once, then freeze the server. Replies
+        // already on their way are read within the next few milliseconds;
+        // after that no guard's `valid_until()` moves again.
+        sleep(Duration::from_millis(600)).await;
+        server.pause();
+        sleep(Duration::from_millis(50)).await;
+        let mut waits = tokio::task::JoinSet::new();
+        for g in guards {
+            let until = g.valid_until().expect("held when the server froze");
+            waits.spawn(async move {
+                let reason = g.lost().await;
+                let told = Instant::now();
+                (reason, signed_ms(told, until))
+            });
+        }
+        let mut told_ms = Vec::with_capacity(n);
+        let mut not_losses = 0;
+        while let Some(r) = waits.join_next().await {
+            let (reason, ms) = r.expect("lost() task");
+            if !reason.is_loss() {
+                not_losses += 1;
+            }
+            told_ms.push(ms);
+        }
+        server.resume();
+        locker.close().await;
+        (not_losses, told_ms)
+    });
+    drop(server);
+    let mut told_ms = told_ms;
+    told_ms.sort_by(f64::total_cmp);
+    let q = |p: f64| told_ms[((told_ms.len() - 1) as f64 * p).round() as usize];
+    let margin_ms = margin.as_secs_f64() * 1e3;
+    let after_until = told_ms.iter().filter(|&&t| t > 0.0).count();
+    let after_end = told_ms.iter().filter(|&&t| t > margin_ms).count();
+    println!();
+    println!("## Mass loss ({n} held locks, `key_validity` {LOSS_VALIDITY:?}, their server frozen by SIGSTOP; told = `lost()` resolved, on the bench's runtime)");
+    println!();
+    println!("| locks held | told, not a loss | told − valid_until() min ms | p50 ms | p99 ms | max ms | told after valid_until() | notice margin ms | told − end of validity max ms | told after the end of validity |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {n} | {not_losses} | {:+.2} | {:+.2} | {:+.2} | {:+.2} | {after_until} | {margin_ms:.1} | {:+.2} | {after_end} |",
+        q(0.0),
+        q(0.5),
+        q(0.99),
+        q(1.0),
+        q(1.0) - margin_ms,
+    );
+}
+
+/// `a - b` in milliseconds, negative when `a` is earlier.
+fn signed_ms(a: Instant, b: Instant) -> f64 {
+    if a >= b {
+        (a - b).as_secs_f64() * 1e3
+    } else {
+        -((b - a).as_secs_f64() * 1e3)
     }
 }
 

@@ -620,6 +620,17 @@ def region_targets11(bins):
     rows.append(("memory per held lock at 10,000 locks", f"≤ the Go valkeylock's ≈ {GO_BYTES_PER_LOCK:.0f} bytes",
                  f"{measured}; an idle empty ractor actor alone: {f1(actor)} bytes",
                  verdict(heap <= GO_BYTES_PER_LOCK, f"{heap / GO_BYTES_PER_LOCK:.2f}× the limit, taking the larger figure; the actor alone is {actor / GO_BYTES_PER_LOCK:.2f}×, the rest {heap - actor:.0f} bytes")))
+    # Runs before the mass-loss section existed have no such table.
+    ml = [k for k in scale.tables if k.startswith("Mass loss")]
+    if ml:
+        r = scale.tables[ml[0]].rows[0]
+        held = r["locks held"]
+        after_end = int(r["told after the end of validity"])
+        rows.append((f"{int(held):,} held locks all lost at once (their server frozen)",
+                     "every holder told before the end of its validity, the earliest moment another client could take its keys (the lock core's rule); told − `valid_until()` reported",
+                     f"`lost()` resolved {r['told − valid_until() min ms']} to {r['max ms']} ms after the published `valid_until()` (p50 {r['p50 ms']}, p99 {r['p99 ms']}; {r['told after valid_until()']} of {held} after it); the end of validity is {r['notice margin ms']} ms after `valid_until()`, and the last holder was told {r['told − end of validity max ms']} ms from it; {r['told, not a loss']} resolved with a reason other than a loss",
+                     verdict(after_end == 0 and int(r["told, not a loss"]) == 0,
+                             f"{after_end} of {held} told after the end of validity")))
     for scen in ("wakeup", "loss_detection"):
         cells = []
         for eng in ("engine thread", "engine on the app runtime"):
@@ -770,6 +781,10 @@ def generate(bins, env, load_log, results_path, old_bins, old_path, compile_s):
         g["scale-mode"] = f"Settings: `{scale.mode}`."
         g["scale"] = table_by_prefix(scale, "locks held").text()
         g["reference"] = table_by_prefix(scale, "Reference").text()
+        try:
+            g["massloss"] = table_by_prefix(scale, "Mass loss").text()
+        except KeyError:
+            pass
         g["breakdown"] = "\n".join(scale.notes.get("breakdown", []))
         g["targets"] = region_targets(bins)
         g["targets-11"] = region_targets11(bins)
