@@ -627,7 +627,7 @@ def region_targets11(bins):
         held = r["locks held"]
         after_end = int(r["told after the end of validity"])
         rows.append((f"{int(held):,} held locks all lost at once (their server frozen)",
-                     "every holder told before the end of its validity, the earliest moment another client could take its keys (the lock core's rule); told − `valid_until()` reported",
+                     "every holder told before the earliest moment another client could take its keys: the issue's `valid_until`, written before the lock core (#10) made the published `valid_until()` that instant minus the notice margin; told − `valid_until()` reported beside it",
                      f"`lost()` resolved {r['told − valid_until() min ms']} to {r['max ms']} ms after the published `valid_until()` (p50 {r['p50 ms']}, p99 {r['p99 ms']}; {r['told after valid_until()']} of {held} after it); the end of validity is {r['notice margin ms']} ms after `valid_until()`, and the last holder was told {r['told − end of validity max ms']} ms from it; {r['told, not a loss']} resolved with a reason other than a loss",
                      verdict(after_end == 0 and int(r["told, not a loss"]) == 0,
                              f"{after_end} of {held} told after the end of validity")))
