@@ -61,7 +61,7 @@
 //!    the lock's keys. [`valid_until`](LockGuard::valid_until) is the
 //!    earliest moment another client could take the majority (computed from
 //!    when each command was sent, its TTL and `clock_drift`), less a small
-//!    notice margin; it moves later only with a confirmed extension, and
+//!    margin; it moves later only with a confirmed extension, and
 //!    `is_held` compares it with the clock when called. The engine's clock
 //!    is `CLOCK_BOOTTIME` on Linux, which keeps counting through a suspend.
 //! 2. **The holder is told.** [`lost`](LockGuard::lost) resolves, and the

@@ -969,8 +969,9 @@ impl Lease {
     }
 
     /// The instant the lock stops being safe unless extended; `None` once
-    /// ended. It is a safety margin earlier than the earliest moment another
-    /// client could take the majority.
+    /// ended. It is a small margin (1 % of the validity, 1–20 ms) earlier
+    /// than the earliest moment another client could take the majority, and
+    /// the engine tells the holder a loss by this instant.
     pub fn valid_until(&self) -> Option<Instant> {
         match *self.status.borrow() {
             GrantStatus::Held { valid_until } => Some(clock::to_instant(valid_until)),

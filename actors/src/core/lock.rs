@@ -7,9 +7,12 @@
 //! the id of the command whose reply is in force, so replies that overtake
 //! each other are applied newest-sent-wins, and a stale "ours" can never undo
 //! a newer "gone". The safety rule (see `quorum`): a grant's validity is the
-//! `M`-th largest of `sent + ttl − drift` over keys known ours, and the holder
-//! is told `margin` before that instant, so that the shell's own scheduling
-//! delays do not make the news late.
+//! `M`-th largest of `sent + ttl − drift` over keys known ours. The holder's
+//! published `valid_until` is the terms' margin before that instant, so that
+//! the holder's own clock checks and timers are not late; the core acts (ends
+//! the grant and tells the holder) earlier still by the shell's allowance, the
+//! time the shell needs to tell every holder it has, so that the news reaches
+//! each holder by its `valid_until`.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -345,7 +348,10 @@ struct Grant {
     id: u64,
     token: Token,
     keys: Vec<Slot>,
-    /// Published end of safety: the computed end minus the margin.
+    /// The core's deadline: the computed end minus the margin in force (the
+    /// terms' margin plus the shell's allowance). The holder is told at
+    /// this instant, and its published end is later by the allowance
+    /// ([`Grant::valid_until`]).
     ends_at: Time,
     holder: HolderId,
     handovers: u32,
@@ -354,8 +360,9 @@ struct Grant {
     next_extend: Time,
     /// A retry of the keys whose last command failed, before the next round.
     retry_at: Option<Time>,
-    /// The notice margin in force: it only grows during a grant, so a
-    /// published `valid_until` never moves later without an extension.
+    /// The margin in force (the terms' margin plus the shell's allowance):
+    /// it only grows during a grant, so the core's deadline never moves
+    /// later without an extension.
     margin: Duration,
     /// The current holder's terms (a hand-over brings the next holder's).
     terms: Terms,
@@ -369,8 +376,18 @@ struct Grant {
 
 impl Grant {
     /// What the holder is told: the end of validity, or of its maximum hold
-    /// if that comes first.
+    /// if that comes first. The end of validity is the terms' margin before
+    /// the computed end: the core's deadline plus the shell's allowance,
+    /// which the telling of every holder of the process may take.
     fn valid_until(&self) -> Time {
+        let published = self.ends_at + self.margin.saturating_sub(self.terms.margin);
+        self.hold_until.map_or(published, |h| h.min(published))
+    }
+
+    /// When the core ends the grant unless extended: its deadline, or the
+    /// end of the maximum hold if that comes first. Never after
+    /// [`Grant::valid_until`].
+    fn deadline(&self) -> Time {
         self.hold_until
             .map_or(self.ends_at, |h| h.min(self.ends_at))
     }
@@ -543,10 +560,12 @@ impl LockCore {
         self.allowance = allowance;
     }
 
-    /// How long before the computed end of validity a holder on `terms` is
-    /// told.
+    /// How long before the computed end of validity the core ends a grant
+    /// on `terms` and tells its holder: the terms' margin, which the
+    /// holder's published `valid_until` keeps, plus the allowance, in which
+    /// the telling is done.
     fn margin(&self, terms: &Terms) -> Duration {
-        terms.margin + self.allowance.min(terms.life.ttl / 10)
+        terms.margin + self.allowance.min(terms.life.ttl / 5)
     }
 
     /// What the tokens of a grant on `terms` claim: the locker's
@@ -619,7 +638,7 @@ impl LockCore {
         match &self.phase {
             Phase::Idle { retry_at, .. } if self.waiters.has_waiter() => at(*retry_at),
             Phase::Holding(g) => {
-                at(Some(g.valid_until()));
+                at(Some(g.deadline()));
                 at(Some(g.next_extend));
                 at(g.retry_at);
             }
@@ -1876,8 +1895,9 @@ impl LockCore {
             g.terms = terms;
             g.hold_until = terms.max_hold.map(|d| now + d);
             g.next_extend = g.next_extend.min(next_extend);
-            // The margin only grows, so the published end never moves later
-            // without an extension.
+            // The margin in force only grows, so the core's deadline never
+            // moves later without an extension (the published end is the
+            // next holder's own: its terms' margin before the computed end).
             if margin > g.margin {
                 g.ends_at = g.ends_at - (margin - g.margin);
                 g.margin = margin;
@@ -2006,7 +2026,7 @@ impl LockCore {
             );
         }
         match &self.phase {
-            Phase::Holding(g) if now >= g.valid_until() => {
+            Phase::Holding(g) if now >= g.deadline() => {
                 let reason = if g.hold_ends_first() {
                     LostReason::MaxHold
                 } else {

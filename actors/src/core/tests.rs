@@ -297,6 +297,51 @@ fn the_holder_is_told_a_margin_before_the_computed_end() {
 }
 
 #[test]
+fn the_allowance_moves_the_core_deadline_before_the_published_end() {
+    // Issue #11: telling 10,000 holders at once takes the shell tens of
+    // milliseconds. The core ends the grant the allowance before the
+    // holder's published end, so that the last one told still learns it by
+    // its valid_until; the published end keeps only the terms' margin.
+    let mut rig = Rig::new(config(1, 1));
+    rig.core.set_allowance(50 * MS);
+    let fx = rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+        terms: None,
+    });
+    rig.at(ms(1));
+    let all = rig.ev(reply(sends(&fx)[0].0, ours()));
+    // Computed end: sent at 0, 1000 − 12 drift = 988; published 988 − 10.
+    let g = grants(&all);
+    assert_eq!(g.iter().map(|g| g.2).collect::<Vec<_>>(), vec![ms(978)]);
+    let holder = g[0].1;
+    // The extension is never answered (the server is frozen).
+    assert_eq!(sends(&rig.tick(ms(500))).len(), 1);
+    // The core's deadline: 988 − 10 − 50.
+    assert_eq!(
+        rig.core.next_timeout(),
+        Some(ms(928)).min(rig.core.next_timeout())
+    );
+    assert!(ended(&rig.tick(ms(927))).is_empty());
+    let fx = rig.tick(ms(928));
+    assert_eq!(ended(&fx), vec![(holder, LostReason::Unreachable)]);
+    // The allowance is capped at a fifth of the validity.
+    let mut rig = Rig::new(config(1, 1));
+    rig.core.set_allowance(500 * MS);
+    let fx = rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+        terms: None,
+    });
+    rig.at(ms(1));
+    let all = rig.ev(reply(sends(&fx)[0].0, ours()));
+    assert_eq!(grants(&all)[0].2, ms(978));
+    rig.tick(ms(500));
+    assert!(ended(&rig.tick(ms(777))).is_empty());
+    assert_eq!(ended(&rig.tick(ms(778))).len(), 1);
+}
+
+#[test]
 fn a_grant_needs_validity_for_one_extension_round_trip() {
     // Finding 13: a grant was handed out with any validity above zero.
     let mut rig = Rig::new(config(2, 3));
@@ -1019,7 +1064,10 @@ fn a_hand_over_to_a_shorter_validity_counts_the_shorter_write_from_its_send() {
     rig.at(ms(5));
     let fx = rig.ev(Event::Release { holder, ack: None });
     let g = grants(&fx);
-    assert_eq!(g, vec![(2, 3, ms(1000 - 12 - 10))]);
+    // The core keeps the larger margin in force (10 ms: its deadline is
+    // 978), but the new holder's published end keeps only its own terms'
+    // margin (6 ms) before the computed end, 988.
+    assert_eq!(g, vec![(2, 3, ms(1000 - 12 - 6))]);
     // A check goes out at 200 ms (an invalidation of our own key).
     rig.at(ms(200));
     let check = sends(&rig.ev(Event::Invalidated { key: 0 }));
@@ -1029,7 +1077,7 @@ fn a_hand_over_to_a_shorter_validity_counts_the_shorter_write_from_its_send() {
     let fx = rig.tick(ms(305));
     let ext = sends(&fx);
     assert!(matches!(ext[0].2, Op::Extend { ttl, .. } if ttl == 600 * MS));
-    assert_eq!(statuses(&fx), vec![ms(305 + 600 - 8 - 10)]);
+    assert_eq!(statuses(&fx), vec![ms(305 + 600 - 8 - 6)]);
     // The older check's reply (a PTTL read before the write landed) must
     // not count the key beyond that.
     rig.at(ms(306));
@@ -1040,12 +1088,12 @@ fn a_hand_over_to_a_shorter_validity_counts_the_shorter_write_from_its_send() {
             fence: None,
         }),
     ));
-    assert!(statuses(&fx).iter().all(|t| *t <= ms(887)), "{fx:?}");
-    assert!(rig.core.holding().unwrap().ends_at <= ms(887));
+    assert!(statuses(&fx).iter().all(|t| *t <= ms(891)), "{fx:?}");
+    assert!(rig.core.holding().unwrap().ends_at <= ms(891));
     // The write's own reply counts it from its send.
     rig.at(ms(307));
     rig.ev(reply(ext[0].0, ours()));
-    assert_eq!(rig.core.holding().unwrap().ends_at, ms(887));
+    assert_eq!(rig.core.holding().unwrap().ends_at, ms(891));
 }
 
 #[test]

@@ -109,6 +109,10 @@ pub(super) struct Knobs {
     pub(super) permits: bool,
     /// Fair queueing: waiters of all processes served in arrival order.
     pub(super) fair: bool,
+    /// The shell's notice allowance, ms (what telling every holder of a
+    /// process costs): the cores act this much before a holder's published
+    /// end. The cores cap it at a fifth of the validity.
+    pub(super) allowance_ms: u64,
 }
 
 impl Knobs {
@@ -157,6 +161,8 @@ impl Knobs {
             terms: r.chance(40),
             permits: r.chance(25),
             fair: r.chance(30),
+            // Drawn last, so that the knobs drawn before keep their seeds.
+            allowance_ms: [0, 0, 1, 5, validity_ms / 5][r.below(5) as usize],
         }
     }
 
@@ -196,6 +202,7 @@ impl Knobs {
                 "terms" => self.terms = num() != 0,
                 "permits" => self.permits = num() != 0,
                 "fair" => self.fair = num() != 0,
+                "allowance" => self.allowance_ms = num(),
                 other => panic!("unknown SIM_KNOBS key {other}"),
             }
         }
@@ -211,7 +218,7 @@ impl fmt::Display for Knobs {
         };
         write!(
             f,
-            "procs={},names={},nodes={},majority={},validity={},fencing={fencing},tracking={},noloop={},handover={},faults={:#x},force={},steps={},ppm={},delay={},terms={},permits={},fair={}",
+            "procs={},names={},nodes={},majority={},validity={},fencing={fencing},tracking={},noloop={},handover={},faults={:#x},force={},steps={},ppm={},delay={},terms={},permits={},fair={},allowance={}",
             self.procs,
             self.names,
             self.nodes,
@@ -227,7 +234,8 @@ impl fmt::Display for Knobs {
             self.max_delay_ms,
             u8::from(self.terms),
             u8::from(self.permits),
-            u8::from(self.fair)
+            u8::from(self.fair),
+            self.allowance_ms
         )
     }
 }

@@ -141,7 +141,7 @@ impl World {
             });
             let cores = (0..k.names)
                 .map(|_| CoreSlot {
-                    core: LockCore::new(pcfg.clone(), Box::new(SimEntropy(root.fork())), local),
+                    core: new_core(pcfg.clone(), Box::new(SimEntropy(root.fork())), local, k),
                     inc: 0,
                     timer: None,
                     live: None,
@@ -1261,7 +1261,7 @@ impl World {
         let entropy = Box::new(SimEntropy(self.work.fork()));
         let cfg = self.procs[proc].cfg.clone();
         let slot = &mut self.procs[proc].cores[name];
-        slot.core = LockCore::new(cfg, entropy, local);
+        slot.core = new_core(cfg, entropy, local, &self.k);
         slot.inc += 1;
         slot.timer = None;
         self.log(|| format!("p{proc} name{name} core retired"));
@@ -1362,4 +1362,12 @@ impl World {
 fn claimed_permits(token: &str) -> Option<u16> {
     let fingerprint = token.rsplit(':').next()?;
     fingerprint.split_once('p')?.1.parse().ok()
+}
+
+/// A lock core as a process's shell makes it, with the run's notice
+/// allowance.
+fn new_core(cfg: Arc<Config>, entropy: Box<SimEntropy>, local: Time, k: &Knobs) -> LockCore {
+    let mut core = LockCore::new(cfg, entropy, local);
+    core.set_allowance(Duration::from_millis(k.allowance_ms));
+    core
 }
