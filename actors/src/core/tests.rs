@@ -296,14 +296,10 @@ fn the_holder_is_told_a_margin_before_the_computed_end() {
     assert_eq!(ended(&fx), vec![(holder, LostReason::Unreachable)]);
 }
 
-#[test]
-fn the_allowance_moves_the_core_deadline_before_the_published_end() {
-    // Issue #11: telling 10,000 holders at once takes the shell tens of
-    // milliseconds. The core ends the grant the allowance before the
-    // holder's published end, so that the last one told still learns it by
-    // its valid_until; the published end keeps only the terms' margin.
-    let mut rig = Rig::new(config(1, 1));
-    rig.core.set_allowance(50 * MS);
+/// One key on one node, held from t=1 ms by a shell that asked for
+/// `allowance`; returns the holder and its published end.
+fn held_with_allowance(rig: &mut Rig, allowance: Duration) -> (HolderId, Time) {
+    rig.core.set_allowance(allowance);
     let fx = rig.ev(Event::Request {
         id: 1,
         kind: RequestKind::Wait,
@@ -311,10 +307,21 @@ fn the_allowance_moves_the_core_deadline_before_the_published_end() {
     });
     rig.at(ms(1));
     let all = rig.ev(reply(sends(&fx)[0].0, ours()));
-    // Computed end: sent at 0, 1000 − 12 drift = 988; published 988 − 10.
     let g = grants(&all);
-    assert_eq!(g.iter().map(|g| g.2).collect::<Vec<_>>(), vec![ms(978)]);
-    let holder = g[0].1;
+    assert_eq!(g.len(), 1, "{all:?}");
+    (g[0].1, g[0].2)
+}
+
+#[test]
+fn the_allowance_moves_the_core_deadline_before_the_published_end() {
+    // Issue #11: telling 10,000 holders at once takes the shell tens of
+    // milliseconds. The core ends the grant the allowance before the
+    // holder's published end, so that the last one told still learns it by
+    // its valid_until; the published end keeps only the terms' margin.
+    let mut rig = Rig::new(config(1, 1));
+    let (holder, until) = held_with_allowance(&mut rig, 50 * MS);
+    // Computed end: sent at 0, 1000 − 12 drift = 988; published 988 − 10.
+    assert_eq!(until, ms(978));
     // The extension is never answered (the server is frozen).
     assert_eq!(sends(&rig.tick(ms(500))).len(), 1);
     // The core's deadline: 988 − 10 − 50.
@@ -327,15 +334,8 @@ fn the_allowance_moves_the_core_deadline_before_the_published_end() {
     assert_eq!(ended(&fx), vec![(holder, LostReason::Unreachable)]);
     // The allowance is capped at a fifth of the validity.
     let mut rig = Rig::new(config(1, 1));
-    rig.core.set_allowance(500 * MS);
-    let fx = rig.ev(Event::Request {
-        id: 1,
-        kind: RequestKind::Wait,
-        terms: None,
-    });
-    rig.at(ms(1));
-    let all = rig.ev(reply(sends(&fx)[0].0, ours()));
-    assert_eq!(grants(&all)[0].2, ms(978));
+    let (_, until) = held_with_allowance(&mut rig, 500 * MS);
+    assert_eq!(until, ms(978));
     rig.tick(ms(500));
     assert!(ended(&rig.tick(ms(777))).is_empty());
     assert_eq!(ended(&rig.tick(ms(778))).len(), 1);
@@ -1047,14 +1047,7 @@ fn a_maximum_hold_longer_than_the_validity_keeps_extending_until_it_ends() {
 #[test]
 fn a_hand_over_to_a_shorter_validity_counts_the_shorter_write_from_its_send() {
     let mut rig = Rig::new(config(1, 1));
-    let fx = rig.ev(Event::Request {
-        id: 1,
-        kind: RequestKind::Wait,
-        terms: None,
-    });
-    rig.at(ms(1));
-    let all = rig.ev(reply(sends(&fx)[0].0, ours()));
-    let holder = grants(&all)[0].1;
+    let (holder, _) = held_with_allowance(&mut rig, Duration::ZERO);
     // A waiter with a 600 ms validity is handed the lock at 5 ms.
     rig.ev(Event::Request {
         id: 2,
