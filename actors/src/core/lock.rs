@@ -291,9 +291,9 @@ struct Slot {
     /// own write, else a change around our read. The reply decides: ours is
     /// re-checked, anything else lets waiters retry at once.
     touched: bool,
-    /// A write that shortens the key's TTL is out (command, and the expiry
-    /// it sets at the latest): until a reply of it or a newer command, no
-    /// reply may count the key beyond that.
+    /// Writes are out (the newest one's command, and the earliest expiry
+    /// any of them sets): until a reply of that command or a newer one, no
+    /// reply may count the key beyond that expiry.
     cap: Option<(CmdId, Time)>,
 }
 
@@ -1391,7 +1391,7 @@ impl LockCore {
             Purpose::Verify { owner, key } => {
                 self.on_key_reply(now, cmd, owner, key, sent, outcome, None)
             }
-            Purpose::Release { key: _, group } => {
+            Purpose::Release { key, group } => {
                 if let Some(g) = group.and_then(|id| self.groups.iter_mut().find(|g| g.id == id)) {
                     match outcome {
                         Outcome::Released(true) => g.deleted += 1,
@@ -1399,8 +1399,19 @@ impl LockCore {
                         _ => g.unconfirmed += 1,
                     }
                 }
-                if let Some(group) = group {
-                    self.maybe_group_done(now, group);
+                match group {
+                    Some(group) => self.maybe_group_done(now, group),
+                    // A clean-up (a late "ours" of an attempt given up)
+                    // deleted the key: this process freed it, and with
+                    // NOLOOP tracking it hears no invalidation of its own
+                    // delete. Its waiters, which saw the key taken (by that
+                    // very token), would wait for a wake-up that never comes
+                    // while the fair queue keeps other processes behind
+                    // them: wake them as an invalidation would.
+                    None if outcome == Outcome::Released(true) => {
+                        self.on_invalidated(now, Some(key), None)
+                    }
+                    None => {}
                 }
             }
             Purpose::Queue { key } => {
@@ -1711,17 +1722,22 @@ impl LockCore {
                 Target::Key(key),
                 op,
             );
-            // A write with a shorter TTL than the key has (a hand-over to a
-            // holder with a shorter validity) shortens the key's life the
-            // moment it lands, which may be long before its reply: count it
-            // from now on, and let no older command's reply undo that.
+            // A write sets the key's TTL the moment it lands, which may be
+            // long before its reply: count it from now on, and let no older
+            // command's reply count the key beyond it. That holds whatever
+            // the key is believed to be now: a shorter TTL (a hand-over to a
+            // holder with a shorter validity) may land after a check or an
+            // acquisition whose late reply would otherwise count the longer
+            // one, even while the key is believed to expire sooner, or not
+            // believed ours at all.
             let after = life.expiry(now);
             if let Phase::Holding(g) = &mut self.phase {
                 let slot = &mut g.keys[key];
+                let cap = slot.cap.map_or(after, |(_, c)| c.min(after));
+                slot.cap = Some((cmd, cap));
                 if let Key::Ours { expiry } = &mut slot.key {
                     if after < *expiry {
                         *expiry = after;
-                        slot.cap = Some((cmd, after));
                         shortened = true;
                     }
                 }

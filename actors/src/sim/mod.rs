@@ -469,6 +469,52 @@ fn sim_schedules() {
     );
 }
 
+/// Runs that failed once, kept as regression tests: each must now pass.
+#[test]
+fn sim_regressions() {
+    let cases = [
+        // Found by `SIM_BASE=0x5eed11` (schedule 283078) in a run of a
+        // million: a slow link made the head of the fair queue give up its
+        // attempts and clean up their late "ours"; with NOLOOP its own
+        // deletes woke nobody, and the other process stayed queued behind
+        // it ("free and reachable for 3763.778ms, waiters still wait").
+        (
+            0x3347_9486_ff02_466b,
+            "procs=2,names=1,nodes=3,majority=1,validity=1000,fencing=off,tracking=1,noloop=1,handover=0,faults=0x4,force=1,steps=302,ppm=5000,delay=20,terms=1,permits=0,fair=0,allowance=0",
+        ),
+        // Found by the same run (schedule 435449) once `valid_until` kept
+        // only the holder's own margin: a key's acquisition went overdue,
+        // the next extension round retook it with a shorter TTL (a holder
+        // handed over with a shorter validity), and the acquisition's late
+        // "ours" counted the key at its longer TTL, past what the retake
+        // had set ("valid_until … is real 539.641ms, but its M-th key lives
+        // only until 532.257ms"). The margins had hidden it before.
+        (
+            0x9235_ac9f_2615_2548,
+            "procs=2,names=2,nodes=3,majority=2,validity=200,fencing=off,tracking=1,noloop=1,handover=128,faults=0xc,force=0,steps=298,ppm=5000,delay=4,terms=1,permits=0,fair=0,allowance=0",
+        ),
+        // Found by the same run (schedule 917424), and failing on the engine
+        // before these changes too: a check read the key's longer TTL, the
+        // next extension (a shorter one, for a holder handed the lock with a
+        // shorter validity) was sent before the check's reply came, and the
+        // reply counted the longer TTL past what the extension set, since the
+        // extension did not shorten what the core believed then ("valid_until
+        // … is real 2957.416ms, but its M-th key lives only until
+        // 2830.208ms").
+        (
+            0x985b_9f43_e2bd_5fc2,
+            "procs=2,names=1,nodes=1,majority=2,validity=1000,fencing=off,tracking=1,noloop=1,handover=1,faults=0x1,force=1,steps=123,ppm=5000,delay=20,terms=1,permits=1,fair=0,allowance=0",
+        ),
+    ];
+    for (seed, spec) in cases {
+        let mut k = Knobs::from_seed(seed);
+        k.apply(spec);
+        if let Err(e) = run_one(&k, false).0 {
+            report(&k, &e);
+        }
+    }
+}
+
 /// Defect 5's scenario: a holder that cannot reach one node (its key there
 /// free) and two processes waiting. Counts the waiters' commands per second
 /// of virtual time.
