@@ -281,7 +281,9 @@ fn a_late_acquisition_reply_is_not_an_extension() {
 #[test]
 fn the_holder_is_told_a_margin_before_the_computed_end() {
     // Finding 1: the deadline fired at exactly valid_until, then went through
-    // a mailbox. The core's deadline is the published one, margin early.
+    // a mailbox. The core's deadline is the terms' margin before the computed
+    // end, plus the shell's allowance (none here), and never after the
+    // published valid_until.
     let mut rig = Rig::new(config(2, 3));
     let (holder, _) = held(&mut rig);
     let ext = sends(&rig.tick(ms(500)));

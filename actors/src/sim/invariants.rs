@@ -209,8 +209,9 @@ impl World {
                     else {
                         continue;
                     };
-                    // The holder is told at the end of its validity: the
-                    // core's deadline is the published one.
+                    // The holder is told by the end of its validity: the
+                    // core's deadline is the published one, or earlier by
+                    // the shell's allowance.
                     if local > *valid_until + std::time::Duration::from_millis(1) {
                         return Err(format!(
                             "p{pi} req{} still Held at {local:?}, past its valid_until {valid_until:?}",
