@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use ractor::{Actor, ActorRef};
 use tokio::runtime::Handle;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -24,15 +24,14 @@ use crate::inspect::{ForcedRelease, Health, LockInfo};
 use crate::keys;
 use crate::leader::{self, Announced, LeaderObserver};
 use crate::metrics;
-use crate::msg::{
-    GrantParts, GrantStatus, LockPort, NodeMsg, Released, Request, SupervisorMsg, TokenTag,
-};
+use crate::msg::{GrantParts, LockPort, NodeMsg, Released, Request, SupervisorMsg, TokenTag};
 use crate::observer::{self, LockWatch};
 use crate::options::LockerOptions;
 use crate::request::LockRequest;
 use crate::runtime::EngineRuntime;
 use crate::rwlock;
 use crate::semaphore::{self, SemaphoreInfo};
+use crate::status::{GrantStatus, StatusRx};
 use crate::supervisor::{Supervisor, SupervisorArgs};
 
 /// How long a close waits for the actors to stop once the locks are released.
@@ -914,8 +913,7 @@ pub struct Lease {
     span: tracing::Span,
     grant: u64,
     lock: Arc<dyn LockPort>,
-    status: watch::Receiver<GrantStatus>,
-    cancel: CancellationToken,
+    status: StatusRx,
     fence: u64,
     /// When its maximum hold ends it, if it has one.
     hold_until: Option<Time>,
@@ -943,7 +941,6 @@ impl Lease {
             grant: p.holder,
             lock: p.lock,
             status: p.status,
-            cancel: p.cancel,
             fence: p.fence,
             hold_until: p.hold_until,
             armed: true,
@@ -973,7 +970,7 @@ impl Lease {
     /// than the earliest moment another client could take the majority, and
     /// the engine tells the holder a loss by this instant.
     pub fn valid_until(&self) -> Option<Instant> {
-        match *self.status.borrow() {
+        match self.status.get() {
             GrantStatus::Held { valid_until } => Some(clock::to_instant(valid_until)),
             GrantStatus::Ended(_) => None,
         }
@@ -984,7 +981,6 @@ impl Lease {
         LeaseWatcher {
             name: self.name.clone(),
             status: self.status.clone(),
-            cancel: self.cancel.clone(),
             hold_until: self.hold_until,
             runtime: self.runtime.clone(),
         }
@@ -995,12 +991,12 @@ impl Lease {
     /// clock even if the engine is late to say so (then with
     /// [`LostReason::Expired`]).
     pub async fn lost(&self) -> LostReason {
-        wait_end(self.status.clone(), self.hold_until).await
+        wait_end(&self.status, self.hold_until).await
     }
 
     /// Why it ended, if it has.
     pub fn lost_reason(&self) -> Option<LostReason> {
-        match *self.status.borrow() {
+        match self.status.get() {
             GrantStatus::Ended(r) => Some(r),
             GrantStatus::Held { .. } => None,
         }
@@ -1009,7 +1005,7 @@ impl Lease {
     /// Cancelled when the grant ends, for any reason, and at `valid_until`
     /// by this process's clock if the engine is late.
     pub fn cancellation_token(&self) -> CancellationToken {
-        own_clock_token(&self.cancel, &self.status, self.hold_until, &self.runtime)
+        own_clock_token(&self.status, self.hold_until, &self.runtime)
     }
 
     /// Releases the lock and waits until its keys are deleted (bounded by
@@ -1082,8 +1078,7 @@ impl Drop for Lease {
 #[derive(Debug, Clone)]
 pub struct LeaseWatcher {
     name: Arc<str>,
-    status: watch::Receiver<GrantStatus>,
-    cancel: CancellationToken,
+    status: StatusRx,
     hold_until: Option<Time>,
     runtime: Handle,
 }
@@ -1126,7 +1121,7 @@ impl LeaseWatcher {
     /// # }
     /// ```
     pub async fn lost(&self) -> LostReason {
-        wait_end(self.status.clone(), self.hold_until).await
+        wait_end(&self.status, self.hold_until).await
     }
 
     /// True while held and within its validity, by this process's clock:
@@ -1164,60 +1159,51 @@ impl LeaseWatcher {
     /// # async fn work() {}
     /// ```
     pub fn cancellation_token(&self) -> CancellationToken {
-        own_clock_token(&self.cancel, &self.status, self.hold_until, &self.runtime)
+        own_clock_token(&self.status, self.hold_until, &self.runtime)
     }
 }
 
-fn held(status: &watch::Receiver<GrantStatus>) -> bool {
-    matches!(*status.borrow(), GrantStatus::Held { valid_until } if clock::now() < valid_until)
+fn held(status: &StatusRx) -> bool {
+    matches!(status.get(), GrantStatus::Held { valid_until } if clock::now() < valid_until)
 }
 
 /// Waits for the end of a grant: the engine's word, or its validity (or
 /// maximum hold, `hold_until`) running out by the holder's own clock,
 /// whichever comes first. The holder must never learn late because the
 /// engine's actor was slow to run.
-async fn wait_end(mut rx: watch::Receiver<GrantStatus>, hold_until: Option<Time>) -> LostReason {
+async fn wait_end(status: &StatusRx, hold_until: Option<Time>) -> LostReason {
     loop {
-        let left = match *rx.borrow_and_update() {
-            GrantStatus::Ended(r) => return r,
-            GrantStatus::Held { valid_until } => {
-                let now = clock::now();
-                if now >= valid_until {
-                    return if hold_until.is_some_and(|h| h <= valid_until) {
+        let step = status
+            .step(|shown| match shown {
+                GrantStatus::Ended(r) => Ok(r),
+                GrantStatus::Held { valid_until } => {
+                    let now = clock::now();
+                    if now < valid_until {
+                        return Err(valid_until.since(now).min(clock::MAX_SLEEP));
+                    }
+                    Ok(if hold_until.is_some_and(|h| h <= valid_until) {
                         LostReason::MaxHold
                     } else {
                         LostReason::Expired
-                    };
+                    })
                 }
-                valid_until.since(now).min(clock::MAX_SLEEP)
-            }
-        };
-        tokio::select! {
-            changed = rx.changed() => {
-                if changed.is_err() {
-                    // The actor's state is gone without a word: nobody
-                    // extends the keys.
-                    return match *rx.borrow() {
-                        GrantStatus::Ended(r) => r,
-                        GrantStatus::Held { .. } => LostReason::EngineStopped,
-                    };
-                }
-            }
-            _ = tokio::time::sleep(left) => {}
+            })
+            .await;
+        if let Some(reason) = step {
+            return reason;
         }
     }
 }
 
-/// A child of the engine's token that is also cancelled at `valid_until` by
+/// A child of the grant's token that is also cancelled at `valid_until` by
 /// this process's clock, by a small task on the engine's runtime (so it fires
 /// on time even while the caller's runtime is busy).
 fn own_clock_token(
-    cancel: &CancellationToken,
-    status: &watch::Receiver<GrantStatus>,
+    status: &StatusRx,
     hold_until: Option<Time>,
     runtime: &Handle,
 ) -> CancellationToken {
-    let child = cancel.child_token();
+    let child = status.token().child_token();
     // Already over (ended, or past its validity by this clock): cancelled
     // from the start, not once a task has run, so a token taken after
     // `lost()` returned is never seen uncancelled.
@@ -1228,7 +1214,7 @@ fn own_clock_token(
     let (c, rx) = (child.clone(), status.clone());
     runtime.spawn(async move {
         tokio::select! {
-            _ = wait_end(rx, hold_until) => c.cancel(),
+            _ = wait_end(&rx, hold_until) => c.cancel(),
             _ = c.cancelled() => {}
         }
     });

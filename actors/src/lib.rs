@@ -39,6 +39,8 @@
 //!   lock and log, a term's record, who leads given what was read, and what
 //!   an observer reports next (`Leader`).
 //! - `error`: `Error`, `ConnectionErrorKind` and `LostReason`.
+//! - `status`: what a holder sees of its grant (held until when, or ended
+//!   and why), one writer and many readers, and the grant's token.
 //! - `failure`: fred's connection errors sorted into `ConnectionErrorKind`,
 //!   and the verdict on a locker's first connections.
 //! - `clock`: the engine's clock (`CLOCK_BOOTTIME`).
@@ -89,6 +91,7 @@ mod scripts;
 mod semaphore;
 #[cfg(test)]
 mod sim;
+mod status;
 mod supervisor;
 mod timers;
 

@@ -33,8 +33,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::{oneshot, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::oneshot;
 
 use crate::clock;
 use crate::context::{try_retire, Shared};
@@ -47,11 +46,12 @@ use crate::few::OneOrMore;
 use crate::keys::{self, KeyName};
 use crate::metrics;
 use crate::msg::{
-    ExtendItem, GrantParts, GrantStatus, Job, LockMsg, LockPort, NodeMsg, NodeReply, Released,
-    Request, SupervisorMsg, TokenTag,
+    ExtendItem, GrantParts, Job, LockMsg, LockPort, NodeMsg, NodeReply, Released, Request,
+    SupervisorMsg, TokenTag,
 };
 use crate::rwlock::{self, Gates};
 use crate::scripts::SetMode;
+use crate::status::{self, StatusTx};
 use crate::timers::Timer;
 
 pub(crate) struct LockActor;
@@ -69,8 +69,7 @@ pub(crate) struct LockArgs {
 /// One caller's hold on a grant: what its `Lease` observes.
 #[derive(Debug)]
 struct Holder {
-    status: watch::Sender<GrantStatus>,
-    cancel: CancellationToken,
+    status: StatusTx,
     /// The locker's count of holders, which this one is part of.
     count: Arc<AtomicUsize>,
     /// For the log and the hold time when it ends.
@@ -80,11 +79,12 @@ struct Holder {
 }
 
 impl Holder {
-    /// Tells the holder it is over. Token first: whoever sees `lost()` return
-    /// must also see it cancelled.
+    /// Tells the holder it is over (its token is cancelled before the end
+    /// shows: whoever sees `lost()` return also sees it cancelled).
     fn end(&self, reason: LostReason) {
-        self.cancel.cancel();
-        self.status.send_replace(GrantStatus::Ended(reason));
+        if !self.status.end(reason) {
+            return;
+        }
         metrics::hold_ended(self.since.elapsed(), reason);
         let (lock, token, why) = (&self.lock, self.token, reason.as_str());
         match reason {
@@ -104,7 +104,7 @@ impl Drop for Holder {
     fn drop(&mut self) {
         self.count
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        if !self.cancel.is_cancelled() {
+        if !self.status.is_ended() {
             self.end(LostReason::EngineStopped);
         }
     }
@@ -429,7 +429,8 @@ impl LockState {
         tracing::trace!(lock = %self.name, holder, "grant not delivered");
         if let Some(pos) = self.holders.iter().position(|(id, _)| *id == holder) {
             let (_, h) = self.holders.swap_remove(pos);
-            h.cancel.cancel();
+            // Nobody saw it: ended without a word in the log or the metrics.
+            h.status.end(LostReason::Released);
         }
         self.feed(Event::Release { holder, ack: None })
     }
@@ -467,8 +468,7 @@ impl LockState {
                     tracing::trace!(lock = %self.name, request = to, "grant not delivered");
                     return Some(Event::Release { holder, ack: None });
                 };
-                let (tx, rx) = watch::channel(GrantStatus::Held { valid_until });
-                let cancel = CancellationToken::new();
+                let (tx, rx) = status::status(valid_until);
                 let token = self
                     .core
                     .grant_view(clock::now())
@@ -480,7 +480,6 @@ impl LockState {
                     holder,
                     lock: port,
                     status: rx,
-                    cancel: cancel.clone(),
                     fence,
                     hold_until,
                 };
@@ -489,7 +488,6 @@ impl LockState {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let h = Holder {
                     status: tx,
-                    cancel,
                     count: self.shared.holders.clone(),
                     lock: self.name.clone(),
                     token,
@@ -531,7 +529,7 @@ impl LockState {
             Effect::Status { holder, status } => match status {
                 HolderStatus::Held { valid_until } => {
                     if let Some((_, h)) = self.holders.iter().find(|(id, _)| *id == holder) {
-                        h.status.send_replace(GrantStatus::Held { valid_until });
+                        h.status.extend(valid_until);
                     }
                 }
                 HolderStatus::Ended(reason) => {

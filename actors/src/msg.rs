@@ -6,25 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{ActorId, ActorRef, RpcReplyPort};
-use tokio::sync::{oneshot, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::oneshot;
 
 use crate::core::{CmdId, Op, Outcome, ReqId, RequestKind, Terms, Time};
 use crate::election::Record;
-use crate::error::{Error, LostReason};
+use crate::error::Error;
 use crate::failure::{NodeFailure, NodeReport};
 use crate::keys::KeyName;
 use crate::rwlock::Gates;
 use crate::scripts::{Seen, SetMode, Token};
-
-/// What a grant looks like to its holder, published by its `LockActor`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum GrantStatus {
-    /// Held; safe until `valid_until` (on the engine's clock) unless extended.
-    Held { valid_until: Time },
-    /// Ended, for this reason.
-    Ended(LostReason),
-}
+use crate::status::StatusRx;
 
 /// The first characters of a grant's token ([`Token::short`]), for logs:
 /// enough to correlate with the key in Valkey, never the whole token (which
@@ -70,8 +61,8 @@ pub(crate) struct GrantParts {
     pub(crate) holder: u64,
     /// Where its release goes: the lock's state.
     pub(crate) lock: Arc<dyn LockPort>,
-    pub(crate) status: watch::Receiver<GrantStatus>,
-    pub(crate) cancel: CancellationToken,
+    /// What the holder sees: the grant's status and its token.
+    pub(crate) status: StatusRx,
     pub(crate) fence: u64,
     /// When its maximum hold ends it, if it has one.
     pub(crate) hold_until: Option<Time>,
