@@ -742,18 +742,29 @@ impl LockCore {
         self.next_id
     }
 
+    /// Queues an effect for the shell. Room for one to start with: the shell
+    /// takes them after every event, a step rarely makes more than two, and
+    /// a held lock keeps whatever room the queue ever had until it settles
+    /// ([`LockCore::trim`]).
+    fn emit(&mut self, effect: Effect) {
+        if self.effects.capacity() == 0 {
+            self.effects.reserve_exact(1);
+        }
+        self.effects.push_back(effect);
+    }
+
     fn send(&mut self, now: Time, purpose: Purpose, target: Target, op: Op) -> CmdId {
         let cmd = self.cmds.send(purpose, now, self.cfg.reply_bound());
-        self.effects.push_back(Effect::Send { cmd, target, op });
+        self.emit(Effect::Send { cmd, target, op });
         cmd
     }
 
     fn refuse(&mut self, to: ReqId, why: Refusal) {
-        self.effects.push_back(Effect::Refuse { to, why });
+        self.emit(Effect::Refuse { to, why });
     }
 
     fn status(&mut self, holder: HolderId, status: HolderStatus) {
-        self.effects.push_back(Effect::Status { holder, status });
+        self.emit(Effect::Status { holder, status });
     }
 
     // ===== requests =====
@@ -1233,7 +1244,7 @@ impl LockCore {
         let (fence, valid_until, hold_until) = (grant.fence, grant.valid_until(), grant.hold_until);
         self.phase = Phase::Holding(grant);
         match to {
-            Some(to) => self.effects.push_back(Effect::Grant {
+            Some(to) => self.emit(Effect::Grant {
                 to,
                 holder,
                 valid_until,
@@ -1821,7 +1832,7 @@ impl LockCore {
         };
         let g = self.groups.swap_remove(pos);
         for ack in g.acks {
-            self.effects.push_back(Effect::Released {
+            self.emit(Effect::Released {
                 ack,
                 deleted: g.deleted,
                 unconfirmed: g.unconfirmed,
@@ -1870,7 +1881,7 @@ impl LockCore {
             if let Some(ack) = ack {
                 match self.groups.iter_mut().find(|g| g.holder == holder) {
                     Some(g) => g.acks.push(ack),
-                    None => self.effects.push_back(Effect::Released {
+                    None => self.emit(Effect::Released {
                         ack,
                         deleted: 0,
                         unconfirmed: 0,
@@ -1931,7 +1942,7 @@ impl LockCore {
             // again, and the hand-overs chain (measured: with the opposite
             // order, two tasks alternating `lock()`/`release().await` got
             // every other grant handed over instead of almost all of them).
-            self.effects.push_back(Effect::Grant {
+            self.emit(Effect::Grant {
                 to,
                 holder: next,
                 valid_until,
@@ -1939,7 +1950,7 @@ impl LockCore {
                 fence,
             });
             if let Some(ack) = ack {
-                self.effects.push_back(Effect::Released {
+                self.emit(Effect::Released {
                     ack,
                     deleted: 0,
                     unconfirmed: 0,
@@ -1951,7 +1962,7 @@ impl LockCore {
         if let Some(ack) = ack {
             match self.groups.iter_mut().find(|g| g.holder == holder) {
                 Some(g) => g.acks.push(ack),
-                None => self.effects.push_back(Effect::Released {
+                None => self.emit(Effect::Released {
                     ack,
                     deleted: 0,
                     unconfirmed: 0,
@@ -2078,7 +2089,7 @@ impl LockCore {
         if let Some(q) = self.quiet_since {
             if !self.idle_reported && now >= q + IDLE_GRACE {
                 self.idle_reported = true;
-                self.effects.push_back(Effect::Idle);
+                self.emit(Effect::Idle);
             }
         }
     }
@@ -2123,14 +2134,14 @@ impl LockCore {
             // Release callers still waiting: their deletes went unanswered.
             for g in std::mem::take(&mut self.groups) {
                 for ack in g.acks {
-                    self.effects.push_back(Effect::Released {
+                    self.emit(Effect::Released {
                         ack,
                         deleted: g.deleted,
                         unconfirmed: g.unconfirmed,
                     });
                 }
             }
-            self.effects.push_back(Effect::Closed);
+            self.emit(Effect::Closed);
             return;
         }
         let quiet =
