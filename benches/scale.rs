@@ -69,6 +69,9 @@ fn main() {
     println!("| locks held | acquire all (ms) | RSS growth (KiB) | RSS per lock (bytes) | live heap per lock (bytes) | live heap per lock after the window (bytes) | tokio tasks per lock | server used_memory per lock (bytes) | EVALSHA calls/s | lock extensions due/s (locks / 2.5 s) | all commands/s | process CPU (ms per s) | server CPU (ms per s) | still held after window | release all (ms) |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut breakdowns = Vec::new();
+    // The largest row's live allocations by size: just after acquiring,
+    // and after the window.
+    let mut by_size = None;
     for &n in counts {
         let server = ValkeyServer::start();
         let urls = vec![server.url()];
@@ -84,6 +87,7 @@ fn main() {
             let mem0 = used_memory(&admin).await;
             let rss0 = common::rss_kib();
             let heap0 = valkeylock_bench_alloc::snapshot();
+            let sizes0 = valkeylock_bench_alloc::live_by_size();
             let metrics = tokio::runtime::Handle::current().metrics();
             let tasks0 = metrics.num_alive_tasks();
 
@@ -103,6 +107,7 @@ fn main() {
             sleep(Duration::from_millis(300)).await;
             let rss1 = common::rss_kib();
             let heap1 = valkeylock_bench_alloc::snapshot();
+            let sizes1 = valkeylock_bench_alloc::live_by_size();
             let tasks1 = metrics.num_alive_tasks();
             let mem1 = used_memory(&admin).await;
 
@@ -112,6 +117,8 @@ fn main() {
             let t0 = Instant::now();
             sleep(window).await;
             let heap2 = valkeylock_bench_alloc::snapshot();
+            let sizes2 = valkeylock_bench_alloc::live_by_size();
+            by_size = Some((n, diff(&sizes1, &sizes0), diff(&sizes2, &sizes0)));
             let c1 = common::command_calls(&admin).await;
             let cpu1 = common::cpu_ticks();
             let scpu1 = server_cpu(&admin).await;
@@ -165,7 +172,10 @@ fn main() {
         drop(server);
     }
     mass_loss(&rt, counts[counts.len() - 1]);
-    reference(&rt, counts[counts.len() - 1]);
+    let actor = reference(&rt, counts[counts.len() - 1]);
+    if let Some((n, acquired, settled)) = by_size {
+        heap_by_size(n, &acquired, &settled, &actor);
+    }
     println!();
     println!("Commands per second at the server during the steady window, by command (`INFO commandstats`; commands run inside scripts count too):");
     println!();
@@ -295,7 +305,9 @@ async fn server_cpu(admin: &Client) -> f64 {
 
 /// What the building blocks of a held lock cost on their own, for comparison:
 /// `n` idle empty ractor actors, and `n` pending ractor `send_after` timers.
-fn reference(rt: &tokio::runtime::Runtime, n: usize) {
+///
+/// Returns the actors' live allocations by size (the change, for all `n`).
+fn reference(rt: &tokio::runtime::Runtime, n: usize) -> Vec<i64> {
     println!();
     println!("Reference, same process, {n} of each at once:");
     println!();
@@ -308,6 +320,7 @@ fn reference(rt: &tokio::runtime::Runtime, n: usize) {
             valkeylock_bench_alloc::snapshot(),
             metrics.num_alive_tasks(),
         );
+        let sizes0 = valkeylock_bench_alloc::live_by_size();
         let mut actors = Vec::with_capacity(n);
         for _ in 0..n {
             actors.push(ractor::Actor::spawn(None, Nop, ()).await.expect("spawn"));
@@ -317,6 +330,7 @@ fn reference(rt: &tokio::runtime::Runtime, n: usize) {
             valkeylock_bench_alloc::snapshot(),
             metrics.num_alive_tasks(),
         );
+        let actor = diff(&valkeylock_bench_alloc::live_by_size(), &sizes0);
         println!(
             "| idle empty ractor actor | {:.0} | {:.1} |",
             h1.live_delta(&h0) as f64 / n as f64,
@@ -347,5 +361,47 @@ fn reference(rt: &tokio::runtime::Runtime, n: usize) {
             a.stop(None);
             let _ = h.await;
         }
-    });
+        actor
+    })
+}
+
+/// `a - b`, size by size.
+fn diff(a: &[i64], b: &[i64]) -> Vec<i64> {
+    a.iter().zip(b).map(|(a, b)| a - b).collect()
+}
+
+/// What a held lock's live heap is made of: the allocations of each size
+/// that `n` held locks keep (just after acquiring and after the window),
+/// per lock, beside those of an idle empty ractor actor. Sizes kept by
+/// fewer than half the locks (shared tables growing by steps, the bench's
+/// own vector of guards) are left out; so are allocations of
+/// `SIZE_SLOTS` bytes or more, whose sizes are not told apart.
+fn heap_by_size(n: usize, acquired: &[i64], settled: &[i64], actor: &[i64]) {
+    let per = |v: i64| v as f64 / n as f64;
+    let last = valkeylock_bench_alloc::SIZE_SLOTS;
+    println!();
+    println!(
+        "## Live heap by allocation size, per item ({n} held locks; {n} idle empty ractor actors)"
+    );
+    println!();
+    println!("| allocation (bytes) | per held lock, just after acquiring | after the window | per idle empty ractor actor |");
+    println!("|---:|---:|---:|---:|");
+    let mut sums = [0.0f64; 3];
+    for size in 1..last {
+        let counts = [per(acquired[size]), per(settled[size]), per(actor[size])];
+        if counts.iter().all(|c| c.abs() < 0.5) {
+            continue;
+        }
+        for (sum, c) in sums.iter_mut().zip(counts) {
+            *sum += c * size as f64;
+        }
+        println!(
+            "| {size} | {:.2} | {:.2} | {:.2} |",
+            counts[0], counts[1], counts[2]
+        );
+    }
+    println!(
+        "| bytes in the sizes above | {:.0} | {:.0} | {:.0} |",
+        sums[0], sums[1], sums[2]
+    );
 }

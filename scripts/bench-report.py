@@ -790,6 +790,10 @@ def generate(bins, env, load_log, results_path, old_bins, old_path, compile_s):
             g["massloss"] = table_by_prefix(scale, "Mass loss").text()
         except KeyError:
             pass
+        try:
+            g["heapsizes"] = table_by_prefix(scale, "Live heap by allocation size").text()
+        except KeyError:
+            pass
         g["breakdown"] = "\n".join(scale.notes.get("breakdown", []))
         g["targets"] = region_targets(bins)
         g["targets-11"] = region_targets11(bins)

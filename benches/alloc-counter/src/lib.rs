@@ -1,6 +1,7 @@
 //! A counting global allocator for the benches: wraps [`System`] and counts
 //! allocation calls, reallocations and bytes with atomics, plus the bytes
-//! currently live. A bench binary installs it with
+//! currently live and the live allocations of each size. A bench binary
+//! installs it with
 //!
 //! ```
 //! #[global_allocator]
@@ -20,12 +21,23 @@
 //! cover every thread of the process (runtime workers, client tasks).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 static REALLOCS: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
 static LIVE: AtomicU64 = AtomicU64::new(0);
+
+/// Allocation sizes counted one by one by [`live_by_size`]; larger ones
+/// share the last slot.
+pub const SIZE_SLOTS: usize = 4096;
+
+/// Live allocations of each size (index = bytes requested).
+static BY_SIZE: [AtomicI64; SIZE_SLOTS + 1] = [const { AtomicI64::new(0) }; SIZE_SLOTS + 1];
+
+fn slot(size: usize) -> &'static AtomicI64 {
+    &BY_SIZE[size.min(SIZE_SLOTS)]
+}
 
 /// The allocator: [`System`] plus counters.
 #[derive(Debug, Clone, Copy, Default)]
@@ -38,6 +50,7 @@ unsafe impl GlobalAlloc for Counting {
         ALLOCS.fetch_add(1, Relaxed);
         BYTES.fetch_add(layout.size() as u64, Relaxed);
         LIVE.fetch_add(layout.size() as u64, Relaxed);
+        slot(layout.size()).fetch_add(1, Relaxed);
         unsafe { System.alloc(layout) }
     }
 
@@ -45,11 +58,13 @@ unsafe impl GlobalAlloc for Counting {
         ALLOCS.fetch_add(1, Relaxed);
         BYTES.fetch_add(layout.size() as u64, Relaxed);
         LIVE.fetch_add(layout.size() as u64, Relaxed);
+        slot(layout.size()).fetch_add(1, Relaxed);
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size() as u64, Relaxed);
+        slot(layout.size()).fetch_sub(1, Relaxed);
         unsafe { System.dealloc(ptr, layout) }
     }
 
@@ -60,6 +75,8 @@ unsafe impl GlobalAlloc for Counting {
         }
         LIVE.fetch_add(new_size as u64, Relaxed);
         LIVE.fetch_sub(layout.size() as u64, Relaxed);
+        slot(layout.size()).fetch_sub(1, Relaxed);
+        slot(new_size).fetch_add(1, Relaxed);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -104,4 +121,11 @@ pub fn snapshot() -> Snapshot {
         bytes: BYTES.load(Relaxed),
         live: LIVE.load(Relaxed),
     }
+}
+
+/// Live allocations by size now: entry `i` counts those of `i` bytes, the
+/// last entry those of [`SIZE_SLOTS`] bytes or more. Subtract two of them
+/// to see what was allocated and kept in between, size by size.
+pub fn live_by_size() -> Vec<i64> {
+    BY_SIZE.iter().map(|c| c.load(Relaxed)).collect()
 }
