@@ -86,8 +86,13 @@ fn main() {
             sleep(Duration::from_millis(300)).await;
             let mem0 = used_memory(&admin).await;
             let rss0 = common::rss_kib();
+            // Room for the snapshots by size, made before the first count
+            // so that none of them is counted.
+            let slots = valkeylock_bench_alloc::SIZE_SLOTS + 1;
+            let (mut sizes0, mut sizes1, mut sizes2) =
+                (vec![0; slots], vec![0; slots], vec![0; slots]);
+            valkeylock_bench_alloc::live_by_size_into(&mut sizes0);
             let heap0 = valkeylock_bench_alloc::snapshot();
-            let sizes0 = valkeylock_bench_alloc::live_by_size();
             let metrics = tokio::runtime::Handle::current().metrics();
             let tasks0 = metrics.num_alive_tasks();
 
@@ -107,7 +112,7 @@ fn main() {
             sleep(Duration::from_millis(300)).await;
             let rss1 = common::rss_kib();
             let heap1 = valkeylock_bench_alloc::snapshot();
-            let sizes1 = valkeylock_bench_alloc::live_by_size();
+            valkeylock_bench_alloc::live_by_size_into(&mut sizes1);
             let tasks1 = metrics.num_alive_tasks();
             let mem1 = used_memory(&admin).await;
 
@@ -117,7 +122,7 @@ fn main() {
             let t0 = Instant::now();
             sleep(window).await;
             let heap2 = valkeylock_bench_alloc::snapshot();
-            let sizes2 = valkeylock_bench_alloc::live_by_size();
+            valkeylock_bench_alloc::live_by_size_into(&mut sizes2);
             by_size = Some((n, diff(&sizes1, &sizes0), diff(&sizes2, &sizes0)));
             let c1 = common::command_calls(&admin).await;
             let cpu1 = common::cpu_ticks();
@@ -316,11 +321,13 @@ fn reference(rt: &tokio::runtime::Runtime, n: usize) -> Vec<i64> {
     rt.block_on(async {
         let metrics = tokio::runtime::Handle::current().metrics();
         sleep(Duration::from_millis(100)).await;
+        let slots = valkeylock_bench_alloc::SIZE_SLOTS + 1;
+        let (mut sizes0, mut sizes1) = (vec![0; slots], vec![0; slots]);
+        valkeylock_bench_alloc::live_by_size_into(&mut sizes0);
         let (h0, t0) = (
             valkeylock_bench_alloc::snapshot(),
             metrics.num_alive_tasks(),
         );
-        let sizes0 = valkeylock_bench_alloc::live_by_size();
         let mut actors = Vec::with_capacity(n);
         for _ in 0..n {
             actors.push(ractor::Actor::spawn(None, Nop, ()).await.expect("spawn"));
@@ -330,7 +337,8 @@ fn reference(rt: &tokio::runtime::Runtime, n: usize) -> Vec<i64> {
             valkeylock_bench_alloc::snapshot(),
             metrics.num_alive_tasks(),
         );
-        let actor = diff(&valkeylock_bench_alloc::live_by_size(), &sizes0);
+        valkeylock_bench_alloc::live_by_size_into(&mut sizes1);
+        let actor = diff(&sizes1, &sizes0);
         println!(
             "| idle empty ractor actor | {:.0} | {:.1} |",
             h1.live_delta(&h0) as f64 / n as f64,

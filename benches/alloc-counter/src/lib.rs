@@ -123,9 +123,13 @@ pub fn snapshot() -> Snapshot {
     }
 }
 
-/// Live allocations by size now: entry `i` counts those of `i` bytes, the
-/// last entry those of [`SIZE_SLOTS`] bytes or more. Subtract two of them
-/// to see what was allocated and kept in between, size by size.
-pub fn live_by_size() -> Vec<i64> {
-    BY_SIZE.iter().map(|c| c.load(Relaxed)).collect()
+/// Live allocations by size now, written into `out` (which it never
+/// allocates, so that taking a snapshot changes no count): entry `i` counts
+/// those of `i` bytes, entry [`SIZE_SLOTS`] those of that many bytes or more.
+/// Subtract two of them to see what was allocated and kept in between, size
+/// by size. Writes at most `SIZE_SLOTS + 1` entries.
+pub fn live_by_size_into(out: &mut [i64]) {
+    for (o, c) in out.iter_mut().zip(BY_SIZE.iter()) {
+        *o = c.load(Relaxed);
+    }
 }
