@@ -28,7 +28,7 @@ static REALLOCS: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
 static LIVE: AtomicU64 = AtomicU64::new(0);
 
-/// Allocation sizes counted one by one by [`live_by_size`]; larger ones
+/// Allocation sizes counted one by one by [`live_by_size_into`]; larger ones
 /// share the last slot.
 pub const SIZE_SLOTS: usize = 4096;
 
