@@ -104,9 +104,8 @@ impl Drop for Holder {
     fn drop(&mut self) {
         self.count
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        if !self.status.is_ended() {
-            self.end(LostReason::EngineStopped);
-        }
+        // Nothing if it has ended already: `end` tells only once.
+        self.end(LostReason::EngineStopped);
     }
 }
 

@@ -30,10 +30,11 @@
 //! under its mutex, on the user's thread; the commands they produce go to the
 //! node's command pump (an unbounded channel, which works between runtimes),
 //! and answers come back through oneshot channels and the grant's status
-//! cell (`status`), which any runtime can await. Everything else reaches the actors through their
-//! mailboxes. What keeps the lock — extensions, the notice at
-//! `valid_until`, invalidations — never waits for the application's runtime:
-//! the mutex is held only while the core runs, never across a wait.
+//! cell (`status`), which any runtime can await. Everything else reaches
+//! the actors through their mailboxes. What keeps the lock — extensions,
+//! the notice at `valid_until`, invalidations — never waits for the
+//! application's runtime: the mutex is held only while the core runs, never
+//! across a wait.
 
 use std::future::Future;
 use std::sync::Mutex;

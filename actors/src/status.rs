@@ -100,11 +100,6 @@ impl StatusTx {
         self.0.changed.notify_waiters();
         true
     }
-
-    /// True once the grant has ended.
-    pub(crate) fn is_ended(&self) -> bool {
-        matches!(self.0.shown().status, GrantStatus::Ended(_))
-    }
 }
 
 impl Drop for StatusTx {
@@ -184,12 +179,12 @@ mod tests {
                 valid_until: at(20)
             }
         );
-        assert!(!tx.is_ended());
+        assert!(matches!(rx.get(), GrantStatus::Held { .. }));
         assert!(tx.end(LostReason::Released));
         assert!(!tx.end(LostReason::Expired));
         tx.extend(at(30));
         assert_eq!(rx.get(), GrantStatus::Ended(LostReason::Released));
-        assert!(tx.is_ended());
+        assert!(matches!(rx.get(), GrantStatus::Ended(_)));
     }
 
     #[test]
