@@ -279,3 +279,37 @@ async fn health_of_a_killed_node() {
     assert_eq!(h.nodes[0].reconnects, 0);
     locker.close().await;
 }
+
+/// `force_release` of a lock this same locker holds: the holder is told at
+/// once, as a holder in another process is by its invalidation, not at its
+/// next extension (half of a 60 s validity away). The node's tracking
+/// connection sends no invalidation for its own `DEL` (NOLOOP), so the
+/// engine tells its own locks itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_release_tells_this_lockers_own_holder_at_once() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let locker = Locker::connect(
+        LockerOptions::new([server.url()])
+            .with_key_majority(1)
+            .with_key_validity(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    let name = unique("force-own");
+    let guard = locker.lock(&name).await.unwrap();
+    let forced = locker.force_release(&name).await.unwrap();
+    assert_eq!((forced.deleted, forced.failed), (1, 0));
+    let reason = tokio::time::timeout(Duration::from_secs(10), guard.lost())
+        .await
+        .expect("told within 10 s, long before the extension at 30 s");
+    assert_eq!(reason, valkeylock::LostReason::Deleted);
+    // The lock is free for the next caller at once.
+    let next = tokio::time::timeout(Duration::from_secs(10), locker.lock(&name))
+        .await
+        .expect("granted")
+        .unwrap();
+    assert!(next.is_held());
+    drop(next);
+    locker.close().await;
+}

@@ -301,8 +301,18 @@ impl Actor for NodeActor {
                     return Ok(());
                 }
                 let (client, cluster) = (state.client.clone(), state.cluster);
+                let shared = state.shared.clone();
                 tokio::spawn(async move {
-                    let _ = reply.send(delete(&client, &keys, cluster).await);
+                    let deleted = delete(&client, &keys, cluster).await;
+                    // With NOLOOP our own DEL sends this connection no
+                    // invalidation: a holder in this locker hears of it now,
+                    // as one elsewhere would, not at its next extension.
+                    if deleted.is_ok() {
+                        for key in &keys {
+                            route_invalidation(&shared, key.as_bytes());
+                        }
+                    }
+                    let _ = reply.send(deleted);
                 });
             }
         }
@@ -727,6 +737,33 @@ fn sentinel_client(
         .build()
 }
 
+/// Tells whoever in this locker follows `key` that it changed: its
+/// `LockActor` (which re-checks it), the watchers of its name, the other
+/// sides of a read-write lock, an election's observers.
+fn route_invalidation(shared: &Shared, key: &[u8]) {
+    let s = &shared.settings;
+    let (prefix, total) = (s.prefix.as_str(), s.total);
+    let Some((index, name)) = keys::parse_key(prefix, total, key) else {
+        // An election's log: a new term for its observers.
+        if let Some(election) = crate::election::of_log_key(prefix, key) {
+            shared.wake_watchers(&crate::election::lock_name(election));
+        }
+        // A read-write lock's key: its own actor, and the other sides it
+        // may let in.
+        if let Some((index, lock)) = crate::rwlock::parse_key(prefix, total, key) {
+            if let Some(actor) = shared.lock(&lock) {
+                let _ = actor.cast(LockMsg::Invalidated { index });
+            }
+            shared.wake_related(key);
+        }
+        return;
+    };
+    if let Some(lock) = shared.lock(name) {
+        let _ = lock.cast(LockMsg::Invalidated { index });
+    }
+    shared.wake_watchers(name);
+}
+
 /// Routes invalidations to `LockActor`s. Runs until the client is dropped (its
 /// broadcast channel closes). A lag means some invalidations were dropped, so
 /// every lock re-checks.
@@ -738,38 +775,13 @@ fn start_forwarder(
     let mut rx = client.invalidation_rx();
     let shared = shared.clone();
     tokio::spawn(async move {
-        let prefix = shared.settings.prefix.as_str();
-        let total = shared.settings.total;
         loop {
             match rx.recv().await {
                 Ok(inv) => {
                     tracing::trace!(keys = inv.keys.len(), "invalidation");
                     metrics.invalidations(inv.keys.len());
                     for key in &inv.keys {
-                        let Some((index, name)) = keys::parse_key(prefix, total, key.as_bytes())
-                        else {
-                            // An election's log: a new term for its observers.
-                            if let Some(election) =
-                                crate::election::of_log_key(prefix, key.as_bytes())
-                            {
-                                shared.wake_watchers(&crate::election::lock_name(election));
-                            }
-                            // A read-write lock's key: its own actor, and the
-                            // other sides it may let in.
-                            if let Some((index, lock)) =
-                                crate::rwlock::parse_key(prefix, total, key.as_bytes())
-                            {
-                                if let Some(actor) = shared.lock(&lock) {
-                                    let _ = actor.cast(LockMsg::Invalidated { index });
-                                }
-                                shared.wake_related(key.as_bytes());
-                            }
-                            continue;
-                        };
-                        if let Some(lock) = shared.lock(name) {
-                            let _ = lock.cast(LockMsg::Invalidated { index });
-                        }
-                        shared.wake_watchers(name);
+                        route_invalidation(&shared, key.as_bytes());
                     }
                 }
                 Err(RecvError::Lagged(n)) => {
