@@ -10,7 +10,7 @@ use ractor::{ActorRef, Message};
 use tokio::task::JoinHandle;
 
 #[cfg(feature = "ractor")]
-use crate::event::ElectionEvent;
+use crate::event::{ended, forward, ElectionEvent};
 use crate::{AcquireKind, Error, Leader, LeaderObserver, LockGuard, LockRequest, Locker};
 
 /// A leader election over Valkey, shaped like etcd's: candidates
@@ -209,7 +209,8 @@ impl Election {
     /// `actor`, and later `ElectionEvent::Deposed { .. }` when that
     /// leadership ends for any reason other than its resignation. Failures
     /// arrive as `ElectionEvent::Failed`. Abort the returned handle to
-    /// withdraw the candidacy.
+    /// withdraw the candidacy. A term's `Deposed` arrives before the
+    /// `Elected` of a later term won through this locker, as for `lock_for`.
     ///
     /// Needs the `ractor` feature.
     ///
@@ -244,23 +245,26 @@ impl Election {
         let value = value.to_owned();
         // On the caller's runtime, as `lock_for` (see there).
         tokio::spawn(async move {
-            let name = election.name().to_owned();
-            match election.campaign(&value).await {
-                Ok(leadership) => {
-                    let (watcher, term) = (leadership.watcher(), leadership.term());
-                    if actor
-                        .cast(M::from(ElectionEvent::Elected(leadership)))
-                        .is_err()
-                    {
+            loop {
+                let name = election.name().to_owned();
+                match election.campaign(&value).await {
+                    Ok(leadership) => {
+                        let (watcher, term) = (leadership.watcher(), leadership.term());
+                        let deposed = ended(actor.clone(), move |reason| ElectionEvent::Deposed {
+                            name,
+                            term,
+                            reason,
+                        });
+                        let elected = M::from(ElectionEvent::Elected(leadership));
+                        if forward(&watcher, &actor, elected, deposed).await {
+                            return;
+                        }
+                        // Ended before it reached the actor: campaign again.
+                    }
+                    Err(error) => {
+                        let _ = actor.cast(M::from(ElectionEvent::Failed { name, error }));
                         return;
                     }
-                    let reason = watcher.lost().await;
-                    if reason.is_loss() {
-                        let _ = actor.cast(M::from(ElectionEvent::Deposed { name, term, reason }));
-                    }
-                }
-                Err(error) => {
-                    let _ = actor.cast(M::from(ElectionEvent::Failed { name, error }));
                 }
             }
         })

@@ -1,6 +1,9 @@
-//! `LockEvent`: what an actor receives from [`Locker::lock_for`](crate::Locker::lock_for).
+//! `LockEvent`: what an actor receives from [`Locker::lock_for`](crate::Locker::lock_for),
+//! and how the grant and its end reach it in order.
 
-use crate::{Error, Leadership, LockGuard, LostReason, PermitGuard};
+use ractor::{ActorRef, Message};
+
+use crate::{Error, Leadership, LeaseWatcher, LockGuard, LostReason, PermitGuard};
 
 /// Events of message-based locking. Implement `From<LockEvent>` for your
 /// actor's message type to receive them.
@@ -77,4 +80,53 @@ pub enum ElectionEvent {
         /// What went wrong.
         error: Error,
     },
+}
+
+/// Casts `acquired` (which holds the guard) to `actor`, then the grant's
+/// end as `lost` makes it, in that order, and returns once the grant has
+/// ended. The end is cast by the engine as it ends the grant
+/// ([`LeaseWatcher::announce`]), so an actor that asks for the same lock
+/// again hears this grant's end before it hears the next grant: a `Lost`
+/// never follows the `Acquired` it does not belong to.
+///
+/// False if the grant ended before it could be handed over: nothing was
+/// cast, the actor never had it, and the caller waits for the lock again.
+pub(crate) async fn forward<M: Message>(
+    watcher: &LeaseWatcher,
+    actor: &ActorRef<M>,
+    acquired: M,
+    lost: impl FnOnce(LostReason) + Send + 'static,
+) -> bool {
+    // A refused message holds the guard: it must be dropped here, not while
+    // `announce` holds the grant's state (dropping a guard releases it).
+    let mut refused = None;
+    let told = watcher
+        .announce(
+            || match actor.cast(acquired) {
+                Ok(()) => true,
+                Err(e) => {
+                    refused = Some(e);
+                    false
+                }
+            },
+            lost,
+        )
+        .await;
+    told.is_some() || refused.is_some()
+}
+
+/// The end of a grant as `actor` is told it: `event(reason)` for a loss,
+/// nothing for a release.
+pub(crate) fn ended<M, E>(
+    actor: ActorRef<M>,
+    event: impl FnOnce(LostReason) -> E + Send + 'static,
+) -> impl FnOnce(LostReason) + Send + 'static
+where
+    M: Message + From<E>,
+{
+    move |reason| {
+        if reason.is_loss() {
+            let _ = actor.cast(M::from(event(reason)));
+        }
+    }
 }

@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 
 use crate::election::Election;
 #[cfg(feature = "ractor")]
-use crate::event::LockEvent;
+use crate::event::{ended, forward, LockEvent};
 use crate::guard::LockGuard;
 use crate::rwlock::RwLock;
 use crate::semaphore::Semaphore;
@@ -341,7 +341,17 @@ impl Locker {
     /// then sends `LockEvent::Acquired(guard)` to `actor`, and later
     /// `LockEvent::Lost { .. }` when that grant ends for any reason other than
     /// its release. Failures arrive as `LockEvent::Failed`. Abort the returned
-    /// handle to withdraw the wait.
+    /// handle to withdraw the wait (or, once granted, the `Lost` to come).
+    ///
+    /// In order: a grant's `Lost` reaches the actor before the `Acquired` of
+    /// any later grant of the same lock made by this locker, so an actor
+    /// that asks again while it holds the lock never takes the old grant's
+    /// `Lost` for the new one's. The engine sends `Lost` itself as it ends
+    /// the grant, before it answers the next request, and by this process's
+    /// clock at the grant's validity if it is late
+    /// ([`LeaseWatcher::announce`](crate::LeaseWatcher::announce)). A grant
+    /// that ends before its `Acquired` is sent (the caller's runtime was
+    /// too busy to send it in time) is not sent at all: the wait goes on.
     ///
     /// The actor's message type only needs `From<LockEvent>`.
     ///
@@ -382,19 +392,24 @@ impl Locker {
         // runtime ends with `close`, and a task of it still waiting to send
         // `Failed` or `Lost { Closed }` could be dropped unsent.
         tokio::spawn(async move {
-            match locker.lock(&name).await {
-                Ok(guard) => {
-                    let watcher = guard.watcher();
-                    if actor.cast(M::from(LockEvent::Acquired(guard))).is_err() {
+            loop {
+                match locker.lock(&name).await {
+                    Ok(guard) => {
+                        let (watcher, name) = (guard.watcher(), name.clone());
+                        let lost = ended(actor.clone(), move |reason| LockEvent::Lost {
+                            name,
+                            reason,
+                        });
+                        let acquired = M::from(LockEvent::Acquired(guard));
+                        if forward(&watcher, &actor, acquired, lost).await {
+                            return;
+                        }
+                        // Ended before it reached the actor: wait again.
+                    }
+                    Err(error) => {
+                        let _ = actor.cast(M::from(LockEvent::Failed { name, error }));
                         return;
                     }
-                    let reason = watcher.lost().await;
-                    if reason.is_loss() {
-                        let _ = actor.cast(M::from(LockEvent::Lost { name, reason }));
-                    }
-                }
-                Err(error) => {
-                    let _ = actor.cast(M::from(LockEvent::Failed { name, error }));
                 }
             }
         })
@@ -500,7 +515,10 @@ impl Locker {
 
     /// Deletes every key of `name` whoever holds it (its holder loses the
     /// lock), keeping the fencing counter: what `valkeylock release --force`
-    /// does, for operators. One `DEL` per node.
+    /// does, for operators. One `DEL` per node. A holder in another process
+    /// hears of it by its invalidation; one in this locker is told as soon
+    /// as the `DEL` is answered (the server sends no invalidation for a
+    /// connection's own writes), and a waiter here tries again at once.
     ///
     /// # Errors
     /// [`Error::InvalidName`], [`Error::Closed`]. Nodes that fail are counted

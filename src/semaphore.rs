@@ -10,7 +10,7 @@ use ractor::{ActorRef, Message};
 use tokio::task::JoinHandle;
 
 #[cfg(feature = "ractor")]
-use crate::event::PermitEvent;
+use crate::event::{ended, forward, PermitEvent};
 use crate::{AcquireKind, Error, LockGuard, LockRequest, Locker, SemaphoreInfo};
 
 /// A counting semaphore over Valkey: at most [`permits`](Semaphore::permits)
@@ -203,7 +203,8 @@ impl Semaphore {
     /// sends `PermitEvent::Acquired(permit)` to `actor`, and later
     /// `PermitEvent::Lost { .. }` when that permit ends for any reason other
     /// than its release. Failures arrive as `PermitEvent::Failed`. Abort the
-    /// returned handle to withdraw the wait.
+    /// returned handle to withdraw the wait. A slot's `Lost` arrives before
+    /// the `Acquired` of a later grant of that slot, as for `lock_for`.
     ///
     /// Needs the `ractor` feature.
     ///
@@ -237,20 +238,26 @@ impl Semaphore {
         let pool = self.clone();
         // On the caller's runtime, as `lock_for` (see there).
         tokio::spawn(async move {
-            let name = pool.name().to_owned();
-            match pool.acquire().await {
-                Ok(permit) => {
-                    let (watcher, slot) = (permit.watcher(), permit.slot());
-                    if actor.cast(M::from(PermitEvent::Acquired(permit))).is_err() {
+            loop {
+                let name = pool.name().to_owned();
+                match pool.acquire().await {
+                    Ok(permit) => {
+                        let (watcher, slot) = (permit.watcher(), permit.slot());
+                        let lost = ended(actor.clone(), move |reason| PermitEvent::Lost {
+                            name,
+                            slot,
+                            reason,
+                        });
+                        let acquired = M::from(PermitEvent::Acquired(permit));
+                        if forward(&watcher, &actor, acquired, lost).await {
+                            return;
+                        }
+                        // Ended before it reached the actor: wait again.
+                    }
+                    Err(error) => {
+                        let _ = actor.cast(M::from(PermitEvent::Failed { name, error }));
                         return;
                     }
-                    let reason = watcher.lost().await;
-                    if reason.is_loss() {
-                        let _ = actor.cast(M::from(PermitEvent::Lost { name, slot, reason }));
-                    }
-                }
-                Err(error) => {
-                    let _ = actor.cast(M::from(PermitEvent::Failed { name, error }));
                 }
             }
         })

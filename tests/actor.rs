@@ -1,9 +1,10 @@
 //! Message-based locking (`Locker::lock_for`) against a real server: an actor
 //! gets `Acquired` in its mailbox, then `Lost` when the key is deleted; a
 //! second actor waiting for the same name gets `Failed(Closed)` when the
-//! locker closes, and nothing is dropped unsent. `Semaphore::acquire_for`
-//! likewise, with permits; `Election::campaign_for` with `Elected` and
-//! `Deposed`.
+//! locker closes, and nothing is dropped unsent. A grant's `Lost` always
+//! comes before the next grant's `Acquired`, and a grant that ended before
+//! it could be sent is not sent. `Semaphore::acquire_for` likewise, with
+//! permits; `Election::campaign_for` with `Elected` and `Deposed`.
 #![allow(missing_docs)]
 
 mod support;
@@ -163,6 +164,84 @@ impl Actor for PermitProbe {
         let _ = tx.send(seen);
         Ok(())
     }
+}
+
+/// An actor that asks for the same lock again while it holds it hears the
+/// held grant's end before the next grant, every time: the engine casts the
+/// end as it ends the grant, before it answers the waiting request, so the
+/// two forwarders cannot overtake each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_hears_a_grants_end_before_the_next_grant_of_the_same_lock() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let locker = server.locker().await;
+    let name = unique("actor-order");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (a, handle) = Actor::spawn(None, Probe, tx).await.unwrap();
+    locker.lock_for(&name, a.clone());
+    assert_eq!(next(&mut rx).await, Seen::Acquired);
+    for round in 0..40 {
+        locker.lock_for(&name, a.clone());
+        // The second request waits behind the first grant.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(rx.try_recv().is_err(), "round {round}: granted twice");
+        // Deleted through this same locker: its engine tells the holder
+        // and grants the waiting request within microseconds of each other.
+        locker.force_release(&name).await.unwrap();
+        assert_eq!(
+            next(&mut rx).await,
+            Seen::Lost(LostReason::Deleted),
+            "round {round}"
+        );
+        assert_eq!(next(&mut rx).await, Seen::Acquired, "round {round}");
+    }
+    a.stop(None);
+    let _ = handle.await;
+    locker.close().await;
+}
+
+/// A grant that ends before its `Acquired` could be sent (the caller's
+/// runtime was blocked meanwhile, and someone deleted the keys) is not sent
+/// at all: the actor never had it, so it gets no `Lost` for it, and the
+/// wait goes on until the lock is granted again.
+#[test]
+fn a_grant_that_ends_before_it_reaches_the_actor_is_not_sent() {
+    init_tracing();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = ValkeyServer::start();
+    runtime.block_on(async {
+        let locker = server.locker().await;
+        let name = unique("actor-late");
+        let key = format!("valkeylock:0:{name}");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (a, handle) = Actor::spawn(None, Probe, tx).await.unwrap();
+        locker.lock_for(&name, a.clone());
+        // Let the forwarder send its request, then keep this runtime busy
+        // (the engine runs on its own) until the grant has come and gone.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while server.blocking_command(&format!("EXISTS {key}")) != ":1" {
+            assert!(std::time::Instant::now() < deadline, "never granted");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(server.blocking_command(&format!("DEL {key}")), ":1");
+        // The engine takes the grant's end (and re-asks nobody: the only
+        // request was granted); give it time while this runtime stays busy.
+        std::thread::sleep(Duration::from_millis(300));
+        // Runs again: the forwarder finds its grant ended and asks again.
+        assert_eq!(next(&mut rx).await, Seen::Acquired);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(rx.try_recv().is_err(), "a Lost for a grant never sent");
+        assert_eq!(server.blocking_command(&format!("EXISTS {key}")), ":1");
+        a.stop(None);
+        let _ = handle.await;
+        locker.close().await;
+    });
 }
 
 /// `Semaphore::acquire_for`: an actor gets two permits of two in its

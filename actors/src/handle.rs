@@ -31,7 +31,7 @@ use crate::request::LockRequest;
 use crate::runtime::EngineRuntime;
 use crate::rwlock;
 use crate::semaphore::{self, SemaphoreInfo};
-use crate::status::{GrantStatus, StatusRx};
+use crate::status::{Attach, GrantStatus, StatusRx};
 use crate::supervisor::{Supervisor, SupervisorArgs};
 
 /// How long a close waits for the actors to stop once the locks are released.
@@ -784,7 +784,8 @@ impl Engine {
 
     /// Deletes every key of `name`, whoever holds it: its holder loses the
     /// lock. For operators (`valkeylock release --force`). The fencing
-    /// counter is kept.
+    /// counter is kept. This locker's own locks of the name are told as if
+    /// an invalidation had come (NOLOOP sends none for our own `DEL`).
     ///
     /// # Errors
     /// [`Error::InvalidName`], [`Error::Closed`].
@@ -1160,6 +1161,64 @@ impl LeaseWatcher {
     /// ```
     pub fn cancellation_token(&self) -> CancellationToken {
         own_clock_token(&self.status, self.hold_until, &self.runtime)
+    }
+
+    /// Hands the grant over and then its end, in that order, for code that
+    /// forwards both (as `Locker::lock_for` does to an actor): while the
+    /// grant is held, runs `first` (the hand-over); unless that returns
+    /// false, tells `then` once how the grant ended, and returns that
+    /// reason. `None` when nothing was handed over: `first` returned false,
+    /// or the grant had ended before (then neither closure runs: ask for
+    /// the lock again).
+    ///
+    /// Why not `first(); then(self.lost().await)`: a task woken by the end
+    /// may run after the engine has granted the lock again, and the next
+    /// grant's forwarder may hand its grant over first. Here the engine
+    /// tells `then` itself as it ends the grant, before it answers any
+    /// other request of the lock; and no end can fall between `first` and
+    /// the watch. If the engine is late, `then` is told by this process's
+    /// own clock at the grant's validity, as [`lost`](Self::lost) is, and
+    /// the engine cannot answer another request of the lock meanwhile.
+    ///
+    /// Both closures may run while the engine holds a lock's state: keep
+    /// them short and non-blocking (a channel send, an actor's `cast`), and
+    /// drop nothing in them that releases a lock (a guard). A panic in
+    /// `then` is caught and logged. Dropping the future withdraws `then`
+    /// untold.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # use valkeylock_actors as valkeylock;
+    /// # async fn demo(watcher: valkeylock::LeaseWatcher, tx: tokio::sync::mpsc::UnboundedSender<String>) {
+    /// let ends = tx.clone();
+    /// let handed = || tx.send("acquired".into()).is_ok();
+    /// let told = move |reason| drop(ends.send(format!("ended: {reason}")));
+    /// if watcher.announce(handed, told).await.is_none() {
+    ///     // not handed over: ask for the lock again, or give up
+    /// }
+    /// # }
+    /// ```
+    pub async fn announce(
+        &self,
+        first: impl FnOnce() -> bool,
+        then: impl FnOnce(LostReason) + Send + 'static,
+    ) -> Option<LostReason> {
+        /// Withdraws the hook if the wait is dropped.
+        struct Withdraw<'a>(&'a StatusRx);
+        impl Drop for Withdraw<'_> {
+            fn drop(&mut self) {
+                self.0.detach();
+            }
+        }
+        if self.status.attach(first, Box::new(then)) != Attach::Attached {
+            return None;
+        }
+        let withdraw = Withdraw(&self.status);
+        let reason = wait_end(&self.status, self.hold_until).await;
+        // Still there only if this clock saw the end before the engine did.
+        self.status.tell_hook(reason);
+        drop(withdraw);
+        Some(reason)
     }
 }
 

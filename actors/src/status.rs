@@ -5,9 +5,15 @@
 //! Why not tokio's `watch` channel, which does the same: every held lock has
 //! one, and a `watch` channel keeps eight `Notify`s for its receivers, 352
 //! bytes on the heap, on top of the 112 of the grant's `CancellationToken`.
-//! This cell is one allocation of 80 bytes, and the cancellation token it
+//! This cell is one allocation of 88 bytes, and the cancellation token it
 //! hands out is made only for a holder that asks for one. The same rule
 //! holds as before: the token is cancelled before anyone can see the end.
+//!
+//! A reader may also hand the grant over and leave a hook, told the end
+//! once (see [`StatusRx::attach`]): the writer tells it as it ends the
+//! grant, before the engine answers anyone else, so a forwarder that hands
+//! grants to an actor delivers a grant's end before the next grant of the
+//! same lock.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -26,11 +32,49 @@ pub(crate) enum GrantStatus {
     Ended(LostReason),
 }
 
-#[derive(Debug)]
+/// Told how a grant ended, once.
+pub(crate) type Hook = Box<dyn FnOnce(LostReason) + Send>;
+
 struct Shown {
     status: GrantStatus,
     /// Made on a reader's first request, cancelled at the end.
     token: Option<CancellationToken>,
+    /// Left by a reader to be told the end. Boxed once more so the cell
+    /// stays a pointer smaller (88 bytes, in the allocator's 96-byte class
+    /// as before) for the many grants that have none.
+    hook: Option<Box<Hook>>,
+}
+
+impl std::fmt::Debug for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shown")
+            .field("status", &self.status)
+            .field("token", &self.token)
+            .field("hook", &self.hook.is_some())
+            .finish()
+    }
+}
+
+/// What [`StatusRx::attach`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Attach {
+    /// Handed over; the hook will be told the end.
+    Attached,
+    /// The hand-over returned false; the hook was dropped.
+    Refused,
+    /// The grant had ended: nothing was run.
+    Ended(LostReason),
+}
+
+/// Tells `hook` the end. A hook that panics (it may build a user's message)
+/// is caught here: the writer is the engine, which must go on.
+fn tell(hook: Hook, reason: LostReason) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(reason))).is_err() {
+        tracing::error!(
+            reason = reason.as_str(),
+            "a hook told of a grant's end panicked"
+        );
+    }
 }
 
 #[derive(Debug)]
@@ -63,6 +107,7 @@ pub(crate) fn status(valid_until: Time) -> (StatusTx, StatusRx) {
         shown: Mutex::new(Shown {
             status: GrantStatus::Held { valid_until },
             token: None,
+            hook: None,
         }),
         changed: Notify::new(),
     });
@@ -84,10 +129,11 @@ impl StatusTx {
     }
 
     /// Ends the grant for `reason`: its token first, so that whoever sees
-    /// the end also finds the token cancelled. False if it had ended already
+    /// the end also finds the token cancelled; then the waiting readers, then
+    /// the hook, here, before this returns. False if it had ended already
     /// (the first reason stays).
     pub(crate) fn end(&self, reason: LostReason) -> bool {
-        {
+        let hook = {
             let mut shown = self.0.shown();
             if matches!(shown.status, GrantStatus::Ended(_)) {
                 return false;
@@ -96,8 +142,12 @@ impl StatusTx {
                 token.cancel();
             }
             shown.status = GrantStatus::Ended(reason);
-        }
+            shown.hook.take()
+        };
         self.0.changed.notify_waiters();
+        if let Some(hook) = hook {
+            tell(*hook, reason);
+        }
         true
     }
 }
@@ -127,6 +177,45 @@ impl StatusRx {
             token
         });
         token.clone()
+    }
+
+    /// While the grant is held, runs `first` (a hand-over) and, unless it
+    /// returns false, leaves `hook` to be told the end: both under the
+    /// cell's lock, so that no end falls between them, and the writer tells
+    /// `hook` as it ends the grant. A grant that has ended already runs
+    /// neither. Replaces an earlier hook, which is dropped untold.
+    pub(crate) fn attach(&self, first: impl FnOnce() -> bool, hook: Hook) -> Attach {
+        let mut shown = self.0.shown();
+        if let GrantStatus::Ended(reason) = shown.status {
+            // Dropped only once unlocked: `first` may own the grant's lease,
+            // whose drop goes to the engine, which may be ending a grant.
+            drop(shown);
+            drop((first, hook));
+            return Attach::Ended(reason);
+        }
+        if !first() {
+            return Attach::Refused;
+        }
+        shown.hook = Some(Box::new(hook));
+        Attach::Attached
+    }
+
+    /// Tells the hook `reason` if it is still there (the end was seen here
+    /// first, on the reader's own clock), else nothing: the writer told it.
+    /// Told under the cell's lock, so a writer ending the grant meanwhile
+    /// waits for it: the engine answers nobody else before the hook has
+    /// been told.
+    pub(crate) fn tell_hook(&self, reason: LostReason) {
+        let mut shown = self.0.shown();
+        if let Some(hook) = shown.hook.take() {
+            tell(*hook, reason);
+        }
+    }
+
+    /// Drops the hook untold, if it is still there.
+    pub(crate) fn detach(&self) {
+        let hook = self.0.shown().hook.take();
+        drop(hook);
     }
 
     /// Reads the status with `read`: `Some` of what it returns when it
@@ -243,5 +332,87 @@ mod tests {
             .expect("woken")
             .unwrap();
         assert_eq!(r, LostReason::Deleted);
+    }
+
+    #[test]
+    fn the_cell_stays_in_its_allocation_class() {
+        // With the `Arc`'s two counts: 80 bytes before the hook, 88 with
+        // it, both a 96-byte chunk of the system allocator (request + 8,
+        // rounded up to 16). A fat hook pointer would make it 104 (112).
+        let size = 16 + std::mem::size_of::<Cell>();
+        assert!(size <= 88, "{size}");
+    }
+
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    /// A hand-over that writes `what` to `log`.
+    fn first(log: &Log, what: &str) -> impl FnOnce() -> bool {
+        let (log, what) = (log.clone(), what.to_owned());
+        move || {
+            log.lock().unwrap().push(what);
+            true
+        }
+    }
+
+    fn hook(log: &Log) -> Hook {
+        let l = log.clone();
+        Box::new(move |r: LostReason| l.lock().unwrap().push(format!("end {r:?}")))
+    }
+
+    #[test]
+    fn the_writer_tells_the_hook_before_end_returns_and_only_once() {
+        let (tx, rx) = status(at(10));
+        let log = Log::default();
+        assert_eq!(
+            rx.attach(first(&log, "acquired"), hook(&log)),
+            Attach::Attached
+        );
+        tx.extend(at(20));
+        assert_eq!(*log.lock().unwrap(), ["acquired"]);
+        tx.end(LostReason::Deleted);
+        assert_eq!(*log.lock().unwrap(), ["acquired", "end Deleted"]);
+        // The reader's own clock, later: the hook was told already.
+        rx.tell_hook(LostReason::Expired);
+        drop(tx);
+        assert_eq!(log.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_ended_grant_is_not_handed_over_and_one_seen_first_by_the_reader_is_told_once() {
+        let (tx, rx) = status(at(10));
+        tx.end(LostReason::Expired);
+        let log = Log::default();
+        assert_eq!(
+            rx.attach(first(&log, "acquired"), hook(&log)),
+            Attach::Ended(LostReason::Expired)
+        );
+        assert!(log.lock().unwrap().is_empty());
+
+        let (tx, rx) = status(at(10));
+        rx.attach(first(&log, "acquired"), hook(&log));
+        rx.tell_hook(LostReason::MaxHold);
+        tx.end(LostReason::Deleted);
+        assert_eq!(*log.lock().unwrap(), ["acquired", "end MaxHold"]);
+    }
+
+    #[test]
+    fn a_refused_hand_over_or_a_withdrawn_hook_is_never_told() {
+        let (tx, rx) = status(at(10));
+        let log = Log::default();
+        assert_eq!(rx.attach(|| false, hook(&log)), Attach::Refused);
+        tx.end(LostReason::Deleted);
+        let (tx2, rx2) = status(at(10));
+        rx2.attach(|| true, hook(&log));
+        rx2.detach();
+        tx2.end(LostReason::Deleted);
+        assert!(log.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_panicking_hook_does_not_stop_the_writer() {
+        let (tx, rx) = status(at(10));
+        rx.attach(|| true, Box::new(|_| panic!("a user's From impl")));
+        assert!(tx.end(LostReason::Deleted));
+        assert_eq!(rx.get(), GrantStatus::Ended(LostReason::Deleted));
     }
 }

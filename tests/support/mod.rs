@@ -145,6 +145,22 @@ impl ValkeyServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Sends one inline command (words without spaces) on a connection of
+    /// its own, without a runtime, and returns the first line of the reply:
+    /// for a test whose runtime is blocked on purpose.
+    pub fn blocking_command(&self, command: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(format!("{command}\r\n").as_bytes()).unwrap();
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(b"\r\n") {
+            assert_eq!(s.read(&mut byte).expect("reply"), 1, "connection closed");
+            reply.push(byte[0]);
+        }
+        String::from_utf8_lossy(&reply[..reply.len() - 2]).into_owned()
+    }
+
     /// Kills the process (SIGKILL): the data is gone.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
