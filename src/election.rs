@@ -10,7 +10,7 @@ use ractor::{ActorRef, Message};
 use tokio::task::JoinHandle;
 
 #[cfg(feature = "ractor")]
-use crate::event::{ended, forward, ElectionEvent};
+use crate::event::{ended, serve, ElectionEvent};
 use crate::{AcquireKind, Error, Leader, LeaderObserver, LockGuard, LockRequest, Locker};
 
 /// A leader election over Valkey, shaped like etcd's: candidates
@@ -245,28 +245,25 @@ impl Election {
         let value = value.to_owned();
         // On the caller's runtime, as `lock_for` (see there).
         tokio::spawn(async move {
-            loop {
+            let hand = |leadership: Leadership| {
+                let (name, term) = (election.name().to_owned(), leadership.term());
+                let deposed = ended(actor.clone(), move |reason| ElectionEvent::Deposed {
+                    name,
+                    term,
+                    reason,
+                });
+                let watcher = leadership.watcher();
+                (
+                    watcher,
+                    M::from(ElectionEvent::Elected(leadership)),
+                    deposed,
+                )
+            };
+            let failed = |error| {
                 let name = election.name().to_owned();
-                match election.campaign(&value).await {
-                    Ok(leadership) => {
-                        let (watcher, term) = (leadership.watcher(), leadership.term());
-                        let deposed = ended(actor.clone(), move |reason| ElectionEvent::Deposed {
-                            name,
-                            term,
-                            reason,
-                        });
-                        let elected = M::from(ElectionEvent::Elected(leadership));
-                        if forward(&watcher, &actor, elected, deposed).await {
-                            return;
-                        }
-                        // Ended before it reached the actor: campaign again.
-                    }
-                    Err(error) => {
-                        let _ = actor.cast(M::from(ElectionEvent::Failed { name, error }));
-                        return;
-                    }
-                }
-            }
+                M::from(ElectionEvent::Failed { name, error })
+            };
+            serve(&actor, || election.campaign(&value), hand, failed).await;
         })
     }
 }

@@ -82,6 +82,37 @@ pub enum ElectionEvent {
     },
 }
 
+/// Takes grants with `take` and forwards each to `actor` (`hand` makes its
+/// watcher, its `Acquired` and its `Lost`; see [`forward`]) until one
+/// reaches it; a failure of `take` is cast as `failed` makes it. What
+/// `lock_for`, `acquire_for` and `campaign_for` run.
+pub(crate) async fn serve<M, G, L, Fut>(
+    actor: &ActorRef<M>,
+    mut take: impl FnMut() -> Fut,
+    mut hand: impl FnMut(G) -> (LeaseWatcher, M, L),
+    failed: impl FnOnce(Error) -> M,
+) where
+    M: Message,
+    L: FnOnce(LostReason) + Send + 'static,
+    Fut: std::future::Future<Output = Result<G, Error>>,
+{
+    loop {
+        match take().await {
+            Ok(grant) => {
+                let (watcher, acquired, lost) = hand(grant);
+                if forward(&watcher, actor, acquired, lost).await {
+                    return;
+                }
+                // Ended before it reached the actor: wait again.
+            }
+            Err(error) => {
+                let _ = actor.cast(failed(error));
+                return;
+            }
+        }
+    }
+}
+
 /// Casts `acquired` (which holds the guard) to `actor`, then the grant's
 /// end as `lost` makes it, in that order, and returns once the grant has
 /// ended. The end is cast by the engine as it ends the grant
@@ -91,7 +122,7 @@ pub enum ElectionEvent {
 ///
 /// False if the grant ended before it could be handed over: nothing was
 /// cast, the actor never had it, and the caller waits for the lock again.
-pub(crate) async fn forward<M: Message>(
+async fn forward<M: Message>(
     watcher: &LeaseWatcher,
     actor: &ActorRef<M>,
     acquired: M,

@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 
 use crate::election::Election;
 #[cfg(feature = "ractor")]
-use crate::event::{ended, forward, LockEvent};
+use crate::event::{ended, serve, LockEvent};
 use crate::guard::LockGuard;
 use crate::rwlock::RwLock;
 use crate::semaphore::Semaphore;
@@ -392,26 +392,19 @@ impl Locker {
         // runtime ends with `close`, and a task of it still waiting to send
         // `Failed` or `Lost { Closed }` could be dropped unsent.
         tokio::spawn(async move {
-            loop {
-                match locker.lock(&name).await {
-                    Ok(guard) => {
-                        let (watcher, name) = (guard.watcher(), name.clone());
-                        let lost = ended(actor.clone(), move |reason| LockEvent::Lost {
-                            name,
-                            reason,
-                        });
-                        let acquired = M::from(LockEvent::Acquired(guard));
-                        if forward(&watcher, &actor, acquired, lost).await {
-                            return;
-                        }
-                        // Ended before it reached the actor: wait again.
-                    }
-                    Err(error) => {
-                        let _ = actor.cast(M::from(LockEvent::Failed { name, error }));
-                        return;
-                    }
-                }
-            }
+            let hand = |guard: LockGuard| {
+                let name = name.clone();
+                let lost = ended(actor.clone(), move |reason| LockEvent::Lost {
+                    name,
+                    reason,
+                });
+                (guard.watcher(), M::from(LockEvent::Acquired(guard)), lost)
+            };
+            let failed = |error| {
+                let name = name.clone();
+                M::from(LockEvent::Failed { name, error })
+            };
+            serve(&actor, || locker.lock(&name), hand, failed).await;
         })
     }
 

@@ -10,7 +10,7 @@ use ractor::{ActorRef, Message};
 use tokio::task::JoinHandle;
 
 #[cfg(feature = "ractor")]
-use crate::event::{ended, forward, PermitEvent};
+use crate::event::{ended, serve, PermitEvent};
 use crate::{AcquireKind, Error, LockGuard, LockRequest, Locker, SemaphoreInfo};
 
 /// A counting semaphore over Valkey: at most [`permits`](Semaphore::permits)
@@ -238,28 +238,24 @@ impl Semaphore {
         let pool = self.clone();
         // On the caller's runtime, as `lock_for` (see there).
         tokio::spawn(async move {
-            loop {
+            let hand = |permit: PermitGuard| {
+                let (name, slot) = (pool.name().to_owned(), permit.slot());
+                let lost = ended(actor.clone(), move |reason| PermitEvent::Lost {
+                    name,
+                    slot,
+                    reason,
+                });
+                (
+                    permit.watcher(),
+                    M::from(PermitEvent::Acquired(permit)),
+                    lost,
+                )
+            };
+            let failed = |error| {
                 let name = pool.name().to_owned();
-                match pool.acquire().await {
-                    Ok(permit) => {
-                        let (watcher, slot) = (permit.watcher(), permit.slot());
-                        let lost = ended(actor.clone(), move |reason| PermitEvent::Lost {
-                            name,
-                            slot,
-                            reason,
-                        });
-                        let acquired = M::from(PermitEvent::Acquired(permit));
-                        if forward(&watcher, &actor, acquired, lost).await {
-                            return;
-                        }
-                        // Ended before it reached the actor: wait again.
-                    }
-                    Err(error) => {
-                        let _ = actor.cast(M::from(PermitEvent::Failed { name, error }));
-                        return;
-                    }
-                }
-            }
+                M::from(PermitEvent::Failed { name, error })
+            };
+            serve(&actor, || pool.acquire(), hand, failed).await;
         })
     }
 }
