@@ -240,7 +240,8 @@ async fn disagreeing_counts_are_a_config_mismatch() {
 }
 
 /// A permit is its slot's lock: deleting the slot's keys ends it with the
-/// reason, and a waiter takes the slot.
+/// reason (deleted, or overwritten if the waiter was quicker than the
+/// holder's check), and a waiter takes the slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permit_is_lost_like_a_lock() {
     init_tracing();
@@ -260,7 +261,13 @@ async fn a_permit_is_lost_like_a_lock() {
     let reason = tokio::time::timeout(Duration::from_secs(5), permit.lost())
         .await
         .expect("the loss was not told within 5 s");
-    assert_eq!(reason, LostReason::Deleted);
+    // `b`'s own waiter is woken as soon as its `DEL` is answered, so by the
+    // time `a` reads the key after its invalidation, the waiter may have
+    // taken it already.
+    assert!(
+        matches!(reason, LostReason::Deleted | LostReason::Overwritten),
+        "{reason:?}"
+    );
     assert!(token.is_cancelled() && !permit.is_held());
     let next = tokio::time::timeout(Duration::from_secs(5), waiter)
         .await
