@@ -788,18 +788,20 @@ const TOKEN_HEX: usize = 48;
 pub(crate) struct Token(fred::bytes::Bytes);
 
 /// The longest token: `F`, the hex digits, `:` and a fingerprint of three
-/// 20-digit numbers (`m…n…p…`).
-const TOKEN_MAX: usize = 1 + TOKEN_HEX + 1 + 3 * 21;
+/// `u16`s, each a letter and at most five digits (`m…n…p…`).
+const TOKEN_MAX: usize = 1 + TOKEN_HEX + 1 + 3 * 6;
 
-/// A token's bytes, kept inline so that the token costs one allocation.
+/// A token's bytes, kept inline so that the token costs one allocation: 88
+/// bytes with the shared owner's header (a buffer sized for 20-digit
+/// numbers made it 136).
 struct TokenBuf {
     buf: [u8; TOKEN_MAX],
-    len: usize,
+    len: u8,
 }
 
 impl AsRef<[u8]> for TokenBuf {
     fn as_ref(&self) -> &[u8] {
-        &self.buf[..self.len]
+        &self.buf[..usize::from(self.len)]
     }
 }
 
@@ -818,27 +820,27 @@ impl Token {
     pub(crate) fn from_bytes(bytes: &[u8; 24], forced: bool, fingerprint: Fingerprint) -> Token {
         use std::io::Write;
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut t = TokenBuf {
-            buf: [0; TOKEN_MAX],
-            len: 0,
-        };
+        let mut buf = [0; TOKEN_MAX];
+        let mut len = 0;
         if forced {
-            t.buf[0] = b'F';
-            t.len = 1;
+            buf[0] = b'F';
+            len = 1;
         }
         for b in bytes {
-            t.buf[t.len] = HEX[(b >> 4) as usize];
-            t.buf[t.len + 1] = HEX[(b & 15) as usize];
-            t.len += 2;
+            buf[len] = HEX[(b >> 4) as usize];
+            buf[len + 1] = HEX[(b & 15) as usize];
+            len += 2;
         }
-        t.buf[t.len] = b':';
-        t.len += 1;
-        let mut rest = &mut t.buf[t.len..];
+        buf[len] = b':';
+        len += 1;
+        let mut rest = &mut buf[len..];
         let room = rest.len();
-        // Cannot overflow: TOKEN_MAX leaves room for the longest fingerprint.
+        // Cannot overflow: TOKEN_MAX leaves room for the longest fingerprint
+        // (a test writes it).
         let _ = write!(rest, "{fingerprint}");
-        t.len += room - rest.len();
-        Token(fred::bytes::Bytes::from_owner(t))
+        len += room - rest.len();
+        let len = u8::try_from(len).unwrap_or(u8::MAX);
+        Token(fred::bytes::Bytes::from_owner(TokenBuf { buf, len }))
     }
 
     /// The token as a command argument: the same bytes, shared.
@@ -1098,6 +1100,18 @@ mod tests {
                 .len(),
             49 + 8
         );
+    }
+
+    #[test]
+    fn the_longest_token_fits_and_a_token_is_one_small_allocation() {
+        let widest = Fingerprint::new(usize::MAX, usize::MAX).with_permits(Some(u16::MAX));
+        assert_eq!(widest.to_string(), "m65535n65535p65535");
+        let t = Token::from_bytes(&[0xab; 24], true, widest);
+        assert_eq!(t.as_str().len(), TOKEN_MAX);
+        assert!(t.as_str().ends_with(":m65535n65535p65535"));
+        // With the shared owner's two-word header: 88 bytes, a 96-byte
+        // chunk of the system allocator.
+        assert!(16 + std::mem::size_of::<TokenBuf>() <= 88);
     }
 
     fn other(forced: bool, owner: Option<Fingerprint>) -> KeyState {
