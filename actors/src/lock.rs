@@ -27,7 +27,6 @@
 //! ([`Outbox`]): the caller they wake usually comes straight back with its
 //! next request or release, and would otherwise find the mutex still held.
 
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -42,7 +41,7 @@ use crate::core::{
     Target, Time,
 };
 use crate::error::{Error, LostReason};
-use crate::few::OneOrMore;
+use crate::few::{OneOrMore, Table};
 use crate::keys::{self, KeyName};
 use crate::metrics;
 use crate::msg::{
@@ -249,12 +248,12 @@ pub(crate) struct LockState {
     /// Requests received (compared with `sent` to retire safely).
     seen: u64,
     core: LockCore,
-    requests: HashMap<u64, oneshot::Sender<Result<GrantParts, Error>>>,
+    requests: Table<oneshot::Sender<Result<GrantParts, Error>>>,
     /// Usually one (a lock has one holder at a time; a semaphore's permits
     /// taken in this process are the exception): a vector searched in
     /// place costs a fraction of a hash table's room per held lock.
     holders: Vec<(HolderId, Holder)>,
-    acks: HashMap<u64, oneshot::Sender<Released>>,
+    acks: Table<oneshot::Sender<Released>>,
     next_ack: u64,
     /// The core's timer, and the instant it is armed for.
     timer: Option<(Time, Timer)>,
@@ -316,9 +315,9 @@ impl Actor for LockActor {
             sent: args.sent,
             seen: 0,
             core,
-            requests: HashMap::new(),
+            requests: Table::default(),
             holders: Vec::new(),
-            acks: HashMap::new(),
+            acks: Table::default(),
             next_ack: 0,
             timer: None,
             watch: GrantWatch::default(),
@@ -341,7 +340,7 @@ impl Actor for LockActor {
         let event = match msg {
             LockMsg::Request(request) => st.request_event(request),
             LockMsg::Cancel { id } => {
-                st.requests.remove(&id);
+                st.requests.remove(id);
                 Event::Cancel { id }
             }
             LockMsg::Reply(NodeReply { cmd, outcome }) => Event::Reply { cmd, outcome },
@@ -438,12 +437,8 @@ impl LockState {
     /// while busy (see `LockCore::settled`).
     fn trim(&mut self) {
         self.core.trim();
-        if self.requests.is_empty() {
-            self.requests = HashMap::new();
-        }
-        if self.acks.is_empty() {
-            self.acks = HashMap::new();
-        }
+        self.requests.trim();
+        self.acks.trim();
         self.holders.shrink_to_fit();
     }
 
@@ -462,7 +457,7 @@ impl LockState {
                 // running); the request is not if its caller went away:
                 // then the grant goes straight back, before anything is
                 // built for it.
-                let (Some(reply), Some(port)) = (self.requests.remove(&to), self.port.upgrade())
+                let (Some(reply), Some(port)) = (self.requests.remove(to), self.port.upgrade())
                 else {
                     tracing::trace!(lock = %self.name, request = to, "grant not delivered");
                     return Some(Event::Release { holder, ack: None });
@@ -503,7 +498,7 @@ impl LockState {
                 });
             }
             Effect::Refuse { to, why } => {
-                if let Some(reply) = self.requests.remove(&to) {
+                if let Some(reply) = self.requests.remove(to) {
                     let err = match why {
                         Refusal::Closed => Error::Closed,
                         Refusal::ConfigMismatch { ours, theirs } => Error::ConfigMismatch {
@@ -543,7 +538,7 @@ impl LockState {
                 deleted,
                 unconfirmed,
             } => {
-                if let Some(reply) = self.acks.remove(&ack) {
+                if let Some(reply) = self.acks.remove(ack) {
                     let released = Released {
                         deleted,
                         unconfirmed,
@@ -719,10 +714,9 @@ impl Outbox {
 struct GrantWatch {
     grant: Option<u64>,
     handovers: u32,
-    /// Per key: lost when last seen.
-    lost: Vec<bool>,
-    /// Per key, scratch: lost now.
-    now_lost: Vec<bool>,
+    /// The keys lost when last seen, in order: empty, and so no
+    /// allocation, while every key holds.
+    lost: Vec<usize>,
     /// Some key is lost (counted in the `degraded_locks` gauge).
     degraded: bool,
 }
@@ -734,7 +728,7 @@ impl GrantWatch {
             self.set_degraded(false);
             self.grant = grant;
             self.handovers = 0;
-            self.lost.clear();
+            self.lost = Vec::new();
         }
         let Some(view) = view else {
             return;
@@ -743,28 +737,27 @@ impl GrantWatch {
             metrics::handover();
         }
         self.handovers = view.handovers;
-        let total = shared.settings.total;
-        self.lost.resize(total, false);
-        self.now_lost.clear();
-        self.now_lost.resize(total, false);
+        // Collecting nothing allocates nothing: the usual case.
+        let now_lost: Vec<(usize, LostReason)> = view.lost_keys().collect();
+        if now_lost.is_empty() && self.lost.is_empty() {
+            return;
+        }
         let token = TokenTag::of(view.token);
-        for (key, reason) in view.lost_keys() {
-            self.now_lost[key] = true;
-            if !self.lost[key] {
+        for &(key, reason) in &now_lost {
+            if !self.lost.contains(&key) {
                 let node = node_name(shared, key);
                 tracing::warn!(%lock, %node, %token, key, reason = reason.as_str(), "key of a held lock lost; the majority still holds");
                 metrics::key_lost(&node, reason);
             }
         }
-        for key in 0..total {
-            if self.lost[key] && !self.now_lost[key] {
+        for &key in &self.lost {
+            if !now_lost.iter().any(|&(k, _)| k == key) {
                 let node = node_name(shared, key);
                 tracing::info!(%lock, %node, %token, key, "key of a held lock won back");
             }
         }
-        std::mem::swap(&mut self.lost, &mut self.now_lost);
-        let degraded = self.lost.iter().any(|l| *l);
-        self.set_degraded(degraded);
+        self.lost = now_lost.into_iter().map(|(key, _)| key).collect();
+        self.set_degraded(!self.lost.is_empty());
     }
 
     fn set_degraded(&mut self, degraded: bool) {
@@ -791,4 +784,15 @@ fn node_name(shared: &Shared, key: usize) -> String {
         .and_then(|n| shared.settings.nodes.get(*n))
         .map(|n| n.display())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    /// A held lock keeps its cell for as long as it is held: room here is
+    /// room per held lock (the scale bench lists it by allocation size).
+    #[test]
+    fn a_lock_cell_stays_small() {
+        let with_arc_header = 16 + std::mem::size_of::<super::LockCell>();
+        assert!(with_arc_header <= 808, "{with_arc_header} bytes");
+    }
 }
