@@ -635,7 +635,7 @@ impl LockState {
             return;
         }
         let me = &self.me;
-        self.timer = next.map(|at| (at, self.shared.timers.at(at, me, LockMsg::Timeout)));
+        self.timer = next.map(|at| (at, self.shared.timers.at(at, me)));
     }
 
     /// Retires this actor if no request is on its way to it (see
