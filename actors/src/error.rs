@@ -108,7 +108,10 @@ pub enum Error {
     /// deleted, `unconfirmed` got no answer in time (their node is down or
     /// slow) and are left to expire within `key_validity`. Until then
     /// nobody else can take those keys; whether others can take the lock
-    /// depends on how many of its keys are free.
+    /// depends on how many of its keys are free. "In time" counts from when
+    /// the engine queued the delete: in a burst of thousands of releases the
+    /// last deletes may run after the limit: those keys are deleted all
+    /// the same.
     #[error("release of {name:?} not confirmed: {deleted} keys deleted, {unconfirmed} left to expire because their node did not answer")]
     ReleaseUnconfirmed {
         /// The lock name.
