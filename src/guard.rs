@@ -220,9 +220,10 @@ impl LockGuard {
     /// [`Error::ReleaseUnconfirmed`](crate::Error::ReleaseUnconfirmed) when a
     /// node did not answer a delete: those keys are left to expire within
     /// `key_validity`. An answer later than `try_next_after` counts as none,
-    /// even if the delete ran: releasing thousands of locks at once queues
-    /// their deletes behind one another, and the last ones can be told so
-    /// (the scale bench in BENCHMARKS.md counts them). [`Error::Closed`](crate::Error::Closed) when the engine
+    /// even if the delete ran: a burst of releases too large for the server
+    /// to answer within that limit tells the last ones so. Releases queued
+    /// together go to each node in calls of many keys; the scale bench in
+    /// BENCHMARKS.md releases 10,000 at once and counts the unconfirmed. [`Error::Closed`](crate::Error::Closed) when the engine
     /// stopped before it could release (the keys expire likewise); not after
     /// [`Locker::close`](crate::Locker::close), which released them.
     ///

@@ -90,3 +90,68 @@ async fn releasing_a_lost_lock_or_after_close_is_ok() {
     guard.release().await.expect("close released it already");
     assert_eq!(existing_keys(&admin, "valkeylock", &other, 1).await, 0);
 }
+
+/// Script calls the server ran so far (`INFO commandstats`).
+async fn evalsha_calls(admin: &fred::clients::Client) -> u64 {
+    use fred::interfaces::ClientLike;
+    let info: String = admin
+        .info(Some(fred::types::InfoKind::CommandStats))
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Releases queued together go to the server in script calls of many keys:
+/// a burst of 2,000 `release()` calls is confirmed, every key is gone, and
+/// it took far fewer script calls than releases (one call per key, as
+/// before, made 10,000 at once outlast their time limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_releases_is_confirmed_in_calls_of_many_keys() {
+    use fred::interfaces::ServerInterface;
+    init_tracing();
+    const N: usize = 2000;
+    let server = ValkeyServer::start();
+    let admin = server.admin().await;
+    let locker = Locker::connect(
+        LockerOptions::new([server.url()])
+            .with_key_majority(1)
+            .with_try_next_after(Duration::from_secs(2)),
+    )
+    .await
+    .unwrap();
+    let prefix = unique("burst");
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let (locker, name) = (locker.clone(), format!("{prefix}-{i}"));
+        set.spawn(async move { locker.lock(&name).await });
+    }
+    let mut guards = Vec::with_capacity(N);
+    while let Some(r) = set.join_next().await {
+        guards.push(r.expect("lock task").expect("lock"));
+    }
+    let size: u64 = admin.dbsize().await.expect("DBSIZE");
+    assert_eq!(size, N as u64);
+    let before = evalsha_calls(&admin).await;
+    let mut set = tokio::task::JoinSet::new();
+    for guard in guards {
+        set.spawn(guard.release());
+    }
+    let mut confirmed = 0;
+    while let Some(r) = set.join_next().await {
+        r.expect("release task").expect("a confirmed release");
+        confirmed += 1;
+    }
+    assert_eq!(confirmed, N);
+    let calls = evalsha_calls(&admin).await - before;
+    assert!(
+        calls < N as u64 / 2,
+        "{calls} script calls for {N} releases queued together"
+    );
+    let size: u64 = admin.dbsize().await.expect("DBSIZE");
+    assert_eq!(size, 0, "keys left after every release was confirmed");
+    locker.close().await;
+}

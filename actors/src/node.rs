@@ -35,6 +35,7 @@ use fred::prelude::{Config, ServerConfig};
 use fred::types::config::{ConnectionConfig, PerformanceConfig, TcpConfig, UnresponsiveConfig};
 use fred::types::scripts::Script;
 use fred::types::{Builder, Key, RespVersion, Value};
+use futures_util::future::Either;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::broadcast::error::RecvError;
@@ -53,7 +54,8 @@ use crate::msg::{
 };
 use crate::scripts::{
     parse_acquire, parse_acquire_one, parse_fence, parse_fence_write, parse_inspect,
-    parse_key_state, parse_log, parse_queued, parse_released, Seen, SetMode, Token,
+    parse_key_state, parse_log, parse_queued, parse_released, parse_released_many, Seen, SetMode,
+    Token,
 };
 
 pub(crate) struct NodeActor;
@@ -144,7 +146,7 @@ impl Actor for NodeActor {
         // drop their senders, the pump finishes the calls in flight (they fail
         // fast when the connection task is gone) and every `LockActor` gets its
         // answer now rather than from its backstop timer.
-        let pump = run_pump(client.clone(), args.shared.clone(), jobs);
+        let pump = run_pump(client.clone(), args.shared.clone(), jobs, cluster);
         tokio::spawn(tokio::task::unconstrained(pump));
         Ok(NodeState {
             index: args.index,
@@ -454,6 +456,9 @@ async fn connect(
         shared.scripts.acquire.load(client).await?;
         shared.scripts.verify.load(client).await?;
         shared.scripts.release.load(client).await?;
+        // Loaded now, not on the first burst: a burst's first call would
+        // fail with NOSCRIPT and run after the jobs queued behind it.
+        shared.scripts.release_many.load(client).await?;
         if shared.settings.fencing {
             shared.scripts.fence_write.load(client).await?;
         }
@@ -889,15 +894,25 @@ async fn delete(client: &Client, keys: &[Arc<str>], cluster: bool) -> Result<usi
 /// in calls of their own); on a cluster, each call holds keys of one hash
 /// slot only (a script cannot cross slots).
 fn chunks(batch: Vec<ExtendItem>, cluster: bool) -> Vec<Vec<ExtendItem>> {
-    let mut groups: std::collections::HashMap<(Duration, u16), Vec<ExtendItem>> =
-        std::collections::HashMap::new();
-    for item in batch {
-        let slot = if cluster {
-            fred::util::redis_keyslot(item.key.as_bytes())
-        } else {
-            0
-        };
-        groups.entry((item.ttl, slot)).or_default().push(item);
+    grouped(batch, |item| (item.ttl, slot_of(&item.key, cluster)))
+}
+
+/// The hash slot of `key` on a cluster; 0 elsewhere (one server takes any
+/// keys in one script call).
+fn slot_of(key: &KeyName, cluster: bool) -> u16 {
+    if cluster {
+        fred::util::redis_keyslot(key.as_bytes())
+    } else {
+        0
+    }
+}
+
+/// Splits `items` into script calls of at most `BATCH_KEYS` items that share
+/// one `group` (a TTL, a hash slot), each call keeping the items' order.
+fn grouped<T, G: std::hash::Hash + Eq>(items: Vec<T>, group: impl Fn(&T) -> G) -> Vec<Vec<T>> {
+    let mut groups: std::collections::HashMap<G, Vec<T>> = std::collections::HashMap::new();
+    for item in items {
+        groups.entry(group(&item)).or_default().push(item);
     }
     let mut out = Vec::new();
     for group in groups.into_values() {
@@ -1024,19 +1039,59 @@ fn ttl_value(s: &crate::options::Settings, ttl: Duration) -> Value {
 /// casts each outcome to its `LockActor`. Ends once every sender (the actor's
 /// state, its lane in the shared table) is gone and the calls in flight are
 /// answered.
-async fn run_pump(client: Client, shared: Arc<Shared>, mut jobs: mpsc::UnboundedReceiver<Job>) {
+///
+/// Releases that it finds queued together (a burst of `release()` calls, a
+/// locker closing with many locks) go in script calls of many keys
+/// (`RELEASE_MANY_LUA`): one call per key made 10,000 releases at once queue
+/// their script calls at the server for longer than the time limit each
+/// counts from its queueing, and many reported `ReleaseUnconfirmed` for
+/// deletes that ran (BENCHMARKS.md, "Holding many locks"). A lone release
+/// keeps the one-key script. Order is kept: the releases of one stretch go
+/// out where the stretch was, before the jobs queued after them (a release
+/// then the acquisition that follows it on the same key reach the server in
+/// that order).
+async fn run_pump(
+    client: Client,
+    shared: Arc<Shared>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    cluster: bool,
+) {
     let (client, shared) = (&client, &*shared);
     let mut running = FuturesUnordered::new();
+    // Releases taken but not yet started; kept for its capacity.
+    let mut releases: Vec<Job> = Vec::new();
     std::future::poll_fn(|cx| {
+        // Starts the releases taken so far: a lone one as its own call,
+        // several in calls of many keys.
+        let start = |releases: &mut Vec<Job>| match releases.len() {
+            0 => {}
+            1 => {
+                if let Some(job) = releases.pop() {
+                    running.push(Either::Left(run_job(client, shared, job)));
+                }
+            }
+            _ => {
+                for keys in grouped(std::mem::take(releases), |j| slot_of(&j.key, cluster)) {
+                    running.push(Either::Right(release_many(client, shared, keys)));
+                }
+            }
+        };
         // Take every queued job before polling, so a burst is written to the
         // connection in one go; then drive whatever is ready.
         let closed = loop {
             match jobs.poll_recv(cx) {
-                Poll::Ready(Some(job)) => running.push(run_job(client, shared, job)),
+                Poll::Ready(Some(job)) if matches!(job.op, Op::Release { .. }) => {
+                    releases.push(job);
+                }
+                Poll::Ready(Some(job)) => {
+                    start(&mut releases);
+                    running.push(Either::Left(run_job(client, shared, job)));
+                }
                 Poll::Ready(None) => break true,
                 Poll::Pending => break false,
             }
         };
+        start(&mut releases);
         while let Poll::Ready(Some(())) = running.poll_next_unpin(cx) {}
         if closed && running.is_empty() {
             Poll::Ready(())
@@ -1057,6 +1112,12 @@ async fn run_job(client: &Client, shared: &Shared, job: Job) {
         job.gates.as_deref(),
     )
     .await;
+    finish_job(shared, job, outcome);
+}
+
+/// Hands a job's outcome to its `LockActor`, after the wake-ups its command
+/// owes this locker's own watchers.
+fn finish_job(shared: &Shared, job: Job, outcome: Outcome) {
     // With NOLOOP (the default) this connection's own writes send it no
     // invalidation: tell this locker's watchers of the name directly.
     if matches!(job.op, Op::Acquire { .. } | Op::Release { .. }) {
@@ -1071,6 +1132,64 @@ async fn run_job(client: &Client, shared: &Shared, job: Job) {
         cmd: job.cmd,
         outcome,
     }));
+}
+
+/// Compare-and-deletes many keys in one `RELEASE_MANY_LUA` call and answers
+/// each job. A key the server refuses fails that key only.
+async fn release_many(client: &Client, shared: &Shared, jobs: Vec<Job>) {
+    let tokens: Vec<Value> = jobs
+        .iter()
+        .filter_map(|job| match &job.op {
+            Op::Release { token } => Some(token.value()),
+            _ => None,
+        })
+        .collect();
+    let result = if tokens.len() == jobs.len() {
+        evalsha(client, &shared.scripts.release_many, || {
+            (jobs.iter().map(|j| j.key.wire()).collect(), tokens.clone())
+        })
+        .await
+        .map(|v| parse_released_many(&v, jobs.len()))
+    } else {
+        // Only releases are collected (see `run_pump`).
+        Ok(None)
+    };
+    let outcomes: Vec<Outcome> = match result {
+        Ok(Some(replies)) => {
+            let refused: Vec<&String> = replies.iter().filter_map(|r| r.as_ref().err()).collect();
+            if let Some(first) = refused.first() {
+                warn!(
+                    refused = refused.len(),
+                    error = %first,
+                    "the server refused keys in a batch of releases"
+                );
+            }
+            replies
+                .into_iter()
+                .map(|r| match r {
+                    Ok(deleted) => Outcome::Released(deleted),
+                    Err(_) => Outcome::Failed(KEY_REFUSED),
+                })
+                .collect()
+        }
+        Ok(None) => vec![Outcome::Failed("unexpected reply to release"); jobs.len()],
+        Err(e) => {
+            debug!(keys = jobs.len(), error = %e, "batch of releases failed");
+            vec![command_failed(&e); jobs.len()]
+        }
+    };
+    for (job, outcome) in jobs.into_iter().zip(outcomes) {
+        finish_job(shared, job, outcome);
+    }
+}
+
+/// The outcome of a command fred could not complete.
+fn command_failed(e: &fred::error::Error) -> Outcome {
+    if e.kind() == &fred::error::ErrorKind::Timeout {
+        Outcome::Failed("timed out")
+    } else {
+        Outcome::Failed("command failed")
+    }
 }
 
 /// Runs one lock command. Bounded by fred's `default_command_timeout` (set to
@@ -1185,11 +1304,7 @@ async fn run(
         Ok(outcome) => outcome,
         Err(e) => {
             debug!(key, error = %e, "script failed");
-            if e.kind() == &fred::error::ErrorKind::Timeout {
-                Outcome::Failed("timed out")
-            } else {
-                Outcome::Failed("command failed")
-            }
+            command_failed(&e)
         }
     }
 }
@@ -1430,5 +1545,49 @@ where
             client.evalsha(script.sha1().clone(), keys, values).await
         }
         result => result,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Script calls of a batch hold one group each (a TTL, a hash slot), at
+    /// most `BATCH_KEYS` items, in the order the items came; none is lost
+    /// or repeated.
+    #[test]
+    fn grouped_keeps_order_within_a_call_and_bounds_its_size() {
+        let cases: [(usize, u16); 4] =
+            [(0, 1), (1, 1), (BATCH_KEYS + 1, 1), (2 * BATCH_KEYS + 7, 3)];
+        for (n, groups) in cases {
+            let items: Vec<(u16, usize)> = (0..n).map(|i| ((i % 7) as u16 % groups, i)).collect();
+            let calls = grouped(items, |&(g, _)| g);
+            let mut seen: Vec<usize> = Vec::new();
+            for call in &calls {
+                assert!(
+                    !call.is_empty() && call.len() <= BATCH_KEYS,
+                    "{n}: {}",
+                    call.len()
+                );
+                assert!(
+                    call.iter().all(|&(g, _)| g == call[0].0),
+                    "{n}: groups mixed"
+                );
+                assert!(call.windows(2).all(|w| w[0].1 < w[1].1), "{n}: order lost");
+                seen.extend(call.iter().map(|&(_, i)| i));
+            }
+            seen.sort_unstable();
+            assert_eq!(
+                seen,
+                (0..n).collect::<Vec<_>>(),
+                "{n}: items lost or repeated"
+            );
+            let least = n.div_ceil(BATCH_KEYS);
+            assert!(
+                calls.len() >= least && calls.len() <= least + usize::from(groups),
+                "{n}: {} calls",
+                calls.len()
+            );
+        }
     }
 }
