@@ -54,8 +54,8 @@ use crate::msg::{
 };
 use crate::scripts::{
     parse_acquire, parse_acquire_one, parse_fence, parse_fence_write, parse_inspect,
-    parse_key_state, parse_log, parse_queued, parse_released, parse_released_many, Seen, SetMode,
-    Token,
+    parse_key_state, parse_log, parse_queued, parse_released, parse_released_many,
+    parse_verified_many, Seen, SetMode, Token,
 };
 
 pub(crate) struct NodeActor;
@@ -457,8 +457,10 @@ async fn connect(
         shared.scripts.verify.load(client).await?;
         shared.scripts.release.load(client).await?;
         // Loaded now, not on the first burst: a burst's first call would
-        // fail with NOSCRIPT and run after the jobs queued behind it.
+        // fail with NOSCRIPT and run after the jobs queued behind it (and
+        // the checks after a reconnect are such a burst).
         shared.scripts.release_many.load(client).await?;
+        shared.scripts.verify_many.load(client).await?;
         if shared.settings.fencing {
             shared.scripts.fence_write.load(client).await?;
         }
@@ -1040,16 +1042,18 @@ fn ttl_value(s: &crate::options::Settings, ttl: Duration) -> Value {
 /// state, its lane in the shared table) is gone and the calls in flight are
 /// answered.
 ///
-/// Releases that it finds queued together (a burst of `release()` calls, a
-/// locker closing with many locks) go in script calls of many keys
-/// (`RELEASE_MANY_LUA`): one call per key made 10,000 releases at once queue
-/// their script calls at the server for longer than the time limit each
-/// counts from its queueing, and many reported `ReleaseUnconfirmed` for
-/// deletes that ran (BENCHMARKS.md, "Holding many locks"). A lone release
-/// keeps the one-key script. Order is kept: the releases of one stretch go
-/// out where the stretch was, before the jobs queued after them (a release
-/// then the acquisition that follows it on the same key reach the server in
-/// that order).
+/// Releases, and checks of keys, that it finds queued together (a burst of
+/// `release()` calls, a locker closing with many locks, every lock
+/// re-checking its keys after a reconnect) go in script calls of many keys
+/// ([`Many`]). One call per key made 10,000 of them queue at the server and
+/// in this thread for longer than the time limit each counts from its
+/// queueing: releases reported `ReleaseUnconfirmed` for deletes that ran,
+/// and after a reconnect with a 1 s validity thousands of locks were lost
+/// while their keys were still theirs (BENCHMARKS.md, "Holding many
+/// locks"). A lone job keeps its one-key script. Order is kept: a stretch
+/// of such jobs goes out where it was, before the jobs queued after it (a
+/// release then the acquisition that follows it on the same key reach the
+/// server in that order).
 async fn run_pump(
     client: Client,
     shared: Arc<Shared>,
@@ -1058,21 +1062,22 @@ async fn run_pump(
 ) {
     let (client, shared) = (&client, &*shared);
     let mut running = FuturesUnordered::new();
-    // Releases taken but not yet started; kept for its capacity.
-    let mut releases: Vec<Job> = Vec::new();
+    // The stretch of jobs of one kind taken but not yet started; the vector
+    // is kept for its capacity.
+    let mut stretch: (Many, Vec<Job>) = (Many::Release, Vec::new());
     std::future::poll_fn(|cx| {
-        // Starts the releases taken so far: a lone one as its own call,
+        // Starts the stretch taken so far: a lone job as its own call,
         // several in calls of many keys.
-        let start = |releases: &mut Vec<Job>| match releases.len() {
+        let start = |(kind, jobs): &mut (Many, Vec<Job>)| match jobs.len() {
             0 => {}
             1 => {
-                if let Some(job) = releases.pop() {
+                if let Some(job) = jobs.pop() {
                     running.push(Either::Left(run_job(client, shared, job)));
                 }
             }
             _ => {
-                for keys in grouped(std::mem::take(releases), |j| slot_of(&j.key, cluster)) {
-                    running.push(Either::Right(release_many(client, shared, keys)));
+                for keys in grouped(std::mem::take(jobs), |j| slot_of(&j.key, cluster)) {
+                    running.push(Either::Right(run_many(client, shared, *kind, keys)));
                 }
             }
         };
@@ -1080,18 +1085,24 @@ async fn run_pump(
         // connection in one go; then drive whatever is ready.
         let closed = loop {
             match jobs.poll_recv(cx) {
-                Poll::Ready(Some(job)) if matches!(job.op, Op::Release { .. }) => {
-                    releases.push(job);
-                }
-                Poll::Ready(Some(job)) => {
-                    start(&mut releases);
-                    running.push(Either::Left(run_job(client, shared, job)));
-                }
+                Poll::Ready(Some(job)) => match Many::of(&job.op) {
+                    Some(kind) => {
+                        if kind != stretch.0 {
+                            start(&mut stretch);
+                            stretch.0 = kind;
+                        }
+                        stretch.1.push(job);
+                    }
+                    None => {
+                        start(&mut stretch);
+                        running.push(Either::Left(run_job(client, shared, job)));
+                    }
+                },
                 Poll::Ready(None) => break true,
                 Poll::Pending => break false,
             }
         };
-        start(&mut releases);
+        start(&mut stretch);
         while let Poll::Ready(Some(())) = running.poll_next_unpin(cx) {}
         if closed && running.is_empty() {
             Poll::Ready(())
@@ -1100,6 +1111,64 @@ async fn run_pump(
         }
     })
     .await
+}
+
+/// The commands a pump sends for many keys in one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Many {
+    /// Compare-and-delete (`RELEASE_MANY_LUA`).
+    Release,
+    /// The read-only check (`VERIFY_MANY_LUA`).
+    Verify,
+}
+
+impl Many {
+    fn of(op: &Op) -> Option<Many> {
+        match op {
+            Op::Release { .. } => Some(Many::Release),
+            Op::Verify { .. } => Some(Many::Verify),
+            _ => None,
+        }
+    }
+
+    /// The token `op` carries, if it is of this kind.
+    fn token(self, op: &Op) -> Option<&Token> {
+        match (self, op) {
+            (Many::Release, Op::Release { token }) | (Many::Verify, Op::Verify { token }) => {
+                Some(token)
+            }
+            _ => None,
+        }
+    }
+
+    fn script(self, scripts: &crate::scripts::Scripts) -> &Script {
+        match self {
+            Many::Release => &scripts.release_many,
+            Many::Verify => &scripts.verify_many,
+        }
+    }
+
+    /// Per key, the outcome the one-key command would give, or the
+    /// server's refusal; `None` if the reply has the wrong shape.
+    fn outcomes(self, reply: &Value, keys: usize) -> Option<Vec<Result<Outcome, String>>> {
+        Some(match self {
+            Many::Release => parse_released_many(reply, keys)?
+                .into_iter()
+                .map(|r| r.map(Outcome::Released))
+                .collect(),
+            Many::Verify => parse_verified_many(reply, keys)?
+                .into_iter()
+                .map(|r| r.map(Outcome::Key))
+                .collect(),
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Many::Release => "release",
+            Many::Verify => "verify",
+        }
+    }
 }
 
 async fn run_job(client: &Client, shared: &Shared, job: Job) {
@@ -1134,24 +1203,21 @@ fn finish_job(shared: &Shared, job: Job, outcome: Outcome) {
     }));
 }
 
-/// Compare-and-deletes many keys in one `RELEASE_MANY_LUA` call and answers
-/// each job. A key the server refuses fails that key only.
-async fn release_many(client: &Client, shared: &Shared, jobs: Vec<Job>) {
+/// Runs `kind` for many keys in one script call and answers each job. A key
+/// the server refuses fails that key only.
+async fn run_many(client: &Client, shared: &Shared, kind: Many, jobs: Vec<Job>) {
     let tokens: Vec<Value> = jobs
         .iter()
-        .filter_map(|job| match &job.op {
-            Op::Release { token } => Some(token.value()),
-            _ => None,
-        })
+        .filter_map(|job| kind.token(&job.op).map(Token::value))
         .collect();
     let result = if tokens.len() == jobs.len() {
-        evalsha(client, &shared.scripts.release_many, || {
+        evalsha(client, kind.script(&shared.scripts), || {
             (jobs.iter().map(|j| j.key.wire()).collect(), tokens.clone())
         })
         .await
-        .map(|v| parse_released_many(&v, jobs.len()))
+        .map(|v| kind.outcomes(&v, jobs.len()))
     } else {
-        // Only releases are collected (see `run_pump`).
+        // Only jobs of `kind` are collected (see `run_pump`).
         Ok(None)
     };
     let outcomes: Vec<Outcome> = match result {
@@ -1161,20 +1227,18 @@ async fn release_many(client: &Client, shared: &Shared, jobs: Vec<Job>) {
                 warn!(
                     refused = refused.len(),
                     error = %first,
-                    "the server refused keys in a batch of releases"
+                    command = kind.name(),
+                    "the server refused keys in a call of many keys"
                 );
             }
             replies
                 .into_iter()
-                .map(|r| match r {
-                    Ok(deleted) => Outcome::Released(deleted),
-                    Err(_) => Outcome::Failed(KEY_REFUSED),
-                })
+                .map(|r| r.unwrap_or(Outcome::Failed(KEY_REFUSED)))
                 .collect()
         }
-        Ok(None) => vec![Outcome::Failed("unexpected reply to release"); jobs.len()],
+        Ok(None) => vec![Outcome::Failed("unexpected reply to a call of many keys"); jobs.len()],
         Err(e) => {
-            debug!(keys = jobs.len(), error = %e, "batch of releases failed");
+            debug!(keys = jobs.len(), command = kind.name(), error = %e, "call of many keys failed");
             vec![command_failed(&e); jobs.len()]
         }
     };

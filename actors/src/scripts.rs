@@ -346,6 +346,31 @@ end
 return out
 "#;
 
+/// `VERIFY_LUA` for many keys (of many locks) in one call: what a node's
+/// command pump sends for the checks it finds queued together, as after a
+/// reconnect, when every lock re-checks its keys on that node at once (see
+/// `node::run_pump`). Never writes. Standalone nodes, or keys of one cluster
+/// hash slot.
+///
+/// `KEYS`: the lock keys. `ARGV`: a token per key. Reply: an array with one
+/// entry per key: the key's `PTTL` in ms if it is ours (−1: no expiry); a
+/// string, the value of its other owner; nil, absent; `{0, message}` when
+/// the server refused a command on that key.
+const VERIFY_MANY_LUA: &str = r#"
+local out = {}
+for i = 1, #KEYS do
+  local cur = redis.pcall('GET', KEYS[i])
+  if type(cur) == 'table' and cur.err ~= nil then
+    out[i] = {0, tostring(cur.err)}
+  elseif cur == ARGV[i] then
+    out[i] = redis.pcall('PTTL', KEYS[i])
+  else
+    out[i] = cur
+  end
+end
+return out
+"#;
+
 /// Read-only look at one key for `inspect`: its value and remaining TTL in
 /// one atomic step (a `GET` then a `PTTL` as two commands could see two
 /// different owners). Never writes; its `GET` arms tracking on the key, which
@@ -491,6 +516,8 @@ pub(crate) struct Scripts {
     pub(crate) release: Script,
     /// For releases queued together (see `node::run_pump`).
     pub(crate) release_many: Script,
+    /// For checks queued together (see `node::run_pump`).
+    pub(crate) verify_many: Script,
     pub(crate) fence_write: Script,
     /// Loaded on first use (`inspect` is rare; a connection does not need it).
     pub(crate) inspect: Script,
@@ -509,6 +536,7 @@ impl Scripts {
             verify: Script::from_lua(VERIFY_LUA),
             release: Script::from_lua(RELEASE_LUA),
             release_many: Script::from_lua(RELEASE_MANY_LUA),
+            verify_many: Script::from_lua(VERIFY_MANY_LUA),
             fence_write: Script::from_lua(FENCE_WRITE_LUA),
             inspect: Script::from_lua(INSPECT_LUA),
             fair: Script::from_lua(FAIR_LUA),
@@ -592,14 +620,10 @@ pub(crate) type KeyReply = Result<KeyState, String>;
 fn parse_acquire_entry(value: &Value) -> Option<KeyReply> {
     match value {
         Value::Array(marker) => match marker.as_slice() {
-            [Value::Integer(0), message] => Some(Err(message
-                .as_str()
-                .map(|m| m.into_owned())
-                .unwrap_or_else(|| "unreadable error".to_owned()))),
             [Value::Integer(1), Value::Integer(ms)] => Some(Ok(KeyState::Queued {
                 head_ms: u64::try_from(*ms).unwrap_or(0),
             })),
-            _ => None,
+            marker => refusal(marker).map(Err),
         },
         other => parse_key_state(other, false).map(Ok),
     }
@@ -744,6 +768,22 @@ pub(crate) fn parse_released(value: &Value) -> Option<bool> {
 /// Reads a `RELEASE_MANY_LUA` reply for `keys` keys: per key, deleted or
 /// not, or the server's refusal. `None` if the reply has the wrong shape.
 pub(crate) fn parse_released_many(value: &Value, keys: usize) -> Option<Vec<Result<bool, String>>> {
+    parse_per_key(value, keys, parse_released)
+}
+
+/// Reads a `VERIFY_MANY_LUA` reply for `keys` keys: per key, its state, or
+/// the server's refusal. `None` if the reply has the wrong shape.
+pub(crate) fn parse_verified_many(value: &Value, keys: usize) -> Option<Vec<KeyReply>> {
+    parse_per_key(value, keys, |v| parse_key_state(v, true))
+}
+
+/// Reads a reply of one entry per key, each read by `entry` unless it is the
+/// per-key error marker `{0, message}`.
+fn parse_per_key<T>(
+    value: &Value,
+    keys: usize,
+    entry: impl Fn(&Value) -> Option<T>,
+) -> Option<Vec<Result<T, String>>> {
     let Value::Array(items) = value else {
         return None;
     };
@@ -753,16 +793,23 @@ pub(crate) fn parse_released_many(value: &Value, keys: usize) -> Option<Vec<Resu
     items
         .iter()
         .map(|item| match item {
-            Value::Array(marker) => match marker.as_slice() {
-                [Value::Integer(0), message] => Some(Err(message
-                    .as_str()
-                    .map(|m| m.into_owned())
-                    .unwrap_or_else(|| "unreadable error".to_owned()))),
-                _ => None,
-            },
-            other => parse_released(other).map(Ok),
+            Value::Array(marker) => refusal(marker).map(Err),
+            other => entry(other).map(Ok),
         })
         .collect()
+}
+
+/// The server's text in a per-key error marker `{0, message}`.
+fn refusal(marker: &[Value]) -> Option<String> {
+    match marker {
+        [Value::Integer(0), message] => Some(
+            message
+                .as_str()
+                .map(|m| m.into_owned())
+                .unwrap_or_else(|| "unreadable error".to_owned()),
+        ),
+        _ => None,
+    }
 }
 
 /// The configuration a locker writes into its keys' values: `key_majority`
@@ -1131,6 +1178,74 @@ mod tests {
         );
     }
 
+    /// The batched check reads each key as `VERIFY_LUA` does (ours with its
+    /// PTTL, another owner, absent), writes nothing, and fails only the key
+    /// the server refuses.
+    #[tokio::test]
+    async fn verify_many_reads_each_key_like_verify_and_fails_only_a_refused_key() {
+        use fred::interfaces::{KeysInterface, LuaInterface};
+        let server = Server::start();
+        let client = server.client().await;
+        let (t1, t5) = (Token::new(false), Token::new(false));
+        let _: () = client
+            .set(
+                "mine",
+                t1.as_str(),
+                Some(fred::types::Expiration::PX(60_000)),
+                None,
+                false,
+            )
+            .await
+            .expect("SET");
+        let _: () = client
+            .set("theirs", Token::new(false).as_str(), None, None, false)
+            .await
+            .expect("SET");
+        let _: () = client
+            .set("forever", t5.as_str(), None, None, false)
+            .await
+            .expect("SET");
+        let _: Value = client
+            .eval(
+                "return redis.call('HSET', KEYS[1], 'f', 'v')",
+                vec!["hash"],
+                Vec::<String>::new(),
+            )
+            .await
+            .expect("HSET");
+        let keys = vec!["mine", "theirs", "gone", "hash", "forever"];
+        let tokens = vec![t1.as_str(), "t2", "t3", "t4", t5.as_str()];
+        let reply: Value = client
+            .eval(VERIFY_MANY_LUA, keys.clone(), tokens)
+            .await
+            .expect("the script runs");
+        let parsed = parse_verified_many(&reply, keys.len()).expect("a well-formed reply");
+        assert!(
+            matches!(parsed[0], Ok(KeyState::Ours { pttl_ms: Some(ms), fence: None }) if ms > 50_000 && ms <= 60_000),
+            "{parsed:?}"
+        );
+        assert!(
+            matches!(parsed[1], Ok(KeyState::Other { .. })),
+            "{parsed:?}"
+        );
+        assert_eq!(parsed[2], Ok(KeyState::Absent));
+        assert!(
+            matches!(&parsed[3], Err(e) if e.contains("WRONGTYPE")),
+            "{parsed:?}"
+        );
+        assert_eq!(
+            parsed[4],
+            Ok(KeyState::Ours {
+                pttl_ms: None,
+                fence: None
+            })
+        );
+        // Read-only: every key is as it was.
+        let left: i64 = client.exists(keys).await.expect("EXISTS");
+        assert_eq!(left, 4);
+        assert_eq!(parse_verified_many(&reply, 6), None);
+    }
+
     /// The batched compare-and-delete deletes exactly the keys that hold
     /// their own token, leaves every other key as it was, and fails only the
     /// key the server refuses (a hash under a lock key), not the batch.
@@ -1173,6 +1288,7 @@ mod tests {
         let theirs: Option<String> = client.get("theirs").await.expect("GET");
         assert_eq!(theirs.as_deref(), Some("other"));
         // A reply of another shape is refused, not guessed at.
+        assert_eq!(parse_verified_many(&reply, 4), None);
         assert_eq!(parse_released_many(&reply, 4), None);
         assert_eq!(parse_released_many(&Value::Integer(1), 1), None);
         assert_eq!(

@@ -1982,16 +1982,31 @@ impl LockCore {
         };
         match &mut self.phase {
             Phase::Holding(g) => {
-                // Re-check with a read-only script: it never writes, so it
-                // cannot invalidate itself (no loop even without NOLOOP).
+                // A reconnect (no key named) ends the wait of the keys whose
+                // extension failed there: they are retried now, not at their
+                // retry time, which may come after the validity the keys
+                // have left (10,000 held locks of 1 s validity, their
+                // extension cut by a reconnect of 100 ms, were lost while
+                // their keys were still theirs). The extension reads the key
+                // as a check would.
+                let retry =
+                    key.is_none() && (0..g.keys.len()).any(|i| in_scope(i) && g.keys[i].failing);
+                // Re-check the others with a read-only script: it never
+                // writes, so it cannot invalidate itself (no loop even
+                // without NOLOOP).
                 let (id, token) = (g.id, g.token.clone());
                 let keys: Vec<usize> = (0..g.keys.len())
                     .filter(|&i| {
-                        in_scope(i) && !matches!(g.keys[i].key, Key::Other { .. } | Key::Absent)
+                        in_scope(i)
+                            && !(retry && g.keys[i].failing)
+                            && !matches!(g.keys[i].key, Key::Other { .. } | Key::Absent)
                     })
                     .collect();
                 for k in keys {
                     self.verify(now, id, k, &token);
+                }
+                if retry {
+                    self.extend(now, false);
                 }
             }
             Phase::Attempting(a) => {

@@ -894,6 +894,33 @@ fn a_failed_extension_retries_only_its_key() {
 }
 
 #[test]
+fn a_reconnect_retries_a_failed_extension_at_once() {
+    // An extension cut by a reconnect waited for its retry time (a timeout
+    // later) even once the node was back: with 10,000 locks of 1 s validity
+    // that came after the validity the keys had left, and the locks were
+    // lost while their keys were still theirs.
+    let mut rig = Rig::new(config(2, 3));
+    held(&mut rig);
+    let ext = sends(&rig.tick(ms(500)));
+    assert_eq!(ext.len(), 3);
+    rig.at(ms(501));
+    rig.ev(reply(ext[0].0, ours()));
+    rig.ev(reply(ext[1].0, ours()));
+    rig.ev(reply(ext[2].0, Outcome::Failed("connection closed")));
+    assert_eq!(rig.core.next_timeout(), Some(ms(601)));
+    // Key 2's node is back at 520: its extension goes out now.
+    let fx = sends(&rig.at(ms(520)).ev(Event::Recheck { node: Some(2) }));
+    assert_eq!(fx.len(), 1, "{fx:?}");
+    assert_eq!(fx[0].1, Target::Key(2));
+    assert!(matches!(fx[0].2, Op::Extend { .. }), "{fx:?}");
+    // A reconnect of a node whose key is fine re-checks it, as before.
+    let fx = sends(&rig.at(ms(530)).ev(Event::Recheck { node: Some(0) }));
+    assert_eq!(fx.len(), 1, "{fx:?}");
+    assert_eq!(fx[0].1, Target::Key(0));
+    assert!(matches!(fx[0].2, Op::Verify { .. }), "{fx:?}");
+}
+
+#[test]
 fn our_own_write_seen_while_pending_does_not_wake_us() {
     // Without NOLOOP a waiter hears of its own SET of a free key, often
     // before the reply. If that counted as "the key changed", the failed
