@@ -17,7 +17,10 @@
 //!
 //! Then the mass-loss section (`-- massloss` runs it alone): the largest
 //! count of locks held through one `Locker`, all lost at once when their
-//! server is frozen, with when each holder was told (see [`mass_loss`]).
+//! server is frozen, with when each holder was told (see [`mass_loss`]);
+//! and the reconnect section (`-- reconnect` alone): the same count held,
+//! their connection cut, how many were lost although their keys stayed
+//! (see [`reconnects`]).
 //!
 //! Run: `cargo bench --bench scale` (`CI=1` for 1,000 locks). A fresh
 //! server per row, so the counters are ours alone.
@@ -44,8 +47,12 @@ const EXTEND: Duration = Duration::from_millis(2500);
 fn main() {
     let args = Args::parse();
     // `-- massloss` runs that section alone; `-- scale` or no filter, all.
-    let (scale, massloss) = (args.wants("scale"), args.wants("scale-massloss"));
-    if args.list || !massloss {
+    let (scale, massloss, reconnect) = (
+        args.wants("scale"),
+        args.wants("scale-massloss"),
+        args.wants("scale-reconnect"),
+    );
+    if args.list || !(massloss || reconnect) {
         return;
     }
     let quick = args.quick();
@@ -63,7 +70,12 @@ fn main() {
         if quick { "quick (CI)" } else { "full" }
     );
     if !scale {
-        mass_loss(&rt, counts[counts.len() - 1]);
+        if massloss {
+            mass_loss(&rt, counts[counts.len() - 1]);
+        }
+        if reconnect {
+            reconnects(&rt, counts[counts.len() - 1], quick);
+        }
         return;
     }
     println!();
@@ -187,6 +199,7 @@ fn main() {
         drop(server);
     }
     mass_loss(&rt, counts[counts.len() - 1]);
+    reconnects(&rt, counts[counts.len() - 1], quick);
     let actor = reference(&rt, counts[counts.len() - 1]);
     if let Some((n, acquired, settled)) = by_size {
         heap_by_size(n, &acquired, &settled, &actor);
@@ -282,6 +295,78 @@ fn mass_loss(rt: &tokio::runtime::Runtime, n: usize) {
         q(1.0),
         q(1.0) - margin_ms,
     );
+}
+
+/// `reconnect` section: `n` locks held through one `Locker` on a fresh
+/// server, then the locker's connection is cut (`CLIENT KILL`) and the
+/// engine connects again (in about 100 ms here). The keys stay on the
+/// server with their TTLs, so a lock lost then is lost while its keys were
+/// still its own: the count should be 0. The locks extend on one grid, so
+/// the cut lands at another point of the extension period in each row
+/// (`cut after`: from when the last `lock()` returned). Lost = not held
+/// three validities after the cut.
+fn reconnects(rt: &tokio::runtime::Runtime, n: usize, quick: bool) {
+    let validities: &[u64] = if quick { &[1000] } else { &[1000, 2000] };
+    let cuts: &[u64] = if quick {
+        &[500]
+    } else {
+        &[300, 400, 500, 600, 700, 800]
+    };
+    println!();
+    println!("## Reconnect with {n} held locks (their connection cut by `CLIENT KILL`, the keys left on the server; lost = not held 3 validities later)");
+    println!();
+    println!("| key_validity ms | cut after ms | locks held | lost | reasons |");
+    println!("|---:|---:|---:|---:|---|");
+    for &validity in validities {
+        for &cut in cuts {
+            let server = ValkeyServer::start();
+            let urls = vec![server.url()];
+            let (held, reasons) = rt.block_on(async {
+                let opts = common::valkeylock_options(&urls, 1)
+                    .with_key_validity(Duration::from_millis(validity));
+                let locker = Locker::connect(opts).await.expect("connect");
+                let admin = server.admin().await;
+                let mut set = tokio::task::JoinSet::new();
+                for i in 0..n {
+                    let locker = locker.clone();
+                    let name = Kind::Valkeylock.name(&format!("reconnect-{i}"));
+                    set.spawn(async move { locker.lock(&name).await.expect("lock") });
+                }
+                let mut guards: Vec<LockGuard> = Vec::with_capacity(n);
+                while let Some(g) = set.join_next().await {
+                    guards.push(g.expect("lock task"));
+                }
+                sleep(Duration::from_millis(cut)).await;
+                let _: Value = admin
+                    .custom(
+                        fred::cmd!("CLIENT"),
+                        vec!["KILL", "TYPE", "normal", "SKIPME", "yes"],
+                    )
+                    .await
+                    .expect("CLIENT KILL");
+                sleep(Duration::from_millis(3 * validity)).await;
+                let mut reasons = std::collections::BTreeMap::new();
+                for reason in guards.iter().filter_map(|g| g.lost_reason()) {
+                    *reasons.entry(reason.to_string()).or_insert(0usize) += 1;
+                }
+                let held = guards.len();
+                drop(guards);
+                locker.close().await;
+                (held, reasons)
+            });
+            drop(server);
+            let lost: usize = reasons.values().sum();
+            let why: Vec<String> = reasons.iter().map(|(r, c)| format!("{r}: {c}")).collect();
+            println!(
+                "| {validity} | {cut} | {held} | {lost} | {} |",
+                if why.is_empty() {
+                    "—".to_owned()
+                } else {
+                    why.join("; ")
+                }
+            );
+        }
+    }
 }
 
 /// `a - b` in milliseconds, negative when `a` is earlier.
