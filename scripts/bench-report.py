@@ -797,6 +797,13 @@ def generate(bins, env, load_log, results_path, old_bins, old_path, compile_s):
         g["breakdown"] = "\n".join(scale.notes.get("breakdown", []))
         g["targets"] = region_targets(bins)
         g["targets-11"] = region_targets11(bins)
+    # The scale bench's reconnect section, in a full run or alone
+    # (`cargo bench --bench scale -- reconnect`).
+    if "scale" in bins:
+        try:
+            g["reconnect"] = table_by_prefix(bins["scale"], "Reconnect").text()
+        except KeyError:
+            pass
     if "semaphore" in bins:
         sem = bins["semaphore"]
         g["semaphore-mode"] = f"Settings: `{sem.mode}`; {sem.header}."
