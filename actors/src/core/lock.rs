@@ -1982,13 +1982,15 @@ impl LockCore {
         };
         match &mut self.phase {
             Phase::Holding(g) => {
-                // A reconnect (no key named) ends the wait of the keys whose
-                // extension failed there: they are retried now, not at their
-                // retry time, which may come after the validity the keys
-                // have left (10,000 held locks of 1 s validity, their
-                // extension cut by a reconnect of 100 ms, were lost while
-                // their keys were still theirs). The extension reads the key
-                // as a check would.
+                // A reconnect (no key named; also sent when invalidations
+                // were dropped) ends the wait of a key whose extension failed
+                // on that node: the failed keys are retried now (those of
+                // other nodes too: one more try each), not at their retry
+                // time, which may come after the validity the keys have left
+                // (10,000 held locks of 1 s validity, their extension cut by
+                // a reconnect of 100 ms, were lost while their keys were
+                // still theirs). The extension reads the key as a check
+                // would.
                 let retry =
                     key.is_none() && (0..g.keys.len()).any(|i| in_scope(i) && g.keys[i].failing);
                 // Re-check the others with a read-only script: it never
