@@ -110,18 +110,8 @@ fn main() {
             let tasks0 = metrics.num_alive_tasks();
 
             let t = Instant::now();
-            let mut set = tokio::task::JoinSet::new();
-            for i in 0..n {
-                let locker = locker.clone();
-                let name = Kind::Valkeylock.name(&format!("scale-{i}"));
-                set.spawn(async move { locker.lock(&name).await.expect("lock") });
-            }
-            let mut guards: Vec<LockGuard> = Vec::with_capacity(n);
-            while let Some(g) = set.join_next().await {
-                guards.push(g.expect("lock task"));
-            }
+            let guards = hold_all(&locker, "scale", n).await;
             let acquire = t.elapsed();
-            drop(set);
             sleep(Duration::from_millis(300)).await;
             let rss1 = common::rss_kib();
             let heap1 = valkeylock_bench_alloc::snapshot();
@@ -237,16 +227,7 @@ fn mass_loss(rt: &tokio::runtime::Runtime, n: usize) {
             Locker::connect(common::valkeylock_options(&urls, 1).with_key_validity(LOSS_VALIDITY))
                 .await
                 .expect("connect");
-        let mut set = tokio::task::JoinSet::new();
-        for i in 0..n {
-            let locker = locker.clone();
-            let name = Kind::Valkeylock.name(&format!("massloss-{i}"));
-            set.spawn(async move { locker.lock(&name).await.expect("lock") });
-        }
-        let mut guards: Vec<LockGuard> = Vec::with_capacity(n);
-        while let Some(g) = set.join_next().await {
-            guards.push(g.expect("lock task"));
-        }
+        let guards = hold_all(&locker, "massloss", n).await;
         // Let the extension grid run once, then freeze the server. Replies
         // already on their way are read within the next few milliseconds;
         // after that no guard's `valid_until()` moves again.
@@ -326,16 +307,7 @@ fn reconnects(rt: &tokio::runtime::Runtime, n: usize, quick: bool) {
                     .with_key_validity(Duration::from_millis(validity));
                 let locker = Locker::connect(opts).await.expect("connect");
                 let admin = server.admin().await;
-                let mut set = tokio::task::JoinSet::new();
-                for i in 0..n {
-                    let locker = locker.clone();
-                    let name = Kind::Valkeylock.name(&format!("reconnect-{i}"));
-                    set.spawn(async move { locker.lock(&name).await.expect("lock") });
-                }
-                let mut guards: Vec<LockGuard> = Vec::with_capacity(n);
-                while let Some(g) = set.join_next().await {
-                    guards.push(g.expect("lock task"));
-                }
+                let guards = hold_all(&locker, "reconnect", n).await;
                 sleep(Duration::from_millis(cut)).await;
                 let _: Value = admin
                     .custom(
@@ -367,6 +339,22 @@ fn reconnects(rt: &tokio::runtime::Runtime, n: usize, quick: bool) {
             );
         }
     }
+}
+
+/// Takes `n` locks named `{what}-{i}` through `locker`, every `lock()` call
+/// started at once, and returns their guards.
+async fn hold_all(locker: &Locker, what: &str, n: usize) -> Vec<LockGuard> {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let locker = locker.clone();
+        let name = Kind::Valkeylock.name(&format!("{what}-{i}"));
+        set.spawn(async move { locker.lock(&name).await.expect("lock") });
+    }
+    let mut guards: Vec<LockGuard> = Vec::with_capacity(n);
+    while let Some(g) = set.join_next().await {
+        guards.push(g.expect("lock task"));
+    }
+    guards
 }
 
 /// `a - b` in milliseconds, negative when `a` is earlier.

@@ -91,20 +91,6 @@ async fn releasing_a_lost_lock_or_after_close_is_ok() {
     assert_eq!(existing_keys(&admin, "valkeylock", &other, 1).await, 0);
 }
 
-/// Script calls the server ran so far (`INFO commandstats`).
-async fn evalsha_calls(admin: &fred::clients::Client) -> u64 {
-    use fred::interfaces::ClientLike;
-    let info: String = admin
-        .info(Some(fred::types::InfoKind::CommandStats))
-        .await
-        .expect("INFO commandstats");
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Releases queued together go to the server in script calls of many keys:
 /// a burst of 2,000 `release()` calls is confirmed, every key is gone, and
 /// it took far fewer script calls than releases (one call per key, as

@@ -116,8 +116,6 @@ async fn same_locker_contention() {
 /// node per tick, not one command per lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extensions_are_batched() {
-    use fred::interfaces::ClientLike;
-    use fred::types::CustomCommand;
     init_tracing();
     let server = ValkeyServer::start();
     let locker = Locker::connect(
@@ -132,24 +130,10 @@ async fn extensions_are_batched() {
         guards.push(locker.lock(&format!("batch-{i}")).await.unwrap());
     }
     let admin = server.admin().await;
-    let calls = |info: String| -> u64 {
-        info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    let info = || async {
-        let cmd = CustomCommand::new_static("INFO", None, false);
-        admin
-            .custom::<String, _>(cmd, vec!["commandstats"])
-            .await
-            .unwrap()
-    };
-    let before = calls(info().await);
+    let before = evalsha_calls(&admin).await;
     // Three extend intervals (500 ms each).
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after = calls(info().await);
+    let after = evalsha_calls(&admin).await;
     let per_tick = (after - before) as f64 / 3.0;
     eprintln!("evalsha calls per extend tick for 300 held locks: {per_tick:.1}");
     assert!(guards.iter().all(|g| g.is_held()));

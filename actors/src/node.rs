@@ -1206,19 +1206,18 @@ fn finish_job(shared: &Shared, job: Job, outcome: Outcome) {
 /// Runs `kind` for many keys in one script call and answers each job. A key
 /// the server refuses fails that key only.
 async fn run_many(client: &Client, shared: &Shared, kind: Many, jobs: Vec<Job>) {
-    let tokens: Vec<Value> = jobs
+    // Every job is of `kind` (see `run_pump`); were one not, no call is made.
+    let tokens: Option<Vec<Value>> = jobs
         .iter()
-        .filter_map(|job| kind.token(&job.op).map(Token::value))
+        .map(|job| kind.token(&job.op).map(Token::value))
         .collect();
-    let result = if tokens.len() == jobs.len() {
-        evalsha(client, kind.script(&shared.scripts), || {
+    let result = match tokens {
+        Some(tokens) => evalsha(client, kind.script(&shared.scripts), || {
             (jobs.iter().map(|j| j.key.wire()).collect(), tokens.clone())
         })
         .await
-        .map(|v| kind.outcomes(&v, jobs.len()))
-    } else {
-        // Only jobs of `kind` are collected (see `run_pump`).
-        Ok(None)
+        .map(|v| kind.outcomes(&v, jobs.len())),
+        None => Ok(None),
     };
     let outcomes: Vec<Outcome> = match result {
         Ok(Some(replies)) => {

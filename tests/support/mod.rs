@@ -261,6 +261,19 @@ pub async fn existing_keys(admin: &Client, prefix: &str, name: &str, total: usiz
     n
 }
 
+/// Script calls (`EVALSHA`) the server has run so far (`INFO commandstats`).
+pub async fn evalsha_calls(admin: &Client) -> u64 {
+    let info: String = admin
+        .info(Some(fred::types::InfoKind::CommandStats))
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Turns on test logs when `RUST_LOG` is set.
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()

@@ -865,6 +865,18 @@ fn with_one_key_the_fence_comes_from_the_script() {
     assert_eq!(fence, Some(4));
 }
 
+/// Three keys held since 0; the round of extensions at 500 answers at 501,
+/// ours for keys 0 and 1, failed (`why`) for key 2.
+fn key_2_failed_to_extend(rig: &mut Rig, why: &'static str) {
+    held(rig);
+    let ext = sends(&rig.tick(ms(500)));
+    assert_eq!(ext.len(), 3);
+    rig.at(ms(501));
+    rig.ev(reply(ext[0].0, ours()));
+    rig.ev(reply(ext[1].0, ours()));
+    rig.ev(reply(ext[2].0, Outcome::Failed(why)));
+}
+
 #[test]
 fn a_failed_extension_retries_only_its_key() {
     // Defect 5 (the simulator's retry-storm figure): a key whose node does
@@ -872,13 +884,7 @@ fn a_failed_extension_retries_only_its_key() {
     // keys every few tens of milliseconds, and every rewrite woke the waiters
     // of other processes.
     let mut rig = Rig::new(config(2, 3));
-    held(&mut rig);
-    let ext = sends(&rig.tick(ms(500)));
-    assert_eq!(ext.len(), 3);
-    rig.at(ms(501));
-    rig.ev(reply(ext[0].0, ours()));
-    rig.ev(reply(ext[1].0, ours()));
-    rig.ev(reply(ext[2].0, Outcome::Failed("timed out")));
+    key_2_failed_to_extend(&mut rig, "timed out");
     // The retry comes one timeout later (100 ms), for key 2 alone.
     assert_eq!(rig.core.next_timeout(), Some(ms(601)));
     let retry = sends(&rig.tick(ms(601)));
@@ -900,13 +906,7 @@ fn a_reconnect_retries_a_failed_extension_at_once() {
     // that came after the validity the keys had left, and the locks were
     // lost while their keys were still theirs.
     let mut rig = Rig::new(config(2, 3));
-    held(&mut rig);
-    let ext = sends(&rig.tick(ms(500)));
-    assert_eq!(ext.len(), 3);
-    rig.at(ms(501));
-    rig.ev(reply(ext[0].0, ours()));
-    rig.ev(reply(ext[1].0, ours()));
-    rig.ev(reply(ext[2].0, Outcome::Failed("connection closed")));
+    key_2_failed_to_extend(&mut rig, "connection closed");
     assert_eq!(rig.core.next_timeout(), Some(ms(601)));
     // Key 2's node is back at 520: its extension goes out now.
     let fx = sends(&rig.at(ms(520)).ev(Event::Recheck { node: Some(2) }));
