@@ -250,3 +250,91 @@ async fn a_wait_that_runs_out_as_it_is_granted_leaves_nothing_held() {
     locker.close().await;
     other.close().await;
 }
+
+/// Acquisitions queued together go to the server in script calls of many
+/// keys, and each one still gets its own answer: free names are granted,
+/// each with its own validity (a call holds one validity), a name held by
+/// another owner is refused as such, and a key of the wrong type fails its
+/// own lock only. Without the batching every acquisition is a call of its
+/// own.
+#[tokio::test]
+async fn a_burst_of_acquisitions_goes_in_calls_of_many_keys_each_answered_alone() {
+    init_tracing();
+    const N: usize = 2000;
+    let server = ValkeyServer::start();
+    let admin = server.admin().await;
+    let locker = server.locker().await;
+    let prefix = unique("acquire-burst");
+    let name = |i: usize| format!("{prefix}-{i}");
+    let key = |i: usize| format!("valkeylock:0:{}", name(i));
+    // Every 10th name is held by another owner, every 10th + 1 is a hash,
+    // every 10th + 2 asks for a validity of its own.
+    let (held, spoiled, own) = (|i| i % 10 == 0, |i| i % 10 == 1, |i| i % 10 == 2);
+    for i in 0..N {
+        let script = if held(i) {
+            "return redis.call('SET', KEYS[1], 'someone-else', 'PX', 60000)"
+        } else if spoiled(i) {
+            "return redis.call('HSET', KEYS[1], 'f', 'v')"
+        } else {
+            continue;
+        };
+        let _: Value = admin.eval(script, vec![key(i)], ()).await.expect("set up");
+    }
+    let before = evalsha_calls(&admin).await;
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let (locker, name) = (locker.clone(), name(i));
+        set.spawn(async move {
+            let request = LockRequest::new().validity(3000 * MS);
+            let result = if own(i) {
+                locker.try_lock_with(&name, &request).await
+            } else {
+                locker.try_lock(&name).await
+            };
+            (i, result)
+        });
+    }
+    let mut guards = Vec::new();
+    while let Some(r) = set.join_next().await {
+        let (i, result) = r.expect("lock task");
+        match result {
+            Ok(guard) => {
+                assert!(
+                    !held(i) && !spoiled(i),
+                    "{i}: granted over another owner's or a spoiled key"
+                );
+                guards.push((i, guard));
+            }
+            Err(Error::NotLocked { held_by_others, .. }) => {
+                assert!(held(i) || spoiled(i), "{i}: a free name was refused");
+                assert_eq!(held_by_others, held(i), "{i}: wrong reason");
+            }
+            Err(e) => panic!("{i}: {e}"),
+        }
+    }
+    let calls = evalsha_calls(&admin).await - before;
+    assert_eq!(guards.len(), N * 8 / 10);
+    assert!(
+        calls < N as u64 / 2,
+        "{calls} script calls for {N} acquisitions queued together"
+    );
+    for (i, _) in &guards {
+        let ttl = pttl(&admin, &name(*i)).await;
+        if own(*i) {
+            assert!(
+                (1..=3000).contains(&ttl),
+                "{i}: PTTL {ttl} for a validity of 3 s"
+            );
+        } else {
+            assert!(ttl > 3000, "{i}: PTTL {ttl} for the default validity");
+        }
+    }
+    let other: Option<String> = admin.get(key(0)).await.expect("GET");
+    assert_eq!(other.as_deref(), Some("someone-else"));
+    let kind: String = admin.r#type(key(1)).await.expect("TYPE");
+    assert_eq!(kind, "hash");
+    for (_, guard) in guards {
+        guard.release().await.expect("release");
+    }
+    locker.close().await;
+}

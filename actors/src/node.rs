@@ -1042,15 +1042,16 @@ fn ttl_value(s: &crate::options::Settings, ttl: Duration) -> Value {
 /// state, its lane in the shared table) is gone and the calls in flight are
 /// answered.
 ///
-/// Releases, and checks of keys, that it finds queued together (a burst of
-/// `release()` calls, a locker closing with many locks, every lock
-/// re-checking its keys after a reconnect) go in script calls of many keys
-/// ([`Many`]). One call per key made 10,000 of them queue at the server and
-/// in this thread for longer than the time limit each counts from its
-/// queueing: releases reported `ReleaseUnconfirmed` for deletes that ran,
-/// and after a reconnect with a 1 s validity thousands of locks were lost
-/// while their keys were still theirs (BENCHMARKS.md, "Holding many
-/// locks"). A lone job keeps its one-key script. Order is kept: a stretch
+/// Plain acquisitions, releases and checks of keys that it finds queued
+/// together (a burst of `lock()` or `release()` calls, a locker closing
+/// with many locks, every lock re-checking its keys after a reconnect) go
+/// in script calls of many keys ([`Many`]). One call per key made 10,000 of
+/// them queue at the server and in this thread for longer than the time
+/// limit each counts from its queueing: releases reported
+/// `ReleaseUnconfirmed` for deletes that ran, and after a reconnect with a
+/// 1 s validity thousands of locks were lost while their keys were still
+/// theirs (BENCHMARKS.md, "Holding many locks"). A lone job keeps its
+/// one-key script. Order is kept: a stretch
 /// of such jobs goes out where it was, before the jobs queued after it (a
 /// release then the acquisition that follows it on the same key reach the
 /// server in that order).
@@ -1076,7 +1077,8 @@ async fn run_pump(
                 }
             }
             _ => {
-                for keys in grouped(std::mem::take(jobs), |j| slot_of(&j.key, cluster)) {
+                let group = |j: &Job| (slot_of(&j.key, cluster), Many::ttl(&j.op));
+                for keys in grouped(std::mem::take(jobs), group) {
                     running.push(Either::Right(run_many(client, shared, *kind, keys)));
                 }
             }
@@ -1085,7 +1087,7 @@ async fn run_pump(
         // connection in one go; then drive whatever is ready.
         let closed = loop {
             match jobs.poll_recv(cx) {
-                Poll::Ready(Some(job)) => match Many::of(&job.op) {
+                Poll::Ready(Some(job)) => match Many::of(&job) {
                     Some(kind) => {
                         if kind != stretch.0 {
                             start(&mut stretch);
@@ -1116,6 +1118,10 @@ async fn run_pump(
 /// The commands a pump sends for many keys in one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Many {
+    /// A plain acquisition (`ACQUIRE_LUA`, which takes a token and a mode per
+    /// key): neither fenced, queued nor gated, as those have scripts or
+    /// counters of their own.
+    Acquire,
     /// Compare-and-delete (`RELEASE_MANY_LUA`).
     Release,
     /// The read-only check (`VERIFY_MANY_LUA`).
@@ -1123,26 +1129,69 @@ enum Many {
 }
 
 impl Many {
-    fn of(op: &Op) -> Option<Many> {
-        match op {
+    fn of(job: &Job) -> Option<Many> {
+        match &job.op {
+            Op::Acquire {
+                fence: false,
+                queue: None,
+                ..
+            } if job.gates.is_none() => Some(Many::Acquire),
             Op::Release { .. } => Some(Many::Release),
             Op::Verify { .. } => Some(Many::Verify),
             _ => None,
         }
     }
 
-    /// The token `op` carries, if it is of this kind.
-    fn token(self, op: &Op) -> Option<&Token> {
-        match (self, op) {
-            (Many::Release, Op::Release { token }) | (Many::Verify, Op::Verify { token }) => {
-                Some(token)
-            }
+    /// What a call of this kind must share besides the hash slot: the TTL
+    /// of an acquisition (the script takes one).
+    fn ttl(op: &Op) -> Option<Duration> {
+        match op {
+            Op::Acquire { ttl, .. } => Some(*ttl),
             _ => None,
+        }
+    }
+
+    /// The script's arguments for `jobs`, with the expiry read from the
+    /// clock now; `None` unless every job is of this kind (and, for
+    /// acquisitions, of one TTL).
+    fn args(self, s: &crate::options::Settings, jobs: &[Job]) -> Option<Vec<Value>> {
+        match self {
+            Many::Acquire => {
+                let ttl = Many::ttl(&jobs.first()?.op)?;
+                let mut args = Vec::with_capacity(3 + 2 * jobs.len());
+                args.push(ttl_value(s, ttl));
+                args.push(expiry_mode(s));
+                args.push(Value::from_static_str("0"));
+                for job in jobs {
+                    match &job.op {
+                        Op::Acquire {
+                            token,
+                            mode,
+                            ttl: t,
+                            ..
+                        } if *t == ttl && Many::of(job) == Some(self) => {
+                            args.push(token.value());
+                            args.push(Value::from_static_str(mode.as_arg()));
+                        }
+                        _ => return None,
+                    }
+                }
+                Some(args)
+            }
+            Many::Release | Many::Verify => jobs
+                .iter()
+                .map(|job| match (self, &job.op) {
+                    (Many::Release, Op::Release { token })
+                    | (Many::Verify, Op::Verify { token }) => Some(token.value()),
+                    _ => None,
+                })
+                .collect(),
         }
     }
 
     fn script(self, scripts: &crate::scripts::Scripts) -> &Script {
         match self {
+            Many::Acquire => &scripts.acquire,
             Many::Release => &scripts.release_many,
             Many::Verify => &scripts.verify_many,
         }
@@ -1152,6 +1201,10 @@ impl Many {
     /// server's refusal; `None` if the reply has the wrong shape.
     fn outcomes(self, reply: &Value, keys: usize) -> Option<Vec<Result<Outcome, String>>> {
         Some(match self {
+            Many::Acquire => parse_acquire(reply, keys, false)?
+                .into_iter()
+                .map(|r| r.map(Outcome::Key))
+                .collect(),
             Many::Release => parse_released_many(reply, keys)?
                 .into_iter()
                 .map(|r| r.map(Outcome::Released))
@@ -1165,6 +1218,7 @@ impl Many {
 
     fn name(self) -> &'static str {
         match self {
+            Many::Acquire => "acquire",
             Many::Release => "release",
             Many::Verify => "verify",
         }
@@ -1206,14 +1260,12 @@ fn finish_job(shared: &Shared, job: Job, outcome: Outcome) {
 /// Runs `kind` for many keys in one script call and answers each job. A key
 /// the server refuses fails that key only.
 async fn run_many(client: &Client, shared: &Shared, kind: Many, jobs: Vec<Job>) {
-    // Every job is of `kind` (see `run_pump`); were one not, no call is made.
-    let tokens: Option<Vec<Value>> = jobs
-        .iter()
-        .map(|job| kind.token(&job.op).map(Token::value))
-        .collect();
-    let result = match tokens {
-        Some(tokens) => evalsha(client, kind.script(&shared.scripts), || {
-            (jobs.iter().map(|j| j.key.wire()).collect(), tokens.clone())
+    // Every job is of `kind` (see `run_pump`); were one not, no call is
+    // made. An acquisition's expiry is read once, here: a retry after
+    // `NOSCRIPT` sends the same, later than the core stamped the send.
+    let result = match kind.args(&shared.settings, &jobs) {
+        Some(args) => evalsha(client, kind.script(&shared.scripts), || {
+            (jobs.iter().map(|j| j.key.wire()).collect(), args.clone())
         })
         .await
         .map(|v| kind.outcomes(&v, jobs.len())),

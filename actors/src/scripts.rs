@@ -1,8 +1,10 @@
 //! The Lua scripts sent to Valkey, the per-attempt token, and the parsing of
 //! script replies into plain enums.
 //!
-//! Scripts touch one key, except the acquire script when it batches a node's
-//! extensions (standalone nodes only) or moves a fencing counter. Each one
+//! Scripts touch one key, except the acquire script when it moves a fencing
+//! counter, and the calls of many keys that a node sends for the extensions
+//! of a tick or for the acquisitions, releases and checks it finds queued
+//! together (on a cluster, the keys of one hash slot per call). Each one
 //! that can leave the key ours ends with a `GET`: reads are what default-mode
 //! `CLIENT TRACKING` remembers, and the server forgets a key's tracking entry on
 //! every write, our own included. The `GET` (re-)arms the invalidation that wakes
@@ -14,7 +16,8 @@ use fred::types::Value;
 use crate::election::Record;
 
 /// `SET NX`, idempotent for our own token, on one key (an acquisition) or many
-/// (a node's batch of extensions), each with a mode: `NX` acquires if free,
+/// (a node's batch of extensions, or the acquisitions it found queued
+/// together), each with a mode: `NX` acquires if free,
 /// `FORCE` overwrites whatever is there, `XX` only extends a key that is
 /// already ours (never re-creates it).
 ///
