@@ -766,6 +766,21 @@ def write_charts(bins, results_path, outdir):
                          f"events bench; from {src}", groups, series, "µs", log=True))
 
 
+def region_lanes(ln):
+    """The medians, and per round how each caller-driven transport compares
+    with the engine as built (a lower ratio to that round's floor)."""
+    rounds = table_by_prefix(ln, "Rounds")
+    by_round = {}
+    for r in rounds.rows:
+        by_round.setdefault(r["round"], {})[r["transport"]] = num(r["× floor of the round"])
+    lines = [f"Settings: {ln.header}.", "", table_by_prefix(ln, "Medians").text(), ""]
+    n = len(by_round)
+    for t in ("script", "script+verify", "script+redirect"):
+        ahead = sum(1 for v in by_round.values() if v[t] < v["valkeylock"])
+        lines.append(f"- `{t}` took less time than `valkeylock` in {ahead} of {n} rounds.")
+    return "\n".join(lines)
+
+
 def generate(bins, env, load_log, results_path, old_bins, old_path, compile_s):
     g = {}
     # A run of the semaphore bench alone (`--only` its regions) has no
@@ -804,6 +819,9 @@ def generate(bins, env, load_log, results_path, old_bins, old_path, compile_s):
             g["reconnect"] = table_by_prefix(bins["scale"], "Reconnect").text()
         except KeyError:
             pass
+    # The transports of the hot path (`cargo bench --bench lanes`).
+    if "lanes" in bins:
+        g["lanes"] = region_lanes(bins["lanes"])
     if "semaphore" in bins:
         sem = bins["semaphore"]
         g["semaphore-mode"] = f"Settings: `{sem.mode}`; {sem.header}."
