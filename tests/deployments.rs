@@ -655,6 +655,33 @@ async fn cluster_lock_wait_lost_and_key_placement() {
     eprintln!("cluster: read-write lock keys on slots {tags:?}");
     w.release().await.expect("release");
 
+    // A burst: the acquisitions and releases that a node's pump finds queued
+    // together go in script calls of many keys, one hash slot per call (a
+    // call across slots is refused with CROSSSLOT, and its locks with it).
+    let burst = unique("burst");
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let (a, name) = (a.clone(), format!("{burst}-{i}"));
+        set.spawn(async move { a.try_lock(&name).await });
+    }
+    let mut guards = Vec::new();
+    while let Some(r) = timeout(secs(30), set.join_next())
+        .await
+        .expect("a burst of try_lock answered within 30 s")
+    {
+        guards.push(r.expect("lock task").expect("a free name in a burst"));
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for guard in guards {
+        set.spawn(guard.release());
+    }
+    while let Some(r) = timeout(secs(30), set.join_next())
+        .await
+        .expect("a burst of releases answered within 30 s")
+    {
+        r.expect("release task").expect("a release in a burst");
+    }
+
     measure_acquire(&a, "cluster").await;
     measure_loss(&a, "cluster", 5, |name| {
         let admin = admin.clone();
