@@ -107,7 +107,7 @@ fn main() {
             .expect("CLIENT TRACKING ON REDIRECT");
         let acquire: String = plain.script_load(ACQUIRE).await.expect("SCRIPT LOAD");
         let release: String = plain.script_load(RELEASE).await.expect("SCRIPT LOAD");
-        let locker = Locker::connect(common::valkeylock_options(&[url.clone()], 1))
+        let locker = Locker::connect(common::valkeylock_options(std::slice::from_ref(&url), 1))
             .await
             .expect("connect");
 
