@@ -1051,10 +1051,9 @@ fn ttl_value(s: &crate::options::Settings, ttl: Duration) -> Value {
 /// `ReleaseUnconfirmed` for deletes that ran, and after a reconnect with a
 /// 1 s validity thousands of locks were lost while their keys were still
 /// theirs (BENCHMARKS.md, "Holding many locks"). A lone job keeps its
-/// one-key script. Order is kept: a stretch
-/// of such jobs goes out where it was, before the jobs queued after it (a
-/// release then the acquisition that follows it on the same key reach the
-/// server in that order).
+/// one-key script. Order is kept: a stretch of such jobs goes out where it
+/// was, before the jobs queued after it (a release then the acquisition
+/// that follows it on the same key reach the server in that order).
 async fn run_pump(
     client: Client,
     shared: Arc<Shared>,
