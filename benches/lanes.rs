@@ -61,9 +61,6 @@ if cur == ARGV[1] then return redis.call('PTTL', KEYS[1]) end
 return cur
 "#;
 
-const RELEASE: &str =
-    "if redis.call('GET',KEYS[1])==ARGV[1] then return redis.call('DEL',KEYS[1]) end return 0";
-
 const VARIANTS: [&str; 5] = [
     "floor",
     "script",
@@ -106,7 +103,7 @@ fn main() {
             .await
             .expect("CLIENT TRACKING ON REDIRECT");
         let acquire: String = plain.script_load(ACQUIRE).await.expect("SCRIPT LOAD");
-        let release: String = plain.script_load(RELEASE).await.expect("SCRIPT LOAD");
+        let release: String = plain.script_load(common::RELEASE_LUA).await.expect("SCRIPT LOAD");
         let locker = Locker::connect(common::valkeylock_options(std::slice::from_ref(&url), 1))
             .await
             .expect("connect");
@@ -213,12 +210,12 @@ fn main() {
     });
 }
 
-/// Five seconds from now, as a Unix time in milliseconds (`PXAT`).
+/// The benches' validity from now, as a Unix time in milliseconds (`PXAT`).
 fn expiry() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    (now.as_millis() + 5000).to_string()
+    (now.as_millis() + u128::from(common::TTL_MS)).to_string()
 }
 
 fn median(values: &mut [f64]) -> f64 {
