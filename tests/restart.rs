@@ -166,6 +166,11 @@ async fn killed_lock_actor_fires_engine_stopped() {
     timeout(secs(1), token.cancelled())
         .await
         .expect("cancellation token not cancelled after the LockActor was killed");
+    assert!(
+        eventually(secs(10), || async { locker.active_locks() == 0 }).await,
+        "the killed LockActor is still routed: {} active",
+        locker.active_locks()
+    );
     drop(guard);
     // The orphaned key expires (key_validity 2 s); then the name works again.
     let t = Instant::now();
@@ -177,6 +182,39 @@ async fn killed_lock_actor_fires_engine_stopped() {
     assert!(g.is_held());
     sleep(ms(1500)).await;
     assert!(g.is_held(), "new grant lost: {:?}", g.lost_reason());
+    let _ = g.release().await;
+    locker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_lock_actor_fires_engine_stopped_and_is_unrouted() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let locker = Locker::connect(options(&server)).await.expect("connect");
+    let name = unique("fail-lock");
+    let guard = locker.lock(&name).await.expect("lock");
+    assert!(
+        locker.faults().fail_lock(&name),
+        "no LockActor for a held lock"
+    );
+    let reason = timeout(secs(2), guard.lost())
+        .await
+        .expect("lost() did not fire after the LockActor failed");
+    assert_eq!(reason, LostReason::EngineStopped);
+    // A failed actor's exit carries no state: its route is found by a search
+    // of the table, and removed all the same.
+    assert!(
+        eventually(secs(10), || async { locker.active_locks() == 0 }).await,
+        "the failed LockActor is still routed: {} active",
+        locker.active_locks()
+    );
+    drop(guard);
+    let g = timeout(secs(6), locker.lock(&name))
+        .await
+        .expect("lock() of the same name hung after the LockActor failed")
+        .expect("lock() of the same name after the LockActor failed");
+    assert!(g.is_held());
+    assert_eq!(locker.active_locks(), 1);
     let _ = g.release().await;
     locker.close().await;
 }

@@ -95,14 +95,13 @@ pub(crate) struct Shared {
     pub(crate) closed: CancellationToken,
 }
 
-/// How requests reach a name's `LockActor`, and how many were sent to it
-/// (the Supervisor retires an idle actor only if it saw them all).
+/// How requests reach a name's `LockActor`. Its port also counts the
+/// requests sent to it (an idle actor retires only if it saw them all).
 #[derive(Debug, Clone)]
 pub(crate) struct LockRoute {
     pub(crate) actor: ActorRef<LockMsg>,
     /// The actor's state, which a request feeds on the caller's thread.
     pub(crate) port: Arc<dyn LockPort>,
-    pub(crate) sent: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Shared {
@@ -339,6 +338,16 @@ impl Shared {
         if locks.get(name).is_some_and(|r| r.actor.get_id() == id) {
             locks.remove(name);
         }
+    }
+
+    /// The name the actor `id` is routed under: a search of the whole
+    /// table, for the rare exit that comes without the actor's state (a
+    /// killed or failed actor).
+    pub(crate) fn lock_name_of(&self, id: ractor::ActorId) -> Option<Arc<str>> {
+        read(&self.locks)
+            .iter()
+            .find(|(_, r)| r.actor.get_id() == id)
+            .map(|(name, _)| name.clone())
     }
 
     pub(crate) fn all_locks(&self) -> Vec<ActorRef<LockMsg>> {

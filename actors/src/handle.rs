@@ -381,7 +381,7 @@ impl Engine {
             let request = match self.shared.lock_route(name) {
                 // Counted before it is sent; a retiring actor's mark sends it
                 // through the Supervisor instead (see `LockState::retire`).
-                Some(route) if count_send(&route.sent) => route.port.request(request).err(),
+                Some(route) if count_send(route.port.sent()) => route.port.request(request).err(),
                 _ => Some(request),
             };
             if let Some(request) = request {
@@ -1321,6 +1321,15 @@ impl Faults {
             }
             None => false,
         }
+    }
+
+    /// Makes the `LockActor` of `name` fail, as a handler returning an error
+    /// would (ractor then hands its supervisor no state); false if none is
+    /// running.
+    pub fn fail_lock(&self, name: &str) -> bool {
+        self.shared
+            .lock(name)
+            .is_some_and(|a| a.cast(crate::msg::LockMsg::Fail).is_ok())
     }
 
     /// Kills the Supervisor (and with it every actor of the locker).

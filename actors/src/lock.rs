@@ -59,8 +59,6 @@ pub(crate) struct LockArgs {
     pub(crate) name: Arc<str>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) supervisor: ActorRef<SupervisorMsg>,
-    /// Requests sent to this actor, counted by senders (see `retire`).
-    pub(crate) sent: Arc<AtomicU64>,
     /// Its cell, empty until it starts: callers reach the state through it.
     pub(crate) cell: Arc<LockCell>,
 }
@@ -113,6 +111,9 @@ impl Drop for Holder {
 /// told then, and a late release finds nothing to do.
 pub(crate) struct LockCell {
     state: Mutex<Option<LockState>>,
+    /// Requests sent to the actor, counted by their senders (see
+    /// `LockState::retire`).
+    sent: AtomicU64,
 }
 
 impl std::fmt::Debug for LockCell {
@@ -126,6 +127,7 @@ impl LockCell {
     pub(crate) fn new() -> LockCell {
         LockCell {
             state: Mutex::new(None),
+            sent: AtomicU64::new(0),
         }
     }
 
@@ -215,6 +217,10 @@ impl LockPort for LockCell {
             st.feed(event)
         })
     }
+
+    fn sent(&self) -> &AtomicU64 {
+        &self.sent
+    }
 }
 
 /// What the actor keeps: its cell, emptied when the actor stops for any
@@ -222,6 +228,16 @@ impl LockPort for LockCell {
 /// held with nobody extending it.
 pub(crate) struct LockHome {
     cell: Arc<LockCell>,
+    /// The lock's name, read by the Supervisor from the state ractor hands
+    /// it when the actor stops (its routing entry is removed by name).
+    name: Arc<str>,
+}
+
+impl LockHome {
+    /// The lock's name.
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
 }
 
 impl Drop for LockHome {
@@ -244,8 +260,8 @@ pub(crate) struct LockState {
     gates: Option<Vec<Arc<Gates>>>,
     shared: Arc<Shared>,
     supervisor: ActorRef<SupervisorMsg>,
-    sent: Arc<AtomicU64>,
-    /// Requests received (compared with `sent` to retire safely).
+    /// Requests received (compared with the cell's count of those sent, to
+    /// retire safely).
     seen: u64,
     core: LockCore,
     requests: Table<oneshot::Sender<Result<GrantParts, Error>>>,
@@ -302,6 +318,7 @@ impl Actor for LockActor {
             clock::now(),
         );
         let cell = args.cell;
+        let name = args.name.clone();
         *cell.slot() = Some(LockState {
             span: tracing::debug_span!("lock", lock = %args.name),
             name: args.name,
@@ -312,7 +329,6 @@ impl Actor for LockActor {
             gates,
             shared: args.shared,
             supervisor: args.supervisor,
-            sent: args.sent,
             seen: 0,
             core,
             requests: Table::default(),
@@ -322,7 +338,7 @@ impl Actor for LockActor {
             timer: None,
             watch: GrantWatch::default(),
         });
-        Ok(LockHome { cell })
+        Ok(LockHome { cell, name })
     }
 
     async fn handle(
@@ -355,6 +371,8 @@ impl Actor for LockActor {
                 let _ = reply.send(st.core.live_token().cloned());
                 return Ok(());
             }
+            #[cfg(feature = "fault-injection")]
+            LockMsg::Fail => return Err("injected failure".into()),
         };
         let out = st.feed(event);
         drop(slot);
@@ -642,7 +660,11 @@ impl LockState {
     /// `context::try_retire`).
     fn retire(&mut self) {
         let seen = self.seen;
-        if try_retire(&self.sent, seen) {
+        // The state lives in the cell: it is there to upgrade.
+        let Some(cell) = self.port.upgrade() else {
+            return;
+        };
+        if try_retire(&cell.sent, seen) {
             tracing::trace!(lock = %self.name, "idle; retiring");
             self.me.stop(Some("idle".into()));
         }

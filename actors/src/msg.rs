@@ -77,6 +77,10 @@ pub(crate) trait LockPort: Send + Sync + std::fmt::Debug {
     /// Holder `holder` releases; `reply` is answered once its deletes are.
     /// False if the actor has stopped (its holders were told then).
     fn release(&self, holder: u64, reply: Option<oneshot::Sender<Released>>) -> bool;
+
+    /// The requests sent to the actor, counted by their senders, and the
+    /// mark it sets when it retires (see `context::try_retire`).
+    fn sent(&self) -> &std::sync::atomic::AtomicU64;
 }
 
 /// A caller waiting for a grant.
@@ -119,6 +123,9 @@ pub(crate) enum LockMsg {
     OwnToken {
         reply: oneshot::Sender<Option<Token>>,
     },
+    /// Fault injection: fail, as a handler that returned an error would.
+    #[cfg(feature = "fault-injection")]
+    Fail,
 }
 
 /// A node's answer to command `cmd`.

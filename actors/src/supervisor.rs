@@ -15,34 +15,32 @@
 //! while a request is on its way: the actor reports `Idle` with the count of
 //! requests it saw, and is stopped only if that equals the count sent to it
 //! (`Engine::acquire` sends directly to a known actor, counting as it goes).
+//!
+//! It keeps no table of its own beside them: a child that stops is a node
+//! actor if a node slot holds it, else a lock actor, whose name comes with
+//! the state ractor hands back (or, for a killed or failed one, from a search
+//! of the lock table). Two more tables keyed by name and by actor cost about
+//! 120 bytes per held lock at 10,000 locks (BENCHMARKS.md, section 6).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{debug, info, warn};
 
 use crate::context::{count_send, retired, AbortOnDrop, LockRoute, Shared};
 use crate::core::quorum;
 use crate::error::Error;
 use crate::failure::{NodeFailure, NodeReport};
-use crate::lock::{LockActor, LockArgs, LockCell};
+use crate::lock::{LockActor, LockArgs, LockCell, LockHome};
 use crate::metrics;
 use crate::msg::{LockMsg, NodeMsg, Request, SupervisorMsg};
 use crate::node::{NodeActor, NodeArgs};
-use std::sync::atomic::AtomicU64;
 
 pub(crate) struct Supervisor;
 
 pub(crate) struct SupervisorArgs {
     pub(crate) shared: Arc<Shared>,
-}
-
-struct LockEntry {
-    actor: ActorRef<LockMsg>,
-    /// Requests sent to it, by us or directly by `Engine::acquire`.
-    sent: Arc<AtomicU64>,
 }
 
 struct NodeSlot {
@@ -54,11 +52,6 @@ struct NodeSlot {
     was_up: bool,
 }
 
-enum Child {
-    Node(usize),
-    Lock(Arc<str>),
-}
-
 enum Closing {
     Open,
     Locks(Vec<RpcReplyPort<()>>),
@@ -68,8 +61,6 @@ enum Closing {
 pub(crate) struct SupervisorState {
     shared: Arc<Shared>,
     nodes: Vec<NodeSlot>,
-    locks: HashMap<Arc<str>, LockEntry>,
-    children: HashMap<ActorId, Child>,
     ready: Vec<RpcReplyPort<Vec<Option<NodeReport>>>>,
     closing: Closing,
 }
@@ -96,8 +87,6 @@ impl Actor for Supervisor {
                     was_up: false,
                 })
                 .collect(),
-            locks: HashMap::new(),
-            children: HashMap::new(),
             ready: Vec::new(),
             closing: Closing::Open,
         };
@@ -122,13 +111,14 @@ impl Actor for Supervisor {
                 st.route(&myself, name, request).await;
             }
             SupervisorMsg::Cancel { name, id } => {
-                if let Some(e) = st.locks.get(&name) {
-                    let _ = e.actor.cast(LockMsg::Cancel { id });
+                if let Some(actor) = st.shared.lock(&name) {
+                    let _ = actor.cast(LockMsg::Cancel { id });
                 }
             }
             SupervisorMsg::LockClosed { name } => {
-                if let Some(e) = st.locks.remove(&name) {
-                    st.shared.remove_lock(&name, e.actor.get_id());
+                // Sent only while closing, when no new actor takes a name.
+                if let Some(actor) = st.shared.lock(&name) {
+                    st.shared.remove_lock(&name, actor.get_id());
                 }
                 st.continue_close(&myself);
             }
@@ -145,8 +135,8 @@ impl Actor for Supervisor {
                     }
                     // Invalidations sent while we were away are lost: every
                     // lock re-checks its keys there, and waiters retry.
-                    for lock in st.locks.values() {
-                        let _ = lock.actor.cast(LockMsg::Recheck { node: Some(node) });
+                    for lock in st.shared.all_locks() {
+                        let _ = lock.cast(LockMsg::Recheck { node: Some(node) });
                     }
                 }
             }
@@ -182,10 +172,11 @@ impl Actor for Supervisor {
             SupervisorMsg::Close { reply } => match &mut st.closing {
                 Closing::Locks(waiting) | Closing::Nodes(waiting) => waiting.push(reply),
                 Closing::Open => {
-                    info!(locks = st.locks.len(), "closing locker");
+                    let locks = st.shared.all_locks();
+                    info!(locks = locks.len(), "closing locker");
                     st.closing = Closing::Locks(vec![reply]);
-                    for e in st.locks.values() {
-                        let _ = e.actor.cast(LockMsg::Close);
+                    for lock in locks {
+                        let _ = lock.cast(LockMsg::Close);
                     }
                     let bound = st.shared.settings.timeout * 3 + Duration::from_secs(1);
                     myself.send_after(bound, || SupervisorMsg::CloseDeadline);
@@ -206,20 +197,22 @@ impl Actor for Supervisor {
         evt: SupervisionEvent,
         st: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, why) = match &evt {
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.clone().unwrap_or_default())
+        let (cell, state, why) = match evt {
+            SupervisionEvent::ActorTerminated(cell, state, reason) => {
+                (cell, state, reason.unwrap_or_default())
             }
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorFailed(cell, err) => (cell, None, err.to_string()),
             _ => return Ok(()),
         };
         let id = cell.get_id();
-        match st.children.remove(&id) {
-            Some(Child::Node(i)) => {
-                if st.nodes[i].actor.as_ref().is_some_and(|a| a.get_id() == id) {
-                    st.nodes[i].actor = None;
-                    st.shared.set_node(i, None);
-                }
+        let node = st
+            .nodes
+            .iter()
+            .position(|n| n.actor.as_ref().is_some_and(|a| a.get_id() == id));
+        match node {
+            Some(i) => {
+                st.nodes[i].actor = None;
+                st.shared.set_node(i, None);
                 if matches!(st.closing, Closing::Open) {
                     let slot = &mut st.nodes[i];
                     let delay = quorum::jitter(
@@ -240,17 +233,24 @@ impl Actor for Supervisor {
                     st.continue_close(&myself);
                 }
             }
-            Some(Child::Lock(name)) => {
-                if st.locks.get(&name).is_some_and(|e| e.actor.get_id() == id) {
-                    st.locks.remove(&name);
+            // Our other children are lock actors.
+            None => {
+                // The state is dropped last, as before it came back to us:
+                // its holders are told once the route is gone.
+                let home = state.and_then(|mut s| s.take::<LockHome>().ok());
+                let name = match &home {
+                    Some(home) => Some(home.name().clone()),
+                    None => st.shared.lock_name_of(id),
+                };
+                if let Some(name) = name {
+                    st.shared.remove_lock(&name, id);
+                    if !why.is_empty() && why != "closed" {
+                        debug!(lock = %name, reason = %why, "lock actor stopped");
+                    }
                 }
-                st.shared.remove_lock(&name, id);
-                if !why.is_empty() && why != "closed" {
-                    debug!(lock = %name, reason = %why, "lock actor stopped");
-                }
+                drop(home);
                 st.continue_close(&myself);
             }
-            None => {}
         }
         Ok(())
     }
@@ -265,7 +265,6 @@ impl SupervisorState {
         };
         match Actor::spawn_linked(None, NodeActor, args, myself.get_cell()).await {
             Ok((actor, _)) => {
-                self.children.insert(actor.get_id(), Child::Node(i));
                 self.shared.set_node(i, Some(actor.clone()));
                 self.nodes[i].actor = Some(actor);
             }
@@ -294,61 +293,59 @@ impl SupervisorState {
     async fn route(&mut self, myself: &ActorRef<SupervisorMsg>, name: Arc<str>, request: Request) {
         let mut request = request;
         for _ in 0..2 {
+            let mut route = self.shared.lock_route(&name);
             // A retiring actor takes no more requests: replace it.
-            if let Some(e) = self.locks.get(&name) {
-                if retired(&e.sent) {
-                    let e = self.locks.remove(&name).expect("present");
-                    self.shared.remove_lock(&name, e.actor.get_id());
-                }
+            if let Some(r) = route.take_if(|r| retired(r.port.sent())) {
+                self.shared.remove_lock(&name, r.actor.get_id());
             }
-            if !self.locks.contains_key(&name) {
-                let sent = Arc::new(AtomicU64::new(0));
-                let cell = Arc::new(LockCell::new());
-                let args = LockArgs {
-                    name: name.clone(),
-                    shared: self.shared.clone(),
-                    supervisor: myself.clone(),
-                    sent: sent.clone(),
-                    cell: cell.clone(),
-                };
-                match Actor::spawn_linked(None, LockActor, args, myself.get_cell()).await {
-                    Ok((actor, _)) => {
-                        self.children
-                            .insert(actor.get_id(), Child::Lock(name.clone()));
-                        self.shared.set_lock(
-                            name.clone(),
-                            LockRoute {
-                                actor: actor.clone(),
-                                port: cell,
-                                sent: sent.clone(),
-                            },
-                        );
-                        self.locks.insert(name.clone(), LockEntry { actor, sent });
-                    }
-                    Err(e) => {
-                        warn!(lock = %name, error = %e, "cannot start lock actor");
-                        let _ = request.reply.send(Err(Error::Closed));
-                        return;
-                    }
-                }
-            }
-            let entry = self.locks.get_mut(&name).expect("inserted above");
-            if !count_send(&entry.sent) {
+            let route = match route {
+                Some(route) => route,
+                None => match self.spawn_lock(myself, &name).await {
+                    Some(route) => route,
+                    None => break,
+                },
+            };
+            if !count_send(route.port.sent()) {
                 // It retired just now: start over with a fresh one.
                 continue;
             }
-            match entry.actor.cast(LockMsg::Request(request)) {
+            match route.actor.cast(LockMsg::Request(request)) {
                 Ok(()) => return,
                 Err(ractor::MessagingErr::SendErr(LockMsg::Request(back))) => {
                     // Dead but its exit not processed yet: replace it.
-                    let e = self.locks.remove(&name).expect("present");
-                    self.shared.remove_lock(&name, e.actor.get_id());
+                    self.shared.remove_lock(&name, route.actor.get_id());
                     request = back;
                 }
                 Err(_) => return,
             }
         }
         let _ = request.reply.send(Err(Error::Closed));
+    }
+
+    /// Starts the `LockActor` of `name` and routes the name to it.
+    async fn spawn_lock(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        name: &Arc<str>,
+    ) -> Option<LockRoute> {
+        let cell = Arc::new(LockCell::new());
+        let args = LockArgs {
+            name: name.clone(),
+            shared: self.shared.clone(),
+            supervisor: myself.clone(),
+            cell: cell.clone(),
+        };
+        match Actor::spawn_linked(None, LockActor, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                let route = LockRoute { actor, port: cell };
+                self.shared.set_lock(name.clone(), route.clone());
+                Some(route)
+            }
+            Err(e) => {
+                warn!(lock = %name, error = %e, "cannot start lock actor");
+                None
+            }
+        }
     }
 
     fn answer_ready(&mut self) {
@@ -366,7 +363,7 @@ impl SupervisorState {
 
     fn continue_close(&mut self, myself: &ActorRef<SupervisorMsg>) {
         match &mut self.closing {
-            Closing::Locks(waiting) if self.locks.is_empty() => {
+            Closing::Locks(waiting) if self.shared.lock_count() == 0 => {
                 let waiting = std::mem::take(waiting);
                 for slot in &mut self.nodes {
                     slot.respawn = None;
