@@ -439,6 +439,19 @@ enum Phase {
     Closed,
 }
 
+/// Which keys of a grant an extension round writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Round {
+    /// The periodic round: every key, and the next round scheduled.
+    All,
+    /// The keys whose last command failed, at their retry time.
+    Failing,
+    /// Node `n` came back (`None`: every node is re-checked, as after
+    /// dropped invalidations): the keys whose last command failed, and that
+    /// node's keys whose write is still out.
+    Reconnected(Option<usize>),
+}
+
 /// One lock name's state machine.
 pub(crate) struct LockCore {
     cfg: std::sync::Arc<Config>,
@@ -1685,11 +1698,11 @@ impl LockCore {
 
     /// An extension round: every key (`all`), or only the keys whose last
     /// command failed (a retry between rounds).
-    fn extend(&mut self, now: Time, all: bool) {
+    fn extend(&mut self, now: Time, round: Round) {
         let Phase::Holding(g) = &mut self.phase else {
             return;
         };
-        if all {
+        if round == Round::All {
             g.next_extend = self.cfg.next_extend(now, &g.terms);
         }
         g.retry_at = None;
@@ -1700,6 +1713,7 @@ impl LockCore {
         }
         let life = g.terms.life;
         let (id, token) = (g.id, g.token.clone());
+        let placement = &self.cfg.placement;
         // Keys believed ours are only extended (XX): one that vanished
         // unnoticed must show up as lost, never be re-created over a gap.
         // Keys known not ours are taken back with NX, counted from the reply
@@ -1709,7 +1723,13 @@ impl LockCore {
             .keys
             .iter()
             .enumerate()
-            .filter(|(_, s)| all || s.failing)
+            .filter(|&(k, s)| match round {
+                Round::All => true,
+                Round::Failing => s.failing,
+                Round::Reconnected(node) => {
+                    s.failing || (s.cap.is_some() && node.is_none_or(|n| placement[k] == n))
+                }
+            })
             .filter_map(|(k, s)| match s.key {
                 Key::Pending => None,
                 Key::Ours { .. } => Some((k, SetMode::Xx)),
@@ -1989,10 +2009,17 @@ impl LockCore {
                 // time, which may come after the validity the keys have left
                 // (10,000 held locks of 1 s validity, their extension cut by
                 // a reconnect of 100 ms, were lost while their keys were
-                // still theirs). The extension reads the key as a check
-                // would.
-                let retry =
-                    key.is_none() && (0..g.keys.len()).any(|i| in_scope(i) && g.keys[i].failing);
+                // still theirs). So is a key of that node whose write is
+                // still out: it went on the connection that broke, and its
+                // answer may never come, or come as a failure after this
+                // re-check (10,000 locks cut while their round of extensions
+                // was out were all lost, the node back 45 ms later). The
+                // extension reads the key as a check would.
+                let stuck = |i: usize| {
+                    let s = &g.keys[i];
+                    s.failing || (in_scope(i) && s.cap.is_some())
+                };
+                let retry = key.is_none() && (0..g.keys.len()).any(|i| in_scope(i) && stuck(i));
                 // Re-check the others with a read-only script: it never
                 // writes, so it cannot invalidate itself (no loop even
                 // without NOLOOP).
@@ -2000,7 +2027,7 @@ impl LockCore {
                 let keys: Vec<usize> = (0..g.keys.len())
                     .filter(|&i| {
                         in_scope(i)
-                            && !(retry && g.keys[i].failing)
+                            && !(retry && stuck(i))
                             && !matches!(g.keys[i].key, Key::Other { .. } | Key::Absent)
                     })
                     .collect();
@@ -2008,7 +2035,7 @@ impl LockCore {
                     self.verify(now, id, k, &token);
                 }
                 if retry {
-                    self.extend(now, false);
+                    self.extend(now, Round::Reconnected(node));
                 }
             }
             Phase::Attempting(a) => {
@@ -2078,8 +2105,10 @@ impl LockCore {
                 };
                 self.end_grant(now, reason);
             }
-            Phase::Holding(g) if now >= g.next_extend => self.extend(now, true),
-            Phase::Holding(g) if g.retry_at.is_some_and(|r| now >= r) => self.extend(now, false),
+            Phase::Holding(g) if now >= g.next_extend => self.extend(now, Round::All),
+            Phase::Holding(g) if g.retry_at.is_some_and(|r| now >= r) => {
+                self.extend(now, Round::Failing)
+            }
             Phase::Idle {
                 retry_at: Some(at), ..
             } if now >= *at && self.waiters.has_waiter() => {

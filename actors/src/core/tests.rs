@@ -921,6 +921,40 @@ fn a_reconnect_retries_a_failed_extension_at_once() {
 }
 
 #[test]
+fn a_reconnect_retries_an_extension_still_out_on_that_node() {
+    // A round of extensions out when the connection broke: its commands
+    // never answer, or answer as failures after the reconnect's re-check.
+    // The re-check only read such a key, and 10,000 locks of 1 s validity
+    // cut while their round was out were all lost, the node back 45 ms
+    // later (`benches/scale.rs`, reconnect section).
+    let mut rig = Rig::new(config(2, 3));
+    let (holder, _) = held(&mut rig);
+    let ext = sends(&rig.tick(ms(500)));
+    assert_eq!(ext.len(), 3);
+    rig.at(ms(501)).ev(reply(ext[0].0, ours()));
+    // Node 2 is back at 520: key 2's extension goes out again. Key 1's is
+    // out on node 1, which did not reconnect: left to its own answer.
+    let fx = sends(&rig.at(ms(520)).ev(Event::Recheck { node: Some(2) }));
+    assert_eq!(fx.len(), 1, "{fx:?}");
+    assert_eq!(fx[0].1, Target::Key(2));
+    assert!(matches!(fx[0].2, Op::Extend { .. }), "{fx:?}");
+    rig.at(ms(521)).ev(reply(fx[0].0, ours()));
+    // The first extension's failure comes late: it changes nothing held.
+    let late = rig
+        .at(ms(530))
+        .ev(reply(ext[2].0, Outcome::Failed("connection closed")));
+    assert!(ended(&late).is_empty(), "{late:?}");
+    // Past the end the first writes gave (978): keys 0 and 2 carry it.
+    for t in [980, 990, 999] {
+        let fx = rig.tick(ms(t));
+        assert!(ended(&fx).is_empty(), "ended at {t}: {fx:?}");
+    }
+    let held = rig.core.holding().expect("still held");
+    assert_eq!(held.holder, holder);
+    assert!(held.ends_at > ms(1400), "{held:?}");
+}
+
+#[test]
 fn our_own_write_seen_while_pending_does_not_wake_us() {
     // Without NOLOOP a waiter hears of its own SET of a free key, often
     // before the reply. If that counted as "the key changed", the failed
