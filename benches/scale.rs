@@ -20,7 +20,9 @@
 //! server is frozen, with when each holder was told (see [`mass_loss`]);
 //! and the reconnect section (`-- reconnect` alone): the same count held,
 //! their connection cut, how many were lost although their keys stayed
-//! (see [`reconnects`]).
+//! (see [`reconnects`]); cut at set times after the last lock was taken,
+//! and, with 1 s validity, at times after the locker connected that fall
+//! while its first round of extensions is out.
 //!
 //! Run: `cargo bench --bench scale` (`CI=1` for 1,000 locks). A fresh
 //! server per row, so the counters are ours alone.
@@ -293,52 +295,79 @@ fn reconnects(rt: &tokio::runtime::Runtime, n: usize, quick: bool) {
     } else {
         &[300, 400, 500, 600, 700, 800]
     };
+    // Cuts counted from the moment the locker connected: its extension grid
+    // starts then, so these fall while its first round is out.
+    let at_round: &[u64] = if quick {
+        &[]
+    } else {
+        &[480, 500, 520, 540, 560]
+    };
+    let rows = validities
+        .iter()
+        .flat_map(|&v| cuts.iter().map(move |&c| (v, Cut::Acquired(c))))
+        .chain(at_round.iter().map(|&c| (1000, Cut::Connected(c))));
     println!();
     println!("## Reconnect with {n} held locks (their connection cut by `CLIENT KILL`, the keys left on the server; lost = not held 3 validities later)");
     println!();
-    println!("| key_validity ms | cut after ms | locks held | lost | reasons |");
-    println!("|---:|---:|---:|---:|---|");
-    for &validity in validities {
-        for &cut in cuts {
-            let server = ValkeyServer::start();
-            let urls = vec![server.url()];
-            let (held, reasons) = rt.block_on(async {
-                let opts = common::valkeylock_options(&urls, 1)
-                    .with_key_validity(Duration::from_millis(validity));
-                let locker = Locker::connect(opts).await.expect("connect");
-                let admin = server.admin().await;
-                let guards = hold_all(&locker, "reconnect", n).await;
-                sleep(Duration::from_millis(cut)).await;
-                let _: Value = admin
-                    .custom(
-                        fred::cmd!("CLIENT"),
-                        vec!["KILL", "TYPE", "normal", "SKIPME", "yes"],
-                    )
-                    .await
-                    .expect("CLIENT KILL");
-                sleep(Duration::from_millis(3 * validity)).await;
-                let mut reasons = std::collections::BTreeMap::new();
-                for reason in guards.iter().filter_map(|g| g.lost_reason()) {
-                    *reasons.entry(reason.to_string()).or_insert(0usize) += 1;
+    println!("| key_validity ms | cut after ms | counted from | locks held | lost | reasons |");
+    println!("|---:|---:|---|---:|---:|---|");
+    for (validity, cut) in rows {
+        let server = ValkeyServer::start();
+        let urls = vec![server.url()];
+        let (held, reasons) = rt.block_on(async {
+            let opts = common::valkeylock_options(&urls, 1)
+                .with_key_validity(Duration::from_millis(validity));
+            let locker = Locker::connect(opts).await.expect("connect");
+            let connected = tokio::time::Instant::now();
+            let admin = server.admin().await;
+            let guards = hold_all(&locker, "reconnect", n).await;
+            match cut {
+                Cut::Acquired(ms) => sleep(Duration::from_millis(ms)).await,
+                Cut::Connected(ms) => {
+                    tokio::time::sleep_until(connected + Duration::from_millis(ms)).await
                 }
-                let held = guards.len();
-                drop(guards);
-                locker.close().await;
-                (held, reasons)
-            });
-            drop(server);
-            let lost: usize = reasons.values().sum();
-            let why: Vec<String> = reasons.iter().map(|(r, c)| format!("{r}: {c}")).collect();
-            println!(
-                "| {validity} | {cut} | {held} | {lost} | {} |",
-                if why.is_empty() {
-                    "—".to_owned()
-                } else {
-                    why.join("; ")
-                }
-            );
-        }
+            }
+            let _: Value = admin
+                .custom(
+                    fred::cmd!("CLIENT"),
+                    vec!["KILL", "TYPE", "normal", "SKIPME", "yes"],
+                )
+                .await
+                .expect("CLIENT KILL");
+            sleep(Duration::from_millis(3 * validity)).await;
+            let mut reasons = std::collections::BTreeMap::new();
+            for reason in guards.iter().filter_map(|g| g.lost_reason()) {
+                *reasons.entry(reason.to_string()).or_insert(0usize) += 1;
+            }
+            let held = guards.len();
+            drop(guards);
+            locker.close().await;
+            (held, reasons)
+        });
+        drop(server);
+        let lost: usize = reasons.values().sum();
+        let why: Vec<String> = reasons.iter().map(|(r, c)| format!("{r}: {c}")).collect();
+        let (ms, from) = match cut {
+            Cut::Acquired(ms) => (ms, "all acquired"),
+            Cut::Connected(ms) => (ms, "connected"),
+        };
+        println!(
+            "| {validity} | {ms} | {from} | {held} | {lost} | {} |",
+            if why.is_empty() {
+                "—".to_owned()
+            } else {
+                why.join("; ")
+            }
+        );
     }
+}
+
+/// When the reconnect section cuts the connection: that many ms after the
+/// last `lock()` returned, or after the locker connected.
+#[derive(Clone, Copy)]
+enum Cut {
+    Acquired(u64),
+    Connected(u64),
 }
 
 /// Takes `n` locks named `{what}-{i}` through `locker`, every `lock()` call
