@@ -955,6 +955,31 @@ fn a_reconnect_retries_an_extension_still_out_on_that_node() {
 }
 
 #[test]
+fn a_recheck_of_every_node_sends_again_every_extension_still_out() {
+    // Dropped invalidations (a lagging channel) re-check every node, with
+    // no node named: each key's extension still out goes again, whatever
+    // its node, and a key with none out is read.
+    let mut rig = Rig::new(config(2, 3));
+    held(&mut rig);
+    let ext = sends(&rig.tick(ms(500)));
+    assert_eq!(ext.len(), 3);
+    rig.at(ms(501)).ev(reply(ext[1].0, ours()));
+    let fx = sends(&rig.at(ms(520)).ev(Event::Recheck { node: None }));
+    let extended: Vec<Target> = fx
+        .iter()
+        .filter(|(_, _, op)| matches!(op, Op::Extend { .. }))
+        .map(|(_, t, _)| *t)
+        .collect();
+    let read: Vec<Target> = fx
+        .iter()
+        .filter(|(_, _, op)| matches!(op, Op::Verify { .. }))
+        .map(|(_, t, _)| *t)
+        .collect();
+    assert_eq!(extended, [Target::Key(0), Target::Key(2)], "{fx:?}");
+    assert_eq!(read, [Target::Key(1)], "{fx:?}");
+}
+
+#[test]
 fn our_own_write_seen_while_pending_does_not_wake_us() {
     // Without NOLOOP a waiter hears of its own SET of a free key, often
     // before the reply. If that counted as "the key changed", the failed
