@@ -342,7 +342,7 @@ impl Shared {
 
     /// The name the actor `id` is routed under: a search of the whole
     /// table, for the rare exit that comes without the actor's state (a
-    /// killed or failed actor).
+    /// handler that failed, or a kill that cut one short).
     pub(crate) fn lock_name_of(&self, id: ractor::ActorId) -> Option<Arc<str>> {
         read(&self.locks)
             .iter()

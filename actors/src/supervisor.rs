@@ -18,9 +18,11 @@
 //!
 //! It keeps no table of its own beside them: a child that stops is a node
 //! actor if a node slot holds it, else a lock actor, whose name comes with
-//! the state ractor hands back (or, for a killed or failed one, from a search
-//! of the lock table). Two more tables keyed by name and by actor cost about
-//! 120 bytes per held lock at 10,000 locks (BENCHMARKS.md, section 6).
+//! the state ractor hands back. A handler that failed, or a kill that cut
+//! one short, brings back no state: the name is then found by a search of
+//! the lock table. Its own tables, one keyed by name and one by actor, cost
+//! (with a separate request counter per lock) 159 bytes per held lock at
+//! 10,000 locks (BENCHMARKS.md, section 6).
 
 use std::sync::Arc;
 use std::time::Duration;
