@@ -1696,8 +1696,8 @@ impl LockCore {
         }
     }
 
-    /// An extension round: every key (`all`), or only the keys whose last
-    /// command failed (a retry between rounds).
+    /// An extension round: every key, or the keys `round` names (a retry
+    /// between rounds, or after a reconnect).
     fn extend(&mut self, now: Time, round: Round) {
         let Phase::Holding(g) = &mut self.phase else {
             return;
