@@ -308,6 +308,13 @@ impl Slot {
         }
     }
 
+    /// A reconnect sends this key's extension again: its last command
+    /// failed, or (`on_node`: the key lives on the node that came back) its
+    /// write is still out on the connection that broke.
+    fn resend_after_reconnect(&self, on_node: bool) -> bool {
+        self.failing || (on_node && self.cap.is_some())
+    }
+
     fn ours_at(&self, now: Time) -> Option<Time> {
         match self.key {
             Key::Ours { expiry } if expiry > now => Some(expiry),
@@ -1727,7 +1734,7 @@ impl LockCore {
                 Round::All => true,
                 Round::Failing => s.failing,
                 Round::Reconnected(node) => {
-                    s.failing || (s.cap.is_some() && node.is_none_or(|n| placement[k] == n))
+                    s.resend_after_reconnect(node.is_none_or(|n| placement[k] == n))
                 }
             })
             .filter_map(|(k, s)| match s.key {
@@ -2015,10 +2022,7 @@ impl LockCore {
                 // re-check (10,000 locks cut while their round of extensions
                 // was out were all lost, the node back 45 ms later). The
                 // extension reads the key as a check would.
-                let stuck = |i: usize| {
-                    let s = &g.keys[i];
-                    s.failing || (in_scope(i) && s.cap.is_some())
-                };
+                let stuck = |i: usize| g.keys[i].resend_after_reconnect(in_scope(i));
                 let retry = key.is_none() && (0..g.keys.len()).any(|i| in_scope(i) && stuck(i));
                 // Re-check the others with a read-only script: it never
                 // writes, so it cannot invalidate itself (no loop even
