@@ -114,6 +114,7 @@
 //! | `fencing` | false | a fencing token with every grant |
 //! | `disable_cache` | false | no `CLIENT TRACKING`: waiters poll |
 //! | `dedicated_runtime` | true | the engine on a thread of its own |
+//! | `direct_connections` | true | acquisitions and releases sent from the caller's runtime, tracking redirected to the engine's connection |
 //!
 //! The others (`no_loop_tracking`, `fallback_set_px`,
 //! `local_handover_limit`, `tls_ca_file`) are documented on

@@ -135,9 +135,12 @@ async fn majority_mismatch_is_an_error() {
 async fn guard_keeps_its_engine_alive() {
     init_tracing();
     let server = ValkeyServer::start();
+    // One connection per engine, counted below (direct connections close
+    // with their locker too: `tests/direct.rs`).
     let opts = LockerOptions::new([server.url()])
         .with_key_majority(1)
-        .with_key_validity(ms(1000));
+        .with_key_validity(ms(1000))
+        .with_direct_connections(false);
     let name = unique("owned");
     let g = Locker::connect(opts.clone())
         .await

@@ -59,6 +59,55 @@ type Watcher = (u64, Arc<Notify>);
 /// The queue into a node's command pump.
 pub(crate) type Lane = tokio::sync::mpsc::UnboundedSender<Job>;
 
+/// A connected node's command lane: the actor that owns it, the queue into
+/// its pump, and the server's id of the connection it drives (`CLIENT ID`),
+/// which a direct connection's tracking redirects its invalidations to.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeLane {
+    pub(crate) owner: ractor::ActorId,
+    pub(crate) lane: Lane,
+    pub(crate) conn: u64,
+}
+
+/// A node's direct connection (see `direct`): the connection a caller's
+/// runtime sends its acquisitions and releases on.
+#[derive(Debug, Default)]
+pub(crate) enum DirectSlot {
+    /// None: the next caller on a runtime opens one.
+    #[default]
+    Closed,
+    /// A caller's runtime is opening one.
+    Opening,
+    Open(DirectConn),
+    /// The last attempt to open one failed: none is tried before `until`.
+    Failed {
+        until: std::time::Instant,
+    },
+}
+
+/// An open direct connection: the queue into its command pump, which runs
+/// on the runtime that opened it.
+#[derive(Debug, Clone)]
+pub(crate) struct DirectConn {
+    pub(crate) lane: Lane,
+    pub(crate) pump: DirectPump,
+    /// Cancelled to close the connection.
+    pub(crate) stop: CancellationToken,
+}
+
+/// What a direct connection's pump knows of it.
+#[derive(Debug, Clone)]
+pub(crate) struct DirectPump {
+    /// Its commands not yet answered (see `direct::MAX_OUT`).
+    pub(crate) out: Arc<AtomicUsize>,
+    pub(crate) node: usize,
+    /// The engine connection its tracking redirects to (`NodeLane::conn`
+    /// when it was opened).
+    pub(crate) redirect: u64,
+    /// Tells this connection from the one before and after it in the slot.
+    pub(crate) generation: u64,
+}
+
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) settings: Settings,
@@ -78,7 +127,11 @@ pub(crate) struct Shared {
     pub(crate) timers: Timers,
     nodes: RwLock<Vec<Option<ActorRef<NodeMsg>>>>,
     /// Each connected node's command lane, and the id of the actor that owns it.
-    lanes: RwLock<Vec<Option<(ractor::ActorId, Lane)>>>,
+    lanes: RwLock<Vec<Option<NodeLane>>>,
+    /// Each node's direct connection (see `direct`).
+    pub(crate) direct: Vec<Mutex<DirectSlot>>,
+    /// Numbers the direct connections opened.
+    pub(crate) direct_generation: AtomicU64,
     locks: RwLock<HashMap<Arc<str>, LockRoute>>,
     /// Holders alive in this locker (see `notice_allowance`).
     pub(crate) holders: Arc<AtomicUsize>,
@@ -138,6 +191,8 @@ impl Shared {
             timers: Timers::start(),
             nodes: RwLock::new(vec![None; n]),
             lanes: RwLock::new(vec![None; n]),
+            direct: (0..n).map(|_| Mutex::new(DirectSlot::Closed)).collect(),
+            direct_generation: AtomicU64::new(0),
             locks: RwLock::new(HashMap::new()),
             holders: Arc::new(AtomicUsize::new(0)),
             health: Mutex::new(HealthTable::new(n)),
@@ -258,21 +313,42 @@ impl Shared {
     /// has no connection.
     pub(crate) fn send_job(&self, index: usize, job: Job) -> Result<(), Job> {
         match read(&self.lanes).get(index) {
-            Some(Some((_, lane))) => lane.send(job).map_err(|e| e.0),
+            Some(Some(l)) => l.lane.send(job).map_err(|e| e.0),
             _ => Err(job),
         }
     }
 
-    pub(crate) fn set_lane(&self, index: usize, owner: ractor::ActorId, lane: Lane) {
+    /// Closes node `pump.node`'s direct connection if the slot still holds
+    /// that one (`pump.generation`): the next caller opens another.
+    pub(crate) fn close_direct(&self, pump: &DirectPump) {
+        let Some(slot) = self.direct.get(pump.node) else {
+            return;
+        };
+        let mut slot = lock(slot);
+        if let DirectSlot::Open(c) = &*slot {
+            if c.pump.generation == pump.generation {
+                c.stop.cancel();
+                *slot = DirectSlot::Closed;
+            }
+        }
+    }
+
+    /// The server's id of the engine's connection to node `index`; `None`
+    /// while it has none.
+    pub(crate) fn engine_conn(&self, index: usize) -> Option<u64> {
+        read(&self.lanes).get(index)?.as_ref().map(|l| l.conn)
+    }
+
+    pub(crate) fn set_lane(&self, index: usize, lane: NodeLane) {
         if let Some(slot) = write(&self.lanes).get_mut(index) {
-            *slot = Some((owner, lane));
+            *slot = Some(lane);
         }
     }
 
     /// Withdraws node `index`'s lane if `owner` still owns it.
     pub(crate) fn clear_lane(&self, index: usize, owner: ractor::ActorId) {
         if let Some(slot) = write(&self.lanes).get_mut(index) {
-            if slot.as_ref().is_some_and(|(id, _)| *id == owner) {
+            if slot.as_ref().is_some_and(|l| l.owner == owner) {
                 *slot = None;
             }
         }
@@ -496,6 +572,7 @@ mod tests {
             fence_key: None,
             cmd: CmdId(1),
             reply_to: reply_to.clone(),
+            port: None,
         }
     }
 
@@ -553,9 +630,23 @@ mod tests {
         assert!(shared.send_job(0, job(&sink)).is_err());
 
         let (tx_old, _rx_old) = tokio::sync::mpsc::unbounded_channel();
-        shared.set_lane(0, old.get_id(), tx_old);
+        shared.set_lane(
+            0,
+            NodeLane {
+                owner: old.get_id(),
+                lane: tx_old,
+                conn: 0,
+            },
+        );
         let (tx_new, mut rx_new) = tokio::sync::mpsc::unbounded_channel();
-        shared.set_lane(0, new.get_id(), tx_new);
+        shared.set_lane(
+            0,
+            NodeLane {
+                owner: new.get_id(),
+                lane: tx_new,
+                conn: 0,
+            },
+        );
         // The replaced actor going away must not take its successor's lane.
         shared.clear_lane(0, old.get_id());
         assert!(shared.send_job(0, job(&sink)).is_ok());
@@ -569,7 +660,14 @@ mod tests {
         // A lane whose pump is gone refuses too (the receiver was dropped).
         let (tx_dead, rx_dead) = tokio::sync::mpsc::unbounded_channel();
         drop(rx_dead);
-        shared.set_lane(0, new.get_id(), tx_dead);
+        shared.set_lane(
+            0,
+            NodeLane {
+                owner: new.get_id(),
+                lane: tx_dead,
+                conn: 0,
+            },
+        );
         assert!(shared.send_job(0, job(&sink)).is_err());
         for a in [sink, old, new] {
             a.stop(None);

@@ -373,6 +373,7 @@ impl Engine {
                 kind,
                 terms,
                 reply: tx,
+                caller: crate::direct::caller_runtime(&self.shared),
             };
             // Fast path: straight into a live LockActor's state, fed here on
             // the caller's thread (see `lock`'s module doc). Otherwise (none

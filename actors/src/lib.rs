@@ -51,6 +51,9 @@
 //! - `msg`: every actor message, below all the actors.
 //! - `context`: the settings and routing tables every actor of a locker reads.
 //! - `timers`: the lock actors' timers, one task per locker.
+//! - `direct`: direct connections, on which a caller's runtime sends its
+//!   acquisitions and releases itself, their tracking redirected to the
+//!   engine's connection.
 //! - `lock`: `LockActor`, one per lock name: the shell around the core.
 //! - `node`: `NodeActor`, one fred client per Valkey instance; runs scripts
 //!   through its command pump, batches extensions, routes invalidations.
@@ -68,6 +71,7 @@ mod addr;
 mod clock;
 mod context;
 mod core;
+mod direct;
 mod duration;
 mod election;
 mod error;

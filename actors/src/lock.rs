@@ -17,7 +17,10 @@
 //! hands the lock to the next local waiter wakes that waiter directly, and a
 //! chain of hand-overs never leaves the application's threads (measured in
 //! BENCHMARKS.md: the seed bench's tasks on one name). What needs the
-//! network still goes to the node's command pump on the engine's thread.
+//! network goes to the node's command pump on the engine's thread, or, for
+//! the acquisitions and releases a caller waits for, to the node's direct
+//! connection on the caller's runtime, whose replies are fed here on that
+//! runtime too (see `direct`).
 //! Node replies, invalidations, cancels and the timer come in as messages.
 //! The core still sees one event at a time, in the order the mutex admits
 //! them. The mutex is held only while the core runs and its effects are
@@ -32,6 +35,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 use crate::clock;
@@ -40,6 +44,7 @@ use crate::core::{
     Effect, Event, GrantView, HolderId, HolderStatus, LockCore, Op, OsEntropy, Outcome, Refusal,
     Target, Time,
 };
+use crate::direct;
 use crate::error::{Error, LostReason};
 use crate::few::{OneOrMore, Table};
 use crate::keys::{self, KeyName};
@@ -203,8 +208,8 @@ impl LockPort for LockCell {
         let mut request = Some(request);
         self.outside(|st| match request.take() {
             Some(r) => {
-                let event = st.request_event(r);
-                st.feed(event)
+                let (event, caller) = st.request_event(r);
+                st.feed_on(event, caller.as_ref())
             }
             None => Outbox::default(),
         });
@@ -214,12 +219,26 @@ impl LockPort for LockCell {
     fn release(&self, holder: u64, reply: Option<oneshot::Sender<Released>>) -> bool {
         self.outside(|st| {
             let event = st.release_event(holder, reply);
-            st.feed(event)
+            let caller = direct::caller_runtime(&st.shared);
+            st.feed_on(event, caller.as_ref())
         })
     }
 
     fn sent(&self) -> &AtomicU64 {
         &self.sent
+    }
+
+    /// Fed on the direct connection's runtime (the caller's), so what it
+    /// sends next may go there too.
+    fn reply(&self, cmd: crate::core::CmdId, outcome: Outcome, recheck: Option<usize>) {
+        self.outside(|st| {
+            let caller = direct::caller_runtime(&st.shared);
+            let mut out = st.feed_on(Event::Reply { cmd, outcome }, caller.as_ref());
+            if let Some(node) = recheck {
+                out.append(st.feed_on(Event::Recheck { node: Some(node) }, caller.as_ref()));
+            }
+            out
+        });
     }
 }
 
@@ -353,8 +372,15 @@ impl Actor for LockActor {
             myself.stop(None);
             return Ok(());
         };
+        // A request carries its caller's runtime: what it sends may go on a
+        // direct connection even when fed here (see `direct`).
+        let mut caller = None;
         let event = match msg {
-            LockMsg::Request(request) => st.request_event(request),
+            LockMsg::Request(request) => {
+                let (event, on) = st.request_event(request);
+                caller = on;
+                event
+            }
             LockMsg::Cancel { id } => {
                 st.requests.remove(id);
                 Event::Cancel { id }
@@ -374,7 +400,7 @@ impl Actor for LockActor {
             #[cfg(feature = "fault-injection")]
             LockMsg::Fail => return Err("injected failure".into()),
         };
-        let out = st.feed(event);
+        let out = st.feed_on(event, caller.as_ref());
         drop(slot);
         home.cell.deliver(out);
         Ok(())
@@ -383,16 +409,17 @@ impl Actor for LockActor {
 
 impl LockState {
     /// The event of a caller's request, whose answer goes to its `reply`.
-    fn request_event(&mut self, request: Request) -> Event {
+    fn request_event(&mut self, request: Request) -> (Event, Option<Handle>) {
         let Request {
             id,
             kind,
             terms,
             reply,
+            caller,
         } = request;
         self.seen += 1;
         self.requests.insert(id, reply);
-        Event::Request { id, kind, terms }
+        (Event::Request { id, kind, terms }, caller)
     }
 
     /// The event of holder `holder`'s release; `reply` is answered once its
@@ -412,6 +439,14 @@ impl LockState {
     /// unlocked.
     #[must_use = "the answers must be sent"]
     fn feed(&mut self, event: Event) -> Outbox {
+        self.feed_on(event, None)
+    }
+
+    /// [`LockState::feed`], on the thread of a caller's runtime `caller`:
+    /// the acquisitions and releases it produces may go by a direct
+    /// connection (see `direct`).
+    #[must_use = "the answers must be sent"]
+    fn feed_on(&mut self, event: Event, caller: Option<&Handle>) -> Outbox {
         let mut out = Outbox::default();
         let span = self.span.clone();
         let _entered = span.enter();
@@ -425,7 +460,7 @@ impl LockState {
             now = clock::now();
             self.core.handle(now, event);
             while let Some(effect) = self.core.poll_effect() {
-                if let Some(back) = self.apply(effect, &mut out) {
+                if let Some(back) = self.apply(effect, &mut out, caller) {
                     later.push_back(back);
                 }
             }
@@ -461,9 +496,14 @@ impl LockState {
     }
 
     /// Carries out one effect; returns an event to feed back, if any.
-    fn apply(&mut self, effect: Effect, out: &mut Outbox) -> Option<Event> {
+    fn apply(
+        &mut self,
+        effect: Effect,
+        out: &mut Outbox,
+        caller: Option<&Handle>,
+    ) -> Option<Event> {
         match effect {
-            Effect::Send { cmd, target, op } => self.dispatch(cmd, target, op),
+            Effect::Send { cmd, target, op } => self.dispatch(cmd, target, op, caller),
             Effect::Grant {
                 to,
                 holder,
@@ -575,10 +615,18 @@ impl LockState {
         None
     }
 
-    /// Hands one command to its node: extensions to the node's batch, the rest
-    /// to its command pump. A node without a connection answers at once, as a
-    /// failure; a command lost with a killed node is timed out by the core.
-    fn dispatch(&mut self, cmd: crate::core::CmdId, target: Target, op: Op) {
+    /// Hands one command to its node: an acquisition or a release fed on a
+    /// caller's runtime to the node's direct connection if the core allows
+    /// it, extensions to the node's batch, the rest to its command pump. A
+    /// node without a connection answers at once, as a failure; a command
+    /// lost with a killed node is timed out by the core.
+    fn dispatch(
+        &mut self,
+        cmd: crate::core::CmdId,
+        target: Target,
+        op: Op,
+        caller: Option<&Handle>,
+    ) {
         let (node, key) = match target {
             Target::Key(i) => (self.shared.core.placement[i], self.keys[i].clone()),
             Target::Fence(n) => (n, self.fence_key()),
@@ -598,6 +646,10 @@ impl LockState {
                 },
             ) => Some(per_key[i].clone()),
             _ => None,
+        };
+        let op = match self.send_direct(cmd, target, op, caller, node, &key, &gates) {
+            Some(op) => op,
+            None => return,
         };
         let failed = |me: &ActorRef<LockMsg>, why| {
             let _ = me.cast(LockMsg::Reply(NodeReply {
@@ -631,9 +683,63 @@ impl LockState {
             gates,
             cmd,
             reply_to: self.me.clone(),
+            port: None,
         };
         if self.shared.send_job(node, job).is_err() {
             failed(&self.me, "node not connected");
+        }
+    }
+
+    /// Sends `op` on node `node`'s direct connection, from the caller's
+    /// runtime `caller`, if it may go there (see `direct`); gives it back
+    /// otherwise.
+    #[allow(clippy::too_many_arguments)]
+    fn send_direct(
+        &mut self,
+        cmd: crate::core::CmdId,
+        target: Target,
+        op: Op,
+        caller: Option<&Handle>,
+        node: usize,
+        key: &KeyName,
+        gates: &Option<Arc<Gates>>,
+    ) -> Option<Op> {
+        let Some(runtime) = caller else {
+            return Some(op);
+        };
+        let eligible = matches!(target, Target::Key(_))
+            && matches!(op, Op::Acquire { .. } | Op::Release { .. })
+            && self.core.may_go_direct(cmd);
+        let conn = match eligible {
+            true => direct::conn(&self.shared, node, runtime),
+            false => None,
+        };
+        let Some(conn) = conn else {
+            return Some(op);
+        };
+        let port: Weak<dyn LockPort> = self.port.clone();
+        let job = Job {
+            fence_key: matches!(op, Op::Acquire { fence: true, .. }).then(|| self.fence_key()),
+            op,
+            key: key.clone(),
+            gates: gates.clone(),
+            cmd,
+            reply_to: self.me.clone(),
+            port: Some(port),
+        };
+        conn.pump
+            .out
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match conn.lane.send(job) {
+            Ok(()) => None,
+            // Its pump has ended (the connection closed): the engine's.
+            Err(e) => {
+                conn.pump
+                    .out
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                self.shared.close_direct(&conn.pump);
+                Some(e.0.op)
+            }
         }
     }
 

@@ -72,6 +72,9 @@ pub(crate) struct GrantParts {
 /// releases feed it on the caller's own thread (see `lock`'s module doc).
 pub(crate) trait LockPort: Send + Sync + std::fmt::Debug {
     /// A caller wants the lock. Handed back if the actor has stopped.
+    // Handed back only when the actor has stopped (rare): boxing it would
+    // cost every request an allocation.
+    #[allow(clippy::result_large_err)]
     fn request(&self, request: Request) -> Result<(), Request>;
 
     /// Holder `holder` releases; `reply` is answered once its deletes are.
@@ -81,6 +84,11 @@ pub(crate) trait LockPort: Send + Sync + std::fmt::Debug {
     /// The requests sent to the actor, counted by their senders, and the
     /// mark it sets when it retires (see `context::try_retire`).
     fn sent(&self) -> &std::sync::atomic::AtomicU64;
+
+    /// The reply to command `cmd`, sent on a direct connection; then, if
+    /// `recheck` names a node, a re-check of this lock's keys there (the
+    /// engine's connection to it changed while the command was out).
+    fn reply(&self, cmd: CmdId, outcome: Outcome, recheck: Option<usize>);
 }
 
 /// A caller waiting for a grant.
@@ -91,6 +99,10 @@ pub(crate) struct Request {
     /// Its own terms (`LockRequest`), or `None` for the locker's.
     pub(crate) terms: Option<Terms>,
     pub(crate) reply: oneshot::Sender<Result<GrantParts, Error>>,
+    /// The caller's runtime, if its acquisitions may go on a direct
+    /// connection (see `direct`): also when the request is fed on the
+    /// engine's thread (a name's first, through the Supervisor).
+    pub(crate) caller: Option<tokio::runtime::Handle>,
 }
 
 /// Messages of a `LockActor`.
@@ -148,6 +160,10 @@ pub(crate) struct Job {
     pub(crate) gates: Option<Arc<Gates>>,
     pub(crate) cmd: CmdId,
     pub(crate) reply_to: ActorRef<LockMsg>,
+    /// Set for a job on a direct connection (see `direct`): its reply is fed
+    /// to the lock's state there, on the caller's runtime, not sent to the
+    /// actor on the engine's thread.
+    pub(crate) port: Option<std::sync::Weak<dyn LockPort>>,
 }
 
 /// One key's extension, waiting for the node's next batch.
@@ -169,6 +185,10 @@ pub(crate) struct Connection {
     pub(crate) handle: fred::types::ConnectHandle,
     pub(crate) forwarder: Option<tokio::task::JoinHandle<()>>,
     pub(crate) watchers: Vec<tokio::task::JoinHandle<()>>,
+    /// The server's id of the connection (`CLIENT ID`); 0 where direct
+    /// connections do not redirect to it (they are off, not a single
+    /// instance, no tracking, or the id could not be read).
+    pub(crate) conn: u64,
 }
 
 /// Messages of a `NodeActor`.

@@ -43,7 +43,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::addr::{NodeAddr, Topology};
-use crate::context::{AbortOnDrop, Shared};
+use crate::context::{AbortOnDrop, DirectPump, NodeLane, Shared};
 use crate::core::{Op, Outcome, Place, Queue};
 use crate::election::Record;
 use crate::failure::NodeFailure;
@@ -146,7 +146,7 @@ impl Actor for NodeActor {
         // drop their senders, the pump finishes the calls in flight (they fail
         // fast when the connection task is gone) and every `LockActor` gets its
         // answer now rather than from its backstop timer.
-        let pump = run_pump(client.clone(), args.shared.clone(), jobs, cluster);
+        let pump = run_pump(client.clone(), args.shared.clone(), jobs, cluster, None);
         tokio::spawn(tokio::task::unconstrained(pump));
         Ok(NodeState {
             index: args.index,
@@ -174,9 +174,14 @@ impl Actor for NodeActor {
         match msg {
             NodeMsg::Connected(Ok(conn)) => {
                 state.connected = true;
-                state
-                    .shared
-                    .set_lane(state.index, myself.get_id(), state.pump.clone());
+                state.shared.set_lane(
+                    state.index,
+                    NodeLane {
+                        owner: myself.get_id(),
+                        lane: state.pump.clone(),
+                        conn: conn.conn,
+                    },
+                );
                 state.tasks.push(AbortOnDrop::new(&conn.handle));
                 if let Some(forwarder) = &conn.forwarder {
                     state.tasks.push(AbortOnDrop::new(forwarder));
@@ -334,7 +339,7 @@ impl Actor for NodeActor {
     }
 }
 
-fn build_client(
+pub(crate) fn build_client(
     addr: &NodeAddr,
     settings: &crate::options::Settings,
 ) -> Result<Client, fred::error::Error> {
@@ -482,6 +487,16 @@ async fn connect(
     let result = tokio::time::timeout(shared.settings.connect_timeout, ready).await;
     match result {
         Ok(Ok(())) => {
+            // Direct connections redirect their tracking here (see
+            // `direct`): a single instance only, and only if they are on.
+            // Without the id (an ACL without `+client|id`) they are not
+            // used.
+            let s = &shared.settings;
+            let conn = if addr.topology == Topology::Standalone && s.tracking && s.direct {
+                client_id(client).await
+            } else {
+                0
+            };
             let mut watchers = Vec::new();
             match &addr.topology {
                 Topology::Standalone => {}
@@ -520,6 +535,7 @@ async fn connect(
                 handle,
                 forwarder,
                 watchers,
+                conn,
             })
         }
         Ok(Err(e)) => {
@@ -620,6 +636,29 @@ async fn watch_sentinels(
         kind,
         format!("no Sentinel accepted the +switch-master subscription ({detail})"),
     ))
+}
+
+/// The server's id of `client`'s connection (`CLIENT ID`); 0 if it cannot
+/// be read.
+pub(crate) async fn client_id(client: &Client) -> u64 {
+    use fred::types::{ClusterHash, CustomCommand};
+    let id = client
+        .custom::<Value, _>(
+            CustomCommand::new_static("CLIENT", ClusterHash::FirstKey, false),
+            vec!["ID"],
+        )
+        .await;
+    match id {
+        Ok(Value::Integer(id)) => u64::try_from(id).unwrap_or(0),
+        Ok(other) => {
+            debug!(reply = ?other, "unexpected reply to CLIENT ID");
+            0
+        }
+        Err(e) => {
+            debug!(error = %e, "CLIENT ID failed: no direct connections to this node");
+            0
+        }
+    }
 }
 
 /// Checks with `CLIENT INFO` that the connection really is subscribed
@@ -1054,13 +1093,14 @@ fn ttl_value(s: &crate::options::Settings, ttl: Duration) -> Value {
 /// one-key script. Order is kept: a stretch of such jobs goes out where it
 /// was, before the jobs queued after it (a release then the acquisition
 /// that follows it on the same key reach the server in that order).
-async fn run_pump(
+pub(crate) async fn run_pump(
     client: Client,
     shared: Arc<Shared>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     cluster: bool,
+    direct: Option<DirectPump>,
 ) {
-    let (client, shared) = (&client, &*shared);
+    let (client, shared, direct) = (&client, &*shared, direct.as_ref());
     let mut running = FuturesUnordered::new();
     // The stretch of jobs of one kind taken but not yet started; the vector
     // is kept for its capacity.
@@ -1072,13 +1112,13 @@ async fn run_pump(
             0 => {}
             1 => {
                 if let Some(job) = jobs.pop() {
-                    running.push(Either::Left(run_job(client, shared, job)));
+                    running.push(Either::Left(run_job(client, shared, direct, job)));
                 }
             }
             _ => {
                 let group = |j: &Job| (slot_of(&j.key, cluster), Many::ttl(&j.op));
                 for keys in grouped(std::mem::take(jobs), group) {
-                    running.push(Either::Right(run_many(client, shared, *kind, keys)));
+                    running.push(Either::Right(run_many(client, shared, direct, *kind, keys)));
                 }
             }
         };
@@ -1096,7 +1136,7 @@ async fn run_pump(
                     }
                     None => {
                         start(&mut stretch);
-                        running.push(Either::Left(run_job(client, shared, job)));
+                        running.push(Either::Left(run_job(client, shared, direct, job)));
                     }
                 },
                 Poll::Ready(None) => break true,
@@ -1224,7 +1264,7 @@ impl Many {
     }
 }
 
-async fn run_job(client: &Client, shared: &Shared, job: Job) {
+async fn run_job(client: &Client, shared: &Shared, direct: Option<&DirectPump>, job: Job) {
     let outcome = run(
         client,
         shared,
@@ -1234,21 +1274,27 @@ async fn run_job(client: &Client, shared: &Shared, job: Job) {
         job.gates.as_deref(),
     )
     .await;
-    finish_job(shared, job, outcome);
+    finish_job(shared, direct, job, outcome);
 }
 
 /// Hands a job's outcome to its `LockActor`, after the wake-ups its command
 /// owes this locker's own watchers.
-fn finish_job(shared: &Shared, job: Job, outcome: Outcome) {
-    // With NOLOOP (the default) this connection's own writes send it no
-    // invalidation: tell this locker's watchers of the name directly.
-    if matches!(job.op, Op::Acquire { .. } | Op::Release { .. }) {
-        shared.wake_watchers_of_key(&job.key);
-    }
-    // The same for the other sides of a read-write lock in this locker: a
-    // released key may let them in.
-    if job.gates.is_some() || matches!(job.op, Op::Release { .. }) {
-        shared.wake_related(job.key.as_bytes());
+fn finish_job(shared: &Shared, direct: Option<&DirectPump>, job: Job, outcome: Outcome) {
+    wake_after(shared, &job.op, &job.key, job.gates.is_some());
+    if let Some(pump) = direct {
+        pump.out.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        // A failure closes nothing here: one key's refusal (a key of the
+        // wrong type) says nothing of the connection, and closing it would
+        // fail every other command out on it. A connection that ended is
+        // taken out of its slot by the task that opened it, and one whose
+        // runtime shut down by the first caller whose send finds its pump
+        // gone.
+        // Gone: the actor stopped, and its holders were told.
+        if let Some(port) = job.port.as_ref().and_then(std::sync::Weak::upgrade) {
+            let moved = shared.engine_conn(pump.node) != Some(pump.redirect);
+            port.reply(job.cmd, outcome, moved.then_some(pump.node));
+        }
+        return;
     }
     let _ = job.reply_to.cast(LockMsg::Reply(NodeReply {
         cmd: job.cmd,
@@ -1256,9 +1302,29 @@ fn finish_job(shared: &Shared, job: Job, outcome: Outcome) {
     }));
 }
 
+/// The wake-ups a command on `key` owes this locker's own watchers, once it
+/// has answered. With NOLOOP (the default) a connection's own writes send no
+/// invalidation: this locker's watchers of the name are told directly.
+pub(crate) fn wake_after(shared: &Shared, op: &Op, key: &KeyName, gated: bool) {
+    if matches!(op, Op::Acquire { .. } | Op::Release { .. }) {
+        shared.wake_watchers_of_key(key);
+    }
+    // The same for the other sides of a read-write lock in this locker: a
+    // released key may let them in.
+    if gated || matches!(op, Op::Release { .. }) {
+        shared.wake_related(key.as_bytes());
+    }
+}
+
 /// Runs `kind` for many keys in one script call and answers each job. A key
 /// the server refuses fails that key only.
-async fn run_many(client: &Client, shared: &Shared, kind: Many, jobs: Vec<Job>) {
+async fn run_many(
+    client: &Client,
+    shared: &Shared,
+    direct: Option<&DirectPump>,
+    kind: Many,
+    jobs: Vec<Job>,
+) {
     // Every job is of `kind` (see `run_pump`); were one not, no call is
     // made. An acquisition's expiry is read once, here: a retry after
     // `NOSCRIPT` sends the same, later than the core stamped the send.
@@ -1293,7 +1359,7 @@ async fn run_many(client: &Client, shared: &Shared, kind: Many, jobs: Vec<Job>) 
         }
     };
     for (job, outcome) in jobs.into_iter().zip(outcomes) {
-        finish_job(shared, job, outcome);
+        finish_job(shared, direct, job, outcome);
     }
 }
 
@@ -1308,7 +1374,7 @@ fn command_failed(e: &fred::error::Error) -> Outcome {
 
 /// Runs one lock command. Bounded by fred's `default_command_timeout` (set to
 /// the locker's timeout in [`build_client`]); no second timer of our own.
-async fn run(
+pub(crate) async fn run(
     client: &Client,
     shared: &Shared,
     op: &Op,

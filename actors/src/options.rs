@@ -153,6 +153,18 @@ pub struct LockerOptions {
     /// the Go valkeylock) ignores the queues and can take a free lock ahead
     /// of the queue. Off by default; see the README, "Fair queueing".
     pub fair_queueing: bool,
+    /// Send each acquisition and release from the caller's runtime, on a
+    /// connection of its own to the node (one per locker and node, opened by
+    /// the first caller), instead of through the engine's thread: a call
+    /// then waits for one round trip, without crossing to the engine's
+    /// thread and back. The connection's client-side caching is redirected
+    /// to the engine's connection (`CLIENT TRACKING ON REDIRECT`), so a lost
+    /// key is noticed as before; extensions, checks and the notice at
+    /// `valid_until` stay on the engine's thread. Used with single
+    /// instances (not Cluster or Sentinel nodes) and `dedicated_runtime`
+    /// on; elsewhere it has no effect. Default true. See the README,
+    /// "Direct connections".
+    pub direct_connections: bool,
 }
 
 /// Every field, with the passwords in `nodes` replaced by `***`: options are
@@ -178,6 +190,7 @@ impl std::fmt::Debug for LockerOptions {
             .field("tls_ca_file", &self.tls_ca_file)
             .field("dedicated_runtime", &self.dedicated_runtime)
             .field("fair_queueing", &self.fair_queueing)
+            .field("direct_connections", &self.direct_connections)
             .finish()
     }
 }
@@ -201,6 +214,7 @@ impl Default for LockerOptions {
             tls_ca_file: None,
             dedicated_runtime: true,
             fair_queueing: false,
+            direct_connections: true,
         }
     }
 }
@@ -232,6 +246,12 @@ impl LockerOptions {
     /// Sets `dedicated_runtime`.
     pub fn with_dedicated_runtime(mut self, on: bool) -> Self {
         self.dedicated_runtime = on;
+        self
+    }
+
+    /// Sets `direct_connections`.
+    pub fn with_direct_connections(mut self, on: bool) -> Self {
+        self.direct_connections = on;
         self
     }
 
@@ -496,6 +516,7 @@ impl LockerOptions {
             tls_ca_file: self.tls_ca_file.clone(),
             dedicated_runtime: self.dedicated_runtime,
             fair: self.fair_queueing,
+            direct: self.direct_connections && self.dedicated_runtime,
         })
     }
 }
@@ -569,6 +590,9 @@ pub(crate) struct Settings {
     pub(crate) tls_ca_file: Option<String>,
     pub(crate) dedicated_runtime: bool,
     pub(crate) fair: bool,
+    /// Direct connections are on (`direct_connections`, with a dedicated
+    /// runtime).
+    pub(crate) direct: bool,
 }
 
 impl Settings {

@@ -11,7 +11,8 @@
 //! the kernel, preemptively, whatever the application does.
 //!
 //! The cost: a call that needs the network crosses threads twice (its
-//! command in, its answer out). On the 2-core VM of BENCHMARKS.md that makes
+//! command in, its answer out), unless it goes on a direct connection (see
+//! `direct`), which the caller's runtime drives. On the 2-core VM of BENCHMARKS.md that makes
 //! the one-task loop slower than with the engine on the caller's runtime
 //! ("Runtime flavour"); an experiment on another machine, quoted in issue
 //! #11, found it faster, as the hops between actors, the command pump and
@@ -45,6 +46,17 @@ use tokio::sync::oneshot;
 
 use crate::error::{ConnectionErrorKind, Error};
 
+thread_local! {
+    /// Set on an engine's own thread.
+    static ENGINE_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// True on the thread of a dedicated engine runtime (any locker's): work
+/// there has no caller's runtime to run on (see `direct`).
+pub(crate) fn on_engine_thread() -> bool {
+    ENGINE_THREAD.with(std::cell::Cell::get)
+}
+
 /// The thread's name, as `top` and a debugger show it.
 const THREAD_NAME: &str = "valkeylock-engine";
 
@@ -76,6 +88,7 @@ impl EngineRuntime {
         std::thread::Builder::new()
             .name(THREAD_NAME.into())
             .spawn(move || {
+                ENGINE_THREAD.with(|on| on.set(true));
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

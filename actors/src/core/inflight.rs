@@ -66,6 +66,19 @@ impl Purpose {
         }
     }
 
+    /// The key a command reads or writes; `None` for the fencing counter's
+    /// commands, which target a node.
+    pub(crate) fn key(&self) -> Option<usize> {
+        match *self {
+            Purpose::Acquire { key, .. }
+            | Purpose::Extend { key, .. }
+            | Purpose::Verify { key, .. }
+            | Purpose::Release { key, .. }
+            | Purpose::Queue { key } => Some(key),
+            Purpose::FenceRead { .. } | Purpose::FenceWrite { .. } => None,
+        }
+    }
+
     /// What a write sets on its key; `None` for commands that write no
     /// key of ours (their late replies cannot report one).
     pub(crate) fn life(&self) -> Option<Life> {
@@ -182,6 +195,26 @@ impl InFlight {
         self.cmds.iter().any(|(_, c)| f(&c.purpose))
     }
 
+    /// What command `id` was sent for, if it is in the table.
+    pub(crate) fn purpose_of(&self, id: CmdId) -> Option<Purpose> {
+        self.cmds
+            .iter()
+            .find(|(c, _)| *c == id)
+            .map(|(_, c)| c.purpose)
+    }
+
+    /// True if command `id` is in the table and is the only one, live or
+    /// overdue, of its key: nothing sent before it on that key can still
+    /// land after it, whichever connection it goes by.
+    pub(crate) fn alone_on_key(&self, id: CmdId) -> bool {
+        let Some(key) = self.purpose_of(id).and_then(|p| p.key()) else {
+            return false;
+        };
+        self.cmds
+            .iter()
+            .all(|(c, cmd)| *c == id || cmd.purpose.key() != Some(key))
+    }
+
     /// True if no command is waiting for its reply (overdue ones aside).
     pub(crate) fn idle(&self) -> bool {
         self.cmds.iter().all(|(_, c)| c.overdue.is_some())
@@ -278,6 +311,48 @@ mod tests {
         t.answer(later).unwrap();
         assert!(t.idle());
         assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn a_command_is_alone_on_its_key_only_if_nothing_else_of_that_key_is_out() {
+        let mut t = InFlight::default();
+        let acq = t.send(acquire(100), at(0), 10 * MS);
+        assert!(t.alone_on_key(acq));
+        // Another key, or the fencing counter: not in the way.
+        let other = t.send(Purpose::Verify { owner: 1, key: 1 }, at(0), 10 * MS);
+        let fence = t.send(
+            Purpose::FenceRead {
+                attempt: 1,
+                round: 0,
+                node: 0,
+            },
+            at(0),
+            10 * MS,
+        );
+        assert!(t.alone_on_key(acq));
+        assert!(t.alone_on_key(other));
+        assert!(!t.alone_on_key(fence), "the counter's commands have no key");
+        // A check of the same key is in the way of a later write, and the
+        // write of an earlier one.
+        let check = t.send(Purpose::Verify { owner: 1, key: 0 }, at(1), 10 * MS);
+        assert!(!t.alone_on_key(acq));
+        assert!(!t.alone_on_key(check));
+        t.answer(check).unwrap();
+        assert!(t.alone_on_key(acq));
+        // Overdue, it may still land: still in the way.
+        assert_eq!(t.expire(at(10)).len(), 3);
+        let rel = t.send(
+            Purpose::Release {
+                key: 0,
+                group: None,
+            },
+            at(11),
+            10 * MS,
+        );
+        assert!(!t.alone_on_key(rel));
+        t.answer(acq).unwrap();
+        assert!(t.alone_on_key(rel));
+        assert!(!t.alone_on_key(CmdId(99)), "unknown");
     }
 
     #[test]

@@ -709,6 +709,24 @@ impl LockCore {
         }
     }
 
+    /// Whether command `cmd` (just sent) may go by the caller's own
+    /// connection instead of the engine's: only an acquisition or a
+    /// release, the writes a caller waits for, and only while nothing else
+    /// of its key is out, live or overdue. Each connection keeps its own
+    /// commands in order, but nothing orders one connection's against the
+    /// other's: a write that overtook an earlier one of its key could undo
+    /// it (a delete landing before the acquisition it was meant to follow).
+    /// Extensions, checks and queue updates stay on the engine's connection,
+    /// which the engine's own thread drives whatever the caller's runtime
+    /// is doing.
+    pub(crate) fn may_go_direct(&self, cmd: CmdId) -> bool {
+        let waited_for = matches!(
+            self.cmds.purpose_of(cmd),
+            Some(Purpose::Acquire { .. } | Purpose::Release { .. })
+        );
+        waited_for && self.cmds.alone_on_key(cmd)
+    }
+
     /// The token of the attempt or grant in progress, for observers (the
     /// simulator checks that keys are written only under a live token;
     /// `inspect` tells this locker's keys from others').

@@ -1569,3 +1569,70 @@ fn a_long_hold_settles_and_trimming_changes_nothing_but_room() {
     });
     assert!(!rig.core.settled(ms(1401)));
 }
+
+#[test]
+fn only_a_lone_acquisition_or_release_of_its_key_may_go_by_the_callers_connection() {
+    let mut rig = Rig::new(config(2, 3));
+    let acq = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+        terms: None,
+    }));
+    // A free name's acquisitions: nothing else of their keys is out.
+    assert!(acq.iter().all(|(cmd, _, _)| rig.core.may_go_direct(*cmd)));
+    // An invalidation of a key whose acquisition is out sends nothing yet;
+    // the replies win the majority, and key 2 stays out.
+    rig.at(ms(1));
+    rig.ev(reply(acq[0].0, ours()));
+    let g = grants(&rig.ev(reply(acq[1].0, ours())));
+    assert_eq!(g.len(), 1);
+    // A check of key 0 is out: nothing of key 0 may go direct meanwhile.
+    let ver = sends(&rig.ev(Event::Invalidated { key: 0 }));
+    assert_eq!(ver.len(), 1);
+    assert!(
+        !rig.core.may_go_direct(ver[0].0),
+        "a check is not a write a caller waits for"
+    );
+    // The extension round: extensions never go direct.
+    let ext = sends(&rig.tick(ms(500)));
+    assert!(!ext.is_empty());
+    assert!(ext.iter().all(|(cmd, _, _)| !rig.core.may_go_direct(*cmd)));
+    for (cmd, _, _) in &ext {
+        rig.ev(reply(*cmd, ours()));
+    }
+    rig.ev(reply(ver[0].0, ours()));
+    rig.ev(reply(acq[2].0, ours()));
+    // Released with nothing else out: every delete may go direct.
+    let rel = sends(&rig.ev(Event::Release {
+        holder: g[0].1,
+        ack: Some(1),
+    }));
+    assert_eq!(rel.len(), 3, "{rel:?}");
+    assert!(rel
+        .iter()
+        .all(|(cmd, _, op)| matches!(op, Op::Release { .. }) && rig.core.may_go_direct(*cmd)));
+}
+
+#[test]
+fn a_release_behind_an_extension_of_its_key_stays_on_the_engines_connection() {
+    let mut rig = Rig::new(config(2, 3));
+    let (holder, _) = held(&mut rig);
+    let ext = sends(&rig.tick(ms(500)));
+    assert_eq!(ext.len(), 3);
+    // Key 1's extension answered; keys 0 and 2 are still out.
+    rig.ev(reply(ext[1].0, ours()));
+    let rel = sends(&rig.ev(Event::Release {
+        holder,
+        ack: Some(1),
+    }));
+    assert_eq!(rel.len(), 3, "{rel:?}");
+    let direct: Vec<Target> = rel
+        .iter()
+        .filter(|(cmd, _, _)| rig.core.may_go_direct(*cmd))
+        .map(|x| x.1)
+        .collect();
+    // On another connection a delete could land before the extension still
+    // out, which would then find the key gone (harmless, token-checked) or,
+    // were it a retake, write it back after the delete.
+    assert_eq!(direct, vec![Target::Key(1)]);
+}

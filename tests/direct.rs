@@ -1,0 +1,265 @@
+//! Direct connections (`LockerOptions::direct_connections`) against a real
+//! server: acquisitions go on a connection the caller's runtime drives, and a
+//! holder still hears of a loss at once, because that connection's tracking
+//! is redirected to the engine's connection, also after the engine's
+//! connection is replaced.
+//!
+//! Every lock here has a validity of 30 s: its first extension (which would
+//! also notice a deleted key) comes 15 s after it is taken, so only an
+//! invalidation can tell the holder within the 5 s these tests allow.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand};
+use support::*;
+use valkeylock::{Locker, LockerOptions, LostReason};
+
+/// The server's clients, each as its `CLIENT LIST` fields.
+async fn clients(admin: &Client) -> Vec<HashMap<String, String>> {
+    let list: String = admin
+        .custom(
+            CustomCommand::new_static("CLIENT", ClusterHash::FirstKey, false),
+            vec!["LIST"],
+        )
+        .await
+        .expect("CLIENT LIST");
+    list.lines()
+        .map(|line| {
+            line.split_whitespace()
+                .filter_map(|f| f.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        })
+        .collect()
+}
+
+/// The id of the connection whose tracking redirects to another, and that
+/// other's id (the engine's connection), once there is one; the locker
+/// takes and releases a lock meanwhile (the first caller opens it).
+async fn direct_connection(admin: &Client, locker: &Locker) -> (String, String) {
+    let warm = unique("direct-warm");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        locker
+            .lock(&warm)
+            .await
+            .expect("lock")
+            .release()
+            .await
+            .expect("release");
+        // Redirected to a live connection that tracks for itself (the
+        // engine's): a replaced one's may linger a moment.
+        let all = clients(admin).await;
+        let engines: Vec<&String> = all
+            .iter()
+            .filter(|c| c.get("redir").is_some_and(|r| r == "0"))
+            .map(|c| &c["id"])
+            .collect();
+        let found = all.iter().find_map(|c| {
+            let redir = c.get("redir")?;
+            engines
+                .contains(&redir)
+                .then(|| (c["id"].clone(), redir.clone()))
+        });
+        if let Some(found) = found {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no direct connection was opened: {:?}",
+            clients(admin).await
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Closes connection `id` from the server's side.
+async fn kill(admin: &Client, id: &str) {
+    let _: Value = admin
+        .custom(
+            CustomCommand::new_static("CLIENT", ClusterHash::FirstKey, false),
+            vec!["KILL", "ID", id],
+        )
+        .await
+        .expect("CLIENT KILL");
+}
+
+/// Commands the server has run for connection `id`.
+async fn commands_of(admin: &Client, id: &str) -> u64 {
+    clients(admin)
+        .await
+        .into_iter()
+        .find(|c| c["id"] == id)
+        .and_then(|c| c.get("tot-cmds").and_then(|n| n.parse().ok()))
+        .unwrap_or_else(|| panic!("connection {id} is gone"))
+}
+
+/// Takes `name` and checks it went on direct connection `direct`, deletes
+/// its key from outside, and waits for the holder to hear.
+async fn lost_at_once(admin: &Client, locker: &Locker, direct: &str, name: &str) {
+    let before = commands_of(admin, direct).await;
+    let guard = locker.lock(name).await.expect("lock");
+    assert!(
+        commands_of(admin, direct).await > before,
+        "the acquisition did not go on the direct connection"
+    );
+    let _: i64 = admin
+        .del(format!("valkeylock:0:{name}"))
+        .await
+        .expect("DEL");
+    let reason = tokio::time::timeout(Duration::from_secs(5), guard.lost())
+        .await
+        .expect("the holder was not told of the deleted key within 5 s");
+    assert_eq!(reason, LostReason::Deleted);
+}
+
+fn options(server: &ValkeyServer) -> LockerOptions {
+    LockerOptions::new([server.url()])
+        .with_key_majority(1)
+        .with_key_validity(Duration::from_secs(30))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_taken_on_a_direct_connection_hears_of_its_loss_at_once() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let admin = server.admin().await;
+    let locker = Locker::connect(options(&server)).await.unwrap();
+    let (direct, engine) = direct_connection(&admin, &locker).await;
+    assert_ne!(direct, engine);
+    lost_at_once(&admin, &locker, &direct, &unique("direct")).await;
+    // A release on it, and the name taken again by another locker.
+    let name = unique("direct-release");
+    locker.lock(&name).await.unwrap().release().await.unwrap();
+    let other = Locker::connect(options(&server)).await.unwrap();
+    let taken = other.try_lock(&name).await.expect("released");
+    taken.release().await.unwrap();
+    other.close().await;
+    locker.close().await;
+    // Closed with their lockers: no connection redirects any more.
+    let gone = eventually(Duration::from_secs(5), || async {
+        clients(&admin)
+            .await
+            .iter()
+            .all(|c| c.get("redir").is_none_or(|r| r == "-1" || r == "0"))
+    })
+    .await;
+    assert!(
+        gone,
+        "a direct connection outlived its locker: {:?}",
+        clients(&admin).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_engine_reconnects_a_new_direct_connection_redirects_to_its_new_one() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let admin = server.admin().await;
+    let locker = Locker::connect(options(&server)).await.unwrap();
+    let (direct, engine) = direct_connection(&admin, &locker).await;
+    kill(&admin, &engine).await;
+    // The engine reconnects; the old direct connection, redirected to the
+    // killed one, is replaced by one redirected to the new one.
+    let ok = eventually(Duration::from_secs(10), || async {
+        let _ = locker.try_lock(&unique("direct-after")).await;
+        clients(&admin).await.iter().any(|c| {
+            c.get("redir")
+                .is_some_and(|r| r != "-1" && r != "0" && *r != engine)
+        })
+    })
+    .await;
+    assert!(
+        ok,
+        "no direct connection to the new engine connection: {:?}",
+        clients(&admin).await
+    );
+    let (direct2, engine2) = direct_connection(&admin, &locker).await;
+    assert_ne!(engine2, engine);
+    assert_ne!(direct2, direct);
+    // The one redirected to the killed connection is closed; none is left
+    // over beside the new one.
+    let single = eventually(Duration::from_secs(5), || async {
+        let all = clients(&admin).await;
+        let redirected = all
+            .iter()
+            .filter(|c| c.get("redir").is_some_and(|r| r != "-1" && r != "0"))
+            .count();
+        redirected == 1
+    })
+    .await;
+    assert!(
+        single,
+        "stale direct connections: {:?}",
+        clients(&admin).await
+    );
+    lost_at_once(&admin, &locker, &direct2, &unique("direct-again")).await;
+    locker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_direct_connection_is_replaced_and_nothing_is_lost() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let admin = server.admin().await;
+    let locker = Locker::connect(options(&server)).await.unwrap();
+    let (direct, _) = direct_connection(&admin, &locker).await;
+    kill(&admin, &direct).await;
+    // Locks keep working meanwhile (on the engine's connection, or a
+    // failed try answered and retried), and a new one opens.
+    let (direct2, _) = direct_connection(&admin, &locker).await;
+    assert_ne!(direct2, direct);
+    lost_at_once(&admin, &locker, &direct2, &unique("direct-replaced")).await;
+    locker.close().await;
+}
+
+/// The runtime that opened the direct connection is gone; callers on
+/// another runtime still lock, and one of them opens a new one.
+#[test]
+fn a_direct_connection_whose_runtime_ended_is_replaced() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let (locker, direct) = first.block_on(async {
+        let admin = server.admin().await;
+        let locker = Locker::connect(options(&server)).await.unwrap();
+        let (direct, _) = direct_connection(&admin, &locker).await;
+        (locker, direct)
+    });
+    drop(first);
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        let admin = server.admin().await;
+        let (direct2, _) = direct_connection(&admin, &locker).await;
+        assert_ne!(direct2, direct);
+        lost_at_once(&admin, &locker, &direct2, &unique("direct-second")).await;
+        locker.close().await;
+    });
+}
+
+/// With `direct_connections` off every command goes on the engine's
+/// connection: no connection redirects its tracking.
+#[tokio::test]
+async fn off_means_no_direct_connection() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let admin = server.admin().await;
+    let locker = Locker::connect(options(&server).with_direct_connections(false))
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        let g = locker.lock(&unique("direct-off")).await.unwrap();
+        g.release().await.unwrap();
+    }
+    let redirected = clients(&admin)
+        .await
+        .into_iter()
+        .filter(|c| c.get("redir").is_some_and(|r| r != "-1" && r != "0"))
+        .count();
+    assert_eq!(redirected, 0, "{:?}", clients(&admin).await);
+    locker.close().await;
+}
