@@ -1,5 +1,5 @@
 //! Which connection a lock's commands take, measured (issue #11): the one
-//! task loop of lock + release, through five transports in alternated
+//! task loop of lock + release, through six transports in alternated
 //! rounds on one server (each round in another order), each as a ratio to
 //! the raw floor of the same round.
 //!
@@ -26,7 +26,12 @@
 //!   reads arm tracking, and the invalidations go to the engine's
 //!   connection. Checked before the rounds: a key the caller's connection
 //!   read, deleted by another client, reaches the engine as an invalidation.
-//! - `valkeylock`: `Locker::lock` then `LockGuard::release`, as built.
+//! - `valkeylock`: `Locker::lock` then `LockGuard::release`, as built: its
+//!   acquisitions and releases go on a direct connection (the caller's
+//!   runtime drives it, its tracking redirected to the engine's
+//!   connection; `LockerOptions::direct_connections`, on by default).
+//! - `valkeylock (engine)`: the same with `direct_connections` off, every
+//!   command from the engine's thread.
 //!
 //! Run: `cargo bench --bench lanes` (`CI=1`: one short round).
 
@@ -61,12 +66,13 @@ if cur == ARGV[1] then return redis.call('PTTL', KEYS[1]) end
 return cur
 "#;
 
-const VARIANTS: [&str; 5] = [
+const VARIANTS: [&str; 6] = [
     "floor",
     "script",
     "script+verify",
     "script+redirect",
     "valkeylock",
+    "valkeylock (engine)",
 ];
 
 fn main() {
@@ -107,6 +113,12 @@ fn main() {
         let locker = Locker::connect(common::valkeylock_options(std::slice::from_ref(&url), 1))
             .await
             .expect("connect");
+        let engine_only = Locker::connect(
+            common::valkeylock_options(std::slice::from_ref(&url), 1)
+                .with_direct_connections(false),
+        )
+        .await
+        .expect("connect");
 
         // The redirect carries invalidations to the engine's connection.
         let before = engine.invalidations.load(Ordering::SeqCst);
@@ -154,6 +166,10 @@ fn main() {
                         }
                         "valkeylock" => {
                             let g = locker.lock("lanes-valkeylock").await.expect("lock");
+                            g.release().await.expect("release");
+                        }
+                        "valkeylock (engine)" => {
+                            let g = engine_only.lock("lanes-engine").await.expect("lock");
                             g.release().await.expect("release");
                         }
                         _ => {
@@ -206,6 +222,7 @@ fn main() {
             );
         }
         locker.close().await;
+        engine_only.close().await;
         raw.quit().await;
     });
 }

@@ -778,6 +778,10 @@ def region_lanes(ln):
     for t in ("script", "script+verify", "script+redirect"):
         ahead = sum(1 for v in by_round.values() if v[t] < v["valkeylock"])
         lines.append(f"- `{t}` took less time than `valkeylock` in {ahead} of {n} rounds.")
+    # Runs since direct connections (the engine-only locker beside it).
+    if all("valkeylock (engine)" in v for v in by_round.values()):
+        ahead = sum(1 for v in by_round.values() if v["valkeylock"] < v["valkeylock (engine)"])
+        lines.append(f"- `valkeylock` took less time than `valkeylock (engine)` in {ahead} of {n} rounds.")
     return "\n".join(lines)
 
 
