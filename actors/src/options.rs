@@ -161,8 +161,8 @@ pub struct LockerOptions {
     /// to the engine's connection (`CLIENT TRACKING ON REDIRECT`), so a lost
     /// key is noticed as before; extensions, checks and the notice at
     /// `valid_until` stay on the engine's thread. Used with single
-    /// instances (not Cluster or Sentinel nodes) and `dedicated_runtime`
-    /// on; elsewhere it has no effect. Default true. See the README,
+    /// instances (not Cluster or Sentinel nodes), `dedicated_runtime` on and
+    /// `disable_cache` off; elsewhere it has no effect. Default true. See the README,
     /// "Direct connections".
     pub direct_connections: bool,
 }
