@@ -516,7 +516,8 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|e| e.into_inner())
 }
 
-fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `l`, a poisoned lock as well (the tables stay usable).
+pub(crate) fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     l.lock().unwrap_or_else(|e| e.into_inner())
 }
 

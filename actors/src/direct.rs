@@ -22,8 +22,8 @@
 //! engine's id before and after it differ) is followed by a re-check of its
 //! node's keys of that lock, as the engine's reconnect does for the keys it
 //! knew of. fred never reconnects a direct connection by itself (that would
-//! lose its tracking without a word): one that fails is dropped, and the
-//! next caller opens another.
+//! lose its tracking without a word): one whose connection ends is dropped,
+//! and the next caller opens another.
 //!
 //! What keeps the order of a key's writes: each connection delivers its own
 //! commands in order, but nothing orders one connection's against the
@@ -41,8 +41,9 @@
 //! the engine's thread, not outside a runtime). One connection per locker
 //! and node, opened by the first caller that finds none; callers on other
 //! runtimes use it too (fred's client works across runtimes). If the
-//! runtime that opened it shuts down, its commands fail, it is dropped, and
-//! the next caller opens one on its own runtime.
+//! runtime that opened it shuts down, its pump goes with it: the next send
+//! finds it gone and drops the connection, and the next caller opens one on
+//! its own runtime.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -55,7 +56,7 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use crate::addr::Topology;
-use crate::context::{DirectConn, DirectPump, DirectSlot, Shared};
+use crate::context::{lock, DirectConn, DirectPump, DirectSlot, Shared};
 use crate::node;
 
 /// The most commands a direct connection has out at once; more go on the
@@ -250,8 +251,4 @@ impl Drop for Unsettled<'_> {
             }
         }
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

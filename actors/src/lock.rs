@@ -647,7 +647,7 @@ impl LockState {
             ) => Some(per_key[i].clone()),
             _ => None,
         };
-        let op = match self.send_direct(cmd, target, op, caller, node, &key, &gates) {
+        let op = match self.send_direct(cmd, op, caller, node, &key, &gates) {
             Some(op) => op,
             None => return,
         };
@@ -693,11 +693,9 @@ impl LockState {
     /// Sends `op` on node `node`'s direct connection, from the caller's
     /// runtime `caller`, if it may go there (see `direct`); gives it back
     /// otherwise.
-    #[allow(clippy::too_many_arguments)]
     fn send_direct(
         &mut self,
         cmd: crate::core::CmdId,
-        target: Target,
         op: Op,
         caller: Option<&Handle>,
         node: usize,
@@ -707,10 +705,8 @@ impl LockState {
         let Some(runtime) = caller else {
             return Some(op);
         };
-        let eligible = matches!(target, Target::Key(_))
-            && matches!(op, Op::Acquire { .. } | Op::Release { .. })
-            && self.core.may_go_direct(cmd);
-        let conn = match eligible {
+        // An acquisition or a release of a key, nothing else of it out.
+        let conn = match self.core.may_go_direct(cmd) {
             true => direct::conn(&self.shared, node, runtime),
             false => None,
         };

@@ -640,7 +640,7 @@ async fn watch_sentinels(
 
 /// The server's id of `client`'s connection (`CLIENT ID`); 0 if it cannot
 /// be read.
-pub(crate) async fn client_id(client: &Client) -> u64 {
+async fn client_id(client: &Client) -> u64 {
     use fred::types::{ClusterHash, CustomCommand};
     let id = client
         .custom::<Value, _>(
@@ -1280,15 +1280,25 @@ async fn run_job(client: &Client, shared: &Shared, direct: Option<&DirectPump>, 
 /// Hands a job's outcome to its `LockActor`, after the wake-ups its command
 /// owes this locker's own watchers.
 fn finish_job(shared: &Shared, direct: Option<&DirectPump>, job: Job, outcome: Outcome) {
-    wake_after(shared, &job.op, &job.key, job.gates.is_some());
+    // With NOLOOP (the default) this connection's own writes send it no
+    // invalidation: tell this locker's watchers of the name directly.
+    if matches!(job.op, Op::Acquire { .. } | Op::Release { .. }) {
+        shared.wake_watchers_of_key(&job.key);
+    }
+    // The same for the other sides of a read-write lock in this locker: a
+    // released key may let them in.
+    if job.gates.is_some() || matches!(job.op, Op::Release { .. }) {
+        shared.wake_related(job.key.as_bytes());
+    }
+    // A job of a direct connection: its reply is fed to the lock's state
+    // here, on the caller's runtime. A failure closes nothing: one key's
+    // refusal (a key of the wrong type) says nothing of the connection, and
+    // closing it would fail every other command out on it. A connection
+    // that ended is taken out of its slot by the task that opened it, and
+    // one whose runtime shut down by the first caller whose send finds its
+    // pump gone.
     if let Some(pump) = direct {
         pump.out.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        // A failure closes nothing here: one key's refusal (a key of the
-        // wrong type) says nothing of the connection, and closing it would
-        // fail every other command out on it. A connection that ended is
-        // taken out of its slot by the task that opened it, and one whose
-        // runtime shut down by the first caller whose send finds its pump
-        // gone.
         // Gone: the actor stopped, and its holders were told.
         if let Some(port) = job.port.as_ref().and_then(std::sync::Weak::upgrade) {
             let moved = shared.engine_conn(pump.node) != Some(pump.redirect);
@@ -1300,20 +1310,6 @@ fn finish_job(shared: &Shared, direct: Option<&DirectPump>, job: Job, outcome: O
         cmd: job.cmd,
         outcome,
     }));
-}
-
-/// The wake-ups a command on `key` owes this locker's own watchers, once it
-/// has answered. With NOLOOP (the default) a connection's own writes send no
-/// invalidation: this locker's watchers of the name are told directly.
-pub(crate) fn wake_after(shared: &Shared, op: &Op, key: &KeyName, gated: bool) {
-    if matches!(op, Op::Acquire { .. } | Op::Release { .. }) {
-        shared.wake_watchers_of_key(key);
-    }
-    // The same for the other sides of a read-write lock in this locker: a
-    // released key may let them in.
-    if gated || matches!(op, Op::Release { .. }) {
-        shared.wake_related(key.as_bytes());
-    }
 }
 
 /// Runs `kind` for many keys in one script call and answers each job. A key
@@ -1374,7 +1370,7 @@ fn command_failed(e: &fred::error::Error) -> Outcome {
 
 /// Runs one lock command. Bounded by fred's `default_command_timeout` (set to
 /// the locker's timeout in [`build_client`]); no second timer of our own.
-pub(crate) async fn run(
+async fn run(
     client: &Client,
     shared: &Shared,
     op: &Op,
