@@ -263,3 +263,68 @@ async fn off_means_no_direct_connection() {
     assert_eq!(redirected, 0, "{:?}", clients(&admin).await);
     locker.close().await;
 }
+
+/// A caller's own task sends its acquisition and release on the direct
+/// connection; dropped while one is out, it hands the command on to a task
+/// of its own. So a `lock()` dropped with its acquisition in flight leaves
+/// no key held by nobody, and a `release()` dropped with its delete in
+/// flight still deletes the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_dropped_while_its_command_is_out_leaves_nothing_behind() {
+    use futures_util::FutureExt;
+    init_tracing();
+    let server = ValkeyServer::start();
+    let admin = server.admin().await;
+    let locker = Locker::connect(options(&server)).await.unwrap();
+    let other = Locker::connect(options(&server)).await.unwrap();
+    let (direct, _) = direct_connection(&admin, &locker).await;
+    // Rounds whose lock() and release() were dropped with a command out.
+    let mut dropped = (0, 0);
+    for round in 0..20 {
+        let name = unique("direct-dropped");
+        // The name's lock actor is live (it stays a while after a release),
+        // so the next request is fed on this task and its acquisition
+        // driven here: polled once, it is out on the direct connection.
+        locker.lock(&name).await.unwrap().release().await.unwrap();
+        let before = commands_of(&admin, &direct).await;
+        // One poll sends it and looks for its reply once: on a busy
+        // machine the reply can be there already, and then nothing was
+        // dropped this round.
+        match locker.lock(&name).now_or_never() {
+            None => dropped.0 += 1,
+            Some(answered) => answered.expect("lock").release().await.expect("release"),
+        }
+        let sent = eventually(Duration::from_secs(5), || async {
+            commands_of(&admin, &direct).await > before
+        })
+        .await;
+        assert!(sent, "round {round}: the acquisition did not go direct");
+        let free = eventually(Duration::from_secs(5), || async {
+            existing_keys(&admin, "valkeylock", &name, 1).await == 0
+        })
+        .await;
+        assert!(free, "round {round}: a dropped lock() left its key");
+        let taken = other.try_lock(&name).await.expect("free for another");
+        taken.release().await.unwrap();
+
+        // A release dropped with its delete out.
+        let guard = locker.lock(&name).await.unwrap();
+        match guard.release().now_or_never() {
+            None => dropped.1 += 1,
+            Some(answered) => answered.expect("release"),
+        }
+        let deleted = eventually(Duration::from_secs(5), || async {
+            existing_keys(&admin, "valkeylock", &name, 1).await == 0
+        })
+        .await;
+        assert!(deleted, "round {round}: a dropped release() left its key");
+        let taken = other.try_lock(&name).await.expect("free after the release");
+        taken.release().await.unwrap();
+    }
+    assert!(
+        dropped.0 >= 5 && dropped.1 >= 5,
+        "too few rounds dropped a caller with its command out: {dropped:?} of 20"
+    );
+    other.close().await;
+    locker.close().await;
+}

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::{Config, Fair, Fencing, Life, Terms};
 use crate::health::HealthTable;
-use crate::msg::{Job, LockMsg, LockPort, NodeMsg};
+use crate::msg::{DirectLink, Job, LockMsg, LockPort, NodeMsg};
 use crate::options::Settings;
 use crate::scripts::Scripts;
 use crate::timers::Timers;
@@ -85,19 +85,20 @@ pub(crate) enum DirectSlot {
     },
 }
 
-/// An open direct connection: the queue into its command pump, which runs
-/// on the runtime that opened it.
+/// An open direct connection, whose connection task runs on the runtime
+/// that opened it.
 #[derive(Debug, Clone)]
 pub(crate) struct DirectConn {
-    pub(crate) lane: Lane,
-    pub(crate) pump: DirectPump,
+    /// What its commands run on.
+    pub(crate) link: Arc<dyn DirectLink>,
+    pub(crate) info: DirectInfo,
     /// Cancelled to close the connection.
     pub(crate) stop: CancellationToken,
 }
 
-/// What a direct connection's pump knows of it.
+/// What is known of a direct connection.
 #[derive(Debug, Clone)]
-pub(crate) struct DirectPump {
+pub(crate) struct DirectInfo {
     /// Its commands not yet answered (see `direct::MAX_OUT`).
     pub(crate) out: Arc<AtomicUsize>,
     pub(crate) node: usize,
@@ -318,15 +319,15 @@ impl Shared {
         }
     }
 
-    /// Closes node `pump.node`'s direct connection if the slot still holds
-    /// that one (`pump.generation`): the next caller opens another.
-    pub(crate) fn close_direct(&self, pump: &DirectPump) {
-        let Some(slot) = self.direct.get(pump.node) else {
+    /// Closes node `info.node`'s direct connection if the slot still holds
+    /// that one (`info.generation`): the next caller opens another.
+    pub(crate) fn close_direct(&self, info: &DirectInfo) {
+        let Some(slot) = self.direct.get(info.node) else {
             return;
         };
         let mut slot = lock(slot);
         if let DirectSlot::Open(c) = &*slot {
-            if c.pump.generation == pump.generation {
+            if c.info.generation == info.generation {
                 c.stop.cancel();
                 *slot = DirectSlot::Closed;
             }
@@ -573,7 +574,6 @@ mod tests {
             fence_key: None,
             cmd: CmdId(1),
             reply_to: reply_to.clone(),
-            port: None,
         }
     }
 

@@ -8,9 +8,14 @@
 //! trip more (BENCHMARKS.md, "Which connection the hot path takes"). Sent
 //! from the caller's runtime, the command and its reply stay there: the lock
 //! core is fed the request on the caller's thread already (see `lock`), and
-//! now the reply too. A direct connection has a command pump of its own
-//! (`node::run_pump`, on the caller's runtime), so a burst of calls goes out
-//! in script calls of many keys as on the engine's connection.
+//! now the reply too. No task stands between the caller and the connection:
+//! the caller's own task sends the command and takes its reply while it
+//! waits for its answer (`drive`), and a command nobody waits for (a guard
+//! dropped) runs on a task of its own on the caller's runtime (`spawn`). So
+//! a lock and its release cost the wake-ups of fred's connection task only,
+//! as the floor's commands do. A burst is not what a direct connection is
+//! for: past `MAX_OUT` commands out, the rest take the engine's connection
+//! and its script calls of many keys.
 //!
 //! What keeps loss detection: the connection's tracking is redirected to the
 //! engine's connection of the node (`CLIENT TRACKING ON REDIRECT <id>`), so
@@ -41,22 +46,28 @@
 //! the engine's thread, not outside a runtime). One connection per locker
 //! and node, opened by the first caller that finds none; callers on other
 //! runtimes use it too (fred's client works across runtimes). If the
-//! runtime that opened it shuts down, its pump goes with it: the next send
-//! finds it gone and drops the connection, and the next caller opens one on
-//! its own runtime.
+//! runtime that opened it shuts down, fred's connection task goes with it,
+//! and so does the task that keeps the slot: it takes the connection out as
+//! it is dropped, and the next caller opens one on its own runtime.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use fred::clients::Client;
 use fred::interfaces::ClientLike;
 use fred::types::{ClusterHash, CustomCommand, Value};
 use tokio::runtime::Handle;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::addr::Topology;
-use crate::context::{lock, DirectConn, DirectPump, DirectSlot, Shared};
+use crate::context::{lock, DirectConn, DirectInfo, DirectSlot, Shared};
+use crate::few::OneOrMore;
+use crate::msg::{DirectCmd, DirectLink, Running, Sends};
 use crate::node;
 
 /// The most commands a direct connection has out at once; more go on the
@@ -94,9 +105,9 @@ pub(crate) fn conn(shared: &Arc<Shared>, node: usize, runtime: &Handle) -> Optio
     let engine = shared.engine_conn(node).filter(|&id| id != 0)?;
     let mut slot = lock(shared.direct.get(node)?);
     match &*slot {
-        DirectSlot::Open(c) if c.pump.redirect == engine => {
+        DirectSlot::Open(c) if c.info.redirect == engine => {
             // Busy: this one takes the engine's connection.
-            let busy = c.pump.out.load(Ordering::Relaxed) >= MAX_OUT;
+            let busy = c.info.out.load(Ordering::Relaxed) >= MAX_OUT;
             return (!busy).then(|| c.clone());
         }
         DirectSlot::Open(c) => {
@@ -112,9 +123,9 @@ pub(crate) fn conn(shared: &Arc<Shared>, node: usize, runtime: &Handle) -> Optio
     None
 }
 
-/// Opens node `node`'s direct connection on the current runtime, its
-/// tracking redirected to the engine's connection `engine`, and starts its
-/// command pump there; runs until it closes.
+/// Opens node `node`'s direct connection on the current runtime (its
+/// connection task runs there), its tracking redirected to the engine's
+/// connection `engine`; runs until it closes.
 async fn open(shared: Arc<Shared>, node: usize, engine: u64) {
     let generation = shared.direct_generation.fetch_add(1, Ordering::Relaxed) + 1;
     // Dropped unsettled (its runtime shut down meanwhile): the next caller
@@ -133,29 +144,40 @@ async fn open(shared: Arc<Shared>, node: usize, engine: u64) {
         Ok((client, handle))
     };
     let opened = tokio::time::timeout(shared.settings.connect_timeout, opened).await;
-    let pump = DirectPump {
+    let info = DirectInfo {
         out: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         node,
         redirect: engine,
         generation,
     };
-    let settled = settle(&shared, pump.clone(), opened);
+    let settled = settle(&shared, info.clone(), opened);
     // Settled: from here on the slot may hold another opener's `Opening`,
     // which is not this task's to clear.
     unsettled.0 = None;
     let Some((client, handle, stop)) = settled else {
         return;
     };
-    // Closed with the locker, when replaced or failing, or gone by itself:
-    // out of the slot either way. The pump ends once the slot's queue is
-    // dropped and its calls are answered.
+    // Out of the slot however this task ends: closed with the locker,
+    // replaced, gone by itself, or dropped with its runtime (which takes
+    // the connection's task with it), so that no command is sent to a
+    // connection nobody drives.
+    let open = Closing(&shared, &info);
     tokio::select! {
         _ = handle => {}
         _ = stop.cancelled() => {}
         _ = shared.closed.cancelled() => {}
     }
-    shared.close_direct(&pump);
+    drop(open);
     let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
+}
+
+/// Takes a direct connection out of its slot when dropped.
+struct Closing<'a>(&'a Shared, &'a DirectInfo);
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        self.0.close_direct(self.1);
+    }
 }
 
 /// Turns tracking on for `client`, redirected to the engine's connection
@@ -183,15 +205,15 @@ type Opened = Result<
     tokio::time::error::Elapsed,
 >;
 
-/// Puts the outcome of opening connection `pump` in its node's slot, and
-/// starts its pump; the connection and what stops it, if it is to be used.
+/// Puts the outcome of opening connection `info` in its node's slot; the
+/// connection and what stops it, if it is to be used.
 fn settle(
     shared: &Arc<Shared>,
-    pump: DirectPump,
+    info: DirectInfo,
     opened: Opened,
 ) -> Option<(Client, fred::types::ConnectHandle, CancellationToken)> {
-    let addr = &shared.settings.nodes[pump.node];
-    let mut slot = lock(&shared.direct[pump.node]);
+    let addr = &shared.settings.nodes[info.node];
+    let mut slot = lock(&shared.direct[info.node]);
     let (client, handle) = match opened {
         Ok(Ok(opened)) => opened,
         failed => {
@@ -210,7 +232,7 @@ fn settle(
     };
     // The engine reconnected meanwhile (the redirect is stale already), or
     // the slot is no longer this opener's.
-    let stale = shared.engine_conn(pump.node) != Some(pump.redirect);
+    let stale = shared.engine_conn(info.node) != Some(info.redirect);
     if stale || shared.closed.is_cancelled() || !matches!(*slot, DirectSlot::Opening) {
         if matches!(*slot, DirectSlot::Opening) {
             *slot = DirectSlot::Closed;
@@ -218,24 +240,129 @@ fn settle(
         handle.abort();
         return None;
     }
-    tracing::debug!(node = %addr.display(), redirect = pump.redirect, "direct connection open");
-    let (lane, jobs) = tokio::sync::mpsc::unbounded_channel();
-    // Exempt from the cooperative budget, as the engine's pump (see
-    // `NodeActor::pre_start`).
-    tokio::spawn(tokio::task::unconstrained(node::run_pump(
-        client.clone(),
-        shared.clone(),
-        jobs,
-        false,
-        Some(pump.clone()),
-    )));
+    tracing::debug!(node = %addr.display(), redirect = info.redirect, "direct connection open");
     let stop = CancellationToken::new();
+    let link = Link {
+        client: client.clone(),
+        shared: Arc::downgrade(shared),
+        info: info.clone(),
+    };
     *slot = DirectSlot::Open(DirectConn {
-        lane,
-        pump,
+        link: Arc::new(link),
+        info,
         stop: stop.clone(),
     });
     Some((client, handle, stop))
+}
+
+/// A direct connection as its commands see it. Holds its locker weakly: it
+/// lives in the locker's own slot.
+#[derive(Debug)]
+struct Link {
+    client: Client,
+    shared: Weak<Shared>,
+    info: DirectInfo,
+}
+
+impl DirectLink for Link {
+    fn run(&self, cmd: DirectCmd) -> Running {
+        let (client, shared) = (self.client.clone(), self.shared.clone());
+        let (node, redirect) = (self.info.node, self.info.redirect);
+        Box::pin(async move {
+            // The locker is gone: nobody to tell.
+            let Some(shared) = shared.upgrade() else {
+                return Sends::default();
+            };
+            let outcome = node::outcome_of(&client, &shared, &cmd.job).await;
+            node::wake_for(&shared, &cmd.job);
+            let (id, port) = (cmd.job.cmd, cmd.port.upgrade());
+            drop(cmd);
+            // Gone: the actor stopped, and its holders were told.
+            let Some(port) = port else {
+                return Sends::default();
+            };
+            // The engine's connection changed while this was out: the
+            // invalidations of this node's keys may have gone to the old one.
+            let moved = shared.engine_conn(node) != Some(redirect);
+            port.reply(id, outcome, moved.then_some(node))
+        })
+    }
+
+    fn done(&self) {
+        self.info.out.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs `sends` on tasks of their own, each on its caller's runtime: what
+/// nobody waits for (a guard dropped, a grant's first acquisition sent by
+/// the engine). On a runtime that has shut down, a command is dropped
+/// unsent, and its lock core counts its reply overdue.
+pub(crate) fn spawn(sends: Sends) {
+    for cmd in sends {
+        let runtime = cmd.runtime.clone();
+        runtime.spawn(detached(start(cmd)));
+    }
+}
+
+fn start(cmd: DirectCmd) -> Running {
+    let link = cmd.link.clone();
+    link.run(cmd)
+}
+
+async fn detached(running: Running) {
+    spawn(running.await);
+}
+
+/// Drives `sends` on the calling task until `answer` is ready, which is what
+/// saves the wake-ups of a task in between: the caller sends its own
+/// command and takes its reply. What is still out then (another caller's
+/// command its reply produced, or all of them if the caller is dropped
+/// first) goes on running on tasks of its own.
+pub(crate) async fn drive<T>(
+    sends: Sends,
+    answer: &mut oneshot::Receiver<T>,
+) -> Result<T, oneshot::error::RecvError> {
+    let mut driver = Driver(OneOrMore::default());
+    driver.add(sends);
+    std::future::poll_fn(|cx| {
+        driver.poll(cx);
+        Pin::new(&mut *answer).poll(cx)
+    })
+    .await
+}
+
+/// Commands a caller drives, each with its runtime.
+struct Driver(OneOrMore<(Handle, Running)>);
+
+impl Driver {
+    fn add(&mut self, sends: Sends) {
+        for cmd in sends {
+            self.0.push((cmd.runtime.clone(), start(cmd)));
+        }
+    }
+
+    /// Polls every command, and the ones their replies produce.
+    fn poll(&mut self, cx: &mut Context<'_>) {
+        let mut todo = std::mem::take(&mut self.0);
+        while !todo.is_empty() {
+            let mut next = Driver(OneOrMore::default());
+            for (runtime, mut running) in todo {
+                match running.as_mut().poll(cx) {
+                    Poll::Ready(more) => next.add(more),
+                    Poll::Pending => self.0.push((runtime, running)),
+                }
+            }
+            todo = std::mem::take(&mut next.0);
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        for (runtime, running) in std::mem::take(&mut self.0) {
+            runtime.spawn(detached(running));
+        }
+    }
 }
 
 /// Leaves a slot still marked `Opening` closed when dropped, unless

@@ -31,6 +31,11 @@ impl<T> OneOrMore<T> {
             Some(_) => self.more.push(item),
         }
     }
+
+    /// Holds nothing (what is pushed first is always inline).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
 }
 
 impl<T> IntoIterator for OneOrMore<T> {

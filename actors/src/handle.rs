@@ -17,6 +17,7 @@ use tracing::Instrument;
 use crate::clock;
 use crate::context::{count_send, Shared};
 use crate::core::{RequestKind, Time};
+use crate::direct;
 use crate::election::{self, Leader, Record};
 use crate::error::{ConnectionErrorKind, Error, LostReason};
 use crate::failure::startup_verdict;
@@ -24,7 +25,9 @@ use crate::inspect::{ForcedRelease, Health, LockInfo};
 use crate::keys;
 use crate::leader::{self, Announced, LeaderObserver};
 use crate::metrics;
-use crate::msg::{GrantParts, LockPort, NodeMsg, Released, Request, SupervisorMsg, TokenTag};
+use crate::msg::{
+    GrantParts, LockPort, NodeMsg, Released, Request, Sends, SupervisorMsg, TokenTag,
+};
 use crate::observer::{self, LockWatch};
 use crate::options::LockerOptions;
 use crate::request::LockRequest;
@@ -379,11 +382,14 @@ impl Engine {
             // the caller's thread (see `lock`'s module doc). Otherwise (none
             // yet, or it just stopped) through the Supervisor, which starts
             // one.
-            let request = match self.shared.lock_route(name) {
+            let (request, sends) = match self.shared.lock_route(name) {
                 // Counted before it is sent; a retiring actor's mark sends it
                 // through the Supervisor instead (see `LockState::retire`).
-                Some(route) if count_send(route.port.sent()) => route.port.request(request).err(),
-                _ => Some(request),
+                Some(route) if count_send(route.port.sent()) => match route.port.request(request) {
+                    Ok(sends) => (None, sends),
+                    Err(request) => (Some(request), Sends::default()),
+                },
+                _ => (Some(request), Sends::default()),
             };
             if let Some(request) = request {
                 self.supervisor
@@ -399,7 +405,7 @@ impl Engine {
                 id,
                 rx: Some(rx),
             };
-            let result = pending.answer().await;
+            let result = pending.answer(sends).await;
             match result {
                 Ok(result) => {
                     let runtime = self.runtime.handle();
@@ -873,12 +879,17 @@ struct Pending<'a> {
 }
 
 impl Pending<'_> {
-    /// The answer (`Err` if the actor went away without one).
-    async fn answer(&mut self) -> Result<Result<GrantParts, Error>, oneshot::error::RecvError> {
+    /// The answer (`Err` if the actor went away without one), driving
+    /// meanwhile the commands the request sent on direct connections.
+    async fn answer(
+        &mut self,
+        sends: Sends,
+    ) -> Result<Result<GrantParts, Error>, oneshot::error::RecvError> {
         let Some(rx) = self.rx.as_mut() else {
+            direct::spawn(sends);
             return Ok(Err(Error::Closed));
         };
-        let result = rx.await;
+        let result = direct::drive(sends, rx).await;
         self.rx = None;
         result
     }
@@ -900,7 +911,9 @@ impl Drop for Pending<'_> {
         // its lock held by nobody until the locker closed.)
         rx.close();
         if let Ok(Ok(parts)) = rx.try_recv() {
-            parts.lock.release(parts.holder, None);
+            if let Some(sends) = parts.lock.release(parts.holder, None) {
+                direct::spawn(sends);
+            }
         }
     }
 }
@@ -1028,11 +1041,10 @@ impl Lease {
     }
 
     async fn releasing(&self) -> Result<(), Error> {
-        let (tx, rx) = oneshot::channel();
-        let answer = if self.lock.release(self.grant, Some(tx)) {
-            rx.await.ok()
-        } else {
-            None
+        let (tx, mut rx) = oneshot::channel();
+        let answer = match self.lock.release(self.grant, Some(tx)) {
+            Some(sends) => direct::drive(sends, &mut rx).await.ok(),
+            None => None,
         };
         match answer {
             Some(Released { unconfirmed: 0, .. }) => Ok(()),
@@ -1053,7 +1065,9 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if self.armed {
-            self.lock.release(self.grant, None);
+            if let Some(sends) = self.lock.release(self.grant, None) {
+                direct::spawn(sends);
+            }
         }
     }
 }

@@ -18,9 +18,9 @@
 //! chain of hand-overs never leaves the application's threads (measured in
 //! BENCHMARKS.md: the seed bench's tasks on one name). What needs the
 //! network goes to the node's command pump on the engine's thread, or, for
-//! the acquisitions and releases a caller waits for, to the node's direct
-//! connection on the caller's runtime, whose replies are fed here on that
-//! runtime too (see `direct`).
+//! the acquisitions and releases a caller waits for, out of the mutex to
+//! the caller, which sends them on the node's direct connection itself and
+//! feeds their replies here (see `direct`).
 //! Node replies, invalidations, cancels and the timer come in as messages.
 //! The core still sees one event at a time, in the order the mutex admits
 //! them. The mutex is held only while the core runs and its effects are
@@ -50,8 +50,8 @@ use crate::few::{OneOrMore, Table};
 use crate::keys::{self, KeyName};
 use crate::metrics;
 use crate::msg::{
-    ExtendItem, GrantParts, Job, LockMsg, LockPort, NodeMsg, NodeReply, Released, Request,
-    SupervisorMsg, TokenTag,
+    DirectCmd, ExtendItem, GrantParts, Job, LockMsg, LockPort, NodeMsg, NodeReply, Released,
+    Request, Sends, SupervisorMsg, TokenTag,
 };
 use crate::rwlock::{self, Gates};
 use crate::scripts::SetMode;
@@ -151,10 +151,11 @@ impl LockCell {
     }
 
     /// Runs `f` on the state from outside the actor (a caller's thread),
-    /// then sends the answers it produced; false if the actor has stopped
-    /// or failed.
-    fn outside(&self, f: impl FnOnce(&mut LockState) -> Outbox) -> bool {
-        self.locked(f).map(|out| self.deliver(out)).is_some()
+    /// then sends the answers it produced; what it sends on direct
+    /// connections, for the caller to drive. `None` if the actor has
+    /// stopped or failed.
+    fn outside(&self, f: impl FnOnce(&mut LockState) -> Outbox) -> Option<Sends> {
+        self.locked(f).map(|out| self.deliver(out))
     }
 
     /// Runs `f` on the locked state; `None` if the actor has stopped. A
@@ -178,9 +179,11 @@ impl LockCell {
     }
 
     /// Sends the answers `out` holds, the state unlocked. A grant whose
-    /// caller went away is given back, which may answer someone else.
-    fn deliver(&self, mut out: Outbox) {
-        while let Some(mut gone) = out.send() {
+    /// caller went away is given back, which may answer someone else. The
+    /// commands for direct connections come back, to be driven.
+    fn deliver(&self, mut out: Outbox) -> Sends {
+        let mut sends = Sends::default();
+        while let Some(mut gone) = out.send(&mut sends) {
             let next = self.locked(|st| {
                 let mut next = Outbox::default();
                 while let Some(holder) = gone.pop() {
@@ -190,9 +193,10 @@ impl LockCell {
             });
             match next {
                 Some(next) => out = next,
-                None => return,
+                None => break,
             }
         }
+        sends
     }
 
     /// Empties the cell, and drops the state outside the lock: dropping
@@ -204,19 +208,22 @@ impl LockCell {
 }
 
 impl LockPort for LockCell {
-    fn request(&self, request: Request) -> Result<(), Request> {
+    fn request(&self, request: Request) -> Result<Sends, Request> {
         let mut request = Some(request);
-        self.outside(|st| match request.take() {
+        let sends = self.outside(|st| match request.take() {
             Some(r) => {
                 let (event, caller) = st.request_event(r);
                 st.feed_on(event, caller.as_ref())
             }
             None => Outbox::default(),
         });
-        request.map_or(Ok(()), Err)
+        match request {
+            Some(request) => Err(request),
+            None => Ok(sends.unwrap_or_default()),
+        }
     }
 
-    fn release(&self, holder: u64, reply: Option<oneshot::Sender<Released>>) -> bool {
+    fn release(&self, holder: u64, reply: Option<oneshot::Sender<Released>>) -> Option<Sends> {
         self.outside(|st| {
             let event = st.release_event(holder, reply);
             let caller = direct::caller_runtime(&st.shared);
@@ -230,7 +237,7 @@ impl LockPort for LockCell {
 
     /// Fed on the direct connection's runtime (the caller's), so what it
     /// sends next may go there too.
-    fn reply(&self, cmd: crate::core::CmdId, outcome: Outcome, recheck: Option<usize>) {
+    fn reply(&self, cmd: crate::core::CmdId, outcome: Outcome, recheck: Option<usize>) -> Sends {
         self.outside(|st| {
             let caller = direct::caller_runtime(&st.shared);
             let mut out = st.feed_on(Event::Reply { cmd, outcome }, caller.as_ref());
@@ -238,7 +245,8 @@ impl LockPort for LockCell {
                 out.append(st.feed_on(Event::Recheck { node: Some(node) }, caller.as_ref()));
             }
             out
-        });
+        })
+        .unwrap_or_default()
     }
 }
 
@@ -402,7 +410,9 @@ impl Actor for LockActor {
         };
         let out = st.feed_on(event, caller.as_ref());
         drop(slot);
-        home.cell.deliver(out);
+        // Sent on a caller's direct connection (a request that came through
+        // the Supervisor), with nobody here to drive them.
+        direct::spawn(home.cell.deliver(out));
         Ok(())
     }
 }
@@ -503,7 +513,7 @@ impl LockState {
         caller: Option<&Handle>,
     ) -> Option<Event> {
         match effect {
-            Effect::Send { cmd, target, op } => self.dispatch(cmd, target, op, caller),
+            Effect::Send { cmd, target, op } => self.dispatch(cmd, target, op, caller, out),
             Effect::Grant {
                 to,
                 holder,
@@ -626,6 +636,7 @@ impl LockState {
         target: Target,
         op: Op,
         caller: Option<&Handle>,
+        out: &mut Outbox,
     ) {
         let (node, key) = match target {
             Target::Key(i) => (self.shared.core.placement[i], self.keys[i].clone()),
@@ -648,8 +659,8 @@ impl LockState {
             _ => None,
         };
         let op = match self.send_direct(cmd, op, caller, node, &key, &gates) {
-            Some(op) => op,
-            None => return,
+            Ok(direct) => return out.push(Answer::Direct(direct)),
+            Err(op) => op,
         };
         let failed = |me: &ActorRef<LockMsg>, why| {
             let _ = me.cast(LockMsg::Reply(NodeReply {
@@ -683,16 +694,15 @@ impl LockState {
             gates,
             cmd,
             reply_to: self.me.clone(),
-            port: None,
         };
         if self.shared.send_job(node, job).is_err() {
             failed(&self.me, "node not connected");
         }
     }
 
-    /// Sends `op` on node `node`'s direct connection, from the caller's
-    /// runtime `caller`, if it may go there (see `direct`); gives it back
-    /// otherwise.
+    /// The command for `op` on node `node`'s direct connection, from the
+    /// caller's runtime `caller`, if it may go there (see `direct`); gives
+    /// `op` back otherwise.
     fn send_direct(
         &mut self,
         cmd: crate::core::CmdId,
@@ -701,9 +711,9 @@ impl LockState {
         node: usize,
         key: &KeyName,
         gates: &Option<Arc<Gates>>,
-    ) -> Option<Op> {
+    ) -> Result<DirectCmd, Op> {
         let Some(runtime) = caller else {
-            return Some(op);
+            return Err(op);
         };
         // An acquisition or a release of a key, nothing else of it out.
         let conn = match self.core.may_go_direct(cmd) {
@@ -711,32 +721,26 @@ impl LockState {
             false => None,
         };
         let Some(conn) = conn else {
-            return Some(op);
+            return Err(op);
         };
-        let port: Weak<dyn LockPort> = self.port.clone();
-        let job = Job {
-            fence_key: matches!(op, Op::Acquire { fence: true, .. }).then(|| self.fence_key()),
-            op,
-            key: key.clone(),
-            gates: gates.clone(),
-            cmd,
-            reply_to: self.me.clone(),
-            port: Some(port),
-        };
-        conn.pump
+        // Counted until run or dropped (`DirectCmd`'s drop).
+        conn.info
             .out
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match conn.lane.send(job) {
-            Ok(()) => None,
-            // Its pump has ended (the connection closed): the engine's.
-            Err(e) => {
-                conn.pump
-                    .out
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                self.shared.close_direct(&conn.pump);
-                Some(e.0.op)
-            }
-        }
+        let port: Weak<dyn LockPort> = self.port.clone();
+        Ok(DirectCmd {
+            link: conn.link,
+            job: Job {
+                fence_key: matches!(op, Op::Acquire { fence: true, .. }).then(|| self.fence_key()),
+                op,
+                key: key.clone(),
+                gates: gates.clone(),
+                cmd,
+                reply_to: self.me.clone(),
+            },
+            port,
+            runtime: runtime.clone(),
+        })
     }
 
     /// The name's fencing counter key.
@@ -788,6 +792,9 @@ enum Answer {
         reply: oneshot::Sender<Released>,
         released: Released,
     },
+    /// A command for a direct connection, driven once the state is
+    /// unlocked.
+    Direct(DirectCmd),
 }
 
 /// The answers one event produced: usually one or none, kept inline.
@@ -805,11 +812,13 @@ impl Outbox {
         }
     }
 
-    /// Sends every answer; the holders whose grant found no caller, if any.
-    fn send(self) -> Option<Vec<HolderId>> {
+    /// Sends every answer, and puts the commands for direct connections in
+    /// `sends`; the holders whose grant found no caller, if any.
+    fn send(self, sends: &mut Sends) -> Option<Vec<HolderId>> {
         let mut gone = Vec::new();
         for answer in self.0 {
             match answer {
+                Answer::Direct(cmd) => sends.push(cmd),
                 Answer::Grant {
                     reply,
                     parts,

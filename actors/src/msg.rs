@@ -12,6 +12,7 @@ use crate::core::{CmdId, Op, Outcome, ReqId, RequestKind, Terms, Time};
 use crate::election::Record;
 use crate::error::Error;
 use crate::failure::{NodeFailure, NodeReport};
+use crate::few::OneOrMore;
 use crate::keys::KeyName;
 use crate::rwlock::Gates;
 use crate::scripts::{Seen, SetMode, Token};
@@ -71,15 +72,17 @@ pub(crate) struct GrantParts {
 /// The way into a `LockActor`'s state for its callers: requests and
 /// releases feed it on the caller's own thread (see `lock`'s module doc).
 pub(crate) trait LockPort: Send + Sync + std::fmt::Debug {
-    /// A caller wants the lock. Handed back if the actor has stopped.
+    /// A caller wants the lock; what it sends on direct connections, for
+    /// the caller to drive. Handed back if the actor has stopped.
     // Handed back only when the actor has stopped (rare): boxing it would
     // cost every request an allocation.
     #[allow(clippy::result_large_err)]
-    fn request(&self, request: Request) -> Result<(), Request>;
+    fn request(&self, request: Request) -> Result<Sends, Request>;
 
     /// Holder `holder` releases; `reply` is answered once its deletes are.
-    /// False if the actor has stopped (its holders were told then).
-    fn release(&self, holder: u64, reply: Option<oneshot::Sender<Released>>) -> bool;
+    /// What it sends on direct connections, for the caller to drive; `None`
+    /// if the actor has stopped (its holders were told then).
+    fn release(&self, holder: u64, reply: Option<oneshot::Sender<Released>>) -> Option<Sends>;
 
     /// The requests sent to the actor, counted by their senders, and the
     /// mark it sets when it retires (see `context::try_retire`).
@@ -88,7 +91,8 @@ pub(crate) trait LockPort: Send + Sync + std::fmt::Debug {
     /// The reply to command `cmd`, sent on a direct connection; then, if
     /// `recheck` names a node, a re-check of this lock's keys there (the
     /// engine's connection to it changed while the command was out).
-    fn reply(&self, cmd: CmdId, outcome: Outcome, recheck: Option<usize>);
+    /// What that sends next on direct connections comes back.
+    fn reply(&self, cmd: CmdId, outcome: Outcome, recheck: Option<usize>) -> Sends;
 }
 
 /// A caller waiting for a grant.
@@ -160,10 +164,47 @@ pub(crate) struct Job {
     pub(crate) gates: Option<Arc<Gates>>,
     pub(crate) cmd: CmdId,
     pub(crate) reply_to: ActorRef<LockMsg>,
-    /// Set for a job on a direct connection (see `direct`): its reply is fed
-    /// to the lock's state there, on the caller's runtime, not sent to the
-    /// actor on the engine's thread.
-    pub(crate) port: Option<std::sync::Weak<dyn LockPort>>,
+}
+
+/// A command for a direct connection (see `direct`), run as a future on
+/// its caller's runtime: by the caller itself while it waits for its
+/// answer, on a task of its own otherwise. Its reply is fed to the lock's
+/// state there, not sent to the actor on the engine's thread.
+#[derive(Debug)]
+pub(crate) struct DirectCmd {
+    /// The connection it goes on.
+    pub(crate) link: Arc<dyn DirectLink>,
+    pub(crate) job: Job,
+    /// Where its reply is fed; gone once the actor has stopped (its holders
+    /// were told then).
+    pub(crate) port: std::sync::Weak<dyn LockPort>,
+    /// The caller's runtime, where it runs if its caller does not drive it.
+    pub(crate) runtime: tokio::runtime::Handle,
+}
+
+impl Drop for DirectCmd {
+    /// Counted out until run or dropped unrun (see `direct::MAX_OUT`).
+    fn drop(&mut self) {
+        self.link.done();
+    }
+}
+
+/// The commands for direct connections that one event produced: usually
+/// none or one, kept inline.
+pub(crate) type Sends = OneOrMore<DirectCmd>;
+
+/// A future that runs a direct connection's command.
+pub(crate) type Running = std::pin::Pin<Box<dyn std::future::Future<Output = Sends> + Send>>;
+
+/// A direct connection, as its commands see it (it is `direct`'s to open
+/// and close; defined here, below the lock's state, which makes them).
+pub(crate) trait DirectLink: Send + Sync + std::fmt::Debug {
+    /// Runs `cmd` on this connection and feeds its reply to its lock's
+    /// state; what that sends next.
+    fn run(&self, cmd: DirectCmd) -> Running;
+
+    /// A command made for this connection is done (run or dropped).
+    fn done(&self);
 }
 
 /// One key's extension, waiting for the node's next batch.

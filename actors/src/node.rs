@@ -43,7 +43,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::addr::{NodeAddr, Topology};
-use crate::context::{AbortOnDrop, DirectPump, NodeLane, Shared};
+use crate::context::{AbortOnDrop, NodeLane, Shared};
 use crate::core::{Op, Outcome, Place, Queue};
 use crate::election::Record;
 use crate::failure::NodeFailure;
@@ -146,7 +146,7 @@ impl Actor for NodeActor {
         // drop their senders, the pump finishes the calls in flight (they fail
         // fast when the connection task is gone) and every `LockActor` gets its
         // answer now rather than from its backstop timer.
-        let pump = run_pump(client.clone(), args.shared.clone(), jobs, cluster, None);
+        let pump = run_pump(client.clone(), args.shared.clone(), jobs, cluster);
         tokio::spawn(tokio::task::unconstrained(pump));
         Ok(NodeState {
             index: args.index,
@@ -1093,14 +1093,13 @@ fn ttl_value(s: &crate::options::Settings, ttl: Duration) -> Value {
 /// one-key script. Order is kept: a stretch of such jobs goes out where it
 /// was, before the jobs queued after it (a release then the acquisition
 /// that follows it on the same key reach the server in that order).
-pub(crate) async fn run_pump(
+async fn run_pump(
     client: Client,
     shared: Arc<Shared>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     cluster: bool,
-    direct: Option<DirectPump>,
 ) {
-    let (client, shared, direct) = (&client, &*shared, direct.as_ref());
+    let (client, shared) = (&client, &*shared);
     let mut running = FuturesUnordered::new();
     // The stretch of jobs of one kind taken but not yet started; the vector
     // is kept for its capacity.
@@ -1112,13 +1111,13 @@ pub(crate) async fn run_pump(
             0 => {}
             1 => {
                 if let Some(job) = jobs.pop() {
-                    running.push(Either::Left(run_job(client, shared, direct, job)));
+                    running.push(Either::Left(run_job(client, shared, job)));
                 }
             }
             _ => {
                 let group = |j: &Job| (slot_of(&j.key, cluster), Many::ttl(&j.op));
                 for keys in grouped(std::mem::take(jobs), group) {
-                    running.push(Either::Right(run_many(client, shared, direct, *kind, keys)));
+                    running.push(Either::Right(run_many(client, shared, *kind, keys)));
                 }
             }
         };
@@ -1136,7 +1135,7 @@ pub(crate) async fn run_pump(
                     }
                     None => {
                         start(&mut stretch);
-                        running.push(Either::Left(run_job(client, shared, direct, job)));
+                        running.push(Either::Left(run_job(client, shared, job)));
                     }
                 },
                 Poll::Ready(None) => break true,
@@ -1264,8 +1263,14 @@ impl Many {
     }
 }
 
-async fn run_job(client: &Client, shared: &Shared, direct: Option<&DirectPump>, job: Job) {
-    let outcome = run(
+async fn run_job(client: &Client, shared: &Shared, job: Job) {
+    let outcome = outcome_of(client, shared, &job).await;
+    finish_job(shared, job, outcome);
+}
+
+/// Runs `job`'s command on `client`; its outcome.
+pub(crate) async fn outcome_of(client: &Client, shared: &Shared, job: &Job) -> Outcome {
+    run(
         client,
         shared,
         &job.op,
@@ -1273,13 +1278,22 @@ async fn run_job(client: &Client, shared: &Shared, direct: Option<&DirectPump>, 
         job.fence_key.as_ref(),
         job.gates.as_deref(),
     )
-    .await;
-    finish_job(shared, direct, job, outcome);
+    .await
 }
 
 /// Hands a job's outcome to its `LockActor`, after the wake-ups its command
 /// owes this locker's own watchers.
-fn finish_job(shared: &Shared, direct: Option<&DirectPump>, job: Job, outcome: Outcome) {
+fn finish_job(shared: &Shared, job: Job, outcome: Outcome) {
+    wake_for(shared, &job);
+    let _ = job.reply_to.cast(LockMsg::Reply(NodeReply {
+        cmd: job.cmd,
+        outcome,
+    }));
+}
+
+/// The wake-ups `job`'s command owes this locker's own watchers, once
+/// answered.
+pub(crate) fn wake_for(shared: &Shared, job: &Job) {
     // With NOLOOP (the default) this connection's own writes send it no
     // invalidation: tell this locker's watchers of the name directly.
     if matches!(job.op, Op::Acquire { .. } | Op::Release { .. }) {
@@ -1290,37 +1304,11 @@ fn finish_job(shared: &Shared, direct: Option<&DirectPump>, job: Job, outcome: O
     if job.gates.is_some() || matches!(job.op, Op::Release { .. }) {
         shared.wake_related(job.key.as_bytes());
     }
-    // A job of a direct connection: its reply is fed to the lock's state
-    // here, on the caller's runtime. A failure closes nothing: one key's
-    // refusal (a key of the wrong type) says nothing of the connection, and
-    // closing it would fail every other command out on it. A connection
-    // that ended is taken out of its slot by the task that opened it, and
-    // one whose runtime shut down by the first caller whose send finds its
-    // pump gone.
-    if let Some(pump) = direct {
-        pump.out.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        // Gone: the actor stopped, and its holders were told.
-        if let Some(port) = job.port.as_ref().and_then(std::sync::Weak::upgrade) {
-            let moved = shared.engine_conn(pump.node) != Some(pump.redirect);
-            port.reply(job.cmd, outcome, moved.then_some(pump.node));
-        }
-        return;
-    }
-    let _ = job.reply_to.cast(LockMsg::Reply(NodeReply {
-        cmd: job.cmd,
-        outcome,
-    }));
 }
 
 /// Runs `kind` for many keys in one script call and answers each job. A key
 /// the server refuses fails that key only.
-async fn run_many(
-    client: &Client,
-    shared: &Shared,
-    direct: Option<&DirectPump>,
-    kind: Many,
-    jobs: Vec<Job>,
-) {
+async fn run_many(client: &Client, shared: &Shared, kind: Many, jobs: Vec<Job>) {
     // Every job is of `kind` (see `run_pump`); were one not, no call is
     // made. An acquisition's expiry is read once, here: a retry after
     // `NOSCRIPT` sends the same, later than the core stamped the send.
@@ -1355,7 +1343,7 @@ async fn run_many(
         }
     };
     for (job, outcome) in jobs.into_iter().zip(outcomes) {
-        finish_job(shared, direct, job, outcome);
+        finish_job(shared, job, outcome);
     }
 }
 
