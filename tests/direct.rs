@@ -328,3 +328,46 @@ async fn a_caller_dropped_while_its_command_is_out_leaves_nothing_behind() {
     other.close().await;
     locker.close().await;
 }
+
+/// The server keeps what a connection read for that connection only: once a
+/// direct connection is gone, the keys acquired on it send their
+/// invalidations nowhere. So a lock taken on a direct connection that then
+/// closes must still hear of its loss at once (its locker re-checks its keys
+/// on the engine's connection), not only at its next extension 15 s later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_whose_direct_connection_closed_still_hears_of_its_loss_at_once() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let admin = server.admin().await;
+    let locker = Locker::connect(options(&server)).await.unwrap();
+    let (direct, _) = direct_connection(&admin, &locker).await;
+    let name = unique("direct-closed");
+    let before = commands_of(&admin, &direct).await;
+    let guard = locker.lock(&name).await.expect("lock");
+    assert!(
+        commands_of(&admin, &direct).await > before,
+        "the acquisition did not go on the direct connection"
+    );
+    kill(&admin, &direct).await;
+    let gone = eventually(Duration::from_secs(5), || async {
+        clients(&admin).await.iter().all(|c| c["id"] != direct)
+    })
+    .await;
+    assert!(gone, "the killed connection is still listed");
+    // Time for the re-check to read the key on the engine's connection.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        guard.is_held(),
+        "lost without a cause: {:?}",
+        guard.lost_reason()
+    );
+    let _: i64 = admin
+        .del(format!("valkeylock:0:{name}"))
+        .await
+        .expect("DEL");
+    let reason = tokio::time::timeout(Duration::from_secs(5), guard.lost())
+        .await
+        .expect("the holder was not told of the deleted key within 5 s");
+    assert_eq!(reason, LostReason::Deleted);
+    locker.close().await;
+}

@@ -28,7 +28,12 @@
 //! node's keys of that lock, as the engine's reconnect does for the keys it
 //! knew of. fred never reconnects a direct connection by itself (that would
 //! lose its tracking without a word): one whose connection ends is dropped,
-//! and the next caller opens another.
+//! and the next caller opens another. The server keeps a read key tracked
+//! for the connection that read it, only redirecting where it reports: so
+//! when a direct connection ends, every lock re-checks its keys on the node
+//! (`Closing`), which reads them again on the engine's connection; without
+//! that, a lock taken on it heard of a deleted key only at its next
+//! extension (`tests/direct.rs` has the case).
 //!
 //! What keeps the order of a key's writes: each connection delivers its own
 //! commands in order, but nothing orders one connection's against the
@@ -67,7 +72,7 @@ use tokio_util::sync::CancellationToken;
 use crate::addr::Topology;
 use crate::context::{lock, DirectConn, DirectInfo, DirectSlot, Shared};
 use crate::few::OneOrMore;
-use crate::msg::{DirectCmd, DirectLink, Running, Sends};
+use crate::msg::{DirectCmd, DirectLink, LockMsg, Running, Sends};
 use crate::node;
 
 /// The most commands a direct connection has out at once; more go on the
@@ -171,12 +176,31 @@ async fn open(shared: Arc<Shared>, node: usize, engine: u64) {
     let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
 }
 
-/// Takes a direct connection out of its slot when dropped.
+/// Dropped when a direct connection ends: takes it out of its slot, and has
+/// every lock re-check its keys on the node. The server tracks a key for the
+/// connection that read it, not for the one its invalidations are
+/// redirected to: once the direct connection is gone, a key acquired on it
+/// would send its invalidations nowhere until its next extension. The
+/// re-check reads the keys again on the engine's connection, which tracks
+/// them from then on (and finds a key lost meanwhile).
 struct Closing<'a>(&'a Shared, &'a DirectInfo);
 
 impl Drop for Closing<'_> {
     fn drop(&mut self) {
-        self.0.close_direct(self.1);
+        let (shared, info) = (self.0, self.1);
+        shared.close_direct(info);
+        if shared.closed.is_cancelled() {
+            return;
+        }
+        tracing::debug!(
+            node = %shared.settings.nodes[info.node].display(),
+            "direct connection closed: locks re-check their keys there"
+        );
+        for lock in shared.all_locks() {
+            let _ = lock.cast(LockMsg::Recheck {
+                node: Some(info.node),
+            });
+        }
     }
 }
 
