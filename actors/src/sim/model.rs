@@ -36,7 +36,8 @@ pub(super) struct Entry {
     version: u64,
 }
 
-/// An invalidation for connection `proc` about `slot`.
+/// An invalidation for connection `proc` about `slot` (a tracking index: see
+/// `Node::tracked`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Inval {
     pub(super) proc: usize,
@@ -68,7 +69,9 @@ pub(super) struct Node {
     pub(super) keys: Vec<Option<Entry>>,
     /// The fencing counter of each name.
     pub(super) fences: Vec<u64>,
-    /// Per connection (one per process): bit `slot` set while tracked.
+    /// Per connection (a process's engine connection at its index, its
+    /// direct connection at `procs` + its index): bit `slot` set while
+    /// tracked.
     tracked: Vec<u64>,
     pub(super) ghosts: Vec<Ghost>,
     /// Each slot's fair queue, in order (arrival, then member).
@@ -100,7 +103,7 @@ impl Node {
             up: true,
             keys: vec![None; slots],
             fences: vec![0; names],
-            tracked: vec![0; procs],
+            tracked: vec![0; 2 * procs],
             ghosts: Vec::new(),
             queues: vec![Vec::new(); slots],
             version: 0,

@@ -1,6 +1,8 @@
 //! The simulated network: one connection per (process, node), FIFO in each
 //! direction (commands in order to the node, replies in order back), with
-//! random delays; messages on different connections reorder freely.
+//! random delays; messages on different connections reorder freely. With
+//! direct connections (`Knobs::direct`) a process has a second connection
+//! to each node, whose commands race the first's.
 //! Invalidations travel on a path of their own, so they can overtake or trail
 //! the replies of the same connection. Plus the event queue of the run.
 
@@ -20,6 +22,18 @@ pub(super) enum Link {
     /// Silently partitioned: everything sent either way is lost, nobody is
     /// told.
     Cut,
+}
+
+/// Which of a process's connections to a node a command goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lane {
+    /// The engine's connection: its tracking is the process's, and every
+    /// invalidation reaches the process on it.
+    Engine,
+    /// The direct connection (`crate::direct`): what it reads is tracked for
+    /// it, its invalidations redirected to the engine's connection it was
+    /// opened against (`Conn::redirect`).
+    Direct,
 }
 
 /// A command awaiting its reply on a connection: what a connection loss
@@ -45,6 +59,11 @@ pub(super) struct Conn {
     /// Extra one-way delay while the link is slow.
     pub(super) slow: u64,
     pub(super) pending: Vec<Pending>,
+    /// A direct connection's redirect: the epoch of the engine's connection
+    /// it was opened against.
+    pub(super) redirect: u32,
+    /// A direct connection is being opened.
+    pub(super) opening: bool,
 }
 
 impl Conn {
@@ -56,6 +75,16 @@ impl Conn {
             to_proc: 0,
             slow: 0,
             pending: Vec::new(),
+            redirect: 0,
+            opening: false,
+        }
+    }
+
+    /// A direct connection not opened yet.
+    pub(super) fn closed() -> Conn {
+        Conn {
+            link: Link::Down,
+            ..Conn::new()
         }
     }
 
@@ -110,6 +139,7 @@ pub(super) enum Ev {
     Exec {
         to: Dest,
         node: usize,
+        lane: Lane,
         epoch: u32,
         cmd: CmdId,
         target: Target,
@@ -119,6 +149,7 @@ pub(super) enum Ev {
     Reply {
         to: Dest,
         node: usize,
+        lane: Lane,
         epoch: u32,
         cmd: CmdId,
         outcome: Outcome,
@@ -131,7 +162,12 @@ pub(super) enum Ev {
         slot: usize,
     },
     /// A command failed at once (its connection was closed).
-    Failed { to: Dest, node: usize, cmd: CmdId },
+    Failed {
+        to: Dest,
+        node: usize,
+        lane: Lane,
+        cmd: CmdId,
+    },
     /// An event from the process's own client library (a reconnect's
     /// re-check) for every current core of the process.
     Local { proc: usize, event: Event },
@@ -157,6 +193,9 @@ pub(super) enum Ev {
     Fast { proc: usize, node: usize },
     /// Node `node` comes back up, empty.
     NodeUp { node: usize },
+    /// Process `proc`'s direct connection to `node` is open (if its engine's
+    /// connection still is).
+    DirectOpen { proc: usize, node: usize },
 }
 
 #[derive(Debug)]

@@ -13,7 +13,7 @@ use crate::core::{
 
 use super::invariants::Checks;
 use super::model::{Node, Out};
-use super::network::{Conn, Dest, Ev, Link, Pending, Queue};
+use super::network::{Conn, Dest, Ev, Lane, Link, Pending, Queue};
 use super::process::{Caller, Clock, CoreSlot, Process, Stage};
 use super::rng::{Rng, SimEntropy};
 use super::Knobs;
@@ -57,6 +57,8 @@ pub(super) struct Stats {
     pub(super) excused: u64,
     /// Commands sent, per process.
     pub(super) cmds: Vec<u64>,
+    /// Commands sent on direct connections.
+    pub(super) direct: u64,
 }
 
 /// One simulated run.
@@ -70,8 +72,13 @@ pub(super) struct World {
     work: Rng,
     q: Queue,
     pub(super) nodes: Vec<Node>,
-    /// `conns[process][node]`.
+    /// `conns[process][node]`: the engine's connections.
     pub(super) conns: Vec<Vec<Conn>>,
+    /// `directs[process][node]`: the direct connections (`Knobs::direct`).
+    directs: Vec<Vec<Conn>>,
+    /// The event being fed came from a caller's runtime (a request, a
+    /// release, a direct connection's reply): what it sends may go direct.
+    caller_fed: bool,
     pub(super) procs: Vec<Process>,
     pub(super) stage: RunStage,
     pub(super) trace: Option<VecDeque<String>>,
@@ -118,6 +125,9 @@ impl World {
             .collect();
         let conns = (0..k.procs)
             .map(|_| (0..k.nodes).map(|_| Conn::new()).collect())
+            .collect();
+        let directs = (0..k.procs)
+            .map(|_| (0..k.nodes).map(|_| Conn::closed()).collect())
             .collect();
         let mut procs = Vec::new();
         for _ in 0..k.procs {
@@ -183,6 +193,8 @@ impl World {
             q,
             nodes,
             conns,
+            directs,
+            caller_fed: false,
             procs,
             stage: RunStage::Main,
             trace: trace.then(VecDeque::new),
@@ -332,29 +344,40 @@ impl World {
             Ev::Exec {
                 to,
                 node,
+                lane,
                 epoch,
                 cmd,
                 target,
                 op,
-            } => self.exec(to, node, epoch, cmd, target, op),
+            } => self.exec(to, node, lane, epoch, cmd, target, op),
             Ev::Reply {
                 to,
                 node,
+                lane,
                 epoch,
                 cmd,
                 outcome,
             } => {
-                let c = &mut self.conns[to.proc][node];
+                let c = self.conn(to.proc, node, lane);
                 if c.epoch != epoch || c.link != Link::Up {
                     return Ok(());
                 }
                 c.forget(to.name, to.inc, cmd);
-                self.deliver(to, Event::Reply { cmd, outcome })
+                self.replied(to, node, lane, cmd, outcome)
             }
-            Ev::Failed { to, node, cmd } => {
-                self.conns[to.proc][node].forget(to.name, to.inc, cmd);
+            Ev::Failed {
+                to,
+                node,
+                lane,
+                cmd,
+            } => {
+                self.conn(to.proc, node, lane).forget(to.name, to.inc, cmd);
                 let outcome = Outcome::Failed("connection closed");
-                self.deliver(to, Event::Reply { cmd, outcome })
+                self.replied(to, node, lane, cmd, outcome)
+            }
+            Ev::DirectOpen { proc, node } => {
+                self.open_direct(proc, node);
+                Ok(())
             }
             Ev::Inval {
                 proc,
@@ -388,10 +411,10 @@ impl World {
                 self.node_out(node, out);
                 Ok(())
             }
-            Ev::Arrive { proc, name } => self.arrive(proc, name),
+            Ev::Arrive { proc, name } => self.as_caller(|w| w.arrive(proc, name)),
             Ev::Cancel { proc, req } => self.cancel(proc, req),
             Ev::CancelCore { proc, req } => self.cancel_core(proc, req),
-            Ev::Release { proc, req, ack } => self.release(proc, req, ack),
+            Ev::Release { proc, req, ack } => self.as_caller(|w| w.release(proc, req, ack)),
             Ev::Fault => {
                 if self.stage == RunStage::Main {
                     self.fault();
@@ -404,6 +427,7 @@ impl World {
             }
             Ev::Fast { proc, node } => {
                 self.conns[proc][node].slow = 0;
+                self.directs[proc][node].slow = 0;
                 Ok(())
             }
             Ev::NodeUp { node } => {
@@ -419,10 +443,12 @@ impl World {
 
     // ===== the nodes and the network =====
 
+    #[allow(clippy::too_many_arguments)]
     fn exec(
         &mut self,
         to: Dest,
         node: usize,
+        lane: Lane,
         epoch: u32,
         cmd: crate::core::CmdId,
         target: Target,
@@ -432,7 +458,7 @@ impl World {
             return Ok(());
         }
         let live = {
-            let c = &self.conns[to.proc][node];
+            let c = self.conn(to.proc, node, lane);
             c.epoch == epoch && c.link == Link::Up
         };
         // A command on a connection that broke meanwhile may still have
@@ -459,7 +485,8 @@ impl World {
             Op::Acquire { ttl, .. } | Op::Extend { ttl, .. } => ttl.as_nanos() as u64,
             _ => self.ttl(),
         };
-        let outcome = self.nodes[node].exec(self.now, to.proc, to.name, slot, &op, ttl, &mut out);
+        let tracker = self.tracker(to.proc, lane);
+        let outcome = self.nodes[node].exec(self.now, tracker, to.name, slot, &op, ttl, &mut out);
         if let Op::Acquire { token, .. } | Op::Extend { token, .. } = &op {
             if !out.expiries.is_empty() {
                 self.inv
@@ -468,19 +495,24 @@ impl World {
         }
         self.log(|| {
             format!(
-                "node{node} runs {cmd:?} of p{} name{} {target:?} {op:?} -> {outcome:?}",
+                "node{node} runs {cmd:?} of p{} name{} {target:?} {op:?} ({lane:?}) -> {outcome:?}",
                 to.proc, to.name
             )
         });
         self.node_out(node, out);
         if live {
-            let d = self.conns[to.proc][node].delay(&mut self.net, self.k.max_delay_ms * MS);
-            let at = self.conns[to.proc][node].arrival_at_proc(self.now, d);
+            let c = match lane {
+                Lane::Engine => &mut self.conns[to.proc][node],
+                Lane::Direct => &mut self.directs[to.proc][node],
+            };
+            let d = c.delay(&mut self.net, self.k.max_delay_ms * MS);
+            let at = c.arrival_at_proc(self.now, d);
             self.q.push(
                 at,
                 Ev::Reply {
                     to,
                     node,
+                    lane,
                     epoch,
                     cmd,
                     outcome,
@@ -503,7 +535,21 @@ impl World {
             );
         }
         for inv in out.invals {
-            let c = &self.conns[inv.proc][node];
+            // Tracked for a direct connection: redirected to the engine's
+            // connection it was opened against, and lost if that one is
+            // gone (the server finds no client with the id).
+            let procs = self.k.procs;
+            let proc = inv.proc % procs;
+            let c = &self.conns[proc][node];
+            if inv.proc >= procs && self.directs[proc][node].redirect != c.epoch {
+                self.log(|| {
+                    format!(
+                        "node{node} invalidation of slot{} for p{proc}'s direct connection lost: its redirect is gone",
+                        inv.slot
+                    )
+                });
+                continue;
+            }
             if c.link != Link::Up {
                 continue;
             }
@@ -512,7 +558,7 @@ impl World {
             self.q.push(
                 self.now + d,
                 Ev::Inval {
-                    proc: inv.proc,
+                    proc,
                     node,
                     epoch,
                     slot: inv.slot,
@@ -521,17 +567,34 @@ impl World {
         }
     }
 
-    fn send(&mut self, to: Dest, cmd: crate::core::CmdId, target: Target, op: Op) {
+    fn send(&mut self, to: Dest, cmd: crate::core::CmdId, target: Target, op: Op, direct: bool) {
         let node = match target {
             Target::Key(k) => self.cfg.placement[k],
             Target::Fence(n) => n,
         };
         self.stats.cmds[to.proc] += 1;
-        let c = &mut self.conns[to.proc][node];
+        let lane = if direct && self.direct_lane(to.proc, node) {
+            self.stats.direct += 1;
+            Lane::Direct
+        } else {
+            Lane::Engine
+        };
+        let c = match lane {
+            Lane::Engine => &mut self.conns[to.proc][node],
+            Lane::Direct => &mut self.directs[to.proc][node],
+        };
         match c.link {
             Link::Down => {
                 let at = self.now + self.net.range(10_000, 500_000);
-                self.q.push(at, Ev::Failed { to, node, cmd });
+                self.q.push(
+                    at,
+                    Ev::Failed {
+                        to,
+                        node,
+                        lane,
+                        cmd,
+                    },
+                );
             }
             // Lost in the partition; the core's table times it out.
             Link::Cut => {}
@@ -549,6 +612,7 @@ impl World {
                     Ev::Exec {
                         to,
                         node,
+                        lane,
                         epoch,
                         cmd,
                         target,
@@ -557,6 +621,143 @@ impl World {
                 );
             }
         }
+    }
+
+    /// The connection of `lane` from `proc` to `node`.
+    fn conn(&mut self, proc: usize, node: usize, lane: Lane) -> &mut Conn {
+        match lane {
+            Lane::Engine => &mut self.conns[proc][node],
+            Lane::Direct => &mut self.directs[proc][node],
+        }
+    }
+
+    /// Whose tracking a read on `lane` arms (see `Node::tracked`).
+    fn tracker(&self, proc: usize, lane: Lane) -> usize {
+        match lane {
+            Lane::Engine => proc,
+            Lane::Direct => self.k.procs + proc,
+        }
+    }
+
+    /// Runs `f` as the feeding of an event from a caller's runtime.
+    fn as_caller(
+        &mut self,
+        f: impl FnOnce(&mut World) -> Result<(), String>,
+    ) -> Result<(), String> {
+        self.caller_fed = true;
+        let r = f(self);
+        self.caller_fed = false;
+        r
+    }
+
+    /// A command's reply (or failure) reaches its core. On the direct lane
+    /// it is fed on the caller's runtime, and followed by a re-check of the
+    /// node when the engine's connection changed since the direct one was
+    /// opened (as `direct::Link::run` does).
+    fn replied(
+        &mut self,
+        to: Dest,
+        node: usize,
+        lane: Lane,
+        cmd: crate::core::CmdId,
+        outcome: Outcome,
+    ) -> Result<(), String> {
+        match lane {
+            Lane::Engine => self.deliver(to, Event::Reply { cmd, outcome }),
+            Lane::Direct => {
+                let e = &self.conns[to.proc][node];
+                let moved = e.link == Link::Down || e.epoch != self.directs[to.proc][node].redirect;
+                self.as_caller(|w| {
+                    w.deliver(to, Event::Reply { cmd, outcome })?;
+                    if moved {
+                        w.deliver(to, Event::Recheck { node: Some(node) })?;
+                    }
+                    Ok(())
+                })
+            }
+        }
+    }
+
+    /// Whether a command of `proc` for `node` may take the direct
+    /// connection, as `direct::conn` decides: one is open and redirected to
+    /// the engine's current connection. A stale one (the engine's connection
+    /// was replaced) is closed; if none is open or opening, one is opened
+    /// for the commands after this one.
+    fn direct_lane(&mut self, proc: usize, node: usize) -> bool {
+        let engine = &self.conns[proc][node];
+        // No engine connection: nothing to redirect to.
+        if engine.link == Link::Down {
+            return false;
+        }
+        let epoch = engine.epoch;
+        let d = &self.directs[proc][node];
+        if d.link != Link::Down {
+            if d.redirect == epoch {
+                return true;
+            }
+            self.log(|| format!("p{proc}-node{node} direct connection stale: replaced"));
+            self.close_direct(proc, node);
+        }
+        let d = &mut self.directs[proc][node];
+        if !d.opening {
+            d.opening = true;
+            let at = self.now + self.net.range(100_000, 2 * MS);
+            self.q.push(at, Ev::DirectOpen { proc, node });
+        }
+        false
+    }
+
+    fn open_direct(&mut self, proc: usize, node: usize) {
+        let (up, epoch) = {
+            let e = &self.conns[proc][node];
+            (e.link == Link::Up && self.nodes[node].up, e.epoch)
+        };
+        let d = &mut self.directs[proc][node];
+        d.opening = false;
+        if up && d.link == Link::Down {
+            d.link = Link::Up;
+            d.epoch += 1;
+            d.redirect = epoch;
+            d.slow = 0;
+            self.log(|| format!("p{proc}-node{node} direct connection open"));
+        }
+    }
+
+    /// A direct connection closes: its commands fail or go unanswered, the
+    /// server forgets what it tracked for it, and the process's locks
+    /// re-check their keys on the node (`direct::Closing`).
+    fn close_direct(&mut self, proc: usize, node: usize) {
+        let tracker = self.tracker(proc, Lane::Direct);
+        let d = &mut self.directs[proc][node];
+        if d.link == Link::Down {
+            return;
+        }
+        d.epoch += 1;
+        d.link = Link::Down;
+        let pending = std::mem::take(&mut d.pending);
+        self.nodes[node].untrack(tracker);
+        for p in pending {
+            if self.net.chance(60) {
+                let at = self.now + self.net.range(10_000, 1_000_000);
+                let to = Dest {
+                    proc,
+                    name: p.name,
+                    inc: p.inc,
+                };
+                self.q.push(
+                    at,
+                    Ev::Failed {
+                        to,
+                        node,
+                        lane: Lane::Direct,
+                        cmd: p.cmd,
+                    },
+                );
+            }
+        }
+        let at = self.now + self.net.range(10_000, MS);
+        let event = Event::Recheck { node: Some(node) };
+        self.q.push(at, Ev::Local { proc, event });
     }
 
     /// The connection closes: the server forgets its tracking; commands
@@ -580,6 +781,7 @@ impl World {
                     Ev::Failed {
                         to,
                         node,
+                        lane: Lane::Engine,
                         cmd: p.cmd,
                     },
                 );
@@ -597,6 +799,11 @@ impl World {
     fn reconnect(&mut self, proc: usize, node: usize) {
         if !self.nodes[node].up || self.conns[proc][node].link == Link::Up {
             return;
+        }
+        // A direct connection cut off with it is found dead by then (fred's
+        // unresponsive check) and closed: never reconnected.
+        if self.directs[proc][node].link == Link::Cut {
+            self.close_direct(proc, node);
         }
         let c = &mut self.conns[proc][node];
         if c.link == Link::Cut {
@@ -628,6 +835,10 @@ impl World {
         let timeout = self.cfg.timeout.as_nanos() as u64;
         self.stats.faults += 1;
         match f {
+            DROP if self.directs[proc][node].link == Link::Up && self.net.chance(50) => {
+                self.log(|| format!("FAULT p{proc}-node{node} direct connection closed"));
+                self.close_direct(proc, node);
+            }
             DROP if self.conns[proc][node].link == Link::Up => {
                 self.log(|| format!("FAULT p{proc}-node{node} connection closed"));
                 self.close_conn(proc, node, true);
@@ -635,6 +846,9 @@ impl World {
             CUT if self.conns[proc][node].link == Link::Up => {
                 self.log(|| format!("FAULT p{proc}-node{node} silently partitioned"));
                 self.conns[proc][node].link = Link::Cut;
+                if self.directs[proc][node].link == Link::Up {
+                    self.directs[proc][node].link = Link::Cut;
+                }
                 let at = self.now + self.net.range(timeout, 3 * validity);
                 self.q.push(at, Ev::Reconnect { proc, node });
             }
@@ -642,6 +856,7 @@ impl World {
                 let slow = self.net.range(timeout / 2, self.slow_max());
                 self.log(|| format!("FAULT p{proc}-node{node} slow by {}ms", slow / MS));
                 self.conns[proc][node].slow = slow;
+                self.directs[proc][node].slow = slow;
                 let at = self.now + self.net.range(timeout, 2 * validity);
                 self.q.push(at, Ev::Fast { proc, node });
             }
@@ -651,6 +866,7 @@ impl World {
                 self.nodes[node].crash(self.now, delayed);
                 for p in 0..self.k.procs {
                     self.close_conn(p, node, false);
+                    self.close_direct(p, node);
                 }
                 self.restarted = true;
                 let down = if delayed {
@@ -671,6 +887,9 @@ impl World {
                     format!("FAULT node{node} FLUSHALL (invalidation delivered: {deliver})")
                 });
                 if deliver {
+                    let mut told: Vec<usize> = told.into_iter().map(|t| t % self.k.procs).collect();
+                    told.sort_unstable();
+                    told.dedup();
                     for p in told {
                         if self.conns[p][node].link == Link::Up {
                             let at = self.now + self.net.range(10_000, MS);
@@ -980,7 +1199,12 @@ impl World {
                         ));
                     }
                 }
-                self.send(Dest { proc, name, inc }, *cmd, *target, op.clone());
+                // As the shell: an acquisition or release fed on a caller's
+                // runtime, alone on its key, may go on the direct connection.
+                let direct = self.k.direct
+                    && self.caller_fed
+                    && self.procs[proc].cores[name].core.may_go_direct(*cmd);
+                self.send(Dest { proc, name, inc }, *cmd, *target, op.clone(), direct);
             }
             Effect::Grant {
                 to,
