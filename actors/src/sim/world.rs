@@ -736,6 +736,15 @@ impl World {
         d.link = Link::Down;
         let pending = std::mem::take(&mut d.pending);
         self.nodes[node].untrack(tracker);
+        self.fail_pending(proc, node, Lane::Direct, pending);
+        let at = self.now + self.net.range(10_000, MS);
+        let event = Event::Recheck { node: Some(node) };
+        self.q.push(at, Ev::Local { proc, event });
+    }
+
+    /// The commands that were out on a connection that closed: each fails
+    /// soon after, or is never answered.
+    fn fail_pending(&mut self, proc: usize, node: usize, lane: Lane, pending: Vec<Pending>) {
         for p in pending {
             if self.net.chance(60) {
                 let at = self.now + self.net.range(10_000, 1_000_000);
@@ -744,20 +753,18 @@ impl World {
                     name: p.name,
                     inc: p.inc,
                 };
+                let cmd = p.cmd;
                 self.q.push(
                     at,
                     Ev::Failed {
                         to,
                         node,
-                        lane: Lane::Direct,
-                        cmd: p.cmd,
+                        lane,
+                        cmd,
                     },
                 );
             }
         }
-        let at = self.now + self.net.range(10_000, MS);
-        let event = Event::Recheck { node: Some(node) };
-        self.q.push(at, Ev::Local { proc, event });
     }
 
     /// The connection closes: the server forgets its tracking; commands
@@ -768,25 +775,7 @@ impl World {
         c.link = Link::Down;
         let pending = std::mem::take(&mut c.pending);
         self.nodes[node].untrack(proc);
-        for p in pending {
-            if self.net.chance(60) {
-                let at = self.now + self.net.range(10_000, 1_000_000);
-                let to = Dest {
-                    proc,
-                    name: p.name,
-                    inc: p.inc,
-                };
-                self.q.push(
-                    at,
-                    Ev::Failed {
-                        to,
-                        node,
-                        lane: Lane::Engine,
-                        cmd: p.cmd,
-                    },
-                );
-            }
-        }
+        self.fail_pending(proc, node, Lane::Engine, pending);
         if reconnect {
             let timeout = self.cfg.timeout.as_nanos() as u64;
             let at = self.now + self.net.range(MS, 2 * timeout);
