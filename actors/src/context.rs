@@ -427,6 +427,14 @@ impl Shared {
             .map(|(name, _)| name.clone())
     }
 
+    /// Has every lock re-check its keys on node `node` (`None`: on every
+    /// node), for invalidations that may have been lost there.
+    pub(crate) fn recheck_all(&self, node: Option<usize>) {
+        for lock in self.all_locks() {
+            let _ = lock.cast(LockMsg::Recheck { node });
+        }
+    }
+
     pub(crate) fn all_locks(&self) -> Vec<ActorRef<LockMsg>> {
         read(&self.locks)
             .values()

@@ -72,7 +72,7 @@ use tokio_util::sync::CancellationToken;
 use crate::addr::Topology;
 use crate::context::{lock, DirectConn, DirectInfo, DirectSlot, Shared};
 use crate::few::OneOrMore;
-use crate::msg::{DirectCmd, DirectLink, LockMsg, Running, Sends};
+use crate::msg::{DirectCmd, DirectLink, Running, Sends};
 use crate::node;
 
 /// The most commands a direct connection has out at once; more go on the
@@ -196,11 +196,7 @@ impl Drop for Closing<'_> {
             node = %shared.settings.nodes[info.node].display(),
             "direct connection closed: locks re-check their keys there"
         );
-        for lock in shared.all_locks() {
-            let _ = lock.cast(LockMsg::Recheck {
-                node: Some(info.node),
-            });
-        }
+        shared.recheck_all(Some(info.node));
     }
 }
 

@@ -836,9 +836,7 @@ fn start_forwarder(
                         skipped = n,
                         "invalidation channel lagged; re-checking every lock"
                     );
-                    for lock in shared.all_locks() {
-                        let _ = lock.cast(LockMsg::Recheck { node: None });
-                    }
+                    shared.recheck_all(None);
                     shared.wake_all_watchers();
                 }
                 Err(RecvError::Closed) => break,

@@ -137,9 +137,7 @@ impl Actor for Supervisor {
                     }
                     // Invalidations sent while we were away are lost: every
                     // lock re-checks its keys there, and waiters retry.
-                    for lock in st.shared.all_locks() {
-                        let _ = lock.cast(LockMsg::Recheck { node: Some(node) });
-                    }
+                    st.shared.recheck_all(Some(node));
                 }
             }
             SupervisorMsg::NodeDown {
