@@ -369,3 +369,103 @@ async fn a_lock_whose_direct_connection_closed_still_hears_of_its_loss_at_once()
     hears_of_delete(&admin, &guard, &name).await;
     locker.close().await;
 }
+
+/// Calls of each command the server has run so far (`INFO commandstats`).
+async fn calls(admin: &Client) -> HashMap<String, u64> {
+    let info: String = admin
+        .info(Some(fred::types::InfoKind::CommandStats))
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+            Some((name.to_owned(), rest.split(',').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A loop of `lock()` and a dropped guard: each acquisition is sent right
+/// behind the delete before it, without waiting for its reply (a chain, see
+/// README "Direct connections"). On the one connection both take, the
+/// delete must be written first, although the dropped guard's delete runs
+/// on a task of its own: otherwise the acquisition finds our own old key,
+/// fails, and waits to be woken by the delete's reply (one more script call
+/// and a round trip per lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_of_lock_and_a_dropped_guard_writes_each_delete_before_the_next_acquisition() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let admin = server.admin().await;
+    let locker = Locker::connect(options(&server)).await.unwrap();
+    direct_connection(&admin, &locker).await;
+    let name = unique("direct-chain");
+    drop(locker.lock(&name).await.unwrap());
+    let free = || async { existing_keys(&admin, "valkeylock", &name, 1).await == 0 };
+    assert!(eventually(Duration::from_secs(5), free).await);
+    let before = calls(&admin).await;
+    let n: u64 = 300;
+    for _ in 0..n {
+        drop(locker.lock(&name).await.expect("lock"));
+    }
+    assert!(
+        eventually(Duration::from_secs(5), free).await,
+        "the last delete"
+    );
+    let after = calls(&admin).await;
+    let delta = |c: &str| after.get(c).unwrap_or(&0) - before.get(c).unwrap_or(&0);
+    // Every lock took its key with one `SET`, and every script call was an
+    // acquisition, a delete or a check (`GET` + `PTTL`: the engine's own
+    // connection, which read the key once, hears of our deletes and has
+    // the holder check its key): no acquisition failed.
+    assert_eq!(delta("set"), n, "{after:?}");
+    let failed = delta("evalsha").saturating_sub(2 * n + delta("pttl"));
+    assert!(
+        failed <= n / 20,
+        "{failed} of {n} acquisitions failed (found our own key before its delete)"
+    );
+    locker.close().await;
+}
+
+/// Such a loop wins every race after its own delete, so it is bounded like
+/// local hand-overs: another locker (as another process would) still gets
+/// the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_of_lock_and_a_dropped_guard_lets_another_locker_in() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let admin = server.admin().await;
+    let looping = Locker::connect(options(&server)).await.unwrap();
+    let other = Locker::connect(options(&server)).await.unwrap();
+    direct_connection(&admin, &looping).await;
+    let name = unique("direct-chain-fair");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ops = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let task = {
+        let (looping, name, stop, ops) = (looping.clone(), name.clone(), stop.clone(), ops.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                drop(looping.lock(&name).await.expect("lock"));
+                ops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
+    let going = eventually(Duration::from_secs(10), || async {
+        ops.load(std::sync::atomic::Ordering::Relaxed) >= 200
+    })
+    .await;
+    assert!(going, "the loop did not get going");
+    let got = tokio::time::timeout(Duration::from_secs(10), other.lock(&name)).await;
+    let guard = got
+        .expect("another locker never got the lock from the loop within 10 s")
+        .expect("lock");
+    // The loop made progress meanwhile, and waits now.
+    let seen = ops.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(ops.load(std::sync::atomic::Ordering::Relaxed) <= seen + 1);
+    assert!(guard.is_held());
+    guard.release().await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    task.await.unwrap();
+    other.close().await;
+    looping.close().await;
+}

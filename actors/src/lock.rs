@@ -860,7 +860,9 @@ impl GrantWatch {
         if grant != self.grant {
             self.set_degraded(false);
             self.grant = grant;
-            self.handovers = 0;
+            // A grant taken right behind our own deletes starts with the
+            // chain's count: those were no hand-overs of its keys.
+            self.handovers = view.as_ref().map_or(0, |v| v.handovers);
             self.lost = Vec::new();
         }
         let Some(view) = view else {

@@ -121,6 +121,11 @@ pub struct LockerOptions {
     /// locker, a lone task of another got about a seventh of what each of
     /// them got (with 32, about two thirds). Set 8 to 32 where every task of
     /// every process should get an equal share.
+    ///
+    /// The same budget bounds a chain of acquisitions sent right behind this
+    /// process's own deletes (README, "A release nobody waits for"): a guard
+    /// dropped with nobody waiting, then a `lock()` of the name before the
+    /// delete is answered. 0 turns those off too.
     pub local_handover_limit: u32,
     /// Give every grant a fencing token (`LockGuard::fencing_token`) that is
     /// strictly greater than every token granted before it for the same name,

@@ -215,6 +215,20 @@ impl InFlight {
             .all(|(c, cmd)| *c == id || cmd.purpose.key() != Some(key))
     }
 
+    /// True if command `id` is in the table and every other one of its key,
+    /// live or overdue, is a delete: an acquisition sent right behind our
+    /// own deletes (see `lock::Chain`).
+    pub(crate) fn behind_deletes_only(&self, id: CmdId) -> bool {
+        let Some(key) = self.purpose_of(id).and_then(|p| p.key()) else {
+            return false;
+        };
+        self.cmds.iter().all(|(c, cmd)| {
+            *c == id
+                || cmd.purpose.key() != Some(key)
+                || matches!(cmd.purpose, Purpose::Release { .. })
+        })
+    }
+
     /// True if no command is waiting for its reply (overdue ones aside).
     pub(crate) fn idle(&self) -> bool {
         self.cmds.iter().all(|(_, c)| c.overdue.is_some())

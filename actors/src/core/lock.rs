@@ -23,7 +23,7 @@ use super::ops::{Entropy, Op, Outcome, Place, Queue, Target};
 use super::quorum::{self, Life, Tally};
 use super::terms::Terms;
 use super::time::Time;
-use super::waiters::{may_hand_over, ReqId, RequestKind, Waiters};
+use super::waiters::{may_hand_over, within_budget, ReqId, RequestKind, Waiters};
 use crate::error::LostReason;
 use crate::few::OneOrMore;
 use crate::scripts::{Fingerprint, KeyState, SetMode, Token};
@@ -337,8 +337,9 @@ struct Attempt {
     woken: bool,
     /// The fencing token, once known.
     fence: Option<u64>,
-    /// The two-phase fencing step, once the keys are won.
-    fencing: Option<Fence>,
+    /// The two-phase fencing step, once the keys are won: boxed, as few
+    /// attempts get there and an attempt's size is every lock's.
+    fencing: Option<Box<Fence>>,
     /// A key is held under another locker configuration: this attempt is
     /// never granted, and fails with the mismatch once its replies are in.
     mismatch: Option<Fingerprint>,
@@ -346,6 +347,8 @@ struct Attempt {
     candidate: Option<u64>,
     /// Its place was sent before this attempt: it may stand in any queue.
     placed_before: bool,
+    /// Sent right behind the deletes of the grant before (see [`Chain`]).
+    chain: Option<Chain>,
 }
 
 /// The keys held under one token, and who holds them.
@@ -437,13 +440,43 @@ enum Phase {
     /// A grant ended and its deletes are in flight: the next attempt waits
     /// for them (our own stale key would block it, and with NOLOOP its
     /// deletion would not wake us). `pause` lets other processes in first.
+    /// With a `chain`, a request that comes meanwhile does not wait: its
+    /// attempt goes right behind the deletes (see [`Chain`]).
     Releasing {
         group: u64,
         pause: bool,
+        chain: Option<Chain>,
     },
     /// Refusing everything; done once no command is in flight.
     Closing,
     Closed,
+}
+
+/// A run of grants this process took one right after the other: local
+/// hand-overs, and acquisitions sent right behind the deletes of the grant
+/// before (a holder released with nobody waiting, and a request of the
+/// name came before the deletes were answered: a loop of `lock()` and a
+/// dropped guard). Such an attempt does not wait for the deletes' replies:
+/// it goes on the connection they went by, behind them, and the server
+/// runs it once they are done, which saves the round trip a wait would
+/// cost (what the Go valkeylock's `cancel()` gets by not waiting for its
+/// delete). Other processes hear of the delete only through an
+/// invalidation, a hop later: the attempt right behind it always wins. So
+/// a chain is bounded like local hand-overs are (`may_hand_over`'s budget:
+/// `handover_limit` grants, `HANDOVER_WINDOW` from its first), after which
+/// a request waits for the deletes as before, and the others race it.
+///
+/// Ordering is what makes it pay, not what makes it safe: an attempt that
+/// reaches the server before the delete (the two took different
+/// connections) finds our own old token there and fails; the delete's
+/// reply then wakes it, as an invalidation would (NOLOOP sends none for
+/// our own delete).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Chain {
+    /// Grants in the chain so far.
+    links: u32,
+    /// When its first grant was taken.
+    since: Time,
 }
 
 /// Which keys of a grant an extension round writes.
@@ -519,7 +552,9 @@ pub(crate) struct GrantView<'a> {
     /// Which grant (a hand-over keeps it, a new acquisition changes it).
     pub(crate) grant: u64,
     pub(crate) token: &'a Token,
-    /// Local hand-overs so far.
+    /// Local hand-overs so far, counted from the first grant of its chain
+    /// (a grant taken right behind our own deletes starts with the chain's
+    /// count).
     pub(crate) handovers: u32,
     keys: &'a [Slot],
     now: Time,
@@ -712,19 +747,25 @@ impl LockCore {
     /// Whether command `cmd` (just sent) may go by the caller's own
     /// connection instead of the engine's: only an acquisition or a
     /// release, the writes a caller waits for, and only while nothing else
-    /// of its key is out, live or overdue. Each connection keeps its own
-    /// commands in order, but nothing orders one connection's against the
-    /// other's: a write that overtook an earlier one of its key could undo
-    /// it (a delete landing before the acquisition it was meant to follow).
+    /// of its key is out, live or overdue, but our own deletes ahead of an
+    /// acquisition. Each connection keeps its own commands in order, but
+    /// nothing orders one connection's against the other's: a write that
+    /// overtook an earlier one of its key could undo it (a delete landing
+    /// before the acquisition it was meant to follow). An acquisition that
+    /// overtakes our delete undoes nothing: it finds our old token and
+    /// fails, and the delete's reply wakes it (see `Chain`).
     /// Extensions, checks and queue updates stay on the engine's connection,
     /// which the engine's own thread drives whatever the caller's runtime
     /// is doing.
     pub(crate) fn may_go_direct(&self, cmd: CmdId) -> bool {
-        let waited_for = matches!(
-            self.cmds.purpose_of(cmd),
-            Some(Purpose::Acquire { .. } | Purpose::Release { .. })
-        );
-        waited_for && self.cmds.alone_on_key(cmd)
+        match self.cmds.purpose_of(cmd) {
+            Some(Purpose::Release { .. }) => self.cmds.alone_on_key(cmd),
+            // Behind our own deletes too (a chain): on the connection they
+            // most likely took. Should it reach the server first, it only
+            // finds our own key and fails (see `Chain`).
+            Some(Purpose::Acquire { .. }) => self.cmds.behind_deletes_only(cmd),
+            _ => false,
+        }
     }
 
     /// The token of the attempt or grant in progress, for observers (the
@@ -736,6 +777,13 @@ impl LockCore {
             Phase::Holding(g) => Some(&g.token),
             _ => None,
         }
+    }
+
+    /// True while an attempt sent right behind our own deletes is out (a
+    /// chain), for the simulator's counts.
+    #[cfg(test)]
+    pub(crate) fn attempt_in_chain(&self) -> bool {
+        matches!(&self.phase, Phase::Attempting(a) if a.chain.is_some())
     }
 
     /// True once closing is complete.
@@ -831,8 +879,22 @@ impl LockCore {
                     life: f.life,
                 });
                 self.waiters.push_placed(id, kind, terms, place);
+                let chain = match self.phase {
+                    Phase::Releasing {
+                        chain: Some(chain),
+                        pause: false,
+                        ..
+                    } => Some(chain),
+                    _ => None,
+                };
                 if first && matches!(self.phase, Phase::Idle { .. }) {
                     self.start_attempt(now, SetMode::Nx, None);
+                } else if let (true, Some(chain)) = (first, chain) {
+                    // Right behind our own deletes.
+                    self.start_attempt(now, SetMode::Nx, None);
+                    if let Phase::Attempting(a) = &mut self.phase {
+                        a.chain = Some(chain);
+                    }
                 } else if place.is_some() && self.cfg.fair.is_some_and(|f| f.always()) {
                     // Take the place in the queues now: a waiter of another
                     // process that comes later must find it there.
@@ -1050,6 +1112,7 @@ impl LockCore {
             mismatch: None,
             candidate,
             placed_before,
+            chain: None,
         });
         // Only a counter moved by the write that completes the majority is
         // ordered after every earlier grant: with one key, that is key 0's.
@@ -1108,7 +1171,7 @@ impl LockCore {
                 let id = a.id;
                 let f = Fence::start(nodes);
                 let round = f.round();
-                a.fencing = Some(f);
+                a.fencing = Some(Box::new(f));
                 self.send_fence_reads(now, id, round);
             }
             Tally::Won => self.win(now),
@@ -1264,8 +1327,9 @@ impl LockCore {
             keys: a.keys,
             ends_at,
             holder,
-            handovers: 0,
-            acquired_at: now,
+            // A chain's grants count as hand-overs since its first.
+            handovers: a.chain.map_or(0, |c| c.links),
+            acquired_at: a.chain.map_or(now, |c| c.since),
             fence: a.fence.unwrap_or(0),
             next_extend,
             retry_at: None,
@@ -1441,6 +1505,10 @@ impl LockCore {
                 self.on_key_reply(now, cmd, owner, key, sent, outcome, None)
             }
             Purpose::Release { key, group } => {
+                // An attempt went on without waiting for this delete (a
+                // chain, a try, a force).
+                let went_on =
+                    !matches!(self.phase, Phase::Releasing { group: g, .. } if Some(g) == group);
                 if let Some(g) = group.and_then(|id| self.groups.iter_mut().find(|g| g.id == id)) {
                     match outcome {
                         Outcome::Released(true) => g.deleted += 1,
@@ -1449,7 +1517,12 @@ impl LockCore {
                     }
                 }
                 match group {
-                    Some(group) => self.maybe_group_done(now, group),
+                    Some(group) => {
+                        self.maybe_group_done(now, group);
+                        if went_on && outcome == Outcome::Released(true) {
+                            self.deleted_under(now, key);
+                        }
+                    }
                     // A clean-up (a late "ours" of an attempt given up)
                     // deleted the key: this process freed it, and with
                     // NOLOOP tracking it hears no invalidation of its own
@@ -1847,8 +1920,29 @@ impl LockCore {
         // With fair queueing the queues decide who goes next: no pause.
         let always =
             self.cfg.fair.is_some_and(|f| f.always()) && self.waiters.head_place().is_some();
-        let pause = given_up && self.waiters.has_waiter() && !always;
-        self.phase = Phase::Releasing { group, pause };
+        // Released with nobody waiting: a request before the deletes are
+        // answered may go right behind them, within the chain's budget.
+        let unqueued = tell
+            && reason == LostReason::Released
+            && !self.waiters.has_waiter()
+            && !self.use_queue(now);
+        let chain = (unqueued
+            && within_budget(g.handovers, self.cfg.handover_limit, g.acquired_at, now))
+        .then_some(Chain {
+            links: g.handovers + 1,
+            since: g.acquired_at,
+        });
+        // The end of a chain (its budget spent): a request that comes
+        // before the deletes are answered pauses like a queued waiter, or
+        // a loop of `lock()` and a dropped guard would win the race after
+        // its delete every time too.
+        let spent = unqueued && chain.is_none() && g.handovers > 0;
+        let pause = given_up && (self.waiters.has_waiter() || spent) && !always;
+        self.phase = Phase::Releasing {
+            group,
+            pause,
+            chain,
+        };
         self.maybe_group_done(now, group);
     }
 
@@ -1886,6 +1980,7 @@ impl LockCore {
         if let Phase::Releasing {
             group: current,
             pause,
+            ..
         } = self.phase
         {
             if current != group {
@@ -1913,6 +2008,27 @@ impl LockCore {
                     self.start_attempt(now, SetMode::Nx, None);
                 }
             }
+        }
+    }
+
+    /// Our own delete of `key` is done while an attempt went on without
+    /// waiting for it. If the attempt reached the server first (its own
+    /// connection did not keep it behind the delete), it found our own old
+    /// key there, and with NOLOOP no invalidation of our own delete comes:
+    /// this is the wake-up. An attempt still deciding retries at once if it
+    /// fails, unless the key is ours already (it came after the delete); a
+    /// failed one retries now, as after an invalidation.
+    fn deleted_under(&mut self, now: Time, key: usize) {
+        match &mut self.phase {
+            Phase::Attempting(a)
+                if a.keys
+                    .get(key)
+                    .is_some_and(|s| !matches!(s.key, Key::Ours { .. })) =>
+            {
+                a.woken = true;
+            }
+            Phase::Idle { .. } => self.on_invalidated(now, Some(key), None),
+            _ => {}
         }
     }
 

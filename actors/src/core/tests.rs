@@ -1636,3 +1636,144 @@ fn a_release_behind_an_extension_of_its_key_stays_on_the_engines_connection() {
     // were it a retake, write it back after the delete.
     assert_eq!(direct, vec![Target::Key(1)]);
 }
+
+/// A request of request id `id` at the rig's time: the acquisitions it sends.
+fn request(rig: &mut Rig, id: ReqId) -> Vec<(CmdId, Target, Op)> {
+    sends(&rig.ev(Event::Request {
+        id,
+        kind: RequestKind::Wait,
+        terms: None,
+    }))
+}
+
+/// Holder `holder` drops its guard (no ack): the deletes it sends.
+fn dropped(rig: &mut Rig, holder: HolderId) -> Vec<(CmdId, Target, Op)> {
+    sends(&rig.ev(Event::Release { holder, ack: None }))
+}
+
+#[test]
+fn a_request_right_after_a_release_goes_behind_its_deletes() {
+    // A loop of `lock()` and a dropped guard: the next acquisition does
+    // not wait for the delete's reply, and may take the caller's connection
+    // right behind it (the only other command of its key).
+    let mut rig = Rig::new(config(1, 1));
+    let (holder, _) = held_one(&mut rig);
+    let del = dropped(&mut rig, holder);
+    assert!(matches!(&del[..], [(_, _, Op::Release { .. })]), "{del:?}");
+    let acq = request(&mut rig, 2);
+    assert!(matches!(&acq[..], [(_, _, Op::Acquire { .. })]), "{acq:?}");
+    assert!(rig.core.may_go_direct(acq[0].0));
+    // The server answers both in order: the delete, then the acquisition.
+    assert!(sends(&rig.ev(reply(del[0].0, Outcome::Released(true)))).is_empty());
+    let g = grants(&rig.ev(reply(acq[0].0, ours())));
+    assert_eq!(g.len(), 1);
+    assert_eq!(g[0].0, 2);
+    assert_eq!(rig.core.grant_view(rig.now).map(|v| v.handovers), Some(1));
+}
+
+#[test]
+fn a_chain_of_acquisitions_behind_our_deletes_is_bounded_like_hand_overs() {
+    // Other processes hear of a delete a hop later than the acquisition
+    // right behind it: past the hand-over budget (here 2) the next request
+    // waits for the deletes, and they race it.
+    let mut cfg = config(1, 1);
+    cfg.handover_limit = 2;
+    let mut rig = Rig::new(cfg);
+    let (mut holder, _) = held_one(&mut rig);
+    for id in 2..=3 {
+        let del = dropped(&mut rig, holder);
+        let acq = request(&mut rig, id);
+        assert_eq!(acq.len(), 1, "request {id} goes behind the deletes");
+        rig.ev(reply(del[0].0, Outcome::Released(true)));
+        holder = grants(&rig.ev(reply(acq[0].0, ours())))[0].1;
+    }
+    let del = dropped(&mut rig, holder);
+    assert!(request(&mut rig, 4).is_empty(), "the budget is spent");
+    // And the others get a head start, as after a release with waiters.
+    rig.at(rig.now + MS);
+    assert!(sends(&rig.ev(reply(del[0].0, Outcome::Released(true)))).is_empty());
+    let at = rig.core.next_timeout().expect("the pause ends");
+    assert!(at > rig.now, "{at:?}");
+    let acq = sends(&rig.tick(at));
+    assert!(matches!(&acq[..], [(_, _, Op::Acquire { .. })]), "{acq:?}");
+    let g = grants(&rig.ev(reply(acq[0].0, ours())));
+    assert_eq!(g[0].0, 4);
+    assert_eq!(rig.core.grant_view(rig.now).map(|v| v.handovers), Some(0));
+    // A fresh chain, but only within the window from its first grant.
+    rig.at(rig.now + 11 * MS);
+    let del = dropped(&mut rig, g[0].1);
+    assert!(request(&mut rig, 5).is_empty(), "the window is over");
+    assert_eq!(
+        sends(&rig.ev(reply(del[0].0, Outcome::Released(true)))).len(),
+        1
+    );
+}
+
+#[test]
+fn no_chain_after_a_release_with_waiters_or_a_loss() {
+    // No hand-over budget: a waiter queued at the release goes after the
+    // pause, and a newcomer meanwhile does not chain past it.
+    let mut cfg = config(1, 1);
+    cfg.handover_limit = 0;
+    let mut rig = Rig::new(cfg);
+    let (holder, _) = held_one(&mut rig);
+    assert!(request(&mut rig, 2).is_empty());
+    dropped(&mut rig, holder);
+    assert!(request(&mut rig, 3).is_empty());
+    // A grant lost (its extension found the key taken) is no chain: the
+    // request goes as on a free name, not behind a delete.
+    let mut rig = Rig::new(config(1, 1));
+    held_one(&mut rig);
+    let ext = sends(&rig.tick(ms(500)));
+    rig.ev(reply(ext[0].0, other()));
+    assert!(rig.core.holding().is_none());
+    assert_ne!(rig.core.phase_name(), "attempting");
+    request(&mut rig, 2);
+    assert!(!rig.core.attempt_in_chain());
+}
+
+#[test]
+fn an_acquisition_that_overtook_our_delete_is_woken_by_its_reply() {
+    // On two connections the acquisition may reach the server first: it
+    // finds our own old key and fails, and with NOLOOP no invalidation of
+    // our own delete would come. The delete's reply wakes it instead.
+    let mut rig = Rig::new(config(1, 1));
+    let (holder, _) = held_one(&mut rig);
+    let del = dropped(&mut rig, holder);
+    let acq = request(&mut rig, 2);
+    assert!(sends(&rig.ev(reply(acq[0].0, other()))).is_empty());
+    assert_eq!(rig.core.phase_name(), "idle");
+    let again = sends(&rig.ev(reply(del[0].0, Outcome::Released(true))));
+    assert!(
+        matches!(&again[..], [(_, _, Op::Acquire { .. })]),
+        "{again:?}"
+    );
+    let g = grants(&rig.ev(reply(again[0].0, ours())));
+    assert_eq!(g[0].0, 2);
+}
+
+#[test]
+fn an_acquisition_answered_after_our_delete_but_run_before_it_retries_at_once() {
+    // The replies of the delete and of the acquisition are fed by different
+    // tasks: the delete's may be fed first although the acquisition ran
+    // first at the server and found our own old key.
+    let mut rig = Rig::new(config(1, 1));
+    let (holder, _) = held_one(&mut rig);
+    let del = dropped(&mut rig, holder);
+    let acq = request(&mut rig, 2);
+    assert!(sends(&rig.ev(reply(del[0].0, Outcome::Released(true)))).is_empty());
+    let again = sends(&rig.ev(reply(acq[0].0, other())));
+    assert!(
+        matches!(&again[..], [(_, _, Op::Acquire { .. })]),
+        "{again:?}"
+    );
+    // In the usual order nothing more is sent: no check of a key won.
+    let g = grants(&rig.ev(reply(again[0].0, ours())));
+    assert_eq!(g[0].0, 2);
+    let del = dropped(&mut rig, g[0].1);
+    let acq = request(&mut rig, 3);
+    assert!(sends(&rig.ev(reply(del[0].0, Outcome::Released(true)))).is_empty());
+    let fx = rig.ev(reply(acq[0].0, ours()));
+    assert_eq!(grants(&fx).len(), 1);
+    assert!(sends(&fx).is_empty(), "{fx:?}");
+}

@@ -247,7 +247,15 @@ pub(crate) fn may_hand_over(
     now: Time,
     round_trip: Duration,
 ) -> bool {
-    handovers < limit && now.since(acquired_at) < HANDOVER_WINDOW && ends_at > now + round_trip
+    within_budget(handovers, limit, acquired_at, now) && ends_at > now + round_trip
+}
+
+/// The budget of a run of grants this process takes one after the other
+/// (local hand-overs, and acquisitions right behind our own deletes): at
+/// most `limit` grants after the first, taken within `HANDOVER_WINDOW` of
+/// it at `since`. Past it, other processes get their turn.
+pub(crate) fn within_budget(handovers: u32, limit: u32, since: Time, now: Time) -> bool {
+    handovers < limit && now.since(since) < HANDOVER_WINDOW
 }
 
 #[cfg(test)]

@@ -434,12 +434,14 @@ fn sim_schedules() {
     let grants = AtomicU64::new(0);
     let excused = AtomicU64::new(0);
     let direct = AtomicU64::new(0);
+    let chained = AtomicU64::new(0);
     let first: Mutex<Option<(u64, Knobs, String)>> = Mutex::new(None);
     let start = Instant::now();
     std::thread::scope(|s| {
         for t in 0..threads {
-            let (failed, first, steps, grants, excused, direct) =
-                (&failed, &first, &steps, &grants, &excused, &direct);
+            let (failed, first, steps, grants, excused, direct, chained) = (
+                &failed, &first, &steps, &grants, &excused, &direct, &chained,
+            );
             s.spawn(move || {
                 let mut i = t;
                 while i < count && !failed.load(Ordering::Relaxed) {
@@ -450,6 +452,7 @@ fn sim_schedules() {
                             grants.fetch_add(st.grants, Ordering::Relaxed);
                             excused.fetch_add(st.excused, Ordering::Relaxed);
                             direct.fetch_add(st.direct, Ordering::Relaxed);
+                            chained.fetch_add(st.chained, Ordering::Relaxed);
                         }
                         Err(e) => {
                             failed.store(true, Ordering::Relaxed);
@@ -470,11 +473,12 @@ fn sim_schedules() {
         report(&k, &e);
     }
     println!(
-        "{count} schedules, {} steps, {} grants, {} excused overlaps, {} commands on direct connections in {secs:.1}s ({:.0} schedules/s, {threads} threads)",
+        "{count} schedules, {} steps, {} grants, {} excused overlaps, {} commands on direct connections, {} acquisitions right behind their own deletes in {secs:.1}s ({:.0} schedules/s, {threads} threads)",
         steps.into_inner(),
         grants.into_inner(),
         excused.into_inner(),
         direct.into_inner(),
+        chained.into_inner(),
         count as f64 / secs
     );
 }
@@ -484,16 +488,23 @@ fn sim_schedules() {
 /// keys), and every invariant still holds.
 #[test]
 fn sim_direct_connections() {
-    let mut sent = 0;
+    let (mut sent, mut chained) = (0, 0);
     for i in 0..300 {
         let mut k = Knobs::from_seed(seed_of(0xd1ec_7000, i));
         k.apply("direct=1");
         match run_one(&k, false).0 {
-            Ok(st) => sent += st.direct,
+            Ok(st) => {
+                sent += st.direct;
+                chained += st.chained;
+            }
             Err(e) => report(&k, &e),
         }
     }
     assert!(sent > 0, "no command took a direct connection");
+    assert!(
+        chained > 0,
+        "no acquisition went right behind its own deletes"
+    );
 }
 
 /// Runs that failed once, kept as regression tests: each must now pass.

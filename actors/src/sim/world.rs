@@ -59,6 +59,8 @@ pub(super) struct Stats {
     pub(super) cmds: Vec<u64>,
     /// Commands sent on direct connections.
     pub(super) direct: u64,
+    /// Acquisitions sent right behind their process's own deletes (chains).
+    pub(super) chained: u64,
 }
 
 /// One simulated run.
@@ -1053,16 +1055,25 @@ impl World {
             p.next_ack
         });
         self.log(|| format!("p{proc} caller {req} releases holder {holder} ack {ack:?}"));
+        let again = ack.is_none() && self.work.chance(30);
         self.feed(proc, name, Event::Release { holder, ack })?;
         match self.procs[proc].caller(req).map(|c| &c.stage) {
             Some(Stage::Held {
                 status: HolderStatus::Ended(_),
                 ..
-            }) => Ok(()),
-            s => Err(format!(
-                "p{proc} name{name}: release of req{req} did not end its holder ({s:?})"
-            )),
+            }) => {}
+            s => {
+                return Err(format!(
+                    "p{proc} name{name}: release of req{req} did not end its holder ({s:?})"
+                ))
+            }
         }
+        // A loop of `lock()` and a dropped guard: the next request of the
+        // name comes while the deletes are out (a chain, see `LockCore`).
+        if again && self.stage == RunStage::Main && !self.stop_workload {
+            self.add_caller(proc, name, RequestKind::Wait)?;
+        }
+        Ok(())
     }
 
     // ===== the shell =====
@@ -1190,9 +1201,11 @@ impl World {
                 }
                 // As the shell: an acquisition or release fed on a caller's
                 // runtime, alone on its key, may go on the direct connection.
-                let direct = self.k.direct
-                    && self.caller_fed
-                    && self.procs[proc].cores[name].core.may_go_direct(*cmd);
+                let core = &self.procs[proc].cores[name].core;
+                let direct = self.k.direct && self.caller_fed && core.may_go_direct(*cmd);
+                if matches!(op, Op::Acquire { .. }) && core.attempt_in_chain() {
+                    self.stats.chained += 1;
+                }
                 self.send(Dest { proc, name, inc }, *cmd, *target, op.clone(), direct);
             }
             Effect::Grant {
