@@ -6,7 +6,13 @@
 //!   without sleeping (`set_retry(1, _)`), then `release`;
 //! - `raw`: the floor, the same commands with no lock logic: `SET key token NX
 //!   PX 5000` spun until it succeeds, then compare-and-delete by `EVALSHA`,
-//!   through one fred client.
+//!   through one fred client;
+//! - `valkeylock-drop` and `raw-nowait` (one task, `lock_unlock` only): the
+//!   release not waited for. valkeylock's guard is dropped (as the Go
+//!   valkeylock's `cancel()`, which does not wait for its delete; a `lock()`
+//!   right after goes behind the delete, README "A release nobody waits
+//!   for"); the floor's compare-and-delete is handed to its connection and
+//!   its reply left to a task, so the next `SET` follows it on the wire.
 //!
 //! Criterion groups (one iteration = one lock + unlock by whichever task; the
 //! time of a sample is the wall time of all tasks divided by the total ops):
@@ -118,6 +124,15 @@ fn main() {
                 bench(&mut g, "lock_unlock", &rt, p.kind, t, &w);
             }
         }
+        // One task, the release not waited for: valkeylock's guard dropped
+        // (as the Go valkeylock's `cancel()`), and the floor's delete sent
+        // with the next `SET` right behind it.
+        for kind in NOWAIT {
+            let imp = rt.block_on(kind.connect(&urls));
+            let w = Workload::new(vec![imp.clone()], 1, "lock_unlock", kind, true);
+            bench(&mut g, "lock_unlock", &rt, kind, 1, &w);
+            rt.block_on(imp.close());
+        }
         g.finish();
     }
 
@@ -197,23 +212,15 @@ fn main() {
                         vec![p.instances[0].clone()]
                     };
                     let w = Workload::new(clients, t, scenario, p.kind, shared);
-                    let before = rt.block_on(common::Cost::now(&admin));
-                    let mut s = rt.block_on(w.run_for(fixed));
-                    let after = rt.block_on(common::Cost::now(&admin));
-                    let (cmds, server_us, client_us) = after.per_op(&before, s.ops(), tck);
-                    let [p50, p99, p999, max] = common::wait_columns(&mut s.waits);
-                    println!(
-                        "| {scenario} | {} | {t} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {cmds:.2} | {server_us:.1} | {client_us:.1} | {:?} |",
-                        p.kind.label(),
-                        s.ops(),
-                        s.ops_per_sec(),
-                        p50,
-                        p99,
-                        p999,
-                        max,
-                        common::fmt_ratio(s.fairness()),
-                        s.per_task
-                    );
+                    fixed_row(&rt, &admin, scenario, p.kind, t, &w, fixed, tck);
+                }
+            }
+            if scenario == "lock_unlock" {
+                for kind in NOWAIT {
+                    let imp = rt.block_on(kind.connect(&urls));
+                    let w = Workload::new(vec![imp.clone()], 1, scenario, kind, true);
+                    fixed_row(&rt, &admin, scenario, kind, 1, &w, fixed, tck);
+                    rt.block_on(imp.close());
                 }
             }
         }
@@ -315,6 +322,40 @@ fn bench(
     if ran.get() {
         note_ran(&format!("{group}/{}/{param}", kind.label()));
     }
+}
+
+/// The one-task loops whose release is not waited for (see `lock_unlock`).
+const NOWAIT: [Kind; 2] = [Kind::ValkeylockDrop, Kind::RawNoWait];
+
+/// One row of the fixed-duration table: `w` run for `fixed`.
+#[allow(clippy::too_many_arguments)]
+fn fixed_row(
+    rt: &Runtime,
+    admin: &fred::prelude::Client,
+    scenario: &str,
+    kind: Kind,
+    tasks: usize,
+    w: &Workload,
+    fixed: Duration,
+    tck: u64,
+) {
+    let before = rt.block_on(common::Cost::now(admin));
+    let mut s = rt.block_on(w.run_for(fixed));
+    let after = rt.block_on(common::Cost::now(admin));
+    let (cmds, server_us, client_us) = after.per_op(&before, s.ops(), tck);
+    let [p50, p99, p999, max] = common::wait_columns(&mut s.waits);
+    println!(
+        "| {scenario} | {} | {tasks} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {cmds:.2} | {server_us:.1} | {client_us:.1} | {:?} |",
+        kind.label(),
+        s.ops(),
+        s.ops_per_sec(),
+        p50,
+        p99,
+        p999,
+        max,
+        common::fmt_ratio(s.fairness()),
+        s.per_task
+    );
 }
 
 fn print_criterion_table() {

@@ -169,6 +169,18 @@ impl Raw {
         }
     }
 
+    /// Compare-and-delete by `EVALSHA`, not waited for: the command is
+    /// handed to the connection now (its future polled once), so the next
+    /// `SET` goes right behind it, and its reply is taken by a task.
+    pub(crate) fn unlock_nowait(&self, key: &str, token: String) {
+        let (raw, key) = (self.clone(), key.to_owned());
+        let mut del = Box::pin(async move { raw.unlock(&key, token).await });
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if std::future::Future::poll(del.as_mut(), &mut cx).is_pending() {
+            tokio::spawn(del);
+        }
+    }
+
     /// Compare-and-delete by `EVALSHA`.
     pub(crate) async fn unlock(&self, key: &str, token: String) {
         let _: i64 = self
@@ -214,6 +226,11 @@ pub(crate) enum Imp {
     /// `lock()`, no sleep, and `acquire()` loops on it: a spin, like the floor.
     Rslock(rslock::LockManager),
     Raw(Raw),
+    /// valkeylock with the guard dropped instead of `release().await`ed (as
+    /// the Go valkeylock's `cancel()`, which does not wait for the delete).
+    ValkeylockDrop(Locker),
+    /// The floor with its delete not waited for ([`Raw::unlock_nowait`]).
+    RawNoWait(Raw),
 }
 
 /// Which implementation, for connecting and for labels.
@@ -222,6 +239,10 @@ pub(crate) enum Kind {
     Valkeylock,
     Rslock,
     Raw,
+    /// Not in [`Kind::ALL`]: the one-task loop only.
+    ValkeylockDrop,
+    /// Not in [`Kind::ALL`]: the one-task loop only.
+    RawNoWait,
 }
 
 impl Kind {
@@ -237,6 +258,8 @@ impl Kind {
             Kind::Valkeylock => "valkeylock",
             Kind::Rslock => "rslock",
             Kind::Raw => "raw",
+            Kind::ValkeylockDrop => "valkeylock-drop",
+            Kind::RawNoWait => "raw-nowait",
         }
     }
 
@@ -275,6 +298,14 @@ impl Kind {
                 assert_eq!(urls.len(), 1, "the raw floor talks to one server");
                 Imp::Raw(Raw::connect(&urls[0]).await)
             }
+            Kind::ValkeylockDrop => match Box::pin(Kind::Valkeylock.connect(urls)).await {
+                Imp::Valkeylock(l) => Imp::ValkeylockDrop(l),
+                _ => unreachable!("a valkeylock instance"),
+            },
+            Kind::RawNoWait => match Box::pin(Kind::Raw.connect(urls)).await {
+                Imp::Raw(r) => Imp::RawNoWait(r),
+                _ => unreachable!("a raw instance"),
+            },
         }
     }
 }
@@ -306,14 +337,26 @@ impl Imp {
                 r.unlock(name, token).await;
                 wait
             }
+            Imp::ValkeylockDrop(l) => {
+                let g = l.lock(name).await.expect("valkeylock lock");
+                let wait = start.elapsed();
+                drop(g);
+                wait
+            }
+            Imp::RawNoWait(r) => {
+                let token = r.lock(name).await;
+                let wait = start.elapsed();
+                r.unlock_nowait(name, token);
+                wait
+            }
         }
     }
 
     pub(crate) async fn close(&self) {
         match self {
-            Imp::Valkeylock(l) => l.close().await,
+            Imp::Valkeylock(l) | Imp::ValkeylockDrop(l) => l.close().await,
             Imp::Rslock(_) => {}
-            Imp::Raw(r) => r.quit().await,
+            Imp::Raw(r) | Imp::RawNoWait(r) => r.quit().await,
         }
     }
 }
