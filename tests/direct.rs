@@ -469,3 +469,47 @@ async fn a_loop_of_lock_and_a_dropped_guard_lets_another_locker_in() {
     other.close().await;
     looping.close().await;
 }
+
+/// A guard held by a task of a runtime that shuts down is dropped with the
+/// task, on that runtime, while it shuts down: its delete is sent from
+/// there (and polled once before `drop` returns) without a panic, and the
+/// name is free for another locker at the latest when the key expires.
+#[test]
+fn a_guard_dropped_as_its_runtime_shuts_down_frees_the_name() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let options = LockerOptions::new([server.url()])
+        .with_key_majority(1)
+        .with_key_validity(Duration::from_secs(3));
+    let main = tokio::runtime::Runtime::new().unwrap();
+    let locker = main.block_on(async { Locker::connect(options).await.unwrap() });
+    let name = unique("direct-shutdown");
+    for round in 0..3 {
+        let holder = tokio::runtime::Runtime::new().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let (locker, name) = (locker.clone(), name.clone());
+            holder.spawn(async move {
+                // The name's actor is live from the second round on: the
+                // acquisition and the delete go direct, from this runtime.
+                let guard = locker.lock(&name).await.expect("lock");
+                tx.send(()).unwrap();
+                std::future::pending::<()>().await;
+                drop(guard);
+            });
+        }
+        rx.recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("round {round}: not acquired"));
+        drop(holder);
+        main.block_on(async {
+            let other = tokio::time::timeout(Duration::from_secs(10), locker.lock(&name)).await;
+            other
+                .unwrap_or_else(|_| panic!("round {round}: the name stayed taken"))
+                .expect("lock")
+                .release()
+                .await
+                .unwrap();
+        });
+    }
+    main.block_on(locker.close());
+}

@@ -39,7 +39,7 @@
 //! commands in order, but nothing orders one connection's against the
 //! other's. So only an acquisition or a release goes direct, and only when
 //! nothing else of its key is out but, for an acquisition, our own delete
-//! (a chain: `LockCore::may_go_direct`; `spawn` hands a dropped guard's
+//! (a chain: `LockCore::may_go_direct`; `send_now` hands a dropped guard's
 //! delete to the connection before the next acquisition can be); every other
 //! command (extensions, checks, fair-queue updates, the fencing counter)
 //! stays on the engine's connection, driven by the engine's thread whatever
@@ -316,32 +316,36 @@ impl DirectLink for Link {
 }
 
 /// Runs `sends` on tasks of their own, each on its caller's runtime: what
-/// nobody waits for (a guard dropped, a grant's first acquisition sent by
-/// the engine). On a runtime that has shut down, a command is dropped
-/// unsent, and its lock core counts its reply overdue.
-///
-/// Each command is polled once here first, which hands it to fred's
-/// connection in the order the core made it: a task spawned would write it
-/// only when it first runs, after whatever the caller sends next (the
-/// acquisition a loop of `lock()` and a dropped guard sends right behind
-/// this delete, see `LockCore`'s chains) had overtaken it on the very
-/// connection meant to keep them in order.
+/// nobody waits for (a grant's first acquisition sent by the engine). On a
+/// runtime that has shut down, a command is dropped unsent, and its lock
+/// core counts its reply overdue.
 pub(crate) fn spawn(sends: Sends) {
     for cmd in sends {
         let runtime = cmd.runtime.clone();
-        let running = {
-            let _inside = runtime.enter();
-            let mut running = start(cmd);
-            let mut cx = Context::from_waker(std::task::Waker::noop());
-            match running.as_mut().poll(&mut cx) {
-                Poll::Ready(more) => {
-                    spawn(more);
-                    continue;
-                }
-                Poll::Pending => running,
+        runtime.spawn(detached(start(cmd)));
+    }
+}
+
+/// [`spawn`], for commands made on this very thread for the runtime it runs
+/// in (a guard dropped, a caller gone): each is polled once here first,
+/// which hands it to fred's connection in the order the core made it. A
+/// task spawned would write it only when it first runs, after whatever the
+/// caller sends next (the acquisition a loop of `lock()` and a dropped
+/// guard sends right behind this delete, see `LockCore`'s chains) had
+/// overtaken it on the very connection meant to keep them in order. Only
+/// here: polled from elsewhere, on a runtime that has shut down, fred's
+/// time limit would panic.
+pub(crate) fn send_now(sends: Sends) {
+    for cmd in sends {
+        let runtime = cmd.runtime.clone();
+        let mut running = start(cmd);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match running.as_mut().poll(&mut cx) {
+            Poll::Ready(more) => send_now(more),
+            Poll::Pending => {
+                runtime.spawn(detached(running));
             }
-        };
-        runtime.spawn(detached(running));
+        }
     }
 }
 

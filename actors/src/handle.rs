@@ -912,7 +912,7 @@ impl Drop for Pending<'_> {
         rx.close();
         if let Ok(Ok(parts)) = rx.try_recv() {
             if let Some(sends) = parts.lock.release(parts.holder, None) {
-                direct::spawn(sends);
+                direct::send_now(sends);
             }
         }
     }
@@ -1066,7 +1066,7 @@ impl Drop for Lease {
     fn drop(&mut self) {
         if self.armed {
             if let Some(sends) = self.lock.release(self.grant, None) {
-                direct::spawn(sends);
+                direct::send_now(sends);
             }
         }
     }
