@@ -370,20 +370,6 @@ async fn a_lock_whose_direct_connection_closed_still_hears_of_its_loss_at_once()
     locker.close().await;
 }
 
-/// Calls of each command the server has run so far (`INFO commandstats`).
-async fn calls(admin: &Client) -> HashMap<String, u64> {
-    let info: String = admin
-        .info(Some(fred::types::InfoKind::CommandStats))
-        .await
-        .expect("INFO commandstats");
-    info.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(":calls=")?;
-            Some((name.to_owned(), rest.split(',').next()?.parse().ok()?))
-        })
-        .collect()
-}
-
 /// A loop of `lock()` and a dropped guard: each acquisition is sent right
 /// behind the delete before it, without waiting for its reply (a chain, see
 /// README "Direct connections"). On the one connection both take, the
@@ -402,7 +388,7 @@ async fn a_loop_of_lock_and_a_dropped_guard_writes_each_delete_before_the_next_a
     drop(locker.lock(&name).await.unwrap());
     let free = || async { existing_keys(&admin, "valkeylock", &name, 1).await == 0 };
     assert!(eventually(Duration::from_secs(5), free).await);
-    let before = calls(&admin).await;
+    let before = command_calls(&admin).await;
     let n: u64 = 300;
     for _ in 0..n {
         drop(locker.lock(&name).await.expect("lock"));
@@ -411,7 +397,7 @@ async fn a_loop_of_lock_and_a_dropped_guard_writes_each_delete_before_the_next_a
         eventually(Duration::from_secs(5), free).await,
         "the last delete"
     );
-    let after = calls(&admin).await;
+    let after = command_calls(&admin).await;
     let delta = |c: &str| after.get(c).unwrap_or(&0) - before.get(c).unwrap_or(&0);
     // Every lock took its key with one `SET`, and every script call was an
     // acquisition, a delete or a check (`GET` + `PTTL`: the engine's own

@@ -647,24 +647,7 @@ pub(crate) fn clk_tck() -> u64 {
         .unwrap_or(100)
 }
 
-/// `calls` per command from `INFO commandstats` (e.g. `evalsha` → n).
-pub(crate) async fn command_calls(admin: &Client) -> std::collections::BTreeMap<String, u64> {
-    let info: String = admin
-        .info(Some(fred::types::InfoKind::CommandStats))
-        .await
-        .expect("INFO commandstats");
-    info.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
-        })
-        .collect()
-}
+pub(crate) use crate::support::command_calls;
 
 /// Where criterion writes its results: `$CRITERION_HOME`, else
 /// `$CARGO_TARGET_DIR/criterion`, else `target/criterion` of this package.

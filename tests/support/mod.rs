@@ -263,15 +263,30 @@ pub async fn existing_keys(admin: &Client, prefix: &str, name: &str, total: usiz
 
 /// Script calls (`EVALSHA`) the server has run so far (`INFO commandstats`).
 pub async fn evalsha_calls(admin: &Client) -> u64 {
+    command_calls(admin)
+        .await
+        .get("evalsha")
+        .copied()
+        .unwrap_or(0)
+}
+
+/// `calls` per command from `INFO commandstats` (e.g. `evalsha` → n).
+pub async fn command_calls(admin: &Client) -> std::collections::BTreeMap<String, u64> {
     let info: String = admin
         .info(Some(fred::types::InfoKind::CommandStats))
         .await
         .expect("INFO commandstats");
     info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
 }
 
 /// Turns on test logs when `RUST_LOG` is set.
