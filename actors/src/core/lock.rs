@@ -462,9 +462,11 @@ enum Phase {
 /// cost (what the Go valkeylock's `cancel()` gets by not waiting for its
 /// delete). Other processes hear of the delete only through an
 /// invalidation, a hop later: the attempt right behind it always wins. So
-/// a chain is bounded like local hand-overs are (`may_hand_over`'s budget:
+/// a chain is bounded like local hand-overs are (`within_budget`:
 /// `handover_limit` grants, `HANDOVER_WINDOW` from its first), after which
-/// a request waits for the deletes as before, and the others race it.
+/// a request waits for the deletes and then for the pause that gives the
+/// waiters of other processes a head start, as after a release with
+/// waiters queued.
 ///
 /// Ordering is what makes it pay, not what makes it safe: an attempt that
 /// reaches the server before the delete (the two took different
