@@ -185,6 +185,21 @@ async fn prometheus_scrape_shows_the_locker() {
         }
     }
     wait_for(port, "valkeylock_handovers_total", &[], 1.0).await;
+
+    // A loop of lock() and a dropped guard sends each acquisition right
+    // behind the delete before it (a chain, bounded by the hand-over
+    // budget): new acquisitions, not hand-overs of the keys.
+    let handovers =
+        || async { sample(&scrape(port).await, "valkeylock_handovers_total", &[]).unwrap_or(0.0) };
+    let before = handovers().await;
+    for _ in 0..300 {
+        drop(locker.lock(&name).await.expect("lock"));
+    }
+    assert_eq!(
+        handovers().await,
+        before,
+        "chained grants counted as hand-overs"
+    );
     let guard = locker.lock(&name).await.expect("lock");
 
     // Held for a while: extensions, timed per node.
