@@ -203,29 +203,22 @@ impl InFlight {
             .map(|(_, c)| c.purpose)
     }
 
-    /// True if command `id` is in the table and is the only one, live or
-    /// overdue, of its key: nothing sent before it on that key can still
-    /// land after it, whichever connection it goes by.
-    pub(crate) fn alone_on_key(&self, id: CmdId) -> bool {
-        let Some(key) = self.purpose_of(id).and_then(|p| p.key()) else {
-            return false;
-        };
-        self.cmds
-            .iter()
-            .all(|(c, cmd)| *c == id || cmd.purpose.key() != Some(key))
-    }
-
-    /// True if command `id` is in the table and every other one of its key,
-    /// live or overdue, is a delete: an acquisition sent right behind our
-    /// own deletes (see `lock::Chain`).
-    pub(crate) fn behind_deletes_only(&self, id: CmdId) -> bool {
+    /// True if command `id` is in the table and no other write of its key is
+    /// out, live or overdue, but our own deletes: deletes commute with each
+    /// other (each compares its own token) and go before an acquisition sent
+    /// right behind them (see `lock::Chain`). Read-only checks may be out
+    /// too: a read changes nothing, whatever its order against the writes.
+    pub(crate) fn no_write_out_but_deletes(&self, id: CmdId) -> bool {
         let Some(key) = self.purpose_of(id).and_then(|p| p.key()) else {
             return false;
         };
         self.cmds.iter().all(|(c, cmd)| {
             *c == id
                 || cmd.purpose.key() != Some(key)
-                || matches!(cmd.purpose, Purpose::Release { .. })
+                || matches!(
+                    cmd.purpose,
+                    Purpose::Verify { .. } | Purpose::Release { .. }
+                )
         })
     }
 
@@ -328,12 +321,12 @@ mod tests {
     }
 
     #[test]
-    fn a_command_is_alone_on_its_key_only_if_nothing_else_of_that_key_is_out() {
+    fn a_write_goes_alone_but_for_checks_and_our_own_deletes() {
         let mut t = InFlight::default();
         let acq = t.send(acquire(100), at(0), 10 * MS);
-        assert!(t.alone_on_key(acq));
+        assert!(t.no_write_out_but_deletes(acq));
         // Another key, or the fencing counter: not in the way.
-        let other = t.send(Purpose::Verify { owner: 1, key: 1 }, at(0), 10 * MS);
+        t.send(Purpose::Verify { owner: 1, key: 1 }, at(0), 10 * MS);
         let fence = t.send(
             Purpose::FenceRead {
                 attempt: 1,
@@ -343,30 +336,31 @@ mod tests {
             at(0),
             10 * MS,
         );
-        assert!(t.alone_on_key(acq));
-        assert!(t.alone_on_key(other));
-        assert!(!t.alone_on_key(fence), "the counter's commands have no key");
-        // A check of the same key is in the way of a later write, and the
-        // write of an earlier one.
-        let check = t.send(Purpose::Verify { owner: 1, key: 0 }, at(1), 10 * MS);
-        assert!(!t.alone_on_key(acq));
-        assert!(!t.alone_on_key(check));
-        t.answer(check).unwrap();
-        assert!(t.alone_on_key(acq));
-        // Overdue, it may still land: still in the way.
-        assert_eq!(t.expire(at(10)).len(), 3);
-        let rel = t.send(
-            Purpose::Release {
-                key: 0,
-                group: None,
-            },
-            at(11),
-            10 * MS,
+        assert!(t.no_write_out_but_deletes(acq));
+        assert!(
+            !t.no_write_out_but_deletes(fence),
+            "the counter's commands have no key"
         );
-        assert!(!t.alone_on_key(rel));
+        // A check of the same key is a read: in the way of nothing.
+        let check = t.send(Purpose::Verify { owner: 1, key: 0 }, at(1), 10 * MS);
+        assert!(t.no_write_out_but_deletes(acq));
+        t.answer(check).unwrap();
+        // Another write of the same key is, overdue too: it may still land.
+        assert_eq!(t.expire(at(10)).len(), 3);
+        let release = |group| Purpose::Release { key: 0, group };
+        let rel = t.send(release(None), at(11), 10 * MS);
+        assert!(!t.no_write_out_but_deletes(rel));
         t.answer(acq).unwrap();
-        assert!(t.alone_on_key(rel));
-        assert!(!t.alone_on_key(CmdId(99)), "unknown");
+        assert!(t.no_write_out_but_deletes(rel));
+        // Our deletes are not: another delete, or an acquisition right
+        // behind them.
+        let rel2 = t.send(release(Some(2)), at(12), 10 * MS);
+        let next = t.send(acquire(100), at(12), 10 * MS);
+        assert!(t.no_write_out_but_deletes(next));
+        assert!(!t.no_write_out_but_deletes(rel2), "the acquisition is out");
+        t.answer(next).unwrap();
+        assert!(t.no_write_out_but_deletes(rel2));
+        assert!(!t.no_write_out_but_deletes(CmdId(99)), "unknown");
     }
 
     #[test]

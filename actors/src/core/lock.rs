@@ -749,8 +749,8 @@ impl LockCore {
     /// Whether command `cmd` (just sent) may go by the caller's own
     /// connection instead of the engine's: only an acquisition or a
     /// release, the writes a caller waits for, and only while nothing else
-    /// of its key is out, live or overdue, but our own deletes ahead of an
-    /// acquisition. Each connection keeps its own commands in order, but
+    /// of its key is out, live or overdue, but our own deletes (read-only
+    /// checks aside). Each connection keeps its own commands in order, but
     /// nothing orders one connection's against the other's: a write that
     /// overtook an earlier one of its key could undo it (a delete landing
     /// before the acquisition it was meant to follow). An acquisition that
@@ -761,11 +761,19 @@ impl LockCore {
     /// is doing.
     pub(crate) fn may_go_direct(&self, cmd: CmdId) -> bool {
         match self.cmds.purpose_of(cmd) {
-            Some(Purpose::Release { .. }) => self.cmds.alone_on_key(cmd),
-            // Behind our own deletes too (a chain): on the connection they
-            // most likely took. Should it reach the server first, it only
-            // finds our own key and fails (see `Chain`).
-            Some(Purpose::Acquire { .. }) => self.cmds.behind_deletes_only(cmd),
+            // Our own deletes and checks of the key may be out: a check is
+            // a read and orders nothing, deletes commute (each compares its
+            // own token), and an acquisition right behind our deletes (a
+            // chain) goes on the connection they most likely took; should
+            // it reach the server first, it only finds our own key and fails
+            // (see `Chain`). Kept off for them, a delete or an acquisition
+            // would race the other on two connections, and in a loop of
+            // `lock()` and a dropped guard both are often out: the engine's
+            // connection hears of our deletes and the holder checks its key,
+            // and a delete's reply may be fed after the next acquisition's.
+            Some(Purpose::Release { .. } | Purpose::Acquire { .. }) => {
+                self.cmds.no_write_out_but_deletes(cmd)
+            }
             _ => false,
         }
     }

@@ -1777,3 +1777,26 @@ fn an_acquisition_answered_after_our_delete_but_run_before_it_retries_at_once() 
     assert_eq!(grants(&fx).len(), 1);
     assert!(sends(&fx).is_empty(), "{fx:?}");
 }
+
+#[test]
+fn an_acquisition_behind_our_delete_and_a_check_may_still_go_direct() {
+    // The engine's connection heard of a change (our own delete, in a loop
+    // of `lock()` and a dropped guard) and the holder checks its key: the
+    // check is a read, so the next acquisition may still take the caller's
+    // connection, behind the delete; only another write keeps it off.
+    let mut rig = Rig::new(config(1, 1));
+    let (holder, _) = held_one(&mut rig);
+    let check = sends(&rig.ev(Event::Invalidated { key: 0 }));
+    assert!(
+        matches!(&check[..], [(_, _, Op::Verify { .. })]),
+        "{check:?}"
+    );
+    dropped(&mut rig, holder);
+    let acq = request(&mut rig, 2);
+    assert!(matches!(&acq[..], [(_, _, Op::Acquire { .. })]), "{acq:?}");
+    assert!(rig.core.may_go_direct(acq[0].0));
+    assert!(
+        !rig.core.may_go_direct(check[0].0),
+        "a check never goes direct"
+    );
+}
