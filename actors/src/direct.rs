@@ -38,9 +38,11 @@
 //! What keeps the order of a key's writes: each connection delivers its own
 //! commands in order, but nothing orders one connection's against the
 //! other's. So only an acquisition or a release goes direct, and only when
-//! nothing else of its key is out but, for an acquisition, our own delete
-//! (a chain: `LockCore::may_go_direct`; `send_now` hands a dropped guard's
-//! delete to the connection before the next acquisition can be); every other
+//! no other write of its key is out but our own deletes, a read-only check
+//! aside (`LockCore::may_go_direct`: deletes commute, and an acquisition
+//! right behind them, a chain, goes on the connection they took; `send_now`
+//! hands a dropped guard's delete to it before the next acquisition can
+//! be); every other
 //! command (extensions, checks, fair-queue updates, the fencing counter)
 //! stays on the engine's connection, driven by the engine's thread whatever
 //! the caller's runtime does. Tokens make a late write harmless to other
