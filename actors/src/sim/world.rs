@@ -1200,7 +1200,8 @@ impl World {
                     }
                 }
                 // As the shell: an acquisition or release fed on a caller's
-                // runtime, alone on its key, may go on the direct connection.
+                // runtime, with no other write of its key out but its own
+                // deletes, may go on the direct connection.
                 let core = &self.procs[proc].cores[name].core;
                 let direct = self.k.direct && self.caller_fed && core.may_go_direct(*cmd);
                 if matches!(op, Op::Acquire { .. }) && core.attempt_in_chain() {
