@@ -1637,8 +1637,11 @@ fn a_release_behind_an_extension_of_its_key_stays_on_the_engines_connection() {
     assert_eq!(direct, vec![Target::Key(1)]);
 }
 
+/// Commands an event sent, as [`sends`] lists them.
+type Sent = Vec<(CmdId, Target, Op)>;
+
 /// A request of request id `id` at the rig's time: the acquisitions it sends.
-fn request(rig: &mut Rig, id: ReqId) -> Vec<(CmdId, Target, Op)> {
+fn request(rig: &mut Rig, id: ReqId) -> Sent {
     sends(&rig.ev(Event::Request {
         id,
         kind: RequestKind::Wait,
@@ -1647,8 +1650,23 @@ fn request(rig: &mut Rig, id: ReqId) -> Vec<(CmdId, Target, Op)> {
 }
 
 /// Holder `holder` drops its guard (no ack): the deletes it sends.
-fn dropped(rig: &mut Rig, holder: HolderId) -> Vec<(CmdId, Target, Op)> {
+fn dropped(rig: &mut Rig, holder: HolderId) -> Sent {
     sends(&rig.ev(Event::Release { holder, ack: None }))
+}
+
+/// One turn of a loop of `lock()` and a dropped guard on a free name: a
+/// grant to request 1, its guard dropped, and request 2 made before the
+/// delete is answered. The deletes and the acquisitions sent.
+fn dropped_then_requested(rig: &mut Rig) -> (Sent, Sent) {
+    let (holder, _) = held_one(rig);
+    let del = dropped(rig, holder);
+    let acq = request(rig, 2);
+    (del, acq)
+}
+
+/// `s` is one acquisition and nothing else.
+fn one_acquisition(s: &[(CmdId, Target, Op)]) -> bool {
+    matches!(s, [(_, _, Op::Acquire { .. })])
 }
 
 #[test]
@@ -1657,11 +1675,9 @@ fn a_request_right_after_a_release_goes_behind_its_deletes() {
     // not wait for the delete's reply, and may take the caller's connection
     // right behind it (the only other command of its key).
     let mut rig = Rig::new(config(1, 1));
-    let (holder, _) = held_one(&mut rig);
-    let del = dropped(&mut rig, holder);
+    let (del, acq) = dropped_then_requested(&mut rig);
     assert!(matches!(&del[..], [(_, _, Op::Release { .. })]), "{del:?}");
-    let acq = request(&mut rig, 2);
-    assert!(matches!(&acq[..], [(_, _, Op::Acquire { .. })]), "{acq:?}");
+    assert!(one_acquisition(&acq), "{acq:?}");
     assert!(rig.core.may_go_direct(acq[0].0));
     // The server answers both in order: the delete, then the acquisition.
     assert!(sends(&rig.ev(reply(del[0].0, Outcome::Released(true)))).is_empty());
@@ -1695,7 +1711,7 @@ fn a_chain_of_acquisitions_behind_our_deletes_is_bounded_like_hand_overs() {
     let at = rig.core.next_timeout().expect("the pause ends");
     assert!(at > rig.now, "{at:?}");
     let acq = sends(&rig.tick(at));
-    assert!(matches!(&acq[..], [(_, _, Op::Acquire { .. })]), "{acq:?}");
+    assert!(one_acquisition(&acq), "{acq:?}");
     let g = grants(&rig.ev(reply(acq[0].0, ours())));
     assert_eq!(g[0].0, 4);
     assert_eq!(rig.core.grant_view(rig.now).map(|v| v.handovers), Some(0));
@@ -1738,16 +1754,11 @@ fn an_acquisition_that_overtook_our_delete_is_woken_by_its_reply() {
     // finds our own old key and fails, and with NOLOOP no invalidation of
     // our own delete would come. The delete's reply wakes it instead.
     let mut rig = Rig::new(config(1, 1));
-    let (holder, _) = held_one(&mut rig);
-    let del = dropped(&mut rig, holder);
-    let acq = request(&mut rig, 2);
+    let (del, acq) = dropped_then_requested(&mut rig);
     assert!(sends(&rig.ev(reply(acq[0].0, other()))).is_empty());
     assert_eq!(rig.core.phase_name(), "idle");
     let again = sends(&rig.ev(reply(del[0].0, Outcome::Released(true))));
-    assert!(
-        matches!(&again[..], [(_, _, Op::Acquire { .. })]),
-        "{again:?}"
-    );
+    assert!(one_acquisition(&again), "{again:?}");
     let g = grants(&rig.ev(reply(again[0].0, ours())));
     assert_eq!(g[0].0, 2);
 }
@@ -1758,15 +1769,10 @@ fn an_acquisition_answered_after_our_delete_but_run_before_it_retries_at_once() 
     // tasks: the delete's may be fed first although the acquisition ran
     // first at the server and found our own old key.
     let mut rig = Rig::new(config(1, 1));
-    let (holder, _) = held_one(&mut rig);
-    let del = dropped(&mut rig, holder);
-    let acq = request(&mut rig, 2);
+    let (del, acq) = dropped_then_requested(&mut rig);
     assert!(sends(&rig.ev(reply(del[0].0, Outcome::Released(true)))).is_empty());
     let again = sends(&rig.ev(reply(acq[0].0, other())));
-    assert!(
-        matches!(&again[..], [(_, _, Op::Acquire { .. })]),
-        "{again:?}"
-    );
+    assert!(one_acquisition(&again), "{again:?}");
     // In the usual order nothing more is sent: no check of a key won.
     let g = grants(&rig.ev(reply(again[0].0, ours())));
     assert_eq!(g[0].0, 2);
@@ -1793,7 +1799,7 @@ fn an_acquisition_behind_our_delete_and_a_check_may_still_go_direct() {
     );
     dropped(&mut rig, holder);
     let acq = request(&mut rig, 2);
-    assert!(matches!(&acq[..], [(_, _, Op::Acquire { .. })]), "{acq:?}");
+    assert!(one_acquisition(&acq), "{acq:?}");
     assert!(rig.core.may_go_direct(acq[0].0));
     assert!(
         !rig.core.may_go_direct(check[0].0),
