@@ -39,10 +39,16 @@
 //! commands in order, but nothing orders one connection's against the
 //! other's. So only an acquisition or a release goes direct, and only when
 //! no other write of its key is out but our own deletes, a read-only check
-//! aside (`LockCore::may_go_direct`: deletes commute, and an acquisition
+//! aside (`LockCore::route`: deletes commute, and an acquisition
 //! right behind them, a chain, goes on the connection they took; `send_now`
 //! hands a dropped guard's delete to it before the next acquisition can
-//! be); every other
+//! be), or acquisitions that went on one direct connection: it then goes
+//! behind them there (`Route::Behind`), the delete of a lock released while
+//! its last key's acquisition is out. A command made on a caller's thread
+//! is handed to its connection before any made after it (`drive`,
+//! `send_now`, `detached`); the core is told which connection it took
+//! (`LockCore::went_direct`) only then, not for the commands the actor makes
+//! on the engine's thread, which wait for a task of their own. Every other
 //! command (extensions, checks, fair-queue updates, the fencing counter)
 //! stays on the engine's connection, driven by the engine's thread whatever
 //! the caller's runtime does. Tokens make a late write harmless to other
@@ -324,7 +330,7 @@ impl DirectLink for Link {
 pub(crate) fn spawn(sends: Sends) {
     for cmd in sends {
         let runtime = cmd.runtime.clone();
-        runtime.spawn(detached(start(cmd)));
+        runtime.spawn(detached(runtime.clone(), start(cmd)));
     }
 }
 
@@ -345,7 +351,7 @@ pub(crate) fn send_now(sends: Sends) {
         match running.as_mut().poll(&mut cx) {
             Poll::Ready(more) => send_now(more),
             Poll::Pending => {
-                runtime.spawn(detached(running));
+                runtime.spawn(detached(runtime.clone(), running));
             }
         }
     }
@@ -356,8 +362,21 @@ fn start(cmd: DirectCmd) -> Running {
     link.run(cmd)
 }
 
-async fn detached(running: Running) {
-    spawn(running.await);
+/// Runs `running` on `runtime`'s task that polls it, and with it the
+/// commands its reply produces: those are handed to their connections at
+/// once, as a caller's own are (the lock core counts on it, see
+/// `LockCore::went_direct`), not when a task spawned for them first runs.
+async fn detached(runtime: Handle, running: Running) {
+    let mut driver = Driver(OneOrMore::default());
+    driver.0.push((runtime, running));
+    std::future::poll_fn(|cx| {
+        driver.poll(cx);
+        match driver.0.is_empty() {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Drives `sends` on the calling task until `answer` is ready, which is what
@@ -407,7 +426,7 @@ impl Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         for (runtime, running) in std::mem::take(&mut self.0) {
-            runtime.spawn(detached(running));
+            runtime.spawn(detached(runtime.clone(), running));
         }
     }
 }

@@ -886,7 +886,7 @@ impl Pending<'_> {
         sends: Sends,
     ) -> Result<Result<GrantParts, Error>, oneshot::error::RecvError> {
         let Some(rx) = self.rx.as_mut() else {
-            direct::spawn(sends);
+            direct::send_now(sends);
             return Ok(Err(Error::Closed));
         };
         let result = direct::drive(sends, rx).await;

@@ -42,7 +42,7 @@ use crate::clock;
 use crate::context::{try_retire, Shared};
 use crate::core::{
     Effect, Event, GrantView, HolderId, HolderStatus, LockCore, Op, OsEntropy, Outcome, Refusal,
-    Target, Time,
+    Route, Target, Time,
 };
 use crate::direct;
 use crate::error::{Error, LostReason};
@@ -715,14 +715,23 @@ impl LockState {
         let Some(runtime) = caller else {
             return Err(op);
         };
-        // An acquisition or a release of a key, nothing else of it out.
-        let conn = match self.core.may_go_direct(cmd) {
-            true => direct::conn(&self.shared, node, runtime),
-            false => None,
+        // An acquisition or a release of a key, nothing else of it out but
+        // what it may go behind.
+        let conn = match self.core.route(cmd) {
+            Route::Engine => None,
+            Route::Direct => direct::conn(&self.shared, node, runtime),
+            Route::Behind(generation) => direct::conn(&self.shared, node, runtime)
+                .filter(|c| c.info.generation == generation),
         };
         let Some(conn) = conn else {
             return Err(op);
         };
+        // Fed on the caller's thread, it is handed to its connection before
+        // anything made after it (`direct::drive`, `direct::send_now`); fed
+        // by the actor, it waits for a task of its own to run first.
+        if !crate::runtime::on_engine_thread() {
+            self.core.went_direct(cmd, conn.info.generation);
+        }
         // Counted until run or dropped (`DirectCmd`'s drop).
         conn.info
             .out

@@ -34,9 +34,15 @@ pub(crate) enum Purpose {
     Extend { grant: u64, key: usize, life: Life },
     /// Read-only check of key `key` of attempt or grant `owner`.
     Verify { owner: u64, key: usize },
-    /// Compare-and-delete of key `key`; `group` ties it to the end of a grant
-    /// whose release callers wait for (none for clean-ups).
-    Release { key: usize, group: Option<u64> },
+    /// Compare-and-delete of key `key` under the token of attempt or grant
+    /// `of`; `group` ties it to the end of a grant whose release callers
+    /// wait for (none for clean-ups). It serves no attempt or grant still
+    /// going: `owner` is `None` for it.
+    Release {
+        key: usize,
+        of: u64,
+        group: Option<u64>,
+    },
     /// An update of key `key`'s fair queue; nothing waits for it.
     Queue { key: usize },
     /// Fencing counter read on node `node`, round `round` of attempt `attempt`.
@@ -89,12 +95,43 @@ impl Purpose {
     }
 }
 
+/// The connection a command went on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub(crate) enum Lane {
+    /// The engine's connection of its node: what the shell is not told
+    /// otherwise.
+    #[default]
+    Engine,
+    /// A caller's direct connection, by its generation (each one opened has
+    /// its own, and fred never reconnects one: one generation, one TCP
+    /// connection, whose commands the server runs in the order sent).
+    Direct(u64),
+}
+
+/// Which connection a command may take (`InFlight::route`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Route {
+    /// The engine's only.
+    Engine,
+    /// The caller's direct connection, whichever is open, or the engine's.
+    Direct,
+    /// The direct connection of this generation only, or the engine's:
+    /// writes of its key out went there, and it must not overtake them.
+    Behind(u64),
+}
+
 /// A command in the table.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Cmd {
     pub(crate) purpose: Purpose,
     /// When it was handed to the node: every expiry estimate starts here.
     pub(crate) sent: Time,
+    /// The connection it went on.
+    lane: Lane,
+    /// An acquisition with a delete of its own token sent right behind it
+    /// on its direct connection: whatever its reply says, the key is not
+    /// left ours.
+    followed: bool,
     /// Its reply is overdue after this.
     deadline: Time,
     /// Past its deadline: already reported as failed, kept until `forget_at`
@@ -117,6 +154,18 @@ pub(crate) struct InFlight {
 pub(crate) struct Answered {
     pub(crate) purpose: Purpose,
     pub(crate) sent: Time,
+    /// A delete of its token went right behind it (`Cmd::followed`).
+    pub(crate) followed: bool,
+}
+
+impl From<Cmd> for Answered {
+    fn from(c: Cmd) -> Self {
+        Answered {
+            purpose: c.purpose,
+            sent: c.sent,
+            followed: c.followed,
+        }
+    }
 }
 
 impl InFlight {
@@ -136,6 +185,8 @@ impl InFlight {
             Cmd {
                 purpose,
                 sent: now,
+                lane: Lane::Engine,
+                followed: false,
                 deadline: now + bound,
                 overdue: None,
             },
@@ -148,10 +199,7 @@ impl InFlight {
     pub(crate) fn answer(&mut self, id: CmdId) -> Option<Answered> {
         let pos = self.cmds.iter().position(|(c, _)| *c == id)?;
         let (_, c) = self.cmds.remove(pos);
-        Some(Answered {
-            purpose: c.purpose,
-            sent: c.sent,
-        })
+        Some(c.into())
     }
 
     /// Commands whose deadline passed by `now`, each reported once; forgets
@@ -203,23 +251,63 @@ impl InFlight {
             .map(|(_, c)| c.purpose)
     }
 
-    /// True if command `id` is in the table and no other write of its key is
-    /// out, live or overdue, but our own deletes: deletes commute with each
-    /// other (each compares its own token) and go before an acquisition sent
-    /// right behind them (see `lock::Chain`). Read-only checks may be out
-    /// too: a read changes nothing, whatever its order against the writes.
-    pub(crate) fn no_write_out_but_deletes(&self, id: CmdId) -> bool {
+    /// Which connection command `id` may take, going by the other commands
+    /// of its key out, live or overdue. Our own deletes and read-only checks
+    /// are in the way of nothing: deletes commute with each other (each
+    /// compares its own token) and go before an acquisition sent right
+    /// behind them (see `lock::Chain`), and a read changes nothing whatever
+    /// its order. Acquisitions that went on one direct connection keep it
+    /// behind them there (the server runs one connection's commands in
+    /// order). Any other write out keeps it on the engine's connection;
+    /// so does a command with no key (the fencing counter's) or unknown.
+    pub(crate) fn route(&self, id: CmdId) -> Route {
         let Some(key) = self.purpose_of(id).and_then(|p| p.key()) else {
-            return false;
+            return Route::Engine;
         };
-        self.cmds.iter().all(|(c, cmd)| {
-            *c == id
-                || cmd.purpose.key() != Some(key)
-                || matches!(
-                    cmd.purpose,
-                    Purpose::Verify { .. } | Purpose::Release { .. }
-                )
-        })
+        let mut route = Route::Direct;
+        for (c, cmd) in &self.cmds {
+            if *c == id || cmd.purpose.key() != Some(key) {
+                continue;
+            }
+            match (cmd.purpose, cmd.lane, route) {
+                (Purpose::Verify { .. } | Purpose::Release { .. }, _, _) => {}
+                (Purpose::Acquire { .. }, Lane::Direct(g), Route::Direct) => {
+                    route = Route::Behind(g)
+                }
+                (Purpose::Acquire { .. }, Lane::Direct(g), Route::Behind(h)) if g == h => {}
+                _ => return Route::Engine,
+            }
+        }
+        route
+    }
+
+    /// Records that command `id` went on direct connection `generation`. A
+    /// delete that went behind its own token's acquisition there marks that
+    /// acquisition `followed`.
+    pub(crate) fn went_direct(&mut self, id: CmdId, generation: u64) {
+        let lane = Lane::Direct(generation);
+        let Some(purpose) = self
+            .cmds
+            .iter_mut()
+            .find(|(c, _)| *c == id)
+            .map(|(_, cmd)| {
+                cmd.lane = lane;
+                cmd.purpose
+            })
+        else {
+            return;
+        };
+        let Purpose::Release { key, of, .. } = purpose else {
+            return;
+        };
+        for (c, cmd) in &mut self.cmds {
+            if *c < id
+                && cmd.lane == lane
+                && matches!(cmd.purpose, Purpose::Acquire { attempt, key: k, .. } if attempt == of && k == key)
+            {
+                cmd.followed = true;
+            }
+        }
     }
 
     /// True if no command is waiting for its reply (overdue ones aside).
@@ -291,6 +379,7 @@ mod tests {
         let rel = t.send(
             Purpose::Release {
                 key: 1,
+                of: 1,
                 group: None,
             },
             at(0),
@@ -324,7 +413,7 @@ mod tests {
     fn a_write_goes_alone_but_for_checks_and_our_own_deletes() {
         let mut t = InFlight::default();
         let acq = t.send(acquire(100), at(0), 10 * MS);
-        assert!(t.no_write_out_but_deletes(acq));
+        assert_eq!(t.route(acq), Route::Direct);
         // Another key, or the fencing counter: not in the way.
         t.send(Purpose::Verify { owner: 1, key: 1 }, at(0), 10 * MS);
         let fence = t.send(
@@ -336,31 +425,122 @@ mod tests {
             at(0),
             10 * MS,
         );
-        assert!(t.no_write_out_but_deletes(acq));
-        assert!(
-            !t.no_write_out_but_deletes(fence),
+        assert_eq!(t.route(acq), Route::Direct);
+        assert_eq!(
+            t.route(fence),
+            Route::Engine,
             "the counter's commands have no key"
         );
         // A check of the same key is a read: in the way of nothing.
         let check = t.send(Purpose::Verify { owner: 1, key: 0 }, at(1), 10 * MS);
-        assert!(t.no_write_out_but_deletes(acq));
+        assert_eq!(t.route(acq), Route::Direct);
         t.answer(check).unwrap();
         // Another write of the same key is, overdue too: it may still land.
         assert_eq!(t.expire(at(10)).len(), 3);
-        let release = |group| Purpose::Release { key: 0, group };
-        let rel = t.send(release(None), at(11), 10 * MS);
-        assert!(!t.no_write_out_but_deletes(rel));
+        let release = |of, group| Purpose::Release { key: 0, of, group };
+        let rel = t.send(release(1, None), at(11), 10 * MS);
+        assert_eq!(t.route(rel), Route::Engine);
         t.answer(acq).unwrap();
-        assert!(t.no_write_out_but_deletes(rel));
+        assert_eq!(t.route(rel), Route::Direct);
         // Our deletes are not: another delete, or an acquisition right
         // behind them.
-        let rel2 = t.send(release(Some(2)), at(12), 10 * MS);
+        let rel2 = t.send(release(1, Some(2)), at(12), 10 * MS);
         let next = t.send(acquire(100), at(12), 10 * MS);
-        assert!(t.no_write_out_but_deletes(next));
-        assert!(!t.no_write_out_but_deletes(rel2), "the acquisition is out");
+        assert_eq!(t.route(next), Route::Direct);
+        assert_eq!(t.route(rel2), Route::Engine, "the acquisition is out");
         t.answer(next).unwrap();
-        assert!(t.no_write_out_but_deletes(rel2));
-        assert!(!t.no_write_out_but_deletes(CmdId(99)), "unknown");
+        assert_eq!(t.route(rel2), Route::Direct);
+        assert_eq!(t.route(CmdId(99)), Route::Engine, "unknown");
+    }
+
+    #[test]
+    fn writes_go_behind_acquisitions_on_the_direct_connection_they_took() {
+        let mut t = InFlight::default();
+        let acq = t.send(acquire(100), at(0), 10 * MS);
+        t.went_direct(acq, 7);
+        // A delete of its token, and the next acquisition behind that:
+        // both behind it, on connection 7 only.
+        let rel = t.send(
+            Purpose::Release {
+                key: 0,
+                of: 1,
+                group: Some(1),
+            },
+            at(1),
+            10 * MS,
+        );
+        assert_eq!(t.route(rel), Route::Behind(7));
+        let next = t.send(
+            Purpose::Acquire {
+                attempt: 2,
+                key: 0,
+                life: Life::of(100 * MS),
+            },
+            at(1),
+            10 * MS,
+        );
+        assert_eq!(t.route(next), Route::Behind(7));
+        // The delete went there: the acquisition of its token is followed
+        // (not a later one of another token).
+        t.went_direct(rel, 7);
+        t.went_direct(next, 7);
+        let other = t.send(acquire(100), at(2), 10 * MS);
+        assert_eq!(t.route(other), Route::Behind(7));
+        assert!(t.answer(acq).unwrap().followed);
+        assert!(!t.answer(next).unwrap().followed);
+        // Acquisitions out on two direct connections (one replaced): no
+        // connection keeps the order of both.
+        let on_8 = t.send(acquire(100), at(3), 10 * MS);
+        t.went_direct(other, 7);
+        t.went_direct(on_8, 8);
+        let last = t.send(acquire(100), at(3), 10 * MS);
+        assert_eq!(t.route(last), Route::Engine);
+        // Nor does an acquisition that took the engine's, or an extension.
+        t.answer(other).unwrap();
+        t.answer(on_8).unwrap();
+        let engine = t.send(acquire(100), at(4), 10 * MS);
+        assert_eq!(t.route(last), Route::Engine);
+        t.answer(engine).unwrap();
+        assert_eq!(t.route(last), Route::Direct, "the delete is still out");
+        t.send(
+            Purpose::Extend {
+                grant: 1,
+                key: 0,
+                life: Life::of(100 * MS),
+            },
+            at(5),
+            10 * MS,
+        );
+        assert_eq!(t.route(last), Route::Engine);
+    }
+
+    #[test]
+    fn a_delete_on_another_connection_follows_nothing() {
+        let mut t = InFlight::default();
+        let acq = t.send(acquire(100), at(0), 10 * MS);
+        t.went_direct(acq, 7);
+        let rel = t.send(
+            Purpose::Release {
+                key: 0,
+                of: 1,
+                group: None,
+            },
+            at(1),
+            10 * MS,
+        );
+        // On the engine's connection (not recorded), or on connection 8.
+        let rel8 = t.send(
+            Purpose::Release {
+                key: 0,
+                of: 1,
+                group: None,
+            },
+            at(1),
+            10 * MS,
+        );
+        t.went_direct(rel8, 8);
+        assert!(!t.answer(acq).unwrap().followed);
+        t.answer(rel).unwrap();
     }
 
     #[test]

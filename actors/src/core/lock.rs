@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use super::fence::{Fence, FenceNext};
-use super::inflight::{CmdId, InFlight, Purpose};
+use super::inflight::{Answered, CmdId, InFlight, Purpose, Route};
 use super::ops::{Entropy, Op, Outcome, Place, Queue, Target};
 use super::quorum::{self, Life, Tally};
 use super::terms::Terms;
@@ -746,20 +746,27 @@ impl LockCore {
         }
     }
 
-    /// Whether command `cmd` (just sent) may go by the caller's own
-    /// connection instead of the engine's: only an acquisition or a
-    /// release, the writes a caller waits for, and only while nothing else
-    /// of its key is out, live or overdue, but our own deletes (read-only
-    /// checks aside). Each connection keeps its own commands in order, but
-    /// nothing orders one connection's against the other's: a write that
-    /// overtook an earlier one of its key could undo it (a delete landing
-    /// before the acquisition it was meant to follow). An acquisition that
-    /// overtakes our delete undoes nothing: it finds our old token and
-    /// fails, and the delete's reply wakes it (see `Chain`).
-    /// Extensions, checks and queue updates stay on the engine's connection,
-    /// which the engine's own thread drives whatever the caller's runtime
-    /// is doing.
-    pub(crate) fn may_go_direct(&self, cmd: CmdId) -> bool {
+    /// Which connection command `cmd` (just sent) may take: the caller's
+    /// own, or the engine's. Only an acquisition or a release, the writes a
+    /// caller waits for, may go direct, and only while nothing else of its
+    /// key is out, live or overdue, but our own deletes (read-only checks
+    /// aside), or acquisitions that went on one direct connection, behind
+    /// which it then goes there (`Route::Behind`; see `went_direct`). Each
+    /// connection keeps its own commands in order, but nothing orders one
+    /// connection's against the other's: a write that overtook an earlier
+    /// one of its key could undo it (a delete landing before the
+    /// acquisition it was meant to follow). An acquisition that overtakes
+    /// our delete undoes nothing: it finds our old token and fails, and the
+    /// delete's reply wakes it (see `Chain`). Extensions, checks and queue
+    /// updates stay on the engine's connection, which the engine's own
+    /// thread drives whatever the caller's runtime is doing.
+    ///
+    /// A delete behind an acquisition is what a lock released at once
+    /// sends on several nodes: the grant came with a majority of the keys,
+    /// the last acquisition still out. Sent on the engine's connection, it
+    /// found nothing, and the release waited for a round trip through the
+    /// engine's thread; the acquisition's late "ours" then sent another.
+    pub(crate) fn route(&self, cmd: CmdId) -> Route {
         match self.cmds.purpose_of(cmd) {
             // Our own deletes and checks of the key may be out: a check is
             // a read and orders nothing, deletes commute (each compares its
@@ -771,11 +778,18 @@ impl LockCore {
             // `lock()` and a dropped guard both are often out: the engine's
             // connection hears of our deletes and the holder checks its key,
             // and a delete's reply may be fed after the next acquisition's.
-            Some(Purpose::Release { .. } | Purpose::Acquire { .. }) => {
-                self.cmds.no_write_out_but_deletes(cmd)
-            }
-            _ => false,
+            Some(Purpose::Release { .. } | Purpose::Acquire { .. }) => self.cmds.route(cmd),
+            _ => Route::Engine,
         }
+    }
+
+    /// Command `cmd` went on direct connection `generation`, and is handed
+    /// to it before any command made after it: what `route` keeps later
+    /// writes of its key behind. A delete that went behind its own token's
+    /// acquisition there spares the late-key release of that acquisition's
+    /// reply (see `apply`).
+    pub(crate) fn went_direct(&mut self, cmd: CmdId, generation: u64) {
+        self.cmds.went_direct(cmd, generation);
     }
 
     /// The token of the attempt or grant in progress, for observers (the
@@ -1430,7 +1444,7 @@ impl LockCore {
                 if let Some(place) = keep_place {
                     self.enqueue_to(now, key, vec![place]);
                 }
-                self.release_key(now, key, &a.token, None);
+                self.release_key(now, key, a.id, &a.token, None);
             }
         }
         if let Some((id, kind)) = a.request {
@@ -1500,11 +1514,23 @@ impl LockCore {
         let Some(answered) = self.cmds.answer(cmd) else {
             return;
         };
-        self.apply(now, cmd, answered.purpose, answered.sent, outcome);
+        self.apply(now, cmd, answered, outcome);
     }
 
-    fn apply(&mut self, now: Time, cmd: CmdId, purpose: Purpose, sent: Time, outcome: Outcome) {
+    fn apply(&mut self, now: Time, cmd: CmdId, answered: Answered, outcome: Outcome) {
+        let Answered {
+            purpose,
+            sent,
+            followed,
+        } = answered;
         match purpose {
+            // The attempt or grant is over, and a delete of its token went
+            // right behind this acquisition on its connection: a key it
+            // made ours is deleted already (a late reply of a key with
+            // majority won, the lock released at once).
+            Purpose::Acquire { attempt, key, .. } if followed && !self.is_current(attempt) => {
+                tracing::trace!(key, "late key of a decided attempt; deleted right behind");
+            }
             Purpose::Acquire { attempt, key, life } => {
                 self.on_key_reply(now, cmd, attempt, key, sent, outcome, Some(life))
             }
@@ -1514,7 +1540,7 @@ impl LockCore {
             Purpose::Verify { owner, key } => {
                 self.on_key_reply(now, cmd, owner, key, sent, outcome, None)
             }
-            Purpose::Release { key, group } => {
+            Purpose::Release { key, group, .. } => {
                 // An attempt went on without waiting for this delete (a
                 // chain, a try, a force).
                 let went_on =
@@ -1620,7 +1646,7 @@ impl LockCore {
                 if writes && matches!(outcome, Outcome::Key(KeyState::Ours { .. })) {
                     if let Some(token) = self.token_of_past(owner) {
                         tracing::debug!(key, "late key of a decided attempt; releasing");
-                        self.release_key(now, key, &token, None);
+                        self.release_key(now, key, owner, &token, None);
                     }
                 }
                 return;
@@ -1760,6 +1786,15 @@ impl LockCore {
                 self.reevaluate(now);
             }
             _ => {}
+        }
+    }
+
+    /// True if `owner` is the attempt or grant in progress.
+    fn is_current(&self, owner: u64) -> bool {
+        match &self.phase {
+            Phase::Attempting(a) => a.id == owner,
+            Phase::Holding(g) => g.id == owner,
+            _ => false,
         }
     }
 
@@ -1920,7 +1955,7 @@ impl LockCore {
         for (key, s) in g.keys.iter().enumerate() {
             // Anything that may hold our token: known ours, unknown, failing.
             if !matches!(s.key, Key::Other { .. } | Key::Absent | Key::Queued { .. }) || s.failing {
-                self.release_key(now, key, &g.token, Some(group));
+                self.release_key(now, key, g.id, &g.token, Some(group));
             }
         }
         // Local waiters go next, once the deletes are answered; after a
@@ -1956,10 +1991,12 @@ impl LockCore {
         self.maybe_group_done(now, group);
     }
 
-    fn release_key(&mut self, now: Time, key: usize, token: &Token, group: Option<u64>) {
+    /// Deletes key `key` if it holds `token`, the token of attempt or grant
+    /// `of`.
+    fn release_key(&mut self, now: Time, key: usize, of: u64, token: &Token, group: Option<u64>) {
         self.send(
             now,
-            Purpose::Release { key, group },
+            Purpose::Release { key, of, group },
             Target::Key(key),
             Op::Release {
                 token: token.clone(),
@@ -2236,13 +2273,7 @@ impl LockCore {
     fn on_timeout(&mut self, now: Time) {
         // Commands that did not answer in time count as failed.
         for (cmd, c) in self.cmds.expire(now) {
-            self.apply(
-                now,
-                cmd,
-                c.purpose,
-                c.sent,
-                Outcome::Failed("no reply in time"),
-            );
+            self.apply(now, cmd, c.into(), Outcome::Failed("no reply in time"));
         }
         match &self.phase {
             Phase::Holding(g) if now >= g.deadline() => {

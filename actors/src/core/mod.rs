@@ -22,7 +22,7 @@ mod terms;
 mod time;
 mod waiters;
 
-pub(crate) use inflight::CmdId;
+pub(crate) use inflight::{CmdId, Route};
 #[cfg(test)]
 pub(crate) use lock::HoldingView;
 pub(crate) use lock::{

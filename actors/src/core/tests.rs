@@ -1579,7 +1579,9 @@ fn only_a_lone_acquisition_or_release_of_its_key_may_go_by_the_callers_connectio
         terms: None,
     }));
     // A free name's acquisitions: nothing else of their keys is out.
-    assert!(acq.iter().all(|(cmd, _, _)| rig.core.may_go_direct(*cmd)));
+    assert!(acq
+        .iter()
+        .all(|(cmd, _, _)| rig.core.route(*cmd) == Route::Direct));
     // An invalidation of a key whose acquisition is out sends nothing yet;
     // the replies win the majority, and key 2 stays out.
     rig.at(ms(1));
@@ -1590,13 +1592,15 @@ fn only_a_lone_acquisition_or_release_of_its_key_may_go_by_the_callers_connectio
     let ver = sends(&rig.ev(Event::Invalidated { key: 0 }));
     assert_eq!(ver.len(), 1);
     assert!(
-        !rig.core.may_go_direct(ver[0].0),
+        rig.core.route(ver[0].0) == Route::Engine,
         "a check is not a write a caller waits for"
     );
     // The extension round: extensions never go direct.
     let ext = sends(&rig.tick(ms(500)));
     assert!(!ext.is_empty());
-    assert!(ext.iter().all(|(cmd, _, _)| !rig.core.may_go_direct(*cmd)));
+    assert!(ext
+        .iter()
+        .all(|(cmd, _, _)| rig.core.route(*cmd) == Route::Engine));
     for (cmd, _, _) in &ext {
         rig.ev(reply(*cmd, ours()));
     }
@@ -1610,7 +1614,8 @@ fn only_a_lone_acquisition_or_release_of_its_key_may_go_by_the_callers_connectio
     assert_eq!(rel.len(), 3, "{rel:?}");
     assert!(rel
         .iter()
-        .all(|(cmd, _, op)| matches!(op, Op::Release { .. }) && rig.core.may_go_direct(*cmd)));
+        .all(|(cmd, _, op)| matches!(op, Op::Release { .. })
+            && rig.core.route(*cmd) == Route::Direct));
 }
 
 #[test]
@@ -1628,13 +1633,92 @@ fn a_release_behind_an_extension_of_its_key_stays_on_the_engines_connection() {
     assert_eq!(rel.len(), 3, "{rel:?}");
     let direct: Vec<Target> = rel
         .iter()
-        .filter(|(cmd, _, _)| rig.core.may_go_direct(*cmd))
+        .filter(|(cmd, _, _)| rig.core.route(*cmd) == Route::Direct)
         .map(|x| x.1)
         .collect();
     // On another connection a delete could land before the extension still
     // out, which would then find the key gone (harmless, token-checked) or,
     // were it a retake, write it back after the delete.
     assert_eq!(direct, vec![Target::Key(1)]);
+}
+
+/// Held with majority 2 of 3 after the replies of keys 0 and 1, every
+/// acquisition sent on direct connection 7, key 2's still out; then
+/// released: the deletes, by key.
+fn released_with_key_2_out(rig: &mut Rig) -> (CmdId, Vec<(CmdId, Target, Op)>) {
+    let acq = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+        terms: None,
+    }));
+    assert_eq!(acq.len(), 3);
+    for (cmd, _, _) in &acq {
+        rig.core.went_direct(*cmd, 7);
+    }
+    rig.at(ms(1));
+    rig.ev(reply(acq[0].0, ours()));
+    let g = grants(&rig.ev(reply(acq[1].0, ours())));
+    assert_eq!(g.len(), 1);
+    let rel = sends(&rig.ev(Event::Release {
+        holder: g[0].1,
+        ack: Some(1),
+    }));
+    let keys: Vec<Target> = rel.iter().map(|x| x.1).collect();
+    assert_eq!(keys, [0, 1, 2].map(Target::Key), "{rel:?}");
+    (acq[2].0, rel)
+}
+
+/// The `Released` acknowledgements among `effects`: (deleted, unconfirmed).
+fn acknowledged(effects: &[Effect]) -> Vec<(usize, usize)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Released {
+                deleted,
+                unconfirmed,
+                ..
+            } => Some((*deleted, *unconfirmed)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_lock_released_at_once_deletes_its_last_key_behind_its_acquisition() {
+    // Several nodes: the grant came with keys 0 and 1, key 2's acquisition
+    // is still out when the lock is released. Its delete goes behind it on
+    // the connection it took (which runs them in order): not on the
+    // engine's, where it could overtake the acquisition and find nothing.
+    let mut rig = Rig::new(config(2, 3));
+    let (late, rel) = released_with_key_2_out(&mut rig);
+    assert_eq!(rig.core.route(rel[0].0), Route::Direct);
+    assert_eq!(rig.core.route(rel[1].0), Route::Direct);
+    assert_eq!(rig.core.route(rel[2].0), Route::Behind(7));
+    rig.core.went_direct(rel[2].0, 7);
+    // Key 2's late "ours": the delete right behind it takes the key, so
+    // nothing more is sent for it.
+    let fx = rig.ev(reply(late, ours()));
+    assert!(sends(&fx).is_empty(), "{fx:?}");
+    rig.ev(reply(rel[0].0, Outcome::Released(true)));
+    rig.ev(reply(rel[1].0, Outcome::Released(true)));
+    let fx = rig.ev(reply(rel[2].0, Outcome::Released(true)));
+    assert_eq!(acknowledged(&fx), [(3, 0)]);
+}
+
+#[test]
+fn a_late_key_whose_delete_went_another_way_is_released_again() {
+    // The same, but key 2's delete took the engine's connection (the direct
+    // one was busy, or replaced): it may have run before the acquisition,
+    // so the acquisition's "ours" is released as a late key.
+    let mut rig = Rig::new(config(2, 3));
+    let (late, rel) = released_with_key_2_out(&mut rig);
+    let fx = rig.ev(reply(rel[2].0, Outcome::Released(false)));
+    assert!(sends(&fx).is_empty(), "{fx:?}");
+    let again = sends(&rig.ev(reply(late, ours())));
+    assert!(
+        matches!(&again[..], [(_, Target::Key(2), Op::Release { .. })]),
+        "{again:?}"
+    );
 }
 
 /// Commands an event sent, as [`sends`] lists them.
@@ -1678,7 +1762,7 @@ fn a_request_right_after_a_release_goes_behind_its_deletes() {
     let (del, acq) = dropped_then_requested(&mut rig);
     assert!(matches!(&del[..], [(_, _, Op::Release { .. })]), "{del:?}");
     assert!(one_acquisition(&acq), "{acq:?}");
-    assert!(rig.core.may_go_direct(acq[0].0));
+    assert_eq!(rig.core.route(acq[0].0), Route::Direct);
     // The server answers both in order: the delete, then the acquisition.
     assert!(sends(&rig.ev(reply(del[0].0, Outcome::Released(true)))).is_empty());
     let g = grants(&rig.ev(reply(acq[0].0, ours())));
@@ -1800,9 +1884,9 @@ fn an_acquisition_behind_our_delete_and_a_check_may_still_go_direct() {
     dropped(&mut rig, holder);
     let acq = request(&mut rig, 2);
     assert!(one_acquisition(&acq), "{acq:?}");
-    assert!(rig.core.may_go_direct(acq[0].0));
+    assert_eq!(rig.core.route(acq[0].0), Route::Direct);
     assert!(
-        !rig.core.may_go_direct(check[0].0),
+        rig.core.route(check[0].0) == Route::Engine,
         "a check never goes direct"
     );
 }

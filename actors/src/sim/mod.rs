@@ -435,13 +435,14 @@ fn sim_schedules() {
     let excused = AtomicU64::new(0);
     let direct = AtomicU64::new(0);
     let chained = AtomicU64::new(0);
+    let behind = AtomicU64::new(0);
     let first: Mutex<Option<(u64, Knobs, String)>> = Mutex::new(None);
     let start = Instant::now();
     std::thread::scope(|s| {
         for t in 0..threads {
-            let (failed, first, steps, grants, excused, direct, chained) = (
-                &failed, &first, &steps, &grants, &excused, &direct, &chained,
-            );
+            let (failed, first, steps, grants, excused) =
+                (&failed, &first, &steps, &grants, &excused);
+            let (direct, chained, behind) = (&direct, &chained, &behind);
             s.spawn(move || {
                 let mut i = t;
                 while i < count && !failed.load(Ordering::Relaxed) {
@@ -453,6 +454,7 @@ fn sim_schedules() {
                             excused.fetch_add(st.excused, Ordering::Relaxed);
                             direct.fetch_add(st.direct, Ordering::Relaxed);
                             chained.fetch_add(st.chained, Ordering::Relaxed);
+                            behind.fetch_add(st.behind, Ordering::Relaxed);
                         }
                         Err(e) => {
                             failed.store(true, Ordering::Relaxed);
@@ -473,12 +475,13 @@ fn sim_schedules() {
         report(&k, &e);
     }
     println!(
-        "{count} schedules, {} steps, {} grants, {} excused overlaps, {} commands on direct connections, {} acquisitions right behind their own deletes in {secs:.1}s ({:.0} schedules/s, {threads} threads)",
+        "{count} schedules, {} steps, {} grants, {} excused overlaps, {} commands on direct connections, {} acquisitions right behind their own deletes, {} writes behind acquisitions on their direct connection in {secs:.1}s ({:.0} schedules/s, {threads} threads)",
         steps.into_inner(),
         grants.into_inner(),
         excused.into_inner(),
         direct.into_inner(),
         chained.into_inner(),
+        behind.into_inner(),
         count as f64 / secs
     );
 }
@@ -488,7 +491,7 @@ fn sim_schedules() {
 /// keys), and every invariant still holds.
 #[test]
 fn sim_direct_connections() {
-    let (mut sent, mut chained) = (0, 0);
+    let (mut sent, mut chained, mut behind) = (0, 0, 0);
     for i in 0..300 {
         let mut k = Knobs::from_seed(seed_of(0xd1ec_7000, i));
         k.apply("direct=1");
@@ -496,6 +499,7 @@ fn sim_direct_connections() {
             Ok(st) => {
                 sent += st.direct;
                 chained += st.chained;
+                behind += st.behind;
             }
             Err(e) => report(&k, &e),
         }
@@ -504,6 +508,10 @@ fn sim_direct_connections() {
     assert!(
         chained > 0,
         "no acquisition went right behind its own deletes"
+    );
+    assert!(
+        behind > 0,
+        "no write went behind an acquisition on its direct connection"
     );
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::core::{
     Config, Effect, Event, Fair, Fencing, HolderStatus, Life, LockCore, Op, Outcome, Refusal,
-    RequestKind, Target, Terms, Time,
+    RequestKind, Route, Target, Terms, Time,
 };
 
 use super::invariants::Checks;
@@ -61,6 +61,9 @@ pub(super) struct Stats {
     pub(super) direct: u64,
     /// Acquisitions sent right behind their process's own deletes (chains).
     pub(super) chained: u64,
+    /// Writes sent on a direct connection behind acquisitions of their key
+    /// out there (`Route::Behind`).
+    pub(super) behind: u64,
 }
 
 /// One simulated run.
@@ -569,18 +572,39 @@ impl World {
         }
     }
 
-    fn send(&mut self, to: Dest, cmd: crate::core::CmdId, target: Target, op: Op, direct: bool) {
+    /// Sends `cmd` on the connection `route` allows; the generation of the
+    /// direct connection it took, if it took one.
+    fn send(
+        &mut self,
+        to: Dest,
+        cmd: crate::core::CmdId,
+        target: Target,
+        op: Op,
+        route: Route,
+    ) -> Option<u64> {
         let node = match target {
             Target::Key(k) => self.cfg.placement[k],
             Target::Fence(n) => n,
         };
         self.stats.cmds[to.proc] += 1;
-        let lane = if direct && self.direct_lane(to.proc, node) {
+        let direct = match route {
+            Route::Engine => false,
+            Route::Direct => self.direct_lane(to.proc, node),
+            Route::Behind(generation) => {
+                self.direct_lane(to.proc, node)
+                    && u64::from(self.directs[to.proc][node].epoch) == generation
+            }
+        };
+        let lane = if direct {
             self.stats.direct += 1;
+            if matches!(route, Route::Behind(_)) {
+                self.stats.behind += 1;
+            }
             Lane::Direct
         } else {
             Lane::Engine
         };
+        let taken = direct.then(|| u64::from(self.directs[to.proc][node].epoch));
         let c = match lane {
             Lane::Engine => &mut self.conns[to.proc][node],
             Lane::Direct => &mut self.directs[to.proc][node],
@@ -623,6 +647,7 @@ impl World {
                 );
             }
         }
+        taken
     }
 
     /// The connection of `lane` from `proc` to `node`.
@@ -1201,13 +1226,22 @@ impl World {
                 }
                 // As the shell: an acquisition or release fed on a caller's
                 // runtime, with no other write of its key out but its own
-                // deletes, may go on the direct connection.
+                // deletes and what it may go behind, may go on the direct
+                // connection (and the core is told which one it took).
                 let core = &self.procs[proc].cores[name].core;
-                let direct = self.k.direct && self.caller_fed && core.may_go_direct(*cmd);
+                let route = match self.k.direct && self.caller_fed {
+                    true => core.route(*cmd),
+                    false => Route::Engine,
+                };
                 if matches!(op, Op::Acquire { .. }) && core.attempt_in_chain() {
                     self.stats.chained += 1;
                 }
-                self.send(Dest { proc, name, inc }, *cmd, *target, op.clone(), direct);
+                let dest = Dest { proc, name, inc };
+                if let Some(generation) = self.send(dest, *cmd, *target, op.clone(), route) {
+                    self.procs[proc].cores[name]
+                        .core
+                        .went_direct(*cmd, generation);
+                }
             }
             Effect::Grant {
                 to,
