@@ -141,3 +141,47 @@ async fn a_burst_of_releases_is_confirmed_in_calls_of_many_keys() {
     assert_eq!(size, 0, "keys left after every release was confirmed");
     locker.close().await;
 }
+
+/// An acquisition whose reply never comes (the client's timeout gives up on
+/// it) may still have run and taken the key. No reply will say so, so the
+/// failed attempt deletes it with its token: otherwise the name stayed taken
+/// for a whole validity (30 s here) by a lock nobody holds.
+#[tokio::test]
+async fn an_acquisition_whose_reply_never_came_is_deleted() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let proxy = Proxy::start(server.port).await;
+    let admin = server.admin().await;
+    let locker = Locker::connect(
+        LockerOptions::new([proxy.url()])
+            .with_key_majority(1)
+            .with_key_validity(Duration::from_secs(30))
+            .with_try_next_after(Duration::from_millis(200)),
+    )
+    .await
+    .unwrap();
+    // The connections (the engine's and the direct one) are open.
+    for _ in 0..3 {
+        let warm = unique("release-warm");
+        locker.lock(&warm).await.unwrap().release().await.unwrap();
+    }
+    let name = unique("release-unanswered");
+    let before = command_calls(&admin).await;
+    proxy.freeze_replies();
+    let tried = tokio::time::timeout(Duration::from_secs(10), locker.try_lock(&name))
+        .await
+        .expect("try_lock() is bounded by try_next_after");
+    assert!(tried.is_err(), "no reply, no lock: {tried:?}");
+    // Requests still pass: the acquisition ran, and so does the delete.
+    let gone = eventually(Duration::from_secs(5), || async {
+        existing_keys(&admin, "valkeylock", &name, 1).await == 0
+    })
+    .await;
+    let after = command_calls(&admin).await;
+    let more = |cmd: &str| after.get(cmd).unwrap_or(&0) - before.get(cmd).unwrap_or(&0);
+    assert!(more("set") >= 1, "the acquisition never ran: {after:?}");
+    assert!(gone, "the key of an unanswered acquisition stayed");
+    assert!(more("del") >= 1, "deleted by expiry, not by us: {after:?}");
+    proxy.heal();
+    locker.close().await;
+}

@@ -1348,7 +1348,7 @@ async fn run_many(client: &Client, shared: &Shared, kind: Many, jobs: Vec<Job>) 
 /// The outcome of a command fred could not complete.
 fn command_failed(e: &fred::error::Error) -> Outcome {
     if e.kind() == &fred::error::ErrorKind::Timeout {
-        Outcome::Failed("timed out")
+        Outcome::Unanswered
     } else {
         Outcome::Failed("command failed")
     }

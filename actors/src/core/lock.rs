@@ -278,6 +278,9 @@ enum Key {
     },
     /// The command failed; nothing is known.
     Failed,
+    /// The acquisition went unanswered (`Outcome::Unanswered`): it may have
+    /// run and taken the key under our token.
+    Unanswered,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -576,7 +579,7 @@ impl GrantView<'_> {
                 Key::Other { forced: true } => LostReason::Forced,
                 Key::Other { forced: false } => LostReason::Overwritten,
                 Key::Absent | Key::Queued { .. } => LostReason::Deleted,
-                Key::Failed => LostReason::Unreachable,
+                Key::Failed | Key::Unanswered => LostReason::Unreachable,
             };
             Some((i, why))
         })
@@ -1418,7 +1421,7 @@ impl LockCore {
         let reached = a
             .keys
             .iter()
-            .filter(|s| !matches!(s.key, Key::Failed | Key::Pending))
+            .filter(|s| !matches!(s.key, Key::Failed | Key::Unanswered | Key::Pending))
             .count();
         // Reaching none is no reason to stop: the places then reach no
         // queue either, and are there again as soon as the nodes are.
@@ -1440,6 +1443,13 @@ impl LockCore {
         // there.
         let keep_place = a.candidate.and_then(|c| self.waiters.place_by_member(c));
         for (key, s) in a.keys.iter().enumerate() {
+            // An acquisition that went unanswered may have taken its key: no
+            // reply will say so (the client dropped it), and the key would
+            // keep everyone out for a validity. The delete compares the
+            // token, and follows the acquisition on its connection.
+            if matches!(s.key, Key::Unanswered) {
+                self.release_key(now, key, a.id, &a.token, None);
+            }
             if matches!(s.key, Key::Ours { .. }) {
                 if let Some(place) = keep_place {
                     self.enqueue_to(now, key, vec![place]);
@@ -1573,7 +1583,7 @@ impl LockCore {
                 }
             }
             Purpose::Queue { key } => {
-                if let Outcome::Failed(why) = outcome {
+                if let Some(why) = outcome.failure() {
                     tracing::debug!(key, why, "fair queue update failed");
                 }
             }
@@ -1642,8 +1652,15 @@ impl LockCore {
             Phase::Attempting(a) if a.id == owner => (&mut a.keys, a.terms),
             Phase::Holding(g) if g.id == owner => (&mut g.keys, g.terms),
             _ => {
-                // Its attempt or grant is over: a key it made ours is released.
-                if writes && matches!(outcome, Outcome::Key(KeyState::Ours { .. })) {
+                // Its attempt or grant is over: a key it made ours is
+                // released, and so is one its write may have taken (no
+                // reply in time).
+                if writes
+                    && matches!(
+                        outcome,
+                        Outcome::Key(KeyState::Ours { .. }) | Outcome::Unanswered
+                    )
+                {
                     if let Some(token) = self.token_of_past(owner) {
                         tracing::debug!(key, "late key of a decided attempt; releasing");
                         self.release_key(now, key, owner, &token, None);
@@ -1658,11 +1675,14 @@ impl LockCore {
         };
         let touched = std::mem::take(&mut slot.touched);
         let was_pending = slot.key == Key::Pending;
-        if let Outcome::Failed(why) = outcome {
+        if let Some(why) = outcome.failure() {
             tracing::trace!(key, why, "command failed");
             slot.failing = true;
             if slot.key == Key::Pending && cmd > slot.seen {
-                slot.key = Key::Failed;
+                slot.key = match outcome {
+                    Outcome::Unanswered if writes => Key::Unanswered,
+                    _ => Key::Failed,
+                };
             }
         } else if cmd > slot.seen {
             slot.seen = cmd;
@@ -2273,7 +2293,7 @@ impl LockCore {
     fn on_timeout(&mut self, now: Time) {
         // Commands that did not answer in time count as failed.
         for (cmd, c) in self.cmds.expire(now) {
-            self.apply(now, cmd, c.into(), Outcome::Failed("no reply in time"));
+            self.apply(now, cmd, c.into(), Outcome::Unanswered);
         }
         match &self.phase {
             Phase::Holding(g) if now >= g.deadline() => {

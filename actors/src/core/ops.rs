@@ -94,8 +94,23 @@ pub(crate) enum Outcome {
     },
     /// A fair queue was updated (`Enqueue`, `Dequeue`).
     Queued,
-    /// The node did not answer usefully (not connected, timed out, error).
+    /// The node did not answer usefully (not connected, error).
     Failed(&'static str),
+    /// Sent, and no reply came in time (the client's timeout, or the core's
+    /// reply bound): the command may have run, and a write may have taken
+    /// its key.
+    Unanswered,
+}
+
+impl Outcome {
+    /// Why the command failed, if it did.
+    pub(crate) fn failure(&self) -> Option<&'static str> {
+        match self {
+            Outcome::Failed(why) => Some(why),
+            Outcome::Unanswered => Some("no reply in time"),
+            _ => None,
+        }
+    }
 }
 
 /// Where a core gets its randomness: tokens and retry jitter. The engine uses

@@ -525,6 +525,64 @@ fn overdue_commands_decide_the_attempt_and_late_keys_are_released() {
 }
 
 #[test]
+fn an_unanswered_acquisition_of_a_failed_attempt_is_released() {
+    // The client's timeout dropped key 1's reply: the acquisition may have
+    // run, and no reply will ever say so. Released with the attempt's token
+    // when the attempt fails, or it would keep the key from everyone for a
+    // validity. Key 2's command never ran (not connected): nothing to delete.
+    let mut rig = Rig::new(config(2, 3));
+    let s = sends(&rig.ev(Event::Request {
+        id: 4,
+        kind: RequestKind::Try,
+        terms: None,
+    }));
+    assert!(sends(&rig.ev(reply(s[1].0, Outcome::Unanswered))).is_empty());
+    let fx = rig.ev(reply(s[0].0, other()));
+    assert!(fx.iter().any(|e| matches!(e, Effect::Refuse { to: 4, .. })));
+    let rel = sends(&fx);
+    assert_eq!(rel.len(), 1, "{rel:?}");
+    let (Op::Release { token }, Op::Acquire { token: t1, .. }) = (&rel[0].2, &s[1].2) else {
+        panic!("{rel:?}");
+    };
+    assert_eq!(rel[0].1, Target::Key(1));
+    assert_eq!(token, t1);
+    let fx = rig.ev(reply(s[2].0, Outcome::Failed("not connected")));
+    assert!(sends(&fx).is_empty(), "{fx:?}");
+}
+
+#[test]
+fn an_acquisition_unanswered_after_its_attempt_failed_is_released() {
+    // The attempt is decided by keys 0 and 1 (held by others) while key 2's
+    // acquisition is out; its client then gives up on it.
+    let mut rig = Rig::new(config(2, 3));
+    let s = sends(&rig.ev(Event::Request {
+        id: 4,
+        kind: RequestKind::Try,
+        terms: None,
+    }));
+    rig.ev(reply(s[0].0, other()));
+    let fx = rig.ev(reply(s[1].0, other()));
+    assert!(fx.iter().any(|e| matches!(e, Effect::Refuse { to: 4, .. })));
+    assert!(sends(&fx).is_empty(), "{fx:?}");
+    let rel = sends(&rig.ev(reply(s[2].0, Outcome::Unanswered)));
+    assert!(
+        matches!(&rel[..], [(_, Target::Key(2), Op::Release { .. })]),
+        "{rel:?}"
+    );
+    // A failure of a command that never ran leaves nothing to delete.
+    let mut rig = Rig::new(config(2, 3));
+    let s = sends(&rig.ev(Event::Request {
+        id: 4,
+        kind: RequestKind::Try,
+        terms: None,
+    }));
+    rig.ev(reply(s[0].0, other()));
+    rig.ev(reply(s[1].0, other()));
+    let fx = rig.ev(reply(s[2].0, Outcome::Failed("not connected")));
+    assert!(sends(&fx).is_empty(), "{fx:?}");
+}
+
+#[test]
 fn force_takes_over_from_our_own_holder_without_deleting() {
     let mut rig = Rig::new(config(2, 3));
     let (holder, _) = held(&mut rig);
