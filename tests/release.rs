@@ -12,6 +12,19 @@ use support::proxy::*;
 use support::*;
 use valkeylock::{Error, Locker, LockerOptions, LostReason};
 
+/// A locker through `proxy`, with `validity` and a command time limit of
+/// 200 ms.
+async fn proxied(proxy: &Proxy, validity: Duration) -> Locker {
+    Locker::connect(
+        LockerOptions::new([proxy.url()])
+            .with_key_majority(1)
+            .with_key_validity(validity)
+            .with_try_next_after(Duration::from_millis(200)),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_confirmed_release_is_ok_and_the_key_is_gone() {
     init_tracing();
@@ -32,14 +45,7 @@ async fn a_release_whose_node_does_not_answer_says_so() {
     let server = ValkeyServer::start();
     let proxy = Proxy::start(server.port).await;
     let admin = server.admin().await;
-    let locker = Locker::connect(
-        LockerOptions::new([proxy.url()])
-            .with_key_majority(1)
-            .with_key_validity(Duration::from_secs(3))
-            .with_try_next_after(Duration::from_millis(200)),
-    )
-    .await
-    .unwrap();
+    let locker = proxied(&proxy, Duration::from_secs(3)).await;
     let name = unique("release-frozen");
     let guard = locker.lock(&name).await.unwrap();
     proxy.freeze();
@@ -152,14 +158,7 @@ async fn an_acquisition_whose_reply_never_came_is_deleted() {
     let server = ValkeyServer::start();
     let proxy = Proxy::start(server.port).await;
     let admin = server.admin().await;
-    let locker = Locker::connect(
-        LockerOptions::new([proxy.url()])
-            .with_key_majority(1)
-            .with_key_validity(Duration::from_secs(30))
-            .with_try_next_after(Duration::from_millis(200)),
-    )
-    .await
-    .unwrap();
+    let locker = proxied(&proxy, Duration::from_secs(30)).await;
     // The connections (the engine's and the direct one) are open.
     for _ in 0..3 {
         let warm = unique("release-warm");

@@ -353,6 +353,15 @@ mod tests {
         }
     }
 
+    /// A delete of key 0 under the token of attempt 1.
+    fn delete(group: Option<u64>) -> Purpose {
+        Purpose::Release {
+            key: 0,
+            of: 1,
+            group,
+        }
+    }
+
     #[test]
     fn replies_match_their_command_once() {
         let mut t = InFlight::default();
@@ -460,15 +469,7 @@ mod tests {
         t.went_direct(acq, 7);
         // A delete of its token, and the next acquisition behind that:
         // both behind it, on connection 7 only.
-        let rel = t.send(
-            Purpose::Release {
-                key: 0,
-                of: 1,
-                group: Some(1),
-            },
-            at(1),
-            10 * MS,
-        );
+        let rel = t.send(delete(Some(1)), at(1), 10 * MS);
         assert_eq!(t.route(rel), Route::Behind(7));
         let next = t.send(
             Purpose::Acquire {
@@ -519,25 +520,9 @@ mod tests {
         let mut t = InFlight::default();
         let acq = t.send(acquire(100), at(0), 10 * MS);
         t.went_direct(acq, 7);
-        let rel = t.send(
-            Purpose::Release {
-                key: 0,
-                of: 1,
-                group: None,
-            },
-            at(1),
-            10 * MS,
-        );
+        let rel = t.send(delete(None), at(1), 10 * MS);
         // On the engine's connection (not recorded), or on connection 8.
-        let rel8 = t.send(
-            Purpose::Release {
-                key: 0,
-                of: 1,
-                group: None,
-            },
-            at(1),
-            10 * MS,
-        );
+        let rel8 = t.send(delete(None), at(1), 10 * MS);
         t.went_direct(rel8, 8);
         assert!(!t.answer(acq).unwrap().followed);
         t.answer(rel).unwrap();

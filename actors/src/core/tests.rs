@@ -524,6 +524,15 @@ fn overdue_commands_decide_the_attempt_and_late_keys_are_released() {
     assert_eq!(token, t0);
 }
 
+/// A `try_lock` (request 4) on a free name: its acquisitions.
+fn tried(rig: &mut Rig) -> Vec<(CmdId, Target, Op)> {
+    sends(&rig.ev(Event::Request {
+        id: 4,
+        kind: RequestKind::Try,
+        terms: None,
+    }))
+}
+
 #[test]
 fn an_unanswered_acquisition_of_a_failed_attempt_is_released() {
     // The client's timeout dropped key 1's reply: the acquisition may have
@@ -531,11 +540,7 @@ fn an_unanswered_acquisition_of_a_failed_attempt_is_released() {
     // when the attempt fails, or it would keep the key from everyone for a
     // validity. Key 2's command never ran (not connected): nothing to delete.
     let mut rig = Rig::new(config(2, 3));
-    let s = sends(&rig.ev(Event::Request {
-        id: 4,
-        kind: RequestKind::Try,
-        terms: None,
-    }));
+    let s = tried(&mut rig);
     assert!(sends(&rig.ev(reply(s[1].0, Outcome::Unanswered))).is_empty());
     let fx = rig.ev(reply(s[0].0, other()));
     assert!(fx.iter().any(|e| matches!(e, Effect::Refuse { to: 4, .. })));
@@ -555,11 +560,7 @@ fn an_acquisition_unanswered_after_its_attempt_failed_is_released() {
     // The attempt is decided by keys 0 and 1 (held by others) while key 2's
     // acquisition is out; its client then gives up on it.
     let mut rig = Rig::new(config(2, 3));
-    let s = sends(&rig.ev(Event::Request {
-        id: 4,
-        kind: RequestKind::Try,
-        terms: None,
-    }));
+    let s = tried(&mut rig);
     rig.ev(reply(s[0].0, other()));
     let fx = rig.ev(reply(s[1].0, other()));
     assert!(fx.iter().any(|e| matches!(e, Effect::Refuse { to: 4, .. })));
@@ -571,11 +572,7 @@ fn an_acquisition_unanswered_after_its_attempt_failed_is_released() {
     );
     // A failure of a command that never ran leaves nothing to delete.
     let mut rig = Rig::new(config(2, 3));
-    let s = sends(&rig.ev(Event::Request {
-        id: 4,
-        kind: RequestKind::Try,
-        terms: None,
-    }));
+    let s = tried(&mut rig);
     rig.ev(reply(s[0].0, other()));
     rig.ev(reply(s[1].0, other()));
     let fx = rig.ev(reply(s[2].0, Outcome::Failed("not connected")));
