@@ -1446,7 +1446,8 @@ impl LockCore {
             // An acquisition that went unanswered may have taken its key: no
             // reply will say so (the client dropped it), and the key would
             // keep everyone out for a validity. The delete compares the
-            // token, and follows the acquisition on its connection.
+            // token, and goes a whole time limit after the acquisition (on
+            // its connection, if that one is still out: `route`).
             if matches!(s.key, Key::Unanswered) {
                 self.release_key(now, key, a.id, &a.token, None);
             }
