@@ -212,9 +212,19 @@ fn a_grant_that_ends_before_it_reaches_the_actor_is_not_sent() {
         .build()
         .unwrap();
     let server = ValkeyServer::start();
+    // Another locker, on a runtime of its own, holds the name first: the
+    // grant can then come only once this runtime is blocked (a free name
+    // was granted within the few yields below when the machine was busy,
+    // and the `Acquired` went out before the keys were deleted).
+    let other_rt = tokio::runtime::Runtime::new().unwrap();
+    let name = unique("actor-late");
+    let (other, held) = other_rt.block_on(async {
+        let other = server.locker().await;
+        let held = other.lock(&name).await.unwrap();
+        (other, held)
+    });
     runtime.block_on(async {
         let locker = server.locker().await;
-        let name = unique("actor-late");
         let key = format!("valkeylock:0:{name}");
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (a, handle) = Actor::spawn(None, Probe, tx).await.unwrap();
@@ -224,6 +234,11 @@ fn a_grant_that_ends_before_it_reaches_the_actor_is_not_sent() {
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
+        let release = other_rt.handle().clone();
+        std::thread::spawn(move || release.block_on(held.release()))
+            .join()
+            .unwrap()
+            .unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while server.blocking_command(&format!("EXISTS {key}")) != ":1" {
             assert!(std::time::Instant::now() < deadline, "never granted");
@@ -242,6 +257,7 @@ fn a_grant_that_ends_before_it_reaches_the_actor_is_not_sent() {
         let _ = handle.await;
         locker.close().await;
     });
+    other_rt.block_on(other.close());
 }
 
 /// `Semaphore::acquire_for`: an actor gets two permits of two in its
