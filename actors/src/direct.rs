@@ -330,7 +330,7 @@ impl DirectLink for Link {
 pub(crate) fn spawn(sends: Sends) {
     for cmd in sends {
         let runtime = cmd.runtime.clone();
-        runtime.spawn(detached(runtime.clone(), start(cmd)));
+        runtime.spawn(detached(start(cmd)));
     }
 }
 
@@ -351,7 +351,7 @@ pub(crate) fn send_now(sends: Sends) {
         match running.as_mut().poll(&mut cx) {
             Poll::Ready(more) => send_now(more),
             Poll::Pending => {
-                runtime.spawn(detached(runtime.clone(), running));
+                runtime.spawn(detached(running));
             }
         }
     }
@@ -362,13 +362,13 @@ fn start(cmd: DirectCmd) -> Running {
     link.run(cmd)
 }
 
-/// Runs `running` on `runtime`'s task that polls it, and with it the
-/// commands its reply produces: those are handed to their connections at
-/// once, as a caller's own are (the lock core counts on it, see
+/// Runs `running` on a task of its own, spawned on its runtime, and with it
+/// the commands its reply produces: those are handed to their connections
+/// at once, as a caller's own are (the lock core counts on it, see
 /// `LockCore::went_direct`), not when a task spawned for them first runs.
-async fn detached(runtime: Handle, running: Running) {
+async fn detached(running: Running) {
     let mut driver = Driver(OneOrMore::default());
-    driver.0.push((runtime, running));
+    driver.0.push((Handle::current(), running));
     std::future::poll_fn(|cx| {
         driver.poll(cx);
         match driver.0.is_empty() {
@@ -426,7 +426,7 @@ impl Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         for (runtime, running) in std::mem::take(&mut self.0) {
-            runtime.spawn(detached(runtime.clone(), running));
+            runtime.spawn(detached(running));
         }
     }
 }
