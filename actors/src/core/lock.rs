@@ -1441,17 +1441,16 @@ impl LockCore {
         // makes none where it takes the key): make it before the key is
         // released, on the same connection, so the waiter keeps its turn
         // there.
+        //
+        // An acquisition that went unanswered may have taken its key as
+        // well: no reply will say so (the client dropped it), and the key
+        // would keep everyone out for a validity. It is released the same
+        // way (the delete compares the token, and goes a whole time limit
+        // after the acquisition, on its connection if that one is still out:
+        // `route`).
         let keep_place = a.candidate.and_then(|c| self.waiters.place_by_member(c));
         for (key, s) in a.keys.iter().enumerate() {
-            // An acquisition that went unanswered may have taken its key: no
-            // reply will say so (the client dropped it), and the key would
-            // keep everyone out for a validity. The delete compares the
-            // token, and goes a whole time limit after the acquisition (on
-            // its connection, if that one is still out: `route`).
-            if matches!(s.key, Key::Unanswered) {
-                self.release_key(now, key, a.id, &a.token, None);
-            }
-            if matches!(s.key, Key::Ours { .. }) {
+            if matches!(s.key, Key::Ours { .. } | Key::Unanswered) {
                 if let Some(place) = keep_place {
                     self.enqueue_to(now, key, vec![place]);
                 }
