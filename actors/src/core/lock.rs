@@ -1424,8 +1424,13 @@ impl LockCore {
             .filter(|s| !matches!(s.key, Key::Failed | Key::Unanswered | Key::Pending))
             .count();
         // Reaching none is no reason to stop: the places then reach no
-        // queue either, and are there again as soon as the nodes are.
-        self.reach = reached >= self.cfg.majority || reached == 0;
+        // queue either, and are there again as soon as the nodes are. But a
+        // command that went unanswered may have run: its node was reached,
+        // not won (a link slower than the reply bound). Such a waiter at the
+        // head of a queue would take the key there, never learn it in time,
+        // and keep the head from everyone who can win.
+        let unanswered = a.keys.iter().any(|s| matches!(s.key, Key::Unanswered));
+        self.reach = reached >= self.cfg.majority || reached == 0 && !unanswered;
         let held_by_others = a
             .keys
             .iter()
@@ -1448,7 +1453,13 @@ impl LockCore {
         // way (the delete compares the token, and goes a whole time limit
         // after the acquisition, on its connection if that one is still out:
         // `route`).
-        let keep_place = a.candidate.and_then(|c| self.waiters.place_by_member(c));
+        //
+        // A waiter that does not reach a majority keeps no place: it lapses
+        // like the others it stops refreshing (`reach`).
+        let keep_place = a
+            .candidate
+            .filter(|_| self.reach)
+            .and_then(|c| self.waiters.place_by_member(c));
         for (key, s) in a.keys.iter().enumerate() {
             if matches!(s.key, Key::Ours { .. } | Key::Unanswered) {
                 if let Some(place) = keep_place {

@@ -1579,6 +1579,72 @@ fn a_fair_waiter_that_cannot_reach_a_majority_stops_refreshing_its_place() {
 }
 
 #[test]
+fn a_fair_waiter_whose_acquisitions_go_unanswered_keeps_no_place() {
+    // A link slower than the reply bound: the acquisitions may have run (at
+    // the head of a queue, taken the key) but their replies never come in
+    // time. The waiter reached those nodes without winning them: it must
+    // not keep or refresh a place at the head of their queues, nor make one
+    // again before it deletes the keys, or it keeps out everyone who can
+    // win (simulator, `sim_slow_head_of_the_queue`).
+    let mut rig = Rig::new(fair_config());
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+        terms: None,
+    }));
+    assert_eq!(queue_of(&s[0].2).map(|q| q.places.len()), Some(1));
+    rig.at(ms(200));
+    rig.ev(reply(s[0].0, Outcome::Unanswered));
+    let fx = sends(&rig.ev(reply(s[1].0, Outcome::Unanswered)));
+    assert_eq!(rig.core.phase_name(), "idle");
+    let ops: Vec<_> = fx.iter().map(|(_, t, op)| (*t, op)).collect();
+    assert!(
+        matches!(
+            &ops[..],
+            [
+                (Target::Key(0), Op::Release { .. }),
+                (Target::Key(1), Op::Release { .. })
+            ]
+        ),
+        "the keys deleted, no place made first: {ops:?}"
+    );
+    rig.ev(reply(s[2].0, Outcome::Unanswered));
+    // Sends up to the next acquisition, and the places they make.
+    let retry = |rig: &mut Rig| {
+        let mut all = Vec::new();
+        for _ in 0..4 {
+            let at = rig.core.next_timeout().expect("a retry");
+            all.extend(sends(&rig.tick(at)));
+            if all
+                .iter()
+                .any(|(_, _, op)| matches!(op, Op::Acquire { .. }))
+            {
+                let places: usize = all
+                    .iter()
+                    .map(|(_, _, op)| match op {
+                        Op::Enqueue { places, .. } => places.len(),
+                        op => queue_of(op).map_or(0, |q| q.places.len()),
+                    })
+                    .sum();
+                return (all, places);
+            }
+        }
+        panic!("no retry");
+    };
+    let (s2, places) = retry(&mut rig);
+    assert_eq!(places, 0, "refreshed a place it cannot use: {s2:?}");
+    // Once its nodes answer again, it places its waiter again.
+    let fx: Vec<_> = s2
+        .iter()
+        .filter(|(_, _, op)| matches!(op, Op::Acquire { .. }))
+        .flat_map(|(id, _, _)| rig.ev(reply(*id, queued(300))))
+        .collect();
+    assert!(grants(&fx).is_empty());
+    let (s3, places) = retry(&mut rig);
+    assert!(places > 0, "{s3:?}");
+}
+
+#[test]
 fn a_long_hold_settles_and_trimming_changes_nothing_but_room() {
     let mut rig = Rig::new(config(2, 3));
     let (holder, _) = held(&mut rig);

@@ -166,7 +166,7 @@ impl World {
     }
 
     /// Whether process `proc` reaches nodes holding a majority of the keys.
-    fn reaches_majority(&self, proc: usize) -> bool {
+    pub(super) fn reaches_majority(&self, proc: usize) -> bool {
         let up = (0..self.cfg.total)
             .filter(|&k| {
                 let n = self.cfg.placement[k];

@@ -561,6 +561,41 @@ fn sim_regressions() {
     }
 }
 
+/// The head of a fair queue behind a link slower than its reply bound: its
+/// acquisitions run at the server, but their replies come too late to win.
+/// It must not keep its place at the head, keeping out a process that can
+/// win (defect found by `SIM_BASE=0xd1e06`, seed `0x64154671d7c8cdfd`).
+#[test]
+fn sim_slow_head_of_the_queue() {
+    const MS: u64 = 1_000_000;
+    let mut k = Knobs::from_seed(0x51de);
+    k.apply("procs=2,names=1,nodes=1,majority=1,validity=1000,fencing=off,tracking=1,noloop=1,handover=0,faults=0,force=0,steps=1000000,ppm=0,delay=2,terms=0,permits=0,fair=1,allowance=0,direct=0");
+    let mut w = World::new(&k, std::env::var("SIM_TRACE").is_ok());
+    w.stop_workload = true;
+    // Process 0's link is slower than the reply bound (160 ms) for good.
+    w.conns[0][0].slow = 300 * MS;
+    w.add_caller_id(0, 0, RequestKind::Wait, None, true)
+        .expect("request");
+    w.run_until(2_000 * MS).expect("runs");
+    let asked = w.now;
+    w.add_caller_id(1, 0, RequestKind::Wait, None, true)
+        .expect("request");
+    // The liveness invariant (a waiter of a process that reaches the node
+    // waits no longer than its bound on a free name) fails the run.
+    let run = w.run_until(asked + 20_000 * MS);
+    if let Some(t) = &w.trace {
+        for l in t {
+            println!("{l}");
+        }
+    }
+    run.expect("the process that can win is served");
+    let held = |c: &process::Caller| matches!(c.stage, process::Stage::Held { .. });
+    assert!(
+        w.procs[1].callers.iter().any(held),
+        "process 1 holds the name"
+    );
+}
+
 /// Defect 5's scenario: a holder that cannot reach one node (its key there
 /// free) and two processes waiting. Counts the waiters' commands per second
 /// of virtual time.
