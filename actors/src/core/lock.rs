@@ -1425,12 +1425,17 @@ impl LockCore {
             .count();
         // Reaching none is no reason to stop: the places then reach no
         // queue either, and are there again as soon as the nodes are. But a
-        // command that went unanswered may have run: its node was reached,
-        // not won (a link slower than the reply bound). Such a waiter at the
-        // head of a queue would take the key there, never learn it in time,
-        // and keep the head from everyone who can win.
-        let unanswered = a.keys.iter().any(|s| matches!(s.key, Key::Unanswered));
-        self.reach = reached >= self.cfg.majority || reached == 0 && !unanswered;
+        // command still out, or that went unanswered, may have run: its node
+        // counts as reached, not won. A waiter that reaches one node of
+        // three would keep the head of that node's queue; one behind a link
+        // slower than the reply bound would take the key at the head of the
+        // queue, never learn it in time, and keep the head from everyone
+        // who can win.
+        let maybe = a
+            .keys
+            .iter()
+            .any(|s| matches!(s.key, Key::Unanswered | Key::Pending));
+        self.reach = reached >= self.cfg.majority || reached == 0 && !maybe;
         let held_by_others = a
             .keys
             .iter()

@@ -1579,6 +1579,53 @@ fn a_fair_waiter_that_cannot_reach_a_majority_stops_refreshing_its_place() {
 }
 
 #[test]
+fn a_fair_waiter_decided_while_a_reachable_key_is_out_stops_refreshing() {
+    // Two of three nodes refuse at once (down): each attempt is decided with
+    // key 2's acquisition still out, and node 2 answers it after. The process
+    // reaches one node of three: it must not keep the head of that node's
+    // queue while it cannot win (guarantee 3 of "Fair queueing"), over two
+    // places' lives.
+    let mut rig = Rig::new(fair_config());
+    let mut s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+        terms: None,
+    }));
+    let mut places = 0;
+    let mut attempts = 0;
+    while rig.now < ms(2000) {
+        let now = rig.now;
+        let mut later = Vec::new();
+        for (id, target, op) in &s {
+            places += match op {
+                Op::Enqueue { places, .. } => places.len(),
+                op => queue_of(op).map_or(0, |q| q.places.len()),
+            };
+            match (target, op) {
+                (Target::Key(2), _) => later.push(*id),
+                (_, Op::Acquire { .. }) => {
+                    rig.ev(reply(*id, Outcome::Failed("down")));
+                }
+                _ => {}
+            }
+        }
+        if attempts == 0 {
+            // The first attempt's own places, one per key.
+            places = 0;
+        }
+        attempts += 1;
+        rig.at(now + Duration::from_millis(1));
+        for id in later {
+            rig.ev(reply(id, queued(900)));
+        }
+        let at = rig.core.next_timeout().expect("a retry");
+        s = sends(&rig.tick(at));
+    }
+    assert!(attempts > 4, "{attempts}");
+    assert_eq!(places, 0, "refreshed a place it cannot use");
+}
+
+#[test]
 fn a_fair_waiter_whose_acquisitions_go_unanswered_keeps_no_place() {
     // A link slower than the reply bound: the acquisitions may have run (at
     // the head of a queue, taken the key) but their replies never come in
