@@ -1,7 +1,8 @@
 //! Fair queueing (`LockerOptions::fair_queueing`) against a real server:
 //! waiters of several lockers (each its own connections, as separate
 //! processes have) are served in the order they started waiting; a waiter
-//! that died holds the queue up for about one validity and no longer; a try
+//! that died, or whose replies come too late for it to win, holds the queue
+//! up for about one validity and no longer; a try
 //! is refused while others queue; a waiter that gives up leaves the queue,
 //! and an empty queue leaves no keys behind.
 #![allow(missing_docs)]
@@ -183,6 +184,84 @@ async fn a_dead_waiter_holds_the_queue_up_for_one_validity_at_most() {
     g.release().await.expect("release");
     fair.close().await;
     unfair.close().await;
+}
+
+/// A waiter whose replies come later than its time limit: at the head of the
+/// queue, its acquisitions run and take the keys, but it never learns so in
+/// time and deletes them again. It must not keep its place at the head,
+/// keeping out a waiter who can win: it stops refreshing its place, which
+/// lapses within a validity, and the next waiter is served while the link
+/// is still slow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_replies_come_too_late_does_not_keep_the_head() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let proxy = support::proxy::Proxy::start(server.port).await;
+    let admin = server.admin().await;
+    let name = unique("fair-slow-head");
+    let validity = Duration::from_secs(1);
+    let holder = fair_locker(&server, validity).await;
+    let held = holder.lock(&name).await.expect("the first holder");
+    let slow = Locker::connect(
+        LockerOptions::new([proxy.url()])
+            .with_key_majority(2)
+            .with_key_validity(validity)
+            .with_try_next_after(Duration::from_millis(200))
+            .with_fair_queueing(true),
+    )
+    .await
+    .expect("connect through the proxy");
+    let first = tokio::spawn({
+        let (slow, name) = (slow.clone(), name.clone());
+        async move { slow.lock(&name).await.map(|g| g.valid_until()) }
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            queued(&admin, &name).await == [1, 1, 1]
+        })
+        .await,
+        "the first waiter never queued"
+    );
+    // From now on its replies take 600 ms, three times its time limit.
+    proxy.delay(Duration::from_millis(300));
+    let fast = fair_locker(&server, validity).await;
+    let second = tokio::spawn({
+        let (fast, name) = (fast.clone(), name.clone());
+        async move {
+            let started = Instant::now();
+            let g = fast.lock(&name).await.expect("lock");
+            let waited = started.elapsed();
+            g.release().await.expect("release");
+            waited
+        }
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            queued(&admin, &name).await == [2, 2, 2]
+        })
+        .await,
+        "the second waiter never queued"
+    );
+    held.release().await.expect("release");
+    let waited = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the second waiter was kept out for 10 s by a head that cannot win")
+        .expect("the second waiter");
+    assert!(
+        !first.is_finished(),
+        "the slow waiter won through a 600 ms link"
+    );
+    proxy.heal();
+    // Its link fast again, the first waiter is served too.
+    tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .expect("the first waiter is served once its link is fast")
+        .expect("join")
+        .expect("lock");
+    eprintln!("the second waiter waited {waited:?}");
+    for l in [holder, slow, fast] {
+        l.close().await;
+    }
 }
 
 /// A waiter whose wait limit passes leaves the queue at once, so the next
