@@ -899,6 +899,12 @@ impl LockCore {
             }
             (_, RequestKind::Wait) => {
                 let first = !self.waiters.has_waiter();
+                if first {
+                    // What the last waiter's attempts reached says nothing
+                    // of this one's: it takes its place from its first
+                    // attempt, as with a fresh core (`reach`).
+                    self.reach = true;
+                }
                 // A semaphore's permit slot takes no place: see `queues_for`.
                 let place = self.queues_for(&terms).map(|f| Place {
                     member: self.entropy.next_u64(),

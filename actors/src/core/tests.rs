@@ -1692,6 +1692,36 @@ fn a_fair_waiter_whose_acquisitions_go_unanswered_keeps_no_place() {
 }
 
 #[test]
+fn a_new_waiter_takes_its_place_whatever_an_earlier_waiter_reached() {
+    // An earlier waiter's acquisitions went unanswered, and it gave up: what
+    // its attempt reached says nothing of the next waiter's, which must
+    // stand in the queues from its first attempt, or a waiter of another
+    // process that came later could be served first.
+    let mut rig = Rig::new(fair_config());
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+        terms: None,
+    }));
+    rig.at(ms(200));
+    for (id, _, _) in &s {
+        rig.ev(reply(*id, Outcome::Unanswered));
+    }
+    rig.ev(Event::Cancel { id: 1 });
+    rig.at(ms(300));
+    let s2 = sends(&rig.ev(Event::Request {
+        id: 2,
+        kind: RequestKind::Wait,
+        terms: None,
+    }));
+    let q = s2
+        .iter()
+        .find_map(|(_, _, op)| queue_of(op))
+        .unwrap_or_else(|| panic!("an acquisition: {s2:?}"));
+    assert_eq!(q.places.len(), 1, "the new waiter's first attempt: {q:?}");
+}
+
+#[test]
 fn a_long_hold_settles_and_trimming_changes_nothing_but_room() {
     let mut rig = Rig::new(config(2, 3));
     let (holder, _) = held(&mut rig);
