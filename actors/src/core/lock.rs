@@ -522,10 +522,13 @@ pub(crate) struct LockCore {
     /// acquisitions go through the queue gate until the next grant.
     gated: bool,
     /// Fair queueing: the last attempt reached the nodes of a majority of
-    /// keys, or of none. While it reached some but not a majority, the
-    /// waiters stop refreshing their places: a waiter that cannot win the
-    /// majority must not stand at the head of the queues it does reach,
-    /// keeping out those who could; its places lapse.
+    /// keys, or of none (a command still out or unanswered when it was
+    /// decided may have run: its node counts as reached, not won). While it
+    /// reached some but not a majority, the waiters stop refreshing their
+    /// places: a waiter that cannot win the majority must not stand at the
+    /// head of the queues it does reach, keeping out those who could; its
+    /// places lapse. A waiting episode starts with it true: the first
+    /// waiter of an idle lock sets it.
     reach: bool,
     effects: VecDeque<Effect>,
 }
