@@ -1400,6 +1400,17 @@ fn queue_of(op: &Op) -> Option<&crate::core::Queue> {
     }
 }
 
+/// How many places `sent` makes or refreshes, by `Enqueue` or with an
+/// acquisition.
+fn places_made(sent: &[(CmdId, Target, Op)]) -> usize {
+    sent.iter()
+        .map(|(_, _, op)| match op {
+            Op::Enqueue { places, .. } => places.len(),
+            op => queue_of(op).map_or(0, |q| q.places.len()),
+        })
+        .sum()
+}
+
 #[test]
 fn fair_waiters_send_their_places_and_retry_when_the_head_lapses() {
     let mut rig = Rig::new(fair_config());
@@ -1586,21 +1597,14 @@ fn a_fair_waiter_decided_while_a_reachable_key_is_out_stops_refreshing() {
     // queue while it cannot win (guarantee 3 of "Fair queueing"), over two
     // places' lives.
     let mut rig = Rig::new(fair_config());
-    let mut s = sends(&rig.ev(Event::Request {
-        id: 1,
-        kind: RequestKind::Wait,
-        terms: None,
-    }));
+    let mut s = request(&mut rig, 1);
     let mut places = 0;
     let mut attempts = 0;
     while rig.now < ms(2000) {
         let now = rig.now;
         let mut later = Vec::new();
+        places += places_made(&s);
         for (id, target, op) in &s {
-            places += match op {
-                Op::Enqueue { places, .. } => places.len(),
-                op => queue_of(op).map_or(0, |q| q.places.len()),
-            };
             match (target, op) {
                 (Target::Key(2), _) => later.push(*id),
                 (_, Op::Acquire { .. }) => {
@@ -1634,11 +1638,7 @@ fn a_fair_waiter_whose_acquisitions_go_unanswered_keeps_no_place() {
     // again before it deletes the keys, or it keeps out everyone who can
     // win (simulator, `sim_slow_head_of_the_queue`).
     let mut rig = Rig::new(fair_config());
-    let s = sends(&rig.ev(Event::Request {
-        id: 1,
-        kind: RequestKind::Wait,
-        terms: None,
-    }));
+    let s = request(&mut rig, 1);
     assert_eq!(queue_of(&s[0].2).map(|q| q.places.len()), Some(1));
     rig.at(ms(200));
     rig.ev(reply(s[0].0, Outcome::Unanswered));
@@ -1666,13 +1666,7 @@ fn a_fair_waiter_whose_acquisitions_go_unanswered_keeps_no_place() {
                 .iter()
                 .any(|(_, _, op)| matches!(op, Op::Acquire { .. }))
             {
-                let places: usize = all
-                    .iter()
-                    .map(|(_, _, op)| match op {
-                        Op::Enqueue { places, .. } => places.len(),
-                        op => queue_of(op).map_or(0, |q| q.places.len()),
-                    })
-                    .sum();
+                let places = places_made(&all);
                 return (all, places);
             }
         }
@@ -1698,22 +1692,14 @@ fn a_new_waiter_takes_its_place_whatever_an_earlier_waiter_reached() {
     // stand in the queues from its first attempt, or a waiter of another
     // process that came later could be served first.
     let mut rig = Rig::new(fair_config());
-    let s = sends(&rig.ev(Event::Request {
-        id: 1,
-        kind: RequestKind::Wait,
-        terms: None,
-    }));
+    let s = request(&mut rig, 1);
     rig.at(ms(200));
     for (id, _, _) in &s {
         rig.ev(reply(*id, Outcome::Unanswered));
     }
     rig.ev(Event::Cancel { id: 1 });
     rig.at(ms(300));
-    let s2 = sends(&rig.ev(Event::Request {
-        id: 2,
-        kind: RequestKind::Wait,
-        terms: None,
-    }));
+    let s2 = request(&mut rig, 2);
     let q = s2
         .iter()
         .find_map(|(_, _, op)| queue_of(op))
