@@ -497,6 +497,57 @@ enum Round {
     Reconnected(Option<usize>),
 }
 
+/// Fair queueing: what a locker's last attempts reached, which decides
+/// whether its waiters keep refreshing their places (guarantee 3 of
+/// docs/SAFETY.md, "Fair queueing").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// The nodes of a majority of keys answered, or none did (the places
+    /// then reach no queue either, and are there again as soon as the nodes
+    /// are): the places are refreshed.
+    Majority,
+    /// Some nodes answered, not a majority: a waiter that cannot win must not
+    /// stand at the head of the queues it does reach, keeping out those who
+    /// could. The refreshes stop and the places lapse.
+    Minority,
+    /// No node answered, but commands went unanswered, or were still out
+    /// when the attempt was decided, since `since`: they may have run, so
+    /// their nodes were reached, not won. A waiter behind a link slower than
+    /// the reply bound takes the key at the head of the queue and never
+    /// learns it in time, keeping the head from everyone who can win. An
+    /// outage shorter than a place's life keeps the places (the refreshes
+    /// held up with everything else run when it ends, as before it); a
+    /// longer one counts as `Minority`. `since_ms`: the core's clock in
+    /// milliseconds, wrapping (a lock's state cell is every held lock's
+    /// memory, and a streak is compared only with a place's life).
+    Unanswered { since_ms: u32 },
+}
+
+impl Reach {
+    /// An unanswered streak that starts at `now`.
+    fn unanswered(now: Time) -> Reach {
+        Reach::Unanswered {
+            since_ms: Self::ms(now),
+        }
+    }
+
+    fn ms(t: Time) -> u32 {
+        // Wrapping on purpose: only differences of less than 24 days count.
+        (t.as_nanos() / 1_000_000) as u32
+    }
+
+    /// Whether the places are refreshed at `now`, a place lasting `life`.
+    fn refreshes(self, now: Time, life: Duration) -> bool {
+        match self {
+            Reach::Majority => true,
+            Reach::Minority => false,
+            Reach::Unanswered { since_ms } => {
+                u128::from(Self::ms(now).wrapping_sub(since_ms)) < life.as_millis()
+            }
+        }
+    }
+}
+
 /// One lock name's state machine.
 pub(crate) struct LockCore {
     cfg: std::sync::Arc<Config>,
@@ -514,22 +565,18 @@ pub(crate) struct LockCore {
     idle_reported: bool,
     /// Extra notice the shell asks for on top of `Config::margin`: the time
     /// its process needs to tell every holder it has (see
-    /// [`LockCore::set_allowance`]).
-    allowance: Duration,
+    /// [`LockCore::set_allowance`]), in nanoseconds (half a `Duration`'s
+    /// room: this cell is every held lock's memory).
+    allowance_ns: u64,
     /// Fair queueing: when the places of the waiters are next refreshed.
     refresh_at: Option<Time>,
     /// A queue of this name was seen (a key refused as queued) or joined:
     /// acquisitions go through the queue gate until the next grant.
     gated: bool,
-    /// Fair queueing: the last attempt reached the nodes of a majority of
-    /// keys, or of none (a command still out or unanswered when it was
-    /// decided may have run: its node counts as reached, not won). While it
-    /// reached some but not a majority, the waiters stop refreshing their
-    /// places: a waiter that cannot win the majority must not stand at the
-    /// head of the queues it does reach, keeping out those who could; its
-    /// places lapse. A waiting episode starts with it true: the first
-    /// waiter of an idle lock sets it.
-    reach: bool,
+    /// Fair queueing: what the waiters' last attempts reached, which decides
+    /// whether they keep refreshing their places. A waiting episode starts
+    /// at `Reach::Majority`: the first waiter of an idle lock sets it.
+    reach: Reach,
     effects: VecDeque<Effect>,
 }
 
@@ -606,10 +653,10 @@ impl LockCore {
             next_id: 0,
             quiet_since: Some(now),
             idle_reported: false,
-            allowance: Duration::ZERO,
+            allowance_ns: 0,
             refresh_at: None,
             gated: false,
-            reach: true,
+            reach: Reach::Majority,
             effects: VecDeque::new(),
         }
     }
@@ -620,7 +667,7 @@ impl LockCore {
     /// all the others, so the shell asks for notice in proportion to how
     /// many holders it has. Takes effect at the next validity computed.
     pub(crate) fn set_allowance(&mut self, allowance: Duration) {
-        self.allowance = allowance;
+        self.allowance_ns = u64::try_from(allowance.as_nanos()).unwrap_or(u64::MAX);
     }
 
     /// How long before the computed end of validity the core ends a grant
@@ -628,7 +675,7 @@ impl LockCore {
     /// holder's published `valid_until` keeps, plus the allowance, in which
     /// the telling is done.
     fn margin(&self, terms: &Terms) -> Duration {
-        terms.margin + self.allowance.min(terms.life.ttl / 5)
+        terms.margin + Duration::from_nanos(self.allowance_ns).min(terms.life.ttl / 5)
     }
 
     /// What the tokens of a grant on `terms` claim: the locker's
@@ -712,9 +759,10 @@ impl LockCore {
                 at(self.refresh_at);
             }
             // A waiter that has waited long enough takes its place (unless
-            // this locker cannot reach a majority: see `reach`).
-            if !f.always() && self.reach && !matches!(self.phase, Phase::Closing | Phase::Closed) {
-                at(f.ripe_at_first_unsent(&self.waiters));
+            // this locker cannot reach a majority by then: see `Reach`).
+            if !f.always() && !matches!(self.phase, Phase::Closing | Phase::Closed) {
+                let ripe = f.ripe_at_first_unsent(&self.waiters);
+                at(ripe.filter(|&r| self.reach.refreshes(r, f.life)));
             }
         }
         if !self.idle_reported {
@@ -905,8 +953,8 @@ impl LockCore {
                 if first {
                     // What the last waiter's attempts reached says nothing
                     // of this one's: it takes its place from its first
-                    // attempt, as with a fresh core (`reach`).
-                    self.reach = true;
+                    // attempt, as with a fresh core.
+                    self.reach = Reach::Majority;
                 }
                 // A semaphore's permit slot takes no place: see `queues_for`.
                 let place = self.queues_for(&terms).map(|f| Place {
@@ -1001,7 +1049,7 @@ impl LockCore {
         let Some(f) = self.cfg.fair else {
             return;
         };
-        if self.reach {
+        if self.reach.refreshes(now, f.life) {
             let places = self
                 .waiters
                 .places_due(now, f.refresh / 2, f.ripe_us(now), MAX_PLACES);
@@ -1081,7 +1129,7 @@ impl LockCore {
         }
         let rejoin = for_queue && placed_before;
         let (candidate, places, members) = if for_queue {
-            let places = match self.reach {
+            let places = match self.reach.refreshes(now, f.life) {
                 true => self
                     .waiters
                     .places_due(now, f.refresh / 2, f.ripe_us(now), MAX_PLACES),
@@ -1297,7 +1345,7 @@ impl LockCore {
         let Some(a) = self.take_attempt() else {
             return;
         };
-        self.reach = true;
+        self.reach = Reach::Majority;
         self.gated = false;
         let m = self.cfg.majority;
         // Who gets it: the attempt's own caller, or the queue's head now
@@ -1432,19 +1480,19 @@ impl LockCore {
             .iter()
             .filter(|s| !matches!(s.key, Key::Failed | Key::Unanswered | Key::Pending))
             .count();
-        // Reaching none is no reason to stop: the places then reach no
-        // queue either, and are there again as soon as the nodes are. But a
-        // command still out, or that went unanswered, may have run: its node
-        // counts as reached, not won. A waiter that reaches one node of
-        // three would keep the head of that node's queue; one behind a link
-        // slower than the reply bound would take the key at the head of the
-        // queue, never learn it in time, and keep the head from everyone
-        // who can win.
         let maybe = a
             .keys
             .iter()
             .any(|s| matches!(s.key, Key::Unanswered | Key::Pending));
-        self.reach = reached >= self.cfg.majority || reached == 0 && !maybe;
+        self.reach = match (reached, maybe) {
+            (r, _) if r >= self.cfg.majority => Reach::Majority,
+            (0, false) => Reach::Majority,
+            (0, true) => match self.reach {
+                streak @ Reach::Unanswered { .. } => streak,
+                _ => Reach::unanswered(now),
+            },
+            _ => Reach::Minority,
+        };
         let held_by_others = a
             .keys
             .iter()
@@ -1469,10 +1517,14 @@ impl LockCore {
         // `route`).
         //
         // A waiter that does not reach a majority keeps no place: it lapses
-        // like the others it stops refreshing (`reach`).
+        // like the others it stops refreshing (`Reach`).
         let keep_place = a
             .candidate
-            .filter(|_| self.reach)
+            .filter(|_| {
+                self.cfg
+                    .fair
+                    .is_some_and(|f| self.reach.refreshes(now, f.life))
+            })
             .and_then(|c| self.waiters.place_by_member(c));
         for (key, s) in a.keys.iter().enumerate() {
             if matches!(s.key, Key::Ours { .. } | Key::Unanswered) {

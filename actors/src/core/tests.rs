@@ -1589,116 +1589,116 @@ fn a_fair_waiter_that_cannot_reach_a_majority_stops_refreshing_its_place() {
     assert!(q.candidate.is_some());
 }
 
+/// Drives a fair waiter's attempts from `first` until `until`: `answer(k)` is
+/// key `k`'s reply, `None` for one still out when the others decide the
+/// attempt (answered `queued` 1 ms later). Every send, with its time.
+fn attempts(
+    rig: &mut Rig,
+    first: Sent,
+    until: Time,
+    answer: impl Fn(usize) -> Option<Outcome>,
+) -> Vec<(Time, Sent)> {
+    let mut s = first;
+    let mut out = Vec::new();
+    while rig.now < until {
+        let now = rig.now;
+        let mut later = Vec::new();
+        let mut sent = s.clone();
+        for (id, target, op) in &s {
+            if let (Target::Key(k), Op::Acquire { .. }) = (target, op) {
+                match answer(*k) {
+                    Some(o) => sent.extend(sends(&rig.ev(reply(*id, o)))),
+                    None => later.push(*id),
+                }
+            }
+        }
+        rig.at(now + Duration::from_millis(1));
+        for id in later {
+            sent.extend(sends(&rig.ev(reply(id, queued(900)))));
+        }
+        out.push((now, sent));
+        let at = rig.core.next_timeout().expect("a retry");
+        s = sends(&rig.tick(at));
+    }
+    out
+}
+
+/// The places made or refreshed by the sends of `log` from `from` on, and
+/// before `to`.
+fn places_between(log: &[(Time, Sent)], from: Time, to: Time) -> usize {
+    log.iter()
+        .filter(|(t, _)| *t >= from && *t < to)
+        .map(|(_, s)| places_made(s))
+        .sum()
+}
+
 #[test]
 fn a_fair_waiter_decided_while_a_reachable_key_is_out_stops_refreshing() {
     // Two of three nodes refuse at once (down): each attempt is decided with
     // key 2's acquisition still out, and node 2 answers it after. The process
-    // reaches one node of three: it must not keep the head of that node's
-    // queue while it cannot win (guarantee 3 of "Fair queueing"), over two
-    // places' lives.
+    // may reach one node of three: it must not keep the head of that node's
+    // queue while it cannot win (guarantee 3 of "Fair queueing"), once that
+    // has lasted a place's life (1 s here).
     let mut rig = Rig::new(fair_config());
-    let mut s = request(&mut rig, 1);
-    let mut places = 0;
-    let mut attempts = 0;
-    while rig.now < ms(2000) {
-        let now = rig.now;
-        let mut later = Vec::new();
-        places += places_made(&s);
-        for (id, target, op) in &s {
-            match (target, op) {
-                (Target::Key(2), _) => later.push(*id),
-                (_, Op::Acquire { .. }) => {
-                    rig.ev(reply(*id, Outcome::Failed("down")));
-                }
-                _ => {}
-            }
-        }
-        if attempts == 0 {
-            // The first attempt's own places, one per key.
-            places = 0;
-        }
-        attempts += 1;
-        rig.at(now + Duration::from_millis(1));
-        for id in later {
-            rig.ev(reply(id, queued(900)));
-        }
-        let at = rig.core.next_timeout().expect("a retry");
-        s = sends(&rig.tick(at));
-    }
-    assert!(attempts > 4, "{attempts}");
-    assert_eq!(places, 0, "refreshed a place it cannot use");
+    let first = request(&mut rig, 1);
+    let log = attempts(&mut rig, first, ms(3000), |k| {
+        (k < 2).then_some(Outcome::Failed("down"))
+    });
+    assert!(log.len() > 8, "{}", log.len());
+    assert_eq!(
+        places_between(&log, ms(1000), ms(3000)),
+        0,
+        "refreshed a place it cannot use"
+    );
 }
 
 #[test]
 fn a_fair_waiter_whose_acquisitions_go_unanswered_keeps_no_place() {
     // A link slower than the reply bound: the acquisitions may have run (at
     // the head of a queue, taken the key) but their replies never come in
-    // time. The waiter reached those nodes without winning them: it must
-    // not keep or refresh a place at the head of their queues, nor make one
-    // again before it deletes the keys, or it keeps out everyone who can
-    // win (simulator, `sim_slow_head_of_the_queue`).
+    // time. The waiter reached those nodes without winning them. Through an
+    // outage shorter than a place's life it keeps its places (a frozen node
+    // runs the refreshes when it thaws); past that, it must neither refresh
+    // a place nor make one again before it deletes the keys, or it keeps
+    // out everyone who can win (simulator, `sim_slow_head_of_the_queue`).
     let mut rig = Rig::new(fair_config());
-    let s = request(&mut rig, 1);
-    assert_eq!(queue_of(&s[0].2).map(|q| q.places.len()), Some(1));
-    rig.at(ms(200));
-    rig.ev(reply(s[0].0, Outcome::Unanswered));
-    let fx = sends(&rig.ev(reply(s[1].0, Outcome::Unanswered)));
-    assert_eq!(rig.core.phase_name(), "idle");
-    let ops: Vec<_> = fx.iter().map(|(_, t, op)| (*t, op)).collect();
-    assert!(
-        matches!(
-            &ops[..],
-            [
-                (Target::Key(0), Op::Release { .. }),
-                (Target::Key(1), Op::Release { .. })
-            ]
-        ),
-        "the keys deleted, no place made first: {ops:?}"
-    );
-    rig.ev(reply(s[2].0, Outcome::Unanswered));
-    // Sends up to the next acquisition, and the places they make.
-    let retry = |rig: &mut Rig| {
-        let mut all = Vec::new();
-        for _ in 0..4 {
-            let at = rig.core.next_timeout().expect("a retry");
-            all.extend(sends(&rig.tick(at)));
-            if all
-                .iter()
-                .any(|(_, _, op)| matches!(op, Op::Acquire { .. }))
-            {
-                let places = places_made(&all);
-                return (all, places);
-            }
-        }
-        panic!("no retry");
+    let first = request(&mut rig, 1);
+    assert_eq!(queue_of(&first[0].2).map(|q| q.places.len()), Some(1));
+    let log = attempts(&mut rig, first, ms(3000), |_| Some(Outcome::Unanswered));
+    let deletes = |from: Time| {
+        log.iter()
+            .filter(|(t, _)| *t >= from)
+            .flat_map(|(_, s)| s)
+            .filter(|(_, _, op)| matches!(op, Op::Release { .. }))
+            .count()
     };
-    let (s2, places) = retry(&mut rig);
-    assert_eq!(places, 0, "refreshed a place it cannot use: {s2:?}");
+    assert!(deletes(ms(1000)) > 4, "{} deletes", deletes(ms(1000)));
+    assert!(
+        places_between(&log, Time::ZERO + Duration::from_millis(1), ms(1000)) > 0,
+        "lost its places in an outage shorter than their life"
+    );
+    assert_eq!(
+        places_between(&log, ms(1000), ms(3000)),
+        0,
+        "kept a place it cannot use"
+    );
     // Once its nodes answer again, it places its waiter again.
-    let fx: Vec<_> = s2
-        .iter()
-        .filter(|(_, _, op)| matches!(op, Op::Acquire { .. }))
-        .flat_map(|(id, _, _)| rig.ev(reply(*id, queued(300))))
-        .collect();
-    assert!(grants(&fx).is_empty());
-    let (s3, places) = retry(&mut rig);
-    assert!(places > 0, "{s3:?}");
+    let first = sends(&rig.tick(rig.core.next_timeout().expect("a retry")));
+    let log = attempts(&mut rig, first, ms(4000), |_| Some(queued(300)));
+    assert!(places_between(&log, ms(3000), ms(4000)) > 0);
 }
 
 #[test]
 fn a_new_waiter_takes_its_place_whatever_an_earlier_waiter_reached() {
-    // An earlier waiter's acquisitions went unanswered, and it gave up: what
-    // its attempt reached says nothing of the next waiter's, which must
-    // stand in the queues from its first attempt, or a waiter of another
-    // process that came later could be served first.
+    // An earlier waiter's acquisitions went unanswered past a place's life,
+    // and it gave up: what its attempts reached says nothing of the next
+    // waiter's, which must stand in the queues from its first attempt, or a
+    // waiter of another process that came later could be served first.
     let mut rig = Rig::new(fair_config());
-    let s = request(&mut rig, 1);
-    rig.at(ms(200));
-    for (id, _, _) in &s {
-        rig.ev(reply(*id, Outcome::Unanswered));
-    }
+    let first = request(&mut rig, 1);
+    let log = attempts(&mut rig, first, ms(1500), |_| Some(Outcome::Unanswered));
+    assert_eq!(places_between(&log, ms(1000), ms(1500)), 0);
     rig.ev(Event::Cancel { id: 1 });
-    rig.at(ms(300));
     let s2 = request(&mut rig, 2);
     let q = s2
         .iter()
