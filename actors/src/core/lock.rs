@@ -511,13 +511,14 @@ enum Reach {
     /// could. The refreshes stop and the places lapse.
     Minority,
     /// No node answered, but commands went unanswered, or were still out
-    /// when the attempt was decided, since `since`: they may have run, so
+    /// when the attempt was decided, since `since_ms`: they may have run, so
     /// their nodes were reached, not won. A waiter behind a link slower than
     /// the reply bound takes the key at the head of the queue and never
     /// learns it in time, keeping the head from everyone who can win. An
     /// outage shorter than a place's life keeps the places (the refreshes
     /// held up with everything else run when it ends, as before it); a
-    /// longer one counts as `Minority`. `since_ms`: the core's clock in
+    /// longer one becomes `Minority` when next looked at
+    /// (`LockCore::refreshing`). `since_ms`: the core's clock in
     /// milliseconds, wrapping (a lock's state cell is every held lock's
     /// memory, and a streak is compared only with a place's life).
     Unanswered { since_ms: u32 },
@@ -1043,13 +1044,25 @@ impl LockCore {
         self.cfg.fair.filter(|_| terms.permits.is_none())
     }
 
+    /// Whether the waiters' places are refreshed at `now`, a place lasting
+    /// `life` (`Reach`). An unanswered streak that has lasted a place's life
+    /// becomes `Minority` here, so that it stays one: a later unanswered
+    /// attempt does not start a new streak, and no timer waits for a
+    /// refresh that will not come.
+    fn refreshing(&mut self, now: Time, life: Duration) -> bool {
+        if !self.reach.refreshes(now, life) {
+            self.reach = Reach::Minority;
+        }
+        self.reach != Reach::Minority
+    }
+
     /// Places or refreshes the places that are due, if this locker reaches
     /// a majority.
     fn enqueue_due(&mut self, now: Time) {
         let Some(f) = self.cfg.fair else {
             return;
         };
-        if self.reach.refreshes(now, f.life) {
+        if self.refreshing(now, f.life) {
             let places = self
                 .waiters
                 .places_due(now, f.refresh / 2, f.ripe_us(now), MAX_PLACES);
@@ -1129,7 +1142,7 @@ impl LockCore {
         }
         let rejoin = for_queue && placed_before;
         let (candidate, places, members) = if for_queue {
-            let places = match self.reach.refreshes(now, f.life) {
+            let places = match self.refreshing(now, f.life) {
                 true => self
                     .waiters
                     .places_due(now, f.refresh / 2, f.ripe_us(now), MAX_PLACES),
@@ -1487,9 +1500,11 @@ impl LockCore {
         self.reach = match (reached, maybe) {
             (r, _) if r >= self.cfg.majority => Reach::Majority,
             (0, false) => Reach::Majority,
+            // A streak starts from a majority reached; one under way keeps
+            // its start, and a minority stays one until a majority answers.
             (0, true) => match self.reach {
-                streak @ Reach::Unanswered { .. } => streak,
-                _ => Reach::unanswered(now),
+                Reach::Majority => Reach::unanswered(now),
+                other => other,
             },
             _ => Reach::Minority,
         };
@@ -1518,13 +1533,10 @@ impl LockCore {
         //
         // A waiter that does not reach a majority keeps no place: it lapses
         // like the others it stops refreshing (`Reach`).
+        let refreshing = self.cfg.fair.is_some_and(|f| self.refreshing(now, f.life));
         let keep_place = a
             .candidate
-            .filter(|_| {
-                self.cfg
-                    .fair
-                    .is_some_and(|f| self.reach.refreshes(now, f.life))
-            })
+            .filter(|_| refreshing)
             .and_then(|c| self.waiters.place_by_member(c));
         for (key, s) in a.keys.iter().enumerate() {
             if matches!(s.key, Key::Ours { .. } | Key::Unanswered) {

@@ -1618,6 +1618,7 @@ fn attempts(
         }
         out.push((now, sent));
         let at = rig.core.next_timeout().expect("a retry");
+        assert!(at > rig.now, "a timer that does not move on: {at:?}");
         s = sends(&rig.tick(at));
     }
     out
@@ -1686,6 +1687,26 @@ fn a_fair_waiter_whose_acquisitions_go_unanswered_keeps_no_place() {
     let first = sends(&rig.tick(rig.core.next_timeout().expect("a retry")));
     let log = attempts(&mut rig, first, ms(4000), |_| Some(queued(300)));
     assert!(places_between(&log, ms(3000), ms(4000)) > 0);
+}
+
+#[test]
+fn a_waiter_that_ripens_while_unanswered_takes_its_place_only_within_the_grace() {
+    // Without fair queueing a waiter takes its place once it has waited a
+    // while (here 700 ms, then 1.5 s): within the grace of an unanswered
+    // streak it does, past it it does not, and no timer waits for it.
+    for (after, placed) in [(700, true), (1500, false)] {
+        let mut cfg = fair_config();
+        if let Some(f) = cfg.fair.as_mut() {
+            f.after = Duration::from_millis(after);
+        }
+        let mut rig = Rig::new(cfg);
+        let first = request(&mut rig, 1);
+        assert_eq!(places_made(&first), 0, "not ripe yet");
+        let log = attempts(&mut rig, first, ms(3000), |_| Some(Outcome::Unanswered));
+        let made = places_between(&log, ms(1), ms(3000));
+        assert_eq!(made > 0, placed, "after {after} ms: {made} places");
+        assert_eq!(places_between(&log, ms(1000), ms(3000)), 0);
+    }
 }
 
 #[test]
