@@ -1,8 +1,8 @@
 //! Fair queueing (`LockerOptions::fair_queueing`) against a real server:
 //! waiters of several lockers (each its own connections, as separate
 //! processes have) are served in the order they started waiting; a waiter
-//! that died, or whose replies come too late for it to win, holds the queue
-//! up for about one validity and no longer; a try
+//! that died holds the queue up for about one validity and no longer, one
+//! whose replies come too late for it to win for about two; a try
 //! is refused while others queue; a waiter that gives up leaves the queue,
 //! and an empty queue leaves no keys behind.
 #![allow(missing_docs)]
@@ -189,9 +189,10 @@ async fn a_dead_waiter_holds_the_queue_up_for_one_validity_at_most() {
 /// A waiter whose replies come later than its time limit: at the head of the
 /// queue, its acquisitions run and take the keys, but it never learns so in
 /// time and deletes them again. It must not keep its place at the head,
-/// keeping out a waiter who can win: it stops refreshing its place, which
-/// lapses within a validity, and the next waiter is served while the link
-/// is still slow.
+/// keeping out a waiter who can win: once its replies have been late for a
+/// validity (the grace that keeps places through shorter outages) it stops
+/// refreshing its place, which lapses a validity later, and the next waiter
+/// is served while the link is still slow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_whose_replies_come_too_late_does_not_keep_the_head() {
     init_tracing();
