@@ -561,6 +561,13 @@ fn sim_regressions() {
     }
 }
 
+/// Prints a scenario's trace, kept when `SIM_TRACE` is set.
+fn print_trace(w: &World) {
+    for l in w.trace.iter().flatten() {
+        println!("{l}");
+    }
+}
+
 /// The head of a fair queue behind a link slower than its reply bound: its
 /// acquisitions run at the server, but their replies come too late to win.
 /// It must not keep its place at the head, keeping out a process that can
@@ -583,11 +590,7 @@ fn sim_slow_head_of_the_queue() {
     // The liveness invariant (a waiter of a process that reaches the node
     // waits no longer than its bound on a free name) fails the run.
     let run = w.run_until(asked + 20_000 * MS);
-    if let Some(t) = &w.trace {
-        for l in t {
-            println!("{l}");
-        }
-    }
+    print_trace(&w);
     run.expect("the process that can win is served");
     let held = |c: &process::Caller| matches!(c.stage, process::Stage::Held { .. });
     assert!(
@@ -639,10 +642,6 @@ fn retry_storm(seed: u64, noloop: bool) -> f64 {
     let before = w.stats.cmds[1] + w.stats.cmds[2];
     w.run_until(23_000 * MS).expect("runs");
     let sent = w.stats.cmds[1] + w.stats.cmds[2] - before;
-    if let Some(t) = &w.trace {
-        for l in t {
-            println!("{l}");
-        }
-    }
+    print_trace(&w);
     sent as f64 / 20.0
 }
