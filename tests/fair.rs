@@ -112,7 +112,8 @@ async fn waiters_of_all_lockers_are_served_in_arrival_order() {
         eventually(Duration::from_secs(2), || async {
             let q = format!("{{valkeylock:0:{name}}}:q");
             let qd = format!("{{valkeylock:0:{name}}}:qd");
-            int(&admin, &["EXISTS", &q, &qd]).await == 0
+            let qt = format!("{{valkeylock:0:{name}}}:qt");
+            int(&admin, &["EXISTS", &q, &qd, &qt]).await == 0
         })
         .await,
         "an empty queue leaves no keys behind"

@@ -497,7 +497,7 @@ fn core_config(s: &Settings, epoch: crate::core::Time) -> Config {
         fair: (s.fair || !s.is_cluster()).then(|| Fair {
             wall_origin_us: wall_origin_us(),
             life: s.validity,
-            refresh: s.extend.min(s.validity / 2),
+            refresh: s.extend.min(s.validity / 3),
             after: if s.fair { Duration::ZERO } else { s.validity },
         }),
     }

@@ -1408,8 +1408,9 @@ async fn run(
         })
         .await
         .map(|v| queued(key, &v)),
-        Op::Dequeue { members } => evalsha(client, &scripts.fair, || {
+        Op::Dequeue { members, life } => evalsha(client, &scripts.fair, || {
             let args = FairArgs {
+                life: *life,
                 members,
                 ..FairArgs::new("D")
             };
@@ -1576,13 +1577,15 @@ fn member(id: u64) -> String {
     format!("{id:016x}")
 }
 
-/// The keys of `FAIR_LUA`: the lock key, its queue and its deadlines (the
-/// braces put them on the lock key's cluster slot), and the fencing counter.
+/// The keys of `FAIR_LUA`: the lock key, its queue, its deadlines and the
+/// time it last changed (the braces put them on the lock key's cluster
+/// slot), and the fencing counter.
 fn fair_keys(key: &str, fence_key: Option<&str>) -> Vec<Key> {
     let mut keys: Vec<Key> = vec![
         key.into(),
         format!("{{{key}}}:q").into(),
         format!("{{{key}}}:qd").into(),
+        format!("{{{key}}}:qt").into(),
     ];
     if let Some(f) = fence_key {
         keys.push(f.into());

@@ -106,18 +106,35 @@ return out
 /// The fair queue of one lock key, and the acquisition it gates (fair
 /// queueing, `LockerOptions::fair`). Each lock key has its own queue on its
 /// own node: a sorted set `{key}:q` of waiters ordered by when they started
-/// waiting, and a sorted set `{key}:qd` of when each one's place lapses
-/// unless refreshed. The braces put both on the lock key's cluster slot.
+/// waiting, a sorted set `{key}:qd` of when each one's place lapses
+/// unless refreshed, and a string `{key}:qt`, the server's time when the
+/// queue last changed. The braces put them on the lock key's cluster slot.
 /// Every waiter's score is its own arrival time, sent by its locker and the
 /// same on every key, so the queues of all keys agree on the order.
 ///
-/// `KEYS`: the lock key, the queue, the deadlines, then, when `ARGV[3]` is
-/// `1`, the name's fencing counter. `ARGV`: 1 milliseconds, 2 `PX`|`PXAT`,
+/// A place's life counts only the time in which the server serves its
+/// queue. A live waiter refreshes its place every `extend_interval` (at most
+/// a third of a place's life), so while one waits the queue changes at least
+/// that often; a longer gap since `{key}:qt` means that the server ran
+/// nothing (stopped, or every link to it frozen), with the refreshes held up
+/// meanwhile about to run, in whatever order it reads its connections. Every
+/// call first moves all deadlines forward by the part of the gap beyond half
+/// a place's life: without that, the first script to run after a stall of
+/// over half a place's life dropped the places whose refreshes waited right
+/// behind it, and an acquisition of a later arrival passed them all (the
+/// real-server fair nemesis showed this after an 828 ms freeze, with places
+/// lasting 1 s). A place is then dropped after at most a place's life of
+/// service, as before, and at most two of real time when nothing but
+/// acquisitions that make no place touch the queue (each catch-up counts as
+/// a change).
+///
+/// `KEYS`: the lock key, the queue, the deadlines, the time of the last
+/// change, then, when `ARGV[3]` is `1`, the name's fencing counter. `ARGV`: 1 milliseconds, 2 `PX`|`PXAT`,
 /// 3 the fencing flag, 4 what to do (`A` acquire, `R` acquire for a waiter
 /// whose place was made before, `E` place or refresh the waiters, `D`
 /// remove them), 5 the token, 6 the mode, 7 the waiter the acquisition is
 /// for (empty: a try, which only takes a key nobody queues for), 8 how long
-/// a place lasts unrefreshed (ms), 9 how long `R` lets the others rejoin
+/// a place lasts unrefreshed (ms; every call sends it), 9 how long `R` lets the others rejoin
 /// (ms), 10 how many places follow, then the places to make or refresh: a member and its arrival time
 /// (µs since the Unix epoch) each, then members: for `A` the locker's other
 /// waiters (its own at the head, but not refreshed), for `D` the waiters to
@@ -152,9 +169,10 @@ return out
 /// could split the heads, each key going to another waiter and none winning
 /// the majority.
 const FAIR_LUA: &str = r#"
-local key, q, qd = KEYS[1], KEYS[2], KEYS[3]
+local key, q, qd, qt = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local op, token, mode, cand = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local life, settle = tonumber(ARGV[8]), tonumber(ARGV[9])
+local gap = math.floor(life / 2)
 local rest = 11 + 2 * tonumber(ARGV[10])
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -173,11 +191,23 @@ local function keep()
   if not touched then return end
   local last = call('ZRANGE', qd, -1, -1, 'WITHSCORES')
   if last[2] then
-    call('PEXPIREAT', q, last[2])
-    call('PEXPIREAT', qd, last[2])
+    local at = int(tonumber(last[2]) + gap)
+    call('PEXPIREAT', q, at)
+    call('PEXPIREAT', qd, at)
+    call('SET', qt, int(now_ms), 'PXAT', at)
   else
-    call('DEL', q, qd)
+    call('DEL', q, qd, qt)
   end
+end
+local function catch_up()
+  local seen = tonumber(call('GET', qt) or '')
+  if not seen or now_ms - seen <= gap then return end
+  local late = now_ms - seen - gap
+  local all = call('ZRANGE', qd, 0, -1, 'WITHSCORES')
+  for i = 1, #all, 2 do
+    call('ZADD', qd, int(tonumber(all[i + 1]) + late), all[i])
+  end
+  touched = true
 end
 local function prune()
   local gone = call('ZRANGEBYSCORE', qd, '-inf', int(now_ms))
@@ -253,6 +283,7 @@ local function acquire()
   return now
 end
 local ok, reply, won = pcall(function()
+  catch_up()
   if op == 'A' or op == 'R' then return acquire() end
   if op == 'E' then
     prune()
@@ -273,9 +304,9 @@ if op ~= 'A' and op ~= 'R' then return reply end
 local out = {reply}
 if ARGV[3] == '1' then
   if won then
-    out[2] = redis.call('INCR', KEYS[4])
+    out[2] = redis.call('INCR', KEYS[5])
   else
-    out[2] = tonumber(redis.call('GET', KEYS[4]) or '0')
+    out[2] = tonumber(redis.call('GET', KEYS[5]) or '0')
   end
 end
 return out
@@ -1179,6 +1210,116 @@ mod tests {
             run("future", unix_ms(60_000), "PXAT", SetMode::Xx).await,
             ours
         );
+    }
+
+    /// A place's life counts only the time in which the server serves its
+    /// queue (`FAIR_LUA`). After a gap of more than half a place's life since
+    /// the queue last changed (a stall: the server ran nothing, and the
+    /// refreshes held up meanwhile run right behind this call), the deadlines
+    /// move forward by the rest of the gap, so the first call does not drop
+    /// the places whose refreshes come next. A shorter gap moves nothing, a
+    /// place nobody refreshes still lapses, and the queue's three keys go
+    /// when its last place does.
+    #[tokio::test]
+    async fn a_fair_queue_catches_up_on_a_stall() {
+        use fred::interfaces::{KeysInterface, LuaInterface};
+        use std::time::{Duration, Instant};
+        const LIFE_MS: u64 = 2_000;
+        let server = Server::start();
+        let client = server.client().await;
+        let keys = vec!["k", "{k}:q", "{k}:qd", "{k}:qt"];
+        // One call: `op` for candidate `cand` with the places `places`
+        // (member, arrival), or the members to take out for `D`.
+        let call = |op: &'static str, cand: &'static str, places: Vec<(&'static str, u64)>| {
+            let (client, keys) = (client.clone(), keys.clone());
+            let mut args = vec![
+                "60000".to_owned(),
+                "PX".to_owned(),
+                "0".to_owned(),
+                op.to_owned(),
+                format!("token-of-{cand}"),
+                SetMode::Nx.as_arg().to_owned(),
+                cand.to_owned(),
+                LIFE_MS.to_string(),
+                LIFE_MS.to_string(),
+            ];
+            if op == "D" {
+                args.push("0".to_owned());
+                args.extend(places.iter().map(|(m, _)| m.to_string()));
+            } else {
+                args.push(places.len().to_string());
+                for (m, at) in &places {
+                    args.push(m.to_string());
+                    args.push(at.to_string());
+                }
+            }
+            async move {
+                let reply: Value = client
+                    .eval(FAIR_LUA, keys, args)
+                    .await
+                    .expect("the fair script runs");
+                reply
+            }
+        };
+        // How long the head's place lasts, if the acquisition found the
+        // key free with another waiter ahead; `None` if it took the key.
+        let head_ms = |reply: &Value| -> Option<i64> {
+            let Value::Array(out) = reply else {
+                panic!("an acquisition's reply is an array: {reply:?}")
+            };
+            match &out[0] {
+                Value::Integer(1) => None,
+                Value::Array(q) if q.len() == 2 && q[0] == Value::Integer(1) => q[1].as_i64(),
+                other => panic!("neither ours nor queued: {other:?}"),
+            }
+        };
+        // Waiter x places itself; then nothing runs on the queue for longer
+        // than its place lasts.
+        assert_eq!(call("E", "", vec![("x", 1)]).await, Value::Integer(1));
+        tokio::time::sleep(Duration::from_millis(LIFE_MS + 300)).await;
+        // y (arrived after x) finds x still ahead: its deadline moved by the
+        // gap less half a life, which leaves it the other half.
+        let ms = head_ms(&call("A", "y", vec![("y", 2)]).await).expect("x is still ahead");
+        assert!(
+            (LIFE_MS as i64 / 2 - 20..=LIFE_MS as i64 / 2).contains(&ms),
+            "x's place lasts {ms} ms more"
+        );
+        // A gap shorter than half a life moves nothing: x's place runs out
+        // in real time.
+        let before = Instant::now();
+        tokio::time::sleep(Duration::from_millis(LIFE_MS / 4)).await;
+        let ms2 = head_ms(&call("A", "y", vec![("y", 2)]).await).expect("x is still ahead");
+        let waited = before.elapsed().as_millis() as i64;
+        assert!(
+            (ms - waited - 20..=ms - waited + 20).contains(&ms2),
+            "after {waited} ms x's place lasts {ms2} ms more (it had {ms})"
+        );
+        // Nobody refreshes x: y, refreshing its own place, takes the key
+        // once x's place has lapsed, and not before.
+        let lapses = Instant::now() + Duration::from_millis(ms2 as u64);
+        let took = loop {
+            let reply = call("A", "y", vec![("y", 2)]).await;
+            if head_ms(&reply).is_none() {
+                break Instant::now();
+            }
+            assert!(
+                Instant::now() < lapses + Duration::from_secs(10),
+                "x's place never lapsed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            took + Duration::from_millis(20) >= lapses,
+            "y took the key {:?} before x's place lapsed",
+            lapses - took
+        );
+        // y leaves the queue once it holds the key: the queue's keys go.
+        assert_eq!(call("D", "", vec![("y", 0)]).await, Value::Integer(1));
+        let left: i64 = client
+            .exists(vec!["{k}:q", "{k}:qd", "{k}:qt"])
+            .await
+            .expect("EXISTS");
+        assert_eq!(left, 0, "the queue's keys outlived its last place");
     }
 
     /// The batched check reads each key as `VERIFY_LUA` does (ours with its

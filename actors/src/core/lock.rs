@@ -55,7 +55,10 @@ pub(crate) struct Fair {
     /// How long a place lasts unless refreshed: how long a dead waiter can
     /// hold up the queue.
     pub(crate) life: Duration,
-    /// How often live waiters refresh their places (well within `life`).
+    /// How often live waiters refresh their places: at most a third of
+    /// `life`, so that the queue changes at least that often while anyone
+    /// waits, and a longer gap tells the script a stall to catch up on
+    /// (`scripts::FAIR_LUA`).
     pub(crate) refresh: Duration,
     /// How long a waiter waits before it takes its place (zero: fair
     /// queueing, at once).
@@ -1112,12 +1115,13 @@ impl LockCore {
 
     /// Takes `members` out of the queues of the keys `which` selects.
     fn dequeue(&mut self, now: Time, members: Vec<u64>, which: impl Fn(usize) -> bool) {
-        if self.cfg.fair.is_none() || members.is_empty() {
+        let Some(f) = self.cfg.fair.filter(|_| !members.is_empty()) else {
             return;
-        }
+        };
         for key in (0..self.cfg.total).filter(|&k| which(k)) {
             let op = Op::Dequeue {
                 members: members.clone(),
+                life: f.life,
             };
             self.send(now, Purpose::Queue { key }, Target::Key(key), op);
         }

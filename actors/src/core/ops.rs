@@ -59,8 +59,9 @@ pub(crate) enum Op {
     },
     /// Places (or refreshes) waiters in the key's fair queue.
     Enqueue { places: Vec<Place>, life: Duration },
-    /// Takes waiters out of the key's fair queue.
-    Dequeue { members: Vec<u64> },
+    /// Takes waiters out of the key's fair queue. `life`: how long a place
+    /// lasts (every call of the script catches up on a stall with it).
+    Dequeue { members: Vec<u64>, life: Duration },
     /// The same script for a held key, batched with the node's other
     /// extensions of this tick.
     Extend {

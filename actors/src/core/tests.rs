@@ -1479,7 +1479,8 @@ fn fair_grants_take_the_winners_place_out_of_every_queue_it_may_stand_in() {
     assert_eq!(dequeues(&fx), vec![Target::Key(2)]);
     assert!(sends(&fx).iter().any(|(_, _, op)| *op
         == Op::Dequeue {
-            members: vec![member]
+            members: vec![member],
+            life: 1000 * MS,
         }));
     // Won before the last reply: its queue is cleaned up when it answers,
     // and only if that key was not taken.
@@ -1546,7 +1547,7 @@ fn a_fair_waiter_that_gives_up_leaves_every_queue_and_a_try_sends_no_place() {
     assert_eq!(s.len(), 3);
     assert!(s
         .iter()
-        .all(|(_, _, op)| matches!(op, Op::Dequeue { members } if members.len() == 1)));
+        .all(|(_, _, op)| matches!(op, Op::Dequeue { members, .. } if members.len() == 1)));
     // A try on another core: the queue gate with no place of its own.
     let mut rig = Rig::new(fair_config());
     let s = sends(&rig.ev(Event::Request {

@@ -599,6 +599,55 @@ fn sim_slow_head_of_the_queue() {
     );
 }
 
+/// A node that runs nothing for less than a place's life (stopped, or every
+/// link to it frozen) while a holder loses its lock and three processes wait
+/// in arrival order. When it runs again, the commands held up meanwhile run
+/// one connection after another, the latest arrival's first: its first
+/// script must not drop the places whose refreshes wait right behind it,
+/// which let it pass everyone who came before (the real-server fair nemesis
+/// found this as a node thawed from an 828 ms freeze). Forty stalls, 25 ms
+/// apart in the places' refresh cycle; the fair-order check fails a run.
+#[test]
+fn sim_stalled_node_keeps_the_order() {
+    const MS: u64 = 1_000_000;
+    let mut k = Knobs::from_seed(0x57a1);
+    k.apply("procs=4,names=1,nodes=1,majority=1,validity=1000,fencing=off,tracking=1,noloop=1,handover=0,faults=0,force=0,steps=1000000,ppm=0,delay=2,terms=0,permits=0,fair=1,allowance=0,direct=0");
+    let (mut lost, mut unfair) = (0, Vec::new());
+    for stall_at in (2_300..3_300).step_by(25) {
+        let mut w = World::new(&k, std::env::var("SIM_TRACE").is_ok());
+        w.stop_workload = true;
+        // Process 0 holds the name until a stall costs it the lock.
+        w.add_caller_id(0, 0, RequestKind::Wait, None, true)
+            .expect("request");
+        for p in 1..4 {
+            w.run_until((100 + 700 * (p as u64 - 1)) * MS)
+                .expect("runs");
+            w.add_caller_id(p, 0, RequestKind::Wait, None, false)
+                .expect("request");
+        }
+        w.run_until(stall_at * MS).expect("runs");
+        w.stall(0, 900 * MS);
+        // The fair-order check fails the run.
+        let run = w.run_until(stall_at * MS + 10_000 * MS);
+        if std::env::var("SIM_TRACE").is_ok() {
+            print_trace(&w);
+        }
+        if let Err(e) = run {
+            unfair.push(format!("stall at {stall_at} ms: {e}"));
+            continue;
+        }
+        if w.stats.grants > 1 {
+            lost += 1;
+        }
+    }
+    println!("the holder lost its lock and a waiter was served in {lost} of 40 stalls");
+    assert!(unfair.is_empty(), "{}", unfair.join("\n"));
+    assert!(
+        lost >= 20,
+        "the holder lost its lock and a waiter was served in {lost} of 40 stalls only"
+    );
+}
+
 /// Defect 5's scenario: a holder that cannot reach one node (its key there
 /// free) and two processes waiting. Counts the waiters' commands per second
 /// of virtual time.

@@ -19,12 +19,23 @@ fn wall_us(now: u64) -> u64 {
 }
 
 /// One waiter in a key's fair queue (`FAIR_LUA`'s two sorted sets).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Queued {
     since_us: u64,
     member: u64,
     /// Real time its place lapses.
     deadline: u64,
+}
+
+/// One key's fair queue: `FAIR_LUA`'s `{key}:q` and `{key}:qd` as one list,
+/// and `{key}:qt`. (The expiry of the three keys is not modelled: nothing
+/// reaches it without a stall longer than a place's life.)
+#[derive(Debug, Clone, Default)]
+struct FairQueue {
+    /// In order (arrival, then member).
+    places: Vec<Queued>,
+    /// When the queue last changed (real ns), while it has places.
+    changed: Option<u64>,
 }
 
 /// One key: its value and when it expires (real nanoseconds).
@@ -74,8 +85,8 @@ pub(super) struct Node {
     /// tracked.
     tracked: Vec<u64>,
     pub(super) ghosts: Vec<Ghost>,
-    /// Each slot's fair queue, in order (arrival, then member).
-    queues: Vec<Vec<Queued>>,
+    /// Each slot's fair queue.
+    queues: Vec<FairQueue>,
     version: u64,
     /// `CLIENT TRACKING ... NOLOOP`: a connection's own writes do not
     /// invalidate it (its tracking entry is still forgotten).
@@ -105,7 +116,7 @@ impl Node {
             fences: vec![0; names],
             tracked: vec![0; 2 * procs],
             ghosts: Vec::new(),
-            queues: vec![Vec::new(); slots],
+            queues: vec![FairQueue::default(); slots],
             version: 0,
             noloop,
             tracking,
@@ -170,9 +181,38 @@ impl Node {
         }
     }
 
-    /// `FAIR_LUA`'s first step: drop lapsed places.
+    /// One call of `FAIR_LUA` on `slot`'s queue, `step` its work: first the
+    /// catch-up on a stall (the deadlines move forward by the part of the
+    /// time since the queue last changed beyond half a place's `life`),
+    /// then `step`; when the queue changed, it records the time.
+    fn in_queue<R>(
+        &mut self,
+        now: u64,
+        slot: usize,
+        life: std::time::Duration,
+        step: impl FnOnce(&mut Node) -> R,
+    ) -> R {
+        let gap = (life.as_millis() as u64 / 2) * 1_000_000;
+        let q = &mut self.queues[slot];
+        let mut touched = false;
+        if let Some(late) = q.changed.and_then(|c| now.checked_sub(c + gap)) {
+            if late > 0 {
+                q.places.iter_mut().for_each(|e| e.deadline += late);
+                touched = true;
+            }
+        }
+        let before = q.places.clone();
+        let r = step(self);
+        let q = &mut self.queues[slot];
+        if touched || q.places != before {
+            q.changed = (!q.places.is_empty()).then_some(now);
+        }
+        r
+    }
+
+    /// `FAIR_LUA`'s first step after the catch-up: drop lapsed places.
     fn prune(&mut self, now: u64, slot: usize) {
-        self.queues[slot].retain(|e| e.deadline > now);
+        self.queues[slot].places.retain(|e| e.deadline > now);
     }
 
     /// Places or refreshes `places`, all but `skip`.
@@ -185,7 +225,7 @@ impl Node {
         skip: Option<u64>,
     ) {
         let life = life.as_nanos() as u64;
-        let q = &mut self.queues[slot];
+        let q = &mut self.queues[slot].places;
         for p in places.iter().filter(|p| Some(p.member) != skip) {
             let deadline = now + life;
             match q.iter_mut().find(|e| e.member == p.member) {
@@ -202,11 +242,16 @@ impl Node {
 
     /// The waiter at the head of `slot`'s queue and when its place lapses.
     fn head(&self, slot: usize) -> Option<(u64, u64)> {
-        self.queues[slot].first().map(|e| (e.member, e.deadline))
+        self.queues[slot]
+            .places
+            .first()
+            .map(|e| (e.member, e.deadline))
     }
 
     fn dequeue(&mut self, slot: usize, members: &[u64]) {
-        self.queues[slot].retain(|e| !members.contains(&e.member));
+        self.queues[slot]
+            .places
+            .retain(|e| !members.contains(&e.member));
     }
 
     /// `ACQUIRE_LUA` on one key. Returns the key's state and whether it was
@@ -261,7 +306,7 @@ impl Node {
                     // `R`: the candidate's place is gone, so was the queue.
                     let gone = q
                         .candidate
-                        .is_some_and(|c| !self.queues[slot].iter().any(|e| e.member == c));
+                        .is_some_and(|c| !self.queues[slot].places.iter().any(|e| e.member == c));
                     if q.rejoin && gone {
                         place(self, false);
                         let head_ms = q.settle.as_millis() as u64;
@@ -307,16 +352,14 @@ impl Node {
                 queue,
                 ..
             } => {
-                let (state, fresh) = self.acquire_key(
-                    now,
-                    conn,
-                    slot,
-                    token.as_str(),
-                    *mode,
-                    ttl,
-                    queue.as_deref(),
-                    out,
-                );
+                let queue = queue.as_deref();
+                let mut acquire = |node: &mut Node| {
+                    node.acquire_key(now, conn, slot, token.as_str(), *mode, ttl, queue, out)
+                };
+                let (state, fresh) = match queue {
+                    Some(q) => self.in_queue(now, slot, q.life, acquire),
+                    None => acquire(self),
+                };
                 match state {
                     KeyState::Ours { pttl_ms, .. } if *fence => {
                         if fresh {
@@ -361,15 +404,15 @@ impl Node {
                     Outcome::Released(false)
                 }
             }
-            Op::Enqueue { places, life } => {
-                self.prune(now, slot);
-                self.place(now, slot, places, *life, None);
+            Op::Enqueue { places, life } => self.in_queue(now, slot, *life, |node| {
+                node.prune(now, slot);
+                node.place(now, slot, places, *life, None);
                 Outcome::Queued
-            }
-            Op::Dequeue { members } => {
-                self.dequeue(slot, members);
+            }),
+            Op::Dequeue { members, life } => self.in_queue(now, slot, *life, |node| {
+                node.dequeue(slot, members);
                 Outcome::Queued
-            }
+            }),
             Op::FenceRead => Outcome::Fence(self.fences[name]),
             Op::FenceWrite { value } => {
                 let cur = self.fences[name];
@@ -419,7 +462,9 @@ impl Node {
     pub(super) fn flush(&mut self) -> Vec<usize> {
         self.keys.iter_mut().for_each(|k| *k = None);
         self.fences.iter_mut().for_each(|f| *f = 0);
-        self.queues.iter_mut().for_each(Vec::clear);
+        self.queues
+            .iter_mut()
+            .for_each(|q| *q = FairQueue::default());
         let told = (0..self.tracked.len())
             .filter(|&p| self.tracked[p] != 0)
             .collect();
@@ -442,7 +487,9 @@ impl Node {
             }
         }
         self.fences.iter_mut().for_each(|f| *f = 0);
-        self.queues.iter_mut().for_each(Vec::clear);
+        self.queues
+            .iter_mut()
+            .for_each(|q| *q = FairQueue::default());
         self.tracked.iter_mut().for_each(|t| *t = 0);
         self.up = false;
     }

@@ -97,6 +97,10 @@ pub(super) struct World {
     deadline: u64,
     /// The scheduler stops feeding workload after this many steps.
     pub(super) stop_workload: bool,
+    /// Per node, when its last stall started and ended (real ns): a server
+    /// that runs nothing, or every link to it frozen (`World::stall`).
+    /// Scenarios only.
+    stalls: Vec<(u64, u64)>,
 }
 
 /// Keeps the trace short: the last lines are what explain a failure.
@@ -149,7 +153,7 @@ impl World {
                 fair: Some(Fair {
                     wall_origin_us: super::model::WALL_BASE_US - clock.offset / 1_000,
                     life: validity,
-                    refresh: validity / 2,
+                    refresh: validity / 3,
                     after: if k.fair { Duration::ZERO } else { validity },
                 }),
                 ..(*cfg).clone()
@@ -208,6 +212,7 @@ impl World {
             data_lost: false,
             deadline: u64::MAX,
             stop_workload: false,
+            stalls: vec![(0, 0); k.nodes],
         }
     }
 
@@ -345,6 +350,10 @@ impl World {
     }
 
     fn event(&mut self, ev: Ev) -> Result<(), String> {
+        if let Some(at) = self.stalled(&ev) {
+            self.q.push(at, ev);
+            return Ok(());
+        }
         match ev {
             Ev::Exec {
                 to,
@@ -448,6 +457,39 @@ impl World {
 
     // ===== the nodes and the network =====
 
+    /// Stalls `node` for `dur` from now (`World::stalled`).
+    pub(super) fn stall(&mut self, node: usize, dur: u64) {
+        self.log(|| format!("FAULT node{node} stalls for {}ms", dur / MS));
+        self.stalls[node] = (self.now, self.now + dur);
+    }
+
+    /// The longest trip a stall adds: a command sent as it starts runs as it
+    /// ends.
+    fn longest_stall(&self) -> u64 {
+        self.stalls
+            .iter()
+            .map(|(from, until)| until - from)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// When a command reaching a stalled node runs, or an invalidation it
+    /// sent reaches its process: when the stall ends, the links healing one
+    /// process after another from the last to the first (as the test proxy
+    /// heals its links in a row, and a thawed server reads its sockets in
+    /// some order), each connection in its own order. Meanwhile the node's
+    /// clock runs: keys and fair-queue places lapse as their times pass.
+    fn stalled(&self, ev: &Ev) -> Option<u64> {
+        let (node, proc) = match ev {
+            Ev::Exec { node, to, .. } => (*node, to.proc),
+            Ev::Inval { node, proc, .. } => (*node, *proc),
+            _ => return None,
+        };
+        let (_, until) = self.stalls[node];
+        let behind = (self.k.procs - 1 - proc) as u64 * 10_000;
+        (self.now < until).then_some(until + behind)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn exec(
         &mut self,
@@ -494,8 +536,11 @@ impl World {
         let outcome = self.nodes[node].exec(self.now, tracker, to.name, slot, &op, ttl, &mut out);
         if let Op::Acquire { token, .. } | Op::Extend { token, .. } = &op {
             if !out.expiries.is_empty() {
-                self.inv
-                    .key_written(token, self.now + ttl, self.max_trip() + ttl)?;
+                self.inv.key_written(
+                    token,
+                    self.now + ttl,
+                    self.max_trip() + self.longest_stall() + ttl,
+                )?;
             }
         }
         self.log(|| {
@@ -1204,7 +1249,7 @@ impl World {
                         Op::Extend { .. } | Op::Verify { .. } | Op::Release { .. },
                     ) => true,
                     (Target::Key(_), Op::Enqueue { places, .. }) => !places.is_empty(),
-                    (Target::Key(_), Op::Dequeue { members }) => !members.is_empty(),
+                    (Target::Key(_), Op::Dequeue { members, .. }) => !members.is_empty(),
                     // The two-phase step; with the counter in the script, it
                     // is the fallback when key 0 was not among the keys won.
                     (Target::Fence(_), Op::FenceRead | Op::FenceWrite { .. }) => {
