@@ -199,20 +199,29 @@ local function keep()
     call('DEL', q, qd, qt)
   end
 end
+local deadlines = {}
 local function catch_up()
+  local all = call('ZRANGE', qd, 0, -1, 'WITHSCORES')
+  for i = 1, #all, 2 do deadlines[#deadlines + 1] = {all[i], tonumber(all[i + 1])} end
+  if #deadlines == 0 then return end
   local seen = tonumber(call('GET', qt) or '')
   if not seen or now_ms - seen <= gap then return end
   local late = now_ms - seen - gap
-  local all = call('ZRANGE', qd, 0, -1, 'WITHSCORES')
-  for i = 1, #all, 2 do
-    call('ZADD', qd, int(tonumber(all[i + 1]) + late), all[i])
+  for _, d in ipairs(deadlines) do
+    d[2] = d[2] + late
+    call('ZADD', qd, int(d[2]), d[1])
   end
   touched = true
 end
 local function prune()
-  local gone = call('ZRANGEBYSCORE', qd, '-inf', int(now_ms))
-  for _, m in ipairs(gone) do call('ZREM', q, m) end
-  if #gone > 0 then
+  local gone = 0
+  for _, d in ipairs(deadlines) do
+    if d[2] <= now_ms then
+      call('ZREM', q, d[1])
+      gone = gone + 1
+    end
+  end
+  if gone > 0 then
     call('ZREMRANGEBYSCORE', qd, '-inf', int(now_ms))
     touched = true
   end
