@@ -165,13 +165,17 @@ impl World {
         exp[self.cfg.majority - 1]
     }
 
-    /// Whether process `proc` reaches nodes holding a majority of the keys.
+    /// Whether process `proc` reaches nodes holding a majority of the keys
+    /// (a stalled node reaches nobody).
     pub(super) fn reaches_majority(&self, proc: usize) -> bool {
         let up = (0..self.cfg.total)
             .filter(|&k| {
                 let n = self.cfg.placement[k];
                 let c = &self.conns[proc][n];
-                self.nodes[n].up && c.link == Link::Up && c.slow == 0
+                self.nodes[n].up
+                    && c.link == Link::Up
+                    && c.slow == 0
+                    && self.stalls[n].1 <= self.now
             })
             .count();
         up >= self.cfg.majority

@@ -36,7 +36,8 @@
 //!    healed and every caller must be through by a deadline.
 //! 4. **Key lifetime**: keys are written (acquire, extend) only under the
 //!    core's live attempt or grant token, and no key outlives the end of its
-//!    token's life by more than one trip plus the TTL.
+//!    token's life by more than one trip plus the TTL (plus the longest
+//!    stall: a command held up by a stalled node runs when it ends).
 //! 5. **Fencing**: fencing tokens strictly increase per name in grant order
 //!    (a local hand-over keeps its fence), in runs without restarts or data
 //!    loss (the counters live on the nodes). A force can overtake an attempt
@@ -75,7 +76,7 @@ use std::time::Instant;
 use crate::core::{Fencing, RequestKind};
 
 use rng::Rng;
-use world::{World, ALL_FAULTS, CUT, DATA_LOSS, DROP, RESTART, SLOW};
+use world::{World, ALL_FAULTS, CUT, DATA_LOSS, DROP, RESTART, SLOW, STALL};
 
 /// Everything a run depends on besides the seed's stream of choices.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +134,7 @@ impl Knobs {
         };
         let mut faults = 0;
         if !r.chance(10) {
-            for f in [DROP, CUT, SLOW, RESTART] {
+            for f in [DROP, CUT, SLOW, RESTART, STALL] {
                 if r.chance(50) {
                     faults |= f;
                 }
@@ -311,7 +312,7 @@ fn shrink(k: &Knobs, kind: &str) -> Knobs {
                 ..best.clone()
             });
         }
-        for b in 0..7 {
+        for b in 0..8 {
             if best.faults & (1 << b) != 0 {
                 cands.push(Knobs {
                     faults: best.faults & !(1 << b),

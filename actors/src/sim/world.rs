@@ -29,7 +29,10 @@ pub(super) const FLUSH: u32 = 16;
 pub(super) const RESTART_NOW: u32 = 32;
 /// A third party deletes or overwrites a lock key (outside the model).
 pub(super) const OUTSIDE: u32 = 64;
-pub(super) const ALL_FAULTS: u32 = 127;
+/// A node runs nothing for a while (stopped, or every link to it frozen):
+/// the commands and invalidations held up run when it ends (`World::stall`).
+pub(super) const STALL: u32 = 128;
+pub(super) const ALL_FAULTS: u32 = 255;
 /// Faults that break Redlock's assumption that only lockers write the keys.
 pub(super) const DATA_LOSS: u32 = FLUSH | RESTART_NOW | OUTSIDE;
 
@@ -99,8 +102,7 @@ pub(super) struct World {
     pub(super) stop_workload: bool,
     /// Per node, when its last stall started and ended (real ns): a server
     /// that runs nothing, or every link to it frozen (`World::stall`).
-    /// Scenarios only.
-    stalls: Vec<(u64, u64)>,
+    pub(super) stalls: Vec<(u64, u64)>,
 }
 
 /// Keeps the trace short: the last lines are what explain a failure.
@@ -457,7 +459,8 @@ impl World {
 
     // ===== the nodes and the network =====
 
-    /// Stalls `node` for `dur` from now (`World::stalled`).
+    /// Stalls `node` for `dur` from now (`World::stalled`): the `STALL`
+    /// fault, or a scenario's.
     pub(super) fn stall(&mut self, node: usize, dur: u64) {
         self.log(|| format!("FAULT node{node} stalls for {}ms", dur / MS));
         self.stalls[node] = (self.now, self.now + dur);
@@ -885,7 +888,7 @@ impl World {
     }
 
     fn fault(&mut self) {
-        let kinds: Vec<u32> = (0..7)
+        let kinds: Vec<u32> = (0..8)
             .map(|b| 1u32 << b)
             .filter(|f| self.k.faults & f != 0)
             .collect();
@@ -959,6 +962,14 @@ impl World {
                         }
                     }
                 }
+            }
+            // Not again before the last stall's backlog has run (a command
+            // held up by two stalls would wait longer than the longest).
+            STALL if self.stalls[node].1 + MS <= self.now => {
+                // From a blip to past the validity: holders lose their
+                // locks, keys and places lapse on the node's clock.
+                let dur = self.net.range(10 * MS, validity * 3 / 2);
+                self.stall(node, dur);
             }
             OUTSIDE => {
                 let name = self.net.below(self.k.names as u64) as usize;
