@@ -28,14 +28,17 @@ struct Queued {
 }
 
 /// One key's fair queue: `FAIR_LUA`'s `{key}:q` and `{key}:qd` as one list,
-/// and `{key}:qt`. (The expiry of the three keys is not modelled: nothing
-/// reaches it without a stall longer than a place's life.)
+/// and `{key}:qt`.
 #[derive(Debug, Clone, Default)]
 struct FairQueue {
     /// In order (arrival, then member).
     places: Vec<Queued>,
     /// When the queue last changed (real ns), while it has places.
     changed: Option<u64>,
+    /// When its three keys expire (real ns): half a place's life after the
+    /// last deadline as of the last change. Only a stall longer than a
+    /// place's life reaches it.
+    expires: u64,
 }
 
 /// One key: its value and when it expires (real nanoseconds).
@@ -194,6 +197,9 @@ impl Node {
     ) -> R {
         let gap = (life.as_millis() as u64 / 2) * 1_000_000;
         let q = &mut self.queues[slot];
+        if q.changed.is_some() && now >= q.expires {
+            *q = FairQueue::default();
+        }
         let mut touched = false;
         if let Some(late) = q.changed.and_then(|c| now.checked_sub(c + gap)) {
             if late > 0 {
@@ -206,6 +212,7 @@ impl Node {
         let q = &mut self.queues[slot];
         if touched || q.places != before {
             q.changed = (!q.places.is_empty()).then_some(now);
+            q.expires = q.places.iter().map(|e| e.deadline).max().unwrap_or(0) + gap;
         }
         r
     }

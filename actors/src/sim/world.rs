@@ -103,6 +103,8 @@ pub(super) struct World {
     /// Per node, when its last stall started and ended (real ns): a server
     /// that runs nothing, or every link to it frozen (`World::stall`).
     pub(super) stalls: Vec<(u64, u64)>,
+    /// Every stall so far, of any node (start, end).
+    stalled_spans: Vec<(u64, u64)>,
 }
 
 /// Keeps the trace short: the last lines are what explain a failure.
@@ -215,6 +217,7 @@ impl World {
             deadline: u64::MAX,
             stop_workload: false,
             stalls: vec![(0, 0); k.nodes],
+            stalled_spans: Vec::new(),
         }
     }
 
@@ -464,6 +467,7 @@ impl World {
     pub(super) fn stall(&mut self, node: usize, dur: u64) {
         self.log(|| format!("FAULT node{node} stalls for {}ms", dur / MS));
         self.stalls[node] = (self.now, self.now + dur);
+        self.stalled_spans.push(self.stalls[node]);
     }
 
     /// The longest trip a stall adds: a command sent as it starts runs as it
@@ -1539,20 +1543,33 @@ impl World {
         Ok(())
     }
 
-    /// Fair queueing, in a run without faults, forces or disagreeing
-    /// permit claims: a waiter granted the name must not have overtaken a
-    /// waiter of any process that asked for it before, give or take what the
-    /// order cannot see: a place still on its way to the servers (a trip,
-    /// and a slow one), and the processes' clocks running at different
-    /// rates (the order is by their wall clocks). Nor is the order kept for
-    /// a waiter whose own process does not reach a majority now (a fault a
-    /// scenario made by hand, `sim_slow_head_of_the_queue`).
+    /// Fair queueing, in a run without faults other than stalls, forces or
+    /// disagreeing permit claims: a waiter granted the name must not have
+    /// overtaken a waiter of any process that asked for it before, give or
+    /// take what the order cannot see: a place still on its way to the
+    /// servers (a trip, and a slow one, or held up by a stall), and the
+    /// processes' clocks running at different rates (the order is by their
+    /// wall clocks). Nor is the order kept for a waiter whose own process
+    /// does not reach a majority now (a fault a scenario made by hand,
+    /// `sim_slow_head_of_the_queue`), or across a stall that can lose the
+    /// queue.
     fn check_fair_order(&self, name: usize, asked: u64) -> Result<(), String> {
-        if !self.k.fair || self.k.faults != 0 || self.k.force || self.k.permits {
+        if !self.k.fair || self.k.faults & !STALL != 0 || self.k.force || self.k.permits {
             return Ok(());
         }
         let rates = 2 * self.k.max_ppm * self.now / 1_000_000;
         let slack = 2 * self.max_trip() + rates;
+        // A place sent at `asked` that a stall held up on its way (the
+        // exception of guarantee 2: a waiter whose place is still on its way
+        // may be passed), or a wait across a stall of at least a place's
+        // life and its aftermath, which can lose the queue (guarantee 4).
+        let life = self.ttl();
+        let held_up = |asked: u64| {
+            self.stalled_spans.iter().any(|&(from, until)| {
+                (from < asked + self.max_trip() && until > asked)
+                    || (until - from >= life && until + 3 * life > asked)
+            })
+        };
         for (p, pr) in self.procs.iter().enumerate() {
             if !self.reaches_majority(p) {
                 continue;
@@ -1564,6 +1581,7 @@ impl World {
                     && !v.cancelled
                     && matches!(v.stage, Stage::Waiting)
                     && v.asked + slack < asked
+                    && !held_up(v.asked)
                 {
                     return Err(format!(
                         "unfair: a waiter that asked at {} ms granted while p{p}'s waiter of {} ms still waits",
