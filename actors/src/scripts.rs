@@ -123,22 +123,24 @@ return out
 /// over half a place's life dropped the places whose refreshes waited right
 /// behind it, and an acquisition of a later arrival passed them all (the
 /// real-server fair nemesis showed this after an 828 ms freeze, with places
-/// lasting 1 s). A place is then dropped after at most a place's life of
-/// service, as before, and at most two of real time when nothing but
-/// acquisitions that make no place touch the queue (each catch-up counts as
-/// a change).
+/// lasting 1 s). A place nobody refreshes is still dropped after a place's
+/// life of service: within that life of real time while anyone else waits
+/// (their refreshes keep the queue changing), and when the only calls are
+/// acquisitions that make no place, half a life after the first of them or
+/// at the second (each catch-up counts as a change).
 ///
 /// `KEYS`: the lock key, the queue, the deadlines, the time of the last
-/// change, then, when `ARGV[3]` is `1`, the name's fencing counter. `ARGV`: 1 milliseconds, 2 `PX`|`PXAT`,
-/// 3 the fencing flag, 4 what to do (`A` acquire, `R` acquire for a waiter
-/// whose place was made before, `E` place or refresh the waiters, `D`
-/// remove them), 5 the token, 6 the mode, 7 the waiter the acquisition is
-/// for (empty: a try, which only takes a key nobody queues for), 8 how long
-/// a place lasts unrefreshed (ms; every call sends it), 9 how long `R` lets the others rejoin
-/// (ms), 10 how many places follow, then the places to make or refresh: a member and its arrival time
-/// (µs since the Unix epoch) each, then members: for `A` the locker's other
-/// waiters (its own at the head, but not refreshed), for `D` the waiters to
-/// take out.
+/// change, then, when `ARGV[3]` is `1`, the name's fencing counter.
+/// `ARGV`: 1 milliseconds, 2 `PX`|`PXAT`, 3 the fencing flag, 4 what to do
+/// (`A` acquire, `R` acquire for a waiter whose place was made before, `E`
+/// place or refresh the waiters, `D` remove them), 5 the token, 6 the
+/// mode, 7 the waiter the acquisition is for (empty: a try, which only
+/// takes a key nobody queues for), 8 how long a place lasts unrefreshed
+/// (ms; every call sends it), 9 how long `R` lets the others rejoin (ms),
+/// 10 how many places follow, then the places to make or refresh: a member
+/// and its arrival time (µs since the Unix epoch) each, then members: for
+/// `A` the locker's other waiters (its own at the head, but not refreshed),
+/// for `D` the waiters to take out.
 ///
 /// `R` first looks for the candidate's place: if the key is free and the
 /// place is gone, the queue was lost (the node restarted empty, or was out
