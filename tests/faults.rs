@@ -181,19 +181,19 @@ impl Cluster {
     /// when the lockers are closed.
     async fn leftover_after_expiry(&self) -> Vec<String> {
         sleep(VALIDITY + ms(300)).await;
-        let queue = format!("{{{}:", self.prefix);
-        let (mut queues, mut left): (Vec<String>, Vec<String>) = self
-            .leftover_keys()
-            .await
-            .into_iter()
-            .partition(|k| k.starts_with(&queue));
+        let prefix = format!("{{{}:", self.prefix);
+        let queue = |k: &String| {
+            k.starts_with(&prefix) && [":q", ":qd", ":qt"].iter().any(|s| k.ends_with(s))
+        };
+        let (mut queues, mut left): (Vec<String>, Vec<String>) =
+            self.leftover_keys().await.into_iter().partition(queue);
         if !queues.is_empty() {
             sleep(VALIDITY / 2).await;
             queues = self
                 .leftover_keys()
                 .await
                 .into_iter()
-                .filter(|k| k.starts_with(&queue))
+                .filter(queue)
                 .collect();
         }
         left.extend(queues);

@@ -473,7 +473,7 @@ impl World {
     /// The longest trip a stall adds: a command sent as it starts runs as it
     /// ends.
     fn longest_stall(&self) -> u64 {
-        self.stalls
+        self.stalled_spans
             .iter()
             .map(|(from, until)| until - from)
             .max()
