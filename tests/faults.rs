@@ -742,6 +742,17 @@ async fn inject(cl: &mut Cluster, ctx: &NemesisCtx<'_>, rng: &mut Rng) {
     );
     let node = rng.below(nodes as u64) as usize;
     let dur = rng.ms(200, 2200);
+    // The links of every group to a node heal one after another, from a
+    // group the fault's duration picks (no new draw: the schedules of the
+    // seeds stay as they were), so that no group's held-up commands always
+    // reach the server first.
+    let groups = cl.links.len();
+    let first = dur.as_millis() as usize % groups;
+    let heal_node = |cl: &Cluster| {
+        for g in (first..groups).chain(0..first) {
+            cl.links[g][node].heal();
+        }
+    };
     let injected = mono_ns();
     let mut fault_name = "*".to_owned();
     let target = match kind {
@@ -754,7 +765,7 @@ async fn inject(cl: &mut Cluster, ctx: &NemesisCtx<'_>, rng: &mut Rng) {
         Fault::FreezeNode => {
             cl.links.iter().for_each(|row| row[node].freeze());
             sleep(dur).await;
-            cl.links.iter().for_each(|row| row[node].heal());
+            heal_node(cl);
             format!("node{node}/{}ms", dur.as_millis())
         }
         Fault::FreezeLink => {
@@ -773,7 +784,7 @@ async fn inject(cl: &mut Cluster, ctx: &NemesisCtx<'_>, rng: &mut Rng) {
             let d = rng.ms(20, 150);
             cl.links.iter().for_each(|row| row[node].delay(d));
             sleep(dur).await;
-            cl.links.iter().for_each(|row| row[node].heal());
+            heal_node(cl);
             format!("node{node}/{}ms/{}ms", d.as_millis(), dur.as_millis())
         }
         Fault::DropConns => {
