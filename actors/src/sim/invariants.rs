@@ -10,9 +10,7 @@ use super::model::is_forced;
 use super::network::Link;
 use super::process::Stage;
 use super::world::{World, DATA_LOSS};
-use super::Knobs;
-
-const MS: u64 = 1_000_000;
+use super::{Knobs, MS};
 
 /// State the invariants keep across steps.
 #[derive(Debug)]

@@ -78,6 +78,10 @@ use crate::core::{Fencing, RequestKind};
 use rng::Rng;
 use world::{World, ALL_FAULTS, CUT, DATA_LOSS, DROP, RESTART, SLOW, STALL};
 
+/// A millisecond of real (virtual) time, in the nanoseconds the simulator
+/// counts in.
+const MS: u64 = 1_000_000;
+
 /// Everything a run depends on besides the seed's stream of choices.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Knobs {
@@ -575,7 +579,6 @@ fn print_trace(w: &World) {
 /// win (defect found by `SIM_BASE=0xd1e06`, seed `0x64154671d7c8cdfd`).
 #[test]
 fn sim_slow_head_of_the_queue() {
-    const MS: u64 = 1_000_000;
     let mut k = Knobs::from_seed(0x51de);
     k.apply("procs=2,names=1,nodes=1,majority=1,validity=1000,fencing=off,tracking=1,noloop=1,handover=0,faults=0,force=0,steps=1000000,ppm=0,delay=2,terms=0,permits=0,fair=1,allowance=0,direct=0");
     let mut w = World::new(&k, std::env::var("SIM_TRACE").is_ok());
@@ -611,7 +614,6 @@ fn sim_slow_head_of_the_queue() {
 /// nodes at once (`key_majority` 2); the fair-order check fails a run.
 #[test]
 fn sim_stalled_node_keeps_the_order() {
-    const MS: u64 = 1_000_000;
     for (nodes, stalled) in [
         ("nodes=1,majority=1", &[0][..]),
         ("nodes=3,majority=2", &[0, 1][..]),
@@ -638,9 +640,7 @@ fn sim_stalled_node_keeps_the_order() {
             }
             // The fair-order check fails the run.
             let run = w.run_until(stall_at * MS + 10_000 * MS);
-            if std::env::var("SIM_TRACE").is_ok() {
-                print_trace(&w);
-            }
+            print_trace(&w);
             if let Err(e) = run {
                 unfair.push(format!("{nodes}, stall at {stall_at} ms: {e}"));
                 continue;
@@ -683,7 +683,6 @@ fn sim_retry_storm() {
 
 /// Returns the waiters' commands per virtual second.
 fn retry_storm(seed: u64, noloop: bool) -> f64 {
-    const MS: u64 = 1_000_000;
     let mut k = Knobs::from_seed(seed);
     k.apply("procs=3,names=1,nodes=3,majority=2,validity=1000,fencing=off,tracking=1,noloop=1,handover=32,faults=0,force=0,steps=1000000,ppm=0,delay=2,terms=0,permits=0,fair=0");
     k.apply(if noloop { "noloop=1" } else { "noloop=0" });

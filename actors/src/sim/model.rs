@@ -9,6 +9,8 @@
 use crate::core::{Op, Outcome, Place, Queue};
 use crate::scripts::{KeyState, SetMode, Token};
 
+use super::MS;
+
 /// The servers' wall clock at real time 0, µs since the Unix epoch (a
 /// process's arrival times are this as its own clock shows it).
 pub(super) const WALL_BASE_US: u64 = 2_000_000_000_000;
@@ -195,7 +197,7 @@ impl Node {
         life: std::time::Duration,
         step: impl FnOnce(&mut Node) -> R,
     ) -> R {
-        let gap = (life.as_millis() as u64 / 2) * 1_000_000;
+        let gap = (life.as_millis() as u64 / 2) * MS;
         let q = &mut self.queues[slot];
         if q.changed.is_some() && now >= q.expires {
             *q = FairQueue::default();
@@ -325,7 +327,7 @@ impl Node {
                             || q.members.contains(&head);
                         if !mine {
                             place(self, false);
-                            let head_ms = until.saturating_sub(now) / 1_000_000;
+                            let head_ms = until.saturating_sub(now) / MS;
                             return (KeyState::Queued { head_ms }, false);
                         }
                     }
@@ -392,7 +394,7 @@ impl Node {
                         let expiry = self.keys[slot].as_ref().map_or(now, |e| e.expiry);
                         KeyState::Ours {
                             // PTTL in whole milliseconds, rounded down.
-                            pttl_ms: Some((expiry - now) / 1_000_000),
+                            pttl_ms: Some((expiry - now) / MS),
                             fence: None,
                         }
                     }

@@ -16,7 +16,7 @@ use super::model::{Node, Out};
 use super::network::{Conn, Dest, Ev, Lane, Link, Pending, Queue};
 use super::process::{Caller, Clock, CoreSlot, Process, Stage};
 use super::rng::{Rng, SimEntropy};
-use super::Knobs;
+use super::{Knobs, MS};
 
 /// Fault kinds (bits of `Knobs::faults`).
 pub(super) const DROP: u32 = 1;
@@ -35,8 +35,6 @@ pub(super) const STALL: u32 = 128;
 pub(super) const ALL_FAULTS: u32 = 255;
 /// Faults that break Redlock's assumption that only lockers write the keys.
 pub(super) const DATA_LOSS: u32 = FLUSH | RESTART_NOW | OUTSIDE;
-
-const MS: u64 = 1_000_000;
 
 /// Where the run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
