@@ -1,7 +1,14 @@
 //! Which connection a lock's commands take, measured (issue #11): the one
 //! task loop of lock + release, through six transports in alternated
 //! rounds on one server (each round in another order), each as a ratio to
-//! the raw floor of the same round.
+//! the raw floor of the same round; then ten tasks on ten names each
+//! (`uncontended/*/10` of the locks bench) through five of them. Each
+//! round also gives the server's CPU (`INFO cpu`), this process's CPU and
+//! the server's commands (`INFO commandstats`, a script's own commands
+//! included) per lock + release: on a machine of two cores shared by the
+//! server and the client, the sum of the two CPUs bounds what ten tasks
+//! can do, and the `script` stand-ins show what the acquire script alone
+//! costs, with no engine at all.
 //!
 //! The engine as built sends every command from its own thread (its runtime,
 //! its fred connection), which costs a wake-up of that thread and one back per
@@ -75,6 +82,20 @@ const VARIANTS: [&str; 6] = [
     "valkeylock (engine)",
 ];
 
+/// The transports of the ten-task rounds: `script+verify` is left out (its
+/// stand-in checks each acquisition from one more thread, which ten tasks
+/// would turn into a measure of that thread).
+const TEN_TASKS: [&str; 5] = [
+    "floor",
+    "script",
+    "script+redirect",
+    "valkeylock",
+    "valkeylock (engine)",
+];
+
+/// Tasks of the second part, as in `uncontended/*/10` of the locks bench.
+const TASKS: usize = 10;
+
 fn main() {
     let args = Args::parse();
     if args.list || !args.wants("lanes") {
@@ -136,95 +157,207 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         println!("redirect check: the engine's connection got the invalidation of a key the caller's connection read");
-        println!();
-        println!("## Rounds ({rounds} of {each:?} per transport)");
-        println!();
-        println!("| round | transport | µs per lock + release | ops | × floor of the round |");
-        println!("|---:|---|---:|---:|---:|");
+        let lane = Lane {
+            raw,
+            plain,
+            redirected,
+            acquire,
+            release,
+            locker,
+            engine_only,
+            checks: engine.checks.clone(),
+            tokens: Arc::new(AtomicU64::new(0)),
+        };
+        let tck = common::clk_tck();
 
-        let mut all: Vec<Vec<f64>> = vec![Vec::new(); VARIANTS.len()];
-        let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); VARIANTS.len()];
-        let mut n = 0u64;
-        for round in 1..=rounds {
-            // Each round starts one transport later: none always follows
-            // the same one (the check's leftover work, a warm cache).
-            let mut times = [f64::NAN; VARIANTS.len()];
-            let mut counts = [0u64; VARIANTS.len()];
-            for i in 0..VARIANTS.len() {
-                let v = (i + round) % VARIANTS.len();
-                let variant = &VARIANTS[v];
-                let t0 = Instant::now();
-                let mut ops = 0u64;
-                while t0.elapsed() < each {
-                    n += 1;
-                    let token = format!("{n:048x}");
-                    let key = "lanes";
-                    match *variant {
-                        "floor" => {
-                            let t = raw.lock(key).await;
-                            raw.unlock(key, t).await;
-                        }
-                        "valkeylock" => {
-                            let g = locker.lock("lanes-valkeylock").await.expect("lock");
-                            g.release().await.expect("release");
-                        }
-                        "valkeylock (engine)" => {
-                            let g = engine_only.lock("lanes-engine").await.expect("lock");
-                            g.release().await.expect("release");
-                        }
-                        _ => {
-                            let client = if *variant == "script+redirect" {
-                                &redirected
-                            } else {
-                                &plain
-                            };
-                            let got: Value = client
-                                .evalsha(&acquire, key, vec![token.clone(), expiry()])
-                                .await
-                                .expect("acquire");
-                            assert!(matches!(got, Value::String(_)), "{got:?}");
-                            if *variant == "script+verify" {
-                                engine.verify(key, &token);
-                            }
-                            let _: i64 = client
-                                .evalsha(&release, key, token)
-                                .await
-                                .expect("release");
-                        }
-                    }
-                    ops += 1;
-                }
-                times[v] = t0.elapsed().as_secs_f64() * 1e6 / ops as f64;
-                counts[v] = ops;
+        // One task on one name, on the thread that blocks on the runtime
+        // (as since this bench began), then ten tasks on ten names each.
+        let one = rounds_of(&lane, &VARIANTS, 1, rounds, each, tck, "").await;
+        println!();
+        medians_of(&one, &VARIANTS, "");
+        let ten = rounds_of(&lane, &TEN_TASKS, TASKS, rounds, each, tck, "Ten tasks, ").await;
+        println!();
+        medians_of(&ten, &TEN_TASKS, "Ten tasks, ");
+        lane.locker.close().await;
+        lane.engine_only.close().await;
+        lane.raw.quit().await;
+    });
+}
+
+/// What each transport needs, shared by the tasks of a round.
+#[derive(Clone)]
+struct Lane {
+    raw: Raw,
+    plain: Client,
+    redirected: Client,
+    acquire: String,
+    release: String,
+    locker: Locker,
+    engine_only: Locker,
+    checks: tokio::sync::mpsc::UnboundedSender<(String, String)>,
+    tokens: Arc<AtomicU64>,
+}
+
+impl Lane {
+    /// One lock + release of `key` through `variant`.
+    async fn op(&self, variant: &str, key: &str) {
+        let n = self.tokens.fetch_add(1, Ordering::Relaxed);
+        let token = format!("{n:048x}");
+        match variant {
+            "floor" => {
+                let t = self.raw.lock(key).await;
+                self.raw.unlock(key, t).await;
             }
-            for (v, variant) in VARIANTS.iter().enumerate() {
-                let ratio = times[v] / times[0];
-                all[v].push(times[v]);
-                ratios[v].push(ratio);
-                println!(
-                    "| {round} | {variant} | {:.1} | {} | {} |",
-                    times[v],
-                    counts[v],
-                    common::fmt_ratio(ratio)
-                );
+            "valkeylock" | "valkeylock (engine)" => {
+                let locker = if variant == "valkeylock" {
+                    &self.locker
+                } else {
+                    &self.engine_only
+                };
+                let g = locker.lock(key).await.expect("lock");
+                g.release().await.expect("release");
+            }
+            _ => {
+                let client = self.client_for(variant);
+                let got: Value = client
+                    .evalsha(&self.acquire, key, vec![token.clone(), expiry()])
+                    .await
+                    .expect("acquire");
+                assert!(matches!(got, Value::String(_)), "{got:?}");
+                if variant == "script+verify" {
+                    let _ = self.checks.send((key.to_owned(), token.clone()));
+                }
+                let _: i64 = client
+                    .evalsha(&self.release, key, token)
+                    .await
+                    .expect("release");
             }
         }
-        println!();
-        println!("## Medians over the rounds");
-        println!();
-        println!("| transport | median µs per lock + release | median × floor of the round |");
-        println!("|---|---:|---:|");
-        for (v, variant) in VARIANTS.iter().enumerate() {
+    }
+
+    /// The caller's connection a script transport runs on.
+    fn client_for(&self, variant: &str) -> &Client {
+        if variant == "script+redirect" {
+            &self.redirected
+        } else {
+            &self.plain
+        }
+    }
+
+    /// `variant` for `each`, from `tasks` tasks on names of their own:
+    /// the operations done. One task runs on the calling task itself.
+    async fn run(&self, variant: &'static str, tasks: usize, each: Duration) -> u64 {
+        let slug: String = variant
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        if tasks == 1 {
+            return self
+                .clone()
+                .run_one(variant, format!("lanes-{slug}"), each)
+                .await;
+        }
+        let handles: Vec<_> = (0..tasks)
+            .map(|i| {
+                let lane = self.clone();
+                tokio::spawn(lane.run_one(variant, format!("lanes-{slug}-{i}"), each))
+            })
+            .collect();
+        let mut ops = 0;
+        for h in handles {
+            ops += h.await.expect("a lane task");
+        }
+        ops
+    }
+
+    async fn run_one(self, variant: &'static str, key: String, each: Duration) -> u64 {
+        let t0 = Instant::now();
+        let mut ops = 0u64;
+        while t0.elapsed() < each {
+            self.op(variant, &key).await;
+            ops += 1;
+        }
+        ops
+    }
+}
+
+/// One transport's measurements in one round.
+#[derive(Clone, Copy)]
+struct Measured {
+    us_per_op: f64,
+    ratio: f64,
+    server_cpu: f64,
+    client_cpu: f64,
+    commands: f64,
+}
+
+/// Alternated rounds of `variants` (the first is the floor), each round
+/// starting one transport later: none always follows the same one (the
+/// check's leftover work, a warm cache). Prints the rounds' table; returns
+/// every round's measurements, by transport.
+async fn rounds_of(
+    lane: &Lane,
+    variants: &[&'static str],
+    tasks: usize,
+    rounds: usize,
+    each: Duration,
+    tck: u64,
+    title: &str,
+) -> Vec<Vec<Measured>> {
+    println!();
+    println!("## {title}Rounds ({rounds} of {each:?} per transport, {tasks} task(s), each on its own name)");
+    println!();
+    println!("| round | transport | µs per lock + release | ops | × floor of the round | server CPU µs/op | client CPU µs/op | server commands/op |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+    let mut all: Vec<Vec<Measured>> = vec![Vec::new(); variants.len()];
+    for round in 1..=rounds {
+        let mut got: Vec<(f64, u64, (f64, f64, f64))> =
+            vec![(f64::NAN, 0, (0.0, 0.0, 0.0)); variants.len()];
+        for i in 0..variants.len() {
+            let v = (i + round) % variants.len();
+            let before = common::Cost::now(&lane.plain).await;
+            let t0 = Instant::now();
+            let ops = lane.run(variants[v], tasks, each).await;
+            let us = t0.elapsed().as_secs_f64() * 1e6 / ops.max(1) as f64;
+            let after = common::Cost::now(&lane.plain).await;
+            got[v] = (us, ops, after.per_op(&before, ops, tck));
+        }
+        for (v, variant) in variants.iter().enumerate() {
+            let (us, ops, (commands, server_cpu, client_cpu)) = got[v];
+            let ratio = us / got[0].0;
+            all[v].push(Measured {
+                us_per_op: us,
+                ratio,
+                server_cpu,
+                client_cpu,
+                commands,
+            });
             println!(
-                "| {variant} | {:.1} | {} |",
-                median(&mut all[v]),
-                common::fmt_ratio(median(&mut ratios[v]))
+                "| {round} | {variant} | {us:.1} | {ops} | {} | {server_cpu:.1} | {client_cpu:.1} | {commands:.2} |",
+                common::fmt_ratio(ratio)
             );
         }
-        locker.close().await;
-        engine_only.close().await;
-        raw.quit().await;
-    });
+    }
+    all
+}
+
+/// The medians over the rounds, by transport.
+fn medians_of(all: &[Vec<Measured>], variants: &[&str], title: &str) {
+    println!("## {title}Medians over the rounds");
+    println!();
+    println!("| transport | median µs per lock + release | median × floor of the round | median server CPU µs/op | median client CPU µs/op | server commands/op |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (v, variant) in variants.iter().enumerate() {
+        let pick = |f: fn(&Measured) -> f64| median(&mut all[v].iter().map(f).collect::<Vec<_>>());
+        println!(
+            "| {variant} | {:.1} | {} | {:.1} | {:.1} | {:.2} |",
+            pick(|m| m.us_per_op),
+            common::fmt_ratio(pick(|m| m.ratio)),
+            pick(|m| m.server_cpu),
+            pick(|m| m.client_cpu),
+            pick(|m| m.commands),
+        );
+    }
 }
 
 /// The benches' validity from now, as a Unix time in milliseconds (`PXAT`).
@@ -295,9 +428,5 @@ impl Engine {
             invalidations,
             checks,
         }
-    }
-
-    fn verify(&self, key: &str, token: &str) {
-        let _ = self.checks.send((key.to_owned(), token.to_owned()));
     }
 }

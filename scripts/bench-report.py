@@ -797,6 +797,24 @@ def region_lanes(ln):
     if all("valkeylock (engine)" in v for v in by_round.values()):
         ahead = sum(1 for v in by_round.values() if v["valkeylock"] < v["valkeylock (engine)"])
         lines.append(f"- `valkeylock` took less time than `valkeylock (engine)` in {ahead} of {n} rounds.")
+    # Ten tasks on ten names (runs since the bench measured them).
+    try:
+        ten = table_by_prefix(ln, "Ten tasks, Rounds")
+    except KeyError:
+        return "\n".join(lines)
+    by_round = {}
+    for r in ten.rows:
+        by_round.setdefault(r["round"], {})[r["transport"]] = r
+    lines += ["", "Ten tasks, each on its own name:", "",
+              table_by_prefix(ln, "Ten tasks, Medians").text(), ""]
+    n = len(by_round)
+    for t in ("script", "script+redirect"):
+        ahead = sum(1 for v in by_round.values()
+                    if num(v[t]["× floor of the round"]) < num(v["valkeylock"]["× floor of the round"]))
+        lines.append(f"- `{t}` took less time than `valkeylock` in {ahead} of {n} rounds.")
+    more = sum(1 for v in by_round.values()
+               if num(v["valkeylock"]["client CPU µs/op"]) > num(v["script+redirect"]["client CPU µs/op"]))
+    lines.append(f"- `valkeylock` spent more client CPU per lock + release than `script+redirect` in {more} of {n} rounds.")
     return "\n".join(lines)
 
 
