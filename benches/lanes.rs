@@ -166,6 +166,8 @@ fn main() {
             locker,
             engine_only,
             checks: engine.checks.clone(),
+            checks_sent: Arc::new(AtomicU64::new(0)),
+            checks_done: engine.checks_done.clone(),
             tokens: Arc::new(AtomicU64::new(0)),
         };
         let tck = common::clk_tck();
@@ -195,6 +197,9 @@ struct Lane {
     locker: Locker,
     engine_only: Locker,
     checks: tokio::sync::mpsc::UnboundedSender<(String, String)>,
+    /// Checks sent to the stand-in engine, and those it has had answered.
+    checks_sent: Arc<AtomicU64>,
+    checks_done: Arc<AtomicU64>,
     tokens: Arc<AtomicU64>,
 }
 
@@ -225,7 +230,9 @@ impl Lane {
                     .expect("acquire");
                 assert!(matches!(got, Value::String(_)), "{got:?}");
                 if variant == "script+verify" {
-                    let _ = self.checks.send((key.to_owned(), token.clone()));
+                    if self.checks.send((key.to_owned(), token.clone())).is_ok() {
+                        self.checks_sent.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 let _: i64 = client
                     .evalsha(&self.release, key, token)
@@ -270,6 +277,18 @@ impl Lane {
         ops
     }
 
+    /// Waits (at most 10 s) until the stand-in engine has had every check
+    /// answered: `script+verify` leaves it a backlog, which must not run
+    /// into the next transport's time.
+    async fn settle(&self) {
+        let start = Instant::now();
+        while self.checks_done.load(Ordering::SeqCst) < self.checks_sent.load(Ordering::SeqCst)
+            && start.elapsed() < Duration::from_secs(10)
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     async fn run_one(self, variant: &'static str, key: String, each: Duration) -> u64 {
         let t0 = Instant::now();
         let mut ops = 0u64;
@@ -291,10 +310,13 @@ struct Measured {
     commands: f64,
 }
 
-/// Alternated rounds of `variants` (the first is the floor), each round
-/// starting one transport later: none always follows the same one (the
-/// check's leftover work, a warm cache). Prints the rounds' table; returns
-/// every round's measurements, by transport.
+/// Alternated rounds of `variants` (the first is the floor), each round in
+/// an order of its own (`order`): no transport always follows the same one
+/// (another's leftover work, a warm cache). Until this bench measured ten
+/// tasks, each round only started one transport later, which kept every
+/// transport behind the same one in all but one round of six. Prints the
+/// rounds' table with each transport's place in its round; returns every
+/// round's measurements, by transport.
 async fn rounds_of(
     lane: &Lane,
     variants: &[&'static str],
@@ -307,22 +329,24 @@ async fn rounds_of(
     println!();
     println!("## {title}Rounds ({rounds} of {each:?} per transport, {tasks} task(s), each on its own name)");
     println!();
-    println!("| round | transport | µs per lock + release | ops | × floor of the round | server CPU µs/op | client CPU µs/op | server commands/op |");
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+    println!("| round | transport | place in the round | µs per lock + release | ops | × floor of the round | server CPU µs/op | client CPU µs/op | server commands/op |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut all: Vec<Vec<Measured>> = vec![Vec::new(); variants.len()];
     for round in 1..=rounds {
         let mut got: Vec<(f64, u64, (f64, f64, f64))> =
             vec![(f64::NAN, 0, (0.0, 0.0, 0.0)); variants.len()];
-        for i in 0..variants.len() {
-            let v = (i + round) % variants.len();
+        let order = order(variants.len(), round);
+        for &v in &order {
             let before = common::Cost::now(&lane.plain).await;
             let t0 = Instant::now();
             let ops = lane.run(variants[v], tasks, each).await;
             let us = t0.elapsed().as_secs_f64() * 1e6 / ops.max(1) as f64;
+            lane.settle().await;
             let after = common::Cost::now(&lane.plain).await;
             got[v] = (us, ops, after.per_op(&before, ops, tck));
         }
         for (v, variant) in variants.iter().enumerate() {
+            let place = order.iter().position(|&o| o == v).unwrap_or(v) + 1;
             let (us, ops, (commands, server_cpu, client_cpu)) = got[v];
             let ratio = us / got[0].0;
             all[v].push(Measured {
@@ -333,12 +357,32 @@ async fn rounds_of(
                 commands,
             });
             println!(
-                "| {round} | {variant} | {us:.1} | {ops} | {} | {server_cpu:.1} | {client_cpu:.1} | {commands:.2} |",
+                "| {round} | {variant} | {place} | {us:.1} | {ops} | {} | {server_cpu:.1} | {client_cpu:.1} | {commands:.2} |",
                 common::fmt_ratio(ratio)
             );
         }
     }
     all
+}
+
+/// The order of round `round`'s `n` transports: a shuffle drawn from a
+/// fixed seed (the same orders in every run), so that which transport runs
+/// before which changes from round to round.
+fn order(n: usize, round: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    // splitmix64 of the round number.
+    let mut x = (round as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut next = || {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    for i in (1..n).rev() {
+        order.swap(i, (next() % (i as u64 + 1)) as usize);
+    }
+    order
 }
 
 /// The medians over the rounds, by transport.
@@ -380,6 +424,8 @@ struct Engine {
     id: i64,
     invalidations: Arc<AtomicU64>,
     checks: tokio::sync::mpsc::UnboundedSender<(String, String)>,
+    /// Checks answered.
+    checks_done: Arc<AtomicU64>,
 }
 
 impl Engine {
@@ -387,7 +433,8 @@ impl Engine {
         let (checks, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
         let (id_tx, id_rx) = std::sync::mpsc::channel();
         let invalidations = Arc::new(AtomicU64::new(0));
-        let (url, count) = (url.to_owned(), invalidations.clone());
+        let checks_done = Arc::new(AtomicU64::new(0));
+        let (url, count, done) = (url.to_owned(), invalidations.clone(), checks_done.clone());
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -416,9 +463,10 @@ impl Engine {
                     .expect("CLIENT ID");
                 let _ = id_tx.send(id);
                 while let Some((key, token)) = rx.recv().await {
-                    let (client, verify) = (client.clone(), verify.clone());
+                    let (client, verify, done) = (client.clone(), verify.clone(), done.clone());
                     tokio::spawn(async move {
                         let _: Result<Value, _> = client.evalsha(&verify, key, token).await;
+                        done.fetch_add(1, Ordering::SeqCst);
                     });
                 }
             });
@@ -427,6 +475,7 @@ impl Engine {
             id: id_rx.recv().expect("the engine's connection id"),
             invalidations,
             checks,
+            checks_done,
         }
     }
 }
