@@ -229,10 +229,10 @@ impl Lane {
                     .await
                     .expect("acquire");
                 assert!(matches!(got, Value::String(_)), "{got:?}");
-                if variant == "script+verify" {
-                    if self.checks.send((key.to_owned(), token.clone())).is_ok() {
-                        self.checks_sent.fetch_add(1, Ordering::Relaxed);
-                    }
+                if variant == "script+verify"
+                    && self.checks.send((key.to_owned(), token.clone())).is_ok()
+                {
+                    self.checks_sent.fetch_add(1, Ordering::Relaxed);
                 }
                 let _: i64 = client
                     .evalsha(&self.release, key, token)
