@@ -5,7 +5,8 @@
 //! (`uncontended/*/10` of the locks bench) through five of them. Each
 //! round also gives the server's CPU (`INFO cpu`), this process's CPU and
 //! the server's commands (`INFO commandstats`, a script's own commands
-//! included) per lock + release: on a machine of two cores shared by the
+//! included) and its reads and writes of client sockets (`INFO stats`) per
+//! lock + release: on a machine of two cores shared by the
 //! server and the client, the sum of the two CPUs bounds what ten tasks
 //! can do, and the `script` stand-ins show what the acquire script alone
 //! costs, with no engine at all.
@@ -308,6 +309,28 @@ struct Measured {
     server_cpu: f64,
     client_cpu: f64,
     commands: f64,
+    /// Reads and writes of client sockets by the server (`INFO stats`,
+    /// `total_reads_processed` and `total_writes_processed`): how many
+    /// commands each of its system calls carried.
+    reads: f64,
+    writes: f64,
+}
+
+/// The server's reads and writes of client sockets so far.
+async fn server_io(admin: &Client) -> (u64, u64) {
+    let info: String = admin
+        .info(Some(fred::types::InfoKind::Stats))
+        .await
+        .unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        field("total_reads_processed"),
+        field("total_writes_processed"),
+    )
 }
 
 /// Alternated rounds of `variants` (the first is the floor), each round in
@@ -329,25 +352,29 @@ async fn rounds_of(
     println!();
     println!("## {title}Rounds ({rounds} of {each:?} per transport, {tasks} task(s), each on its own name)");
     println!();
-    println!("| round | transport | place in the round | µs per lock + release | ops | × floor of the round | server CPU µs/op | client CPU µs/op | server commands/op |");
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| round | transport | place in the round | µs per lock + release | ops | × floor of the round | server CPU µs/op | client CPU µs/op | server commands/op | server reads/op | server writes/op |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut all: Vec<Vec<Measured>> = vec![Vec::new(); variants.len()];
     for round in 1..=rounds {
-        let mut got: Vec<(f64, u64, (f64, f64, f64))> =
-            vec![(f64::NAN, 0, (0.0, 0.0, 0.0)); variants.len()];
+        let mut got: Vec<(f64, u64, (f64, f64, f64), (f64, f64))> =
+            vec![(f64::NAN, 0, (0.0, 0.0, 0.0), (0.0, 0.0)); variants.len()];
         let order = order(variants.len(), round);
         for &v in &order {
+            let io_before = server_io(&lane.plain).await;
             let before = common::Cost::now(&lane.plain).await;
             let t0 = Instant::now();
             let ops = lane.run(variants[v], tasks, each).await;
             let us = t0.elapsed().as_secs_f64() * 1e6 / ops.max(1) as f64;
             lane.settle().await;
             let after = common::Cost::now(&lane.plain).await;
-            got[v] = (us, ops, after.per_op(&before, ops, tck));
+            let io_after = server_io(&lane.plain).await;
+            let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / ops.max(1) as f64;
+            let io = (per(io_after.0, io_before.0), per(io_after.1, io_before.1));
+            got[v] = (us, ops, after.per_op(&before, ops, tck), io);
         }
         for (v, variant) in variants.iter().enumerate() {
             let place = order.iter().position(|&o| o == v).unwrap_or(v) + 1;
-            let (us, ops, (commands, server_cpu, client_cpu)) = got[v];
+            let (us, ops, (commands, server_cpu, client_cpu), (reads, writes)) = got[v];
             let ratio = us / got[0].0;
             all[v].push(Measured {
                 us_per_op: us,
@@ -355,9 +382,11 @@ async fn rounds_of(
                 server_cpu,
                 client_cpu,
                 commands,
+                reads,
+                writes,
             });
             println!(
-                "| {round} | {variant} | {place} | {us:.1} | {ops} | {} | {server_cpu:.1} | {client_cpu:.1} | {commands:.2} |",
+                "| {round} | {variant} | {place} | {us:.1} | {ops} | {} | {server_cpu:.1} | {client_cpu:.1} | {commands:.2} | {reads:.2} | {writes:.2} |",
                 common::fmt_ratio(ratio)
             );
         }
@@ -389,17 +418,19 @@ fn order(n: usize, round: usize) -> Vec<usize> {
 fn medians_of(all: &[Vec<Measured>], variants: &[&str], title: &str) {
     println!("## {title}Medians over the rounds");
     println!();
-    println!("| transport | median µs per lock + release | median × floor of the round | median server CPU µs/op | median client CPU µs/op | server commands/op |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| transport | median µs per lock + release | median × floor of the round | median server CPU µs/op | median client CPU µs/op | server commands/op | median server reads/op | median server writes/op |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for (v, variant) in variants.iter().enumerate() {
         let pick = |f: fn(&Measured) -> f64| median(&mut all[v].iter().map(f).collect::<Vec<_>>());
         println!(
-            "| {variant} | {:.1} | {} | {:.1} | {:.1} | {:.2} |",
+            "| {variant} | {:.1} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} |",
             pick(|m| m.us_per_op),
             common::fmt_ratio(pick(|m| m.ratio)),
             pick(|m| m.server_cpu),
             pick(|m| m.client_cpu),
             pick(|m| m.commands),
+            pick(|m| m.reads),
+            pick(|m| m.writes),
         );
     }
 }
