@@ -316,6 +316,12 @@ struct Measured {
     writes: f64,
 }
 
+/// What one transport's run in a round gave: µs per lock + release, the
+/// operations, (commands, server CPU, client CPU) per operation
+/// (`common::Cost::per_op`), and the server's (reads, writes) per
+/// operation.
+type Got = (f64, u64, (f64, f64, f64), (f64, f64));
+
 /// The server's reads and writes of client sockets so far.
 async fn server_io(admin: &Client) -> (u64, u64) {
     let info: String = admin
@@ -356,8 +362,7 @@ async fn rounds_of(
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut all: Vec<Vec<Measured>> = vec![Vec::new(); variants.len()];
     for round in 1..=rounds {
-        let mut got: Vec<(f64, u64, (f64, f64, f64), (f64, f64))> =
-            vec![(f64::NAN, 0, (0.0, 0.0, 0.0), (0.0, 0.0)); variants.len()];
+        let mut got: Vec<Got> = vec![(f64::NAN, 0, (0.0, 0.0, 0.0), (0.0, 0.0)); variants.len()];
         let order = order(variants.len(), round);
         for &v in &order {
             let io_before = server_io(&lane.plain).await;
