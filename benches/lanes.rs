@@ -305,6 +305,8 @@ impl Lane {
 #[derive(Clone, Copy)]
 struct Measured {
     us_per_op: f64,
+    ops: u64,
+    /// `us_per_op` over the floor's of the same round.
     ratio: f64,
     server_cpu: f64,
     client_cpu: f64,
@@ -315,12 +317,6 @@ struct Measured {
     reads: f64,
     writes: f64,
 }
-
-/// What one transport's run in a round gave: µs per lock + release, the
-/// operations, (commands, server CPU, client CPU) per operation
-/// (`common::Cost::per_op`), and the server's (reads, writes) per
-/// operation.
-type Got = (f64, u64, (f64, f64, f64), (f64, f64));
 
 /// The server's reads and writes of client sockets so far.
 async fn server_io(admin: &Client) -> (u64, u64) {
@@ -362,7 +358,7 @@ async fn rounds_of(
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut all: Vec<Vec<Measured>> = vec![Vec::new(); variants.len()];
     for round in 1..=rounds {
-        let mut got: Vec<Got> = vec![(f64::NAN, 0, (0.0, 0.0, 0.0), (0.0, 0.0)); variants.len()];
+        let mut got: Vec<Option<Measured>> = vec![None; variants.len()];
         let order = order(variants.len(), round);
         for &v in &order {
             let io_before = server_io(&lane.plain).await;
@@ -374,22 +370,35 @@ async fn rounds_of(
             let after = common::Cost::now(&lane.plain).await;
             let io_after = server_io(&lane.plain).await;
             let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / ops.max(1) as f64;
-            let io = (per(io_after.0, io_before.0), per(io_after.1, io_before.1));
-            got[v] = (us, ops, after.per_op(&before, ops, tck), io);
+            let (commands, server_cpu, client_cpu) = after.per_op(&before, ops, tck);
+            got[v] = Some(Measured {
+                us_per_op: us,
+                ops,
+                // Filled in once the round's floor is known.
+                ratio: f64::NAN,
+                server_cpu,
+                client_cpu,
+                commands,
+                reads: per(io_after.0, io_before.0),
+                writes: per(io_after.1, io_before.1),
+            });
         }
+        let floor = got[0].map_or(f64::NAN, |m| m.us_per_op);
         for (v, variant) in variants.iter().enumerate() {
             let place = order.iter().position(|&o| o == v).unwrap_or(v) + 1;
-            let (us, ops, (commands, server_cpu, client_cpu), (reads, writes)) = got[v];
-            let ratio = us / got[0].0;
-            all[v].push(Measured {
+            let Some(mut m) = got[v] else { continue };
+            m.ratio = m.us_per_op / floor;
+            all[v].push(m);
+            let Measured {
                 us_per_op: us,
+                ops,
                 ratio,
                 server_cpu,
                 client_cpu,
                 commands,
                 reads,
                 writes,
-            });
+            } = m;
             println!(
                 "| {round} | {variant} | {place} | {us:.1} | {ops} | {} | {server_cpu:.1} | {client_cpu:.1} | {commands:.2} | {reads:.2} | {writes:.2} |",
                 common::fmt_ratio(ratio)

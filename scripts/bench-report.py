@@ -781,13 +781,18 @@ def write_charts(bins, results_path, outdir):
                          f"events bench; from {src}", groups, series, "µs", log=True))
 
 
+def lanes_rounds(ln, prefix, column="× floor of the round"):
+    """A rounds table of the lanes bench: round -> transport -> `column`."""
+    by_round = {}
+    for r in table_by_prefix(ln, prefix).rows:
+        by_round.setdefault(r["round"], {})[r["transport"]] = num(r[column])
+    return by_round
+
+
 def region_lanes(ln):
     """The medians, and per round how each caller-driven transport compares
     with the engine as built (a lower ratio to that round's floor)."""
-    rounds = table_by_prefix(ln, "Rounds")
-    by_round = {}
-    for r in rounds.rows:
-        by_round.setdefault(r["round"], {})[r["transport"]] = num(r["× floor of the round"])
+    by_round = lanes_rounds(ln, "Rounds")
     lines = [f"Settings: {ln.header}.", "", table_by_prefix(ln, "Medians").text(), ""]
     n = len(by_round)
     for t in ("script", "script+verify", "script+redirect"):
@@ -799,21 +804,17 @@ def region_lanes(ln):
         lines.append(f"- `valkeylock` took less time than `valkeylock (engine)` in {ahead} of {n} rounds.")
     # Ten tasks on ten names (runs since the bench measured them).
     try:
-        ten = table_by_prefix(ln, "Ten tasks, Rounds")
+        by_round = lanes_rounds(ln, "Ten tasks, Rounds")
     except KeyError:
         return "\n".join(lines)
-    by_round = {}
-    for r in ten.rows:
-        by_round.setdefault(r["round"], {})[r["transport"]] = r
+    cpu = lanes_rounds(ln, "Ten tasks, Rounds", "client CPU µs/op")
     lines += ["", "Ten tasks, each on its own name:", "",
               table_by_prefix(ln, "Ten tasks, Medians").text(), ""]
     n = len(by_round)
     for t in ("script", "script+redirect"):
-        ahead = sum(1 for v in by_round.values()
-                    if num(v[t]["× floor of the round"]) < num(v["valkeylock"]["× floor of the round"]))
+        ahead = sum(1 for v in by_round.values() if v[t] < v["valkeylock"])
         lines.append(f"- `{t}` took less time than `valkeylock` in {ahead} of {n} rounds.")
-    more = sum(1 for v in by_round.values()
-               if num(v["valkeylock"]["client CPU µs/op"]) > num(v["script+redirect"]["client CPU µs/op"]))
+    more = sum(1 for v in cpu.values() if v["valkeylock"] > v["script+redirect"])
     lines.append(f"- `valkeylock` spent more client CPU per lock + release than `script+redirect` in {more} of {n} rounds.")
     return "\n".join(lines)
 
