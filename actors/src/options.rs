@@ -151,10 +151,10 @@ pub struct LockerOptions {
     /// Serve the waiters of every process in the order they started waiting
     /// (a fair lock), instead of whoever retries first. Each lock key gets a
     /// queue of waiters beside it (`{key}:q`, `{key}:qd`, `{key}:qt`), and
-    /// only the waiter at its head may take the key. A waiter that stops refreshing
-    /// its place (its process died) holds the queue up for at most
-    /// `key_validity`. Costs no extra round trip per grant; local hand-over
-    /// is off. Every locker of a name should agree: a locker without it (or
+    /// only the waiter at its head may take the key. A waiter that stops
+    /// refreshing its place (its process died) holds the queue up for at
+    /// most `key_validity`. Costs no extra round trip per grant; local
+    /// hand-over is off. Every locker of a name should agree: a locker without it (or
     /// the Go valkeylock) ignores the queues and can take a free lock ahead
     /// of the queue. Off by default; see the README, "Fair queueing".
     pub fair_queueing: bool,
