@@ -390,9 +390,27 @@ pub(crate) async fn drive<T>(
 ) -> Result<T, oneshot::error::RecvError> {
     let mut driver = Driver(OneOrMore::default());
     driver.add(sends);
+    let mut early = None;
     std::future::poll_fn(|cx| {
+        // The answer is mostly made right here, by a reply the commands'
+        // poll feeds to the lock core. Were this task's waker registered on
+        // it then, the answer would wake the very task that is running, and
+        // the runtime would put it back in its queue as if it had yielded:
+        // on a multi-thread runtime that wakes another worker, which takes
+        // the task, and a lock + release went from one worker to the other
+        // and back (BENCHMARKS.md, "What limits", item 1).
+        // So the answer holds a no-op waker while the commands are polled,
+        // and gets this task's back when it is looked at after them; one
+        // sent in between, from another thread, is found then.
+        let mut idle = Context::from_waker(std::task::Waker::noop());
+        if let Poll::Ready(got) = Pin::new(&mut *answer).poll(&mut idle) {
+            early = Some(got);
+        }
         driver.poll(cx);
-        Pin::new(&mut *answer).poll(cx)
+        match early.take() {
+            Some(got) => Poll::Ready(got),
+            None => Pin::new(&mut *answer).poll(cx),
+        }
     })
     .await
 }
@@ -443,5 +461,137 @@ impl Drop for Unsettled<'_> {
                 *slot = DirectSlot::Closed;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{CmdId, Op};
+    use crate::lock::LockCell;
+    use crate::msg::{Job, LockMsg, LockPort};
+    use crate::scripts::{SetMode, Token};
+    use ractor::{Actor, ActorProcessingErr, ActorRef};
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+    use std::task::Wake;
+
+    /// A `LockActor` stand-in: a command's job needs an address.
+    struct Sink;
+
+    impl Actor for Sink {
+        type Msg = LockMsg;
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(&self, _: ActorRef<LockMsg>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    /// A connection whose one command waits for its reply on its first
+    /// poll, and on the next answers the caller, as a reply fed to the lock
+    /// core does, from inside the caller's poll.
+    #[derive(Debug)]
+    struct Answering(Mutex<Option<oneshot::Sender<u32>>>);
+
+    impl DirectLink for Answering {
+        fn run(&self, cmd: DirectCmd) -> Running {
+            let answer = self.0.lock().unwrap().take();
+            Box::pin(async move {
+                drop(cmd);
+                let mut out = true;
+                std::future::poll_fn(|_| match std::mem::take(&mut out) {
+                    true => Poll::Pending,
+                    false => Poll::Ready(()),
+                })
+                .await;
+                if let Some(answer) = answer {
+                    let _ = answer.send(7);
+                }
+                Sends::default()
+            })
+        }
+
+        fn done(&self) {}
+    }
+
+    /// Counts its wake-ups.
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    async fn one_command(answer: oneshot::Sender<u32>) -> (Sends, ActorRef<LockMsg>) {
+        let (sink, _) = Actor::spawn(None, Sink, ()).await.unwrap();
+        let port: std::sync::Weak<dyn LockPort> = std::sync::Weak::<LockCell>::new();
+        let cmd = DirectCmd {
+            link: Arc::new(Answering(Mutex::new(Some(answer)))),
+            job: Job {
+                op: Op::Acquire {
+                    token: Token::new(false),
+                    mode: SetMode::Nx,
+                    fence: false,
+                    ttl: Duration::from_secs(1),
+                    queue: None,
+                },
+                gates: None,
+                key: crate::keys::KeyName::new("valkeylock:0:x"),
+                fence_key: None,
+                cmd: CmdId(1),
+                reply_to: sink.clone(),
+            },
+            port,
+            runtime: Handle::current(),
+        };
+        let mut sends = Sends::default();
+        sends.push(cmd);
+        (sends, sink)
+    }
+
+    #[tokio::test]
+    async fn an_answer_made_while_driving_does_not_wake_the_driver() {
+        // On a multi-thread runtime a task that wakes itself is queued again
+        // as if it had yielded, and another worker is woken to take it: the
+        // caller's answer, made by the reply its own poll feeds, must not.
+        let (tx, mut rx) = oneshot::channel();
+        let (sends, sink) = one_command(tx).await;
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut driving = std::pin::pin!(drive(sends, &mut rx));
+        assert!(driving.as_mut().poll(&mut cx).is_pending());
+        assert!(matches!(driving.as_mut().poll(&mut cx), Poll::Ready(Ok(7))));
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "the driver woke itself");
+        sink.stop(None);
+    }
+
+    #[tokio::test]
+    async fn an_answer_made_elsewhere_still_wakes_the_driver() {
+        // The answer's waker is a no-op only during the commands' poll: an
+        // answer from another thread (a refusal, the locker closing) while a
+        // command is out wakes the caller.
+        let (tx, mut rx) = oneshot::channel();
+        let (unused, _) = oneshot::channel();
+        let (sends, sink) = one_command(unused).await;
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut driving = std::pin::pin!(drive(sends, &mut rx));
+        assert!(driving.as_mut().poll(&mut cx).is_pending());
+        std::thread::spawn(move || tx.send(9))
+            .join()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "the driver was not woken"
+        );
+        assert!(matches!(driving.as_mut().poll(&mut cx), Poll::Ready(Ok(9))));
+        sink.stop(None);
     }
 }
