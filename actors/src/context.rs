@@ -550,40 +550,9 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{CmdId, Op};
+    use crate::msg::testing::{job, Sink};
     use crate::options::LockerOptions;
-    use crate::scripts::{SetMode, Token};
-    use ractor::{Actor, ActorProcessingErr};
-
-    /// A `LockActor` stand-in: only its address is needed.
-    struct Sink;
-
-    impl Actor for Sink {
-        type Msg = LockMsg;
-        type State = ();
-        type Arguments = ();
-
-        async fn pre_start(&self, _: ActorRef<LockMsg>, _: ()) -> Result<(), ActorProcessingErr> {
-            Ok(())
-        }
-    }
-
-    fn job(reply_to: &ActorRef<LockMsg>) -> Job {
-        Job {
-            op: Op::Acquire {
-                token: Token::new(false),
-                mode: SetMode::Nx,
-                fence: false,
-                ttl: Duration::from_secs(1),
-                queue: None,
-            },
-            gates: None,
-            key: crate::keys::KeyName::new("valkeylock:0:x"),
-            fence_key: None,
-            cmd: CmdId(1),
-            reply_to: reply_to.clone(),
-        }
-    }
+    use ractor::Actor;
 
     #[test]
     fn retirement_never_strands_a_request() {

@@ -467,27 +467,13 @@ impl Drop for Unsettled<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{CmdId, Op};
     use crate::lock::LockCell;
-    use crate::msg::{Job, LockMsg, LockPort};
-    use crate::scripts::{SetMode, Token};
-    use ractor::{Actor, ActorProcessingErr, ActorRef};
+    use crate::msg::testing::{job, Sink};
+    use crate::msg::{LockMsg, LockPort};
+    use ractor::{Actor, ActorRef};
     use std::sync::atomic::AtomicUsize;
     use std::sync::Mutex;
     use std::task::Wake;
-
-    /// A `LockActor` stand-in: a command's job needs an address.
-    struct Sink;
-
-    impl Actor for Sink {
-        type Msg = LockMsg;
-        type State = ();
-        type Arguments = ();
-
-        async fn pre_start(&self, _: ActorRef<LockMsg>, _: ()) -> Result<(), ActorProcessingErr> {
-            Ok(())
-        }
-    }
 
     /// A connection whose one command waits for its reply on its first
     /// poll, and on the next answers the caller, as a reply fed to the lock
@@ -530,20 +516,7 @@ mod tests {
         let port: std::sync::Weak<dyn LockPort> = std::sync::Weak::<LockCell>::new();
         let cmd = DirectCmd {
             link: Arc::new(Answering(Mutex::new(Some(answer)))),
-            job: Job {
-                op: Op::Acquire {
-                    token: Token::new(false),
-                    mode: SetMode::Nx,
-                    fence: false,
-                    ttl: Duration::from_secs(1),
-                    queue: None,
-                },
-                gates: None,
-                key: crate::keys::KeyName::new("valkeylock:0:x"),
-                fence_key: None,
-                cmd: CmdId(1),
-                reply_to: sink.clone(),
-            },
+            job: job(&sink),
             port,
             runtime: Handle::current(),
         };

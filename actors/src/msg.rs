@@ -307,3 +307,42 @@ pub(crate) enum SupervisorMsg {
     /// Closing took too long.
     CloseDeadline,
 }
+
+/// Stand-ins the unit tests of the modules above share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::scripts::{SetMode, Token};
+    use ractor::{Actor, ActorProcessingErr};
+
+    /// A `LockActor` stand-in: only its address is needed.
+    pub(crate) struct Sink;
+
+    impl Actor for Sink {
+        type Msg = LockMsg;
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(&self, _: ActorRef<LockMsg>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    /// An acquisition of `valkeylock:0:x` whose reply goes to `reply_to`.
+    pub(crate) fn job(reply_to: &ActorRef<LockMsg>) -> Job {
+        Job {
+            op: Op::Acquire {
+                token: Token::new(false),
+                mode: SetMode::Nx,
+                fence: false,
+                ttl: Duration::from_secs(1),
+                queue: None,
+            },
+            gates: None,
+            key: KeyName::new("valkeylock:0:x"),
+            fence_key: None,
+            cmd: CmdId(1),
+            reply_to: reply_to.clone(),
+        }
+    }
+}
