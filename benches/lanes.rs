@@ -2,11 +2,14 @@
 //! task loop of lock + release, through six transports in alternated
 //! rounds on one server (each round in another order), each as a ratio to
 //! the raw floor of the same round; then ten tasks on ten names each
-//! (`uncontended/*/10` of the locks bench) through five of them. Each
-//! round also gives the server's CPU (`INFO cpu`), this process's CPU and
-//! the server's commands (`INFO commandstats`, a script's own commands
-//! included) and its reads and writes of client sockets (`INFO stats`) per
-//! lock + release: on a machine of two cores shared by the
+//! (`uncontended/*/10` of the locks bench) through five of them; then the
+//! one-task loop again through those five, spawned on a worker of the
+//! runtime, as the locks bench runs it, instead of on the thread that
+//! blocks on the runtime. Each round also gives the server's CPU (`INFO
+//! cpu`), this process's CPU and voluntary context switches, the server's
+//! commands (`INFO commandstats`, a script's own commands included) and
+//! its reads and writes of client sockets (`INFO stats`) per lock +
+//! release: on a machine of two cores shared by the
 //! server and the client, the sum of the two CPUs bounds what ten tasks
 //! can do, and the `script` stand-ins show what the acquire script alone
 //! costs, with no engine at all.
@@ -97,6 +100,27 @@ const TEN_TASKS: [&str; 5] = [
 /// Tasks of the second part, as in `uncontended/*/10` of the locks bench.
 const TASKS: usize = 10;
 
+/// Where a part's tasks run.
+#[derive(Clone, Copy)]
+enum Tasks {
+    /// One task, on the thread that blocks on the runtime (as since this
+    /// bench began): not a worker of the runtime.
+    Caller,
+    /// This many tasks spawned on the runtime's workers, as the locks
+    /// bench's criterion and fixed-duration rows run theirs, and as a
+    /// server's request handlers run.
+    Spawned(usize),
+}
+
+impl Tasks {
+    fn count(self) -> usize {
+        match self {
+            Tasks::Caller => 1,
+            Tasks::Spawned(n) => n,
+        }
+    }
+}
+
 fn main() {
     let args = Args::parse();
     if args.list || !args.wants("lanes") {
@@ -174,13 +198,17 @@ fn main() {
         let tck = common::clk_tck();
 
         // One task on one name, on the thread that blocks on the runtime
-        // (as since this bench began), then ten tasks on ten names each.
-        let one = rounds_of(&lane, &VARIANTS, 1, rounds, each, tck, "").await;
+        // (as since this bench began), then ten tasks on ten names each,
+        // then one task spawned on a worker.
+        let one = rounds_of(&lane, &VARIANTS, Tasks::Caller, rounds, each, tck, "").await;
         println!();
         medians_of(&one, &VARIANTS, "");
-        let ten = rounds_of(&lane, &TEN_TASKS, TASKS, rounds, each, tck, "Ten tasks, ").await;
+        let ten = rounds_of(&lane, &TEN_TASKS, Tasks::Spawned(TASKS), rounds, each, tck, "Ten tasks, ").await;
         println!();
         medians_of(&ten, &TEN_TASKS, "Ten tasks, ");
+        let worker = rounds_of(&lane, &TEN_TASKS, Tasks::Spawned(1), rounds, each, tck, "One task on a worker, ").await;
+        println!();
+        medians_of(&worker, &TEN_TASKS, "One task on a worker, ");
         lane.locker.close().await;
         lane.engine_only.close().await;
         lane.raw.quit().await;
@@ -252,20 +280,23 @@ impl Lane {
         }
     }
 
-    /// `variant` for `each`, from `tasks` tasks on names of their own:
-    /// the operations done. One task runs on the calling task itself.
-    async fn run(&self, variant: &'static str, tasks: usize, each: Duration) -> u64 {
+    /// `variant` for `each`, from `tasks` on names of their own: the
+    /// operations done.
+    async fn run(&self, variant: &'static str, tasks: Tasks, each: Duration) -> u64 {
         let slug: String = variant
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
             .collect();
-        if tasks == 1 {
-            return self
-                .clone()
-                .run_one(variant, format!("lanes-{slug}"), each)
-                .await;
-        }
-        let handles: Vec<_> = (0..tasks)
+        let n = match tasks {
+            Tasks::Caller => {
+                return self
+                    .clone()
+                    .run_one(variant, format!("lanes-{slug}"), each)
+                    .await
+            }
+            Tasks::Spawned(n) => n,
+        };
+        let handles: Vec<_> = (0..n)
             .map(|i| {
                 let lane = self.clone();
                 tokio::spawn(lane.run_one(variant, format!("lanes-{slug}-{i}"), each))
@@ -316,6 +347,9 @@ struct Measured {
     /// commands each of its system calls carried.
     reads: f64,
     writes: f64,
+    /// Voluntary context switches of this process's threads: how often a
+    /// thread went to sleep and was woken again.
+    switches: f64,
 }
 
 /// The server's reads and writes of client sockets so far.
@@ -345,17 +379,20 @@ async fn server_io(admin: &Client) -> (u64, u64) {
 async fn rounds_of(
     lane: &Lane,
     variants: &[&'static str],
-    tasks: usize,
+    tasks: Tasks,
     rounds: usize,
     each: Duration,
     tck: u64,
     title: &str,
 ) -> Vec<Vec<Measured>> {
     println!();
-    println!("## {title}Rounds ({rounds} of {each:?} per transport, {tasks} task(s), each on its own name)");
+    let n = tasks.count();
+    println!(
+        "## {title}Rounds ({rounds} of {each:?} per transport, {n} task(s), each on its own name)"
+    );
     println!();
-    println!("| round | transport | place in the round | µs per lock + release | ops | × floor of the round | server CPU µs/op | client CPU µs/op | server commands/op | server reads/op | server writes/op |");
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| round | transport | place in the round | µs per lock + release | ops | × floor of the round | server CPU µs/op | client CPU µs/op | server commands/op | server reads/op | server writes/op | client context switches/op |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut all: Vec<Vec<Measured>> = vec![Vec::new(); variants.len()];
     for round in 1..=rounds {
         let mut got: Vec<Option<Measured>> = vec![None; variants.len()];
@@ -363,13 +400,15 @@ async fn rounds_of(
         for &v in &order {
             let io_before = server_io(&lane.plain).await;
             let before = common::Cost::now(&lane.plain).await;
+            let switched = common::context_switches().0;
             let t0 = Instant::now();
             let ops = lane.run(variants[v], tasks, each).await;
             let us = t0.elapsed().as_secs_f64() * 1e6 / ops.max(1) as f64;
+            let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / ops.max(1) as f64;
+            let switches = per(common::context_switches().0, switched);
             lane.settle().await;
             let after = common::Cost::now(&lane.plain).await;
             let io_after = server_io(&lane.plain).await;
-            let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / ops.max(1) as f64;
             let (commands, server_cpu, client_cpu) = after.per_op(&before, ops, tck);
             got[v] = Some(Measured {
                 us_per_op: us,
@@ -381,6 +420,7 @@ async fn rounds_of(
                 commands,
                 reads: per(io_after.0, io_before.0),
                 writes: per(io_after.1, io_before.1),
+                switches,
             });
         }
         let floor = got[0].map_or(f64::NAN, |m| m.us_per_op);
@@ -398,9 +438,10 @@ async fn rounds_of(
                 commands,
                 reads,
                 writes,
+                switches,
             } = m;
             println!(
-                "| {round} | {variant} | {place} | {us:.1} | {ops} | {} | {server_cpu:.1} | {client_cpu:.1} | {commands:.2} | {reads:.2} | {writes:.2} |",
+                "| {round} | {variant} | {place} | {us:.1} | {ops} | {} | {server_cpu:.1} | {client_cpu:.1} | {commands:.2} | {reads:.2} | {writes:.2} | {switches:.2} |",
                 common::fmt_ratio(ratio)
             );
         }
@@ -432,12 +473,12 @@ fn order(n: usize, round: usize) -> Vec<usize> {
 fn medians_of(all: &[Vec<Measured>], variants: &[&str], title: &str) {
     println!("## {title}Medians over the rounds");
     println!();
-    println!("| transport | median µs per lock + release | median × floor of the round | median server CPU µs/op | median client CPU µs/op | server commands/op | median server reads/op | median server writes/op |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| transport | median µs per lock + release | median × floor of the round | median server CPU µs/op | median client CPU µs/op | server commands/op | median server reads/op | median server writes/op | median client context switches/op |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (v, variant) in variants.iter().enumerate() {
         let pick = |f: fn(&Measured) -> f64| median(&mut all[v].iter().map(f).collect::<Vec<_>>());
         println!(
-            "| {variant} | {:.1} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} |",
+            "| {variant} | {:.1} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} |",
             pick(|m| m.us_per_op),
             common::fmt_ratio(pick(|m| m.ratio)),
             pick(|m| m.server_cpu),
@@ -445,6 +486,7 @@ fn medians_of(all: &[Vec<Measured>], variants: &[&str], title: &str) {
             pick(|m| m.commands),
             pick(|m| m.reads),
             pick(|m| m.writes),
+            pick(|m| m.switches),
         );
     }
 }

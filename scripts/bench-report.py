@@ -816,6 +816,19 @@ def region_lanes(ln):
         lines.append(f"- `{t}` took less time than `valkeylock` in {ahead} of {n} rounds.")
     more = sum(1 for v in cpu.values() if v["valkeylock"] > v["script+redirect"])
     lines.append(f"- `valkeylock` spent more client CPU per lock + release than `script+redirect` in {more} of {n} rounds.")
+    # One task spawned on a worker (runs since the bench measured it).
+    try:
+        by_round = lanes_rounds(ln, "One task on a worker, Rounds")
+    except KeyError:
+        return "\n".join(lines)
+    lines += ["", "One task again, spawned on a worker of the runtime:", "",
+              table_by_prefix(ln, "One task on a worker, Medians").text(), ""]
+    n = len(by_round)
+    for t in ("script", "script+redirect"):
+        ahead = sum(1 for v in by_round.values() if v[t] < v["valkeylock"])
+        lines.append(f"- `{t}` took less time than `valkeylock` in {ahead} of {n} rounds.")
+    within = sum(1 for v in by_round.values() if v["valkeylock"] <= 1.15)
+    lines.append(f"- `valkeylock` took at most 1.15 times the floor of its round in {within} of {n} rounds.")
     return "\n".join(lines)
 
 
