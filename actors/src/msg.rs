@@ -308,7 +308,7 @@ pub(crate) enum SupervisorMsg {
     CloseDeadline,
 }
 
-/// Stand-ins the unit tests of the modules above share.
+/// Stand-ins that the unit tests of the actors' modules share.
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
