@@ -789,15 +789,22 @@ def lanes_rounds(ln, prefix, column="× floor of the round"):
     return by_round
 
 
+def lanes_ahead(by_round, transports):
+    """One line per transport: in how many rounds it took less time than
+    `valkeylock`."""
+    n = len(by_round)
+    return [f"- `{t}` took less time than `valkeylock` in "
+            f"{sum(1 for v in by_round.values() if v[t] < v['valkeylock'])} of {n} rounds."
+            for t in transports]
+
+
 def region_lanes(ln):
     """The medians, and per round how each caller-driven transport compares
     with the engine as built (a lower ratio to that round's floor)."""
     by_round = lanes_rounds(ln, "Rounds")
     lines = [f"Settings: {ln.header}.", "", table_by_prefix(ln, "Medians").text(), ""]
     n = len(by_round)
-    for t in ("script", "script+verify", "script+redirect"):
-        ahead = sum(1 for v in by_round.values() if v[t] < v["valkeylock"])
-        lines.append(f"- `{t}` took less time than `valkeylock` in {ahead} of {n} rounds.")
+    lines += lanes_ahead(by_round, ("script", "script+verify", "script+redirect"))
     # Runs since direct connections (the engine-only locker beside it).
     if all("valkeylock (engine)" in v for v in by_round.values()):
         ahead = sum(1 for v in by_round.values() if v["valkeylock"] < v["valkeylock (engine)"])
@@ -811,9 +818,7 @@ def region_lanes(ln):
     lines += ["", "Ten tasks, each on its own name:", "",
               table_by_prefix(ln, "Ten tasks, Medians").text(), ""]
     n = len(by_round)
-    for t in ("script", "script+redirect"):
-        ahead = sum(1 for v in by_round.values() if v[t] < v["valkeylock"])
-        lines.append(f"- `{t}` took less time than `valkeylock` in {ahead} of {n} rounds.")
+    lines += lanes_ahead(by_round, ("script", "script+redirect"))
     more = sum(1 for v in cpu.values() if v["valkeylock"] > v["script+redirect"])
     lines.append(f"- `valkeylock` spent more client CPU per lock + release than `script+redirect` in {more} of {n} rounds.")
     # One task spawned on a worker (runs since the bench measured it).
@@ -824,9 +829,7 @@ def region_lanes(ln):
     lines += ["", "One task again, spawned on a worker of the runtime:", "",
               table_by_prefix(ln, "One task on a worker, Medians").text(), ""]
     n = len(by_round)
-    for t in ("script", "script+redirect"):
-        ahead = sum(1 for v in by_round.values() if v[t] < v["valkeylock"])
-        lines.append(f"- `{t}` took less time than `valkeylock` in {ahead} of {n} rounds.")
+    lines += lanes_ahead(by_round, ("script", "script+redirect"))
     within = sum(1 for v in by_round.values() if v["valkeylock"] <= 1.15)
     lines.append(f"- `valkeylock` took at most 1.15 times the floor of its round in {within} of {n} rounds.")
     return "\n".join(lines)
