@@ -505,6 +505,14 @@ mod tests {
     /// Counts its wake-ups.
     struct Count(AtomicUsize);
 
+    impl Count {
+        /// A waker that counts into the `Count` returned beside it.
+        fn waker() -> (Arc<Count>, std::task::Waker) {
+            let count = Arc::new(Count(AtomicUsize::new(0)));
+            (count.clone(), std::task::Waker::from(count))
+        }
+    }
+
     impl Wake for Count {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
@@ -532,8 +540,7 @@ mod tests {
         // caller's answer, made by the reply its own poll feeds, must not.
         let (tx, mut rx) = oneshot::channel();
         let (sends, sink) = one_command(tx).await;
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = std::task::Waker::from(count.clone());
+        let (count, waker) = Count::waker();
         let mut cx = Context::from_waker(&waker);
         let mut driving = std::pin::pin!(drive(sends, &mut rx));
         assert!(driving.as_mut().poll(&mut cx).is_pending());
@@ -550,8 +557,7 @@ mod tests {
         let (tx, mut rx) = oneshot::channel();
         let (unused, _) = oneshot::channel();
         let (sends, sink) = one_command(unused).await;
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = std::task::Waker::from(count.clone());
+        let (count, waker) = Count::waker();
         let mut cx = Context::from_waker(&waker);
         let mut driving = std::pin::pin!(drive(sends, &mut rx));
         assert!(driving.as_mut().poll(&mut cx).is_pending());
