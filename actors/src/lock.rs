@@ -374,6 +374,9 @@ impl Actor for LockActor {
         msg: LockMsg,
         home: &mut LockHome,
     ) -> Result<(), ActorProcessingErr> {
+        // The engine's work, whichever runtime runs it (`dedicated_runtime`
+        // off: the callers' own).
+        let _engine = crate::runtime::EngineScope::enter();
         let mut slot = home.cell.slot();
         let Some(st) = slot.as_mut() else {
             // Emptied by a panic, which stops us (see `LockCell::slot`).

@@ -49,12 +49,38 @@ use crate::error::{ConnectionErrorKind, Error};
 thread_local! {
     /// Set on an engine's own thread.
     static ENGINE_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// How many [`EngineScope`]s are open on this thread.
+    static ENGINE_SCOPES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
-/// True on the thread of a dedicated engine runtime (any locker's): work
-/// there has no caller's runtime to run on (see `direct`).
+/// True on the thread of a dedicated engine runtime (any locker's), and
+/// inside a `LockActor`'s handler wherever it runs ([`EngineScope`]): what
+/// runs there is the engine's work, not a caller's, so a command it makes
+/// is nobody's to drive (see `direct`).
 pub(crate) fn on_engine_thread() -> bool {
-    ENGINE_THREAD.with(std::cell::Cell::get)
+    ENGINE_THREAD.with(std::cell::Cell::get) || ENGINE_SCOPES.with(std::cell::Cell::get) > 0
+}
+
+/// Marks the code that runs while it lives as the engine's, for
+/// [`on_engine_thread`]. With `dedicated_runtime` off a `LockActor`'s
+/// handler runs on a worker of the application's runtime, which callers
+/// use too: without the mark, a command the actor made there would be
+/// counted as handed to its connection at once, as a caller's is, while it
+/// waits for a task of its own (`LockCore::went_direct`). Opened and closed
+/// within one poll: never held across an `.await`.
+pub(crate) struct EngineScope(());
+
+impl EngineScope {
+    pub(crate) fn enter() -> EngineScope {
+        ENGINE_SCOPES.with(|n| n.set(n.get() + 1));
+        EngineScope(())
+    }
+}
+
+impl Drop for EngineScope {
+    fn drop(&mut self) {
+        ENGINE_SCOPES.with(|n| n.set(n.get().saturating_sub(1)));
+    }
 }
 
 /// The thread's name, as `top` and a debugger show it.
@@ -160,6 +186,30 @@ impl EngineRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_engine_scope_marks_its_thread_until_the_last_one_closes() {
+        assert!(!on_engine_thread(), "a caller's thread");
+        let outer = EngineScope::enter();
+        let inner = EngineScope::enter();
+        assert!(on_engine_thread());
+        drop(inner);
+        assert!(on_engine_thread(), "the outer scope is still open");
+        // Another thread is not marked.
+        assert!(!std::thread::spawn(on_engine_thread).join().unwrap());
+        drop(outer);
+        assert!(!on_engine_thread());
+        // A dedicated runtime's thread is the engine's without a scope.
+        let rt = EngineRuntime::dedicated().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        rt.spawn(async move {
+            let _ = tx.send(on_engine_thread());
+        });
+        assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap());
+        if let Some(stop) = rt.take_stop() {
+            let _ = stop.send(());
+        }
+    }
 
     #[test]
     fn a_dedicated_runtime_runs_without_the_callers_and_ends_when_stopped() {
