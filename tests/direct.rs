@@ -130,9 +130,35 @@ fn options(server: &ValkeyServer) -> LockerOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_taken_on_a_direct_connection_hears_of_its_loss_at_once() {
+    taken_direct_hears_its_loss(|o| o).await;
+}
+
+/// The same with the engine on the application's runtime
+/// (`dedicated_runtime` off): its actors and its connection share the
+/// workers the callers run on, and a direct connection still saves each
+/// call the trip through them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_engine_on_the_callers_runtime_a_lock_still_goes_direct() {
+    taken_direct_hears_its_loss(|o| o.with_dedicated_runtime(false)).await;
+}
+
+/// The same on a current-thread runtime (`#[tokio::test]`'s default, many
+/// small services'): the engine, the direct connection and the caller all
+/// on one thread.
+#[tokio::test]
+async fn on_a_current_thread_runtime_with_the_engine_on_it_a_lock_still_goes_direct() {
+    taken_direct_hears_its_loss(|o| o.with_dedicated_runtime(false)).await;
+}
+
+/// A lock taken on a direct connection hears at once of its key deleted;
+/// one released there is free for another locker; closing the lockers
+/// closes their direct connections. The lockers' options are `options`'
+/// through `with`.
+async fn taken_direct_hears_its_loss(with: impl Fn(LockerOptions) -> LockerOptions) {
     init_tracing();
     let server = ValkeyServer::start();
     let admin = server.admin().await;
+    let options = |server: &ValkeyServer| with(options(server));
     let locker = Locker::connect(options(&server)).await.unwrap();
     let (direct, engine) = direct_connection(&admin, &locker).await;
     assert_ne!(direct, engine);
@@ -407,6 +433,19 @@ async fn logged(admin: &Client) -> Vec<Vec<String>> {
 /// reply: one more acquisition script per lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loop_of_lock_and_a_dropped_guard_writes_each_delete_before_the_next_acquisition() {
+    chain_writes_each_delete_first(options).await;
+}
+
+/// The same with the engine's actors on the callers' runtime
+/// (`dedicated_runtime` off), where a command a lock's actor makes and one
+/// a caller makes run on the same workers: only the caller's is handed to
+/// its connection at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_engine_on_the_callers_runtime_each_delete_is_still_written_first() {
+    chain_writes_each_delete_first(|s| options(s).with_dedicated_runtime(false)).await;
+}
+
+async fn chain_writes_each_delete_first(options: impl Fn(&ValkeyServer) -> LockerOptions) {
     init_tracing();
     let server = ValkeyServer::start();
     let admin = server.admin().await;

@@ -56,9 +56,10 @@
 //! up on (its reply overdue, the caller's runtime stalled before writing
 //! it) can only take a free key, whose expiry it sets from its send time.
 //!
-//! Where: single instances (`Topology::Standalone`) with the engine on its
-//! own thread (`dedicated_runtime`), and only from a caller's runtime (not
-//! the engine's thread, not outside a runtime). One connection per locker
+//! Where: single instances (`Topology::Standalone`), and only from a
+//! caller's runtime: not the engine's thread, not a lock actor's handler
+//! where the engine runs on the callers' runtime (`dedicated_runtime` off;
+//! `runtime::EngineScope`), not outside a runtime. One connection per locker
 //! and node, opened by the first caller that finds none; callers on other
 //! runtimes use it too (fred's client works across runtimes). If the
 //! runtime that opened it shuts down, fred's connection task goes with it,

@@ -166,9 +166,10 @@ pub struct LockerOptions {
     /// to the engine's connection (`CLIENT TRACKING ON REDIRECT`), so a lost
     /// key is noticed as before; extensions, checks and the notice at
     /// `valid_until` stay on the engine's thread. Used with single
-    /// instances (not Cluster or Sentinel nodes), `dedicated_runtime` on and
-    /// `disable_cache` off; elsewhere it has no effect. Default true. See the README,
-    /// "Direct connections".
+    /// instances (not Cluster or Sentinel nodes) and `disable_cache` off,
+    /// with the engine on its own thread or on the caller's runtime
+    /// (`dedicated_runtime`); elsewhere it has no effect. Default true. See
+    /// the README, "Direct connections".
     pub direct_connections: bool,
 }
 
@@ -521,7 +522,7 @@ impl LockerOptions {
             tls_ca_file: self.tls_ca_file.clone(),
             dedicated_runtime: self.dedicated_runtime,
             fair: self.fair_queueing,
-            direct: self.direct_connections && self.dedicated_runtime,
+            direct: self.direct_connections,
         })
     }
 }
@@ -595,8 +596,7 @@ pub(crate) struct Settings {
     pub(crate) tls_ca_file: Option<String>,
     pub(crate) dedicated_runtime: bool,
     pub(crate) fair: bool,
-    /// Direct connections are on (`direct_connections`, with a dedicated
-    /// runtime).
+    /// Direct connections are on (`direct_connections`).
     pub(crate) direct: bool,
 }
 
