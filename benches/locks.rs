@@ -559,10 +559,22 @@ fn anatomy(rt: &Runtime, peers: &[Peers], admin: &fred::prelude::Client, n: usiz
 /// and on a current-thread runtime (everything on one thread: no cross-thread
 /// wake-ups between the caller, the actors and the client's tasks), for
 /// valkeylock with its engine on a thread of its own (the default) and on the
-/// caller's runtime (`dedicated_runtime` off), and for the floor.
+/// caller's runtime (`dedicated_runtime` off), and for the floor; then the
+/// same with ten tasks, each locking a name of its own (`uncontended/*/10`'s
+/// workload), where the tasks of the engine on the callers' runtime compete
+/// with the callers for the workers.
 fn runtime_flavours(rt: &Runtime, urls: &[String], n: u64) {
     println!();
     println!("## Runtime flavour: uncontended lock + unlock, T = 1, {n} ops after 500 warm-up (fresh instances)");
+    flavour_table(rt, urls, n, 1);
+    let n = n * 4;
+    println!();
+    println!("## Ten tasks by runtime flavour: uncontended lock + unlock, T = 10 (a name each), {n} ops after 500 warm-up (fresh instances)");
+    flavour_table(rt, urls, n, 10);
+}
+
+/// One table of [`runtime_flavours`]: `tasks` tasks, `n` operations in all.
+fn flavour_table(rt: &Runtime, urls: &[String], n: u64, tasks: usize) {
     println!();
     println!("| impl | runtime | µs/op (mean) | client CPU µs/op | context switches/op (voluntary + involuntary, all threads) |");
     println!("|---|---|---:|---:|---|");
@@ -595,7 +607,7 @@ fn runtime_flavours(rt: &Runtime, urls: &[String], n: u64) {
                     ),
                     None => (Kind::Raw, Kind::Raw.connect(urls).await),
                 };
-                let w = Workload::new(vec![imp.clone()], 1, "flavour", kind, true);
+                let w = Workload::new(vec![imp.clone()], tasks, "flavour", kind, tasks == 1);
                 w.run_ops(500).await;
                 let c0 = common::cpu_ticks();
                 let s0 = common::context_switches();
