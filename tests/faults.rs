@@ -71,6 +71,10 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial<F: Future<Output = ()>>(f: F) {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // The lockers' defaults, whatever a run that failed midway left.
+    FENCING.store(false, Ordering::SeqCst);
+    FAIR.store(false, Ordering::SeqCst);
+    DEDICATED.store(true, Ordering::SeqCst);
     init_tracing();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -87,6 +91,10 @@ static FENCING: AtomicBool = AtomicBool::new(false);
 /// Whether they use fair queueing.
 static FAIR: AtomicBool = AtomicBool::new(false);
 
+/// Whether their engines run on threads of their own (the default), or on
+/// the test's runtime (`dedicated_runtime` off).
+static DEDICATED: AtomicBool = AtomicBool::new(true);
+
 /// Fencing tokens seen by the current run: (name, acquired at, token).
 static FENCE_LOG: Mutex<Vec<(String, u64, u64)>> = Mutex::new(Vec::new());
 
@@ -98,6 +106,7 @@ fn options(urls: Vec<String>, majority: usize, prefix: &str) -> LockerOptions {
         .with_connect_timeout(ms(1000))
         .with_fencing(FENCING.load(Ordering::SeqCst))
         .with_fair_queueing(FAIR.load(Ordering::SeqCst))
+        .with_dedicated_runtime(DEDICATED.load(Ordering::SeqCst))
 }
 
 async fn connect(urls: Vec<String>, majority: usize, prefix: &str) -> Locker {
@@ -904,6 +913,9 @@ struct Setup {
     /// Lockers use fair queueing; the run checks no waiter was starved by
     /// waiters that came after it.
     fair: bool,
+    /// Lockers run their engines on threads of their own (the default);
+    /// false: on the test's runtime, beside the workers' tasks.
+    dedicated_runtime: bool,
     workload: Workload,
 }
 
@@ -931,6 +943,7 @@ async fn nemesis_in_process(setup: Setup) {
     );
     FENCING.store(setup.fencing, Ordering::SeqCst);
     FAIR.store(setup.fair, Ordering::SeqCst);
+    DEDICATED.store(setup.dedicated_runtime, Ordering::SeqCst);
     FENCE_LOG.lock().expect("fence log").clear();
     let mut cl = Cluster::start(setup.nodes, setup.lockers, setup.majority).await;
     let mut rng = Rng::fork(seed, 1);
@@ -1120,6 +1133,7 @@ async fn nemesis_in_process(setup: Setup) {
     }
     FENCING.store(false, Ordering::SeqCst);
     FAIR.store(false, Ordering::SeqCst);
+    DEDICATED.store(true, Ordering::SeqCst);
     r.assert_ok();
     if setup.fair {
         assert_eq!(
@@ -1294,6 +1308,7 @@ fn nemesis_election_one_instance() {
         default_secs: 12.0,
         fencing: false,
         fair: false,
+        dedicated_runtime: true,
         workload: Workload::Election,
     }));
 }
@@ -1310,6 +1325,7 @@ fn nemesis_election_three_instances() {
         default_secs: 12.0,
         fencing: false,
         fair: false,
+        dedicated_runtime: true,
         workload: Workload::Election,
     }));
 }
@@ -1330,6 +1346,7 @@ fn nemesis_rwlock_one_instance() {
         default_secs: 12.0,
         fencing: false,
         fair: false,
+        dedicated_runtime: true,
         workload: Workload::RwLock,
     }));
 }
@@ -1346,6 +1363,7 @@ fn nemesis_rwlock_three_instances() {
         default_secs: 12.0,
         fencing: false,
         fair: false,
+        dedicated_runtime: true,
         workload: Workload::RwLock,
     }));
 }
@@ -1365,6 +1383,7 @@ fn nemesis_fencing_three_instances() {
         default_secs: 12.0,
         fencing: true,
         fair: false,
+        dedicated_runtime: true,
         workload: Workload::Lock,
     }));
 }
@@ -1381,6 +1400,7 @@ fn nemesis_one_instance() {
         default_secs: 20.0,
         fencing: false,
         fair: false,
+        dedicated_runtime: true,
         workload: Workload::Lock,
     }));
 }
@@ -1397,6 +1417,45 @@ fn nemesis_three_instances() {
         default_secs: 20.0,
         fencing: false,
         fair: false,
+        dedicated_runtime: true,
+        workload: Workload::Lock,
+    }));
+}
+
+/// The lock nemesis with the engines on the test's own runtime
+/// (`dedicated_runtime` off): their actors, pumps and connections share its
+/// two workers with the workers' tasks, and acquisitions and releases go on
+/// direct connections driven by those tasks.
+#[test]
+fn nemesis_one_instance_engine_on_the_callers_runtime() {
+    serial(nemesis_in_process(Setup {
+        label: "1 instance, key_majority 1, engine on the callers' runtime",
+        nodes: 1,
+        majority: 1,
+        lockers: 8,
+        workers_per_locker: 2,
+        kinds: in_model_faults(),
+        default_secs: 12.0,
+        fencing: false,
+        fair: false,
+        dedicated_runtime: false,
+        workload: Workload::Lock,
+    }));
+}
+
+#[test]
+fn nemesis_three_instances_engine_on_the_callers_runtime() {
+    serial(nemesis_in_process(Setup {
+        label: "3 instances, key_majority 2, engine on the callers' runtime",
+        nodes: 3,
+        majority: 2,
+        lockers: 8,
+        workers_per_locker: 2,
+        kinds: in_model_faults(),
+        default_secs: 12.0,
+        fencing: false,
+        fair: false,
+        dedicated_runtime: false,
         workload: Workload::Lock,
     }));
 }
@@ -1415,6 +1474,7 @@ fn nemesis_fair_one_instance() {
         default_secs: 12.0,
         fencing: false,
         fair: true,
+        dedicated_runtime: true,
         workload: Workload::Lock,
     }));
 }
@@ -1431,6 +1491,7 @@ fn nemesis_fair_three_instances() {
         default_secs: 12.0,
         fencing: false,
         fair: true,
+        dedicated_runtime: true,
         workload: Workload::Lock,
     }));
 }
@@ -1452,6 +1513,7 @@ fn contention_without_faults() {
         default_secs: 20.0,
         fencing: false,
         fair: false,
+        dedicated_runtime: true,
         workload: Workload::Lock,
     }));
 }
@@ -1473,6 +1535,7 @@ fn nemesis_out_of_model() {
         default_secs: 10.0,
         fencing: false,
         fair: false,
+        dedicated_runtime: true,
         workload: Workload::Lock,
     }));
 }
@@ -1494,6 +1557,7 @@ fn nemesis_semaphore_one_instance() {
         default_secs: 12.0,
         fencing: false,
         fair: false,
+        dedicated_runtime: true,
         workload: Workload::Semaphore { permits: 3 },
     }));
 }
@@ -1510,6 +1574,7 @@ fn nemesis_semaphore_three_instances() {
         default_secs: 12.0,
         fencing: false,
         fair: false,
+        dedicated_runtime: true,
         workload: Workload::Semaphore { permits: 3 },
     }));
 }
