@@ -1363,6 +1363,13 @@ impl LockCore {
             return;
         };
         self.reach = Reach::Majority;
+        // A refresh that fell due while this locker reached no majority
+        // sent nothing and armed no next one; an attempt would have placed
+        // the waiters again, but a holder makes none. Without this the
+        // other waiters' places lapsed while the lock was held, and the
+        // release served a later arrival of another process first
+        // (simulator, base 0x6e009).
+        let rearm = self.cfg.fair.is_some() && self.refresh_at.is_none();
         self.gated = false;
         let m = self.cfg.majority;
         // Who gets it: the attempt's own caller, or the queue's head now
@@ -1446,6 +1453,9 @@ impl LockCore {
         );
         let (fence, valid_until, hold_until) = (grant.fence, grant.valid_until(), grant.hold_until);
         self.phase = Phase::Holding(grant);
+        if rearm {
+            self.enqueue_due(now);
+        }
         match to {
             Some(to) => self.emit(Effect::Grant {
                 to,
@@ -1489,13 +1499,28 @@ impl LockCore {
             return;
         };
         let won = a.keys.iter().filter(|s| s.ours_at(now).is_some()).count();
-        // Keys whose node answered (a key still pending counts as not
-        // reached: the attempt is decided once a majority is out of reach,
-        // often before the slowest reply).
+        // Keys whose node answered. The attempt is decided once a majority
+        // is out of reach, often before the slowest reply: a key still
+        // pending counts as reached only if its node answered for another
+        // key of this attempt (reaching is a node's, and several keys can
+        // share one). Without that, two keys of three on a node that
+        // answered, the other's node down, read as a minority: the waiters
+        // stopped refreshing their places, though that node alone could
+        // grant the lock, and every locker's places lapsed while it was
+        // down (simulator, base 0x6e008).
+        let placement = &self.cfg.placement;
+        let answered = |s: &Slot| !matches!(s.key, Key::Failed | Key::Unanswered | Key::Pending);
         let reached = a
             .keys
             .iter()
-            .filter(|s| !matches!(s.key, Key::Failed | Key::Unanswered | Key::Pending))
+            .enumerate()
+            .filter(|&(k, s)| {
+                answered(s)
+                    || s.key == Key::Pending
+                        && a.keys.iter().enumerate().any(|(j, o)| {
+                            j != k && answered(o) && placement.get(j) == placement.get(k)
+                        })
+            })
             .count();
         let maybe = a
             .keys

@@ -1655,6 +1655,100 @@ fn a_fair_waiter_decided_while_a_reachable_key_is_out_stops_refreshing() {
 }
 
 #[test]
+fn a_fair_waiter_decided_while_a_key_of_an_answering_node_is_out_keeps_refreshing() {
+    // Three keys on two nodes: keys 0 and 2 on node 0, a majority on their
+    // own. Node 1 is down and refuses at once, so each attempt is decided
+    // by key 0's reply, with key 2's still out on the same node. The
+    // process reaches a node that can grant the lock: it keeps its place
+    // (the simulator found every locker's places lapsing while node 1 was
+    // down, and nobody served: base 0x6e008).
+    let cfg = Config {
+        fair: fair_config().fair,
+        ..config(2, 2)
+    };
+    assert_eq!(cfg.placement, vec![0, 1, 0]);
+    let mut rig = Rig::new(cfg);
+    let first = request(&mut rig, 1);
+    let log = attempts(&mut rig, first, ms(3000), |k| match k {
+        0 => Some(queued(900)),
+        1 => Some(Outcome::Failed("down")),
+        _ => None,
+    });
+    assert!(log.len() > 4, "{}", log.len());
+    assert!(
+        places_between(&log, ms(1000), ms(3000)) > 0,
+        "stopped refreshing a place on the node that holds a majority of its keys"
+    );
+}
+
+#[test]
+fn a_win_after_a_refresh_missed_for_want_of_a_majority_refreshes_the_others_places() {
+    // Two waiters of one locker, both placed. An attempt reaches one node
+    // of three (a minority): the refresh that falls due sends nothing. The
+    // next attempt wins for the first waiter, and the lock is held: the
+    // second waiter's place must be refreshed while it is, or it lapses and
+    // the release serves a later arrival of another process first
+    // (simulator, base 0x6e009).
+    let mut rig = Rig::new(fair_config());
+    let first = request(&mut rig, 1);
+    rig.at(ms(1));
+    sends(&rig.ev(Event::Request {
+        id: 2,
+        kind: RequestKind::Wait,
+        terms: None,
+    }));
+    rig.at(ms(2));
+    for (id, target, _) in &first {
+        let outcome = match target {
+            Target::Key(0) => queued(900),
+            _ => Outcome::Failed("down"),
+        };
+        rig.ev(reply(*id, outcome));
+    }
+    assert_eq!(rig.core.phase_name(), "idle");
+    // Through the refresh that falls due (nothing sent) to the next attempt.
+    let mut attempt = Vec::new();
+    while attempt.is_empty() {
+        let at = rig.core.next_timeout().expect("a retry");
+        let sent = sends(&rig.tick(at));
+        assert_eq!(
+            places_made(&sent),
+            0,
+            "refreshed without a majority: {sent:?}"
+        );
+        attempt = sent
+            .into_iter()
+            .filter(|(_, _, op)| matches!(op, Op::Acquire { .. }))
+            .collect();
+    }
+    let mut after_win = Vec::new();
+    for (id, _, _) in &attempt {
+        after_win.extend(sends(&rig.ev(reply(*id, ours()))));
+    }
+    assert!(rig.core.holding().is_some(), "the lock is held");
+    // Within a refresh period of the win, the second waiter's place goes out.
+    let won_at = rig.now;
+    let mut placed = places_made(&after_win);
+    while placed == 0 {
+        let at = rig.core.next_timeout().expect("a timer while held");
+        if at > won_at + Duration::from_millis(500) {
+            break;
+        }
+        let sent = sends(&rig.tick(at));
+        for (id, _, op) in &sent {
+            if let Op::Extend { .. } = op {
+                rig.ev(reply(*id, ours()));
+            }
+        }
+        placed += places_made(&sent);
+    }
+    assert!(
+        placed > 0,
+        "the other waiter's place was not refreshed while the lock was held"
+    );
+}
+
+#[test]
 fn a_fair_waiter_whose_acquisitions_go_unanswered_keeps_no_place() {
     // A link slower than the reply bound: the acquisitions may have run (at
     // the head of a queue, taken the key) but their replies never come in
