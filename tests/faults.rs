@@ -919,6 +919,25 @@ struct Setup {
     workload: Workload,
 }
 
+/// The lock nemesis: eight lockers of two workers each, every in-model
+/// fault, default options (no fencing, no fair queueing, engines on threads
+/// of their own).
+fn lock_nemesis(label: &'static str, nodes: usize, majority: usize, default_secs: f64) -> Setup {
+    Setup {
+        label,
+        nodes,
+        majority,
+        lockers: 8,
+        workers_per_locker: 2,
+        kinds: in_model_faults(),
+        default_secs,
+        fencing: false,
+        fair: false,
+        dedicated_runtime: true,
+        workload: Workload::Lock,
+    }
+}
+
 /// Every fault within the model: network, server (restarts delayed past
 /// the validity) and actor faults.
 fn in_model_faults() -> Vec<(Fault, u32)> {
@@ -1390,36 +1409,22 @@ fn nemesis_fencing_three_instances() {
 
 #[test]
 fn nemesis_one_instance() {
-    serial(nemesis_in_process(Setup {
-        label: "1 instance, key_majority 1",
-        nodes: 1,
-        majority: 1,
-        lockers: 8,
-        workers_per_locker: 2,
-        kinds: in_model_faults(),
-        default_secs: 20.0,
-        fencing: false,
-        fair: false,
-        dedicated_runtime: true,
-        workload: Workload::Lock,
-    }));
+    serial(nemesis_in_process(lock_nemesis(
+        "1 instance, key_majority 1",
+        1,
+        1,
+        20.0,
+    )));
 }
 
 #[test]
 fn nemesis_three_instances() {
-    serial(nemesis_in_process(Setup {
-        label: "3 instances, key_majority 2",
-        nodes: 3,
-        majority: 2,
-        lockers: 8,
-        workers_per_locker: 2,
-        kinds: in_model_faults(),
-        default_secs: 20.0,
-        fencing: false,
-        fair: false,
-        dedicated_runtime: true,
-        workload: Workload::Lock,
-    }));
+    serial(nemesis_in_process(lock_nemesis(
+        "3 instances, key_majority 2",
+        3,
+        2,
+        20.0,
+    )));
 }
 
 /// The lock nemesis with the engines on the test's own runtime
@@ -1429,34 +1434,26 @@ fn nemesis_three_instances() {
 #[test]
 fn nemesis_one_instance_engine_on_the_callers_runtime() {
     serial(nemesis_in_process(Setup {
-        label: "1 instance, key_majority 1, engine on the callers' runtime",
-        nodes: 1,
-        majority: 1,
-        lockers: 8,
-        workers_per_locker: 2,
-        kinds: in_model_faults(),
-        default_secs: 12.0,
-        fencing: false,
-        fair: false,
         dedicated_runtime: false,
-        workload: Workload::Lock,
+        ..lock_nemesis(
+            "1 instance, key_majority 1, engine on the callers' runtime",
+            1,
+            1,
+            12.0,
+        )
     }));
 }
 
 #[test]
 fn nemesis_three_instances_engine_on_the_callers_runtime() {
     serial(nemesis_in_process(Setup {
-        label: "3 instances, key_majority 2, engine on the callers' runtime",
-        nodes: 3,
-        majority: 2,
-        lockers: 8,
-        workers_per_locker: 2,
-        kinds: in_model_faults(),
-        default_secs: 12.0,
-        fencing: false,
-        fair: false,
         dedicated_runtime: false,
-        workload: Workload::Lock,
+        ..lock_nemesis(
+            "3 instances, key_majority 2, engine on the callers' runtime",
+            3,
+            2,
+            12.0,
+        )
     }));
 }
 
@@ -1465,34 +1462,16 @@ fn nemesis_three_instances_engine_on_the_callers_runtime() {
 #[test]
 fn nemesis_fair_one_instance() {
     serial(nemesis_in_process(Setup {
-        label: "1 instance, key_majority 1, fair",
-        nodes: 1,
-        majority: 1,
-        lockers: 8,
-        workers_per_locker: 2,
-        kinds: in_model_faults(),
-        default_secs: 12.0,
-        fencing: false,
         fair: true,
-        dedicated_runtime: true,
-        workload: Workload::Lock,
+        ..lock_nemesis("1 instance, key_majority 1, fair", 1, 1, 12.0)
     }));
 }
 
 #[test]
 fn nemesis_fair_three_instances() {
     serial(nemesis_in_process(Setup {
-        label: "3 instances, key_majority 2, fair",
-        nodes: 3,
-        majority: 2,
-        lockers: 8,
-        workers_per_locker: 2,
-        kinds: in_model_faults(),
-        default_secs: 12.0,
-        fencing: false,
         fair: true,
-        dedicated_runtime: true,
-        workload: Workload::Lock,
+        ..lock_nemesis("3 instances, key_majority 2, fair", 3, 2, 12.0)
     }));
 }
 
