@@ -1363,13 +1363,6 @@ impl LockCore {
             return;
         };
         self.reach = Reach::Majority;
-        // A refresh that fell due while this locker reached no majority
-        // sent nothing and armed no next one; an attempt would have placed
-        // the waiters again, but a holder makes none. Without this the
-        // other waiters' places lapsed while the lock was held, and the
-        // release served a later arrival of another process first
-        // (simulator, base 0x6e009).
-        let rearm = self.cfg.fair.is_some() && self.refresh_at.is_none();
         self.gated = false;
         let m = self.cfg.majority;
         // Who gets it: the attempt's own caller, or the queue's head now
@@ -1453,7 +1446,13 @@ impl LockCore {
         );
         let (fence, valid_until, hold_until) = (grant.fence, grant.valid_until(), grant.hold_until);
         self.phase = Phase::Holding(grant);
-        if rearm {
+        // A refresh that fell due while this locker reached no majority
+        // sent nothing and armed no next one; an attempt would have placed
+        // the waiters again, but a holder makes none. Without this the
+        // other waiters' places lapsed while the lock was held, and the
+        // release served a later arrival of another process first
+        // (simulator, base 0x6e009).
+        if self.refresh_at.is_none() {
             self.enqueue_due(now);
         }
         match to {
@@ -1517,9 +1516,10 @@ impl LockCore {
             .filter(|&(k, s)| {
                 answered(s)
                     || s.key == Key::Pending
-                        && a.keys.iter().enumerate().any(|(j, o)| {
-                            j != k && answered(o) && placement.get(j) == placement.get(k)
-                        })
+                        && a.keys
+                            .iter()
+                            .enumerate()
+                            .any(|(j, o)| answered(o) && placement.get(j) == placement.get(k))
             })
             .count();
         let maybe = a
