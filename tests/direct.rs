@@ -433,7 +433,7 @@ async fn logged(admin: &Client) -> Vec<Vec<String>> {
 /// reply: one more acquisition script per lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loop_of_lock_and_a_dropped_guard_writes_each_delete_before_the_next_acquisition() {
-    chain_writes_each_delete_first(options).await;
+    chain_writes_each_delete_first(|o| o).await;
 }
 
 /// The same with the engine's actors on the callers' runtime
@@ -442,13 +442,16 @@ async fn a_loop_of_lock_and_a_dropped_guard_writes_each_delete_before_the_next_a
 /// its connection at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_engine_on_the_callers_runtime_each_delete_is_still_written_first() {
-    chain_writes_each_delete_first(|s| options(s).with_dedicated_runtime(false)).await;
+    chain_writes_each_delete_first(|o| o.with_dedicated_runtime(false)).await;
 }
 
-async fn chain_writes_each_delete_first(options: impl Fn(&ValkeyServer) -> LockerOptions) {
+/// The loop of `lock()` and a dropped guard, with `options`' options
+/// through `with`.
+async fn chain_writes_each_delete_first(with: impl Fn(LockerOptions) -> LockerOptions) {
     init_tracing();
     let server = ValkeyServer::start();
     let admin = server.admin().await;
+    let options = |server: &ValkeyServer| with(options(server));
     let locker = Locker::connect(options(&server)).await.unwrap();
     direct_connection(&admin, &locker).await;
     let name = unique("direct-chain");
