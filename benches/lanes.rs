@@ -44,21 +44,41 @@
 //! - `valkeylock (engine)`: the same with `direct_connections` off, every
 //!   command from the engine's thread.
 //!
-//! Run: `cargo bench --bench lanes` (`CI=1`: one short round).
+//! A last part measures the hand-over between lockers instead: two, then
+//! four lockers in this process contend for one name, one task each, each
+//! with connections of its own (`cross_locker/*/{2,4}` of the locks bench),
+//! through three transports:
+//!
+//! - `floor`: the floor above; a waiter spins on `SET NX PX`, so its next
+//!   attempt is already on its way when the holder's delete lands.
+//! - `woken stand-in`: what valkeylock's design asks of a waiter, with no
+//!   engine and no thread between: the acquire script on a RESP3
+//!   connection of the contender's own with tracking on, and, when the
+//!   key is held, a wait for that connection's invalidation of it before
+//!   the next attempt. The bound of any locker woken by invalidations.
+//! - `valkeylock`: a `Locker` per contender, `lock` then `release`.
+//!
+//! After each count of lockers it prints, by transport, the busiest
+//! locker's operations over the least busy one's.
+//!
+//! Run: `cargo bench --bench lanes` (`CI=1`: one short round);
+//! `cargo bench --bench lanes -- handover` runs the last part alone.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Args, Raw};
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, RespVersion};
 use support::ValkeyServer;
+use tokio::sync::Notify;
 use valkeylock::Locker;
 
 /// A free key's commands in valkeylock's acquire script, in its order.
@@ -97,6 +117,18 @@ const TEN_TASKS: [&str; 5] = [
     "valkeylock (engine)",
 ];
 
+/// The transports of the hand-over part: lockers contending for one name.
+const HANDOVER: [&str; 3] = ["floor", "woken stand-in", "valkeylock"];
+
+/// Lockers of the hand-over part, as in `cross_locker/*/{2,4}` of the locks
+/// bench.
+const LOCKERS: [usize; 2] = [2, 4];
+
+/// How long the woken stand-in waits for an invalidation before it tries
+/// again anyway (counted, and printed after the part: a wait ended so is a
+/// lost wake-up, not a hand-over).
+const FALLBACK: Duration = Duration::from_millis(100);
+
 /// Tasks of the second part, as in `uncontended/*/10` of the locks bench.
 const TASKS: usize = 10;
 
@@ -123,9 +155,11 @@ impl Tasks {
 
 fn main() {
     let args = Args::parse();
-    if args.list || !args.wants("lanes") {
+    // `-- handover` runs the hand-over part alone.
+    if args.list || !args.wants("lanes handover") {
         return;
     }
+    let all_parts = args.wants("lanes");
     let quick = args.quick();
     let (rounds, each) = if quick {
         (1, Duration::from_millis(300))
@@ -134,85 +168,163 @@ fn main() {
     };
     let server = ValkeyServer::start();
     let url = server.url();
-    let engine = Engine::start(&url);
     let rt = common::runtime();
     println!("# lanes bench: {}", common::machine());
+    let tck = common::clk_tck();
+    if all_parts {
+        let engine = Engine::start(&url);
+        rt.block_on(transports(&url, engine, rounds, each, tck));
+    }
     rt.block_on(async {
-        let raw = Raw::connect(&url).await;
-        let plain = common::raw_client(&url).await;
-        let redirected = common::raw_client(&url).await;
-        let _: Value = redirected
-            .custom(
-                CustomCommand::new_static("CLIENT", ClusterHash::FirstKey, false),
-                vec![
-                    "TRACKING".to_owned(),
-                    "ON".into(),
-                    "REDIRECT".into(),
-                    engine.id.to_string(),
-                    "NOLOOP".into(),
-                ],
+        let handover = Handover::connect(&url, *LOCKERS.iter().max().unwrap_or(&2)).await;
+        for n in LOCKERS {
+            let title = format!("Hand-over, {n} lockers, ");
+            let all = rounds_of(
+                &handover,
+                &HANDOVER,
+                Tasks::Spawned(n),
+                rounds,
+                each,
+                tck,
+                &title,
             )
-            .await
-            .expect("CLIENT TRACKING ON REDIRECT");
-        let acquire: String = plain.script_load(ACQUIRE).await.expect("SCRIPT LOAD");
-        let release: String = plain.script_load(common::RELEASE_LUA).await.expect("SCRIPT LOAD");
-        let locker = Locker::connect(common::valkeylock_options(std::slice::from_ref(&url), 1))
-            .await
-            .expect("connect");
-        let engine_only = Locker::connect(
-            common::valkeylock_options(std::slice::from_ref(&url), 1)
-                .with_direct_connections(false),
+            .await;
+            println!();
+            medians_of(&all, &HANDOVER, &title);
+            println!();
+            let mut spread = handover.spread.lock().expect("spread").clone();
+            for v in HANDOVER {
+                let rounds = spread.entry((n, v)).or_default();
+                println!(
+                    "{v}: the busiest locker's operations over the least busy one's, median of the rounds {:.2} (from {:.2} to {:.2})",
+                    median(rounds),
+                    rounds.first().copied().unwrap_or(f64::NAN),
+                    rounds.last().copied().unwrap_or(f64::NAN),
+                );
+            }
+        }
+        println!();
+        println!(
+            "woken stand-in: {} of its waits ended by the {} ms fallback, not by an invalidation",
+            handover.fallbacks.load(Ordering::SeqCst),
+            FALLBACK.as_millis()
+        );
+        handover.close().await;
+    });
+}
+
+/// The first three parts: one task, ten tasks, one task on a worker, through
+/// each transport.
+async fn transports(url: &str, engine: Engine, rounds: usize, each: Duration, tck: u64) {
+    let url = url.to_owned();
+    let raw = Raw::connect(&url).await;
+    let plain = common::raw_client(&url).await;
+    let redirected = common::raw_client(&url).await;
+    let _: Value = redirected
+        .custom(
+            CustomCommand::new_static("CLIENT", ClusterHash::FirstKey, false),
+            vec![
+                "TRACKING".to_owned(),
+                "ON".into(),
+                "REDIRECT".into(),
+                engine.id.to_string(),
+                "NOLOOP".into(),
+            ],
         )
         .await
+        .expect("CLIENT TRACKING ON REDIRECT");
+    let acquire: String = plain.script_load(ACQUIRE).await.expect("SCRIPT LOAD");
+    let release: String = plain
+        .script_load(common::RELEASE_LUA)
+        .await
+        .expect("SCRIPT LOAD");
+    let locker = Locker::connect(common::valkeylock_options(std::slice::from_ref(&url), 1))
+        .await
         .expect("connect");
+    let engine_only = Locker::connect(
+        common::valkeylock_options(std::slice::from_ref(&url), 1).with_direct_connections(false),
+    )
+    .await
+    .expect("connect");
 
-        // The redirect carries invalidations to the engine's connection.
-        let before = engine.invalidations.load(Ordering::SeqCst);
-        let _: Value = redirected
-            .evalsha(&acquire, "lanes-check", vec!["t".to_owned(), expiry()])
-            .await
-            .expect("acquire");
-        let _: i64 = plain.del("lanes-check").await.expect("DEL");
-        let start = Instant::now();
-        while engine.invalidations.load(Ordering::SeqCst) == before {
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "no invalidation reached the engine's connection through the redirect"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        println!("redirect check: the engine's connection got the invalidation of a key the caller's connection read");
-        let lane = Lane {
-            raw,
-            plain,
-            redirected,
-            acquire,
-            release,
-            locker,
-            engine_only,
-            checks: engine.checks.clone(),
-            checks_sent: Arc::new(AtomicU64::new(0)),
-            checks_done: engine.checks_done.clone(),
-            tokens: Arc::new(AtomicU64::new(0)),
-        };
-        let tck = common::clk_tck();
+    // The redirect carries invalidations to the engine's connection.
+    let before = engine.invalidations.load(Ordering::SeqCst);
+    let _: Value = redirected
+        .evalsha(&acquire, "lanes-check", vec!["t".to_owned(), expiry()])
+        .await
+        .expect("acquire");
+    let _: i64 = plain.del("lanes-check").await.expect("DEL");
+    let start = Instant::now();
+    while engine.invalidations.load(Ordering::SeqCst) == before {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no invalidation reached the engine's connection through the redirect"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!("redirect check: the engine's connection got the invalidation of a key the caller's connection read");
+    let lane = Lane {
+        raw,
+        plain,
+        redirected,
+        acquire,
+        release,
+        locker,
+        engine_only,
+        checks: engine.checks.clone(),
+        checks_sent: Arc::new(AtomicU64::new(0)),
+        checks_done: engine.checks_done.clone(),
+        tokens: Arc::new(AtomicU64::new(0)),
+    };
+    // One task on one name, on the thread that blocks on the runtime
+    // (as since this bench began), then ten tasks on ten names each,
+    // then one task spawned on a worker.
+    let one = rounds_of(&lane, &VARIANTS, Tasks::Caller, rounds, each, tck, "").await;
+    println!();
+    medians_of(&one, &VARIANTS, "");
+    let ten = rounds_of(
+        &lane,
+        &TEN_TASKS,
+        Tasks::Spawned(TASKS),
+        rounds,
+        each,
+        tck,
+        "Ten tasks, ",
+    )
+    .await;
+    println!();
+    medians_of(&ten, &TEN_TASKS, "Ten tasks, ");
+    let worker = rounds_of(
+        &lane,
+        &TEN_TASKS,
+        Tasks::Spawned(1),
+        rounds,
+        each,
+        tck,
+        "One task on a worker, ",
+    )
+    .await;
+    println!();
+    medians_of(&worker, &TEN_TASKS, "One task on a worker, ");
+    lane.locker.close().await;
+    lane.engine_only.close().await;
+    lane.raw.quit().await;
+}
 
-        // One task on one name, on the thread that blocks on the runtime
-        // (as since this bench began), then ten tasks on ten names each,
-        // then one task spawned on a worker.
-        let one = rounds_of(&lane, &VARIANTS, Tasks::Caller, rounds, each, tck, "").await;
-        println!();
-        medians_of(&one, &VARIANTS, "");
-        let ten = rounds_of(&lane, &TEN_TASKS, Tasks::Spawned(TASKS), rounds, each, tck, "Ten tasks, ").await;
-        println!();
-        medians_of(&ten, &TEN_TASKS, "Ten tasks, ");
-        let worker = rounds_of(&lane, &TEN_TASKS, Tasks::Spawned(1), rounds, each, tck, "One task on a worker, ").await;
-        println!();
-        medians_of(&worker, &TEN_TASKS, "One task on a worker, ");
-        lane.locker.close().await;
-        lane.engine_only.close().await;
-        lane.raw.quit().await;
-    });
+/// What a part's rounds run their transports through.
+trait Part {
+    /// `variant` for `each`, from `tasks`: the operations done.
+    async fn run(&self, variant: &'static str, tasks: Tasks, each: Duration) -> u64;
+
+    /// Waits until what a transport left running is done, so that it does
+    /// not run into the next one's time.
+    async fn settle(&self);
+
+    /// A connection for the server's statistics.
+    fn admin(&self) -> &Client;
+
+    /// How the part's tasks use names, for its tables' headings.
+    fn names(&self) -> &'static str;
 }
 
 /// What each transport needs, shared by the tasks of a round.
@@ -280,6 +392,18 @@ impl Lane {
         }
     }
 
+    async fn run_one(self, variant: &'static str, key: String, each: Duration) -> u64 {
+        let t0 = Instant::now();
+        let mut ops = 0u64;
+        while t0.elapsed() < each {
+            self.op(variant, &key).await;
+            ops += 1;
+        }
+        ops
+    }
+}
+
+impl Part for Lane {
     /// `variant` for `each`, from `tasks` on names of their own: the
     /// operations done.
     async fn run(&self, variant: &'static str, tasks: Tasks, each: Duration) -> u64 {
@@ -321,14 +445,12 @@ impl Lane {
         }
     }
 
-    async fn run_one(self, variant: &'static str, key: String, each: Duration) -> u64 {
-        let t0 = Instant::now();
-        let mut ops = 0u64;
-        while t0.elapsed() < each {
-            self.op(variant, &key).await;
-            ops += 1;
-        }
-        ops
+    fn admin(&self) -> &Client {
+        &self.plain
+    }
+
+    fn names(&self) -> &'static str {
+        "each on its own name"
     }
 }
 
@@ -377,7 +499,7 @@ async fn server_io(admin: &Client) -> (u64, u64) {
 /// rounds' table with each transport's place in its round; returns every
 /// round's measurements, by transport.
 async fn rounds_of(
-    lane: &Lane,
+    lane: &impl Part,
     variants: &[&'static str],
     tasks: Tasks,
     rounds: usize,
@@ -388,7 +510,8 @@ async fn rounds_of(
     println!();
     let n = tasks.count();
     println!(
-        "## {title}Rounds ({rounds} of {each:?} per transport, {n} task(s), each on its own name)"
+        "## {title}Rounds ({rounds} of {each:?} per transport, {n} task(s), {})",
+        lane.names()
     );
     println!();
     println!("| round | transport | place in the round | µs per lock + release | ops | × floor of the round | server CPU µs/op | client CPU µs/op | server commands/op | server reads/op | server writes/op | client context switches/op |");
@@ -398,8 +521,8 @@ async fn rounds_of(
         let mut got: Vec<Option<Measured>> = vec![None; variants.len()];
         let order = order(variants.len(), round);
         for &v in &order {
-            let io_before = server_io(&lane.plain).await;
-            let before = common::Cost::now(&lane.plain).await;
+            let io_before = server_io(lane.admin()).await;
+            let before = common::Cost::now(lane.admin()).await;
             let switched = common::context_switches().0;
             let t0 = Instant::now();
             let ops = lane.run(variants[v], tasks, each).await;
@@ -407,8 +530,8 @@ async fn rounds_of(
             let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / ops.max(1) as f64;
             let switches = per(common::context_switches().0, switched);
             lane.settle().await;
-            let after = common::Cost::now(&lane.plain).await;
-            let io_after = server_io(&lane.plain).await;
+            let after = common::Cost::now(lane.admin()).await;
+            let io_after = server_io(lane.admin()).await;
             let (commands, server_cpu, client_cpu) = after.per_op(&before, ops, tck);
             got[v] = Some(Measured {
                 us_per_op: us,
@@ -502,6 +625,190 @@ fn expiry() -> String {
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
+}
+
+/// The hand-over part: lockers contending for one name, each with
+/// connections of its own (the `cross_locker` rows of the locks bench, in
+/// one process).
+#[derive(Clone)]
+struct Handover {
+    contenders: Vec<Contender>,
+    admin: Client,
+    acquire: String,
+    release: String,
+    tokens: Arc<AtomicU64>,
+    /// Waits of the woken stand-in that `FALLBACK` ended.
+    fallbacks: Arc<AtomicU64>,
+    /// By lockers and transport, each round's operations of the busiest
+    /// contender over the least busy one's.
+    spread: Arc<Mutex<Spread>>,
+}
+
+/// By lockers and transport, a value per round.
+type Spread = BTreeMap<(usize, &'static str), Vec<f64>>;
+
+/// One contender's connections, one per transport.
+#[derive(Clone)]
+struct Contender {
+    raw: Raw,
+    /// RESP3 with tracking on (`NOLOOP`, no redirect): the invalidations of
+    /// the keys its reads touched come to this connection, on the caller's
+    /// runtime, with no engine and no thread between.
+    woken: Client,
+    invalidated: Arc<Notify>,
+    locker: Locker,
+}
+
+impl Handover {
+    async fn connect(url: &str, n: usize) -> Handover {
+        let admin = common::raw_client(url).await;
+        let acquire: String = admin.script_load(ACQUIRE).await.expect("SCRIPT LOAD");
+        let release: String = admin
+            .script_load(common::RELEASE_LUA)
+            .await
+            .expect("SCRIPT LOAD");
+        let mut contenders = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut config = Config::from_url(url).expect("url");
+            config.version = RespVersion::RESP3;
+            let woken = Builder::from_config(config)
+                .with_connection_config(|c| c.tcp.nodelay = Some(true))
+                .build()
+                .expect("fred client");
+            woken.init().await.expect("connect");
+            let _: () = woken
+                .start_tracking(Vec::<String>::new(), false, false, false, true)
+                .await
+                .expect("CLIENT TRACKING");
+            let invalidated = Arc::new(Notify::new());
+            let notify = invalidated.clone();
+            // A permit is kept when nobody waits yet: an invalidation that
+            // comes before its waiter is not lost.
+            let _task = woken.on_invalidation(move |_| {
+                notify.notify_one();
+                Ok(())
+            });
+            contenders.push(Contender {
+                raw: Raw::connect(url).await,
+                woken,
+                invalidated,
+                locker: Locker::connect(common::valkeylock_options(&[url.to_owned()], 1))
+                    .await
+                    .expect("connect"),
+            });
+        }
+        Handover {
+            contenders,
+            admin,
+            acquire,
+            release,
+            tokens: Arc::new(AtomicU64::new(0)),
+            fallbacks: Arc::new(AtomicU64::new(0)),
+            spread: Arc::default(),
+        }
+    }
+
+    /// One lock + release of `key` by `c` through `variant`.
+    async fn op(&self, c: &Contender, variant: &str, key: &str) {
+        match variant {
+            "floor" => {
+                let t = c.raw.lock(key).await;
+                c.raw.unlock(key, t).await;
+            }
+            "valkeylock" => {
+                let g = c.locker.lock(key).await.expect("lock");
+                g.release().await.expect("release");
+            }
+            _ => {
+                let n = self.tokens.fetch_add(1, Ordering::Relaxed);
+                let token = format!("{n:048x}");
+                loop {
+                    let got: Value = c
+                        .woken
+                        .evalsha(&self.acquire, key, vec![token.clone(), expiry()])
+                        .await
+                        .expect("acquire");
+                    match got.as_str() {
+                        Some(holder) if holder == token.as_str() => break,
+                        // Held: its read armed tracking; wait for the key to
+                        // change.
+                        Some(_) => {
+                            let woken = c.invalidated.notified();
+                            if tokio::time::timeout(FALLBACK, woken).await.is_err() {
+                                self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        // Freed between the reads: at once again.
+                        None => {}
+                    }
+                }
+                let _: i64 = c
+                    .woken
+                    .evalsha(&self.release, key, token)
+                    .await
+                    .expect("release");
+            }
+        }
+    }
+
+    async fn close(self) {
+        for c in self.contenders {
+            c.locker.close().await;
+            c.raw.quit().await;
+            let _ = c.woken.quit().await;
+        }
+        let _ = self.admin.quit().await;
+    }
+}
+
+impl Part for Handover {
+    async fn run(&self, variant: &'static str, tasks: Tasks, each: Duration) -> u64 {
+        let slug: String = variant
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let key = format!("lanes-handover-{slug}");
+        let t0 = Instant::now();
+        let n = tasks.count().min(self.contenders.len());
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let (part, key) = (self.clone(), key.clone());
+                tokio::spawn(async move {
+                    let mut ops = 0u64;
+                    while t0.elapsed() < each {
+                        part.op(&part.contenders[i], variant, &key).await;
+                        ops += 1;
+                    }
+                    ops
+                })
+            })
+            .collect();
+        let mut each_ops = Vec::with_capacity(n);
+        for h in handles {
+            each_ops.push(h.await.expect("a contender"));
+        }
+        let (most, least) = (
+            each_ops.iter().max().copied().unwrap_or(0),
+            each_ops.iter().min().copied().unwrap_or(0),
+        );
+        self.spread
+            .lock()
+            .expect("spread")
+            .entry((n, variant))
+            .or_default()
+            .push(most as f64 / least.max(1) as f64);
+        each_ops.iter().sum()
+    }
+
+    async fn settle(&self) {}
+
+    fn admin(&self) -> &Client {
+        &self.admin
+    }
+
+    fn names(&self) -> &'static str {
+        "all on one name, each with connections of its own"
+    }
 }
 
 /// A stand-in for the engine: its own thread and current-thread runtime, a
