@@ -97,6 +97,43 @@ if cur == ARGV[1] then return redis.call('PTTL', KEYS[1]) end
 return cur
 "#;
 
+/// The handed stand-in's acquisition: the stand-in's script, and, when the
+/// key is held, a claim on it: the caller's token and channel in the
+/// sorted set `{key}:h`, scored by when the claim lapses (the server's
+/// milliseconds). `ARGV`: token, validity (ms), claim life (ms), channel.
+const HANDED_ACQUIRE: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then return cur end
+if cur then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1] .. ' ' .. ARGV[4])
+  return cur
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return redis.call('GET', KEYS[1])
+"#;
+
+/// The handed stand-in's release: the compare-and-delete, except that a
+/// key with a live claim goes to the oldest claim instead, expiring when the
+/// claim would have, and its claimant is told on its channel.
+const HANDED_RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if head[1] then
+  redis.call('ZREM', KEYS[2], head[1])
+  local sp = string.find(head[1], ' ', 1, true)
+  local token = string.sub(head[1], 1, sp - 1)
+  redis.call('SET', KEYS[1], token, 'PX', math.max(1, tonumber(head[2]) - now))
+  redis.call('PUBLISH', string.sub(head[1], sp + 1), token)
+  return 2
+end
+return redis.call('DEL', KEYS[1])
+"#;
+
 const VARIANTS: [&str; 6] = [
     "floor",
     "script",
@@ -118,7 +155,7 @@ const TEN_TASKS: [&str; 5] = [
 ];
 
 /// The transports of the hand-over part: lockers contending for one name.
-const HANDOVER: [&str; 3] = ["floor", "woken stand-in", "valkeylock"];
+const HANDOVER: [&str; 4] = ["floor", "woken stand-in", "handed stand-in", "valkeylock"];
 
 /// Lockers of the hand-over part, as in `cross_locker/*/{2,4}` of the locks
 /// bench.
@@ -205,7 +242,7 @@ fn main() {
         }
         println!();
         println!(
-            "woken stand-in: {} of its waits ended by the {} ms fallback, not by an invalidation",
+            "woken and handed stand-ins: {} of their waits ended by the {} ms fallback, not by an invalidation or a hand-over",
             handover.fallbacks.load(Ordering::SeqCst),
             FALLBACK.as_millis()
         );
@@ -636,8 +673,10 @@ struct Handover {
     admin: Client,
     acquire: String,
     release: String,
+    handed_acquire: String,
+    handed_release: String,
     tokens: Arc<AtomicU64>,
-    /// Waits of the woken stand-in that `FALLBACK` ended.
+    /// Waits of the woken and handed stand-ins that `FALLBACK` ended.
     fallbacks: Arc<AtomicU64>,
     /// By lockers and transport, each round's operations of the busiest
     /// contender over the least busy one's.
@@ -656,6 +695,10 @@ struct Contender {
     /// runtime, with no engine and no thread between.
     woken: Client,
     invalidated: Arc<Notify>,
+    /// The handed stand-in's channel, and the tokens the keys handed to it
+    /// carry, as they come.
+    channel: String,
+    handed: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>>,
     locker: Locker,
 }
 
@@ -667,8 +710,16 @@ impl Handover {
             .script_load(common::RELEASE_LUA)
             .await
             .expect("SCRIPT LOAD");
+        let handed_acquire: String = admin
+            .script_load(HANDED_ACQUIRE)
+            .await
+            .expect("SCRIPT LOAD");
+        let handed_release: String = admin
+            .script_load(HANDED_RELEASE)
+            .await
+            .expect("SCRIPT LOAD");
         let mut contenders = Vec::with_capacity(n);
-        for _ in 0..n {
+        for i in 0..n {
             let mut config = Config::from_url(url).expect("url");
             config.version = RespVersion::RESP3;
             let woken = Builder::from_config(config)
@@ -688,10 +739,27 @@ impl Handover {
                 notify.notify_one();
                 Ok(())
             });
+            // RESP3: the channel's messages come on the same connection
+            // as the replies.
+            let channel = format!("lanes-handed-{i}");
+            woken.subscribe(channel.as_str()).await.expect("SUBSCRIBE");
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let mut messages = woken.message_rx();
+            tokio::spawn(async move {
+                while let Ok(m) = messages.recv().await {
+                    if let Some(token) = m.value.as_string() {
+                        if tx.send(token).is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
             contenders.push(Contender {
                 raw: Raw::connect(url).await,
                 woken,
                 invalidated,
+                channel,
+                handed: Arc::new(tokio::sync::Mutex::new(rx)),
                 locker: Locker::connect(common::valkeylock_options(&[url.to_owned()], 1))
                     .await
                     .expect("connect"),
@@ -702,6 +770,8 @@ impl Handover {
             admin,
             acquire,
             release,
+            handed_acquire,
+            handed_release,
             tokens: Arc::new(AtomicU64::new(0)),
             fallbacks: Arc::new(AtomicU64::new(0)),
             spread: Arc::default(),
@@ -719,6 +789,7 @@ impl Handover {
                 let g = c.locker.lock(key).await.expect("lock");
                 g.release().await.expect("release");
             }
+            "handed stand-in" => self.handed(c, key).await,
             _ => {
                 let n = self.tokens.fetch_add(1, Ordering::Relaxed);
                 let token = format!("{n:048x}");
@@ -749,6 +820,58 @@ impl Handover {
                     .expect("release");
             }
         }
+    }
+
+    /// The handed stand-in's lock + release: a held key is claimed, and
+    /// the claimant waits for the holder's release to hand the key over
+    /// (a message on its channel with its token), with no attempt of its
+    /// own after the claim.
+    async fn handed(&self, c: &Contender, key: &str) {
+        let n = self.tokens.fetch_add(1, Ordering::Relaxed);
+        let token = format!("{n:048x}");
+        let keys = vec![key.to_owned(), format!("{{{key}}}:h")];
+        let mut handed = c.handed.lock().await;
+        loop {
+            let got: Value = c
+                .woken
+                .evalsha(
+                    &self.handed_acquire,
+                    keys.clone(),
+                    vec![
+                        token.clone(),
+                        common::TTL_MS.to_string(),
+                        common::TTL_MS.to_string(),
+                        c.channel.clone(),
+                    ],
+                )
+                .await
+                .expect("acquire");
+            match got.as_str() {
+                Some(holder) if holder == token.as_str() => break,
+                Some(_) => {
+                    let wait = async {
+                        // Tokens of earlier operations, handed after their
+                        // claimant had the key anyway, are passed over.
+                        while let Some(t) = handed.recv().await {
+                            if t == token {
+                                return true;
+                            }
+                        }
+                        false
+                    };
+                    if let Ok(true) = tokio::time::timeout(FALLBACK, wait).await {
+                        break;
+                    }
+                    self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                }
+                None => {}
+            }
+        }
+        let _: i64 = c
+            .woken
+            .evalsha(&self.handed_release, keys, token)
+            .await
+            .expect("release");
     }
 
     async fn close(self) {
