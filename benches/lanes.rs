@@ -56,6 +56,13 @@
 //!   connection of the contender's own with tracking on, and, when the
 //!   key is held, a wait for that connection's invalidation of it before
 //!   the next attempt. The bound of any locker woken by invalidations.
+//! - `handed stand-in`: a protocol valkeylock does not have, measured before
+//!   it is built: an acquisition that finds the key held leaves a claim
+//!   beside it (its token and channel, in a sorted set scored by when the
+//!   claim lapses), and a release hands a key with a live claim to the
+//!   oldest claimant (writes its token, expiring when the claim would
+//!   have) and publishes that token on the claimant's channel. The
+//!   claimant holds the key when told, with no command of its own.
 //! - `valkeylock`: a `Locker` per contender, `lock` then `release`.
 //!
 //! After each count of lockers it prints, by transport, the busiest
@@ -444,10 +451,7 @@ impl Part for Lane {
     /// `variant` for `each`, from `tasks` on names of their own: the
     /// operations done.
     async fn run(&self, variant: &'static str, tasks: Tasks, each: Duration) -> u64 {
-        let slug: String = variant
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
+        let slug = slug(variant);
         let n = match tasks {
             Tasks::Caller => {
                 return self
@@ -651,6 +655,14 @@ fn medians_of(all: &[Vec<Measured>], variants: &[&str], title: &str) {
     }
 }
 
+/// `variant` as a part of a key's name.
+fn slug(variant: &str) -> String {
+    variant
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect()
+}
+
 /// The benches' validity from now, as a Unix time in milliseconds (`PXAT`).
 fn expiry() -> String {
     let now = std::time::SystemTime::now()
@@ -789,87 +801,76 @@ impl Handover {
                 let g = c.locker.lock(key).await.expect("lock");
                 g.release().await.expect("release");
             }
-            "handed stand-in" => self.handed(c, key).await,
-            _ => {
-                let n = self.tokens.fetch_add(1, Ordering::Relaxed);
-                let token = format!("{n:048x}");
-                loop {
-                    let got: Value = c
-                        .woken
-                        .evalsha(&self.acquire, key, vec![token.clone(), expiry()])
-                        .await
-                        .expect("acquire");
-                    match got.as_str() {
-                        Some(holder) if holder == token.as_str() => break,
-                        // Held: its read armed tracking; wait for the key to
-                        // change.
-                        Some(_) => {
-                            let woken = c.invalidated.notified();
-                            if tokio::time::timeout(FALLBACK, woken).await.is_err() {
-                                self.fallbacks.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        // Freed between the reads: at once again.
-                        None => {}
-                    }
-                }
-                let _: i64 = c
-                    .woken
-                    .evalsha(&self.release, key, token)
-                    .await
-                    .expect("release");
-            }
+            "handed stand-in" => self.stand_in(c, key, true).await,
+            _ => self.stand_in(c, key, false).await,
         }
     }
 
-    /// The handed stand-in's lock + release: a held key is claimed, and
-    /// the claimant waits for the holder's release to hand the key over
-    /// (a message on its channel with its token), with no attempt of its
-    /// own after the claim.
-    async fn handed(&self, c: &Contender, key: &str) {
+    /// A stand-in's lock + release. The woken stand-in waits, while the
+    /// key is held, for its connection's invalidation of the key, then
+    /// tries again. The handed one (`handed`) leaves a claim instead and
+    /// waits for the holder's release to hand the key over (a message on
+    /// its channel with its token), with no attempt of its own after that.
+    async fn stand_in(&self, c: &Contender, key: &str, handed: bool) {
         let n = self.tokens.fetch_add(1, Ordering::Relaxed);
         let token = format!("{n:048x}");
-        let keys = vec![key.to_owned(), format!("{{{key}}}:h")];
-        let mut handed = c.handed.lock().await;
+        let (acquire, release, keys) = if handed {
+            let claims = format!("{{{key}}}:h");
+            (
+                &self.handed_acquire,
+                &self.handed_release,
+                vec![key.to_owned(), claims],
+            )
+        } else {
+            (&self.acquire, &self.release, vec![key.to_owned()])
+        };
+        let mut handed_to = c.handed.lock().await;
         loop {
+            let args = if handed {
+                let life = common::TTL_MS.to_string();
+                vec![token.clone(), life.clone(), life, c.channel.clone()]
+            } else {
+                vec![token.clone(), expiry()]
+            };
             let got: Value = c
                 .woken
-                .evalsha(
-                    &self.handed_acquire,
-                    keys.clone(),
-                    vec![
-                        token.clone(),
-                        common::TTL_MS.to_string(),
-                        common::TTL_MS.to_string(),
-                        c.channel.clone(),
-                    ],
-                )
+                .evalsha(acquire, keys.clone(), args)
                 .await
                 .expect("acquire");
             match got.as_str() {
                 Some(holder) if holder == token.as_str() => break,
+                // Held: the read armed tracking (and left a claim).
                 Some(_) => {
-                    let wait = async {
-                        // Tokens of earlier operations, handed after their
-                        // claimant had the key anyway, are passed over.
-                        while let Some(t) = handed.recv().await {
-                            if t == token {
-                                return true;
+                    let ended = if handed {
+                        let ours = async {
+                            // Tokens of earlier operations, handed after
+                            // their claimant had the key anyway, are passed
+                            // over.
+                            while let Some(t) = handed_to.recv().await {
+                                if t == token {
+                                    return true;
+                                }
                             }
-                        }
-                        false
+                            false
+                        };
+                        tokio::time::timeout(FALLBACK, ours).await.unwrap_or(false)
+                    } else {
+                        let woken = c.invalidated.notified();
+                        tokio::time::timeout(FALLBACK, woken).await.is_ok()
                     };
-                    if let Ok(true) = tokio::time::timeout(FALLBACK, wait).await {
+                    if !ended {
+                        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    } else if handed {
                         break;
                     }
-                    self.fallbacks.fetch_add(1, Ordering::Relaxed);
                 }
+                // Freed between the reads: at once again.
                 None => {}
             }
         }
         let _: i64 = c
             .woken
-            .evalsha(&self.handed_release, keys, token)
+            .evalsha(release, keys, token)
             .await
             .expect("release");
     }
@@ -886,10 +887,7 @@ impl Handover {
 
 impl Part for Handover {
     async fn run(&self, variant: &'static str, tasks: Tasks, each: Duration) -> u64 {
-        let slug: String = variant
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
+        let slug = slug(variant);
         let key = format!("lanes-handover-{slug}");
         let t0 = Instant::now();
         let n = tasks.count().min(self.contenders.len());
