@@ -142,13 +142,23 @@ return out
 /// `A` the locker's other waiters (its own at the head, but not refreshed),
 /// for `D` the waiters to take out.
 ///
-/// `R` first looks for the candidate's place: if the key is free and the
-/// place is gone, the queue was lost (the node restarted empty, or was out
-/// of reach for longer than a place lasts) and every waiter's place with
-/// it. Taking the key then would serve whoever comes back first; instead it
-/// places its waiters again and replies `{1, ms}` with ms the time given to
-/// the others to rejoin (each comes back with its first arrival time), so
-/// the order is rebuilt before anyone is served.
+/// `R` first looks for the candidate's place. If the key is free, the
+/// place is gone and so is every other (the queue is empty), the queue was
+/// lost (the node restarted empty, or was out of reach for longer than a
+/// place lasts) and every waiter's place with it. Taking the key then would
+/// serve whoever comes back first; instead it places its waiters again,
+/// puts a barrier at the head of the queue (the member `settle`, arrival
+/// 0) that lapses after `ms`, the time given to the others to rejoin (each
+/// comes back with its first arrival time), and replies `{1, ms}`: the
+/// order is rebuilt before anyone is served, whoever asks meanwhile. If
+/// other places are still there, only this locker's lapsed (it was out of
+/// reach, or too slow, for longer than a place lasts, while the others kept
+/// theirs): it places its waiters again, with their first arrival times,
+/// and goes on as `A`. Before the barrier, every such return waited a
+/// rebuild's time of its own, with the key free and other waiters in the
+/// queue: the simulator found a slow link that, lapsing one locker's places
+/// twice, kept a free lock from a reachable waiter for 788 ms (base
+/// `0x6e015`, docs/SAFETY.md).
 ///
 /// `A` takes a free key when its queue is empty or its head is one of the
 /// waiters it was sent for (the locker then picks which of its waiters gets the grant,
@@ -271,9 +281,15 @@ local function acquire()
     return cur
   else
     if op == 'R' and not call('ZSCORE', q, cand) then
+      local lost = call('ZCARD', q) == 0
       place('')
-      keep()
-      return {1, settle}
+      if lost then
+        call('ZADD', q, 0, 'settle')
+        call('ZADD', qd, int(now_ms + settle), 'settle')
+        touched = true
+        keep()
+        return {1, settle}
+      end
     end
     local mine = {}
     if cand ~= '' then mine[cand] = true end
@@ -1233,64 +1249,23 @@ mod tests {
     /// when its last place does.
     #[tokio::test]
     async fn a_fair_queue_catches_up_on_a_stall() {
-        use fred::interfaces::{KeysInterface, LuaInterface};
+        use fred::interfaces::KeysInterface;
         use std::time::{Duration, Instant};
         const LIFE_MS: u64 = 2_000;
         let server = Server::start();
         let client = server.client().await;
-        let keys = vec!["k", "{k}:q", "{k}:qd", "{k}:qt"];
-        // One call: `op` for candidate `cand` with the places `places`
-        // (member, arrival), or the members to take out for `D`.
-        let call = |op: &'static str, cand: &'static str, places: Vec<(&'static str, u64)>| {
-            let (client, keys) = (client.clone(), keys.clone());
-            let mut args = vec![
-                "60000".to_owned(),
-                "PX".to_owned(),
-                "0".to_owned(),
-                op.to_owned(),
-                format!("token-of-{cand}"),
-                SetMode::Nx.as_arg().to_owned(),
-                cand.to_owned(),
-                LIFE_MS.to_string(),
-                LIFE_MS.to_string(),
-            ];
-            if op == "D" {
-                args.push("0".to_owned());
-                args.extend(places.iter().map(|(m, _)| m.to_string()));
-            } else {
-                args.push(places.len().to_string());
-                for (m, at) in &places {
-                    args.push(m.to_string());
-                    args.push(at.to_string());
-                }
-            }
-            async move {
-                let reply: Value = client
-                    .eval(FAIR_LUA, keys, args)
-                    .await
-                    .expect("the fair script runs");
-                reply
-            }
+        let fair = Fair {
+            client: client.clone(),
+            life_ms: LIFE_MS,
         };
-        // How long the head's place lasts, if the acquisition found the
-        // key free with another waiter ahead; `None` if it took the key.
-        let head_ms = |reply: &Value| -> Option<i64> {
-            let Value::Array(out) = reply else {
-                panic!("an acquisition's reply is an array: {reply:?}")
-            };
-            match &out[0] {
-                Value::Integer(1) => None,
-                Value::Array(q) if q.len() == 2 && q[0] == Value::Integer(1) => q[1].as_i64(),
-                other => panic!("neither ours nor queued: {other:?}"),
-            }
-        };
+        let call = |op, cand, places| fair.call(op, cand, places);
         // Waiter x places itself; then nothing runs on the queue for longer
         // than its place lasts.
         assert_eq!(call("E", "", vec![("x", 1)]).await, Value::Integer(1));
         tokio::time::sleep(Duration::from_millis(LIFE_MS + 300)).await;
         // y (arrived after x) finds x still ahead: its deadline moved by the
         // gap less half a life, which leaves it the other half.
-        let ms = head_ms(&call("A", "y", vec![("y", 2)]).await).expect("x is still ahead");
+        let ms = fair_head_ms(&call("A", "y", vec![("y", 2)]).await).expect("x is still ahead");
         assert!(
             (LIFE_MS as i64 / 2 - 20..=LIFE_MS as i64 / 2).contains(&ms),
             "x's place lasts {ms} ms more"
@@ -1299,7 +1274,7 @@ mod tests {
         // in real time.
         let before = Instant::now();
         tokio::time::sleep(Duration::from_millis(LIFE_MS / 4)).await;
-        let ms2 = head_ms(&call("A", "y", vec![("y", 2)]).await).expect("x is still ahead");
+        let ms2 = fair_head_ms(&call("A", "y", vec![("y", 2)]).await).expect("x is still ahead");
         let waited = before.elapsed().as_millis() as i64;
         assert!(
             (ms - waited - 20..=ms - waited + 20).contains(&ms2),
@@ -1310,7 +1285,7 @@ mod tests {
         let lapses = Instant::now() + Duration::from_millis(ms2 as u64);
         let took = loop {
             let reply = call("A", "y", vec![("y", 2)]).await;
-            if head_ms(&reply).is_none() {
+            if fair_head_ms(&reply).is_none() {
                 break Instant::now();
             }
             assert!(
@@ -1331,6 +1306,139 @@ mod tests {
             .await
             .expect("EXISTS");
         assert_eq!(left, 0, "the queue's keys outlived its last place");
+    }
+
+    /// `FAIR_LUA` calls on the key `k` and its queue, places lasting
+    /// `life_ms` (and a rebuild as long).
+    struct Fair {
+        client: fred::clients::Client,
+        life_ms: u64,
+    }
+
+    impl Fair {
+        /// `op` for candidate `cand` with the places `places` (member,
+        /// arrival), or the members to take out for `D`.
+        async fn call(&self, op: &str, cand: &str, places: Vec<(&str, u64)>) -> Value {
+            use fred::interfaces::LuaInterface;
+            let keys = vec!["k", "{k}:q", "{k}:qd", "{k}:qt"];
+            let mut args = vec![
+                "60000".to_owned(),
+                "PX".to_owned(),
+                "0".to_owned(),
+                op.to_owned(),
+                format!("token-of-{cand}"),
+                SetMode::Nx.as_arg().to_owned(),
+                cand.to_owned(),
+                self.life_ms.to_string(),
+                self.life_ms.to_string(),
+            ];
+            if op == "D" {
+                args.push("0".to_owned());
+                args.extend(places.iter().map(|(m, _)| m.to_string()));
+            } else {
+                args.push(places.len().to_string());
+                for (m, at) in &places {
+                    args.push(m.to_string());
+                    args.push(at.to_string());
+                }
+            }
+            self.client
+                .eval(FAIR_LUA, keys, args)
+                .await
+                .expect("the fair script runs")
+        }
+    }
+
+    /// How long the head's place lasts, if an acquisition by `FAIR_LUA`
+    /// found the key free with another waiter ahead; `None` if it took the
+    /// key.
+    fn fair_head_ms(reply: &Value) -> Option<i64> {
+        let Value::Array(out) = reply else {
+            panic!("an acquisition's reply is an array: {reply:?}")
+        };
+        match &out[0] {
+            Value::Integer(1) => None,
+            Value::Array(q) if q.len() == 2 && q[0] == Value::Integer(1) => q[1].as_i64(),
+            other => panic!("neither ours nor queued: {other:?}"),
+        }
+    }
+
+    /// A rejoin (`R`) whose place is gone rebuilds the queue only when the
+    /// whole queue is gone: it puts a barrier at the head that nobody
+    /// passes, whoever asks, until a rebuild's time has gone by, and the
+    /// first arrival then takes the key. When other places are still
+    /// there, only the caller's lapsed, and it takes its turn at once.
+    #[tokio::test]
+    async fn a_lost_queue_is_rebuilt_behind_a_barrier_and_a_lapsed_place_rejoins_at_once() {
+        use std::time::{Duration, Instant};
+        const LIFE_MS: u64 = 600;
+        let server = Server::start();
+        let fair = Fair {
+            client: server.client().await,
+            life_ms: LIFE_MS,
+        };
+        // Arrival times in µs since the Unix epoch (the script takes one
+        // more than ten minutes old as ten minutes old).
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("the clock is after 1970")
+            .as_micros() as u64;
+        let (v, w, x, y) = (
+            now_us - 3_000,
+            now_us - 5_000,
+            now_us - 1_000,
+            now_us + 9_000,
+        );
+        // Lost: nothing queues. x rejoins and waits the rebuild; w, who
+        // arrived before x, comes back meanwhile and waits for the barrier
+        // too, as does x, its place now there.
+        let start = Instant::now();
+        let ms = fair_head_ms(&fair.call("R", "x", vec![("x", x)]).await);
+        assert_eq!(ms, Some(LIFE_MS as i64), "a lost queue is rebuilt");
+        for (who, at) in [("w", w), ("x", x)] {
+            let op = if who == "x" { "A" } else { "R" };
+            let left = fair_head_ms(&fair.call(op, who, vec![(who, at)]).await)
+                .unwrap_or_else(|| panic!("{who} passed the barrier"));
+            assert!(
+                (1..=LIFE_MS as i64).contains(&left),
+                "{who}: the barrier lasts {left} ms more"
+            );
+        }
+        // Once the rebuild's time is over, the first arrival is served. The
+        // waiters refresh their places meanwhile, as they do every third
+        // of a place's life at most (a queue nobody touches for over half a
+        // life is taken for a stalled server, and its deadlines move).
+        let over = start + Duration::from_millis(LIFE_MS + 100);
+        while Instant::now() < over {
+            let refreshed = fair.call("E", "", vec![("w", w), ("x", x)]).await;
+            assert_eq!(refreshed, Value::Integer(1));
+            tokio::time::sleep(Duration::from_millis(LIFE_MS / 6)).await;
+        }
+        assert!(
+            fair_head_ms(&fair.call("A", "x", vec![("x", x)]).await).is_some(),
+            "x passed w, who arrived first"
+        );
+        assert_eq!(
+            fair_head_ms(&fair.call("A", "w", vec![("w", w)]).await),
+            None,
+            "w, the first arrival, is served once the rebuild is over"
+        );
+        let _: i64 = fred::interfaces::KeysInterface::del(&fair.client, "k")
+            .await
+            .expect("DEL");
+        // Lapsed: y keeps its place; v's is gone (it was out of reach), so
+        // its rejoin puts it back with its first arrival time, ahead of y,
+        // and it takes the free key at once.
+        assert_eq!(
+            fair.call("D", "", vec![("w", 0), ("x", 0)]).await,
+            Value::Integer(1)
+        );
+        assert_eq!(fair.call("E", "", vec![("y", y)]).await, Value::Integer(1));
+        assert_eq!(
+            fair_head_ms(&fair.call("R", "v", vec![("v", v)]).await),
+            None,
+            "a locker whose places alone lapsed waited a rebuild"
+        );
     }
 
     /// The batched check reads each key as `VERIFY_LUA` does (ours with its

@@ -20,6 +20,10 @@ fn wall_us(now: u64) -> u64 {
     WALL_BASE_US + now / 1_000
 }
 
+/// The member of `FAIR_LUA`'s rebuild barrier (`settle` there; no waiter's
+/// member is 0 but by a chance of one in 2^64).
+const SETTLE: u64 = 0;
+
 /// One waiter in a key's fair queue (`FAIR_LUA`'s two sorted sets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Queued {
@@ -249,6 +253,22 @@ impl Node {
         q.sort_by_key(|e| (e.since_us, e.member));
     }
 
+    /// `FAIR_LUA`'s barrier after a lost queue: a place at the head (the
+    /// member `settle`, arrival 0) that lapses after `settle`, so that
+    /// nobody is served while the waiters rejoin.
+    fn settle_barrier(&mut self, now: u64, slot: usize, settle: std::time::Duration) {
+        let q = &mut self.queues[slot].places;
+        q.retain(|e| e.member != SETTLE);
+        q.insert(
+            0,
+            Queued {
+                since_us: 0,
+                member: SETTLE,
+                deadline: now + settle.as_nanos() as u64,
+            },
+        );
+    }
+
     /// The waiter at the head of `slot`'s queue and when its place lapses.
     fn head(&self, slot: usize) -> Option<(u64, u64)> {
         self.queues[slot]
@@ -317,9 +337,13 @@ impl Node {
                         .candidate
                         .is_some_and(|c| !self.queues[slot].places.iter().any(|e| e.member == c));
                     if q.rejoin && gone {
+                        let lost = self.queues[slot].places.is_empty();
                         place(self, false);
-                        let head_ms = q.settle.as_millis() as u64;
-                        return (KeyState::Queued { head_ms }, false);
+                        if lost {
+                            self.settle_barrier(now, slot, q.settle);
+                            let head_ms = q.settle.as_millis() as u64;
+                            return (KeyState::Queued { head_ms }, false);
+                        }
                     }
                     if let Some((head, until)) = self.head(slot) {
                         let mine = Some(head) == q.candidate
