@@ -20,10 +20,6 @@ fn wall_us(now: u64) -> u64 {
     WALL_BASE_US + now / 1_000
 }
 
-/// The member of `FAIR_LUA`'s rebuild barrier (`settle` there; no waiter's
-/// member is 0 but by a chance of one in 2^64).
-const SETTLE: u64 = 0;
-
 /// One waiter in a key's fair queue (`FAIR_LUA`'s two sorted sets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Queued {
@@ -34,7 +30,7 @@ struct Queued {
 }
 
 /// One key's fair queue: `FAIR_LUA`'s `{key}:q` and `{key}:qd` as one list,
-/// and `{key}:qt`.
+/// `{key}:qt`, and `{key}:qs`.
 #[derive(Debug, Clone, Default)]
 struct FairQueue {
     /// In order (arrival, then member).
@@ -45,6 +41,9 @@ struct FairQueue {
     /// last deadline as of the last change. Only a stall longer than a
     /// place's life reaches it.
     expires: u64,
+    /// `{key}:qs`: until when (real ns) a rebuild of the lost queue is under
+    /// way; a key of its own, which the three keys' expiry leaves.
+    rebuild_until: u64,
 }
 
 /// One key: its value and when it expires (real nanoseconds).
@@ -204,7 +203,10 @@ impl Node {
         let gap = (life.as_millis() as u64 / 2) * MS;
         let q = &mut self.queues[slot];
         if q.changed.is_some() && now >= q.expires {
-            *q = FairQueue::default();
+            *q = FairQueue {
+                rebuild_until: q.rebuild_until,
+                ..FairQueue::default()
+            };
         }
         let mut touched = false;
         if let Some(late) = q.changed.and_then(|c| now.checked_sub(c + gap)) {
@@ -251,22 +253,6 @@ impl Node {
             }
         }
         q.sort_by_key(|e| (e.since_us, e.member));
-    }
-
-    /// `FAIR_LUA`'s barrier after a lost queue: a place at the head (the
-    /// member `settle`, arrival 0) that lapses after `settle`, so that
-    /// nobody is served while the waiters rejoin.
-    fn settle_barrier(&mut self, now: u64, slot: usize, settle: std::time::Duration) {
-        let q = &mut self.queues[slot].places;
-        q.retain(|e| e.member != SETTLE);
-        q.insert(
-            0,
-            Queued {
-                since_us: 0,
-                member: SETTLE,
-                deadline: now + settle.as_nanos() as u64,
-            },
-        );
     }
 
     /// The waiter at the head of `slot`'s queue and when its place lapses.
@@ -337,10 +323,15 @@ impl Node {
                         .candidate
                         .is_some_and(|c| !self.queues[slot].places.iter().any(|e| e.member == c));
                     if q.rejoin && gone {
+                        let rebuilding = self.queues[slot].rebuild_until.saturating_sub(now);
                         let lost = self.queues[slot].places.is_empty();
                         place(self, false);
+                        if rebuilding > 0 {
+                            let head_ms = rebuilding / MS;
+                            return (KeyState::Queued { head_ms }, false);
+                        }
                         if lost {
-                            self.settle_barrier(now, slot, q.settle);
+                            self.queues[slot].rebuild_until = now + q.settle.as_nanos() as u64;
                             let head_ms = q.settle.as_millis() as u64;
                             return (KeyState::Queued { head_ms }, false);
                         }
