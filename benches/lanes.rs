@@ -326,30 +326,14 @@ async fn transports(url: &str, engine: Engine, rounds: usize, each: Duration, tc
     let one = rounds_of(&lane, &VARIANTS, Tasks::Caller, rounds, each, tck, "").await;
     println!();
     medians_of(&one, &VARIANTS, "");
-    let ten = rounds_of(
-        &lane,
-        &TEN_TASKS,
-        Tasks::Spawned(TASKS),
-        rounds,
-        each,
-        tck,
-        "Ten tasks, ",
-    )
-    .await;
-    println!();
-    medians_of(&ten, &TEN_TASKS, "Ten tasks, ");
-    let worker = rounds_of(
-        &lane,
-        &TEN_TASKS,
-        Tasks::Spawned(1),
-        rounds,
-        each,
-        tck,
-        "One task on a worker, ",
-    )
-    .await;
-    println!();
-    medians_of(&worker, &TEN_TASKS, "One task on a worker, ");
+    for (tasks, title) in [
+        (Tasks::Spawned(TASKS), "Ten tasks, "),
+        (Tasks::Spawned(1), "One task on a worker, "),
+    ] {
+        let all = rounds_of(&lane, &TEN_TASKS, tasks, rounds, each, tck, title).await;
+        println!();
+        medians_of(&all, &TEN_TASKS, title);
+    }
     lane.locker.close().await;
     lane.engine_only.close().await;
     lane.raw.quit().await;
