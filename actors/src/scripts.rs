@@ -283,7 +283,7 @@ local function acquire()
   else
     if op == 'R' and not call('ZSCORE', q, cand) then
       local rebuilding = call('PTTL', q .. 's')
-      local lost = call('ZCARD', q) == 0
+      local lost = #call('ZRANGE', q, 0, 0) == 0
       place('')
       if rebuilding > 0 then
         keep()
