@@ -150,7 +150,8 @@ pub struct LockerOptions {
     pub dedicated_runtime: bool,
     /// Serve the waiters of every process in the order they started waiting
     /// (a fair lock), instead of whoever retries first. Each lock key gets a
-    /// queue of waiters beside it (`{key}:q`, `{key}:qd`, `{key}:qt`), and
+    /// queue of waiters beside it (`{key}:q`, `{key}:qd`, `{key}:qt`, and
+    /// `{key}:qs` while a lost queue is rebuilt), and
     /// only the waiter at its head may take the key. A waiter that stops
     /// refreshing its place (its process died) holds the queue up for at
     /// most `key_validity`. Costs no extra round trip per grant; local
