@@ -168,9 +168,9 @@ const HANDOVER: [&str; 4] = ["floor", "woken stand-in", "handed stand-in", "valk
 /// bench.
 const LOCKERS: [usize; 2] = [2, 4];
 
-/// How long the woken stand-in waits for an invalidation before it tries
-/// again anyway (counted, and printed after the part: a wait ended so is a
-/// lost wake-up, not a hand-over).
+/// How long a stand-in waits for an invalidation (the woken one) or a
+/// hand-over (the handed one) before it tries again anyway (counted, and
+/// printed after the part: a wait ended so is a lost wake-up).
 const FALLBACK: Duration = Duration::from_millis(100);
 
 /// Tasks of the second part, as in `uncontended/*/10` of the locks bench.
@@ -808,7 +808,6 @@ impl Handover {
         } else {
             (&self.acquire, &self.release, vec![key.to_owned()])
         };
-        let mut handed_to = c.handed.lock().await;
         loop {
             let args = if handed {
                 let life = common::TTL_MS.to_string();
@@ -830,6 +829,7 @@ impl Handover {
                             // Tokens of earlier operations, handed after
                             // their claimant had the key anyway, are passed
                             // over.
+                            let mut handed_to = c.handed.lock().await;
                             while let Some(t) = handed_to.recv().await {
                                 if t == token {
                                     return true;
