@@ -74,6 +74,7 @@ fn serial<F: Future<Output = ()>>(f: F) {
     // The lockers' defaults, whatever a run that failed midway left.
     FENCING.store(false, Ordering::SeqCst);
     FAIR.store(false, Ordering::SeqCst);
+    HANDOVER.store(false, Ordering::SeqCst);
     DEDICATED.store(true, Ordering::SeqCst);
     init_tracing();
     tokio::runtime::Builder::new_multi_thread()
@@ -91,6 +92,10 @@ static FENCING: AtomicBool = AtomicBool::new(false);
 /// Whether they use fair queueing.
 static FAIR: AtomicBool = AtomicBool::new(false);
 
+/// Whether they hand released locks to the waiters of other lockers
+/// (`handover`).
+static HANDOVER: AtomicBool = AtomicBool::new(false);
+
 /// Whether their engines run on threads of their own (the default), or on
 /// the test's runtime (`dedicated_runtime` off).
 static DEDICATED: AtomicBool = AtomicBool::new(true);
@@ -106,6 +111,7 @@ fn options(urls: Vec<String>, majority: usize, prefix: &str) -> LockerOptions {
         .with_connect_timeout(ms(1000))
         .with_fencing(FENCING.load(Ordering::SeqCst))
         .with_fair_queueing(FAIR.load(Ordering::SeqCst))
+        .with_handover(HANDOVER.load(Ordering::SeqCst))
         .with_dedicated_runtime(DEDICATED.load(Ordering::SeqCst))
 }
 
@@ -913,6 +919,8 @@ struct Setup {
     /// Lockers use fair queueing; the run checks no waiter was starved by
     /// waiters that came after it.
     fair: bool,
+    /// Lockers hand released locks to the waiters of other lockers.
+    handover: bool,
     /// Lockers run their engines on threads of their own (the default);
     /// false: on the test's runtime, beside the workers' tasks.
     dedicated_runtime: bool,
@@ -933,6 +941,7 @@ fn lock_nemesis(label: &'static str, nodes: usize, majority: usize, default_secs
         default_secs,
         fencing: false,
         fair: false,
+        handover: false,
         dedicated_runtime: true,
         workload: Workload::Lock,
     }
@@ -962,6 +971,7 @@ async fn nemesis_in_process(setup: Setup) {
     );
     FENCING.store(setup.fencing, Ordering::SeqCst);
     FAIR.store(setup.fair, Ordering::SeqCst);
+    HANDOVER.store(setup.handover, Ordering::SeqCst);
     DEDICATED.store(setup.dedicated_runtime, Ordering::SeqCst);
     FENCE_LOG.lock().expect("fence log").clear();
     let mut cl = Cluster::start(setup.nodes, setup.lockers, setup.majority).await;
@@ -1152,6 +1162,7 @@ async fn nemesis_in_process(setup: Setup) {
     }
     FENCING.store(false, Ordering::SeqCst);
     FAIR.store(false, Ordering::SeqCst);
+    HANDOVER.store(false, Ordering::SeqCst);
     DEDICATED.store(true, Ordering::SeqCst);
     r.assert_ok();
     if setup.fair {
@@ -1327,6 +1338,7 @@ fn nemesis_election_one_instance() {
         default_secs: 12.0,
         fencing: false,
         fair: false,
+        handover: false,
         dedicated_runtime: true,
         workload: Workload::Election,
     }));
@@ -1344,6 +1356,7 @@ fn nemesis_election_three_instances() {
         default_secs: 12.0,
         fencing: false,
         fair: false,
+        handover: false,
         dedicated_runtime: true,
         workload: Workload::Election,
     }));
@@ -1365,6 +1378,7 @@ fn nemesis_rwlock_one_instance() {
         default_secs: 12.0,
         fencing: false,
         fair: false,
+        handover: false,
         dedicated_runtime: true,
         workload: Workload::RwLock,
     }));
@@ -1382,6 +1396,7 @@ fn nemesis_rwlock_three_instances() {
         default_secs: 12.0,
         fencing: false,
         fair: false,
+        handover: false,
         dedicated_runtime: true,
         workload: Workload::RwLock,
     }));
@@ -1402,6 +1417,7 @@ fn nemesis_fencing_three_instances() {
         default_secs: 12.0,
         fencing: true,
         fair: false,
+        handover: false,
         dedicated_runtime: true,
         workload: Workload::Lock,
     }));
@@ -1475,6 +1491,25 @@ fn nemesis_fair_three_instances() {
     }));
 }
 
+/// Hand-over across lockers under the in-model faults: a release gives
+/// the lock to the claim of another locker's waiter and tells it; the
+/// history must still show no overlap, no stuck waiter and no leaked key.
+#[test]
+fn nemesis_handover_one_instance() {
+    serial(nemesis_in_process(Setup {
+        handover: true,
+        ..lock_nemesis("1 instance, key_majority 1, hand-over", 1, 1, 12.0)
+    }));
+}
+
+#[test]
+fn nemesis_handover_three_instances() {
+    serial(nemesis_in_process(Setup {
+        handover: true,
+        ..lock_nemesis("3 instances, key_majority 2, hand-over", 3, 2, 12.0)
+    }));
+}
+
 /// No faults at all: the baseline the nemesis runs compare with (grant rate,
 /// waits). Runs only with `VALKEYLOCK_BASELINE=1`.
 #[test]
@@ -1492,6 +1527,7 @@ fn contention_without_faults() {
         default_secs: 20.0,
         fencing: false,
         fair: false,
+        handover: false,
         dedicated_runtime: true,
         workload: Workload::Lock,
     }));
@@ -1514,6 +1550,7 @@ fn nemesis_out_of_model() {
         default_secs: 10.0,
         fencing: false,
         fair: false,
+        handover: false,
         dedicated_runtime: true,
         workload: Workload::Lock,
     }));
@@ -1536,6 +1573,7 @@ fn nemesis_semaphore_one_instance() {
         default_secs: 12.0,
         fencing: false,
         fair: false,
+        handover: false,
         dedicated_runtime: true,
         workload: Workload::Semaphore { permits: 3 },
     }));
@@ -1553,6 +1591,7 @@ fn nemesis_semaphore_three_instances() {
         default_secs: 12.0,
         fencing: false,
         fair: false,
+        handover: false,
         dedicated_runtime: true,
         workload: Workload::Semaphore { permits: 3 },
     }));

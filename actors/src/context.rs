@@ -19,7 +19,7 @@ use ractor::ActorRef;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::{Config, Fair, Fencing, Life, Terms};
+use crate::core::{Config, Fair, Fencing, Handover, Life, Terms};
 use crate::health::HealthTable;
 use crate::msg::{DirectLink, Job, LockMsg, LockPort, NodeMsg};
 use crate::options::Settings;
@@ -171,6 +171,7 @@ impl Shared {
                 on => on,
             },
             handover_limit: 0,
+            handover: None,
             ..core.clone()
         });
         let writer_core = Arc::new(Config {
@@ -180,6 +181,7 @@ impl Shared {
         let reader_core = Arc::new(Config {
             fair: None,
             handover_limit: 0,
+            handover: None,
             ..core.clone()
         });
         Arc::new(Shared {
@@ -499,6 +501,9 @@ fn core_config(s: &Settings, epoch: crate::core::Time) -> Config {
             life: s.validity,
             refresh: s.extend.min(s.validity / 3),
             after: if s.fair { Duration::ZERO } else { s.validity },
+        }),
+        handover: s.handover.as_ref().map(|_| Handover {
+            wall_origin_us: wall_origin_us(),
         }),
     }
 }

@@ -398,6 +398,11 @@ impl Actor for LockActor {
             }
             LockMsg::Reply(NodeReply { cmd, outcome }) => Event::Reply { cmd, outcome },
             LockMsg::Invalidated { index } => Event::Invalidated { key: index },
+            LockMsg::Handed { index, token, cmd } => Event::Handed {
+                key: index,
+                token,
+                cmd,
+            },
             LockMsg::Recheck { node } => Event::Recheck { node },
             LockMsg::Timeout => {
                 st.timer = None;

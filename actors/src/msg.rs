@@ -128,6 +128,13 @@ pub(crate) enum LockMsg {
     Reply(NodeReply),
     /// Key `index` of this lock changed on its node.
     Invalidated { index: usize },
+    /// Hand-over: a release gave key `index` to `token` under the claim
+    /// command `cmd` left.
+    Handed {
+        index: usize,
+        token: Token,
+        cmd: CmdId,
+    },
     /// A node reconnected (`Some`) or invalidations may have been dropped
     /// (`None`, all nodes).
     Recheck { node: Option<usize> },
@@ -336,6 +343,7 @@ pub(crate) mod testing {
                 mode: SetMode::Nx,
                 fence: false,
                 ttl: Duration::from_secs(1),
+                claim: None,
                 queue: None,
             },
             gates: None,

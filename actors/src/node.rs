@@ -44,7 +44,7 @@ use tracing::{debug, info, warn};
 
 use crate::addr::{NodeAddr, Topology};
 use crate::context::{AbortOnDrop, NodeLane, Shared};
-use crate::core::{Op, Outcome, Place, Queue};
+use crate::core::{Claim, CmdId, Op, Outcome, Place, Queue};
 use crate::election::Record;
 use crate::failure::NodeFailure;
 use crate::keys::{self, KeyName};
@@ -457,6 +457,7 @@ async fn connect(
 ) -> Result<Connection, fred::error::Error> {
     let handle = client.init().await?;
     let mut forwarder = None;
+    let mut handover = None;
     let ready = async {
         shared.scripts.acquire.load(client).await?;
         shared.scripts.verify.load(client).await?;
@@ -466,8 +467,20 @@ async fn connect(
         // the checks after a reconnect are such a burst).
         shared.scripts.release_many.load(client).await?;
         shared.scripts.verify_many.load(client).await?;
+        if shared.settings.handover.is_some() {
+            shared.scripts.release_handover.load(client).await?;
+        }
         if shared.settings.fencing {
             shared.scripts.fence_write.load(client).await?;
+        }
+        if let Some(channel) = &shared.settings.handover {
+            // Hand-over: this locker's claims name this channel; a claim
+            // handed while nobody listens holds its key for a validity, so
+            // the connection is up only once the subscription is confirmed.
+            use fred::interfaces::PubsubInterface;
+            handover = Some(start_handover_forwarder(client, shared));
+            client.subscribe(&**channel).await?;
+            confirm_subscribed(client, channel).await?;
         }
         if shared.settings.tracking {
             // Subscribe before tracking is on, so no invalidation is missed.
@@ -497,7 +510,7 @@ async fn connect(
             } else {
                 0
             };
-            let mut watchers = Vec::new();
+            let mut watchers: Vec<_> = handover.into_iter().collect();
             match &addr.topology {
                 Topology::Standalone => {}
                 // A connection fred opens later (a promoted master, a node
@@ -540,14 +553,14 @@ async fn connect(
         }
         Ok(Err(e)) => {
             handle.abort();
-            if let Some(f) = forwarder {
+            for f in forwarder.into_iter().chain(handover) {
                 f.abort();
             }
             Err(e)
         }
         Err(_) => {
             handle.abort();
-            if let Some(f) = forwarder {
+            for f in forwarder.into_iter().chain(handover) {
                 f.abort();
             }
             Err(fred::error::Error::new(
@@ -602,7 +615,8 @@ async fn watch_sentinels(
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return Err(timed_out("subscribing")),
             }
-            match tokio::time::timeout(timeout, confirm_subscribed(&client)).await {
+            match tokio::time::timeout(timeout, confirm_subscribed(&client, "+switch-master")).await
+            {
                 Ok(Ok(())) => Ok((client, handle, abort, messages)),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(timed_out("confirming the subscription")),
@@ -668,7 +682,7 @@ async fn client_id(client: &Client) -> u64 {
 /// this one, or is dropped. A watcher that believes it watches is worse than
 /// none, so anything but a confirmed subscription fails the connect attempt;
 /// the Sentinel user therefore needs `+client|info` besides `+subscribe`.
-async fn confirm_subscribed(client: &Client) -> Result<(), fred::error::Error> {
+async fn confirm_subscribed(client: &Client, what: &str) -> Result<(), fred::error::Error> {
     use fred::types::{ClusterHash, CustomCommand};
     let info = client
         .custom::<Value, _>(
@@ -679,7 +693,7 @@ async fn confirm_subscribed(client: &Client) -> Result<(), fred::error::Error> {
         .map_err(|e| {
             fred::error::Error::new(
                 e.kind().clone(),
-                format!("confirming the +switch-master subscription with CLIENT INFO: {e}"),
+                format!("confirming the {what} subscription with CLIENT INFO: {e}"),
             )
         })?;
     let text = info.as_string().unwrap_or_default();
@@ -693,7 +707,7 @@ async fn confirm_subscribed(client: &Client) -> Result<(), fred::error::Error> {
     } else {
         Err(fred::error::Error::new(
             fred::error::ErrorKind::Sentinel,
-            "the Sentinel did not subscribe us to +switch-master (is SUBSCRIBE allowed to this user?)",
+            format!("the server did not subscribe us to {what} (is SUBSCRIBE to it allowed to this user?)"),
         ))
     }
 }
@@ -808,6 +822,72 @@ fn route_invalidation(shared: &Shared, key: &[u8]) {
         let _ = lock.cast(LockMsg::Invalidated { index });
     }
     shared.wake_watchers(name);
+}
+
+/// Reads a hand-over's message (`scripts::RELEASE_HANDOVER_LUA`):
+/// `<cmd> <token> <key>`. `None` for anything else: a message on our channel
+/// is an outsider's to write as well, and must not panic or mislead the
+/// engine (a token we do not know is only ever deleted under itself).
+fn parse_handover(msg: &[u8]) -> Option<(CmdId, Token, &[u8])> {
+    let mut parts = msg.splitn(3, |b| *b == b' ');
+    let cmd = std::str::from_utf8(parts.next()?)
+        .ok()?
+        .parse::<u64>()
+        .ok()?;
+    let token = Token::from_wire(parts.next()?)?;
+    Some((CmdId(cmd), token, parts.next()?))
+}
+
+/// Hands a hand-over's message to the `LockActor` of its key.
+fn route_handover(shared: &Shared, msg: &[u8]) {
+    let s = &shared.settings;
+    let Some((cmd, token, key)) = parse_handover(msg) else {
+        debug!(len = msg.len(), "not a hand-over message; ignored");
+        return;
+    };
+    let Some((index, name)) = keys::parse_key(&s.prefix, s.total, key) else {
+        debug!("hand-over of a key that is not a lock's; ignored");
+        return;
+    };
+    tracing::trace!(
+        lock = name,
+        key = index,
+        token = token.short(),
+        "handed over"
+    );
+    if let Some(lock) = shared.lock(name) {
+        let _ = lock.cast(LockMsg::Handed { index, token, cmd });
+    }
+}
+
+/// Routes hand-over messages on this locker's channel to `LockActor`s. Runs
+/// until the client is dropped. A lag means some were dropped: every lock
+/// re-checks, and a waiter whose key was handed finds it its own.
+fn start_handover_forwarder(client: &Client, shared: &Arc<Shared>) -> tokio::task::JoinHandle<()> {
+    let mut rx = client.message_rx();
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(m) => {
+                    if Some(&*m.channel) != shared.settings.handover.as_deref() {
+                        continue;
+                    }
+                    if let Some(bytes) = m.value.as_bytes() {
+                        route_handover(&shared, bytes);
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    warn!(
+                        skipped = n,
+                        "hand-over channel lagged; re-checking every lock"
+                    );
+                    shared.recheck_all(None);
+                }
+                Err(RecvError::Closed) => break,
+            }
+        }
+    })
 }
 
 /// Routes invalidations to `LockActor`s. Runs until the client is dropped (its
@@ -1204,10 +1284,11 @@ impl Many {
                             token,
                             mode,
                             ttl: t,
+                            claim,
                             ..
                         } if *t == ttl && Many::of(job) == Some(self) => {
                             args.push(token.value());
-                            args.push(Value::from_static_str(mode.as_arg()));
+                            args.push(mode_arg(s, *mode, claim.as_ref(), job.cmd));
                         }
                         _ => return None,
                     }
@@ -1225,9 +1306,14 @@ impl Many {
         }
     }
 
-    fn script(self, scripts: &crate::scripts::Scripts) -> &Script {
+    fn script<'a>(
+        self,
+        s: &crate::options::Settings,
+        scripts: &'a crate::scripts::Scripts,
+    ) -> &'a Script {
         match self {
             Many::Acquire => &scripts.acquire,
+            Many::Release if s.handover.is_some() => &scripts.release_handover,
             Many::Release => &scripts.release_many,
             Many::Verify => &scripts.verify_many,
         }
@@ -1275,6 +1361,7 @@ pub(crate) async fn outcome_of(client: &Client, shared: &Shared, job: &Job) -> O
         &job.key,
         job.fence_key.as_ref(),
         job.gates.as_deref(),
+        job.cmd,
     )
     .await
 }
@@ -1311,9 +1398,11 @@ async fn run_many(client: &Client, shared: &Shared, kind: Many, jobs: Vec<Job>) 
     // made. An acquisition's expiry is read once, here: a retry after
     // `NOSCRIPT` sends the same, later than the core stamped the send.
     let result = match kind.args(&shared.settings, &jobs) {
-        Some(args) => evalsha(client, kind.script(&shared.scripts), || {
-            (jobs.iter().map(|j| j.key.wire()).collect(), args.clone())
-        })
+        Some(args) => evalsha(
+            client,
+            kind.script(&shared.settings, &shared.scripts),
+            || (jobs.iter().map(|j| j.key.wire()).collect(), args.clone()),
+        )
         .await
         .map(|v| kind.outcomes(&v, jobs.len())),
         None => Ok(None),
@@ -1363,6 +1452,7 @@ async fn run(
     key: &KeyName,
     fence_key: Option<&KeyName>,
     gates: Option<&crate::rwlock::Gates>,
+    cmd: CmdId,
 ) -> Outcome {
     let (wire_key, fence_wire) = (key, fence_key);
     let (key, fence_key) = KeyName::texts(key, fence_key);
@@ -1422,15 +1512,24 @@ async fn run(
             token,
             mode: set,
             ttl,
+            claim,
             ..
+        } => {
+            let mode = mode_arg(s, *set, claim.as_ref(), cmd);
+            plain_acquire(client, shared, wire_key, fence_wire, token, mode, *ttl)
+                .await
+                .map(|v| acquired(key, &v, fence_key.is_some()))
         }
-        | Op::Extend {
+        Op::Extend {
             token,
             mode: set,
             ttl,
-        } => plain_acquire(client, shared, wire_key, fence_wire, token, *set, *ttl)
-            .await
-            .map(|v| acquired(key, &v, fence_key.is_some())),
+        } => {
+            let mode = Value::from_static_str(set.as_arg());
+            plain_acquire(client, shared, wire_key, fence_wire, token, mode, *ttl)
+                .await
+                .map(|v| acquired(key, &v, fence_key.is_some()))
+        }
         Op::Verify { token } => evalsha(client, &scripts.verify, || {
             (vec![wire_key.wire()], vec![token.value()])
         })
@@ -1439,6 +1538,19 @@ async fn run(
             Some(state) => Outcome::Key(state),
             None => Outcome::Failed("unexpected reply to verify"),
         }),
+        // With hand-over, the script of many keys for one: a key with a
+        // claim on it goes to the claimant.
+        Op::Release { token } if s.handover.is_some() => {
+            evalsha(client, &scripts.release_handover, || {
+                (vec![wire_key.wire()], vec![token.value()])
+            })
+            .await
+            .map(|v| match parse_released_many(&v, 1).as_deref() {
+                Some([Ok(deleted)]) => Outcome::Released(*deleted),
+                Some([Err(_)]) => Outcome::Failed(KEY_REFUSED),
+                _ => Outcome::Failed("unexpected reply to release"),
+            })
+        }
         Op::Release { token } => evalsha(client, &scripts.release, || {
             (vec![wire_key.wire()], vec![token.value()])
         })
@@ -1479,7 +1591,7 @@ async fn plain_acquire(
     key: &KeyName,
     fence_key: Option<&KeyName>,
     token: &Token,
-    set: SetMode,
+    set: Value,
     ttl: Duration,
 ) -> Result<Value, fred::error::Error> {
     let s = &shared.settings;
@@ -1495,11 +1607,32 @@ async fn plain_acquire(
             mode.clone(),
             Value::from_static_str(if fence_key.is_some() { "1" } else { "0" }),
             token.value(),
-            Value::from_static_str(set.as_arg()),
+            set.clone(),
         ];
         (keys, args)
     })
     .await
+}
+
+/// The acquire script's mode for a key: `NX`, `FORCE` or `XX`, or, for an
+/// acquisition that leaves a claim (hand-over), `NX` with the claimant, the
+/// waiter's arrival, the command's id and whether it claimed before
+/// (`scripts::ACQUIRE_LUA`).
+fn mode_arg(
+    s: &crate::options::Settings,
+    set: SetMode,
+    claim: Option<&Claim>,
+    cmd: CmdId,
+) -> Value {
+    match (claim, &s.handover) {
+        (Some(c), Some(channel)) if set == SetMode::Nx => Value::from(format!(
+            "NX|{channel}|{}|{}|{}",
+            c.arrival_us,
+            cmd.0,
+            u8::from(c.before)
+        )),
+        _ => Value::from_static_str(set.as_arg()),
+    }
 }
 
 /// `RW_ACQUIRE_LUA` on one key of a read-write lock, gated by `gates`.
@@ -1691,6 +1824,7 @@ async fn fair_acquire(
         key,
         "fair queue refused by the server's ACL; acquiring without it"
     );
+    let set = Value::from_static_str(set.as_arg());
     plain_acquire(client, shared, wire_key, fence_wire, token, set, ttl).await
 }
 

@@ -172,6 +172,24 @@ pub struct LockerOptions {
     /// (`dedicated_runtime`); elsewhere it has no effect. Default true. See
     /// the README, "Direct connections".
     pub direct_connections: bool,
+    /// Hand a released lock to the waiter of another process that has
+    /// waited longest, on the server, instead of deleting it and letting
+    /// the waiters race for it: a waiter that finds the lock held leaves a
+    /// claim beside each key (`{key}:c`, `{key}:cz`), and a release of a
+    /// locker with `handover` sets the key to the oldest live claim's token
+    /// and tells that waiter's locker on its channel
+    /// (`{key_prefix}:handover:<random>`, `PUBLISH`), which grants the
+    /// lock on that message, without a round trip of its own. Waiters of
+    /// other processes are then served in the order they started waiting.
+    /// Claims are refreshed while their waiters wait and lapse one
+    /// `key_validity` after they were last made: a claim of a process that
+    /// died can hold a lock up for at most that. A key with a fair queue is
+    /// deleted as before (the queue decides). Not with `fencing` (a
+    /// hand-over does not move the fencing counter) or on a cluster. The
+    /// waiters of lockers without it (and of the Go valkeylock) leave no
+    /// claim, and can wait while claimants are served. Off by default; see
+    /// the README, "Hand-over across processes".
+    pub handover: bool,
 }
 
 /// Every field, with the passwords in `nodes` replaced by `***`: options are
@@ -197,6 +215,7 @@ impl std::fmt::Debug for LockerOptions {
             .field("tls_ca_file", &self.tls_ca_file)
             .field("dedicated_runtime", &self.dedicated_runtime)
             .field("fair_queueing", &self.fair_queueing)
+            .field("handover", &self.handover)
             .field("direct_connections", &self.direct_connections)
             .finish()
     }
@@ -221,6 +240,7 @@ impl Default for LockerOptions {
             tls_ca_file: None,
             dedicated_runtime: true,
             fair_queueing: false,
+            handover: false,
             direct_connections: true,
         }
     }
@@ -310,6 +330,11 @@ impl LockerOptions {
     /// Sets `fair_queueing`.
     pub fn with_fair_queueing(mut self, fair: bool) -> Self {
         self.fair_queueing = fair;
+        self
+    }
+    /// Sets `handover`.
+    pub fn with_handover(mut self, on: bool) -> Self {
+        self.handover = on;
         self
     }
     /// Sets `local_handover_limit`.
@@ -498,6 +523,18 @@ impl LockerOptions {
         if self.connect_timeout.is_zero() {
             return bad("connect_timeout", "must be above 0".into());
         }
+        if self.handover && self.fencing {
+            return bad(
+                "handover",
+                "not with fencing: a hand-over does not move the fencing counter".into(),
+            );
+        }
+        if self.handover && nodes.iter().any(|n| n.topology == Topology::Cluster) {
+            return bad(
+                "handover",
+                "not on a cluster: a claim's keys and the hand-over's message are not routed by slot yet".into(),
+            );
+        }
         let rank = placement_order(&nodes);
         Ok(Settings {
             rank,
@@ -524,8 +561,20 @@ impl LockerOptions {
             dedicated_runtime: self.dedicated_runtime,
             fair: self.fair_queueing,
             direct: self.direct_connections,
+            handover: self.handover.then(|| claimant_channel(&self.key_prefix)),
         })
     }
+}
+
+/// A locker's hand-over channel: `{prefix}:handover:` and 16 random hex
+/// digits, its name in the claims it leaves.
+fn claimant_channel(prefix: &str) -> std::sync::Arc<str> {
+    let mut bytes = [0u8; 8];
+    // As for tokens: without the OS generator nothing here is safe.
+    getrandom::getrandom(&mut bytes)
+        .expect("the operating system's random number generator failed");
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}:handover:{hex}").into()
 }
 
 /// What is wrong with a key TTL, if anything: below 10 ms nothing useful
@@ -599,6 +648,8 @@ pub(crate) struct Settings {
     pub(crate) fair: bool,
     /// Direct connections are on (`direct_connections`).
     pub(crate) direct: bool,
+    /// Hand-over (`handover`): this locker's channel, which its claims name.
+    pub(crate) handover: Option<std::sync::Arc<str>>,
 }
 
 impl Settings {

@@ -38,6 +38,20 @@ use crate::election::Record;
 /// atomic step by a fresh acquisition, unchanged for a retry of our own
 /// (token already there).
 ///
+/// Hand-over (`LockerOptions::handover`): a mode of the form
+/// `NX|<claimant>|<arrival>|<seq>|<before>` is `NX` that, when the key is
+/// held by another owner, leaves a claim on it: in the hash `{key}:c`, under
+/// the claimant (its locker's channel), the token, the instant the key would
+/// have expired had this step taken it (server milliseconds; `PXAT` is the
+/// caller's own), and `seq`, the caller's id of this command; in the sorted
+/// set `{key}:cz`, the claimant scored by `arrival` (µs since the Unix
+/// epoch, when its waiter started waiting: the same on every key, so every
+/// key orders its claimants alike). A release of a locker with hand-over
+/// (`RELEASE_HANDOVER_LUA`) gives the key to the oldest live claim. A step
+/// that takes the key, or finds it ours, with `before` `1` (the caller has
+/// claimed before) takes its claim out. A claim is best effort: a failure to
+/// write it is not an error of the key.
+///
 /// "Ours" is what the trailing `GET` reads, not what the write replied: a
 /// `PXAT`/`PEXPIREAT` time already past (this machine's wall clock behind
 /// the server's by more than the validity) makes the server delete the key,
@@ -59,7 +73,24 @@ if ARGV[3] == '1' then n = n - 1 end
 local function failed(r)
   return type(r) == 'table' and r.err ~= nil
 end
+local function claim(key, token, who, arrival, seq)
+  local c, cz = '{' .. key .. '}:c', '{' .. key .. '}:cz'
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local lapse = tonumber(ARGV[1])
+  if ARGV[2] ~= 'PXAT' then lapse = now + lapse end
+  if lapse <= now then return end
+  local r = redis.pcall('HSET', c, who, token .. ' ' .. string.format('%.0f', lapse) .. ' ' .. seq)
+  if failed(r) then return end
+  redis.pcall('ZADD', cz, arrival, who)
+  for _, k in ipairs({c, cz}) do
+    local p = redis.pcall('PTTL', k)
+    if type(p) == 'number' and p < lapse - now then redis.pcall('PEXPIRE', k, lapse - now) end
+  end
+end
 local function step(key, token, mode)
+  local m, who, arrival, seq, before = string.match(mode, '^(%u+)|([^|]+)|(%d+)|(%d+)|([01])$')
+  if m then mode = m end
   local cur = redis.pcall('GET', key)
   if failed(cur) then return cur end
   local r
@@ -70,6 +101,7 @@ local function step(key, token, mode)
       r = redis.pcall('PEXPIRE', key, ARGV[1])
     end
   elseif mode == 'XX' or (cur and mode ~= 'FORCE') then
+    if who and cur then claim(key, token, who, arrival, seq) end
     return cur
   else
     if mode == 'NX' and not cur and not string.find(key, '[{}]') then
@@ -78,6 +110,10 @@ local function step(key, token, mode)
     r = redis.pcall('SET', key, token, ARGV[2], ARGV[1])
   end
   if failed(r) then return r end
+  if before == '1' then
+    redis.pcall('HDEL', '{' .. key .. '}:c', who)
+    redis.pcall('ZREM', '{' .. key .. '}:cz', who)
+  end
   local now = redis.pcall('GET', key)
   if now == token then return 1, cur ~= token end
   return now
@@ -411,6 +447,73 @@ end
 return out
 "#;
 
+/// Compare-and-delete of one key or many, for lockers with hand-over
+/// (`LockerOptions::handover`): a key of ours with a live claim on it (see
+/// `ACQUIRE_LUA`) is not deleted but handed to the oldest one, by arrival:
+/// set to the claim's token, expiring when the claimant's own acquisition
+/// would have made it expire, and the claimant is told on its channel
+/// (`PUBLISH <claimant> "<seq> <token> <key>"`). The claimant counts the key
+/// from the moment it sent the command `seq`, as if that command had taken
+/// it: the expiry is the one it would have set. Claims that lapsed, and the
+/// one handed, are taken out; a key with a fair queue (`FAIR_LUA`) is
+/// deleted, as the queue decides who is next.
+///
+/// `KEYS`: the lock keys. `ARGV`: a token per key. Reply: an array with one
+/// entry per key: `1` deleted or handed, `0` not ours, `{0, message}` when
+/// the server refused a command on that key.
+const RELEASE_HANDOVER_LUA: &str = r#"
+local function failed(r)
+  return type(r) == 'table' and r.err ~= nil
+end
+local now
+local function hand(key, mine)
+  if not string.find(key, '[{}]') and redis.pcall('EXISTS', '{' .. key .. '}:q') == 1 then
+    return false
+  end
+  local c, cz = '{' .. key .. '}:c', '{' .. key .. '}:cz'
+  local who = redis.pcall('ZRANGE', cz, 0, -1)
+  if failed(who) or #who == 0 then return false end
+  if not now then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  for _, w in ipairs(who) do
+    local d = redis.pcall('HGET', c, w)
+    redis.pcall('ZREM', cz, w)
+    redis.pcall('HDEL', c, w)
+    if type(d) == 'string' then
+      local tok, lapse, seq = string.match(d, '^(%S+) (%d+) (%d+)$')
+      if tok and tok ~= mine and tonumber(lapse) > now then
+        if not failed(redis.pcall('SET', key, tok, 'PXAT', lapse)) then
+          redis.pcall('PUBLISH', w, seq .. ' ' .. tok .. ' ' .. key)
+          return true
+        end
+      end
+    end
+  end
+  return false
+end
+local out = {}
+for i = 1, #KEYS do
+  local cur = redis.pcall('GET', KEYS[i])
+  if failed(cur) then
+    out[i] = {0, tostring(cur.err)}
+  elseif cur ~= ARGV[i] then
+    out[i] = 0
+  elseif hand(KEYS[i], cur) then
+    out[i] = 1
+  else
+    local r = redis.pcall('DEL', KEYS[i])
+    if failed(r) then
+      out[i] = {0, tostring(r.err)}
+    else
+      out[i] = r
+    end
+  end
+end
+return out
+"#;
+
 /// `VERIFY_LUA` for many keys (of many locks) in one call: what a node's
 /// command pump sends for the checks it finds queued together, as after a
 /// reconnect, when every lock re-checks its keys on that node at once (see
@@ -583,6 +686,8 @@ pub(crate) struct Scripts {
     pub(crate) release_many: Script,
     /// For checks queued together (see `node::run_pump`).
     pub(crate) verify_many: Script,
+    /// Releases of lockers with hand-over, one key or many.
+    pub(crate) release_handover: Script,
     pub(crate) fence_write: Script,
     /// Loaded on first use (`inspect` is rare; a connection does not need it).
     pub(crate) inspect: Script,
@@ -602,6 +707,7 @@ impl Scripts {
             release: Script::from_lua(RELEASE_LUA),
             release_many: Script::from_lua(RELEASE_MANY_LUA),
             verify_many: Script::from_lua(VERIFY_MANY_LUA),
+            release_handover: Script::from_lua(RELEASE_HANDOVER_LUA),
             fence_write: Script::from_lua(FENCE_WRITE_LUA),
             inspect: Script::from_lua(INSPECT_LUA),
             fair: Script::from_lua(FAIR_LUA),
@@ -1011,6 +1117,22 @@ impl Token {
         len += room - rest.len();
         let len = u8::try_from(len).unwrap_or(u8::MAX);
         Token(fred::bytes::Bytes::from_owner(TokenBuf { buf, len }))
+    }
+
+    /// A token as it came back from the server in a hand-over's message
+    /// (`RELEASE_HANDOVER_LUA`): `None` unless it has a token's shape, so
+    /// that what a third party publishes is never taken for one of ours
+    /// (ours are compared whole, and the longest is [`TOKEN_MAX`]).
+    pub(crate) fn from_wire(bytes: &[u8]) -> Option<Token> {
+        let ok = (TOKEN_HEX + 1..=TOKEN_MAX).contains(&bytes.len())
+            && bytes.iter().all(|b| b.is_ascii_graphic());
+        if !ok {
+            return None;
+        }
+        let mut buf = [0; TOKEN_MAX];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        let len = u8::try_from(bytes.len()).ok()?;
+        Some(Token(fred::bytes::Bytes::from_owner(TokenBuf { buf, len })))
     }
 
     /// The token as a command argument: the same bytes, shared.
@@ -1564,6 +1686,192 @@ mod tests {
             ),
             None
         );
+    }
+
+    /// Hand-over on a real server: a waiter that finds the key held leaves
+    /// a claim (refreshed by its next run); a release gives the key to the
+    /// oldest live claim by arrival, with the claim's expiry, and tells the
+    /// claimant on its channel; a lapsed claim, or one of the releasing
+    /// token, is passed over; a key with a fair queue is deleted; a run
+    /// that takes the key takes its claim out.
+    #[tokio::test]
+    async fn a_release_hands_the_key_to_the_oldest_live_claim() {
+        use fred::interfaces::{EventInterface, KeysInterface, LuaInterface, PubsubInterface};
+        let server = Server::start();
+        let client = server.client().await;
+        // The commands on the claims' hash and sorted set, through a script
+        // (the client is built without fred's interfaces for them).
+        let call = |args: Vec<&'static str>| {
+            let client = client.clone();
+            async move {
+                let v: Value = client
+                    .eval(
+                        "return redis.call(ARGV[1], KEYS[1], unpack(ARGV, 2))",
+                        vec![args[1]],
+                        [&args[..1], &args[2..]].concat(),
+                    )
+                    .await
+                    .expect("the command runs");
+                v
+            }
+        };
+        let listener = server.client().await;
+        let mut messages = listener.message_rx();
+        listener
+            .subscribe(vec!["chA", "chB", "chC"])
+            .await
+            .expect("SUBSCRIBE");
+        let acquire = |token: &'static str, mode: String, ms: u64| {
+            let client = client.clone();
+            async move {
+                let reply: Value = client
+                    .eval(
+                        ACQUIRE_LUA,
+                        vec!["k"],
+                        vec![ms.to_string(), "PX".into(), "0".into(), token.into(), mode],
+                    )
+                    .await
+                    .expect("the acquire script runs");
+                parse_acquire(&reply, 1, false)
+                    .expect("a well-formed reply")
+                    .remove(0)
+            }
+        };
+        let release = |token: &'static str| {
+            let client = client.clone();
+            async move {
+                let reply: Value = client
+                    .eval(RELEASE_HANDOVER_LUA, vec!["k"], vec![token])
+                    .await
+                    .expect("the release script runs");
+                parse_released_many(&reply, 1)
+                    .expect("a well-formed reply")
+                    .remove(0)
+            }
+        };
+        async fn next_message(
+            rx: &mut tokio::sync::broadcast::Receiver<fred::types::Message>,
+        ) -> (String, String) {
+            let m = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+                .await
+                .expect("a hand-over message")
+                .expect("the listener is up");
+            (
+                m.channel.to_string(),
+                m.value.as_string().unwrap_or_default(),
+            )
+        }
+        let _: () = client
+            .set("k", "holder", None, None, false)
+            .await
+            .expect("SET");
+        // A and B find it held and claim; B arrived first. A's second run
+        // refreshes A's claim (its command id and expiry).
+        let held = KeyState::Other {
+            forced: false,
+            owner: None,
+        };
+        assert_eq!(
+            acquire("tA", "NX|chA|200|7|0".into(), 60_000).await,
+            Ok(held.clone())
+        );
+        assert_eq!(
+            acquire("tB", "NX|chB|100|9|0".into(), 60_000).await,
+            Ok(held.clone())
+        );
+        assert_eq!(
+            acquire("tA", "NX|chA|200|8|1".into(), 60_000).await,
+            Ok(held.clone())
+        );
+        let a = call(vec!["HGET", "{k}:c", "chA"])
+            .await
+            .as_string()
+            .unwrap_or_default();
+        assert!(a.starts_with("tA ") && a.ends_with(" 8"), "{a}");
+        let arrival = call(vec!["ZSCORE", "{k}:cz", "chB"]).await.as_string();
+        assert_eq!(arrival.as_deref(), Some("100"));
+        let pttl: i64 = client.pttl("{k}:c").await.expect("PTTL");
+        assert!(
+            pttl > 50_000,
+            "the claims live as long as the longest: {pttl}"
+        );
+        // The holder releases: B, the older, gets the key and is told.
+        assert_eq!(release("holder").await, Ok(true));
+        let now: Option<String> = client.get("k").await.expect("GET");
+        assert_eq!(now.as_deref(), Some("tB"));
+        let pttl: i64 = client.pttl("k").await.expect("PTTL");
+        assert!(
+            (50_000..=60_000).contains(&pttl),
+            "the claim's expiry: {pttl}"
+        );
+        assert_eq!(
+            next_message(&mut messages).await,
+            ("chB".into(), "9 tB k".into())
+        );
+        // B releases: A's claim gets it.
+        assert_eq!(release("tB").await, Ok(true));
+        let now: Option<String> = client.get("k").await.expect("GET");
+        assert_eq!(now.as_deref(), Some("tA"));
+        assert_eq!(
+            next_message(&mut messages).await,
+            ("chA".into(), "8 tA k".into())
+        );
+        // Nobody claims: the release deletes.
+        assert_eq!(release("tA").await, Ok(true));
+        let left: i64 = client.exists("k").await.expect("EXISTS");
+        assert_eq!(left, 0);
+        // A claim that lapsed is passed over (and taken out); so is one of
+        // the releasing token itself.
+        let _: () = client
+            .set("k", "holder", None, None, false)
+            .await
+            .expect("SET");
+        assert_eq!(
+            acquire("tC", "NX|chC|50|3|0".into(), 30).await,
+            Ok(held.clone())
+        );
+        assert_eq!(
+            acquire("holder", "NX|chA|10|4|0".into(), 60_000).await,
+            Ok(KeyState::Ours {
+                pttl_ms: None,
+                fence: None
+            })
+        );
+        call(vec!["HSET", "{k}:c", "chA", "holder 99999999999999 4"]).await;
+        call(vec!["ZADD", "{k}:cz", "10", "chA"]).await;
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        assert_eq!(release("holder").await, Ok(true));
+        let left: i64 = client
+            .exists(vec!["k", "{k}:c", "{k}:cz"])
+            .await
+            .expect("EXISTS");
+        assert_eq!(left, 0, "deleted, and both claims gone");
+        // A run that takes the key (or finds it its own) takes its claim out.
+        let _: () = client
+            .set("k", "holder", None, None, false)
+            .await
+            .expect("SET");
+        assert_eq!(
+            acquire("tD", "NX|chA|5|1|0".into(), 60_000).await,
+            Ok(held.clone())
+        );
+        let _: i64 = client.del("k").await.expect("DEL");
+        assert_eq!(
+            acquire("tD", "NX|chA|5|2|1".into(), 60_000).await,
+            Ok(KeyState::Ours {
+                pttl_ms: None,
+                fence: None
+            })
+        );
+        let claimed = call(vec!["HEXISTS", "{k}:c", "chA"]).await;
+        assert_eq!(claimed, Value::Integer(0), "the claim went with the take");
+        // With a fair queue beside the key, a release deletes: the queue
+        // decides who is next.
+        assert_eq!(acquire("tE", "NX|chC|1|5|0".into(), 60_000).await, Ok(held));
+        call(vec!["ZADD", "{k}:q", "1", "w"]).await;
+        assert_eq!(release("tD").await, Ok(true));
+        let left: i64 = client.exists("k").await.expect("EXISTS");
+        assert_eq!(left, 0, "deleted, not handed");
     }
 
     #[test]

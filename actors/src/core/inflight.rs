@@ -243,6 +243,14 @@ impl InFlight {
         self.cmds.iter().any(|(_, c)| f(&c.purpose))
     }
 
+    /// What command `id` was sent for, and when, if it is in the table.
+    pub(crate) fn sent_of(&self, id: CmdId) -> Option<(Purpose, Time)> {
+        self.cmds
+            .iter()
+            .find(|(c, _)| *c == id)
+            .map(|(_, c)| (c.purpose, c.sent))
+    }
+
     /// What command `id` was sent for, if it is in the table.
     pub(crate) fn purpose_of(&self, id: CmdId) -> Option<Purpose> {
         self.cmds

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use super::fence::{Fence, FenceNext};
 use super::inflight::{Answered, CmdId, InFlight, Purpose, Route};
-use super::ops::{Entropy, Op, Outcome, Place, Queue, Target};
+use super::ops::{Claim, Entropy, Op, Outcome, Place, Queue, Target};
 use super::quorum::{self, Life, Tally};
 use super::terms::Terms;
 use super::time::Time;
@@ -97,6 +97,19 @@ impl Fair {
     }
 }
 
+/// Hand-over across processes (`LockerOptions::handover`): a waiter's
+/// acquisition that finds a key held leaves a claim on it, and a release of
+/// a locker with hand-over gives the key to the oldest live claim and tells
+/// its claimant (`scripts::RELEASE_HANDOVER_LUA`), who holds it from that
+/// message on, without a round trip of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Handover {
+    /// The wall clock (µs since the Unix epoch) at the origin of the core's
+    /// clock: a claim's arrival, the order of the claims, is this plus the
+    /// `now` its waiting began.
+    pub(crate) wall_origin_us: u64,
+}
+
 /// How fencing tokens are made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fencing {
@@ -136,6 +149,8 @@ pub(crate) struct Config {
     pub(crate) epoch: Time,
     /// Fair queueing across processes; `None`: off.
     pub(crate) fair: Option<Fair>,
+    /// Hand-over across processes; `None`: off.
+    pub(crate) handover: Option<Handover>,
 }
 
 impl Config {
@@ -190,6 +205,13 @@ pub(crate) enum Event {
     Reply { cmd: CmdId, outcome: Outcome },
     /// Key `key` of this lock changed on its node.
     Invalidated { key: usize },
+    /// Hand-over: a release gave key `key` to `token`, under the claim that
+    /// command `cmd` left (`scripts::RELEASE_HANDOVER_LUA`).
+    Handed {
+        key: usize,
+        token: Token,
+        cmd: CmdId,
+    },
     /// Node `node` reconnected (`None`: invalidations of every node may have
     /// been dropped): re-check keys there and let waiters retry.
     Recheck { node: Option<usize> },
@@ -355,6 +377,31 @@ struct Attempt {
     placed_before: bool,
     /// Sent right behind the deletes of the grant before (see [`Chain`]).
     chain: Option<Chain>,
+    /// Hand-over: the claims it leaves (boxed, as most attempts leave none
+    /// and an attempt's size is every lock's).
+    claims: Option<Box<Claims>>,
+}
+
+/// Hand-over: the claims an attempt for the waiters leaves on the keys it
+/// finds held (`scripts::ACQUIRE_LUA`). An attempt that fails with nothing
+/// taken keeps them: it waits in [`Phase::Idle`], and the next attempt for
+/// the waiters is another run of it, with the same token, so that a key
+/// handed to that token is taken by the message that says so or, when the
+/// invalidation of the hand-over comes first, by that run (the script
+/// finds its own token). An attempt that took a key, or whose write may
+/// have, releases it with its token: it keeps no claims, as a run with
+/// that token could then count a key its own delete removes.
+#[derive(Debug)]
+struct Claims {
+    /// When the waiting began (µs since the Unix epoch): the claims' order.
+    arrival_us: u64,
+    /// An earlier run left claims: a run that takes a key takes its claim
+    /// out.
+    before: bool,
+    /// Per key, the newest acquisition whose reply said the key was held
+    /// (so it left a claim there), and when it was sent: the instant a key
+    /// handed under that claim is counted from.
+    left: Vec<Option<(CmdId, Time)>>,
 }
 
 /// The keys held under one token, and who holds them.
@@ -440,6 +487,9 @@ enum Phase {
     Idle {
         wake: Vec<bool>,
         retry_at: Option<Time>,
+        /// Hand-over: the failed attempt whose claims may stand (see
+        /// [`Claims`]).
+        claimed: Option<Box<Attempt>>,
     },
     Attempting(Attempt),
     Holding(Grant),
@@ -649,6 +699,7 @@ impl LockCore {
             phase: Phase::Idle {
                 wake: vec![false; total],
                 retry_at: None,
+                claimed: None,
             },
             waiters: Waiters::default(),
             cmds: InFlight::default(),
@@ -857,6 +908,10 @@ impl LockCore {
         match &self.phase {
             Phase::Attempting(a) => Some(&a.token),
             Phase::Holding(g) => Some(&g.token),
+            // Its claims may still hand it a key.
+            Phase::Idle {
+                claimed: Some(a), ..
+            } => Some(&a.token),
             _ => None,
         }
     }
@@ -898,6 +953,7 @@ impl LockCore {
             Event::Release { holder, ack } => self.on_release(now, holder, ack),
             Event::Reply { cmd, outcome } => self.on_reply(now, cmd, outcome),
             Event::Invalidated { key } => self.on_invalidated(now, Some(key), None),
+            Event::Handed { key, token, cmd } => self.on_handed(now, key, token, cmd),
             Event::Recheck { node } => self.on_invalidated(now, None, node),
             Event::Timeout => self.on_timeout(now),
             Event::Close => self.on_close(now),
@@ -954,6 +1010,11 @@ impl LockCore {
             }
             (_, RequestKind::Wait) => {
                 let first = !self.waiters.has_waiter();
+                if let (true, Phase::Idle { claimed, .. }) = (first, &mut self.phase) {
+                    // The claims of waiters that gave up: a new waiter
+                    // claims from its own arrival.
+                    *claimed = None;
+                }
                 if first {
                     // What the last waiter's attempts reached says nothing
                     // of this one's: it takes its place from its first
@@ -1188,19 +1249,86 @@ impl LockCore {
         mode: SetMode,
         request: Option<(ReqId, RequestKind, Terms)>,
     ) {
-        let id = self.id();
-        let terms = match request {
-            Some((_, _, terms)) => terms,
-            None => self.waiters.head_terms().unwrap_or(self.cfg.terms),
+        let (queue, claim) = self.begin_attempt(now, mode, request);
+        self.send_acquires(now, mode, queue, claim);
+    }
+
+    /// Makes the attempt of [`LockCore::start_attempt`] the phase, without
+    /// sending anything yet; what its acquisitions carry.
+    fn begin_attempt(
+        &mut self,
+        now: Time,
+        mode: SetMode,
+        request: Option<(ReqId, RequestKind, Terms)>,
+    ) -> (Option<Box<Queue>>, Option<Claim>) {
+        let head_terms = self.waiters.head_terms().unwrap_or(self.cfg.terms);
+        // Hand-over: the waiters' attempt goes on with the token of the one
+        // before, whose claims may stand (see `Claims`), if it is for the
+        // same terms (a token carries them).
+        let resumed = match &mut self.phase {
+            Phase::Idle { claimed, .. } if mode == SetMode::Nx && request.is_none() => {
+                claimed.take().filter(|a| a.terms == head_terms)
+            }
+            _ => None,
         };
-        let token = self
-            .entropy
-            .token(mode == SetMode::Force, self.fingerprint(&terms));
         let total = self.cfg.total;
+        let (id, token, terms, claims) = match resumed {
+            Some(a) => {
+                let Attempt {
+                    id,
+                    token,
+                    terms,
+                    mut claims,
+                    ..
+                } = *a;
+                if let Some(c) = claims.as_mut() {
+                    c.before = true;
+                }
+                (id, token, terms, claims)
+            }
+            None => {
+                let id = self.id();
+                let terms = match request {
+                    Some((_, _, terms)) => terms,
+                    None => head_terms,
+                };
+                let token = self
+                    .entropy
+                    .token(mode == SetMode::Force, self.fingerprint(&terms));
+                // A semaphore's waiter waits on every slot: a slot handed to
+                // it after it took another would only be given back.
+                let claims = self
+                    .cfg
+                    .handover
+                    .filter(|_| mode == SetMode::Nx && request.is_none() && terms.permits.is_none())
+                    .map(|h| {
+                        let arrival_us = match self.waiters.head_place() {
+                            Some(p) => p.since_us,
+                            None => h.wall_origin_us + now.as_nanos() / 1_000,
+                        };
+                        Box::new(Claims {
+                            arrival_us,
+                            before: false,
+                            left: vec![None; total],
+                        })
+                    });
+                (id, token, terms, claims)
+            }
+        };
         let placed_before = self.waiters.head_placed();
         let queue = self.queue_args(now, mode, request.is_none(), placed_before, &terms);
         let candidate = queue.as_ref().and_then(|q| q.candidate);
-        tracing::trace!(token = token.short(), ?mode, "attempt");
+        // Through a fair queue, the queue decides who is next: no claim.
+        let claim = claims.as_ref().filter(|_| queue.is_none()).map(|c| Claim {
+            arrival_us: c.arrival_us,
+            before: c.before,
+        });
+        tracing::trace!(
+            token = token.short(),
+            ?mode,
+            resumed = claim.is_some_and(|c| c.before),
+            "attempt"
+        );
         self.phase = Phase::Attempting(Attempt {
             id,
             token: token.clone(),
@@ -1214,17 +1342,40 @@ impl LockCore {
             candidate,
             placed_before,
             chain: None,
+            claims,
         });
+        (queue, claim)
+    }
+
+    /// Sends the attempt's acquisitions of the keys nothing is known of yet.
+    fn send_acquires(
+        &mut self,
+        now: Time,
+        mode: SetMode,
+        queue: Option<Box<Queue>>,
+        claim: Option<Claim>,
+    ) {
+        let Phase::Attempting(a) = &self.phase else {
+            return;
+        };
+        let (id, token, terms) = (a.id, a.token.clone(), a.terms);
+        let total = self.cfg.total;
         // Only a counter moved by the write that completes the majority is
         // ordered after every earlier grant: with one key, that is key 0's.
         let in_script = self.cfg.fencing == Fencing::InScript && total == 1;
         for key in 0..total {
+            let pending =
+                matches!(&self.phase, Phase::Attempting(a) if a.keys[key].key == Key::Pending);
+            if !pending {
+                continue;
+            }
             let op = Op::Acquire {
                 token: token.clone(),
                 mode,
                 fence: in_script && key == 0,
                 ttl: terms.life.ttl,
                 queue: queue.clone(),
+                claim,
             };
             self.send(
                 now,
@@ -1352,6 +1503,7 @@ impl LockCore {
                 Phase::Idle {
                     wake: Vec::new(),
                     retry_at: None,
+                    claimed: None,
                 },
             )
         })
@@ -1547,7 +1699,22 @@ impl LockCore {
             held_by_others,
             "attempt failed"
         );
-        self.past.push((a.id, a.token.clone()));
+        // Hand-over: an attempt for the waiters that found keys held and
+        // took none, and whose writes all answered, keeps its claims (see
+        // `Claims`); anything else releases what it may have taken.
+        let keep_claims = a.claims.is_some()
+            && a.request.is_none()
+            && a.mismatch.is_none()
+            && held_by_others
+            && a.keys.iter().all(|s| {
+                matches!(
+                    s.key,
+                    Key::Other { .. } | Key::Absent | Key::Failed | Key::Queued { .. }
+                )
+            });
+        if !keep_claims {
+            self.past.push((a.id, a.token.clone()));
+        }
         // A key this attempt took has no place of its candidate (the script
         // makes none where it takes the key): make it before the key is
         // released, on the same connection, so the waiter keeps its turn
@@ -1597,26 +1764,49 @@ impl LockCore {
             .iter()
             .map(|s| matches!(s.key, Key::Other { .. } | Key::Queued { .. }))
             .collect();
-        if a.woken && self.waiters.has_waiter() {
+        let woken = a.woken;
+        let first_queued = a
+            .keys
+            .iter()
+            .filter_map(|s| match s.key {
+                Key::Queued { until } => Some(until),
+                _ => None,
+            })
+            .min();
+        // A claim lapses one validity after it was made: runs come at
+        // least three times a validity, so the claims stay live.
+        let claims_ttl = keep_claims.then_some(a.terms.life.ttl);
+        let claimed = keep_claims.then(|| Box::new(a));
+        if woken && self.waiters.has_waiter() {
+            self.phase = Phase::Idle {
+                wake,
+                retry_at: None,
+                claimed,
+            };
             self.start_attempt(now, SetMode::Nx, None);
             return;
         }
         let mut retry_at = now + self.retry_period(held_by_others);
+        if let Some(ttl) = claims_ttl {
+            retry_at = retry_at.min(now + ttl / 3);
+        }
         if let Some(f) = self.cfg.fair {
             // Keep the places fresh, and look again when the waiter ahead of
             // ours loses its place (it died, or stopped waiting unseen): the
             // key is free then, and nothing else would wake us.
             retry_at = retry_at.min(now + f.refresh);
-            for s in &a.keys {
-                if let Key::Queued { until } = s.key {
-                    retry_at = retry_at.min(until + Duration::from_millis(1));
-                    // A queue of the name: go through its gate.
-                    self.gated = true;
-                }
+            if let Some(until) = first_queued {
+                retry_at = retry_at.min(until + Duration::from_millis(1));
+                // A queue of the name: go through its gate.
+                self.gated = true;
             }
         }
         let retry_at = Some(retry_at);
-        self.phase = Phase::Idle { wake, retry_at };
+        self.phase = Phase::Idle {
+            wake,
+            retry_at,
+            claimed,
+        };
     }
 
     /// The fallback retry of waiters. With tracking, an invalidation normally
@@ -1766,9 +1956,11 @@ impl LockCore {
     ) {
         let c = self.cfg.clone();
         let writes = written.is_some();
-        let (slots, terms) = match &mut self.phase {
-            Phase::Attempting(a) if a.id == owner => (&mut a.keys, a.terms),
-            Phase::Holding(g) if g.id == owner => (&mut g.keys, g.terms),
+        let (slots, terms, claims) = match &mut self.phase {
+            Phase::Attempting(a) if a.id == owner => {
+                (&mut a.keys, a.terms, a.claims.as_deref_mut())
+            }
+            Phase::Holding(g) if g.id == owner => (&mut g.keys, g.terms, None),
             _ => {
                 // Its attempt or grant is over: a key it made ours is
                 // released, and so is one its write may have taken (no
@@ -1834,6 +2026,12 @@ impl LockCore {
                 }
                 Outcome::Key(KeyState::Other { forced, owner }) => {
                     mismatch = owner.filter(|fp| *fp != ours);
+                    // Hand-over: the acquisition left a claim on the key.
+                    if let (true, Some(c)) = (writes, claims) {
+                        if let Some(left) = c.left.get_mut(key) {
+                            *left = Some((cmd, sent));
+                        }
+                    }
                     Key::Other { forced }
                 }
                 Outcome::Key(KeyState::Absent) => Key::Absent,
@@ -2174,6 +2372,7 @@ impl LockCore {
             self.phase = Phase::Idle {
                 wake: vec![false; self.cfg.total],
                 retry_at: None,
+                claimed: None,
             };
             if let Some((force, terms)) = self.waiters.pop_force() {
                 self.start_force(now, force, terms);
@@ -2188,6 +2387,7 @@ impl LockCore {
                     self.phase = Phase::Idle {
                         wake: vec![false; self.cfg.total],
                         retry_at: Some(now + wait),
+                        claimed: None,
                     };
                 } else {
                     self.start_attempt(now, SetMode::Nx, None);
@@ -2392,6 +2592,102 @@ impl LockCore {
                 }
             }
             Phase::Releasing { .. } | Phase::Closing | Phase::Closed => {}
+        }
+    }
+
+    /// Hand-over: a release gave key `key` to `token`, under the claim that
+    /// command `cmd` left. The key counts as ours from the instant `cmd` was
+    /// sent, as if `cmd` had taken it: the release set the expiry `cmd`
+    /// would have set (`scripts::RELEASE_HANDOVER_LUA`).
+    fn on_handed(&mut self, now: Time, key: usize, token: Token, cmd: CmdId) {
+        if key >= self.cfg.total {
+            return;
+        }
+        // Waiting with that token's claims: the next run of the attempt
+        // starts with the key counted, and sends for the others only if it
+        // is still undecided then.
+        let head_terms = self.waiters.head_terms();
+        let resumed = matches!(
+            &self.phase,
+            Phase::Idle { claimed: Some(a), .. } if a.token == token && head_terms == Some(a.terms)
+        );
+        let run = resumed.then(|| self.begin_attempt(now, SetMode::Nx, None));
+        match &mut self.phase {
+            Phase::Attempting(a) if a.token == token => {
+                let left = a
+                    .claims
+                    .as_ref()
+                    .and_then(|c| c.left.get(key).copied().flatten())
+                    .filter(|(c, _)| *c == cmd)
+                    .map(|(_, sent)| sent);
+                let sent = left.or_else(|| match self.cmds.sent_of(cmd) {
+                    Some((
+                        Purpose::Acquire {
+                            attempt, key: k, ..
+                        },
+                        sent,
+                    )) if attempt == a.id && k == key => Some(sent),
+                    _ => None,
+                });
+                if let Some(sent) = sent {
+                    let expiry = a.terms.life.expiry(sent);
+                    let slot = &mut a.keys[key];
+                    // Newest-sent-wins, the hand-over coming after `cmd`
+                    // ran: a reply of a later command is newer news.
+                    if cmd >= slot.seen {
+                        tracing::trace!(key, token = token.short(), "key handed over");
+                        slot.seen = cmd;
+                        slot.failing = false;
+                        slot.key = Key::Ours { expiry };
+                    }
+                }
+                // Otherwise a claim whose sending this core no longer knows:
+                // the run finds the key ours (its own token).
+                self.decide(now);
+                let undecided = matches!(&self.phase, Phase::Attempting(a) if a.token == token);
+                if let (Some((queue, claim)), true) = (run, undecided) {
+                    self.send_acquires(now, SetMode::Nx, queue, claim);
+                }
+                // The hand-over's write took the key's tracking: a check
+                // arms it again (and confirms the key).
+                match &self.phase {
+                    Phase::Attempting(a) if a.token == token => {
+                        let id = a.id;
+                        self.verify(now, id, key, &token);
+                    }
+                    Phase::Holding(g) if g.token == token => {
+                        let id = g.id;
+                        self.verify(now, id, key, &token);
+                    }
+                    _ => {}
+                }
+            }
+            Phase::Holding(g) if g.token == token => {
+                // A key the winning attempt did not take (a majority was
+                // enough), handed since: a check counts it in the grant and
+                // arms tracking on it.
+                let id = g.id;
+                self.verify(now, id, key, &token);
+            }
+            Phase::Closed => {}
+            phase => {
+                // Nobody here takes it: its waiters gave up, or its attempt
+                // is over. Let it go; the claims' token is used no more.
+                let of = match phase {
+                    Phase::Idle { claimed, .. }
+                        if claimed.as_ref().is_some_and(|a| a.token == token) =>
+                    {
+                        claimed.take().map_or(0, |a| a.id)
+                    }
+                    _ => 0,
+                };
+                tracing::debug!(
+                    key,
+                    token = token.short(),
+                    "key handed over to nobody; releasing"
+                );
+                self.release_key(now, key, of, &token, None);
+            }
         }
     }
 

@@ -26,11 +26,12 @@ pub(crate) use inflight::{CmdId, Route};
 #[cfg(test)]
 pub(crate) use lock::HoldingView;
 pub(crate) use lock::{
-    Config, Effect, Event, Fair, Fencing, GrantView, HolderId, HolderStatus, LockCore, Refusal,
+    Config, Effect, Event, Fair, Fencing, GrantView, Handover, HolderId, HolderStatus, LockCore,
+    Refusal,
 };
 #[cfg(test)]
 pub(crate) use ops::Entropy;
-pub(crate) use ops::{Op, OsEntropy, Outcome, Place, Queue, Target};
+pub(crate) use ops::{Claim, Op, OsEntropy, Outcome, Place, Queue, Target};
 pub(crate) use terms::Terms;
 pub(crate) use time::Time;
 pub(crate) use waiters::{ReqId, RequestKind};

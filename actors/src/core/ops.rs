@@ -44,6 +44,22 @@ pub(crate) struct Queue {
     pub(crate) settle: Duration,
 }
 
+/// Hand-over: what an acquisition for a waiter adds so that, finding the key
+/// held, it leaves a claim there (`scripts::ACQUIRE_LUA`), which a release
+/// of a locker with hand-over turns into the key itself. The shell adds
+/// the claimant (its locker's channel) and the command's id, which the
+/// hand-over's message brings back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Claim {
+    /// When the waiting began (µs since the Unix epoch, the locker's wall
+    /// clock): the same on every key, so every key orders its claimants
+    /// alike, oldest first.
+    pub(crate) arrival_us: u64,
+    /// An earlier run of the same attempt may have left a claim: a step that
+    /// takes the key takes the claim out.
+    pub(crate) before: bool,
+}
+
 /// A command on one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Op {
@@ -56,6 +72,8 @@ pub(crate) enum Op {
         ttl: Duration,
         /// Fair queueing: the key is taken only by the head of its queue.
         queue: Option<Box<Queue>>,
+        /// Hand-over: the claim it leaves on a key held by another.
+        claim: Option<Claim>,
     },
     /// Places (or refreshes) waiters in the key's fair queue.
     Enqueue { places: Vec<Place>, life: Duration },

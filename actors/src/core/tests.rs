@@ -54,6 +54,7 @@ fn config(majority: usize, nodes: usize) -> Config {
         fingerprint: crate::scripts::Fingerprint::new(majority, nodes),
         epoch: Time::ZERO,
         fair: None,
+        handover: None,
     }
 }
 
@@ -2188,5 +2189,224 @@ fn an_acquisition_behind_our_delete_and_a_check_may_still_go_direct() {
     assert!(
         rig.core.route(check[0].0) == Route::Engine,
         "a check never goes direct"
+    );
+}
+
+// ===== hand-over across processes =====
+
+fn handover_config() -> Config {
+    Config {
+        handover: Some(super::Handover {
+            wall_origin_us: 5_000_000,
+        }),
+        ..config(1, 1)
+    }
+}
+
+/// A waiter that finds the key held (its acquisition left a claim): the
+/// core waits with that attempt's claims, and its next run carries the same
+/// token, with `before` set.
+fn claiming(rig: &mut Rig) -> (CmdId, crate::scripts::Token) {
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+        terms: None,
+    }));
+    assert_eq!(s.len(), 1);
+    let (cmd, token, claim) = match &s[0].2 {
+        Op::Acquire { token, claim, .. } => (s[0].0, token.clone(), *claim),
+        op => panic!("not an acquisition: {op:?}"),
+    };
+    assert_eq!(
+        claim,
+        Some(super::Claim {
+            arrival_us: 5_000_000,
+            before: false
+        }),
+        "a waiter's acquisition claims, dated by its arrival"
+    );
+    rig.at(ms(2));
+    let fx = rig.ev(reply(cmd, other()));
+    assert!(sends(&fx).is_empty() && grants(&fx).is_empty(), "{fx:?}");
+    assert_eq!(rig.core.phase_name(), "idle");
+    assert_eq!(
+        rig.core.live_token(),
+        Some(&token),
+        "its claims may still take a key"
+    );
+    (cmd, token)
+}
+
+#[test]
+fn a_key_handed_over_grants_at_once_with_validity_from_the_claim() {
+    let mut rig = Rig::new(handover_config());
+    let (cmd, token) = claiming(&mut rig);
+    rig.at(ms(300));
+    let fx = rig.ev(Event::Handed {
+        key: 0,
+        token: token.clone(),
+        cmd,
+    });
+    // Counted from the claim's sending (t = 0): 1000 − 12 drift − 10 margin.
+    assert_eq!(grants(&fx), vec![(1, grants(&fx)[0].1, ms(978))], "{fx:?}");
+    // The hand-over's write took the key's tracking: a check re-arms it,
+    // under the same token. No new acquisition is needed.
+    let s = sends(&fx);
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert!(
+        matches!(&s[0].2, Op::Verify { token: t } if *t == token),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn the_next_run_of_a_claiming_waiter_keeps_its_token_and_a_late_hand_over_still_counts() {
+    let mut rig = Rig::new(handover_config());
+    let (first, token) = claiming(&mut rig);
+    // Woken (the key changed): the run goes on with the same token.
+    rig.at(ms(100));
+    let s = sends(&rig.ev(Event::Invalidated { key: 0 }));
+    assert_eq!(s.len(), 1);
+    let second = s[0].0;
+    assert!(
+        matches!(&s[0].2, Op::Acquire { token: t, claim: Some(c), .. } if *t == token && c.before),
+        "{s:?}"
+    );
+    // The hand-over under the first claim arrives while the second run is
+    // out: it counts, from the first claim's sending.
+    rig.at(ms(101));
+    let fx = rig.ev(Event::Handed {
+        key: 0,
+        token: token.clone(),
+        cmd: first,
+    });
+    assert_eq!(grants(&fx), vec![(1, grants(&fx)[0].1, ms(978))], "{fx:?}");
+    // The second run ran after the hand-over (had it run before, its claim
+    // would have been the one handed): it found its own token, and its
+    // late reply changes nothing.
+    let fx = rig.ev(reply(second, ours()));
+    assert!(ended(&fx).is_empty(), "{fx:?}");
+    assert_eq!(rig.core.phase_name(), "holding");
+}
+
+#[test]
+fn a_reply_sent_after_the_handed_claim_is_newer_news_of_the_key() {
+    let mut rig = Rig::new(handover_config());
+    let (first, token) = claiming(&mut rig);
+    rig.at(ms(100));
+    let second = sends(&rig.ev(Event::Invalidated { key: 0 }))[0].0;
+    rig.at(ms(101));
+    let fx = rig.ev(Event::Handed {
+        key: 0,
+        token,
+        cmd: first,
+    });
+    let holder = grants(&fx)[0].1;
+    // The second run found the key another's after the hand-over: the key
+    // was lost since (overwritten), and the holder is told.
+    let fx = rig.ev(reply(second, other()));
+    assert_eq!(
+        ended(&fx),
+        vec![(holder, LostReason::Overwritten)],
+        "{fx:?}"
+    );
+}
+
+#[test]
+fn a_hand_over_that_leaves_too_little_validity_is_given_back() {
+    let mut rig = Rig::new(handover_config());
+    let (cmd, token) = claiming(&mut rig);
+    // 950 ms after the claim: 38 ms of validity left, under a round trip.
+    rig.at(ms(950));
+    let fx = rig.ev(Event::Handed {
+        key: 0,
+        token: token.clone(),
+        cmd,
+    });
+    assert!(grants(&fx).is_empty(), "{fx:?}");
+    let s = sends(&fx);
+    assert!(
+        s.iter()
+            .any(|(_, _, op)| matches!(op, Op::Release { token: t } if *t == token)),
+        "the key is released: {s:?}"
+    );
+    assert!(
+        !s.iter().any(|(_, _, op)| matches!(op, Op::Acquire { .. })),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn a_key_handed_to_nobody_waiting_is_released_under_its_token() {
+    let mut rig = Rig::new(handover_config());
+    let (cmd, token) = claiming(&mut rig);
+    rig.ev(Event::Cancel { id: 1 });
+    let fx = rig.ev(Event::Handed {
+        key: 0,
+        token: token.clone(),
+        cmd,
+    });
+    let s = sends(&fx);
+    assert!(
+        matches!(&s[..], [(_, Target::Key(0), Op::Release { token: t })] if *t == token),
+        "{s:?}"
+    );
+    assert_eq!(
+        rig.core.live_token(),
+        None,
+        "the claims' token is used no more"
+    );
+    // An unknown token (a third party's message) is only ever deleted under
+    // itself: nothing of ours is touched.
+    let stranger = crate::scripts::Token::new(false);
+    let s = sends(&rig.ev(Event::Handed {
+        key: 0,
+        token: stranger.clone(),
+        cmd,
+    }));
+    assert!(
+        matches!(&s[..], [(_, Target::Key(0), Op::Release { token: t })] if *t == stranger),
+        "{s:?}"
+    );
+    // A key index out of range is ignored.
+    let fx = rig.ev(Event::Handed { key: 7, token, cmd });
+    assert!(fx.is_empty(), "{fx:?}");
+}
+
+#[test]
+fn an_attempt_that_took_a_key_keeps_no_claims() {
+    let mut rig = Rig::new(Config {
+        handover: Some(super::Handover {
+            wall_origin_us: 5_000_000,
+        }),
+        ..config(2, 3)
+    });
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+        terms: None,
+    }));
+    let token = match &s[0].2 {
+        Op::Acquire { token, .. } => token.clone(),
+        op => panic!("{op:?}"),
+    };
+    rig.at(ms(2));
+    rig.ev(reply(s[0].0, ours()));
+    rig.ev(reply(s[1].0, other()));
+    let fx = rig.ev(reply(s[2].0, other()));
+    // Its key is released under its token: a later run must not count a
+    // key that delete may remove, so the next run takes a new token.
+    assert!(
+        sends(&fx)
+            .iter()
+            .any(|(_, _, op)| matches!(op, Op::Release { token: t } if *t == token)),
+        "{fx:?}"
+    );
+    assert_eq!(rig.core.live_token(), None);
+    rig.at(ms(10));
+    let s = sends(&rig.ev(Event::Invalidated { key: 1 }));
+    assert!(
+        matches!(&s[0].2, Op::Acquire { token: t, claim: Some(c), .. } if *t != token && !c.before),
+        "{s:?}"
     );
 }

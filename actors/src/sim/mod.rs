@@ -122,6 +122,10 @@ pub(super) struct Knobs {
     /// connection per process and node, for the acquisitions and releases
     /// fed on a caller's runtime, its tracking redirected to the first.
     pub(super) direct: bool,
+    /// Hand-over across processes (`LockerOptions::handover`): waiters
+    /// leave claims, releases hand keys to them. Never with fencing (the
+    /// options refuse it).
+    pub(super) claims: bool,
 }
 
 impl Knobs {
@@ -173,6 +177,7 @@ impl Knobs {
             // Drawn last, so that the knobs drawn before keep their seeds.
             allowance_ms: [0, 0, 1, 5, validity_ms / 5][r.below(5) as usize],
             direct: r.chance(50),
+            claims: r.chance(40) && fencing == Fencing::Off,
         }
     }
 
@@ -214,6 +219,7 @@ impl Knobs {
                 "fair" => self.fair = num() != 0,
                 "allowance" => self.allowance_ms = num(),
                 "direct" => self.direct = num() != 0,
+                "claims" => self.claims = num() != 0,
                 other => panic!("unknown SIM_KNOBS key {other}"),
             }
         }
@@ -229,7 +235,7 @@ impl fmt::Display for Knobs {
         };
         write!(
             f,
-            "procs={},names={},nodes={},majority={},validity={},fencing={fencing},tracking={},noloop={},handover={},faults={:#x},force={},steps={},ppm={},delay={},terms={},permits={},fair={},allowance={},direct={}",
+            "procs={},names={},nodes={},majority={},validity={},fencing={fencing},tracking={},noloop={},handover={},faults={:#x},force={},steps={},ppm={},delay={},terms={},permits={},fair={},allowance={},direct={},claims={}",
             self.procs,
             self.names,
             self.nodes,
@@ -247,7 +253,8 @@ impl fmt::Display for Knobs {
             u8::from(self.permits),
             u8::from(self.fair),
             self.allowance_ms,
-            u8::from(self.direct)
+            u8::from(self.direct),
+            u8::from(self.claims)
         )
     }
 }
@@ -348,6 +355,12 @@ fn shrink(k: &Knobs, kind: &str) -> Knobs {
                 ..best.clone()
             });
         }
+        if best.claims {
+            cands.push(Knobs {
+                claims: false,
+                ..best.clone()
+            });
+        }
         for s in [
             best.steps / 2,
             best.steps * 3 / 4,
@@ -441,13 +454,14 @@ fn sim_schedules() {
     let direct = AtomicU64::new(0);
     let chained = AtomicU64::new(0);
     let behind = AtomicU64::new(0);
+    let handed = AtomicU64::new(0);
     let first: Mutex<Option<(u64, Knobs, String)>> = Mutex::new(None);
     let start = Instant::now();
     std::thread::scope(|s| {
         for t in 0..threads {
             let (failed, first, steps, grants, excused) =
                 (&failed, &first, &steps, &grants, &excused);
-            let (direct, chained, behind) = (&direct, &chained, &behind);
+            let (direct, chained, behind, handed) = (&direct, &chained, &behind, &handed);
             s.spawn(move || {
                 let mut i = t;
                 while i < count && !failed.load(Ordering::Relaxed) {
@@ -460,6 +474,7 @@ fn sim_schedules() {
                             direct.fetch_add(st.direct, Ordering::Relaxed);
                             chained.fetch_add(st.chained, Ordering::Relaxed);
                             behind.fetch_add(st.behind, Ordering::Relaxed);
+                            handed.fetch_add(st.handed, Ordering::Relaxed);
                         }
                         Err(e) => {
                             failed.store(true, Ordering::Relaxed);
@@ -480,13 +495,14 @@ fn sim_schedules() {
         report(&k, &e);
     }
     println!(
-        "{count} schedules, {} steps, {} grants, {} excused overlaps, {} commands on direct connections, {} acquisitions right behind their own deletes, {} writes behind acquisitions on their direct connection in {secs:.1}s ({:.0} schedules/s, {threads} threads)",
+        "{count} schedules, {} steps, {} grants, {} excused overlaps, {} commands on direct connections, {} acquisitions right behind their own deletes, {} writes behind acquisitions on their direct connection, {} hand-overs told in {secs:.1}s ({:.0} schedules/s, {threads} threads)",
         steps.into_inner(),
         grants.into_inner(),
         excused.into_inner(),
         direct.into_inner(),
         chained.into_inner(),
         behind.into_inner(),
+        handed.into_inner(),
         count as f64 / secs
     );
 }

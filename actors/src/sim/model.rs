@@ -6,7 +6,7 @@
 //! `n * total + k` (each node only ever sees the slots placed on it). The
 //! fencing counters are not tracked: nothing reads them through the cache.
 
-use crate::core::{Op, Outcome, Place, Queue};
+use crate::core::{Claim, CmdId, Op, Outcome, Place, Queue};
 use crate::scripts::{KeyState, SetMode, Token};
 
 use super::MS;
@@ -63,11 +63,35 @@ pub(super) struct Inval {
     pub(super) slot: usize,
 }
 
-/// What a command did besides its reply: invalidations to send, and expiry
-/// events to schedule (slot, version, at).
+/// A claim on a key (`ACQUIRE_LUA`'s `{key}:c` and `{key}:cz` as one list):
+/// its process, the claimed token, when the key handed under it expires
+/// (real ns), the command that left it, and the waiter's arrival.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ClaimEntry {
+    proc: usize,
+    token: String,
+    lapse: u64,
+    cmd: CmdId,
+    arrival_us: u64,
+}
+
+/// A hand-over's message (`RELEASE_HANDOVER_LUA`'s `PUBLISH`): to process
+/// `proc`, key `slot` is now `token`'s under the claim `cmd` left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct HandedMsg {
+    pub(super) proc: usize,
+    pub(super) slot: usize,
+    pub(super) token: String,
+    pub(super) cmd: CmdId,
+    pub(super) lapse: u64,
+}
+
+/// What a command did besides its reply: invalidations to send, hand-overs
+/// to tell, and expiry events to schedule (slot, version, at).
 #[derive(Debug, Default)]
 pub(super) struct Out {
     pub(super) invals: Vec<Inval>,
+    pub(super) handed: Vec<HandedMsg>,
     pub(super) expiries: Vec<(usize, u64, u64)>,
 }
 
@@ -95,6 +119,11 @@ pub(super) struct Node {
     pub(super) ghosts: Vec<Ghost>,
     /// Each slot's fair queue.
     queues: Vec<FairQueue>,
+    /// Each slot's claims, in the order they were made.
+    claims: Vec<Vec<ClaimEntry>>,
+    /// Releases hand a key with a live claim to the oldest claimant
+    /// (`RELEASE_HANDOVER_LUA`).
+    handover: bool,
     version: u64,
     /// `CLIENT TRACKING ... NOLOOP`: a connection's own writes do not
     /// invalidate it (its tracking entry is still forgotten).
@@ -117,6 +146,7 @@ impl Node {
         procs: usize,
         noloop: bool,
         tracking: bool,
+        handover: bool,
     ) -> Node {
         Node {
             up: true,
@@ -125,6 +155,8 @@ impl Node {
             tracked: vec![0; 2 * procs],
             ghosts: Vec::new(),
             queues: vec![FairQueue::default(); slots],
+            claims: vec![Vec::new(); slots],
+            handover,
             version: 0,
             noloop,
             tracking,
@@ -281,6 +313,7 @@ impl Node {
         mode: SetMode,
         ttl: u64,
         queue: Option<&Queue>,
+        claim: Option<(Claim, CmdId)>,
         out: &mut Out,
     ) -> (KeyState, bool) {
         if queue.is_some() {
@@ -300,9 +333,18 @@ impl Node {
             pttl_ms: None,
             fence: None,
         };
+        // A claim is `NX`'s, and for a key it does not take.
+        let claim = claim.filter(|_| mode == SetMode::Nx && queue.is_none());
+        let proc = conn % (self.tracked.len() / 2);
+        let unclaim = |node: &mut Node| {
+            if claim.is_some_and(|(c, _)| c.before) {
+                node.claims[slot].retain(|c| c.proc != proc);
+            }
+        };
         match cur {
             Some(v) if v == token => {
                 place(self, true);
+                unclaim(self);
                 // PEXPIRE: a write, then the script's GET re-arms tracking.
                 self.write(slot, v, now + ttl, conn, out);
                 self.track(conn, slot);
@@ -310,6 +352,20 @@ impl Node {
             }
             Some(v) if mode != SetMode::Force => {
                 place(self, false);
+                if let Some((c, cmd)) = claim {
+                    let claims = &mut self.claims[slot];
+                    let entry = ClaimEntry {
+                        proc,
+                        token: token.to_owned(),
+                        lapse: now + ttl,
+                        cmd,
+                        arrival_us: c.arrival_us,
+                    };
+                    match claims.iter_mut().find(|e| e.proc == proc) {
+                        Some(e) => *e = entry,
+                        None => claims.push(entry),
+                    }
+                }
                 (Token::owner_state(v.as_bytes()), false)
             }
             None if mode == SetMode::Xx => {
@@ -348,6 +404,7 @@ impl Node {
                     }
                 }
                 place(self, true);
+                unclaim(self);
                 self.write(slot, token.to_owned(), now + ttl, conn, out);
                 self.track(conn, slot);
                 (ours, true)
@@ -366,6 +423,7 @@ impl Node {
         slot: usize,
         op: &Op,
         ttl: u64,
+        cmd: CmdId,
         out: &mut Out,
     ) -> Outcome {
         match op {
@@ -374,11 +432,23 @@ impl Node {
                 mode,
                 fence,
                 queue,
+                claim,
                 ..
             } => {
                 let queue = queue.as_deref();
+                let claim = claim.map(|c| (c, cmd));
                 let mut acquire = |node: &mut Node| {
-                    node.acquire_key(now, conn, slot, token.as_str(), *mode, ttl, queue, out)
+                    node.acquire_key(
+                        now,
+                        conn,
+                        slot,
+                        token.as_str(),
+                        *mode,
+                        ttl,
+                        queue,
+                        claim,
+                        out,
+                    )
                 };
                 let (state, fresh) = match queue {
                     Some(q) => self.in_queue(now, slot, q.life, acquire),
@@ -398,7 +468,7 @@ impl Node {
                 }
             }
             Op::Extend { token, mode, .. } => Outcome::Key(
-                self.acquire_key(now, conn, slot, token.as_str(), *mode, ttl, None, out)
+                self.acquire_key(now, conn, slot, token.as_str(), *mode, ttl, None, None, out)
                     .0,
             ),
             Op::Verify { token } => {
@@ -421,8 +491,10 @@ impl Node {
                 let cur = self.get(now, slot, out);
                 self.track(conn, slot);
                 if cur.as_deref() == Some(token.as_str()) {
-                    self.keys[slot] = None;
-                    self.changed(slot, Some(conn), out);
+                    if !self.hand(now, slot, token.as_str(), conn, out) {
+                        self.keys[slot] = None;
+                        self.changed(slot, Some(conn), out);
+                    }
                     Outcome::Released(true)
                 } else {
                     Outcome::Released(false)
@@ -454,6 +526,33 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// `RELEASE_HANDOVER_LUA`'s hand-over of `slot`, ours (`mine`): to the
+    /// oldest live claim (by arrival, then claimant) unless the key has a
+    /// fair queue; claims that lapsed, and the one handed, are taken out.
+    /// True if the key was handed.
+    fn hand(&mut self, now: u64, slot: usize, mine: &str, conn: usize, out: &mut Out) -> bool {
+        if !self.handover || !self.queues[slot].places.is_empty() {
+            return false;
+        }
+        let claims = &mut self.claims[slot];
+        claims.sort_by_key(|c| (c.arrival_us, c.proc));
+        while !claims.is_empty() {
+            let c = claims.remove(0);
+            if c.token != mine && c.lapse > now {
+                self.write(slot, c.token.clone(), c.lapse, conn, out);
+                out.handed.push(HandedMsg {
+                    proc: c.proc,
+                    slot,
+                    token: c.token,
+                    cmd: c.cmd,
+                    lapse: c.lapse,
+                });
+                return true;
+            }
+        }
+        false
     }
 
     /// A connection closed: the server forgets what it tracked.
@@ -489,6 +588,7 @@ impl Node {
         self.queues
             .iter_mut()
             .for_each(|q| *q = FairQueue::default());
+        self.claims.iter_mut().for_each(Vec::clear);
         let told = (0..self.tracked.len())
             .filter(|&p| self.tracked[p] != 0)
             .collect();
@@ -514,6 +614,7 @@ impl Node {
         self.queues
             .iter_mut()
             .for_each(|q| *q = FairQueue::default());
+        self.claims.iter_mut().for_each(Vec::clear);
         self.tracked.iter_mut().for_each(|t| *t = 0);
         self.up = false;
     }

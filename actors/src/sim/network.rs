@@ -161,6 +161,17 @@ pub(super) enum Ev {
         epoch: u32,
         slot: usize,
     },
+    /// A hand-over's message reaches process `proc` from `node`, on the
+    /// connection its subscription is on: key `slot` is `token`'s under the
+    /// claim `cmd` left.
+    Handed {
+        proc: usize,
+        node: usize,
+        epoch: u32,
+        slot: usize,
+        token: crate::scripts::Token,
+        cmd: CmdId,
+    },
     /// A command failed at once (its connection was closed).
     Failed {
         to: Dest,

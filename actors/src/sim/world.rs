@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::core::{
-    Config, Effect, Event, Fair, Fencing, HolderStatus, Life, LockCore, Op, Outcome, Refusal,
-    RequestKind, Route, Target, Terms, Time,
+    Config, Effect, Event, Fair, Fencing, Handover, HolderStatus, Life, LockCore, Op, Outcome,
+    Refusal, RequestKind, Route, Target, Terms, Time,
 };
 
 use super::invariants::Checks;
@@ -65,6 +65,8 @@ pub(super) struct Stats {
     /// Writes sent on a direct connection behind acquisitions of their key
     /// out there (`Route::Behind`).
     pub(super) behind: u64,
+    /// Hand-overs whose message reached their claimant.
+    pub(super) handed: u64,
 }
 
 /// One simulated run.
@@ -129,10 +131,11 @@ impl World {
             fingerprint: crate::scripts::Fingerprint::new(k.majority, k.nodes),
             epoch: Time::ZERO,
             fair: None,
+            handover: None,
         });
         let slots = k.names * total;
         let nodes = (0..k.nodes)
-            .map(|_| Node::new(slots, k.names, k.procs, k.noloop, k.tracking))
+            .map(|_| Node::new(slots, k.names, k.procs, k.noloop, k.tracking, k.claims))
             .collect();
         let conns = (0..k.procs)
             .map(|_| (0..k.nodes).map(|_| Conn::new()).collect())
@@ -157,6 +160,9 @@ impl World {
                     life: validity,
                     refresh: validity / 3,
                     after: if k.fair { Duration::ZERO } else { validity },
+                }),
+                handover: k.claims.then(|| Handover {
+                    wall_origin_us: super::model::WALL_BASE_US - clock.offset / 1_000,
                 }),
                 ..(*cfg).clone()
             });
@@ -411,6 +417,24 @@ impl World {
                 let inc = self.procs[proc].cores[name].inc;
                 self.deliver(Dest { proc, name, inc }, Event::Invalidated { key })
             }
+            Ev::Handed {
+                proc,
+                node,
+                epoch,
+                slot,
+                token,
+                cmd,
+            } => {
+                let c = &self.conns[proc][node];
+                if c.epoch != epoch || c.link != Link::Up {
+                    return Ok(());
+                }
+                let total = self.cfg.total;
+                let (name, key) = (slot / total, slot % total);
+                let inc = self.procs[proc].cores[name].inc;
+                self.stats.handed += 1;
+                self.deliver(Dest { proc, name, inc }, Event::Handed { key, token, cmd })
+            }
             Ev::Local { proc, event } => {
                 for name in 0..self.k.names {
                     self.log(|| format!("p{proc} name{name} {event:?}"));
@@ -425,8 +449,7 @@ impl World {
             } => {
                 let mut out = Out::default();
                 self.nodes[node].expire(self.now, slot, version, &mut out);
-                self.node_out(node, out);
-                Ok(())
+                self.node_out(node, out)
             }
             Ev::Arrive { proc, name } => self.as_caller(|w| w.arrive(proc, name)),
             Ev::Cancel { proc, req } => self.cancel(proc, req),
@@ -487,7 +510,7 @@ impl World {
     fn stalled(&self, ev: &Ev) -> Option<u64> {
         let (node, proc) = match ev {
             Ev::Exec { node, to, .. } => (*node, to.proc),
-            Ev::Inval { node, proc, .. } => (*node, *proc),
+            Ev::Inval { node, proc, .. } | Ev::Handed { node, proc, .. } => (*node, *proc),
             _ => return None,
         };
         let (_, until) = self.stalls[node];
@@ -538,7 +561,8 @@ impl World {
             _ => self.ttl(),
         };
         let tracker = self.tracker(to.proc, lane);
-        let outcome = self.nodes[node].exec(self.now, tracker, to.name, slot, &op, ttl, &mut out);
+        let outcome =
+            self.nodes[node].exec(self.now, tracker, to.name, slot, &op, ttl, cmd, &mut out);
         if let Op::Acquire { token, .. } | Op::Extend { token, .. } = &op {
             if !out.expiries.is_empty() {
                 self.inv.key_written(
@@ -554,7 +578,7 @@ impl World {
                 to.proc, to.name
             )
         });
-        self.node_out(node, out);
+        self.node_out(node, out)?;
         if live {
             let c = match lane {
                 Lane::Engine => &mut self.conns[to.proc][node],
@@ -577,8 +601,38 @@ impl World {
         Ok(())
     }
 
-    /// Sends a node's invalidations and schedules its expiries.
-    fn node_out(&mut self, node: usize, out: Out) {
+    /// Sends a node's invalidations and hand-overs, and schedules its
+    /// expiries.
+    fn node_out(&mut self, node: usize, out: Out) -> Result<(), String> {
+        // A hand-over's message goes to the claimant's engine connection,
+        // where it subscribes (a claim made on its direct connection too),
+        // and is lost with that connection.
+        for h in out.handed {
+            let token = crate::scripts::Token::from_wire(h.token.as_bytes())
+                .ok_or_else(|| format!("node{node} handed slot{} to a malformed token", h.slot))?;
+            self.inv.key_written(
+                &token,
+                h.lapse,
+                self.max_trip() + self.longest_stall() + self.ttl(),
+            )?;
+            let c = &self.conns[h.proc][node];
+            if c.link != Link::Up {
+                continue;
+            }
+            let epoch = c.epoch;
+            let d = c.delay(&mut self.net, self.k.max_delay_ms * MS);
+            self.q.push(
+                self.now + d,
+                Ev::Handed {
+                    proc: h.proc,
+                    node,
+                    epoch,
+                    slot: h.slot,
+                    token,
+                    cmd: h.cmd,
+                },
+            );
+        }
         for (slot, version, at) in out.expiries {
             self.q.push(
                 at,
@@ -620,6 +674,7 @@ impl World {
                 },
             );
         }
+        Ok(())
     }
 
     /// Sends `cmd` on the connection `route` allows; the generation of the
@@ -989,7 +1044,9 @@ impl World {
                         self.nodes[node].outside_set(self.now, slot, validity, &mut out);
                         self.inv.blocked_until[name] = self.now + validity;
                     }
-                    self.node_out(node, out);
+                    // An outsider's write hands nothing over: nothing to
+                    // check that could fail.
+                    let _ = self.node_out(node, out);
                 }
             }
             _ => self.stats.faults -= 1,

@@ -101,6 +101,12 @@ pub(crate) struct Common {
     #[arg(long, global = true, env = "VALKEYLOCK_FAIR")]
     pub(crate) fair: bool,
 
+    /// Hand-over: a released lock goes straight to the waiter of another
+    /// process that has waited longest, told on its channel, instead of
+    /// being deleted for the waiters to race for.
+    #[arg(long, global = true, env = "VALKEYLOCK_HANDOVER")]
+    pub(crate) handover: bool,
+
     /// TOML file with LockerOptions fields (nodes, key_prefix, key_majority,
     /// key_validity = "5s", try_next_after, connect_timeout, ...).
     #[arg(long, global = true, value_name = "PATH", env = "VALKEYLOCK_CONFIG")]
@@ -276,6 +282,9 @@ impl Common {
         }
         if self.fair {
             options.fair_queueing = true;
+        }
+        if self.handover {
+            options.handover = true;
         }
         Ok(options)
     }

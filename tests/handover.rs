@@ -1,0 +1,277 @@
+//! Hand-over across processes (`LockerOptions::handover`) against a real
+//! server: a waiter of another locker that finds the lock held leaves a
+//! claim, and the release hands it the lock on the server and tells it,
+//! so that it is granted on that message, not at its next attempt; waiters
+//! are served by arrival; a claim whose waiter gave up is passed on; and
+//! the lockers still exclude each other.
+#![allow(missing_docs)]
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::*;
+use valkeylock::{Error, Locker, LockerOptions};
+
+/// A locker with hand-over and without client-side caching, whose waiters
+/// poll only every 2 s: a waiter granted much sooner than that after a
+/// release was handed the lock, as nothing else would have woken it.
+async fn polling_locker(server: &ValkeyServer) -> Locker {
+    Locker::connect(
+        LockerOptions::new([server.url()])
+            .with_key_majority(1)
+            .with_key_validity(Duration::from_secs(10))
+            .with_try_next_after(Duration::from_secs(2))
+            .with_disable_cache(true)
+            .with_handover(true),
+    )
+    .await
+    .expect("connect a locker with hand-over")
+}
+
+/// Starts `locker` waiting for `name`; the instant it is granted goes to
+/// `granted`, in order.
+fn wait_for(
+    locker: &Locker,
+    name: &str,
+    who: &'static str,
+    granted: &Arc<Mutex<Vec<(&'static str, Instant)>>>,
+) -> tokio::task::JoinHandle<valkeylock::LockGuard> {
+    let (locker, name, granted) = (locker.clone(), name.to_owned(), granted.clone());
+    tokio::spawn(async move {
+        let guard = locker.lock(&name).await.expect("lock");
+        granted.lock().expect("mutex").push((who, Instant::now()));
+        guard
+    })
+}
+
+/// The claims on key 0 of `name`.
+async fn claims(admin: &fred::clients::Client, name: &str) -> i64 {
+    match support::cluster::command(admin, &["ZCARD", &format!("{{valkeylock:0:{name}}}:cz")]).await
+    {
+        Ok(fred::types::Value::Integer(n)) => n,
+        _ => -1,
+    }
+}
+
+/// Two waiters of other lockers, the first arriving first: each release
+/// hands the lock to the one that has waited longest, which is granted
+/// well before its next poll (2 s away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_hands_the_lock_to_the_longest_waiter_of_another_locker() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let admin = server.admin().await;
+    let name = unique("handover-order");
+    let (a, b, c) = (
+        polling_locker(&server).await,
+        polling_locker(&server).await,
+        polling_locker(&server).await,
+    );
+    let held = a.lock(&name).await.expect("a takes the lock");
+    let granted = Arc::new(Mutex::new(Vec::new()));
+    let b_waits = wait_for(&b, &name, "b", &granted);
+    // b's claim is there before c comes.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            claims(&admin, &name).await == 1
+        })
+        .await
+    );
+    let c_waits = wait_for(&c, &name, "c", &granted);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            claims(&admin, &name).await == 2
+        })
+        .await
+    );
+    let released = Instant::now();
+    held.release().await.expect("a releases");
+    let b_guard = tokio::time::timeout(Duration::from_secs(5), b_waits)
+        .await
+        .expect("b is granted")
+        .expect("b's task");
+    let b_at = granted.lock().expect("mutex")[0].1;
+    assert!(
+        b_at - released < Duration::from_secs(1),
+        "b granted {:?} after the release: not by the hand-over (its poll is 2 s away)",
+        b_at - released
+    );
+    assert!(b_guard.is_held());
+    assert_eq!(claims(&admin, &name).await, 1, "only c's claim is left");
+    let released = Instant::now();
+    b_guard.release().await.expect("b releases");
+    let c_guard = tokio::time::timeout(Duration::from_secs(5), c_waits)
+        .await
+        .expect("c is granted")
+        .expect("c's task");
+    let order: Vec<&str> = granted
+        .lock()
+        .expect("mutex")
+        .iter()
+        .map(|(w, _)| *w)
+        .collect();
+    assert_eq!(order, ["b", "c"]);
+    let c_at = granted.lock().expect("mutex")[1].1;
+    assert!(
+        c_at - released < Duration::from_secs(1),
+        "c granted {:?} after b's release",
+        c_at - released
+    );
+    assert!(c_guard.is_held());
+    c_guard.release().await.expect("c releases");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            existing_keys(&admin, "valkeylock", &name, 1).await == 0
+        })
+        .await,
+        "nobody waits: the last release deletes the key"
+    );
+    for l in [a, b, c] {
+        l.close().await;
+    }
+}
+
+/// A waiter that gave up leaves its claim behind; the lock handed to it is
+/// passed on by its locker to the next claim, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_handed_to_a_waiter_that_gave_up_goes_to_the_next() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let admin = server.admin().await;
+    let name = unique("handover-gave-up");
+    let (a, b, c) = (
+        polling_locker(&server).await,
+        polling_locker(&server).await,
+        polling_locker(&server).await,
+    );
+    let held = a.lock(&name).await.expect("a takes the lock");
+    let granted = Arc::new(Mutex::new(Vec::new()));
+    let b_waits = wait_for(&b, &name, "b", &granted);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            claims(&admin, &name).await == 1
+        })
+        .await
+    );
+    let c_waits = wait_for(&c, &name, "c", &granted);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            claims(&admin, &name).await == 2
+        })
+        .await
+    );
+    b_waits.abort();
+    let _ = b_waits.await;
+    let released = Instant::now();
+    held.release().await.expect("a releases");
+    let c_guard = tokio::time::timeout(Duration::from_secs(5), c_waits)
+        .await
+        .expect("c is granted")
+        .expect("c's task");
+    let c_at = granted.lock().expect("mutex")[0].1;
+    assert!(
+        c_at - released < Duration::from_secs(1),
+        "c granted {:?} after the release: b's locker did not pass the lock on",
+        c_at - released
+    );
+    assert_eq!(granted.lock().expect("mutex").len(), 1, "b gave up");
+    c_guard.release().await.expect("c releases");
+    for l in [a, b, c] {
+        l.close().await;
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    value: Mutex<u64>,
+    holders: AtomicUsize,
+    overlaps: AtomicUsize,
+}
+
+/// Eight lockers with hand-over (client-side caching on, as by default)
+/// take turns on one name, each a non-atomic read-modify-write inside its
+/// critical section: no update is lost, no two holders overlap.
+async fn contend(servers: &[ValkeyServer], majority: usize) {
+    init_tracing();
+    const LOCKERS: usize = 8;
+    const ROUNDS: usize = 200;
+    let urls: Vec<String> = servers.iter().map(ValkeyServer::url).collect();
+    let options = LockerOptions::new(urls)
+        .with_key_majority(majority)
+        .with_handover(true);
+    let name = unique("handover-exclusion");
+    let mut lockers = Vec::new();
+    for _ in 0..LOCKERS {
+        lockers.push(Locker::connect(options.clone()).await.expect("connect"));
+    }
+    let shared = Arc::new(Shared::default());
+    let mut tasks = Vec::new();
+    for locker in &lockers {
+        let (locker, name, shared) = (locker.clone(), name.clone(), shared.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..ROUNDS / LOCKERS {
+                let guard = locker.lock(&name).await.expect("lock");
+                if shared.holders.fetch_add(1, Ordering::SeqCst) > 0 {
+                    shared.overlaps.fetch_add(1, Ordering::SeqCst);
+                }
+                let read = *shared.value.lock().expect("mutex");
+                tokio::task::yield_now().await;
+                *shared.value.lock().expect("mutex") = read + 1;
+                assert!(guard.is_held(), "a guard lost its lock inside its section");
+                shared.holders.fetch_sub(1, Ordering::SeqCst);
+                guard.release().await.expect("release");
+            }
+        }));
+    }
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the contenders finish within 60 s")
+            .expect("a contender failed");
+    }
+    assert_eq!(
+        shared.overlaps.load(Ordering::SeqCst),
+        0,
+        "two holders at once"
+    );
+    assert_eq!(
+        *shared.value.lock().expect("mutex"),
+        ROUNDS as u64,
+        "updates lost"
+    );
+    for l in &lockers {
+        l.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockers_with_handover_exclude_each_other_on_one_server() {
+    let server = ValkeyServer::start();
+    contend(std::slice::from_ref(&server), 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockers_with_handover_exclude_each_other_on_three_servers() {
+    let servers = [
+        ValkeyServer::start(),
+        ValkeyServer::start(),
+        ValkeyServer::start(),
+    ];
+    contend(&servers, 2).await;
+}
+
+/// Hand-over does not move the fencing counter: the two are refused
+/// together, with the field named.
+#[tokio::test]
+async fn handover_with_fencing_is_refused() {
+    let options = LockerOptions::new(["redis://127.0.0.1:1"])
+        .with_handover(true)
+        .with_fencing(true);
+    match options.validate() {
+        Err(Error::InvalidOptions { field, .. }) => assert_eq!(field, "handover"),
+        other => panic!("expected InvalidOptions for handover, got {other:?}"),
+    }
+}
