@@ -162,7 +162,13 @@ const TEN_TASKS: [&str; 5] = [
 ];
 
 /// The transports of the hand-over part: lockers contending for one name.
-const HANDOVER: [&str; 4] = ["floor", "woken stand-in", "handed stand-in", "valkeylock"];
+const HANDOVER: [&str; 5] = [
+    "floor",
+    "woken stand-in",
+    "handed stand-in",
+    "valkeylock",
+    "valkeylock (hand-over)",
+];
 
 /// Lockers of the hand-over part, as in `cross_locker/*/{2,4}` of the locks
 /// bench.
@@ -696,6 +702,8 @@ struct Contender {
     channel: String,
     handed: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>>,
     locker: Locker,
+    /// The same with `handover` on.
+    handing: Locker,
 }
 
 impl Handover {
@@ -759,6 +767,11 @@ impl Handover {
                 locker: Locker::connect(common::valkeylock_options(&[url.to_owned()], 1))
                     .await
                     .expect("connect"),
+                handing: Locker::connect(
+                    common::valkeylock_options(&[url.to_owned()], 1).with_handover(true),
+                )
+                .await
+                .expect("connect"),
             });
         }
         Handover {
@@ -783,6 +796,10 @@ impl Handover {
             }
             "valkeylock" => {
                 let g = c.locker.lock(key).await.expect("lock");
+                g.release().await.expect("release");
+            }
+            "valkeylock (hand-over)" => {
+                let g = c.handing.lock(key).await.expect("lock");
                 g.release().await.expect("release");
             }
             "handed stand-in" => self.stand_in(c, key, true).await,
@@ -862,6 +879,7 @@ impl Handover {
     async fn close(self) {
         for c in self.contenders {
             c.locker.close().await;
+            c.handing.close().await;
             c.raw.quit().await;
             let _ = c.woken.quit().await;
         }

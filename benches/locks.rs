@@ -215,6 +215,17 @@ fn main() {
                     fixed_row(&rt, &admin, scenario, p.kind, t, &w, fixed, tck);
                 }
             }
+            if scenario == "cross_locker" {
+                let kind = Kind::ValkeylockHandover;
+                for &t in params {
+                    let clients: Vec<_> = (0..t).map(|_| rt.block_on(kind.connect(&urls))).collect();
+                    let w = Workload::new(clients.clone(), t, scenario, kind, shared);
+                    fixed_row(&rt, &admin, scenario, kind, t, &w, fixed, tck);
+                    for imp in clients {
+                        rt.block_on(imp.close());
+                    }
+                }
+            }
             if scenario == "lock_unlock" {
                 for kind in NOWAIT {
                     let imp = rt.block_on(kind.connect(&urls));
@@ -639,7 +650,7 @@ fn processes(urls: &[String], admin: &fred::clients::Client, fixed: Duration) {
     println!("| impl | processes | ops | ops/s | µs/op (1 / ops/s) | wait p50 µs | wait p99 µs | wait p99.9 µs | wait max µs | fairness max/min | server cmds/op | server CPU µs/op | client CPU µs/op (all processes) | ops per process |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     let exe = std::env::current_exe().expect("own path");
-    for kind in Kind::ALL {
+    for kind in Kind::HANDOVER {
         for n in [2usize, 4] {
             let name = kind.name(&format!("processes-{n}"));
             // Far enough ahead for every child to start and connect.

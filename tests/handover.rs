@@ -49,7 +49,7 @@ fn wait_for(
 
 /// The claims on key 0 of `name`.
 async fn claims(admin: &fred::clients::Client, name: &str) -> i64 {
-    match support::cluster::command(admin, &["ZCARD", &format!("{{valkeylock:0:{name}}}:cz")]).await
+    match support::cluster::command(admin, &["HLEN", &format!("{{valkeylock:0:{name}}}:c")]).await
     {
         Ok(fred::types::Value::Integer(n)) => n,
         _ => -1,

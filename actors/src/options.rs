@@ -175,7 +175,7 @@ pub struct LockerOptions {
     /// Hand a released lock to the waiter of another process that has
     /// waited longest, on the server, instead of deleting it and letting
     /// the waiters race for it: a waiter that finds the lock held leaves a
-    /// claim beside each key (`{key}:c`, `{key}:cz`), and a release of a
+    /// claim beside each key (a hash, `{key}:c`), and a release of a
     /// locker with `handover` sets the key to the oldest live claim's token
     /// and tells that waiter's locker on its channel
     /// (`{key_prefix}:handover:<random>`, `PUBLISH`), which grants the

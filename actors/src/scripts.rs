@@ -43,10 +43,11 @@ use crate::election::Record;
 /// held by another owner, leaves a claim on it: in the hash `{key}:c`, under
 /// the claimant (its locker's channel), the token, the instant the key would
 /// have expired had this step taken it (server milliseconds; `PXAT` is the
-/// caller's own), and `seq`, the caller's id of this command; in the sorted
-/// set `{key}:cz`, the claimant scored by `arrival` (µs since the Unix
-/// epoch, when its waiter started waiting: the same on every key, so every
-/// key orders its claimants alike). A release of a locker with hand-over
+/// caller's own), and `seq`, the caller's id of this command, after
+/// `arrival` (µs since the Unix epoch, when its waiter started waiting: the
+/// same on every key, so every key orders its claimants alike), as
+/// `"<arrival> <token> <expiry> <seq>"`; the hash lives as long as its
+/// longest claim. A release of a locker with hand-over
 /// (`RELEASE_HANDOVER_LUA`) gives the key to the oldest live claim. A step
 /// that takes the key, or finds it ours, with `before` `1` (the caller has
 /// claimed before) takes its claim out. A claim is best effort: a failure to
@@ -74,19 +75,16 @@ local function failed(r)
   return type(r) == 'table' and r.err ~= nil
 end
 local function claim(key, token, who, arrival, seq)
-  local c, cz = '{' .. key .. '}:c', '{' .. key .. '}:cz'
+  local c = '{' .. key .. '}:c'
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local lapse = tonumber(ARGV[1])
   if ARGV[2] ~= 'PXAT' then lapse = now + lapse end
   if lapse <= now then return end
-  local r = redis.pcall('HSET', c, who, token .. ' ' .. string.format('%.0f', lapse) .. ' ' .. seq)
-  if failed(r) then return end
-  redis.pcall('ZADD', cz, arrival, who)
-  for _, k in ipairs({c, cz}) do
-    local p = redis.pcall('PTTL', k)
-    if type(p) == 'number' and p < lapse - now then redis.pcall('PEXPIRE', k, lapse - now) end
-  end
+  local v = arrival .. ' ' .. token .. ' ' .. string.format('%.0f', lapse) .. ' ' .. seq
+  if failed(redis.pcall('HSET', c, who, v)) then return end
+  local p = redis.pcall('PTTL', c)
+  if type(p) == 'number' and p < lapse - now then redis.pcall('PEXPIRE', c, lapse - now) end
 end
 local function step(key, token, mode)
   local m, who, arrival, seq, before = string.match(mode, '^(%u+)|([^|]+)|(%d+)|(%d+)|([01])$')
@@ -110,10 +108,7 @@ local function step(key, token, mode)
     r = redis.pcall('SET', key, token, ARGV[2], ARGV[1])
   end
   if failed(r) then return r end
-  if before == '1' then
-    redis.pcall('HDEL', '{' .. key .. '}:c', who)
-    redis.pcall('ZREM', '{' .. key .. '}:cz', who)
-  end
+  if before == '1' then redis.pcall('HDEL', '{' .. key .. '}:c', who) end
   local now = redis.pcall('GET', key)
   if now == token then return 1, cur ~= token end
   return now
@@ -470,28 +465,32 @@ local function hand(key, mine)
   if not string.find(key, '[{}]') and redis.pcall('EXISTS', '{' .. key .. '}:q') == 1 then
     return false
   end
-  local c, cz = '{' .. key .. '}:c', '{' .. key .. '}:cz'
-  local who = redis.pcall('ZRANGE', cz, 0, -1)
-  if failed(who) or #who == 0 then return false end
+  local c = '{' .. key .. '}:c'
+  local all = redis.pcall('HGETALL', c)
+  if failed(all) or #all == 0 then return false end
   if not now then
     local t = redis.call('TIME')
     now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   end
-  for _, w in ipairs(who) do
-    local d = redis.pcall('HGET', c, w)
-    redis.pcall('ZREM', cz, w)
-    redis.pcall('HDEL', c, w)
-    if type(d) == 'string' then
-      local tok, lapse, seq = string.match(d, '^(%S+) (%d+) (%d+)$')
-      if tok and tok ~= mine and tonumber(lapse) > now then
-        if not failed(redis.pcall('SET', key, tok, 'PXAT', lapse)) then
-          redis.pcall('PUBLISH', w, seq .. ' ' .. tok .. ' ' .. key)
-          return true
-        end
+  local best, gone = nil, {}
+  for i = 1, #all, 2 do
+    local a, tok, lapse, seq = string.match(all[i + 1], '^(%d+) (%S+) (%d+) (%d+)$')
+    if not a or tok == mine or tonumber(lapse) <= now then
+      gone[#gone + 1] = all[i]
+    else
+      local cand = {tonumber(a), all[i], tok, lapse, seq}
+      if not best or cand[1] < best[1] or (cand[1] == best[1] and cand[2] < best[2]) then
+        best = cand
       end
     end
   end
-  return false
+  if best then gone[#gone + 1] = best[2] end
+  if #gone > 0 then redis.pcall('HDEL', c, unpack(gone)) end
+  if not best or failed(redis.pcall('SET', key, best[3], 'PXAT', best[4])) then
+    return false
+  end
+  redis.pcall('PUBLISH', best[2], best[5] .. ' ' .. best[3] .. ' ' .. key)
+  return true
 end
 local out = {}
 for i = 1, #KEYS do
@@ -1787,9 +1786,12 @@ mod tests {
             .await
             .as_string()
             .unwrap_or_default();
-        assert!(a.starts_with("tA ") && a.ends_with(" 8"), "{a}");
-        let arrival = call(vec!["ZSCORE", "{k}:cz", "chB"]).await.as_string();
-        assert_eq!(arrival.as_deref(), Some("100"));
+        assert!(a.starts_with("200 tA ") && a.ends_with(" 8"), "{a}");
+        let b = call(vec!["HGET", "{k}:c", "chB"])
+            .await
+            .as_string()
+            .unwrap_or_default();
+        assert!(b.starts_with("100 tB ") && b.ends_with(" 9"), "{b}");
         let pttl: i64 = client.pttl("{k}:c").await.expect("PTTL");
         assert!(
             pttl > 50_000,
@@ -1837,12 +1839,11 @@ mod tests {
                 fence: None
             })
         );
-        call(vec!["HSET", "{k}:c", "chA", "holder 99999999999999 4"]).await;
-        call(vec!["ZADD", "{k}:cz", "10", "chA"]).await;
+        call(vec!["HSET", "{k}:c", "chA", "10 holder 99999999999999 4"]).await;
         tokio::time::sleep(std::time::Duration::from_millis(60)).await;
         assert_eq!(release("holder").await, Ok(true));
         let left: i64 = client
-            .exists(vec!["k", "{k}:c", "{k}:cz"])
+            .exists(vec!["k", "{k}:c"])
             .await
             .expect("EXISTS");
         assert_eq!(left, 0, "deleted, and both claims gone");

@@ -243,14 +243,25 @@ pub(crate) enum Kind {
     ValkeylockDrop,
     /// Not in [`Kind::ALL`]: the one-task loop only.
     RawNoWait,
+    /// valkeylock with `handover` on. Not in [`Kind::ALL`]: the
+    /// cross-locker rows only ([`Kind::HANDOVER`]).
+    ValkeylockHandover,
 }
 
 impl Kind {
     pub(crate) const ALL: [Kind; 3] = [Kind::Valkeylock, Kind::Rslock, Kind::Raw];
 
+    /// The cross-locker rows: every kind, and valkeylock with hand-over.
+    pub(crate) const HANDOVER: [Kind; 4] = [
+        Kind::Valkeylock,
+        Kind::ValkeylockHandover,
+        Kind::Rslock,
+        Kind::Raw,
+    ];
+
     /// The kind whose [`Kind::label`] is `label`.
     pub(crate) fn from_label(label: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.label() == label)
+        Kind::HANDOVER.into_iter().find(|k| k.label() == label)
     }
 
     pub(crate) fn label(self) -> &'static str {
@@ -260,6 +271,7 @@ impl Kind {
             Kind::Raw => "raw",
             Kind::ValkeylockDrop => "valkeylock-drop",
             Kind::RawNoWait => "raw-nowait",
+            Kind::ValkeylockHandover => "valkeylock-handover",
         }
     }
 
@@ -297,6 +309,14 @@ impl Kind {
             Kind::Raw => {
                 assert_eq!(urls.len(), 1, "the raw floor talks to one server");
                 Imp::Raw(Raw::connect(&urls[0]).await)
+            }
+            Kind::ValkeylockHandover => {
+                let m = urls.len() / 2 + 1;
+                Imp::Valkeylock(
+                    Locker::connect(valkeylock_options(urls, m).with_handover(true))
+                        .await
+                        .expect("valkeylock connect"),
+                )
             }
             Kind::ValkeylockDrop => match Box::pin(Kind::Valkeylock.connect(urls)).await {
                 Imp::Valkeylock(l) => Imp::ValkeylockDrop(l),

@@ -1858,6 +1858,11 @@ impl LockCore {
             Purpose::Verify { owner, key } => {
                 self.on_key_reply(now, cmd, owner, key, sent, outcome, None)
             }
+            Purpose::Probe { owner, key } => {
+                if matches!(&self.phase, Phase::Idle { claimed: Some(a), .. } if a.id == owner) {
+                    self.on_probe(now, cmd, key, sent, outcome);
+                }
+            }
             Purpose::Release { key, group, .. } => {
                 // An attempt went on without waiting for this delete (a
                 // chain, a try, a force).
@@ -2584,6 +2589,30 @@ impl LockCore {
                     self.verify(now, id, k, &token);
                 }
             }
+            Phase::Idle {
+                wake,
+                claimed: Some(a),
+                ..
+            } if key.is_some() => {
+                // Hand-over: a key the waiting attempt claimed changed. A
+                // release that handed it over (to us or to an older claim)
+                // or an extension is the common case, and neither needs a
+                // run, which would rewrite every claim: a check says which.
+                let (id, token) = (a.id, a.token.clone());
+                let changed: Vec<usize> = (0..wake.len()).filter(|&i| wake[i] && in_scope(i)).collect();
+                if self.waiters.has_waiter() {
+                    for k in changed {
+                        self.send(
+                            now,
+                            Purpose::Probe { owner: id, key: k },
+                            Target::Key(k),
+                            Op::Verify {
+                                token: token.clone(),
+                            },
+                        );
+                    }
+                }
+            }
             Phase::Idle { wake, .. } => {
                 let woken =
                     key.is_none() || wake.iter().enumerate().any(|(i, w)| *w && in_scope(i));
@@ -2603,16 +2632,21 @@ impl LockCore {
         if key >= self.cfg.total {
             return;
         }
-        // Waiting with that token's claims: the next run of the attempt
-        // starts with the key counted, and sends for the others only if it
-        // is still undecided then.
-        let head_terms = self.waiters.head_terms();
-        let resumed = matches!(
-            &self.phase,
-            Phase::Idle { claimed: Some(a), .. } if a.token == token && head_terms == Some(a.terms)
-        );
-        let run = resumed.then(|| self.begin_attempt(now, SetMode::Nx, None));
-        match &mut self.phase {
+        match &self.phase {
+            Phase::Idle {
+                claimed: Some(a), ..
+            } if a.token == token && self.claim_resumable(a) => {
+                let sent = a.claims.as_ref().and_then(|c| c.left.get(key).copied().flatten());
+                match sent.filter(|(c, _)| *c == cmd) {
+                    Some((_, sent)) => {
+                        let expiry = a.terms.life.expiry(sent);
+                        self.take_key(now, key, &token, cmd, expiry);
+                    }
+                    // A claim whose sending this core no longer knows: the
+                    // run finds the key ours (its own token).
+                    None => self.start_attempt(now, SetMode::Nx, None),
+                }
+            }
             Phase::Attempting(a) if a.token == token => {
                 let left = a
                     .claims
@@ -2621,45 +2655,16 @@ impl LockCore {
                     .filter(|(c, _)| *c == cmd)
                     .map(|(_, sent)| sent);
                 let sent = left.or_else(|| match self.cmds.sent_of(cmd) {
-                    Some((
-                        Purpose::Acquire {
-                            attempt, key: k, ..
-                        },
-                        sent,
-                    )) if attempt == a.id && k == key => Some(sent),
+                    Some((Purpose::Acquire { attempt, key: k, .. }, sent))
+                        if attempt == a.id && k == key =>
+                    {
+                        Some(sent)
+                    }
                     _ => None,
                 });
                 if let Some(sent) = sent {
                     let expiry = a.terms.life.expiry(sent);
-                    let slot = &mut a.keys[key];
-                    // Newest-sent-wins, the hand-over coming after `cmd`
-                    // ran: a reply of a later command is newer news.
-                    if cmd >= slot.seen {
-                        tracing::trace!(key, token = token.short(), "key handed over");
-                        slot.seen = cmd;
-                        slot.failing = false;
-                        slot.key = Key::Ours { expiry };
-                    }
-                }
-                // Otherwise a claim whose sending this core no longer knows:
-                // the run finds the key ours (its own token).
-                self.decide(now);
-                let undecided = matches!(&self.phase, Phase::Attempting(a) if a.token == token);
-                if let (Some((queue, claim)), true) = (run, undecided) {
-                    self.send_acquires(now, SetMode::Nx, queue, claim);
-                }
-                // The hand-over's write took the key's tracking: a check
-                // arms it again (and confirms the key).
-                match &self.phase {
-                    Phase::Attempting(a) if a.token == token => {
-                        let id = a.id;
-                        self.verify(now, id, key, &token);
-                    }
-                    Phase::Holding(g) if g.token == token => {
-                        let id = g.id;
-                        self.verify(now, id, key, &token);
-                    }
-                    _ => {}
+                    self.take_key(now, key, &token, cmd, expiry);
                 }
             }
             Phase::Holding(g) if g.token == token => {
@@ -2670,10 +2675,10 @@ impl LockCore {
                 self.verify(now, id, key, &token);
             }
             Phase::Closed => {}
-            phase => {
+            _ => {
                 // Nobody here takes it: its waiters gave up, or its attempt
                 // is over. Let it go; the claims' token is used no more.
-                let of = match phase {
+                let of = match &mut self.phase {
                     Phase::Idle { claimed, .. }
                         if claimed.as_ref().is_some_and(|a| a.token == token) =>
                     {
@@ -2681,13 +2686,89 @@ impl LockCore {
                     }
                     _ => 0,
                 };
-                tracing::debug!(
-                    key,
-                    token = token.short(),
-                    "key handed over to nobody; releasing"
-                );
+                tracing::debug!(key, token = token.short(), "key handed over to nobody; releasing");
                 self.release_key(now, key, of, &token, None);
             }
+        }
+    }
+
+    /// Whether the waiting attempt `a` goes on for the waiters now: someone
+    /// waits, on its terms (a token carries them).
+    fn claim_resumable(&self, a: &Attempt) -> bool {
+        self.waiters.head_terms() == Some(a.terms)
+    }
+
+    /// Hand-over: key `key` is `token`'s until `expiry`, as of command
+    /// `cmd` (the claim a hand-over was made under, or a check that found
+    /// the key ours). The waiting attempt goes on with it counted (a new run,
+    /// which sends for the other keys only if it is still undecided then),
+    /// or the run under way counts it. Newest-sent-wins: a reply of a
+    /// command sent after `cmd` is newer news of the key.
+    fn take_key(&mut self, now: Time, key: usize, token: &Token, cmd: CmdId, expiry: Time) {
+        let resumed = matches!(&self.phase, Phase::Idle { .. });
+        let run = resumed.then(|| self.begin_attempt(now, SetMode::Nx, None));
+        let Phase::Attempting(a) = &mut self.phase else {
+            return;
+        };
+        if a.token != *token {
+            return;
+        }
+        let slot = &mut a.keys[key];
+        if cmd >= slot.seen {
+            tracing::trace!(key, token = token.short(), "key handed over");
+            slot.seen = cmd;
+            slot.failing = false;
+            slot.key = Key::Ours { expiry };
+        }
+        self.decide(now);
+        let undecided = matches!(&self.phase, Phase::Attempting(a) if a.token == *token);
+        if let (Some((queue, claim)), true) = (run, undecided) {
+            self.send_acquires(now, SetMode::Nx, queue, claim);
+        }
+        // The hand-over's write took the key's tracking, and sent us its
+        // invalidation: a check after that arms it again. From a wait, the
+        // invalidation makes one (a probe if it came first, a check of a
+        // held key if it comes now). A run under way may have taken it
+        // for its own key, whose reply (from before the hand-over) then
+        // armed nothing: a check of our own.
+        let owner = match &self.phase {
+            _ if !self.cfg.tracking || resumed => None,
+            Phase::Attempting(a) if a.token == *token => Some(a.id),
+            Phase::Holding(g) if g.token == *token => Some(g.id),
+            _ => None,
+        };
+        if let Some(owner) = owner {
+            self.verify(now, owner, key, token);
+        }
+    }
+
+    /// Hand-over: the reply to a check of key `key` that the waiting
+    /// attempt (whose claims stand) sent when the key changed. Held by
+    /// another: its claim stands, and the read armed tracking again; nothing
+    /// to do, the release that hands the key over will say so. Ours: handed
+    /// to us, its message not here yet (or lost): counted from the check.
+    /// Anything else (free: released without a hand-over, or expired): the
+    /// attempt runs now.
+    fn on_probe(&mut self, now: Time, cmd: CmdId, key: usize, sent: Time, outcome: Outcome) {
+        let Phase::Idle {
+            claimed: Some(a), ..
+        } = &self.phase
+        else {
+            return;
+        };
+        if !self.claim_resumable(a) {
+            return;
+        }
+        match outcome {
+            Outcome::Key(KeyState::Other { .. }) => {}
+            Outcome::Key(KeyState::Ours {
+                pttl_ms: Some(ms), ..
+            }) => {
+                let token = a.token.clone();
+                let expiry = quorum::key_expiry(sent, Duration::from_millis(ms), a.terms.life.drift);
+                self.take_key(now, key, &token, cmd, expiry);
+            }
+            _ => self.start_attempt(now, SetMode::Nx, None),
         }
     }
 

@@ -2249,24 +2249,46 @@ fn a_key_handed_over_grants_at_once_with_validity_from_the_claim() {
     });
     // Counted from the claim's sending (t = 0): 1000 − 12 drift − 10 margin.
     assert_eq!(grants(&fx), vec![(1, grants(&fx)[0].1, ms(978))], "{fx:?}");
-    // The hand-over's write took the key's tracking: a check re-arms it,
-    // under the same token. No new acquisition is needed.
-    let s = sends(&fx);
-    assert_eq!(s.len(), 1, "{s:?}");
+    // No acquisition is needed. The hand-over's write took the key's
+    // tracking and sent its invalidation: that one makes the check that
+    // arms it again.
+    assert!(sends(&fx).is_empty(), "{fx:?}");
+    let s = sends(&rig.ev(Event::Invalidated { key: 0 }));
     assert!(
-        matches!(&s[0].2, Op::Verify { token: t } if *t == token),
+        matches!(&s[..], [(_, Target::Key(0), Op::Verify { token: t })] if *t == token),
         "{s:?}"
     );
+}
+
+#[test]
+fn a_check_from_before_a_hand_over_that_answers_after_it_changes_nothing() {
+    let mut rig = Rig::new(handover_config());
+    let (cmd, token) = claiming(&mut rig);
+    // The holder extends: a check goes out, and runs before the hand-over.
+    rig.at(ms(50));
+    let probe = sends(&rig.ev(Event::Invalidated { key: 0 }))[0].0;
+    // The hand-over's message is handled before the check's reply.
+    rig.at(ms(60));
+    let fx = rig.ev(Event::Handed {
+        key: 0,
+        token: token.clone(),
+        cmd,
+    });
+    assert_eq!(grants(&fx).len(), 1, "{fx:?}");
+    // The check saw the old holder: not news of the key now ours.
+    let fx = rig.ev(reply(probe, other()));
+    assert!(fx.is_empty(), "{fx:?}");
+    assert_eq!(rig.core.phase_name(), "holding");
 }
 
 #[test]
 fn the_next_run_of_a_claiming_waiter_keeps_its_token_and_a_late_hand_over_still_counts() {
     let mut rig = Rig::new(handover_config());
     let (first, token) = claiming(&mut rig);
-    // Woken (the key changed): the run goes on with the same token.
-    rig.at(ms(100));
-    let s = sends(&rig.ev(Event::Invalidated { key: 0 }));
-    assert_eq!(s.len(), 1);
+    // The claims are refreshed a third of a validity after they were made:
+    // the run goes on with the same token.
+    let s = sends(&rig.tick(ms(340)));
+    assert_eq!(s.len(), 1, "{s:?}");
     let second = s[0].0;
     assert!(
         matches!(&s[0].2, Op::Acquire { token: t, claim: Some(c), .. } if *t == token && c.before),
@@ -2274,7 +2296,7 @@ fn the_next_run_of_a_claiming_waiter_keeps_its_token_and_a_late_hand_over_still_
     );
     // The hand-over under the first claim arrives while the second run is
     // out: it counts, from the first claim's sending.
-    rig.at(ms(101));
+    rig.at(ms(341));
     let fx = rig.ev(Event::Handed {
         key: 0,
         token: token.clone(),
@@ -2293,9 +2315,8 @@ fn the_next_run_of_a_claiming_waiter_keeps_its_token_and_a_late_hand_over_still_
 fn a_reply_sent_after_the_handed_claim_is_newer_news_of_the_key() {
     let mut rig = Rig::new(handover_config());
     let (first, token) = claiming(&mut rig);
-    rig.at(ms(100));
-    let second = sends(&rig.ev(Event::Invalidated { key: 0 }))[0].0;
-    rig.at(ms(101));
+    let second = sends(&rig.tick(ms(340)))[0].0;
+    rig.at(ms(341));
     let fx = rig.ev(Event::Handed {
         key: 0,
         token,
@@ -2407,6 +2428,48 @@ fn an_attempt_that_took_a_key_keeps_no_claims() {
     let s = sends(&rig.ev(Event::Invalidated { key: 1 }));
     assert!(
         matches!(&s[0].2, Op::Acquire { token: t, claim: Some(c), .. } if *t != token && !c.before),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn a_claimed_key_that_changes_is_checked_not_claimed_again() {
+    let mut rig = Rig::new(handover_config());
+    let (_, token) = claiming(&mut rig);
+    // It changed (an extension, or a hand-over to another): a check, not a
+    // run that would rewrite the claims.
+    rig.at(ms(50));
+    let s = sends(&rig.ev(Event::Invalidated { key: 0 }));
+    assert!(matches!(&s[..], [(_, Target::Key(0), Op::Verify { token: t })] if *t == token), "{s:?}");
+    // Still another's: nothing more.
+    let fx = rig.ev(reply(s[0].0, other()));
+    assert!(fx.is_empty(), "{fx:?}");
+    // Ours (handed over, its message not here yet): granted, counted from
+    // the check's sending with the TTL it read.
+    rig.at(ms(60));
+    let s = sends(&rig.ev(Event::Invalidated { key: 0 }));
+    rig.at(ms(61));
+    let fx = rig.ev(reply(
+        s[0].0,
+        Outcome::Key(KeyState::Ours {
+            pttl_ms: Some(900),
+            fence: None,
+        }),
+    ));
+    // 60 + 900 − 12 drift − 10 margin.
+    assert_eq!(grants(&fx), vec![(1, grants(&fx)[0].1, ms(938))], "{fx:?}");
+}
+
+#[test]
+fn a_claimed_key_found_free_is_run_for_at_once() {
+    let mut rig = Rig::new(handover_config());
+    let (_, token) = claiming(&mut rig);
+    rig.at(ms(50));
+    let s = sends(&rig.ev(Event::Invalidated { key: 0 }));
+    // Deleted without a hand-over (a locker without it, or it expired).
+    let s = sends(&rig.ev(reply(s[0].0, Outcome::Key(KeyState::Absent))));
+    assert!(
+        matches!(&s[..], [(_, Target::Key(0), Op::Acquire { token: t, claim: Some(c), .. })] if *t == token && c.before),
         "{s:?}"
     );
 }
