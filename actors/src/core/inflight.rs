@@ -34,12 +34,6 @@ pub(crate) enum Purpose {
     Extend { grant: u64, key: usize, life: Life },
     /// Read-only check of key `key` of attempt or grant `owner`.
     Verify { owner: u64, key: usize },
-    /// Hand-over: read-only check of key `key`, which the waiting attempt
-    /// `owner` claimed, after it changed. Its reply decides whether that
-    /// attempt runs; it never counts in a slot: it may have run before a
-    /// hand-over whose message came first, and a check's reply is not
-    /// ordered with the hand-over by the order it was sent in.
-    Probe { owner: u64, key: usize },
     /// Compare-and-delete of key `key` under the token of attempt or grant
     /// `of`; `group` ties it to the end of a grant whose release callers
     /// wait for (none for clean-ups). It serves no attempt or grant still
@@ -73,7 +67,7 @@ impl Purpose {
             | Purpose::FenceRead { attempt, .. }
             | Purpose::FenceWrite { attempt, .. } => Some(attempt),
             Purpose::Extend { grant, .. } => Some(grant),
-            Purpose::Verify { owner, .. } | Purpose::Probe { owner, .. } => Some(owner),
+            Purpose::Verify { owner, .. } => Some(owner),
             Purpose::Release { .. } | Purpose::Queue { .. } => None,
         }
     }
@@ -85,7 +79,6 @@ impl Purpose {
             Purpose::Acquire { key, .. }
             | Purpose::Extend { key, .. }
             | Purpose::Verify { key, .. }
-            | Purpose::Probe { key, .. }
             | Purpose::Release { key, .. }
             | Purpose::Queue { key } => Some(key),
             Purpose::FenceRead { .. } | Purpose::FenceWrite { .. } => None,
@@ -285,11 +278,7 @@ impl InFlight {
                 continue;
             }
             match (cmd.purpose, cmd.lane, route) {
-                (
-                    Purpose::Verify { .. } | Purpose::Probe { .. } | Purpose::Release { .. },
-                    _,
-                    _,
-                ) => {}
+                (Purpose::Verify { .. } | Purpose::Release { .. }, _, _) => {}
                 (Purpose::Acquire { .. }, Lane::Direct(g), Route::Direct) => {
                     route = Route::Behind(g)
                 }

@@ -1858,11 +1858,6 @@ impl LockCore {
             Purpose::Verify { owner, key } => {
                 self.on_key_reply(now, cmd, owner, key, sent, outcome, None)
             }
-            Purpose::Probe { owner, key } => {
-                if matches!(&self.phase, Phase::Idle { claimed: Some(a), .. } if a.id == owner) {
-                    self.on_probe(now, cmd, key, sent, outcome);
-                }
-            }
             Purpose::Release { key, group, .. } => {
                 // An attempt went on without waiting for this delete (a
                 // chain, a try, a force).
@@ -2591,26 +2586,24 @@ impl LockCore {
             }
             Phase::Idle {
                 wake,
-                claimed: Some(a),
-                ..
+                retry_at,
+                claimed: Some(_),
             } if key.is_some() => {
-                // Hand-over: a key the waiting attempt claimed changed. A
-                // release that handed it over (to us or to an older claim)
-                // or an extension is the common case, and neither needs a
-                // run, which would rewrite every claim: a check says which.
-                let (id, token) = (a.id, a.token.clone());
-                let changed: Vec<usize> = (0..wake.len()).filter(|&i| wake[i] && in_scope(i)).collect();
-                if self.waiters.has_waiter() {
-                    for k in changed {
-                        self.send(
-                            now,
-                            Purpose::Probe { owner: id, key: k },
-                            Target::Key(k),
-                            Op::Verify {
-                                token: token.clone(),
-                            },
-                        );
-                    }
+                // Hand-over: a key the waiting attempt claimed changed. While
+                // its claims stand, a release of a locker with hand-over
+                // gives the key to a claim (ours, and its message says so,
+                // or an older one), and an extension changes nothing: the
+                // common cases need nothing. A key freed otherwise (released
+                // by a locker without hand-over, expired, deleted by a third
+                // party) is found by a run within one time limit. Before,
+                // every waiter read the key at every change: one command
+                // and an engine wake-up per waiting process per hand-over,
+                // which made four contending processes slower than without
+                // hand-over (BENCHMARKS.md, "valkeylock with hand-over").
+                let changed = wake.iter().enumerate().any(|(i, w)| *w && in_scope(i));
+                if changed && self.waiters.has_waiter() {
+                    let soon = now + self.cfg.timeout;
+                    *retry_at = Some(retry_at.map_or(soon, |r| r.min(soon)));
                 }
             }
             Phase::Idle { wake, .. } => {
@@ -2705,8 +2698,8 @@ impl LockCore {
     /// or the run under way counts it. Newest-sent-wins: a reply of a
     /// command sent after `cmd` is newer news of the key.
     fn take_key(&mut self, now: Time, key: usize, token: &Token, cmd: CmdId, expiry: Time) {
-        let resumed = matches!(&self.phase, Phase::Idle { .. });
-        let run = resumed.then(|| self.begin_attempt(now, SetMode::Nx, None));
+        let run = matches!(&self.phase, Phase::Idle { .. })
+            .then(|| self.begin_attempt(now, SetMode::Nx, None));
         let Phase::Attempting(a) = &mut self.phase else {
             return;
         };
@@ -2725,50 +2718,17 @@ impl LockCore {
         if let (Some((queue, claim)), true) = (run, undecided) {
             self.send_acquires(now, SetMode::Nx, queue, claim);
         }
-        // The hand-over's write took the key's tracking, and sent us its
-        // invalidation: a check after that arms it again. From a wait, the
-        // invalidation makes one (a probe if it came first, a check of a
-        // held key if it comes now). A run under way may have taken it
-        // for its own key, whose reply (from before the hand-over) then
-        // armed nothing: a check of our own.
+        // The hand-over's write took the key's tracking (if a read of
+        // ours had armed it since the last change): a check arms it again,
+        // and confirms the key.
         let owner = match &self.phase {
-            _ if !self.cfg.tracking || resumed => None,
+            _ if !self.cfg.tracking => None,
             Phase::Attempting(a) if a.token == *token => Some(a.id),
             Phase::Holding(g) if g.token == *token => Some(g.id),
             _ => None,
         };
         if let Some(owner) = owner {
             self.verify(now, owner, key, token);
-        }
-    }
-
-    /// Hand-over: the reply to a check of key `key` that the waiting
-    /// attempt (whose claims stand) sent when the key changed. Held by
-    /// another: its claim stands, and the read armed tracking again; nothing
-    /// to do, the release that hands the key over will say so. Ours: handed
-    /// to us, its message not here yet (or lost): counted from the check.
-    /// Anything else (free: released without a hand-over, or expired): the
-    /// attempt runs now.
-    fn on_probe(&mut self, now: Time, cmd: CmdId, key: usize, sent: Time, outcome: Outcome) {
-        let Phase::Idle {
-            claimed: Some(a), ..
-        } = &self.phase
-        else {
-            return;
-        };
-        if !self.claim_resumable(a) {
-            return;
-        }
-        match outcome {
-            Outcome::Key(KeyState::Other { .. }) => {}
-            Outcome::Key(KeyState::Ours {
-                pttl_ms: Some(ms), ..
-            }) => {
-                let token = a.token.clone();
-                let expiry = quorum::key_expiry(sent, Duration::from_millis(ms), a.terms.life.drift);
-                self.take_key(now, key, &token, cmd, expiry);
-            }
-            _ => self.start_attempt(now, SetMode::Nx, None),
         }
     }
 
