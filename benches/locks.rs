@@ -218,7 +218,8 @@ fn main() {
             if scenario == "cross_locker" {
                 let kind = Kind::ValkeylockHandover;
                 for &t in params {
-                    let clients: Vec<_> = (0..t).map(|_| rt.block_on(kind.connect(&urls))).collect();
+                    let clients: Vec<_> =
+                        (0..t).map(|_| rt.block_on(kind.connect(&urls))).collect();
                     let w = Workload::new(clients.clone(), t, scenario, kind, shared);
                     fixed_row(&rt, &admin, scenario, kind, t, &w, fixed, tck);
                     for imp in clients {

@@ -65,6 +65,18 @@ const MINIMAL: &[&str] = &[
 /// Added to [`MINIMAL`] with `fencing` on.
 const FENCING: &[&str] = &["+incr"];
 
+/// Added to [`MINIMAL`] with `handover` on, with the channel pattern
+/// `&{prefix}:handover:*`: the claims (a hash beside each key), the
+/// release's message, the subscription and its confirmation.
+const HANDOVER: &[&str] = &[
+    "+hset",
+    "+hdel",
+    "+hgetall",
+    "+publish",
+    "+subscribe",
+    "+client|info",
+];
+
 /// Probes the client library sends at connect and copes without: denied,
 /// they only show up in `ACL LOG`.
 const PROBES: &[&str] = &["client|id", "info"];
@@ -109,6 +121,16 @@ async fn acl_denials(port: u16) -> Vec<String> {
         }
     }
     out
+}
+
+/// Denials the server logged since the last reset, but for the client
+/// library's [`PROBES`].
+async fn denials_beyond_probes(port: u16) -> Vec<String> {
+    acl_denials(port)
+        .await
+        .into_iter()
+        .filter(|d| !PROBES.iter().any(|p| d.contains(&format!("object {p} "))))
+        .collect()
 }
 
 /// Everything a lock does with default options: connect, a waiter queued
@@ -312,6 +334,85 @@ const ELECTION: &[&str] = &["+zcard", "+zremrangebyrank"];
 /// included. Without the log's
 /// commands, `campaign` fails with `Unavailable` (and the lock it won is
 /// released), never a hang.
+/// A user with the minimal set, [`HANDOVER`] and the hand-over channels
+/// hands the lock over (the waiter is granted on the message, long before
+/// its fallback run) and is denied nothing; without them, a locker with
+/// `handover` does not connect, rather than leave claims nobody hears.
+#[test]
+fn acl_user_for_handover() {
+    runtime().block_on(async {
+        init_tracing();
+        let server = secured_server();
+        let prefix = unique("aclhand");
+        let channels = format!("&{prefix}:handover:*");
+        let full: Vec<&str> = MINIMAL
+            .iter()
+            .chain(HANDOVER)
+            .copied()
+            .chain([channels.as_str()])
+            .collect();
+        set_user(server.port, "hander", "h4nd", &prefix, &full).await;
+        let _ = command_auth(server.port, &[ADMIN_PASS], &["ACL", "LOG", "RESET"]).await;
+        let connect = |user: &str, pass: &str| {
+            Locker::connect(
+                LockerOptions::new([format!("redis://{user}:{pass}@127.0.0.1:{}", server.port)])
+                    .with_key_majority(1)
+                    .with_key_prefix(&prefix)
+                    .with_key_validity(ms(10_000))
+                    .with_try_next_after(ms(2_000))
+                    .with_handover(true),
+            )
+        };
+        let a = connect("hander", "h4nd").await.expect("connect");
+        let b = connect("hander", "h4nd").await.expect("connect");
+        let held = a.lock("h").await.expect("a locks");
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move {
+                let g = b.lock("h").await.expect("b locks");
+                (g, Instant::now())
+            }
+        });
+        let claim = format!("{{{prefix}:0:h}}:c");
+        let mut claimed = false;
+        for _ in 0..500 {
+            if let Ok(r) = command_auth(server.port, &[ADMIN_PASS], &["HLEN", &claim]).await {
+                if r.text().as_deref() == Some("1") {
+                    claimed = true;
+                    break;
+                }
+            }
+            sleep(ms(10)).await;
+        }
+        assert!(claimed, "b's claim is there");
+        let released = Instant::now();
+        held.release().await.expect("a releases");
+        let (g, granted) = timeout(ms(5000), waiter)
+            .await
+            .expect("b is granted")
+            .expect("b's task");
+        assert!(
+            granted - released < ms(1000),
+            "b granted {:?} after the release: not by the hand-over",
+            granted - released
+        );
+        g.release().await.unwrap();
+        let denied = denials_beyond_probes(server.port).await;
+        assert!(denied.is_empty(), "denied commands: {denied:#?}");
+        a.close().await;
+        b.close().await;
+
+        set_user(server.port, "plain", "pl41n", &prefix, MINIMAL).await;
+        let r = timeout(ms(10_000), connect("plain", "pl41n"))
+            .await
+            .expect("connect hung");
+        assert!(
+            r.is_err(),
+            "a locker with hand-over connected without SUBSCRIBE"
+        );
+    });
+}
+
 #[test]
 fn acl_user_for_elections() {
     runtime().block_on(async {
@@ -362,11 +463,7 @@ fn acl_user_for_elections() {
             assert!(w.fencing_token() > 0);
             w.release().await.unwrap();
         }
-        let denied: Vec<String> = acl_denials(server.port)
-            .await
-            .into_iter()
-            .filter(|d| !PROBES.iter().any(|p| d.contains(&format!("object {p} "))))
-            .collect();
+        let denied = denials_beyond_probes(server.port).await;
         assert!(denied.is_empty(), "denied commands: {denied:#?}");
         locker.close().await;
 
@@ -409,11 +506,7 @@ fn acl_user_with_the_minimal_command_set() {
         )
         .await
         .expect("a fencing locker limited to the minimal set");
-        let denied: Vec<String> = acl_denials(server.port)
-            .await
-            .into_iter()
-            .filter(|d| !PROBES.iter().any(|p| d.contains(&format!("object {p} "))))
-            .collect();
+        let denied = denials_beyond_probes(server.port).await;
         assert!(denied.is_empty(), "denied commands: {denied:#?}");
         eprintln!("ACL user `~{prefix}:*` with {} works", MINIMAL.join(" "));
 

@@ -37,7 +37,7 @@ fn wait_for(
     locker: &Locker,
     name: &str,
     who: &'static str,
-    granted: &Arc<Mutex<Vec<(&'static str, Instant)>>>,
+    granted: &Granted,
 ) -> tokio::task::JoinHandle<valkeylock::LockGuard> {
     let (locker, name, granted) = (locker.clone(), name.to_owned(), granted.clone());
     tokio::spawn(async move {
@@ -49,10 +49,68 @@ fn wait_for(
 
 /// The claims on key 0 of `name`.
 async fn claims(admin: &fred::clients::Client, name: &str) -> i64 {
-    match support::cluster::command(admin, &["HLEN", &format!("{{valkeylock:0:{name}}}:c")]).await
-    {
+    match support::cluster::command(admin, &["HLEN", &format!("{{valkeylock:0:{name}}}:c")]).await {
         Ok(fred::types::Value::Integer(n)) => n,
         _ => -1,
+    }
+}
+
+type Granted = Arc<Mutex<Vec<(&'static str, Instant)>>>;
+
+/// Locker `a` holds a name; lockers `b` and `c` (all with hand-over,
+/// polling) wait for it, in that order, each one's claim on the server
+/// before the next comes.
+struct Queue {
+    /// Kept for the test's length: dropping it stops the server.
+    _server: ValkeyServer,
+    admin: fred::clients::Client,
+    name: String,
+    lockers: [Locker; 3],
+    held: valkeylock::LockGuard,
+    granted: Granted,
+    b_waits: tokio::task::JoinHandle<valkeylock::LockGuard>,
+    c_waits: tokio::task::JoinHandle<valkeylock::LockGuard>,
+}
+
+impl Queue {
+    async fn start(name: &str) -> Queue {
+        init_tracing();
+        let server = ValkeyServer::start();
+        let admin = server.admin().await;
+        let name = unique(name);
+        let lockers = [
+            polling_locker(&server).await,
+            polling_locker(&server).await,
+            polling_locker(&server).await,
+        ];
+        let held = lockers[0].lock(&name).await.expect("a takes the lock");
+        let granted = Granted::default();
+        let b_waits = wait_for(&lockers[1], &name, "b", &granted);
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                claims(&admin, &name).await == 1
+            })
+            .await,
+            "b's claim is there"
+        );
+        let c_waits = wait_for(&lockers[2], &name, "c", &granted);
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                claims(&admin, &name).await == 2
+            })
+            .await,
+            "c's claim is there"
+        );
+        Queue {
+            _server: server,
+            admin,
+            name,
+            lockers,
+            held,
+            granted,
+            b_waits,
+            c_waits,
+        }
     }
 }
 
@@ -61,35 +119,11 @@ async fn claims(admin: &fred::clients::Client, name: &str) -> i64 {
 /// well before its next poll (2 s away).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_hands_the_lock_to_the_longest_waiter_of_another_locker() {
-    init_tracing();
-    let server = ValkeyServer::start();
-    let admin = server.admin().await;
-    let name = unique("handover-order");
-    let (a, b, c) = (
-        polling_locker(&server).await,
-        polling_locker(&server).await,
-        polling_locker(&server).await,
-    );
-    let held = a.lock(&name).await.expect("a takes the lock");
-    let granted = Arc::new(Mutex::new(Vec::new()));
-    let b_waits = wait_for(&b, &name, "b", &granted);
-    // b's claim is there before c comes.
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            claims(&admin, &name).await == 1
-        })
-        .await
-    );
-    let c_waits = wait_for(&c, &name, "c", &granted);
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            claims(&admin, &name).await == 2
-        })
-        .await
-    );
+    let q = Queue::start("handover-order").await;
+    let (admin, name, granted) = (&q.admin, &q.name, &q.granted);
     let released = Instant::now();
-    held.release().await.expect("a releases");
-    let b_guard = tokio::time::timeout(Duration::from_secs(5), b_waits)
+    q.held.release().await.expect("a releases");
+    let b_guard = tokio::time::timeout(Duration::from_secs(5), q.b_waits)
         .await
         .expect("b is granted")
         .expect("b's task");
@@ -100,10 +134,10 @@ async fn a_release_hands_the_lock_to_the_longest_waiter_of_another_locker() {
         b_at - released
     );
     assert!(b_guard.is_held());
-    assert_eq!(claims(&admin, &name).await, 1, "only c's claim is left");
+    assert_eq!(claims(admin, name).await, 1, "only c's claim is left");
     let released = Instant::now();
     b_guard.release().await.expect("b releases");
-    let c_guard = tokio::time::timeout(Duration::from_secs(5), c_waits)
+    let c_guard = tokio::time::timeout(Duration::from_secs(5), q.c_waits)
         .await
         .expect("c is granted")
         .expect("c's task");
@@ -124,12 +158,12 @@ async fn a_release_hands_the_lock_to_the_longest_waiter_of_another_locker() {
     c_guard.release().await.expect("c releases");
     assert!(
         eventually(Duration::from_secs(5), || async {
-            existing_keys(&admin, "valkeylock", &name, 1).await == 0
+            existing_keys(admin, "valkeylock", name, 1).await == 0
         })
         .await,
         "nobody waits: the last release deletes the key"
     );
-    for l in [a, b, c] {
+    for l in q.lockers {
         l.close().await;
     }
 }
@@ -138,36 +172,13 @@ async fn a_release_hands_the_lock_to_the_longest_waiter_of_another_locker() {
 /// passed on by its locker to the next claim, at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_handed_to_a_waiter_that_gave_up_goes_to_the_next() {
-    init_tracing();
-    let server = ValkeyServer::start();
-    let admin = server.admin().await;
-    let name = unique("handover-gave-up");
-    let (a, b, c) = (
-        polling_locker(&server).await,
-        polling_locker(&server).await,
-        polling_locker(&server).await,
-    );
-    let held = a.lock(&name).await.expect("a takes the lock");
-    let granted = Arc::new(Mutex::new(Vec::new()));
-    let b_waits = wait_for(&b, &name, "b", &granted);
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            claims(&admin, &name).await == 1
-        })
-        .await
-    );
-    let c_waits = wait_for(&c, &name, "c", &granted);
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            claims(&admin, &name).await == 2
-        })
-        .await
-    );
-    b_waits.abort();
-    let _ = b_waits.await;
+    let q = Queue::start("handover-gave-up").await;
+    let granted = &q.granted;
+    q.b_waits.abort();
+    let _ = q.b_waits.await;
     let released = Instant::now();
-    held.release().await.expect("a releases");
-    let c_guard = tokio::time::timeout(Duration::from_secs(5), c_waits)
+    q.held.release().await.expect("a releases");
+    let c_guard = tokio::time::timeout(Duration::from_secs(5), q.c_waits)
         .await
         .expect("c is granted")
         .expect("c's task");
@@ -179,7 +190,7 @@ async fn a_lock_handed_to_a_waiter_that_gave_up_goes_to_the_next() {
     );
     assert_eq!(granted.lock().expect("mutex").len(), 1, "b gave up");
     c_guard.release().await.expect("c releases");
-    for l in [a, b, c] {
+    for l in q.lockers {
         l.close().await;
     }
 }

@@ -1842,10 +1842,7 @@ mod tests {
         call(vec!["HSET", "{k}:c", "chA", "10 holder 99999999999999 4"]).await;
         tokio::time::sleep(std::time::Duration::from_millis(60)).await;
         assert_eq!(release("holder").await, Ok(true));
-        let left: i64 = client
-            .exists(vec!["k", "{k}:c"])
-            .await
-            .expect("EXISTS");
+        let left: i64 = client.exists(vec!["k", "{k}:c"]).await.expect("EXISTS");
         assert_eq!(left, 0, "deleted, and both claims gone");
         // A run that takes the key (or finds it its own) takes its claim out.
         let _: () = client

@@ -2629,7 +2629,10 @@ impl LockCore {
             Phase::Idle {
                 claimed: Some(a), ..
             } if a.token == token && self.claim_resumable(a) => {
-                let sent = a.claims.as_ref().and_then(|c| c.left.get(key).copied().flatten());
+                let sent = a
+                    .claims
+                    .as_ref()
+                    .and_then(|c| c.left.get(key).copied().flatten());
                 match sent.filter(|(c, _)| *c == cmd) {
                     Some((_, sent)) => {
                         let expiry = a.terms.life.expiry(sent);
@@ -2648,11 +2651,12 @@ impl LockCore {
                     .filter(|(c, _)| *c == cmd)
                     .map(|(_, sent)| sent);
                 let sent = left.or_else(|| match self.cmds.sent_of(cmd) {
-                    Some((Purpose::Acquire { attempt, key: k, .. }, sent))
-                        if attempt == a.id && k == key =>
-                    {
-                        Some(sent)
-                    }
+                    Some((
+                        Purpose::Acquire {
+                            attempt, key: k, ..
+                        },
+                        sent,
+                    )) if attempt == a.id && k == key => Some(sent),
                     _ => None,
                 });
                 if let Some(sent) = sent {
@@ -2679,7 +2683,11 @@ impl LockCore {
                     }
                     _ => 0,
                 };
-                tracing::debug!(key, token = token.short(), "key handed over to nobody; releasing");
+                tracing::debug!(
+                    key,
+                    token = token.short(),
+                    "key handed over to nobody; releasing"
+                );
                 self.release_key(now, key, of, &token, None);
             }
         }

@@ -407,16 +407,10 @@ impl World {
                 node,
                 epoch,
                 slot,
-            } => {
-                let c = &self.conns[proc][node];
-                if c.epoch != epoch || c.link != Link::Up {
-                    return Ok(());
-                }
-                let total = self.cfg.total;
-                let (name, key) = (slot / total, slot % total);
-                let inc = self.procs[proc].cores[name].inc;
-                self.deliver(Dest { proc, name, inc }, Event::Invalidated { key })
-            }
+            } => match self.pushed_to(proc, node, epoch, slot) {
+                Some((to, key)) => self.deliver(to, Event::Invalidated { key }),
+                None => Ok(()),
+            },
             Ev::Handed {
                 proc,
                 node,
@@ -424,17 +418,13 @@ impl World {
                 slot,
                 token,
                 cmd,
-            } => {
-                let c = &self.conns[proc][node];
-                if c.epoch != epoch || c.link != Link::Up {
-                    return Ok(());
+            } => match self.pushed_to(proc, node, epoch, slot) {
+                Some((to, key)) => {
+                    self.stats.handed += 1;
+                    self.deliver(to, Event::Handed { key, token, cmd })
                 }
-                let total = self.cfg.total;
-                let (name, key) = (slot / total, slot % total);
-                let inc = self.procs[proc].cores[name].inc;
-                self.stats.handed += 1;
-                self.deliver(Dest { proc, name, inc }, Event::Handed { key, token, cmd })
-            }
+                None => Ok(()),
+            },
             Ev::Local { proc, event } => {
                 for name in 0..self.k.names {
                     self.log(|| format!("p{proc} name{name} {event:?}"));
@@ -499,6 +489,39 @@ impl World {
             .map(|(from, until)| until - from)
             .max()
             .unwrap_or(0)
+    }
+
+    /// Sends what `node` pushes to process `proc` on its engine
+    /// connection (an invalidation, a hand-over's message), made for the
+    /// connection's epoch: lost if the link is down.
+    fn push_on(&mut self, proc: usize, node: usize, make: impl FnOnce(u32) -> Ev) {
+        let c = &self.conns[proc][node];
+        if c.link != Link::Up {
+            return;
+        }
+        let epoch = c.epoch;
+        let d = c.delay(&mut self.net, self.k.max_delay_ms * MS);
+        self.q.push(self.now + d, make(epoch));
+    }
+
+    /// Where a message that `node` pushed about `slot` on process `proc`'s
+    /// engine connection of `epoch` goes (the core of its name, and the
+    /// key): nowhere if that connection broke since, as with the server.
+    fn pushed_to(
+        &self,
+        proc: usize,
+        node: usize,
+        epoch: u32,
+        slot: usize,
+    ) -> Option<(Dest, usize)> {
+        let c = &self.conns[proc][node];
+        if c.epoch != epoch || c.link != Link::Up {
+            return None;
+        }
+        let total = self.cfg.total;
+        let (name, key) = (slot / total, slot % total);
+        let inc = self.procs[proc].cores[name].inc;
+        Some((Dest { proc, name, inc }, key))
     }
 
     /// When a command reaching a stalled node runs, or an invalidation it
@@ -615,23 +638,14 @@ impl World {
                 h.lapse,
                 self.max_trip() + self.longest_stall() + self.ttl(),
             )?;
-            let c = &self.conns[h.proc][node];
-            if c.link != Link::Up {
-                continue;
-            }
-            let epoch = c.epoch;
-            let d = c.delay(&mut self.net, self.k.max_delay_ms * MS);
-            self.q.push(
-                self.now + d,
-                Ev::Handed {
-                    proc: h.proc,
-                    node,
-                    epoch,
-                    slot: h.slot,
-                    token,
-                    cmd: h.cmd,
-                },
-            );
+            self.push_on(h.proc, node, |epoch| Ev::Handed {
+                proc: h.proc,
+                node,
+                epoch,
+                slot: h.slot,
+                token,
+                cmd: h.cmd,
+            });
         }
         for (slot, version, at) in out.expiries {
             self.q.push(
@@ -659,20 +673,12 @@ impl World {
                 });
                 continue;
             }
-            if c.link != Link::Up {
-                continue;
-            }
-            let epoch = c.epoch;
-            let d = c.delay(&mut self.net, self.k.max_delay_ms * MS);
-            self.q.push(
-                self.now + d,
-                Ev::Inval {
-                    proc,
-                    node,
-                    epoch,
-                    slot: inv.slot,
-                },
-            );
+            self.push_on(proc, node, |epoch| Ev::Inval {
+                proc,
+                node,
+                epoch,
+                slot: inv.slot,
+            });
         }
         Ok(())
     }
