@@ -90,9 +90,11 @@
 //! [`fencing_token`](LockGuard::fencing_token)); and all lockers of a name
 //! agree on `key_prefix`, `key_majority` and the servers, named the same way
 //! (a `key_majority` or node-count disagreement is detected:
-//! [`Error::ConfigMismatch`]). Not promised: fairness across processes
-//! (waiters of one process are served first come, first served; across
-//! processes the first `SET` to arrive wins).
+//! [`Error::ConfigMismatch`]). Not promised by default: fairness across
+//! processes (waiters of one process are served first come, first served;
+//! across processes the first `SET` to arrive wins), which
+//! `fair_queueing`, or `handover` (a release hands the lock to the waiter
+//! of another process that has waited longest), give.
 //!
 //! # Options
 //! [`LockerOptions`] has a `with_*` builder method for every field and

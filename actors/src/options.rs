@@ -184,11 +184,15 @@ pub struct LockerOptions {
     /// Claims are refreshed while their waiters wait and lapse one
     /// `key_validity` after they were last made: a claim of a process that
     /// died can hold a lock up for at most that. A key with a fair queue is
-    /// deleted as before (the queue decides). Not with `fencing` (a
-    /// hand-over does not move the fencing counter) or on a cluster. The
-    /// waiters of lockers without it (and of the Go valkeylock) leave no
-    /// claim, and can wait while claimants are served. Off by default; see
-    /// the README, "Hand-over across processes".
+    /// deleted as before (the queue decides). While its claims stand, a
+    /// waiter does not look at a claimed key when it changes (a hand-over
+    /// or an extension needs nothing of it): a key freed otherwise (a
+    /// release of a locker without `handover`, an expiry) is found within
+    /// `try_next_after`. Not with `fencing` (a hand-over does not move the
+    /// fencing counter) or on a cluster. The waiters of lockers without it
+    /// (and of the Go valkeylock) leave no claim, and can wait while
+    /// claimants are served. Off by default; see the README, "Hand-over
+    /// across processes".
     pub handover: bool,
 }
 
