@@ -1851,6 +1851,37 @@ where
 mod tests {
     use super::*;
 
+    /// A hand-over's message is read only when it has the script's shape:
+    /// a command id, a token's shape, a key (which may hold spaces).
+    /// Anything an outsider publishes otherwise is `None`, never a panic.
+    #[test]
+    fn hand_over_messages_are_read_only_in_their_shape() {
+        let token = Token::new(false);
+        let ok = format!("42 {} valkeylock:0:a name", token.as_str());
+        let (cmd, t, key) = parse_handover(ok.as_bytes()).expect("a hand-over");
+        assert_eq!(
+            (cmd, &t, key),
+            (CmdId(42), &token, &b"valkeylock:0:a name"[..])
+        );
+        let long = "f".repeat(200);
+        for bad in [
+            String::new(),
+            "42".into(),
+            format!("42 {}", token.as_str()),
+            format!("x {} k", token.as_str()),
+            format!("-1 {} k", token.as_str()),
+            format!("99999999999999999999 {} k", token.as_str()),
+            "42 short k".into(),
+            format!("42 {long} k"),
+            format!("42  {} k", token.as_str()),
+        ] {
+            assert!(parse_handover(bad.as_bytes()).is_none(), "{bad:?}");
+        }
+        let tab = format!("42 {}\tx k", &token.as_str()[..50]);
+        assert!(parse_handover(tab.as_bytes()).is_none(), "{tab:?}");
+        assert!(parse_handover(&[0xff, b' ', 0xfe, b' ', b'k']).is_none());
+    }
+
     /// Script calls of a batch hold one group each (a TTL, a hash slot), at
     /// most `BATCH_KEYS` items, in the order the items came; none is lost
     /// or repeated.

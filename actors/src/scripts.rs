@@ -87,7 +87,7 @@ local function claim(key, token, who, arrival, seq)
   if type(p) == 'number' and p < lapse - now then redis.pcall('PEXPIRE', c, lapse - now) end
 end
 local function step(key, token, mode)
-  local m, who, arrival, seq, before = string.match(mode, '^(%u+)|([^|]+)|(%d+)|(%d+)|([01])$')
+  local m, who, arrival, seq, before = string.match(mode, '^(%u+)|(.+)|(%d+)|(%d+)|([01])$')
   if m then mode = m end
   local cur = redis.pcall('GET', key)
   if failed(cur) then return cur end
@@ -1698,8 +1698,8 @@ mod tests {
         use fred::interfaces::{EventInterface, KeysInterface, LuaInterface, PubsubInterface};
         let server = Server::start();
         let client = server.client().await;
-        // The commands on the claims' hash and sorted set, through a script
-        // (the client is built without fred's interfaces for them).
+        // The commands on the claims' hash and the fair queue, through a
+        // script (the client is built without fred's interfaces for them).
         let call = |args: Vec<&'static str>| {
             let client = client.clone();
             async move {
@@ -1748,6 +1748,12 @@ mod tests {
                     .remove(0)
             }
         };
+        fn held_k2() -> KeyState {
+            KeyState::Other {
+                forced: false,
+                owner: None,
+            }
+        }
         async fn next_message(
             rx: &mut tokio::sync::broadcast::Receiver<fred::types::Message>,
         ) -> (String, String) {
@@ -1870,6 +1876,29 @@ mod tests {
         assert_eq!(release("tD").await, Ok(true));
         let left: i64 = client.exists("k").await.expect("EXISTS");
         assert_eq!(left, 0, "deleted, not handed");
+        // A channel with `|` in it (a key prefix may have one) claims like
+        // any other.
+        let _: () = client
+            .set("k2", "holder", None, None, false)
+            .await
+            .expect("SET");
+        let reply: Value = client
+            .eval(
+                ACQUIRE_LUA,
+                vec!["k2"],
+                vec!["60000", "PX", "0", "tF", "NX|p|q:handover:1|7|3|0"],
+            )
+            .await
+            .expect("the acquire script runs");
+        assert_eq!(
+            parse_acquire(&reply, 1, false).map(|mut v| v.remove(0)),
+            Some(Ok(held_k2()))
+        );
+        let f = call(vec!["HGET", "{k2}:c", "p|q:handover:1"])
+            .await
+            .as_string()
+            .unwrap_or_default();
+        assert!(f.starts_with("7 tF ") && f.ends_with(" 3"), "{f}");
     }
 
     #[test]

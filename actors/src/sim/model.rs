@@ -63,7 +63,7 @@ pub(super) struct Inval {
     pub(super) slot: usize,
 }
 
-/// A claim on a key (`ACQUIRE_LUA`'s `{key}:c` and `{key}:cz` as one list):
+/// A claim on a key (an entry of `ACQUIRE_LUA`'s hash `{key}:c`):
 /// its process, the claimed token, when the key handed under it expires
 /// (real ns), the command that left it, and the waiter's arrival.
 #[derive(Debug, Clone, PartialEq, Eq)]
