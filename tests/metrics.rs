@@ -200,6 +200,43 @@ async fn prometheus_scrape_shows_the_locker() {
         before,
         "chained grants counted as hand-overs"
     );
+    // Hand-over across lockers: a release of one hands the key to a waiter
+    // of the other, and the message is counted.
+    let handing = || {
+        Locker::connect(
+            LockerOptions::new([server.url()])
+                .with_key_majority(1)
+                .with_handover(true),
+        )
+    };
+    let (a, b) = (
+        handing().await.expect("connect"),
+        handing().await.expect("connect"),
+    );
+    let handed_name = unique("metrics-handed");
+    let held = a.lock(&handed_name).await.expect("lock");
+    let waiter = tokio::spawn({
+        let (b, handed_name) = (b.clone(), handed_name.clone());
+        async move { b.lock(&handed_name).await?.release().await }
+    });
+    let claimed = eventually(Duration::from_secs(5), || async {
+        let claims: i64 = admin
+            .exists(format!("{{valkeylock:0:{handed_name}}}:c"))
+            .await
+            .unwrap_or(0);
+        claims == 1
+    })
+    .await;
+    assert!(claimed, "the waiter's claim is there");
+    held.release().await.expect("release");
+    waiter
+        .await
+        .expect("task")
+        .expect("the waiter's lock and release");
+    wait_for(port, "valkeylock_handover_messages_total", &[], 1.0).await;
+    a.close().await;
+    b.close().await;
+
     let guard = locker.lock(&name).await.expect("lock");
 
     // Held for a while: extensions, timed per node.

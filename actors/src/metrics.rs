@@ -34,6 +34,7 @@ pub(crate) const HOLD: &str = name!("hold_seconds");
 pub(crate) const LOSSES: &str = name!("losses_total");
 pub(crate) const RELEASES: &str = name!("releases_total");
 pub(crate) const HANDOVERS: &str = name!("handovers_total");
+pub(crate) const HANDOVER_MESSAGES: &str = name!("handover_messages_total");
 pub(crate) const DEGRADED: &str = name!("degraded_locks");
 pub(crate) const KEYS_LOST: &str = name!("minority_keys_lost_total");
 pub(crate) const EXTENSION: &str = name!("extension_seconds");
@@ -76,6 +77,10 @@ pub(crate) fn describe() {
         describe_counter!(
             HANDOVERS,
             "Grants handed to a waiter of this process without deleting the keys"
+        );
+        describe_counter!(
+            HANDOVER_MESSAGES,
+            "Keys handed to this locker's waiters by another locker's release (handover)"
         );
         describe_gauge!(
             DEGRADED,
@@ -221,6 +226,12 @@ pub(crate) fn hold_ended(held: Duration, reason: LostReason) {
 pub(crate) fn handover() {
     #[cfg(feature = "metrics")]
     metrics::counter!(HANDOVERS).increment(1);
+}
+
+/// A release of another locker handed a key to one of ours (`handover`).
+pub(crate) fn handover_message() {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(HANDOVER_MESSAGES).increment(1);
 }
 
 /// A held lock started (`true`) or stopped (`false`) missing keys.

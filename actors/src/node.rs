@@ -855,6 +855,7 @@ fn route_handover(shared: &Shared, msg: &[u8]) {
         token = token.short(),
         "handed over"
     );
+    crate::metrics::handover_message();
     if let Some(lock) = shared.lock(name) {
         let _ = lock.cast(LockMsg::Handed { index, token, cmd });
     }
