@@ -114,6 +114,30 @@ impl Queue {
     }
 }
 
+/// The guard of `waits` (granted within 5 s), checking that its grant, the
+/// `nth` recorded in `granted`, came within 1 s of `released`: by the
+/// hand-over, as the waiter's poll is 2 s away. `what` says what the
+/// release was, for the failure.
+async fn granted_soon(
+    waits: tokio::task::JoinHandle<valkeylock::LockGuard>,
+    granted: &Granted,
+    nth: usize,
+    released: Instant,
+    what: &str,
+) -> valkeylock::LockGuard {
+    let guard = tokio::time::timeout(Duration::from_secs(5), waits)
+        .await
+        .expect("the waiter is granted")
+        .expect("the waiter's task");
+    let at = granted.lock().expect("mutex")[nth].1;
+    assert!(
+        at - released < Duration::from_secs(1),
+        "granted {:?} after {what}: not by the hand-over (its poll is 2 s away)",
+        at - released
+    );
+    guard
+}
+
 /// Two waiters of other lockers, the first arriving first: each release
 /// hands the lock to the one that has waited longest, which is granted
 /// well before its next poll (2 s away).
@@ -123,24 +147,12 @@ async fn a_release_hands_the_lock_to_the_longest_waiter_of_another_locker() {
     let (admin, name, granted) = (&q.admin, &q.name, &q.granted);
     let released = Instant::now();
     q.held.release().await.expect("a releases");
-    let b_guard = tokio::time::timeout(Duration::from_secs(5), q.b_waits)
-        .await
-        .expect("b is granted")
-        .expect("b's task");
-    let b_at = granted.lock().expect("mutex")[0].1;
-    assert!(
-        b_at - released < Duration::from_secs(1),
-        "b granted {:?} after the release: not by the hand-over (its poll is 2 s away)",
-        b_at - released
-    );
+    let b_guard = granted_soon(q.b_waits, granted, 0, released, "a's release").await;
     assert!(b_guard.is_held());
     assert_eq!(claims(admin, name).await, 1, "only c's claim is left");
     let released = Instant::now();
     b_guard.release().await.expect("b releases");
-    let c_guard = tokio::time::timeout(Duration::from_secs(5), q.c_waits)
-        .await
-        .expect("c is granted")
-        .expect("c's task");
+    let c_guard = granted_soon(q.c_waits, granted, 1, released, "b's release").await;
     let order: Vec<&str> = granted
         .lock()
         .expect("mutex")
@@ -148,12 +160,6 @@ async fn a_release_hands_the_lock_to_the_longest_waiter_of_another_locker() {
         .map(|(w, _)| *w)
         .collect();
     assert_eq!(order, ["b", "c"]);
-    let c_at = granted.lock().expect("mutex")[1].1;
-    assert!(
-        c_at - released < Duration::from_secs(1),
-        "c granted {:?} after b's release",
-        c_at - released
-    );
     assert!(c_guard.is_held());
     c_guard.release().await.expect("c releases");
     assert!(
@@ -178,16 +184,8 @@ async fn a_lock_handed_to_a_waiter_that_gave_up_goes_to_the_next() {
     let _ = q.b_waits.await;
     let released = Instant::now();
     q.held.release().await.expect("a releases");
-    let c_guard = tokio::time::timeout(Duration::from_secs(5), q.c_waits)
-        .await
-        .expect("c is granted")
-        .expect("c's task");
-    let c_at = granted.lock().expect("mutex")[0].1;
-    assert!(
-        c_at - released < Duration::from_secs(1),
-        "c granted {:?} after the release: b's locker did not pass the lock on",
-        c_at - released
-    );
+    let what = "a's release, to b, who gave up: b's locker did not pass the lock on";
+    let c_guard = granted_soon(q.c_waits, granted, 0, released, what).await;
     assert_eq!(granted.lock().expect("mutex").len(), 1, "b gave up");
     c_guard.release().await.expect("c releases");
     for l in q.lockers {

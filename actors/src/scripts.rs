@@ -1748,12 +1748,6 @@ mod tests {
                     .remove(0)
             }
         };
-        fn held_k2() -> KeyState {
-            KeyState::Other {
-                forced: false,
-                owner: None,
-            }
-        }
         async fn next_message(
             rx: &mut tokio::sync::broadcast::Receiver<fred::types::Message>,
         ) -> (String, String) {
@@ -1775,6 +1769,10 @@ mod tests {
         let held = KeyState::Other {
             forced: false,
             owner: None,
+        };
+        let ours = KeyState::Ours {
+            pttl_ms: None,
+            fence: None,
         };
         assert_eq!(
             acquire("tA", "NX|chA|200|7|0".into(), 60_000).await,
@@ -1840,10 +1838,7 @@ mod tests {
         );
         assert_eq!(
             acquire("holder", "NX|chA|10|4|0".into(), 60_000).await,
-            Ok(KeyState::Ours {
-                pttl_ms: None,
-                fence: None
-            })
+            Ok(ours.clone())
         );
         call(vec!["HSET", "{k}:c", "chA", "10 holder 99999999999999 4"]).await;
         tokio::time::sleep(std::time::Duration::from_millis(60)).await;
@@ -1862,16 +1857,16 @@ mod tests {
         let _: i64 = client.del("k").await.expect("DEL");
         assert_eq!(
             acquire("tD", "NX|chA|5|2|1".into(), 60_000).await,
-            Ok(KeyState::Ours {
-                pttl_ms: None,
-                fence: None
-            })
+            Ok(ours.clone())
         );
         let claimed = call(vec!["HEXISTS", "{k}:c", "chA"]).await;
         assert_eq!(claimed, Value::Integer(0), "the claim went with the take");
         // With a fair queue beside the key, a release deletes: the queue
         // decides who is next.
-        assert_eq!(acquire("tE", "NX|chC|1|5|0".into(), 60_000).await, Ok(held));
+        assert_eq!(
+            acquire("tE", "NX|chC|1|5|0".into(), 60_000).await,
+            Ok(held.clone())
+        );
         call(vec!["ZADD", "{k}:q", "1", "w"]).await;
         assert_eq!(release("tD").await, Ok(true));
         let left: i64 = client.exists("k").await.expect("EXISTS");
@@ -1892,7 +1887,7 @@ mod tests {
             .expect("the acquire script runs");
         assert_eq!(
             parse_acquire(&reply, 1, false).map(|mut v| v.remove(0)),
-            Some(Ok(held_k2()))
+            Some(Ok(held))
         );
         let f = call(vec!["HGET", "{k2}:c", "p|q:handover:1"])
             .await

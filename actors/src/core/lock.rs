@@ -404,6 +404,15 @@ struct Claims {
     left: Vec<Option<(CmdId, Time)>>,
 }
 
+impl Attempt {
+    /// When command `cmd` was sent, if it is the one whose claim on `key`
+    /// this attempt last saw answered.
+    fn claim_sent(&self, key: usize, cmd: CmdId) -> Option<Time> {
+        let (c, sent) = self.claims.as_ref()?.left.get(key).copied().flatten()?;
+        (c == cmd).then_some(sent)
+    }
+}
+
 /// The keys held under one token, and who holds them.
 #[derive(Debug)]
 struct Grant {
@@ -2629,12 +2638,8 @@ impl LockCore {
             Phase::Idle {
                 claimed: Some(a), ..
             } if a.token == token && self.claim_resumable(a) => {
-                let sent = a
-                    .claims
-                    .as_ref()
-                    .and_then(|c| c.left.get(key).copied().flatten());
-                match sent.filter(|(c, _)| *c == cmd) {
-                    Some((_, sent)) => {
+                match a.claim_sent(key, cmd) {
+                    Some(sent) => {
                         let expiry = a.terms.life.expiry(sent);
                         self.take_key(now, key, &token, cmd, expiry);
                     }
@@ -2644,21 +2649,17 @@ impl LockCore {
                 }
             }
             Phase::Attempting(a) if a.token == token => {
-                let left = a
-                    .claims
-                    .as_ref()
-                    .and_then(|c| c.left.get(key).copied().flatten())
-                    .filter(|(c, _)| *c == cmd)
-                    .map(|(_, sent)| sent);
-                let sent = left.or_else(|| match self.cmds.sent_of(cmd) {
-                    Some((
-                        Purpose::Acquire {
-                            attempt, key: k, ..
-                        },
-                        sent,
-                    )) if attempt == a.id && k == key => Some(sent),
-                    _ => None,
-                });
+                let sent = a
+                    .claim_sent(key, cmd)
+                    .or_else(|| match self.cmds.sent_of(cmd) {
+                        Some((
+                            Purpose::Acquire {
+                                attempt, key: k, ..
+                            },
+                            sent,
+                        )) if attempt == a.id && k == key => Some(sent),
+                        _ => None,
+                    });
                 if let Some(sent) = sent {
                     let expiry = a.terms.life.expiry(sent);
                     self.take_key(now, key, &token, cmd, expiry);
@@ -2700,8 +2701,8 @@ impl LockCore {
     }
 
     /// Hand-over: key `key` is `token`'s until `expiry`, as of command
-    /// `cmd` (the claim a hand-over was made under, or a check that found
-    /// the key ours). The waiting attempt goes on with it counted (a new run,
+    /// `cmd` (the claim a hand-over was made under). The waiting attempt
+    /// goes on with it counted (a new run,
     /// which sends for the other keys only if it is still undecided then),
     /// or the run under way counts it. Newest-sent-wins: a reply of a
     /// command sent after `cmd` is newer news of the key.
