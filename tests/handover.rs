@@ -2,8 +2,9 @@
 //! server: a waiter of another locker that finds the lock held leaves a
 //! claim, and the release hands it the lock on the server and tells it,
 //! so that it is granted on that message, not at its next attempt; waiters
-//! are served by arrival; a claim whose waiter gave up is passed on; and
-//! the lockers still exclude each other.
+//! are served by arrival; a claim whose waiter gave up is passed on; one
+//! whose locker is gone is passed over; and the lockers still exclude each
+//! other.
 #![allow(missing_docs)]
 
 mod support;
@@ -187,6 +188,33 @@ async fn a_lock_handed_to_a_waiter_that_gave_up_goes_to_the_next() {
     let what = "a's release, to b, who gave up: b's locker did not pass the lock on";
     let c_guard = granted_soon(q.c_waits, granted, 0, released, what).await;
     assert_eq!(granted.lock().expect("mutex").len(), 1, "b gave up");
+    c_guard.release().await.expect("c releases");
+    for l in q.lockers {
+        l.close().await;
+    }
+}
+
+/// A claim whose locker is gone (its process died, or it closed: the
+/// server dropped its subscription) is passed over: the release hands the
+/// lock to the next claim at once, instead of to a claimant nobody hears
+/// for, which held it until that claim lapsed (up to a validity, 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_of_a_locker_that_is_gone_is_passed_over() {
+    let q = Queue::start("handover-gone").await;
+    let (admin, name, granted) = (&q.admin, &q.name, &q.granted);
+    q.b_waits.abort();
+    let _ = q.b_waits.await;
+    q.lockers[1].close().await;
+    assert_eq!(
+        claims(admin, name).await,
+        2,
+        "b's claim outlives its locker"
+    );
+    let released = Instant::now();
+    q.held.release().await.expect("a releases");
+    let what = "a's release, with b's locker gone: the lock went to b's claim";
+    let c_guard = granted_soon(q.c_waits, granted, 0, released, what).await;
+    assert_eq!(claims(admin, name).await, 0, "both claims are taken out");
     c_guard.release().await.expect("c releases");
     for l in q.lockers {
         l.close().await;

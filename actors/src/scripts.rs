@@ -449,9 +449,15 @@ return out
 /// would have made it expire, and the claimant is told on its channel
 /// (`PUBLISH <claimant> "<seq> <token> <key>"`). The claimant counts the key
 /// from the moment it sent the command `seq`, as if that command had taken
-/// it: the expiry is the one it would have set. Claims that lapsed, and the
-/// one handed, are taken out; a key with a fair queue (`FAIR_LUA`) is
-/// deleted, as the queue decides who is next.
+/// it: the expiry is the one it would have set. A claimant nobody hears for
+/// (`PUBLISH` reached no subscriber: its locker closed, its process died,
+/// its connection dropped) is passed over for the next claim: handing it
+/// the key held the key until that claim lapsed, up to a validity. The
+/// key is set before the message goes out, so no claimant is told of a
+/// key that is not its own; a `SET` passed over is overwritten in the same
+/// atomic step, and nobody saw it. Claims that lapsed, the ones passed
+/// over and the one handed are taken out; a key with a fair queue
+/// (`FAIR_LUA`) is deleted, as the queue decides who is next.
 ///
 /// `KEYS`: the lock keys. `ARGV`: a token per key. Reply: an array with one
 /// entry per key: `1` deleted or handed, `0` not ours, `{0, message}` when
@@ -472,25 +478,28 @@ local function hand(key, mine)
     local t = redis.call('TIME')
     now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   end
-  local best, gone = nil, {}
+  local live, gone = {}, {}
   for i = 1, #all, 2 do
     local a, tok, lapse, seq = string.match(all[i + 1], '^(%d+) (%S+) (%d+) (%d+)$')
     if not a or tok == mine or tonumber(lapse) <= now then
       gone[#gone + 1] = all[i]
     else
-      local cand = {tonumber(a), all[i], tok, lapse, seq}
-      if not best or cand[1] < best[1] or (cand[1] == best[1] and cand[2] < best[2]) then
-        best = cand
-      end
+      live[#live + 1] = {tonumber(a), all[i], tok, lapse, seq}
     end
   end
-  if best then gone[#gone + 1] = best[2] end
-  if #gone > 0 then redis.pcall('HDEL', c, unpack(gone)) end
-  if not best or failed(redis.pcall('SET', key, best[3], 'PXAT', best[4])) then
-    return false
+  table.sort(live, function(x, y) return x[1] < y[1] or (x[1] == y[1] and x[2] < y[2]) end)
+  local handed = false
+  for _, cand in ipairs(live) do
+    gone[#gone + 1] = cand[2]
+    if failed(redis.pcall('SET', key, cand[3], 'PXAT', cand[4])) then break end
+    local heard = redis.pcall('PUBLISH', cand[2], cand[5] .. ' ' .. cand[3] .. ' ' .. key)
+    if failed(heard) or heard > 0 then
+      handed = true
+      break
+    end
   end
-  redis.pcall('PUBLISH', best[2], best[5] .. ' ' .. best[3] .. ' ' .. key)
-  return true
+  if #gone > 0 then redis.pcall('HDEL', c, unpack(gone)) end
+  return handed
 end
 local out = {}
 for i = 1, #KEYS do
@@ -1887,13 +1896,40 @@ mod tests {
             .expect("the acquire script runs");
         assert_eq!(
             parse_acquire(&reply, 1, false).map(|mut v| v.remove(0)),
-            Some(Ok(held))
+            Some(Ok(held.clone()))
         );
         let f = call(vec!["HGET", "{k2}:c", "p|q:handover:1"])
             .await
             .as_string()
             .unwrap_or_default();
         assert!(f.starts_with("7 tF ") && f.ends_with(" 3"), "{f}");
+        // A claimant nobody hears for (no subscriber on its channel: its
+        // locker is gone) is passed over, though it came first, and its
+        // claim taken out; with only such claimants, the key is deleted.
+        let _: i64 = client.del(vec!["k", "{k}:c", "{k}:q"]).await.expect("DEL");
+        let _: () = client
+            .set("k", "holder", None, None, false)
+            .await
+            .expect("SET");
+        for (token, mode) in [
+            ("tX", "NX|chX|1|1|0"),
+            ("tA", "NX|chA|5|2|0"),
+            ("tY", "NX|chY|9|3|0"),
+        ] {
+            assert_eq!(acquire(token, mode.into(), 60_000).await, Ok(held.clone()));
+        }
+        assert_eq!(release("holder").await, Ok(true));
+        let now: Option<String> = client.get("k").await.expect("GET");
+        assert_eq!(now.as_deref(), Some("tA"), "chX has no listener");
+        assert_eq!(
+            next_message(&mut messages).await,
+            ("chA".into(), "2 tA k".into())
+        );
+        let left = call(vec!["HKEYS", "{k}:c"]).await;
+        assert_eq!(left, Value::Array(vec!["chY".into()]), "chX's claim went");
+        assert_eq!(release("tA").await, Ok(true));
+        let left: i64 = client.exists(vec!["k", "{k}:c"]).await.expect("EXISTS");
+        assert_eq!(left, 0, "chY has no listener: deleted, its claim gone");
     }
 
     #[test]

@@ -265,7 +265,10 @@ fn run_one(k: &Knobs, trace: bool) -> (Result<world::Stats, String>, Vec<String>
     let mut w = World::new(k, trace);
     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run()));
     let res = match res {
-        Ok(Ok(())) => Ok(w.stats.clone()),
+        Ok(Ok(())) => Ok(world::Stats {
+            passed_over: w.nodes.iter().map(|n| n.passed_over).sum(),
+            ..w.stats.clone()
+        }),
         Ok(Err(e)) => Err(e),
         Err(p) => {
             let msg = p
@@ -455,6 +458,7 @@ fn sim_schedules() {
     let chained = AtomicU64::new(0);
     let behind = AtomicU64::new(0);
     let handed = AtomicU64::new(0);
+    let passed_over = AtomicU64::new(0);
     let first: Mutex<Option<(u64, Knobs, String)>> = Mutex::new(None);
     let start = Instant::now();
     std::thread::scope(|s| {
@@ -462,6 +466,7 @@ fn sim_schedules() {
             let (failed, first, steps, grants, excused) =
                 (&failed, &first, &steps, &grants, &excused);
             let (direct, chained, behind, handed) = (&direct, &chained, &behind, &handed);
+            let passed_over = &passed_over;
             s.spawn(move || {
                 let mut i = t;
                 while i < count && !failed.load(Ordering::Relaxed) {
@@ -475,6 +480,7 @@ fn sim_schedules() {
                             chained.fetch_add(st.chained, Ordering::Relaxed);
                             behind.fetch_add(st.behind, Ordering::Relaxed);
                             handed.fetch_add(st.handed, Ordering::Relaxed);
+                            passed_over.fetch_add(st.passed_over, Ordering::Relaxed);
                         }
                         Err(e) => {
                             failed.store(true, Ordering::Relaxed);
@@ -495,7 +501,7 @@ fn sim_schedules() {
         report(&k, &e);
     }
     println!(
-        "{count} schedules, {} steps, {} grants, {} excused overlaps, {} commands on direct connections, {} acquisitions right behind their own deletes, {} writes behind acquisitions on their direct connection, {} hand-overs told in {secs:.1}s ({:.0} schedules/s, {threads} threads)",
+        "{count} schedules, {} steps, {} grants, {} excused overlaps, {} commands on direct connections, {} acquisitions right behind their own deletes, {} writes behind acquisitions on their direct connection, {} hand-overs told, {} claims passed over (nobody listening) in {secs:.1}s ({:.0} schedules/s, {threads} threads)",
         steps.into_inner(),
         grants.into_inner(),
         excused.into_inner(),
@@ -503,6 +509,7 @@ fn sim_schedules() {
         chained.into_inner(),
         behind.into_inner(),
         handed.into_inner(),
+        passed_over.into_inner(),
         count as f64 / secs
     );
 }

@@ -124,6 +124,12 @@ pub(super) struct Node {
     /// Releases hand a key with a live claim to the oldest claimant
     /// (`RELEASE_HANDOVER_LUA`).
     handover: bool,
+    /// Per process: its engine connection's subscription to its hand-over
+    /// channel stands (the server has not seen that connection close). A
+    /// release passes over the claims of a process nobody hears for.
+    listening: Vec<bool>,
+    /// Claims a release passed over, their process not listening.
+    pub(super) passed_over: u64,
     version: u64,
     /// `CLIENT TRACKING ... NOLOOP`: a connection's own writes do not
     /// invalidate it (its tracking entry is still forgotten).
@@ -157,6 +163,8 @@ impl Node {
             queues: vec![FairQueue::default(); slots],
             claims: vec![Vec::new(); slots],
             handover,
+            listening: vec![true; procs],
+            passed_over: 0,
             version: 0,
             noloop,
             tracking,
@@ -529,9 +537,10 @@ impl Node {
     }
 
     /// `RELEASE_HANDOVER_LUA`'s hand-over of `slot`, ours (`mine`): to the
-    /// oldest live claim (by arrival, then claimant) unless the key has a
-    /// fair queue; claims that lapsed, and the one handed, are taken out.
-    /// True if the key was handed.
+    /// oldest live claim (by arrival, then claimant) whose process listens
+    /// (its `PUBLISH` reaches a subscriber), unless the key has a fair
+    /// queue; claims that lapsed, those passed over and the one handed are
+    /// taken out. True if the key was handed.
     fn hand(&mut self, now: u64, slot: usize, mine: &str, conn: usize, out: &mut Out) -> bool {
         if !self.handover || !self.queues[slot].places.is_empty() {
             return false;
@@ -540,17 +549,22 @@ impl Node {
         claims.sort_by_key(|c| (c.arrival_us, c.proc));
         while !claims.is_empty() {
             let c = claims.remove(0);
-            if c.token != mine && c.lapse > now {
-                self.write(slot, c.token.clone(), c.lapse, conn, out);
-                out.handed.push(HandedMsg {
-                    proc: c.proc,
-                    slot,
-                    token: c.token,
-                    cmd: c.cmd,
-                    lapse: c.lapse,
-                });
-                return true;
+            if c.token == mine || c.lapse <= now {
+                continue;
             }
+            if !self.listening[c.proc] {
+                self.passed_over += 1;
+                continue;
+            }
+            self.write(slot, c.token.clone(), c.lapse, conn, out);
+            out.handed.push(HandedMsg {
+                proc: c.proc,
+                slot,
+                token: c.token,
+                cmd: c.cmd,
+                lapse: c.lapse,
+            });
+            return true;
         }
         false
     }
@@ -558,6 +572,13 @@ impl Node {
     /// A connection closed: the server forgets what it tracked.
     pub(super) fn untrack(&mut self, conn: usize) {
         self.tracked[conn] = 0;
+    }
+
+    /// Process `proc`'s engine connection closed (`false`: the server drops
+    /// its subscription) or came back (`true`: the node subscribes before
+    /// it takes commands).
+    pub(super) fn listen(&mut self, proc: usize, on: bool) {
+        self.listening[proc] = on;
     }
 
     /// A third party deletes `slot` (outside the model).

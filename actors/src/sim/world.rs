@@ -67,6 +67,9 @@ pub(super) struct Stats {
     pub(super) behind: u64,
     /// Hand-overs whose message reached their claimant.
     pub(super) handed: u64,
+    /// Claims passed over by releases, their process not listening (filled
+    /// in at the end of a run).
+    pub(super) passed_over: u64,
 }
 
 /// One simulated run.
@@ -913,6 +916,7 @@ impl World {
         c.link = Link::Down;
         let pending = std::mem::take(&mut c.pending);
         self.nodes[node].untrack(proc);
+        self.nodes[node].listen(proc, false);
         self.fail_pending(proc, node, Lane::Engine, pending);
         if reconnect {
             let timeout = self.cfg.timeout.as_nanos() as u64;
@@ -939,6 +943,7 @@ impl World {
             self.nodes[node].untrack(proc);
         }
         c.link = Link::Up;
+        self.nodes[node].listen(proc, true);
         self.log(|| format!("p{proc} reconnected to node{node}"));
         let at = self.now + self.net.range(10_000, MS);
         self.q.push(
