@@ -194,6 +194,28 @@ async fn a_lock_handed_to_a_waiter_that_gave_up_goes_to_the_next() {
     }
 }
 
+/// The same, when the lock handed to the waiter that gave up comes after
+/// its locker retired the name's actor (2 s after the name fell quiet): a
+/// fresh one takes the message and passes the lock on. Before, the message
+/// found no actor and was dropped, and the lock stayed with the claim of
+/// nobody until it lapsed (up to a validity, 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_handed_to_a_name_its_locker_retired_goes_to_the_next() {
+    let q = Queue::start("handover-retired").await;
+    let granted = &q.granted;
+    q.b_waits.abort();
+    let _ = q.b_waits.await;
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let released = Instant::now();
+    q.held.release().await.expect("a releases");
+    let what = "a's release, to b, who gave up 3.5 s before: b's locker dropped the message";
+    let c_guard = granted_soon(q.c_waits, granted, 0, released, what).await;
+    c_guard.release().await.expect("c releases");
+    for l in q.lockers {
+        l.close().await;
+    }
+}
+
 /// A claim whose locker is gone (its process died, or it closed: the
 /// server dropped its subscription) is passed over: the release hands the
 /// lock to the next claim at once, instead of to a claimant nobody hears

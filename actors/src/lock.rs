@@ -398,11 +398,15 @@ impl Actor for LockActor {
             }
             LockMsg::Reply(NodeReply { cmd, outcome }) => Event::Reply { cmd, outcome },
             LockMsg::Invalidated { index } => Event::Invalidated { key: index },
-            LockMsg::Handed { index, token, cmd } => Event::Handed {
-                key: index,
-                token,
-                cmd,
-            },
+            LockMsg::Handed { index, token, cmd } => {
+                // Counted by its sender, as requests are (see `retire`).
+                st.seen += 1;
+                Event::Handed {
+                    key: index,
+                    token,
+                    cmd,
+                }
+            }
             LockMsg::Recheck { node } => Event::Recheck { node },
             LockMsg::Timeout => {
                 st.timer = None;

@@ -291,6 +291,16 @@ pub(crate) enum SupervisorMsg {
     Cancel { name: Arc<str>, id: ReqId },
     /// A `LockActor` finished closing.
     LockClosed { name: Arc<str> },
+    /// Hand-over: a release gave key `index` of lock `name` to `token` (see
+    /// `LockMsg::Handed`), and the name has no live `LockActor` (it retired
+    /// after its waiters gave up, their claims standing): start one, whose
+    /// core gives the key back under the token, and so hands it on.
+    Handed {
+        name: Arc<str>,
+        index: usize,
+        token: Token,
+        cmd: CmdId,
+    },
     /// A `NodeActor` connected.
     NodeUp { node: usize, actor: ActorId },
     /// A `NodeActor` failed to connect (and is about to fail).

@@ -43,7 +43,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::addr::{NodeAddr, Topology};
-use crate::context::{AbortOnDrop, NodeLane, Shared};
+use crate::context::{count_send, AbortOnDrop, NodeLane, Shared};
 use crate::core::{Claim, CmdId, Op, Outcome, Place, Queue};
 use crate::election::Record;
 use crate::failure::NodeFailure;
@@ -131,8 +131,9 @@ impl Actor for NodeActor {
             let me = myself.clone();
             let addr = addr.clone();
             let metrics = metrics.clone();
+            let supervisor = args.supervisor.clone();
             tokio::spawn(async move {
-                let result = connect(&client, &shared, &addr, &me, metrics).await;
+                let result = connect(&client, &shared, &addr, &me, &supervisor, metrics).await;
                 let _ = me.cast(NodeMsg::Connected(result));
             })
         };
@@ -453,6 +454,7 @@ async fn connect(
     shared: &Arc<Shared>,
     addr: &NodeAddr,
     me: &ActorRef<NodeMsg>,
+    supervisor: &ActorRef<SupervisorMsg>,
     metrics: NodeMetrics,
 ) -> Result<Connection, fred::error::Error> {
     let handle = client.init().await?;
@@ -478,7 +480,7 @@ async fn connect(
             // handed while nobody listens holds its key for a validity, so
             // the connection is up only once the subscription is confirmed.
             use fred::interfaces::PubsubInterface;
-            handover = Some(start_handover_forwarder(client, shared));
+            handover = Some(start_handover_forwarder(client, shared, supervisor));
             client.subscribe(&**channel).await?;
             confirm_subscribed(client, channel).await?;
         }
@@ -839,7 +841,7 @@ fn parse_handover(msg: &[u8]) -> Option<(CmdId, Token, &[u8])> {
 }
 
 /// Hands a hand-over's message to the `LockActor` of its key.
-fn route_handover(shared: &Shared, msg: &[u8]) {
+fn route_handover(shared: &Shared, supervisor: &ActorRef<SupervisorMsg>, msg: &[u8]) {
     let s = &shared.settings;
     let Some((cmd, token, key)) = parse_handover(msg) else {
         debug!(len = msg.len(), "not a hand-over message; ignored");
@@ -856,17 +858,42 @@ fn route_handover(shared: &Shared, msg: &[u8]) {
         "handed over"
     );
     crate::metrics::handover_message();
-    if let Some(lock) = shared.lock(name) {
-        let _ = lock.cast(LockMsg::Handed { index, token, cmd });
+    let handed = LockMsg::Handed { index, token, cmd };
+    // Counted like a request, so that the actor does not retire with it on
+    // its way (see `context::try_retire`).
+    let handed = match shared.lock_route(name) {
+        Some(route) if count_send(route.port.sent()) => match route.actor.cast(handed) {
+            Err(ractor::MessagingErr::SendErr(back)) => back,
+            _ => return,
+        },
+        _ => handed,
+    };
+    // The name's actor retired (its waiters gave up, leaving their claims):
+    // the Supervisor starts one, whose core gives the key back under the
+    // token, which hands it on. Dropped, the key stayed handed to nobody
+    // until the claim lapsed.
+    if let LockMsg::Handed { index, token, cmd } = handed {
+        let name = Arc::from(name);
+        let _ = supervisor.cast(SupervisorMsg::Handed {
+            name,
+            index,
+            token,
+            cmd,
+        });
     }
 }
 
 /// Routes hand-over messages on this locker's channel to `LockActor`s. Runs
 /// until the client is dropped. A lag means some were dropped: every lock
 /// re-checks, and a waiter whose key was handed finds it its own.
-fn start_handover_forwarder(client: &Client, shared: &Arc<Shared>) -> tokio::task::JoinHandle<()> {
+fn start_handover_forwarder(
+    client: &Client,
+    shared: &Arc<Shared>,
+    supervisor: &ActorRef<SupervisorMsg>,
+) -> tokio::task::JoinHandle<()> {
     let mut rx = client.message_rx();
     let shared = shared.clone();
+    let supervisor = supervisor.clone();
     tokio::spawn(async move {
         loop {
             match rx.recv().await {
@@ -875,7 +902,7 @@ fn start_handover_forwarder(client: &Client, shared: &Arc<Shared>) -> tokio::tas
                         continue;
                     }
                     if let Some(bytes) = m.value.as_bytes() {
-                        route_handover(&shared, bytes);
+                        route_handover(&shared, &supervisor, bytes);
                     }
                 }
                 Err(RecvError::Lagged(n)) => {

@@ -36,7 +36,7 @@ use crate::error::Error;
 use crate::failure::{NodeFailure, NodeReport};
 use crate::lock::{LockActor, LockArgs, LockCell, LockHome};
 use crate::metrics;
-use crate::msg::{LockMsg, NodeMsg, Request, SupervisorMsg};
+use crate::msg::{LockMsg, NodeMsg, SupervisorMsg};
 use crate::node::{NodeActor, NodeArgs};
 
 pub(crate) struct Supervisor;
@@ -110,7 +110,25 @@ impl Actor for Supervisor {
                     let _ = request.reply.send(Err(Error::Closed));
                     return Ok(());
                 }
-                st.route(&myself, name, request).await;
+                if let Some(LockMsg::Request(request)) =
+                    st.route(&myself, name, LockMsg::Request(request)).await
+                {
+                    let _ = request.reply.send(Err(Error::Closed));
+                }
+            }
+            SupervisorMsg::Handed {
+                name,
+                index,
+                token,
+                cmd,
+            } => {
+                // Closing: the locker's keys are given back by its close.
+                if matches!(st.closing, Closing::Open) {
+                    let handed = LockMsg::Handed { index, token, cmd };
+                    if st.route(&myself, name.clone(), handed).await.is_some() {
+                        warn!(lock = %name, "a key handed over found no lock actor");
+                    }
+                }
             }
             SupervisorMsg::Cancel { name, id } => {
                 if let Some(actor) = st.shared.lock(&name) {
@@ -290,8 +308,15 @@ impl SupervisorState {
         }
     }
 
-    async fn route(&mut self, myself: &ActorRef<SupervisorMsg>, name: Arc<str>, request: Request) {
-        let mut request = request;
+    /// Sends `msg` to the `LockActor` of `name`, starting one if it has none
+    /// or if it retired; the message back if no actor took it.
+    async fn route(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        name: Arc<str>,
+        msg: LockMsg,
+    ) -> Option<LockMsg> {
+        let mut msg = msg;
         for _ in 0..2 {
             let mut route = self.shared.lock_route(&name);
             // A retiring actor takes no more requests: replace it.
@@ -309,17 +334,17 @@ impl SupervisorState {
                 // It retired just now: start over with a fresh one.
                 continue;
             }
-            match route.actor.cast(LockMsg::Request(request)) {
-                Ok(()) => return,
-                Err(ractor::MessagingErr::SendErr(LockMsg::Request(back))) => {
+            match route.actor.cast(msg) {
+                Ok(()) => return None,
+                Err(ractor::MessagingErr::SendErr(back)) => {
                     // Dead but its exit not processed yet: replace it.
                     self.shared.remove_lock(&name, route.actor.get_id());
-                    request = back;
+                    msg = back;
                 }
-                Err(_) => return,
+                Err(_) => return None,
             }
         }
-        let _ = request.reply.send(Err(Error::Closed));
+        Some(msg)
     }
 
     /// Starts the `LockActor` of `name` and routes the name to it.
