@@ -66,10 +66,12 @@ const MINIMAL: &[&str] = &[
 const FENCING: &[&str] = &["+incr"];
 
 /// Added to [`MINIMAL`] with `handover` on, with the channel pattern
-/// `&{prefix}:handover:*`: the claims (a hash beside each key), the
-/// release's message, the subscription and its confirmation.
+/// `&{prefix}:handover:*`: the claims (a hash beside each key) and their
+/// taking back, the release's message, the subscription and its
+/// confirmation.
 const HANDOVER: &[&str] = &[
     "+hset",
+    "+hget",
     "+hdel",
     "+hgetall",
     "+publish",
@@ -374,17 +376,22 @@ fn acl_user_for_handover() {
             }
         });
         let claim = format!("{{{prefix}:0:h}}:c");
-        let mut claimed = false;
-        for _ in 0..500 {
-            if let Ok(r) = command_auth(server.port, &[ADMIN_PASS], &["HLEN", &claim]).await {
-                if r.text().as_deref() == Some("1") {
-                    claimed = true;
-                    break;
+        let claims_come_to = |n: &'static str| {
+            let claim = claim.clone();
+            async move {
+                for _ in 0..500 {
+                    if let Ok(r) = command_auth(server.port, &[ADMIN_PASS], &["HLEN", &claim]).await
+                    {
+                        if r.text().as_deref() == Some(n) {
+                            return true;
+                        }
+                    }
+                    sleep(ms(10)).await;
                 }
+                false
             }
-            sleep(ms(10)).await;
-        }
-        assert!(claimed, "b's claim is there");
+        };
+        assert!(claims_come_to("1").await, "b's claim is there");
         let released = Instant::now();
         held.release().await.expect("a releases");
         let (g, granted) = timeout(ms(5000), waiter)
@@ -396,6 +403,14 @@ fn acl_user_for_handover() {
             "b granted {:?} after the release: not by the hand-over",
             granted - released
         );
+        // A waiter of a's that gives up takes its claim back.
+        let gives_up = tokio::spawn({
+            let a = a.clone();
+            async move { a.lock("h").await.map(|_| ()) }
+        });
+        assert!(claims_come_to("1").await, "a's claim is there");
+        gives_up.abort();
+        assert!(claims_come_to("0").await, "a's claim is taken back");
         g.release().await.unwrap();
         let denied = denials_beyond_probes(server.port).await;
         assert!(denied.is_empty(), "denied commands: {denied:#?}");

@@ -56,6 +56,53 @@ async fn claims(admin: &fred::clients::Client, name: &str) -> i64 {
     }
 }
 
+/// The claim on key 0 of `name` of the waiter that arrived first: its
+/// field (the claimant's channel) and value.
+async fn oldest_claim(admin: &fred::clients::Client, name: &str) -> (String, String) {
+    let all = support::cluster::command(admin, &["HGETALL", &format!("{{valkeylock:0:{name}}}:c")])
+        .await
+        .expect("HGETALL");
+    let strings: Vec<String> = match all {
+        fred::types::Value::Map(m) => m
+            .inner()
+            .into_iter()
+            .flat_map(|(k, v)| [k.as_str().map(|s| s.to_string()), v.as_string()])
+            .map(|s| s.unwrap_or_default())
+            .collect(),
+        fred::types::Value::Array(a) => a
+            .iter()
+            .map(|v| v.as_string().unwrap_or_default())
+            .collect(),
+        other => panic!("HGETALL replied {other:?}"),
+    };
+    strings
+        .chunks(2)
+        .map(|kv| (kv[0].clone(), kv[1].clone()))
+        .min_by_key(|(_, v)| v.split(' ').next().and_then(|a| a.parse::<u64>().ok()))
+        .expect("a claim")
+}
+
+/// Waiter `b` of `q` gives up, and its locker takes its claim back; the
+/// claim is then written again by hand, as if the taking back had not
+/// reached the server (a lost command, or a release that came first).
+async fn b_gives_up_leaving_its_claim(mut q: Queue) -> Queue {
+    let b_claim = oldest_claim(&q.admin, &q.name).await;
+    q.b_waits.abort();
+    let _ = (&mut q.b_waits).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            claims(&q.admin, &q.name).await == 1
+        })
+        .await,
+        "b's locker takes its claim back"
+    );
+    let hash = format!("{{valkeylock:0:{}}}:c", q.name);
+    support::cluster::command(&q.admin, &["HSET", &hash, &b_claim.0, &b_claim.1])
+        .await
+        .expect("HSET");
+    q
+}
+
 type Granted = Arc<Mutex<Vec<(&'static str, Instant)>>>;
 
 /// Locker `a` holds a name; lockers `b` and `c` (all with hand-over,
@@ -175,14 +222,38 @@ async fn a_release_hands_the_lock_to_the_longest_waiter_of_another_locker() {
     }
 }
 
-/// A waiter that gave up leaves its claim behind; the lock handed to it is
-/// passed on by its locker to the next claim, at once.
+/// A waiter that gives up takes its claim back: the release hands the lock
+/// to the next claim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lock_handed_to_a_waiter_that_gave_up_goes_to_the_next() {
-    let q = Queue::start("handover-gave-up").await;
-    let granted = &q.granted;
+async fn a_waiter_that_gives_up_takes_its_claim_back() {
+    let q = Queue::start("handover-unclaim").await;
+    let (admin, name, granted) = (&q.admin, &q.name, &q.granted);
     q.b_waits.abort();
     let _ = q.b_waits.await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            claims(admin, name).await == 1
+        })
+        .await,
+        "b's locker takes its claim back"
+    );
+    let released = Instant::now();
+    q.held.release().await.expect("a releases");
+    let c_guard = granted_soon(q.c_waits, granted, 0, released, "a's release").await;
+    assert_eq!(granted.lock().expect("mutex").len(), 1, "b gave up");
+    c_guard.release().await.expect("c releases");
+    for l in q.lockers {
+        l.close().await;
+    }
+}
+
+/// A claim left behind by a waiter that gave up (its taking back lost):
+/// the lock handed to it is passed on by its locker to the next claim, at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_handed_to_a_waiter_that_gave_up_goes_to_the_next() {
+    let q = b_gives_up_leaving_its_claim(Queue::start("handover-gave-up").await).await;
+    let granted = &q.granted;
     let released = Instant::now();
     q.held.release().await.expect("a releases");
     let what = "a's release, to b, who gave up: b's locker did not pass the lock on";
@@ -201,10 +272,8 @@ async fn a_lock_handed_to_a_waiter_that_gave_up_goes_to_the_next() {
 /// nobody until it lapsed (up to a validity, 10 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_handed_to_a_name_its_locker_retired_goes_to_the_next() {
-    let q = Queue::start("handover-retired").await;
+    let q = b_gives_up_leaving_its_claim(Queue::start("handover-retired").await).await;
     let granted = &q.granted;
-    q.b_waits.abort();
-    let _ = q.b_waits.await;
     tokio::time::sleep(Duration::from_millis(3_500)).await;
     let released = Instant::now();
     q.held.release().await.expect("a releases");
@@ -222,10 +291,8 @@ async fn a_lock_handed_to_a_name_its_locker_retired_goes_to_the_next() {
 /// for, which held it until that claim lapsed (up to a validity, 10 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_of_a_locker_that_is_gone_is_passed_over() {
-    let q = Queue::start("handover-gone").await;
+    let q = b_gives_up_leaving_its_claim(Queue::start("handover-gone").await).await;
     let (admin, name, granted) = (&q.admin, &q.name, &q.granted);
-    q.b_waits.abort();
-    let _ = q.b_waits.await;
     q.lockers[1].close().await;
     assert_eq!(
         claims(admin, name).await,

@@ -471,6 +471,7 @@ async fn connect(
         shared.scripts.verify_many.load(client).await?;
         if shared.settings.handover.is_some() {
             shared.scripts.release_handover.load(client).await?;
+            shared.scripts.unclaim.load(client).await?;
         }
         if shared.settings.fencing {
             shared.scripts.fence_write.load(client).await?;
@@ -1587,6 +1588,20 @@ async fn run(
             Some(deleted) => Outcome::Released(deleted),
             None => Outcome::Failed("unexpected reply to release"),
         }),
+        Op::Unclaim { token } => match &s.handover {
+            Some(channel) => evalsha(client, &scripts.unclaim, || {
+                (
+                    vec![wire_key.wire()],
+                    vec![Value::from(&**channel), token.value()],
+                )
+            })
+            .await
+            .map(|v| match v {
+                Value::Integer(_) => Outcome::Unclaimed,
+                _ => Outcome::Failed("unexpected reply to unclaim"),
+            }),
+            None => Ok(Outcome::Failed("no hand-over channel")),
+        },
         Op::FenceRead => client
             .get::<Value, _>(key)
             .await

@@ -522,6 +522,21 @@ end
 return out
 "#;
 
+/// Hand-over: takes a waiter's claim on a key back (its waiters gave up),
+/// if it is still the claim of that token: a claim the locker's next
+/// waiter has written since, under the same channel with a new token, is
+/// left alone. `KEYS`: the lock key (the claims are in `{key}:c`, as in
+/// `ACQUIRE_LUA`). `ARGV`: the claimant's channel, the token. Reply: `1`
+/// taken out, `0` not there.
+const UNCLAIM_LUA: &str = r#"
+local c = '{' .. KEYS[1] .. '}:c'
+local v = redis.call('HGET', c, ARGV[1])
+if v and string.match(v, '^%d+ (%S+) ') == ARGV[2] then
+  return redis.call('HDEL', c, ARGV[1])
+end
+return 0
+"#;
+
 /// `VERIFY_LUA` for many keys (of many locks) in one call: what a node's
 /// command pump sends for the checks it finds queued together, as after a
 /// reconnect, when every lock re-checks its keys on that node at once (see
@@ -696,6 +711,8 @@ pub(crate) struct Scripts {
     pub(crate) verify_many: Script,
     /// Releases of lockers with hand-over, one key or many.
     pub(crate) release_handover: Script,
+    /// Claims taken back by lockers with hand-over.
+    pub(crate) unclaim: Script,
     pub(crate) fence_write: Script,
     /// Loaded on first use (`inspect` is rare; a connection does not need it).
     pub(crate) inspect: Script,
@@ -716,6 +733,7 @@ impl Scripts {
             release_many: Script::from_lua(RELEASE_MANY_LUA),
             verify_many: Script::from_lua(VERIFY_MANY_LUA),
             release_handover: Script::from_lua(RELEASE_HANDOVER_LUA),
+            unclaim: Script::from_lua(UNCLAIM_LUA),
             fence_write: Script::from_lua(FENCE_WRITE_LUA),
             inspect: Script::from_lua(INSPECT_LUA),
             fair: Script::from_lua(FAIR_LUA),
@@ -1930,6 +1948,31 @@ mod tests {
         assert_eq!(release("tA").await, Ok(true));
         let left: i64 = client.exists(vec!["k", "{k}:c"]).await.expect("EXISTS");
         assert_eq!(left, 0, "chY has no listener: deleted, its claim gone");
+        // A claim is taken back only under its own token: the locker's
+        // next waiter's claim (same channel, another token) stays.
+        let _: () = client
+            .set("k", "holder", None, None, false)
+            .await
+            .expect("SET");
+        assert_eq!(
+            acquire("tB", "NX|chA|5|1|0".into(), 60_000).await,
+            Ok(held.clone())
+        );
+        let unclaim = |token: &'static str| {
+            let client = client.clone();
+            async move {
+                let v: Value = client
+                    .eval(UNCLAIM_LUA, vec!["k"], vec!["chA", token])
+                    .await
+                    .expect("the unclaim script runs");
+                v
+            }
+        };
+        assert_eq!(unclaim("tA").await, Value::Integer(0));
+        assert_eq!(call(vec!["HLEN", "{k}:c"]).await, Value::Integer(1));
+        assert_eq!(unclaim("tB").await, Value::Integer(1));
+        assert_eq!(call(vec!["HLEN", "{k}:c"]).await, Value::Integer(0));
+        assert_eq!(unclaim("tB").await, Value::Integer(0), "not there");
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub(crate) enum Purpose {
     },
     /// An update of key `key`'s fair queue; nothing waits for it.
     Queue { key: usize },
+    /// A claim on key `key` taken back; nothing waits for it.
+    Unclaim { key: usize },
     /// Fencing counter read on node `node`, round `round` of attempt `attempt`.
     FenceRead {
         attempt: u64,
@@ -68,7 +70,7 @@ impl Purpose {
             | Purpose::FenceWrite { attempt, .. } => Some(attempt),
             Purpose::Extend { grant, .. } => Some(grant),
             Purpose::Verify { owner, .. } => Some(owner),
-            Purpose::Release { .. } | Purpose::Queue { .. } => None,
+            Purpose::Release { .. } | Purpose::Queue { .. } | Purpose::Unclaim { .. } => None,
         }
     }
 
@@ -80,7 +82,8 @@ impl Purpose {
             | Purpose::Extend { key, .. }
             | Purpose::Verify { key, .. }
             | Purpose::Release { key, .. }
-            | Purpose::Queue { key } => Some(key),
+            | Purpose::Queue { key }
+            | Purpose::Unclaim { key } => Some(key),
             Purpose::FenceRead { .. } | Purpose::FenceWrite { .. } => None,
         }
     }

@@ -1095,6 +1095,15 @@ impl LockCore {
             if let Some(place) = place {
                 self.dequeue(now, vec![place.member], |_| true);
             }
+            // Hand-over: the last waiter gave up; its claims would only
+            // have keys handed to nobody.
+            if !self.waiters.has_waiter() {
+                if let Phase::Idle { claimed, .. } = &mut self.phase {
+                    if let Some(a) = claimed.take() {
+                        self.unclaim(now, &a);
+                    }
+                }
+            }
             return;
         }
         if let Phase::Attempting(a) = &mut self.phase {
@@ -1709,10 +1718,12 @@ impl LockCore {
             "attempt failed"
         );
         // Hand-over: an attempt for the waiters that found keys held and
-        // took none, and whose writes all answered, keeps its claims (see
-        // `Claims`); anything else releases what it may have taken.
+        // took none, and whose writes all answered, keeps its claims while
+        // anyone waits (see `Claims`); anything else releases what it may
+        // have taken, and takes its claims back.
         let keep_claims = a.claims.is_some()
             && a.request.is_none()
+            && self.waiters.has_waiter()
             && a.mismatch.is_none()
             && held_by_others
             && a.keys.iter().all(|s| {
@@ -1723,6 +1734,7 @@ impl LockCore {
             });
         if !keep_claims {
             self.past.push((a.id, a.token.clone()));
+            self.unclaim(now, &a);
         }
         // A key this attempt took has no place of its candidate (the script
         // makes none where it takes the key): make it before the key is
@@ -1902,6 +1914,13 @@ impl LockCore {
             Purpose::Queue { key } => {
                 if let Some(why) = outcome.failure() {
                     tracing::debug!(key, why, "fair queue update failed");
+                }
+            }
+            // Best effort: a claim left standing is handed to a token nobody
+            // here takes, which is released under it (`on_handed`).
+            Purpose::Unclaim { key } => {
+                if let Some(why) = outcome.failure() {
+                    tracing::debug!(key, why, "claim not taken back");
                 }
             }
             Purpose::FenceRead {
@@ -2690,6 +2709,24 @@ impl LockCore {
                     "key handed over to nobody; releasing"
                 );
                 self.release_key(now, key, of, &token, None);
+            }
+        }
+    }
+
+    /// Hand-over: takes back the claims attempt `a` may have left, on every
+    /// key it did not take, so that no release hands a key to a token
+    /// nobody waits with. The script takes a claim out only if it is still
+    /// `a`'s token's: the next waiter's claim, under the same channel, stays.
+    fn unclaim(&mut self, now: Time, a: &Attempt) {
+        if a.claims.is_none() {
+            return;
+        }
+        for (key, s) in a.keys.iter().enumerate() {
+            if !matches!(s.key, Key::Ours { .. }) {
+                let op = Op::Unclaim {
+                    token: a.token.clone(),
+                };
+                self.send(now, Purpose::Unclaim { key }, Target::Key(key), op);
             }
         }
     }

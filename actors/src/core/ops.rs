@@ -95,6 +95,9 @@ pub(crate) enum Op {
     FenceRead,
     /// Raise the fencing counter to `value` unless it is there or higher.
     FenceWrite { value: u64 },
+    /// Hand-over: take this locker's claim on the key back, if it is still
+    /// `token`'s (its waiters gave up).
+    Unclaim { token: Token },
 }
 
 /// The result of one command.
@@ -113,6 +116,8 @@ pub(crate) enum Outcome {
     },
     /// A fair queue was updated (`Enqueue`, `Dequeue`).
     Queued,
+    /// A claim was taken back, or was not there (`Unclaim`).
+    Unclaimed,
     /// The node did not answer usefully (not connected, error).
     Failed(&'static str),
     /// Sent, and no reply came in time (the client's timeout, or the core's

@@ -2372,6 +2372,40 @@ fn a_key_handed_to_nobody_waiting_is_released_under_its_token() {
 }
 
 #[test]
+fn a_waiter_that_gives_up_takes_its_claims_back() {
+    let mut rig = Rig::new(handover_config());
+    let (_, token) = claiming(&mut rig);
+    rig.at(ms(50));
+    let s = sends(&rig.ev(Event::Cancel { id: 1 }));
+    assert!(
+        matches!(&s[..], [(_, Target::Key(0), Op::Unclaim { token: t })] if *t == token),
+        "the last waiter gone, its claim is taken back: {s:?}"
+    );
+    assert_eq!(rig.core.live_token(), None);
+    // A waiter that leaves while its attempt is out: the attempt, failing,
+    // keeps no claims for nobody, and takes them back.
+    let s = sends(&rig.ev(Event::Request {
+        id: 2,
+        kind: RequestKind::Wait,
+        terms: None,
+    }));
+    let (cmd, token) = match &s[..] {
+        [(cmd, _, Op::Acquire { token, claim, .. })] => {
+            assert!(claim.is_some(), "{s:?}");
+            (*cmd, token.clone())
+        }
+        _ => panic!("one acquisition: {s:?}"),
+    };
+    assert!(sends(&rig.ev(Event::Cancel { id: 2 })).is_empty());
+    let s = sends(&rig.ev(reply(cmd, other())));
+    assert!(
+        matches!(&s[..], [(_, Target::Key(0), Op::Unclaim { token: t })] if *t == token),
+        "{s:?}"
+    );
+    assert_eq!(rig.core.live_token(), None);
+}
+
+#[test]
 fn an_attempt_that_took_a_key_keeps_no_claims() {
     let mut rig = Rig::new(Config {
         handover: Some(super::Handover {

@@ -517,6 +517,12 @@ impl Node {
                 node.dequeue(slot, members);
                 Outcome::Queued
             }),
+            // `UNCLAIM_LUA`: this process's claim, if it is still the token's.
+            Op::Unclaim { token } => {
+                let proc = conn % (self.tracked.len() / 2);
+                self.claims[slot].retain(|c| !(c.proc == proc && c.token == token.as_str()));
+                Outcome::Unclaimed
+            }
             Op::FenceRead => Outcome::Fence(self.fences[name]),
             Op::FenceWrite { value } => {
                 let cur = self.fences[name];

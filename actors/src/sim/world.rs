@@ -67,6 +67,8 @@ pub(super) struct Stats {
     pub(super) behind: u64,
     /// Hand-overs whose message reached their claimant.
     pub(super) handed: u64,
+    /// Of those, the ones whose token its core no longer used (given back).
+    pub(super) handed_to_nobody: u64,
     /// Claims passed over by releases, their process not listening (filled
     /// in at the end of a run).
     pub(super) passed_over: u64,
@@ -424,6 +426,10 @@ impl World {
             } => match self.pushed_to(proc, node, epoch, slot) {
                 Some((to, key)) => {
                     self.stats.handed += 1;
+                    let core = &self.procs[to.proc].cores[to.name].core;
+                    if core.live_token() != Some(&token) {
+                        self.stats.handed_to_nobody += 1;
+                    }
                     self.deliver(to, Event::Handed { key, token, cmd })
                 }
                 None => Ok(()),
@@ -1331,6 +1337,7 @@ impl World {
                     ) => true,
                     (Target::Key(_), Op::Enqueue { places, .. }) => !places.is_empty(),
                     (Target::Key(_), Op::Dequeue { members, .. }) => !members.is_empty(),
+                    (Target::Key(_), Op::Unclaim { .. }) => self.k.claims,
                     // The two-phase step; with the counter in the script, it
                     // is the fallback when key 0 was not among the keys won.
                     (Target::Fence(_), Op::FenceRead | Op::FenceWrite { .. }) => {
