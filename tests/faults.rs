@@ -1510,6 +1510,38 @@ fn nemesis_handover_three_instances() {
     }));
 }
 
+/// Hand-over with fencing tokens under the fencing nemesis's faults (no
+/// server restarts: a counter lost with its instance is out of fencing's
+/// guarantee): tokens still increase in grant order, whether the key was
+/// handed over or taken. One instance moves the counter in the acquire
+/// script, three by the fencing step.
+fn handover_fencing(label: &'static str, nodes: usize, majority: usize) -> Setup {
+    Setup {
+        kinds: [NET_FAULTS, ACTOR_FAULTS].concat(),
+        fencing: true,
+        handover: true,
+        ..lock_nemesis(label, nodes, majority, 12.0)
+    }
+}
+
+#[test]
+fn nemesis_handover_fencing_one_instance() {
+    serial(nemesis_in_process(handover_fencing(
+        "1 instance, key_majority 1, hand-over, fencing",
+        1,
+        1,
+    )));
+}
+
+#[test]
+fn nemesis_handover_fencing_three_instances() {
+    serial(nemesis_in_process(handover_fencing(
+        "3 instances, key_majority 2, hand-over, fencing",
+        3,
+        2,
+    )));
+}
+
 /// No faults at all: the baseline the nemesis runs compare with (grant rate,
 /// waits). Runs only with `VALKEYLOCK_BASELINE=1`.
 #[test]

@@ -181,15 +181,17 @@ pub struct LockerOptions {
     /// (`{key_prefix}:handover:<random>`, `PUBLISH`), which grants the
     /// lock on that message, without a round trip of its own. Waiters of
     /// other processes are then served in the order they started waiting.
-    /// Claims are refreshed while their waiters wait and lapse one
-    /// `key_validity` after they were last made: a claim of a process that
-    /// died can hold a lock up for at most that. A key with a fair queue is
-    /// deleted as before (the queue decides). While its claims stand, a
-    /// waiter does not look at a claimed key when it changes (a hand-over
-    /// or an extension needs nothing of it): a key freed otherwise (a
-    /// release of a locker without `handover`, an expiry) is found within
-    /// `try_next_after`. Not with `fencing` (a hand-over does not move the
-    /// fencing counter) or on a cluster. The waiters of lockers without it
+    /// Claims are refreshed while their waiters wait, taken back when they
+    /// give up, and lapse one `key_validity` after they were last made; a
+    /// claimant nobody hears for (its process died, its locker closed) is
+    /// passed over. A key with a fair queue is deleted as before (the queue
+    /// decides). While its claims stand, a waiter does not look at a
+    /// claimed key when it changes (a hand-over or an extension needs
+    /// nothing of it): a key freed otherwise (a release of a locker without
+    /// `handover`, an expiry) is found within `try_next_after`. With
+    /// `fencing`, a key handed over gets its token as any acquisition does
+    /// (the fencing step after the message; in the acquire script when the
+    /// waiter's next run finds the key first). Not on a cluster. The waiters of lockers without it
     /// (and of the Go valkeylock) leave no claim, and can wait while
     /// claimants are served. Off by default; see the README, "Hand-over
     /// across processes".
@@ -526,12 +528,6 @@ impl LockerOptions {
         }
         if self.connect_timeout.is_zero() {
             return bad("connect_timeout", "must be above 0".into());
-        }
-        if self.handover && self.fencing {
-            return bad(
-                "handover",
-                "not with fencing: a hand-over does not move the fencing counter".into(),
-            );
         }
         if self.handover && nodes.iter().any(|n| n.topology == Topology::Cluster) {
             return bad(

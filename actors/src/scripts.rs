@@ -36,7 +36,10 @@ use crate::election::Record;
 /// cluster slot; the engine queues no waiter of such lockers on a cluster.) With the
 /// fencing counter, one more entry: the counter, incremented in the same
 /// atomic step by a fresh acquisition, unchanged for a retry of our own
-/// (token already there).
+/// (token already there), except for a run that claimed before (`before`
+/// `1`, below) and finds its token there: its earlier runs took nothing, so
+/// the key was handed to it, which moved no counter, and it counts as
+/// fresh.
 ///
 /// Hand-over (`LockerOptions::handover`): a mode of the form
 /// `NX|<claimant>|<arrival>|<seq>|<before>` is `NX` that, when the key is
@@ -110,7 +113,10 @@ local function step(key, token, mode)
   if failed(r) then return r end
   if before == '1' then redis.pcall('HDEL', '{' .. key .. '}:c', who) end
   local now = redis.pcall('GET', key)
-  if now == token then return 1, cur ~= token end
+  -- Fresh: taken now, or found ours by a run that claimed before. That
+  -- run's earlier runs took nothing (or it would not claim), so the key
+  -- was handed to it, and a hand-over moves no counter.
+  if now == token then return 1, cur ~= token or before == '1' end
   return now
 end
 local out = {}
@@ -1973,6 +1979,41 @@ mod tests {
         assert_eq!(unclaim("tB").await, Value::Integer(1));
         assert_eq!(call(vec!["HLEN", "{k}:c"]).await, Value::Integer(0));
         assert_eq!(unclaim("tB").await, Value::Integer(0), "not there");
+        // Fencing: a run that claimed before and finds its token there was
+        // handed the key, which moved no counter: it moves it. A retry of
+        // our own that did not claim leaves it.
+        let _: () = client
+            .set("k3", "tH", None, None, false)
+            .await
+            .expect("SET");
+        let _: () = client
+            .set("k3f", "5", None, None, false)
+            .await
+            .expect("SET");
+        let fenced = |mode: &'static str| {
+            let client = client.clone();
+            async move {
+                let reply: Value = client
+                    .eval(
+                        ACQUIRE_LUA,
+                        vec!["k3", "k3f"],
+                        vec!["60000", "PX", "1", "tH", mode],
+                    )
+                    .await
+                    .expect("the acquire script runs");
+                parse_acquire(&reply, 1, true)
+                    .expect("a well-formed reply")
+                    .remove(0)
+            }
+        };
+        let fence = |n| {
+            Ok(KeyState::Ours {
+                pttl_ms: None,
+                fence: Some(n),
+            })
+        };
+        assert_eq!(fenced("NX|chA|5|9|1").await, fence(6), "handed: fresh");
+        assert_eq!(fenced("NX").await, fence(6), "a retry: unchanged");
     }
 
     #[test]

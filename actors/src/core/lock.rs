@@ -1022,7 +1022,9 @@ impl LockCore {
                 if let (true, Phase::Idle { claimed, .. }) = (first, &mut self.phase) {
                     // The claims of waiters that gave up: a new waiter
                     // claims from its own arrival.
-                    *claimed = None;
+                    if let Some(a) = claimed.take() {
+                        self.unclaim(now, &a);
+                    }
                 }
                 if first {
                     // What the last waiter's attempts reached says nothing
@@ -1285,9 +1287,24 @@ impl LockCore {
         // same terms (a token carries them).
         let resumed = match &mut self.phase {
             Phase::Idle { claimed, .. } if mode == SetMode::Nx && request.is_none() => {
-                claimed.take().filter(|a| a.terms == head_terms)
+                claimed.take()
             }
             _ => None,
+        };
+        // Not through a fair queue's gate: a run there leaves no claim, and
+        // a key it finds its own could not be told from a retry of its own
+        // (whose fencing counter moved before) when it was handed (which
+        // moved none). Such a run takes a new token; the old one's claims
+        // are taken back.
+        let resumed = match resumed {
+            Some(a) if a.terms == head_terms && !self.runs_through_queue(now, &head_terms) => {
+                Some(a)
+            }
+            Some(a) => {
+                self.unclaim(now, &a);
+                None
+            }
+            None => None,
         };
         let total = self.cfg.total;
         let (id, token, terms, claims) = match resumed {
@@ -2656,7 +2673,7 @@ impl LockCore {
         match &self.phase {
             Phase::Idle {
                 claimed: Some(a), ..
-            } if a.token == token && self.claim_resumable(a) => {
+            } if a.token == token && self.claim_resumable(now, a) => {
                 match a.claim_sent(key, cmd) {
                     Some(sent) => {
                         let expiry = a.terms.life.expiry(sent);
@@ -2699,7 +2716,13 @@ impl LockCore {
                     Phase::Idle { claimed, .. }
                         if claimed.as_ref().is_some_and(|a| a.token == token) =>
                     {
-                        claimed.take().map_or(0, |a| a.id)
+                        match claimed.take() {
+                            Some(a) => {
+                                self.unclaim(now, &a);
+                                a.id
+                            }
+                            None => 0,
+                        }
                     }
                     _ => 0,
                 };
@@ -2732,9 +2755,17 @@ impl LockCore {
     }
 
     /// Whether the waiting attempt `a` goes on for the waiters now: someone
-    /// waits, on its terms (a token carries them).
-    fn claim_resumable(&self, a: &Attempt) -> bool {
-        self.waiters.head_terms() == Some(a.terms)
+    /// waits, on its terms (a token carries them), and the next run does not
+    /// go through a fair queue's gate (see `begin_attempt`).
+    fn claim_resumable(&self, now: Time, a: &Attempt) -> bool {
+        self.waiters.head_terms() == Some(a.terms) && !self.runs_through_queue(now, &a.terms)
+    }
+
+    /// Whether the waiters' next run on `terms` goes through a fair queue's
+    /// gate: what `queue_args` decides for it.
+    fn runs_through_queue(&self, now: Time, terms: &Terms) -> bool {
+        self.queues_for(terms)
+            .is_some_and(|f| f.always() || self.use_queue(now))
     }
 
     /// Hand-over: key `key` is `token`'s until `expiry`, as of command
@@ -2750,6 +2781,12 @@ impl LockCore {
             return;
         };
         if a.token != *token {
+            // The run did not resume the claims' attempt (`claim_resumable`
+            // said it would): give the key back, and go on with the run.
+            self.release_key(now, key, 0, token, None);
+            if let Some((queue, claim)) = run {
+                self.send_acquires(now, SetMode::Nx, queue, claim);
+            }
             return;
         }
         let slot = &mut a.keys[key];

@@ -177,7 +177,7 @@ impl Knobs {
             // Drawn last, so that the knobs drawn before keep their seeds.
             allowance_ms: [0, 0, 1, 5, validity_ms / 5][r.below(5) as usize],
             direct: r.chance(50),
-            claims: r.chance(40) && fencing == Fencing::Off,
+            claims: r.chance(40),
         }
     }
 

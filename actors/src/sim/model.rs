@@ -356,7 +356,9 @@ impl Node {
                 // PEXPIRE: a write, then the script's GET re-arms tracking.
                 self.write(slot, v, now + ttl, conn, out);
                 self.track(conn, slot);
-                (ours, false)
+                // Found ours by a run that claimed before: handed to it, so
+                // fresh for the fencing counter.
+                (ours, claim.is_some_and(|(c, _)| c.before))
             }
             Some(v) if mode != SetMode::Force => {
                 place(self, false);
