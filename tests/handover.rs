@@ -82,11 +82,8 @@ async fn oldest_claim(admin: &fred::clients::Client, name: &str) -> (String, Str
         .expect("a claim")
 }
 
-/// Waiter `b` of `q` gives up, and its locker takes its claim back; the
-/// claim is then written again by hand, as if the taking back had not
-/// reached the server (a lost command, or a release that came first).
-async fn b_gives_up_leaving_its_claim(mut q: Queue) -> Queue {
-    let b_claim = oldest_claim(&q.admin, &q.name).await;
+/// Waiter `b` of `q` gives up, and its locker takes its claim back.
+async fn b_gives_up(mut q: Queue) -> Queue {
     q.b_waits.abort();
     let _ = (&mut q.b_waits).await;
     assert!(
@@ -96,6 +93,15 @@ async fn b_gives_up_leaving_its_claim(mut q: Queue) -> Queue {
         .await,
         "b's locker takes its claim back"
     );
+    q
+}
+
+/// [`b_gives_up`], then b's claim is written again by hand, as if the
+/// taking back had not reached the server (a lost command, or a release
+/// that came first).
+async fn b_gives_up_leaving_its_claim(q: Queue) -> Queue {
+    let b_claim = oldest_claim(&q.admin, &q.name).await;
+    let q = b_gives_up(q).await;
     let hash = format!("{{valkeylock:0:{}}}:c", q.name);
     support::cluster::command(&q.admin, &["HSET", &hash, &b_claim.0, &b_claim.1])
         .await
@@ -158,6 +164,24 @@ impl Queue {
             granted,
             b_waits,
             c_waits,
+        }
+    }
+}
+
+impl Queue {
+    /// Waiter `b` gave up: `a` releases, and `c` must be granted by the
+    /// hand-over (within 1 s: its poll is 2 s away), with no claim left;
+    /// then `c` releases and every locker closes. `what` says what the
+    /// release was, for the failure.
+    async fn a_releases_to_c(self, what: &str) {
+        let released = Instant::now();
+        self.held.release().await.expect("a releases");
+        let c_guard = granted_soon(self.c_waits, &self.granted, 0, released, what).await;
+        assert_eq!(self.granted.lock().expect("mutex").len(), 1, "b gave up");
+        assert_eq!(claims(&self.admin, &self.name).await, 0, "no claim is left");
+        c_guard.release().await.expect("c releases");
+        for l in self.lockers {
+            l.close().await;
         }
     }
 }
@@ -226,25 +250,8 @@ async fn a_release_hands_the_lock_to_the_longest_waiter_of_another_locker() {
 /// to the next claim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_that_gives_up_takes_its_claim_back() {
-    let q = Queue::start("handover-unclaim").await;
-    let (admin, name, granted) = (&q.admin, &q.name, &q.granted);
-    q.b_waits.abort();
-    let _ = q.b_waits.await;
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            claims(admin, name).await == 1
-        })
-        .await,
-        "b's locker takes its claim back"
-    );
-    let released = Instant::now();
-    q.held.release().await.expect("a releases");
-    let c_guard = granted_soon(q.c_waits, granted, 0, released, "a's release").await;
-    assert_eq!(granted.lock().expect("mutex").len(), 1, "b gave up");
-    c_guard.release().await.expect("c releases");
-    for l in q.lockers {
-        l.close().await;
-    }
+    let q = b_gives_up(Queue::start("handover-unclaim").await).await;
+    q.a_releases_to_c("a's release").await;
 }
 
 /// A claim left behind by a waiter that gave up (its taking back lost):
@@ -253,16 +260,8 @@ async fn a_waiter_that_gives_up_takes_its_claim_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_handed_to_a_waiter_that_gave_up_goes_to_the_next() {
     let q = b_gives_up_leaving_its_claim(Queue::start("handover-gave-up").await).await;
-    let granted = &q.granted;
-    let released = Instant::now();
-    q.held.release().await.expect("a releases");
-    let what = "a's release, to b, who gave up: b's locker did not pass the lock on";
-    let c_guard = granted_soon(q.c_waits, granted, 0, released, what).await;
-    assert_eq!(granted.lock().expect("mutex").len(), 1, "b gave up");
-    c_guard.release().await.expect("c releases");
-    for l in q.lockers {
-        l.close().await;
-    }
+    q.a_releases_to_c("a's release, to b, who gave up: b's locker did not pass the lock on")
+        .await;
 }
 
 /// The same, when the lock handed to the waiter that gave up comes after
@@ -273,16 +272,11 @@ async fn a_lock_handed_to_a_waiter_that_gave_up_goes_to_the_next() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_handed_to_a_name_its_locker_retired_goes_to_the_next() {
     let q = b_gives_up_leaving_its_claim(Queue::start("handover-retired").await).await;
-    let granted = &q.granted;
     tokio::time::sleep(Duration::from_millis(3_500)).await;
-    let released = Instant::now();
-    q.held.release().await.expect("a releases");
-    let what = "a's release, to b, who gave up 3.5 s before: b's locker dropped the message";
-    let c_guard = granted_soon(q.c_waits, granted, 0, released, what).await;
-    c_guard.release().await.expect("c releases");
-    for l in q.lockers {
-        l.close().await;
-    }
+    q.a_releases_to_c(
+        "a's release, to b, who gave up 3.5 s before: b's locker dropped the message",
+    )
+    .await;
 }
 
 /// A claim whose locker is gone (its process died, or it closed: the
@@ -292,22 +286,14 @@ async fn a_lock_handed_to_a_name_its_locker_retired_goes_to_the_next() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_of_a_locker_that_is_gone_is_passed_over() {
     let q = b_gives_up_leaving_its_claim(Queue::start("handover-gone").await).await;
-    let (admin, name, granted) = (&q.admin, &q.name, &q.granted);
     q.lockers[1].close().await;
     assert_eq!(
-        claims(admin, name).await,
+        claims(&q.admin, &q.name).await,
         2,
         "b's claim outlives its locker"
     );
-    let released = Instant::now();
-    q.held.release().await.expect("a releases");
-    let what = "a's release, with b's locker gone: the lock went to b's claim";
-    let c_guard = granted_soon(q.c_waits, granted, 0, released, what).await;
-    assert_eq!(claims(admin, name).await, 0, "both claims are taken out");
-    c_guard.release().await.expect("c releases");
-    for l in q.lockers {
-        l.close().await;
-    }
+    q.a_releases_to_c("a's release, with b's locker gone: the lock went to b's claim")
+        .await;
 }
 
 #[derive(Default)]
