@@ -872,7 +872,16 @@ fn route_handover(shared: &Shared, supervisor: &ActorRef<SupervisorMsg>, msg: &[
     // The name's actor retired (its waiters gave up, leaving their claims):
     // the Supervisor starts one, whose core gives the key back under the
     // token, which hands it on. Dropped, the key stayed handed to nobody
-    // until the claim lapsed.
+    // until the claim lapsed. Only for a name a lock of ours could claim
+    // under (elections and read-write locks never claim): nobody else
+    // makes the Supervisor start actors.
+    let claimable = keys::validate_name(&s.prefix, name, s.total).is_ok()
+        && !crate::rwlock::is_reserved(name)
+        && crate::election::of_lock(name).is_none();
+    if !claimable {
+        debug!("hand-over of a name no lock of ours claims under; ignored");
+        return;
+    }
     if let LockMsg::Handed { index, token, cmd } = handed {
         let name = Arc::from(name);
         let _ = supervisor.cast(SupervisorMsg::Handed {
