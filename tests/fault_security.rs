@@ -377,19 +377,12 @@ fn acl_user_for_handover() {
         });
         let claim = format!("{{{prefix}:0:h}}:c");
         let claims_come_to = |n: &'static str| {
-            let claim = claim.clone();
-            async move {
-                for _ in 0..500 {
-                    if let Ok(r) = command_auth(server.port, &[ADMIN_PASS], &["HLEN", &claim]).await
-                    {
-                        if r.text().as_deref() == Some(n) {
-                            return true;
-                        }
-                    }
-                    sleep(ms(10)).await;
-                }
-                false
-            }
+            let claim = &claim;
+            eventually(ms(5000), move || async move {
+                command_auth(server.port, &[ADMIN_PASS], &["HLEN", claim])
+                    .await
+                    .is_ok_and(|r| r.text().as_deref() == Some(n))
+            })
         };
         assert!(claims_come_to("1").await, "b's claim is there");
         let released = Instant::now();

@@ -87,10 +87,7 @@ async fn b_gives_up(mut q: Queue) -> Queue {
     q.b_waits.abort();
     let _ = (&mut q.b_waits).await;
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            claims(&q.admin, &q.name).await == 1
-        })
-        .await,
+        claims_come_to(&q.admin, &q.name, 1).await,
         "b's locker takes its claim back"
     );
     q
@@ -107,6 +104,14 @@ async fn b_gives_up_leaving_its_claim(q: Queue) -> Queue {
         .await
         .expect("HSET");
     q
+}
+
+/// Whether the claims on key 0 of `name` come to `n` within 5 s.
+async fn claims_come_to(admin: &fred::clients::Client, name: &str, n: i64) -> bool {
+    eventually(Duration::from_secs(5), || async {
+        claims(admin, name).await == n
+    })
+    .await
 }
 
 type Granted = Arc<Mutex<Vec<(&'static str, Instant)>>>;
@@ -140,21 +145,9 @@ impl Queue {
         let held = lockers[0].lock(&name).await.expect("a takes the lock");
         let granted = Granted::default();
         let b_waits = wait_for(&lockers[1], &name, "b", &granted);
-        assert!(
-            eventually(Duration::from_secs(5), || async {
-                claims(&admin, &name).await == 1
-            })
-            .await,
-            "b's claim is there"
-        );
+        assert!(claims_come_to(&admin, &name, 1).await, "b's claim is there");
         let c_waits = wait_for(&lockers[2], &name, "c", &granted);
-        assert!(
-            eventually(Duration::from_secs(5), || async {
-                claims(&admin, &name).await == 2
-            })
-            .await,
-            "c's claim is there"
-        );
+        assert!(claims_come_to(&admin, &name, 2).await, "c's claim is there");
         Queue {
             _server: server,
             admin,
@@ -449,13 +442,7 @@ async fn a_key_handed_without_its_message_still_moves_the_fencing_counter() {
         let (b, name) = (b.clone(), name.clone());
         tokio::spawn(async move { b.lock(&name).await.expect("b locks") })
     };
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            claims(&admin, &name).await == 1
-        })
-        .await,
-        "b's claim is there"
-    );
+    assert!(claims_come_to(&admin, &name, 1).await, "b's claim is there");
     let (field, claim) = oldest_claim(&admin, &name).await;
     let token = claim
         .split(' ')
