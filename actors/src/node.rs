@@ -471,7 +471,6 @@ async fn connect(
         shared.scripts.verify_many.load(client).await?;
         if shared.settings.handover.is_some() {
             shared.scripts.release_handover.load(client).await?;
-            shared.scripts.unclaim.load(client).await?;
         }
         if shared.settings.fencing {
             shared.scripts.fence_write.load(client).await?;

@@ -717,7 +717,9 @@ pub(crate) struct Scripts {
     pub(crate) verify_many: Script,
     /// Releases of lockers with hand-over, one key or many.
     pub(crate) release_handover: Script,
-    /// Claims taken back by lockers with hand-over.
+    /// Claims taken back by lockers with hand-over. Loaded on first use
+    /// (a waiter giving up is rare; one call at a time, so its `NOSCRIPT`
+    /// holds up nothing queued behind it).
     pub(crate) unclaim: Script,
     pub(crate) fence_write: Script,
     /// Loaded on first use (`inspect` is rare; a connection does not need it).
