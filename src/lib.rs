@@ -179,7 +179,9 @@
 //! - [`Locker::inspect`] reads every key of a lock and the fencing counter
 //!   once: a [`LockInfo`] whose [`LockState`] is held (by whom, until when
 //!   unless extended), free or unknown, by the lock's own majority rule. A
-//!   key on a node that is down is unknown, never free.
+//!   key on a node that is down is unknown, never free. Its `waiting` lists
+//!   who waits, longest first ([`Waiter`]): the hand-over claims and fair
+//!   queue places the servers record beside the keys.
 //! - [`Locker::watch`] returns a [`LockWatch`] that reports changes of
 //!   state or owner; its reads arm `CLIENT TRACKING`, so it reads again only
 //!   when something may have changed.
@@ -241,8 +243,8 @@ pub use valkeylock_actors::{
     format_duration, parse_duration, ConnectionErrorKind, DurationErrorKind, Error, FenceInfo,
     ForcedRelease, Health, KeyInfo, KeyValue, Leader, LeaderObserver, LeaseWatcher, LockInfo,
     LockRequest, LockState, LockWatch, LockerOptions, LostReason, NodeAddr, NodeHealth,
-    NodeUrlErrorKind, ParseDurationError, ParseNodeError, SemaphoreInfo, Topology, LOG_LEN,
-    MAX_NAME_LEN, MAX_PERMITS, MAX_READERS, MAX_VALUE_LEN,
+    NodeUrlErrorKind, ParseDurationError, ParseNodeError, SemaphoreInfo, Topology, WaitKind,
+    Waiter, LOG_LEN, MAX_NAME_LEN, MAX_PERMITS, MAX_READERS, MAX_VALUE_LEN,
 };
 
 use valkeylock_actors::{AcquireKind, Engine, Lease};

@@ -488,7 +488,7 @@ impl Engine {
     /// [`Error::InvalidName`], [`Error::Closed`].
     pub async fn inspect(&self, name: &str) -> Result<LockInfo, Error> {
         self.on_engine(name, |shared, name| async move {
-            observer::inspect(&shared, &name).await
+            observer::inspect(&shared, &name, true).await
         })
         .await
     }
@@ -757,7 +757,7 @@ impl Engine {
             let looks = (0..permits).map(|slot| {
                 let shared = shared.clone();
                 let slot_name = semaphore::slot_name(&name, slot);
-                async move { observer::inspect(&shared, &slot_name).await }
+                async move { observer::inspect(&shared, &slot_name, false).await }
             });
             let slots = futures_util::future::join_all(looks).await;
             SemaphoreInfo::new(&name, permits, slots)

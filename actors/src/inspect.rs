@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::scripts::{KeyState, Seen, Token};
+use crate::scripts::{KeyState, Look, Recorded, Seen, Token};
 
 /// How many characters of an owner's token `inspect` shows: enough to tell
 /// owners apart in a listing, far too few to forge a release.
@@ -54,6 +54,54 @@ pub struct LockInfo {
     /// The fencing counter (`{prefix}:fence:{name}`) on each node, in node
     /// order.
     pub fencing: Vec<FenceInfo>,
+    /// Who waits for the lock, longest first, as the servers record it: the
+    /// hand-over claims (`LockerOptions::handover`) and fair queue places
+    /// (`LockerOptions::fair_queueing`) beside its keys that have not
+    /// lapsed. Waiters of lockers with neither leave nothing on the
+    /// servers and are not listed; nor are the callers queued inside a
+    /// locker behind another of its own.
+    pub waiting: Vec<Waiter>,
+    /// Why who waits could not be read beside some key whose value was
+    /// read (an ACL user without `+hgetall` or `+zrange`, say): `waiting`
+    /// may then miss some. `None` when nothing was missed that way.
+    pub waiting_unreadable: Option<String>,
+}
+
+/// A waiter of a lock, as the servers record it (see
+/// [`LockInfo::waiting`]): one per waiting attempt, over all the keys it
+/// waits beside.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Waiter {
+    /// How it waits.
+    pub how: WaitKind,
+    /// Who: the first characters of its token (what
+    /// [`LockState::Held`]'s `owner` shows once the lock is handed to it)
+    /// or of its queue place's id.
+    pub who: String,
+    /// The keys it waits beside, of [`LockInfo::total`].
+    pub keys: usize,
+    /// How long it has waited: from the arrival its locker recorded to the
+    /// server's clock now (the longest over its keys).
+    #[serde(rename = "waited_ms", serialize_with = "ms")]
+    pub waited: Duration,
+    /// How long its claim or place stands unless its locker refreshes it
+    /// (which a live waiter does well before): the longest over its keys.
+    /// A waiter whose process is gone lapses after this.
+    #[serde(rename = "lapses_in_ms", serialize_with = "ms")]
+    pub lapses_in: Duration,
+}
+
+/// How a [`Waiter`] waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum WaitKind {
+    /// A hand-over claim: a release gives the key to the oldest
+    /// (`LockerOptions::handover`).
+    HandoverClaim,
+    /// A place in the lock's fair queue (`LockerOptions::fair_queueing`).
+    QueuePlace,
 }
 
 impl LockInfo {
@@ -452,14 +500,61 @@ pub(crate) struct Layout {
     pub(crate) addresses: Vec<String>,
 }
 
-/// Builds the report from what was read: `seen` per key, the fencing
+/// Who waits, from what each key recorded: one [`Waiter`] per claim token
+/// or queue place, over all the keys, longest waiting first; and the first
+/// reason the waiters beside a key whose value was read could not be.
+fn waiters(looks: &[Look]) -> (Vec<Waiter>, Option<String>) {
+    let mut by_who: std::collections::HashMap<(WaitKind, &[u8]), Waiter> = Default::default();
+    let mut unreadable = None;
+    for look in looks {
+        let recorded: &[Recorded] = match &look.waiting {
+            Ok(r) => r,
+            Err(why) => {
+                if !matches!(look.seen, Seen::Unreadable(_)) && unreadable.is_none() {
+                    unreadable = Some(why.clone());
+                }
+                continue;
+            }
+        };
+        for r in recorded {
+            let how = if r.claim {
+                WaitKind::HandoverClaim
+            } else {
+                WaitKind::QueuePlace
+            };
+            let waited = Duration::from_micros(r.waited_us);
+            let lapses_in = Duration::from_millis(r.lapses_in_ms);
+            by_who
+                .entry((how, &r.who))
+                .and_modify(|w| {
+                    w.keys += 1;
+                    w.waited = w.waited.max(waited);
+                    w.lapses_in = w.lapses_in.max(lapses_in);
+                })
+                .or_insert_with(|| Waiter {
+                    how,
+                    who: owner_prefix(&r.who),
+                    keys: 1,
+                    waited,
+                    lapses_in,
+                });
+        }
+    }
+    let mut out: Vec<Waiter> = by_who.into_values().collect();
+    out.sort_by(|a, b| b.waited.cmp(&a.waited).then_with(|| a.who.cmp(&b.who)));
+    (out, unreadable)
+}
+
+/// Builds the report from what was read: `looks` per key, the fencing
 /// counter per node, and this locker's live token for the name, if any.
 pub(crate) fn assemble(
     layout: &Layout,
-    seen: Vec<Seen>,
+    looks: Vec<Look>,
     fences: Vec<Option<u64>>,
     ours: Option<&Token>,
 ) -> LockInfo {
+    let (waiting, waiting_unreadable) = waiters(&looks);
+    let seen: Vec<Seen> = looks.into_iter().map(|l| l.seen).collect();
     let is_ours = |value: &[u8]| ours.is_some_and(|t| t.as_str().as_bytes() == value);
     let state = match decide(&seen, layout.needed) {
         Verdict::Held { value, keys } => {
@@ -522,6 +617,8 @@ pub(crate) fn assemble(
         total: layout.keys.len(),
         keys,
         fencing,
+        waiting,
+        waiting_unreadable,
     }
 }
 
@@ -640,7 +737,7 @@ mod tests {
         };
         let info = assemble(
             &layout,
-            vec![present(&ours, 900), u(), present(&ours, 800)],
+            looks(vec![present(&ours, 900), u(), present(&ours, 800)]),
             vec![Some(4), None],
             Some(&ours),
         );
@@ -675,7 +772,7 @@ mod tests {
         // Someone else's forced grant, seen without our token.
         let info = assemble(
             &layout,
-            vec![present(&theirs, 900), present(&theirs, 500), A],
+            looks(vec![present(&theirs, 900), present(&theirs, 500), A]),
             vec![Some(0), Some(0)],
             Some(&ours),
         );
@@ -699,14 +796,102 @@ mod tests {
         // Changes a watch reports: owner and ours, not TTLs.
         let later = assemble(
             &layout,
-            vec![present(&theirs, 100), present(&theirs, 50), A],
+            looks(vec![present(&theirs, 100), present(&theirs, 50), A]),
             vec![Some(0), Some(0)],
             Some(&ours),
         );
         assert!(info.same_state(&later));
-        let free = assemble(&layout, vec![A, A, A], vec![None, None], None);
+        let free = assemble(&layout, looks(vec![A, A, A]), vec![None, None], None);
         assert!(!info.same_state(&free));
         assert!(free.is_free());
         assert_eq!(free.fencing_counter(), None);
+        assert!(free.waiting.is_empty() && free.waiting_unreadable.is_none());
+    }
+
+    /// Keys seen, with nobody recorded waiting beside them.
+    fn looks(seen: Vec<Seen>) -> Vec<Look> {
+        seen.into_iter()
+            .map(|seen| Look {
+                seen,
+                waiting: Ok(Vec::new()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn waiters_over_the_keys() {
+        let rec = |claim, who: &str, waited_ms: u64, lapses_in_ms| Recorded {
+            claim,
+            who: who.as_bytes().to_vec(),
+            waited_us: waited_ms * 1000,
+            lapses_in_ms,
+        };
+        let t1 = "1111111111111111aaaa";
+        let t2 = "2222222222222222bbbb";
+        let at = |seen: Seen, waiting| Look { seen, waiting };
+        let (waiting, unreadable) = waiters(&[
+            at(
+                p("x"),
+                Ok(vec![rec(true, t1, 300, 900), rec(true, t2, 100, 950)]),
+            ),
+            // The same claims on another key, a little later and sooner.
+            at(
+                A,
+                Ok(vec![
+                    rec(true, t1, 290, 1000),
+                    rec(false, "98765432101", 500, 40),
+                ]),
+            ),
+            // A key that could not be read: its waiters are not "missed".
+            Look::unreadable("down".into()),
+        ]);
+        assert_eq!(unreadable, None);
+        let got: Vec<_> = waiting
+            .iter()
+            .map(|w| {
+                (
+                    w.how,
+                    w.who.as_str(),
+                    w.keys,
+                    w.waited.as_millis(),
+                    w.lapses_in.as_millis(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (WaitKind::QueuePlace, "98765432", 1, 500, 40),
+                (WaitKind::HandoverClaim, "11111111", 2, 300, 1000),
+                (WaitKind::HandoverClaim, "22222222", 1, 100, 950),
+            ]
+        );
+        // Beside a key that was read, a refused read of the waiters is
+        // reported: the list may miss some.
+        let (waiting, unreadable) = waiters(&[
+            at(p("x"), Err("NOPERM".into())),
+            at(A, Ok(vec![rec(true, t2, 100, 950)])),
+        ]);
+        assert_eq!(waiting.len(), 1);
+        assert_eq!(unreadable.as_deref(), Some("NOPERM"));
+        let layout = Layout {
+            name: "n".into(),
+            needed: 1,
+            keys: vec![("vl:0:n".into(), 0)],
+            addresses: vec!["a:1".into()],
+        };
+        let info = assemble(
+            &layout,
+            vec![at(A, Ok(vec![rec(true, t1, 1500, 2500)]))],
+            vec![None],
+            None,
+        );
+        let json = serde_json::to_value(&info).unwrap();
+        assert_eq!(json["waiting"][0]["how"], "handover_claim");
+        assert_eq!(json["waiting"][0]["who"], "11111111");
+        assert_eq!(json["waiting"][0]["keys"], 1);
+        assert_eq!(json["waiting"][0]["waited_ms"], 1500);
+        assert_eq!(json["waiting"][0]["lapses_in_ms"], 2500);
+        assert_eq!(json["waiting_unreadable"], serde_json::Value::Null);
     }
 }

@@ -132,7 +132,7 @@ struct Look {
 async fn look(shared: &Shared, name: &str, after: u64) -> Look {
     let lock = election::lock_name(name);
     let (info, reads) = futures_util::future::join(
-        observer::inspect(shared, &lock),
+        observer::inspect(shared, &lock, false),
         logs(shared, name, None, after),
     )
     .await;

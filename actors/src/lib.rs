@@ -111,7 +111,8 @@ pub use handle::LeaseWatcher;
 #[doc(hidden)]
 pub use handle::{AcquireKind, Engine, Lease};
 pub use inspect::{
-    FenceInfo, ForcedRelease, Health, KeyInfo, KeyValue, LockInfo, LockState, NodeHealth,
+    FenceInfo, ForcedRelease, Health, KeyInfo, KeyValue, LockInfo, LockState, NodeHealth, WaitKind,
+    Waiter,
 };
 pub use keys::MAX_NAME_LEN;
 pub use leader::LeaderObserver;

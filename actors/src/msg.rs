@@ -15,7 +15,7 @@ use crate::failure::{NodeFailure, NodeReport};
 use crate::few::OneOrMore;
 use crate::keys::KeyName;
 use crate::rwlock::Gates;
-use crate::scripts::{Seen, SetMode, Token};
+use crate::scripts::{Look, SetMode, Token};
 use crate::status::StatusRx;
 
 /// The first characters of a grant's token ([`Token::short`]), for logs:
@@ -256,6 +256,8 @@ pub(crate) enum NodeMsg {
     Inspect {
         keys: Vec<Arc<str>>,
         fence_key: Arc<str>,
+        /// Read who waits beside each key, too.
+        waiters: bool,
         reply: oneshot::Sender<Reading>,
     },
     /// Run an election's log script on `key`: add `write` if given, then
@@ -274,11 +276,11 @@ pub(crate) enum NodeMsg {
     },
 }
 
-/// What one node read for `inspect`: each key asked for, in order, and the
-/// fencing counter.
+/// What one node read for `inspect`: each key asked for (and who waits
+/// beside it), in order, and the fencing counter.
 #[derive(Debug)]
 pub(crate) struct Reading {
-    pub(crate) keys: Vec<Seen>,
+    pub(crate) keys: Vec<Look>,
     pub(crate) fence: Option<u64>,
 }
 

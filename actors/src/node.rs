@@ -55,7 +55,7 @@ use crate::msg::{
 use crate::scripts::{
     parse_acquire, parse_acquire_one, parse_fence, parse_fence_write, parse_inspect,
     parse_key_state, parse_log, parse_queued, parse_released, parse_released_many,
-    parse_verified_many, Seen, SetMode, Token,
+    parse_verified_many, Look, SetMode, Token,
 };
 
 pub(crate) struct NodeActor;
@@ -271,13 +271,14 @@ impl Actor for NodeActor {
             NodeMsg::Inspect {
                 keys,
                 fence_key,
+                waiters,
                 reply,
             } => {
                 if !state.connected {
                     let _ = reply.send(Reading {
                         keys: keys
                             .iter()
-                            .map(|_| Seen::Unreadable("node not connected".to_owned()))
+                            .map(|_| Look::unreadable("node not connected".to_owned()))
                             .collect(),
                         fence: None,
                     });
@@ -285,7 +286,7 @@ impl Actor for NodeActor {
                 }
                 let (client, shared) = (state.client.clone(), state.shared.clone());
                 tokio::spawn(async move {
-                    let _ = reply.send(inspect(&client, &shared, &keys, &fence_key).await);
+                    let _ = reply.send(inspect(&client, &shared, &keys, &fence_key, waiters).await);
                 });
             }
             NodeMsg::Log {
@@ -963,17 +964,29 @@ fn start_forwarder(
 }
 
 /// Reads `keys` and the fencing counter for `inspect`, all at once (fred
-/// pipelines them). Read-only; the reads arm tracking on the keys, so a
-/// change to any of them reaches the forwarder, which wakes the name's
-/// watchers. Each call is bounded by the command timeout.
-async fn inspect(client: &Client, shared: &Shared, keys: &[Arc<str>], fence_key: &str) -> Reading {
+/// pipelines them), and with `waiters` who waits beside each key.
+/// Read-only; the reads arm tracking on the keys, so a change to any of
+/// them reaches the forwarder, which wakes the name's watchers. Each call
+/// is bounded by the command timeout.
+async fn inspect(
+    client: &Client,
+    shared: &Shared,
+    keys: &[Arc<str>],
+    fence_key: &str,
+    waiters: bool,
+) -> Reading {
     let script = &shared.scripts.inspect;
+    let flag = if waiters { "1" } else { "0" };
     let reads = keys.iter().map(|key| async move {
-        match evalsha(client, script, || (vec![(&**key).into()], vec![])).await {
+        match evalsha(client, script, || {
+            (vec![(&**key).into()], vec![flag.into()])
+        })
+        .await
+        {
             Ok(v) => parse_inspect(&v),
             Err(e) => {
                 debug!(key = %key, error = %e, "inspect failed");
-                Seen::Unreadable(e.to_string())
+                Look::unreadable(e.to_string())
             }
         }
     });

@@ -30,7 +30,7 @@ use crate::error::Error;
 use crate::inspect::{assemble, KeyValue, Layout, LockInfo, LockState};
 use crate::keys;
 use crate::msg::{LockMsg, NodeMsg, Reading};
-use crate::scripts::Seen;
+use crate::scripts::{Look, Seen};
 
 /// How soon a watch looks again after keys could not be read (a node down
 /// is also announced by its reconnection; a slow one is not).
@@ -64,8 +64,11 @@ fn layout(shared: &Shared, name: &str) -> (Layout, Vec<Arc<str>>, Arc<str>) {
 }
 
 /// One look at lock `name` (already validated): every key read on its
-/// node, the fencing counter on every node, and this locker's own token.
-pub(crate) async fn inspect(shared: &Shared, name: &str) -> LockInfo {
+/// node, the fencing counter on every node, and this locker's own token;
+/// with `waiters`, who waits beside each key as well. Elections and
+/// semaphore slots look without: their locks never claim nor queue, and an
+/// ACL user of theirs need not be allowed the reads.
+pub(crate) async fn inspect(shared: &Shared, name: &str, waiters: bool) -> LockInfo {
     let (layout, keys, fence_key) = layout(shared, name);
     let bound = bound(shared);
     let nodes = shared.settings.nodes.len();
@@ -79,6 +82,7 @@ pub(crate) async fn inspect(shared: &Shared, name: &str) -> LockInfo {
                 .cast(NodeMsg::Inspect {
                     keys: mine.iter().map(|&i| keys[i].clone()).collect(),
                     fence_key: fence_key.clone(),
+                    waiters,
                     reply: tx,
                 })
                 .is_ok()
@@ -104,25 +108,29 @@ pub(crate) async fn inspect(shared: &Shared, name: &str) -> LockInfo {
         tokio::time::timeout(bound, rx).await.ok()?.ok()?
     };
     let (readings, own) = futures_util::future::join(join_all(asks), own).await;
-    let mut seen: Vec<Seen> = vec![Seen::Absent; keys.len()];
+    let nothing = Look {
+        seen: Seen::Absent,
+        waiting: Ok(Vec::new()),
+    };
+    let mut looks: Vec<Look> = vec![nothing; keys.len()];
     let mut fences = Vec::with_capacity(nodes);
     for (mine, reading) in readings {
         match reading {
             Ok(r) => {
-                for (i, s) in mine.into_iter().zip(r.keys) {
-                    seen[i] = s;
+                for (i, look) in mine.into_iter().zip(r.keys) {
+                    looks[i] = look;
                 }
                 fences.push(r.fence);
             }
             Err(why) => {
                 for i in mine {
-                    seen[i] = Seen::Unreadable(why.clone());
+                    looks[i] = Look::unreadable(why.clone());
                 }
                 fences.push(None);
             }
         }
     }
-    assemble(&layout, seen, fences, own.as_ref())
+    assemble(&layout, looks, fences, own.as_ref())
 }
 
 /// Follows one lock's state: held (by whom), free, or unknown. Made by
@@ -322,7 +330,7 @@ async fn follow(
     let mut last: Option<LockInfo> = None;
     loop {
         let info = tokio::select! {
-            info = inspect(&shared, &name) => info,
+            info = inspect(&shared, &name, true) => info,
             _ = tx.closed() => return,
             _ = shared.closed.cancelled() => return,
         };

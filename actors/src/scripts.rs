@@ -570,19 +570,47 @@ return out
 
 /// Read-only look at one key for `inspect`: its value and remaining TTL in
 /// one atomic step (a `GET` then a `PTTL` as two commands could see two
-/// different owners). Never writes; its `GET` arms tracking on the key, which
-/// is what wakes a `LockWatch`.
+/// different owners), and who waits beside it: the hand-over claims
+/// (`{key}:c`, see `ACQUIRE_LUA`) and the fair queue's places (`{key}:q`,
+/// with their deadlines in `{key}:qd`, see `FAIR_LUA`), with the server's
+/// clock to tell their ages by. Never writes; its `GET` arms tracking on the
+/// key, which is what wakes a `LockWatch`.
 ///
-/// Reply: nil, the key is absent; `{value, pttl}` (`pttl` −1: no expiry);
-/// `{0, message}`, the server refused the `GET` (`WRONGTYPE`: a third party
-/// stored something else under the key).
+/// Reply: `{key, seconds, microseconds, claims, places, deadlines}`. `key`
+/// is `{}` when the key is absent, `{value, pttl}` (`pttl` −1: no expiry),
+/// or `{0, message}` when the server refused the `GET` (`WRONGTYPE`: a third
+/// party stored something else under the key). `seconds` and
+/// `microseconds` are the server's `TIME`. The other three are the flat
+/// replies of `HGETALL` and of `ZRANGE … WITHSCORES`, or `{0, message}` when
+/// the server refused that read (an ACL user without `+hgetall` or
+/// `+zrange`); empty for a key with braces, which has neither, and unless
+/// `ARGV[1]` is `1` (elections and semaphores look without: their locks
+/// never claim nor queue).
 const INSPECT_LUA: &str = r#"
-local cur = redis.pcall('GET', KEYS[1])
-if type(cur) == 'table' and cur.err ~= nil then
-  return {0, tostring(cur.err)}
+local key = KEYS[1]
+local function failed(r)
+  return type(r) == 'table' and r.err ~= nil
 end
-if not cur then return nil end
-return {cur, redis.call('PTTL', KEYS[1])}
+local function read(...)
+  local r = redis.pcall(...)
+  if failed(r) then return {0, tostring(r.err)} end
+  return r
+end
+local k = {}
+local cur = redis.pcall('GET', key)
+if failed(cur) then
+  k = {0, tostring(cur.err)}
+elseif cur then
+  k = {cur, redis.call('PTTL', key)}
+end
+local t = redis.call('TIME')
+local c, q, qd = {}, {}, {}
+if ARGV[1] == '1' and not string.find(key, '[{}]') then
+  c = read('HGETALL', '{' .. key .. '}:c')
+  q = read('ZRANGE', '{' .. key .. '}:q', 0, -1, 'WITHSCORES')
+  qd = read('ZRANGE', '{' .. key .. '}:qd', 0, -1, 'WITHSCORES')
+end
+return {k, t[1], t[2], c, q, qd}
 "#;
 
 /// The gated acquisition of one key of a read-write lock (`rwlock`): the
@@ -919,34 +947,177 @@ pub(crate) enum Seen {
     Unreadable(String),
 }
 
-/// Reads an `INSPECT_LUA` reply. Anything unexpected is `Unreadable`, never
-/// a panic.
-pub(crate) fn parse_inspect(value: &Value) -> Seen {
-    let bytes = |v: &Value| match v {
-        Value::String(s) => Some(s.as_bytes().to_vec()),
-        Value::Bytes(b) => Some(b.to_vec()),
-        _ => None,
-    };
-    match value {
-        Value::Null => Seen::Absent,
-        Value::Array(items) => match items.as_slice() {
-            [Value::Integer(0), message] => Seen::Unreadable(
-                message
-                    .as_str()
-                    .map(|m| m.into_owned())
-                    .unwrap_or_else(|| "unreadable error".to_owned()),
-            ),
-            [v, Value::Integer(pttl)] => match bytes(v) {
-                Some(value) => Seen::Present {
-                    value,
-                    pttl_ms: u64::try_from(*pttl).ok(),
-                },
-                None => Seen::Unreadable("unexpected reply to inspect".to_owned()),
-            },
-            _ => Seen::Unreadable("unexpected reply to inspect".to_owned()),
-        },
-        _ => Seen::Unreadable("unexpected reply to inspect".to_owned()),
+/// A waiter recorded beside a key, as `INSPECT_LUA` read it: a hand-over
+/// claim or a fair queue place that has not lapsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Recorded {
+    /// A hand-over claim (true) or a place in the fair queue.
+    pub(crate) claim: bool,
+    /// The claim's token, or the place's id.
+    pub(crate) who: Vec<u8>,
+    /// Since its arrival, by the server's clock (µs).
+    pub(crate) waited_us: u64,
+    /// Until it lapses unless its locker refreshes it (ms).
+    pub(crate) lapses_in_ms: u64,
+}
+
+/// What `INSPECT_LUA` saw at one key: the key, and who waits beside it or
+/// why that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Look {
+    pub(crate) seen: Seen,
+    pub(crate) waiting: Result<Vec<Recorded>, String>,
+}
+
+impl Look {
+    /// Nothing could be read, for `why`.
+    pub(crate) fn unreadable(why: String) -> Look {
+        Look {
+            seen: Seen::Unreadable(why.clone()),
+            waiting: Err(why),
+        }
     }
+}
+
+const ODD_INSPECT: &str = "unexpected reply to inspect";
+
+/// Reads an `INSPECT_LUA` reply. Anything unexpected is unreadable, never a
+/// panic; a malformed claim or place (anyone may write those keys) is left
+/// out.
+pub(crate) fn parse_inspect(value: &Value) -> Look {
+    let Value::Array(parts) = value else {
+        return Look::unreadable(ODD_INSPECT.to_owned());
+    };
+    let [key, secs, micros, claims, places, deadlines] = parts.as_slice() else {
+        return Look::unreadable(ODD_INSPECT.to_owned());
+    };
+    let seen = parse_seen(key);
+    let waiting = match (reply_number(secs), reply_number(micros)) {
+        (Some(s), Some(us)) => {
+            let now_us = s.saturating_mul(1_000_000).saturating_add(us);
+            flat_reply(claims).and_then(|claims| {
+                let mut out = recorded_claims(&claims, now_us);
+                out.extend(recorded_places(
+                    &flat_reply(places)?,
+                    &flat_reply(deadlines)?,
+                    now_us,
+                ));
+                Ok(out)
+            })
+        }
+        _ => Err(ODD_INSPECT.to_owned()),
+    };
+    Look { seen, waiting }
+}
+
+/// The key's part of an `INSPECT_LUA` reply.
+fn parse_seen(value: &Value) -> Seen {
+    let Value::Array(items) = value else {
+        return Seen::Unreadable(ODD_INSPECT.to_owned());
+    };
+    match items.as_slice() {
+        [] => Seen::Absent,
+        [Value::Integer(0), message] => Seen::Unreadable(
+            message
+                .as_str()
+                .map(|m| m.into_owned())
+                .unwrap_or_else(|| "unreadable error".to_owned()),
+        ),
+        [v, Value::Integer(pttl)] => match v.as_bytes() {
+            Some(value) => Seen::Present {
+                value: value.to_vec(),
+                pttl_ms: u64::try_from(*pttl).ok(),
+            },
+            None => Seen::Unreadable(ODD_INSPECT.to_owned()),
+        },
+        _ => Seen::Unreadable(ODD_INSPECT.to_owned()),
+    }
+}
+
+/// A whole number in a reply: an integer, or its decimal text.
+fn reply_number(value: &Value) -> Option<u64> {
+    match value {
+        Value::Integer(n) => u64::try_from(*n).ok(),
+        v => text_number(v.as_bytes()?),
+    }
+}
+
+/// A whole number written as text; a sorted set's score may come as
+/// `1.7e+15`.
+fn text_number(bytes: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    text.parse::<u64>().ok().or_else(|| {
+        let f = text.parse::<f64>().ok()?;
+        // Saturating; NaN and the negatives are not a time.
+        (f >= 0.0).then_some(f as u64)
+    })
+}
+
+/// A flat reply of strings (`HGETALL`, `ZRANGE … WITHSCORES`), or the
+/// server's refusal (`{0, message}`).
+fn flat_reply(value: &Value) -> Result<Vec<&[u8]>, String> {
+    let Value::Array(items) = value else {
+        return Err(ODD_INSPECT.to_owned());
+    };
+    if let [Value::Integer(0), message] = items.as_slice() {
+        return Err(message
+            .as_str()
+            .map(|m| m.into_owned())
+            .unwrap_or_else(|| "unreadable error".to_owned()));
+    }
+    items
+        .iter()
+        .map(|v| v.as_bytes().ok_or_else(|| ODD_INSPECT.to_owned()))
+        .collect()
+}
+
+/// The live claims of `HGETALL {key}:c`: a field per locker's channel, a
+/// value `<arrival µs> <token> <lapse ms> <command>`.
+fn recorded_claims(flat: &[&[u8]], now_us: u64) -> Vec<Recorded> {
+    let now_ms = now_us / 1000;
+    flat.chunks_exact(2)
+        .filter_map(|pair| {
+            let text = std::str::from_utf8(pair[1]).ok()?;
+            let mut parts = text.split(' ');
+            let arrival = parts.next()?.parse::<u64>().ok()?;
+            let token = parts.next().filter(|t| !t.is_empty())?;
+            let lapse = parts.next()?.parse::<u64>().ok()?;
+            parts.next()?.parse::<u64>().ok()?;
+            if parts.next().is_some() || lapse <= now_ms {
+                return None;
+            }
+            Some(Recorded {
+                claim: true,
+                who: token.as_bytes().to_vec(),
+                waited_us: now_us.saturating_sub(arrival),
+                lapses_in_ms: lapse - now_ms,
+            })
+        })
+        .collect()
+}
+
+/// The live places of a fair queue: `{key}:q` (member, arrival µs) and
+/// `{key}:qd` (member, deadline ms). A place without a deadline, or past
+/// it, is one the queue's next write takes out.
+fn recorded_places(queue: &[&[u8]], deadlines: &[&[u8]], now_us: u64) -> Vec<Recorded> {
+    let now_ms = now_us / 1000;
+    let deadlines: std::collections::HashMap<&[u8], u64> = deadlines
+        .chunks_exact(2)
+        .filter_map(|d| Some((d[0], text_number(d[1])?)))
+        .collect();
+    queue
+        .chunks_exact(2)
+        .filter_map(|pair| {
+            let arrival = text_number(pair[1])?;
+            let lapse = deadlines.get(pair[0]).copied().filter(|&d| d > now_ms)?;
+            Some(Recorded {
+                claim: false,
+                who: pair[0].to_vec(),
+                waited_us: now_us.saturating_sub(arrival),
+                lapses_in_ms: lapse - now_ms,
+            })
+        })
+        .collect()
 }
 
 /// Reads the reply of `FAIR_LUA` placing or removing waiters: `Ok` when it
@@ -2266,44 +2437,168 @@ mod tests {
         assert_eq!(parse_released(&Value::Null), None);
     }
 
+    /// `INSPECT_LUA`'s reply around a key's part, with nobody waiting.
+    fn inspected(key: Value) -> Value {
+        Value::Array(vec![
+            key,
+            Value::String("1700000000".into()),
+            Value::String("500000".into()),
+            Value::Array(vec![]),
+            Value::Array(vec![]),
+            Value::Array(vec![]),
+        ])
+    }
+
     #[test]
     fn inspect_replies() {
         let present = |v: &[u8], pttl| Seen::Present {
             value: v.to_vec(),
             pttl_ms: pttl,
         };
+        let odd = || Seen::Unreadable("unexpected reply to inspect".to_owned());
         let cases = [
-            (Value::Null, Seen::Absent),
+            (inspected(Value::Array(vec![])), Seen::Absent),
             (
-                Value::Array(vec![Value::String("tok".into()), Value::Integer(1500)]),
+                inspected(Value::Array(vec![
+                    Value::String("tok".into()),
+                    Value::Integer(1500),
+                ])),
                 present(b"tok", Some(1500)),
             ),
             (
-                Value::Array(vec![Value::Bytes(vec![0xff, 1].into()), Value::Integer(-1)]),
+                inspected(Value::Array(vec![
+                    Value::Bytes(vec![0xff, 1].into()),
+                    Value::Integer(-1),
+                ])),
                 present(&[0xff, 1], None),
             ),
             (
-                Value::Array(vec![
+                inspected(Value::Array(vec![
                     Value::Integer(0),
                     Value::String("WRONGTYPE Operation".into()),
-                ]),
+                ])),
                 Seen::Unreadable("WRONGTYPE Operation".to_owned()),
             ),
+            (inspected(Value::Integer(3)), odd()),
             (
-                Value::Integer(3),
-                Seen::Unreadable("unexpected reply to inspect".to_owned()),
+                inspected(Value::Array(vec![Value::String("tok".into())])),
+                odd(),
             ),
             (
-                Value::Array(vec![Value::String("tok".into())]),
-                Seen::Unreadable("unexpected reply to inspect".to_owned()),
-            ),
-            (
-                Value::Array(vec![Value::Integer(7), Value::Integer(7)]),
-                Seen::Unreadable("unexpected reply to inspect".to_owned()),
+                inspected(Value::Array(vec![Value::Integer(7), Value::Integer(7)])),
+                odd(),
             ),
         ];
         for (value, want) in cases {
-            assert_eq!(parse_inspect(&value), want, "{value:?}");
+            let look = parse_inspect(&value);
+            assert_eq!(look.seen, want, "{value:?}");
+            assert_eq!(look.waiting, Ok(vec![]), "{value:?}");
         }
+        // The reply of a script before waiters were read, or of anything
+        // else: unreadable, key and waiters alike.
+        for value in [
+            Value::Null,
+            Value::Integer(3),
+            Value::Array(vec![Value::String("tok".into()), Value::Integer(1500)]),
+        ] {
+            let look = parse_inspect(&value);
+            assert_eq!(look.seen, odd(), "{value:?}");
+            assert!(look.waiting.is_err(), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn inspect_reads_who_waits() {
+        let s = |t: &str| Value::String(t.to_owned().into());
+        let flat = |items: &[&str]| Value::Array(items.iter().map(|t| s(t)).collect());
+        // The server's clock: 1,700,000,000.5 s, so 1_700_000_000_500 ms.
+        let reply = |claims: Value, queue: Value, deadlines: Value| {
+            Value::Array(vec![
+                Value::Array(vec![]),
+                s("1700000000"),
+                s("500000"),
+                claims,
+                queue,
+                deadlines,
+            ])
+        };
+        let now_us = 1_700_000_000_500_000u64;
+        let claims = flat(&[
+            // Live: arrived 2 s ago, lapses in 3 s.
+            "valkeylock:handover:a",
+            &format!("{} tokA 1700000003500 7", now_us - 2_000_000),
+            // Lapsed a millisecond ago: the next release takes it out.
+            "valkeylock:handover:b",
+            "1 tokB 1700000000499 8",
+            // Anyone may write the hash: malformed values are left out.
+            "valkeylock:handover:c",
+            "not a claim",
+            "valkeylock:handover:d",
+            "1 tokD 1700000009000 8 extra",
+            "valkeylock:handover:e",
+            "x tokE 1700000009000 8",
+        ]);
+        let queue = flat(&[
+            "111", // arrived 5 s ago, as a score in exponent form
+            &format!("{:e}", (now_us - 5_000_000) as f64),
+            "222", // no deadline: the queue's next write takes it out
+            "1700000000000000",
+            "333", // past its deadline
+            "1700000000000000",
+            "444",
+            "1700000000400000",
+        ]);
+        let deadlines = flat(&[
+            "111",
+            "1700000001500",
+            "333",
+            "1700000000500",
+            "444",
+            "1700000000600",
+        ]);
+        let look = parse_inspect(&reply(claims, queue, deadlines));
+        assert_eq!(look.seen, Seen::Absent);
+        let got = look.waiting.expect("read");
+        assert_eq!(
+            got,
+            vec![
+                Recorded {
+                    claim: true,
+                    who: b"tokA".to_vec(),
+                    waited_us: 2_000_000,
+                    lapses_in_ms: 3000,
+                },
+                Recorded {
+                    claim: false,
+                    who: b"111".to_vec(),
+                    waited_us: 5_000_000,
+                    lapses_in_ms: 1000,
+                },
+                Recorded {
+                    claim: false,
+                    who: b"444".to_vec(),
+                    waited_us: 100_000,
+                    lapses_in_ms: 100,
+                },
+            ]
+        );
+        // A refused read (an ACL without `+hgetall`) is the waiters' error,
+        // not the key's.
+        let refused = Value::Array(vec![Value::Integer(0), s("NOPERM no hgetall")]);
+        let look = parse_inspect(&reply(refused.clone(), flat(&[]), flat(&[])));
+        assert_eq!(look.seen, Seen::Absent);
+        assert_eq!(look.waiting, Err("NOPERM no hgetall".to_owned()));
+        let look = parse_inspect(&reply(flat(&[]), flat(&[]), refused));
+        assert_eq!(look.waiting, Err("NOPERM no hgetall".to_owned()));
+        // A clock that is not a number, or an entry that is not a string.
+        let mut odd = reply(flat(&[]), flat(&[]), flat(&[]));
+        if let Value::Array(parts) = &mut odd {
+            parts[1] = s("soon");
+        }
+        assert!(parse_inspect(&odd).waiting.is_err());
+        let nested = Value::Array(vec![Value::Array(vec![]), Value::Array(vec![])]);
+        assert!(parse_inspect(&reply(nested, flat(&[]), flat(&[])))
+            .waiting
+            .is_err());
     }
 }

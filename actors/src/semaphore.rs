@@ -143,6 +143,8 @@ mod tests {
             total: 1,
             keys: Vec::new(),
             fencing: Vec::new(),
+            waiting: Vec::new(),
+            waiting_unreadable: None,
         };
         let held = LockState::Held {
             owner: "ab12cd34".into(),
