@@ -428,6 +428,66 @@ async fn status_held_and_not_held() {
     assert!(text(&out.stdout).contains(": not held"));
 }
 
+/// `status` lists who waits: a waiter of a locker with hand-over, by its
+/// claim, in the text and in the JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lists_who_waits() {
+    let server = ValkeyServer::start();
+    let name = unique("status-waiting");
+    let connect = || {
+        valkeylock::Locker::connect(
+            valkeylock::LockerOptions::new([server.url()])
+                .with_key_majority(1)
+                .with_handover(true),
+        )
+    };
+    let (a, b) = (connect().await.unwrap(), connect().await.unwrap());
+    let held = a.lock(&name).await.unwrap();
+    let waits = tokio::spawn({
+        let (b, name) = (b.clone(), name.clone());
+        async move { b.lock(&name).await.unwrap() }
+    });
+    let status = |json: bool| {
+        let mut c = tool(&server.url());
+        c.args(["--majority", "1", "status"]);
+        if json {
+            c.arg("--json");
+        }
+        c.arg(&name);
+        async { text(&output(c).await.stdout) }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut listed = None;
+    while listed.is_none() && Instant::now() < deadline {
+        let stdout = status(false).await;
+        if stdout.contains("waiting, longest first:") {
+            listed = Some(stdout);
+        }
+    }
+    let stdout = listed.expect("status never listed the waiter");
+    assert!(
+        stdout.contains("(hand-over claim beside 1 of 1 keys): waited "),
+        "{stdout}"
+    );
+    assert!(stdout.contains(" unless refreshed"), "{stdout}");
+    let doc: serde_json::Value = serde_json::from_str(&status(true).await).unwrap();
+    let waiting = doc["waiting"].as_array().expect("a list");
+    assert_eq!(waiting.len(), 1, "{doc}");
+    assert_eq!(waiting[0]["how"], "handover_claim", "{doc}");
+    assert_eq!(waiting[0]["keys"], 1, "{doc}");
+    assert!(waiting[0]["waited_ms"].is_u64(), "{doc}");
+    assert!(waiting[0]["lapses_in_ms"].is_u64(), "{doc}");
+    assert!(doc["waiting_unreadable"].is_null(), "{doc}");
+    held.release().await.unwrap();
+    let g = tokio::time::timeout(Duration::from_secs(10), waits)
+        .await
+        .unwrap()
+        .unwrap();
+    g.release().await.unwrap();
+    a.close().await;
+    b.close().await;
+}
+
 /// `status --json`: one JSON document with the state, the keys, the fencing
 /// counter and the nodes' health; free / held / a node down, with the exit
 /// codes of the text form.

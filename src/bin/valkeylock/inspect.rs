@@ -7,6 +7,7 @@ use std::io::IsTerminal;
 use tokio::signal::unix::{signal, SignalKind};
 use valkeylock::{
     Error, Health, KeyValue, Leader, LockInfo, LockState, Locker, LockerOptions, SemaphoreInfo,
+    WaitKind,
 };
 
 use crate::args::{EXIT_NOT_HELD, EXIT_OK, EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_USAGE};
@@ -356,6 +357,27 @@ fn status_text(info: &LockInfo, ours: &str, prefix: &str) -> String {
             owners.join(", ")
         ),
     };
+    if !info.waiting.is_empty() {
+        let _ = writeln!(out, "waiting, longest first:");
+    }
+    for w in &info.waiting {
+        let how = match w.how {
+            WaitKind::HandoverClaim => "hand-over claim",
+            WaitKind::QueuePlace => "fair queue place",
+            _ => "waiting",
+        };
+        let _ = writeln!(
+            out,
+            "  {} ({how} beside {} of {total} keys): waited {}, lapses in {} unless refreshed",
+            w.who,
+            w.keys,
+            seconds(w.waited),
+            seconds(w.lapses_in)
+        );
+    }
+    if let Some(why) = &info.waiting_unreadable {
+        let _ = writeln!(out, "waiters beside some keys unreadable: {why}");
+    }
     let mut counters: Vec<String> = Vec::new();
     for f in &info.fencing {
         match f.value {
