@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::*;
-use valkeylock::{Error, LockRequest, Locker, LockerOptions};
+use valkeylock::{Error, LockRequest, Locker, LockerOptions, WaitKind};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -294,6 +294,44 @@ async fn a_waiter_that_gives_up_leaves_the_queue() {
     );
     held.release().await.expect("release");
     let g = b.try_lock(&name).await.expect("a try on a free name");
+    g.release().await.expect("release");
+    a.close().await;
+    b.close().await;
+}
+
+/// `inspect` lists a waiter's place, beside each of the three keys, and no
+/// longer once the waiter won.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_lists_the_queued_waiter() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let name = unique("fair-inspect");
+    let a = fair_locker(&server, Duration::from_secs(5)).await;
+    let b = fair_locker(&server, Duration::from_secs(5)).await;
+    let held = a.lock(&name).await.expect("lock");
+    let waits = tokio::spawn({
+        let (b, name) = (b.clone(), name.clone());
+        async move { b.lock(&name).await.expect("b locks") }
+    });
+    let listed = |n: usize| {
+        let (a, name) = (&a, &name);
+        eventually(Duration::from_secs(5), move || async move {
+            a.inspect(name).await.is_ok_and(|i| i.waiting.len() == n)
+        })
+    };
+    assert!(listed(1).await, "b's place is listed");
+    let info = a.inspect(&name).await.expect("inspect");
+    let w = &info.waiting[0];
+    assert_eq!((w.how, w.keys), (WaitKind::QueuePlace, 3), "{info:?}");
+    assert!(w.waited < Duration::from_secs(5), "{info:?}");
+    assert!(w.lapses_in > Duration::ZERO, "{info:?}");
+    assert_eq!(info.waiting_unreadable, None);
+    held.release().await.expect("release");
+    let g = tokio::time::timeout(Duration::from_secs(5), waits)
+        .await
+        .expect("b is granted")
+        .expect("b's task");
+    assert!(listed(0).await, "b won, and is no longer listed");
     g.release().await.expect("release");
     a.close().await;
     b.close().await;

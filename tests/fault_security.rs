@@ -385,6 +385,10 @@ fn acl_user_for_handover() {
             })
         };
         assert!(claims_come_to("1").await, "b's claim is there");
+        // `inspect` lists it: the set above reads who waits too.
+        let info = a.inspect("h").await.expect("inspect");
+        assert_eq!(info.waiting.len(), 1, "{info:?}");
+        assert_eq!(info.waiting_unreadable, None);
         let released = Instant::now();
         held.release().await.expect("a releases");
         let (g, granted) = timeout(ms(5000), waiter)
@@ -517,6 +521,26 @@ fn acl_user_with_the_minimal_command_set() {
         let denied = denials_beyond_probes(server.port).await;
         assert!(denied.is_empty(), "denied commands: {denied:#?}");
         eprintln!("ACL user `~{prefix}:*` with {} works", MINIMAL.join(" "));
+
+        // `inspect` also reads the hand-over claims (`+hgetall`, not in the
+        // minimal set): it still reads the keys, and says that who waits
+        // could not be read.
+        let looker = Locker::connect(
+            LockerOptions::new([url.clone()])
+                .with_key_majority(1)
+                .with_key_prefix(&prefix),
+        )
+        .await
+        .expect("connect");
+        let info = looker.inspect("looked-at").await.expect("inspect");
+        assert!(info.is_free(), "{info:?}");
+        assert!(
+            info.waiting_unreadable
+                .as_deref()
+                .is_some_and(|why| why.contains("hgetall")),
+            "{info:?}"
+        );
+        looker.close().await;
 
         // Keys outside its pattern: a clear error on the first attempt,
         // never a panic or a hang.

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::*;
-use valkeylock::{Error, Locker, LockerOptions};
+use valkeylock::{Error, LockState, Locker, LockerOptions, WaitKind};
 
 /// A locker with hand-over and without client-side caching, whose waiters
 /// poll only every 2 s: a waiter granted much sooner than that after a
@@ -245,6 +245,62 @@ async fn a_release_hands_the_lock_to_the_longest_waiter_of_another_locker() {
 async fn a_waiter_that_gives_up_takes_its_claim_back() {
     let q = b_gives_up(Queue::start("handover-unclaim").await).await;
     q.a_releases_to_c("a's release").await;
+}
+
+/// `inspect` lists the claimants, longest waiting first, each under the
+/// token prefix it is shown as owner by once the lock is handed to it; a
+/// waiter that gave up is no longer listed, nor one that was handed the
+/// lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_lists_the_claimants_longest_waiting_first() {
+    let q = Queue::start("handover-inspect").await;
+    let looker = &q.lockers[0];
+    let info = looker.inspect(&q.name).await.expect("inspect");
+    let kinds: Vec<_> = info.waiting.iter().map(|w| (w.how, w.keys)).collect();
+    assert_eq!(
+        kinds,
+        [(WaitKind::HandoverClaim, 1), (WaitKind::HandoverClaim, 1)],
+        "{info:?}"
+    );
+    let (b, c) = (&info.waiting[0], &info.waiting[1]);
+    assert!(b.waited > c.waited, "b came first: {info:?}");
+    assert!(b.who != c.who, "{info:?}");
+    for w in &info.waiting {
+        assert!(w.waited < Duration::from_secs(10), "{info:?}");
+        assert!(
+            w.lapses_in > Duration::ZERO && w.lapses_in <= Duration::from_secs(10),
+            "a claim lapses within its validity: {info:?}"
+        );
+    }
+    assert_eq!(info.waiting_unreadable, None);
+    let c_who = c.who.clone();
+    let q = b_gives_up(q).await;
+    let info = q.lockers[0].inspect(&q.name).await.expect("inspect");
+    let listed: Vec<_> = info.waiting.iter().map(|w| w.who.as_str()).collect();
+    assert_eq!(listed, [c_who.as_str()], "only c waits: {info:?}");
+
+    let Queue {
+        held,
+        c_waits,
+        lockers,
+        name,
+        ..
+    } = q;
+    held.release().await.expect("a releases");
+    let c_guard = tokio::time::timeout(Duration::from_secs(5), c_waits)
+        .await
+        .expect("c is granted")
+        .expect("c's task");
+    let info = lockers[0].inspect(&name).await.expect("inspect");
+    assert!(
+        matches!(&info.state, LockState::Held { owner, .. } if *owner == c_who),
+        "c holds the lock under the token it was listed by: {info:?}"
+    );
+    assert!(info.waiting.is_empty(), "{info:?}");
+    c_guard.release().await.expect("c releases");
+    for l in lockers {
+        l.close().await;
+    }
 }
 
 /// A claim left behind by a waiter that gave up (its taking back lost):
