@@ -432,9 +432,11 @@ impl Locker {
 
     /// Looks at `name` without taking it: each key's node, owner (the first
     /// characters of its token), remaining TTL and whether it is this
-    /// locker's, the fencing counter on each node, and whether the lock is
-    /// held, free or unknown by the lock's own majority rule. Keys that
-    /// cannot be read (node down, no answer) are unknown, never free.
+    /// locker's, the fencing counter on each node, whether the lock is
+    /// held, free or unknown by the lock's own majority rule, and who waits
+    /// for it ([`LockInfo::waiting`]: the hand-over claims and fair queue
+    /// places beside its keys, longest waiting first). Keys that cannot be
+    /// read (node down, no answer) are unknown, never free.
     ///
     /// # Errors
     /// [`Error::InvalidName`], [`Error::Closed`].
@@ -459,6 +461,9 @@ impl Locker {
     /// }
     /// for key in &info.keys {
     ///     println!("{} on {}: {:?}", key.key, key.address, key.value);
+    /// }
+    /// for w in &info.waiting {
+    ///     println!("{} waits ({:?}) for {:?}, on {} keys", w.who, w.how, w.waited, w.keys);
     /// }
     /// # Ok(()) }
     /// ```
