@@ -398,13 +398,19 @@ impl Actor for LockActor {
             }
             LockMsg::Reply(NodeReply { cmd, outcome }) => Event::Reply { cmd, outcome },
             LockMsg::Invalidated { index } => Event::Invalidated { key: index },
-            LockMsg::Handed { index, token, cmd } => {
+            LockMsg::Handed {
+                index,
+                token,
+                cmd,
+                fence,
+            } => {
                 // Counted by its sender, as requests are (see `retire`).
                 st.seen += 1;
                 Event::Handed {
                     key: index,
                     token,
                     cmd,
+                    fence,
                 }
             }
             LockMsg::Recheck { node } => Event::Recheck { node },
@@ -698,7 +704,7 @@ impl LockState {
             }
             (op, _) => op,
         };
-        let fence_key = matches!(op, Op::Acquire { fence: true, .. }).then(|| self.fence_key());
+        let fence_key = fenced(&op).then(|| self.fence_key());
         let job = Job {
             op,
             key,
@@ -752,7 +758,7 @@ impl LockState {
         Ok(DirectCmd {
             link: conn.link,
             job: Job {
-                fence_key: matches!(op, Op::Acquire { fence: true, .. }).then(|| self.fence_key()),
+                fence_key: fenced(&op).then(|| self.fence_key()),
                 op,
                 key: key.clone(),
                 gates: gates.clone(),
@@ -929,6 +935,15 @@ impl Drop for GrantWatch {
     fn drop(&mut self) {
         self.set_degraded(false);
     }
+}
+
+/// Whether `op`'s script moves the fencing counter: it then needs the
+/// counter's key.
+fn fenced(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Acquire { fence: true, .. } | Op::Release { fence: true, .. }
+    )
 }
 
 /// The address of the node of lock key `key`.

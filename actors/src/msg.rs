@@ -129,11 +129,13 @@ pub(crate) enum LockMsg {
     /// Key `index` of this lock changed on its node.
     Invalidated { index: usize },
     /// Hand-over: a release gave key `index` to `token` under the claim
-    /// command `cmd` left.
+    /// command `cmd` left, and moved the fencing counter to `fence` if it
+    /// did.
     Handed {
         index: usize,
         token: Token,
         cmd: CmdId,
+        fence: Option<u64>,
     },
     /// A node reconnected (`Some`) or invalidations may have been dropped
     /// (`None`, all nodes).
@@ -302,6 +304,7 @@ pub(crate) enum SupervisorMsg {
         index: usize,
         token: Token,
         cmd: CmdId,
+        fence: Option<u64>,
     },
     /// A `NodeActor` connected.
     NodeUp { node: usize, actor: ActorId },

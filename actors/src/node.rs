@@ -827,24 +827,31 @@ fn route_invalidation(shared: &Shared, key: &[u8]) {
     shared.wake_watchers(name);
 }
 
+/// A hand-over's message, read: the claim's command, the fencing counter
+/// the release moved (if it did), the token and the key.
+type HandedOver<'a> = (CmdId, Option<u64>, Token, &'a [u8]);
+
 /// Reads a hand-over's message (`scripts::RELEASE_HANDOVER_LUA`):
-/// `<cmd> <token> <key>`. `None` for anything else: a message on our channel
-/// is an outsider's to write as well, and must not panic or mislead the
-/// engine (a token we do not know is only ever deleted under itself).
-fn parse_handover(msg: &[u8]) -> Option<(CmdId, Token, &[u8])> {
+/// `<cmd>[:<fence>] <token> <key>`. `None` for anything else: a message on
+/// our channel is an outsider's to write as well, and must not panic or
+/// mislead the engine (a token we do not know is only ever deleted under
+/// itself).
+fn parse_handover(msg: &[u8]) -> Option<HandedOver<'_>> {
     let mut parts = msg.splitn(3, |b| *b == b' ');
-    let cmd = std::str::from_utf8(parts.next()?)
-        .ok()?
-        .parse::<u64>()
-        .ok()?;
+    let head = std::str::from_utf8(parts.next()?).ok()?;
+    let (cmd, fence) = match head.split_once(':') {
+        Some((cmd, fence)) => (cmd, Some(fence.parse::<u64>().ok()?)),
+        None => (head, None),
+    };
+    let cmd = cmd.parse::<u64>().ok()?;
     let token = Token::from_wire(parts.next()?)?;
-    Some((CmdId(cmd), token, parts.next()?))
+    Some((CmdId(cmd), fence, token, parts.next()?))
 }
 
 /// Hands a hand-over's message to the `LockActor` of its key.
 fn route_handover(shared: &Shared, supervisor: &ActorRef<SupervisorMsg>, msg: &[u8]) {
     let s = &shared.settings;
-    let Some((cmd, token, key)) = parse_handover(msg) else {
+    let Some((cmd, fence, token, key)) = parse_handover(msg) else {
         debug!(len = msg.len(), "not a hand-over message; ignored");
         return;
     };
@@ -856,10 +863,16 @@ fn route_handover(shared: &Shared, supervisor: &ActorRef<SupervisorMsg>, msg: &[
         lock = name,
         key = index,
         token = token.short(),
+        fence,
         "handed over"
     );
     crate::metrics::handover_message();
-    let handed = LockMsg::Handed { index, token, cmd };
+    let handed = LockMsg::Handed {
+        index,
+        token,
+        cmd,
+        fence,
+    };
     // Counted like a request, so that the actor does not retire with it on
     // its way (see `context::try_retire`).
     let handed = match shared.lock_route(name) {
@@ -882,13 +895,20 @@ fn route_handover(shared: &Shared, supervisor: &ActorRef<SupervisorMsg>, msg: &[
         debug!("hand-over of a name no lock of ours claims under; ignored");
         return;
     }
-    if let LockMsg::Handed { index, token, cmd } = handed {
+    if let LockMsg::Handed {
+        index,
+        token,
+        cmd,
+        fence,
+    } = handed
+    {
         let name = Arc::from(name);
         let _ = supervisor.cast(SupervisorMsg::Handed {
             name,
             index,
             token,
             cmd,
+            fence,
         });
     }
 }
@@ -1302,7 +1322,10 @@ impl Many {
                 queue: None,
                 ..
             } if job.gates.is_none() => Some(Many::Acquire),
-            Op::Release { .. } => Some(Many::Release),
+            // A release that moves the fencing counter runs alone, as a
+            // fenced acquisition does: the script of many keys takes no
+            // counter.
+            Op::Release { fence: false, .. } => Some(Many::Release),
             Op::Verify { .. } => Some(Many::Verify),
             _ => None,
         }
@@ -1348,7 +1371,7 @@ impl Many {
             Many::Release | Many::Verify => jobs
                 .iter()
                 .map(|job| match (self, &job.op) {
-                    (Many::Release, Op::Release { token })
+                    (Many::Release, Op::Release { token, .. })
                     | (Many::Verify, Op::Verify { token }) => Some(token.value()),
                     _ => None,
                 })
@@ -1590,9 +1613,15 @@ async fn run(
         }),
         // With hand-over, the script of many keys for one: a key with a
         // claim on it goes to the claimant.
-        Op::Release { token } if s.handover.is_some() => {
+        Op::Release { token, .. } if s.handover.is_some() => {
             evalsha(client, &scripts.release_handover, || {
-                (vec![wire_key.wire()], vec![token.value()])
+                let mut args = vec![token.value()];
+                // The fencing counter a key handed over moves (one
+                // instance), after the one token.
+                if let Some(fence) = fence_key {
+                    args.push(Value::from(fence));
+                }
+                (vec![wire_key.wire()], args)
             })
             .await
             .map(|v| match parse_released_many(&v, 1).as_deref() {
@@ -1601,7 +1630,7 @@ async fn run(
                 _ => Outcome::Failed("unexpected reply to release"),
             })
         }
-        Op::Release { token } => evalsha(client, &scripts.release, || {
+        Op::Release { token, .. } => evalsha(client, &scripts.release, || {
             (vec![wire_key.wire()], vec![token.value()])
         })
         .await
@@ -1916,16 +1945,23 @@ mod tests {
     use super::*;
 
     /// A hand-over's message is read only when it has the script's shape:
-    /// a command id, a token's shape, a key (which may hold spaces).
+    /// a command id (with the fencing counter after a colon when the
+    /// release moved it), a token's shape, a key (which may hold spaces).
     /// Anything an outsider publishes otherwise is `None`, never a panic.
     #[test]
     fn hand_over_messages_are_read_only_in_their_shape() {
         let token = Token::new(false);
         let ok = format!("42 {} valkeylock:0:a name", token.as_str());
-        let (cmd, t, key) = parse_handover(ok.as_bytes()).expect("a hand-over");
+        let (cmd, fence, t, key) = parse_handover(ok.as_bytes()).expect("a hand-over");
         assert_eq!(
-            (cmd, &t, key),
-            (CmdId(42), &token, &b"valkeylock:0:a name"[..])
+            (cmd, fence, &t, key),
+            (CmdId(42), None, &token, &b"valkeylock:0:a name"[..])
+        );
+        let fenced = format!("42:7 {} valkeylock:0:a", token.as_str());
+        let (cmd, fence, t, key) = parse_handover(fenced.as_bytes()).expect("a hand-over");
+        assert_eq!(
+            (cmd, fence, &t, key),
+            (CmdId(42), Some(7), &token, &b"valkeylock:0:a"[..])
         );
         let long = "f".repeat(200);
         for bad in [
@@ -1938,6 +1974,12 @@ mod tests {
             "42 short k".into(),
             format!("42 {long} k"),
             format!("42  {} k", token.as_str()),
+            format!("42: {} k", token.as_str()),
+            format!("42:x {} k", token.as_str()),
+            format!("42:-1 {} k", token.as_str()),
+            format!("42:1:2 {} k", token.as_str()),
+            format!(":7 {} k", token.as_str()),
+            format!("42:99999999999999999999 {} k", token.as_str()),
         ] {
             assert!(parse_handover(bad.as_bytes()).is_none(), "{bad:?}");
         }

@@ -465,14 +465,26 @@ return out
 /// over and the one handed are taken out; a key with a fair queue
 /// (`FAIR_LUA`) is deleted, as the queue decides who is next.
 ///
-/// `KEYS`: the lock keys. `ARGV`: a token per key. Reply: an array with one
-/// entry per key: `1` deleted or handed, `0` not ours, `{0, message}` when
-/// the server refused a command on that key.
+/// With one key and, after its token, the fencing counter's name (a locker
+/// with `fencing` on one instance, where the acquire script moves the
+/// counter as it takes the key), a key handed over moves the counter in
+/// the same step, once, before the first message, and the message says
+/// the new value: `PUBLISH <claimant> "<seq>:<fence> <token> <key>"`. The
+/// claimant is granted with it, without the two round trips of the fencing
+/// step; the value is above every token granted before and below every
+/// one granted after, as the acquire script's would be. A claimant passed
+/// over never saw its value, so the next one gets the same.
+///
+/// `KEYS`: the lock keys. `ARGV`: a token per key, then the counter's name
+/// or nothing. Reply: an array with one entry per key: `1` deleted or
+/// handed, `0` not ours, `{0, message}` when the server refused a command
+/// on that key.
 const RELEASE_HANDOVER_LUA: &str = r#"
 local function failed(r)
   return type(r) == 'table' and r.err ~= nil
 end
 local now
+local counter = ARGV[#KEYS + 1]
 local function hand(key, mine)
   if not string.find(key, '[{}]') and redis.pcall('EXISTS', '{' .. key .. '}:q') == 1 then
     return false
@@ -494,11 +506,17 @@ local function hand(key, mine)
     end
   end
   table.sort(live, function(x, y) return x[1] < y[1] or (x[1] == y[1] and x[2] < y[2]) end)
-  local handed = false
+  local handed, fence = false, nil
   for _, cand in ipairs(live) do
     gone[#gone + 1] = cand[2]
     if failed(redis.pcall('SET', key, cand[3], 'PXAT', cand[4])) then break end
-    local heard = redis.pcall('PUBLISH', cand[2], cand[5] .. ' ' .. cand[3] .. ' ' .. key)
+    if counter and not fence then
+      local f = redis.pcall('INCR', counter)
+      if failed(f) then counter = nil else fence = f end
+    end
+    local seq = cand[5]
+    if fence then seq = seq .. ':' .. string.format('%.0f', fence) end
+    local heard = redis.pcall('PUBLISH', cand[2], seq .. ' ' .. cand[3] .. ' ' .. key)
     if failed(heard) or heard > 0 then
       handed = true
       break
@@ -2187,6 +2205,56 @@ mod tests {
         };
         assert_eq!(fenced("NX|chA|5|9|1").await, fence(6), "handed: fresh");
         assert_eq!(fenced("NX").await, fence(6), "a retry: unchanged");
+        // A release given the counter (one instance, fencing) moves it as
+        // it hands the key over, once, and the message carries the value
+        // after the command id; the claimant passed over before (no
+        // listener) moved nothing more. A release that deletes leaves it.
+        let _: () = client
+            .set("k4", "holder", None, None, false)
+            .await
+            .expect("SET");
+        let _: () = client
+            .set("k4f", "5", None, None, false)
+            .await
+            .expect("SET");
+        for (token, mode) in [("tX", "NX|chX|1|1|0"), ("tA", "NX|chA|5|2|0")] {
+            let reply: Value = client
+                .eval(
+                    ACQUIRE_LUA,
+                    vec!["k4"],
+                    vec!["60000", "PX", "0", token, mode],
+                )
+                .await
+                .expect("the acquire script runs");
+            assert_eq!(
+                parse_acquire(&reply, 1, false).map(|mut v| v.remove(0)),
+                Some(Ok(held.clone()))
+            );
+        }
+        let release_fenced = |token: &'static str| {
+            let client = client.clone();
+            async move {
+                let reply: Value = client
+                    .eval(RELEASE_HANDOVER_LUA, vec!["k4"], vec![token, "k4f"])
+                    .await
+                    .expect("the release script runs");
+                parse_released_many(&reply, 1)
+                    .expect("a well-formed reply")
+                    .remove(0)
+            }
+        };
+        assert_eq!(release_fenced("holder").await, Ok(true));
+        assert_eq!(
+            next_message(&mut messages).await,
+            ("chA".into(), "2:6 tA k4".into())
+        );
+        let counter: Option<String> = client.get("k4f").await.expect("GET");
+        assert_eq!(counter.as_deref(), Some("6"));
+        assert_eq!(release_fenced("tA").await, Ok(true));
+        let left: i64 = client.exists("k4").await.expect("EXISTS");
+        assert_eq!(left, 0, "nobody claims: deleted");
+        let counter: Option<String> = client.get("k4f").await.expect("GET");
+        assert_eq!(counter.as_deref(), Some("6"), "a delete moves nothing");
     }
 
     #[test]

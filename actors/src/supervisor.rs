@@ -121,10 +121,16 @@ impl Actor for Supervisor {
                 index,
                 token,
                 cmd,
+                fence,
             } => {
                 // Closing: the locker's keys are given back by its close.
                 if matches!(st.closing, Closing::Open) {
-                    let handed = LockMsg::Handed { index, token, cmd };
+                    let handed = LockMsg::Handed {
+                        index,
+                        token,
+                        cmd,
+                        fence,
+                    };
                     if st.route(&myself, name.clone(), handed).await.is_some() {
                         warn!(lock = %name, "a key handed over found no lock actor");
                     }

@@ -206,11 +206,13 @@ pub(crate) enum Event {
     /// Key `key` of this lock changed on its node.
     Invalidated { key: usize },
     /// Hand-over: a release gave key `key` to `token`, under the claim that
-    /// command `cmd` left (`scripts::RELEASE_HANDOVER_LUA`).
+    /// command `cmd` left (`scripts::RELEASE_HANDOVER_LUA`); `fence`, the
+    /// fencing counter the release moved in the same script, if it did.
     Handed {
         key: usize,
         token: Token,
         cmd: CmdId,
+        fence: Option<u64>,
     },
     /// Node `node` reconnected (`None`: invalidations of every node may have
     /// been dropped): re-check keys there and let waiters retry.
@@ -962,7 +964,12 @@ impl LockCore {
             Event::Release { holder, ack } => self.on_release(now, holder, ack),
             Event::Reply { cmd, outcome } => self.on_reply(now, cmd, outcome),
             Event::Invalidated { key } => self.on_invalidated(now, Some(key), None),
-            Event::Handed { key, token, cmd } => self.on_handed(now, key, token, cmd),
+            Event::Handed {
+                key,
+                token,
+                cmd,
+                fence,
+            } => self.on_handed(now, key, token, cmd, fence),
             Event::Recheck { node } => self.on_invalidated(now, None, node),
             Event::Timeout => self.on_timeout(now),
             Event::Close => self.on_close(now),
@@ -2375,14 +2382,22 @@ impl LockCore {
     /// Deletes key `key` if it holds `token`, the token of attempt or grant
     /// `of`.
     fn release_key(&mut self, now: Time, key: usize, of: u64, token: &Token, group: Option<u64>) {
+        let fence = self.cfg.handover.is_some() && self.fences_in_script();
         self.send(
             now,
             Purpose::Release { key, of, group },
             Target::Key(key),
             Op::Release {
                 token: token.clone(),
+                fence,
             },
         );
+    }
+
+    /// The fencing counter moves inside the scripts that give the key to a
+    /// token (one instance, `M = 1`: see [`Fencing::InScript`]).
+    fn fences_in_script(&self) -> bool {
+        self.cfg.fencing == Fencing::InScript && self.cfg.total == 1
     }
 
     /// When a group's deletes are all answered: tell its release callers, and
@@ -2666,7 +2681,7 @@ impl LockCore {
     /// command `cmd` left. The key counts as ours from the instant `cmd` was
     /// sent, as if `cmd` had taken it: the release set the expiry `cmd`
     /// would have set (`scripts::RELEASE_HANDOVER_LUA`).
-    fn on_handed(&mut self, now: Time, key: usize, token: Token, cmd: CmdId) {
+    fn on_handed(&mut self, now: Time, key: usize, token: Token, cmd: CmdId, fence: Option<u64>) {
         if key >= self.cfg.total {
             return;
         }
@@ -2677,7 +2692,7 @@ impl LockCore {
                 match a.claim_sent(key, cmd) {
                     Some(sent) => {
                         let expiry = a.terms.life.expiry(sent);
-                        self.take_key(now, key, &token, cmd, expiry);
+                        self.take_key(now, key, &token, cmd, expiry, fence);
                     }
                     // A claim whose sending this core no longer knows: the
                     // run finds the key ours (its own token).
@@ -2698,7 +2713,7 @@ impl LockCore {
                     });
                 if let Some(sent) = sent {
                     let expiry = a.terms.life.expiry(sent);
-                    self.take_key(now, key, &token, cmd, expiry);
+                    self.take_key(now, key, &token, cmd, expiry, fence);
                 }
             }
             Phase::Holding(g) if g.token == token => {
@@ -2774,7 +2789,16 @@ impl LockCore {
     /// which sends for the other keys only if it is still undecided then),
     /// or the run under way counts it. Newest-sent-wins: a reply of a
     /// command sent after `cmd` is newer news of the key.
-    fn take_key(&mut self, now: Time, key: usize, token: &Token, cmd: CmdId, expiry: Time) {
+    fn take_key(
+        &mut self,
+        now: Time,
+        key: usize,
+        token: &Token,
+        cmd: CmdId,
+        expiry: Time,
+        fence: Option<u64>,
+    ) {
+        let in_script = self.fences_in_script();
         let run = matches!(&self.phase, Phase::Idle { .. })
             .then(|| self.begin_attempt(now, SetMode::Nx, None));
         let Phase::Attempting(a) = &mut self.phase else {
@@ -2795,6 +2819,14 @@ impl LockCore {
             slot.seen = cmd;
             slot.failing = false;
             slot.key = Key::Ours { expiry };
+            // The release moved the counter as it set the key to our token,
+            // in one script on the one instance: above every token granted
+            // before, below every one granted after, as the acquire
+            // script's would be. A run that found the key first moved it
+            // itself (and that value stands).
+            if in_script && a.fence.is_none() {
+                a.fence = fence;
+            }
         }
         self.decide(now);
         let undecided = matches!(&self.phase, Phase::Attempting(a) if a.token == *token);

@@ -89,8 +89,10 @@ pub(crate) enum Op {
     },
     /// Read-only check: is the key still ours, and for how long.
     Verify { token: Token },
-    /// Compare-and-delete.
-    Release { token: Token },
+    /// Compare-and-delete. With `fence` (hand-over, the counter moved by
+    /// the script: one instance), a key handed over moves the fencing
+    /// counter in the same script, and its message carries the new value.
+    Release { token: Token, fence: bool },
     /// Read the fencing counter.
     FenceRead,
     /// Raise the fencing counter to `value` unless it is there or higher.

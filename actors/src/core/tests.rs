@@ -519,7 +519,7 @@ fn overdue_commands_decide_the_attempt_and_late_keys_are_released() {
     let fx = rig.at(ms(170)).ev(reply(s[1].0, ours()));
     let rel = sends(&fx);
     assert_eq!(rel.len(), 1);
-    let (Op::Release { token }, Op::Acquire { token: t0, .. }) = (&rel[0].2, &s[1].2) else {
+    let (Op::Release { token, .. }, Op::Acquire { token: t0, .. }) = (&rel[0].2, &s[1].2) else {
         panic!("{rel:?}");
     };
     assert_eq!(token, t0);
@@ -547,7 +547,7 @@ fn an_unanswered_acquisition_of_a_failed_attempt_is_released() {
     assert!(fx.iter().any(|e| matches!(e, Effect::Refuse { to: 4, .. })));
     let rel = sends(&fx);
     assert_eq!(rel.len(), 1, "{rel:?}");
-    let (Op::Release { token }, Op::Acquire { token: t1, .. }) = (&rel[0].2, &s[1].2) else {
+    let (Op::Release { token, .. }, Op::Acquire { token: t1, .. }) = (&rel[0].2, &s[1].2) else {
         panic!("{rel:?}");
     };
     assert_eq!(rel[0].1, Target::Key(1));
@@ -2237,6 +2237,96 @@ fn claiming(rig: &mut Rig) -> (CmdId, crate::scripts::Token) {
     (cmd, token)
 }
 
+/// With the counter moved by the script (one instance), a release of a
+/// locker with hand-over moves it too when it hands the key over, and the
+/// message carries the value: the claimant is granted with it at once,
+/// without the fencing step. Without a value (the releaser moves no
+/// counter) the fencing step runs, as before.
+#[test]
+fn a_key_handed_over_with_its_fence_grants_without_the_fencing_step() {
+    let fenced = || Config {
+        fencing: Fencing::InScript,
+        ..handover_config()
+    };
+    let fence_of = |fx: &[Effect]| {
+        fx.iter().find_map(|e| match e {
+            Effect::Grant { fence, .. } => Some(*fence),
+            _ => None,
+        })
+    };
+    let mut rig = Rig::new(fenced());
+    let (cmd, token) = claiming(&mut rig);
+    rig.at(ms(300));
+    let fx = rig.ev(Event::Handed {
+        key: 0,
+        token: token.clone(),
+        cmd,
+        fence: Some(9),
+    });
+    assert_eq!(fence_of(&fx), Some(9), "{fx:?}");
+    let s = sends(&fx);
+    assert!(
+        matches!(&s[..], [(_, Target::Key(0), Op::Verify { .. })]),
+        "no fencing step: {s:?}"
+    );
+    // Its own release moves the counter if it hands the key on.
+    let holder = rig.core.holding().expect("held").holder;
+    let s = sends(&rig.ev(Event::Release { holder, ack: None }));
+    assert!(
+        matches!(
+            &s[..],
+            [(_, Target::Key(0), Op::Release { fence: true, .. })]
+        ),
+        "{s:?}"
+    );
+
+    let mut rig = Rig::new(fenced());
+    let (cmd, token) = claiming(&mut rig);
+    let fx = rig.at(ms(300)).ev(Event::Handed {
+        key: 0,
+        token,
+        cmd,
+        fence: None,
+    });
+    assert_eq!(fence_of(&fx), None, "not granted before its token: {fx:?}");
+    assert!(
+        sends(&fx)
+            .iter()
+            .any(|(_, t, op)| matches!((t, op), (Target::Fence(0), Op::FenceRead))),
+        "the fencing step: {fx:?}"
+    );
+
+    // Without fencing, or without hand-over, a release moves nothing.
+    for cfg in [
+        handover_config(),
+        Config {
+            fencing: Fencing::InScript,
+            ..config(1, 1)
+        },
+    ] {
+        let mut rig = Rig::new(cfg);
+        let s = sends(&rig.ev(Event::Request {
+            id: 1,
+            kind: RequestKind::Wait,
+            terms: None,
+        }));
+        let state = KeyState::Ours {
+            pttl_ms: None,
+            fence: Some(1),
+        };
+        let fx = rig.at(ms(1)).ev(reply(s[0].0, Outcome::Key(state)));
+        let holder = grants(&fx)[0].1;
+        let s = sends(&rig.ev(Event::Release { holder, ack: None }));
+        assert!(
+            matches!(
+                &s[..],
+                [(_, Target::Key(0), Op::Release { fence: false, .. })]
+            ),
+            "{s:?}"
+        );
+    }
+}
+
 #[test]
 fn a_key_handed_over_grants_at_once_with_validity_from_the_claim() {
     let mut rig = Rig::new(handover_config());
@@ -2246,6 +2336,7 @@ fn a_key_handed_over_grants_at_once_with_validity_from_the_claim() {
         key: 0,
         token: token.clone(),
         cmd,
+        fence: None,
     });
     // Counted from the claim's sending (t = 0): 1000 − 12 drift − 10 margin.
     assert_eq!(grants(&fx), vec![(1, grants(&fx)[0].1, ms(978))], "{fx:?}");
@@ -2278,6 +2369,7 @@ fn the_next_run_of_a_claiming_waiter_keeps_its_token_and_a_late_hand_over_still_
         key: 0,
         token: token.clone(),
         cmd: first,
+        fence: None,
     });
     assert_eq!(grants(&fx), vec![(1, grants(&fx)[0].1, ms(978))], "{fx:?}");
     // The second run ran after the hand-over (had it run before, its claim
@@ -2298,6 +2390,7 @@ fn a_reply_sent_after_the_handed_claim_is_newer_news_of_the_key() {
         key: 0,
         token,
         cmd: first,
+        fence: None,
     });
     let holder = grants(&fx)[0].1;
     // The second run found the key another's after the hand-over: the key
@@ -2320,12 +2413,13 @@ fn a_hand_over_that_leaves_too_little_validity_is_given_back() {
         key: 0,
         token: token.clone(),
         cmd,
+        fence: None,
     });
     assert!(grants(&fx).is_empty(), "{fx:?}");
     let s = sends(&fx);
     assert!(
         s.iter()
-            .any(|(_, _, op)| matches!(op, Op::Release { token: t } if *t == token)),
+            .any(|(_, _, op)| matches!(op, Op::Release { token: t, .. } if *t == token)),
         "the key is released: {s:?}"
     );
     assert!(
@@ -2343,10 +2437,11 @@ fn a_key_handed_to_nobody_waiting_is_released_under_its_token() {
         key: 0,
         token: token.clone(),
         cmd,
+        fence: None,
     });
     let s = sends(&fx);
     assert!(
-        matches!(&s[..], [(_, Target::Key(0), Op::Release { token: t })] if *t == token),
+        matches!(&s[..], [(_, Target::Key(0), Op::Release { token: t, .. })] if *t == token),
         "{s:?}"
     );
     assert_eq!(
@@ -2361,13 +2456,19 @@ fn a_key_handed_to_nobody_waiting_is_released_under_its_token() {
         key: 0,
         token: stranger.clone(),
         cmd,
+        fence: None,
     }));
     assert!(
-        matches!(&s[..], [(_, Target::Key(0), Op::Release { token: t })] if *t == stranger),
+        matches!(&s[..], [(_, Target::Key(0), Op::Release { token: t, .. })] if *t == stranger),
         "{s:?}"
     );
     // A key index out of range is ignored.
-    let fx = rig.ev(Event::Handed { key: 7, token, cmd });
+    let fx = rig.ev(Event::Handed {
+        key: 7,
+        token,
+        cmd,
+        fence: None,
+    });
     assert!(fx.is_empty(), "{fx:?}");
 }
 
@@ -2431,7 +2532,7 @@ fn an_attempt_that_took_a_key_keeps_no_claims() {
     assert!(
         sends(&fx)
             .iter()
-            .any(|(_, _, op)| matches!(op, Op::Release { token: t } if *t == token)),
+            .any(|(_, _, op)| matches!(op, Op::Release { token: t, .. } if *t == token)),
         "{fx:?}"
     );
     assert_eq!(rig.core.live_token(), None);

@@ -460,6 +460,7 @@ fn sim_schedules() {
     let handed = AtomicU64::new(0);
     let passed_over = AtomicU64::new(0);
     let to_nobody = AtomicU64::new(0);
+    let fenced = AtomicU64::new(0);
     let first: Mutex<Option<(u64, Knobs, String)>> = Mutex::new(None);
     let start = Instant::now();
     std::thread::scope(|s| {
@@ -467,7 +468,7 @@ fn sim_schedules() {
             let (failed, first, steps, grants, excused) =
                 (&failed, &first, &steps, &grants, &excused);
             let (direct, chained, behind, handed) = (&direct, &chained, &behind, &handed);
-            let (passed_over, to_nobody) = (&passed_over, &to_nobody);
+            let (passed_over, to_nobody, fenced) = (&passed_over, &to_nobody, &fenced);
             s.spawn(move || {
                 let mut i = t;
                 while i < count && !failed.load(Ordering::Relaxed) {
@@ -483,6 +484,7 @@ fn sim_schedules() {
                             handed.fetch_add(st.handed, Ordering::Relaxed);
                             passed_over.fetch_add(st.passed_over, Ordering::Relaxed);
                             to_nobody.fetch_add(st.handed_to_nobody, Ordering::Relaxed);
+                            fenced.fetch_add(st.handed_fenced, Ordering::Relaxed);
                         }
                         Err(e) => {
                             failed.store(true, Ordering::Relaxed);
@@ -503,7 +505,7 @@ fn sim_schedules() {
         report(&k, &e);
     }
     println!(
-        "{count} schedules, {} steps, {} grants, {} excused overlaps, {} commands on direct connections, {} acquisitions right behind their own deletes, {} writes behind acquisitions on their direct connection, {} hand-overs told ({} to a token no longer used), {} claims passed over (nobody listening) in {secs:.1}s ({:.0} schedules/s, {threads} threads)",
+        "{count} schedules, {} steps, {} grants, {} excused overlaps, {} commands on direct connections, {} acquisitions right behind their own deletes, {} writes behind acquisitions on their direct connection, {} hand-overs told ({} to a token no longer used, {} with a fencing token), {} claims passed over (nobody listening) in {secs:.1}s ({:.0} schedules/s, {threads} threads)",
         steps.into_inner(),
         grants.into_inner(),
         excused.into_inner(),
@@ -512,6 +514,7 @@ fn sim_schedules() {
         behind.into_inner(),
         handed.into_inner(),
         to_nobody.into_inner(),
+        fenced.into_inner(),
         passed_over.into_inner(),
         count as f64 / secs
     );

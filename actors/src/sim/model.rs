@@ -84,6 +84,8 @@ pub(super) struct HandedMsg {
     pub(super) token: String,
     pub(super) cmd: CmdId,
     pub(super) lapse: u64,
+    /// The fencing counter the release moved, if it did.
+    pub(super) fence: Option<u64>,
 }
 
 /// What a command did besides its reply: invalidations to send, hand-overs
@@ -497,11 +499,12 @@ impl Node {
                     None => KeyState::Absent,
                 })
             }
-            Op::Release { token } => {
+            Op::Release { token, fence } => {
                 let cur = self.get(now, slot, out);
                 self.track(conn, slot);
                 if cur.as_deref() == Some(token.as_str()) {
-                    if !self.hand(now, slot, token.as_str(), conn, out) {
+                    let counter = fence.then_some(name);
+                    if !self.hand(now, slot, token.as_str(), conn, counter, out) {
                         self.keys[slot] = None;
                         self.changed(slot, Some(conn), out);
                     }
@@ -548,17 +551,34 @@ impl Node {
     /// oldest live claim (by arrival, then claimant) whose process listens
     /// (its `PUBLISH` reaches a subscriber), unless the key has a fair
     /// queue; claims that lapsed, those passed over and the one handed are
-    /// taken out. True if the key was handed.
-    fn hand(&mut self, now: u64, slot: usize, mine: &str, conn: usize, out: &mut Out) -> bool {
+    /// taken out. With `counter` (a name), the first key set moves that
+    /// name's fencing counter, once, and the messages carry it. True if the
+    /// key was handed.
+    fn hand(
+        &mut self,
+        now: u64,
+        slot: usize,
+        mine: &str,
+        conn: usize,
+        counter: Option<usize>,
+        out: &mut Out,
+    ) -> bool {
         if !self.handover || !self.queues[slot].places.is_empty() {
             return false;
         }
         let claims = &mut self.claims[slot];
         claims.sort_by_key(|c| (c.arrival_us, c.proc));
+        let mut fence = None;
         while !claims.is_empty() {
             let c = claims.remove(0);
             if c.token == mine || c.lapse <= now {
                 continue;
+            }
+            // The script sets the key for each candidate it tries, and
+            // moves the counter at the first.
+            if let (Some(name), None) = (counter, fence) {
+                self.fences[name] += 1;
+                fence = Some(self.fences[name]);
             }
             if !self.listening[c.proc] {
                 self.passed_over += 1;
@@ -571,6 +591,7 @@ impl Node {
                 token: c.token,
                 cmd: c.cmd,
                 lapse: c.lapse,
+                fence,
             });
             return true;
         }

@@ -163,7 +163,8 @@ pub(super) enum Ev {
     },
     /// A hand-over's message reaches process `proc` from `node`, on the
     /// connection its subscription is on: key `slot` is `token`'s under the
-    /// claim `cmd` left.
+    /// claim `cmd` left, with the fencing counter `fence` the release
+    /// moved, if it did.
     Handed {
         proc: usize,
         node: usize,
@@ -171,6 +172,7 @@ pub(super) enum Ev {
         slot: usize,
         token: crate::scripts::Token,
         cmd: CmdId,
+        fence: Option<u64>,
     },
     /// A command failed at once (its connection was closed).
     Failed {

@@ -69,6 +69,9 @@ pub(super) struct Stats {
     pub(super) handed: u64,
     /// Of those, the ones whose token its core no longer used (given back).
     pub(super) handed_to_nobody: u64,
+    /// Of those, the ones that carried the fencing counter the release
+    /// moved.
+    pub(super) handed_fenced: u64,
     /// Claims passed over by releases, their process not listening (filled
     /// in at the end of a run).
     pub(super) passed_over: u64,
@@ -423,6 +426,7 @@ impl World {
                 slot,
                 token,
                 cmd,
+                fence,
             } => match self.pushed_to(proc, node, epoch, slot) {
                 Some((to, key)) => {
                     self.stats.handed += 1;
@@ -430,7 +434,18 @@ impl World {
                     if core.live_token() != Some(&token) {
                         self.stats.handed_to_nobody += 1;
                     }
-                    self.deliver(to, Event::Handed { key, token, cmd })
+                    if fence.is_some() {
+                        self.stats.handed_fenced += 1;
+                    }
+                    self.deliver(
+                        to,
+                        Event::Handed {
+                            key,
+                            token,
+                            cmd,
+                            fence,
+                        },
+                    )
                 }
                 None => Ok(()),
             },
@@ -654,6 +669,7 @@ impl World {
                 slot: h.slot,
                 token,
                 cmd: h.cmd,
+                fence: h.fence,
             });
         }
         for (slot, version, at) in out.expiries {
@@ -1331,10 +1347,16 @@ impl World {
                         *fence == (cfg.fencing == Fencing::InScript && *k == 0 && cfg.total == 1)
                             && (queue.is_none() || self.procs[proc].cfg.fair.is_some())
                     }
-                    (
-                        Target::Key(_),
-                        Op::Extend { .. } | Op::Verify { .. } | Op::Release { .. },
-                    ) => true,
+                    (Target::Key(_), Op::Extend { .. } | Op::Verify { .. }) => true,
+                    // A release moves the counter only where a hand-over
+                    // may grant with it: one instance, counter in the script.
+                    (Target::Key(k), Op::Release { fence, .. }) => {
+                        *fence
+                            == (self.procs[proc].cfg.handover.is_some()
+                                && cfg.fencing == Fencing::InScript
+                                && *k == 0
+                                && cfg.total == 1)
+                    }
                     (Target::Key(_), Op::Enqueue { places, .. }) => !places.is_empty(),
                     (Target::Key(_), Op::Dequeue { members, .. }) => !members.is_empty(),
                     (Target::Key(_), Op::Unclaim { .. }) => self.k.claims,
