@@ -64,6 +64,11 @@
 //!   have) and publishes that token on the claimant's channel. The
 //!   claimant holds the key when told, with no command of its own.
 //! - `valkeylock`: a `Locker` per contender, `lock` then `release`.
+//! - `valkeylock (hand-over)`: the same with `handover` on, which is the
+//!   handed stand-in's protocol, built.
+//! - `valkeylock (hand-over, fencing)`: the same with `fencing` on too: on
+//!   one server the release moves the counter as it hands the key over,
+//!   and the message carries the claimant's token.
 //!
 //! After each count of lockers it prints, by transport, the busiest
 //! locker's operations over the least busy one's.
@@ -162,12 +167,13 @@ const TEN_TASKS: [&str; 5] = [
 ];
 
 /// The transports of the hand-over part: lockers contending for one name.
-const HANDOVER: [&str; 5] = [
+const HANDOVER: [&str; 6] = [
     "floor",
     "woken stand-in",
     "handed stand-in",
     "valkeylock",
     "valkeylock (hand-over)",
+    "valkeylock (hand-over, fencing)",
 ];
 
 /// Lockers of the hand-over part, as in `cross_locker/*/{2,4}` of the locks
@@ -704,6 +710,8 @@ struct Contender {
     locker: Locker,
     /// The same with `handover` on.
     handing: Locker,
+    /// The same with `handover` and `fencing` on.
+    fenced: Locker,
 }
 
 impl Handover {
@@ -772,6 +780,13 @@ impl Handover {
                 )
                 .await
                 .expect("connect"),
+                fenced: Locker::connect(
+                    common::valkeylock_options(&[url.to_owned()], 1)
+                        .with_handover(true)
+                        .with_fencing(true),
+                )
+                .await
+                .expect("connect"),
             });
         }
         Handover {
@@ -800,6 +815,10 @@ impl Handover {
             }
             "valkeylock (hand-over)" => {
                 let g = c.handing.lock(key).await.expect("lock");
+                g.release().await.expect("release");
+            }
+            "valkeylock (hand-over, fencing)" => {
+                let g = c.fenced.lock(key).await.expect("lock");
                 g.release().await.expect("release");
             }
             "handed stand-in" => self.stand_in(c, key, true).await,
@@ -880,6 +899,7 @@ impl Handover {
         for c in self.contenders {
             c.locker.close().await;
             c.handing.close().await;
+            c.fenced.close().await;
             c.raw.quit().await;
             let _ = c.woken.quit().await;
         }
