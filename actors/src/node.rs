@@ -1322,10 +1322,7 @@ impl Many {
                 queue: None,
                 ..
             } if job.gates.is_none() => Some(Many::Acquire),
-            // A release that moves the fencing counter runs alone, as a
-            // fenced acquisition does: the script of many keys takes no
-            // counter.
-            Op::Release { fence: false, .. } => Some(Many::Release),
+            Op::Release { .. } => Some(Many::Release),
             Op::Verify { .. } => Some(Many::Verify),
             _ => None,
         }
@@ -1368,14 +1365,25 @@ impl Many {
                 }
                 Some(args)
             }
-            Many::Release | Many::Verify => jobs
-                .iter()
-                .map(|job| match (self, &job.op) {
-                    (Many::Release, Op::Release { token, .. })
-                    | (Many::Verify, Op::Verify { token }) => Some(token.value()),
-                    _ => None,
-                })
-                .collect(),
+            Many::Release | Many::Verify => {
+                let mut args: Vec<Value> = jobs
+                    .iter()
+                    .map(|job| match (self, &job.op) {
+                        (Many::Release, Op::Release { token, .. })
+                        | (Many::Verify, Op::Verify { token }) => Some(token.value()),
+                        _ => None,
+                    })
+                    .collect::<Option<_>>()?;
+                // With hand-over on one instance, each key's fencing
+                // counter after the tokens (`RELEASE_HANDOVER_LUA`).
+                if self == Many::Release && jobs.iter().any(|job| job.fence_key.is_some()) {
+                    args.extend(jobs.iter().map(|job| match &job.fence_key {
+                        Some(k) => Value::from(&**k),
+                        None => Value::from(""),
+                    }));
+                }
+                Some(args)
+            }
         }
     }
 
@@ -1986,6 +1994,44 @@ mod tests {
         let tab = format!("42 {}\tx k", &token.as_str()[..50]);
         assert!(parse_handover(tab.as_bytes()).is_none(), "{tab:?}");
         assert!(parse_handover(&[0xff, b' ', 0xfe, b' ', b'k']).is_none());
+    }
+
+    /// A batch of releases with hand-over on one instance with fencing
+    /// carries each key's fencing counter after the tokens
+    /// (`RELEASE_HANDOVER_LUA`); without counters, the tokens alone.
+    #[tokio::test]
+    async fn a_batch_of_releases_names_each_keys_counter() {
+        use crate::msg::testing::{job, Sink};
+        use ractor::Actor;
+        let (sink, handle) = Actor::spawn(None, Sink, ()).await.expect("spawn");
+        let settings = crate::options::LockerOptions::new(["redis://127.0.0.1:1"])
+            .with_key_majority(1)
+            .with_handover(true)
+            .with_fencing(true)
+            .settings()
+            .expect("settings");
+        let release = |name: &str, fence: bool| {
+            let mut j = job(&sink);
+            j.key = KeyName::new(format!("valkeylock:0:{name}"));
+            j.op = Op::Release {
+                token: Token::new(false),
+                fence,
+            };
+            j.fence_key = fence.then(|| KeyName::new(format!("valkeylock:fence:{name}")));
+            j
+        };
+        let jobs = vec![release("a", true), release("b", true)];
+        let args = Many::of(&jobs[0])
+            .and_then(|m| m.args(&settings, &jobs))
+            .expect("a batch of releases");
+        let text: Vec<String> = args.iter().filter_map(|v| v.as_string()).collect();
+        assert_eq!(text.len(), 4, "{args:?}");
+        assert_eq!(text[2..], ["valkeylock:fence:a", "valkeylock:fence:b"]);
+        let jobs = vec![release("a", false), release("b", false)];
+        let args = Many::Release.args(&settings, &jobs).expect("a batch");
+        assert_eq!(args.len(), 2, "the tokens alone: {args:?}");
+        sink.stop(None);
+        let _ = handle.await;
     }
 
     /// Script calls of a batch hold one group each (a TTL, a hash slot), at

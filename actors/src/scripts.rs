@@ -465,9 +465,9 @@ return out
 /// over and the one handed are taken out; a key with a fair queue
 /// (`FAIR_LUA`) is deleted, as the queue decides who is next.
 ///
-/// With one key and, after its token, the fencing counter's name (a locker
+/// Given after the tokens the name of each key's fencing counter (a locker
 /// with `fencing` on one instance, where the acquire script moves the
-/// counter as it takes the key), a key handed over moves the counter in
+/// counter as it takes the key), a key handed over moves its counter in
 /// the same step, once, before the first message, and the message says
 /// the new value: `PUBLISH <claimant> "<seq>:<fence> <token> <key>"`. The
 /// claimant is granted with it, without the two round trips of the fencing
@@ -475,17 +475,16 @@ return out
 /// one granted after, as the acquire script's would be. A claimant passed
 /// over never saw its value, so the next one gets the same.
 ///
-/// `KEYS`: the lock keys. `ARGV`: a token per key, then the counter's name
-/// or nothing. Reply: an array with one entry per key: `1` deleted or
-/// handed, `0` not ours, `{0, message}` when the server refused a command
-/// on that key.
+/// `KEYS`: the lock keys. `ARGV`: a token per key, then nothing or a
+/// counter's name per key (empty: none). Reply: an array with one entry
+/// per key: `1` deleted or handed, `0` not ours, `{0, message}` when the
+/// server refused a command on that key.
 const RELEASE_HANDOVER_LUA: &str = r#"
 local function failed(r)
   return type(r) == 'table' and r.err ~= nil
 end
 local now
-local counter = ARGV[#KEYS + 1]
-local function hand(key, mine)
+local function hand(key, mine, counter)
   if not string.find(key, '[{}]') and redis.pcall('EXISTS', '{' .. key .. '}:q') == 1 then
     return false
   end
@@ -532,7 +531,7 @@ for i = 1, #KEYS do
     out[i] = {0, tostring(cur.err)}
   elseif cur ~= ARGV[i] then
     out[i] = 0
-  elseif hand(KEYS[i], cur) then
+  elseif hand(KEYS[i], cur, ARGV[#KEYS + i] ~= '' and ARGV[#KEYS + i] or nil) then
     out[i] = 1
   else
     local r = redis.pcall('DEL', KEYS[i])
@@ -2255,6 +2254,44 @@ mod tests {
         assert_eq!(left, 0, "nobody claims: deleted");
         let counter: Option<String> = client.get("k4f").await.expect("GET");
         assert_eq!(counter.as_deref(), Some("6"), "a delete moves nothing");
+        // Many keys in one call (a node's batch of releases): each key's
+        // counter after the tokens, empty for none.
+        for (key, holder) in [("k5", "h5"), ("k6", "h6")] {
+            let _: () = client
+                .set(key, holder, None, None, false)
+                .await
+                .expect("SET");
+        }
+        let reply: Value = client
+            .eval(
+                ACQUIRE_LUA,
+                vec!["k5"],
+                vec!["60000", "PX", "0", "tA", "NX|chA|5|3|0"],
+            )
+            .await
+            .expect("the acquire script runs");
+        assert_eq!(
+            parse_acquire(&reply, 1, false).map(|mut v| v.remove(0)),
+            Some(Ok(held.clone()))
+        );
+        let reply: Value = client
+            .eval(
+                RELEASE_HANDOVER_LUA,
+                vec!["k5", "k6"],
+                vec!["h5", "h6", "k5f", ""],
+            )
+            .await
+            .expect("the release script runs");
+        assert_eq!(
+            parse_released_many(&reply, 2),
+            Some(vec![Ok(true), Ok(true)])
+        );
+        assert_eq!(
+            next_message(&mut messages).await,
+            ("chA".into(), "3:1 tA k5".into())
+        );
+        let left: i64 = client.exists("k6").await.expect("EXISTS");
+        assert_eq!(left, 0, "k6 had no claim: deleted");
     }
 
     #[test]
