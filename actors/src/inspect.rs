@@ -59,7 +59,9 @@ pub struct LockInfo {
     /// (`LockerOptions::fair_queueing`) beside its keys that have not
     /// lapsed. Waiters of lockers with neither leave nothing on the
     /// servers and are not listed; nor are the callers queued inside a
-    /// locker behind another of its own.
+    /// locker behind another of its own. Read by `Locker::inspect` (and
+    /// `valkeylock status`); empty in a [`LockWatch`](crate::LockWatch)'s
+    /// reports, which follow state and owner only.
     pub waiting: Vec<Waiter>,
     /// Why who waits could not be read beside some key whose value was
     /// read (an ACL user without `+hgetall` or `+zrange`, say): `waiting`

@@ -65,9 +65,10 @@ fn layout(shared: &Shared, name: &str) -> (Layout, Vec<Arc<str>>, Arc<str>) {
 
 /// One look at lock `name` (already validated): every key read on its
 /// node, the fencing counter on every node, and this locker's own token;
-/// with `waiters`, who waits beside each key as well. Elections and
-/// semaphore slots look without: their locks never claim nor queue, and an
-/// ACL user of theirs need not be allowed the reads.
+/// with `waiters`, who waits beside each key as well. Watches, elections
+/// and semaphore slots look without (a watch reports state and owner only;
+/// elections' and semaphores' locks never claim nor queue), and their ACL
+/// users need not be allowed the reads.
 pub(crate) async fn inspect(shared: &Shared, name: &str, waiters: bool) -> LockInfo {
     let (layout, keys, fence_key) = layout(shared, name);
     let bound = bound(shared);
@@ -330,7 +331,9 @@ async fn follow(
     let mut last: Option<LockInfo> = None;
     loop {
         let info = tokio::select! {
-            info = inspect(&shared, &name, true) => info,
+            // Without who waits: a watch reports changes of state and owner
+            // only, and looks at every change of the keys.
+            info = inspect(&shared, &name, false) => info,
             _ = tx.closed() => return,
             _ = shared.closed.cancelled() => return,
         };
