@@ -48,6 +48,10 @@ fn text(b: &[u8]) -> String {
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("valkeylock-cli-{}", unique(name)));
+    // A run of an earlier test process with the same process id (ids are
+    // reused) left its files there: a log appended to would hold its lines
+    // too.
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -723,6 +727,7 @@ async fn run_fair_serves_processes_in_arrival_order() {
     }
     let lines = std::fs::read_to_string(&log).unwrap();
     assert_eq!(lines, "0\n1\n2\n");
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
