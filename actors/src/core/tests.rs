@@ -115,6 +115,14 @@ fn reply(cmd: CmdId, outcome: Outcome) -> Event {
     Event::Reply { cmd, outcome }
 }
 
+/// The fencing token of the first grant among `effects`, if any.
+fn granted_fence(effects: &[Effect]) -> Option<u64> {
+    effects.iter().find_map(|e| match e {
+        Effect::Grant { fence, .. } => Some(*fence),
+        _ => None,
+    })
+}
+
 fn grants(effects: &[Effect]) -> Vec<(ReqId, HolderId, Time)> {
     effects
         .iter()
@@ -705,10 +713,7 @@ fn fencing_on_several_nodes_waits_for_the_token() {
             value: 7,
         },
     ));
-    let fence = fx.iter().find_map(|e| match e {
-        Effect::Grant { fence, .. } => Some(*fence),
-        _ => None,
-    });
+    let fence = granted_fence(&fx);
     assert_eq!(fence, Some(7));
 }
 
@@ -891,10 +896,7 @@ fn the_in_script_fence_is_used_only_when_key_0_is_the_majority() {
             value: 9,
         },
     ));
-    let fence = fx.iter().find_map(|e| match e {
-        Effect::Grant { fence, .. } => Some(*fence),
-        _ => None,
-    });
+    let fence = granted_fence(&fx);
     assert_eq!(fence, Some(9));
 }
 
@@ -914,10 +916,7 @@ fn with_one_key_the_fence_comes_from_the_script() {
         fence: Some(4),
     });
     let fx = rig.at(ms(1)).ev(reply(s[0].0, key0));
-    let fence = fx.iter().find_map(|e| match e {
-        Effect::Grant { fence, .. } => Some(*fence),
-        _ => None,
-    });
+    let fence = granted_fence(&fx);
     assert_eq!(fence, Some(4));
 }
 
@@ -2248,12 +2247,6 @@ fn a_key_handed_over_with_its_fence_grants_without_the_fencing_step() {
         fencing: Fencing::InScript,
         ..handover_config()
     };
-    let fence_of = |fx: &[Effect]| {
-        fx.iter().find_map(|e| match e {
-            Effect::Grant { fence, .. } => Some(*fence),
-            _ => None,
-        })
-    };
     let mut rig = Rig::new(fenced());
     let (cmd, token) = claiming(&mut rig);
     rig.at(ms(300));
@@ -2263,7 +2256,7 @@ fn a_key_handed_over_with_its_fence_grants_without_the_fencing_step() {
         cmd,
         fence: Some(9),
     });
-    assert_eq!(fence_of(&fx), Some(9), "{fx:?}");
+    assert_eq!(granted_fence(&fx), Some(9), "{fx:?}");
     let s = sends(&fx);
     assert!(
         matches!(&s[..], [(_, Target::Key(0), Op::Verify { .. })]),
@@ -2288,7 +2281,11 @@ fn a_key_handed_over_with_its_fence_grants_without_the_fencing_step() {
         cmd,
         fence: None,
     });
-    assert_eq!(fence_of(&fx), None, "not granted before its token: {fx:?}");
+    assert_eq!(
+        granted_fence(&fx),
+        None,
+        "not granted before its token: {fx:?}"
+    );
     assert!(
         sends(&fx)
             .iter()
