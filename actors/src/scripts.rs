@@ -601,8 +601,7 @@ return out
 /// replies of `HGETALL` and of `ZRANGE … WITHSCORES`, or `{0, message}` when
 /// the server refused that read (an ACL user without `+hgetall` or
 /// `+zrange`); empty for a key with braces, which has neither, and unless
-/// `ARGV[1]` is `1` (elections and semaphores look without: their locks
-/// never claim nor queue).
+/// `ARGV[1]` is `1` (watches, elections and semaphores look without).
 const INSPECT_LUA: &str = r#"
 local key = KEYS[1]
 local function failed(r)
