@@ -1404,7 +1404,7 @@ impl LockCore {
         let total = self.cfg.total;
         // Only a counter moved by the write that completes the majority is
         // ordered after every earlier grant: with one key, that is key 0's.
-        let in_script = self.cfg.fencing == Fencing::InScript && total == 1;
+        let in_script = self.fences_in_script();
         for key in 0..total {
             let pending =
                 matches!(&self.phase, Phase::Attempting(a) if a.keys[key].key == Key::Pending);
@@ -2102,7 +2102,7 @@ impl LockCore {
                 None => {}
             }
             // A counter only counts when the script moved it (see InScript).
-            let in_script = c.fencing == Fencing::InScript && c.total == 1;
+            let in_script = self.fences_in_script();
             if let (Some(f), true, Phase::Attempting(a)) = (fence_seen, in_script, &mut self.phase)
             {
                 a.fence = Some(f);
