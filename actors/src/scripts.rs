@@ -1958,6 +1958,21 @@ mod tests {
                     .remove(0)
             }
         };
+        // The same on another key, for 60 s.
+        let acquire_at = |key: &'static str, token: &'static str, mode: &'static str| {
+            let client = client.clone();
+            async move {
+                let reply: Value = client
+                    .eval(
+                        ACQUIRE_LUA,
+                        vec![key],
+                        vec!["60000", "PX", "0", token, mode],
+                    )
+                    .await
+                    .expect("the acquire script runs");
+                parse_acquire(&reply, 1, false).map(|mut v| v.remove(0))
+            }
+        };
         let release = |token: &'static str| {
             let client = client.clone();
             async move {
@@ -2099,16 +2114,8 @@ mod tests {
             .set("k2", "holder", None, None, false)
             .await
             .expect("SET");
-        let reply: Value = client
-            .eval(
-                ACQUIRE_LUA,
-                vec!["k2"],
-                vec!["60000", "PX", "0", "tF", "NX|p|q:handover:1|7|3|0"],
-            )
-            .await
-            .expect("the acquire script runs");
         assert_eq!(
-            parse_acquire(&reply, 1, false).map(|mut v| v.remove(0)),
+            acquire_at("k2", "tF", "NX|p|q:handover:1|7|3|0").await,
             Some(Ok(held.clone()))
         );
         let f = call(vec!["HGET", "{k2}:c", "p|q:handover:1"])
@@ -2216,18 +2223,7 @@ mod tests {
             .await
             .expect("SET");
         for (token, mode) in [("tX", "NX|chX|1|1|0"), ("tA", "NX|chA|5|2|0")] {
-            let reply: Value = client
-                .eval(
-                    ACQUIRE_LUA,
-                    vec!["k4"],
-                    vec!["60000", "PX", "0", token, mode],
-                )
-                .await
-                .expect("the acquire script runs");
-            assert_eq!(
-                parse_acquire(&reply, 1, false).map(|mut v| v.remove(0)),
-                Some(Ok(held.clone()))
-            );
+            assert_eq!(acquire_at("k4", token, mode).await, Some(Ok(held.clone())));
         }
         let release_fenced = |token: &'static str| {
             let client = client.clone();
@@ -2261,16 +2257,8 @@ mod tests {
                 .await
                 .expect("SET");
         }
-        let reply: Value = client
-            .eval(
-                ACQUIRE_LUA,
-                vec!["k5"],
-                vec!["60000", "PX", "0", "tA", "NX|chA|5|3|0"],
-            )
-            .await
-            .expect("the acquire script runs");
         assert_eq!(
-            parse_acquire(&reply, 1, false).map(|mut v| v.remove(0)),
+            acquire_at("k5", "tA", "NX|chA|5|3|0").await,
             Some(Ok(held.clone()))
         );
         let reply: Value = client

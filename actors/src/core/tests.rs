@@ -2236,6 +2236,19 @@ fn claiming(rig: &mut Rig) -> (CmdId, crate::scripts::Token) {
     (cmd, token)
 }
 
+/// [`claiming`], then at 300 ms the release hands the key to that claim,
+/// its message carrying `fence`: the effects, and the claim's token.
+fn handed_at_300(rig: &mut Rig, fence: Option<u64>) -> (Vec<Effect>, crate::scripts::Token) {
+    let (cmd, token) = claiming(rig);
+    let fx = rig.at(ms(300)).ev(Event::Handed {
+        key: 0,
+        token: token.clone(),
+        cmd,
+        fence,
+    });
+    (fx, token)
+}
+
 /// With the counter moved by the script (one instance), a release of a
 /// locker with hand-over moves it too when it hands the key over, and the
 /// message carries the value: the claimant is granted with it at once,
@@ -2248,14 +2261,7 @@ fn a_key_handed_over_with_its_fence_grants_without_the_fencing_step() {
         ..handover_config()
     };
     let mut rig = Rig::new(fenced());
-    let (cmd, token) = claiming(&mut rig);
-    rig.at(ms(300));
-    let fx = rig.ev(Event::Handed {
-        key: 0,
-        token: token.clone(),
-        cmd,
-        fence: Some(9),
-    });
+    let (fx, _) = handed_at_300(&mut rig, Some(9));
     assert_eq!(granted_fence(&fx), Some(9), "{fx:?}");
     let s = sends(&fx);
     assert!(
@@ -2274,13 +2280,7 @@ fn a_key_handed_over_with_its_fence_grants_without_the_fencing_step() {
     );
 
     let mut rig = Rig::new(fenced());
-    let (cmd, token) = claiming(&mut rig);
-    let fx = rig.at(ms(300)).ev(Event::Handed {
-        key: 0,
-        token,
-        cmd,
-        fence: None,
-    });
+    let (fx, _) = handed_at_300(&mut rig, None);
     assert_eq!(
         granted_fence(&fx),
         None,
@@ -2327,14 +2327,7 @@ fn a_key_handed_over_with_its_fence_grants_without_the_fencing_step() {
 #[test]
 fn a_key_handed_over_grants_at_once_with_validity_from_the_claim() {
     let mut rig = Rig::new(handover_config());
-    let (cmd, token) = claiming(&mut rig);
-    rig.at(ms(300));
-    let fx = rig.ev(Event::Handed {
-        key: 0,
-        token: token.clone(),
-        cmd,
-        fence: None,
-    });
+    let (fx, token) = handed_at_300(&mut rig, None);
     // Counted from the claim's sending (t = 0): 1000 − 12 drift − 10 margin.
     assert_eq!(grants(&fx), vec![(1, grants(&fx)[0].1, ms(978))], "{fx:?}");
     // No acquisition is needed. The hand-over's write took the key's
