@@ -472,13 +472,13 @@ fn core_config(s: &Settings, epoch: crate::core::Time) -> Config {
         total: s.total,
         nodes: s.nodes.len(),
         placement: (0..s.total).map(|i| s.node_of_key(i)).collect(),
-        terms: Terms::new(
+        terms: Arc::new(Terms::new(
             Life {
                 ttl: s.validity,
                 drift: s.drift,
             },
             s.extend,
-        ),
+        )),
         extend: s.extend,
         timeout: s.timeout,
         tracking: s.tracking,

@@ -268,7 +268,7 @@ impl Engine {
     ) -> Result<(Lease, u32), Error> {
         let s = &self.shared.settings;
         semaphore::validate(&s.prefix, name, permits, s.total)?;
-        let mut terms = request.terms(s)?.unwrap_or(self.shared.core.terms);
+        let mut terms = request.terms(s)?.unwrap_or(*self.shared.core.terms);
         terms.permits = Some(u16::try_from(permits).unwrap_or(u16::MAX));
         let taking = async {
             self.take_slot(name, permits, kind, terms)
@@ -650,7 +650,7 @@ impl Engine {
         let s = &self.shared.settings;
         rwlock::validate(&s.prefix, name, s.total)?;
         let kind = kind.unforced("a read-write lock")?;
-        let mut terms = request.terms(s)?.unwrap_or(self.shared.core.terms);
+        let mut terms = request.terms(s)?.unwrap_or(*self.shared.core.terms);
         terms.permits = Some(u16::try_from(rwlock::MAX_READERS).unwrap_or(u16::MAX));
         let timing = metrics::Acquisition::start(kind);
         let span = tracing::debug_span!(

@@ -15,6 +15,7 @@
 //! each holder by its `valid_until`.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::fence::{Fence, FenceNext};
@@ -132,8 +133,9 @@ pub(crate) struct Config {
     pub(crate) nodes: usize,
     /// Node of each key.
     pub(crate) placement: Vec<usize>,
-    /// The terms of a request that brings none of its own.
-    pub(crate) terms: Terms,
+    /// The terms of a request that brings none of its own, shared by every
+    /// attempt and grant on them (see [`LockCore::keep`]).
+    pub(crate) terms: Arc<Terms>,
     /// The period of the extension grid the locker's grants share.
     pub(crate) extend: Duration,
     /// One command's time limit (the client's own timeout).
@@ -359,7 +361,7 @@ struct Attempt {
     id: u64,
     token: Token,
     /// The terms its writes carry: its caller's, or the queue head's.
-    terms: Terms,
+    terms: Arc<Terms>,
     /// A Try or Force caller; a Wait attempt serves the queue's head.
     request: Option<(ReqId, RequestKind)>,
     keys: Vec<Slot>,
@@ -439,7 +441,7 @@ struct Grant {
     /// later without an extension.
     margin: Duration,
     /// The current holder's terms (a hand-over brings the next holder's).
-    terms: Terms,
+    terms: Arc<Terms>,
     /// The end its maximum hold sets for the current holder.
     hold_until: Option<Time>,
     /// Fair queueing: the winner's place, which a key whose acquisition had
@@ -744,6 +746,18 @@ impl LockCore {
         terms.margin + Duration::from_nanos(self.allowance_ns).min(terms.life.ttl / 5)
     }
 
+    /// `terms` as a queued caller, an attempt or a grant keeps them: the
+    /// locker's own shared (nearly every grant is on them), another
+    /// caller's in a cell of its own. Kept inline, they were 88 bytes of
+    /// every held lock's state (BENCHMARKS.md, section 6).
+    fn keep(&self, terms: Terms) -> Arc<Terms> {
+        if terms == *self.cfg.terms {
+            self.cfg.terms.clone()
+        } else {
+            Arc::new(terms)
+        }
+    }
+
     /// What the tokens of a grant on `terms` claim: the locker's
     /// configuration, and the permit count when the name is a semaphore's
     /// permit slot.
@@ -957,7 +971,7 @@ impl LockCore {
     pub(crate) fn handle(&mut self, now: Time, event: Event) {
         match event {
             Event::Request { id, kind, terms } => {
-                let terms = terms.unwrap_or(self.cfg.terms);
+                let terms = terms.unwrap_or(*self.cfg.terms);
                 self.on_request(now, id, kind, terms)
             }
             Event::Cancel { id } => self.on_cancel(now, id),
@@ -1045,7 +1059,7 @@ impl LockCore {
                     since_us: f.wall_us(now),
                     life: f.life,
                 });
-                self.waiters.push_placed(id, kind, terms, place);
+                self.waiters.push_placed(id, kind, self.keep(terms), place);
                 let chain = match self.phase {
                     Phase::Releasing {
                         chain: Some(chain),
@@ -1081,7 +1095,7 @@ impl LockCore {
             (Phase::Attempting(_), RequestKind::Force) => {
                 // Decide the attempt in flight first; the force then takes
                 // over whatever it produced.
-                self.waiters.push(id, kind, terms);
+                self.waiters.push(id, kind, self.keep(terms));
             }
             (_, RequestKind::Force) => self.start_force(now, id, terms),
         }
@@ -1288,7 +1302,7 @@ impl LockCore {
         mode: SetMode,
         request: Option<(ReqId, RequestKind, Terms)>,
     ) -> (Option<Box<Queue>>, Option<Claim>) {
-        let head_terms = self.waiters.head_terms().unwrap_or(self.cfg.terms);
+        let head_terms = self.waiters.head_terms().unwrap_or(*self.cfg.terms);
         // Hand-over: the waiters' attempt goes on with the token of the one
         // before, whose claims may stand (see `Claims`), if it is for the
         // same terms (a token carries them).
@@ -1304,7 +1318,7 @@ impl LockCore {
         // moved none). Such a run takes a new token; the old one's claims
         // are taken back.
         let resumed = match resumed {
-            Some(a) if a.terms == head_terms && !self.runs_through_queue(now, &head_terms) => {
+            Some(a) if *a.terms == head_terms && !self.runs_through_queue(now, &head_terms) => {
                 Some(a)
             }
             Some(a) => {
@@ -1330,10 +1344,10 @@ impl LockCore {
             }
             None => {
                 let id = self.id();
-                let terms = match request {
+                let terms = self.keep(match request {
                     Some((_, _, terms)) => terms,
                     None => head_terms,
-                };
+                });
                 let token = self
                     .entropy
                     .token(mode == SetMode::Force, self.fingerprint(&terms));
@@ -1400,7 +1414,7 @@ impl LockCore {
         let Phase::Attempting(a) = &self.phase else {
             return;
         };
-        let (id, token, terms) = (a.id, a.token.clone(), a.terms);
+        let (id, token, life) = (a.id, a.token.clone(), a.terms.life);
         let total = self.cfg.total;
         // Only a counter moved by the write that completes the majority is
         // ordered after every earlier grant: with one key, that is key 0's.
@@ -1415,7 +1429,7 @@ impl LockCore {
                 token: token.clone(),
                 mode,
                 fence: in_script && key == 0,
-                ttl: terms.life.ttl,
+                ttl: life.ttl,
                 queue: queue.clone(),
                 claim,
             };
@@ -1424,7 +1438,7 @@ impl LockCore {
                 Purpose::Acquire {
                     attempt: id,
                     key,
-                    life: terms.life,
+                    life,
                 },
                 Target::Key(key),
                 op,
@@ -1562,9 +1576,9 @@ impl LockCore {
         // Who gets it: the attempt's own caller, or the queue's head now
         // (which may not be the one the attempt started for, if that one
         // gave up meanwhile; its terms apply from here on).
-        let terms = match a.request {
-            Some(_) => a.terms,
-            None => self.waiters.head_terms().unwrap_or(a.terms),
+        let terms = match (a.request, self.waiters.head_terms()) {
+            (None, Some(head)) if head != *a.terms => self.keep(head),
+            _ => a.terms.clone(),
         };
         let margin = self.margin(&a.terms).max(self.margin(&terms));
         let live = a.keys.iter().filter_map(|s| s.ours_at(now));
@@ -1629,8 +1643,8 @@ impl LockCore {
             next_extend,
             retry_at: None,
             margin,
-            terms,
             hold_until: terms.max_hold.map(|d| now + d),
+            terms,
             place,
         };
         tracing::debug!(
@@ -1663,7 +1677,7 @@ impl LockCore {
         }
         // A force queued behind the attempt takes over now.
         if let Some((force, terms)) = self.waiters.pop_force() {
-            self.start_force(now, force, terms);
+            self.start_force(now, force, *terms);
         }
     }
 
@@ -1797,7 +1811,7 @@ impl LockCore {
             );
         }
         if let Some((force, terms)) = self.waiters.pop_force() {
-            self.start_force(now, force, terms);
+            self.start_force(now, force, *terms);
             return;
         }
         // Waiters wake when a key that blocked them changes. Keys we won and
@@ -2010,9 +2024,9 @@ impl LockCore {
         let writes = written.is_some();
         let (slots, terms, claims) = match &mut self.phase {
             Phase::Attempting(a) if a.id == owner => {
-                (&mut a.keys, a.terms, a.claims.as_deref_mut())
+                (&mut a.keys, *a.terms, a.claims.as_deref_mut())
             }
-            Phase::Holding(g) if g.id == owner => (&mut g.keys, g.terms, None),
+            Phase::Holding(g) if g.id == owner => (&mut g.keys, *g.terms, None),
             _ => {
                 // Its attempt or grant is over: a key it made ours is
                 // released, and so is one its write may have taken (no
@@ -2435,7 +2449,7 @@ impl LockCore {
                 claimed: None,
             };
             if let Some((force, terms)) = self.waiters.pop_force() {
-                self.start_force(now, force, terms);
+                self.start_force(now, force, *terms);
             } else if self.waiters.has_waiter() {
                 if pause {
                     // Our own delete is confirmed; waiters elsewhere hear of
@@ -2525,8 +2539,8 @@ impl LockCore {
             g.handovers += 1;
             // The next holder's terms: its validity from the next extension
             // on (sooner if it is shorter), its own maximum hold.
-            g.terms = terms;
             g.hold_until = terms.max_hold.map(|d| now + d);
+            g.terms = terms;
             g.next_extend = g.next_extend.min(next_extend);
             // The margin in force only grows, so the core's deadline never
             // moves later without an extension (the published end is the
@@ -2773,7 +2787,7 @@ impl LockCore {
     /// waits, on its terms (a token carries them), and the next run does not
     /// go through a fair queue's gate (see `begin_attempt`).
     fn claim_resumable(&self, now: Time, a: &Attempt) -> bool {
-        self.waiters.head_terms() == Some(a.terms) && !self.runs_through_queue(now, &a.terms)
+        self.waiters.head_terms() == Some(*a.terms) && !self.runs_through_queue(now, &a.terms)
     }
 
     /// Whether the waiters' next run on `terms` goes through a fair queue's

@@ -36,7 +36,7 @@ fn config(majority: usize, nodes: usize) -> Config {
         total,
         nodes,
         placement: (0..total).map(|i| i % nodes).collect(),
-        terms: Terms {
+        terms: std::sync::Arc::new(Terms {
             life: Life {
                 ttl: 1000 * MS,
                 drift: 12 * MS,
@@ -45,7 +45,7 @@ fn config(majority: usize, nodes: usize) -> Config {
             margin: 10 * MS,
             max_hold: None,
             permits: None,
-        },
+        }),
         extend: 500 * MS,
         timeout: 100 * MS,
         tracking: true,
@@ -1279,7 +1279,7 @@ fn the_grant_view_shows_hand_overs_and_minority_keys_lost() {
 /// Terms of a permit slot of a semaphore of `permits`, on the locker's
 /// validity.
 fn permit(permits: u16) -> Option<Terms> {
-    let mut t = config(1, 1).terms;
+    let mut t = *config(1, 1).terms;
     t.permits = Some(permits);
     Some(t)
 }

@@ -6,6 +6,7 @@
 //! limits that keep other processes from being shut out.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::ops::Place;
@@ -27,11 +28,13 @@ pub(crate) enum RequestKind {
 }
 
 /// One queued caller.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Queued {
     id: ReqId,
     kind: RequestKind,
-    terms: Terms,
+    /// Shared: the locker's own for nearly every caller (see
+    /// `LockCore::keep`).
+    terms: Arc<Terms>,
     /// Its place in the fair queues (fair queueing only).
     place: Option<Place>,
     /// When its place was last sent to the servers.
@@ -46,7 +49,7 @@ pub(crate) struct Waiters {
 }
 
 impl Waiters {
-    pub(crate) fn push(&mut self, id: ReqId, kind: RequestKind, terms: Terms) {
+    pub(crate) fn push(&mut self, id: ReqId, kind: RequestKind, terms: Arc<Terms>) {
         self.push_placed(id, kind, terms, None);
     }
 
@@ -55,7 +58,7 @@ impl Waiters {
         &mut self,
         id: ReqId,
         kind: RequestKind,
-        terms: Terms,
+        terms: Arc<Terms>,
         place: Option<Place>,
     ) {
         let q = Queued {
@@ -91,19 +94,17 @@ impl Waiters {
     }
 
     /// The force at the head, taken off the queue, with its terms.
-    pub(crate) fn pop_force(&mut self) -> Option<(ReqId, Terms)> {
+    pub(crate) fn pop_force(&mut self) -> Option<(ReqId, Arc<Terms>)> {
         match self.queue.front() {
             Some(q) if q.kind == RequestKind::Force => {
-                let q = *q;
-                self.queue.pop_front();
-                Some((q.id, q.terms))
+                self.queue.pop_front().map(|q| (q.id, q.terms))
             }
             _ => None,
         }
     }
 
     /// The oldest waiter, taken off the queue, with its terms.
-    pub(crate) fn pop_waiter(&mut self) -> Option<(ReqId, Terms)> {
+    pub(crate) fn pop_waiter(&mut self) -> Option<(ReqId, Arc<Terms>)> {
         let at = self
             .queue
             .iter()
@@ -116,7 +117,7 @@ impl Waiters {
         self.queue
             .iter()
             .find(|q| q.kind == RequestKind::Wait)
-            .map(|q| q.terms)
+            .map(|q| *q.terms)
     }
 
     /// The fair-queue place of the oldest waiter.
@@ -262,9 +263,9 @@ pub(crate) fn within_budget(handovers: u32, limit: u32, since: Time, now: Time) 
 mod tests {
     use super::*;
 
-    fn terms(ttl_ms: u64) -> Terms {
+    fn terms(ttl_ms: u64) -> Arc<Terms> {
         let ttl = Duration::from_millis(ttl_ms);
-        Terms::new(super::super::quorum::Life::of(ttl), ttl / 2)
+        Arc::new(Terms::new(super::super::quorum::Life::of(ttl), ttl / 2))
     }
 
     #[test]
@@ -275,9 +276,9 @@ mod tests {
         w.push(3, RequestKind::Wait, terms(3000));
         w.push(4, RequestKind::Force, terms(4000));
         assert!(w.has_waiter());
-        assert_eq!(w.head_terms(), Some(terms(1000)));
+        assert_eq!(w.head_terms(), Some(*terms(1000)));
         assert_eq!(w.pop_waiter(), Some((1, terms(1000))));
-        assert_eq!(w.head_terms(), Some(terms(3000)), "forces are not waiters");
+        assert_eq!(w.head_terms(), Some(*terms(3000)), "forces are not waiters");
         assert_eq!(w.pop_force(), Some((2, terms(2000))));
         assert_eq!(w.pop_force(), Some((4, terms(4000))));
         assert_eq!(w.pop_force(), None);

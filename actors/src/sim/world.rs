@@ -130,7 +130,7 @@ impl World {
             total,
             nodes: k.nodes,
             placement: (0..total).map(|i| i % k.nodes).collect(),
-            terms: Terms::new(Life::of(validity), validity / 2),
+            terms: Arc::new(Terms::new(Life::of(validity), validity / 2)),
             extend: validity / 2,
             timeout: validity / 10,
             tracking: k.tracking,
@@ -259,7 +259,7 @@ impl World {
     /// (never longer, so the liveness bounds hold), and sometimes a maximum
     /// hold shorter than the validity or spanning several extensions.
     fn random_terms(&mut self) -> Option<Terms> {
-        let base = self.cfg.terms;
+        let base = *self.cfg.terms;
         let ttl = match self.work.below(3) {
             0 => return None,
             1 => base.life.ttl / 2,
@@ -1160,7 +1160,7 @@ impl World {
                 _ => Some(2),
             };
             if claim.is_some() {
-                let mut t = terms.unwrap_or(self.cfg.terms);
+                let mut t = terms.unwrap_or(*self.cfg.terms);
                 t.permits = claim;
                 terms = Some(t);
             }
