@@ -279,12 +279,12 @@ pub(crate) struct LockState {
     me: ActorRef<LockMsg>,
     /// The cell this state lives in, handed to each grant's lease.
     port: Weak<LockCell>,
-    keys: Vec<KeyName>,
+    keys: Box<[KeyName]>,
     /// `{prefix}:fence:{name}`: the fencing counter, built when first used
     /// (a locker without fencing never does).
     fence_key: Option<KeyName>,
     /// A side of a read-write lock: what gates each of its keys.
-    gates: Option<Vec<Arc<Gates>>>,
+    gates: Option<Box<[Arc<Gates>]>>,
     shared: Arc<Shared>,
     supervisor: ActorRef<SupervisorMsg>,
     /// Requests received (compared with the cell's count of those sent, to
@@ -302,8 +302,6 @@ pub(crate) struct LockState {
     timer: Option<(Time, Timer)>,
     /// What was last seen of the grant, for logs and metrics.
     watch: GrantWatch,
-    /// Entered while the core runs, so that its events carry the `lock` field.
-    span: tracing::Span,
 }
 
 impl Actor for LockActor {
@@ -347,7 +345,6 @@ impl Actor for LockActor {
         let cell = args.cell;
         let name = args.name.clone();
         *cell.slot() = Some(LockState {
-            span: tracing::debug_span!("lock", lock = %args.name),
             name: args.name,
             me: myself,
             port: Arc::downgrade(&cell),
@@ -476,7 +473,10 @@ impl LockState {
     #[must_use = "the answers must be sent"]
     fn feed_on(&mut self, event: Event, caller: Option<&Handle>) -> Outbox {
         let mut out = Outbox::default();
-        let span = self.span.clone();
+        // Entered while the core runs, so that its events carry the `lock`
+        // field. Made here rather than kept: disabled (the usual case) it
+        // costs nothing, and kept it was 40 bytes of every held lock.
+        let span = tracing::debug_span!("lock", lock = %self.name);
         let _entered = span.enter();
         self.core.set_allowance(self.shared.notice_allowance());
         // Events the effects feed back (a grant nobody took) are rare: they
