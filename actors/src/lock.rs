@@ -474,8 +474,9 @@ impl LockState {
     fn feed_on(&mut self, event: Event, caller: Option<&Handle>) -> Outbox {
         let mut out = Outbox::default();
         // Entered while the core runs, so that its events carry the `lock`
-        // field. Made here rather than kept: disabled (the usual case) it
-        // costs nothing, and kept it was 40 bytes of every held lock.
+        // field. Made here rather than kept: while disabled (the usual case)
+        // it costs next to nothing, and kept it was 40 bytes of every held
+        // lock.
         let span = tracing::debug_span!("lock", lock = %self.name);
         let _entered = span.enter();
         self.core.set_allowance(self.shared.notice_allowance());

@@ -134,7 +134,7 @@ pub(crate) struct Config {
     /// Node of each key.
     pub(crate) placement: Vec<usize>,
     /// The terms of a request that brings none of its own, shared by every
-    /// attempt and grant on them (see [`LockCore::keep`]).
+    /// queued caller, attempt and grant on them (see [`LockCore::keep`]).
     pub(crate) terms: Arc<Terms>,
     /// The period of the extension grid the locker's grants share.
     pub(crate) extend: Duration,
