@@ -1997,10 +1997,7 @@ mod tests {
                 m.value.as_string().unwrap_or_default(),
             )
         }
-        let _: () = client
-            .set("k", "holder", None, None, false)
-            .await
-            .expect("SET");
+        call(vec!["SET", "k", "holder"]).await;
         // A and B find it held and claim; B arrived first. A's second run
         // refreshes A's claim (its command id and expiry).
         let held = KeyState::Other {
@@ -2065,10 +2062,7 @@ mod tests {
         assert_eq!(left, 0);
         // A claim that lapsed is passed over (and taken out); so is one of
         // the releasing token itself.
-        let _: () = client
-            .set("k", "holder", None, None, false)
-            .await
-            .expect("SET");
+        call(vec!["SET", "k", "holder"]).await;
         assert_eq!(
             acquire("tC", "NX|chC|50|3|0".into(), 30).await,
             Ok(held.clone())
@@ -2083,10 +2077,7 @@ mod tests {
         let left: i64 = client.exists(vec!["k", "{k}:c"]).await.expect("EXISTS");
         assert_eq!(left, 0, "deleted, and both claims gone");
         // A run that takes the key (or finds it its own) takes its claim out.
-        let _: () = client
-            .set("k", "holder", None, None, false)
-            .await
-            .expect("SET");
+        call(vec!["SET", "k", "holder"]).await;
         assert_eq!(
             acquire("tD", "NX|chA|5|1|0".into(), 60_000).await,
             Ok(held.clone())
@@ -2110,10 +2101,7 @@ mod tests {
         assert_eq!(left, 0, "deleted, not handed");
         // A channel with `|` in it (a key prefix may have one) claims like
         // any other.
-        let _: () = client
-            .set("k2", "holder", None, None, false)
-            .await
-            .expect("SET");
+        call(vec!["SET", "k2", "holder"]).await;
         assert_eq!(
             acquire_at("k2", "tF", "NX|p|q:handover:1|7|3|0").await,
             Some(Ok(held.clone()))
@@ -2127,10 +2115,7 @@ mod tests {
         // locker is gone) is passed over, though it came first, and its
         // claim taken out; with only such claimants, the key is deleted.
         let _: i64 = client.del(vec!["k", "{k}:c", "{k}:q"]).await.expect("DEL");
-        let _: () = client
-            .set("k", "holder", None, None, false)
-            .await
-            .expect("SET");
+        call(vec!["SET", "k", "holder"]).await;
         for (token, mode) in [
             ("tX", "NX|chX|1|1|0"),
             ("tA", "NX|chA|5|2|0"),
@@ -2152,10 +2137,7 @@ mod tests {
         assert_eq!(left, 0, "chY has no listener: deleted, its claim gone");
         // A claim is taken back only under its own token: the locker's
         // next waiter's claim (same channel, another token) stays.
-        let _: () = client
-            .set("k", "holder", None, None, false)
-            .await
-            .expect("SET");
+        call(vec!["SET", "k", "holder"]).await;
         assert_eq!(
             acquire("tB", "NX|chA|5|1|0".into(), 60_000).await,
             Ok(held.clone())
@@ -2178,14 +2160,8 @@ mod tests {
         // Fencing: a run that claimed before and finds its token there was
         // handed the key, which moved no counter: it moves it. A retry of
         // our own that did not claim leaves it.
-        let _: () = client
-            .set("k3", "tH", None, None, false)
-            .await
-            .expect("SET");
-        let _: () = client
-            .set("k3f", "5", None, None, false)
-            .await
-            .expect("SET");
+        call(vec!["SET", "k3", "tH"]).await;
+        call(vec!["SET", "k3f", "5"]).await;
         let fenced = |mode: &'static str| {
             let client = client.clone();
             async move {
@@ -2214,14 +2190,8 @@ mod tests {
         // it hands the key over, once, and the message carries the value
         // after the command id; the claimant passed over before (no
         // listener) moved nothing more. A release that deletes leaves it.
-        let _: () = client
-            .set("k4", "holder", None, None, false)
-            .await
-            .expect("SET");
-        let _: () = client
-            .set("k4f", "5", None, None, false)
-            .await
-            .expect("SET");
+        call(vec!["SET", "k4", "holder"]).await;
+        call(vec!["SET", "k4f", "5"]).await;
         for (token, mode) in [("tX", "NX|chX|1|1|0"), ("tA", "NX|chA|5|2|0")] {
             assert_eq!(acquire_at("k4", token, mode).await, Some(Ok(held.clone())));
         }
