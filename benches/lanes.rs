@@ -501,6 +501,10 @@ struct Measured {
     server_cpu: f64,
     client_cpu: f64,
     commands: f64,
+    /// The server's time in the commands the transport sent (`INFO
+    /// commandstats`): its script calls, and the floor's `SET`s. A script's
+    /// own commands run inside its call's time, so they are not added again.
+    command_us: f64,
     /// Reads and writes of client sockets by the server (`INFO stats`,
     /// `total_reads_processed` and `total_writes_processed`): how many
     /// commands each of its system calls carried.
@@ -509,6 +513,25 @@ struct Measured {
     /// Voluntary context switches of this process's threads: how often a
     /// thread went to sleep and was woken again.
     switches: f64,
+}
+
+/// The server's time so far, in µs, in the commands a transport sends
+/// itself: script calls, and `SET` when `sets` (the floor's acquisitions;
+/// for every other transport a `SET` runs inside a script, whose time
+/// already counts it).
+async fn command_usec(admin: &Client, sets: bool) -> f64 {
+    let info: String = admin
+        .info(Some(fred::types::InfoKind::CommandStats))
+        .await
+        .unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let top = matches!(name, "evalsha" | "eval") || (sets && name == "set");
+            let usec = rest.split(',').find_map(|kv| kv.strip_prefix("usec="))?;
+            top.then(|| usec.parse::<f64>().ok()).flatten()
+        })
+        .sum()
 }
 
 /// The server's reads and writes of client sockets so far.
@@ -551,14 +574,16 @@ async fn rounds_of(
         lane.names()
     );
     println!();
-    println!("| round | transport | place in the round | µs per lock + release | ops | × floor of the round | server CPU µs/op | client CPU µs/op | server commands/op | server reads/op | server writes/op | client context switches/op |");
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| round | transport | place in the round | µs per lock + release | ops | × floor of the round | server CPU µs/op | client CPU µs/op | server commands/op | server reads/op | server writes/op | client context switches/op | server µs in commands/op |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut all: Vec<Vec<Measured>> = vec![Vec::new(); variants.len()];
     for round in 1..=rounds {
         let mut got: Vec<Option<Measured>> = vec![None; variants.len()];
         let order = order(variants.len(), round);
         for &v in &order {
+            let sets = variants[v] == "floor";
             let io_before = server_io(lane.admin()).await;
+            let usec_before = command_usec(lane.admin(), sets).await;
             let before = common::Cost::now(lane.admin()).await;
             let switched = common::context_switches().0;
             let t0 = Instant::now();
@@ -569,6 +594,7 @@ async fn rounds_of(
             lane.settle().await;
             let after = common::Cost::now(lane.admin()).await;
             let io_after = server_io(lane.admin()).await;
+            let usec_after = command_usec(lane.admin(), sets).await;
             let (commands, server_cpu, client_cpu) = after.per_op(&before, ops, tck);
             got[v] = Some(Measured {
                 us_per_op: us,
@@ -578,6 +604,7 @@ async fn rounds_of(
                 server_cpu,
                 client_cpu,
                 commands,
+                command_us: (usec_after - usec_before) / ops.max(1) as f64,
                 reads: per(io_after.0, io_before.0),
                 writes: per(io_after.1, io_before.1),
                 switches,
@@ -599,9 +626,10 @@ async fn rounds_of(
                 reads,
                 writes,
                 switches,
+                command_us,
             } = m;
             println!(
-                "| {round} | {variant} | {place} | {us:.1} | {ops} | {} | {server_cpu:.1} | {client_cpu:.1} | {commands:.2} | {reads:.2} | {writes:.2} | {switches:.2} |",
+                "| {round} | {variant} | {place} | {us:.1} | {ops} | {} | {server_cpu:.1} | {client_cpu:.1} | {commands:.2} | {reads:.2} | {writes:.2} | {switches:.2} | {command_us:.2} |",
                 common::fmt_ratio(ratio)
             );
         }
@@ -633,12 +661,12 @@ fn order(n: usize, round: usize) -> Vec<usize> {
 fn medians_of(all: &[Vec<Measured>], variants: &[&str], title: &str) {
     println!("## {title}Medians over the rounds");
     println!();
-    println!("| transport | median µs per lock + release | median × floor of the round | median server CPU µs/op | median client CPU µs/op | server commands/op | median server reads/op | median server writes/op | median client context switches/op |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| transport | median µs per lock + release | median × floor of the round | median server CPU µs/op | median client CPU µs/op | server commands/op | median server reads/op | median server writes/op | median client context switches/op | median server µs in commands/op |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (v, variant) in variants.iter().enumerate() {
         let pick = |f: fn(&Measured) -> f64| median(&mut all[v].iter().map(f).collect::<Vec<_>>());
         println!(
-            "| {variant} | {:.1} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {variant} | {:.1} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             pick(|m| m.us_per_op),
             common::fmt_ratio(pick(|m| m.ratio)),
             pick(|m| m.server_cpu),
@@ -647,6 +675,7 @@ fn medians_of(all: &[Vec<Measured>], variants: &[&str], title: &str) {
             pick(|m| m.reads),
             pick(|m| m.writes),
             pick(|m| m.switches),
+            pick(|m| m.command_us),
         );
     }
 }

@@ -818,6 +818,19 @@ def lanes_ahead(by_round, transports):
             for t in transports]
 
 
+def lanes_server_time(ln, prefix):
+    """In how many rounds the server spent more time in `valkeylock`'s
+    commands than in `script+redirect`'s (runs since the bench measured it:
+    none before)."""
+    try:
+        t = lanes_rounds(ln, prefix, "server µs in commands/op")
+    except KeyError:
+        return []
+    more = sum(1 for v in t.values() if v["valkeylock"] > v["script+redirect"])
+    return [f"- The server spent more time per lock + release in `valkeylock`'s commands "
+            f"than in `script+redirect`'s in {more} of {len(t)} rounds."]
+
+
 def region_lanes(ln):
     """The medians, and per round how each caller-driven transport compares
     with the engine as built (a lower ratio to that round's floor)."""
@@ -829,6 +842,7 @@ def region_lanes(ln):
     if all("valkeylock (engine)" in v for v in by_round.values()):
         ahead = sum(1 for v in by_round.values() if v["valkeylock"] < v["valkeylock (engine)"])
         lines.append(f"- `valkeylock` took less time than `valkeylock (engine)` in {ahead} of {n} rounds.")
+    lines += lanes_server_time(ln, "Rounds")
     # Ten tasks on ten names (runs since the bench measured them).
     try:
         by_round = lanes_rounds(ln, "Ten tasks, Rounds")
@@ -841,6 +855,7 @@ def region_lanes(ln):
     lines += lanes_ahead(by_round, ("script", "script+redirect"))
     more = sum(1 for v in cpu.values() if v["valkeylock"] > v["script+redirect"])
     lines.append(f"- `valkeylock` spent more client CPU per lock + release than `script+redirect` in {more} of {n} rounds.")
+    lines += lanes_server_time(ln, "Ten tasks, Rounds")
     # One task spawned on a worker (runs since the bench measured it).
     try:
         by_round = lanes_rounds(ln, "One task on a worker, Rounds")
@@ -852,6 +867,7 @@ def region_lanes(ln):
     lines += lanes_ahead(by_round, ("script", "script+redirect"))
     within = sum(1 for v in by_round.values() if v["valkeylock"] <= 1.15)
     lines.append(f"- `valkeylock` took at most 1.15 times the floor of its round in {within} of {n} rounds.")
+    lines += lanes_server_time(ln, "One task on a worker, Rounds")
     return "\n".join(lines)
 
 
