@@ -86,7 +86,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Args, Raw};
+use common::{median, order, Args, Raw};
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, RespVersion};
 use support::ValkeyServer;
@@ -637,26 +637,6 @@ async fn rounds_of(
     all
 }
 
-/// The order of round `round`'s `n` transports: a shuffle drawn from a
-/// fixed seed (the same orders in every run), so that which transport runs
-/// before which changes from round to round.
-fn order(n: usize, round: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    // splitmix64 of the round number.
-    let mut x = (round as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let mut next = || {
-        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    for i in (1..n).rev() {
-        order.swap(i, (next() % (i as u64 + 1)) as usize);
-    }
-    order
-}
-
 /// The medians over the rounds, by transport.
 fn medians_of(all: &[Vec<Measured>], variants: &[&str], title: &str) {
     println!("## {title}Medians over the rounds");
@@ -694,11 +674,6 @@ fn expiry() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     (now.as_millis() + u128::from(common::TTL_MS)).to_string()
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// The hand-over part: lockers contending for one name, each with

@@ -75,10 +75,11 @@ use crate::election::Record;
 /// The script starts with the case nearly every uncontended lock is: one
 /// key, no fencing counter, a plain `NX`. That path runs the same commands
 /// as the general steps after it and gives the same reply (a test compares
-/// the two on every outcome), without setting them up (three closures and
-/// a pattern match on the mode, made anew by every call): it costs the
-/// server about 0.9 µs less per acquisition of a free key, of about 6.3
-/// (BENCHMARKS.md, "The acquire script's own cost"). Anything else (the key
+/// the two on every outcome), without their set-up and bookkeeping (three
+/// closures and a pattern match on the mode, made anew by every call, a
+/// loop and a table of replies): the server spends about 9 % less time on
+/// an acquisition of a free key (`cargo bench --bench script_cost`;
+/// BENCHMARKS.md, "The acquire script's own cost"). Anything else (the key
 /// ours already, a failed read, fencing, a claim, `FORCE`, `XX`, many keys)
 /// goes on to the general steps, which read the key again.
 const ACQUIRE_LUA: &str = r#"

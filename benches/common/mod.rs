@@ -755,3 +755,29 @@ pub(crate) async fn lock_wakeup(a: &Locker, b: &Locker, name: &str) -> u64 {
     let at = waiter.await.expect("waiter");
     at.saturating_duration_since(t0).as_nanos() as u64
 }
+
+/// The order of round `round`'s `n` variants: a shuffle drawn from a
+/// fixed seed (the same orders in every run), so that which variant runs
+/// before which changes from round to round.
+pub(crate) fn order(n: usize, round: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    // splitmix64 of the round number.
+    let mut x = (round as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut next = || {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    for i in (1..n).rev() {
+        order.swap(i, (next() % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+/// The median of `values` (the upper one of an even count), sorting them.
+pub(crate) fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
