@@ -94,13 +94,7 @@ use tokio::sync::Notify;
 use valkeylock::Locker;
 
 /// A free key's commands in valkeylock's acquire script, in its order.
-const ACQUIRE: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-if cur then return cur end
-if redis.call('EXISTS', '{' .. KEYS[1] .. '}:q') == 1 then return {1, 0} end
-redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
-return redis.call('GET', KEYS[1])
-"#;
+const ACQUIRE: &str = common::STAND_IN_ACQUIRE;
 
 /// valkeylock's read-only check of a key it holds.
 const VERIFY: &str = r#"
@@ -520,17 +514,11 @@ struct Measured {
 /// for every other transport a `SET` runs inside a script, whose time
 /// already counts it).
 async fn command_usec(admin: &Client, sets: bool) -> f64 {
-    let info: String = admin
-        .info(Some(fred::types::InfoKind::CommandStats))
+    common::command_usec(admin)
         .await
-        .unwrap_or_default();
-    info.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let top = matches!(name, "evalsha" | "eval") || (sets && name == "set");
-            let usec = rest.split(',').find_map(|kv| kv.strip_prefix("usec="))?;
-            top.then(|| usec.parse::<f64>().ok()).flatten()
-        })
+        .into_iter()
+        .filter(|(name, _)| matches!(name.as_str(), "evalsha" | "eval") || (sets && name == "set"))
+        .map(|(_, usec)| usec)
         .sum()
 }
 

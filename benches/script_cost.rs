@@ -40,15 +40,6 @@ use support::ValkeyServer;
 /// The engine's scripts, as built.
 const SCRIPTS_RS: &str = include_str!("../actors/src/scripts.rs");
 
-/// The stand-in: a free key's commands in valkeylock's acquire script, bare.
-const STAND_IN: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-if cur then return cur end
-if redis.call('EXISTS', '{' .. KEYS[1] .. '}:q') == 1 then return {1, 0} end
-redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
-return redis.call('GET', KEYS[1])
-"#;
-
 const VARIANTS: [&str; 4] = ["floor", "stand-in", "general steps", "valkeylock"];
 
 /// Calls sent together in one pipeline (one write, one batch of replies).
@@ -101,7 +92,7 @@ async fn run(url: &str, rounds: usize, calls: usize) {
         .expect("the general steps start with `local n = #KEYS`");
     let general = format!("local n = #KEYS{rest}");
     let mut shas = Vec::new();
-    for text in [STAND_IN, general.as_str(), acquire] {
+    for text in [common::STAND_IN_ACQUIRE, general.as_str(), acquire] {
         let sha: String = client.script_load(text).await.expect("SCRIPT LOAD");
         shas.push(sha);
     }
@@ -123,7 +114,7 @@ async fn run(url: &str, rounds: usize, calls: usize) {
                 )
                 .await
                 .expect("FLUSHALL");
-            let before = usec(&client).await;
+            let before = common::command_usec(&client).await;
             let t0 = std::time::Instant::now();
             for start in (0..calls).step_by(IN_FLIGHT) {
                 let pipeline = client.pipeline();
@@ -140,9 +131,11 @@ async fn run(url: &str, rounds: usize, calls: usize) {
                 }
             }
             let wall = t0.elapsed().as_secs_f64() * 1e6 / calls as f64;
-            let after = usec(&client).await;
+            let after = common::command_usec(&client).await;
             let top = if v == 0 { "set" } else { "evalsha" };
-            let us = (after.get(top) - before.get(top)) / calls as f64;
+            let spent =
+                |m: &std::collections::BTreeMap<String, f64>| m.get(top).copied().unwrap_or(0.0);
+            let us = (spent(&after) - spent(&before)) / calls as f64;
             got[v] = (us, wall);
         }
         let floor = got[0].0;
@@ -216,29 +209,4 @@ fn acquire_one(v: usize, shas: &[String], round: usize, i: usize) -> (&'static s
             ],
         ),
     }
-}
-
-/// The server's `usec` so far, by command (`INFO commandstats`).
-struct Usec(std::collections::BTreeMap<String, f64>);
-
-impl Usec {
-    fn get(&self, name: &str) -> f64 {
-        self.0.get(name).copied().unwrap_or(0.0)
-    }
-}
-
-async fn usec(client: &Client) -> Usec {
-    let info: String = client
-        .info(Some(fred::types::InfoKind::CommandStats))
-        .await
-        .unwrap_or_default();
-    Usec(
-        info.lines()
-            .filter_map(|l| {
-                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-                let usec = rest.split(',').find_map(|kv| kv.strip_prefix("usec="))?;
-                Some((name.to_owned(), usec.parse().ok()?))
-            })
-            .collect(),
-    )
 }

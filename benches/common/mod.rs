@@ -781,3 +781,32 @@ pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
+
+/// A free key's commands in valkeylock's acquire script, in its order, bare
+/// (`GET`, `EXISTS` of the fair queue, `SET … PXAT`, `GET`): the stand-in
+/// of the lanes and script_cost benches. `ARGV`: the token, the expiry
+/// (Unix ms).
+pub(crate) const STAND_IN_ACQUIRE: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then return cur end
+if redis.call('EXISTS', '{' .. KEYS[1] .. '}:q') == 1 then return {1, 0} end
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+return redis.call('GET', KEYS[1])
+"#;
+
+/// The server's time so far in each command, in µs (`INFO commandstats`,
+/// `usec`), by command name. A script's own commands count both inside
+/// its call and under their own names.
+pub(crate) async fn command_usec(admin: &Client) -> std::collections::BTreeMap<String, f64> {
+    let info: String = admin
+        .info(Some(fred::types::InfoKind::CommandStats))
+        .await
+        .unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let usec = rest.split(',').find_map(|kv| kv.strip_prefix("usec="))?;
+            Some((name.to_owned(), usec.parse().ok()?))
+        })
+        .collect()
+}
