@@ -1621,8 +1621,9 @@ mod tests {
     /// case, set up alike on an empty server, gets the same reply and leaves
     /// the same key from the whole script as from its general steps alone:
     /// free (with an expiry ahead or already past), another owner's, ours
-    /// already, queued for, a key with braces of its own whose queue exists,
-    /// a hash (`WRONGTYPE`), and a write refused under `maxmemory`.
+    /// already, queued for, keys with braces of their own (a pair, or one
+    /// of either kind) whose queue exists, a hash (`WRONGTYPE`), and a
+    /// write refused under `maxmemory`.
     #[tokio::test]
     async fn the_acquire_scripts_common_case_answers_as_its_general_steps() {
         use fred::interfaces::ClientLike;
