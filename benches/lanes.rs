@@ -7,9 +7,11 @@
 //! runtime, as the locks bench runs it, instead of on the thread that
 //! blocks on the runtime. Each round also gives the server's CPU (`INFO
 //! cpu`), this process's CPU and voluntary context switches, the server's
-//! commands (`INFO commandstats`, a script's own commands included) and
-//! its reads and writes of client sockets (`INFO stats`) per lock +
-//! release: on a machine of two cores shared by the
+//! commands (`INFO commandstats`, a script's own commands included), its
+//! time in the commands the transport sends (the same statistics' `usec`
+//! of script calls, and of the floor's `SET`s) and its reads and writes of
+//! client sockets (`INFO stats`) per lock + release: on a machine of two
+//! cores shared by the
 //! server and the client, the sum of the two CPUs bounds what ten tasks
 //! can do, and the `script` stand-ins show what the acquire script alone
 //! costs, with no engine at all.
