@@ -88,7 +88,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{median, order, Args, Raw};
+use common::{expiry, median, order, Args, Raw};
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, RespVersion};
 use support::ValkeyServer;
@@ -656,14 +656,6 @@ fn slug(variant: &str) -> String {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect()
-}
-
-/// The benches' validity from now, as a Unix time in milliseconds (`PXAT`).
-fn expiry() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    (now.as_millis() + u128::from(common::TTL_MS)).to_string()
 }
 
 /// The hand-over part: lockers contending for one name, each with

@@ -176,12 +176,7 @@ async fn run(url: &str, rounds: usize, calls: usize) {
 fn acquire_one(v: usize, shas: &[String], round: usize, i: usize) -> (&'static str, Vec<String>) {
     let key = format!("valkeylock:0:cost-{round}-{v}-{i}");
     let token = format!("{:048x}:m1n1p0", i);
-    let at = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis()
-        + u128::from(common::TTL_MS))
-    .to_string();
+    let at = common::expiry();
     let one = "1".to_owned();
     match v {
         0 => (

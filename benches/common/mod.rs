@@ -798,15 +798,13 @@ return redis.call('GET', KEYS[1])
 /// `usec`), by command name. A script's own commands count both inside
 /// its call and under their own names.
 pub(crate) async fn command_usec(admin: &Client) -> std::collections::BTreeMap<String, f64> {
-    let info: String = admin
-        .info(Some(fred::types::InfoKind::CommandStats))
-        .await
+    crate::support::command_stat(admin, "usec").await
+}
+
+/// The benches' validity from now, as a Unix time in milliseconds (`PXAT`).
+pub(crate) fn expiry() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    info.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let usec = rest.split(',').find_map(|kv| kv.strip_prefix("usec="))?;
-            Some((name.to_owned(), usec.parse().ok()?))
-        })
-        .collect()
+    (now.as_millis() + u128::from(TTL_MS)).to_string()
 }

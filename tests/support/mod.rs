@@ -272,6 +272,16 @@ pub async fn evalsha_calls(admin: &Client) -> u64 {
 
 /// `calls` per command from `INFO commandstats` (e.g. `evalsha` → n).
 pub async fn command_calls(admin: &Client) -> std::collections::BTreeMap<String, u64> {
+    command_stat(admin, "calls").await
+}
+
+/// One field of `INFO commandstats` per command: `calls`, or `usec` (the
+/// server's time in it, µs; a script's own commands count both inside its
+/// call and under their own names).
+pub async fn command_stat<T: std::str::FromStr>(
+    admin: &Client,
+    field: &str,
+) -> std::collections::BTreeMap<String, T> {
     let info: String = admin
         .info(Some(fred::types::InfoKind::CommandStats))
         .await
@@ -279,12 +289,12 @@ pub async fn command_calls(admin: &Client) -> std::collections::BTreeMap<String,
     info.lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
+            let value = rest
                 .split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))?
+                .find_map(|kv| kv.strip_prefix(field)?.strip_prefix('='))?
                 .parse()
                 .ok()?;
-            Some((name.to_owned(), calls))
+            Some((name.to_owned(), value))
         })
         .collect()
 }
