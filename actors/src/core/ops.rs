@@ -162,14 +162,114 @@ pub(crate) trait Entropy: Send {
     }
 }
 
-/// The operating system's generator.
+/// The operating system's generator, drawn in blocks.
+///
+/// Every acquisition takes 32 bytes (its token and its waiter's place in the
+/// fair queues), and a grant 8 more (its extension jitter). Asking the
+/// kernel for each was two `getrandom` system calls per lock + release on
+/// the caller's thread, about 2 % of the client's CPU with ten tasks
+/// (BENCHMARKS.md, "What limits", item 2). The bytes now come from a block
+/// of [`POOL_BYTES`] the thread fetched in one call: the same operating
+/// system randomness, each byte handed out once and wiped from the block as
+/// it is.
+///
+/// A block is per thread, not per lock, so it costs a held lock no memory.
+/// A process that forks keeps a copy of its threads' blocks in the child;
+/// the engine's threads, timers and connections do not survive a fork
+/// either, so a child must build its own `Locker`, whose threads start
+/// with empty blocks.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct OsEntropy;
 
+/// The bytes one `getrandom` call fetches for a thread's block.
+const POOL_BYTES: usize = 512;
+
+struct Pool {
+    bytes: [u8; POOL_BYTES],
+    /// Where the next unread byte is (`POOL_BYTES`: the block is used up).
+    next: usize,
+}
+
+thread_local! {
+    static POOL: std::cell::RefCell<Pool> = const {
+        std::cell::RefCell::new(Pool { bytes: [0; POOL_BYTES], next: POOL_BYTES })
+    };
+}
+
+/// Fills `buf` from the operating system's generator.
+fn os_fill(buf: &mut [u8]) {
+    // The OS RNG failing is not something a lock can recover from safely:
+    // a predictable token would let others release our lock.
+    getrandom::getrandom(buf).expect("the operating system's random number generator failed");
+}
+
 impl Entropy for OsEntropy {
     fn fill(&mut self, buf: &mut [u8]) {
-        // The OS RNG failing is not something a lock can recover from safely:
-        // a predictable token would let others release our lock.
-        getrandom::getrandom(buf).expect("the operating system's random number generator failed");
+        if buf.len() > POOL_BYTES / 2 {
+            return os_fill(buf);
+        }
+        // A thread whose locals are being torn down asks the kernel.
+        let pooled = POOL.try_with(|pool| {
+            let mut pool = pool.borrow_mut();
+            let mut out = &mut buf[..];
+            while !out.is_empty() {
+                if pool.next == POOL_BYTES {
+                    os_fill(&mut pool.bytes);
+                    pool.next = 0;
+                }
+                let at = pool.next;
+                let n = out.len().min(POOL_BYTES - at);
+                let taken = &mut pool.bytes[at..at + n];
+                out[..n].copy_from_slice(taken);
+                taken.fill(0);
+                pool.next = at + n;
+                out = &mut out[n..];
+            }
+        });
+        if pooled.is_err() {
+            os_fill(buf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Draws of every size a lock makes, across many refills of the block:
+    /// none repeats, none is the wiped (zero) bytes of a block, and a draw
+    /// larger than half a block comes straight from the kernel.
+    #[test]
+    fn os_entropy_hands_out_each_byte_once() {
+        let mut e = OsEntropy;
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..20_000 {
+            let mut b = vec![0u8; [8, 24, 5, 1][i % 4]];
+            e.fill(&mut b);
+            if b.len() >= 8 {
+                assert!(b.iter().any(|&x| x != 0), "draw {i} is all zeros");
+                assert!(seen.insert(b), "draw {i} repeats an earlier one");
+            }
+        }
+        let mut big = vec![0u8; POOL_BYTES];
+        e.fill(&mut big);
+        assert!(big.iter().filter(|&&x| x != 0).count() > POOL_BYTES / 2);
+        assert!(seen.insert(big[..8].to_vec()));
+    }
+
+    /// Each thread draws from its own block: two threads never get the same
+    /// bytes.
+    #[test]
+    fn os_entropy_threads_draw_apart() {
+        let draw = || {
+            (0..1000)
+                .map(|_| OsEntropy.next_u64())
+                .collect::<std::collections::HashSet<_>>()
+        };
+        let other = std::thread::spawn(draw).join().unwrap();
+        let mine = draw();
+        assert_eq!(mine.len(), 1000);
+        assert_eq!(other.len(), 1000);
+        assert!(mine.is_disjoint(&other));
     }
 }
