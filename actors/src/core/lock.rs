@@ -364,7 +364,9 @@ struct Attempt {
     terms: Arc<Terms>,
     /// A Try or Force caller; a Wait attempt serves the queue's head.
     request: Option<(ReqId, RequestKind)>,
-    keys: Vec<Slot>,
+    /// One per lock key: a fixed count, so a boxed slice (8 bytes less
+    /// than a vector in every lock's state).
+    keys: Box<[Slot]>,
     /// An invalidation hit a key not (yet) ours: retry at once if this fails.
     woken: bool,
     /// The fencing token, once known.
@@ -423,7 +425,8 @@ struct Grant {
     /// The id of the attempt that won it (its commands' `owner`).
     id: u64,
     token: Token,
-    keys: Vec<Slot>,
+    /// The attempt's, kept (a boxed slice, as in [`Attempt`]).
+    keys: Box<[Slot]>,
     /// The core's deadline: the computed end minus the margin in force (the
     /// terms' margin plus the shell's allowance). The holder is told at
     /// this instant, and its published end is later by the allowance
@@ -1390,7 +1393,7 @@ impl LockCore {
             token: token.clone(),
             terms,
             request: request.map(|(id, kind, _)| (id, kind)),
-            keys: vec![Slot::pending(); total],
+            keys: vec![Slot::pending(); total].into_boxed_slice(),
             woken: false,
             fence: None,
             fencing: None,

@@ -11,25 +11,38 @@ use std::ops::{Add, Sub};
 use std::time::Duration;
 
 /// A point on the engine's clock.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub(crate) struct Time(u64);
+///
+/// Kept as the nanoseconds plus one in a `NonZeroU64`, so that an
+/// `Option<Time>` takes no more room than a `Time`: the lock core keeps
+/// several (a grant's retry and maximum hold, when the lock went quiet, a
+/// key's expiry cap), and its size is every held lock's memory (8 bytes
+/// each: 24 bytes of a lock's state, BENCHMARKS.md, section 6). The far
+/// end of the clock saturates one nanosecond short of `u64::MAX`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Time(std::num::NonZeroU64);
+
+impl Default for Time {
+    fn default() -> Time {
+        Time::from_nanos(0)
+    }
+}
 
 impl Time {
     /// The origin (also the earliest representable instant).
     #[cfg(test)]
-    pub(crate) const ZERO: Time = Time(0);
+    pub(crate) const ZERO: Time = Time::from_nanos(0);
 
     pub(crate) const fn from_nanos(n: u64) -> Time {
-        Time(n)
+        Time(std::num::NonZeroU64::MIN.saturating_add(n))
     }
 
     pub(crate) const fn as_nanos(self) -> u64 {
-        self.0
+        self.0.get() - 1
     }
 
     /// How long after `earlier` this is; zero if it is not later.
     pub(crate) fn since(self, earlier: Time) -> Duration {
-        Duration::from_nanos(self.0.saturating_sub(earlier.0))
+        Duration::from_nanos(self.as_nanos().saturating_sub(earlier.as_nanos()))
     }
 }
 
@@ -40,20 +53,21 @@ fn nanos(d: Duration) -> u64 {
 impl Add<Duration> for Time {
     type Output = Time;
     fn add(self, d: Duration) -> Time {
-        Time(self.0.saturating_add(nanos(d)))
+        Time::from_nanos(self.as_nanos().saturating_add(nanos(d)))
     }
 }
 
 impl Sub<Duration> for Time {
     type Output = Time;
     fn sub(self, d: Duration) -> Time {
-        Time(self.0.saturating_sub(nanos(d)))
+        Time::from_nanos(self.as_nanos().saturating_sub(nanos(d)))
     }
 }
 
 impl fmt::Debug for Time {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{:06}ms", self.0 / 1_000_000, self.0 % 1_000_000)
+        let n = self.as_nanos();
+        write!(f, "{}.{:06}ms", n / 1_000_000, n % 1_000_000)
     }
 }
 
@@ -72,5 +86,17 @@ mod tests {
         assert_eq!(t.since(Time::from_nanos(9)), Duration::ZERO);
         assert_eq!(Time::from_nanos(9).since(t), Duration::from_nanos(4));
         assert_eq!(format!("{:?}", Time::from_nanos(1_500_000)), "1.500000ms");
+        assert_eq!(Time::ZERO.as_nanos(), 0);
+        assert_eq!(Time::default(), Time::ZERO);
+        assert_eq!(Time::from_nanos(7).as_nanos(), 7);
+        assert!(Time::ZERO < Time::from_nanos(1));
+    }
+
+    #[test]
+    fn an_optional_time_is_no_larger_than_a_time() {
+        assert_eq!(
+            std::mem::size_of::<Option<Time>>(),
+            std::mem::size_of::<Time>()
+        );
     }
 }
