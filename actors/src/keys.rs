@@ -30,7 +30,8 @@ pub(crate) fn key_name(prefix: &str, index: usize, name: &str) -> String {
 /// Three allocations per key: the pointer's cell, the text, and the
 /// bytes' shared count (made by the first command that takes the key).
 /// Before, the text and the wire bytes were kept apart (an `Arc<str>`, and
-/// bytes owning a second handle on it): four, and 29 bytes more per key.
+/// bytes owning a second handle on it), which cost 32 bytes more per key
+/// in the scale bench (BENCHMARKS.md, section 6).
 #[derive(Clone, Debug)]
 pub(crate) struct KeyName(std::sync::Arc<fred::bytes_utils::Str>);
 
