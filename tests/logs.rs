@@ -1,6 +1,7 @@
 //! What the engine logs about a lock: a loss is a warning carrying the
 //! `lock` and `token` fields, a minority key lost is a warning carrying the
-//! `lock` and `node` fields, and no event carries a whole token.
+//! `lock` and `node` fields, no event carries a whole token, and a
+//! release's span is a child of the lock's `hold` span.
 //!
 //! One test function: it installs a process-global subscriber (the engine
 //! logs from its own thread).
@@ -25,8 +26,17 @@ struct Captured {
     fields: BTreeMap<String, String>,
 }
 
+/// One captured span: its id, name, fields and parent's id.
+#[derive(Debug, Clone)]
+struct Opened {
+    id: u64,
+    name: &'static str,
+    fields: BTreeMap<String, String>,
+    parent: Option<u64>,
+}
+
 #[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<Captured>>>);
+struct Capture(Arc<Mutex<Vec<Captured>>>, Arc<Mutex<Vec<Opened>>>);
 
 struct Fields<'a>(&'a mut BTreeMap<String, String>);
 
@@ -39,7 +49,28 @@ impl Visit for Fields<'_> {
     }
 }
 
-impl<S: Subscriber> Layer<S> for Capture {
+impl<S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>> Layer<S> for Capture {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::Id,
+        ctx: Context<'_, S>,
+    ) {
+        let mut fields = BTreeMap::new();
+        attrs.record(&mut Fields(&mut fields));
+        let parent = match attrs.parent() {
+            Some(p) => Some(p.into_u64()),
+            None if attrs.is_contextual() => ctx.current_span().id().map(tracing::Id::into_u64),
+            None => None,
+        };
+        self.1.lock().expect("not poisoned").push(Opened {
+            id: id.into_u64(),
+            name: attrs.metadata().name(),
+            fields,
+            parent,
+        });
+    }
+
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let mut fields = BTreeMap::new();
         event.record(&mut Fields(&mut fields));
@@ -140,6 +171,24 @@ async fn a_loss_is_a_warning_with_the_lock_name() {
     );
 
     drop(guard);
+
+    // A release's span is a child of its lock's `hold` span.
+    let held = unique("logs-spans");
+    let guard = locker.lock(&held).await.expect("lock");
+    guard.release().await.expect("release");
+    {
+        let spans = capture.1.lock().expect("lock");
+        let hold = spans
+            .iter()
+            .find(|s| s.name == "hold" && s.fields.get("lock") == Some(&held))
+            .unwrap_or_else(|| panic!("no hold span of {held}: {spans:?}"));
+        assert!(
+            spans.iter().any(|s| s.name == "release"
+                && s.fields.get("lock") == Some(&held)
+                && s.parent == Some(hold.id)),
+            "no release span under the hold span {hold:?}: {spans:?}"
+        );
+    }
     locker.close().await;
     // No event anywhere carries the whole token (it would let a reader of
     // the logs release or extend the lock).
