@@ -35,6 +35,12 @@ use crate::core::Time;
 use crate::msg::LockMsg;
 
 /// Below this many heap entries, dead ones are left for the task to pop.
+/// Above, the heap is compacted once it holds twice as many entries as
+/// there are live timers, and its room brought down to twice the live
+/// ones: a held lock re-arms its timer at each extension, so with 10,000
+/// held locks the heap filled with dead entries up to four times the live
+/// ones, as before, kept room for 65,536 entries (16 bytes each: about 100
+/// bytes per held lock; BENCHMARKS.md, section 6).
 const COMPACT_MIN: usize = 4096;
 
 /// The handle the locker's actors arm timers with. Dropping it stops the task.
@@ -96,9 +102,10 @@ impl Timers {
         w.next_id += 1;
         w.heap.push(Reverse((at, id)));
         w.live.insert(id, to.clone());
-        if w.heap.len() > COMPACT_MIN && w.heap.len() > 4 * w.live.len() {
+        if w.heap.len() > COMPACT_MIN && w.heap.len() > 2 * w.live.len() {
             let Wheel { heap, live, .. } = &mut *w;
             heap.retain(|Reverse((_, id))| live.contains_key(id));
+            heap.shrink_to(2 * heap.len());
         }
         let wake = w.sleeping_until.is_none_or(|s| at < s);
         if wake {
@@ -268,6 +275,38 @@ mod tests {
         assert_eq!(rx.recv().await, Some(9));
         assert!(clock::now() >= due);
         probe.stop(None);
+    }
+
+    /// Timers re-armed again and again, as held locks re-arm theirs at
+    /// each extension: the heap keeps at most about twice the live timers,
+    /// and no more room than that once an arm has returned.
+    #[tokio::test]
+    async fn rearmed_timers_keep_the_heap_within_twice_the_live_ones() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let p = probe(0, &tx).await;
+        let timers = Timers::start();
+        let n = COMPACT_MIN * 2;
+        let mut live: Vec<Timer> = (0..n).map(|_| timers.at(in_ms(60_000), &p)).collect();
+        for round in 0..6 {
+            for t in live.iter_mut() {
+                *t = timers.at(in_ms(60_000 + round), &p);
+            }
+            let w = lock(&timers.inner.wheel);
+            assert_eq!(w.live.len(), n);
+            assert!(
+                w.heap.len() <= 2 * n + 2,
+                "round {round}: {} entries",
+                w.heap.len()
+            );
+            assert!(
+                w.heap.capacity() <= 2 * n + 2,
+                "round {round}: room for {}",
+                w.heap.capacity()
+            );
+        }
+        drop(live);
+        drop(timers);
+        p.stop(None);
     }
 
     #[tokio::test]
