@@ -37,10 +37,10 @@ use crate::msg::LockMsg;
 /// Below this many heap entries, dead ones are left for the task to pop.
 /// Above, the heap is compacted once it holds twice as many entries as
 /// there are live timers, and its room brought down to twice the live
-/// ones: a held lock re-arms its timer at each extension, so with 10,000
-/// held locks the heap filled with dead entries up to four times the live
-/// ones, as before, kept room for 65,536 entries (16 bytes each: about 100
-/// bytes per held lock; BENCHMARKS.md, section 6).
+/// ones. A held lock re-arms its timer at each extension, which leaves a
+/// dead entry each time: compacted at four times the live ones, as
+/// before, the heap of 10,000 held locks kept 22 bytes more per lock after
+/// two extension periods (the scale bench; BENCHMARKS.md, section 6).
 const COMPACT_MIN: usize = 4096;
 
 /// The handle the locker's actors arm timers with. Dropping it stops the task.
