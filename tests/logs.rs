@@ -63,7 +63,13 @@ impl<S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>> Layer
             None if attrs.is_contextual() => ctx.current_span().id().map(tracing::Id::into_u64),
             None => None,
         };
-        self.1.lock().expect("not poisoned").push(Opened {
+        // A failed assertion holding the list must not make the engine's
+        // thread panic here too.
+        let mut spans = self
+            .1
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        spans.push(Opened {
             id: id.into_u64(),
             name: attrs.metadata().name(),
             fields,

@@ -37,6 +37,7 @@ pub(crate) struct KeyName(std::sync::Arc<fred::bytes_utils::Str>);
 
 impl KeyName {
     pub(crate) fn new(text: impl Into<String>) -> KeyName {
+        // Shrunk to its length first, so the bytes hold no room to spare.
         let text: Box<str> = text.into().into_boxed_str();
         KeyName(std::sync::Arc::new(fred::bytes_utils::Str::from(
             String::from(text),

@@ -165,7 +165,7 @@ pub(crate) trait Entropy: Send {
 /// The operating system's generator, drawn in blocks.
 ///
 /// Every acquisition takes 32 bytes (its token and its waiter's place in the
-/// fair queues), and a grant 8 more (its extension jitter). Asking the
+/// fair queues), and a waiter's retry 8 more (its jitter). Asking the
 /// kernel for each was two `getrandom` system calls per lock + release on
 /// the caller's thread, about 2 % of the client's CPU with ten tasks
 /// (BENCHMARKS.md, "What limits", item 2). The bytes now come from a block
@@ -237,8 +237,8 @@ mod tests {
     use super::*;
 
     /// Draws of every size a lock makes, across many refills of the block:
-    /// none repeats, none is the wiped (zero) bytes of a block, and a draw
-    /// larger than half a block comes straight from the kernel.
+    /// none repeats and none is the wiped (zero) bytes of a block; a draw
+    /// larger than half a block, which goes to the kernel, is filled too.
     #[test]
     fn os_entropy_hands_out_each_byte_once() {
         let mut e = OsEntropy;
