@@ -100,11 +100,12 @@ pub(crate) fn try_order(start: u64, permits: u32) -> impl Iterator<Item = u32> {
     (0..permits).map(move |k| (first + k) % permits)
 }
 
-/// A random starting slot.
+/// A random starting slot, from the thread's block of the operating
+/// system's randomness (a `getrandom` call per permit or reader before).
 pub(crate) fn random_start() -> u64 {
     let mut b = [0u8; 8];
     // A failing OS generator only costs the spread: start at slot 0.
-    match getrandom::getrandom(&mut b) {
+    match crate::core::os_random(&mut b) {
         Ok(()) => u64::from_le_bytes(b),
         Err(_) => 0,
     }

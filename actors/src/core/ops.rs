@@ -196,39 +196,42 @@ thread_local! {
     };
 }
 
-/// Fills `buf` from the operating system's generator.
-fn os_fill(buf: &mut [u8]) {
-    // The OS RNG failing is not something a lock can recover from safely:
-    // a predictable token would let others release our lock.
-    getrandom::getrandom(buf).expect("the operating system's random number generator failed");
+/// Fills `buf` with the operating system's randomness, drawn through this
+/// thread's block (see [`OsEntropy`]); what the generator's failure was,
+/// if it failed. The lock core's draws go through [`OsEntropy`], which
+/// cannot go on without them; a semaphore's random first slot comes here
+/// too and starts at slot 0 instead.
+pub(crate) fn os_random(buf: &mut [u8]) -> Result<(), getrandom::Error> {
+    if buf.len() > POOL_BYTES / 2 {
+        return getrandom::getrandom(buf);
+    }
+    // A thread whose locals are being torn down asks the kernel.
+    let pooled = POOL.try_with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let mut out = &mut buf[..];
+        while !out.is_empty() {
+            if pool.next == POOL_BYTES {
+                getrandom::getrandom(&mut pool.bytes)?;
+                pool.next = 0;
+            }
+            let at = pool.next;
+            let n = out.len().min(POOL_BYTES - at);
+            let taken = &mut pool.bytes[at..at + n];
+            out[..n].copy_from_slice(taken);
+            taken.fill(0);
+            pool.next = at + n;
+            out = &mut out[n..];
+        }
+        Ok(())
+    });
+    pooled.unwrap_or_else(|_| getrandom::getrandom(buf))
 }
 
 impl Entropy for OsEntropy {
     fn fill(&mut self, buf: &mut [u8]) {
-        if buf.len() > POOL_BYTES / 2 {
-            return os_fill(buf);
-        }
-        // A thread whose locals are being torn down asks the kernel.
-        let pooled = POOL.try_with(|pool| {
-            let mut pool = pool.borrow_mut();
-            let mut out = &mut buf[..];
-            while !out.is_empty() {
-                if pool.next == POOL_BYTES {
-                    os_fill(&mut pool.bytes);
-                    pool.next = 0;
-                }
-                let at = pool.next;
-                let n = out.len().min(POOL_BYTES - at);
-                let taken = &mut pool.bytes[at..at + n];
-                out[..n].copy_from_slice(taken);
-                taken.fill(0);
-                pool.next = at + n;
-                out = &mut out[n..];
-            }
-        });
-        if pooled.is_err() {
-            os_fill(buf);
-        }
+        // The OS RNG failing is not something a lock can recover from safely:
+        // a predictable token would let others release our lock.
+        os_random(buf).expect("the operating system's random number generator failed");
     }
 }
 
