@@ -151,7 +151,11 @@ async fn open(shared: Arc<Shared>, node: usize, engine: u64) {
         // The engine's client settings: no reconnect policy, so a broken
         // connection stays broken (and is replaced) rather than coming back
         // without tracking.
-        let client = node::build_client(&shared.settings.nodes[node], &shared.settings)?;
+        let client = node::build_client(
+            &shared.settings.nodes[node],
+            &shared.settings,
+            node::Role::Direct,
+        )?;
         let handle = client.init().await?;
         if let Err(e) = redirect(&client, &shared, engine).await {
             handle.abort();
