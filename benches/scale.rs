@@ -24,6 +24,10 @@
 //! and, with 1 s validity, at times after the locker connected that fall
 //! while its first round of extensions is out.
 //!
+//! Then the reference rows (an idle ractor actor, a pending timer) and what
+//! a `Locker` costs before it holds anything (`-- lockers` alone; see
+//! [`locker_cost`]).
+//!
 //! Run: `cargo bench --bench scale` (`CI=1` for 1,000 locks). A fresh
 //! server per row, so the counters are ours alone.
 
@@ -49,12 +53,13 @@ const EXTEND: Duration = Duration::from_millis(2500);
 fn main() {
     let args = Args::parse();
     // `-- massloss` runs that section alone; `-- scale` or no filter, all.
-    let (scale, massloss, reconnect) = (
+    let (scale, massloss, reconnect, lockers) = (
         args.wants("scale"),
         args.wants("scale-massloss"),
         args.wants("scale-reconnect"),
+        args.wants("scale-lockers"),
     );
-    if args.list || !(massloss || reconnect) {
+    if args.list || !(massloss || reconnect || lockers) {
         return;
     }
     let quick = args.quick();
@@ -77,6 +82,9 @@ fn main() {
         }
         if reconnect {
             reconnects(&rt, counts[counts.len() - 1], quick);
+        }
+        if lockers {
+            locker_cost(&rt, LOCKERS);
         }
         return;
     }
@@ -193,6 +201,7 @@ fn main() {
     mass_loss(&rt, counts[counts.len() - 1]);
     reconnects(&rt, counts[counts.len() - 1], quick);
     let actor = reference(&rt, counts[counts.len() - 1]);
+    locker_cost(&rt, LOCKERS);
     if let Some((n, acquired, settled)) = by_size {
         heap_by_size(n, &acquired, &settled, &actor);
     }
@@ -483,6 +492,68 @@ fn reference(rt: &tokio::runtime::Runtime, n: usize) -> Vec<i64> {
         }
         actor
     })
+}
+
+/// How many lockers the locker section connects at once.
+const LOCKERS: usize = 10;
+
+/// What a `Locker` costs before it holds anything, per locker, `n` of them
+/// connected to one fresh server: connected (the engine's thread, actors
+/// and connection), then after a first lock + release, which opens its
+/// direct connection (README, "Direct connections"). Live heap (the
+/// counting allocator), RSS growth, and the time each step took per
+/// locker, the lockers one after the other.
+fn locker_cost(rt: &tokio::runtime::Runtime, n: usize) {
+    println!();
+    println!(
+        "A `Locker` before it holds anything, {n} connected to one server, one after the other:"
+    );
+    println!();
+    println!("| step | live heap per locker (bytes) | RSS growth per locker (KiB) | time per locker (ms) |");
+    println!("|---|---:|---:|---:|");
+    let server = ValkeyServer::start();
+    let urls = vec![server.url()];
+    rt.block_on(async {
+        sleep(Duration::from_millis(100)).await;
+        let (h0, r0) = (valkeylock_bench_alloc::snapshot(), common::rss_kib());
+        let t = Instant::now();
+        let mut all = Vec::with_capacity(n);
+        for _ in 0..n {
+            let locker = Locker::connect(common::valkeylock_options(&urls, 1))
+                .await
+                .expect("connect");
+            all.push(locker);
+        }
+        let connect = t.elapsed();
+        sleep(Duration::from_millis(300)).await;
+        let (h1, r1) = (valkeylock_bench_alloc::snapshot(), common::rss_kib());
+        let t = Instant::now();
+        for (i, locker) in all.iter().enumerate() {
+            let g = locker.lock(&format!("locker-{i}")).await.expect("lock");
+            g.release().await.expect("release");
+        }
+        let first = t.elapsed();
+        sleep(Duration::from_millis(300)).await;
+        let (h2, r2) = (valkeylock_bench_alloc::snapshot(), common::rss_kib());
+        let per = |d: i64| d as f64 / n as f64;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0 / n as f64;
+        println!(
+            "| `Locker::connect` | {:.0} | {:.0} | {:.2} |",
+            per(h1.live_delta(&h0)),
+            per(r1 as i64 - r0 as i64),
+            ms(connect)
+        );
+        println!(
+            "| then the first lock + release (opens the direct connection) | {:.0} | {:.0} | {:.2} |",
+            per(h2.live_delta(&h1)),
+            per(r2 as i64 - r1 as i64),
+            ms(first)
+        );
+        for locker in all {
+            locker.close().await;
+        }
+    });
+    drop(server);
 }
 
 /// `a - b`, size by size.

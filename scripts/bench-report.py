@@ -909,6 +909,11 @@ def generate(bins, env, load_log, results_path, old_bins, old_path, compile_s):
             g["reconnect"] = table_by_prefix(bins["scale"], "Reconnect").text()
         except KeyError:
             pass
+        # What a locker costs before it holds anything (`-- lockers`).
+        try:
+            g["lockers"] = table_by_prefix(bins["scale"], "A `Locker` before").text()
+        except KeyError:
+            pass
     # The transports of the hot path (`cargo bench --bench lanes`).
     if "lanes" in bins:
         g["lanes"] = region_lanes(bins["lanes"])
