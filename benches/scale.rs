@@ -506,7 +506,7 @@ const LOCKERS: usize = 10;
 fn locker_cost(rt: &tokio::runtime::Runtime, n: usize) {
     println!();
     println!(
-        "A `Locker` before it holds anything, {n} connected to one server, one after the other:"
+        "## A `Locker` before it holds anything ({n} connected to one server, one after the other)"
     );
     println!();
     println!("| step | live heap per locker (bytes) | RSS growth per locker (KiB) | time per locker (ms) |");
