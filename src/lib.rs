@@ -119,7 +119,7 @@
 //! | `direct_connections` | true | acquisitions and releases sent from the caller's runtime, tracking redirected to the engine's connection |
 //!
 //! The others (`no_loop_tracking`, `fallback_set_px`,
-//! `local_handover_limit`, `tls_ca_file`) are documented on
+//! `local_handover_limit`, `tls_ca_file`, `event_buffer`) are documented on
 //! [`LockerOptions`].
 //!
 //! # Deployments

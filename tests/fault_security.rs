@@ -1010,6 +1010,7 @@ const FIELDS: &[&str] = &[
     "connect_timeout",
     "local_handover_limit",
     "fencing",
+    "event_buffer",
 ];
 
 fn json_scalar() -> impl Strategy<Value = serde_json::Value> {

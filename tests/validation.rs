@@ -109,7 +109,8 @@ async fn invalid_options_are_rejected_by_connect() {
 
 /// Every duration option at `Duration::MAX` is refused by `connect` with its
 /// field named; `connect_timeout` used to pass validation and then overflow
-/// `connect_timeout + 2 s` inside `connect` (a panic).
+/// `connect_timeout + 2 s` inside `connect` (a panic). So is an
+/// `event_buffer` of 0 or `usize::MAX`.
 #[tokio::test]
 async fn huge_durations_are_rejected_by_connect() {
     init_tracing();
@@ -122,6 +123,10 @@ async fn huge_durations_are_rejected_by_connect() {
         ("try_next_after", base().with_try_next_after(max)),
         ("clock_drift", base().with_clock_drift(max)),
         ("connect_timeout", base().with_connect_timeout(max)),
+        // fred's event channels would panic at 0, and allocate every slot
+        // of a huge one at once.
+        ("event_buffer", base().with_event_buffer(0)),
+        ("event_buffer", base().with_event_buffer(usize::MAX)),
     ] {
         let result = tokio::spawn(Locker::connect(options))
             .await

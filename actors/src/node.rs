@@ -357,17 +357,16 @@ pub(crate) enum Role {
 
 impl Role {
     /// The capacity of each of fred's event channels. fred allocates every
-    /// slot of its nine channels when the client is built: at 4096,
-    /// 2.8 MB of memory and 1.6 ms per client, against 71 kB and 0.07 ms at
-    /// fred's default of 32 (measured by building clients in a loop and
-    /// reading the process's resident memory). A direct connection takes
-    /// the default: nobody reads its channels.
-    fn event_capacity(self) -> usize {
+    /// slot of its nine channels when the client is built: at 4096, 2.8 MB
+    /// of memory and 1.6 ms per client, against 71 kB and 0.07 ms at fred's
+    /// default of 32 (measured by building clients in a loop and reading
+    /// the process's resident memory). The engine's connection keeps what
+    /// the locker's `event_buffer` says (a lag is handled, everything
+    /// re-checked, but costs a round of commands); a direct connection
+    /// takes fred's default, as nobody reads its channels.
+    fn event_capacity(self, settings: &crate::options::Settings) -> usize {
         match self {
-            // fred's default of 32 lags under bursts; a lag is handled
-            // (everything re-checked) but costs a round of commands, so
-            // make it rare.
-            Role::Engine => 4096,
+            Role::Engine => settings.event_buffer,
             Role::Direct => PerformanceConfig::default().broadcast_channel_capacity,
         }
     }
@@ -432,7 +431,7 @@ pub(crate) fn build_client(
     };
     let performance = PerformanceConfig {
         default_command_timeout: settings.timeout,
-        broadcast_channel_capacity: role.event_capacity(),
+        broadcast_channel_capacity: role.event_capacity(settings),
         ..PerformanceConfig::default()
     };
     Builder::from_config(config)

@@ -172,6 +172,18 @@ pub struct LockerOptions {
     /// (`dedicated_runtime`); elsewhere it has no effect. Default true. See
     /// the README, "Direct connections".
     pub direct_connections: bool,
+    /// How many events the engine's connection to each node keeps for its
+    /// reader: the invalidations of this locker's keys, and hand-over
+    /// messages. A burst of more than that (more of its keys changed at
+    /// once) outruns the reader; every lock of the locker then re-checks
+    /// its keys on that node, which costs a round of commands and loses
+    /// nothing. fred allocates every slot when it connects, in each of its
+    /// nine event channels: 4,096 cost about 2.8 MB per node, 32 about
+    /// 71 kB (BENCHMARKS.md, "What a locker costs before it holds
+    /// anything"). A locker that holds a few locks can keep fewer; the
+    /// command-line tool keeps 64. Rounded up to a power of two. Default
+    /// 4096; 1 to 1,048,576.
+    pub event_buffer: usize,
     /// Hand a released lock to the waiter of another process that has
     /// waited longest, on the server, instead of deleting it and letting
     /// the waiters race for it: a waiter that finds the lock held leaves a
@@ -223,6 +235,7 @@ impl std::fmt::Debug for LockerOptions {
             .field("fair_queueing", &self.fair_queueing)
             .field("handover", &self.handover)
             .field("direct_connections", &self.direct_connections)
+            .field("event_buffer", &self.event_buffer)
             .finish()
     }
 }
@@ -248,6 +261,7 @@ impl Default for LockerOptions {
             fair_queueing: false,
             handover: false,
             direct_connections: true,
+            event_buffer: DEFAULT_EVENT_BUFFER,
         }
     }
 }
@@ -274,6 +288,12 @@ impl LockerOptions {
             nodes: nodes.into_iter().map(Into::into).collect(),
             ..LockerOptions::default()
         }
+    }
+
+    /// Sets `event_buffer`.
+    pub fn with_event_buffer(mut self, events: usize) -> Self {
+        self.event_buffer = events;
+        self
     }
 
     /// Sets `dedicated_runtime`.
@@ -529,6 +549,17 @@ impl LockerOptions {
         if self.connect_timeout.is_zero() {
             return bad("connect_timeout", "must be above 0".into());
         }
+        // fred's event channels panic on a capacity of 0, and allocate
+        // every slot of a large one at once.
+        if !(1..=MAX_EVENT_BUFFER).contains(&self.event_buffer) {
+            return bad(
+                "event_buffer",
+                format!(
+                    "must be from 1 to {MAX_EVENT_BUFFER} (got {})",
+                    self.event_buffer
+                ),
+            );
+        }
         if self.handover && nodes.iter().any(|n| n.topology == Topology::Cluster) {
             return bad(
                 "handover",
@@ -561,6 +592,7 @@ impl LockerOptions {
             dedicated_runtime: self.dedicated_runtime,
             fair: self.fair_queueing,
             direct: self.direct_connections,
+            event_buffer: self.event_buffer,
             handover: self.handover.then(|| claimant_channel(&self.key_prefix)),
         })
     }
@@ -610,6 +642,13 @@ pub(crate) fn extensions_fit(
 /// can hold.
 pub(crate) const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
+/// `event_buffer`'s default: a burst of up to 4,096 changed keys is read
+/// without a re-check of every lock, for 2.8 MB per node.
+const DEFAULT_EVENT_BUFFER: usize = 4096;
+
+/// `event_buffer`'s upper bound: about 700 MB per node at this size.
+const MAX_EVENT_BUFFER: usize = 1 << 20;
+
 /// The nodes in placement order: `rank[r]` is the index (in the user's list)
 /// of the node of rank `r`, ranked by [`NodeAddr::placement_key`]; equal keys
 /// (one server listed twice) keep their list order.
@@ -648,6 +687,8 @@ pub(crate) struct Settings {
     pub(crate) fair: bool,
     /// Direct connections are on (`direct_connections`).
     pub(crate) direct: bool,
+    /// `event_buffer`: the engine connection's events per channel.
+    pub(crate) event_buffer: usize,
     /// Hand-over (`handover`): this locker's channel, which its claims name.
     pub(crate) handover: Option<std::sync::Arc<str>>,
 }
@@ -778,6 +819,23 @@ mod tests {
             field_of(base().with_connect_timeout(ms(0))),
             "connect_timeout"
         );
+        // fred's event channels panic at 0 and allocate every slot at once.
+        assert_eq!(field_of(base().with_event_buffer(0)), "event_buffer");
+        assert_eq!(
+            field_of(base().with_event_buffer(MAX_EVENT_BUFFER + 1)),
+            "event_buffer"
+        );
+        assert_eq!(
+            field_of(base().with_event_buffer(usize::MAX)),
+            "event_buffer"
+        );
+        for events in [1, 64, DEFAULT_EVENT_BUFFER, MAX_EVENT_BUFFER] {
+            let s = base()
+                .with_event_buffer(events)
+                .settings()
+                .expect("in range");
+            assert_eq!(s.event_buffer, events);
+        }
         assert_eq!(field_of(LockerOptions::new(["nope"])), "nodes");
         assert_eq!(
             field_of(LockerOptions::new(["redis://a", "redis://b"]).with_key_majority(1)),
