@@ -502,7 +502,8 @@ const LOCKERS: usize = 10;
 /// and connection), then after a first lock + release, which opens its
 /// direct connection (README, "Direct connections"). Live heap (the
 /// counting allocator), RSS growth, and the time each step took per
-/// locker, the lockers one after the other.
+/// locker, the lockers one after the other. With the library's defaults,
+/// then with the `event_buffer` the command-line tool keeps (64).
 fn locker_cost(rt: &tokio::runtime::Runtime, n: usize) {
     println!();
     println!(
@@ -513,46 +514,51 @@ fn locker_cost(rt: &tokio::runtime::Runtime, n: usize) {
     println!("|---|---:|---:|---:|");
     let server = ValkeyServer::start();
     let urls = vec![server.url()];
-    rt.block_on(async {
-        sleep(Duration::from_millis(100)).await;
-        let (h0, r0) = (valkeylock_bench_alloc::snapshot(), common::rss_kib());
-        let t = Instant::now();
-        let mut all = Vec::with_capacity(n);
-        for _ in 0..n {
-            let locker = Locker::connect(common::valkeylock_options(&urls, 1))
-                .await
-                .expect("connect");
-            all.push(locker);
-        }
-        let connect = t.elapsed();
-        sleep(Duration::from_millis(300)).await;
-        let (h1, r1) = (valkeylock_bench_alloc::snapshot(), common::rss_kib());
-        let t = Instant::now();
-        for (i, locker) in all.iter().enumerate() {
-            let g = locker.lock(&format!("locker-{i}")).await.expect("lock");
-            g.release().await.expect("release");
-        }
-        let first = t.elapsed();
-        sleep(Duration::from_millis(300)).await;
-        let (h2, r2) = (valkeylock_bench_alloc::snapshot(), common::rss_kib());
-        let per = |d: i64| d as f64 / n as f64;
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0 / n as f64;
-        println!(
-            "| `Locker::connect` | {:.0} | {:.0} | {:.2} |",
-            per(h1.live_delta(&h0)),
-            per(r1 as i64 - r0 as i64),
-            ms(connect)
-        );
-        println!(
-            "| then the first lock + release (opens the direct connection) | {:.0} | {:.0} | {:.2} |",
-            per(h2.live_delta(&h1)),
-            per(r2 as i64 - r1 as i64),
-            ms(first)
-        );
-        for locker in all {
-            locker.close().await;
-        }
-    });
+    // The library's default, then what the command-line tool keeps.
+    let defaults = common::valkeylock_options(&urls, 1);
+    let few = defaults.clone().with_event_buffer(64);
+    for (options, label) in [(defaults, ""), (few, " with `event_buffer` 64")] {
+        rt.block_on(async {
+            sleep(Duration::from_millis(100)).await;
+            let (h0, r0) = (valkeylock_bench_alloc::snapshot(), common::rss_kib());
+            let t = Instant::now();
+            let mut all = Vec::with_capacity(n);
+            for _ in 0..n {
+                let locker = Locker::connect(options.clone())
+                    .await
+                    .expect("connect");
+                all.push(locker);
+            }
+            let connect = t.elapsed();
+            sleep(Duration::from_millis(300)).await;
+            let (h1, r1) = (valkeylock_bench_alloc::snapshot(), common::rss_kib());
+            let t = Instant::now();
+            for (i, locker) in all.iter().enumerate() {
+                let g = locker.lock(&format!("locker-{i}")).await.expect("lock");
+                g.release().await.expect("release");
+            }
+            let first = t.elapsed();
+            sleep(Duration::from_millis(300)).await;
+            let (h2, r2) = (valkeylock_bench_alloc::snapshot(), common::rss_kib());
+            let per = |d: i64| d as f64 / n as f64;
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0 / n as f64;
+            println!(
+                "| `Locker::connect`{label} | {:.0} | {:.0} | {:.2} |",
+                per(h1.live_delta(&h0)),
+                per(r1 as i64 - r0 as i64),
+                ms(connect)
+            );
+            println!(
+                "| then the first lock + release (opens the direct connection) | {:.0} | {:.0} | {:.2} |",
+                per(h2.live_delta(&h1)),
+                per(r2 as i64 - r1 as i64),
+                ms(first)
+            );
+            for locker in all {
+                locker.close().await;
+            }
+        });
+    }
     drop(server);
 }
 
