@@ -113,10 +113,12 @@ pub(crate) struct Common {
     pub(crate) config: Option<PathBuf>,
 }
 
-/// The tool's `event_buffer` unless its config file sets one: it holds one
-/// lock, or reads a few keys, so a burst of more changed keys than this
-/// cannot come, and the library's default would cost 2.8 MB and about
-/// 1.6 ms of start-up per node (`LockerOptions::event_buffer`).
+/// The tool's `event_buffer` unless its config file sets one. It holds one
+/// lock (`2·key_majority − 1` keys, 3 by default) or reads a few keys, so
+/// a burst of more changed keys than this needs an unusual `key_majority`,
+/// and would cost a re-check of that one lock; the library's default costs
+/// 2.8 MB and about 1.6 ms of start-up per node
+/// (`LockerOptions::event_buffer`).
 const TOOL_EVENT_BUFFER: usize = 64;
 
 #[derive(Debug, Subcommand)]
