@@ -121,6 +121,26 @@ async fn connect(urls: Vec<String>, majority: usize, prefix: &str) -> Locker {
         .expect("connect")
 }
 
+/// [`connect`] for a child process of the multi-process run. The parent
+/// starts its nemesis as soon as the children are spawned, so a child may
+/// connect while every node is frozen or cut off: a connection error is
+/// then the fault's doing, not a failure of the run (CI once saw a child's
+/// three nodes all time out at start-up, on a loaded machine). It tries
+/// again for up to 15 s, which the parent's wait for its children covers.
+async fn connect_through_faults(urls: Vec<String>, majority: usize, prefix: &str) -> Locker {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match Locker::connect(options(urls.clone(), majority, prefix)).await {
+            Ok(locker) => return locker,
+            Err(e @ Error::Connection { .. }) if Instant::now() < deadline => {
+                eprintln!("connect failed during the faults, trying again: {e}");
+                sleep(ms(200)).await;
+            }
+            Err(e) => panic!("connect: {e:?}"),
+        }
+    }
+}
+
 fn block<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
@@ -1929,7 +1949,7 @@ fn multiprocess_child() {
             let names = Arc::new(names);
             let mut lockers = Vec::new();
             for _ in 0..lockers_n {
-                lockers.push(connect(urls.clone(), majority, &prefix).await);
+                lockers.push(connect_through_faults(urls.clone(), majority, &prefix).await);
             }
             let mut tasks = Vec::new();
             for (l, locker) in lockers.iter().enumerate() {
