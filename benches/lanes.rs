@@ -26,7 +26,7 @@
 //! - `floor`: `SET NX PX` then the compare-and-delete script, one fred
 //!   client on the caller's runtime (the floor of the other benches).
 //! - `script`: the same client runs an acquire script with the commands
-//!   valkeylock's runs for a free key (`GET`, `EXISTS` of the fair queue,
+//!   valkeylock's runs for a free key (`EXISTS` of the fair queue,
 //!   `SET NX PXAT`, `GET`), then the compare-and-delete. Nobody would hear
 //!   of a loss: the ceiling of any transport.
 //! - `script+verify`: `script`, and after each acquisition a read-only check

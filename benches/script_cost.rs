@@ -14,8 +14,8 @@
 //!
 //! - `floor`: `SET key token NX PX ms`.
 //! - `stand-in`: a script of the same commands valkeylock's runs for a
-//!   free key, bare (`GET`, `EXISTS` of the fair queue, `SET … PXAT`,
-//!   `GET`), the `script` transport of the lanes bench.
+//!   free key, bare (`EXISTS` of the fair queue, `SET … NX PXAT`, `GET`),
+//!   the `script` transport of the lanes bench.
 //! - `general steps`: valkeylock's acquire script without its first lines,
 //!   which is the script before it answered the common case up front
 //!   (the text after `local n = #KEYS`).

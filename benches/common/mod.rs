@@ -783,14 +783,12 @@ pub(crate) fn median(values: &mut [f64]) -> f64 {
 }
 
 /// A free key's commands in valkeylock's acquire script, in its order, bare
-/// (`GET`, `EXISTS` of the fair queue, `SET … PXAT`, `GET`): the stand-in
-/// of the lanes and script_cost benches. `ARGV`: the token, the expiry
-/// (Unix ms).
+/// (`EXISTS` of the fair queue, `SET … NX PXAT`, `GET`): the stand-in of
+/// the lanes and script_cost benches. `ARGV`: the token, the expiry (Unix
+/// ms). Reply: the key's value after the write (the token when taken).
 pub(crate) const STAND_IN_ACQUIRE: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-if cur then return cur end
 if redis.call('EXISTS', '{' .. KEYS[1] .. '}:q') == 1 then return {1, 0} end
-redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PXAT', ARGV[2])
 return redis.call('GET', KEYS[1])
 "#;
 
