@@ -575,8 +575,27 @@ def region_targets11(bins):
 
     rows = []
     v1, raw1 = c("lock_unlock", "valkeylock", 1), c("lock_unlock", "raw", 1)
-    rows.append(("1 task, one name (`lock_unlock/*/1`)", f"≤ {I11_T1_VS_FLOOR}× the floor",
-                 f"{f1(v1)} vs {f1(raw1)} µs/op", ratio(v1, raw1, I11_T1_VS_FLOOR)))
+    # One task on one name is measured four times in a run: two criterion
+    # groups and two fixed-duration scenarios run the same loop (with one
+    # task, `uncontended` is `lock_unlock`). On a noisy host one of them
+    # can fall either side of the limit (the floor's two criterion rows of
+    # that loop have come 1.58x apart in one run), so the verdict takes
+    # the median of the four ratios (the mean of the middle two) and shows
+    # all four.
+    one = [("criterion `lock_unlock`", v1, raw1),
+           ("criterion `uncontended`", c("uncontended", "valkeylock", 1), c("uncontended", "raw", 1))]
+    for scenario in ("lock_unlock", "uncontended"):
+        fv = fixed.find(scenario=scenario, impl="valkeylock", tasks="1")
+        fr = fixed.find(scenario=scenario, impl="raw", tasks="1")
+        one.append((f"fixed-duration `{scenario}`", 1e6 / num(fv["ops/s"]), 1e6 / num(fr["ops/s"])))
+    ratios = sorted(v / r for _, v, r in one)
+    mid = (ratios[1] + ratios[2]) / 2
+    rows.append(("1 task, one name (the four measurements of that loop in the run)",
+                 f"≤ {I11_T1_VS_FLOOR}× the floor",
+                 "; ".join(f"{name} {f1(v)} vs {f1(r)} µs/op ({v / r:.2f}×)" for name, v, r in one),
+                 verdict(mid <= I11_T1_VS_FLOOR,
+                         f"median {mid:.2f}× the floor, limit {I11_T1_VS_FLOOR}×; "
+                         f"{sum(v / r <= I11_T1_VS_FLOOR for _, v, r in one)} of 4 within it")))
     # The same loop with the release not waited for (the Go valkeylock's
     # loop does not wait for its delete either); runs before these rows
     # existed have none.
