@@ -88,7 +88,10 @@ use crate::election::Record;
 /// `cargo bench --bench script_cost`; BENCHMARKS.md, "The acquire script's
 /// own cost"), and a key another owner holds three instead of one (the
 /// queue check and a `SET NX` that does nothing: about 0.7 µs more at the
-/// server; an attempt that fails is the rarer one). Anything
+/// server; an attempt that fails is the rarer one). The queue check is a
+/// read, so it arms tracking on the queue's key for that attempt too, as
+/// it did before for a free key; the engine drops invalidations of keys
+/// that are not lock keys (`node::route_invalidation`). Anything
 /// else (a fair queue there, the key ours already, a refused write, a
 /// failed read, fencing, a claim, `FORCE`, `XX`, many keys) goes on to the
 /// general steps, which read the key again; a refused `SET NX` (`OOM`) does
