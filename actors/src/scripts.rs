@@ -84,7 +84,7 @@ use crate::election::Record;
 /// `PXAT` already past made the server drop it). The general steps read
 /// the key first and write it after; for a free key that read armed
 /// tracking only for the write to drop it. So a free key costs three
-/// commands instead of four (the server spends about 13 % less time on it,
+/// commands instead of four (the server spends about 17 % less time on it,
 /// `cargo bench --bench script_cost`; BENCHMARKS.md, "The acquire script's
 /// own cost"), and a key another owner holds three instead of one (the
 /// queue check and a `SET NX` that does nothing: about 0.7 µs more at the
