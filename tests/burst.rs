@@ -11,55 +11,16 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fred::prelude::*;
+use support::capture::Capture;
 use support::{unique, ValkeyServer};
 use tokio::time::{timeout, Instant};
-use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing::Level;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::{Layer, SubscriberExt};
 use valkeylock::{Locker, LockerOptions, LostReason};
-
-/// The messages of the warnings the engine logs.
-#[derive(Clone, Default)]
-struct Warnings(Arc<Mutex<Vec<String>>>);
-
-struct Message<'a>(&'a mut String);
-
-impl Visit for Message<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            *self.0 = format!("{value:?}");
-        }
-    }
-}
-
-impl<S: Subscriber> Layer<S> for Warnings {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        if *event.metadata().level() != Level::WARN {
-            return;
-        }
-        let mut message = String::new();
-        event.record(&mut Message(&mut message));
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(message);
-    }
-}
-
-impl Warnings {
-    fn count(&self, prefix: &str) -> usize {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .filter(|m| m.starts_with(prefix))
-            .count()
-    }
-}
 
 /// Locks held, and the event buffer: a burst of 50 times the buffer.
 const LOCKS: usize = 200;
@@ -67,9 +28,13 @@ const EVENTS: usize = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_past_the_event_buffer_still_tells_every_holder() {
-    let warnings = Warnings::default();
-    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(warnings.clone()))
-        .expect("the only subscriber of this test binary");
+    // Warnings only, as the engine's debug events would cost it time in
+    // the burst.
+    let warnings = Capture::default();
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::registry().with(warnings.clone().with_filter(LevelFilter::WARN)),
+    )
+    .expect("the only subscriber of this test binary");
 
     let server = ValkeyServer::start();
     let admin = server.admin().await;
@@ -116,7 +81,9 @@ async fn a_burst_past_the_event_buffer_still_tells_every_holder() {
         assert_eq!(g.lost_reason(), Some(LostReason::Deleted));
     }
     // The case under test happened: the reader fell behind.
-    let lagged = warnings.count("invalidation channel lagged");
+    let lagged = warnings
+        .find(Level::WARN, "invalidation channel lagged", &[])
+        .len();
     assert!(
         lagged > 0,
         "the reader kept up with {LOCKS} invalidations through a buffer of {EVENTS}: nothing was skipped"

@@ -8,107 +8,14 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fred::prelude::*;
+use support::capture::Capture;
 use support::{eventually, unique, ValkeyServer};
-use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing::Level;
+use tracing_subscriber::layer::SubscriberExt;
 use valkeylock::{LockerOptions, LostReason};
-
-/// One captured event: its level and fields (`message` included).
-#[derive(Debug, Clone)]
-struct Captured {
-    level: Level,
-    fields: BTreeMap<String, String>,
-}
-
-/// One captured span: its id, name, fields and parent's id.
-#[derive(Debug, Clone)]
-struct Opened {
-    id: u64,
-    name: &'static str,
-    fields: BTreeMap<String, String>,
-    parent: Option<u64>,
-}
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<Captured>>>, Arc<Mutex<Vec<Opened>>>);
-
-struct Fields<'a>(&'a mut BTreeMap<String, String>);
-
-impl Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-}
-
-impl<S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>> Layer<S> for Capture {
-    fn on_new_span(
-        &self,
-        attrs: &tracing::span::Attributes<'_>,
-        id: &tracing::Id,
-        ctx: Context<'_, S>,
-    ) {
-        let mut fields = BTreeMap::new();
-        attrs.record(&mut Fields(&mut fields));
-        let parent = match attrs.parent() {
-            Some(p) => Some(p.into_u64()),
-            None if attrs.is_contextual() => ctx.current_span().id().map(tracing::Id::into_u64),
-            None => None,
-        };
-        // A failed assertion holding the list must not make the engine's
-        // thread panic here too.
-        let mut spans = self
-            .1
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        spans.push(Opened {
-            id: id.into_u64(),
-            name: attrs.metadata().name(),
-            fields,
-            parent,
-        });
-    }
-
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let mut fields = BTreeMap::new();
-        event.record(&mut Fields(&mut fields));
-        self.0.lock().expect("not poisoned").push(Captured {
-            level: *event.metadata().level(),
-            fields,
-        });
-    }
-}
-
-impl Capture {
-    /// Events at `level` whose fields include every pair of `want`, and
-    /// whose message starts with `message`.
-    fn find(&self, level: Level, message: &str, want: &[(&str, &str)]) -> Vec<Captured> {
-        self.0
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .filter(|e| e.level == level)
-            .filter(|e| {
-                e.fields
-                    .get("message")
-                    .is_some_and(|m| m.starts_with(message))
-            })
-            .filter(|e| {
-                want.iter()
-                    .all(|(k, v)| e.fields.get(*k).map(String::as_str) == Some(*v))
-            })
-            .cloned()
-            .collect()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loss_is_a_warning_with_the_lock_name() {
@@ -144,7 +51,7 @@ async fn a_loss_is_a_warning_with_the_lock_name() {
     assert!(
         minority,
         "no warning for the minority key: {:?}",
-        capture.0.lock().expect("lock")
+        capture.events()
     );
     assert!(guard.is_held());
 
@@ -164,11 +71,7 @@ async fn a_loss_is_a_warning_with_the_lock_name() {
             .is_empty()
     })
     .await;
-    assert!(
-        lost,
-        "no warning for the loss: {:?}",
-        capture.0.lock().expect("lock")
-    );
+    assert!(lost, "no warning for the loss: {:?}", capture.events());
     let warning = &capture.find(Level::WARN, "lock lost", &[("lock", name.as_str())])[0];
     let tag = warning.fields.get("token").expect("a token field");
     assert!(
@@ -183,7 +86,7 @@ async fn a_loss_is_a_warning_with_the_lock_name() {
     let guard = locker.lock(&held).await.expect("lock");
     guard.release().await.expect("release");
     {
-        let spans = capture.1.lock().expect("lock");
+        let spans = capture.spans();
         let hold = spans
             .iter()
             .find(|s| s.name == "hold" && s.fields.get("lock") == Some(&held))
@@ -199,7 +102,7 @@ async fn a_loss_is_a_warning_with_the_lock_name() {
     // No event anywhere carries the whole token (it would let a reader of
     // the logs release or extend the lock).
     let secret = &token[..40];
-    for e in capture.0.lock().expect("lock").iter() {
+    for e in capture.events().iter() {
         assert!(
             e.fields.values().all(|v| !v.contains(secret)),
             "an event carries the token: {e:?}"

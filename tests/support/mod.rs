@@ -1,10 +1,12 @@
 //! Shared test support: real `valkey-server` processes on free loopback ports,
-//! an admin client to poke at keys, and a polling helper.
+//! an admin client to poke at keys, a polling helper, and a `tracing` layer
+//! that captures what the engine logs (`capture`).
 //!
 //! Each `ValkeyServer` kills its own process on drop. Traffic goes to
 //! 127.0.0.1 only.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod capture;
 pub mod cluster;
 pub mod history;
 pub mod proxy;
