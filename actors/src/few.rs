@@ -56,9 +56,10 @@ impl<T> IntoIterator for OneOrMore<T> {
 /// It holds one entry nearly always (the one caller waiting for a grant,
 /// or for a release), so its entries sit in a vector searched in place,
 /// which for one entry takes 40 bytes of room where a boxed hash map took
-/// 132 (48 and 84), and no hashing; past [`Table::FEW`] entries (a crowd of callers of
-/// one name in this process) they move to a hash map, so that a crowd
-/// costs no search of its whole length per caller served.
+/// 132 (48 and 84), and no hashing. Past [`Table::FEW`] entries (a crowd
+/// of callers of one name in this process) they move to a hash map, so
+/// that a crowd costs no search of its whole length per caller served,
+/// and stay there until the table is emptied and trimmed.
 #[derive(Debug)]
 pub(crate) struct Table<V>(Option<Box<Entries<V>>>);
 
