@@ -39,6 +39,16 @@
 //!   reads arm tracking, and the invalidations go to the engine's
 //!   connection. Checked before the rounds: a key the caller's connection
 //!   read, deleted by another client, reaches the engine as an invalidation.
+//! - `lean`: the commands of `script+redirect` for a free key, sent as
+//!   plain commands written together (`SET NX PXAT`, the `GET` that arms
+//!   tracking, `EXISTS` of the fair queue, in one write), then the
+//!   compare-and-delete script, on a connection of the bench's own (a
+//!   tokio socket, RESP2, replies read by hand, tracking redirected to the
+//!   engine's connection). fred writes and flushes each command on its
+//!   own, a pipeline's too, so a script call is its cheapest single write;
+//!   this is what a connection that writes several commands at once would
+//!   allow (BENCHMARKS.md, "What limits", item 2). Not atomic, as the
+//!   script is: a measure of the transport, not a lock.
 //! - `valkeylock`: `Locker::lock` then `LockGuard::release`, as built: its
 //!   acquisitions and releases go on a direct connection (the caller's
 //!   runtime drives it, its tracking redirected to the engine's
@@ -142,11 +152,12 @@ end
 return redis.call('DEL', KEYS[1])
 "#;
 
-const VARIANTS: [&str; 6] = [
+const VARIANTS: [&str; 7] = [
     "floor",
     "script",
     "script+verify",
     "script+redirect",
+    "lean",
     "valkeylock",
     "valkeylock (engine)",
 ];
@@ -315,10 +326,12 @@ async fn transports(url: &str, engine: Engine, rounds: usize, each: Duration, tc
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     println!("redirect check: the engine's connection got the invalidation of a key the caller's connection read");
+    let lean = Lean::connect(&url, engine.id, release.clone()).await;
     let lane = Lane {
         raw,
         plain,
         redirected,
+        lean: Arc::new(tokio::sync::Mutex::new(lean)),
         acquire,
         release,
         locker,
@@ -369,6 +382,8 @@ struct Lane {
     raw: Raw,
     plain: Client,
     redirected: Client,
+    /// One task's at a time: the one-task rounds only.
+    lean: Arc<tokio::sync::Mutex<Lean>>,
     acquire: String,
     release: String,
     locker: Locker,
@@ -390,6 +405,7 @@ impl Lane {
                 let t = self.raw.lock(key).await;
                 self.raw.unlock(key, t).await;
             }
+            "lean" => self.lean.lock().await.op(key, &token).await,
             "valkeylock" | "valkeylock (engine)" => {
                 let locker = if variant == "valkeylock" {
                     &self.locker
@@ -651,6 +667,145 @@ fn medians_of(all: &[Vec<Measured>], variants: &[&str], title: &str) {
 }
 
 /// `variant` as a part of a key's name.
+/// The `lean` transport's connection: a socket, the commands of one
+/// step written together, their replies read in order.
+struct Lean {
+    stream: tokio::net::TcpStream,
+    /// Bytes read and not yet taken as replies.
+    read: Vec<u8>,
+    /// The commands of the next write.
+    write: Vec<u8>,
+    release: String,
+}
+
+impl Lean {
+    /// Connects to `url`'s server with tracking redirected to `engine`.
+    async fn connect(url: &str, engine: i64, release: String) -> Lean {
+        let addr = url.trim_start_matches("redis://");
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("lean connect");
+        stream.set_nodelay(true).expect("nodelay");
+        let mut lean = Lean {
+            stream,
+            read: Vec::new(),
+            write: Vec::new(),
+            release,
+        };
+        let engine = engine.to_string();
+        lean.command(&[
+            b"CLIENT",
+            b"TRACKING",
+            b"ON",
+            b"REDIRECT",
+            engine.as_bytes(),
+            b"NOLOOP",
+        ]);
+        let ok = lean.round(1).await;
+        assert_eq!(ok[0], b"+OK", "CLIENT TRACKING ON REDIRECT");
+        lean
+    }
+
+    /// One lock + release of `key` under `token`.
+    async fn op(&mut self, key: &str, token: &str) {
+        let queue = format!("{{{key}}}:q");
+        let at = expiry();
+        self.command(&[
+            b"SET",
+            key.as_bytes(),
+            token.as_bytes(),
+            b"NX",
+            b"PXAT",
+            at.as_bytes(),
+        ]);
+        self.command(&[b"GET", key.as_bytes()]);
+        self.command(&[b"EXISTS", queue.as_bytes()]);
+        let got = self.round(3).await;
+        assert_eq!(got[0], b"+OK", "SET NX of a free key");
+        let ours = format!("${}\r\n{token}", token.len());
+        assert!(got[1].starts_with(ours.as_bytes()), "GET: not ours");
+        assert_eq!(got[2], b":0", "EXISTS of the queue");
+        self.command(&[
+            b"EVALSHA",
+            self.release.clone().as_bytes(),
+            b"1",
+            key.as_bytes(),
+            token.as_bytes(),
+        ]);
+        let deleted = self.round(1).await;
+        assert_eq!(deleted[0], b":1", "compare-and-delete");
+    }
+
+    /// Appends one command to the next write.
+    fn command(&mut self, args: &[&[u8]]) {
+        self.write
+            .extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for a in args {
+            self.write
+                .extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            self.write.extend_from_slice(a);
+            self.write.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// Writes the commands appended, in one write, and reads `n` replies
+    /// (each without its last line end).
+    async fn round(&mut self, n: usize) -> Vec<Vec<u8>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.stream
+            .write_all(&self.write)
+            .await
+            .expect("lean write");
+        self.write.clear();
+        loop {
+            let mut at = 0;
+            let mut got = Vec::with_capacity(n);
+            while got.len() < n {
+                match reply_len(&self.read[at..]) {
+                    Some(len) => {
+                        got.push(self.read[at..at + len - 2].to_vec());
+                        at += len;
+                    }
+                    None => break,
+                }
+            }
+            if got.len() == n {
+                self.read.drain(..at);
+                return got;
+            }
+            let mut chunk = [0u8; 4096];
+            let read = self.stream.read(&mut chunk).await.expect("lean read");
+            assert!(read > 0, "the server closed the lean connection");
+            self.read.extend_from_slice(&chunk[..read]);
+        }
+    }
+}
+
+/// The length of the first whole RESP2 reply in `buf`, line ends
+/// included; `None` until it is all there.
+fn reply_len(buf: &[u8]) -> Option<usize> {
+    let line = buf.windows(2).position(|w| w == b"\r\n")?;
+    let head = std::str::from_utf8(&buf[1..line]).ok()?;
+    match buf[0] {
+        b'+' | b'-' | b':' => Some(line + 2),
+        b'$' => match head.parse::<i64>().ok()? {
+            n if n < 0 => Some(line + 2),
+            n => {
+                let end = line + 2 + usize::try_from(n).ok()? + 2;
+                (buf.len() >= end).then_some(end)
+            }
+        },
+        b'*' => {
+            let mut at = line + 2;
+            for _ in 0..head.parse::<i64>().ok()?.max(0) {
+                at += reply_len(&buf[at..])?;
+            }
+            Some(at)
+        }
+        other => panic!("unexpected RESP2 reply type {:?}", other as char),
+    }
+}
+
 fn slug(variant: &str) -> String {
     variant
         .chars()
