@@ -47,8 +47,8 @@
 //!   engine's connection). fred writes and flushes each command on its
 //!   own, a pipeline's too, so a script call is its cheapest single write;
 //!   this is what a connection that writes several commands at once would
-//!   allow (BENCHMARKS.md, "What limits", item 2). Not atomic, as the
-//!   script is: a measure of the transport, not a lock.
+//!   allow (BENCHMARKS.md, "What limits", item 2). Unlike the script,
+//!   not atomic: a measure of the transport, not a lock.
 //! - `valkeylock`: `Locker::lock` then `LockGuard::release`, as built: its
 //!   acquisitions and releases go on a direct connection (the caller's
 //!   runtime drives it, its tracking redirected to the engine's
@@ -174,9 +174,12 @@ const TEN_TASKS: [&str; 5] = [
 ];
 
 /// The transports of the one-task rounds on a worker: those of the ten-task
-/// rounds, and `lean` (one connection, which one task at a time can use),
-/// whose socket the task drives itself, as fred's connection task runs on
-/// a worker: the part where `lean` and the others cross the same threads.
+/// rounds, and `lean` (one connection, for one task at a time). Here its
+/// task drives its socket from a worker, where fred's connection task
+/// runs: it crosses the threads the others cross. On the thread that
+/// blocks on the runtime, each fred command crosses to fred's connection
+/// task on a worker and back, where `lean`'s task is woken only by the
+/// runtime's I/O driver.
 const ON_A_WORKER: [&str; 6] = [
     "floor",
     "script",
@@ -683,7 +686,6 @@ fn medians_of(all: &[Vec<Measured>], variants: &[&str], title: &str) {
     }
 }
 
-/// `variant` as a part of a key's name.
 /// The `lean` transport's connection: a socket, the commands of one
 /// step written together, their replies read in order.
 struct Lean {
@@ -802,7 +804,7 @@ impl Lean {
 /// included; `None` until it is all there.
 fn reply_len(buf: &[u8]) -> Option<usize> {
     let line = buf.windows(2).position(|w| w == b"\r\n")?;
-    let head = std::str::from_utf8(&buf[1..line]).ok()?;
+    let head = std::str::from_utf8(buf.get(1..line)?).ok()?;
     match buf[0] {
         b'+' | b'-' | b':' => Some(line + 2),
         b'$' => match head.parse::<i64>().ok()? {
@@ -823,6 +825,7 @@ fn reply_len(buf: &[u8]) -> Option<usize> {
     }
 }
 
+/// `variant` as a part of a key's name.
 fn slug(variant: &str) -> String {
     variant
         .chars()
