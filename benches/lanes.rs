@@ -42,9 +42,9 @@
 //! - `lean`: the commands of `script+redirect` for a free key, sent as
 //!   plain commands written together (`SET NX PXAT`, the `GET` that arms
 //!   tracking, `EXISTS` of the fair queue, in one write), then the
-//!   compare-and-delete script, on a connection of the bench's own (a
-//!   tokio socket, RESP2, replies read by hand, tracking redirected to the
-//!   engine's connection). fred writes and flushes each command on its
+//!   compare-and-delete script, on a plain RESP2 connection with no client
+//!   library (the tests' `RawConn`: a tokio socket; tracking redirected
+//!   to the engine's connection). fred writes and flushes each command on its
 //!   own, a pipeline's too, so a script call is its cheapest single write;
 //!   this is what a connection that writes several commands at once would
 //!   allow (BENCHMARKS.md, "What limits", item 2). Unlike the script,
@@ -101,6 +101,7 @@ use std::time::{Duration, Instant};
 use common::{expiry, median, order, Args, Raw};
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand, RespVersion};
+use support::proxy::{RawConn, Resp};
 use support::ValkeyServer;
 use tokio::sync::Notify;
 use valkeylock::Locker;
@@ -686,142 +687,54 @@ fn medians_of(all: &[Vec<Measured>], variants: &[&str], title: &str) {
     }
 }
 
-/// The `lean` transport's connection: a socket, the commands of one
-/// step written together, their replies read in order.
+/// The `lean` transport's connection: the tests' plain RESP2 connection
+/// (`support::proxy::RawConn`), the commands of one step written together.
 struct Lean {
-    stream: tokio::net::TcpStream,
-    /// Bytes read and not yet taken as replies.
-    read: Vec<u8>,
-    /// The commands of the next write.
-    write: Vec<u8>,
+    conn: RawConn,
     release: String,
 }
 
 impl Lean {
     /// Connects to `url`'s server with tracking redirected to `engine`.
     async fn connect(url: &str, engine: i64, release: String) -> Lean {
-        let addr = url.trim_start_matches("redis://");
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("lean connect");
-        stream.set_nodelay(true).expect("nodelay");
-        let mut lean = Lean {
-            stream,
-            read: Vec::new(),
-            write: Vec::new(),
-            release,
-        };
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port in the server's url");
+        let mut conn = RawConn::connect(port, &[]).await.expect("lean connect");
         let engine = engine.to_string();
-        lean.command(&[
-            b"CLIENT",
-            b"TRACKING",
-            b"ON",
-            b"REDIRECT",
-            engine.as_bytes(),
-            b"NOLOOP",
-        ]);
-        let ok = lean.round(1).await;
-        assert_eq!(ok[0], b"+OK", "CLIENT TRACKING ON REDIRECT");
-        lean
+        let ok = conn
+            .cmd(&["CLIENT", "TRACKING", "ON", "REDIRECT", &engine, "NOLOOP"])
+            .await
+            .expect("CLIENT TRACKING ON REDIRECT");
+        assert_eq!(ok, Resp::Simple("OK".into()), "CLIENT TRACKING ON REDIRECT");
+        Lean { conn, release }
     }
 
     /// One lock + release of `key` under `token`.
     async fn op(&mut self, key: &str, token: &str) {
         let queue = format!("{{{key}}}:q");
         let at = expiry();
-        self.command(&[
-            b"SET",
-            key.as_bytes(),
-            token.as_bytes(),
-            b"NX",
-            b"PXAT",
-            at.as_bytes(),
-        ]);
-        self.command(&[b"GET", key.as_bytes()]);
-        self.command(&[b"EXISTS", queue.as_bytes()]);
-        let got = self.round(3).await;
-        assert_eq!(got[0], b"+OK", "SET NX of a free key");
-        let ours = format!("${}\r\n{token}", token.len());
-        assert!(got[1].starts_with(ours.as_bytes()), "GET: not ours");
-        assert_eq!(got[2], b":0", "EXISTS of the queue");
-        self.command(&[
-            b"EVALSHA",
-            self.release.clone().as_bytes(),
-            b"1",
-            key.as_bytes(),
-            token.as_bytes(),
-        ]);
-        let deleted = self.round(1).await;
-        assert_eq!(deleted[0], b":1", "compare-and-delete");
-    }
-
-    /// Appends one command to the next write.
-    fn command(&mut self, args: &[&[u8]]) {
-        self.write
-            .extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-        for a in args {
-            self.write
-                .extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            self.write.extend_from_slice(a);
-            self.write.extend_from_slice(b"\r\n");
-        }
-    }
-
-    /// Writes the commands appended, in one write, and reads `n` replies
-    /// (each without its last line end).
-    async fn round(&mut self, n: usize) -> Vec<Vec<u8>> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        self.stream
-            .write_all(&self.write)
+        let (key, token) = (key.as_bytes(), token.as_bytes());
+        let got = self
+            .conn
+            .together(&[
+                &[b"SET", key, token, b"NX", b"PXAT", at.as_bytes()],
+                &[b"GET", key],
+                &[b"EXISTS", queue.as_bytes()],
+            ])
             .await
-            .expect("lean write");
-        self.write.clear();
-        loop {
-            let mut at = 0;
-            let mut got = Vec::with_capacity(n);
-            while got.len() < n {
-                match reply_len(&self.read[at..]) {
-                    Some(len) => {
-                        got.push(self.read[at..at + len - 2].to_vec());
-                        at += len;
-                    }
-                    None => break,
-                }
-            }
-            if got.len() == n {
-                self.read.drain(..at);
-                return got;
-            }
-            let mut chunk = [0u8; 4096];
-            let read = self.stream.read(&mut chunk).await.expect("lean read");
-            assert!(read > 0, "the server closed the lean connection");
-            self.read.extend_from_slice(&chunk[..read]);
-        }
-    }
-}
-
-/// The length of the first whole RESP2 reply in `buf`, line ends
-/// included; `None` until it is all there.
-fn reply_len(buf: &[u8]) -> Option<usize> {
-    let line = buf.windows(2).position(|w| w == b"\r\n")?;
-    let head = std::str::from_utf8(buf.get(1..line)?).ok()?;
-    match buf[0] {
-        b'+' | b'-' | b':' => Some(line + 2),
-        b'$' => match head.parse::<i64>().ok()? {
-            n if n < 0 => Some(line + 2),
-            n => {
-                let end = line + 2 + usize::try_from(n).ok()? + 2;
-                (buf.len() >= end).then_some(end)
-            }
-        },
-        b'*' => {
-            let mut at = line + 2;
-            for _ in 0..head.parse::<i64>().ok()?.max(0) {
-                at += reply_len(&buf[at..])?;
-            }
-            Some(at)
-        }
-        other => panic!("unexpected RESP2 reply type {:?}", other as char),
+            .expect("lean acquire");
+        assert_eq!(got[0], Resp::Simple("OK".into()), "SET NX of a free key");
+        assert_eq!(got[1], Resp::Bulk(Some(token.to_vec())), "GET: not ours");
+        assert_eq!(got[2], Resp::Int(0), "EXISTS of the queue");
+        let deleted = self
+            .conn
+            .together(&[&[b"EVALSHA", self.release.as_bytes(), b"1", key, token]])
+            .await
+            .expect("lean release");
+        assert_eq!(deleted[0], Resp::Int(1), "compare-and-delete");
     }
 }
 

@@ -532,6 +532,23 @@ impl RawConn {
             .map_err(|_| "no reply in time".to_owned())?
     }
 
+    /// Sends `commands` in one write and reads their replies, in order,
+    /// with no time limit: what a connection that writes several commands
+    /// at once does (the lanes bench's `lean` transport times it, and a
+    /// timer per call would be part of what it measures).
+    pub async fn together(&mut self, commands: &[&[&[u8]]]) -> Result<Vec<Resp>, String> {
+        let bytes: Vec<u8> = commands.iter().flat_map(|c| encode(c)).collect();
+        self.stream
+            .write_all(&bytes)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut replies = Vec::with_capacity(commands.len());
+        for _ in commands {
+            replies.push(self.read_reply().await?);
+        }
+        Ok(replies)
+    }
+
     async fn read_reply(&mut self) -> Result<Resp, String> {
         loop {
             if let Some((v, used)) = parse_resp(&self.buf) {
