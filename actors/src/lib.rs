@@ -75,6 +75,7 @@ mod direct;
 mod duration;
 mod election;
 mod error;
+mod exec;
 mod failure;
 mod few;
 mod handle;

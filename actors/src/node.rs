@@ -28,9 +28,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use fred::clients::Client;
-use fred::interfaces::{
-    ClientLike, EventInterface, KeysInterface, LuaInterface, TrackingInterface,
-};
+use fred::interfaces::{ClientLike, EventInterface, KeysInterface, TrackingInterface};
 use fred::prelude::{Config, ServerConfig};
 use fred::types::config::{ConnectionConfig, PerformanceConfig, TcpConfig, UnresponsiveConfig};
 use fred::types::scripts::Script;
@@ -46,6 +44,7 @@ use crate::addr::{NodeAddr, Topology};
 use crate::context::{count_send, AbortOnDrop, NodeLane, Shared};
 use crate::core::{Claim, CmdId, Op, Outcome, Place, Queue};
 use crate::election::Record;
+use crate::exec::Exec;
 use crate::failure::NodeFailure;
 use crate::keys::{self, KeyName};
 use crate::metrics::NodeMetrics;
@@ -1464,7 +1463,7 @@ async fn run_job(client: &Client, shared: &Shared, job: Job) {
 }
 
 /// Runs `job`'s command on `client`; its outcome.
-pub(crate) async fn outcome_of(client: &Client, shared: &Shared, job: &Job) -> Outcome {
+pub(crate) async fn outcome_of(client: &impl Exec, shared: &Shared, job: &Job) -> Outcome {
     run(
         client,
         shared,
@@ -1557,7 +1556,7 @@ fn command_failed(e: &fred::error::Error) -> Outcome {
 /// Runs one lock command. Bounded by fred's `default_command_timeout` (set to
 /// the locker's timeout in [`build_client`]); no second timer of our own.
 async fn run(
-    client: &Client,
+    client: &impl Exec,
     shared: &Shared,
     op: &Op,
     key: &KeyName,
@@ -1690,13 +1689,10 @@ async fn run(
             }),
             None => Ok(Outcome::Failed("no hand-over channel")),
         },
-        Op::FenceRead => client
-            .get::<Value, _>(key)
-            .await
-            .map(|v| match parse_fence(&v) {
-                Some(n) => Outcome::Fence(n),
-                None => Outcome::Failed("fencing counter is not a number"),
-            }),
+        Op::FenceRead => client.get_key(key).await.map(|v| match parse_fence(&v) {
+            Some(n) => Outcome::Fence(n),
+            None => Outcome::Failed("fencing counter is not a number"),
+        }),
         Op::FenceWrite { value } => evalsha(client, &scripts.fence_write, || {
             (vec![key.into()], vec![value.to_string().into()])
         })
@@ -1717,7 +1713,7 @@ async fn run(
 
 /// `ACQUIRE_LUA` on one key (and the fencing counter).
 async fn plain_acquire(
-    client: &Client,
+    client: &impl Exec,
     shared: &Shared,
     key: &KeyName,
     fence_key: Option<&KeyName>,
@@ -1768,7 +1764,7 @@ fn mode_arg(
 
 /// `RW_ACQUIRE_LUA` on one key of a read-write lock, gated by `gates`.
 async fn rw_acquire(
-    client: &Client,
+    client: &impl Exec,
     shared: &Shared,
     key: &str,
     fence_key: Option<&str>,
@@ -1918,7 +1914,7 @@ impl<'a> FairArgs<'a> {
 /// than never (see docs/SAFETY.md, "Security").
 #[allow(clippy::too_many_arguments)]
 async fn fair_acquire(
-    client: &Client,
+    client: &impl Exec,
     shared: &Shared,
     wire_key: &KeyName,
     fence_wire: Option<&KeyName>,
@@ -1963,16 +1959,20 @@ async fn fair_acquire(
 /// restarted or flushed server). Unlike fred's `evalsha_with_reload`, which
 /// clones the keys and arguments of every call in case it must retry, this
 /// builds them again only for the retry.
-async fn evalsha<F>(client: &Client, script: &Script, args: F) -> Result<Value, fred::error::Error>
+async fn evalsha<F>(
+    client: &impl Exec,
+    script: &Script,
+    args: F,
+) -> Result<Value, fred::error::Error>
 where
     F: Fn() -> (Vec<Key>, Vec<Value>),
 {
     let (keys, values) = args();
-    match client.evalsha(script.sha1().clone(), keys, values).await {
+    match client.run_script(script, keys, values).await {
         Err(e) if e.details().starts_with("NOSCRIPT") => {
-            script.load(client).await?;
+            client.load_script(script).await?;
             let (keys, values) = args();
-            client.evalsha(script.sha1().clone(), keys, values).await
+            client.run_script(script, keys, values).await
         }
         result => result,
     }
