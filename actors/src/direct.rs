@@ -11,9 +11,11 @@
 //! now the reply too. No task stands between the caller and the connection:
 //! the caller's own task sends the command and takes its reply while it
 //! waits for its answer (`drive`), and a command nobody waits for (a guard
-//! dropped) runs on a task of its own on the caller's runtime (`spawn`). So
-//! a lock and its release cost the wake-ups of fred's connection task only,
-//! as the floor's commands do. A burst is not what a direct connection is
+//! dropped) runs on a task of its own on the caller's runtime (`spawn`).
+//! The connection is one of our own (`wire`), which the callers' tasks
+//! write and read themselves, so a lock and its release cost no wake-up of
+//! a connection task at all, where the floor's fred commands cost two each
+//! (a node over TLS gets a fred client instead, and pays them). A burst is not what a direct connection is
 //! for: past `MAX_OUT` commands out, the rest take the engine's connection
 //! and its script calls of many keys.
 //!
@@ -26,9 +28,10 @@
 //! and opened anew; and a command that was out across the change (the
 //! engine's id before and after it differ) is followed by a re-check of its
 //! node's keys of that lock, as the engine's reconnect does for the keys it
-//! knew of. fred never reconnects a direct connection by itself (that would
-//! lose its tracking without a word): one whose connection ends is dropped,
-//! and the next caller opens another. The server keeps a read key tracked
+//! knew of. A direct connection is never reconnected (that would lose its
+//! tracking without a word; the fred client of a TLS node has no reconnect
+//! policy for that reason): one whose connection ends is dropped, and the
+//! next caller opens another. The server keeps a read key tracked
 //! for the connection that read it, only redirecting where it reports: so
 //! when a direct connection ends, every lock re-checks its keys on the node
 //! (`Closing`), which reads them again on the engine's connection; without
@@ -61,10 +64,11 @@
 //! where the engine runs on the callers' runtime (`dedicated_runtime` off;
 //! `runtime::EngineScope`), not outside a runtime. One connection per locker
 //! and node, opened by the first caller that finds none; callers on other
-//! runtimes use it too (fred's client works across runtimes). If the
-//! runtime that opened it shuts down, fred's connection task goes with it,
-//! and so does the task that keeps the slot: it takes the connection out as
-//! it is dropped, and the next caller opens one on its own runtime.
+//! runtimes use it too (its socket's readiness comes from the I/O driver of
+//! the runtime that opened it). If that runtime shuts down, its socket
+//! fails (and a TLS node's fred connection task goes with it), and so does
+//! the task that keeps the slot: it takes the connection out as it is
+//! dropped, and the next caller opens one on its own runtime.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -82,9 +86,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::addr::Topology;
 use crate::context::{lock, DirectConn, DirectInfo, DirectSlot, Shared};
+use crate::exec::Exec;
 use crate::few::OneOrMore;
 use crate::msg::{DirectCmd, DirectLink, Running, Sends};
 use crate::node;
+use crate::wire::Wire;
 
 /// The most commands a direct connection has out at once; more go on the
 /// engine's connection. A bound on the work a burst puts on the caller's
@@ -139,29 +145,27 @@ pub(crate) fn conn(shared: &Arc<Shared>, node: usize, runtime: &Handle) -> Optio
     None
 }
 
-/// Opens node `node`'s direct connection on the current runtime (its
-/// connection task runs there), its tracking redirected to the engine's
-/// connection `engine`; runs until it closes.
+/// Opens node `node`'s direct connection on the current runtime, its
+/// tracking redirected to the engine's connection `engine`; runs until it
+/// closes. A connection of our own (`wire`), which this runtime's callers
+/// drive, or for a node over TLS a fred client, whose connection task runs
+/// here.
 async fn open(shared: Arc<Shared>, node: usize, engine: u64) {
     let generation = shared.direct_generation.fetch_add(1, Ordering::Relaxed) + 1;
     // Dropped unsettled (its runtime shut down meanwhile): the next caller
     // opens one.
     let mut unsettled = Unsettled(Some(&shared.direct[node]));
+    let addr = &shared.settings.nodes[node];
     let opened = async {
-        // The engine's client settings: no reconnect policy, so a broken
-        // connection stays broken (and is replaced) rather than coming back
-        // without tracking.
-        let client = node::build_client(
-            &shared.settings.nodes[node],
-            &shared.settings,
-            node::Role::Direct,
-        )?;
-        let handle = client.init().await?;
-        if let Err(e) = redirect(&client, &shared, engine).await {
-            handle.abort();
-            return Err(e);
+        if addr.tls {
+            return open_fred(&shared, node, engine).await;
         }
-        Ok((client, handle))
+        let tracking = shared
+            .settings
+            .tracking
+            .then_some((engine, shared.settings.no_loop));
+        let wire = Wire::connect(addr, shared.settings.timeout, tracking).await?;
+        Ok(Transport::Wire(Arc::new(wire)))
     };
     let opened = tokio::time::timeout(shared.settings.connect_timeout, opened).await;
     let info = DirectInfo {
@@ -174,7 +178,7 @@ async fn open(shared: Arc<Shared>, node: usize, engine: u64) {
     // Settled: from here on the slot may hold another opener's `Opening`,
     // which is not this task's to clear.
     unsettled.0 = None;
-    let Some((client, handle, stop)) = settled else {
+    let Some((transport, stop)) = settled else {
         return;
     };
     // Out of the slot however this task ends: closed with the locker,
@@ -182,13 +186,61 @@ async fn open(shared: Arc<Shared>, node: usize, engine: u64) {
     // the connection's task with it), so that no command is sent to a
     // connection nobody drives.
     let open = Closing(&shared, &info);
-    tokio::select! {
-        _ = handle => {}
-        _ = stop.cancelled() => {}
-        _ = shared.closed.cancelled() => {}
+    match transport {
+        Transport::Fred(client, handle) => {
+            tokio::select! {
+                _ = handle => {}
+                _ = stop.cancelled() => {}
+                _ = shared.closed.cancelled() => {}
+            }
+            drop(open);
+            let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
+        }
+        Transport::Wire(wire) => {
+            tokio::select! {
+                _ = wire.watch() => {}
+                _ = stop.cancelled() => {}
+                _ = shared.closed.cancelled() => {}
+            }
+            drop(open);
+            // The commands out finish first, as they would before fred's
+            // `QUIT`.
+            let _ = tokio::time::timeout(Duration::from_secs(1), wire.quiet()).await;
+            wire.end(fred::error::Error::new(
+                fred::error::ErrorKind::Canceled,
+                "direct connection closed",
+            ));
+        }
     }
-    drop(open);
-    let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
+}
+
+/// What a direct connection runs on.
+enum Transport {
+    /// Our own.
+    Wire(Arc<Wire>),
+    /// A fred client (TLS), and its connection task.
+    Fred(Client, fred::types::ConnectHandle),
+}
+
+/// A fred client as node `node`'s direct connection: the engine's client
+/// settings, but no reconnect policy, so a broken connection stays broken
+/// (and is replaced) rather than coming back without tracking.
+async fn open_fred(
+    shared: &Shared,
+    node: usize,
+    engine: u64,
+) -> Result<Transport, fred::error::Error> {
+    let client = node::build_client(
+        &shared.settings.nodes[node],
+        &shared.settings,
+        node::Role::Direct,
+    )?;
+    let handle = client.init().await?;
+    if let Err(e) = redirect(&client, shared, engine).await {
+        handle.abort();
+        return Err(e);
+    }
+    Ok(Transport::Fred(client, handle))
 }
 
 /// Dropped when a direct connection ends: takes it out of its slot, and has
@@ -235,10 +287,7 @@ async fn redirect(client: &Client, shared: &Shared, engine: u64) -> Result<(), f
     Ok(())
 }
 
-type Opened = Result<
-    Result<(Client, fred::types::ConnectHandle), fred::error::Error>,
-    tokio::time::error::Elapsed,
->;
+type Opened = Result<Result<Transport, fred::error::Error>, tokio::time::error::Elapsed>;
 
 /// Puts the outcome of opening connection `info` in its node's slot; the
 /// connection and what stops it, if it is to be used.
@@ -246,10 +295,10 @@ fn settle(
     shared: &Arc<Shared>,
     info: DirectInfo,
     opened: Opened,
-) -> Option<(Client, fred::types::ConnectHandle, CancellationToken)> {
+) -> Option<(Transport, CancellationToken)> {
     let addr = &shared.settings.nodes[info.node];
     let mut slot = lock(&shared.direct[info.node]);
-    let (client, handle) = match opened {
+    let transport = match opened {
         Ok(Ok(opened)) => opened,
         failed => {
             let why = match failed {
@@ -272,34 +321,45 @@ fn settle(
         if matches!(*slot, DirectSlot::Opening) {
             *slot = DirectSlot::Closed;
         }
-        handle.abort();
+        // A wire's socket closes as it is dropped.
+        if let Transport::Fred(_, handle) = &transport {
+            handle.abort();
+        }
         return None;
     }
     tracing::debug!(node = %addr.display(), redirect = info.redirect, "direct connection open");
     let stop = CancellationToken::new();
-    let link = Link {
-        client: client.clone(),
-        shared: Arc::downgrade(shared),
-        info: info.clone(),
+    let shared_weak = Arc::downgrade(shared);
+    let link: Arc<dyn DirectLink> = match &transport {
+        Transport::Wire(wire) => Arc::new(Link {
+            client: wire.clone(),
+            shared: shared_weak,
+            info: info.clone(),
+        }),
+        Transport::Fred(client, _) => Arc::new(Link {
+            client: Arc::new(client.clone()),
+            shared: shared_weak,
+            info: info.clone(),
+        }),
     };
     *slot = DirectSlot::Open(DirectConn {
-        link: Arc::new(link),
+        link,
         info,
         stop: stop.clone(),
     });
-    Some((client, handle, stop))
+    Some((transport, stop))
 }
 
 /// A direct connection as its commands see it. Holds its locker weakly: it
 /// lives in the locker's own slot.
 #[derive(Debug)]
-struct Link {
-    client: Client,
+struct Link<C> {
+    client: Arc<C>,
     shared: Weak<Shared>,
     info: DirectInfo,
 }
 
-impl DirectLink for Link {
+impl<C: Exec + Send + std::fmt::Debug + 'static> DirectLink for Link<C> {
     fn run(&self, cmd: DirectCmd) -> Running {
         let (client, shared) = (self.client.clone(), self.shared.clone());
         let (node, redirect) = (self.info.node, self.info.redirect);
@@ -308,7 +368,7 @@ impl DirectLink for Link {
             let Some(shared) = shared.upgrade() else {
                 return Sends::default();
             };
-            let outcome = node::outcome_of(&client, &shared, &cmd.job).await;
+            let outcome = node::outcome_of(&*client, &shared, &cmd.job).await;
             node::wake_for(&shared, &cmd.job);
             let (id, port) = (cmd.job.cmd, cmd.port.upgrade());
             drop(cmd);
@@ -341,13 +401,13 @@ pub(crate) fn spawn(sends: Sends) {
 
 /// [`spawn`], for commands made on this very thread for the runtime it runs
 /// in (a guard dropped, a caller gone): each is polled once here first,
-/// which hands it to fred's connection in the order the core made it. A
+/// which hands it to its connection in the order the core made it. A
 /// task spawned would write it only when it first runs, after whatever the
 /// caller sends next (the acquisition a loop of `lock()` and a dropped
 /// guard sends right behind this delete, see `LockCore`'s chains) had
 /// overtaken it on the very connection meant to keep them in order. Only
-/// here: polled from elsewhere, on a runtime that has shut down, fred's
-/// time limit would panic.
+/// here: polled from elsewhere, on a runtime that has shut down, the
+/// command's time limit (its reply timeout) would panic.
 pub(crate) fn send_now(sends: Sends) {
     for cmd in sends {
         let runtime = cmd.runtime.clone();

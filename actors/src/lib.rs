@@ -90,6 +90,7 @@ mod node;
 mod observer;
 mod options;
 mod request;
+mod resp;
 mod runtime;
 mod rwlock;
 mod scripts;
@@ -98,7 +99,10 @@ mod semaphore;
 mod sim;
 mod status;
 mod supervisor;
+#[cfg(test)]
+mod test_server;
 mod timers;
+mod wire;
 
 pub use addr::{NodeAddr, NodeUrlErrorKind, ParseNodeError, Topology};
 pub use duration::{format_duration, parse_duration, DurationErrorKind, ParseDurationError};

@@ -1,0 +1,753 @@
+//! A direct connection of our own: one TCP socket that the callers' tasks
+//! drive themselves, with no connection task between them and it.
+//!
+//! Why: fred hands every command to its connection task, which writes it
+//! with a flush of its own, and hands every reply back the same way; per
+//! command that is two wake-ups of that task and a write of its own. Here a
+//! caller's command is written from the caller's task, in the poll that
+//! makes it, and its reply is read by whichever caller's task the socket
+//! wakes (BENCHMARKS.md, "What limits", item 2, measured the difference).
+//!
+//! How callers share it: commands are written in the order they are made,
+//! and replies come back in that order, so a queue of the commands still
+//! waiting for a reply (`Waiting`) tells whose each reply is. The socket
+//! keeps one waker for reading: that of the last task that found nothing to
+//! read. A caller whose reply came leaves that place to the oldest command
+//! still waiting, or, when none is, to the connection's watcher (`watch`,
+//! the task that opened it), which is how a connection closed while idle is
+//! noticed at once, without a wake-up per reply. A reply read by one caller
+//! for another is kept for it, and its task woken.
+//!
+//! What ends it: the server closing it, an error on the socket, bytes that
+//! are no reply (`resp::Malformed`), a reply with no command waiting for it,
+//! or a reply overdue past the locker's `timeout`. Then every command still
+//! waiting fails (a timeout as fred's timeout: the command's outcome is
+//! unknown), the socket is closed, and its opener's task ends, which takes
+//! it out of its node's slot (`direct::Closing`).
+//!
+//! Not here: TLS (a node over TLS gets a fred client as its direct
+//! connection), RESP3 (replies come back in RESP2; invalidations go to the
+//! engine's connection by redirect, not here).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use fred::error::{Error, ErrorKind};
+use fred::types::scripts::Script;
+use fred::types::{Key, Value};
+use tokio::net::TcpStream;
+
+use crate::addr::NodeAddr;
+use crate::exec::Exec;
+use crate::resp::{self, Frame};
+
+/// The most bytes read and not yet a whole reply; our replies are a few
+/// hundred bytes. Past it the connection ends (`resp::MAX_LEN` bounds one
+/// string, this bounds a reply of many).
+const MAX_BUFFERED: usize = 4 << 20;
+
+/// How much room each read asks for.
+const READ_CHUNK: usize = 4096;
+
+/// One direct connection.
+#[derive(Debug)]
+pub(crate) struct Wire {
+    state: Mutex<State>,
+    /// A command's reply overdue past this ends the connection.
+    timeout: Duration,
+}
+
+#[derive(Debug)]
+struct State {
+    link: Link,
+    /// The commands sent, oldest first, each until its reply is read.
+    waiting: VecDeque<(u64, Waiter)>,
+    /// Replies read for commands whose callers have not taken them yet.
+    answered: Vec<(u64, Result<Value, Error>)>,
+    next_id: u64,
+    /// The task that opened the connection, woken when it ends, and the
+    /// socket's reader while no command waits.
+    watcher: Option<Waker>,
+}
+
+/// The socket, or why there is none.
+#[derive(Debug)]
+enum Link {
+    Open(Socket),
+    Ended(Error),
+}
+
+#[derive(Debug)]
+struct Socket {
+    stream: TcpStream,
+    /// Bytes of commands not yet written, and how many of them were.
+    out: Vec<u8>,
+    written: usize,
+    /// Bytes read, not yet a whole reply.
+    input: Vec<u8>,
+}
+
+/// A command waiting for its reply.
+#[derive(Debug)]
+enum Waiter {
+    /// Its caller, with the waker of its last poll.
+    Caller(Option<Waker>),
+    /// Its caller stopped waiting: the reply is read and dropped.
+    Gone,
+}
+
+/// Who a poll of the socket is for: a command's caller, or the watcher.
+#[derive(Clone, Copy, PartialEq)]
+enum Party {
+    Call(u64),
+    Watcher,
+}
+
+impl Wire {
+    /// Connects to `addr`'s instance and readies the connection: the
+    /// credentials, the database, and tracking redirected to the engine's
+    /// connection `redirect` (with `NOLOOP` if `no_loop`), when `tracking`.
+    pub(crate) async fn connect(
+        addr: &NodeAddr,
+        timeout: Duration,
+        tracking: Option<(u64, bool)>,
+    ) -> Result<Wire, Error> {
+        let (host, port) = addr
+            .hosts
+            .first()
+            .ok_or_else(|| Error::new(ErrorKind::Config, "no host"))?;
+        let stream = TcpStream::connect((host.as_str(), *port))
+            .await
+            .map_err(io_error)?;
+        stream.set_nodelay(true).map_err(io_error)?;
+        let wire = Wire {
+            state: Mutex::new(State {
+                link: Link::Open(Socket {
+                    stream,
+                    out: Vec::with_capacity(512),
+                    written: 0,
+                    input: Vec::with_capacity(READ_CHUNK),
+                }),
+                waiting: VecDeque::new(),
+                answered: Vec::new(),
+                next_id: 0,
+                watcher: None,
+            }),
+            timeout,
+        };
+        if let Some(password) = &addr.password {
+            let mut args: Vec<&[u8]> = vec![b"AUTH"];
+            if let Some(user) = &addr.username {
+                args.push(user.as_bytes());
+            }
+            args.push(password.as_bytes());
+            wire.command(args).await?;
+        }
+        if let Some(db) = addr.db {
+            let db = db.to_string();
+            wire.command([&b"SELECT"[..], db.as_bytes()]).await?;
+        }
+        if let Some((redirect, no_loop)) = tracking {
+            let id = redirect.to_string();
+            let mut args: Vec<&[u8]> =
+                vec![b"CLIENT", b"TRACKING", b"ON", b"REDIRECT", id.as_bytes()];
+            if no_loop {
+                args.push(b"NOLOOP");
+            }
+            wire.command(args).await?;
+        }
+        Ok(wire)
+    }
+
+    /// Sends one command and waits for its reply, for the locker's
+    /// `timeout` at most: past it the connection ends, and every command
+    /// waiting on it fails with a timeout.
+    pub(crate) async fn command<'a>(
+        &self,
+        args: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Value, Error> {
+        let args: Vec<&[u8]> = args.into_iter().collect();
+        let mut call = Call {
+            wire: self,
+            id: None,
+        };
+        let reply = tokio::time::timeout(
+            self.timeout,
+            std::future::poll_fn(|cx| call.poll(cx, &args)),
+        )
+        .await;
+        match reply {
+            Ok(reply) => reply,
+            Err(_) => {
+                let overdue =
+                    Error::new(ErrorKind::Timeout, "a reply overdue on a direct connection");
+                self.end(overdue.clone());
+                Err(overdue)
+            }
+        }
+    }
+
+    /// Runs as long as the connection: ready once it has ended (the server
+    /// closed it, an error, a reply overdue, `end`). Meanwhile, whenever no
+    /// command waits, it is the socket's reader, so that a close comes to
+    /// light at once.
+    pub(crate) async fn watch(&self) {
+        std::future::poll_fn(|cx| match self.watcher_poll(cx) {
+            (true, _) => Poll::Ready(()),
+            (false, _) => Poll::Pending,
+        })
+        .await
+    }
+
+    /// Ready once no caller waits for a reply (or the connection ended).
+    pub(crate) async fn quiet(&self) {
+        std::future::poll_fn(|cx| match self.watcher_poll(cx) {
+            (true, _) | (_, false) => Poll::Ready(()),
+            _ => Poll::Pending,
+        })
+        .await
+    }
+
+    /// The watcher's poll: it reads the socket if no caller does. Whether
+    /// the connection ended, and whether a caller waits.
+    fn watcher_poll(&self, cx: &mut Context<'_>) -> (bool, bool) {
+        let mut state = self.lock();
+        state.watcher = Some(cx.waker().clone());
+        if state.next_reader().is_none() {
+            state.pump(Party::Watcher, cx.waker());
+        }
+        let ended = matches!(state.link, Link::Ended(_));
+        (ended, state.next_reader().is_some())
+    }
+
+    /// Ends the connection, for `why`: every command waiting fails with it.
+    pub(crate) fn end(&self, why: Error) {
+        self.lock().end(why);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        crate::context::lock(&self.state)
+    }
+}
+
+impl State {
+    /// Writes what is not written yet and reads what came, for `party`,
+    /// whose waker the socket keeps if it must wait. Replies read are handed
+    /// to their commands, whose callers are woken (not `party`'s own: it is
+    /// the one running).
+    fn pump(&mut self, party: Party, waker: &Waker) {
+        let mut cx = Context::from_waker(waker);
+        let outcome = match &mut self.link {
+            Link::Open(socket) => socket.pump(&mut cx),
+            Link::Ended(_) => return,
+        };
+        let (frames, ended) = outcome;
+        for frame in frames {
+            self.answer(frame, party);
+        }
+        if let Some(why) = ended {
+            self.end(why);
+        }
+    }
+
+    /// Hands one reply to the oldest command waiting.
+    fn answer(&mut self, frame: Frame, party: Party) {
+        let reply = match frame {
+            Frame::Push => return,
+            Frame::Reply(reply) => reply,
+        };
+        match self.waiting.pop_front() {
+            Some((id, Waiter::Caller(waker))) => {
+                self.answered.push((id, reply));
+                if party != Party::Call(id) {
+                    if let Some(waker) = waker {
+                        waker.wake();
+                    }
+                }
+            }
+            Some((_, Waiter::Gone)) => {}
+            None => self.end(Error::new(
+                ErrorKind::Protocol,
+                "a reply no command waited for",
+            )),
+        }
+    }
+
+    /// The socket's reader from now on, once `party` no longer waits: the
+    /// oldest command waiting, else the watcher. Its waker goes to the
+    /// socket; what came meanwhile is read for it.
+    fn hand_over(&mut self) {
+        let next = self.next_reader();
+        let next = next.or_else(|| Some((Party::Watcher, self.watcher.clone()?)));
+        if let Some((party, waker)) = next {
+            self.pump(party, &waker);
+        }
+    }
+
+    /// The oldest command whose caller waits, with its waker.
+    fn next_reader(&self) -> Option<(Party, Waker)> {
+        self.waiting.iter().find_map(|(id, w)| match w {
+            Waiter::Caller(Some(waker)) => Some((Party::Call(*id), waker.clone())),
+            _ => None,
+        })
+    }
+
+    fn end(&mut self, why: Error) {
+        if matches!(self.link, Link::Ended(_)) {
+            return;
+        }
+        tracing::debug!(error = %why, "direct connection ended");
+        // Dropping the socket closes it.
+        self.link = Link::Ended(why);
+        for (_, waiter) in self.waiting.drain(..) {
+            if let Waiter::Caller(Some(waker)) = waiter {
+                waker.wake();
+            }
+        }
+        if let Some(watcher) = &self.watcher {
+            watcher.wake_by_ref();
+        }
+    }
+}
+
+impl Socket {
+    /// Writes and reads what the socket takes and has without waiting; the
+    /// replies read, and why the connection must end, if it must.
+    fn pump(&mut self, cx: &mut Context<'_>) -> (Vec<Frame>, Option<Error>) {
+        let mut frames = Vec::new();
+        if let Err(e) = self.write(cx) {
+            return (frames, Some(e));
+        }
+        loop {
+            match self.stream.poll_read_ready(cx) {
+                Poll::Pending => return (frames, None),
+                Poll::Ready(Err(e)) => return (frames, Some(io_error(e))),
+                Poll::Ready(Ok(())) => {}
+            }
+            let len = self.input.len();
+            self.input.resize(len + READ_CHUNK, 0);
+            let read = self.stream.try_read(&mut self.input[len..]);
+            self.input.truncate(len + *read.as_ref().unwrap_or(&0));
+            match read {
+                Ok(0) => {
+                    let closed = Error::new(ErrorKind::IO, "the server closed the connection");
+                    return (frames, Some(closed));
+                }
+                Ok(_) => {
+                    if let Err(e) = self.frames(&mut frames) {
+                        return (frames, Some(e));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return (frames, Some(io_error(e))),
+            }
+        }
+    }
+
+    /// Writes the commands not written yet, as far as the socket takes them.
+    fn write(&mut self, cx: &mut Context<'_>) -> Result<(), Error> {
+        while self.written < self.out.len() {
+            match self.stream.try_write(&self.out[self.written..]) {
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    match self.stream.poll_write_ready(cx) {
+                        Poll::Pending => return Ok(()),
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => return Err(io_error(e)),
+                    }
+                }
+                Err(e) => return Err(io_error(e)),
+            }
+        }
+        self.out.clear();
+        self.written = 0;
+        Ok(())
+    }
+
+    /// Takes the whole replies off the front of what was read.
+    fn frames(&mut self, frames: &mut Vec<Frame>) -> Result<(), Error> {
+        let mut at = 0;
+        let result = loop {
+            match resp::parse(&self.input[at..]) {
+                Ok(Some((frame, used))) => {
+                    frames.push(frame);
+                    at += used;
+                }
+                Ok(None) if self.input.len() - at > MAX_BUFFERED => {
+                    break Err(Error::new(ErrorKind::Protocol, "a reply too long"));
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(Error::new(ErrorKind::Protocol, e.to_string())),
+            }
+        };
+        self.input.drain(..at);
+        result
+    }
+}
+
+/// One command on the connection, from its caller's side.
+struct Call<'w> {
+    wire: &'w Wire,
+    /// Set once its bytes are queued.
+    id: Option<u64>,
+}
+
+impl Call<'_> {
+    fn poll(&mut self, cx: &mut Context<'_>, args: &[&[u8]]) -> Poll<Result<Value, Error>> {
+        let mut state = self.wire.lock();
+        let id = match self.id {
+            Some(id) => id,
+            None => {
+                let id = state.next_id;
+                match &mut state.link {
+                    Link::Open(socket) => resp::encode(&mut socket.out, args.iter().copied()),
+                    Link::Ended(why) => return Poll::Ready(Err(why.clone())),
+                }
+                state.next_id += 1;
+                state.waiting.push_back((id, Waiter::Caller(None)));
+                self.id = Some(id);
+                id
+            }
+        };
+        state.pump(Party::Call(id), cx.waker());
+        if let Some(at) = state.answered.iter().position(|(i, _)| *i == id) {
+            let (_, reply) = state.answered.swap_remove(at);
+            self.id = None;
+            state.hand_over();
+            return Poll::Ready(reply);
+        }
+        if let Link::Ended(why) = &state.link {
+            self.id = None;
+            return Poll::Ready(Err(why.clone()));
+        }
+        if let Some((_, waiter)) = state.waiting.iter_mut().find(|(i, _)| *i == id) {
+            *waiter = Waiter::Caller(Some(cx.waker().clone()));
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Call<'_> {
+    /// A caller that stops waiting (dropped, or past its time) leaves its
+    /// reply to be read and dropped, and the socket's reading to the next.
+    fn drop(&mut self) {
+        let Some(id) = self.id else {
+            return;
+        };
+        let mut state = self.wire.lock();
+        state.answered.retain(|(i, _)| *i != id);
+        if let Some((_, waiter)) = state.waiting.iter_mut().find(|(i, _)| *i == id) {
+            *waiter = Waiter::Gone;
+        }
+        state.hand_over();
+    }
+}
+
+fn io_error(e: io::Error) -> Error {
+    Error::new(ErrorKind::IO, e.to_string())
+}
+
+/// An argument of a command as bytes: a key, a token, a number.
+fn arg_bytes(value: &Value) -> Result<std::borrow::Cow<'_, [u8]>, Error> {
+    use std::borrow::Cow;
+    match value {
+        Value::Bytes(b) => Ok(Cow::Borrowed(b)),
+        Value::String(s) => Ok(Cow::Borrowed(s.as_bytes())),
+        Value::Integer(n) => Ok(Cow::Owned(n.to_string().into_bytes())),
+        _ => Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "an argument that is not a string or an integer",
+        )),
+    }
+}
+
+impl Exec for Wire {
+    fn run_script(
+        &self,
+        script: &Script,
+        keys: Vec<Key>,
+        args: Vec<Value>,
+    ) -> impl Future<Output = Result<Value, Error>> + Send {
+        let sha = script.sha1().clone();
+        async move {
+            let values = args.iter().map(arg_bytes).collect::<Result<Vec<_>, _>>()?;
+            let count = keys.len().to_string();
+            let mut parts: Vec<&[u8]> = Vec::with_capacity(3 + keys.len() + values.len());
+            parts.extend([&b"EVALSHA"[..], sha.as_bytes(), count.as_bytes()]);
+            parts.extend(keys.iter().map(|k| k.as_bytes()));
+            parts.extend(values.iter().map(|v| &**v));
+            self.command(parts).await
+        }
+    }
+
+    fn load_script(&self, script: &Script) -> impl Future<Output = Result<(), Error>> + Send {
+        let body = script.lua().cloned();
+        async move {
+            let body =
+                body.ok_or_else(|| Error::new(ErrorKind::Unknown, "a script without its body"))?;
+            self.command([&b"SCRIPT"[..], b"LOAD", body.as_bytes()])
+                .await
+                .map(drop)
+        }
+    }
+
+    fn get_key(&self, key: &str) -> impl Future<Output = Result<Value, Error>> + Send {
+        self.command([&b"GET"[..], key.as_bytes()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_server::Server;
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn addr(port: u16) -> NodeAddr {
+        NodeAddr::parse(&format!("redis://127.0.0.1:{port}")).expect("a node URL")
+    }
+
+    async fn connect(port: u16, timeout: Duration) -> Arc<Wire> {
+        let wire = Wire::connect(&addr(port), timeout, None).await;
+        Arc::new(wire.expect("connect"))
+    }
+
+    /// Polls `done` every 10 ms for `within` at most.
+    async fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+        let until = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < until {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        done()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_sharing_a_connection_each_get_their_own_reply() {
+        // Tasks on two workers send commands at once, some giving up on
+        // theirs before the reply (their replies are read and dropped):
+        // every reply taken is the one its own command asked for.
+        let server = Server::start();
+        let wire = connect(server.port, Duration::from_secs(5)).await;
+        let watcher = tokio::spawn({
+            let wire = wire.clone();
+            async move { wire.watch().await }
+        });
+        let mut tasks = Vec::new();
+        for task in 0..8 {
+            let wire = wire.clone();
+            tasks.push(tokio::spawn(async move {
+                let (mut answered, mut dropped) = (0, 0);
+                for i in 0..300 {
+                    let text = format!("{task}-{i}-{}", "x".repeat(i % 50));
+                    let call = wire.command([&b"ECHO"[..], text.as_bytes()]);
+                    if (task + i) % 7 == 0 {
+                        // Polled once (written), then dropped.
+                        let mut call = std::pin::pin!(call);
+                        let mut cx = Context::from_waker(Waker::noop());
+                        if let Poll::Ready(reply) = call.as_mut().poll(&mut cx) {
+                            assert_eq!(reply.unwrap(), Value::String(text.clone().into()));
+                        }
+                        dropped += 1;
+                        continue;
+                    }
+                    let reply = call.await.unwrap();
+                    assert_eq!(reply, Value::String(text.into()));
+                    answered += 1;
+                }
+                (answered, dropped)
+            }));
+        }
+        let (mut answered, mut dropped) = (0, 0);
+        for task in tasks {
+            let (a, d) = task.await.expect("no task panicked");
+            answered += a;
+            dropped += d;
+        }
+        assert!(answered > 2000 && dropped > 300, "{answered} / {dropped}");
+        // Still whole after all that: a command gets its reply, and the
+        // watcher is still waiting.
+        let pong = wire.command([&b"PING"[..]]).await.unwrap();
+        assert_eq!(pong, Value::String("PONG".into()));
+        assert!(!watcher.is_finished());
+        wire.end(Error::new(ErrorKind::Canceled, "test over"));
+        tokio::time::timeout(Duration::from_secs(5), watcher)
+            .await
+            .expect("the watcher ends with the connection")
+            .unwrap();
+    }
+
+    /// Counts its wake-ups.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn counting() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
+    fn woken(count: &Count) -> usize {
+        count.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_leaves_hands_the_reading_to_the_next() {
+        // The socket wakes only the last task that polled it. Here that is
+        // a caller that leaves (its reply taken, or given up on) while
+        // another still waits: that one must be woken by its reply all the
+        // same. Replies come in the order the commands went, so the one
+        // still waiting sends a command the server answers late. Each
+        // command is polled as a task would be: when its waker is woken.
+        let server = Server::start();
+        let fast: &[&[u8]] = &[b"ECHO", b"fast"];
+        let slow: &[&[u8]] = &[b"BLPOP", b"no-such-list", b"0.3"];
+        for give_up in [false, true] {
+            // Far past the bounds below: no reply here comes by a timeout.
+            let wire = connect(server.port, Duration::from_secs(60)).await;
+            let (nf, wf) = counting();
+            let (ns, ws) = counting();
+            let mut cf = Some(Box::pin(wire.command(fast.iter().copied())));
+            let mut cs = Box::pin(wire.command(slow.iter().copied()));
+            let (mut fcx, mut scx) = (Context::from_waker(&wf), Context::from_waker(&ws));
+            let mut fast_left = if give_up {
+                // The slow one goes first; the fast one, polled last,
+                // gives up.
+                assert!(cs.as_mut().poll(&mut scx).is_pending());
+                assert!(cf.as_mut().unwrap().as_mut().poll(&mut fcx).is_pending());
+                cf = None;
+                true
+            } else {
+                // The fast one goes first and polls again last.
+                let f = cf.as_mut().unwrap();
+                assert!(f.as_mut().poll(&mut fcx).is_pending());
+                assert!(cs.as_mut().poll(&mut scx).is_pending());
+                f.as_mut().poll(&mut fcx).is_ready()
+            };
+            let (mut seen_f, mut seen_s) = (0, 0);
+            let mut slow_reply = None;
+            let done = eventually(Duration::from_secs(5), || {
+                if let (false, Some(f)) = (fast_left, cf.as_mut()) {
+                    if woken(&nf) > seen_f {
+                        seen_f = woken(&nf);
+                        fast_left = f.as_mut().poll(&mut fcx).is_ready();
+                    }
+                }
+                if woken(&ns) > seen_s {
+                    seen_s = woken(&ns);
+                    if let Poll::Ready(reply) = cs.as_mut().poll(&mut scx) {
+                        slow_reply = Some(reply);
+                    }
+                }
+                slow_reply.is_some()
+            })
+            .await;
+            assert!(
+                done,
+                "give_up {give_up}: the caller still waiting was never woken"
+            );
+            assert!(fast_left);
+            assert_eq!(slow_reply.unwrap().unwrap(), Value::Null);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_noticed_at_once() {
+        // Nothing is sent on it when the server closes it: its watcher,
+        // the socket's reader while no command waits, sees the close.
+        let server = Server::start();
+        let wire = connect(server.port, Duration::from_secs(5)).await;
+        let Value::Integer(id) = wire.command([&b"CLIENT"[..], b"ID"]).await.unwrap() else {
+            panic!("CLIENT ID");
+        };
+        let watcher = tokio::spawn({
+            let wire = wire.clone();
+            async move { wire.watch().await }
+        });
+        for _ in 0..3 {
+            wire.command([&b"PING"[..]]).await.unwrap();
+        }
+        let admin = connect(server.port, Duration::from_secs(5)).await;
+        let id = id.to_string();
+        admin
+            .command([&b"CLIENT"[..], b"KILL", b"ID", id.as_bytes()])
+            .await
+            .unwrap();
+        let noticed = eventually(Duration::from_secs(5), || watcher.is_finished()).await;
+        assert!(noticed, "the close went unnoticed");
+        let after = wire.command([&b"PING"[..]]).await.unwrap_err();
+        assert_eq!(after.kind(), &ErrorKind::IO, "{after:?}");
+    }
+
+    /// A peer that reads one command and answers it with `reply`, then
+    /// keeps the connection open.
+    async fn peer(reply: &'static [u8]) -> (u16, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await;
+            let _ = socket.write_all(reply).await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        (port, task)
+    }
+
+    #[tokio::test]
+    async fn bytes_that_are_no_reply_end_the_connection_not_the_engine() {
+        for (bytes, kind) in [
+            (&b"?what\r\n"[..], ErrorKind::Protocol),
+            (b"$99999999999\r\n", ErrorKind::Protocol),
+            (
+                b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n",
+                ErrorKind::Protocol,
+            ),
+            (b"+OK\r\n+OK\r\n", ErrorKind::Protocol),
+        ] {
+            let (port, peer) = peer(bytes).await;
+            let wire = connect(port, Duration::from_secs(5)).await;
+            let watcher = tokio::spawn({
+                let wire = wire.clone();
+                async move { wire.watch().await }
+            });
+            let reply = wire.command([&b"PING"[..]]).await;
+            let two_oks = bytes == b"+OK\r\n+OK\r\n";
+            if two_oks {
+                // The first is the reply; the second answers nothing.
+                assert_eq!(reply.unwrap(), Value::String("OK".into()));
+            } else {
+                assert_eq!(reply.unwrap_err().kind(), &kind, "{bytes:?}");
+            }
+            let ended = eventually(Duration::from_secs(5), || watcher.is_finished()).await;
+            assert!(ended, "{bytes:?}: the connection did not end");
+            let after = wire.command([&b"PING"[..]]).await.unwrap_err();
+            assert_eq!(after.kind(), &ErrorKind::Protocol, "{bytes:?}");
+            peer.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_overdue_ends_the_connection_with_a_timeout() {
+        let (port, peer) = peer(b"").await;
+        let wire = connect(port, Duration::from_millis(200)).await;
+        let (first, second) =
+            tokio::join!(wire.command([&b"PING"[..]]), wire.command([&b"PING"[..]]));
+        for reply in [first, second] {
+            assert_eq!(reply.unwrap_err().kind(), &ErrorKind::Timeout);
+        }
+        let after = wire.command([&b"PING"[..]]).await.unwrap_err();
+        assert_eq!(after.kind(), &ErrorKind::Timeout);
+        peer.abort();
+    }
+}
