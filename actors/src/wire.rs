@@ -100,13 +100,6 @@ enum Waiter {
     Gone,
 }
 
-/// Who a poll of the socket is for: a command's caller, or the watcher.
-#[derive(Clone, Copy, PartialEq)]
-enum Party {
-    Call(u64),
-    Watcher,
-}
-
 impl Wire {
     /// Connects to `addr`'s instance and readies the connection: the
     /// credentials, the database, and tracking redirected to the engine's
@@ -218,7 +211,7 @@ impl Wire {
         let mut state = self.lock();
         state.watcher = Some(cx.waker().clone());
         if state.next_reader().is_none() {
-            state.pump(Party::Watcher, cx.waker());
+            state.pump(None, cx.waker());
         }
         let ended = matches!(state.link, Link::Ended(_));
         (ended, state.next_reader().is_some())
@@ -235,11 +228,11 @@ impl Wire {
 }
 
 impl State {
-    /// Writes what is not written yet and reads what came, for `party`,
-    /// whose waker the socket keeps if it must wait. Replies read are handed
-    /// to their commands, whose callers are woken (not `party`'s own: it is
-    /// the one running).
-    fn pump(&mut self, party: Party, waker: &Waker) {
+    /// Writes what is not written yet and reads what came; the socket keeps
+    /// `waker` if it must wait. Replies read are handed to their commands,
+    /// whose callers are woken, but for `running`'s, whose caller is the
+    /// one polling now (it finds its reply on return).
+    fn pump(&mut self, running: Option<u64>, waker: &Waker) {
         let mut cx = Context::from_waker(waker);
         let outcome = match &mut self.link {
             Link::Open(socket) => socket.pump(&mut cx),
@@ -247,7 +240,7 @@ impl State {
         };
         let (frames, ended) = outcome;
         for frame in frames {
-            self.answer(frame, party);
+            self.answer(frame, running);
         }
         if let Some(why) = ended {
             self.end(why);
@@ -255,7 +248,7 @@ impl State {
     }
 
     /// Hands one reply to the oldest command waiting.
-    fn answer(&mut self, frame: Frame, party: Party) {
+    fn answer(&mut self, frame: Frame, running: Option<u64>) {
         let reply = match frame {
             Frame::Push => return,
             Frame::Reply(reply) => reply,
@@ -263,7 +256,7 @@ impl State {
         match self.waiting.pop_front() {
             Some((id, Waiter::Caller(waker))) => {
                 self.answered.push((id, reply));
-                if party != Party::Call(id) {
+                if running != Some(id) {
                     if let Some(waker) = waker {
                         waker.wake();
                     }
@@ -277,21 +270,20 @@ impl State {
         }
     }
 
-    /// The socket's reader from now on, once `party` no longer waits: the
-    /// oldest command waiting, else the watcher. Its waker goes to the
-    /// socket; what came meanwhile is read for it.
+    /// The socket's reader from now on, once the caller polling no longer
+    /// waits: the oldest caller waiting, else the watcher. Its waker goes to
+    /// the socket; what came meanwhile is read, and every caller it answers
+    /// woken (that one included: it is not the one running).
     fn hand_over(&mut self) {
-        let next = self.next_reader();
-        let next = next.or_else(|| Some((Party::Watcher, self.watcher.clone()?)));
-        if let Some((party, waker)) = next {
-            self.pump(party, &waker);
+        if let Some(waker) = self.next_reader().or_else(|| self.watcher.clone()) {
+            self.pump(None, &waker);
         }
     }
 
-    /// The oldest command whose caller waits, with its waker.
-    fn next_reader(&self) -> Option<(Party, Waker)> {
-        self.waiting.iter().find_map(|(id, w)| match w {
-            Waiter::Caller(Some(waker)) => Some((Party::Call(*id), waker.clone())),
+    /// The waker of the oldest command whose caller waits.
+    fn next_reader(&self) -> Option<Waker> {
+        self.waiting.iter().find_map(|(_, w)| match w {
+            Waiter::Caller(Some(waker)) => Some(waker.clone()),
             _ => None,
         })
     }
@@ -413,7 +405,7 @@ impl Call<'_> {
                 id
             }
         };
-        state.pump(Party::Call(id), cx.waker());
+        state.pump(Some(id), cx.waker());
         if let Some(at) = state.answered.iter().position(|(i, _)| *i == id) {
             let (_, reply) = state.answered.swap_remove(at);
             self.id = None;
