@@ -197,8 +197,13 @@ async fn open(shared: Arc<Shared>, node: usize, engine: u64) {
             let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
         }
         Transport::Wire(wire) => {
+            let (after, every) = (
+                node::unresponsive_after(&shared.settings),
+                node::unresponsive_check(&shared.settings),
+            );
             tokio::select! {
                 _ = wire.watch() => {}
+                _ = wire.overdue(after, every) => {}
                 _ = stop.cancelled() => {}
                 _ = shared.closed.cancelled() => {}
             }

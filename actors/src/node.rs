@@ -419,8 +419,8 @@ pub(crate) fn build_client(
         // A reply overdue this long means the link is dead even without an RST
         // (a silent partition): close it so the Supervisor reconnects.
         unresponsive: UnresponsiveConfig {
-            max_timeout: Some((settings.timeout * 5).max(Duration::from_secs(1))),
-            interval: (settings.timeout).max(Duration::from_millis(100)),
+            max_timeout: Some(unresponsive_after(settings)),
+            interval: unresponsive_check(settings),
         },
         tcp: TcpConfig {
             nodelay: Some(true),
@@ -437,6 +437,19 @@ pub(crate) fn build_client(
         .set_connection_config(connection)
         .set_performance_config(performance)
         .build()
+}
+
+/// How overdue a reply must be for its connection to count as dead (a
+/// silent partition): five `timeout`s, at least a second. A command past
+/// `timeout` alone fails, and its connection lives on, as one slow reply
+/// does not make a dead link.
+pub(crate) fn unresponsive_after(settings: &crate::options::Settings) -> Duration {
+    (settings.timeout * 5).max(Duration::from_secs(1))
+}
+
+/// How often a connection's overdue replies are looked for.
+pub(crate) fn unresponsive_check(settings: &crate::options::Settings) -> Duration {
+    settings.timeout.max(Duration::from_millis(100))
 }
 
 /// rustls with the configured CA file, or the system's roots.

@@ -18,12 +18,18 @@
 //! noticed at once, without a wake-up per reply. A reply read by one caller
 //! for another is kept for it, and its task woken.
 //!
+//! A command whose reply is later than the locker's `timeout` fails with a
+//! timeout (its outcome unknown, as with fred's command timeout); its reply,
+//! when it comes, is read and dropped, and the connection lives on, so that
+//! what the core sends next for that key (the delete of an acquisition it
+//! gave up on) still goes behind it on the same connection.
+//!
 //! What ends it: the server closing it, an error on the socket, bytes that
 //! are no reply (`resp::Malformed`), a reply with no command waiting for it,
-//! or a reply overdue past the locker's `timeout`. Then every command still
-//! waiting fails (a timeout as fred's timeout: the command's outcome is
-//! unknown), the socket is closed, and its opener's task ends, which takes
-//! it out of its node's slot (`direct::Closing`).
+//! or a reply overdue past `node::unresponsive_after` (fred's check of a
+//! dead link, `overdue`). Then every command still waiting fails, the
+//! socket is closed, and its opener's task ends, which takes it out of its
+//! node's slot (`direct::Closing`).
 //!
 //! Not here: TLS (a node over TLS gets a fred client as its direct
 //! connection), RESP3 (replies come back in RESP2; invalidations go to the
@@ -40,6 +46,7 @@ use fred::error::{Error, ErrorKind};
 use fred::types::scripts::Script;
 use fred::types::{Key, Value};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::addr::NodeAddr;
 use crate::exec::Exec;
@@ -65,7 +72,7 @@ pub(crate) struct Wire {
 struct State {
     link: Link,
     /// The commands sent, oldest first, each until its reply is read.
-    waiting: VecDeque<(u64, Waiter)>,
+    waiting: VecDeque<Sent>,
     /// Replies read for commands whose callers have not taken them yet.
     answered: Vec<(u64, Result<Value, Error>)>,
     next_id: u64,
@@ -91,7 +98,16 @@ struct Socket {
     input: Vec<u8>,
 }
 
-/// A command waiting for its reply.
+/// A command sent, waiting for its reply.
+#[derive(Debug)]
+struct Sent {
+    id: u64,
+    /// When it was queued to be written.
+    at: Instant,
+    waiter: Waiter,
+}
+
+/// Who waits for a command's reply.
 #[derive(Debug)]
 enum Waiter {
     /// Its caller, with the waker of its last poll.
@@ -157,8 +173,8 @@ impl Wire {
     }
 
     /// Sends one command and waits for its reply, for the locker's
-    /// `timeout` at most: past it the connection ends, and every command
-    /// waiting on it fails with a timeout.
+    /// `timeout` at most: past it the command fails with a timeout, and its
+    /// reply is dropped when it comes.
     pub(crate) async fn command<'a>(
         &self,
         args: impl IntoIterator<Item = &'a [u8]>,
@@ -173,13 +189,33 @@ impl Wire {
             std::future::poll_fn(|cx| call.poll(cx, &args)),
         )
         .await;
-        match reply {
-            Ok(reply) => reply,
-            Err(_) => {
-                let overdue =
-                    Error::new(ErrorKind::Timeout, "a reply overdue on a direct connection");
-                self.end(overdue.clone());
-                Err(overdue)
+        reply.unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorKind::Timeout,
+                "no reply within the timeout on a direct connection",
+            ))
+        })
+    }
+
+    /// Runs as long as the connection: ready once a reply is overdue by
+    /// `after` (looked for every `every`), when it has ended the connection
+    /// for it; or once the connection has ended otherwise.
+    pub(crate) async fn overdue(&self, after: Duration, every: Duration) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let mut state = self.lock();
+            if matches!(state.link, Link::Ended(_)) {
+                return;
+            }
+            let oldest = state.waiting.front().map(|sent| sent.at);
+            if oldest.is_some_and(|at| at.elapsed() >= after) {
+                state.end(Error::new(
+                    ErrorKind::Timeout,
+                    "a reply overdue: the direct connection is taken for dead",
+                ));
+                return;
             }
         }
     }
@@ -254,7 +290,11 @@ impl State {
             Frame::Reply(reply) => reply,
         };
         match self.waiting.pop_front() {
-            Some((id, Waiter::Caller(waker))) => {
+            Some(Sent {
+                id,
+                waiter: Waiter::Caller(waker),
+                ..
+            }) => {
                 self.answered.push((id, reply));
                 if running != Some(id) {
                     if let Some(waker) = waker {
@@ -262,7 +302,10 @@ impl State {
                     }
                 }
             }
-            Some((_, Waiter::Gone)) => {}
+            Some(Sent {
+                waiter: Waiter::Gone,
+                ..
+            }) => {}
             None => self.end(Error::new(
                 ErrorKind::Protocol,
                 "a reply no command waited for",
@@ -282,7 +325,7 @@ impl State {
 
     /// The waker of the oldest command whose caller waits.
     fn next_reader(&self) -> Option<Waker> {
-        self.waiting.iter().find_map(|(_, w)| match w {
+        self.waiting.iter().find_map(|sent| match &sent.waiter {
             Waiter::Caller(Some(waker)) => Some(waker.clone()),
             _ => None,
         })
@@ -295,8 +338,8 @@ impl State {
         tracing::debug!(error = %why, "direct connection ended");
         // Dropping the socket closes it.
         self.link = Link::Ended(why);
-        for (_, waiter) in self.waiting.drain(..) {
-            if let Waiter::Caller(Some(waker)) = waiter {
+        for sent in self.waiting.drain(..) {
+            if let Waiter::Caller(Some(waker)) = sent.waiter {
                 waker.wake();
             }
         }
@@ -400,7 +443,11 @@ impl Call<'_> {
                     Link::Ended(why) => return Poll::Ready(Err(why.clone())),
                 }
                 state.next_id += 1;
-                state.waiting.push_back((id, Waiter::Caller(None)));
+                state.waiting.push_back(Sent {
+                    id,
+                    at: Instant::now(),
+                    waiter: Waiter::Caller(None),
+                });
                 self.id = Some(id);
                 id
             }
@@ -416,8 +463,8 @@ impl Call<'_> {
             self.id = None;
             return Poll::Ready(Err(why.clone()));
         }
-        if let Some((_, waiter)) = state.waiting.iter_mut().find(|(i, _)| *i == id) {
-            *waiter = Waiter::Caller(Some(cx.waker().clone()));
+        if let Some(sent) = state.waiting.iter_mut().find(|sent| sent.id == id) {
+            sent.waiter = Waiter::Caller(Some(cx.waker().clone()));
         }
         Poll::Pending
     }
@@ -432,8 +479,8 @@ impl Drop for Call<'_> {
         };
         let mut state = self.wire.lock();
         state.answered.retain(|(i, _)| *i != id);
-        if let Some((_, waiter)) = state.waiting.iter_mut().find(|(i, _)| *i == id) {
-            *waiter = Waiter::Gone;
+        if let Some(sent) = state.waiting.iter_mut().find(|sent| sent.id == id) {
+            sent.waiter = Waiter::Gone;
         }
         state.hand_over();
     }
@@ -730,7 +777,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_reply_overdue_ends_the_connection_with_a_timeout() {
+    async fn a_late_reply_fails_its_command_and_is_dropped_when_it_comes() {
+        // The peer answers the first command 400 ms late, the second at
+        // once; the first command gives up at 200 ms. The connection lives
+        // on, and the second command gets its own reply, not the late one.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let peer = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            socket.write_all(b"+late\r\n").await.unwrap();
+            let _ = socket.read(&mut buf).await;
+            socket.write_all(b"+second\r\n").await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let wire = connect(port, Duration::from_millis(200)).await;
+        let first = wire.command([&b"PING"[..]]).await.unwrap_err();
+        assert_eq!(first.kind(), &ErrorKind::Timeout);
+        let second = wire.command([&b"PING"[..]]).await.unwrap();
+        assert_eq!(second, Value::String("second".into()));
+        peer.abort();
+    }
+
+    #[tokio::test]
+    async fn a_reply_overdue_past_the_dead_link_bound_ends_the_connection() {
         let (port, peer) = peer(b"").await;
         let wire = connect(port, Duration::from_millis(200)).await;
         let (first, second) =
@@ -738,8 +810,20 @@ mod tests {
         for reply in [first, second] {
             assert_eq!(reply.unwrap_err().kind(), &ErrorKind::Timeout);
         }
+        // Not ended yet: one more command is written, and times out too.
+        let third = wire.command([&b"PING"[..]]).await.unwrap_err();
+        assert!(third.details().contains("within the timeout"), "{third:?}");
+        let dead = tokio::time::timeout(
+            Duration::from_secs(10),
+            wire.overdue(Duration::from_millis(600), Duration::from_millis(100)),
+        )
+        .await;
+        assert!(
+            dead.is_ok(),
+            "an unanswered connection was not taken for dead"
+        );
         let after = wire.command([&b"PING"[..]]).await.unwrap_err();
-        assert_eq!(after.kind(), &ErrorKind::Timeout);
+        assert!(after.details().contains("taken for dead"), "{after:?}");
         peer.abort();
     }
 }
