@@ -154,11 +154,11 @@ impl Wire {
                 args.push(user.as_bytes());
             }
             args.push(password.as_bytes());
-            wire.command(args).await?;
+            wire.command(&args).await?;
         }
         if let Some(db) = addr.db {
             let db = db.to_string();
-            wire.command([&b"SELECT"[..], db.as_bytes()]).await?;
+            wire.command(&[&b"SELECT"[..], db.as_bytes()]).await?;
         }
         if let Some((redirect, no_loop)) = tracking {
             let id = redirect.to_string();
@@ -167,7 +167,7 @@ impl Wire {
             if no_loop {
                 args.push(b"NOLOOP");
             }
-            wire.command(args).await?;
+            wire.command(&args).await?;
         }
         Ok(wire)
     }
@@ -175,20 +175,14 @@ impl Wire {
     /// Sends one command and waits for its reply, for the locker's
     /// `timeout` at most: past it the command fails with a timeout, and its
     /// reply is dropped when it comes.
-    pub(crate) async fn command<'a>(
-        &self,
-        args: impl IntoIterator<Item = &'a [u8]>,
-    ) -> Result<Value, Error> {
-        let args: Vec<&[u8]> = args.into_iter().collect();
+    pub(crate) async fn command(&self, args: &[&[u8]]) -> Result<Value, Error> {
         let mut call = Call {
             wire: self,
             id: None,
         };
-        let reply = tokio::time::timeout(
-            self.timeout,
-            std::future::poll_fn(|cx| call.poll(cx, &args)),
-        )
-        .await;
+        let reply =
+            tokio::time::timeout(self.timeout, std::future::poll_fn(|cx| call.poll(cx, args)))
+                .await;
         reply.unwrap_or_else(|_| {
             Err(Error::new(
                 ErrorKind::Timeout,
@@ -519,7 +513,7 @@ impl Exec for Wire {
             parts.extend([&b"EVALSHA"[..], sha.as_bytes(), count.as_bytes()]);
             parts.extend(keys.iter().map(|k| k.as_bytes()));
             parts.extend(values.iter().map(|v| &**v));
-            self.command(parts).await
+            self.command(&parts).await
         }
     }
 
@@ -528,14 +522,14 @@ impl Exec for Wire {
         async move {
             let body =
                 body.ok_or_else(|| Error::new(ErrorKind::Unknown, "a script without its body"))?;
-            self.command([&b"SCRIPT"[..], b"LOAD", body.as_bytes()])
+            self.command(&[&b"SCRIPT"[..], b"LOAD", body.as_bytes()])
                 .await
                 .map(drop)
         }
     }
 
     fn get_key(&self, key: &str) -> impl Future<Output = Result<Value, Error>> + Send {
-        self.command([&b"GET"[..], key.as_bytes()])
+        async move { self.command(&[&b"GET"[..], key.as_bytes()]).await }
     }
 }
 
@@ -585,7 +579,8 @@ mod tests {
                 let (mut answered, mut dropped) = (0, 0);
                 for i in 0..300 {
                     let text = format!("{task}-{i}-{}", "x".repeat(i % 50));
-                    let call = wire.command([&b"ECHO"[..], text.as_bytes()]);
+                    let args = [&b"ECHO"[..], text.as_bytes()];
+                    let call = wire.command(&args);
                     if (task + i) % 7 == 0 {
                         // Polled once (written), then dropped.
                         let mut call = std::pin::pin!(call);
@@ -612,7 +607,7 @@ mod tests {
         assert!(answered > 2000 && dropped > 300, "{answered} / {dropped}");
         // Still whole after all that: a command gets its reply, and the
         // watcher is still waiting.
-        let pong = wire.command([&b"PING"[..]]).await.unwrap();
+        let pong = wire.command(&[&b"PING"[..]]).await.unwrap();
         assert_eq!(pong, Value::String("PONG".into()));
         assert!(!watcher.is_finished());
         wire.end(Error::new(ErrorKind::Canceled, "test over"));
@@ -656,8 +651,8 @@ mod tests {
             let wire = connect(server.port, Duration::from_secs(60)).await;
             let (nf, wf) = counting();
             let (ns, ws) = counting();
-            let mut cf = Some(Box::pin(wire.command(fast.iter().copied())));
-            let mut cs = Box::pin(wire.command(slow.iter().copied()));
+            let mut cf = Some(Box::pin(wire.command(fast)));
+            let mut cs = Box::pin(wire.command(slow));
             let (mut fcx, mut scx) = (Context::from_waker(&wf), Context::from_waker(&ws));
             let mut fast_left = if give_up {
                 // The slow one goes first; the fast one, polled last,
@@ -706,7 +701,7 @@ mod tests {
         // the socket's reader while no command waits, sees the close.
         let server = Server::start();
         let wire = connect(server.port, Duration::from_secs(5)).await;
-        let Value::Integer(id) = wire.command([&b"CLIENT"[..], b"ID"]).await.unwrap() else {
+        let Value::Integer(id) = wire.command(&[&b"CLIENT"[..], b"ID"]).await.unwrap() else {
             panic!("CLIENT ID");
         };
         let watcher = tokio::spawn({
@@ -714,17 +709,17 @@ mod tests {
             async move { wire.watch().await }
         });
         for _ in 0..3 {
-            wire.command([&b"PING"[..]]).await.unwrap();
+            wire.command(&[&b"PING"[..]]).await.unwrap();
         }
         let admin = connect(server.port, Duration::from_secs(5)).await;
         let id = id.to_string();
         admin
-            .command([&b"CLIENT"[..], b"KILL", b"ID", id.as_bytes()])
+            .command(&[&b"CLIENT"[..], b"KILL", b"ID", id.as_bytes()])
             .await
             .unwrap();
         let noticed = eventually(Duration::from_secs(5), || watcher.is_finished()).await;
         assert!(noticed, "the close went unnoticed");
-        let after = wire.command([&b"PING"[..]]).await.unwrap_err();
+        let after = wire.command(&[&b"PING"[..]]).await.unwrap_err();
         assert_eq!(after.kind(), &ErrorKind::IO, "{after:?}");
     }
 
@@ -760,7 +755,7 @@ mod tests {
                 let wire = wire.clone();
                 async move { wire.watch().await }
             });
-            let reply = wire.command([&b"PING"[..]]).await;
+            let reply = wire.command(&[&b"PING"[..]]).await;
             let two_oks = bytes == b"+OK\r\n+OK\r\n";
             if two_oks {
                 // The first is the reply; the second answers nothing.
@@ -770,7 +765,7 @@ mod tests {
             }
             let ended = eventually(Duration::from_secs(5), || watcher.is_finished()).await;
             assert!(ended, "{bytes:?}: the connection did not end");
-            let after = wire.command([&b"PING"[..]]).await.unwrap_err();
+            let after = wire.command(&[&b"PING"[..]]).await.unwrap_err();
             assert_eq!(after.kind(), &ErrorKind::Protocol, "{bytes:?}");
             peer.abort();
         }
@@ -794,9 +789,9 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(30)).await;
         });
         let wire = connect(port, Duration::from_millis(200)).await;
-        let first = wire.command([&b"PING"[..]]).await.unwrap_err();
+        let first = wire.command(&[&b"PING"[..]]).await.unwrap_err();
         assert_eq!(first.kind(), &ErrorKind::Timeout);
-        let second = wire.command([&b"PING"[..]]).await.unwrap();
+        let second = wire.command(&[&b"PING"[..]]).await.unwrap();
         assert_eq!(second, Value::String("second".into()));
         peer.abort();
     }
@@ -805,13 +800,12 @@ mod tests {
     async fn a_reply_overdue_past_the_dead_link_bound_ends_the_connection() {
         let (port, peer) = peer(b"").await;
         let wire = connect(port, Duration::from_millis(200)).await;
-        let (first, second) =
-            tokio::join!(wire.command([&b"PING"[..]]), wire.command([&b"PING"[..]]));
+        let (first, second) = tokio::join!(wire.command(&[b"PING"]), wire.command(&[b"PING"]));
         for reply in [first, second] {
             assert_eq!(reply.unwrap_err().kind(), &ErrorKind::Timeout);
         }
         // Not ended yet: one more command is written, and times out too.
-        let third = wire.command([&b"PING"[..]]).await.unwrap_err();
+        let third = wire.command(&[&b"PING"[..]]).await.unwrap_err();
         assert!(third.details().contains("within the timeout"), "{third:?}");
         let dead = tokio::time::timeout(
             Duration::from_secs(10),
@@ -822,7 +816,7 @@ mod tests {
             dead.is_ok(),
             "an unanswered connection was not taken for dead"
         );
-        let after = wire.command([&b"PING"[..]]).await.unwrap_err();
+        let after = wire.command(&[&b"PING"[..]]).await.unwrap_err();
         assert!(after.details().contains("taken for dead"), "{after:?}");
         peer.abort();
     }
