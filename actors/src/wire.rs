@@ -528,8 +528,8 @@ impl Exec for Wire {
         }
     }
 
-    fn get_key(&self, key: &str) -> impl Future<Output = Result<Value, Error>> + Send {
-        async move { self.command(&[&b"GET"[..], key.as_bytes()]).await }
+    async fn get_key(&self, key: &str) -> Result<Value, Error> {
+        self.command(&[&b"GET"[..], key.as_bytes()]).await
     }
 }
 
