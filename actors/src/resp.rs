@@ -34,18 +34,60 @@ const MAX_LINE: usize = 64 * 1024;
 
 /// Appends `args` to `out` as one command (an array of bulk strings).
 pub(crate) fn encode<'a>(out: &mut Vec<u8>, args: impl ExactSizeIterator<Item = &'a [u8]>) {
-    push_header(out, b'*', args.len());
+    push_array(out, args.len());
     for arg in args {
-        push_header(out, b'$', arg.len());
-        out.extend_from_slice(arg);
-        out.extend_from_slice(b"\r\n");
+        push_bulk(out, arg);
     }
+}
+
+/// Appends the header of an array of `n` items.
+pub(crate) fn push_array(out: &mut Vec<u8>, n: usize) {
+    push_header(out, b'*', n);
+}
+
+/// Appends one bulk string.
+pub(crate) fn push_bulk(out: &mut Vec<u8>, data: &[u8]) {
+    push_header(out, b'$', data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends an integer as a bulk string of its decimal digits.
+pub(crate) fn push_bulk_int(out: &mut Vec<u8>, n: i64) {
+    let mut digits = Digits::default();
+    push_bulk(out, digits.of(n));
 }
 
 fn push_header(out: &mut Vec<u8>, kind: u8, n: usize) {
     out.push(kind);
-    out.extend_from_slice(n.to_string().as_bytes());
+    let mut digits = Digits::default();
+    out.extend_from_slice(digits.of(n as i64));
     out.extend_from_slice(b"\r\n");
+}
+
+/// Room for the decimal digits of an `i64`, so that writing a number
+/// allocates nothing (a command's headers hold one each).
+#[derive(Default)]
+struct Digits([u8; 20]);
+
+impl Digits {
+    fn of(&mut self, n: i64) -> &[u8] {
+        let mut at = self.0.len();
+        let mut rest = n.unsigned_abs();
+        loop {
+            at -= 1;
+            self.0[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        if n < 0 {
+            at -= 1;
+            self.0[at] = b'-';
+        }
+        &self.0[at..]
+    }
 }
 
 /// One reply read from the front of a buffer.
@@ -219,6 +261,16 @@ mod tests {
                 r
             }
             other => panic!("{:?}: {other:?}", String::from_utf8_lossy(bytes)),
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for n in [0, 7, -7, 10, 4500, i64::MAX, i64::MIN] {
+            let mut out = Vec::new();
+            push_bulk_int(&mut out, n);
+            let text = n.to_string();
+            assert_eq!(out, format!("${}\r\n{text}\r\n", text.len()).into_bytes());
         }
     }
 

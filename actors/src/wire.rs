@@ -75,6 +75,9 @@ struct State {
     waiting: VecDeque<Sent>,
     /// Replies read for commands whose callers have not taken them yet.
     answered: Vec<(u64, Result<Value, Error>)>,
+    /// The replies one pump read, before they are handed out (kept for its
+    /// room).
+    frames: Vec<Frame>,
     next_id: u64,
     /// The task that opened the connection, woken when it ends, and the
     /// socket's reader while no command waits.
@@ -143,6 +146,7 @@ impl Wire {
                 }),
                 waiting: VecDeque::new(),
                 answered: Vec::new(),
+                frames: Vec::new(),
                 next_id: 0,
                 watcher: None,
             }),
@@ -176,13 +180,17 @@ impl Wire {
     /// `timeout` at most: past it the command fails with a timeout, and its
     /// reply is dropped when it comes.
     pub(crate) async fn command(&self, args: &[&[u8]]) -> Result<Value, Error> {
+        self.send(&Args(args)).await
+    }
+
+    /// [`Wire::command`], for a command that writes itself.
+    async fn send(&self, cmd: &dyn Encode) -> Result<Value, Error> {
         let mut call = Call {
             wire: self,
             id: None,
         };
         let reply =
-            tokio::time::timeout(self.timeout, std::future::poll_fn(|cx| call.poll(cx, args)))
-                .await;
+            tokio::time::timeout(self.timeout, std::future::poll_fn(|cx| call.poll(cx, cmd))).await;
         reply.unwrap_or_else(|_| {
             Err(Error::new(
                 ErrorKind::Timeout,
@@ -264,14 +272,15 @@ impl State {
     /// one polling now (it finds its reply on return).
     fn pump(&mut self, running: Option<u64>, waker: &Waker) {
         let mut cx = Context::from_waker(waker);
-        let outcome = match &mut self.link {
-            Link::Open(socket) => socket.pump(&mut cx),
+        let mut frames = std::mem::take(&mut self.frames);
+        let ended = match &mut self.link {
+            Link::Open(socket) => socket.pump(&mut cx, &mut frames),
             Link::Ended(_) => return,
         };
-        let (frames, ended) = outcome;
-        for frame in frames {
+        for frame in frames.drain(..) {
             self.answer(frame, running);
         }
+        self.frames = frames;
         if let Some(why) = ended {
             self.end(why);
         }
@@ -345,16 +354,15 @@ impl State {
 
 impl Socket {
     /// Writes and reads what the socket takes and has without waiting; the
-    /// replies read, and why the connection must end, if it must.
-    fn pump(&mut self, cx: &mut Context<'_>) -> (Vec<Frame>, Option<Error>) {
-        let mut frames = Vec::new();
+    /// replies read go to `frames`. Why the connection must end, if it must.
+    fn pump(&mut self, cx: &mut Context<'_>, frames: &mut Vec<Frame>) -> Option<Error> {
         if let Err(e) = self.write(cx) {
-            return (frames, Some(e));
+            return Some(e);
         }
         loop {
             match self.stream.poll_read_ready(cx) {
-                Poll::Pending => return (frames, None),
-                Poll::Ready(Err(e)) => return (frames, Some(io_error(e))),
+                Poll::Pending => return None,
+                Poll::Ready(Err(e)) => return Some(io_error(e)),
                 Poll::Ready(Ok(())) => {}
             }
             let len = self.input.len();
@@ -364,15 +372,15 @@ impl Socket {
             match read {
                 Ok(0) => {
                     let closed = Error::new(ErrorKind::IO, "the server closed the connection");
-                    return (frames, Some(closed));
+                    return Some(closed);
                 }
                 Ok(_) => {
-                    if let Err(e) = self.frames(&mut frames) {
-                        return (frames, Some(e));
+                    if let Err(e) = self.frames(frames) {
+                        return Some(e);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return (frames, Some(io_error(e))),
+                Err(e) => return Some(io_error(e)),
             }
         }
     }
@@ -426,14 +434,14 @@ struct Call<'w> {
 }
 
 impl Call<'_> {
-    fn poll(&mut self, cx: &mut Context<'_>, args: &[&[u8]]) -> Poll<Result<Value, Error>> {
+    fn poll(&mut self, cx: &mut Context<'_>, cmd: &dyn Encode) -> Poll<Result<Value, Error>> {
         let mut state = self.wire.lock();
         let id = match self.id {
             Some(id) => id,
             None => {
                 let id = state.next_id;
                 match &mut state.link {
-                    Link::Open(socket) => resp::encode(&mut socket.out, args.iter().copied()),
+                    Link::Open(socket) => cmd.encode(&mut socket.out),
                     Link::Ended(why) => return Poll::Ready(Err(why.clone())),
                 }
                 state.next_id += 1;
@@ -484,17 +492,62 @@ fn io_error(e: io::Error) -> Error {
     Error::new(ErrorKind::IO, e.to_string())
 }
 
-/// An argument of a command as bytes: a key, a token, a number.
-fn arg_bytes(value: &Value) -> Result<std::borrow::Cow<'_, [u8]>, Error> {
-    use std::borrow::Cow;
-    match value {
-        Value::Bytes(b) => Ok(Cow::Borrowed(b)),
-        Value::String(s) => Ok(Cow::Borrowed(s.as_bytes())),
-        Value::Integer(n) => Ok(Cow::Owned(n.to_string().into_bytes())),
-        _ => Err(Error::new(
-            ErrorKind::InvalidArgument,
-            "an argument that is not a string or an integer",
-        )),
+/// A command, as it writes itself on the wire: straight into the
+/// connection's buffer, so that sending it allocates nothing.
+trait Encode: Sync {
+    fn encode(&self, out: &mut Vec<u8>);
+}
+
+/// A command's arguments, each a bulk string.
+struct Args<'a>(&'a [&'a [u8]]);
+
+impl Encode for Args<'_> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        resp::encode(out, self.0.iter().copied());
+    }
+}
+
+/// `EVALSHA sha numkeys key… arg…`, its arguments strings or integers
+/// (`Evalsha::new` checks).
+struct Evalsha<'a> {
+    sha: &'a [u8],
+    keys: &'a [Key],
+    args: &'a [Value],
+}
+
+impl<'a> Evalsha<'a> {
+    fn new(sha: &'a [u8], keys: &'a [Key], args: &'a [Value]) -> Result<Evalsha<'a>, Error> {
+        let writable =
+            |v: &Value| matches!(v, Value::Bytes(_) | Value::String(_) | Value::Integer(_));
+        match args.iter().all(writable) {
+            true => Ok(Evalsha { sha, keys, args }),
+            false => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "an argument that is not a string or an integer",
+            )),
+        }
+    }
+}
+
+impl Encode for Evalsha<'_> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        resp::push_array(out, 3 + self.keys.len() + self.args.len());
+        resp::push_bulk(out, b"EVALSHA");
+        resp::push_bulk(out, self.sha);
+        resp::push_bulk_int(out, self.keys.len() as i64);
+        for key in self.keys {
+            resp::push_bulk(out, key.as_bytes());
+        }
+        for arg in self.args {
+            match arg {
+                Value::Bytes(b) => resp::push_bulk(out, b),
+                Value::String(s) => resp::push_bulk(out, s.as_bytes()),
+                Value::Integer(n) => resp::push_bulk_int(out, *n),
+                // Checked out by `Evalsha::new`; written empty all the
+                // same, so that the array keeps its length.
+                _ => resp::push_bulk(out, b""),
+            }
+        }
     }
 }
 
@@ -507,13 +560,8 @@ impl Exec for Wire {
     ) -> impl Future<Output = Result<Value, Error>> + Send {
         let sha = script.sha1().clone();
         async move {
-            let values = args.iter().map(arg_bytes).collect::<Result<Vec<_>, _>>()?;
-            let count = keys.len().to_string();
-            let mut parts: Vec<&[u8]> = Vec::with_capacity(3 + keys.len() + values.len());
-            parts.extend([&b"EVALSHA"[..], sha.as_bytes(), count.as_bytes()]);
-            parts.extend(keys.iter().map(|k| k.as_bytes()));
-            parts.extend(values.iter().map(|v| &**v));
-            self.command(&parts).await
+            let cmd = Evalsha::new(sha.as_bytes(), &keys, &args)?;
+            self.send(&cmd).await
         }
     }
 
