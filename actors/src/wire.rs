@@ -10,7 +10,7 @@
 //!
 //! How callers share it: commands are written in the order they are made,
 //! and replies come back in that order, so a queue of the commands still
-//! waiting for a reply (`Waiting`) tells whose each reply is. The socket
+//! waiting for a reply (`State::waiting`) tells whose each reply is. The socket
 //! keeps one waker for reading: that of the last task that found nothing to
 //! read. A caller whose reply came leaves that place to the oldest command
 //! still waiting, or, when none is, to the connection's watcher (`watch`,
@@ -64,7 +64,7 @@ const READ_CHUNK: usize = 4096;
 #[derive(Debug)]
 pub(crate) struct Wire {
     state: Mutex<State>,
-    /// A command's reply overdue past this ends the connection.
+    /// A command whose reply takes longer fails with a timeout.
     timeout: Duration,
 }
 
@@ -741,6 +741,53 @@ mod tests {
             assert!(fast_left);
             assert_eq!(slow_reply.unwrap().unwrap(), Value::Null);
         }
+    }
+
+    #[tokio::test]
+    async fn a_script_runs_here_as_through_fred() {
+        // The same script, keys and arguments (a key, a byte string, a
+        // string, an integer) through the trait on both connections: the
+        // same reply, and `NOSCRIPT` (what `node::evalsha` reloads on)
+        // before the script is loaded.
+        let server = Server::start();
+        let wire = connect(server.port, Duration::from_secs(5)).await;
+        let fred = server.client().await;
+        let script = Script::from_lua("return {KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]) + 1}");
+        let run = |on: &'static str| {
+            let keys = vec![Key::from("k{1}")];
+            let args = vec![
+                Value::Bytes(fred::bytes::Bytes::from_static(b"\x00b")),
+                Value::String(on.into()),
+                Value::Integer(-7),
+            ];
+            (keys, args)
+        };
+        let (keys, args) = run("wire");
+        let missing = wire.run_script(&script, keys, args).await.unwrap_err();
+        assert!(missing.details().starts_with("NOSCRIPT"), "{missing:?}");
+        wire.load_script(&script).await.unwrap();
+        let (keys, args) = run("wire");
+        let ours = wire.run_script(&script, keys, args).await.unwrap();
+        let (keys, args) = run("wire");
+        let theirs = fred.run_script(&script, keys, args).await.unwrap();
+        assert_eq!(ours, theirs);
+        assert_eq!(
+            ours,
+            Value::Array(vec![
+                Value::String("k{1}".into()),
+                Value::String("\u{0}b".into()),
+                Value::String("wire".into()),
+                Value::Integer(-6),
+            ])
+        );
+        // An argument no command can carry is refused before anything is
+        // sent.
+        let refused = wire
+            .run_script(&script, vec![], vec![Value::Null])
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind(), &ErrorKind::InvalidArgument);
+        assert_eq!(wire.get_key("k{1}").await.unwrap(), Value::Null);
     }
 
     #[tokio::test]
