@@ -15,9 +15,9 @@
 //! The connection is one of our own (`wire`), which the callers' tasks
 //! write and read themselves, so a lock and its release cost no wake-up of
 //! a connection task at all, where the floor's fred commands cost two each
-//! (a node over TLS gets a fred client instead, and pays them). A burst is not what a direct connection is
-//! for: past `MAX_OUT` commands out, the rest take the engine's connection
-//! and its script calls of many keys.
+//! (a node over TLS gets a fred client instead, and pays them). A burst is
+//! not what a direct connection is for: past `MAX_OUT` commands out, the
+//! rest take the engine's connection and its script calls of many keys.
 //!
 //! What keeps loss detection: the connection's tracking is redirected to the
 //! engine's connection of the node (`CLIENT TRACKING ON REDIRECT <id>`), so
