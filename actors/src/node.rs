@@ -1566,8 +1566,10 @@ fn command_failed(e: &fred::error::Error) -> Outcome {
     }
 }
 
-/// Runs one lock command. Bounded by fred's `default_command_timeout` (set to
-/// the locker's timeout in [`build_client`]); no second timer of our own.
+/// Runs one lock command on `client`: the engine's fred client or a direct
+/// connection. Bounded by the connection's command timeout, the locker's
+/// `timeout` either way (fred's `default_command_timeout`, set in
+/// [`build_client`], or `wire`'s own); no second timer here.
 async fn run(
     client: &impl Exec,
     shared: &Shared,
