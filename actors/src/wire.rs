@@ -868,24 +868,29 @@ mod tests {
 
     #[tokio::test]
     async fn a_late_reply_fails_its_command_and_is_dropped_when_it_comes() {
-        // The peer answers the first command 400 ms late, the second at
-        // once; the first command gives up at 200 ms. The connection lives
-        // on, and the second command gets its own reply, not the late one.
+        // The peer answers the first command only once it has failed for
+        // want of a reply, and the second at once. The connection lives on,
+        // and the second command gets its own reply, not the late one.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        let (failed, first_failed) = tokio::sync::oneshot::channel::<()>();
+        let (late, late_sent) = tokio::sync::oneshot::channel::<()>();
         let peer = tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.unwrap();
             let mut buf = [0u8; 1024];
             let _ = socket.read(&mut buf).await;
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            let _ = first_failed.await;
             socket.write_all(b"+late\r\n").await.unwrap();
+            let _ = late.send(());
             let _ = socket.read(&mut buf).await;
             socket.write_all(b"+second\r\n").await.unwrap();
             tokio::time::sleep(Duration::from_secs(30)).await;
         });
-        let wire = connect(port, Duration::from_millis(200)).await;
+        let wire = connect(port, Duration::from_secs(1)).await;
         let first = wire.command(&[&b"PING"[..]]).await.unwrap_err();
         assert_eq!(first.kind(), &ErrorKind::Timeout);
+        failed.send(()).unwrap();
+        late_sent.await.unwrap();
         let second = wire.command(&[&b"PING"[..]]).await.unwrap();
         assert_eq!(second, Value::String("second".into()));
         peer.abort();
