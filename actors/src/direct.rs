@@ -178,7 +178,7 @@ async fn open(shared: Arc<Shared>, node: usize, engine: u64) {
     // Settled: from here on the slot may hold another opener's `Opening`,
     // which is not this task's to clear.
     unsettled.0 = None;
-    let Some((transport, stop)) = settled else {
+    let Some((mut transport, stop)) = settled else {
         return;
     };
     // Out of the slot however this task ends: closed with the locker,
@@ -186,37 +186,13 @@ async fn open(shared: Arc<Shared>, node: usize, engine: u64) {
     // the connection's task with it), so that no command is sent to a
     // connection nobody drives.
     let open = Closing(&shared, &info);
-    match transport {
-        Transport::Fred(client, handle) => {
-            tokio::select! {
-                _ = handle => {}
-                _ = stop.cancelled() => {}
-                _ = shared.closed.cancelled() => {}
-            }
-            drop(open);
-            let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
-        }
-        Transport::Wire(wire) => {
-            let (after, every) = (
-                node::unresponsive_after(&shared.settings),
-                node::unresponsive_check(&shared.settings),
-            );
-            tokio::select! {
-                _ = wire.watch() => {}
-                _ = wire.overdue(after, every) => {}
-                _ = stop.cancelled() => {}
-                _ = shared.closed.cancelled() => {}
-            }
-            drop(open);
-            // The commands out finish first, as they would before fred's
-            // `QUIT`.
-            let _ = tokio::time::timeout(Duration::from_secs(1), wire.quiet()).await;
-            wire.end(fred::error::Error::new(
-                fred::error::ErrorKind::Canceled,
-                "direct connection closed",
-            ));
-        }
+    tokio::select! {
+        _ = transport.ended(&shared) => {}
+        _ = stop.cancelled() => {}
+        _ = shared.closed.cancelled() => {}
     }
+    drop(open);
+    transport.close().await;
 }
 
 /// What a direct connection runs on.
@@ -225,6 +201,66 @@ enum Transport {
     Wire(Arc<Wire>),
     /// A fred client (TLS), and its connection task.
     Fred(Client, fred::types::ConnectHandle),
+}
+
+impl Transport {
+    /// Ready once the connection has ended by itself: closed, failed, or
+    /// (ours) a reply overdue past the dead-link bound, which fred's client
+    /// checks on its own.
+    async fn ended(&mut self, shared: &Shared) {
+        match self {
+            Transport::Fred(_, handle) => {
+                let _ = handle.await;
+            }
+            Transport::Wire(wire) => {
+                let (after, every) = (
+                    node::unresponsive_after(&shared.settings),
+                    node::unresponsive_check(&shared.settings),
+                );
+                tokio::select! {
+                    _ = wire.watch() => {}
+                    _ = wire.overdue(after, every) => {}
+                }
+            }
+        }
+    }
+
+    /// Closes the connection once the commands out have finished (a second
+    /// at most), as fred's `QUIT` does.
+    async fn close(self) {
+        let within = Duration::from_secs(1);
+        match self {
+            Transport::Fred(client, _) => {
+                let _ = tokio::time::timeout(within, client.quit()).await;
+            }
+            Transport::Wire(wire) => {
+                let _ = tokio::time::timeout(within, wire.quiet()).await;
+                wire.end(fred::error::Error::new(
+                    fred::error::ErrorKind::Canceled,
+                    "direct connection closed",
+                ));
+            }
+        }
+    }
+
+    /// The connection as its commands see it.
+    fn link(&self, shared: &Arc<Shared>, info: &DirectInfo) -> Arc<dyn DirectLink> {
+        fn link<C: Exec + Send + std::fmt::Debug + 'static>(
+            client: Arc<C>,
+            shared: &Arc<Shared>,
+            info: &DirectInfo,
+        ) -> Arc<dyn DirectLink> {
+            Arc::new(Link {
+                client,
+                shared: Arc::downgrade(shared),
+                info: info.clone(),
+            })
+        }
+        match self {
+            Transport::Wire(wire) => link(wire.clone(), shared, info),
+            Transport::Fred(client, _) => link(Arc::new(client.clone()), shared, info),
+        }
+    }
 }
 
 /// A fred client as node `node`'s direct connection: the engine's client
@@ -334,21 +370,8 @@ fn settle(
     }
     tracing::debug!(node = %addr.display(), redirect = info.redirect, "direct connection open");
     let stop = CancellationToken::new();
-    let shared_weak = Arc::downgrade(shared);
-    let link: Arc<dyn DirectLink> = match &transport {
-        Transport::Wire(wire) => Arc::new(Link {
-            client: wire.clone(),
-            shared: shared_weak,
-            info: info.clone(),
-        }),
-        Transport::Fred(client, _) => Arc::new(Link {
-            client: Arc::new(client.clone()),
-            shared: shared_weak,
-            info: info.clone(),
-        }),
-    };
     *slot = DirectSlot::Open(DirectConn {
-        link,
+        link: transport.link(shared, &info),
         info,
         stop: stop.clone(),
     });
