@@ -367,8 +367,9 @@ struct Attempt {
     /// One per lock key: a fixed count, so a boxed slice (8 bytes less
     /// than a vector in every lock's state).
     keys: Box<[Slot]>,
-    /// An invalidation hit a key not (yet) ours: retry at once if this fails.
-    woken: bool,
+    /// An invalidation hit a key not (yet) ours: whether to run again before
+    /// the retry time if this fails.
+    rerun: Rerun,
     /// The fencing token, once known.
     fence: Option<u64>,
     /// The two-phase fencing step, once the keys are won: boxed, as few
@@ -388,6 +389,28 @@ struct Attempt {
     claims: Option<Box<Claims>>,
 }
 
+/// Whether a failed attempt runs again before its retry time, from what it
+/// heard while it was out. Ordered: a later word only ever raises it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Rerun {
+    /// Nothing it heard of.
+    No,
+    /// A key it found held by another changed. At once, unless the attempt
+    /// keeps claims on its keys (hand-over): while they stand, the change
+    /// is an extension or a hand-over (to us, whose message says so, or to
+    /// an older claim), and needs nothing; a key freed otherwise is run for
+    /// within one time limit, as for a claimed key that changes while the
+    /// waiters wait (`on_invalidated`). Before, a waiter whose run was out
+    /// when it heard of a change ran again at once: with four lockers on
+    /// one name, about one more acquire script per lock + release
+    /// (BENCHMARKS.md, "valkeylock with hand-over").
+    Changed,
+    /// At once: a key that changed was not held by another (absent,
+    /// queued for, failed), our own delete landed under the attempt, or
+    /// invalidations may have been lost (a reconnect).
+    Now,
+}
+
 /// Hand-over: the claims an attempt for the waiters leaves on the keys it
 /// finds held (`scripts::ACQUIRE_LUA`). An attempt that fails with nothing
 /// taken keeps them: it waits in [`Phase::Idle`], and the next attempt for
@@ -404,6 +427,9 @@ struct Claims {
     /// An earlier run left claims: a run that takes a key takes its claim
     /// out.
     before: bool,
+    /// This run sent its claims (it did not go through a fair queue, which
+    /// decides who is next instead).
+    sent: bool,
     /// Per key, the newest acquisition whose reply said the key was held
     /// (so it left a claim there), and when it was sent: the instant a key
     /// handed under that claim is counted from.
@@ -1331,7 +1357,7 @@ impl LockCore {
             None => None,
         };
         let total = self.cfg.total;
-        let (id, token, terms, claims) = match resumed {
+        let (id, token, terms, mut claims) = match resumed {
             Some(a) => {
                 let Attempt {
                     id,
@@ -1368,6 +1394,7 @@ impl LockCore {
                         Box::new(Claims {
                             arrival_us,
                             before: false,
+                            sent: false,
                             left: vec![None; total],
                         })
                     });
@@ -1378,6 +1405,9 @@ impl LockCore {
         let queue = self.queue_args(now, mode, request.is_none(), placed_before, &terms);
         let candidate = queue.as_ref().and_then(|q| q.candidate);
         // Through a fair queue, the queue decides who is next: no claim.
+        if let Some(c) = claims.as_mut() {
+            c.sent = queue.is_none();
+        }
         let claim = claims.as_ref().filter(|_| queue.is_none()).map(|c| Claim {
             arrival_us: c.arrival_us,
             before: c.before,
@@ -1394,7 +1424,7 @@ impl LockCore {
             terms,
             request: request.map(|(id, kind, _)| (id, kind)),
             keys: vec![Slot::pending(); total].into_boxed_slice(),
-            woken: false,
+            rerun: Rerun::No,
             fence: None,
             fencing: None,
             mismatch: None,
@@ -1826,7 +1856,7 @@ impl LockCore {
             .iter()
             .map(|s| matches!(s.key, Key::Other { .. } | Key::Queued { .. }))
             .collect();
-        let woken = a.woken;
+        let rerun = a.rerun;
         let first_queued = a
             .keys
             .iter()
@@ -1838,8 +1868,19 @@ impl LockCore {
         // A claim lapses one validity after it was made: runs come at
         // least three times a validity, so the claims stay live.
         let claims_ttl = keep_claims.then_some(a.terms.life.ttl);
+        // Claims stand only where they were sent and are heeded: through a
+        // fair queue (ours, or another locker's on the key), the queue
+        // decides who is next, and a release deletes the key.
+        let claims_stand = keep_claims
+            && a.claims.as_ref().is_some_and(|c| c.sent)
+            && !a.keys.iter().any(|s| matches!(s.key, Key::Queued { .. }));
+        let at_once = match rerun {
+            Rerun::No => false,
+            Rerun::Changed => !claims_stand,
+            Rerun::Now => true,
+        };
         let claimed = keep_claims.then(|| Box::new(a));
-        if woken && self.waiters.has_waiter() {
+        if at_once && self.waiters.has_waiter() {
             self.phase = Phase::Idle {
                 wake,
                 retry_at: None,
@@ -1851,6 +1892,9 @@ impl LockCore {
         let mut retry_at = now + self.retry_period(held_by_others);
         if let Some(ttl) = claims_ttl {
             retry_at = retry_at.min(now + ttl / 3);
+        }
+        if rerun == Rerun::Changed && claims_stand {
+            retry_at = retry_at.min(now + self.cfg.timeout);
         }
         if let Some(f) = self.cfg.fair {
             // Keep the places fresh, and look again when the waiter ahead of
@@ -2161,7 +2205,11 @@ impl LockCore {
         if touched {
             let recheck = match &mut self.phase {
                 Phase::Attempting(a) if !matches!(a.keys[key].key, Key::Ours { .. }) => {
-                    a.woken = true;
+                    let heard = match a.keys[key].key {
+                        Key::Other { .. } => Rerun::Changed,
+                        _ => Rerun::Now,
+                    };
+                    a.rerun = a.rerun.max(heard);
                     None
                 }
                 Phase::Attempting(a) => Some(a.token.clone()),
@@ -2480,6 +2528,14 @@ impl LockCore {
     /// this is the wake-up. An attempt still deciding retries at once if it
     /// fails, unless the key is ours already (it came after the delete); a
     /// failed one retries now, as after an invalidation.
+    ///
+    /// With hand-over, "done" may mean handed over, and an attempt that
+    /// claims needs no wake-up: had it run before the release, its claim
+    /// was there for the release to hand the key to (it, or an older
+    /// claim); after, it found the key free and took it, or handed to
+    /// another, and claimed it. So it is `Rerun::Changed`, which waits on
+    /// standing claims. Before, an acquisition still out when the release
+    /// before it answered ran again at once if it found the key held.
     fn deleted_under(&mut self, now: Time, key: usize) {
         match &mut self.phase {
             Phase::Attempting(a)
@@ -2487,7 +2543,11 @@ impl LockCore {
                     .get(key)
                     .is_some_and(|s| !matches!(s.key, Key::Ours { .. })) =>
             {
-                a.woken = true;
+                let claims = a.claims.as_ref().is_some_and(|c| c.sent);
+                a.rerun = match a.keys[key].key {
+                    Key::Pending | Key::Other { .. } if claims => a.rerun.max(Rerun::Changed),
+                    _ => Rerun::Now,
+                };
             }
             Phase::Idle { .. } => self.on_invalidated(now, Some(key), None),
             _ => {}
@@ -2648,14 +2708,16 @@ impl LockCore {
                     match s.key {
                         Key::Ours { .. } => ours.push(i),
                         Key::Pending => s.touched = true,
-                        // Held by another (or failed): it changed, so a
-                        // retry may succeed.
-                        _ => a.woken = true,
+                        // Held by another: it changed, so a retry may
+                        // succeed (see `Rerun::Changed`).
+                        Key::Other { .. } => a.rerun = a.rerun.max(Rerun::Changed),
+                        // Free, queued for, failed: retry at once.
+                        _ => a.rerun = Rerun::Now,
                     }
                 }
                 if key.is_none() {
                     // A reconnect: invalidations may have been lost.
-                    a.woken = true;
+                    a.rerun = Rerun::Now;
                 }
                 for k in ours {
                     self.verify(now, id, k, &token);

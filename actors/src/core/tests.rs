@@ -2548,3 +2548,81 @@ fn a_claimed_key_that_changes_is_run_for_within_a_time_limit() {
         "{s:?}"
     );
 }
+
+#[test]
+fn a_claiming_run_that_hears_of_a_change_while_out_waits_on_its_claims() {
+    // An invalidation of the key while the waiter's run is out, the reply
+    // then "held by another": with its claim standing, the change was an
+    // extension or a hand-over (to us, whose message says so, or to an
+    // older claim) and needs nothing; a key freed otherwise is run for
+    // within one time limit (100 ms here), not at once.
+    let mut rig = Rig::new(handover_config());
+    let s = request(&mut rig, 1);
+    let (cmd, token) = match &s[..] {
+        [(cmd, _, Op::Acquire { token, claim, .. })] if claim.is_some() => (*cmd, token.clone()),
+        s => panic!("not a claiming acquisition: {s:?}"),
+    };
+    rig.at(ms(1));
+    assert!(sends(&rig.ev(Event::Invalidated { key: 0 })).is_empty());
+    let fx = rig.at(ms(2)).ev(reply(cmd, other()));
+    assert!(sends(&fx).is_empty(), "no run at once: {fx:?}");
+    assert_eq!(rig.core.phase_name(), "idle");
+    assert!(sends(&rig.tick(ms(101))).is_empty());
+    let s = sends(&rig.tick(ms(102)));
+    assert!(
+        matches!(&s[..], [(_, Target::Key(0), Op::Acquire { token: t, claim: Some(c), .. })] if *t == token && c.before),
+        "{s:?}"
+    );
+    // Without hand-over the same run goes again at once: nothing else
+    // would tell it of a release.
+    let mut rig = Rig::new(config(1, 1));
+    let s = request(&mut rig, 1);
+    rig.ev(Event::Invalidated { key: 0 });
+    let again = sends(&rig.ev(reply(s[0].0, other())));
+    assert!(one_acquisition(&again), "{again:?}");
+}
+
+#[test]
+fn a_claiming_run_behind_our_own_release_waits_on_its_claims() {
+    // A lock + release loop with hand-over: the next acquisition goes out
+    // before the release's reply, which comes first (1: deleted, or handed
+    // to a claim). Had the acquisition run before the release, its claim
+    // was there to be handed the key; after, it found the key free (and
+    // took it) or handed to another, and claimed it. Either way nothing is
+    // run at once. Before, each such acquisition ran twice.
+    let mut rig = Rig::new(handover_config());
+    let (holder, _) = held_one(&mut rig);
+    let del = dropped(&mut rig, holder);
+    let acq = request(&mut rig, 2);
+    let (cmd, token) = match &acq[..] {
+        [(cmd, _, Op::Acquire { token, claim, .. })] if claim.is_some() => (*cmd, token.clone()),
+        s => panic!("not a claiming acquisition: {s:?}"),
+    };
+    assert!(sends(&rig.ev(reply(del[0].0, Outcome::Released(true)))).is_empty());
+    let fx = rig.at(ms(1)).ev(reply(cmd, other()));
+    assert!(sends(&fx).is_empty(), "no run at once: {fx:?}");
+    // The key handed to its claim: granted from the claim's sending.
+    let fx = rig.at(ms(3)).ev(Event::Handed {
+        key: 0,
+        token,
+        cmd,
+        fence: None,
+    });
+    assert_eq!(grants(&fx).len(), 1, "{fx:?}");
+    // Had the acquisition found the key free, it took it.
+    let mut rig = Rig::new(handover_config());
+    let (holder, _) = held_one(&mut rig);
+    let del = dropped(&mut rig, holder);
+    let acq = request(&mut rig, 2);
+    rig.ev(reply(del[0].0, Outcome::Released(true)));
+    assert_eq!(grants(&rig.ev(reply(acq[0].0, ours()))).len(), 1);
+    // Without hand-over, a key found held after our own delete is run for
+    // at once (with NOLOOP no invalidation of our delete comes).
+    let mut rig = Rig::new(config(1, 1));
+    let (holder, _) = held_one(&mut rig);
+    let del = dropped(&mut rig, holder);
+    let acq = request(&mut rig, 2);
+    rig.ev(reply(del[0].0, Outcome::Released(true)));
+    let again = sends(&rig.ev(reply(acq[0].0, other())));
+    assert!(one_acquisition(&again), "{again:?}");
+}
