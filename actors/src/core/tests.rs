@@ -2584,12 +2584,13 @@ fn a_claiming_run_that_hears_of_a_change_while_out_waits_on_its_claims() {
 
 #[test]
 fn a_claiming_run_behind_our_own_release_waits_on_its_claims() {
-    // A lock + release loop with hand-over: the next acquisition goes out
-    // before the release's reply, which comes first (1: deleted, or handed
-    // to a claim). Had the acquisition run before the release, its claim
-    // was there to be handed the key; after, it found the key free (and
-    // took it) or handed to another, and claimed it. Either way nothing is
-    // run at once. Before, each such acquisition ran twice.
+    // A loop of `lock()` and a dropped guard, with hand-over: the next
+    // acquisition goes out before the delete's reply, which comes first
+    // (1: deleted, or handed to a claim). Had the acquisition run before
+    // the release, its claim was there to be handed the key; after, it
+    // found the key free (and took it) or handed to another, and claimed
+    // it. Either way nothing is run at once. Before, an acquisition that
+    // found the key held ran again at once.
     let mut rig = Rig::new(handover_config());
     let (holder, _) = held_one(&mut rig);
     let del = dropped(&mut rig, holder);
