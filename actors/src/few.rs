@@ -3,9 +3,10 @@
 //! always holds one item, kept inline so that the usual case allocates
 //! nothing (the callers waiting for a release's deletes, the answers one
 //! event produces); `Table`, a map by id that is one word while it has
-//! never been used (the callers waiting for a grant or a release).
+//! never been used (the callers waiting for a grant or a release); `Room`,
+//! a list that is one word while it has no room (the lock core's tables).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 /// The first item inline, the rest in a vector that allocates only when a
 /// second item comes.
@@ -128,9 +129,124 @@ impl<V> Table<V> {
     }
 }
 
+/// A list one pointer wide while it has no room: what a lock core keeps
+/// for its waiters, its commands out, its release groups, its past tokens
+/// and its effects, all empty for most of a long hold. Inline, a vector
+/// took 24 bytes of every held lock's state and a deque 32; behind a box
+/// they take 8 until used. The room is kept between uses (a lock taken
+/// again and again allocates nothing more) until [`Room::trim`], which a
+/// lock settled into a long hold calls (`LockCore::trim`). A list in use
+/// takes one allocation more than inline (the box), made once.
+#[derive(Debug)]
+pub(crate) struct Room<C>(Option<Box<C>>);
+
+impl<C> Default for Room<C> {
+    fn default() -> Self {
+        Room(None)
+    }
+}
+
+impl<C: Default> Room<C> {
+    /// The list, made on first use. `room`: what to reserve then (most
+    /// lists of a lock hold one item at a time).
+    pub(crate) fn make(&mut self, room: impl FnOnce() -> C) -> &mut C {
+        self.0.get_or_insert_with(|| Box::new(room()))
+    }
+
+    /// The list, if it has room.
+    pub(crate) fn get(&self) -> Option<&C> {
+        self.0.as_deref()
+    }
+
+    /// The list, if it has room.
+    pub(crate) fn get_mut(&mut self) -> Option<&mut C> {
+        self.0.as_deref_mut()
+    }
+
+    /// Takes the list out, leaving no room.
+    pub(crate) fn take(&mut self) -> C {
+        self.0.take().map(|b| *b).unwrap_or_default()
+    }
+
+    /// Gives back the room if `empty` says the list holds nothing.
+    fn trim_if(&mut self, empty: impl FnOnce(&C) -> bool) {
+        if self.get().is_some_and(empty) {
+            self.0 = None;
+        }
+    }
+}
+
+impl<T> From<Vec<T>> for Room<Vec<T>> {
+    /// No room for an empty vector.
+    fn from(items: Vec<T>) -> Self {
+        Room((!items.is_empty()).then(|| Box::new(items)))
+    }
+}
+
+impl<T> Room<Vec<T>> {
+    /// Appends `item`, making room for one if there was none.
+    pub(crate) fn push(&mut self, item: T) {
+        self.make(|| Vec::with_capacity(1)).push(item);
+    }
+
+    pub(crate) fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.get().map_or(&[][..], Vec::as_slice).iter()
+    }
+
+    pub(crate) fn iter_mut(&mut self) -> std::slice::IterMut<'_, T> {
+        self.get_mut()
+            .map_or(&mut [][..], Vec::as_mut_slice)
+            .iter_mut()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.get().map_or(0, Vec::len)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.get().is_none_or(Vec::is_empty)
+    }
+
+    /// Gives back the room of an empty list.
+    pub(crate) fn trim(&mut self) {
+        self.trim_if(Vec::is_empty);
+    }
+}
+
+impl<T> Room<VecDeque<T>> {
+    /// The list, with room for one if it had none.
+    pub(crate) fn make_one(&mut self) -> &mut VecDeque<T> {
+        self.make(|| VecDeque::with_capacity(1))
+    }
+
+    pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = &T> {
+        self.get().into_iter().flatten()
+    }
+
+    pub(crate) fn iter_mut(&mut self) -> impl DoubleEndedIterator<Item = &mut T> {
+        self.get_mut().into_iter().flatten()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.get().is_none_or(VecDeque::is_empty)
+    }
+
+    pub(crate) fn pop_front(&mut self) -> Option<T> {
+        self.get_mut()?.pop_front()
+    }
+
+    /// Gives back the room of an empty list.
+    pub(crate) fn trim(&mut self) {
+        self.trim_if(VecDeque::is_empty);
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{Entries, OneOrMore, Table};
+    use std::collections::VecDeque;
+
+    use super::{Entries, OneOrMore, Room, Table};
 
     #[test]
     fn a_table_is_one_word_and_allocates_only_once_used() {
@@ -189,6 +305,46 @@ mod tests {
         }
         assert_eq!(t.remove(2), Some(102), "a second insert replaces");
         assert_eq!(t.remove(2), None);
+    }
+
+    #[test]
+    fn a_room_is_one_word_and_gives_its_room_back_only_when_trimmed_empty() {
+        assert_eq!(std::mem::size_of::<Room<Vec<u64>>>(), 8);
+        assert_eq!(std::mem::size_of::<Room<VecDeque<u64>>>(), 8);
+        let mut v: Room<Vec<u64>> = Room::default();
+        assert!(v.is_empty() && v.iter().next().is_none() && v.get().is_none());
+        v.trim();
+        v.push(1);
+        v.push(2);
+        assert_eq!(v.iter().copied().collect::<Vec<_>>(), [1, 2]);
+        v.iter_mut().for_each(|x| *x *= 10);
+        v.trim();
+        assert_eq!(v.len(), 2, "a list with items keeps them when trimmed");
+        v.get_mut().unwrap().clear();
+        assert!(
+            v.get().is_some(),
+            "an emptied list keeps its room until trimmed"
+        );
+        v.trim();
+        assert!(v.get().is_none());
+        assert!(Room::from(Vec::<u64>::new()).get().is_none());
+        assert_eq!(Room::from(vec![3u64]).take(), [3]);
+
+        let mut q: Room<VecDeque<u64>> = Room::default();
+        assert_eq!(q.pop_front(), None);
+        q.make_one().push_back(1);
+        assert_eq!(
+            q.get().map(VecDeque::capacity),
+            Some(1),
+            "room for one to start with"
+        );
+        q.make_one().push_back(2);
+        assert_eq!(q.iter().rev().copied().collect::<Vec<_>>(), [2, 1]);
+        assert_eq!(q.pop_front(), Some(1));
+        q.trim();
+        assert!(!q.is_empty());
+        assert_eq!(q.take().into_iter().collect::<Vec<_>>(), [2]);
+        assert!(q.get().is_none() && q.is_empty(), "taken: no room left");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use super::quorum::Life;
 use super::time::Time;
+use crate::few::Room;
 
 /// A command's id, unique per lock core and increasing in the order sent.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
@@ -148,7 +149,8 @@ pub(crate) struct Cmd {
 /// a tree, and a held lock keeps a few hundred bytes for it, not a tree node.
 #[derive(Debug, Default)]
 pub(crate) struct InFlight {
-    cmds: Vec<(CmdId, Cmd)>,
+    /// One word while it has no room (a held lock between extensions).
+    cmds: Room<Vec<(CmdId, Cmd)>>,
     next: u64,
 }
 
@@ -179,10 +181,8 @@ impl InFlight {
         self.next += 1;
         let id = CmdId(self.next);
         // Room for one to start with: a lock of one key rarely has more out,
-        // and a held lock keeps whatever room its table ever had.
-        if self.cmds.capacity() == 0 {
-            self.cmds.reserve_exact(1);
-        }
+        // and a lock keeps whatever room its table ever had until it
+        // settles (`trim`).
         self.cmds.push((
             id,
             Cmd {
@@ -200,8 +200,9 @@ impl InFlight {
     /// Takes the command a reply answers; `None` for an unknown id (answered
     /// already, or forgotten).
     pub(crate) fn answer(&mut self, id: CmdId) -> Option<Answered> {
-        let pos = self.cmds.iter().position(|(c, _)| *c == id)?;
-        let (_, c) = self.cmds.remove(pos);
+        let cmds = self.cmds.get_mut()?;
+        let pos = cmds.iter().position(|(c, _)| *c == id)?;
+        let (_, c) = cmds.remove(pos);
         Some(c.into())
     }
 
@@ -209,7 +210,10 @@ impl InFlight {
     /// overdue commands whose retention ended.
     pub(crate) fn expire(&mut self, now: Time) -> Vec<(CmdId, Cmd)> {
         let mut due = Vec::new();
-        self.cmds.retain_mut(|(id, c)| match c.overdue {
+        let Some(cmds) = self.cmds.get_mut() else {
+            return due;
+        };
+        cmds.retain_mut(|(id, c)| match c.overdue {
             Some(forget_at) => forget_at > now,
             None if c.deadline <= now => {
                 due.push((*id, *c));
@@ -276,7 +280,7 @@ impl InFlight {
             return Route::Engine;
         };
         let mut route = Route::Direct;
-        for (c, cmd) in &self.cmds {
+        for (c, cmd) in self.cmds.iter() {
             if *c == id || cmd.purpose.key() != Some(key) {
                 continue;
             }
@@ -311,7 +315,7 @@ impl InFlight {
         let Purpose::Release { key, of, .. } = purpose else {
             return;
         };
-        for (c, cmd) in &mut self.cmds {
+        for (c, cmd) in self.cmds.iter_mut() {
             if *c < id
                 && cmd.lane == lane
                 && matches!(cmd.purpose, Purpose::Acquire { attempt, key: k, .. } if attempt == of && k == key)
@@ -328,14 +332,12 @@ impl InFlight {
 
     /// Gives back the table's room if nothing is in it, live or overdue.
     pub(crate) fn trim(&mut self) {
-        if self.cmds.is_empty() {
-            self.cmds = Vec::new();
-        }
+        self.cmds.trim();
     }
 
     /// Forgets everything (the core is closed).
     pub(crate) fn clear(&mut self) {
-        self.cmds.clear();
+        self.cmds.take();
     }
 
     /// Commands remembered, live or overdue.

@@ -20,13 +20,13 @@ use std::time::Duration;
 
 use super::fence::{Fence, FenceNext};
 use super::inflight::{Answered, CmdId, InFlight, Purpose, Route};
-use super::ops::{Claim, Entropy, Op, Outcome, Place, Queue, Target};
+use super::ops::{Claim, Draws, Op, Outcome, Place, Queue, Target};
 use super::quorum::{self, Life, Tally};
 use super::terms::Terms;
 use super::time::Time;
 use super::waiters::{may_hand_over, within_budget, ReqId, RequestKind, Waiters};
 use crate::error::LostReason;
-use crate::few::OneOrMore;
+use crate::few::{OneOrMore, Room};
 use crate::scripts::{Fingerprint, KeyState, SetMode, Token};
 
 /// A holder id: one per grant handed to a caller (a hand-over makes a new one).
@@ -647,14 +647,16 @@ impl Reach {
 /// One lock name's state machine.
 pub(crate) struct LockCore {
     cfg: std::sync::Arc<Config>,
-    entropy: Box<dyn Entropy>,
+    entropy: Draws,
     phase: Phase,
     waiters: Waiters,
     cmds: InFlight,
-    groups: Vec<ReleaseGroup>,
+    /// This and the other lists of the core are one word each while they
+    /// have no room, as for most of a long hold ([`LockCore::trim`]).
+    groups: Room<Vec<ReleaseGroup>>,
     /// Tokens of finished attempts and grants whose commands may still
     /// answer: a late "ours" is released with its token.
-    past: Vec<(u64, Token)>,
+    past: Room<Vec<(u64, Token)>>,
     next_id: u64,
     /// Since when nothing is queued, held or in flight; `None` while busy.
     quiet_since: Option<Time>,
@@ -673,7 +675,7 @@ pub(crate) struct LockCore {
     /// whether they keep refreshing their places. A waiting episode starts
     /// at `Reach::Majority`: the first waiter of an idle lock sets it.
     reach: Reach,
-    effects: VecDeque<Effect>,
+    effects: Room<VecDeque<Effect>>,
 }
 
 impl std::fmt::Debug for LockCore {
@@ -733,7 +735,7 @@ impl GrantView<'_> {
 }
 
 impl LockCore {
-    pub(crate) fn new(cfg: std::sync::Arc<Config>, entropy: Box<dyn Entropy>, now: Time) -> Self {
+    pub(crate) fn new(cfg: std::sync::Arc<Config>, entropy: Draws, now: Time) -> Self {
         let total = cfg.total;
         LockCore {
             cfg,
@@ -745,8 +747,8 @@ impl LockCore {
             },
             waiters: Waiters::default(),
             cmds: InFlight::default(),
-            groups: Vec::new(),
-            past: Vec::new(),
+            groups: Room::default(),
+            past: Room::default(),
             next_id: 0,
             quiet_since: Some(now),
             idle_reported: false,
@@ -754,7 +756,7 @@ impl LockCore {
             refresh_at: None,
             gated: false,
             reach: Reach::Majority,
-            effects: VecDeque::new(),
+            effects: Room::default(),
         }
     }
 
@@ -833,17 +835,11 @@ impl LockCore {
     /// Gives back the room of the tables that are empty (see
     /// [`LockCore::settled`]). Changes no state: only capacity.
     pub(crate) fn trim(&mut self) {
-        if self.effects.is_empty() {
-            self.effects = VecDeque::new();
-        }
+        self.effects.trim();
         self.cmds.trim();
         self.waiters.trim();
-        if self.groups.is_empty() {
-            self.groups = Vec::new();
-        }
-        if self.past.is_empty() {
-            self.past = Vec::new();
-        }
+        self.groups.trim();
+        self.past.trim();
     }
 
     /// When the core next wants [`Event::Timeout`].
@@ -1030,10 +1026,7 @@ impl LockCore {
     /// a held lock keeps whatever room the queue ever had until it settles
     /// ([`LockCore::trim`]).
     fn emit(&mut self, effect: Effect) {
-        if self.effects.capacity() == 0 {
-            self.effects.reserve_exact(1);
-        }
-        self.effects.push_back(effect);
+        self.effects.make_one().push_back(effect);
     }
 
     fn send(&mut self, now: Time, purpose: Purpose, target: Target, op: Op) -> CmdId {
@@ -1084,7 +1077,7 @@ impl LockCore {
                 }
                 // A semaphore's permit slot takes no place: see `queues_for`.
                 let place = self.queues_for(&terms).map(|f| Place {
-                    member: self.entropy.next_u64(),
+                    member: self.entropy.source().next_u64(),
                     since_us: f.wall_us(now),
                     life: f.life,
                 });
@@ -1377,9 +1370,11 @@ impl LockCore {
                     Some((_, _, terms)) => terms,
                     None => head_terms,
                 });
+                let fingerprint = self.fingerprint(&terms);
                 let token = self
                     .entropy
-                    .token(mode == SetMode::Force, self.fingerprint(&terms));
+                    .source()
+                    .token(mode == SetMode::Force, fingerprint);
                 // A semaphore's waiter waits on every slot: a slot handed to
                 // it after it took another would only be given back.
                 let claims = self
@@ -1929,7 +1924,7 @@ impl LockCore {
             // Nodes failing rather than the lock being held: retry soon.
             c.timeout.max(Duration::from_millis(50))
         };
-        quorum::jitter(period, 10, self.entropy.next_u64())
+        quorum::jitter(period, 10, self.entropy.source().next_u64())
     }
 
     // ===== replies =====
@@ -2477,7 +2472,9 @@ impl LockCore {
         let Some(pos) = self.groups.iter().position(|g| g.id == group) else {
             return;
         };
-        let g = self.groups.swap_remove(pos);
+        let Some(g) = self.groups.get_mut().map(|gs| gs.swap_remove(pos)) else {
+            return;
+        };
         for ack in g.acks {
             self.emit(Effect::Released {
                 ack,
@@ -3019,14 +3016,15 @@ impl LockCore {
     /// Book-keeping after every event: closing, idleness, old tokens.
     fn after(&mut self, now: Time) {
         let cmds = &self.cmds;
-        self.past
-            .retain(|(owner, _)| cmds.any(|p| p.owner() == Some(*owner)));
+        if let Some(past) = self.past.get_mut() {
+            past.retain(|(owner, _)| cmds.any(|p| p.owner() == Some(*owner)));
+        }
         if matches!(self.phase, Phase::Closing) && self.cmds.idle() {
             self.phase = Phase::Closed;
             self.cmds.clear();
-            self.past.clear();
+            self.past.take();
             // Release callers still waiting: their deletes went unanswered.
-            for g in std::mem::take(&mut self.groups) {
+            for g in self.groups.take() {
                 for ack in g.acks {
                     self.emit(Effect::Released {
                         ack,

@@ -31,7 +31,7 @@ pub(crate) use lock::{
 };
 #[cfg(test)]
 pub(crate) use ops::Entropy;
-pub(crate) use ops::{os_random, Claim, Op, OsEntropy, Outcome, Place, Queue, Target};
+pub(crate) use ops::{os_random, Claim, Draws, Op, OsEntropy, Outcome, Place, Queue, Target};
 pub(crate) use terms::Terms;
 pub(crate) use time::Time;
 pub(crate) use waiters::{ReqId, RequestKind};

@@ -235,6 +235,26 @@ impl Entropy for OsEntropy {
     }
 }
 
+/// Where a lock core draws its randomness: the operating system's,
+/// through the thread's block ([`OsEntropy`]), which takes no room in the
+/// core (a boxed generator took 16 bytes of every held lock's state), or,
+/// in the table tests and the simulator, a generator they give it.
+pub(crate) enum Draws {
+    Os(OsEntropy),
+    #[cfg(test)]
+    Given(Box<dyn Entropy>),
+}
+
+impl Draws {
+    pub(crate) fn source(&mut self) -> &mut dyn Entropy {
+        match self {
+            Draws::Os(os) => os,
+            #[cfg(test)]
+            Draws::Given(given) => given.as_mut(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

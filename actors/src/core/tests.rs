@@ -66,7 +66,11 @@ struct Rig {
 impl Rig {
     fn new(cfg: Config) -> Rig {
         Rig {
-            core: LockCore::new(Arc::new(cfg), Box::new(Counter(7)), Time::ZERO),
+            core: LockCore::new(
+                Arc::new(cfg),
+                Draws::Given(Box::new(Counter(7))),
+                Time::ZERO,
+            ),
             now: Time::ZERO,
         }
     }

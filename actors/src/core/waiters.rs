@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::ops::Place;
 use super::terms::Terms;
 use super::time::Time;
+use crate::few::Room;
 
 /// A caller's request id (the shell keeps its reply channel).
 pub(crate) type ReqId = u64;
@@ -45,7 +46,8 @@ struct Queued {
 /// in flight goes to the front.
 #[derive(Debug, Default)]
 pub(crate) struct Waiters {
-    queue: VecDeque<Queued>,
+    /// One word while it has no room (a held lock nobody waits for).
+    queue: Room<VecDeque<Queued>>,
 }
 
 impl Waiters {
@@ -69,47 +71,45 @@ impl Waiters {
             placed: None,
         };
         // Room for one to start with: most names have one caller at a time,
-        // and a lock keeps whatever room its queue ever had.
-        if self.queue.capacity() == 0 {
-            self.queue.reserve_exact(1);
-        }
+        // and a lock keeps whatever room its queue ever had until it
+        // settles (`trim`).
+        let queue = self.queue.make_one();
         if kind == RequestKind::Force {
             // Behind forces already waiting, ahead of every waiter.
-            let at = self
-                .queue
+            let at = queue
                 .iter()
                 .position(|q| q.kind != RequestKind::Force)
-                .unwrap_or(self.queue.len());
-            self.queue.insert(at, q);
+                .unwrap_or(queue.len());
+            queue.insert(at, q);
         } else {
-            self.queue.push_back(q);
+            queue.push_back(q);
         }
     }
 
     /// Removes `id`; false if it was not queued.
     pub(crate) fn cancel(&mut self, id: ReqId) -> bool {
-        let before = self.queue.len();
-        self.queue.retain(|q| q.id != id);
-        self.queue.len() != before
+        let Some(queue) = self.queue.get_mut() else {
+            return false;
+        };
+        let before = queue.len();
+        queue.retain(|q| q.id != id);
+        queue.len() != before
     }
 
     /// The force at the head, taken off the queue, with its terms.
     pub(crate) fn pop_force(&mut self) -> Option<(ReqId, Arc<Terms>)> {
-        match self.queue.front() {
-            Some(q) if q.kind == RequestKind::Force => {
-                self.queue.pop_front().map(|q| (q.id, q.terms))
-            }
+        let queue = self.queue.get_mut()?;
+        match queue.front() {
+            Some(q) if q.kind == RequestKind::Force => queue.pop_front().map(|q| (q.id, q.terms)),
             _ => None,
         }
     }
 
     /// The oldest waiter, taken off the queue, with its terms.
     pub(crate) fn pop_waiter(&mut self) -> Option<(ReqId, Arc<Terms>)> {
-        let at = self
-            .queue
-            .iter()
-            .position(|q| q.kind == RequestKind::Wait)?;
-        self.queue.remove(at).map(|q| (q.id, q.terms))
+        let queue = self.queue.get_mut()?;
+        let at = queue.iter().position(|q| q.kind == RequestKind::Wait)?;
+        queue.remove(at).map(|q| (q.id, q.terms))
     }
 
     /// The terms of the oldest waiter: what an attempt for the queue writes.
@@ -221,14 +221,12 @@ impl Waiters {
 
     /// Gives back the queue's room if nobody is in it.
     pub(crate) fn trim(&mut self) {
-        if self.queue.is_empty() {
-            self.queue = VecDeque::new();
-        }
+        self.queue.trim();
     }
 
     /// Empties the queue (closing).
-    pub(crate) fn drain(&mut self) -> impl Iterator<Item = ReqId> + '_ {
-        self.queue.drain(..).map(|q| q.id)
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = ReqId> {
+        self.queue.take().into_iter().map(|q| q.id)
     }
 }
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::core::{
-    Config, Effect, Event, Fair, Fencing, Handover, HolderStatus, Life, LockCore, Op, Outcome,
-    Refusal, RequestKind, Route, Target, Terms, Time,
+    Config, Draws, Effect, Event, Fair, Fencing, Handover, HolderStatus, Life, LockCore, Op,
+    Outcome, Refusal, RequestKind, Route, Target, Terms, Time,
 };
 
 use super::invariants::Checks;
@@ -1802,7 +1802,7 @@ fn claimed_permits(token: &str) -> Option<u16> {
 /// A lock core as a process's shell makes it, with the run's notice
 /// allowance.
 fn new_core(cfg: Arc<Config>, entropy: Box<SimEntropy>, local: Time, k: &Knobs) -> LockCore {
-    let mut core = LockCore::new(cfg, entropy, local);
+    let mut core = LockCore::new(cfg, Draws::Given(entropy), local);
     core.set_allowance(Duration::from_millis(k.allowance_ms));
     core
 }
