@@ -168,6 +168,12 @@ impl<C: Default> Room<C> {
         self.0.take().map(|b| *b).unwrap_or_default()
     }
 
+    /// Whether the list has room (for the tests of what gives it back).
+    #[cfg(test)]
+    pub(crate) fn has_room(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// Gives back the room if `empty` says the list holds nothing.
     fn trim_if(&mut self, empty: impl FnOnce(&C) -> bool) {
         if self.get().is_some_and(empty) {

@@ -340,6 +340,12 @@ impl InFlight {
         self.cmds.take();
     }
 
+    /// Whether the table has room.
+    #[cfg(test)]
+    pub(crate) fn has_room(&self) -> bool {
+        self.cmds.has_room()
+    }
+
     /// Commands remembered, live or overdue.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

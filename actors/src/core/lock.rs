@@ -842,6 +842,21 @@ impl LockCore {
         self.past.trim();
     }
 
+    /// Which of the core's lists have room (see [`LockCore::trim`]).
+    #[cfg(test)]
+    pub(crate) fn lists_with_room(&self) -> Vec<&'static str> {
+        [
+            ("effects", self.effects.has_room()),
+            ("commands", self.cmds.has_room()),
+            ("waiters", self.waiters.has_room()),
+            ("groups", self.groups.has_room()),
+            ("past", self.past.has_room()),
+        ]
+        .into_iter()
+        .filter_map(|(name, room)| room.then_some(name))
+        .collect()
+    }
+
     /// When the core next wants [`Event::Timeout`].
     pub(crate) fn next_timeout(&self) -> Option<Time> {
         let mut next = self.cmds.next_deadline();

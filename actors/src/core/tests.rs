@@ -1847,7 +1847,18 @@ fn a_long_hold_settles_and_trimming_changes_nothing_but_room() {
         rig.core.next_timeout(),
         rig.core.phase_name(),
     );
+    // The lists the request, the attempt and the extension used keep their
+    // room until the lock settles; trimmed, none has any (a held lock's
+    // state is then one word per list: `few::Room`).
+    let used = rig.core.lists_with_room();
+    assert!(
+        ["effects", "commands", "waiters"]
+            .iter()
+            .all(|l| used.contains(l)),
+        "{used:?}"
+    );
     rig.core.trim();
+    assert_eq!(rig.core.lists_with_room(), Vec::<&str>::new());
     assert_eq!(
         (
             rig.core.holding(),

@@ -219,6 +219,12 @@ impl Waiters {
         self.queue.is_empty()
     }
 
+    /// Whether the queue has room.
+    #[cfg(test)]
+    pub(crate) fn has_room(&self) -> bool {
+        self.queue.has_room()
+    }
+
     /// Gives back the queue's room if nobody is in it.
     pub(crate) fn trim(&mut self) {
         self.queue.trim();
