@@ -149,7 +149,7 @@ impl<C> Default for Room<C> {
 impl<C: Default> Room<C> {
     /// The list, made on first use. `room`: what to reserve then (most
     /// lists of a lock hold one item at a time).
-    pub(crate) fn make(&mut self, room: impl FnOnce() -> C) -> &mut C {
+    fn make(&mut self, room: impl FnOnce() -> C) -> &mut C {
         self.0.get_or_insert_with(|| Box::new(room()))
     }
 

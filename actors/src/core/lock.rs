@@ -2484,12 +2484,13 @@ impl LockCore {
         {
             return;
         }
-        let Some(pos) = self.groups.iter().position(|g| g.id == group) else {
+        let Some(groups) = self.groups.get_mut() else {
             return;
         };
-        let Some(g) = self.groups.get_mut().map(|gs| gs.swap_remove(pos)) else {
+        let Some(pos) = groups.iter().position(|g| g.id == group) else {
             return;
         };
+        let g = groups.swap_remove(pos);
         for ack in g.acks {
             self.emit(Effect::Released {
                 ack,
