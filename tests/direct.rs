@@ -38,11 +38,22 @@ async fn clients(admin: &Client) -> Vec<HashMap<String, String>> {
 }
 
 /// The id of the connection whose tracking redirects to another, and that
-/// other's id (the engine's connection), once there is one; the locker
-/// takes and releases a lock meanwhile (the first caller opens it).
+/// other's id (the engine's connection), once the locker's commands take
+/// it; the locker takes and releases a lock meanwhile (the first caller
+/// opens it).
+///
+/// Listed is not yet in use: the server lists the connection with its
+/// redirect as soon as it has run `CLIENT TRACKING`, and the locker puts
+/// it to use only once it has read that command's reply. Until then its
+/// commands take the engine's connection, so a caller that counts the
+/// direct connection's commands right after it is listed can miss its
+/// own (a test of this file failed that way once, in round 0, under the
+/// whole suite's load). So the connection is returned once a lock +
+/// release has gone on it.
 async fn direct_connection(admin: &Client, locker: &Locker) -> (String, String) {
     let warm = unique("direct-warm");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut listed: Option<(String, String, u64)> = None;
     loop {
         locker
             .lock(&warm)
@@ -51,6 +62,17 @@ async fn direct_connection(admin: &Client, locker: &Locker) -> (String, String) 
             .release()
             .await
             .expect("release");
+        if let Some((id, redir, before)) = listed.take() {
+            match clients(admin).await.iter().find(|c| c["id"] == id) {
+                Some(c) if c.get("tot-cmds").and_then(|n| n.parse::<u64>().ok()) > Some(before) => {
+                    return (id, redir);
+                }
+                // Not in use yet: look again.
+                Some(_) => listed = Some((id, redir, before)),
+                // Replaced meanwhile: look for its successor.
+                None => {}
+            }
+        }
         // Redirected to a live connection that tracks for itself (the
         // engine's): a replaced one's may linger a moment.
         let all = clients(admin).await;
@@ -59,14 +81,14 @@ async fn direct_connection(admin: &Client, locker: &Locker) -> (String, String) 
             .filter(|c| c.get("redir").is_some_and(|r| r == "0"))
             .map(|c| &c["id"])
             .collect();
-        let found = all.iter().find_map(|c| {
-            let redir = c.get("redir")?;
-            engines
-                .contains(&redir)
-                .then(|| (c["id"].clone(), redir.clone()))
-        });
-        if let Some(found) = found {
-            return found;
+        if listed.is_none() {
+            listed = all.iter().find_map(|c| {
+                let redir = c.get("redir")?;
+                let commands = c.get("tot-cmds")?.parse().ok()?;
+                engines
+                    .contains(&redir)
+                    .then(|| (c["id"].clone(), redir.clone(), commands))
+            });
         }
         assert!(
             std::time::Instant::now() < deadline,
