@@ -352,10 +352,10 @@ async fn a_caller_dropped_while_its_command_is_out_leaves_nothing_behind() {
         })
         .await;
         if !sent {
-            // This failed once in a whole-suite run, its cause not found:
-            // say which connections there were (a direct connection
+            // Say which connections there were (a direct connection
             // replaced, its engine's reconnected, the command on the
-            // engine's).
+            // engine's): this failed once in a whole-suite run, before
+            // `direct_connection` waited for its connection to be in use.
             let seen: Vec<String> = clients(&admin)
                 .await
                 .iter()
