@@ -23,7 +23,7 @@ use super::inflight::{Answered, CmdId, InFlight, Purpose, Route};
 use super::ops::{Claim, Draws, Op, Outcome, Place, Queue, Target};
 use super::quorum::{self, Life, Tally};
 use super::terms::Terms;
-use super::time::Time;
+use super::time::{Nanos, Time};
 use super::waiters::{may_hand_over, within_budget, ReqId, RequestKind, Waiters};
 use crate::error::LostReason;
 use crate::few::{OneOrMore, Room};
@@ -37,6 +37,13 @@ pub(crate) type AckId = u64;
 /// How long a quiet core waits before it reports itself idle: a name used again
 /// soon (the common case) then costs no actor start and stop.
 pub(crate) const IDLE_GRACE: Duration = Duration::from_secs(2);
+
+/// Hand-over: how long after a key is handed over its check waits (see
+/// [`Rearm`]). Long enough for a caller that releases at once to do so
+/// first (its release is fed here before anything goes on the wire), short
+/// against every other bound of the engine: a loss in that time is heard
+/// when the check reads the key, at most this much later than at once.
+pub(crate) const REARM_DELAY: Duration = Duration::from_millis(1);
 
 /// The most waiters of one process placed in the fair queues by one
 /// command: the ones behind them take their places as they move up.
@@ -468,7 +475,7 @@ struct Grant {
     /// The margin in force (the terms' margin plus the shell's allowance):
     /// it only grows during a grant, so the core's deadline never moves
     /// later without an extension.
-    margin: Duration,
+    margin: Nanos,
     /// The current holder's terms (a hand-over brings the next holder's).
     terms: Arc<Terms>,
     /// The end its maximum hold sets for the current holder.
@@ -477,6 +484,22 @@ struct Grant {
     /// not answered at the win may still hold (the script places it where
     /// it does not take the key): taken out there if the reply says so.
     place: Option<u64>,
+    /// Hand-over: the key whose check is still to go, if any.
+    rearm: Option<Rearm>,
+}
+
+/// Hand-over: the key a release handed to a grant, whose tracking that
+/// release's write took (a read of ours had armed it), and when the check
+/// that reads it again goes. Not at once: a holder that releases within
+/// [`REARM_DELAY`] (a lock handed from caller to caller, each holding it a
+/// moment) needs no check at all, and the check cost such a hand-over a
+/// command in three. A grant that ends first drops it. Till the check reads
+/// the key, a write to it sends us nothing; the check reads it after the
+/// write, and sees it.
+#[derive(Debug, Clone, Copy)]
+struct Rearm {
+    at: Time,
+    key: u32,
 }
 
 impl Grant {
@@ -485,7 +508,8 @@ impl Grant {
     /// the computed end: the core's deadline plus the shell's allowance,
     /// which the telling of every holder of the process may take.
     fn valid_until(&self) -> Time {
-        let published = self.ends_at + self.margin.saturating_sub(self.terms.margin);
+        let published =
+            self.ends_at + Duration::from(self.margin).saturating_sub(self.terms.margin);
         self.hold_until.map_or(published, |h| h.min(published))
     }
 
@@ -871,6 +895,7 @@ impl LockCore {
                 at(Some(g.deadline()));
                 at(Some(g.next_extend));
                 at(g.retry_at);
+                at(g.rearm.map(|r| r.at));
             }
             _ => {}
         }
@@ -1685,10 +1710,11 @@ impl LockCore {
             fence: a.fence.unwrap_or(0),
             next_extend,
             retry_at: None,
-            margin,
+            margin: margin.into(),
             hold_until: terms.max_hold.map(|d| now + d),
             terms,
             place,
+            rearm: None,
         };
         tracing::debug!(
             token = grant.token.short(),
@@ -2280,8 +2306,8 @@ impl LockCore {
         let Phase::Holding(g) = &mut self.phase else {
             return;
         };
-        g.margin = g.margin.max(margin);
-        let margin = g.margin;
+        g.margin = g.margin.max(margin.into());
+        let margin = Duration::from(g.margin);
         let live = g.keys.iter().filter_map(|s| s.ours_at(now));
         match quorum::validity_end(live, self.cfg.majority) {
             Some(end) if end - margin > now => {
@@ -2342,6 +2368,12 @@ impl LockCore {
                 _ => Some((k, SetMode::Nx)),
             })
             .collect();
+        // The script of an extension reads its key, as a check would.
+        if g.rearm
+            .is_some_and(|r| plan.iter().any(|&(k, _)| k == r.key as usize))
+        {
+            g.rearm = None;
+        }
         let mut shortened = false;
         for (key, mode) in plan {
             let op = Op::Extend {
@@ -2621,9 +2653,10 @@ impl LockCore {
             // The margin in force only grows, so the core's deadline never
             // moves later without an extension (the published end is the
             // next holder's own: its terms' margin before the computed end).
-            if margin > g.margin {
-                g.ends_at = g.ends_at - (margin - g.margin);
-                g.margin = margin;
+            let in_force = Duration::from(g.margin);
+            if margin > in_force {
+                g.ends_at = g.ends_at - (margin - in_force);
+                g.margin = margin.into();
             }
             let (valid_until, hold_until, fence) = (g.valid_until(), g.hold_until, g.fence);
             tracing::trace!(
@@ -2927,16 +2960,41 @@ impl LockCore {
         }
         // The hand-over's write took the key's tracking (if a read of
         // ours had armed it since the last change): a check arms it again,
-        // and confirms the key.
-        let owner = match &self.phase {
-            _ if !self.cfg.tracking => None,
-            Phase::Attempting(a) if a.token == *token => Some(a.id),
-            Phase::Holding(g) if g.token == *token => Some(g.id),
-            _ => None,
-        };
-        if let Some(owner) = owner {
-            self.verify(now, owner, key, token);
+        // and confirms the key. Held now, the check waits (see `Rearm`); an
+        // attempt still undecided needs it at once, to hear of the key.
+        if !self.cfg.tracking {
+            return;
         }
+        match &mut self.phase {
+            Phase::Holding(g) if g.token == *token && g.rearm.is_none() => {
+                g.rearm = Some(Rearm {
+                    at: now + REARM_DELAY,
+                    key: key as u32,
+                });
+            }
+            Phase::Attempting(a) if a.token == *token => {
+                let id = a.id;
+                self.verify(now, id, key, token);
+            }
+            Phase::Holding(g) if g.token == *token => {
+                let id = g.id;
+                self.verify(now, id, key, token);
+            }
+            _ => {}
+        }
+    }
+
+    /// Hand-over: the check of the key handed to the grant goes now (see
+    /// [`Rearm`]).
+    fn rearm(&mut self, now: Time) {
+        let Phase::Holding(g) = &mut self.phase else {
+            return;
+        };
+        let Some(r) = g.rearm.take() else {
+            return;
+        };
+        let (id, token) = (g.id, g.token.clone());
+        self.verify(now, id, r.key as usize, &token);
     }
 
     fn verify(&mut self, now: Time, owner: u64, key: usize, token: &Token) {
@@ -2970,6 +3028,7 @@ impl LockCore {
             Phase::Holding(g) if g.retry_at.is_some_and(|r| now >= r) => {
                 self.extend(now, Round::Failing)
             }
+            Phase::Holding(g) if g.rearm.is_some_and(|r| now >= r.at) => self.rearm(now),
             Phase::Idle {
                 retry_at: Some(at), ..
             } if now >= *at && self.waiters.has_waiter() => {

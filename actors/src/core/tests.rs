@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::lock::IDLE_GRACE;
+use super::lock::{IDLE_GRACE, REARM_DELAY};
 use super::*;
 use crate::error::LostReason;
 use crate::scripts::{KeyState, SetMode};
@@ -2279,10 +2279,7 @@ fn a_key_handed_over_with_its_fence_grants_without_the_fencing_step() {
     let (fx, _) = handed_at_300(&mut rig, Some(9));
     assert_eq!(granted_fence(&fx), Some(9), "{fx:?}");
     let s = sends(&fx);
-    assert!(
-        matches!(&s[..], [(_, Target::Key(0), Op::Verify { .. })]),
-        "no fencing step: {s:?}"
-    );
+    assert!(s.is_empty(), "no fencing step (and no check yet): {s:?}");
     // Its own release moves the counter if it hands the key on.
     let holder = rig.core.holding().expect("held").holder;
     assert_eq!(release_fence(&mut rig, holder), Ok(true));
@@ -2342,12 +2339,96 @@ fn a_key_handed_over_grants_at_once_with_validity_from_the_claim() {
     // Counted from the claim's sending (t = 0): 1000 − 12 drift − 10 margin.
     assert_eq!(grants(&fx), vec![(1, grants(&fx)[0].1, ms(978))], "{fx:?}");
     // No acquisition is needed. The hand-over's write took the key's
-    // tracking: a check arms it again, under the same token.
+    // tracking: a check arms it again, under the same token, once the
+    // holder has had the time to release at once.
     let s = sends(&fx);
+    assert!(s.is_empty(), "no command at the grant: {s:?}");
+    let due = ms(300) + REARM_DELAY;
+    assert_eq!(rig.core.next_timeout(), Some(due));
+    assert!(sends(&rig.tick(due - Duration::from_nanos(1))).is_empty());
+    let s = sends(&rig.tick(due));
     assert!(
         matches!(&s[..], [(_, Target::Key(0), Op::Verify { token: t })] if *t == token),
         "{s:?}"
     );
+    assert!(sends(&rig.tick(ms(302))).is_empty(), "one check");
+}
+
+/// A lock handed from caller to caller, each holding it a moment: the
+/// check that would arm the key's tracking again is not sent at all.
+#[test]
+fn a_handed_key_released_before_its_check_is_never_checked() {
+    let mut rig = Rig::new(handover_config());
+    let (mut fx, token) = handed_at_300(&mut rig, None);
+    let holder = grants(&fx)[0].1;
+    let s = sends(&rig.ev(Event::Release { holder, ack: None }));
+    assert!(
+        matches!(&s[..], [(_, Target::Key(0), Op::Release { token: t, .. })] if *t == token),
+        "{s:?}"
+    );
+    fx.extend(rig.tick(ms(300) + REARM_DELAY));
+    fx.extend(rig.tick(ms(400)));
+    assert!(
+        !sends(&fx)
+            .iter()
+            .any(|(_, _, op)| matches!(op, Op::Verify { .. })),
+        "{fx:?}"
+    );
+}
+
+/// A key taken from the holder before its check: the check reads it after
+/// the write that took it, and the holder is told then.
+#[test]
+fn a_handed_key_lost_before_its_check_is_heard_of_by_the_check() {
+    let mut rig = Rig::new(handover_config());
+    let (fx, _) = handed_at_300(&mut rig, None);
+    let holder = grants(&fx)[0].1;
+    let s = sends(&rig.tick(ms(300) + REARM_DELAY));
+    let [(check, Target::Key(0), Op::Verify { .. })] = &s[..] else {
+        panic!("{s:?}");
+    };
+    let fx = rig.ev(reply(*check, other()));
+    assert_eq!(
+        ended(&fx),
+        vec![(holder, LostReason::Overwritten)],
+        "{fx:?}"
+    );
+}
+
+/// A key handed to an attempt of several keys, still undecided: its check
+/// goes at once, as the attempt must hear of the key meanwhile.
+#[test]
+fn a_key_handed_to_an_undecided_attempt_is_checked_at_once() {
+    let mut rig = Rig::new(Config {
+        handover: Some(super::Handover {
+            wall_origin_us: 5_000_000,
+        }),
+        ..config(2, 3)
+    });
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+        terms: None,
+    }));
+    assert_eq!(s.len(), 3, "{s:?}");
+    let token = match &s[0].2 {
+        Op::Acquire { token, .. } => token.clone(),
+        op => panic!("{op:?}"),
+    };
+    // Its claim on key 0 was handed over while its run is out.
+    rig.at(ms(2));
+    let fx = rig.ev(Event::Handed {
+        key: 0,
+        token: token.clone(),
+        cmd: s[0].0,
+        fence: None,
+    });
+    assert!(grants(&fx).is_empty(), "one key of the two needed: {fx:?}");
+    let checks: Vec<_> = sends(&fx)
+        .into_iter()
+        .filter(|(_, t, op)| matches!((t, op), (Target::Key(0), Op::Verify { token: v }) if *v == token))
+        .collect();
+    assert_eq!(checks.len(), 1, "{fx:?}");
 }
 
 #[test]
