@@ -492,10 +492,10 @@ struct Grant {
 /// release's write took (a read of ours had armed it), and when the check
 /// that reads it again goes. Not at once: a holder that releases within
 /// [`REARM_DELAY`] (a lock handed from caller to caller, each holding it a
-/// moment) needs no check at all, and the check cost such a hand-over a
-/// command in three. A grant that ends first drops it. Till the check reads
-/// the key, a write to it sends us nothing; the check reads it after the
-/// write, and sees it.
+/// moment) needs no check at all, and the check was one script call in
+/// three of such a hand-over (the claim, the release, the check). A grant
+/// that ends first drops it. Till the check reads the key, a write to it
+/// sends us nothing; the check reads it after the write, and sees it.
 #[derive(Debug, Clone, Copy)]
 struct Rearm {
     at: Time,
