@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::*;
-use valkeylock::{Error, LockState, Locker, LockerOptions, WaitKind};
+use valkeylock::{Error, LockState, Locker, LockerOptions, LostReason, WaitKind};
 
 /// A locker with hand-over and without client-side caching, whose waiters
 /// poll only every 2 s: a waiter granted much sooner than that after a
@@ -602,4 +602,53 @@ async fn a_waiter_writes_its_claim_once_per_wait() {
         "{claims} claims written for {ops} locks + releases ({:.2} each)",
         claims / ops
     );
+}
+
+/// A key handed over loses the tracking the claimant's read had armed on
+/// it (the release's write took it): the claimant reads it again, 1 ms
+/// after its grant (`core::lock::REARM_DELAY`), so that it still hears of
+/// the key's loss at once, not at its next extension, seconds away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_handed_over_hears_of_its_loss_at_once() {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let admin = server.admin().await;
+    let options = LockerOptions::new([server.url()])
+        .with_key_majority(1)
+        .with_key_validity(Duration::from_secs(30))
+        .with_handover(true);
+    let a = Locker::connect(options.clone()).await.expect("connect a");
+    let b = Locker::connect(options).await.expect("connect b");
+    let name = unique("handover-lost");
+    let held = a.lock(&name).await.expect("a locks");
+    let waits = {
+        let (b, name) = (b.clone(), name.clone());
+        tokio::spawn(async move { b.lock(&name).await.expect("b locks") })
+    };
+    assert!(claims_come_to(&admin, &name, 1).await, "b claims the key");
+    let before = command_calls(&admin).await;
+    held.release().await.expect("a releases");
+    let guard = tokio::time::timeout(Duration::from_secs(5), waits)
+        .await
+        .expect("b is granted")
+        .expect("b's task");
+    let handed = command_calls(&admin)
+        .await
+        .get("publish")
+        .copied()
+        .unwrap_or(0)
+        - before.get("publish").copied().unwrap_or(0);
+    assert_eq!(handed, 1, "the release handed the key to b");
+    // Well past the check, well before the first extension (10 s).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(guard.is_held());
+    support::cluster::command(&admin, &["DEL", &format!("valkeylock:0:{name}")])
+        .await
+        .expect("DEL");
+    let reason = tokio::time::timeout(Duration::from_secs(3), guard.lost())
+        .await
+        .expect("b hears of the delete at once, not at its next extension");
+    assert_eq!(reason, LostReason::Deleted);
+    a.close().await;
+    b.close().await;
 }
