@@ -2209,11 +2209,16 @@ fn an_acquisition_behind_our_delete_and_a_check_may_still_go_direct() {
 // ===== hand-over across processes =====
 
 fn handover_config() -> Config {
+    handover_config_of(1, 1)
+}
+
+/// [`config`] with hand-over across processes.
+fn handover_config_of(majority: usize, nodes: usize) -> Config {
     Config {
         handover: Some(super::Handover {
             wall_origin_us: 5_000_000,
         }),
-        ..config(1, 1)
+        ..config(majority, nodes)
     }
 }
 
@@ -2399,12 +2404,7 @@ fn a_handed_key_lost_before_its_check_is_heard_of_by_the_check() {
 /// goes at once, as the attempt must hear of the key meanwhile.
 #[test]
 fn a_key_handed_to_an_undecided_attempt_is_checked_at_once() {
-    let mut rig = Rig::new(Config {
-        handover: Some(super::Handover {
-            wall_origin_us: 5_000_000,
-        }),
-        ..config(2, 3)
-    });
+    let mut rig = Rig::new(handover_config_of(2, 3));
     let s = sends(&rig.ev(Event::Request {
         id: 1,
         kind: RequestKind::Wait,
@@ -2590,12 +2590,7 @@ fn a_waiter_that_gives_up_takes_its_claims_back() {
 
 #[test]
 fn an_attempt_that_took_a_key_keeps_no_claims() {
-    let mut rig = Rig::new(Config {
-        handover: Some(super::Handover {
-            wall_origin_us: 5_000_000,
-        }),
-        ..config(2, 3)
-    });
+    let mut rig = Rig::new(handover_config_of(2, 3));
     let s = sends(&rig.ev(Event::Request {
         id: 1,
         kind: RequestKind::Wait,
