@@ -16,7 +16,7 @@ use std::time::Duration;
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
 use support::*;
-use valkeylock::{LockGuard, Locker, LockerOptions, LostReason};
+use valkeylock::{Locker, LockerOptions};
 
 /// The server's clients, each as its `CLIENT LIST` fields.
 async fn clients(admin: &Client) -> Vec<HashMap<String, String>> {
@@ -131,19 +131,7 @@ async fn lost_at_once(admin: &Client, locker: &Locker, direct: &str, name: &str)
         commands_of(admin, direct).await > before,
         "the acquisition did not go on the direct connection"
     );
-    hears_of_delete(admin, &guard, name).await;
-}
-
-/// Deletes `name`'s key from outside and waits for `guard`'s holder to hear.
-async fn hears_of_delete(admin: &Client, guard: &LockGuard, name: &str) {
-    let _: i64 = admin
-        .del(format!("valkeylock:0:{name}"))
-        .await
-        .expect("DEL");
-    let reason = tokio::time::timeout(Duration::from_secs(5), guard.lost())
-        .await
-        .expect("the holder was not told of the deleted key within 5 s");
-    assert_eq!(reason, LostReason::Deleted);
+    hears_of_delete(admin, &guard, name, Duration::from_secs(5)).await;
 }
 
 fn options(server: &ValkeyServer) -> LockerOptions {
@@ -448,7 +436,7 @@ async fn a_lock_whose_direct_connection_closed_still_hears_of_its_loss_at_once()
         "lost without a cause: {:?}",
         guard.lost_reason()
     );
-    hears_of_delete(&admin, &guard, &name).await;
+    hears_of_delete(&admin, &guard, &name, Duration::from_secs(5)).await;
     locker.close().await;
 }
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::*;
-use valkeylock::{Error, LockState, Locker, LockerOptions, LostReason, WaitKind};
+use valkeylock::{Error, LockState, Locker, LockerOptions, WaitKind};
 
 /// A locker with hand-over and without client-side caching, whose waiters
 /// poll only every 2 s: a waiter granted much sooner than that after a
@@ -642,13 +642,8 @@ async fn a_lock_handed_over_hears_of_its_loss_at_once() {
     // Well past the check, well before the first extension (10 s).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(guard.is_held());
-    support::cluster::command(&admin, &["DEL", &format!("valkeylock:0:{name}")])
-        .await
-        .expect("DEL");
-    let reason = tokio::time::timeout(Duration::from_secs(3), guard.lost())
-        .await
-        .expect("b hears of the delete at once, not at its next extension");
-    assert_eq!(reason, LostReason::Deleted);
+    // At once, not at its next extension.
+    hears_of_delete(&admin, &guard, &name, Duration::from_secs(3)).await;
     a.close().await;
     b.close().await;
 }

@@ -263,6 +263,24 @@ pub async fn existing_keys(admin: &Client, prefix: &str, name: &str, total: usiz
     n
 }
 
+/// Deletes `name`'s key 0 from outside (a one-key lock, default prefix)
+/// and waits for `guard`'s holder to hear, `within` at most.
+pub async fn hears_of_delete(
+    admin: &Client,
+    guard: &valkeylock::LockGuard,
+    name: &str,
+    within: Duration,
+) {
+    let _: i64 = admin
+        .del(format!("valkeylock:0:{name}"))
+        .await
+        .expect("DEL");
+    let reason = tokio::time::timeout(within, guard.lost())
+        .await
+        .unwrap_or_else(|_| panic!("the holder was not told of the deleted key within {within:?}"));
+    assert_eq!(reason, valkeylock::LostReason::Deleted);
+}
+
 /// Script calls (`EVALSHA`) the server has run so far (`INFO commandstats`).
 pub async fn evalsha_calls(admin: &Client) -> u64 {
     command_calls(admin)
