@@ -2966,7 +2966,9 @@ impl LockCore {
             return;
         }
         match &mut self.phase {
-            Phase::Holding(g) if g.token == *token && g.rearm.is_none() => {
+            // The grant this key decided, made just now (a key handed to
+            // a grant already held goes through `on_handed`'s check).
+            Phase::Holding(g) if g.token == *token => {
                 g.rearm = Some(Rearm {
                     at: now + REARM_DELAY,
                     key: key as u32,
@@ -2974,10 +2976,6 @@ impl LockCore {
             }
             Phase::Attempting(a) if a.token == *token => {
                 let id = a.id;
-                self.verify(now, id, key, token);
-            }
-            Phase::Holding(g) if g.token == *token => {
-                let id = g.id;
                 self.verify(now, id, key, token);
             }
             _ => {}
