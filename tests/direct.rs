@@ -10,7 +10,8 @@
 
 mod support;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::*;
@@ -694,4 +695,103 @@ async fn a_lock_released_at_once_on_three_nodes_runs_one_acquisition_and_one_del
         );
     }
     locker.close().await;
+}
+
+/// Two lockers take one name in turn, each in a loop of lock and release:
+/// the waiter woken by the other's delete retries from the engine's thread,
+/// and that retry goes on its direct connection too. Sent on the engine's
+/// connection, as it was before, its read of the key had that connection
+/// track the key as well; the locker's own later delete, written on the
+/// direct connection, then came back to it as an invalidation (`NOLOOP`
+/// spares only the connection that writes), and the next lock of the loop
+/// checked its key for nothing. In a `MONITOR` of such a loop that was
+/// about one check in three lock + release cycles, and about one command
+/// per cycle on each engine's connection; both are now (nearly) none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiters_retry_goes_direct_and_its_own_deletes_bring_no_checks() {
+    retries_go_direct(|o| o).await;
+}
+
+/// The same with the engine on the callers' runtime (`dedicated_runtime`
+/// off): the retry is made in a lock actor's handler there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_engine_on_the_callers_runtime_a_waiters_retry_still_goes_direct() {
+    retries_go_direct(|o| o.with_dedicated_runtime(false)).await;
+}
+
+/// Two lockers with `options`' options through `with` take one name in
+/// turn; counts the checks and the commands on the engines' connections.
+async fn retries_go_direct(with: impl Fn(LockerOptions) -> LockerOptions) {
+    init_tracing();
+    let server = ValkeyServer::start();
+    let admin = server.admin().await;
+    let mut lockers = Vec::new();
+    let mut engines = Vec::new();
+    for _ in 0..2 {
+        let locker = Locker::connect(with(options(&server))).await.unwrap();
+        let (_, engine) = direct_connection(&admin, &locker).await;
+        lockers.push(locker);
+        engines.push(engine);
+    }
+    let name = unique("direct-retry");
+    let before = command_calls(&admin).await;
+    let mut engine_before = Vec::new();
+    for e in &engines {
+        engine_before.push(commands_of(&admin, e).await);
+    }
+    // Rounds of both loops started together, until enough retries were
+    // made for the counts to mean something (on a loaded machine one loop
+    // may run alone for a while).
+    let n: u64 = 200;
+    let mut ops = 0;
+    let calls = |after: &BTreeMap<String, u64>, c: &str| {
+        after.get(c).copied().unwrap_or(0) - before.get(c).copied().unwrap_or(0)
+    };
+    for _ in 0..20 {
+        let start = Arc::new(tokio::sync::Barrier::new(lockers.len()));
+        let mut loops = Vec::new();
+        for locker in &lockers {
+            let (locker, name, start) = (locker.clone(), name.clone(), start.clone());
+            loops.push(tokio::spawn(async move {
+                start.wait().await;
+                for _ in 0..n {
+                    let guard = locker.lock(&name).await.expect("lock");
+                    guard.release().await.expect("release");
+                }
+            }));
+        }
+        for l in loops {
+            l.await.expect("loop");
+        }
+        ops += n * lockers.len() as u64;
+        let after = command_calls(&admin).await;
+        if calls(&after, "exists") >= ops + 100 {
+            break;
+        }
+    }
+    let after = command_calls(&admin).await;
+    // The acquire script runs one `EXISTS` (of the fair queue) and one
+    // `GET`, a release one `GET` and one `DEL` (its own key, here always),
+    // a check one `GET`: the `GET`s beyond those are checks.
+    let (acquisitions, deletes) = (calls(&after, "exists"), calls(&after, "del"));
+    assert_eq!(deletes, ops, "one delete per lock + release");
+    assert!(
+        acquisitions >= ops + 100,
+        "{acquisitions} acquisitions for {ops} locks: too few retries for the test to mean anything"
+    );
+    let checks = calls(&after, "get") - acquisitions - deletes;
+    assert!(
+        checks <= ops / 50,
+        "{checks} checks for {ops} locks of two lockers taking one name in turn ({acquisitions} acquisitions)"
+    );
+    for (i, e) in engines.iter().enumerate() {
+        let on_engine = commands_of(&admin, e).await - engine_before[i];
+        assert!(
+            on_engine <= ops / 50,
+            "locker {i}: {on_engine} commands on the engine's connection for {ops} locks"
+        );
+    }
+    for locker in lockers {
+        locker.close().await;
+    }
 }

@@ -94,6 +94,9 @@ pub(crate) struct DirectConn {
     pub(crate) info: DirectInfo,
     /// Cancelled to close the connection.
     pub(crate) stop: CancellationToken,
+    /// The runtime that opened it, which drives its socket: where the
+    /// commands the engine's thread makes for it run.
+    pub(crate) runtime: tokio::runtime::Handle,
 }
 
 /// What is known of a direct connection.

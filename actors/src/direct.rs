@@ -59,12 +59,20 @@
 //! up on (its reply overdue, the caller's runtime stalled before writing
 //! it) can only take a free key, whose expiry it sets from its send time.
 //!
-//! Where: single instances (`Topology::Standalone`), and only from a
-//! caller's runtime: not the engine's thread, not a lock actor's handler
-//! where the engine runs on the callers' runtime (`dedicated_runtime` off;
-//! `runtime::EngineScope`), not outside a runtime. One connection per locker
-//! and node, opened by the first caller that finds none; callers on other
-//! runtimes use it too (its socket's readiness comes from the I/O driver of
+//! Where: single instances (`Topology::Standalone`), and from a caller's
+//! runtime: not the engine's thread, not a lock actor's handler where the
+//! engine runs on the callers' runtime (`dedicated_runtime` off;
+//! `runtime::EngineScope`), not outside a runtime. One exception: a waiter's
+//! acquisition the engine makes (a retry on an invalidation or a timer)
+//! goes on the direct connection if one is open (`open_conn`), on a task of
+//! its own on the runtime that opened it. Sent on the engine's connection,
+//! its read of the key had that connection track the key too, and our own
+//! later writes of it on the direct connection came back as invalidations,
+//! since `NOLOOP` spares only the connection that writes: a check or a
+//! retry for nothing, which read the key on the engine's connection again.
+//! A holder's commands stay on the engine's thread. One connection per
+//! locker and node, opened by the first caller that finds none; callers on
+//! other runtimes use it too (its socket's readiness comes from the I/O driver of
 //! the runtime that opened it). If that runtime shuts down, its socket
 //! fails (and a TLS node's fred connection task goes with it), and so does
 //! the task that keeps the slot: it takes the connection out as it is
@@ -143,6 +151,25 @@ pub(crate) fn conn(shared: &Arc<Shared>, node: usize, runtime: &Handle) -> Optio
     *slot = DirectSlot::Opening;
     runtime.spawn(open(shared.clone(), node, engine));
     None
+}
+
+/// Node `node`'s direct connection if one is open, redirected to the
+/// engine's current connection and not busy; never opens one. For the
+/// commands the engine's thread makes, which have no caller's runtime to
+/// open one on.
+pub(crate) fn open_conn(shared: &Shared, node: usize) -> Option<DirectConn> {
+    if !shared.settings.direct {
+        return None;
+    }
+    let engine = shared.engine_conn(node).filter(|&id| id != 0)?;
+    match &*lock(shared.direct.get(node)?) {
+        DirectSlot::Open(c)
+            if c.info.redirect == engine && c.info.out.load(Ordering::Relaxed) < MAX_OUT =>
+        {
+            Some(c.clone())
+        }
+        _ => None,
+    }
 }
 
 /// Opens node `node`'s direct connection on the current runtime, its
@@ -374,6 +401,7 @@ fn settle(
         link: transport.link(shared, &info),
         info,
         stop: stop.clone(),
+        runtime: Handle::current(),
     });
     Some((transport, stop))
 }

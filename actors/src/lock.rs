@@ -731,20 +731,31 @@ impl LockState {
         key: &KeyName,
         gates: &Option<Arc<Gates>>,
     ) -> Result<DirectCmd, Op> {
-        let Some(runtime) = caller else {
-            return Err(op);
-        };
         // An acquisition or a release of a key, nothing else of it out but
         // what it may go behind.
-        let conn = match self.core.route(cmd) {
-            Route::Engine => None,
-            Route::Direct => direct::conn(&self.shared, node, runtime),
-            Route::Behind(generation) => direct::conn(&self.shared, node, runtime)
-                .filter(|c| c.info.generation == generation),
+        let route = self.core.route(cmd);
+        let conn = match (route, caller) {
+            (Route::Engine, _) => None,
+            (_, Some(runtime)) => direct::conn(&self.shared, node, runtime),
+            // A waiter's acquisition made on the engine's thread (a retry on
+            // an invalidation or a timer) goes on the open direct connection
+            // too, run on its runtime. On the engine's connection its read
+            // of the key would have that connection track the key as well,
+            // and our own later writes of it on the direct connection
+            // (`NOLOOP` spares only the connection that writes) would come
+            // back as invalidations: a check or a retry for nothing, which
+            // reads the key on the engine's connection again.
+            (_, None) if matches!(op, Op::Acquire { .. }) => direct::open_conn(&self.shared, node),
+            (_, None) => None,
+        };
+        let conn = match (route, conn) {
+            (Route::Behind(generation), Some(c)) if c.info.generation != generation => None,
+            (_, conn) => conn,
         };
         let Some(conn) = conn else {
             return Err(op);
         };
+        let runtime = caller.unwrap_or(&conn.runtime).clone();
         // Fed on the caller's thread, it is handed to its connection before
         // anything made after it (`direct::drive`, `direct::send_now`); fed
         // by the actor, it waits for a task of its own to run first.
@@ -767,7 +778,7 @@ impl LockState {
                 reply_to: self.me.clone(),
             },
             port,
-            runtime: runtime.clone(),
+            runtime,
         })
     }
 
