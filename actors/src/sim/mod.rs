@@ -455,6 +455,7 @@ fn sim_schedules() {
     let grants = AtomicU64::new(0);
     let excused = AtomicU64::new(0);
     let direct = AtomicU64::new(0);
+    let engine_direct = AtomicU64::new(0);
     let chained = AtomicU64::new(0);
     let behind = AtomicU64::new(0);
     let handed = AtomicU64::new(0);
@@ -469,6 +470,7 @@ fn sim_schedules() {
                 (&failed, &first, &steps, &grants, &excused);
             let (direct, chained, behind, handed) = (&direct, &chained, &behind, &handed);
             let (passed_over, to_nobody, fenced) = (&passed_over, &to_nobody, &fenced);
+            let engine_direct = &engine_direct;
             s.spawn(move || {
                 let mut i = t;
                 while i < count && !failed.load(Ordering::Relaxed) {
@@ -479,6 +481,7 @@ fn sim_schedules() {
                             grants.fetch_add(st.grants, Ordering::Relaxed);
                             excused.fetch_add(st.excused, Ordering::Relaxed);
                             direct.fetch_add(st.direct, Ordering::Relaxed);
+                            engine_direct.fetch_add(st.engine_direct, Ordering::Relaxed);
                             chained.fetch_add(st.chained, Ordering::Relaxed);
                             behind.fetch_add(st.behind, Ordering::Relaxed);
                             handed.fetch_add(st.handed, Ordering::Relaxed);
@@ -505,11 +508,12 @@ fn sim_schedules() {
         report(&k, &e);
     }
     println!(
-        "{count} schedules, {} steps, {} grants, {} excused overlaps, {} commands on direct connections, {} acquisitions right behind their own deletes, {} writes behind acquisitions on their direct connection, {} hand-overs told ({} to a token no longer used, {} with a fencing token), {} claims passed over (nobody listening) in {secs:.1}s ({:.0} schedules/s, {threads} threads)",
+        "{count} schedules, {} steps, {} grants, {} excused overlaps, {} commands on direct connections ({} of them retries made on the engine's thread), {} acquisitions right behind their own deletes, {} writes behind acquisitions on their direct connection, {} hand-overs told ({} to a token no longer used, {} with a fencing token), {} claims passed over (nobody listening) in {secs:.1}s ({:.0} schedules/s, {threads} threads)",
         steps.into_inner(),
         grants.into_inner(),
         excused.into_inner(),
         direct.into_inner(),
+        engine_direct.into_inner(),
         chained.into_inner(),
         behind.into_inner(),
         handed.into_inner(),
@@ -522,10 +526,11 @@ fn sim_schedules() {
 
 /// Direct connections modelled: with them on, acquisitions and releases
 /// take the second connection (and race the first's commands of other
-/// keys), and every invariant still holds.
+/// keys), waiters' retries made on the engine's thread among them, and
+/// every invariant still holds.
 #[test]
 fn sim_direct_connections() {
-    let (mut sent, mut chained, mut behind) = (0, 0, 0);
+    let (mut sent, mut chained, mut behind, mut retries) = (0, 0, 0, 0);
     for i in 0..300 {
         let mut k = Knobs::from_seed(seed_of(0xd1ec_7000, i));
         k.apply("direct=1");
@@ -534,11 +539,16 @@ fn sim_direct_connections() {
                 sent += st.direct;
                 chained += st.chained;
                 behind += st.behind;
+                retries += st.engine_direct;
             }
             Err(e) => report(&k, &e),
         }
     }
     assert!(sent > 0, "no command took a direct connection");
+    assert!(
+        retries > 0,
+        "no retry made on the engine's thread took a direct connection"
+    );
     assert!(
         chained > 0,
         "no acquisition went right behind its own deletes"

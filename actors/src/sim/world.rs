@@ -48,6 +48,18 @@ pub(super) enum RunStage {
     Closing,
 }
 
+/// How a command may use a direct connection (see the shell's
+/// `LockState::send_direct`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum DirectUse {
+    /// Fed on a caller's runtime: it opens one if none is open, and the
+    /// core is told which one the command took.
+    Caller,
+    /// Fed on the engine's thread: only one already open, and the core is
+    /// not told (the shell's task writes it later).
+    IfOpen,
+}
+
 /// Counters of a run.
 #[derive(Debug, Default, Clone)]
 pub(super) struct Stats {
@@ -60,6 +72,8 @@ pub(super) struct Stats {
     pub(super) cmds: Vec<u64>,
     /// Commands sent on direct connections.
     pub(super) direct: u64,
+    /// Of those, acquisitions fed on the engine's thread (waiters' retries).
+    pub(super) engine_direct: u64,
     /// Acquisitions sent right behind their process's own deletes (chains).
     pub(super) chained: u64,
     /// Writes sent on a direct connection behind acquisitions of their key
@@ -708,8 +722,9 @@ impl World {
         Ok(())
     }
 
-    /// Sends `cmd` on the connection `route` allows; the generation of the
-    /// direct connection it took, if it took one.
+    /// Sends `cmd` on the connection `route` allows, as `how` may use a
+    /// direct connection; the generation of the direct connection it took,
+    /// if it took one.
     fn send(
         &mut self,
         to: Dest,
@@ -717,20 +732,27 @@ impl World {
         target: Target,
         op: Op,
         route: Route,
+        how: DirectUse,
     ) -> Option<u64> {
         let node = match target {
             Target::Key(k) => self.cfg.placement[k],
             Target::Fence(n) => n,
         };
         self.stats.cmds[to.proc] += 1;
+        let usable = |w: &mut World| match how {
+            DirectUse::Caller => w.direct_lane(to.proc, node),
+            DirectUse::IfOpen => w.direct_open(to.proc, node),
+        };
         let direct = match route {
             Route::Engine => false,
-            Route::Direct => self.direct_lane(to.proc, node),
+            Route::Direct => usable(self),
             Route::Behind(generation) => {
-                self.direct_lane(to.proc, node)
-                    && u64::from(self.directs[to.proc][node].epoch) == generation
+                usable(self) && u64::from(self.directs[to.proc][node].epoch) == generation
             }
         };
+        if direct && how == DirectUse::IfOpen {
+            self.stats.engine_direct += 1;
+        }
         let lane = if direct {
             self.stats.direct += 1;
             if matches!(route, Route::Behind(_)) {
@@ -868,6 +890,14 @@ impl World {
             self.q.push(at, Ev::DirectOpen { proc, node });
         }
         false
+    }
+
+    /// Whether `proc`'s direct connection to `node` is open and redirected
+    /// to the current engine connection, opening none (`direct::open_conn`).
+    fn direct_open(&self, proc: usize, node: usize) -> bool {
+        let engine = &self.conns[proc][node];
+        let d = &self.directs[proc][node];
+        engine.link != Link::Down && d.link != Link::Down && d.redirect == engine.epoch
     }
 
     fn open_direct(&mut self, proc: usize, node: usize) {
@@ -1382,17 +1412,24 @@ impl World {
                 // As the shell: an acquisition or release fed on a caller's
                 // runtime, with no other write of its key out but its own
                 // deletes and what it may go behind, may go on the direct
-                // connection (and the core is told which one it took).
+                // connection (and the core is told which one it took). So
+                // may an acquisition fed on the engine's thread (a waiter's
+                // retry), if a direct connection is open: none is opened
+                // for it, and the core is not told, since the shell's task
+                // writes it only later.
                 let core = &self.procs[proc].cores[name].core;
-                let route = match self.k.direct && self.caller_fed {
-                    true => core.route(*cmd),
-                    false => Route::Engine,
+                let acquire = matches!(op, Op::Acquire { .. });
+                let (route, lane) = match (self.k.direct, self.caller_fed) {
+                    (true, true) => (core.route(*cmd), DirectUse::Caller),
+                    (true, false) if acquire => (core.route(*cmd), DirectUse::IfOpen),
+                    _ => (Route::Engine, DirectUse::Caller),
                 };
-                if matches!(op, Op::Acquire { .. }) && core.attempt_in_chain() {
+                if acquire && core.attempt_in_chain() {
                     self.stats.chained += 1;
                 }
                 let dest = Dest { proc, name, inc };
-                if let Some(generation) = self.send(dest, *cmd, *target, op.clone(), route) {
+                let taken = self.send(dest, *cmd, *target, op.clone(), route, lane);
+                if let (Some(generation), DirectUse::Caller) = (taken, lane) {
                     self.procs[proc].cores[name]
                         .core
                         .went_direct(*cmd, generation);
