@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
 use tokio::sync::Notify;
@@ -110,6 +110,59 @@ pub(crate) struct DirectInfo {
     pub(crate) redirect: u64,
     /// Tells this connection from the one before and after it in the slot.
     pub(crate) generation: u64,
+    /// How promptly its runtime runs what the engine's thread makes for it.
+    pub(crate) pace: Arc<Pace>,
+}
+
+/// How promptly a direct connection's runtime runs the commands the
+/// engine's thread makes for it (each on a task of its own there, which
+/// writes it and reads its reply): a waiter's retry goes there only while
+/// that runtime is not busy (`direct::open_conn`). A retry that waits for a
+/// saturated application runtime to be written, and again for its reply to
+/// be read, keeps the key free meanwhile and delays the wake-up it serves,
+/// which on the engine's connection depends on the engine's thread alone.
+/// Past [`Pace::SLOW`] from the making of such a command to its reply read,
+/// the runtime counts as busy for [`Pace::BACKOFF`]. Both values are
+/// choices, not measurements: on an idle runtime of this machine such a
+/// command is answered within about a hundred microseconds (a round trip
+/// and a task's wake-up); behind CPU-bound work, it waits for slices of it.
+#[derive(Debug)]
+pub(crate) struct Pace {
+    origin: Instant,
+    /// Nanoseconds after `origin` until which the runtime counts as busy.
+    busy_until: AtomicU64,
+}
+
+impl Pace {
+    /// Slower than this to start, the runtime counts as busy.
+    pub(crate) const SLOW: Duration = Duration::from_millis(1);
+    /// For this long.
+    pub(crate) const BACKOFF: Duration = Duration::from_secs(1);
+
+    pub(crate) fn new(origin: Instant) -> Pace {
+        Pace {
+            origin,
+            busy_until: AtomicU64::new(0),
+        }
+    }
+
+    /// A command made at `made` had its reply read at `answered`.
+    pub(crate) fn answered(&self, made: Instant, answered: Instant) {
+        if answered.saturating_duration_since(made) > Self::SLOW {
+            let until = self.nanos(answered + Self::BACKOFF);
+            self.busy_until.fetch_max(until, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the runtime counts as busy at `now`.
+    pub(crate) fn busy(&self, now: Instant) -> bool {
+        self.nanos(now) < self.busy_until.load(Ordering::Relaxed)
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        let d = at.saturating_duration_since(self.origin).as_nanos();
+        u64::try_from(d).unwrap_or(u64::MAX)
+    }
 }
 
 #[derive(Debug)]
@@ -561,6 +614,44 @@ mod tests {
     use crate::msg::testing::{job, Sink};
     use crate::options::LockerOptions;
     use ractor::Actor;
+
+    #[test]
+    fn a_runtime_slow_to_answer_a_command_counts_as_busy_for_the_backoff() {
+        let t0 = Instant::now();
+        let us = |n: u64| t0 + Duration::from_micros(n);
+        let pace = Pace::new(t0);
+        assert!(!pace.busy(t0), "busy before anything ran");
+        // (made, answered, then asked at, busy?)
+        let cases = [
+            // Answered at once, or at the limit: not busy.
+            (0, 0, 1, false),
+            (10, 1_010, 1_011, false),
+            // Past the limit: busy from then on, for the backoff.
+            (2_000, 3_001, 3_002, true),
+            (4_000, 4_000, 1_003_000, true),
+            (4_000, 4_000, 1_003_001, false),
+        ];
+        for (made, answered, asked, busy) in cases {
+            pace.answered(us(made), us(answered));
+            assert_eq!(
+                pace.busy(us(asked)),
+                busy,
+                "made {made} µs, answered {answered} µs, asked at {asked} µs"
+            );
+        }
+        // A later slow answer pushes the end out; an earlier one never
+        // pulls it in.
+        pace.answered(us(3_000_000), us(3_001_001));
+        assert!(pace.busy(us(4_001_000)));
+        pace.answered(us(0), us(1_100));
+        assert!(pace.busy(us(4_001_000)));
+        assert!(!pace.busy(us(4_001_001)));
+        // An answer before its making (clocks read on two threads) is not
+        // slow.
+        let pace = Pace::new(t0);
+        pace.answered(us(1_500), us(0));
+        assert!(!pace.busy(us(1)));
+    }
 
     #[test]
     fn retirement_never_strands_a_request() {

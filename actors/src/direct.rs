@@ -93,7 +93,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::addr::Topology;
-use crate::context::{lock, DirectConn, DirectInfo, DirectSlot, Shared};
+use crate::context::{lock, DirectConn, DirectInfo, DirectSlot, Pace, Shared};
 use crate::exec::Exec;
 use crate::few::OneOrMore;
 use crate::msg::{DirectCmd, DirectLink, Running, Sends};
@@ -154,9 +154,10 @@ pub(crate) fn conn(shared: &Arc<Shared>, node: usize, runtime: &Handle) -> Optio
 }
 
 /// Node `node`'s direct connection if one is open, redirected to the
-/// engine's current connection and not busy; never opens one. For the
-/// commands the engine's thread makes, which have no caller's runtime to
-/// open one on.
+/// engine's current connection, not busy, and its runtime not busy either
+/// (`Pace`); never opens one. For the commands the engine's thread makes,
+/// which have no caller's runtime to open one on, and run on a task of
+/// their own on the connection's.
 pub(crate) fn open_conn(shared: &Shared, node: usize) -> Option<DirectConn> {
     if !shared.settings.direct {
         return None;
@@ -164,7 +165,9 @@ pub(crate) fn open_conn(shared: &Shared, node: usize) -> Option<DirectConn> {
     let engine = shared.engine_conn(node).filter(|&id| id != 0)?;
     match &*lock(shared.direct.get(node)?) {
         DirectSlot::Open(c)
-            if c.info.redirect == engine && c.info.out.load(Ordering::Relaxed) < MAX_OUT =>
+            if c.info.redirect == engine
+                && c.info.out.load(Ordering::Relaxed) < MAX_OUT
+                && !c.info.pace.busy(Instant::now()) =>
         {
             Some(c.clone())
         }
@@ -200,6 +203,7 @@ async fn open(shared: Arc<Shared>, node: usize, engine: u64) {
         node,
         redirect: engine,
         generation,
+        pace: Arc::new(Pace::new(Instant::now())),
     };
     let settled = settle(&shared, info.clone(), opened);
     // Settled: from here on the slot may hold another opener's `Opening`,
@@ -419,12 +423,17 @@ impl<C: Exec + Send + std::fmt::Debug + 'static> DirectLink for Link<C> {
     fn run(&self, cmd: DirectCmd) -> Running {
         let (client, shared) = (self.client.clone(), self.shared.clone());
         let (node, redirect) = (self.info.node, self.info.redirect);
+        let pace = self.info.pace.clone();
         Box::pin(async move {
             // The locker is gone: nobody to tell.
             let Some(shared) = shared.upgrade() else {
                 return Sends::default();
             };
             let outcome = node::outcome_of(&*client, &shared, &cmd.job).await;
+            // How long the runtime took to write it and read its reply.
+            if let Some(made) = cmd.made {
+                pace.answered(made, Instant::now());
+            }
             node::wake_for(&shared, &cmd.job);
             let (id, port) = (cmd.job.cmd, cmd.port.upgrade());
             drop(cmd);
@@ -648,6 +657,7 @@ mod tests {
             job: job(&sink),
             port,
             runtime: Handle::current(),
+            made: None,
         };
         let mut sends = Sends::default();
         sends.push(cmd);

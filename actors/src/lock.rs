@@ -759,7 +759,8 @@ impl LockState {
         // Fed on the caller's thread, it is handed to its connection before
         // anything made after it (`direct::drive`, `direct::send_now`); fed
         // by the actor, it waits for a task of its own to run first.
-        if !crate::runtime::on_engine_thread() {
+        let on_engine = crate::runtime::on_engine_thread();
+        if !on_engine {
             self.core.went_direct(cmd, conn.info.generation);
         }
         // Counted until run or dropped (`DirectCmd`'s drop).
@@ -779,6 +780,7 @@ impl LockState {
             },
             port,
             runtime,
+            made: on_engine.then(std::time::Instant::now),
         })
     }
 

@@ -189,6 +189,10 @@ pub(crate) struct DirectCmd {
     pub(crate) port: std::sync::Weak<dyn LockPort>,
     /// The caller's runtime, where it runs if its caller does not drive it.
     pub(crate) runtime: tokio::runtime::Handle,
+    /// When the engine's thread made it, if it did: it then runs on a task
+    /// of its own, and how long that took to write it and read its reply
+    /// tells how busy the runtime is (`context::Pace`).
+    pub(crate) made: Option<std::time::Instant>,
 }
 
 impl Drop for DirectCmd {
