@@ -134,7 +134,7 @@ pub(crate) struct Pace {
 }
 
 impl Pace {
-    /// Slower than this to start, the runtime counts as busy.
+    /// Slower than this from making to reply, the runtime counts as busy.
     pub(crate) const SLOW: Duration = Duration::from_millis(1);
     /// For this long.
     pub(crate) const BACKOFF: Duration = Duration::from_secs(1);

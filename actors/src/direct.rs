@@ -63,20 +63,23 @@
 //! runtime: not the engine's thread, not a lock actor's handler where the
 //! engine runs on the callers' runtime (`dedicated_runtime` off;
 //! `runtime::EngineScope`), not outside a runtime. One exception: a waiter's
-//! acquisition the engine makes (a retry on an invalidation or a timer)
-//! goes on the direct connection if one is open (`open_conn`), on a task of
-//! its own on the runtime that opened it. Sent on the engine's connection,
-//! its read of the key had that connection track the key too, and our own
-//! later writes of it on the direct connection came back as invalidations,
-//! since `NOLOOP` spares only the connection that writes: a check or a
-//! retry for nothing, which read the key on the engine's connection again.
-//! A holder's commands stay on the engine's thread. One connection per
-//! locker and node, opened by the first caller that finds none; callers on
-//! other runtimes use it too (its socket's readiness comes from the I/O driver of
-//! the runtime that opened it). If that runtime shuts down, its socket
-//! fails (and a TLS node's fred connection task goes with it), and so does
-//! the task that keeps the slot: it takes the connection out as it is
-//! dropped, and the next caller opens one on its own runtime.
+//! acquisition the engine makes (a retry on an invalidation or a timer) goes
+//! on the direct connection if one is open (`open_conn`), on a task of its
+//! own on the runtime that opened it, while that runtime answers such
+//! commands promptly (`Pace`: a saturated application runtime must not hold
+//! up a wake-up that the engine's connection would not). Sent on the
+//! engine's connection, its read of the key had that connection track the
+//! key too, and our own later writes of it on the direct connection came
+//! back as invalidations, since `NOLOOP` spares only the connection that
+//! writes: a check or a retry for nothing, which read the key on the
+//! engine's connection again. A holder's commands stay on the engine's
+//! thread. One connection per locker and node, opened by the first caller
+//! that finds none; callers on other runtimes use it too (its socket's
+//! readiness comes from the I/O driver of the runtime that opened it). If
+//! that runtime shuts down, its socket fails (and a TLS node's fred
+//! connection task goes with it), and so does the task that keeps the slot:
+//! it takes the connection out as it is dropped, and the next caller opens
+//! one on its own runtime.
 
 use std::future::Future;
 use std::pin::Pin;
