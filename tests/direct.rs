@@ -709,7 +709,7 @@ async fn a_lock_released_at_once_on_three_nodes_runs_one_acquisition_and_one_del
 /// about one command per lock + release on the engines' connections, a
 /// fifth to a third of them checks.
 ///
-/// A retry goes direct only while the connection's runtime starts the
+/// A retry goes direct only while the connection's runtime answers the
 /// engine's commands promptly (`Pace`); on a loaded machine a round may
 /// find it counted busy, and its retries on the engines' connections. So
 /// rounds run until one whose retries all went direct, for 30 s at most.
