@@ -772,8 +772,7 @@ async fn retries_go_direct(with: impl Fn(LockerOptions) -> LockerOptions) {
             on_engine_after += commands_of(&admin, e).await;
         }
         let on_engine = on_engine_after - on_engine;
-        let calls =
-            |c: &str| after.get(c).copied().unwrap_or(0) - before.get(c).copied().unwrap_or(0);
+        let calls = |c: &str| calls_since(&before, &after, c);
         // The acquire script runs one `EXISTS` (of the fair queue) and one
         // `GET`, a release one `GET` and one `DEL` (its own key, here
         // always), a check one `GET`: the `GET`s beyond those are checks.

@@ -587,7 +587,7 @@ async fn a_waiter_writes_its_claim_once_per_wait() {
     for l in &lockers {
         l.close().await;
     }
-    let delta = |c: &str| after.get(c).copied().unwrap_or(0) - before.get(c).copied().unwrap_or(0);
+    let delta = |c: &str| calls_since(&before, &after, c);
     let ops = (LOCKERS * ROUNDS) as f64;
     let (claims, handed) = (delta("hset") as f64, delta("publish") as f64);
     assert!(
@@ -632,12 +632,7 @@ async fn a_lock_handed_over_hears_of_its_loss_at_once() {
         .await
         .expect("b is granted")
         .expect("b's task");
-    let handed = command_calls(&admin)
-        .await
-        .get("publish")
-        .copied()
-        .unwrap_or(0)
-        - before.get("publish").copied().unwrap_or(0);
+    let handed = calls_since(&before, &command_calls(&admin).await, "publish");
     assert_eq!(handed, 1, "the release handed the key to b");
     // Well past the check, well before the first extension (10 s).
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -177,7 +177,7 @@ async fn an_acquisition_whose_reply_never_came_is_deleted() {
     })
     .await;
     let after = command_calls(&admin).await;
-    let more = |cmd: &str| after.get(cmd).unwrap_or(&0) - before.get(cmd).unwrap_or(&0);
+    let more = |cmd: &str| calls_since(&before, &after, cmd);
     assert!(more("set") >= 1, "the acquisition never ran: {after:?}");
     assert!(gone, "the key of an unanswered acquisition stayed");
     assert!(more("del") >= 1, "deleted by expiry, not by us: {after:?}");

@@ -295,6 +295,16 @@ pub async fn command_calls(admin: &Client) -> std::collections::BTreeMap<String,
     command_stat(admin, "calls").await
 }
 
+/// How many more times `command` ran in `after` than in `before`, two
+/// [`command_calls`] of one server.
+pub fn calls_since(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    command: &str,
+) -> u64 {
+    after.get(command).copied().unwrap_or(0) - before.get(command).copied().unwrap_or(0)
+}
+
 /// One field of `INFO commandstats` per command: `calls`, or `usec` (the
 /// server's time in it, µs; a script's own commands count both inside its
 /// call and under their own names).
