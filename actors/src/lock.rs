@@ -748,10 +748,11 @@ impl LockState {
             (_, None) if matches!(op, Op::Acquire { .. }) => direct::open_conn(&self.shared, node),
             (_, None) => None,
         };
-        let conn = match (route, conn) {
-            (Route::Behind(generation), Some(c)) if c.info.generation != generation => None,
-            (_, conn) => conn,
-        };
+        // Behind acquisitions on one direct connection: only on that one.
+        let conn = conn.filter(|c| match route {
+            Route::Behind(generation) => c.info.generation == generation,
+            _ => true,
+        });
         let Some(conn) = conn else {
             return Err(op);
         };
