@@ -11,7 +11,7 @@
 //! not `.await` the Supervisor inside a handler. Only the Supervisor writes.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -121,34 +121,51 @@ pub(crate) struct DirectInfo {
 /// saturated application runtime to be written, and again for its reply to
 /// be read, keeps the key free meanwhile and delays the wake-up it serves,
 /// which on the engine's connection depends on the engine's thread alone.
-/// Past [`Pace::SLOW`] from the making of such a command to its reply read,
-/// the runtime counts as busy for [`Pace::BACKOFF`]. Both values are
-/// choices, not measurements: on an idle runtime of this machine such a
-/// command is answered within about a hundred microseconds (a round trip
-/// and a task's wake-up); behind CPU-bound work, it waits for slices of it.
+/// When [`Pace::STRIKES`] such commands in a row each took more than
+/// [`Pace::SLOW`] from their making to their reply read, the runtime
+/// counts as busy for [`Pace::BACKOFF`]. The values are choices, not
+/// measurements: on an idle runtime of this machine such a command is
+/// answered within about a hundred microseconds (a round trip and a task's
+/// wake-up); behind CPU-bound work, it waits for slices of it, and every
+/// answer is slow. One slow answer alone says little where the engines'
+/// threads, the application's workers and the server share few cores: it
+/// happens under mere contention, and backing off for it sent most retries
+/// back to the engine's connection, where the process's own writes come
+/// back as invalidations (BENCHMARKS.md, "What limits", item 5).
 #[derive(Debug)]
 pub(crate) struct Pace {
     origin: Instant,
     /// Nanoseconds after `origin` until which the runtime counts as busy.
     busy_until: AtomicU64,
+    /// Slow answers since the last prompt one, or since the backoff began.
+    slow_in_a_row: AtomicU32,
 }
 
 impl Pace {
     /// Slower than this from making to reply, the runtime counts as busy.
     pub(crate) const SLOW: Duration = Duration::from_millis(1);
-    /// For this long.
+    /// This many slow answers in a row...
+    pub(crate) const STRIKES: u32 = 2;
+    /// ...and the runtime counts as busy for this long.
     pub(crate) const BACKOFF: Duration = Duration::from_secs(1);
 
     pub(crate) fn new(origin: Instant) -> Pace {
         Pace {
             origin,
             busy_until: AtomicU64::new(0),
+            slow_in_a_row: AtomicU32::new(0),
         }
     }
 
     /// A command made at `made` had its reply read at `answered`.
     pub(crate) fn answered(&self, made: Instant, answered: Instant) {
-        if answered.saturating_duration_since(made) > Self::SLOW {
+        if answered.saturating_duration_since(made) <= Self::SLOW {
+            self.slow_in_a_row.store(0, Ordering::Relaxed);
+            return;
+        }
+        let slow = self.slow_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if slow >= Self::STRIKES {
+            self.slow_in_a_row.store(0, Ordering::Relaxed);
             let until = self.nanos(answered + Self::BACKOFF);
             self.busy_until.fetch_max(until, Ordering::Relaxed);
         }
@@ -616,7 +633,8 @@ mod tests {
     use ractor::Actor;
 
     #[test]
-    fn a_runtime_slow_to_answer_a_command_counts_as_busy_for_the_backoff() {
+    fn a_runtime_slow_to_answer_commands_in_a_row_counts_as_busy_for_the_backoff() {
+        assert_eq!(Pace::STRIKES, 2, "the cases below are written for two");
         let t0 = Instant::now();
         let us = |n: u64| t0 + Duration::from_micros(n);
         let pace = Pace::new(t0);
@@ -626,10 +644,15 @@ mod tests {
             // Answered at once, or at the limit: not busy.
             (0, 0, 1, false),
             (10, 1_010, 1_011, false),
-            // Past the limit: busy from then on, for the backoff.
-            (2_000, 3_001, 3_002, true),
-            (4_000, 4_000, 1_003_000, true),
-            (4_000, 4_000, 1_003_001, false),
+            // One answer past the limit is not enough...
+            (2_000, 3_001, 3_002, false),
+            // ...and a prompt one starts the count again.
+            (3_100, 3_200, 3_201, false),
+            (4_000, 5_001, 5_002, false),
+            // Two in a row: busy from the second on, for the backoff.
+            (6_000, 7_001, 7_002, true),
+            (8_000, 8_000, 1_007_000, true),
+            (8_000, 8_000, 1_007_001, false),
         ];
         for (made, answered, asked, busy) in cases {
             pace.answered(us(made), us(answered));
@@ -639,16 +662,21 @@ mod tests {
                 "made {made} µs, answered {answered} µs, asked at {asked} µs"
             );
         }
-        // A later slow answer pushes the end out; an earlier one never
-        // pulls it in.
+        // The backoff starts the count again: one more slow answer is not
+        // enough to push its end out, two are; an earlier pair never pulls
+        // it in.
+        pace.answered(us(2_000_000), us(2_001_001));
+        assert!(!pace.busy(us(2_001_002)));
         pace.answered(us(3_000_000), us(3_001_001));
         assert!(pace.busy(us(4_001_000)));
+        pace.answered(us(0), us(1_100));
         pace.answered(us(0), us(1_100));
         assert!(pace.busy(us(4_001_000)));
         assert!(!pace.busy(us(4_001_001)));
         // An answer before its making (clocks read on two threads) is not
         // slow.
         let pace = Pace::new(t0);
+        pace.answered(us(1_500), us(0));
         pace.answered(us(1_500), us(0));
         assert!(!pace.busy(us(1)));
     }
