@@ -651,7 +651,9 @@ mod tests {
             (4_000, 5_001, 5_002, false),
             // Two in a row: busy from the second on, for the backoff.
             (6_000, 7_001, 7_002, true),
-            (8_000, 8_000, 1_007_000, true),
+            // The backoff starts the count again: one more slow answer
+            // does not push its end out.
+            (7_100, 8_200, 1_007_000, true),
             (8_000, 8_000, 1_007_001, false),
         ];
         for (made, answered, asked, busy) in cases {
@@ -662,9 +664,8 @@ mod tests {
                 "made {made} µs, answered {answered} µs, asked at {asked} µs"
             );
         }
-        // The backoff starts the count again: one more slow answer is not
-        // enough to push its end out, two are; an earlier pair never pulls
-        // it in.
+        // Later, one slow answer alone is not enough, two are; an earlier
+        // pair never pulls the end of the backoff in.
         pace.answered(us(2_000_000), us(2_001_001));
         assert!(!pace.busy(us(2_001_002)));
         pace.answered(us(3_000_000), us(3_001_001));
