@@ -759,9 +759,12 @@ impl LockState {
         let runtime = caller.unwrap_or(&conn.runtime).clone();
         // Fed on the caller's thread, it is handed to its connection before
         // anything made after it (`direct::drive`, `direct::send_now`); fed
-        // by the actor, it waits for a task of its own to run first.
+        // by the actor, it waits for a task of its own to run first, in no
+        // known order with anything else.
         let on_engine = crate::runtime::on_engine_thread();
-        if !on_engine {
+        if on_engine {
+            self.core.went_unordered(cmd);
+        } else {
             self.core.went_direct(cmd, conn.info.generation);
         }
         // Counted until run or dropped (`DirectCmd`'s drop).

@@ -110,6 +110,10 @@ pub(crate) enum Lane {
     /// its own, and fred never reconnects one: one generation, one TCP
     /// connection, whose commands the server runs in the order sent).
     Direct(u64),
+    /// A direct connection, written later by a task of its own (a waiter's
+    /// retry made on the engine's thread): in no known order with any other
+    /// command, those of its own connection included.
+    Unordered,
 }
 
 /// Which connection a command may take (`InFlight::route`).
@@ -323,6 +327,24 @@ impl InFlight {
                 cmd.followed = true;
             }
         }
+    }
+
+    /// Records that command `id` went on a direct connection in no known
+    /// order (`Lane::Unordered`).
+    pub(crate) fn went_unordered(&mut self, id: CmdId) {
+        if let Some((_, cmd)) = self.cmds.iter_mut().find(|(c, _)| *c == id) {
+            cmd.lane = Lane::Unordered;
+        }
+    }
+
+    /// True if an acquisition of key `key` is out, live or overdue, on
+    /// another connection than the engine's: it may land after anything the
+    /// engine's connection sends from now on (see `LockCore::extend`).
+    pub(crate) fn acquiring_elsewhere(&self, key: usize) -> bool {
+        self.cmds.iter().any(|(_, c)| {
+            c.lane != Lane::Engine
+                && matches!(c.purpose, Purpose::Acquire { key: k, .. } if k == key)
+        })
     }
 
     /// True if no command is waiting for its reply (overdue ones aside).

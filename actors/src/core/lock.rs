@@ -991,6 +991,14 @@ impl LockCore {
         self.cmds.went_direct(cmd, generation);
     }
 
+    /// Acquisition `cmd` went on a direct connection that a task of its own
+    /// writes later (a waiter's retry made on the engine's thread): it may
+    /// land after commands made after it on any connection, so the key is
+    /// not extended while it is out (see `extend`).
+    pub(crate) fn went_unordered(&mut self, cmd: CmdId) {
+        self.cmds.went_unordered(cmd);
+    }
+
     /// The token of the attempt or grant in progress, for observers (the
     /// simulator checks that keys are written only under a live token;
     /// `inspect` tells this locker's keys from others').
@@ -1992,7 +2000,8 @@ impl LockCore {
                 tracing::trace!(key, "late key of a decided attempt; deleted right behind");
             }
             Purpose::Acquire { attempt, key, life } => {
-                self.on_key_reply(now, cmd, attempt, key, sent, outcome, Some(life))
+                self.on_key_reply(now, cmd, attempt, key, sent, outcome, Some(life));
+                self.catch_up(now, attempt, key);
             }
             Purpose::Extend { grant, key, life } => {
                 self.on_key_reply(now, cmd, grant, key, sent, outcome, Some(life))
@@ -2086,6 +2095,32 @@ impl LockCore {
                 };
                 self.on_fence_next(now, attempt, next);
             }
+        }
+    }
+
+    /// An acquisition of the grant's own attempt answered while the lock is
+    /// held: its key was left out of the extension rounds while it was out
+    /// (see `extend`), and it counts the attempt's TTL, which may be shorter
+    /// than the grant's terms now ask for (a local hand-over to a holder
+    /// with a longer validity). A key that would lapse before the next
+    /// round could extend it goes into a round now.
+    fn catch_up(&mut self, now: Time, attempt: u64, key: usize) {
+        let Phase::Holding(g) = &mut self.phase else {
+            return;
+        };
+        if g.id != attempt {
+            return;
+        }
+        let short = match g.keys.get(key).map(|s| s.key) {
+            Some(Key::Ours { expiry }) => {
+                expiry < now + g.terms.life.ttl.saturating_sub(g.terms.extend)
+            }
+            // Not ours, or failed: the next round takes it back with NX.
+            Some(_) => true,
+            None => false,
+        };
+        if short {
+            g.next_extend = g.next_extend.min(now);
         }
     }
 
@@ -2350,7 +2385,15 @@ impl LockCore {
         // unnoticed must show up as lost, never be re-created over a gap.
         // Keys known not ours are taken back with NX, counted from the reply
         // on, so a minority lost in a hiccup does not weaken the lock for good.
-        // Keys whose acquisition has not answered are left to it.
+        // Keys whose acquisition has not answered are left to it, and so are
+        // keys with an acquisition out on another connection than the
+        // engine's, whichever the key is believed to be (a key handed to
+        // the grant's claim while its acquisition was out): nothing orders
+        // that acquisition against this extension, and landing after it, it
+        // would set the key's TTL back to its own, shorter, while the
+        // extension's reply counted the longer one. Its reply brings the
+        // round forward if the key is short (`catch_up`).
+        let cmds = &self.cmds;
         let plan: Vec<(usize, SetMode)> = g
             .keys
             .iter()
@@ -2364,6 +2407,7 @@ impl LockCore {
             })
             .filter_map(|(k, s)| match s.key {
                 Key::Pending => None,
+                _ if cmds.acquiring_elsewhere(k) => None,
                 Key::Ours { .. } => Some((k, SetMode::Xx)),
                 _ => Some((k, SetMode::Nx)),
             })

@@ -2462,6 +2462,62 @@ fn the_next_run_of_a_claiming_waiter_keeps_its_token_and_a_late_hand_over_still_
     assert_eq!(rig.core.phase_name(), "holding");
 }
 
+/// Found by the simulator (`sim_regressions`, seed `0xacc6f5aa75d50bb6`):
+/// a waiter's retry made on the engine's thread went on a direct connection
+/// in no known order with the engine's, the key was handed to the waiter's
+/// claim meanwhile, and an extension sent then could land before the retry,
+/// which set the key's TTL back to its own. Such a key is not extended
+/// while the retry is out; its reply brings the round forward if the key
+/// would lapse before the next one. A retry on the engine's connection is
+/// in order with the extension, which goes as usual.
+#[test]
+fn a_key_whose_acquisition_is_out_elsewhere_is_not_extended_until_it_answers() {
+    for unordered in [true, false] {
+        let mut rig = Rig::new(handover_config());
+        let (first, token) = claiming(&mut rig);
+        let retry = sends(&rig.tick(ms(340)));
+        assert_eq!(retry.len(), 1, "{retry:?}");
+        let retry = retry[0].0;
+        if unordered {
+            rig.core.went_unordered(retry);
+        }
+        rig.at(ms(341));
+        let fx = rig.ev(Event::Handed {
+            key: 0,
+            token: token.clone(),
+            cmd: first,
+            fence: None,
+        });
+        let holder = grants(&fx)[0].1;
+        // The extension round on the grid.
+        let ext: Vec<_> = sends(&rig.tick(ms(500)))
+            .into_iter()
+            .filter(|(_, t, op)| matches!((t, op), (Target::Key(0), Op::Extend { .. })))
+            .collect();
+        if !unordered {
+            assert_eq!(ext.len(), 1, "in order with the retry: extended");
+            continue;
+        }
+        assert!(ext.is_empty(), "the retry is out elsewhere: {ext:?}");
+        // The retry answers late: the key it set (from 340 ms, 1 s) would
+        // lapse before the next round (1,000 ms) could extend it and
+        // leave the lock its validity: the round goes now.
+        let fx = rig.at(ms(900)).ev(reply(retry, ours()));
+        assert!(ended(&fx).is_empty(), "{fx:?}");
+        assert!(rig.core.next_timeout() <= Some(ms(900)));
+        let ext = sends(&rig.tick(ms(900)));
+        assert!(
+            ext.iter()
+                .any(|(_, t, op)| matches!((t, op), (Target::Key(0), Op::Extend { .. }))),
+            "{ext:?}"
+        );
+        for (cmd, _, _) in &ext {
+            rig.at(ms(902)).ev(reply(*cmd, ours()));
+        }
+        assert_eq!(rig.core.holding().map(|h| h.holder), Some(holder));
+    }
+}
+
 #[test]
 fn a_reply_sent_after_the_handed_claim_is_newer_news_of_the_key() {
     let mut rig = Rig::new(handover_config());

@@ -56,7 +56,8 @@ enum DirectUse {
     /// core is told which one the command took.
     Caller,
     /// Fed on the engine's thread: only one already open, and the core is
-    /// not told (the shell's task writes it later).
+    /// told only that it went on one, in no known order (the shell's task
+    /// writes it later).
     IfOpen,
 }
 
@@ -1415,8 +1416,8 @@ impl World {
                 // connection (and the core is told which one it took). So
                 // may an acquisition fed on the engine's thread (a waiter's
                 // retry), if a direct connection is open: none is opened
-                // for it, and the core is not told, since the shell's task
-                // writes it only later.
+                // for it, and the core is told only that it went on one in
+                // no known order, since the shell's task writes it later.
                 let core = &self.procs[proc].cores[name].core;
                 let acquire = matches!(op, Op::Acquire { .. });
                 let (route, lane) = match (self.k.direct, self.caller_fed) {
@@ -1429,10 +1430,11 @@ impl World {
                 }
                 let dest = Dest { proc, name, inc };
                 let taken = self.send(dest, *cmd, *target, op.clone(), route, lane);
-                if let (Some(generation), DirectUse::Caller) = (taken, lane) {
-                    self.procs[proc].cores[name]
-                        .core
-                        .went_direct(*cmd, generation);
+                let core = &mut self.procs[proc].cores[name].core;
+                match (taken, lane) {
+                    (Some(generation), DirectUse::Caller) => core.went_direct(*cmd, generation),
+                    (Some(_), DirectUse::IfOpen) => core.went_unordered(*cmd),
+                    (None, _) => {}
                 }
             }
             Effect::Grant {
