@@ -7,7 +7,8 @@
 //! live heap growth per held lock (a counting global allocator) just after
 //! acquiring and again at the end of the steady window (by then every lock
 //! has been held for over one extension period and has given back the room
-//! its tables took while it was being acquired), server
+//! its tables took while it was being acquired; with 1,000 holders or more,
+//! more than `LockCore`'s crowd of 256, it did so once granted and quiet), server
 //! memory per lock (`used_memory`), then over a steady window of whole
 //! extension periods: `EVALSHA` calls per second at the server (`INFO
 //! commandstats` deltas: the extensions), all commands per second, this

@@ -31,7 +31,7 @@
 //! next request or release, and would otherwise find the mutex still held.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -497,7 +497,10 @@ impl LockState {
         self.watch
             .update(self.core.grant_view(now), &self.name, &self.shared);
         self.arm_timer();
-        if self.core.settled(now) {
+        if self
+            .core
+            .settled(now, self.shared.holders.load(Ordering::Relaxed))
+        {
             self.trim();
         }
         out
@@ -515,8 +518,9 @@ impl LockState {
         self.feed(Event::Release { holder, ack: None })
     }
 
-    /// A lock settled into a long hold gives back the room its tables took
-    /// while busy (see `LockCore::settled`).
+    /// A lock settled into a long hold, or granted and quiet in a process
+    /// of many holders, gives back the room its tables took while busy (see
+    /// `LockCore::settled`).
     fn trim(&mut self) {
         self.core.trim();
         self.requests.trim();

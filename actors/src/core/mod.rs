@@ -25,6 +25,8 @@ mod waiters;
 pub(crate) use inflight::{CmdId, Route};
 #[cfg(test)]
 pub(crate) use lock::HoldingView;
+#[cfg(test)]
+pub(crate) use lock::CROWD;
 pub(crate) use lock::{
     Config, Effect, Event, Fair, Fencing, GrantView, Handover, HolderId, HolderStatus, LockCore,
     Refusal,

@@ -1832,16 +1832,16 @@ fn a_long_hold_settles_and_trimming_changes_nothing_but_room() {
     let mut rig = Rig::new(config(2, 3));
     let (holder, _) = held(&mut rig);
     // Just granted, or held for less than one extension period: busy still.
-    assert!(!rig.core.settled(ms(1)));
-    assert!(!rig.core.settled(ms(400)));
+    assert!(!rig.core.settled(ms(1), 1));
+    assert!(!rig.core.settled(ms(400), 1));
     // During the extension round: its commands are out.
     let ext = sends(&rig.tick(ms(500)));
     assert_eq!(ext.len(), 3);
-    assert!(!rig.core.settled(ms(501)));
+    assert!(!rig.core.settled(ms(501), 1));
     for (cmd, _, _) in &ext {
         rig.at(ms(502)).ev(reply(*cmd, ours()));
     }
-    assert!(rig.core.settled(ms(502)));
+    assert!(rig.core.settled(ms(502), 1));
     let before = (
         rig.core.holding(),
         rig.core.next_timeout(),
@@ -1870,7 +1870,7 @@ fn a_long_hold_settles_and_trimming_changes_nothing_but_room() {
     // A trimmed lock goes on as before: it extends on time and stays held.
     let next = sends(&rig.tick(ms(1000)));
     assert_eq!(next.len(), 3);
-    assert!(!rig.core.settled(ms(1001)));
+    assert!(!rig.core.settled(ms(1001), 1));
     for (cmd, _, _) in &next {
         rig.at(ms(1002)).ev(reply(*cmd, ours()));
     }
@@ -1882,7 +1882,64 @@ fn a_long_hold_settles_and_trimming_changes_nothing_but_room() {
         kind: RequestKind::Wait,
         terms: None,
     });
-    assert!(!rig.core.settled(ms(1401)));
+    assert!(!rig.core.settled(ms(1401), 1));
+}
+
+#[test]
+fn in_a_process_of_many_holders_a_lock_settles_once_granted_and_quiet() {
+    let mut rig = Rig::new(config(2, 3));
+    let s = sends(&rig.ev(Event::Request {
+        id: 1,
+        kind: RequestKind::Wait,
+        terms: None,
+    }));
+    assert_eq!(s.len(), 3);
+    // Not held yet: nothing settles, however many holders.
+    assert!(!rig.core.settled(ms(0), CROWD));
+    rig.at(ms(1));
+    let mut fx = rig.ev(reply(s[0].0, ours()));
+    fx.extend(rig.ev(reply(s[1].0, ours())));
+    let g = grants(&fx);
+    assert_eq!(g.len(), 1, "{fx:?}");
+    // Granted on a majority, the third key's acquisition still out.
+    assert!(!rig.core.settled(ms(1), CROWD));
+    rig.ev(reply(s[2].0, ours()));
+    // Quiet: settled for a process of `CROWD` holders or more, not below
+    // (there it waits for a period, as in the test above).
+    assert!(rig.core.settled(ms(1), CROWD));
+    assert!(rig.core.settled(ms(1), usize::MAX));
+    assert!(!rig.core.settled(ms(1), CROWD - 1));
+    assert!(!rig.core.lists_with_room().is_empty());
+    let before = (
+        rig.core.holding(),
+        rig.core.next_timeout(),
+        rig.core.phase_name(),
+    );
+    rig.core.trim();
+    assert_eq!(rig.core.lists_with_room(), Vec::<&str>::new());
+    assert_eq!(
+        (
+            rig.core.holding(),
+            rig.core.next_timeout(),
+            rig.core.phase_name()
+        ),
+        before
+    );
+    // Trimmed at once, it extends on time and stays held.
+    let ext = sends(&rig.tick(ms(500)));
+    assert_eq!(ext.len(), 3);
+    for (cmd, _, _) in &ext {
+        rig.at(ms(502)).ev(reply(*cmd, ours()));
+    }
+    assert!(ended(&rig.tick(ms(900))).is_empty());
+    assert_eq!(rig.core.holding().map(|h| h.holder), Some(g[0].1));
+    // Somebody queued: not settled, however many holders.
+    rig.at(ms(901)).ev(Event::Request {
+        id: 2,
+        kind: RequestKind::Wait,
+        terms: None,
+    });
+    assert!(!rig.core.settled(ms(901), CROWD));
 }
 
 #[test]

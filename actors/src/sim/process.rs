@@ -103,6 +103,9 @@ pub(super) struct Caller {
 #[derive(Debug)]
 pub(super) struct Process {
     pub(super) clock: Clock,
+    /// Whether its locks settle at the grant, as those of a process with
+    /// many holders do (`LockCore::settled`).
+    pub(super) crowded: bool,
     /// Its lockers' configuration (the fair queues' wall clock is its own).
     pub(super) cfg: std::sync::Arc<crate::core::Config>,
     pub(super) cores: Vec<CoreSlot>,

@@ -167,7 +167,7 @@ impl World {
             .map(|_| (0..k.nodes).map(|_| Conn::closed()).collect())
             .collect();
         let mut procs = Vec::new();
-        for _ in 0..k.procs {
+        for p in 0..k.procs {
             let clock = Clock {
                 offset: root.range(0, 1_000_000 * MS),
                 ppm: root.range(0, 2 * k.max_ppm) as i64 - k.max_ppm as i64,
@@ -201,6 +201,9 @@ impl World {
                 .collect();
             procs.push(Process {
                 clock,
+                // Every other process counts as one with many holders: its
+                // locks give back their tables' room as soon as granted.
+                crowded: p % 2 == 1,
                 cfg: pcfg,
                 cores,
                 callers: Vec::new(),
@@ -1300,9 +1303,16 @@ impl World {
             let slot = &mut self.procs[proc].cores[name];
             slot.core.handle(local, event);
             let fx: Vec<Effect> = std::iter::from_fn(|| slot.core.poll_effect()).collect();
-            // As the shell does: a lock settled into a long hold gives back
-            // its tables' room (which must change nothing else).
-            if slot.core.settled(local) {
+            // As the shell does: a lock settled into a long hold, or just
+            // granted in a process of many holders, gives back its tables'
+            // room (which must change nothing else).
+            let holders = if self.procs[proc].crowded {
+                crate::core::CROWD
+            } else {
+                1
+            };
+            let slot = &mut self.procs[proc].cores[name];
+            if slot.core.settled(local, holders) {
                 slot.core.trim();
             }
             let holding = slot.core.holding();
