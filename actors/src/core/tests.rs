@@ -1827,6 +1827,22 @@ fn a_new_waiter_takes_its_place_whatever_an_earlier_waiter_reached() {
     assert_eq!(q.places.len(), 1, "the new waiter's first attempt: {q:?}");
 }
 
+/// Trims the core's lists: none keeps room, and what the lock is (its
+/// grant, its next timeout, its phase) is as before.
+fn trim_changes_nothing_but_room(rig: &mut Rig) {
+    let seen = |rig: &Rig| {
+        (
+            rig.core.holding(),
+            rig.core.next_timeout(),
+            rig.core.phase_name(),
+        )
+    };
+    let before = seen(rig);
+    rig.core.trim();
+    assert_eq!(rig.core.lists_with_room(), Vec::<&str>::new());
+    assert_eq!(seen(rig), before);
+}
+
 #[test]
 fn a_long_hold_settles_and_trimming_changes_nothing_but_room() {
     let mut rig = Rig::new(config(2, 3));
@@ -1842,11 +1858,6 @@ fn a_long_hold_settles_and_trimming_changes_nothing_but_room() {
         rig.at(ms(502)).ev(reply(*cmd, ours()));
     }
     assert!(rig.core.settled(ms(502), 1));
-    let before = (
-        rig.core.holding(),
-        rig.core.next_timeout(),
-        rig.core.phase_name(),
-    );
     // The lists the request, the attempt and the extension used keep their
     // room until the lock settles; trimmed, none has any (a held lock's
     // state is then one word per list: `few::Room`).
@@ -1857,16 +1868,7 @@ fn a_long_hold_settles_and_trimming_changes_nothing_but_room() {
             .all(|l| used.contains(l)),
         "{used:?}"
     );
-    rig.core.trim();
-    assert_eq!(rig.core.lists_with_room(), Vec::<&str>::new());
-    assert_eq!(
-        (
-            rig.core.holding(),
-            rig.core.next_timeout(),
-            rig.core.phase_name()
-        ),
-        before
-    );
+    trim_changes_nothing_but_room(&mut rig);
     // A trimmed lock goes on as before: it extends on time and stays held.
     let next = sends(&rig.tick(ms(1000)));
     assert_eq!(next.len(), 3);
@@ -1910,21 +1912,7 @@ fn in_a_process_of_many_holders_a_lock_settles_once_granted_and_quiet() {
     assert!(rig.core.settled(ms(1), usize::MAX));
     assert!(!rig.core.settled(ms(1), CROWD - 1));
     assert!(!rig.core.lists_with_room().is_empty());
-    let before = (
-        rig.core.holding(),
-        rig.core.next_timeout(),
-        rig.core.phase_name(),
-    );
-    rig.core.trim();
-    assert_eq!(rig.core.lists_with_room(), Vec::<&str>::new());
-    assert_eq!(
-        (
-            rig.core.holding(),
-            rig.core.next_timeout(),
-            rig.core.phase_name()
-        ),
-        before
-    );
+    trim_changes_nothing_but_room(&mut rig);
     // Trimmed at once, it extends on time and stays held.
     let ext = sends(&rig.tick(ms(500)));
     assert_eq!(ext.len(), 3);
@@ -2313,6 +2301,17 @@ fn claiming(rig: &mut Rig) -> (CmdId, crate::scripts::Token) {
     (cmd, token)
 }
 
+/// A release hands key 0 to the claim that command `cmd` left under
+/// `token`, with no fencing value.
+fn handed(rig: &mut Rig, token: &crate::scripts::Token, cmd: CmdId) -> Vec<Effect> {
+    rig.ev(Event::Handed {
+        key: 0,
+        token: token.clone(),
+        cmd,
+        fence: None,
+    })
+}
+
 /// [`claiming`], then at 300 ms the release hands the key to that claim,
 /// its message carrying `fence`: the effects, and the claim's token.
 fn handed_at_300(rig: &mut Rig, fence: Option<u64>) -> (Vec<Effect>, crate::scripts::Token) {
@@ -2503,13 +2502,7 @@ fn the_next_run_of_a_claiming_waiter_keeps_its_token_and_a_late_hand_over_still_
     );
     // The hand-over under the first claim arrives while the second run is
     // out: it counts, from the first claim's sending.
-    rig.at(ms(341));
-    let fx = rig.ev(Event::Handed {
-        key: 0,
-        token: token.clone(),
-        cmd: first,
-        fence: None,
-    });
+    let fx = handed(rig.at(ms(341)), &token, first);
     assert_eq!(grants(&fx), vec![(1, grants(&fx)[0].1, ms(978))], "{fx:?}");
     // The second run ran after the hand-over (had it run before, its claim
     // would have been the one handed): it found its own token, and its
@@ -2538,13 +2531,7 @@ fn a_key_whose_acquisition_is_out_elsewhere_is_not_extended_until_it_answers() {
         if unordered {
             rig.core.went_unordered(retry);
         }
-        rig.at(ms(341));
-        let fx = rig.ev(Event::Handed {
-            key: 0,
-            token: token.clone(),
-            cmd: first,
-            fence: None,
-        });
+        let fx = handed(rig.at(ms(341)), &token, first);
         let holder = grants(&fx)[0].1;
         // The extension round on the grid.
         let ext: Vec<_> = sends(&rig.tick(ms(500)))
