@@ -347,6 +347,19 @@ impl InFlight {
         })
     }
 
+    /// The newest acquisition of key `key` out, live or overdue, on another
+    /// connection than the engine's (see `LockCore::take_key`).
+    pub(crate) fn newest_elsewhere(&self, key: usize) -> Option<CmdId> {
+        self.cmds
+            .iter()
+            .filter(|(_, c)| {
+                c.lane != Lane::Engine
+                    && matches!(c.purpose, Purpose::Acquire { key: k, .. } if k == key)
+            })
+            .map(|(id, _)| *id)
+            .max()
+    }
+
     /// True if no command is waiting for its reply (overdue ones aside).
     pub(crate) fn idle(&self) -> bool {
         self.cmds.iter().all(|(_, c)| c.overdue.is_some())

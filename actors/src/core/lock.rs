@@ -2981,6 +2981,13 @@ impl LockCore {
         let in_script = self.fences_in_script();
         let run = matches!(&self.phase, Phase::Idle { .. })
             .then(|| self.begin_attempt(now, SetMode::Nx, None));
+        // An acquisition of the key out on another connection than the
+        // engine's, which carries the hand-over's message, is in no known
+        // order with the hand-over: its reply is no newer news of the key.
+        // Had it run first, it found the key the releaser's ("other": the
+        // key is not lost); had it run after, it found our token and set
+        // its TTL from then on, past the hand-over's.
+        let elsewhere = self.cmds.newest_elsewhere(key);
         let Phase::Attempting(a) = &mut self.phase else {
             return;
         };
@@ -2996,7 +3003,7 @@ impl LockCore {
         let slot = &mut a.keys[key];
         if cmd >= slot.seen {
             tracing::trace!(key, token = token.short(), "key handed over");
-            slot.seen = cmd;
+            slot.seen = elsewhere.map_or(cmd, |e| e.max(cmd));
             slot.failing = false;
             slot.key = Key::Ours { expiry };
             // The release moved the counter as it set the key to our token,

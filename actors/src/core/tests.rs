@@ -2512,6 +2512,23 @@ fn the_next_run_of_a_claiming_waiter_keeps_its_token_and_a_late_hand_over_still_
     assert_eq!(rig.core.phase_name(), "holding");
 }
 
+/// A waiter's retry out on a direct connection, in no known order with the
+/// engine's (which carries the hand-over's message), may have run before
+/// the hand-over: its late "other" is no news that the key was lost. On the
+/// engine's connection it would be (the test above).
+#[test]
+fn a_late_other_of_a_retry_out_elsewhere_does_not_undo_the_hand_over() {
+    let mut rig = Rig::new(handover_config());
+    let (first, token) = claiming(&mut rig);
+    let retry = sends(&rig.tick(ms(340)))[0].0;
+    rig.core.went_unordered(retry);
+    let fx = handed(rig.at(ms(341)), &token, first);
+    let holder = grants(&fx)[0].1;
+    let fx = rig.ev(reply(retry, other()));
+    assert!(ended(&fx).is_empty(), "{fx:?}");
+    assert_eq!(rig.core.holding().map(|h| h.holder), Some(holder));
+}
+
 /// Found by the simulator (`sim_regressions`, seed `0xacc6f5aa75d50bb6`):
 /// a waiter's retry made on the engine's thread went on a direct connection
 /// in no known order with the engine's, the key was handed to the waiter's
