@@ -337,13 +337,15 @@ impl InFlight {
         }
     }
 
-    /// True if an acquisition of key `key` is out, live or overdue, on
-    /// another connection than the engine's: it may land after anything the
-    /// engine's connection sends from now on (see `LockCore::extend`).
-    pub(crate) fn acquiring_elsewhere(&self, key: usize) -> bool {
+    /// True if an acquisition of key `key` by attempt `attempt` is out, live
+    /// or overdue, on another connection than the engine's: it may land
+    /// after anything the engine's connection sends from now on (see
+    /// `LockCore::extend`). Another attempt's, under another token, cannot
+    /// write a key that holds ours.
+    pub(crate) fn acquiring_elsewhere(&self, key: usize, attempt: u64) -> bool {
         self.cmds.iter().any(|(_, c)| {
             c.lane != Lane::Engine
-                && matches!(c.purpose, Purpose::Acquire { key: k, .. } if k == key)
+                && matches!(c.purpose, Purpose::Acquire { key: k, attempt: a, .. } if k == key && a == attempt)
         })
     }
 

@@ -2418,7 +2418,7 @@ impl LockCore {
             })
             .filter_map(|(k, s)| match s.key {
                 Key::Pending => None,
-                _ if cmds.acquiring_elsewhere(k) => None,
+                _ if cmds.acquiring_elsewhere(k, id) => None,
                 Key::Ours { .. } => Some((k, SetMode::Xx)),
                 _ => Some((k, SetMode::Nx)),
             })
