@@ -2122,13 +2122,13 @@ impl LockCore {
         if g.id != attempt {
             return;
         }
+        // A key not ours, or failed, is taken back with NX by the next
+        // round, as before.
         let short = match g.keys.get(key).map(|s| s.key) {
             Some(Key::Ours { expiry }) => {
                 expiry < now + g.terms.life.ttl.saturating_sub(g.terms.extend)
             }
-            // Not ours, or failed: the next round takes it back with NX.
-            Some(_) => true,
-            None => false,
+            _ => false,
         };
         if short {
             g.next_extend = g.next_extend.min(now);
@@ -2397,9 +2397,10 @@ impl LockCore {
         // Keys known not ours are taken back with NX, counted from the reply
         // on, so a minority lost in a hiccup does not weaken the lock for good.
         // Keys whose acquisition has not answered are left to it, and so are
-        // keys with an acquisition out on another connection than the
-        // engine's, whichever the key is believed to be (a key handed to
-        // the grant's claim while its acquisition was out): nothing orders
+        // keys with an acquisition of the grant's own attempt out on another
+        // connection than the engine's, whichever the key is believed to be
+        // (a key handed to the grant's claim while its acquisition was
+        // out): nothing orders
         // that acquisition against this extension, and landing after it, it
         // would set the key's TTL back to its own, shorter, while the
         // extension's reply counted the longer one. Its reply brings the
