@@ -337,29 +337,30 @@ impl InFlight {
         }
     }
 
-    /// True if an acquisition of key `key` by attempt `attempt` is out, live
-    /// or overdue, on another connection than the engine's: it may land
-    /// after anything the engine's connection sends from now on (see
-    /// `LockCore::extend`). Another attempt's, under another token, cannot
-    /// write a key that holds ours.
-    pub(crate) fn acquiring_elsewhere(&self, key: usize, attempt: u64) -> bool {
-        self.cmds.iter().any(|(_, c)| {
-            c.lane != Lane::Engine
-                && matches!(c.purpose, Purpose::Acquire { key: k, attempt: a, .. } if k == key && a == attempt)
+    /// The acquisitions of key `key` out, live or overdue, on another
+    /// connection than the engine's: each one's id and attempt. They may
+    /// land after anything the engine's connection carries from now on.
+    fn acquisitions_elsewhere(&self, key: usize) -> impl Iterator<Item = (CmdId, u64)> + '_ {
+        self.cmds.iter().filter_map(move |(id, c)| match c.purpose {
+            Purpose::Acquire {
+                key: k, attempt, ..
+            } if k == key && c.lane != Lane::Engine => Some((*id, attempt)),
+            _ => None,
         })
     }
 
-    /// The newest acquisition of key `key` out, live or overdue, on another
-    /// connection than the engine's (see `LockCore::take_key`).
+    /// True if attempt `attempt` has an acquisition of key `key` out on
+    /// another connection than the engine's (see `LockCore::extend`).
+    /// Another attempt's, under another token, cannot write a key that
+    /// holds ours.
+    pub(crate) fn acquiring_elsewhere(&self, key: usize, attempt: u64) -> bool {
+        self.acquisitions_elsewhere(key).any(|(_, a)| a == attempt)
+    }
+
+    /// The newest acquisition of key `key` out on another connection than
+    /// the engine's (see `LockCore::take_key`).
     pub(crate) fn newest_elsewhere(&self, key: usize) -> Option<CmdId> {
-        self.cmds
-            .iter()
-            .filter(|(_, c)| {
-                c.lane != Lane::Engine
-                    && matches!(c.purpose, Purpose::Acquire { key: k, .. } if k == key)
-            })
-            .map(|(id, _)| *id)
-            .max()
+        self.acquisitions_elsewhere(key).map(|(id, _)| id).max()
     }
 
     /// True if no command is waiting for its reply (overdue ones aside).

@@ -2302,13 +2302,18 @@ fn claiming(rig: &mut Rig) -> (CmdId, crate::scripts::Token) {
 }
 
 /// A release hands key 0 to the claim that command `cmd` left under
-/// `token`, with no fencing value.
-fn handed(rig: &mut Rig, token: &crate::scripts::Token, cmd: CmdId) -> Vec<Effect> {
+/// `token`, its message carrying `fence`.
+fn handed(
+    rig: &mut Rig,
+    token: &crate::scripts::Token,
+    cmd: CmdId,
+    fence: Option<u64>,
+) -> Vec<Effect> {
     rig.ev(Event::Handed {
         key: 0,
         token: token.clone(),
         cmd,
-        fence: None,
+        fence,
     })
 }
 
@@ -2316,12 +2321,7 @@ fn handed(rig: &mut Rig, token: &crate::scripts::Token, cmd: CmdId) -> Vec<Effec
 /// its message carrying `fence`: the effects, and the claim's token.
 fn handed_at_300(rig: &mut Rig, fence: Option<u64>) -> (Vec<Effect>, crate::scripts::Token) {
     let (cmd, token) = claiming(rig);
-    let fx = rig.at(ms(300)).ev(Event::Handed {
-        key: 0,
-        token: token.clone(),
-        cmd,
-        fence,
-    });
+    let fx = handed(rig.at(ms(300)), &token, cmd, fence);
     (fx, token)
 }
 
@@ -2502,7 +2502,7 @@ fn the_next_run_of_a_claiming_waiter_keeps_its_token_and_a_late_hand_over_still_
     );
     // The hand-over under the first claim arrives while the second run is
     // out: it counts, from the first claim's sending.
-    let fx = handed(rig.at(ms(341)), &token, first);
+    let fx = handed(rig.at(ms(341)), &token, first, None);
     assert_eq!(grants(&fx), vec![(1, grants(&fx)[0].1, ms(978))], "{fx:?}");
     // The second run ran after the hand-over (had it run before, its claim
     // would have been the one handed): it found its own token, and its
@@ -2522,7 +2522,7 @@ fn a_late_other_of_a_retry_out_elsewhere_does_not_undo_the_hand_over() {
     let (first, token) = claiming(&mut rig);
     let retry = sends(&rig.tick(ms(340)))[0].0;
     rig.core.went_unordered(retry);
-    let fx = handed(rig.at(ms(341)), &token, first);
+    let fx = handed(rig.at(ms(341)), &token, first, None);
     let holder = grants(&fx)[0].1;
     let fx = rig.ev(reply(retry, other()));
     assert!(ended(&fx).is_empty(), "{fx:?}");
@@ -2548,7 +2548,7 @@ fn a_key_whose_acquisition_is_out_elsewhere_is_not_extended_until_it_answers() {
         if unordered {
             rig.core.went_unordered(retry);
         }
-        let fx = handed(rig.at(ms(341)), &token, first);
+        let fx = handed(rig.at(ms(341)), &token, first, None);
         let holder = grants(&fx)[0].1;
         // The extension round on the grid.
         let ext: Vec<_> = sends(&rig.tick(ms(500)))
