@@ -59,6 +59,10 @@ type Watcher = (u64, Arc<Notify>);
 /// The queue into a node's command pump.
 pub(crate) type Lane = tokio::sync::mpsc::UnboundedSender<Job>;
 
+/// A node has no command lane: it is not connected.
+#[derive(Debug)]
+pub(crate) struct NotConnected;
+
 /// A connected node's command lane: the actor that owns it, the queue into
 /// its pump, and the server's id of the connection it drives (`CLIENT ID`),
 /// which a direct connection's tracking redirects its invalidations to.
@@ -385,12 +389,12 @@ impl Shared {
         }
     }
 
-    /// Queues `job` on node `index`'s command lane; gives it back if the node
-    /// has no connection.
-    pub(crate) fn send_job(&self, index: usize, job: Job) -> Result<(), Job> {
+    /// Queues `job` on node `index`'s command lane; drops it if the node has
+    /// no connection.
+    pub(crate) fn send_job(&self, index: usize, job: Job) -> Result<(), NotConnected> {
         match read(&self.lanes).get(index) {
-            Some(Some(l)) => l.lane.send(job).map_err(|e| e.0),
-            _ => Err(job),
+            Some(Some(l)) => l.lane.send(job).map_err(|_| NotConnected),
+            _ => Err(NotConnected),
         }
     }
 

@@ -22,26 +22,83 @@ pub(crate) fn key_name(prefix: &str, index: usize, name: &str) -> String {
     key
 }
 
-/// A key a lock actor sends commands on, built once per actor: UTF-8 text
-/// in bytes shared with the wire, so that a command takes the key by
-/// reference count instead of a copy. One pointer wide, so that the
-/// messages carrying it stay small.
+/// A key as a command carries it: UTF-8 text in bytes shared with the
+/// wire, so that the command, its retries and its reply's handling take it
+/// by reference count instead of a copy.
 ///
-/// Three allocations per key: the pointer's cell, the text, and the
-/// bytes' shared count (made by the first command that takes the key).
-/// Before, the text and the wire bytes were kept apart (an `Arc<str>`, and
-/// bytes owning a second handle on it), which cost 32 bytes more per key
-/// in the scale bench (BENCHMARKS.md, section 6).
+/// Built for each command from the lock's name, not kept by the lock: a
+/// held lock keeps no key names. Kept once per actor, a key's name cost
+/// 104 bytes a key in every held lock (the pointer's cell, the text, the
+/// bytes' shared count, the slice of names; BENCHMARKS.md, section 6);
+/// built per command it costs one allocation of a command that sends it,
+/// its text inline with the bytes' shared count when it is at most
+/// [`KEY_INLINE`] bytes long.
 #[derive(Clone, Debug)]
-pub(crate) struct KeyName(std::sync::Arc<fred::bytes_utils::Str>);
+pub(crate) struct KeyName(fred::bytes_utils::Str);
+
+/// The longest key kept inline with its shared count: 128 bytes in all,
+/// with the count's header. Longer keys take a second allocation.
+const KEY_INLINE: usize = 111;
+
+/// A key's text inline, so that a short key costs one allocation.
+struct KeyBuf {
+    buf: [u8; KEY_INLINE],
+    len: u8,
+}
+
+impl AsRef<[u8]> for KeyBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+}
 
 impl KeyName {
+    /// A key from its text.
     pub(crate) fn new(text: impl Into<String>) -> KeyName {
-        // Shrunk to its length first, so the bytes hold no room to spare.
-        let text: Box<str> = text.into().into_boxed_str();
-        KeyName(std::sync::Arc::new(fred::bytes_utils::Str::from(
-            String::from(text),
-        )))
+        let text: String = text.into();
+        let mut buf = KeyBuf {
+            buf: [0; KEY_INLINE],
+            len: 0,
+        };
+        match (buf.buf.get_mut(..text.len()), u8::try_from(text.len())) {
+            (Some(room), Ok(len)) => {
+                room.copy_from_slice(text.as_bytes());
+                buf.len = len;
+                KeyName::inline(buf)
+            }
+            _ => KeyName(fred::bytes_utils::Str::from(text)),
+        }
+    }
+
+    /// Copy `index` of lock `name` (see [`key_name`]), written straight
+    /// into its buffer when it fits.
+    pub(crate) fn of(prefix: &str, index: usize, name: &str) -> KeyName {
+        use std::io::Write;
+        let mut buf = KeyBuf {
+            buf: [0; KEY_INLINE],
+            len: 0,
+        };
+        let mut rest = &mut buf.buf[..];
+        let fits = write!(rest, "{prefix}:{index}:{name}").is_ok();
+        let written = KEY_INLINE - rest.len();
+        match u8::try_from(written) {
+            Ok(len) if fits => {
+                buf.len = len;
+                KeyName::inline(buf)
+            }
+            _ => KeyName::new(key_name(prefix, index, name)),
+        }
+    }
+
+    /// A key whose text was written into `buf` from `str`s, so is UTF-8.
+    fn inline(buf: KeyBuf) -> KeyName {
+        match fred::bytes_utils::Str::from_inner(fred::bytes::Bytes::from_owner(buf)) {
+            Ok(text) => KeyName(text),
+            // Never taken: the text was written from `str`s.
+            Err(e) => KeyName(fred::bytes_utils::Str::from(
+                String::from_utf8_lossy(&e.into_inner()).into_owned(),
+            )),
+        }
     }
 
     /// The texts of a key and of its fencing counter's key, for the scripts
@@ -55,7 +112,7 @@ impl KeyName {
 
     /// The key as a command argument.
     pub(crate) fn wire(&self) -> fred::types::Key {
-        fred::types::Key::from(&*self.0)
+        fred::types::Key::from(&self.0)
     }
 }
 
@@ -186,20 +243,31 @@ mod tests {
     }
 
     /// The text a key shows and the bytes a command sends are the same, for
-    /// every clone, non-ASCII names included.
+    /// every clone, built either way, inline or not: non-ASCII names, and
+    /// keys on both sides of the inline length.
     #[test]
     fn a_key_name_sends_what_it_shows() {
-        for text in [
-            key_name("valkeylock", 0, "my_lock"),
-            key_name("p", 1, "ünï"),
+        let fits = "n".repeat(KEY_INLINE - "valkeylock:0:".len());
+        let over = "n".repeat(KEY_INLINE - "valkeylock:0:".len() + 1);
+        let long = "é".repeat(MAX_NAME_LEN / 2);
+        for (prefix, index, name) in [
+            ("valkeylock", 0, "my_lock"),
+            ("p", 1, "ünï"),
+            ("valkeylock", 0, &fits),
+            ("valkeylock", 0, &over),
+            ("valkeylock", 10, &over),
+            ("valkeylock", 2, &long),
         ] {
-            let key = KeyName::new(text.clone());
-            let copy = key.clone();
-            assert_eq!(&*key, text);
-            assert_eq!(copy.to_string(), text);
-            assert_eq!(key.wire().as_bytes(), text.as_bytes());
-            assert_eq!(copy.wire().as_bytes(), text.as_bytes());
+            let text = key_name(prefix, index, name);
+            for key in [KeyName::new(text.clone()), KeyName::of(prefix, index, name)] {
+                let copy = key.clone();
+                assert_eq!(&*key, text);
+                assert_eq!(copy.to_string(), text);
+                assert_eq!(key.wire().as_bytes(), text.as_bytes());
+                assert_eq!(copy.wire().as_bytes(), text.as_bytes());
+            }
         }
+        assert_eq!(key_name("valkeylock", 0, &fits).len(), KEY_INLINE);
     }
 
     /// (prefix, total keys, invalidated key, expected parse).

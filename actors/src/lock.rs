@@ -47,7 +47,7 @@ use crate::core::{
 use crate::direct;
 use crate::error::{Error, LostReason};
 use crate::few::{OneOrMore, Room, Table};
-use crate::keys::{self, KeyName};
+use crate::keys::KeyName;
 use crate::metrics;
 use crate::msg::{
     DirectCmd, ExtendItem, GrantParts, Job, LockMsg, LockPort, NodeMsg, NodeReply, Released,
@@ -279,11 +279,8 @@ pub(crate) struct LockState {
     me: ActorRef<LockMsg>,
     /// The cell this state lives in, handed to each grant's lease.
     port: Weak<LockCell>,
-    keys: Box<[KeyName]>,
-    /// `{prefix}:fence:{name}`: the fencing counter, built when first used
-    /// (a locker without fencing never does).
-    fence_key: Option<KeyName>,
-    /// A side of a read-write lock: what gates each of its keys.
+    /// A side of a read-write lock: what gates each of its keys (and so
+    /// that its keys are named as `rwlock::key_name` names them).
     gates: Option<Box<[Arc<Gates>]>>,
     shared: Arc<Shared>,
     supervisor: ActorRef<SupervisorMsg>,
@@ -316,14 +313,6 @@ impl Actor for LockActor {
     ) -> Result<LockHome, ActorProcessingErr> {
         let s = &args.shared.settings;
         let side = rwlock::side_of(&args.name);
-        let keys = (0..s.total)
-            .map(|i| {
-                KeyName::new(match side {
-                    Some(_) => rwlock::key_name(&s.prefix, i, &args.name),
-                    None => keys::key_name(&s.prefix, i, &args.name),
-                })
-            })
-            .collect();
         let gates = side.map(|(base, side)| {
             (0..s.total)
                 .map(|i| {
@@ -348,8 +337,6 @@ impl Actor for LockActor {
             name: args.name,
             me: myself,
             port: Arc::downgrade(&cell),
-            keys,
-            fence_key: None,
             gates,
             shared: args.shared,
             supervisor: args.supervisor,
@@ -662,7 +649,7 @@ impl LockState {
         out: &mut Outbox,
     ) {
         let (node, key) = match target {
-            Target::Key(i) => (self.shared.core.placement[i], self.keys[i].clone()),
+            Target::Key(i) => (self.shared.core.placement[i], self.key(i)),
             Target::Fence(n) => (n, self.fence_key()),
         };
         // A free key of a read-write lock is taken through its gates, a
@@ -792,13 +779,22 @@ impl LockState {
         })
     }
 
-    /// The name's fencing counter key.
-    fn fence_key(&mut self) -> KeyName {
-        let s = &self.shared.settings;
-        let name = &self.name;
-        self.fence_key
-            .get_or_insert_with(|| KeyName::new(format!("{}:fence:{name}", s.prefix)))
-            .clone()
+    /// Key `i` of the lock, for one command: the state keeps no key names
+    /// (see [`KeyName`]).
+    fn key(&self, i: usize) -> KeyName {
+        let prefix = &self.shared.settings.prefix;
+        match self.gates {
+            Some(_) => KeyName::new(rwlock::key_name(prefix, i, &self.name)),
+            None => KeyName::of(prefix, i, &self.name),
+        }
+    }
+
+    /// The name's fencing counter key, for one command.
+    fn fence_key(&self) -> KeyName {
+        KeyName::new(format!(
+            "{}:fence:{}",
+            self.shared.settings.prefix, self.name
+        ))
     }
 
     /// Arms the locker's timer task for the core's next deadline.
