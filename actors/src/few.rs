@@ -4,7 +4,9 @@
 //! nothing (the callers waiting for a release's deletes, the answers one
 //! event produces); `Table`, a map by id that is one word while it has
 //! never been used (the callers waiting for a grant or a release); `Room`,
-//! a list that is one word while it has no room (the lock core's tables).
+//! a list that is one word while it has no room (the lock core's tables);
+//! `InlineBytes`, a short buffer that becomes shared bytes in one
+//! allocation (a token, a key a command carries).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -248,11 +250,72 @@ impl<T> Room<VecDeque<T>> {
     }
 }
 
+/// Up to `N` bytes (and at most 255) kept inline, to become shared bytes
+/// that own them (`Bytes::from_owner`): the bytes and their shared count
+/// in one allocation, where bytes made from a vector take a second one
+/// when first cloned.
+pub(crate) struct InlineBytes<const N: usize> {
+    buf: [u8; N],
+    len: u8,
+}
+
+impl<const N: usize> InlineBytes<N> {
+    /// `bytes` inline; `None` if they do not fit.
+    pub(crate) fn new(bytes: &[u8]) -> Option<Self> {
+        let mut inline = InlineBytes {
+            buf: [0; N],
+            len: u8::try_from(bytes.len()).ok()?,
+        };
+        inline.buf.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        Some(inline)
+    }
+
+    /// `text` written out inline; `None` if it does not fit.
+    pub(crate) fn write(text: std::fmt::Arguments<'_>) -> Option<Self> {
+        use std::io::Write;
+        let mut buf = [0; N];
+        let mut rest = &mut buf[..];
+        rest.write_fmt(text).ok()?;
+        let len = u8::try_from(N - rest.len()).ok()?;
+        Some(InlineBytes { buf, len })
+    }
+
+    /// Shared bytes that own these, in one allocation.
+    pub(crate) fn into_bytes(self) -> fred::bytes::Bytes {
+        fred::bytes::Bytes::from_owner(self)
+    }
+}
+
+impl<const N: usize> AsRef<[u8]> for InlineBytes<N> {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
 
-    use super::{Entries, OneOrMore, Room, Table};
+    use super::{Entries, InlineBytes, OneOrMore, Room, Table};
+
+    /// What fits is kept whole, written or copied; what does not is
+    /// refused, not cut.
+    #[test]
+    fn inline_bytes_keep_what_fits_and_refuse_the_rest() {
+        let copied = InlineBytes::<4>::new(b"abcd").map(InlineBytes::into_bytes);
+        assert_eq!(copied.as_deref(), Some(&b"abcd"[..]));
+        assert!(InlineBytes::<4>::new(b"abcde").is_none());
+        assert!(InlineBytes::<300>::new(&[b'x'; 256]).is_none());
+        let written = InlineBytes::<8>::write(format_args!("{}:{}", "ab", 12));
+        assert_eq!(
+            written.map(InlineBytes::into_bytes).as_deref(),
+            Some(&b"ab:12"[..])
+        );
+        assert!(InlineBytes::<4>::write(format_args!("{}", "abcde")).is_none());
+        assert!(InlineBytes::<300>::write(format_args!("{}", "x".repeat(256))).is_none());
+        let empty = InlineBytes::<0>::new(b"").map(InlineBytes::into_bytes);
+        assert_eq!(empty.as_deref(), Some(&b""[..]));
+    }
 
     #[test]
     fn a_table_is_one_word_and_allocates_only_once_used() {

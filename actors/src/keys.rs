@@ -6,6 +6,7 @@
 //! (valkeylock panics on the bare prefix and on an index past the gate's key count).
 
 use crate::error::Error;
+use crate::few::InlineBytes;
 
 /// Longest lock name accepted, in bytes. Valkey allows far longer keys, but a lock
 /// name that long is almost certainly a bug (a payload passed as a name).
@@ -40,59 +41,28 @@ pub(crate) struct KeyName(fred::bytes_utils::Str);
 /// with the count's header. Longer keys take a second allocation.
 const KEY_INLINE: usize = 111;
 
-/// A key's text inline, so that a short key costs one allocation.
-struct KeyBuf {
-    buf: [u8; KEY_INLINE],
-    len: u8,
-}
-
-impl AsRef<[u8]> for KeyBuf {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf[..usize::from(self.len)]
-    }
-}
-
 impl KeyName {
     /// A key from its text.
     pub(crate) fn new(text: impl Into<String>) -> KeyName {
         let text: String = text.into();
-        let mut buf = KeyBuf {
-            buf: [0; KEY_INLINE],
-            len: 0,
-        };
-        match (buf.buf.get_mut(..text.len()), u8::try_from(text.len())) {
-            (Some(room), Ok(len)) => {
-                room.copy_from_slice(text.as_bytes());
-                buf.len = len;
-                KeyName::inline(buf)
-            }
-            _ => KeyName(fred::bytes_utils::Str::from(text)),
+        match InlineBytes::<KEY_INLINE>::new(text.as_bytes()) {
+            Some(inline) => KeyName::inline(inline),
+            None => KeyName(fred::bytes_utils::Str::from(text)),
         }
     }
 
     /// Copy `index` of lock `name` (see [`key_name`]), written straight
     /// into its buffer when it fits.
     pub(crate) fn of(prefix: &str, index: usize, name: &str) -> KeyName {
-        use std::io::Write;
-        let mut buf = KeyBuf {
-            buf: [0; KEY_INLINE],
-            len: 0,
-        };
-        let mut rest = &mut buf.buf[..];
-        let fits = write!(rest, "{prefix}:{index}:{name}").is_ok();
-        let written = KEY_INLINE - rest.len();
-        match u8::try_from(written) {
-            Ok(len) if fits => {
-                buf.len = len;
-                KeyName::inline(buf)
-            }
-            _ => KeyName::new(key_name(prefix, index, name)),
+        match InlineBytes::<KEY_INLINE>::write(format_args!("{prefix}:{index}:{name}")) {
+            Some(inline) => KeyName::inline(inline),
+            None => KeyName::new(key_name(prefix, index, name)),
         }
     }
 
-    /// A key whose text was written into `buf` from `str`s, so is UTF-8.
-    fn inline(buf: KeyBuf) -> KeyName {
-        match fred::bytes_utils::Str::from_inner(fred::bytes::Bytes::from_owner(buf)) {
+    /// A key whose text was written into `inline` from `str`s, so is UTF-8.
+    fn inline(inline: InlineBytes<KEY_INLINE>) -> KeyName {
+        match fred::bytes_utils::Str::from_inner(inline.into_bytes()) {
             Ok(text) => KeyName(text),
             // Never taken: the text was written from `str`s.
             Err(e) => KeyName(fred::bytes_utils::Str::from(

@@ -14,6 +14,7 @@ use fred::types::scripts::Script;
 use fred::types::Value;
 
 use crate::election::Record;
+use crate::few::InlineBytes;
 
 /// `SET NX`, idempotent for our own token, on one key (an acquisition) or many
 /// (a node's batch of extensions, or the acquisitions it found queued
@@ -1334,16 +1335,7 @@ const TOKEN_MAX: usize = 1 + TOKEN_HEX + 1 + 3 * 6;
 /// A token's bytes, kept inline so that the token costs one allocation: 88
 /// bytes with the shared owner's header (a buffer sized for 20-digit
 /// numbers made it 136).
-struct TokenBuf {
-    buf: [u8; TOKEN_MAX],
-    len: u8,
-}
-
-impl AsRef<[u8]> for TokenBuf {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf[..usize::from(self.len)]
-    }
-}
+type TokenBuf = InlineBytes<TOKEN_MAX>;
 
 impl Token {
     /// A token for a locker with `fingerprint`, from the operating system's
@@ -1379,8 +1371,12 @@ impl Token {
         // (a test writes it).
         let _ = write!(rest, "{fingerprint}");
         len += room - rest.len();
-        let len = u8::try_from(len).unwrap_or(u8::MAX);
-        Token(fred::bytes::Bytes::from_owner(TokenBuf { buf, len }))
+        let text = &buf[..len];
+        // Always inline (`buf` is the inline buffer's size); a copy else.
+        Token(TokenBuf::new(text).map_or_else(
+            || fred::bytes::Bytes::copy_from_slice(text),
+            TokenBuf::into_bytes,
+        ))
     }
 
     /// A token as it came back from the server in a hand-over's message
@@ -1393,10 +1389,7 @@ impl Token {
         if !ok {
             return None;
         }
-        let mut buf = [0; TOKEN_MAX];
-        buf[..bytes.len()].copy_from_slice(bytes);
-        let len = u8::try_from(bytes.len()).ok()?;
-        Some(Token(fred::bytes::Bytes::from_owner(TokenBuf { buf, len })))
+        Some(Token(TokenBuf::new(bytes)?.into_bytes()))
     }
 
     /// The token as a command argument: the same bytes, shared.
