@@ -238,6 +238,8 @@ mod tests {
             }
         }
         assert_eq!(key_name("valkeylock", 0, &fits).len(), KEY_INLINE);
+        // With the shared owner's two-word header: one 128-byte allocation.
+        assert!(16 + std::mem::size_of::<InlineBytes<KEY_INLINE>>() <= 128);
     }
 
     /// (prefix, total keys, invalidated key, expected parse).

@@ -279,8 +279,8 @@ pub(crate) struct LockState {
     me: ActorRef<LockMsg>,
     /// The cell this state lives in, handed to each grant's lease.
     port: Weak<LockCell>,
-    /// A side of a read-write lock: what gates each of its keys (and so
-    /// that its keys are named as `rwlock::key_name` names them).
+    /// A side of a read-write lock: what gates each of its keys. When set,
+    /// the lock's keys are named by `rwlock::key_name`.
     gates: Option<Box<[Arc<Gates>]>>,
     shared: Arc<Shared>,
     supervisor: ActorRef<SupervisorMsg>,
