@@ -51,12 +51,17 @@ impl KeyName {
         }
     }
 
-    /// Copy `index` of lock `name` (see [`key_name`]), written straight
-    /// into its buffer when it fits.
+    /// Copy `index` of lock `name`, as [`key_name`] names it.
     pub(crate) fn of(prefix: &str, index: usize, name: &str) -> KeyName {
-        match InlineBytes::<KEY_INLINE>::write(format_args!("{prefix}:{index}:{name}")) {
+        KeyName::format(format_args!("{prefix}:{index}:{name}"))
+    }
+
+    /// A key written straight into its buffer when it fits, with no text
+    /// made first.
+    pub(crate) fn format(text: std::fmt::Arguments<'_>) -> KeyName {
+        match InlineBytes::<KEY_INLINE>::write(text) {
             Some(inline) => KeyName::inline(inline),
-            None => KeyName::new(key_name(prefix, index, name)),
+            None => KeyName(fred::bytes_utils::Str::from(text.to_string())),
         }
     }
 

@@ -791,7 +791,7 @@ impl LockState {
 
     /// The name's fencing counter key, for one command.
     fn fence_key(&self) -> KeyName {
-        KeyName::new(format!(
+        KeyName::format(format_args!(
             "{}:fence:{}",
             self.shared.settings.prefix, self.name
         ))

@@ -2400,11 +2400,10 @@ impl LockCore {
         // keys with an acquisition of the grant's own attempt out on another
         // connection than the engine's, whichever the key is believed to be
         // (a key handed to the grant's claim while its acquisition was
-        // out): nothing orders
-        // that acquisition against this extension, and landing after it, it
-        // would set the key's TTL back to its own, shorter, while the
-        // extension's reply counted the longer one. Its reply brings the
-        // round forward if the key is short (`catch_up`).
+        // out): nothing orders that acquisition against this extension, and
+        // landing after it, it would set the key's TTL back to its own,
+        // shorter, while the extension's reply counted the longer one. Its
+        // reply brings the round forward if the key is short (`catch_up`).
         let cmds = &self.cmds;
         let plan: Vec<(usize, SetMode)> = g
             .keys
