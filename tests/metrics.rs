@@ -234,6 +234,41 @@ async fn prometheus_scrape_shows_the_locker() {
         .expect("task")
         .expect("the waiter's lock and release");
     wait_for(port, "valkeylock_handover_messages_total", &[], 1.0).await;
+    // The message is read beside the direct connections too (`listen`):
+    // with the two lockers taking turns, a waiter's own runtime reads it
+    // before the engine's thread has taken its copy, now and then at least.
+    let taken_here = || async {
+        sample(
+            &scrape(port).await,
+            "valkeylock_handover_messages_on_callers_total",
+            &[],
+        )
+        .unwrap_or(0.0)
+    };
+    let turns = unique("metrics-turns");
+    let mut rounds = 0;
+    while taken_here().await < 1.0 && rounds < 50 {
+        rounds += 1;
+        let tasks: Vec<_> = [a.clone(), b.clone()]
+            .into_iter()
+            .map(|locker| {
+                let turns = turns.clone();
+                tokio::spawn(async move {
+                    for _ in 0..20 {
+                        locker.lock(&turns).await?.release().await?;
+                    }
+                    Ok::<_, valkeylock::Error>(())
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task").expect("lock and release");
+        }
+    }
+    assert!(
+        taken_here().await >= 1.0,
+        "no hand-over message was taken as read on a caller's runtime in {rounds} rounds of 40 turns"
+    );
     a.close().await;
     b.close().await;
 

@@ -11,6 +11,7 @@
 //! not `.await` the Supervisor inside a handler. Only the Supervisor writes.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -19,11 +20,12 @@ use ractor::ActorRef;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::{Config, Fair, Fencing, Handover, Life, Terms};
+use crate::core::{CmdId, Config, Fair, Fencing, Handover, Life, Terms};
+use crate::few::Recent;
 use crate::health::HealthTable;
 use crate::msg::{DirectLink, Job, LockMsg, LockPort, NodeMsg};
 use crate::options::Settings;
-use crate::scripts::Scripts;
+use crate::scripts::{Scripts, Token};
 use crate::timers::Timers;
 
 /// The mark a retiring `LockActor` sets in its route's `sent` count: senders
@@ -224,7 +226,16 @@ pub(crate) struct Shared {
     next_watcher: AtomicU64,
     /// Cancelled when the locker closes: ends the `LockWatch` tasks.
     pub(crate) closed: CancellationToken,
+    /// The hand-over messages taken lately (see `first_handed`), by a hash
+    /// keyed for this locker.
+    handed: Mutex<Recent>,
+    handed_hash: RandomState,
 }
+
+/// How many hand-over messages `Shared::first_handed` remembers: its two
+/// copies come within a few milliseconds of each other, a few thousand
+/// hand-overs apart at most.
+const HANDED_REMEMBERED: usize = 4096;
 
 /// How requests reach a name's `LockActor`. Its port also counts the
 /// requests sent to it (an idle actor retires only if it saw them all).
@@ -280,7 +291,23 @@ impl Shared {
             watcher_count: AtomicUsize::new(0),
             next_watcher: AtomicU64::new(1),
             closed: CancellationToken::new(),
+            handed: Mutex::new(Recent::new(HANDED_REMEMBERED)),
+            handed_hash: RandomState::new(),
         })
+    }
+
+    /// True the first time this locker sees the hand-over of `key` to the
+    /// claim sent as `cmd` under `token`, false for its second copy. With
+    /// `listen`, the message comes on two connections, the engine's and a
+    /// caller's, and the lock takes whichever copy comes first; the other
+    /// would be taken as a key handed again (a check of a key it holds, or
+    /// a release of one it no longer wants). Keyed per locker, so that a
+    /// message written by anyone else cannot pass for another's copy
+    /// without its token. Forgotten after `HANDED_REMEMBERED` more: a copy
+    /// that late is taken as before, which costs a command, not the lock.
+    pub(crate) fn first_handed(&self, cmd: CmdId, token: &Token, key: usize) -> bool {
+        let id = self.handed_hash.hash_one((cmd.0, token.as_str(), key));
+        lock(&self.handed).first(id)
     }
 
     /// Actor `owner` connected node `index`: recorded, and every watcher

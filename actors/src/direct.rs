@@ -220,10 +220,21 @@ async fn open(shared: Arc<Shared>, node: usize, engine: u64) {
     // the connection's task with it), so that no command is sent to a
     // connection nobody drives.
     let open = Closing(&shared, &info);
+    // Beside our own connection, the hand-over messages (with `handover`):
+    // ended, it leaves them to the engine's copy, and the direct
+    // connection goes on.
+    let ours = matches!(transport, Transport::Wire(_));
+    let listening = async {
+        if ours {
+            crate::listen::listen(&shared, node).await;
+        }
+        std::future::pending::<()>().await
+    };
     tokio::select! {
         _ = transport.ended(&shared) => {}
         _ = stop.cancelled() => {}
         _ = shared.closed.cancelled() => {}
+        _ = listening => {}
     }
     drop(open);
     transport.close().await;

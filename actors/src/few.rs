@@ -6,9 +6,10 @@
 //! never been used (the callers waiting for a grant or a release); `Room`,
 //! a list that is one word while it has no room (the lock core's tables);
 //! `InlineBytes`, a short buffer that becomes shared bytes in one
-//! allocation (a token, a key a command carries).
+//! allocation (a token, a key a command carries); `Recent`, the last few
+//! thousand ids seen (a hand-over's message, which two connections carry).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 /// The first item inline, the rest in a vector that allocates only when a
 /// second item comes.
@@ -292,11 +293,62 @@ impl<const N: usize> AsRef<[u8]> for InlineBytes<N> {
     }
 }
 
+/// The last `cap` ids inserted, to tell a first sighting from a repeat. An
+/// id older than those is forgotten, and counts as new again.
+#[derive(Debug)]
+pub(crate) struct Recent {
+    cap: usize,
+    order: VecDeque<u64>,
+    set: HashSet<u64>,
+}
+
+impl Recent {
+    pub(crate) fn new(cap: usize) -> Recent {
+        Recent {
+            cap: cap.max(1),
+            order: VecDeque::new(),
+            set: HashSet::new(),
+        }
+    }
+
+    /// Inserts `id`: true if it is not among the last `cap` inserted.
+    pub(crate) fn first(&mut self, id: u64) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        if self.order.len() == self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.order.push_back(id);
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
 
-    use super::{Entries, InlineBytes, OneOrMore, Room, Table};
+    use super::{Entries, InlineBytes, OneOrMore, Recent, Room, Table};
+
+    /// A repeat within the last `cap` is told; an older one is forgotten.
+    #[test]
+    fn recent_tells_repeats_within_its_window() {
+        let mut r = Recent::new(3);
+        assert!(r.first(1));
+        assert!(!r.first(1));
+        assert!(r.first(2));
+        assert!(r.first(3));
+        assert!(!r.first(1));
+        // 4 pushes 1 out: 1 is new again, and pushes 2 out.
+        assert!(r.first(4));
+        assert!(r.first(1));
+        assert!(r.first(2));
+        assert!(!r.first(4));
+        assert_eq!(r.order.len(), 3);
+        assert_eq!(r.set.len(), 3);
+    }
 
     /// What fits is kept whole, written or copied; what does not is
     /// refused, not cut.

@@ -54,6 +54,8 @@
 //! - `direct`: direct connections, on which a caller's runtime sends its
 //!   acquisitions and releases itself, their tracking redirected to the
 //!   engine's connection.
+//! - `listen`: hand-over messages read on a caller's runtime, beside each
+//!   direct connection, as well as on the engine's.
 //! - `lock`: `LockActor`, one per lock name: the shell around the core.
 //! - `node`: `NodeActor`, one fred client per Valkey instance; runs scripts
 //!   through its command pump, batches extensions, routes invalidations.
@@ -83,6 +85,7 @@ mod health;
 mod inspect;
 mod keys;
 mod leader;
+mod listen;
 mod lock;
 mod metrics;
 mod msg;

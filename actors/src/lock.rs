@@ -41,8 +41,8 @@ use tokio::sync::oneshot;
 use crate::clock;
 use crate::context::{try_retire, Shared};
 use crate::core::{
-    Draws, Effect, Event, GrantView, HolderId, HolderStatus, LockCore, Op, OsEntropy, Outcome,
-    Refusal, Route, Target, Time,
+    CmdId, Draws, Effect, Event, GrantView, HolderId, HolderStatus, LockCore, Op, OsEntropy,
+    Outcome, Refusal, Route, Target, Time,
 };
 use crate::direct;
 use crate::error::{Error, LostReason};
@@ -54,7 +54,7 @@ use crate::msg::{
     Request, Sends, SupervisorMsg, TokenTag,
 };
 use crate::rwlock::{self, Gates};
-use crate::scripts::SetMode;
+use crate::scripts::{SetMode, Token};
 use crate::status::{self, StatusTx};
 use crate::timers::Timer;
 
@@ -248,6 +248,29 @@ impl LockPort for LockCell {
         })
         .unwrap_or_default()
     }
+
+    fn handed(&self, key: usize, token: Token, cmd: CmdId, fence: Option<u64>) -> bool {
+        let out = self.locked(|st| {
+            if !st.core.engine_quiet() || !st.shared.first_handed(cmd, &token, key) {
+                return None;
+            }
+            let caller = direct::caller_runtime(&st.shared);
+            let event = Event::Handed {
+                key,
+                token,
+                cmd,
+                fence,
+            };
+            Some(st.feed_on(event, caller.as_ref()))
+        });
+        match out.flatten() {
+            Some(out) => {
+                direct::send_now(self.deliver(out));
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// What the actor keeps: its cell, emptied when the actor stops for any
@@ -390,6 +413,11 @@ impl Actor for LockActor {
             } => {
                 // Counted by its sender, as requests are (see `retire`).
                 st.seen += 1;
+                // Its other copy, read on a caller's connection, was taken
+                // (see `Shared::first_handed`).
+                if !st.shared.first_handed(cmd, &token, index) {
+                    return Ok(());
+                }
                 Event::Handed {
                     key: index,
                     token,

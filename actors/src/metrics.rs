@@ -35,6 +35,7 @@ pub(crate) const LOSSES: &str = name!("losses_total");
 pub(crate) const RELEASES: &str = name!("releases_total");
 pub(crate) const HANDOVERS: &str = name!("handovers_total");
 pub(crate) const HANDOVER_MESSAGES: &str = name!("handover_messages_total");
+pub(crate) const HANDOVER_MESSAGES_HERE: &str = name!("handover_messages_on_callers_total");
 pub(crate) const DEGRADED: &str = name!("degraded_locks");
 pub(crate) const KEYS_LOST: &str = name!("minority_keys_lost_total");
 pub(crate) const EXTENSION: &str = name!("extension_seconds");
@@ -81,6 +82,10 @@ pub(crate) fn describe() {
         describe_counter!(
             HANDOVER_MESSAGES,
             "Keys handed to this locker's waiters by another locker's release (handover)"
+        );
+        describe_counter!(
+            HANDOVER_MESSAGES_HERE,
+            "Hand-over messages taken as read on a caller's runtime, before the engine's copy"
         );
         describe_gauge!(
             DEGRADED,
@@ -232,6 +237,12 @@ pub(crate) fn handover() {
 pub(crate) fn handover_message() {
     #[cfg(feature = "metrics")]
     metrics::counter!(HANDOVER_MESSAGES).increment(1);
+}
+
+/// A hand-over's message was taken as read on a caller's runtime (`listen`).
+pub(crate) fn handover_taken_here() {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(HANDOVER_MESSAGES_HERE).increment(1);
 }
 
 /// A held lock started (`true`) or stopped (`false`) missing keys.

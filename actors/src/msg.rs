@@ -93,6 +93,15 @@ pub(crate) trait LockPort: Send + Sync + std::fmt::Debug {
     /// engine's connection to it changed while the command was out).
     /// What that sends next on direct connections comes back.
     fn reply(&self, cmd: CmdId, outcome: Outcome, recheck: Option<usize>) -> Sends;
+
+    /// A hand-over's message, read on a caller's runtime (`listen`): key
+    /// `key` set to `token` for the claim sent as `cmd`. Taken only if none
+    /// of the lock's commands is out on the engine's connection, and only
+    /// if its other copy, on the engine's, has not been taken first; what
+    /// it sends on direct connections is handed to them on this thread.
+    /// False if not taken (the engine's copy will be), or if the actor has
+    /// stopped.
+    fn handed(&self, key: usize, token: Token, cmd: CmdId, fence: Option<u64>) -> bool;
 }
 
 /// A caller waiting for a grant.

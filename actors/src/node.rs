@@ -890,17 +890,50 @@ fn parse_handover(msg: &[u8]) -> Option<HandedOver<'_>> {
     Some((CmdId(cmd), fence, token, parts.next()?))
 }
 
-/// Hands a hand-over's message to the `LockActor` of its key.
-fn route_handover(shared: &Shared, supervisor: &ActorRef<SupervisorMsg>, msg: &[u8]) {
+/// A hand-over's message, read and its key named: the lock's name, the
+/// key's index, the token, the claim's command and the fencing counter.
+pub(crate) struct Handover<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) index: usize,
+    pub(crate) token: Token,
+    pub(crate) cmd: CmdId,
+    pub(crate) fence: Option<u64>,
+}
+
+/// Reads a hand-over's message on this locker's channel; `None` (logged)
+/// for anything that is not one of a lock key's.
+pub(crate) fn read_handover<'a>(shared: &Shared, msg: &'a [u8]) -> Option<Handover<'a>> {
     let s = &shared.settings;
     let Some((cmd, fence, token, key)) = parse_handover(msg) else {
         debug!(len = msg.len(), "not a hand-over message; ignored");
-        return;
+        return None;
     };
     let Some((index, name)) = keys::parse_key(&s.prefix, s.total, key) else {
         debug!("hand-over of a key that is not a lock's; ignored");
+        return None;
+    };
+    Some(Handover {
+        name,
+        index,
+        token,
+        cmd,
+        fence,
+    })
+}
+
+/// Hands a hand-over's message to the `LockActor` of its key.
+fn route_handover(shared: &Shared, supervisor: &ActorRef<SupervisorMsg>, msg: &[u8]) {
+    let Some(Handover {
+        name,
+        index,
+        token,
+        cmd,
+        fence,
+    }) = read_handover(shared, msg)
+    else {
         return;
     };
+    let s = &shared.settings;
     tracing::trace!(
         lock = name,
         key = index,

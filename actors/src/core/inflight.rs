@@ -363,6 +363,13 @@ impl InFlight {
         self.acquisitions_elsewhere(key).map(|(id, _)| id).max()
     }
 
+    /// True if no command is out on the engine's connection, live or
+    /// overdue: a message that connection carries then has none of its
+    /// replies to come before it (see `LockCore::engine_quiet`).
+    pub(crate) fn none_on_engine(&self) -> bool {
+        self.cmds.iter().all(|(_, c)| c.lane != Lane::Engine)
+    }
+
     /// True if no command is waiting for its reply (overdue ones aside).
     pub(crate) fn idle(&self) -> bool {
         self.cmds.iter().all(|(_, c)| c.overdue.is_some())
@@ -517,6 +524,35 @@ mod tests {
         t.answer(next).unwrap();
         assert_eq!(t.route(rel2), Route::Direct);
         assert_eq!(t.route(CmdId(99)), Route::Engine, "unknown");
+    }
+
+    /// What `listen` asks before it takes a hand-over's message: a command
+    /// on the engine's connection, live or overdue, makes it wait for that
+    /// connection's copy; one on another connection does not.
+    #[test]
+    fn none_on_engine_counts_only_the_engines_connection() {
+        let mut t = InFlight::default();
+        assert!(t.none_on_engine(), "nothing out");
+        let direct = t.send(acquire(100), at(0), 10 * MS);
+        assert!(
+            !t.none_on_engine(),
+            "sent: the engine's until told otherwise"
+        );
+        t.went_direct(direct, 7);
+        assert!(t.none_on_engine());
+        let retry = t.send(acquire(100), at(1), 10 * MS);
+        t.went_unordered(retry);
+        assert!(
+            t.none_on_engine(),
+            "a retry written later by a task of its own"
+        );
+        let check = t.send(acquire(100), at(2), 10 * MS);
+        assert!(!t.none_on_engine());
+        // Overdue, it may still answer on that connection.
+        assert_eq!(t.expire(at(2) + 11 * MS).len(), 3);
+        assert!(!t.none_on_engine(), "overdue on the engine's connection");
+        t.answer(check).unwrap();
+        assert!(t.none_on_engine());
     }
 
     #[test]

@@ -1010,6 +1010,17 @@ impl LockCore {
         self.cmds.went_unordered(cmd);
     }
 
+    /// True if none of this lock's commands is out on the engine's
+    /// connection. A hand-over's message read on another connection (a
+    /// caller's, `listen`) is then in the order the engine's would be: the
+    /// engine's connection carries the message behind the replies of the
+    /// commands the server ran before it, and there are none of this lock's
+    /// to come. What the other connections carry is in no known order with
+    /// the message either way (`take_key`).
+    pub(crate) fn engine_quiet(&self) -> bool {
+        self.cmds.none_on_engine()
+    }
+
     /// The token of the attempt or grant in progress, for observers (the
     /// simulator checks that keys are written only under a live token;
     /// `inspect` tells this locker's keys from others').

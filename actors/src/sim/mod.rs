@@ -459,6 +459,7 @@ fn sim_schedules() {
     let chained = AtomicU64::new(0);
     let behind = AtomicU64::new(0);
     let handed = AtomicU64::new(0);
+    let handed_here = AtomicU64::new(0);
     let passed_over = AtomicU64::new(0);
     let to_nobody = AtomicU64::new(0);
     let fenced = AtomicU64::new(0);
@@ -470,7 +471,7 @@ fn sim_schedules() {
                 (&failed, &first, &steps, &grants, &excused);
             let (direct, chained, behind, handed) = (&direct, &chained, &behind, &handed);
             let (passed_over, to_nobody, fenced) = (&passed_over, &to_nobody, &fenced);
-            let engine_direct = &engine_direct;
+            let (engine_direct, handed_here) = (&engine_direct, &handed_here);
             s.spawn(move || {
                 let mut i = t;
                 while i < count && !failed.load(Ordering::Relaxed) {
@@ -485,6 +486,7 @@ fn sim_schedules() {
                             chained.fetch_add(st.chained, Ordering::Relaxed);
                             behind.fetch_add(st.behind, Ordering::Relaxed);
                             handed.fetch_add(st.handed, Ordering::Relaxed);
+                            handed_here.fetch_add(st.handed_here, Ordering::Relaxed);
                             passed_over.fetch_add(st.passed_over, Ordering::Relaxed);
                             to_nobody.fetch_add(st.handed_to_nobody, Ordering::Relaxed);
                             fenced.fetch_add(st.handed_fenced, Ordering::Relaxed);
@@ -508,7 +510,7 @@ fn sim_schedules() {
         report(&k, &e);
     }
     println!(
-        "{count} schedules, {} steps, {} grants, {} excused overlaps, {} commands on direct connections ({} of them retries made on the engine's thread), {} acquisitions right behind their own deletes, {} writes behind acquisitions on their direct connection, {} hand-overs told ({} to a token no longer used, {} with a fencing token), {} claims passed over (nobody listening) in {secs:.1}s ({:.0} schedules/s, {threads} threads)",
+        "{count} schedules, {} steps, {} grants, {} excused overlaps, {} commands on direct connections ({} of them retries made on the engine's thread), {} acquisitions right behind their own deletes, {} writes behind acquisitions on their direct connection, {} hand-overs told ({} to a token no longer used, {} with a fencing token, {} read beside a direct connection), {} claims passed over (nobody listening) in {secs:.1}s ({:.0} schedules/s, {threads} threads)",
         steps.into_inner(),
         grants.into_inner(),
         excused.into_inner(),
@@ -519,6 +521,7 @@ fn sim_schedules() {
         handed.into_inner(),
         to_nobody.into_inner(),
         fenced.into_inner(),
+        handed_here.into_inner(),
         passed_over.into_inner(),
         count as f64 / secs
     );
@@ -560,6 +563,33 @@ fn sim_direct_connections() {
 }
 
 /// Runs that failed once, kept as regression tests: each must now pass.
+/// Hand-over messages read beside the direct connections too (`listen`):
+/// both copies are taken, each first in some runs, and every invariant
+/// still holds.
+#[test]
+fn sim_handover_read_beside_direct_connections() {
+    let (mut handed, mut here) = (0, 0);
+    for i in 0..300 {
+        let mut k = Knobs::from_seed(seed_of(0x11_57e0, i));
+        k.apply("direct=1,claims=1");
+        match run_one(&k, false).0 {
+            Ok(st) => {
+                handed += st.handed;
+                here += st.handed_here;
+            }
+            Err(e) => report(&k, &e),
+        }
+    }
+    assert!(
+        here > 0,
+        "no hand-over was taken as read beside a direct connection"
+    );
+    assert!(
+        handed > here,
+        "no hand-over was taken from the engine's connection"
+    );
+}
+
 #[test]
 fn sim_regressions() {
     let cases = [

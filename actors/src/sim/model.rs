@@ -130,6 +130,9 @@ pub(super) struct Node {
     /// channel stands (the server has not seen that connection close). A
     /// release passes over the claims of a process nobody hears for.
     listening: Vec<bool>,
+    /// Per process: the subscription beside its direct connection
+    /// (`listen`) stands. Either one makes a release hand the key over.
+    beside: Vec<bool>,
     /// Claims a release passed over, their process not listening.
     pub(super) passed_over: u64,
     version: u64,
@@ -166,6 +169,7 @@ impl Node {
             claims: vec![Vec::new(); slots],
             handover,
             listening: vec![true; procs],
+            beside: vec![false; procs],
             passed_over: 0,
             version: 0,
             noloop,
@@ -580,7 +584,7 @@ impl Node {
                 self.fences[name] += 1;
                 fence = Some(self.fences[name]);
             }
-            if !self.listening[c.proc] {
+            if !self.listening[c.proc] && !self.beside[c.proc] {
                 self.passed_over += 1;
                 continue;
             }
@@ -608,6 +612,12 @@ impl Node {
     /// it takes commands).
     pub(super) fn listen(&mut self, proc: usize, on: bool) {
         self.listening[proc] = on;
+    }
+
+    /// Process `proc`'s direct connection opened (`true`: with it, the
+    /// subscription beside it, `listen`) or closed (`false`).
+    pub(super) fn listen_beside(&mut self, proc: usize, on: bool) {
+        self.beside[proc] = on;
     }
 
     /// A third party deletes `slot` (outside the model).

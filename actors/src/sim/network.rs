@@ -174,6 +174,20 @@ pub(super) enum Ev {
         cmd: CmdId,
         fence: Option<u64>,
     },
+    /// The same message, read on the connection beside process `proc`'s
+    /// direct connection of `epoch` to `node` (`listen`): in no order with
+    /// anything else, taken only while none of the core's commands is out
+    /// on the engine's connection, and only if the engine's copy was not
+    /// taken first.
+    HandedHere {
+        proc: usize,
+        node: usize,
+        epoch: u32,
+        slot: usize,
+        token: crate::scripts::Token,
+        cmd: CmdId,
+        fence: Option<u64>,
+    },
     /// A command failed at once (its connection was closed).
     Failed {
         to: Dest,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::core::{
-    Config, Draws, Effect, Event, Fair, Fencing, Handover, HolderStatus, Life, LockCore, Op,
+    CmdId, Config, Draws, Effect, Event, Fair, Fencing, Handover, HolderStatus, Life, LockCore, Op,
     Outcome, Refusal, RequestKind, Route, Target, Terms, Time,
 };
 
@@ -87,6 +87,9 @@ pub(super) struct Stats {
     /// Of those, the ones that carried the fencing counter the release
     /// moved.
     pub(super) handed_fenced: u64,
+    /// Of those, the ones taken as read beside a direct connection
+    /// (`listen`), before the engine's copy.
+    pub(super) handed_here: u64,
     /// Claims passed over by releases, their process not listening (filled
     /// in at the end of a run).
     pub(super) passed_over: u64,
@@ -128,6 +131,10 @@ pub(super) struct World {
     pub(super) stalls: Vec<(u64, u64)>,
     /// Every stall so far, of any node (start, end).
     stalled_spans: Vec<(u64, u64)>,
+    /// The hand-over messages taken, by process, core and copy's content:
+    /// each comes twice with `listen` (`Shared::first_handed`).
+    handed_seen:
+        std::collections::HashSet<(usize, usize, u32, CmdId, crate::scripts::Token, usize)>,
 }
 
 /// Keeps the trace short: the last lines are what explain a failure.
@@ -242,6 +249,7 @@ impl World {
             stage: RunStage::Main,
             trace: trace.then(VecDeque::new),
             stats,
+            handed_seen: Default::default(),
             restarted: false,
             data_lost: false,
             deadline: u64::MAX,
@@ -446,7 +454,7 @@ impl World {
                 cmd,
                 fence,
             } => match self.pushed_to(proc, node, epoch, slot) {
-                Some((to, key)) => {
+                Some((to, key)) if self.first_handed(to, cmd, &token, key) => {
                     self.stats.handed += 1;
                     let core = &self.procs[to.proc].cores[to.name].core;
                     if core.live_token() != Some(&token) {
@@ -465,8 +473,42 @@ impl World {
                         },
                     )
                 }
-                None => Ok(()),
+                _ => Ok(()),
             },
+            Ev::HandedHere {
+                proc,
+                node,
+                epoch,
+                slot,
+                token,
+                cmd,
+                fence,
+            } => {
+                let d = &self.directs[proc][node];
+                if d.epoch != epoch || d.link != Link::Up {
+                    return Ok(());
+                }
+                let total = self.cfg.total;
+                let (name, key) = (slot / total, slot % total);
+                let to = Dest {
+                    proc,
+                    name,
+                    inc: self.procs[proc].cores[name].inc,
+                };
+                let quiet = self.procs[proc].cores[name].core.engine_quiet();
+                if !quiet || !self.first_handed(to, cmd, &token, key) {
+                    return Ok(());
+                }
+                self.stats.handed += 1;
+                self.stats.handed_here += 1;
+                let event = Event::Handed {
+                    key,
+                    token,
+                    cmd,
+                    fence,
+                };
+                self.deliver(to, event)
+            }
             Ev::Local { proc, event } => {
                 for name in 0..self.k.names {
                     self.log(|| format!("p{proc} name{name} {event:?}"));
@@ -546,6 +588,21 @@ impl World {
         self.q.push(self.now + d, make(epoch));
     }
 
+    /// True the first time core `to` is handed key `key` under `token` for
+    /// the claim `cmd`, as `Shared::first_handed` tells the engine. Now and
+    /// then a copy counts as new again, as one that came later than the
+    /// locker remembers does: the core must take it as a key handed again.
+    fn first_handed(
+        &mut self,
+        to: Dest,
+        cmd: CmdId,
+        token: &crate::scripts::Token,
+        key: usize,
+    ) -> bool {
+        let id = (to.proc, to.name, to.inc, cmd, token.clone(), key);
+        self.handed_seen.insert(id) || self.net.chance(3)
+    }
+
     /// Where a message that `node` pushed about `slot` on process `proc`'s
     /// engine connection of `epoch` goes (the core of its name, and the
     /// key): nowhere if that connection broke since, as with the server.
@@ -575,7 +632,9 @@ impl World {
     fn stalled(&self, ev: &Ev) -> Option<u64> {
         let (node, proc) = match ev {
             Ev::Exec { node, to, .. } => (*node, to.proc),
-            Ev::Inval { node, proc, .. } | Ev::Handed { node, proc, .. } => (*node, *proc),
+            Ev::Inval { node, proc, .. }
+            | Ev::Handed { node, proc, .. }
+            | Ev::HandedHere { node, proc, .. } => (*node, *proc),
             _ => return None,
         };
         let (_, until) = self.stalls[node];
@@ -685,10 +744,26 @@ impl World {
                 node,
                 epoch,
                 slot: h.slot,
-                token,
+                token: token.clone(),
                 cmd: h.cmd,
                 fence: h.fence,
             });
+            // And beside the process's direct connection, if one is open
+            // (`listen`), in no order with the engine's copy.
+            let d = &self.directs[h.proc][node];
+            if d.link == Link::Up {
+                let (epoch, delay) = (d.epoch, d.delay(&mut self.net, self.k.max_delay_ms * MS));
+                let ev = Ev::HandedHere {
+                    proc: h.proc,
+                    node,
+                    epoch,
+                    slot: h.slot,
+                    token,
+                    cmd: h.cmd,
+                    fence: h.fence,
+                };
+                self.q.push(self.now + delay, ev);
+            }
         }
         for (slot, version, at) in out.expiries {
             self.q.push(
@@ -916,6 +991,7 @@ impl World {
             d.epoch += 1;
             d.redirect = epoch;
             d.slow = 0;
+            self.nodes[node].listen_beside(proc, true);
             self.log(|| format!("p{proc}-node{node} direct connection open"));
         }
     }
@@ -933,6 +1009,7 @@ impl World {
         d.link = Link::Down;
         let pending = std::mem::take(&mut d.pending);
         self.nodes[node].untrack(tracker);
+        self.nodes[node].listen_beside(proc, false);
         self.fail_pending(proc, node, Lane::Direct, pending);
         let at = self.now + self.net.range(10_000, MS);
         let event = Event::Recheck { node: Some(node) };
