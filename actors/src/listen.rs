@@ -53,9 +53,16 @@ pub(crate) async fn listen(shared: &Arc<Shared>, node: usize) {
     let Some(channel) = shared.settings.handover.as_deref() else {
         return;
     };
-    match run(shared, node, channel).await {
-        Ok(()) => tracing::debug!(node, "hand-over connection closed by the server"),
-        Err(why) => tracing::debug!(node, error = %why, "hand-over connection ended"),
+    let result = run(shared, node, channel).await;
+    let node = shared
+        .settings
+        .nodes
+        .get(node)
+        .map(|n| n.display())
+        .unwrap_or_default();
+    match result {
+        Ok(()) => tracing::debug!(%node, "hand-over connection closed by the server"),
+        Err(why) => tracing::debug!(%node, error = %why, "hand-over connection ended"),
     }
 }
 

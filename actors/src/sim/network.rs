@@ -161,28 +161,19 @@ pub(super) enum Ev {
         epoch: u32,
         slot: usize,
     },
-    /// A hand-over's message reaches process `proc` from `node`, on the
-    /// connection its subscription is on: key `slot` is `token`'s under the
-    /// claim `cmd` left, with the fencing counter `fence` the release
-    /// moved, if it did.
+    /// A hand-over's message reaches process `proc` from `node`: key `slot`
+    /// is `token`'s under the claim `cmd` left, with the fencing counter
+    /// `fence` the release moved, if it did. On the engine's connection of
+    /// `epoch`, where its subscription is, or (`beside`) on the connection
+    /// beside its direct connection of `epoch` (`listen`): that copy is in
+    /// no order with anything else, and is taken only while none of the
+    /// core's commands is out on the engine's connection. Either is taken
+    /// only if the other was not taken first.
     Handed {
         proc: usize,
         node: usize,
         epoch: u32,
-        slot: usize,
-        token: crate::scripts::Token,
-        cmd: CmdId,
-        fence: Option<u64>,
-    },
-    /// The same message, read on the connection beside process `proc`'s
-    /// direct connection of `epoch` to `node` (`listen`): in no order with
-    /// anything else, taken only while none of the core's commands is out
-    /// on the engine's connection, and only if the engine's copy was not
-    /// taken first.
-    HandedHere {
-        proc: usize,
-        node: usize,
-        epoch: u32,
+        beside: bool,
         slot: usize,
         token: crate::scripts::Token,
         cmd: CmdId,

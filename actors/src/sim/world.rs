@@ -441,7 +441,7 @@ impl World {
                 node,
                 epoch,
                 slot,
-            } => match self.pushed_to(proc, node, epoch, slot) {
+            } => match self.pushed_to(proc, node, (epoch, false), slot) {
                 Some((to, key)) => self.deliver(to, Event::Invalidated { key }),
                 None => Ok(()),
             },
@@ -449,58 +449,33 @@ impl World {
                 proc,
                 node,
                 epoch,
-                slot,
-                token,
-                cmd,
-                fence,
-            } => match self.pushed_to(proc, node, epoch, slot) {
-                Some((to, key)) if self.first_handed(to, cmd, &token, key) => {
-                    self.stats.handed += 1;
-                    let core = &self.procs[to.proc].cores[to.name].core;
-                    if core.live_token() != Some(&token) {
-                        self.stats.handed_to_nobody += 1;
-                    }
-                    if fence.is_some() {
-                        self.stats.handed_fenced += 1;
-                    }
-                    self.deliver(
-                        to,
-                        Event::Handed {
-                            key,
-                            token,
-                            cmd,
-                            fence,
-                        },
-                    )
-                }
-                _ => Ok(()),
-            },
-            Ev::HandedHere {
-                proc,
-                node,
-                epoch,
+                beside,
                 slot,
                 token,
                 cmd,
                 fence,
             } => {
-                let d = &self.directs[proc][node];
-                if d.epoch != epoch || d.link != Link::Up {
+                let Some((to, key)) = self.pushed_to(proc, node, (epoch, beside), slot) else {
+                    return Ok(());
+                };
+                let core = &self.procs[to.proc].cores[to.name].core;
+                if beside && !core.engine_quiet() {
                     return Ok(());
                 }
-                let total = self.cfg.total;
-                let (name, key) = (slot / total, slot % total);
-                let to = Dest {
-                    proc,
-                    name,
-                    inc: self.procs[proc].cores[name].inc,
-                };
-                let quiet = self.procs[proc].cores[name].core.engine_quiet();
-                if !quiet || !self.first_handed(to, cmd, &token, key) {
+                if !self.first_handed(to, cmd, &token, key) {
                     return Ok(());
                 }
                 self.stats.handed += 1;
-                self.stats.handed_here += 1;
+                let core = &self.procs[to.proc].cores[to.name].core;
+                if core.live_token() != Some(&token) {
+                    self.stats.handed_to_nobody += 1;
+                }
+                if fence.is_some() {
+                    self.stats.handed_fenced += 1;
+                }
+                if beside {
+                    self.stats.handed_here += 1;
+                }
                 let event = Event::Handed {
                     key,
                     token,
@@ -604,16 +579,21 @@ impl World {
     }
 
     /// Where a message that `node` pushed about `slot` on process `proc`'s
-    /// engine connection of `epoch` goes (the core of its name, and the
-    /// key): nowhere if that connection broke since, as with the server.
+    /// engine connection of `epoch`, or the connection beside its direct
+    /// connection of `epoch` (`beside`, see `listen`), goes (the core of its
+    /// name, and the key): nowhere if that connection broke since, as with
+    /// the server.
     fn pushed_to(
         &self,
         proc: usize,
         node: usize,
-        epoch: u32,
+        (epoch, beside): (u32, bool),
         slot: usize,
     ) -> Option<(Dest, usize)> {
-        let c = &self.conns[proc][node];
+        let c = match beside {
+            true => &self.directs[proc][node],
+            false => &self.conns[proc][node],
+        };
         if c.epoch != epoch || c.link != Link::Up {
             return None;
         }
@@ -632,9 +612,7 @@ impl World {
     fn stalled(&self, ev: &Ev) -> Option<u64> {
         let (node, proc) = match ev {
             Ev::Exec { node, to, .. } => (*node, to.proc),
-            Ev::Inval { node, proc, .. }
-            | Ev::Handed { node, proc, .. }
-            | Ev::HandedHere { node, proc, .. } => (*node, *proc),
+            Ev::Inval { node, proc, .. } | Ev::Handed { node, proc, .. } => (*node, *proc),
             _ => return None,
         };
         let (_, until) = self.stalls[node];
@@ -743,6 +721,7 @@ impl World {
                 proc: h.proc,
                 node,
                 epoch,
+                beside: false,
                 slot: h.slot,
                 token: token.clone(),
                 cmd: h.cmd,
@@ -753,10 +732,11 @@ impl World {
             let d = &self.directs[h.proc][node];
             if d.link == Link::Up {
                 let (epoch, delay) = (d.epoch, d.delay(&mut self.net, self.k.max_delay_ms * MS));
-                let ev = Ev::HandedHere {
+                let ev = Ev::Handed {
                     proc: h.proc,
                     node,
                     epoch,
+                    beside: true,
                     slot: h.slot,
                     token,
                     cmd: h.cmd,
