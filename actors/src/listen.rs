@@ -31,21 +31,12 @@
 
 use std::sync::Arc;
 
-use std::io::ErrorKind;
-
 use fred::types::Value;
-use tokio::net::TcpStream;
 
 use crate::context::Shared;
 use crate::node;
-use crate::resp::{self, Frame};
-
-/// The most bytes read and not yet a whole message: a hand-over's message is
-/// under two hundred bytes.
-const MAX_BUFFERED: usize = 1 << 20;
-
-/// How much room each read asks for.
-const READ_CHUNK: usize = 4096;
+use crate::resp::Frame;
+use crate::wire::Wire;
 
 /// Reads node `node`'s hand-over messages until the connection ends; logs
 /// why it ended. Nothing if hand-over is off.
@@ -53,76 +44,45 @@ pub(crate) async fn listen(shared: &Arc<Shared>, node: usize) {
     let Some(channel) = shared.settings.handover.as_deref() else {
         return;
     };
-    let result = run(shared, node, channel).await;
+    let why = run(shared, node, channel).await;
     let node = shared
         .settings
         .nodes
         .get(node)
         .map(|n| n.display())
         .unwrap_or_default();
-    match result {
-        Ok(()) => tracing::debug!(%node, "hand-over connection closed by the server"),
-        Err(why) => tracing::debug!(%node, error = %why, "hand-over connection ended"),
-    }
+    tracing::debug!(%node, error = %why, "hand-over connection ended");
 }
 
-async fn run(shared: &Arc<Shared>, node: usize, channel: &str) -> Result<(), String> {
-    let addr = shared.settings.nodes.get(node).ok_or("no such node")?;
-    let (host, port) = addr.hosts.first().ok_or("no host")?;
-    let connect = TcpStream::connect((host.as_str(), *port));
-    let stream = tokio::time::timeout(shared.settings.connect_timeout, connect)
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    if let Some(password) = &addr.password {
-        let mut args: Vec<&[u8]> = vec![b"AUTH"];
-        if let Some(user) = &addr.username {
-            args.push(user.as_bytes());
-        }
-        args.push(password.as_bytes());
-        resp::encode(&mut out, args.into_iter());
-    }
-    resp::encode(
-        &mut out,
-        [&b"SUBSCRIBE"[..], channel.as_bytes()].into_iter(),
-    );
-    let mut written = 0;
-    while written < out.len() {
-        stream.writable().await.map_err(|e| e.to_string())?;
-        match stream.try_write(&out[written..]) {
-            Ok(n) => written += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    let mut input = Vec::with_capacity(READ_CHUNK);
+/// Connects as a direct connection does (the credentials, the database),
+/// subscribes, and offers each message to its lock; why it ended.
+async fn run(shared: &Arc<Shared>, node: usize, channel: &str) -> String {
+    let Some(addr) = shared.settings.nodes.get(node) else {
+        return "no such node".into();
+    };
+    let s = &shared.settings;
+    let wire =
+        match tokio::time::timeout(s.connect_timeout, Wire::connect(addr, s.timeout, None)).await {
+            Ok(Ok(wire)) => wire,
+            Ok(Err(e)) => return e.to_string(),
+            Err(_) => return "connect timed out".into(),
+        };
+    let mut subscription = match wire.subscribe(&[b"SUBSCRIBE", channel.as_bytes()]) {
+        Ok(subscription) => subscription,
+        Err(e) => return e.to_string(),
+    };
+    let mut frames = Vec::new();
     loop {
-        let mut at = 0;
-        while let Some((frame, used)) = resp::parse(&input[at..]).map_err(|m| m.0.to_string())? {
-            at += used;
+        if let Err(e) = subscription.next(&mut frames).await {
+            return e.to_string();
+        }
+        for frame in frames.drain(..) {
             match frame {
                 Frame::Reply(Ok(Value::Array(parts))) => take(shared, channel, &parts),
-                Frame::Reply(Err(e)) => return Err(e.to_string()),
-                // `AUTH`'s `OK`, and anything else that is no message.
+                Frame::Reply(Err(e)) => return e.to_string(),
+                // Anything else that is no message.
                 _ => {}
             }
-        }
-        input.drain(..at);
-        if input.len() > MAX_BUFFERED {
-            return Err("a message longer than any hand-over's".into());
-        }
-        stream.readable().await.map_err(|e| e.to_string())?;
-        let len = input.len();
-        input.resize(len + READ_CHUNK, 0);
-        let read = stream.try_read(&mut input[len..]);
-        input.truncate(len + *read.as_ref().unwrap_or(&0));
-        match read {
-            Ok(0) => return Ok(()),
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e.to_string()),
         }
     }
 }

@@ -176,6 +176,24 @@ impl Wire {
         Ok(wire)
     }
 
+    /// Gives the connection over to a subscription (`listen`): `command`
+    /// (a `SUBSCRIBE`) is written, and from then on every frame the server
+    /// sends is read as it comes, none of them a reply to a caller's
+    /// command. For a connection no caller has used since `connect`.
+    pub(crate) fn subscribe(self, command: &[&[u8]]) -> Result<Subscription, Error> {
+        let state = self
+            .state
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match state.link {
+            Link::Open(mut socket) => {
+                resp::encode(&mut socket.out, command.iter().copied());
+                Ok(Subscription(socket))
+            }
+            Link::Ended(e) => Err(e),
+        }
+    }
+
     /// Sends one command and waits for its reply, for the locker's
     /// `timeout` at most: past it the command fails with a timeout, and its
     /// reply is dropped when it comes.
@@ -423,6 +441,25 @@ impl Socket {
         };
         self.input.drain(..at);
         result
+    }
+}
+
+/// A connection given over to a subscription ([`Wire::subscribe`]), read by
+/// one task.
+#[derive(Debug)]
+pub(crate) struct Subscription(Socket);
+
+impl Subscription {
+    /// Waits for the server's next frames and appends them to `frames`;
+    /// why the connection ended, if it did (closed, failed, bytes that are
+    /// no frame).
+    pub(crate) async fn next(&mut self, frames: &mut Vec<Frame>) -> Result<(), Error> {
+        std::future::poll_fn(|cx| match self.0.pump(cx, frames) {
+            Some(e) => Poll::Ready(Err(e)),
+            None if frames.is_empty() => Poll::Pending,
+            None => Poll::Ready(Ok(())),
+        })
+        .await
     }
 }
 
