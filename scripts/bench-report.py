@@ -1028,8 +1028,13 @@ def cmd_check(args):
     for m in REGION.finditer(text):
         known += m.group(3)
     known_nums = {n.replace(",", "") for n in NUM.findall(known)}
-    prose = REGION.sub("", text)
-    prose = re.sub(r"```.*?```", "", prose, flags=re.S)
+    # Blank out the regions and code blocks line for line, so that the line
+    # numbers printed are the document's own.
+    def blank(m):
+        return "\n" * m.group(0).count("\n")
+
+    prose = REGION.sub(blank, text)
+    prose = re.sub(r"```.*?```", blank, prose, flags=re.S)
     for lineno, line in enumerate(prose.splitlines(), 1):
         for n in NUM.findall(line):
             if n.replace(",", "") not in known_nums and len(n.replace(",", "")) > 1:
