@@ -430,6 +430,20 @@ fn report(k: &Knobs, err: &str) -> ! {
     );
 }
 
+/// Runs 300 schedules from `base` with `knobs` applied, and hands each
+/// one's statistics to `take`; a run that breaks an invariant is reported
+/// (shrunk, with its trace) and fails the test.
+fn each_run(base: u64, knobs: &str, mut take: impl FnMut(&world::Stats)) {
+    for i in 0..300 {
+        let mut k = Knobs::from_seed(seed_of(base, i));
+        k.apply(knobs);
+        match run_one(&k, false).0 {
+            Ok(st) => take(&st),
+            Err(e) => report(&k, &e),
+        }
+    }
+}
+
 #[test]
 fn sim_schedules() {
     if let Some(seed) = env_u64("SIM_SEED") {
@@ -534,19 +548,12 @@ fn sim_schedules() {
 #[test]
 fn sim_direct_connections() {
     let (mut sent, mut chained, mut behind, mut retries) = (0, 0, 0, 0);
-    for i in 0..300 {
-        let mut k = Knobs::from_seed(seed_of(0xd1ec_7000, i));
-        k.apply("direct=1");
-        match run_one(&k, false).0 {
-            Ok(st) => {
-                sent += st.direct;
-                chained += st.chained;
-                behind += st.behind;
-                retries += st.engine_direct;
-            }
-            Err(e) => report(&k, &e),
-        }
-    }
+    each_run(0xd1ec_7000, "direct=1", |st| {
+        sent += st.direct;
+        chained += st.chained;
+        behind += st.behind;
+        retries += st.engine_direct;
+    });
     assert!(sent > 0, "no command took a direct connection");
     assert!(
         retries > 0,
@@ -562,24 +569,16 @@ fn sim_direct_connections() {
     );
 }
 
-/// Runs that failed once, kept as regression tests: each must now pass.
 /// Hand-over messages read beside the direct connections too (`listen`):
 /// both copies are taken, each first in some runs, and every invariant
 /// still holds.
 #[test]
 fn sim_handover_read_beside_direct_connections() {
     let (mut handed, mut here) = (0, 0);
-    for i in 0..300 {
-        let mut k = Knobs::from_seed(seed_of(0x11_57e0, i));
-        k.apply("direct=1,claims=1");
-        match run_one(&k, false).0 {
-            Ok(st) => {
-                handed += st.handed;
-                here += st.handed_here;
-            }
-            Err(e) => report(&k, &e),
-        }
-    }
+    each_run(0x11_57e0, "direct=1,claims=1", |st| {
+        handed += st.handed;
+        here += st.handed_here;
+    });
     assert!(
         here > 0,
         "no hand-over was taken as read beside a direct connection"
@@ -590,6 +589,7 @@ fn sim_handover_read_beside_direct_connections() {
     );
 }
 
+/// Runs that failed once, kept as regression tests: each must now pass.
 #[test]
 fn sim_regressions() {
     let cases = [
