@@ -748,7 +748,8 @@ async fn key_state(a: &mut RawConn, key: &str) -> (Option<String>, Option<i64>) 
 }
 
 /// A client without the token cannot extend or release a lock: every script
-/// call a locker made (acquire, extend, release, whatever their layout),
+/// call a locker made (acquire, extend, release, whatever their layout) and
+/// every plain `SET NX` (a free key's acquisition on a direct connection),
 /// captured on the wire, is replayed by another client against a held lock
 /// with the token replaced by a wrong one; the keys stay exactly as they
 /// were and the holder notices nothing.
@@ -806,7 +807,10 @@ fn wrong_token_cannot_extend_or_release() {
         };
         let mut replayed = 0;
         let mut kinds = std::collections::BTreeSet::new();
-        for c in commands.iter().filter(|c| command_name(c) == "EVALSHA") {
+        // Script calls, and the free keys' plain `SET NX` of a direct
+        // connection.
+        let replayable = |c: &&Vec<String>| matches!(command_name(c).as_str(), "EVALSHA" | "SET");
+        for c in commands.iter().filter(replayable) {
             let Some(real) = c.iter().find(|a| is_token(a)).cloned() else {
                 continue;
             };
@@ -827,10 +831,13 @@ fn wrong_token_cannot_extend_or_release() {
                 let r = admin
                     .cmd_bytes(&refs, Duration::from_secs(5))
                     .await
-                    .expect("EVALSHA");
+                    .expect("a replay");
                 assert!(!r.is_error(), "replay failed: {r:?} for {args:?}");
                 replayed += 1;
-                kinds.insert(c[1].clone());
+                kinds.insert(match command_name(c).as_str() {
+                    "SET" => "SET".to_owned(),
+                    _ => c[1].clone(),
+                });
                 for (k, b) in held_keys.iter().zip(&before) {
                     assert_eq!(
                         &key_state(&mut admin, k).await,

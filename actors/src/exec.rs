@@ -26,6 +26,21 @@ pub(crate) trait Exec: Sync {
 
     /// `GET key`.
     fn get_key(&self, key: &str) -> impl Future<Output = Result<Value, Error>> + Send;
+
+    /// The acquisition of a free key as plain commands written together,
+    /// where the connection writes several commands at once: `SET key token
+    /// NX <expiry> ttl`, the `GET` that arms tracking, and `EXISTS` of the
+    /// key's fair queue (`{key}:q`); their three replies, which
+    /// `scripts::read_free_acquire` reads. `None` where the connection
+    /// writes and flushes each command on its own (fred's client): there
+    /// one script call is the cheaper write.
+    fn acquire_free(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        expiry: &[u8],
+        ttl: i64,
+    ) -> impl Future<Output = Option<Result<[Result<Value, Error>; 3], Error>>> + Send;
 }
 
 impl Exec for Client {
@@ -44,5 +59,15 @@ impl Exec for Client {
 
     fn get_key(&self, key: &str) -> impl Future<Output = Result<Value, Error>> + Send {
         KeysInterface::get(self, key)
+    }
+
+    fn acquire_free(
+        &self,
+        _: &[u8],
+        _: &[u8],
+        _: &[u8],
+        _: i64,
+    ) -> impl Future<Output = Option<Result<[Result<Value, Error>; 3], Error>>> + Send {
+        std::future::ready(None)
     }
 }

@@ -54,7 +54,7 @@ use crate::msg::{
 use crate::scripts::{
     parse_acquire, parse_acquire_one, parse_fence, parse_fence_write, parse_inspect,
     parse_key_state, parse_log, parse_queued, parse_released, parse_released_many,
-    parse_verified_many, Look, SetMode, Token,
+    parse_verified_many, queued_reply, read_free_acquire, FreeAcquired, Look, SetMode, Token,
 };
 
 pub(crate) struct NodeActor;
@@ -1759,7 +1759,9 @@ async fn run(
     }
 }
 
-/// `ACQUIRE_LUA` on one key (and the fencing counter).
+/// `ACQUIRE_LUA` on one key (and the fencing counter); a plain `NX` without
+/// one goes as plain commands first where the connection can
+/// (`free_acquire`).
 async fn plain_acquire(
     client: &impl Exec,
     shared: &Shared,
@@ -1771,6 +1773,16 @@ async fn plain_acquire(
 ) -> Result<Value, fred::error::Error> {
     let s = &shared.settings;
     let mode = expiry_mode(s);
+    // Read from the clock once: the script, if it must run after the plain
+    // commands, sets the expiry they would have set.
+    let ttl = ttl_value(s, ttl);
+    let plain = matches!(&set, Value::String(m) if m.as_bytes() == b"NX");
+    if plain && fence_key.is_none() {
+        let free = free_acquire(client, &shared.scripts.release, key, token, &mode, &ttl);
+        if let Some(reply) = free.await {
+            return reply;
+        }
+    }
     evalsha(client, &shared.scripts.acquire, || {
         let mut keys = Vec::with_capacity(2);
         keys.push(key.wire());
@@ -1778,7 +1790,7 @@ async fn plain_acquire(
             keys.push(f.wire());
         }
         let args = vec![
-            ttl_value(s, ttl),
+            ttl.clone(),
             mode.clone(),
             Value::from_static_str(if fence_key.is_some() { "1" } else { "0" }),
             token.value(),
@@ -1787,6 +1799,52 @@ async fn plain_acquire(
         (keys, args)
     })
     .await
+}
+
+/// A plain `NX` acquisition of `key` as plain commands written together
+/// (`Exec::acquire_free`), where the connection can, read as the acquire
+/// script's reply (`scripts::FreeAcquired`): `None` where the connection
+/// cannot, for a key with braces of its own (the script does not look for
+/// its queue), or when the replies leave it to the script. A key taken
+/// while waiters queue for it is given back first, by `release`'s
+/// compare-and-delete on the same connection; if that fails, so does the
+/// acquisition (its outcome unknown, as with any command that failed).
+async fn free_acquire(
+    client: &impl Exec,
+    release: &Script,
+    key: &KeyName,
+    token: &Token,
+    expiry: &Value,
+    ttl: &Value,
+) -> Option<Result<Value, fred::error::Error>> {
+    let (Value::String(expiry), Value::Integer(ttl)) = (expiry, ttl) else {
+        return None;
+    };
+    if key.contains(['{', '}']) {
+        return None;
+    }
+    let token_bytes = token.as_str().as_bytes();
+    let replies = match client
+        .acquire_free(key.as_bytes(), token_bytes, expiry.as_bytes(), *ttl)
+        .await?
+    {
+        Ok(replies) => replies,
+        Err(e) => return Some(Err(e)),
+    };
+    match read_free_acquire(&replies, token_bytes) {
+        FreeAcquired::Reply(reply) => Some(Ok(reply)),
+        FreeAcquired::Script => None,
+        FreeAcquired::GiveBack => {
+            let given = evalsha(client, release, || (vec![key.wire()], vec![token.value()])).await;
+            debug!(
+                key = &**key,
+                token = token.short(),
+                given_back = given.is_ok(),
+                "taken while waiters queue for it"
+            );
+            Some(given.map(|_| queued_reply()))
+        }
+    }
 }
 
 /// The acquire script's mode for a key: `NX`, `FORCE` or `XX`, or, for an
@@ -2072,6 +2130,169 @@ mod tests {
         let tab = format!("42 {}\tx k", &token.as_str()[..50]);
         assert!(parse_handover(tab.as_bytes()).is_none(), "{tab:?}");
         assert!(parse_handover(&[0xff, b' ', 0xfe, b' ', b'k']).is_none());
+    }
+
+    /// A plain `NX` acquisition sent as plain commands on a direct
+    /// connection (`free_acquire`) answers as the acquire script does, and
+    /// leaves the same key, for every outcome, each set up alike on an empty
+    /// server: free (with an expiry ahead or already past), another owner's,
+    /// ours already, queued for (free: taken and given back; another
+    /// owner's; free with an expiry already past), a hash (`WRONGTYPE`),
+    /// writes refused under `maxmemory` (the key free, or another owner's),
+    /// and a key with braces of its own. The cases the plain commands
+    /// answer are checked to be answered there, not left to the script.
+    #[tokio::test]
+    async fn a_free_acquisition_in_plain_commands_answers_as_the_script() {
+        use fred::interfaces::ClientLike;
+        use fred::types::CustomCommand;
+        let server = crate::test_server::Server::start();
+        let client = server.client().await;
+        let addr = crate::addr::NodeAddr::parse(&format!("redis://127.0.0.1:{}", server.port))
+            .expect("a node URL");
+        let wire = crate::wire::Wire::connect(&addr, Duration::from_secs(5), None)
+            .await
+            .expect("a direct connection");
+        let scripts = crate::scripts::Scripts::new();
+        let token = Token::new(false);
+        let ours = token.as_str().to_owned();
+        let raw = |name: &'static str, args: Vec<String>| {
+            let client = client.clone();
+            async move {
+                let v: Value = client
+                    .custom(CustomCommand::new_static(name, None, false), args)
+                    .await
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                v
+            }
+        };
+        let owned = |args: &[&str]| args.iter().map(|a| a.replace("OURS", &ours)).collect();
+        let unix_ms = |offset: i64| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock after 1970")
+                .as_millis() as i64;
+            now + offset
+        };
+        type Setup = &'static [(&'static str, &'static [&'static str])];
+        // (case, key, expiry, set-up, answered by the plain commands)
+        let cases: [(&str, &str, &str, Setup, bool); 12] = [
+            ("free", "k", "PX", &[], true),
+            ("free, PXAT ahead", "k", "PXAT+", &[], true),
+            ("free, PXAT past", "k", "PXAT-", &[], true),
+            (
+                "another owner's",
+                "k",
+                "PX",
+                &[("SET", &["k", "someone"])],
+                true,
+            ),
+            ("ours already", "k", "PX", &[("SET", &["k", "OURS"])], false),
+            ("queued for", "k", "PX", &[("SET", &["{k}:q", "x"])], true),
+            (
+                "queued for, PXAT past",
+                "k",
+                "PXAT-",
+                &[("SET", &["{k}:q", "x"])],
+                true,
+            ),
+            (
+                "queued for, another owner's",
+                "k",
+                "PX",
+                &[("SET", &["{k}:q", "x"]), ("SET", &["k", "someone"])],
+                true,
+            ),
+            ("a hash", "k", "PX", &[("HSET", &["k", "f", "v"])], false),
+            (
+                "another owner's, writes refused",
+                "k",
+                "PX",
+                &[
+                    ("SET", &["k", "someone"]),
+                    ("CONFIG", &["SET", "maxmemory-policy", "noeviction"]),
+                    ("CONFIG", &["SET", "maxmemory", "1"]),
+                ],
+                false,
+            ),
+            (
+                "write refused",
+                "k",
+                "PX",
+                &[
+                    ("SET", &["filler", "x"]),
+                    ("CONFIG", &["SET", "maxmemory-policy", "noeviction"]),
+                    ("CONFIG", &["SET", "maxmemory", "1"]),
+                ],
+                false,
+            ),
+            (
+                "braces, queue there",
+                "a{b}",
+                "PX",
+                &[("SET", &["{a{b}}:q", "x"])],
+                false,
+            ),
+        ];
+        for (case, key, expiry, setup, answered) in cases {
+            let key = KeyName::new(key);
+            let mut seen = Vec::new();
+            for plain in [false, true] {
+                raw("CONFIG", owned(&["SET", "maxmemory", "0"])).await;
+                raw("FLUSHALL", vec![]).await;
+                for (name, args) in setup {
+                    raw(name, owned(args)).await;
+                }
+                let (ttl, mode) = match expiry {
+                    "PXAT+" => (unix_ms(60_000), "PXAT"),
+                    "PXAT-" => (unix_ms(-1_000), "PXAT"),
+                    _ => (60_000, "PX"),
+                };
+                let (ttl, mode) = (Value::Integer(ttl), Value::from_static_str(mode));
+                let script = || {
+                    let args = vec![
+                        ttl.clone(),
+                        mode.clone(),
+                        Value::from_static_str("0"),
+                        token.value(),
+                        Value::from_static_str("NX"),
+                    ];
+                    (vec![key.wire()], args)
+                };
+                let reply = if plain {
+                    let free =
+                        free_acquire(&wire, &scripts.release, &key, &token, &mode, &ttl).await;
+                    assert_eq!(
+                        free.is_some(),
+                        answered,
+                        "{case}: answered by plain commands"
+                    );
+                    match free {
+                        Some(reply) => reply,
+                        None => evalsha(&wire, &scripts.acquire, script).await,
+                    }
+                } else {
+                    evalsha(&client, &scripts.acquire, script).await
+                };
+                let reply = reply.unwrap_or_else(|e| panic!("{case}: {e}"));
+                let reply = parse_acquire_one(&reply, false);
+                raw("CONFIG", owned(&["SET", "maxmemory", "0"])).await;
+                let kind = raw("TYPE", vec![key.to_string()]).await;
+                let value = match kind.as_str().as_deref() {
+                    Some("string") => raw("GET", vec![key.to_string()]).await,
+                    Some("hash") => raw("HGET", vec![key.to_string(), "f".into()]).await,
+                    _ => Value::Null,
+                };
+                let expires = matches!(
+                    raw("PTTL", vec![key.to_string()]).await,
+                    Value::Integer(ms) if ms > 0
+                );
+                seen.push((reply, kind, value, expires));
+            }
+            assert_eq!(
+                seen[0], seen[1],
+                "{case}: the acquire script (left) against plain commands"
+            );
+        }
     }
 
     /// A batch of releases with hand-over on one instance with fencing

@@ -52,6 +52,15 @@ pub(crate) fn push_bulk(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends one bulk string made of `parts`, one after the other.
+pub(crate) fn push_bulk_parts(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    push_header(out, b'$', parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Appends an integer as a bulk string of its decimal digits.
 pub(crate) fn push_bulk_int(out: &mut Vec<u8>, n: i64) {
     let mut digits = Digits::default();

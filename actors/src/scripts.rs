@@ -98,6 +98,11 @@ use crate::few::InlineBytes;
 /// general steps, which read the key again; a refused `SET NX` (`OOM`) does
 /// too, so that a key another owner holds is reported as theirs rather
 /// than as a failure, as the general steps report it.
+///
+/// On a direct connection of our own (`wire`) that case does not come here
+/// first: its three commands go as plain commands written together, the
+/// write before the queue check, and only what their replies leave open
+/// comes to the script ([`FreeAcquired`]).
 const ACQUIRE_LUA: &str = r#"
 if #KEYS == 1 and ARGV[3] == '0' and ARGV[5] == 'NX' then
   local key, token = KEYS[1], ARGV[4]
@@ -971,6 +976,88 @@ pub(crate) fn parse_acquire_one(value: &Value, fence: bool) -> Option<KeyReply> 
     Some(state)
 }
 
+/// What the plain commands of a free key's acquisition replied, read as
+/// `ACQUIRE_LUA`'s reply for that key (one key, no fencing counter, a plain
+/// `NX`: the case its first lines answer).
+///
+/// Why plain commands: on a connection that writes several commands at
+/// once (a direct connection, `wire`), `SET NX`, the `GET` that arms
+/// tracking and `EXISTS` of the fair queue go out in one write, and the
+/// server runs them for about a third of what a script call costs it
+/// (BENCHMARKS.md, "The acquire script's own cost"). They are not atomic,
+/// so they run in the order that keeps the script's rule that a plain `SET
+/// NX` does not pass queued waiters: the write first, then the queue
+/// check. A queue that exists when the check runs either existed when the
+/// key was written, or came after; either way the key is given back and
+/// the acquisition reported queued for, as the script would report it had
+/// the queue come first. Nobody else could hold the key meanwhile, and
+/// its delete wakes the queue's head through tracking. Whatever the script
+/// tells apart and these replies do not (the key ours already, a write or
+/// a read refused, the key gone between the write and the read) is left
+/// to the script.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum FreeAcquired {
+    /// The script's reply: ours, another owner's value, absent, or queued
+    /// for.
+    Reply(Value),
+    /// Taken while waiters queue for the key: give it back
+    /// (compare-and-delete), then report it queued for ([`queued_reply`]).
+    GiveBack,
+    /// Run the script.
+    Script,
+}
+
+/// `ACQUIRE_LUA`'s reply for a key that is free but queued for: `{{1, 0}}`.
+pub(crate) fn queued_reply() -> Value {
+    Value::Array(vec![Value::Array(vec![
+        Value::Integer(1),
+        Value::Integer(0),
+    ])])
+}
+
+/// Reads the replies of `SET key token NX …`, `GET key` and `EXISTS
+/// {key}:q`, sent together in that order ([`FreeAcquired`]).
+pub(crate) fn read_free_acquire(
+    replies: &[Result<Value, fred::error::Error>; 3],
+    token: &[u8],
+) -> FreeAcquired {
+    fn value(v: &Value) -> Option<&[u8]> {
+        match v {
+            Value::String(s) => Some(s.as_bytes()),
+            Value::Bytes(b) => Some(b),
+            _ => None,
+        }
+    }
+    let one = |v: &Value| FreeAcquired::Reply(Value::Array(vec![v.clone()]));
+    let [set, now, queue] = replies;
+    let queued = match queue {
+        Ok(Value::Integer(0)) => Some(false),
+        Ok(Value::Integer(1)) => Some(true),
+        _ => None,
+    };
+    match (set, now) {
+        // Written: ours, unless a `PXAT` already past dropped it (absent) or
+        // another owner took it once it was gone.
+        (Ok(Value::String(ok)), Ok(now)) if ok.as_bytes() == b"OK" => {
+            let ours = value(now).is_some_and(|v| v == token);
+            let readable = ours || matches!(now, Value::Null) || value(now).is_some();
+            match (queued, ours) {
+                (Some(false), true) => FreeAcquired::Reply(Value::Array(vec![Value::Integer(1)])),
+                (Some(true), true) => FreeAcquired::GiveBack,
+                (Some(false), false) if readable => one(now),
+                (Some(true), false) if readable => FreeAcquired::Reply(queued_reply()),
+                _ => FreeAcquired::Script,
+            }
+        }
+        // Not written: another owner's, whether or not waiters queue.
+        (Ok(Value::Null), Ok(now)) => match value(now) {
+            Some(v) if v != token => one(now),
+            _ => FreeAcquired::Script,
+        },
+        _ => FreeAcquired::Script,
+    }
+}
+
 /// Reads a fencing counter (a `GET` or `FENCE_WRITE_LUA` reply): nil is 0.
 pub(crate) fn parse_fence(value: &Value) -> Option<u64> {
     match value {
@@ -1550,6 +1637,59 @@ mod tests {
             run("future", unix_ms(60_000), "PXAT", SetMode::Xx).await,
             ours
         );
+    }
+
+    /// The replies of a free key's plain commands, read as the script's
+    /// (the real server's replies are compared with the script's in
+    /// `node::tests`): whatever they do not tell apart, or any reply of a
+    /// shape no server sends, is left to the script, never a panic.
+    #[test]
+    fn the_plain_commands_replies_are_read_as_the_scripts() {
+        use fred::error::{Error, ErrorKind};
+        let token = b"T-ours";
+        let ok = || Ok(Value::String("OK".into()));
+        let s = |v: &str| Ok(Value::String(v.into()));
+        let n = |v: i64| Ok(Value::Integer(v));
+        let err = || Err(Error::new(ErrorKind::Unknown, "OOM"));
+        let reply = |v: Value| FreeAcquired::Reply(Value::Array(vec![v]));
+        let ours = reply(Value::Integer(1));
+        let other = reply(Value::String("someone".into()));
+        let cases: Vec<([Result<Value, Error>; 3], FreeAcquired)> = vec![
+            ([ok(), s("T-ours"), n(0)], ours),
+            ([ok(), s("T-ours"), n(1)], FreeAcquired::GiveBack),
+            ([ok(), Ok(Value::Null), n(0)], reply(Value::Null)),
+            (
+                [ok(), Ok(Value::Null), n(1)],
+                FreeAcquired::Reply(queued_reply()),
+            ),
+            ([ok(), s("someone"), n(0)], other.clone()),
+            (
+                [ok(), s("someone"), n(1)],
+                FreeAcquired::Reply(queued_reply()),
+            ),
+            ([Ok(Value::Null), s("someone"), n(0)], other.clone()),
+            ([Ok(Value::Null), s("someone"), n(1)], other.clone()),
+            ([Ok(Value::Null), s("someone"), err()], other),
+            ([Ok(Value::Null), s("T-ours"), n(0)], FreeAcquired::Script),
+            (
+                [Ok(Value::Null), Ok(Value::Null), n(0)],
+                FreeAcquired::Script,
+            ),
+            ([err(), s("someone"), n(0)], FreeAcquired::Script),
+            ([ok(), err(), n(0)], FreeAcquired::Script),
+            ([ok(), s("T-ours"), err()], FreeAcquired::Script),
+            ([ok(), s("T-ours"), n(7)], FreeAcquired::Script),
+            ([ok(), n(5), n(0)], FreeAcquired::Script),
+            ([s("QUEUED"), s("T-ours"), n(0)], FreeAcquired::Script),
+            ([n(1), s("T-ours"), n(0)], FreeAcquired::Script),
+            (
+                [Ok(Value::Null), Ok(Value::Array(vec![])), n(0)],
+                FreeAcquired::Script,
+            ),
+        ];
+        for (replies, want) in cases {
+            assert_eq!(read_free_acquire(&replies, token), want, "{replies:?}");
+        }
     }
 
     /// The acquire script's first lines answer the common case (one key, no

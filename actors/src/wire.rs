@@ -38,6 +38,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
+use std::ops::Range;
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -203,13 +204,26 @@ impl Wire {
 
     /// [`Wire::command`], for a command that writes itself.
     async fn send(&self, cmd: &dyn Encode) -> Result<Value, Error> {
+        let [reply] = self.send_all::<1>(cmd).await?;
+        reply
+    }
+
+    /// Sends the `N` commands `cmds` writes, in one write, and waits for
+    /// their replies, for the locker's `timeout` at most: each reply, or why
+    /// none came (the connection ended, or the time ran out: then the
+    /// outcome of every one is unknown).
+    async fn send_all<const N: usize>(
+        &self,
+        cmds: &dyn Encode,
+    ) -> Result<[Result<Value, Error>; N], Error> {
         let mut call = Call {
             wire: self,
-            id: None,
+            ids: None,
         };
-        let reply =
-            tokio::time::timeout(self.timeout, std::future::poll_fn(|cx| call.poll(cx, cmd))).await;
-        reply.unwrap_or_else(|_| {
+        let replies =
+            tokio::time::timeout(self.timeout, std::future::poll_fn(|cx| call.poll(cx, cmds)))
+                .await;
+        replies.unwrap_or_else(|_| {
             Err(Error::new(
                 ErrorKind::Timeout,
                 "no reply within the timeout on a direct connection",
@@ -286,9 +300,9 @@ impl Wire {
 impl State {
     /// Writes what is not written yet and reads what came; the socket keeps
     /// `waker` if it must wait. Replies read are handed to their commands,
-    /// whose callers are woken, but for `running`'s, whose caller is the
-    /// one polling now (it finds its reply on return).
-    fn pump(&mut self, running: Option<u64>, waker: &Waker) {
+    /// whose callers are woken, but for the commands `running`, whose caller
+    /// is the one polling now (it finds its replies on return).
+    fn pump(&mut self, running: Option<Range<u64>>, waker: &Waker) {
         let mut cx = Context::from_waker(waker);
         let mut frames = std::mem::take(&mut self.frames);
         let ended = match &mut self.link {
@@ -296,7 +310,7 @@ impl State {
             Link::Ended(_) => return,
         };
         for frame in frames.drain(..) {
-            self.answer(frame, running);
+            self.answer(frame, running.as_ref());
         }
         self.frames = frames;
         if let Some(why) = ended {
@@ -305,7 +319,7 @@ impl State {
     }
 
     /// Hands one reply to the oldest command waiting.
-    fn answer(&mut self, frame: Frame, running: Option<u64>) {
+    fn answer(&mut self, frame: Frame, running: Option<&Range<u64>>) {
         let reply = match frame {
             Frame::Push => return,
             Frame::Reply(reply) => reply,
@@ -317,7 +331,7 @@ impl State {
                 ..
             }) => {
                 self.answered.push((id, reply));
-                if running != Some(id) {
+                if !running.is_some_and(|ids| ids.contains(&id)) {
                     if let Some(waker) = waker {
                         waker.wake();
                     }
@@ -463,46 +477,73 @@ impl Subscription {
     }
 }
 
-/// One command on the connection, from its caller's side.
+/// Commands on the connection, from their caller's side.
 struct Call<'w> {
     wire: &'w Wire,
-    /// Set once its bytes are queued.
-    id: Option<u64>,
+    /// Their ids, set once their bytes are queued.
+    ids: Option<Range<u64>>,
 }
 
 impl Call<'_> {
-    fn poll(&mut self, cx: &mut Context<'_>, cmd: &dyn Encode) -> Poll<Result<Value, Error>> {
+    /// Queues the `N` commands `cmds` writes on the first poll, one after
+    /// the other in the connection's buffer, so that they go out in one
+    /// write; ready once every one of them has its reply.
+    fn poll<const N: usize>(
+        &mut self,
+        cx: &mut Context<'_>,
+        cmds: &dyn Encode,
+    ) -> Poll<Result<[Result<Value, Error>; N], Error>> {
         let mut state = self.wire.lock();
-        let id = match self.id {
-            Some(id) => id,
+        let ids = match &self.ids {
+            Some(ids) => ids.clone(),
             None => {
-                let id = state.next_id;
+                let first = state.next_id;
                 match &mut state.link {
-                    Link::Open(socket) => cmd.encode(&mut socket.out),
+                    Link::Open(socket) => cmds.encode(&mut socket.out),
                     Link::Ended(why) => return Poll::Ready(Err(why.clone())),
                 }
-                state.next_id += 1;
-                state.waiting.push_back(Sent {
-                    id,
-                    at: Instant::now(),
-                    waiter: Waiter::Caller(None),
-                });
-                self.id = Some(id);
-                id
+                let ids = first..first + N as u64;
+                state.next_id = ids.end;
+                let at = Instant::now();
+                for id in ids.clone() {
+                    state.waiting.push_back(Sent {
+                        id,
+                        at,
+                        waiter: Waiter::Caller(None),
+                    });
+                }
+                self.ids = Some(ids.clone());
+                ids
             }
         };
-        state.pump(Some(id), cx.waker());
-        if let Some(at) = state.answered.iter().position(|(i, _)| *i == id) {
-            let (_, reply) = state.answered.swap_remove(at);
-            self.id = None;
+        state.pump(Some(ids.clone()), cx.waker());
+        let answered = |state: &State| {
+            ids.clone()
+                .all(|id| state.answered.iter().any(|(i, _)| *i == id))
+        };
+        if answered(&state) {
+            self.ids = None;
+            let replies = std::array::from_fn(|k| {
+                let id = ids.start + k as u64;
+                match state.answered.iter().position(|(i, _)| *i == id) {
+                    Some(at) => state.answered.swap_remove(at).1,
+                    None => Err(Error::new(ErrorKind::Unknown, "a reply went missing")),
+                }
+            });
             state.hand_over();
-            return Poll::Ready(reply);
+            return Poll::Ready(Ok(replies));
         }
         if let Link::Ended(why) = &state.link {
-            self.id = None;
-            return Poll::Ready(Err(why.clone()));
+            let why = why.clone();
+            self.ids = None;
+            state.answered.retain(|(i, _)| !ids.contains(i));
+            return Poll::Ready(Err(why));
         }
-        if let Some(sent) = state.waiting.iter_mut().find(|sent| sent.id == id) {
+        for sent in state
+            .waiting
+            .iter_mut()
+            .filter(|sent| ids.contains(&sent.id))
+        {
             sent.waiter = Waiter::Caller(Some(cx.waker().clone()));
         }
         Poll::Pending
@@ -511,14 +552,18 @@ impl Call<'_> {
 
 impl Drop for Call<'_> {
     /// A caller that stops waiting (dropped, or past its time) leaves its
-    /// reply to be read and dropped, and the socket's reading to the next.
+    /// replies to be read and dropped, and the socket's reading to the next.
     fn drop(&mut self) {
-        let Some(id) = self.id else {
+        let Some(ids) = self.ids.take() else {
             return;
         };
         let mut state = self.wire.lock();
-        state.answered.retain(|(i, _)| *i != id);
-        if let Some(sent) = state.waiting.iter_mut().find(|sent| sent.id == id) {
+        state.answered.retain(|(i, _)| !ids.contains(i));
+        for sent in state
+            .waiting
+            .iter_mut()
+            .filter(|sent| ids.contains(&sent.id))
+        {
             sent.waiter = Waiter::Gone;
         }
         state.hand_over();
@@ -588,6 +633,34 @@ impl Encode for Evalsha<'_> {
     }
 }
 
+/// The acquisition of a free key as plain commands written together (see
+/// [`Exec::acquire_free`]): `SET key token NX <PX|PXAT> ttl`, `GET key`,
+/// `EXISTS {key}:q`.
+struct FreeAcquire<'a> {
+    key: &'a [u8],
+    token: &'a [u8],
+    /// `PX` or `PXAT`.
+    expiry: &'a [u8],
+    ttl: i64,
+}
+
+impl Encode for FreeAcquire<'_> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        resp::push_array(out, 6);
+        resp::push_bulk(out, b"SET");
+        resp::push_bulk(out, self.key);
+        resp::push_bulk(out, self.token);
+        resp::push_bulk(out, b"NX");
+        resp::push_bulk(out, self.expiry);
+        resp::push_bulk_int(out, self.ttl);
+        resp::encode(out, [&b"GET"[..], self.key].into_iter());
+        // `{key}:q`, written in place.
+        resp::push_array(out, 2);
+        resp::push_bulk(out, b"EXISTS");
+        resp::push_bulk_parts(out, &[b"{", self.key, b"}:q"]);
+    }
+}
+
 impl Exec for Wire {
     fn run_script(
         &self,
@@ -615,6 +688,22 @@ impl Exec for Wire {
 
     async fn get_key(&self, key: &str) -> Result<Value, Error> {
         self.command(&[&b"GET"[..], key.as_bytes()]).await
+    }
+
+    async fn acquire_free(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        expiry: &[u8],
+        ttl: i64,
+    ) -> Option<Result<[Result<Value, Error>; 3], Error>> {
+        let cmds = FreeAcquire {
+            key,
+            token,
+            expiry,
+            ttl,
+        };
+        Some(self.send_all::<3>(&cmds).await)
     }
 }
 
@@ -648,9 +737,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn callers_sharing_a_connection_each_get_their_own_reply() {
-        // Tasks on two workers send commands at once, some giving up on
-        // theirs before the reply (their replies are read and dropped):
-        // every reply taken is the one its own command asked for.
+        // Tasks on two workers send commands at once, some three written
+        // together, some giving up on theirs before the reply (their replies
+        // are read and dropped): every reply taken is the one its own
+        // command asked for.
         let server = Server::start();
         let wire = connect(server.port, Duration::from_secs(5)).await;
         let watcher = tokio::spawn({
@@ -674,6 +764,23 @@ mod tests {
                             assert_eq!(reply.unwrap(), Value::String(text.clone().into()));
                         }
                         dropped += 1;
+                        continue;
+                    }
+                    if i % 3 == 1 {
+                        // Three commands written together, their three
+                        // replies theirs, in order.
+                        drop(call);
+                        let key = format!("k-{text}");
+                        let replies = wire
+                            .acquire_free(key.as_bytes(), text.as_bytes(), b"PX", 60_000)
+                            .await
+                            .expect("a connection of our own writes them together")
+                            .expect("replies");
+                        let [set, now, queued] = replies.map(Result::unwrap);
+                        assert_eq!(set, Value::String("OK".into()));
+                        assert_eq!(now, Value::String(text.into()));
+                        assert_eq!(queued, Value::Integer(0));
+                        answered += 1;
                         continue;
                     }
                     let reply = call.await.unwrap();
