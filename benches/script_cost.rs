@@ -7,7 +7,7 @@
 //! machine does; here the calls go in pipelines on one connection, so what
 //! the server spends on the script is most of what is measured.
 //!
-//! Four variants, each on keys nobody holds, in alternated rounds (each
+//! Five variants, each on keys nobody holds, in alternated rounds (each
 //! round in another order), on a RESP3 connection with `CLIENT TRACKING ON
 //! NOLOOP`, as a lock's direct connection (the script's reads arm
 //! tracking, and its write drops the entry):
@@ -21,6 +21,10 @@
 //!   (the text after `local n = #KEYS`).
 //! - `valkeylock`: the acquire script as built, with the arguments the
 //!   engine sends for one key without fencing or hand-over.
+//! - `plain commands`: what a direct connection of valkeylock's sends for
+//!   such a key since it stopped sending the script there: `SET … NX
+//!   PXAT`, the `GET` that arms tracking and `EXISTS` of the fair queue, as
+//!   plain commands (the server's time in the three, summed).
 //!
 //! The scripts are read from `actors/src/scripts.rs` at build time, so the
 //! bench measures the script that ships.
@@ -40,7 +44,22 @@ use support::ValkeyServer;
 /// The engine's scripts, as built.
 const SCRIPTS_RS: &str = include_str!("../actors/src/scripts.rs");
 
-const VARIANTS: [&str; 4] = ["floor", "stand-in", "general steps", "valkeylock"];
+const VARIANTS: [&str; 5] = [
+    "floor",
+    "stand-in",
+    "general steps",
+    "valkeylock",
+    "plain commands",
+];
+
+/// The commands whose time (`INFO commandstats`) each variant is charged.
+const CHARGED: [&[&str]; 5] = [
+    &["set"],
+    &["evalsha"],
+    &["evalsha"],
+    &["evalsha"],
+    &["set", "get", "exists"],
+];
 
 /// Calls sent together in one pipeline (one write, one batch of replies).
 const IN_FLIGHT: usize = 32;
@@ -119,12 +138,13 @@ async fn run(url: &str, rounds: usize, calls: usize) {
             for start in (0..calls).step_by(IN_FLIGHT) {
                 let pipeline = client.pipeline();
                 for i in start..(start + IN_FLIGHT).min(calls) {
-                    let (cmd, args) = acquire_one(v, &shas, round, i);
-                    let queued: Value = pipeline
-                        .custom(CustomCommand::new_static(cmd, None, false), args)
-                        .await
-                        .expect("queued in the pipeline");
-                    drop(queued);
+                    for (cmd, args) in acquire_one(v, &shas, round, i) {
+                        let queued: Value = pipeline
+                            .custom(CustomCommand::new_static(cmd, None, false), args)
+                            .await
+                            .expect("queued in the pipeline");
+                        drop(queued);
+                    }
                 }
                 for r in pipeline.try_all::<Value>().await {
                     r.expect("an acquisition");
@@ -132,9 +152,12 @@ async fn run(url: &str, rounds: usize, calls: usize) {
             }
             let wall = t0.elapsed().as_secs_f64() * 1e6 / calls as f64;
             let after = common::command_usec(&client).await;
-            let top = if v == 0 { "set" } else { "evalsha" };
-            let spent =
-                |m: &std::collections::BTreeMap<String, f64>| m.get(top).copied().unwrap_or(0.0);
+            let spent = |m: &std::collections::BTreeMap<String, f64>| {
+                CHARGED[v]
+                    .iter()
+                    .map(|c| m.get(*c).copied().unwrap_or(0.0))
+                    .sum::<f64>()
+            };
             let us = (spent(&after) - spent(&before)) / calls as f64;
             got[v] = (us, wall);
         }
@@ -169,16 +192,37 @@ async fn run(url: &str, rounds: usize, calls: usize) {
         "- `valkeylock`'s server time over `general steps`' in the same round, median of the rounds: {:.3}.",
         median(&mut paired)
     );
+    let mut plain: Vec<f64> = (0..rounds).map(|r| all[4][r].0 / all[3][r].0).collect();
+    println!(
+        "- `plain commands`' server time over `valkeylock`'s in the same round, median of the rounds: {:.3}.",
+        median(&mut plain)
+    );
 }
 
-/// One acquisition of a key nobody holds, by variant `v`: the command and
-/// its arguments.
-fn acquire_one(v: usize, shas: &[String], round: usize, i: usize) -> (&'static str, Vec<String>) {
+/// One acquisition of a key nobody holds, by variant `v`: its commands and
+/// their arguments.
+fn acquire_one(
+    v: usize,
+    shas: &[String],
+    round: usize,
+    i: usize,
+) -> Vec<(&'static str, Vec<String>)> {
     let key = format!("valkeylock:0:cost-{round}-{v}-{i}");
     let token = format!("{:048x}:m1n1p0", i);
     let at = common::expiry();
     let one = "1".to_owned();
-    match v {
+    if v == 4 {
+        let queue = format!("{{{key}}}:q");
+        return vec![
+            (
+                "SET",
+                vec![key.clone(), token, "NX".into(), "PXAT".into(), at],
+            ),
+            ("GET", vec![key]),
+            ("EXISTS", vec![queue]),
+        ];
+    }
+    vec![match v {
         0 => (
             "SET",
             vec![
@@ -203,5 +247,5 @@ fn acquire_one(v: usize, shas: &[String], round: usize, i: usize) -> (&'static s
                 "NX".into(),
             ],
         ),
-    }
+    }]
 }
