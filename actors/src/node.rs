@@ -2143,8 +2143,6 @@ mod tests {
     /// answer are checked to be answered there, not left to the script.
     #[tokio::test]
     async fn a_free_acquisition_in_plain_commands_answers_as_the_script() {
-        use fred::interfaces::ClientLike;
-        use fred::types::CustomCommand;
         let server = crate::test_server::Server::start();
         let client = server.client().await;
         let addr = crate::addr::NodeAddr::parse(&format!("redis://127.0.0.1:{}", server.port))
@@ -2155,24 +2153,7 @@ mod tests {
         let scripts = crate::scripts::Scripts::new();
         let token = Token::new(false);
         let ours = token.as_str().to_owned();
-        let raw = |name: &'static str, args: Vec<String>| {
-            let client = client.clone();
-            async move {
-                let v: Value = client
-                    .custom(CustomCommand::new_static(name, None, false), args)
-                    .await
-                    .unwrap_or_else(|e| panic!("{name}: {e}"));
-                v
-            }
-        };
         let owned = |args: &[&str]| args.iter().map(|a| a.replace("OURS", &ours)).collect();
-        let unix_ms = |offset: i64| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock after 1970")
-                .as_millis() as i64;
-            now + offset
-        };
         type Setup = &'static [(&'static str, &'static [&'static str])];
         // (case, key, expiry, set-up, answered by the plain commands)
         let cases: [(&str, &str, &str, Setup, bool); 12] = [
@@ -2237,16 +2218,9 @@ mod tests {
             let key = KeyName::new(key);
             let mut seen = Vec::new();
             for plain in [false, true] {
-                raw("CONFIG", owned(&["SET", "maxmemory", "0"])).await;
-                raw("FLUSHALL", vec![]).await;
-                for (name, args) in setup {
-                    raw(name, owned(args)).await;
-                }
-                let (ttl, mode) = match expiry {
-                    "PXAT+" => (unix_ms(60_000), "PXAT"),
-                    "PXAT-" => (unix_ms(-1_000), "PXAT"),
-                    _ => (60_000, "PX"),
-                };
+                let steps = setup.iter().map(|(name, args)| (*name, owned(args)));
+                crate::test_server::fresh(&client, steps).await;
+                let (ttl, mode) = crate::test_server::expiry(expiry);
                 let (ttl, mode) = (Value::Integer(ttl), Value::from_static_str(mode));
                 let script = || {
                     let args = vec![
@@ -2275,18 +2249,8 @@ mod tests {
                 };
                 let reply = reply.unwrap_or_else(|e| panic!("{case}: {e}"));
                 let reply = parse_acquire_one(&reply, false);
-                raw("CONFIG", owned(&["SET", "maxmemory", "0"])).await;
-                let kind = raw("TYPE", vec![key.to_string()]).await;
-                let value = match kind.as_str().as_deref() {
-                    Some("string") => raw("GET", vec![key.to_string()]).await,
-                    Some("hash") => raw("HGET", vec![key.to_string(), "f".into()]).await,
-                    _ => Value::Null,
-                };
-                let expires = matches!(
-                    raw("PTTL", vec![key.to_string()]).await,
-                    Value::Integer(ms) if ms > 0
-                );
-                seen.push((reply, kind, value, expires));
+                let left = crate::test_server::key_left(&client, &key).await;
+                seen.push((reply, left));
             }
             assert_eq!(
                 seen[0], seen[1],

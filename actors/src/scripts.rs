@@ -1703,24 +1703,13 @@ mod tests {
     /// another owner's).
     #[tokio::test]
     async fn the_acquire_scripts_common_case_answers_as_its_general_steps() {
-        use fred::interfaces::ClientLike;
-        use fred::types::CustomCommand;
         let server = Server::start();
         let client = server.client().await;
         let (_, rest) = ACQUIRE_LUA
             .split_once("local n = #KEYS")
             .expect("the general steps start with `local n = #KEYS`");
         let general = format!("local n = #KEYS{rest}");
-        let raw = |name: &'static str, args: Vec<String>| {
-            let client = client.clone();
-            async move {
-                let v: Value = client
-                    .custom(CustomCommand::new_static(name, None, false), args)
-                    .await
-                    .unwrap_or_else(|e| panic!("{name}: {e}"));
-                v
-            }
-        };
+        let raw = |name, args| crate::test_server::raw(&client, name, args);
         let owned = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
         type Setup = &'static [(&'static str, &'static [&'static str])];
         let cases: [(&str, &str, &str, Setup); 13] = [
@@ -1779,16 +1768,10 @@ mod tests {
         for (case, key, expiry, setup) in cases {
             let mut seen = Vec::new();
             for script in [ACQUIRE_LUA, general.as_str()] {
-                raw("CONFIG", owned(&["SET", "maxmemory", "0"])).await;
-                raw("FLUSHALL", vec![]).await;
-                for (name, args) in setup {
-                    raw(name, owned(args)).await;
-                }
-                let (ttl, kind) = match expiry {
-                    "PXAT+" => (unix_ms(60_000), "PXAT"),
-                    "PXAT-" => (unix_ms(-1_000), "PXAT"),
-                    _ => ("60000".to_owned(), "PX"),
-                };
+                let steps = setup.iter().map(|(name, args)| (*name, owned(args)));
+                crate::test_server::fresh(&client, steps).await;
+                let (ttl, kind) = crate::test_server::expiry(expiry);
+                let ttl = ttl.to_string();
                 let mut args = owned(&[script, "1", key]);
                 args.extend([
                     ttl,
@@ -1798,16 +1781,8 @@ mod tests {
                     "NX".to_owned(),
                 ]);
                 let reply = raw("EVAL", args).await;
-                raw("CONFIG", owned(&["SET", "maxmemory", "0"])).await;
-                let kind = raw("TYPE", owned(&[key])).await;
-                let value = match kind.as_str().as_deref() {
-                    Some("string") => raw("GET", owned(&[key])).await,
-                    Some("hash") => raw("HGET", owned(&[key, "f"])).await,
-                    _ => Value::Null,
-                };
-                let expires =
-                    matches!(raw("PTTL", owned(&[key])).await, Value::Integer(ms) if ms > 0);
-                seen.push((reply, kind, value, expires));
+                let left = crate::test_server::key_left(&client, key).await;
+                seen.push((reply, left));
             }
             assert_eq!(
                 seen[0], seen[1],

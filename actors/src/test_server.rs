@@ -71,3 +71,77 @@ impl Drop for Server {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A command by name through `client`, for set-ups and looks: its reply,
+/// or a panic naming the command.
+pub(crate) async fn raw(
+    client: &fred::clients::Client,
+    name: &'static str,
+    args: Vec<String>,
+) -> fred::types::Value {
+    use fred::interfaces::ClientLike;
+    use fred::types::CustomCommand;
+    client
+        .custom(CustomCommand::new_static(name, None, false), args)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// What `key` holds, to compare what two ways of writing it left: its
+/// type, its value (a string's, or a hash's field `f`), and whether it
+/// expires. Lifts `maxmemory` first, so that the looks are not refused.
+pub(crate) async fn key_left(
+    client: &fred::clients::Client,
+    key: &str,
+) -> (fred::types::Value, fred::types::Value, bool) {
+    use fred::types::Value;
+    let arg = |a: &str| a.to_owned();
+    raw(
+        client,
+        "CONFIG",
+        vec![arg("SET"), arg("maxmemory"), arg("0")],
+    )
+    .await;
+    let kind = raw(client, "TYPE", vec![arg(key)]).await;
+    let value = match kind.as_str().as_deref() {
+        Some("string") => raw(client, "GET", vec![arg(key)]).await,
+        Some("hash") => raw(client, "HGET", vec![arg(key), arg("f")]).await,
+        _ => Value::Null,
+    };
+    let expires = matches!(
+        raw(client, "PTTL", vec![arg(key)]).await,
+        Value::Integer(ms) if ms > 0
+    );
+    (kind, value, expires)
+}
+
+/// An empty server again (`maxmemory` lifted, `FLUSHALL`), then the
+/// set-up commands `setup`.
+pub(crate) async fn fresh(
+    client: &fred::clients::Client,
+    setup: impl IntoIterator<Item = (&'static str, Vec<String>)>,
+) {
+    let args = |a: &[&str]| a.iter().map(|a| a.to_string()).collect();
+    raw(client, "CONFIG", args(&["SET", "maxmemory", "0"])).await;
+    raw(client, "FLUSHALL", vec![]).await;
+    for (name, args) in setup {
+        raw(client, name, args).await;
+    }
+}
+
+/// The expiry arguments of an acquisition for the tests' three kinds:
+/// `PXAT+` (a minute ahead), `PXAT-` (a second past), else `PX` a minute:
+/// the number, and `PX` or `PXAT`.
+pub(crate) fn expiry(kind: &str) -> (i64, &'static str) {
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as i64
+    };
+    match kind {
+        "PXAT+" => (now_ms() + 60_000, "PXAT"),
+        "PXAT-" => (now_ms() - 1_000, "PXAT"),
+        _ => (60_000, "PX"),
+    }
+}
