@@ -983,11 +983,11 @@ pub(crate) fn parse_acquire_one(value: &Value, fence: bool) -> Option<KeyReply> 
 /// Why plain commands: on a connection that writes several commands at
 /// once (a direct connection, `wire`), `SET NX`, the `GET` that arms
 /// tracking and `EXISTS` of the fair queue go out in one write, and the
-/// server runs them for about a third of what a script call costs it
-/// (BENCHMARKS.md, "The acquire script's own cost"). They are not atomic,
-/// so they run in the order that keeps the script's rule that a plain `SET
-/// NX` does not pass queued waiters: the write first, then the queue
-/// check. A queue that exists when the check runs either existed when the
+/// server runs them for about a quarter of what the script costs it
+/// (BENCHMARKS.md, "A free key's acquisition as plain commands"). They are
+/// not atomic, so they run in the order that keeps the script's rule that
+/// a plain `SET NX` does not pass queued waiters: the write first, then
+/// the queue check. A queue that exists when the check runs either existed when the
 /// key was written, or came after; either way the key is given back and
 /// the acquisition reported queued for, as the script would report it had
 /// the queue come first. Nobody else could hold the key meanwhile, and
@@ -1040,7 +1040,8 @@ pub(crate) fn read_free_acquire(
         // another owner took it once it was gone.
         (Ok(Value::String(ok)), Ok(now)) if ok.as_bytes() == b"OK" => {
             let ours = value(now).is_some_and(|v| v == token);
-            let readable = ours || matches!(now, Value::Null) || value(now).is_some();
+            // A string, or nil; nothing else answers a `GET`.
+            let readable = matches!(now, Value::Null) || value(now).is_some();
             match (queued, ours) {
                 (Some(false), true) => FreeAcquired::Reply(Value::Array(vec![Value::Integer(1)])),
                 (Some(true), true) => FreeAcquired::GiveBack,
