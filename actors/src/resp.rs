@@ -159,6 +159,15 @@ fn length(text: &[u8]) -> Result<Option<usize>, Malformed> {
     }
 }
 
+/// A simple string: `OK`, nearly every one a server sends (a `SET`'s),
+/// without a copy of its own; any other as [`string_or_bytes`].
+fn simple(text: &[u8]) -> Value {
+    match text {
+        b"OK" => Value::String(fred::bytes_utils::Str::from_static("OK")),
+        _ => string_or_bytes(text),
+    }
+}
+
 /// A string as fred gives it: `String` if UTF-8, `Bytes` otherwise.
 fn string_or_bytes(data: &[u8]) -> Value {
     match std::str::from_utf8(data) {
@@ -194,7 +203,7 @@ fn value(buf: &[u8], at: &mut usize, depth: usize) -> Result<Read, Malformed> {
     };
     let done = |v: Value| Ok(Some(Ok(v)));
     match kind {
-        b'+' => done(string_or_bytes(text)),
+        b'+' => done(simple(text)),
         b'-' => Ok(Some(Err(server_error(text)))),
         b':' => done(Value::Integer(number(text)?)),
         b'_' if text.is_empty() => done(Value::Null),
