@@ -1698,10 +1698,12 @@ mod tests {
     /// case, set up alike on an empty server, gets the same reply and leaves
     /// the same key from the whole script as from its general steps alone:
     /// free (with an expiry ahead or already past), another owner's, ours
-    /// already, queued for (free, or another owner's), keys with braces of
-    /// their own (a pair, or one of either kind) whose queue exists, a hash
-    /// (`WRONGTYPE`), and writes refused under `maxmemory` (the key free, or
-    /// another owner's).
+    /// already, queued for (free, free with an expiry already past, or
+    /// another owner's), keys with braces of their own (a pair, or one of
+    /// either kind) whose queue exists, a hash (`WRONGTYPE`), and writes
+    /// refused under `maxmemory` (the key free, or another owner's):
+    /// `test_server::FREE_KEY_OUTCOMES`, which the plain commands' test in
+    /// `node` runs too.
     #[tokio::test]
     async fn the_acquire_scripts_common_case_answers_as_its_general_steps() {
         let server = Server::start();
@@ -1711,62 +1713,12 @@ mod tests {
             .expect("the general steps start with `local n = #KEYS`");
         let general = format!("local n = #KEYS{rest}");
         let raw = |name, args| crate::test_server::raw(&client, name, args);
-        let owned = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
-        type Setup = &'static [(&'static str, &'static [&'static str])];
-        let cases: [(&str, &str, &str, Setup); 13] = [
-            ("free", "k", "PX", &[]),
-            ("free, PXAT ahead", "k", "PXAT+", &[]),
-            ("free, PXAT past", "k", "PXAT-", &[]),
-            ("another owner's", "k", "PX", &[("SET", &["k", "someone"])]),
-            ("ours already", "k", "PX", &[("SET", &["k", "T-ours"])]),
-            ("queued for", "k", "PX", &[("SET", &["{k}:q", "x"])]),
-            (
-                "queued for, another owner's",
-                "k",
-                "PX",
-                &[("SET", &["{k}:q", "x"]), ("SET", &["k", "someone"])],
-            ),
-            (
-                "braces, queue there",
-                "a{b}",
-                "PX",
-                &[("SET", &["{a{b}}:q", "x"])],
-            ),
-            (
-                "one brace, queue there",
-                "a{b",
-                "PX",
-                &[("SET", &["{a{b}:q", "x"])],
-            ),
-            (
-                "the other brace, queue there",
-                "a}b",
-                "PX",
-                &[("SET", &["{a}b}:q", "x"])],
-            ),
-            ("a hash", "k", "PX", &[("HSET", &["k", "f", "v"])]),
-            (
-                "another owner's, writes refused",
-                "k",
-                "PX",
-                &[
-                    ("SET", &["k", "someone"]),
-                    ("CONFIG", &["SET", "maxmemory-policy", "noeviction"]),
-                    ("CONFIG", &["SET", "maxmemory", "1"]),
-                ],
-            ),
-            (
-                "write refused",
-                "k",
-                "PX",
-                &[
-                    ("SET", &["filler", "x"]),
-                    ("CONFIG", &["SET", "maxmemory-policy", "noeviction"]),
-                    ("CONFIG", &["SET", "maxmemory", "1"]),
-                ],
-            ),
-        ];
-        for (case, key, expiry, setup) in cases {
+        let owned = |args: &[&str]| {
+            args.iter()
+                .map(|a| a.replace("OURS", "T-ours"))
+                .collect::<Vec<_>>()
+        };
+        for (case, key, expiry, setup) in crate::test_server::FREE_KEY_OUTCOMES {
             let mut seen = Vec::new();
             for script in [ACQUIRE_LUA, general.as_str()] {
                 let steps = setup.iter().map(|(name, args)| (*name, owned(args)));

@@ -145,3 +145,71 @@ pub(crate) fn expiry(kind: &str) -> (i64, &'static str) {
         _ => (60_000, "PX"),
     }
 }
+
+/// The set-up commands of a case, run on an empty server; `OURS` in an
+/// argument stands for the acquiring token.
+pub(crate) type Setup = &'static [(&'static str, &'static [&'static str])];
+
+/// The outcomes of a plain `NX` acquisition of one key without fencing
+/// (the acquire script's common case), each as it is set up on an empty
+/// server: (what, the key, its expiry for [`expiry`], the set-up). The
+/// tests that compare two ways of acquiring run both on every one.
+pub(crate) const FREE_KEY_OUTCOMES: [(&str, &str, &str, Setup); 14] = [
+    ("free", "k", "PX", &[]),
+    ("free, PXAT ahead", "k", "PXAT+", &[]),
+    ("free, PXAT past", "k", "PXAT-", &[]),
+    ("another owner's", "k", "PX", &[("SET", &["k", "someone"])]),
+    ("ours already", "k", "PX", &[("SET", &["k", "OURS"])]),
+    ("queued for", "k", "PX", &[("SET", &["{k}:q", "x"])]),
+    (
+        "queued for, PXAT past",
+        "k",
+        "PXAT-",
+        &[("SET", &["{k}:q", "x"])],
+    ),
+    (
+        "queued for, another owner's",
+        "k",
+        "PX",
+        &[("SET", &["{k}:q", "x"]), ("SET", &["k", "someone"])],
+    ),
+    (
+        "braces, queue there",
+        "a{b}",
+        "PX",
+        &[("SET", &["{a{b}}:q", "x"])],
+    ),
+    (
+        "one brace, queue there",
+        "a{b",
+        "PX",
+        &[("SET", &["{a{b}:q", "x"])],
+    ),
+    (
+        "the other brace, queue there",
+        "a}b",
+        "PX",
+        &[("SET", &["{a}b}:q", "x"])],
+    ),
+    ("a hash", "k", "PX", &[("HSET", &["k", "f", "v"])]),
+    (
+        "another owner's, writes refused",
+        "k",
+        "PX",
+        &[
+            ("SET", &["k", "someone"]),
+            ("CONFIG", &["SET", "maxmemory-policy", "noeviction"]),
+            ("CONFIG", &["SET", "maxmemory", "1"]),
+        ],
+    ),
+    (
+        "write refused",
+        "k",
+        "PX",
+        &[
+            ("SET", &["filler", "x"]),
+            ("CONFIG", &["SET", "maxmemory-policy", "noeviction"]),
+            ("CONFIG", &["SET", "maxmemory", "1"]),
+        ],
+    ),
+];
