@@ -987,11 +987,11 @@ pub(crate) fn parse_acquire_one(value: &Value, fence: bool) -> Option<KeyReply> 
 /// (BENCHMARKS.md, "A free key's acquisition as plain commands"). They are
 /// not atomic, so they run in the order that keeps the script's rule that
 /// a plain `SET NX` does not pass queued waiters: the write first, then
-/// the queue check. A queue that exists when the check runs either existed when the
-/// key was written, or came after; either way the key is given back and
-/// the acquisition reported queued for, as the script would report it had
-/// the queue come first. Nobody else could hold the key meanwhile, and
-/// its delete wakes the queue's head through tracking. Whatever the script
+/// the queue check. A queue that exists when the check runs either existed
+/// when the key was written, or came after; either way the key is given
+/// back and the acquisition reported queued for, as the script would
+/// report it had the queue come first. Nobody else could hold the key
+/// meanwhile, and its delete wakes the queue's head through tracking. Whatever the script
 /// tells apart and these replies do not (the key ours already, a write or
 /// a read refused, the key gone between the write and the read) is left
 /// to the script.
