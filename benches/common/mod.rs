@@ -792,6 +792,43 @@ redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PXAT', ARGV[2])
 return redis.call('GET', KEYS[1])
 "#;
 
+/// The handed stand-in's acquisition (the lanes and script_cost benches): the stand-in's script, and, when the
+/// key is held, a claim on it: the caller's token and channel in the
+/// sorted set `{key}:h`, scored by when the claim lapses (the server's
+/// milliseconds). `ARGV`: token, validity (ms), claim life (ms), channel.
+pub(crate) const HANDED_ACQUIRE: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then return cur end
+if cur then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1] .. ' ' .. ARGV[4])
+  return cur
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return redis.call('GET', KEYS[1])
+"#;
+
+/// The handed stand-in's release: the compare-and-delete, except that a
+/// key with a live claim goes to the oldest claim instead, expiring when the
+/// claim would have, and its claimant is told on its channel.
+pub(crate) const HANDED_RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if head[1] then
+  redis.call('ZREM', KEYS[2], head[1])
+  local sp = string.find(head[1], ' ', 1, true)
+  local token = string.sub(head[1], 1, sp - 1)
+  redis.call('SET', KEYS[1], token, 'PX', math.max(1, tonumber(head[2]) - now))
+  redis.call('PUBLISH', string.sub(head[1], sp + 1), token)
+  return 2
+end
+return redis.call('DEL', KEYS[1])
+"#;
+
 /// The server's time so far in each command, in µs (`INFO commandstats`,
 /// `usec`), by command name. A script's own commands count both inside
 /// its call and under their own names.
