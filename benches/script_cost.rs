@@ -26,6 +26,27 @@
 //!   PXAT`, the `GET` that arms tracking and `EXISTS` of the fair queue, as
 //!   plain commands (the server's time in the three, summed).
 //!
+//! A second part measures a hand-over (`LockerOptions::handover`): a
+//! waiter's claim on a key another locker holds, then that holder's release,
+//! which hands the key to the claim and publishes the claimant's message
+//! (to a subscriber, so that it counts as heard). Each key is set to the
+//! holder's token first (a plain `SET`, before the counters are read). Three
+//! variants, in alternated rounds as above, on the same kind of connection:
+//!
+//! - `floor`: the raw floor's commands for one hand-over, as the lanes
+//!   bench's floor sends them: the waiter's `SET NX PX` refused, the
+//!   holder's compare-and-delete, and the waiter's next `SET NX PX`, which
+//!   takes the key.
+//! - `handed stand-in`: the lanes bench's handed stand-in, its claim and
+//!   its release (`common::HANDED_ACQUIRE`, `common::HANDED_RELEASE`).
+//! - `valkeylock`: the acquire script and the hand-over release as built,
+//!   with the arguments the engine sends for one key without fencing.
+//!
+//! Besides each variant's time, the part splits it: the server's time in
+//! the commands the scripts run (each counted under its own name too), and
+//! the rest, the script calls' own (the interpreter: arguments, closures,
+//! tables, patterns, the reply).
+//!
 //! The scripts are read from `actors/src/scripts.rs` at build time, so the
 //! bench measures the script that ships.
 //!
@@ -38,7 +59,7 @@ mod common;
 
 use common::{median, order, Args};
 use fred::prelude::*;
-use fred::types::{CustomCommand, RespVersion};
+use fred::types::{CustomCommand, Expiration, RespVersion};
 use support::ValkeyServer;
 
 /// The engine's scripts, as built.
@@ -91,9 +112,12 @@ fn main() {
     let rt = common::runtime();
     println!("# script_cost bench: {}", common::machine());
     rt.block_on(run(&server.url(), rounds, calls));
+    rt.block_on(handover(&server.url(), rounds, calls / 2));
 }
 
-async fn run(url: &str, rounds: usize, calls: usize) {
+/// A RESP3 connection with `CLIENT TRACKING ON NOLOOP`, as a lock's direct
+/// connection.
+async fn tracking_client(url: &str) -> Client {
     let mut config = Config::from_url(url).expect("url");
     config.version = RespVersion::RESP3;
     let client = Builder::from_config(config).build().expect("client");
@@ -105,11 +129,21 @@ async fn run(url: &str, rounds: usize, calls: usize) {
         )
         .await
         .expect("CLIENT TRACKING ON");
-    let acquire = script("ACQUIRE_LUA");
+    client
+}
+
+/// The acquire script's general steps: the text after `local n = #KEYS`.
+fn general_steps(acquire: &str) -> String {
     let (_, rest) = acquire
         .split_once("local n = #KEYS")
         .expect("the general steps start with `local n = #KEYS`");
-    let general = format!("local n = #KEYS{rest}");
+    format!("local n = #KEYS{rest}")
+}
+
+async fn run(url: &str, rounds: usize, calls: usize) {
+    let client = tracking_client(url).await;
+    let acquire = script("ACQUIRE_LUA");
+    let general = general_steps(acquire);
     let mut shas = Vec::new();
     for text in [common::STAND_IN_ACQUIRE, general.as_str(), acquire] {
         let sha: String = client.script_load(text).await.expect("SCRIPT LOAD");
@@ -248,4 +282,282 @@ fn acquire_one(
             ],
         ),
     }]
+}
+
+/// The hand-over part's variants.
+const HANDOVER_VARIANTS: [&str; 3] = ["floor", "handed stand-in", "valkeylock"];
+
+/// The commands each hand-over variant sends itself (the rest it is
+/// charged for runs inside its scripts). The `SET` that gives each key its
+/// holder runs before the counters are read.
+const HANDOVER_SENT: [&[&str]; 3] = [&["set", "evalsha"], &["evalsha"], &["evalsha"]];
+
+/// The channel every claim names; a subscriber listens on it.
+const CLAIMANT: &str = "script-cost-claimant";
+
+/// One variant's figures in one round, per hand-over: the server's time in
+/// what it sent, of which in the plain commands it sent (the floor's
+/// `SET`s) and in the commands its scripts ran, and the hand-overs heard.
+#[derive(Clone, Copy)]
+struct Spent {
+    us: f64,
+    plain: f64,
+    inner: f64,
+    heard: u64,
+}
+
+/// The hand-over part: `calls` hand-overs per variant and round, each on
+/// a key of its own.
+async fn handover(url: &str, rounds: usize, calls: usize) {
+    let client = tracking_client(url).await;
+    let listener = tracking_client(url).await;
+    listener.subscribe(CLAIMANT).await.expect("SUBSCRIBE");
+    let mut shas = Vec::new();
+    for text in [
+        common::RELEASE_LUA,
+        common::HANDED_ACQUIRE,
+        common::HANDED_RELEASE,
+        script("ACQUIRE_LUA"),
+        script("RELEASE_HANDOVER_LUA"),
+    ] {
+        let sha: String = client.script_load(text).await.expect("SCRIPT LOAD");
+        shas.push(sha);
+    }
+
+    println!();
+    println!("## Hand-over: rounds ({rounds} of {calls} hand-overs per variant, pipelines of {IN_FLIGHT})");
+    println!();
+    println!("| round | variant | place in the round | server µs per hand-over | × floor of the round | × handed stand-in of the round | of which in the scripts' commands | of which the script calls' own | hand-overs heard |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut all: Vec<Vec<Spent>> = vec![Vec::new(); HANDOVER_VARIANTS.len()];
+    for round in 1..=rounds {
+        let order = order(HANDOVER_VARIANTS.len(), round);
+        let mut got = vec![
+            Spent {
+                us: f64::NAN,
+                plain: f64::NAN,
+                inner: f64::NAN,
+                heard: 0
+            };
+            HANDOVER_VARIANTS.len()
+        ];
+        for &v in &order {
+            got[v] = handover_round(&client, &shas, v, round, calls).await;
+        }
+        let (floor, stand_in) = (got[0].us, got[1].us);
+        for (v, variant) in HANDOVER_VARIANTS.iter().enumerate() {
+            let place = order.iter().position(|&o| o == v).unwrap_or(v) + 1;
+            let g = got[v];
+            all[v].push(g);
+            println!(
+                "| {round} | {variant} | {place} | {:.2} | {} | {} | {:.2} | {:.2} | {} |",
+                g.us,
+                common::fmt_ratio(g.us / floor),
+                common::fmt_ratio(g.us / stand_in),
+                g.inner,
+                g.us - g.plain - g.inner,
+                g.heard
+            );
+        }
+    }
+    println!();
+    println!("## Hand-over: medians over the rounds");
+    println!();
+    println!("| variant | median server µs per hand-over | median × floor of the round | median × handed stand-in of the round | median in the scripts' commands | median in the script calls' own |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (v, variant) in HANDOVER_VARIANTS.iter().enumerate() {
+        let rounds = &all[v];
+        let per = |f: &dyn Fn(usize, &Spent) -> f64| {
+            median(
+                &mut rounds
+                    .iter()
+                    .enumerate()
+                    .map(|(r, g)| f(r, g))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        println!(
+            "| {variant} | {:.2} | {} | {} | {:.2} | {:.2} |",
+            per(&|_, g| g.us),
+            common::fmt_ratio(per(&|r, g| g.us / all[0][r].us)),
+            common::fmt_ratio(per(&|r, g| g.us / all[1][r].us)),
+            per(&|_, g| g.inner),
+            per(&|_, g| g.us - g.plain - g.inner),
+        );
+    }
+}
+
+/// One variant's hand-overs in one round.
+async fn handover_round(
+    client: &Client,
+    shas: &[String],
+    v: usize,
+    round: usize,
+    calls: usize,
+) -> Spent {
+    let _: Value = client
+        .custom(
+            CustomCommand::new_static("FLUSHALL", None, false),
+            Vec::<String>::new(),
+        )
+        .await
+        .expect("FLUSHALL");
+    // Every key held by the holder's token first.
+    for start in (0..calls).step_by(IN_FLIGHT * 8) {
+        let pipeline = client.pipeline();
+        for i in start..(start + IN_FLIGHT * 8).min(calls) {
+            let queued: Value = pipeline
+                .set(
+                    handover_key(round, v, i),
+                    HOLDER,
+                    Some(Expiration::PX(common::TTL_MS as i64)),
+                    None,
+                    false,
+                )
+                .await
+                .expect("queued in the pipeline");
+            drop(queued);
+        }
+        for r in pipeline.try_all::<Value>().await {
+            r.expect("the holder's key");
+        }
+    }
+    let before = common::command_usec(client).await;
+    let mut heard = 0u64;
+    for start in (0..calls).step_by(IN_FLIGHT) {
+        let pipeline = client.pipeline();
+        for i in start..(start + IN_FLIGHT).min(calls) {
+            for (cmd, args) in handover_one(v, shas, round, i) {
+                let queued: Value = pipeline
+                    .custom(CustomCommand::new_static(cmd, None, false), args)
+                    .await
+                    .expect("queued in the pipeline");
+                drop(queued);
+            }
+        }
+        for r in pipeline.try_all::<Value>().await {
+            if handed(v, &r.expect("a hand-over's command")) {
+                heard += 1;
+            }
+        }
+    }
+    let after = common::command_usec(client).await;
+    let per = |names: &mut dyn Iterator<Item = &String>| {
+        names
+            .map(|c| after.get(c).copied().unwrap_or(0.0) - before.get(c).copied().unwrap_or(0.0))
+            .sum::<f64>()
+            / calls as f64
+    };
+    let sent: Vec<String> = HANDOVER_SENT[v].iter().map(|c| c.to_string()).collect();
+    // The counters' own reads (`INFO`) are charged to nobody.
+    let inner: Vec<String> = after
+        .keys()
+        .filter(|c| !sent.contains(c) && c.as_str() != "info")
+        .cloned()
+        .collect();
+    Spent {
+        us: per(&mut sent.iter()),
+        plain: per(&mut sent.iter().filter(|c| c.as_str() != "evalsha")),
+        inner: per(&mut inner.iter()),
+        heard,
+    }
+}
+
+/// The token every hand-over's key is held by, and the claimant's.
+const HOLDER: &str = "000000000000000000000000000000000000000000000001:m1n1p0";
+const CLAIMANT_TOKEN: &str = "000000000000000000000000000000000000000000000002:m1n1p0";
+
+fn handover_key(round: usize, v: usize, i: usize) -> String {
+    format!("valkeylock:0:handover-{round}-{v}-{i}")
+}
+
+/// One hand-over by variant `v`: the claim (or the floor's refused `SET`),
+/// then the release, then (the floor only) the waiter's `SET` that takes
+/// the key.
+fn handover_one(
+    v: usize,
+    shas: &[String],
+    round: usize,
+    i: usize,
+) -> Vec<(&'static str, Vec<String>)> {
+    let key = handover_key(round, v, i);
+    let ttl = common::TTL_MS.to_string();
+    let set = |token: &str| {
+        (
+            "SET",
+            vec![
+                key.clone(),
+                token.to_owned(),
+                "NX".into(),
+                "PX".into(),
+                ttl.clone(),
+            ],
+        )
+    };
+    match v {
+        0 => vec![
+            set(CLAIMANT_TOKEN),
+            (
+                "EVALSHA",
+                vec![shas[0].clone(), "1".into(), key.clone(), HOLDER.into()],
+            ),
+            set(CLAIMANT_TOKEN),
+        ],
+        1 => {
+            let claims = format!("{{{key}}}:h");
+            vec![
+                (
+                    "EVALSHA",
+                    vec![
+                        shas[1].clone(),
+                        "2".into(),
+                        key.clone(),
+                        claims.clone(),
+                        CLAIMANT_TOKEN.into(),
+                        ttl.clone(),
+                        ttl.clone(),
+                        CLAIMANT.into(),
+                    ],
+                ),
+                (
+                    "EVALSHA",
+                    vec![shas[2].clone(), "2".into(), key, claims, HOLDER.into()],
+                ),
+            ]
+        }
+        _ => {
+            vec![
+                (
+                    "EVALSHA",
+                    vec![
+                        shas[3].clone(),
+                        "1".into(),
+                        key.clone(),
+                        common::expiry(),
+                        "PXAT".into(),
+                        "0".into(),
+                        CLAIMANT_TOKEN.into(),
+                        format!(
+                            "NX|{CLAIMANT}|{}|{i}|0",
+                            1_700_000_000_000_000u64 + i as u64
+                        ),
+                    ],
+                ),
+                (
+                    "EVALSHA",
+                    vec![shas[4].clone(), "1".into(), key, HOLDER.into()],
+                ),
+            ]
+        }
+    }
+}
+
+/// Whether reply `r` of variant `v` is a release that handed its key over
+/// (the floor's: a `SET` that took the key).
+fn handed(v: usize, r: &Value) -> bool {
+    match v {
+        0 => r.as_str().as_deref() == Some("OK"),
+        1 => matches!(r, Value::Integer(2)),
+        _ => matches!(r, Value::Array(a) if matches!(a.as_slice(), [Value::Integer(1)])),
+    }
 }
