@@ -59,7 +59,7 @@ mod common;
 
 use common::{median, order, Args};
 use fred::prelude::*;
-use fred::types::{CustomCommand, Expiration, RespVersion};
+use fred::types::{CustomCommand, RespVersion};
 use support::ValkeyServer;
 
 /// The engine's scripts, as built.
@@ -160,30 +160,10 @@ async fn run(url: &str, rounds: usize, calls: usize) {
         let order = order(VARIANTS.len(), round);
         let mut got = vec![(f64::NAN, f64::NAN); VARIANTS.len()];
         for &v in &order {
-            let _: Value = client
-                .custom(
-                    CustomCommand::new_static("FLUSHALL", None, false),
-                    Vec::<String>::new(),
-                )
-                .await
-                .expect("FLUSHALL");
+            flushall(&client).await;
             let before = common::command_usec(&client).await;
             let t0 = std::time::Instant::now();
-            for start in (0..calls).step_by(IN_FLIGHT) {
-                let pipeline = client.pipeline();
-                for i in start..(start + IN_FLIGHT).min(calls) {
-                    for (cmd, args) in acquire_one(v, &shas, round, i) {
-                        let queued: Value = pipeline
-                            .custom(CustomCommand::new_static(cmd, None, false), args)
-                            .await
-                            .expect("queued in the pipeline");
-                        drop(queued);
-                    }
-                }
-                for r in pipeline.try_all::<Value>().await {
-                    r.expect("an acquisition");
-                }
-            }
+            pipelined(&client, calls, |i| acquire_one(v, &shas, round, i), drop).await;
             let wall = t0.elapsed().as_secs_f64() * 1e6 / calls as f64;
             let after = common::command_usec(&client).await;
             let spent = |m: &std::collections::BTreeMap<String, f64>| {
@@ -231,6 +211,43 @@ async fn run(url: &str, rounds: usize, calls: usize) {
         "- `plain commands`' server time over `valkeylock`'s in the same round, median of the rounds: {:.3}.",
         median(&mut plain)
     );
+}
+
+/// An empty server again.
+async fn flushall(client: &Client) {
+    let _: Value = client
+        .custom(
+            CustomCommand::new_static("FLUSHALL", None, false),
+            Vec::<String>::new(),
+        )
+        .await
+        .expect("FLUSHALL");
+}
+
+/// Sends the commands `one(i)` of calls `0..calls` in pipelines of
+/// `IN_FLIGHT` calls (one write, one batch of replies each), and hands each
+/// reply to `reply`.
+async fn pipelined(
+    client: &Client,
+    calls: usize,
+    one: impl Fn(usize) -> Vec<(&'static str, Vec<String>)>,
+    mut reply: impl FnMut(Value),
+) {
+    for start in (0..calls).step_by(IN_FLIGHT) {
+        let pipeline = client.pipeline();
+        for i in start..(start + IN_FLIGHT).min(calls) {
+            for (cmd, args) in one(i) {
+                let queued: Value = pipeline
+                    .custom(CustomCommand::new_static(cmd, None, false), args)
+                    .await
+                    .expect("queued in the pipeline");
+                drop(queued);
+            }
+        }
+        for r in pipeline.try_all::<Value>().await {
+            reply(r.expect("a pipelined command's reply"));
+        }
+    }
 }
 
 /// One acquisition of a key nobody holds, by variant `v`: its commands and
@@ -395,52 +412,23 @@ async fn handover_round(
     round: usize,
     calls: usize,
 ) -> Spent {
-    let _: Value = client
-        .custom(
-            CustomCommand::new_static("FLUSHALL", None, false),
-            Vec::<String>::new(),
-        )
-        .await
-        .expect("FLUSHALL");
+    flushall(client).await;
     // Every key held by the holder's token first.
-    for start in (0..calls).step_by(IN_FLIGHT * 8) {
-        let pipeline = client.pipeline();
-        for i in start..(start + IN_FLIGHT * 8).min(calls) {
-            let queued: Value = pipeline
-                .set(
-                    handover_key(round, v, i),
-                    HOLDER,
-                    Some(Expiration::PX(common::TTL_MS as i64)),
-                    None,
-                    false,
-                )
-                .await
-                .expect("queued in the pipeline");
-            drop(queued);
-        }
-        for r in pipeline.try_all::<Value>().await {
-            r.expect("the holder's key");
-        }
-    }
+    let ttl = common::TTL_MS.to_string();
+    let hold = |i| {
+        let args = vec![
+            handover_key(round, v, i),
+            HOLDER.into(),
+            "PX".into(),
+            ttl.clone(),
+        ];
+        vec![("SET", args)]
+    };
+    pipelined(client, calls, hold, drop).await;
     let before = common::command_usec(client).await;
     let mut heard = 0u64;
-    for start in (0..calls).step_by(IN_FLIGHT) {
-        let pipeline = client.pipeline();
-        for i in start..(start + IN_FLIGHT).min(calls) {
-            for (cmd, args) in handover_one(v, shas, round, i) {
-                let queued: Value = pipeline
-                    .custom(CustomCommand::new_static(cmd, None, false), args)
-                    .await
-                    .expect("queued in the pipeline");
-                drop(queued);
-            }
-        }
-        for r in pipeline.try_all::<Value>().await {
-            if handed(v, &r.expect("a hand-over's command")) {
-                heard += 1;
-            }
-        }
-    }
+    let one = |i| handover_one(v, shas, round, i);
+    pipelined(client, calls, one, |r| heard += u64::from(handed(v, &r))).await;
     let after = common::command_usec(client).await;
     let per = |names: &mut dyn Iterator<Item = &String>| {
         names
