@@ -44,8 +44,9 @@
 //!
 //! Besides each variant's time, the part splits it: the server's time in
 //! the commands the scripts run (each counted under its own name too), and
-//! the rest, the script calls' own (the interpreter: arguments, closures,
-//! tables, patterns, the reply).
+//! the rest, the script calls' own: all the server does for a call besides
+//! running those commands (the interpreter, each command's arguments and
+//! reply converted to and from Lua, the keys its reads track).
 //!
 //! The scripts are read from `actors/src/scripts.rs` at build time, so the
 //! bench measures the script that ships.
