@@ -991,10 +991,10 @@ pub(crate) fn parse_acquire_one(value: &Value, fence: bool) -> Option<KeyReply> 
 /// when the key was written, or came after; either way the key is given
 /// back and the acquisition reported queued for, as the script would
 /// report it had the queue come first. Nobody else could hold the key
-/// meanwhile, and its delete wakes the queue's head through tracking. Whatever the script
-/// tells apart and these replies do not (the key ours already, a write or
-/// a read refused, the key gone between the write and the read) is left
-/// to the script.
+/// meanwhile, and its delete wakes the queue's head through tracking.
+/// Whatever the script tells apart and these replies do not (the key ours
+/// already, a write or a read refused, the key gone between the write and
+/// the read) is left to the script.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum FreeAcquired {
     /// The script's reply: ours, another owner's value, absent, or queued
