@@ -21,7 +21,11 @@
 //! the acquisitions and releases a caller waits for, out of the mutex to
 //! the caller, which sends them on the node's direct connection itself and
 //! feeds their replies here (see `direct`).
-//! Node replies, invalidations, cancels and the timer come in as messages.
+//! Node replies, invalidations, cancels and the timer come in as messages,
+//! but for two kinds of the engine's own news that come by the hundred:
+//! the answers to a node's batch of extensions, and the re-check after a
+//! reconnect, which the task that has them feeds to the state itself
+//! (`LockPort::from_engine`).
 //! The core still sees one event at a time, in the order the mutex admits
 //! them. The mutex is held only while the core runs and its effects are
 //! handed out (sends into channels; nothing waits), so a busy application
@@ -50,8 +54,8 @@ use crate::few::{OneOrMore, Room, Table};
 use crate::keys::KeyName;
 use crate::metrics;
 use crate::msg::{
-    DirectCmd, ExtendItem, GrantParts, Job, LockMsg, LockPort, NodeMsg, NodeReply, Released,
-    Request, Sends, SupervisorMsg, TokenTag,
+    DirectCmd, EngineNews, ExtendItem, GrantParts, Job, LockMsg, LockPort, NodeMsg, NodeReply,
+    Released, Request, Sends, SupervisorMsg, TokenTag,
 };
 use crate::rwlock::{self, Gates};
 use crate::scripts::{SetMode, Token};
@@ -247,6 +251,23 @@ impl LockPort for LockCell {
             out
         })
         .unwrap_or_default()
+    }
+
+    /// Runs as the actor's handler would (the engine's work, its caller's
+    /// runtime none), on the thread of the task that had the news.
+    fn from_engine(&self, news: EngineNews) -> bool {
+        let _engine = crate::runtime::EngineScope::enter();
+        let event = match news {
+            EngineNews::Reply(NodeReply { cmd, outcome }) => Event::Reply { cmd, outcome },
+            EngineNews::Recheck { node } => Event::Recheck { node: Some(node) },
+        };
+        match self.outside(|st| st.feed(event)) {
+            Some(sends) => {
+                direct::spawn(sends);
+                true
+            }
+            None => false,
+        }
     }
 
     fn handed(&self, key: usize, token: Token, cmd: CmdId, fence: Option<u64>) -> bool {
@@ -714,7 +735,7 @@ impl LockState {
                     mode,
                     ttl,
                     cmd,
-                    reply_to: self.me.clone(),
+                    port: self.port.clone(),
                 };
                 match self.shared.node(node) {
                     Some(actor) if actor.cast(NodeMsg::Extend(item)).is_ok() => {}

@@ -102,6 +102,27 @@ pub(crate) trait LockPort: Send + Sync + std::fmt::Debug {
     /// False if not taken (the engine's copy will be), or if the actor has
     /// stopped.
     fn handed(&self, key: usize, token: Token, cmd: CmdId, fence: Option<u64>) -> bool;
+
+    /// The engine's own news for the lock, fed here and now by the task
+    /// that has it (a node's answers to a batch of extensions, a
+    /// reconnect's re-check), as the actor's handler would: not a message
+    /// per lock through the actor's mailbox. Why: each such message wakes
+    /// one actor's task, and a batch answers hundreds of locks at once.
+    /// After a reconnect with 10,000 held locks, those wake-ups held up the
+    /// extensions of the locks whose validity was running out, and locks
+    /// were lost while their keys were still theirs (BENCHMARKS.md, "A
+    /// reconnect with 10,000 held locks"). False if the actor has stopped.
+    fn from_engine(&self, news: EngineNews) -> bool;
+}
+
+/// What the engine's tasks feed a lock's state directly (see
+/// [`LockPort::from_engine`]).
+#[derive(Debug)]
+pub(crate) enum EngineNews {
+    /// A node answered a command.
+    Reply(NodeReply),
+    /// Node `node` reconnected: the lock re-checks its keys there.
+    Recheck { node: usize },
 }
 
 /// A caller waiting for a grant.
@@ -146,8 +167,9 @@ pub(crate) enum LockMsg {
         cmd: CmdId,
         fence: Option<u64>,
     },
-    /// A node reconnected (`Some`) or invalidations may have been dropped
-    /// (`None`, all nodes).
+    /// A direct connection to a node ended (`Some`), or invalidations may
+    /// have been dropped (`None`, all nodes). A reconnect's re-check is fed
+    /// to the state directly instead (`EngineNews::Recheck`).
     Recheck { node: Option<usize> },
     /// The core's timer is due.
     Timeout,
@@ -238,7 +260,9 @@ pub(crate) struct ExtendItem {
     /// The TTL to set: a batch groups items of one TTL.
     pub(crate) ttl: Duration,
     pub(crate) cmd: CmdId,
-    pub(crate) reply_to: ActorRef<LockMsg>,
+    /// The lock's state, which the batch's answer is fed to (see
+    /// [`LockPort::from_engine`]).
+    pub(crate) port: std::sync::Weak<dyn LockPort>,
 }
 
 /// A live connection: fred's connection task, our invalidation forwarder, and

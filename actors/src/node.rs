@@ -49,7 +49,7 @@ use crate::failure::NodeFailure;
 use crate::keys::{self, KeyName};
 use crate::metrics::NodeMetrics;
 use crate::msg::{
-    Connection, ExtendItem, Job, LockMsg, NodeMsg, NodeReply, Reading, SupervisorMsg,
+    Connection, EngineNews, ExtendItem, Job, LockMsg, NodeMsg, NodeReply, Reading, SupervisorMsg,
 };
 use crate::scripts::{
     parse_acquire, parse_acquire_one, parse_fence, parse_fence_write, parse_inspect,
@@ -1191,15 +1191,23 @@ fn grouped<T, G: std::hash::Hash + Eq>(items: Vec<T>, group: impl Fn(&T) -> G) -
 /// Answers every item with a failure.
 fn fail_items(items: Vec<ExtendItem>, why: &'static str) {
     for item in items {
-        let _ = item.reply_to.cast(LockMsg::Reply(NodeReply {
+        answer(item, Outcome::Failed(why));
+    }
+}
+
+/// Feeds `item`'s outcome to its lock's state, here and now (see
+/// `LockPort::from_engine`); nothing if the lock's actor has stopped.
+fn answer(item: ExtendItem, outcome: Outcome) {
+    if let Some(port) = item.port.upgrade() {
+        port.from_engine(EngineNews::Reply(NodeReply {
             cmd: item.cmd,
-            outcome: Outcome::Failed(why),
+            outcome,
         }));
     }
 }
 
-/// Extends a batch of keys (of many locks) in one script call and answers
-/// each lock actor per key.
+/// Extends a batch of keys (of many locks) in one script call and feeds
+/// each lock's state the answer for its key.
 async fn extend_batch(
     client: &Client,
     shared: &Shared,
@@ -1246,10 +1254,7 @@ async fn extend_batch(
                         Outcome::Failed(KEY_REFUSED)
                     }
                 };
-                let _ = item.reply_to.cast(LockMsg::Reply(NodeReply {
-                    cmd: item.cmd,
-                    outcome,
-                }));
+                answer(item, outcome);
             }
             if refused > 1 {
                 warn!(

@@ -161,7 +161,7 @@ impl Actor for Supervisor {
                     }
                     // Invalidations sent while we were away are lost: every
                     // lock re-checks its keys there, and waiters retry.
-                    st.shared.recheck_all(Some(node));
+                    st.shared.recheck_reconnected(node);
                 }
             }
             SupervisorMsg::NodeDown {
