@@ -25,7 +25,7 @@
 //! but for two kinds of the engine's own news that come by the hundred:
 //! the answers to a node's batch of extensions, and the re-check after a
 //! reconnect, which the task that has them feeds to the state itself
-//! (`LockPort::from_engine`).
+//! (`LockPort::engine_news`).
 //! The core still sees one event at a time, in the order the mutex admits
 //! them. The mutex is held only while the core runs and its effects are
 //! handed out (sends into channels; nothing waits), so a busy application
@@ -255,7 +255,7 @@ impl LockPort for LockCell {
 
     /// Runs as the actor's handler would (the engine's work, its caller's
     /// runtime none), on the thread of the task that had the news.
-    fn from_engine(&self, news: EngineNews) -> bool {
+    fn engine_news(&self, news: EngineNews) -> bool {
         let _engine = crate::runtime::EngineScope::enter();
         let event = match news {
             EngineNews::Reply(NodeReply { cmd, outcome }) => Event::Reply { cmd, outcome },

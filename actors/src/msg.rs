@@ -112,11 +112,11 @@ pub(crate) trait LockPort: Send + Sync + std::fmt::Debug {
     /// extensions of the locks whose validity was running out, and locks
     /// were lost while their keys were still theirs (BENCHMARKS.md, "A
     /// reconnect with 10,000 held locks"). False if the actor has stopped.
-    fn from_engine(&self, news: EngineNews) -> bool;
+    fn engine_news(&self, news: EngineNews) -> bool;
 }
 
 /// What the engine's tasks feed a lock's state directly (see
-/// [`LockPort::from_engine`]).
+/// [`LockPort::engine_news`]).
 #[derive(Debug)]
 pub(crate) enum EngineNews {
     /// A node answered a command.
@@ -261,7 +261,7 @@ pub(crate) struct ExtendItem {
     pub(crate) ttl: Duration,
     pub(crate) cmd: CmdId,
     /// The lock's state, which the batch's answer is fed to (see
-    /// [`LockPort::from_engine`]).
+    /// [`LockPort::engine_news`]).
     pub(crate) port: std::sync::Weak<dyn LockPort>,
 }
 

@@ -1196,10 +1196,10 @@ fn fail_items(items: Vec<ExtendItem>, why: &'static str) {
 }
 
 /// Feeds `item`'s outcome to its lock's state, here and now (see
-/// `LockPort::from_engine`); nothing if the lock's actor has stopped.
+/// `LockPort::engine_news`); nothing if the lock's actor has stopped.
 fn answer(item: ExtendItem, outcome: Outcome) {
     if let Some(port) = item.port.upgrade() {
-        port.from_engine(EngineNews::Reply(NodeReply {
+        port.engine_news(EngineNews::Reply(NodeReply {
             cmd: item.cmd,
             outcome,
         }));
