@@ -449,7 +449,7 @@ impl<C: Exec + Send + std::fmt::Debug + 'static> DirectLink for Link<C> {
                 pace.answered(made, Instant::now());
             }
             node::wake_for(&shared, &cmd.job);
-            let (id, port) = (cmd.job.cmd, cmd.port.upgrade());
+            let (id, port) = (cmd.job.cmd, cmd.job.port.upgrade());
             drop(cmd);
             // Gone: the actor stopped, and its holders were told.
             let Some(port) = port else {
@@ -611,10 +611,7 @@ impl Drop for Unsettled<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lock::LockCell;
-    use crate::msg::testing::{job, Sink};
-    use crate::msg::{LockMsg, LockPort};
-    use ractor::{Actor, ActorRef};
+    use crate::msg::testing::job;
     use std::sync::atomic::AtomicUsize;
     use std::sync::Mutex;
     use std::task::Wake;
@@ -663,19 +660,16 @@ mod tests {
         }
     }
 
-    async fn one_command(answer: oneshot::Sender<u32>) -> (Sends, ActorRef<LockMsg>) {
-        let (sink, _) = Actor::spawn(None, Sink, ()).await.unwrap();
-        let port: std::sync::Weak<dyn LockPort> = std::sync::Weak::<LockCell>::new();
+    fn one_command(answer: oneshot::Sender<u32>) -> Sends {
         let cmd = DirectCmd {
             link: Arc::new(Answering(Mutex::new(Some(answer)))),
-            job: job(&sink),
-            port,
+            job: job(),
             runtime: Handle::current(),
             made: None,
         };
         let mut sends = Sends::default();
         sends.push(cmd);
-        (sends, sink)
+        sends
     }
 
     #[tokio::test]
@@ -684,14 +678,13 @@ mod tests {
         // as if it had yielded, and another worker is woken to take it: the
         // caller's answer, made by the reply its own poll feeds, must not.
         let (tx, mut rx) = oneshot::channel();
-        let (sends, sink) = one_command(tx).await;
+        let sends = one_command(tx);
         let (count, waker) = Count::waker();
         let mut cx = Context::from_waker(&waker);
         let mut driving = std::pin::pin!(drive(sends, &mut rx));
         assert!(driving.as_mut().poll(&mut cx).is_pending());
         assert!(matches!(driving.as_mut().poll(&mut cx), Poll::Ready(Ok(7))));
         assert_eq!(count.0.load(Ordering::SeqCst), 0, "the driver woke itself");
-        sink.stop(None);
     }
 
     #[tokio::test]
@@ -701,7 +694,7 @@ mod tests {
         // command is out wakes the caller.
         let (tx, mut rx) = oneshot::channel();
         let (unused, _) = oneshot::channel();
-        let (sends, sink) = one_command(unused).await;
+        let sends = one_command(unused);
         let (count, waker) = Count::waker();
         let mut cx = Context::from_waker(&waker);
         let mut driving = std::pin::pin!(drive(sends, &mut rx));
@@ -716,6 +709,5 @@ mod tests {
             "the driver was not woken"
         );
         assert!(matches!(driving.as_mut().poll(&mut cx), Poll::Ready(Ok(9))));
-        sink.stop(None);
     }
 }
