@@ -539,11 +539,10 @@ impl Shared {
     /// direct connection's end stays a message: it often comes with a cut
     /// that ends the engine's connection too, before the engine has seen
     /// it; fed to the states at once, every lock's check went out on that
-    /// dead connection, and its failure came back as a message (the command
-    /// pump's replies were still messages then), which held up the
-    /// reconnect: a probe by hand with 10,000 held locks lost 874 to 3,257
-    /// of them in three of four runs that way, against 0 to 82 with the
-    /// messages. Not tried again since.
+    /// dead connection and each failure came back as a message, which held
+    /// up the reconnect (a probe by hand with 10,000 held locks lost 874 to
+    /// 3,257 of them in three of four runs that way, against 0 to 82 with
+    /// the messages).
     pub(crate) fn recheck_all(&self, node: Option<usize>) {
         for lock in self.all_locks() {
             let _ = lock.cast(LockMsg::Recheck { node });
@@ -785,11 +784,12 @@ mod tests {
             .settings()
             .unwrap();
         let shared = Shared::new(settings);
+        let (sink, _h) = Actor::spawn(None, Sink, ()).await.unwrap();
         let (old, _h1) = Actor::spawn(None, Sink, ()).await.unwrap();
         let (new, _h2) = Actor::spawn(None, Sink, ()).await.unwrap();
 
         // No lane yet: the job comes back at once.
-        assert!(shared.send_job(0, job()).is_err());
+        assert!(shared.send_job(0, job(&sink)).is_err());
 
         let (tx_old, _rx_old) = tokio::sync::mpsc::unbounded_channel();
         shared.set_lane(
@@ -811,14 +811,14 @@ mod tests {
         );
         // The replaced actor going away must not take its successor's lane.
         shared.clear_lane(0, old.get_id());
-        assert!(shared.send_job(0, job()).is_ok());
+        assert!(shared.send_job(0, job(&sink)).is_ok());
         assert!(rx_new.try_recv().is_ok());
         // Another node's slot and an index out of range are untouched / refused.
-        assert!(shared.send_job(1, job()).is_err());
-        assert!(shared.send_job(7, job()).is_err());
+        assert!(shared.send_job(1, job(&sink)).is_err());
+        assert!(shared.send_job(7, job(&sink)).is_err());
 
         shared.clear_lane(0, new.get_id());
-        assert!(shared.send_job(0, job()).is_err());
+        assert!(shared.send_job(0, job(&sink)).is_err());
         // A lane whose pump is gone refuses too (the receiver was dropped).
         let (tx_dead, rx_dead) = tokio::sync::mpsc::unbounded_channel();
         drop(rx_dead);
@@ -830,8 +830,8 @@ mod tests {
                 conn: 0,
             },
         );
-        assert!(shared.send_job(0, job()).is_err());
-        for a in [old, new] {
+        assert!(shared.send_job(0, job(&sink)).is_err());
+        for a in [sink, old, new] {
             a.stop(None);
         }
     }

@@ -449,7 +449,7 @@ impl<C: Exec + Send + std::fmt::Debug + 'static> DirectLink for Link<C> {
                 pace.answered(made, Instant::now());
             }
             node::wake_for(&shared, &cmd.job);
-            let (id, port) = (cmd.job.cmd, cmd.job.port.upgrade());
+            let (id, port) = (cmd.job.cmd, cmd.port.upgrade());
             drop(cmd);
             // Gone: the actor stopped, and its holders were told.
             let Some(port) = port else {
@@ -611,7 +611,10 @@ impl Drop for Unsettled<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::msg::testing::job;
+    use crate::lock::LockCell;
+    use crate::msg::testing::{job, Sink};
+    use crate::msg::{LockMsg, LockPort};
+    use ractor::{Actor, ActorRef};
     use std::sync::atomic::AtomicUsize;
     use std::sync::Mutex;
     use std::task::Wake;
@@ -660,16 +663,19 @@ mod tests {
         }
     }
 
-    fn one_command(answer: oneshot::Sender<u32>) -> Sends {
+    async fn one_command(answer: oneshot::Sender<u32>) -> (Sends, ActorRef<LockMsg>) {
+        let (sink, _) = Actor::spawn(None, Sink, ()).await.unwrap();
+        let port: std::sync::Weak<dyn LockPort> = std::sync::Weak::<LockCell>::new();
         let cmd = DirectCmd {
             link: Arc::new(Answering(Mutex::new(Some(answer)))),
-            job: job(),
+            job: job(&sink),
+            port,
             runtime: Handle::current(),
             made: None,
         };
         let mut sends = Sends::default();
         sends.push(cmd);
-        sends
+        (sends, sink)
     }
 
     #[tokio::test]
@@ -678,13 +684,14 @@ mod tests {
         // as if it had yielded, and another worker is woken to take it: the
         // caller's answer, made by the reply its own poll feeds, must not.
         let (tx, mut rx) = oneshot::channel();
-        let sends = one_command(tx);
+        let (sends, sink) = one_command(tx).await;
         let (count, waker) = Count::waker();
         let mut cx = Context::from_waker(&waker);
         let mut driving = std::pin::pin!(drive(sends, &mut rx));
         assert!(driving.as_mut().poll(&mut cx).is_pending());
         assert!(matches!(driving.as_mut().poll(&mut cx), Poll::Ready(Ok(7))));
         assert_eq!(count.0.load(Ordering::SeqCst), 0, "the driver woke itself");
+        sink.stop(None);
     }
 
     #[tokio::test]
@@ -694,7 +701,7 @@ mod tests {
         // command is out wakes the caller.
         let (tx, mut rx) = oneshot::channel();
         let (unused, _) = oneshot::channel();
-        let sends = one_command(unused);
+        let (sends, sink) = one_command(unused).await;
         let (count, waker) = Count::waker();
         let mut cx = Context::from_waker(&waker);
         let mut driving = std::pin::pin!(drive(sends, &mut rx));
@@ -709,5 +716,6 @@ mod tests {
             "the driver was not woken"
         );
         assert!(matches!(driving.as_mut().poll(&mut cx), Poll::Ready(Ok(9))));
+        sink.stop(None);
     }
 }

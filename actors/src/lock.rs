@@ -21,11 +21,11 @@
 //! the acquisitions and releases a caller waits for, out of the mutex to
 //! the caller, which sends them on the node's direct connection itself and
 //! feeds their replies here (see `direct`).
-//! Invalidations, cancels and the timer come in as messages. The engine's
-//! own news, which comes by the hundred (the replies to the commands on a
-//! node's connection, from its command pump and its batches of extensions,
-//! and the re-check after a reconnect), is fed to the state by the task
-//! that has it (`LockPort::engine_news`).
+//! Node replies, invalidations, cancels and the timer come in as messages,
+//! but for two kinds of the engine's own news that come by the hundred:
+//! the answers to a node's batch of extensions, and the re-check after a
+//! reconnect, which the task that has them feeds to the state itself
+//! (`LockPort::engine_news`).
 //! The core still sees one event at a time, in the order the mutex admits
 //! them. The mutex is held only while the core runs and its effects are
 //! handed out (sends into channels; nothing waits), so a busy application
@@ -752,7 +752,7 @@ impl LockState {
             fence_key,
             gates,
             cmd,
-            port: self.port.clone(),
+            reply_to: self.me.clone(),
         };
         if self.shared.send_job(node, job).is_err() {
             failed(&self.me, "node not connected");
@@ -811,6 +811,7 @@ impl LockState {
         conn.info
             .out
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port: Weak<dyn LockPort> = self.port.clone();
         Ok(DirectCmd {
             link: conn.link,
             job: Job {
@@ -819,8 +820,9 @@ impl LockState {
                 key: key.clone(),
                 gates: gates.clone(),
                 cmd,
-                port: self.port.clone(),
+                reply_to: self.me.clone(),
             },
+            port,
             runtime,
             made: on_engine.then(std::time::Instant::now),
         })

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{ActorId, RpcReplyPort};
+use ractor::{ActorId, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
 
 use crate::core::{CmdId, Op, Outcome, ReqId, RequestKind, Terms, Time};
@@ -104,11 +104,10 @@ pub(crate) trait LockPort: Send + Sync + std::fmt::Debug {
     fn handed(&self, key: usize, token: Token, cmd: CmdId, fence: Option<u64>) -> bool;
 
     /// The engine's own news for the lock, fed here and now by the task
-    /// that has it (a node's replies, from its command pump and its batches
-    /// of extensions; a reconnect's re-check), as the actor's handler
-    /// would: not a message per lock through the actor's mailbox. Why: each
-    /// such message wakes one actor's task, and a call of many keys answers
-    /// hundreds of locks at once.
+    /// that has it (a node's answers to a batch of extensions, a
+    /// reconnect's re-check), as the actor's handler would: not a message
+    /// per lock through the actor's mailbox. Why: each such message wakes
+    /// one actor's task, and a batch answers hundreds of locks at once.
     /// After a reconnect with 10,000 held locks, those wake-ups held up the
     /// extensions of the locks whose validity was running out, and locks
     /// were lost while their keys were still theirs (BENCHMARKS.md, "A
@@ -204,11 +203,7 @@ pub(crate) struct Job {
     /// `rwlock`): an acquisition of a free key goes through them.
     pub(crate) gates: Option<Arc<Gates>>,
     pub(crate) cmd: CmdId,
-    /// The lock's state, which the reply is fed to: by the node's command
-    /// pump (see [`LockPort::engine_news`]), or by the direct connection's
-    /// driver ([`LockPort::reply`]). Gone once the actor has stopped (its
-    /// holders were told then).
-    pub(crate) port: std::sync::Weak<dyn LockPort>,
+    pub(crate) reply_to: ActorRef<LockMsg>,
 }
 
 /// A command for a direct connection (see `direct`), run as a future on
@@ -220,6 +215,9 @@ pub(crate) struct DirectCmd {
     /// The connection it goes on.
     pub(crate) link: Arc<dyn DirectLink>,
     pub(crate) job: Job,
+    /// Where its reply is fed; gone once the actor has stopped (its holders
+    /// were told then).
+    pub(crate) port: std::sync::Weak<dyn LockPort>,
     /// The caller's runtime, where it runs if its caller does not drive it.
     pub(crate) runtime: tokio::runtime::Handle,
     /// When the engine's thread made it, if it did: it then runs on a task
@@ -374,7 +372,7 @@ pub(crate) enum SupervisorMsg {
 pub(crate) mod testing {
     use super::*;
     use crate::scripts::{SetMode, Token};
-    use ractor::{Actor, ActorProcessingErr, ActorRef};
+    use ractor::{Actor, ActorProcessingErr};
 
     /// A `LockActor` stand-in: only its address is needed.
     pub(crate) struct Sink;
@@ -389,40 +387,8 @@ pub(crate) mod testing {
         }
     }
 
-    /// A lock's state that takes nothing: where a stand-in command's reply
-    /// goes.
-    #[derive(Debug)]
-    pub(crate) struct NoLock;
-
-    impl LockPort for NoLock {
-        fn request(&self, request: Request) -> Result<Sends, Request> {
-            Err(request)
-        }
-
-        fn release(&self, _: u64, _: Option<oneshot::Sender<Released>>) -> Option<Sends> {
-            None
-        }
-
-        fn sent(&self) -> &std::sync::atomic::AtomicU64 {
-            static NONE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            &NONE
-        }
-
-        fn reply(&self, _: CmdId, _: Outcome, _: Option<usize>) -> Sends {
-            Sends::default()
-        }
-
-        fn handed(&self, _: usize, _: Token, _: CmdId, _: Option<u64>) -> bool {
-            false
-        }
-
-        fn engine_news(&self, _: EngineNews) -> bool {
-            false
-        }
-    }
-
-    /// An acquisition of `valkeylock:0:x` whose reply goes nowhere.
-    pub(crate) fn job() -> Job {
+    /// An acquisition of `valkeylock:0:x` whose reply goes to `reply_to`.
+    pub(crate) fn job(reply_to: &ActorRef<LockMsg>) -> Job {
         Job {
             op: Op::Acquire {
                 token: Token::new(false),
@@ -436,7 +402,7 @@ pub(crate) mod testing {
             key: KeyName::new("valkeylock:0:x"),
             fence_key: None,
             cmd: CmdId(1),
-            port: std::sync::Weak::<NoLock>::new(),
+            reply_to: reply_to.clone(),
         }
     }
 }

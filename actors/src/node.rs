@@ -10,8 +10,8 @@
 //! Lock commands (the acquiring `SET`, verify, release) go through the node's
 //! command lane: an unbounded queue into the pump, one task this actor spawns
 //! and owns, which drives all of the node's calls at once (fred pipelines them
-//! on the one connection) and feeds each reply to its lock's state
-//! (`LockPort::engine_news`), stamped with the instant it was sent. The actor publishes the lane in the shared table
+//! on the one connection) and casts each reply to its `LockActor`, stamped with
+//! the instant it was sent. The actor publishes the lane in the shared table
 //! when its connection is up and withdraws it when the connection ends or the
 //! actor stops, so a `LockActor` reaches the connection in one hop and a down
 //! node answers at once. Why not the mailbox: on tokio's multi-thread runtime
@@ -1305,7 +1305,7 @@ fn ttl_value(s: &crate::options::Settings, ttl: Duration) -> Value {
 }
 
 /// The command pump: drives every queued call concurrently on `client` and
-/// feeds each outcome to its lock's state (`LockPort::engine_news`). Ends once every sender (the actor's
+/// casts each outcome to its `LockActor`. Ends once every sender (the actor's
 /// state, its lane in the shared table) is gone and the calls in flight are
 /// answered.
 ///
@@ -1527,17 +1527,14 @@ pub(crate) async fn outcome_of(client: &impl Exec, shared: &Shared, job: &Job) -
     .await
 }
 
-/// Feeds a job's outcome to its lock's state, here and now (see
-/// `LockPort::engine_news`), after the wake-ups its command owes this
-/// locker's own watchers.
+/// Hands a job's outcome to its `LockActor`, after the wake-ups its command
+/// owes this locker's own watchers.
 fn finish_job(shared: &Shared, job: Job, outcome: Outcome) {
     wake_for(shared, &job);
-    if let Some(port) = job.port.upgrade() {
-        port.engine_news(EngineNews::Reply(NodeReply {
-            cmd: job.cmd,
-            outcome,
-        }));
-    }
+    let _ = job.reply_to.cast(LockMsg::Reply(NodeReply {
+        cmd: job.cmd,
+        outcome,
+    }));
 }
 
 /// The wake-ups `job`'s command owes this locker's own watchers, once
@@ -2225,9 +2222,11 @@ mod tests {
     /// A batch of releases with hand-over on one instance with fencing
     /// carries each key's fencing counter after the tokens
     /// (`RELEASE_HANDOVER_LUA`); without counters, the tokens alone.
-    #[test]
-    fn a_batch_of_releases_names_each_keys_counter() {
-        use crate::msg::testing::job;
+    #[tokio::test]
+    async fn a_batch_of_releases_names_each_keys_counter() {
+        use crate::msg::testing::{job, Sink};
+        use ractor::Actor;
+        let (sink, handle) = Actor::spawn(None, Sink, ()).await.expect("spawn");
         let settings = crate::options::LockerOptions::new(["redis://127.0.0.1:1"])
             .with_key_majority(1)
             .with_handover(true)
@@ -2235,7 +2234,7 @@ mod tests {
             .settings()
             .expect("settings");
         let release = |name: &str, fence: bool| {
-            let mut j = job();
+            let mut j = job(&sink);
             j.key = KeyName::new(format!("valkeylock:0:{name}"));
             j.op = Op::Release {
                 token: Token::new(false),
@@ -2254,6 +2253,8 @@ mod tests {
         let jobs = vec![release("a", false), release("b", false)];
         let args = Many::Release.args(&settings, &jobs).expect("a batch");
         assert_eq!(args.len(), 2, "the tokens alone: {args:?}");
+        sink.stop(None);
+        let _ = handle.await;
     }
 
     /// Script calls of a batch hold one group each (a TTL, a hash slot), at
