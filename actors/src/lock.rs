@@ -255,18 +255,14 @@ impl LockPort for LockCell {
 
     /// Runs as the actor's handler would (the engine's work, its caller's
     /// runtime none), on the thread of the task that had the news.
-    fn engine_news(&self, news: EngineNews) -> bool {
+    fn engine_news(&self, news: EngineNews) {
         let _engine = crate::runtime::EngineScope::enter();
         let event = match news {
             EngineNews::Reply(NodeReply { cmd, outcome }) => Event::Reply { cmd, outcome },
             EngineNews::Recheck { node } => Event::Recheck { node: Some(node) },
         };
-        match self.outside(|st| st.feed(event)) {
-            Some(sends) => {
-                direct::spawn(sends);
-                true
-            }
-            None => false,
+        if let Some(sends) = self.outside(|st| st.feed(event)) {
+            direct::spawn(sends);
         }
     }
 

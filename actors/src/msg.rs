@@ -111,8 +111,9 @@ pub(crate) trait LockPort: Send + Sync + std::fmt::Debug {
     /// After a reconnect with 10,000 held locks, those wake-ups held up the
     /// extensions of the locks whose validity was running out, and locks
     /// were lost while their keys were still theirs (BENCHMARKS.md, "A
-    /// reconnect with 10,000 held locks"). False if the actor has stopped.
-    fn engine_news(&self, news: EngineNews) -> bool;
+    /// reconnect with 10,000 held locks"). Nothing if the actor has
+    /// stopped (its holders were told then).
+    fn engine_news(&self, news: EngineNews);
 }
 
 /// What the engine's tasks feed a lock's state directly (see
